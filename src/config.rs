@@ -1,0 +1,170 @@
+//! Configuration in two phases: raw serde values from TOML + `FACEGATE_*`
+//! environment ([`RawConfig`]), then validated, typed objects ([`Config`]).
+//!
+//! Only validated objects leave this module, so the rest of the daemon never
+//! re-checks a path, a key or a duration.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Who this device is. Used for topic names and for token/command audiences.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Site the terminal belongs to (`[A-Za-z0-9_-]{1,64}`).
+    pub site_id: String,
+    /// This terminal (`[A-Za-z0-9_-]{1,64}`); also the MQTT client id.
+    pub device_id: String,
+}
+
+/// What a trusted key may sign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Consent tokens and revocations.
+    Consent,
+    /// Fleet commands.
+    Fleet,
+}
+
+/// One `[[trust]]` entry: an Ed25519 public key the device believes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedKey {
+    /// Key id matched against the JWS header `kid`.
+    pub kid: String,
+    /// What this key may sign; a key of the wrong role is refused.
+    pub role: Role,
+    /// Raw 32-byte Ed25519 public key.
+    pub public_key: [u8; 32],
+}
+
+/// The fully validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Site and device names.
+    pub identity: Identity,
+    /// SQLite database, device storage key, control socket (unless moved).
+    pub state_dir: PathBuf,
+    /// Intake directory written by camera software; meant to be on tmpfs.
+    pub spool_dir: PathBuf,
+    /// Broker connection (used by the uplink).
+    pub mqtt: MqttConfig,
+    /// Keys allowed to sign consents and commands.
+    pub trust: Vec<TrustedKey>,
+    /// Limits applied to every capture taken from the spool.
+    pub capture: CaptureConfig,
+    /// Retention and quota of the encrypted outbox.
+    pub outbox: OutboxConfig,
+    /// Acceptance window for signed fleet commands.
+    pub commands: CommandConfig,
+    /// Log level and format.
+    pub log: LogConfig,
+    /// Local control socket for `facegate ctl`.
+    pub control: ControlConfig,
+}
+
+/// `[mqtt]`: the broker and how the uplink talks to it.
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    /// Broker host name; also the TLS server name that is verified.
+    pub host: String,
+    /// Broker TLS port (default 8883).
+    pub port: u16,
+    /// CA bundle (PEM) that must have signed the broker certificate.
+    pub ca_file: PathBuf,
+    /// This device's client certificate chain (PEM).
+    pub cert_file: PathBuf,
+    /// This device's private key (PEM, PKCS#8 or SEC1/RSA); must not be group/world readable.
+    pub key_file: PathBuf,
+    /// Topic prefix (default `facegate`).
+    pub prefix: String,
+    /// MQTT keep-alive interval (default 30 s).
+    pub keep_alive: Duration,
+    /// Captures handed to MQTT but not yet acknowledged, at most (default 16).
+    pub inflight: u16,
+    /// First reconnect delay (default 1 s); doubles with jitter up to `reconnect_max`.
+    pub reconnect_min: Duration,
+    /// Reconnect delay cap (default 60 s).
+    pub reconnect_max: Duration,
+    /// How often the retained status is republished (default 60 s).
+    pub status_interval: Duration,
+}
+
+/// What to do with a new consented capture when the outbox quota is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Refuse the new capture (it is removed from the spool, counted and audited);
+    /// everything already accepted stays. The default.
+    RejectNew,
+    /// Purge the oldest queued captures until the new one fits.
+    DropOldest,
+}
+
+/// `[capture]`: limits applied to each spool pair.
+#[derive(Debug, Clone)]
+pub struct CaptureConfig {
+    /// Largest image file accepted, in bytes (default 8 MiB).
+    pub max_file_bytes: u64,
+    /// Largest image width in pixels (default 4096).
+    pub max_width: u32,
+    /// Largest image height in pixels (default 4096).
+    pub max_height: u32,
+    /// Largest decoder allocation in bytes (default 64 MiB); stops decompression bombs.
+    pub max_alloc_bytes: u64,
+    /// A lone image or stray file older than this is removed (default 60 s).
+    pub spool_grace: Duration,
+    /// How often the spool is scanned (default 100 ms, at most 200 ms).
+    pub poll_interval: Duration,
+}
+
+/// `[outbox]`: how long and how much is kept while the broker is away.
+#[derive(Debug, Clone)]
+pub struct OutboxConfig {
+    /// Captures older than this are purged unsent (default 7 days).
+    pub retention: Duration,
+    /// Total encrypted bytes the outbox may hold (default 512 MiB).
+    pub quota_bytes: u64,
+    /// Policy when a new capture would exceed `quota_bytes`.
+    pub when_full: WhenFull,
+}
+
+/// `[commands]`: acceptance window for signed fleet commands.
+#[derive(Debug, Clone)]
+pub struct CommandConfig {
+    /// Longest allowed `exp - iat` (default 24 h).
+    pub max_lifetime: Duration,
+    /// Clock difference tolerated on `iat`/`exp` (default 60 s).
+    pub clock_skew: Duration,
+    /// Largest command payload accepted, in bytes (default 64 KiB).
+    pub max_bytes: usize,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human readable lines (default).
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// `[log]`
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// `tracing` filter directive, e.g. `info` or `facegate=debug` (default `info`).
+    pub level: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+/// `[control]`
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// Unix socket for `facegate ctl` (default `<state_dir>/control.sock`), mode 0660.
+    pub socket: PathBuf,
+}
+
+impl Config {
+    /// The trusted key named `kid`, if any.
+    pub fn trusted(&self, kid: &str) -> Option<&TrustedKey> {
+        self.trust.iter().find(|k| k.kid == kid)
+    }
+}
