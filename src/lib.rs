@@ -4,7 +4,15 @@
 //! - [`config`]: two-phase configuration (raw TOML/env, then validated objects).
 //! - [`clock`]: unix seconds inside, RFC 3339 at the edges.
 //! - [`consent`]: consent tokens: the verified form and its checks.
+//! - [`jws`]: EdDSA JWS compact verification and signing, shared claim readers.
+//! - [`keys`]: Ed25519 key files for the fleet tool (generate, PEM, permissions).
+//! - [`gate`]: the consent gate: may this subject's capture be kept/uploaded now?
+//! - [`command`]: signed fleet commands: verification, signing, replies.
 
 pub mod clock;
+pub mod command;
 pub mod config;
 pub mod consent;
+pub mod gate;
+pub mod jws;
+pub mod keys;
