@@ -1,1 +1,970 @@
+//! Signed fleet commands (SPEC invariant 6): verification as a pure function of
+//! the payload, trusted keys, identity, policy, `now` and the replay set;
+//! signing for the fleet tool; and the reply objects.
+//!
+//! Checks run in this order, so an unsigned or forged payload never reaches the
+//! replay set or any effect: size → parse → key → signature → role → time →
+//! audience → replay → cmd/args.
+//!
+//! Time rules (all in whole seconds, `skew` = `[commands] clock_skew`):
+//! - `exp <= iat` → `malformed`;
+//! - `exp - iat > max_lifetime` → `lifetime_too_long`;
+//! - `iat > now + skew` → `not_yet_valid`;
+//! - `now >= exp + skew` → `expired`.
+//!
+//! The replay set must therefore remember a `jti` until at least its `exp + skew`.
+//! `consent.grant` carries a consent token that this module does NOT verify: the
+//! caller runs [`crate::consent::verify_consent`] on it as the command's effect.
 
+use serde_json::{json, Map, Value};
+
+use crate::config::{CommandConfig, Identity, Role, TrustedKey};
+use crate::consent::{valid_subject, MAX_TOKEN_BYTES};
+use crate::jws::{self, JwsError};
+
+/// What a purge removes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PurgeTarget {
+    /// Every capture of one subject.
+    Subject(String),
+    /// Every capture on the device.
+    All,
+}
+
+/// A command with validated arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `consent.grant`: verify and store this consent token.
+    ConsentGrant {
+        /// The consent JWS, still to be verified by the caller.
+        token: String,
+    },
+    /// `consent.revoke`: invalidate the subject's consents issued at or before
+    /// the command's `iat`, purge the subject's captures.
+    ConsentRevoke {
+        /// The subject id.
+        subject: String,
+    },
+    /// `capture.purge`: purge captures, keep consents.
+    Purge(PurgeTarget),
+    /// `status`: publish status now.
+    Status,
+}
+
+/// A command that passed every check and may take effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedCommand {
+    /// Command id: echoed in the reply, recorded in the replay set.
+    pub jti: String,
+    /// The `cmd` claim as sent, for the reply and the audit log.
+    pub cmd_name: String,
+    /// `iat`: a revocation covers consents issued at or before it.
+    pub issued_at: i64,
+    /// `exp`: the replay set must keep `jti` until `exp + skew`.
+    pub expires_at: i64,
+    /// The signing key, for the audit log.
+    pub kid: String,
+    /// What to do.
+    pub command: Command,
+}
+
+/// Why a command was refused. [`CommandError::code`] is the reply's error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// The signature does not verify under the named trusted key.
+    #[error("signature does not verify under the key named by kid")]
+    BadSignature,
+    /// The header `kid` is not a trusted key.
+    #[error("kid {0:?} is not a trusted key")]
+    UnknownKey(String),
+    /// The key's role may not sign this command.
+    #[error("key {kid:?} may not sign {cmd:?}")]
+    WrongRole {
+        /// The signing key.
+        kid: String,
+        /// The command it tried to sign.
+        cmd: String,
+    },
+    /// `now >= exp + skew`.
+    #[error("command expired at {exp} (now {now}, skew {skew} s)")]
+    Expired {
+        /// The command's `exp`.
+        exp: i64,
+        /// Tolerated clock skew.
+        skew: i64,
+        /// Time of the check.
+        now: i64,
+    },
+    /// `iat > now + skew`.
+    #[error("command issued at {iat}, in the future (now {now})")]
+    NotYetValid {
+        /// The command's `iat`.
+        iat: i64,
+        /// Time of the check.
+        now: i64,
+    },
+    /// `exp - iat` exceeds `[commands] max_lifetime`.
+    #[error("command lifetime {lifetime} s exceeds the allowed {max} s")]
+    LifetimeTooLong {
+        /// `exp - iat`.
+        lifetime: i64,
+        /// The configured maximum.
+        max: i64,
+    },
+    /// `aud` names neither this site nor this device.
+    #[error("command addressed to {0:?}, not to this site or device")]
+    WrongAudience(Vec<String>),
+    /// This `jti` was already executed.
+    #[error("command {0:?} was already executed")]
+    Replayed(String),
+    /// Not a well-formed command JWS, or a required claim is missing or mistyped.
+    #[error("malformed command: {0}")]
+    Malformed(String),
+    /// `cmd` is not one this device knows.
+    #[error("unknown command {0:?}")]
+    UnknownCommand(String),
+    /// The payload exceeds `[commands] max_bytes`.
+    #[error("command is {size} bytes, at most {max} accepted")]
+    TooLarge {
+        /// Payload size.
+        size: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// `args` do not fit the command.
+    #[error("bad arguments: {0}")]
+    BadArgs(String),
+    /// The fleet tool's key cannot sign.
+    #[error("cannot sign command: {0}")]
+    Signing(String),
+}
+
+impl CommandError {
+    /// Stable machine-readable code used in replies.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CommandError::BadSignature => "bad_signature",
+            CommandError::UnknownKey(_) => "unknown_key",
+            CommandError::WrongRole { .. } => "wrong_role",
+            CommandError::Expired { .. } => "expired",
+            CommandError::NotYetValid { .. } => "not_yet_valid",
+            CommandError::LifetimeTooLong { .. } => "lifetime_too_long",
+            CommandError::WrongAudience(_) => "wrong_audience",
+            CommandError::Replayed(_) => "replayed",
+            CommandError::Malformed(_) => "malformed",
+            CommandError::UnknownCommand(_) => "unknown_command",
+            CommandError::TooLarge { .. } => "too_large",
+            CommandError::BadArgs(_) => "bad_args",
+            CommandError::Signing(_) => "signing_failed",
+        }
+    }
+}
+
+impl From<JwsError> for CommandError {
+    fn from(e: JwsError) -> Self {
+        match e {
+            JwsError::Malformed(m) => CommandError::Malformed(m),
+            JwsError::UnknownKey(k) => CommandError::UnknownKey(k),
+            JwsError::BadSignature => CommandError::BadSignature,
+            JwsError::BadSigningKey(m) => CommandError::Signing(m),
+        }
+    }
+}
+
+/// A refused command, with whatever `jti`/`cmd` could be read for the reply.
+/// These may come from an unverified payload: echo them, never act on them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// The payload's `jti`, if it could be read.
+    pub jti: Option<String>,
+    /// The payload's `cmd`, if it could be read.
+    pub cmd: Option<String>,
+    /// Why it was refused.
+    pub error: CommandError,
+}
+
+impl Rejected {
+    /// The reply object for this rejection.
+    pub fn reply(&self) -> Value {
+        reply_err(
+            self.jti.as_deref(),
+            self.cmd.as_deref(),
+            self.error.code(),
+            &self.error.to_string(),
+        )
+    }
+}
+
+/// Verifies a command payload as received from MQTT. `seen(jti)` tells
+/// whether that command id was already executed; it is only called for
+/// commands that are validly signed, of the right role, in time and addressed
+/// to this device.
+pub fn verify_command(
+    payload: &[u8],
+    trust: &[TrustedKey],
+    me: &Identity,
+    policy: &CommandConfig,
+    now: i64,
+    seen: &dyn Fn(&str) -> bool,
+) -> Result<VerifiedCommand, Rejected> {
+    let reject = |jti: Option<String>, cmd: Option<String>, error| Rejected { jti, cmd, error };
+    if payload.len() > policy.max_bytes {
+        let error = CommandError::TooLarge {
+            size: payload.len(),
+            max: policy.max_bytes,
+        };
+        return Err(reject(None, None, error));
+    }
+    let Ok(text) = std::str::from_utf8(payload) else {
+        let error = CommandError::Malformed("payload is not UTF-8".into());
+        return Err(reject(None, None, error));
+    };
+    // Unverified, for the reply only.
+    let peeked = jws::peek_claims(text);
+    let peek = |name: &str| {
+        peeked
+            .as_ref()
+            .and_then(|c| c.get(name))
+            .and_then(Value::as_str)
+            .filter(|s| jws::valid_id(s))
+            .map(str::to_string)
+    };
+    let (jti, cmd) = (peek("jti"), peek("cmd"));
+    let fail = |error| reject(jti.clone(), cmd.clone(), error);
+
+    let verified = jws::verify(text, trust).map_err(|e| fail(e.into()))?;
+    check_claims(verified, me, policy, now, seen).map_err(fail)
+}
+
+/// Everything after the signature: role, time, audience, replay, cmd/args.
+fn check_claims(
+    verified: jws::Verified,
+    me: &Identity,
+    policy: &CommandConfig,
+    now: i64,
+    seen: &dyn Fn(&str) -> bool,
+) -> Result<VerifiedCommand, CommandError> {
+    let c = &verified.claims;
+    let cmd_name = jws::str_claim(c, "cmd").map_err(CommandError::Malformed)?;
+    let jti = jws::str_claim(c, "jti").map_err(CommandError::Malformed)?;
+    if !jws::valid_id(jti) {
+        return Err(CommandError::Malformed(
+            "claim jti must be 1..=128 printable characters".into(),
+        ));
+    }
+    let iat = jws::int_claim(c, "iat").map_err(CommandError::Malformed)?;
+    let exp = jws::int_claim(c, "exp").map_err(CommandError::Malformed)?;
+
+    let role_ok = match cmd_name {
+        "consent.revoke" => matches!(verified.role, Role::Consent | Role::Fleet),
+        _ => verified.role == Role::Fleet,
+    };
+    if !role_ok {
+        return Err(CommandError::WrongRole {
+            kid: verified.kid,
+            cmd: cmd_name.to_string(),
+        });
+    }
+
+    let skew = secs(policy.clock_skew);
+    let max = secs(policy.max_lifetime);
+    if exp <= iat {
+        return Err(CommandError::Malformed(format!(
+            "claim exp ({exp}) is not after iat ({iat})"
+        )));
+    }
+    let lifetime = exp.saturating_sub(iat);
+    if lifetime > max {
+        return Err(CommandError::LifetimeTooLong { lifetime, max });
+    }
+    if iat > now.saturating_add(skew) {
+        return Err(CommandError::NotYetValid { iat, now });
+    }
+    if now >= exp.saturating_add(skew) {
+        return Err(CommandError::Expired { exp, skew, now });
+    }
+
+    let aud = jws::audience(c).map_err(CommandError::Malformed)?;
+    if !jws::audience_matches(&aud, me) {
+        return Err(CommandError::WrongAudience(aud));
+    }
+    if seen(jti) {
+        return Err(CommandError::Replayed(jti.to_string()));
+    }
+    let command = parse_command(cmd_name, c.get("args"))?;
+    Ok(VerifiedCommand {
+        jti: jti.to_string(),
+        cmd_name: cmd_name.to_string(),
+        issued_at: iat,
+        expires_at: exp,
+        kid: verified.kid,
+        command,
+    })
+}
+
+/// Whole seconds of a config duration as i64.
+fn secs(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// Validates `args` for `cmd`. A missing `args` counts as `{}`; unknown
+/// argument names are refused so a typo never widens an effect.
+fn parse_command(cmd: &str, args: Option<&Value>) -> Result<Command, CommandError> {
+    let empty = Map::new();
+    let args = match args {
+        None => &empty,
+        Some(Value::Object(m)) => m,
+        Some(_) => return Err(CommandError::BadArgs("args must be an object".into())),
+    };
+    let only = |allowed: &[&str]| match args.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(CommandError::BadArgs(format!(
+            "unexpected argument {k:?} for {cmd}"
+        ))),
+        None => Ok(()),
+    };
+    let subject = || match args.get("subject") {
+        Some(Value::String(s)) if valid_subject(s) => Ok(s.clone()),
+        Some(_) => Err(CommandError::BadArgs(
+            "subject must match [A-Za-z0-9._:-]{1,128}".into(),
+        )),
+        None => Err(CommandError::BadArgs(format!("{cmd} needs a subject"))),
+    };
+    match cmd {
+        "consent.grant" => {
+            only(&["token"])?;
+            match args.get("token") {
+                Some(Value::String(t)) if !t.is_empty() && t.len() <= MAX_TOKEN_BYTES => {
+                    Ok(Command::ConsentGrant { token: t.clone() })
+                }
+                _ => Err(CommandError::BadArgs(format!(
+                    "consent.grant needs a token string of 1..={MAX_TOKEN_BYTES} bytes"
+                ))),
+            }
+        }
+        "consent.revoke" => {
+            only(&["subject"])?;
+            Ok(Command::ConsentRevoke {
+                subject: subject()?,
+            })
+        }
+        "capture.purge" => {
+            only(&["subject", "all"])?;
+            match (args.get("subject"), args.get("all")) {
+                (Some(_), None) => Ok(Command::Purge(PurgeTarget::Subject(subject()?))),
+                (None, Some(Value::Bool(true))) => Ok(Command::Purge(PurgeTarget::All)),
+                _ => Err(CommandError::BadArgs(
+                    "capture.purge needs either {\"subject\": \"…\"} or {\"all\": true}".into(),
+                )),
+            }
+        }
+        "status" => {
+            only(&[])?;
+            Ok(Command::Status)
+        }
+        other => Err(CommandError::UnknownCommand(other.to_string())),
+    }
+}
+
+/// Signs a command for the fleet tool: `iat = now`, `exp = now + lifetime_s`,
+/// a random UUID `jti`. Refuses unknown commands and bad args up front.
+/// Returns `(jti, jws)`.
+pub fn sign_command(
+    cmd_name: &str,
+    args: Value,
+    aud: &str,
+    lifetime_s: i64,
+    kid: &str,
+    pkcs8: &[u8],
+    now: i64,
+) -> Result<(String, String), CommandError> {
+    parse_command(cmd_name, Some(&args))?;
+    if aud.is_empty() {
+        return Err(CommandError::Malformed("audience is empty".into()));
+    }
+    let exp = match now.checked_add(lifetime_s) {
+        Some(exp) if lifetime_s > 0 => exp,
+        _ => return Err(CommandError::Malformed("lifetime must be positive".into())),
+    };
+    let jti = uuid::Uuid::new_v4().to_string();
+    let claims = json!({
+        "jti": jti, "iat": now, "exp": exp, "aud": aud, "cmd": cmd_name, "args": args,
+    });
+    let token = jws::sign(&claims, kid, pkcs8)?;
+    Ok((jti, token))
+}
+
+/// `{"v":1,"jti":…,"cmd":…,"ok":true,"result":…}`.
+pub fn reply_ok(jti: &str, cmd: &str, result: Value) -> Value {
+    json!({"v": 1, "jti": jti, "cmd": cmd, "ok": true, "result": result})
+}
+
+/// `{"v":1,"jti":…,"cmd":…,"ok":false,"error":{"code":…,"message":…}}`;
+/// unknown `jti`/`cmd` are `null`.
+pub fn reply_err(jti: Option<&str>, cmd: Option<&str>, code: &str, message: &str) -> Value {
+    json!({
+        "v": 1, "jti": jti, "cmd": cmd, "ok": false,
+        "error": {"code": code, "message": message},
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jws::testkit::*;
+    use std::cell::Cell;
+    use std::time::Duration;
+
+    const NOW: i64 = 1_800_000_000;
+    const SKEW: i64 = 60;
+    const DAY: i64 = 86_400;
+
+    fn policy() -> CommandConfig {
+        CommandConfig {
+            max_lifetime: Duration::from_secs(DAY as u64),
+            clock_skew: Duration::from_secs(SKEW as u64),
+            max_bytes: 4096,
+        }
+    }
+
+    struct Keys {
+        fleet: Vec<u8>,
+        consent: Vec<u8>,
+        stranger: Vec<u8>,
+        trust: Vec<TrustedKey>,
+    }
+
+    fn keys() -> Keys {
+        let (fleet, fpk) = keypair();
+        let (consent, cpk) = keypair();
+        let (stranger, _) = keypair();
+        Keys {
+            fleet,
+            consent,
+            stranger,
+            trust: vec![
+                trusted("fleet-1", Role::Fleet, fpk),
+                trusted("consent-1", Role::Consent, cpk),
+            ],
+        }
+    }
+
+    /// A valid `status` command at NOW; tests change one claim.
+    fn claims() -> Value {
+        json!({"jti": "cmd-1", "iat": NOW - 10, "exp": NOW + 300, "aud": "lobby",
+               "cmd": "status", "args": {}})
+    }
+
+    fn with(f: impl FnOnce(&mut Value)) -> Value {
+        let mut c = claims();
+        f(&mut c);
+        c
+    }
+
+    fn signed(c: &Value, kid: &str, key: &[u8]) -> Vec<u8> {
+        jws::sign(c, kid, key).unwrap().into_bytes()
+    }
+
+    fn run(k: &Keys, payload: &[u8], now: i64) -> Result<VerifiedCommand, Rejected> {
+        verify_command(payload, &k.trust, &me(), &policy(), now, &|j| j == "old")
+    }
+
+    #[test]
+    fn accepts_each_command() {
+        let k = keys();
+        let cases: Vec<(Value, Command)> = vec![
+            (json!({"cmd": "status", "args": {}}), Command::Status),
+            (json!({"cmd": "status"}), Command::Status),
+            (
+                json!({"cmd": "consent.grant", "args": {"token": "a.b.c"}}),
+                Command::ConsentGrant {
+                    token: "a.b.c".into(),
+                },
+            ),
+            (
+                json!({"cmd": "consent.revoke", "args": {"subject": "S-1"}}),
+                Command::ConsentRevoke {
+                    subject: "S-1".into(),
+                },
+            ),
+            (
+                json!({"cmd": "capture.purge", "args": {"subject": "S-1"}}),
+                Command::Purge(PurgeTarget::Subject("S-1".into())),
+            ),
+            (
+                json!({"cmd": "capture.purge", "args": {"all": true}}),
+                Command::Purge(PurgeTarget::All),
+            ),
+        ];
+        for (patch, want) in cases {
+            let c = with(|c| {
+                let obj = c.as_object_mut().unwrap();
+                obj.remove("args");
+                for (key, v) in patch.as_object().unwrap() {
+                    obj.insert(key.clone(), v.clone());
+                }
+            });
+            let v = run(&k, &signed(&c, "fleet-1", &k.fleet), NOW).unwrap();
+            assert_eq!(v.command, want);
+            assert_eq!(v.jti, "cmd-1");
+            assert_eq!(v.cmd_name, c["cmd"].as_str().unwrap());
+            assert_eq!((v.issued_at, v.expires_at), (NOW - 10, NOW + 300));
+            assert_eq!(v.kid, "fleet-1");
+        }
+        // A consent key may sign a revocation.
+        let revoke = with(|c| {
+            c["cmd"] = json!("consent.revoke");
+            c["args"] = json!({"subject": "S-1"});
+        });
+        assert!(run(&k, &signed(&revoke, "consent-1", &k.consent), NOW).is_ok());
+    }
+
+    #[test]
+    fn boundaries_accepted() {
+        let k = keys();
+        let cases: Vec<(&str, Value, i64)> = vec![
+            (
+                "one second before exp + skew",
+                claims(),
+                NOW + 300 + SKEW - 1,
+            ),
+            ("after exp, within skew", claims(), NOW + 300),
+            (
+                "iat exactly now + skew",
+                with(|c| {
+                    c["iat"] = json!(NOW + SKEW);
+                    c["exp"] = json!(NOW + SKEW + 10);
+                }),
+                NOW,
+            ),
+            (
+                "lifetime exactly max",
+                with(|c| c["exp"] = json!(NOW - 10 + DAY)),
+                NOW,
+            ),
+            (
+                "aud device",
+                with(|c| c["aud"] = json!("lobby/term-01")),
+                NOW,
+            ),
+            (
+                "aud array",
+                with(|c| c["aud"] = json!(["hall", "lobby/term-01"])),
+                NOW,
+            ),
+        ];
+        for (name, c, now) in cases {
+            if let Err(r) = run(&k, &signed(&c, "fleet-1", &k.fleet), now) {
+                panic!("{name}: {:?}", r.error);
+            }
+        }
+    }
+
+    /// (name, payload, now, expected code, jti echoed in the reply).
+    type Case = (
+        &'static str,
+        Vec<u8>,
+        i64,
+        &'static str,
+        Option<&'static str>,
+    );
+
+    #[test]
+    fn rejection_table() {
+        let k = keys();
+        let good = String::from_utf8(signed(&claims(), "fleet-1", &k.fleet)).unwrap();
+        let p: Vec<&str> = good.split('.').collect();
+        let tampered = format!(
+            "{}.{}.{}",
+            p[0],
+            b64(with(|c| c["cmd"] = json!("capture.purge"))
+                .to_string()
+                .as_bytes()),
+            p[2]
+        );
+        let none = format!("{}.{}.", b64(br#"{"alg":"none","kid":"fleet-1"}"#), p[1]);
+        let hs256 = {
+            let input = format!("{}.{}", b64(br#"{"alg":"HS256","kid":"fleet-1"}"#), p[1]);
+            let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &k.trust[0].public_key);
+            format!(
+                "{input}.{}",
+                b64(ring::hmac::sign(&key, input.as_bytes()).as_ref())
+            )
+        };
+        let s = |c: Value| signed(&c, "fleet-1", &k.fleet);
+        let cmd = |name: &str, args: Value| {
+            s(with(|c| {
+                c["cmd"] = json!(name);
+                c["args"] = args;
+            }))
+        };
+        let mut big = s(claims());
+        big.resize(4097, b' ');
+        let cases: Vec<Case> = vec![
+            ("too large", big, NOW, "too_large", None),
+            ("empty", vec![], NOW, "malformed", None),
+            (
+                "not utf-8",
+                vec![0xff, 0xfe, b'.', b'a'],
+                NOW,
+                "malformed",
+                None,
+            ),
+            (
+                "not a jws",
+                b"{\"cmd\":\"status\"}".to_vec(),
+                NOW,
+                "malformed",
+                None,
+            ),
+            (
+                "bad base64",
+                b"a*b.c$d.e!f".to_vec(),
+                NOW,
+                "malformed",
+                None,
+            ),
+            (
+                "alg none (empty signature segment: not read)",
+                none.into_bytes(),
+                NOW,
+                "malformed",
+                None,
+            ),
+            ("HS256", hs256.into_bytes(), NOW, "malformed", Some("cmd-1")),
+            (
+                "tampered",
+                tampered.into_bytes(),
+                NOW,
+                "bad_signature",
+                Some("cmd-1"),
+            ),
+            (
+                "stranger key, trusted kid",
+                signed(&claims(), "fleet-1", &k.stranger),
+                NOW,
+                "bad_signature",
+                Some("cmd-1"),
+            ),
+            (
+                "unknown kid",
+                signed(&claims(), "who", &k.fleet),
+                NOW,
+                "unknown_key",
+                Some("cmd-1"),
+            ),
+            (
+                "consent key signs status",
+                signed(&claims(), "consent-1", &k.consent),
+                NOW,
+                "wrong_role",
+                Some("cmd-1"),
+            ),
+            (
+                "consent key signs purge",
+                {
+                    let c = with(|c| {
+                        c["cmd"] = json!("capture.purge");
+                        c["args"] = json!({"all": true});
+                    });
+                    signed(&c, "consent-1", &k.consent)
+                },
+                NOW,
+                "wrong_role",
+                Some("cmd-1"),
+            ),
+            (
+                "exactly at exp + skew",
+                s(claims()),
+                NOW + 300 + SKEW,
+                "expired",
+                Some("cmd-1"),
+            ),
+            (
+                "iat beyond skew",
+                s(with(|c| {
+                    c["iat"] = json!(NOW + SKEW + 1);
+                    c["exp"] = json!(NOW + 999);
+                })),
+                NOW,
+                "not_yet_valid",
+                Some("cmd-1"),
+            ),
+            (
+                "lifetime max + 1",
+                s(with(|c| c["exp"] = json!(NOW - 10 + DAY + 1))),
+                NOW,
+                "lifetime_too_long",
+                Some("cmd-1"),
+            ),
+            (
+                "exp = iat",
+                s(with(|c| c["exp"] = json!(NOW - 10))),
+                NOW,
+                "malformed",
+                Some("cmd-1"),
+            ),
+            (
+                "other site",
+                s(with(|c| c["aud"] = json!("hall"))),
+                NOW,
+                "wrong_audience",
+                Some("cmd-1"),
+            ),
+            (
+                "other device",
+                s(with(|c| c["aud"] = json!("lobby/term-02"))),
+                NOW,
+                "wrong_audience",
+                Some("cmd-1"),
+            ),
+            (
+                "other devices array",
+                s(with(|c| c["aud"] = json!(["lobby/term-02", "hall"]))),
+                NOW,
+                "wrong_audience",
+                Some("cmd-1"),
+            ),
+            (
+                "no aud",
+                s(with(|c| {
+                    c.as_object_mut().unwrap().remove("aud");
+                })),
+                NOW,
+                "malformed",
+                Some("cmd-1"),
+            ),
+            (
+                "replayed",
+                s(with(|c| c["jti"] = json!("old"))),
+                NOW,
+                "replayed",
+                Some("old"),
+            ),
+            (
+                "no jti",
+                s(with(|c| {
+                    c.as_object_mut().unwrap().remove("jti");
+                })),
+                NOW,
+                "malformed",
+                None,
+            ),
+            (
+                "empty jti",
+                s(with(|c| c["jti"] = json!(""))),
+                NOW,
+                "malformed",
+                None,
+            ),
+            (
+                "no exp",
+                s(with(|c| {
+                    c.as_object_mut().unwrap().remove("exp");
+                })),
+                NOW,
+                "malformed",
+                Some("cmd-1"),
+            ),
+            (
+                "float iat",
+                s(with(|c| c["iat"] = json!(1.5))),
+                NOW,
+                "malformed",
+                Some("cmd-1"),
+            ),
+            (
+                "no cmd",
+                s(with(|c| {
+                    c.as_object_mut().unwrap().remove("cmd");
+                })),
+                NOW,
+                "malformed",
+                Some("cmd-1"),
+            ),
+            (
+                "unknown command",
+                cmd("reboot", json!({})),
+                NOW,
+                "unknown_command",
+                Some("cmd-1"),
+            ),
+            (
+                "args not object",
+                cmd("status", json!([])),
+                NOW,
+                "bad_args",
+                Some("cmd-1"),
+            ),
+            (
+                "status with args",
+                cmd("status", json!({"x": 1})),
+                NOW,
+                "bad_args",
+                Some("cmd-1"),
+            ),
+            (
+                "grant without token",
+                cmd("consent.grant", json!({})),
+                NOW,
+                "bad_args",
+                Some("cmd-1"),
+            ),
+            (
+                "grant numeric token",
+                cmd("consent.grant", json!({"token": 5})),
+                NOW,
+                "bad_args",
+                Some("cmd-1"),
+            ),
+            (
+                "revoke bad subject",
+                cmd("consent.revoke", json!({"subject": "a/b"})),
+                NOW,
+                "bad_args",
+                Some("cmd-1"),
+            ),
+            (
+                "revoke no subject",
+                cmd("consent.revoke", json!({})),
+                NOW,
+                "bad_args",
+                Some("cmd-1"),
+            ),
+            (
+                "revoke extra arg",
+                cmd("consent.revoke", json!({"subject": "S", "all": true})),
+                NOW,
+                "bad_args",
+                Some("cmd-1"),
+            ),
+            (
+                "purge all false",
+                cmd("capture.purge", json!({"all": false})),
+                NOW,
+                "bad_args",
+                Some("cmd-1"),
+            ),
+            (
+                "purge both",
+                cmd("capture.purge", json!({"all": true, "subject": "S"})),
+                NOW,
+                "bad_args",
+                Some("cmd-1"),
+            ),
+            (
+                "purge nothing",
+                cmd("capture.purge", json!({})),
+                NOW,
+                "bad_args",
+                Some("cmd-1"),
+            ),
+        ];
+        for (name, payload, now, code, jti) in cases {
+            let err = run(&k, &payload, now).expect_err(name);
+            assert_eq!(err.error.code(), code, "{name}: {:?}", err.error);
+            assert_eq!(err.jti.as_deref(), jti, "{name}");
+            let reply = err.reply();
+            assert_eq!(reply["ok"], false);
+            assert_eq!(reply["error"]["code"], code);
+        }
+    }
+
+    #[test]
+    fn replay_set_consulted_only_for_authentic_in_time_commands() {
+        let k = keys();
+        let called = Cell::new(false);
+        let seen = |_: &str| {
+            called.set(true);
+            false
+        };
+        let rejected: Vec<(Vec<u8>, i64)> = vec![
+            (signed(&claims(), "fleet-1", &k.stranger), NOW),
+            (signed(&claims(), "who", &k.fleet), NOW),
+            (signed(&claims(), "consent-1", &k.consent), NOW),
+            (signed(&claims(), "fleet-1", &k.fleet), NOW + 99_999),
+            (
+                signed(&with(|c| c["aud"] = json!("hall")), "fleet-1", &k.fleet),
+                NOW,
+            ),
+        ];
+        for (payload, now) in rejected {
+            assert!(verify_command(&payload, &k.trust, &me(), &policy(), now, &seen).is_err());
+            assert!(!called.get());
+        }
+        let payload = signed(&claims(), "fleet-1", &k.fleet);
+        assert!(verify_command(&payload, &k.trust, &me(), &policy(), NOW, &seen).is_ok());
+        assert!(called.get());
+    }
+
+    #[test]
+    fn hand_built_command_verifies() {
+        // Standard JOSE: base64url(header).base64url(claims).base64url(Ed25519 sig), no jsonwebtoken.
+        let k = keys();
+        let token = hand_token(
+            r#"{"alg":"EdDSA","typ":"JWT","kid":"fleet-1"}"#,
+            &claims().to_string(),
+            &k.fleet,
+        );
+        let v = run(&k, token.as_bytes(), NOW).unwrap();
+        assert_eq!(v.command, Command::Status);
+    }
+
+    #[test]
+    fn sign_command_round_trip_and_checks() {
+        let k = keys();
+        let (jti, token) = sign_command(
+            "capture.purge",
+            json!({"subject": "S-1"}),
+            "lobby/term-01",
+            600,
+            "fleet-1",
+            &k.fleet,
+            NOW,
+        )
+        .unwrap();
+        let v = run(&k, token.as_bytes(), NOW).unwrap();
+        assert_eq!(v.jti, jti);
+        assert_eq!(v.expires_at, NOW + 600);
+        assert_eq!(
+            v.command,
+            Command::Purge(PurgeTarget::Subject("S-1".into()))
+        );
+
+        let sign = |cmd: &str, args: Value, aud: &str, life: i64, key: &[u8]| {
+            sign_command(cmd, args, aud, life, "fleet-1", key, NOW)
+                .unwrap_err()
+                .code()
+        };
+        assert_eq!(
+            sign("reboot", json!({}), "lobby", 60, &k.fleet),
+            "unknown_command"
+        );
+        assert_eq!(
+            sign("status", json!({"x": 1}), "lobby", 60, &k.fleet),
+            "bad_args"
+        );
+        assert_eq!(sign("status", json!({}), "", 60, &k.fleet), "malformed");
+        assert_eq!(sign("status", json!({}), "lobby", 0, &k.fleet), "malformed");
+        assert_eq!(
+            sign("status", json!({}), "lobby", 60, b"junk"),
+            "signing_failed"
+        );
+    }
+
+    #[test]
+    fn reply_shapes() {
+        assert_eq!(
+            reply_ok("j", "status", json!({"a": 1})),
+            json!({"v": 1, "jti": "j", "cmd": "status", "ok": true, "result": {"a": 1}})
+        );
+        assert_eq!(
+            reply_err(None, None, "malformed", "bad"),
+            json!({"v": 1, "jti": null, "cmd": null, "ok": false,
+                   "error": {"code": "malformed", "message": "bad"}})
+        );
+        assert_eq!(
+            reply_err(Some("j"), Some("status"), "expired", "late")["jti"],
+            "j"
+        );
+    }
+}
