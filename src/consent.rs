@@ -1,5 +1,6 @@
 //! Consent tokens: verification of the JWS (pure, a function of the token,
-//! the trusted keys, this device's identity and `now`).
+//! the trusted keys, this device's identity and `now`), the revocation rule,
+//! and signing consent tokens for the fleet tool.
 
 use serde_json::{json, Value};
 

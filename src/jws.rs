@@ -435,6 +435,24 @@ mod tests {
     }
 
     #[test]
+    fn signed_token_verifies_with_plain_ring() {
+        // Interoperability the other way: our output is plain RFC 7515/8037.
+        let s = setup();
+        let token = sign(&json!({"x": "y"}), "k1", &s.pkcs8).unwrap();
+        let (input, sig) = token.rsplit_once('.').unwrap();
+        let pk = ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ED25519,
+            s.trust[0].public_key,
+        );
+        pk.verify(input.as_bytes(), &URL_SAFE_NO_PAD.decode(sig).unwrap())
+            .unwrap();
+        let payload = input.split('.').nth(1).unwrap();
+        let claims: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        assert_eq!(claims, json!({"x": "y"}));
+    }
+
+    #[test]
     fn rejections() {
         let s = setup();
         let good = hand_token(r#"{"alg":"EdDSA","kid":"k1"}"#, r#"{"a":1}"#, &s.pkcs8);
