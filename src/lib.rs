@@ -4,7 +4,11 @@
 //! - [`config`]: two-phase configuration (raw TOML/env, then validated objects).
 //! - [`clock`]: unix seconds inside, RFC 3339 at the edges.
 //! - [`consent`]: consent tokens: the verified form and its checks.
+//! - [`pki`]: throwaway X.509 CA, broker and device certificates (tooling, demo, tests).
+//! - [`uplink`]: the MQTT uplink; [`uplink::tls`] builds its mutual-TLS configuration.
 
 pub mod clock;
 pub mod config;
 pub mod consent;
+pub mod pki;
+pub mod uplink;
