@@ -61,7 +61,10 @@ async fn device_publishes_its_captures_to_the_fleet() {
     let got = fleet.recv_publish(T).await.expect("fleet receives capture");
     assert_eq!(got.topic, "facegate/lobby/term-01/captures");
     assert_eq!(&got.payload[..], b"capture-1");
-    assert!(broker.log().contains("term-01"), "CN is the user name");
+    assert!(
+        broker.log().contains("u'term-01'"),
+        "the certificate CN is the MQTT user name"
+    );
 }
 
 #[tokio::test]
@@ -251,6 +254,18 @@ async fn nothing_listening_is_connection_refused() {
 }
 
 #[tokio::test]
+async fn unknown_host_is_a_dns_failure() {
+    let broker = Broker::start();
+    let creds = broker.issue_client("term-01");
+    // `.invalid` never resolves (RFC 6761); resolvers answer at once.
+    let options = broker.options_for("term-01", "no-such-broker.invalid", &creds);
+
+    let err = connect_error(options, T).await;
+    assert_eq!(classify(&err), ConnectFailure::Dns, "{err:?}");
+    assert!(explain(&err).contains("DNS"));
+}
+
+#[tokio::test]
 async fn last_will_is_published_retained_when_the_device_dies() {
     let broker = Broker::start();
     let mut fleet = fleet_subscribed(&broker, "facegate/lobby/+/status").await;
@@ -319,4 +334,22 @@ async fn commands_queued_while_offline_survive_a_broker_restart() {
     let mut dev = device(&broker, "term-01").await;
     let got = dev.recv_on(cmd, T).await.expect("queued command delivered");
     assert_eq!(&got.payload[..], b"queued-cmd");
+}
+
+#[tokio::test]
+async fn killed_broker_comes_back_on_the_same_port_with_the_same_certificates() {
+    let mut broker = Broker::start();
+    let port = broker.port;
+    let creds = broker.issue_client("term-01");
+
+    broker.kill();
+    let err = connect_error(broker.options_for("term-01", "localhost", &creds), T).await;
+    assert_eq!(classify(&err), ConnectFailure::Refused, "{err:?}");
+
+    broker.restart();
+    assert_eq!(broker.port, port);
+    let mut dev = Session::spawn(broker.options_for("term-01", "localhost", &creds));
+    dev.wait_connected(T)
+        .await
+        .expect("reconnects after restart");
 }
