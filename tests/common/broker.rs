@@ -164,7 +164,8 @@ impl Broker {
     }
 
     /// MQTT options for client `cn` (client id = `cn`, host `localhost`, persistent
-    /// session, 5 s keep-alive) with a fresh certificate.
+    /// session, 5 s keep-alive) with a fresh certificate; rewrites `clients/{cn}.*`
+    /// (configurations already loaded from them are unaffected).
     pub fn options(&self, cn: &str) -> MqttOptions {
         let creds = self.issue_client(cn);
         self.options_for(cn, "localhost", &creds)
