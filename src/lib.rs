@@ -8,6 +8,8 @@
 //! - [`keys`]: Ed25519 key files for the fleet tool (generate, PEM, permissions).
 //! - [`gate`]: the consent gate: may this subject's capture be kept/uploaded now?
 //! - [`command`]: signed fleet commands: verification, signing, replies.
+//! - [`pki`]: throwaway X.509 CA, broker and device certificates (tooling, demo, tests).
+//! - [`uplink`]: the MQTT uplink; [`uplink::tls`] builds its mutual-TLS configuration.
 
 pub mod clock;
 pub mod command;
@@ -16,3 +18,5 @@ pub mod consent;
 pub mod gate;
 pub mod jws;
 pub mod keys;
+pub mod pki;
+pub mod uplink;

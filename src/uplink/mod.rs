@@ -1,0 +1,5 @@
+//! The MQTT uplink to the fleet broker: mutual TLS, persistent session, topics
+//! under `{prefix}/{site}/{device}/…`. [`tls`] owns the TLS client configuration,
+//! the MQTT connection options and the explanations of failed connections.
+
+pub mod tls;
