@@ -28,12 +28,14 @@ pub enum ConfigError {
     },
 
     /// A key that facegate does not know (a typo, or a key from another version).
-    #[error("{key}: unknown key{}", known_hint(known))]
+    #[error("{key}: unknown key{}", hint.map(|h| format!(" ({h})")).unwrap_or_else(|| known_hint(known)))]
     UnknownKey {
         /// Full key path, e.g. `mqtt.hostt`.
         key: String,
         /// The keys that are valid at that place.
         known: Vec<String>,
+        /// A likelier explanation than a typo, shown instead of `known`.
+        hint: Option<&'static str>,
     },
 
     /// A required key is absent.

@@ -260,9 +260,12 @@ pub(crate) fn blame_env<T>(
         let Some(key) = error.key() else {
             return error;
         };
-        let culprit = env
-            .iter()
-            .find(|(name, _)| env_key_path(name).is_some_and(|k| k == key));
+        // The variable set this key, or something below it (FACEGATE_TRUST__0__KID
+        // turns the `trust` list into a table).
+        let nested = format!("{key}.");
+        let culprit = env.iter().find(|(name, _)| {
+            env_key_path(name).is_some_and(|k| k == key || k.starts_with(&nested))
+        });
         match culprit {
             Some((var, _)) => ConfigError::FromEnv {
                 var: var.clone(),
@@ -313,19 +316,27 @@ fn is_snippet_line(line: &str) -> bool {
     digits_stripped.starts_with('|')
 }
 
+/// Keys of [`RawConfig`] that are plain values (tables excluded).
+const TOP_LEVEL_KEYS: [&str; 4] = ["site_id", "device_id", "state_dir", "spool_dir"];
+
 /// Maps a deserialization failure to the key it is about.
 fn shape_error(err: serde_path_to_error::Error<serde_json::Error>) -> ConfigError {
     let path = err.path().to_string();
     let message = err.inner().to_string();
     if let Some((field, known)) = parse_unknown_field(&message) {
-        let key = if path == "." {
+        let nested = path != ".";
+        // `device_id` written after `[mqtt]` lands in the mqtt table: TOML's
+        // most common trap, worth saying plainly.
+        let hint = (nested && TOP_LEVEL_KEYS.contains(&field.as_str()))
+            .then_some("top-level keys must come before the first [table]");
+        let key = if !nested {
             field
         } else if path.ends_with(&format!(".{field}")) || path == field {
             path
         } else {
             format!("{path}.{field}")
         };
-        return ConfigError::UnknownKey { key, known };
+        return ConfigError::UnknownKey { key, known, hint };
     }
     let key = if path == "." {
         "(top level)".to_string()
