@@ -3,9 +3,75 @@
 //!
 //! Only validated objects leave this module, so the rest of the daemon never
 //! re-checks a path, a key or a duration.
+//!
+//! Entry points:
+//! - [`load`]: the file plus the process environment, then [`Config::check_files`]
+//!   (what `facegate run` and `facegate check-config` use);
+//! - [`load_with_env`]: the same with an explicit environment (tests);
+//! - [`from_toml_str`]: a TOML string only, no environment and no broker-file
+//!   checks (for tests of other modules).
+//!
+//! Submodules: [`raw`] (serde shapes and merging file + environment),
+//! `validate` (raw to typed), `keys` (Ed25519 public key decoding),
+//! [`error`] (the [`ConfigError`] enum).
 
-use std::path::PathBuf;
+pub mod error;
+mod keys;
+pub mod raw;
+mod validate;
+
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+pub use error::ConfigError;
+pub use raw::RawConfig;
+
+/// Where `facegate` looks for its config file when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/facegate/facegate.toml";
+
+/// Prefix of environment variables that override config keys
+/// (`FACEGATE_MQTT__HOST` overrides `mqtt.host`).
+pub const ENV_PREFIX: &str = "FACEGATE_";
+
+/// Loads `path`, applies `FACEGATE_*` overrides from the process environment,
+/// validates, and checks the broker TLS files ([`Config::check_files`]).
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let env = raw::process_env()?;
+    load_with_env(path, &env)
+}
+
+/// Like [`load`], but the environment is `env` (name, value) instead of the
+/// process environment; names without the `FACEGATE_` prefix are ignored.
+pub fn load_with_env(path: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let base_dir = base_dir_of(path);
+    let checked = RawConfig::merge(&text, path, env).and_then(|raw| raw.validate(&base_dir));
+    let config = raw::blame_env(checked, env)?;
+    config.check_files()?;
+    Ok(config)
+}
+
+/// Parses and validates a TOML document without any environment overrides.
+/// Relative paths are resolved against `base_dir`. The broker TLS files are
+/// not checked (call [`Config::check_files`] for that), so tests may use
+/// placeholder paths; trust keys given by `public_key_file` are still read.
+pub fn from_toml_str(toml: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+    let raw = RawConfig::merge(toml, Path::new("<inline config>"), &[])?;
+    raw.validate(base_dir)
+}
+
+/// Directory against which relative paths in the file at `path` are resolved:
+/// the file's own directory, made absolute so a later `chdir` cannot move it.
+fn base_dir_of(path: &Path) -> PathBuf {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::path::absolute(&dir).unwrap_or(dir)
+}
 
 /// Who this device is. Used for topic names and for token/command audiences.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +103,7 @@ pub struct TrustedKey {
 }
 
 /// The fully validated configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Site and device names.
     pub identity: Identity,
@@ -62,7 +128,7 @@ pub struct Config {
 }
 
 /// `[mqtt]`: the broker and how the uplink talks to it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MqttConfig {
     /// Broker host name; also the TLS server name that is verified.
     pub host: String,
@@ -99,7 +165,7 @@ pub enum WhenFull {
 }
 
 /// `[capture]`: limits applied to each spool pair.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaptureConfig {
     /// Largest image file accepted, in bytes (default 8 MiB).
     pub max_file_bytes: u64,
@@ -116,7 +182,7 @@ pub struct CaptureConfig {
 }
 
 /// `[outbox]`: how long and how much is kept while the broker is away.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxConfig {
     /// Captures older than this are purged unsent (default 7 days).
     pub retention: Duration,
@@ -127,7 +193,7 @@ pub struct OutboxConfig {
 }
 
 /// `[commands]`: acceptance window for signed fleet commands.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandConfig {
     /// Longest allowed `exp - iat` (default 24 h).
     pub max_lifetime: Duration,
@@ -147,7 +213,7 @@ pub enum LogFormat {
 }
 
 /// `[log]`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
     /// `tracing` filter directive, e.g. `info` or `facegate=debug` (default `info`).
     pub level: String,
@@ -156,7 +222,7 @@ pub struct LogConfig {
 }
 
 /// `[control]`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControlConfig {
     /// Unix socket for `facegate ctl` (default `<state_dir>/control.sock`), mode 0660.
     pub socket: PathBuf,
@@ -166,5 +232,15 @@ impl Config {
     /// The trusted key named `kid`, if any.
     pub fn trusted(&self, kid: &str) -> Option<&TrustedKey> {
         self.trust.iter().find(|k| k.kid == kid)
+    }
+
+    /// Checks that the broker TLS files exist and are readable regular files,
+    /// and that `mqtt.key_file` is not accessible by group or others.
+    /// [`load`] calls this; [`from_toml_str`] does not.
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        validate::check_readable("mqtt.ca_file", &self.mqtt.ca_file)?;
+        validate::check_readable("mqtt.cert_file", &self.mqtt.cert_file)?;
+        validate::check_readable("mqtt.key_file", &self.mqtt.key_file)?;
+        validate::check_private("mqtt.key_file", &self.mqtt.key_file)
     }
 }

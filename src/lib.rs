@@ -10,6 +10,7 @@
 //! - [`command`]: signed fleet commands: verification, signing, replies.
 //! - [`pki`]: throwaway X.509 CA, broker and device certificates (tooling, demo, tests).
 //! - [`uplink`]: the MQTT uplink; [`uplink::tls`] builds its mutual-TLS configuration.
+//! - [`logging`]: the `tracing` subscriber (text or JSON on stderr).
 
 pub mod clock;
 pub mod command;
@@ -20,3 +21,4 @@ pub mod jws;
 pub mod keys;
 pub mod pki;
 pub mod uplink;
+pub mod logging;
