@@ -433,3 +433,73 @@ fn debug_output_never_contains_image_bytes() {
     assert!(dbg.contains("bytes>"), "{dbg}");
     assert!(!dbg.contains("137, 80, 78, 71"), "{dbg}");
 }
+
+/// Progressive JPEG with restart markers (10 scans, Huffman tables between
+/// scans), made losslessly from `face_jpeg(96, 64, 42, 85)` by
+/// `jpegtran -progressive -restart 2 -copy none`.
+const PROGRESSIVE: &[u8] = include_bytes!("fixtures/progressive-restart.jpg");
+
+fn segment(marker: u8, content: &[u8]) -> Vec<u8> {
+    let mut s = vec![0xFF, marker];
+    s.extend_from_slice(&((content.len() + 2) as u16).to_be_bytes());
+    s.extend_from_slice(content);
+    s
+}
+
+#[test]
+fn progressive_jpeg_with_restarts_kept_losslessly() {
+    assert_eq!(
+        PROGRESSIVE
+            .windows(2)
+            .filter(|w| *w == [0xFF, markers::SOS])
+            .count(),
+        10
+    );
+    let clean = sanitize(PROGRESSIVE, &limits()).unwrap();
+    assert_eq!((clean.width, clean.height), (96, 64));
+    assert_same_pixels(PROGRESSIVE, &clean.bytes);
+    // Same pixels as the baseline file it was made from.
+    assert_same_pixels(&face_jpeg(96, 64, 42, 85), &clean.bytes);
+
+    // Metadata hidden between scans is removed too; every scan survives.
+    let second_sos = PROGRESSIVE
+        .windows(2)
+        .enumerate()
+        .filter(|(_, w)| *w == [0xFF, markers::SOS])
+        .nth(1)
+        .unwrap()
+        .0;
+    let mut raw = PROGRESSIVE[..second_sos].to_vec();
+    raw.extend(segment(markers::COM, MARK.as_bytes()));
+    raw.extend(segment(markers::APP1, format!("Exif\0\0{MARK}").as_bytes()));
+    raw.extend_from_slice(&PROGRESSIVE[second_sos..]);
+    let raw = with_exif_gps(&raw, MARK);
+    let stripped = sanitize(&raw, &limits()).unwrap();
+    assert!(!contains(&stripped.bytes, MARK.as_bytes()));
+    assert!(stripped.bytes == clean.bytes);
+    assert_eq!(
+        stripped
+            .bytes
+            .windows(2)
+            .filter(|w| *w == [0xFF, markers::SOS])
+            .count(),
+        10
+    );
+}
+
+#[test]
+fn progressive_jpeg_truncated_between_scans_rejected() {
+    // Cut right before the 6th scan: every remaining segment is complete,
+    // only EOI and later scans are missing.
+    let sixth = PROGRESSIVE
+        .windows(2)
+        .enumerate()
+        .filter(|(_, w)| *w == [0xFF, markers::SOS])
+        .nth(5)
+        .unwrap()
+        .0;
+    assert_eq!(
+        sanitize(&PROGRESSIVE[..sixth], &limits()).unwrap_err(),
+        ImageError::Truncated(ContentType::Jpeg)
+    );
+}
