@@ -467,3 +467,63 @@ fn decode_error(format: ContentType, limits: &CaptureConfig, e: image::ImageErro
         other => corrupt(format, other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const J: ContentType = ContentType::Jpeg;
+
+    type Case<'a> = (&'a [u8], Result<Vec<u8>, ImageError>);
+
+    #[test]
+    fn tail_walker_table() {
+        let eoi = [0xFF, 0xD9];
+        let cases: Vec<Case> = vec![
+            // Scan data with stuffed 0xFF00 and a restart marker, then EOI.
+            (
+                &[1, 0xFF, 0x00, 2, 0xFF, 0xD3, 3, 0xFF, 0xD9],
+                Ok(vec![1, 0xFF, 0x00, 2, 0xFF, 0xD3, 3, 0xFF, 0xD9]),
+            ),
+            // Fill bytes before EOI and garbage after it.
+            (
+                &[1, 0xFF, 0xFF, 0xFF, 0xD9, 9, 9, 9],
+                Ok(vec![1, 0xFF, 0xFF, 0xFF, 0xD9]),
+            ),
+            // A comment before EOI is removed, a DHT between scans kept.
+            (
+                &[
+                    1, 0xFF, 0xFE, 0, 4, b'h', b'i', 0xFF, 0xC4, 0, 3, 7, 2, 0xFF, 0xD9,
+                ],
+                Ok(vec![1, 0xFF, 0xC4, 0, 3, 7, 2, 0xFF, 0xD9]),
+            ),
+            (&[1, 2, 3], Err(ImageError::Truncated(J))),
+            (&[1, 2, 0xFF], Err(ImageError::Truncated(J))),
+            (&[1, 0xFF, 0xFE, 0, 9, 1], Err(ImageError::Truncated(J))),
+            (&[1, 0xFF, 0xFE, 0], Err(ImageError::Truncated(J))),
+            (
+                &[1, 0xFF, 0xFE, 0, 1, 0xFF, 0xD9],
+                Err(corrupt(J, "segment 0xFE with length 1")),
+            ),
+            (
+                &[1, 0xFF, 0xDC, 0, 4, 0, 8, 0xFF, 0xD9],
+                Err(ImageError::Unsupported(
+                    "JPEG marker 0xDC after the first scan".into(),
+                )),
+            ),
+            (&eoi, Ok(eoi.to_vec())),
+        ];
+        for (input, want) in cases {
+            assert_eq!(clean_jpeg_tail(input), want, "{input:02X?}");
+        }
+    }
+
+    #[test]
+    fn sof_markers() {
+        let sof: Vec<u8> = (0xC0..=0xCF).filter(|m| is_sof(*m)).collect();
+        assert_eq!(
+            sof,
+            [0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF]
+        );
+    }
+}
