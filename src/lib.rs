@@ -11,6 +11,9 @@
 //! - [`pki`]: throwaway X.509 CA, broker and device certificates (tooling, demo, tests).
 //! - [`uplink`]: the MQTT uplink; [`uplink::tls`] builds its mutual-TLS configuration.
 //! - [`logging`]: the `tracing` subscriber (text or JSON on stderr).
+//! - [`sanitize`]: image validation and lossless metadata removal (bytes in, bytes out).
+//! - [`spool`]: the intake directory protocol (pairs, sidecars, orphans, bounded reads).
+//! - [`synth`]: synthetic face-like captures with planted metadata, for tests and demos.
 
 pub mod clock;
 pub mod command;
@@ -22,3 +25,6 @@ pub mod keys;
 pub mod pki;
 pub mod uplink;
 pub mod logging;
+pub mod sanitize;
+pub mod spool;
+pub mod synth;

@@ -1,0 +1,529 @@
+//! Validation and metadata removal for one capture image: bytes in, bytes out.
+//!
+//! [`sanitize`] owns the rule "what we upload is a real, complete JPEG or PNG
+//! within the configured limits, carrying nothing but pixels". It works in
+//! this order, cheapest check first:
+//!
+//! 1. file size against `max_file_bytes`;
+//! 2. format from the magic bytes (never from a file name);
+//! 3. dimensions from the header, rejected **before** any pixel buffer is
+//!    allocated, so a tiny file claiming 100000x100000 costs microseconds;
+//! 4. lossless removal of every metadata segment/chunk (no re-encode, the
+//!    compressed pixel data is copied byte for byte), which also requires the
+//!    end-of-image marker (JPEG `EOI`, PNG `IEND`): a truncated file is refused
+//!    even when a lenient decoder would silently fill the missing rows;
+//! 5. a full decode of the *stripped* bytes under [`image::Limits`], so what
+//!    is stored is exactly what was validated.
+//!
+//! Trailing bytes after the end-of-image marker are never part of the image
+//! (they may hold preview images, appended videos or other files), so they
+//! are dropped from the output; the image itself is still accepted.
+//!
+//! JPEG keeps only SOI, DQT, SOFn, DHT, DAC, DRI, SOS with scan data (every
+//! scan of a progressive file) and EOI, plus an `APP14 "Adobe"` segment when
+//! present because it changes how colours are decoded. All other APPn
+//! segments (JFIF, EXIF/GPS, XMP, ICC, IPTC, MPF, ...) and comments are
+//! dropped. PNG keeps IHDR, PLTE, IDAT, tRNS and IEND; every other ancillary
+//! chunk (text, EXIF, time, ICC, gamma, ...) is dropped.
+
+use std::fmt;
+use std::io::Cursor;
+
+use image::codecs::jpeg::JpegDecoder;
+use image::codecs::png::PngDecoder;
+use image::error::LimitErrorKind;
+use image::ImageDecoder;
+use img_parts::jpeg::{markers, Jpeg, JpegSegment};
+use img_parts::png::Png;
+use img_parts::Bytes;
+
+use crate::config::CaptureConfig;
+
+/// Image formats a capture may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ContentType {
+    /// JPEG (JFIF/EXIF baseline or progressive).
+    Jpeg,
+    /// PNG.
+    Png,
+}
+
+impl ContentType {
+    /// MIME type for the upload envelope.
+    pub fn mime(&self) -> &'static str {
+        match self {
+            ContentType::Jpeg => "image/jpeg",
+            ContentType::Png => "image/png",
+        }
+    }
+
+    /// The type a spool file extension announces (`jpg`, `jpeg`, `png`; lower
+    /// case, without the dot). The caller compares it with the type found in
+    /// the bytes; a mismatch is a bad pair.
+    pub fn from_extension(ext: &str) -> Option<ContentType> {
+        match ext {
+            "jpg" | "jpeg" => Some(ContentType::Jpeg),
+            "png" => Some(ContentType::Png),
+            _ => None,
+        }
+    }
+
+    /// The type announced by the magic bytes at the start of `raw`, if any.
+    pub fn sniff(raw: &[u8]) -> Option<ContentType> {
+        if raw.starts_with(&[0xFF, 0xD8, 0xFF]) {
+            Some(ContentType::Jpeg)
+        } else if raw.starts_with(PNG_SIGNATURE) {
+            Some(ContentType::Png)
+        } else {
+            None
+        }
+    }
+
+    /// Short upper-case name for messages.
+    fn name(&self) -> &'static str {
+        match self {
+            ContentType::Jpeg => "JPEG",
+            ContentType::Png => "PNG",
+        }
+    }
+}
+
+impl fmt::Display for ContentType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A validated image with all metadata removed: the bytes that get uploaded.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CleanImage {
+    /// The sanitized file (same compressed pixel data as the input, no metadata).
+    pub bytes: Vec<u8>,
+    /// Format of `bytes`, for the envelope's `content_type`.
+    pub content_type: ContentType,
+    /// Width in pixels, as decoded.
+    pub width: u32,
+    /// Height in pixels, as decoded.
+    pub height: u32,
+    /// SHA-256 of `bytes` (the envelope's `sha256`).
+    pub sha256: [u8; 32],
+}
+
+/// Never prints the image bytes, only their size.
+impl fmt::Debug for CleanImage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CleanImage")
+            .field("bytes", &format_args!("<{} bytes>", self.bytes.len()))
+            .field("content_type", &self.content_type)
+            .field("width", &self.width)
+            .field("height", &self.height)
+            .field("sha256", &format_args!("{}", hex::encode(self.sha256)))
+            .finish()
+    }
+}
+
+/// Why an image was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ImageError {
+    /// The file is bigger than `capture.max_file_bytes`.
+    #[error("image file is {size} bytes, more than the limit of {max} bytes")]
+    TooLarge { size: u64, max: u64 },
+    /// Neither JPEG nor PNG magic bytes.
+    #[error("not an image: the file does not start with JPEG or PNG magic bytes")]
+    NotAnImage,
+    /// A JPEG or PNG feature we do not accept.
+    #[error("unsupported image: {0}")]
+    Unsupported(String),
+    /// The header announces dimensions above `capture.max_width`/`max_height`.
+    #[error("image is {width}x{height} pixels, more than the limit of {max_width}x{max_height}")]
+    DimensionsTooLarge {
+        width: u32,
+        height: u32,
+        max_width: u32,
+        max_height: u32,
+    },
+    /// Decoding would allocate more than `capture.max_alloc_bytes`.
+    #[error("decoding the image needs more memory than the limit of {max} bytes")]
+    TooManyPixels { max: u64 },
+    /// The structure or the pixel data is broken.
+    #[error("corrupt {format} image: {reason}")]
+    Corrupt { format: ContentType, reason: String },
+    /// The file ends before its end-of-image marker (JPEG EOI / PNG IEND).
+    #[error("truncated {0} image: the file ends before its end-of-image marker")]
+    Truncated(ContentType),
+}
+
+const PNG_SIGNATURE: &[u8] = &[0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
+
+/// Validates `raw` against `limits` and returns it without any metadata.
+///
+/// Pure: no I/O, no clock. See the module documentation for the steps.
+pub fn sanitize(raw: &[u8], limits: &CaptureConfig) -> Result<CleanImage, ImageError> {
+    let size = raw.len() as u64;
+    if size > limits.max_file_bytes {
+        return Err(ImageError::TooLarge {
+            size,
+            max: limits.max_file_bytes,
+        });
+    }
+    let content_type = ContentType::sniff(raw).ok_or(ImageError::NotAnImage)?;
+    let bytes = match content_type {
+        ContentType::Jpeg => strip_jpeg(raw, limits)?,
+        ContentType::Png => strip_png(raw, limits)?,
+    };
+    let (width, height) = decode(&bytes, content_type, limits)?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+    let mut sha256 = [0u8; 32];
+    sha256.copy_from_slice(digest.as_ref());
+    Ok(CleanImage {
+        bytes,
+        content_type,
+        width,
+        height,
+        sha256,
+    })
+}
+
+fn check_dimensions(width: u32, height: u32, limits: &CaptureConfig) -> Result<(), ImageError> {
+    if width > limits.max_width || height > limits.max_height {
+        return Err(ImageError::DimensionsTooLarge {
+            width,
+            height,
+            max_width: limits.max_width,
+            max_height: limits.max_height,
+        });
+    }
+    Ok(())
+}
+
+fn corrupt(format: ContentType, reason: impl Into<String>) -> ImageError {
+    ImageError::Corrupt {
+        format,
+        reason: reason.into(),
+    }
+}
+
+fn parts_error(format: ContentType, err: img_parts::Error) -> ImageError {
+    match err {
+        img_parts::Error::Truncated => ImageError::Truncated(format),
+        img_parts::Error::WrongSignature => ImageError::NotAnImage,
+        other => corrupt(format, other.to_string()),
+    }
+}
+
+/// Start-of-frame markers (SOF0..SOF15 minus DHT, JPG and DAC, which share the range).
+fn is_sof(m: u8) -> bool {
+    matches!(m, 0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF)
+}
+
+/// Header segments that decoding needs; everything else before the first scan is dropped.
+fn keep_jpeg_header_segment(seg: &JpegSegment) -> Result<bool, ImageError> {
+    let m = seg.marker();
+    Ok(match m {
+        markers::DQT | markers::DHT | markers::DAC | markers::DRI | markers::SOS => true,
+        _ if is_sof(m) => true,
+        markers::APP14 => seg.contents().starts_with(b"Adobe"),
+        markers::APP0..=markers::APP15 | markers::COM => false,
+        other => {
+            return Err(ImageError::Unsupported(format!(
+                "JPEG marker 0x{other:02X} before the first scan"
+            )))
+        }
+    })
+}
+
+/// Parses the JPEG header, checks dimensions, drops metadata segments, and
+/// rebuilds the file up to and including EOI.
+fn strip_jpeg(raw: &[u8], limits: &CaptureConfig) -> Result<Vec<u8>, ImageError> {
+    const J: ContentType = ContentType::Jpeg;
+    // img-parts parses segments up to the first SOS; its "entropy" is the rest of the file.
+    let mut jpeg = Jpeg::from_bytes(Bytes::copy_from_slice(raw)).map_err(|e| parts_error(J, e))?;
+    let sofs: Vec<&JpegSegment> = jpeg
+        .segments()
+        .iter()
+        .filter(|s| is_sof(s.marker()))
+        .collect();
+    if sofs.len() != 1 {
+        return Err(corrupt(
+            J,
+            format!(
+                "expected one frame header before the first scan, found {}",
+                sofs.len()
+            ),
+        ));
+    }
+    let sof = sofs[0].contents();
+    if sof.len() < 5 {
+        return Err(corrupt(J, "frame header too short"));
+    }
+    let height = u32::from(u16::from_be_bytes([sof[1], sof[2]]));
+    let width = u32::from(u16::from_be_bytes([sof[3], sof[4]]));
+    if width == 0 {
+        return Err(corrupt(J, "frame header declares width 0"));
+    }
+    if height == 0 {
+        return Err(ImageError::Unsupported(
+            "JPEG height defined after the first scan (DNL)".into(),
+        ));
+    }
+    check_dimensions(width, height, limits)?;
+
+    let mut kept = Vec::with_capacity(jpeg.segments().len());
+    for seg in jpeg.segments() {
+        if keep_jpeg_header_segment(seg)? {
+            kept.push(seg.clone());
+        }
+    }
+    let Some(sos) = kept
+        .pop()
+        .filter(|s| s.marker() == markers::SOS && s.has_entropy())
+    else {
+        return Err(corrupt(J, "no image data (no start-of-scan segment)"));
+    };
+    // The parser stopped at this SOS; its entropy is the rest of the file, a suffix of `raw`.
+    let entropy_len = sos.len_with_entropy() - sos.len();
+    let tail = &raw[raw.len() - entropy_len..];
+    let clean_tail = clean_jpeg_tail(tail)?;
+    kept.push(JpegSegment::new_with_entropy(
+        markers::SOS,
+        sos.contents().clone(),
+        Bytes::from(clean_tail),
+    ));
+    *jpeg.segments_mut() = kept;
+    Ok(collect(jpeg.encoder()))
+}
+
+/// Walks the bytes after the first SOS header: scan data, the segments
+/// between scans, and EOI. Returns them with metadata segments removed and
+/// everything after EOI cut off. No EOI means the file is truncated.
+fn clean_jpeg_tail(tail: &[u8]) -> Result<Vec<u8>, ImageError> {
+    const J: ContentType = ContentType::Jpeg;
+    let mut out = Vec::with_capacity(tail.len());
+    let mut run_start = 0; // start of scan data not yet copied
+    let mut i = 0;
+    loop {
+        let Some(off) = tail[i..].iter().position(|&b| b == 0xFF) else {
+            return Err(ImageError::Truncated(J));
+        };
+        let j = i + off;
+        let Some(&m) = tail.get(j + 1) else {
+            return Err(ImageError::Truncated(J));
+        };
+        match m {
+            // Stuffed 0xFF, restart markers: part of the scan data.
+            0x00 | markers::RST0..=markers::RST7 => {
+                i = j + 2;
+                continue;
+            }
+            // Fill byte before a marker.
+            0xFF => {
+                i = j + 1;
+                continue;
+            }
+            _ => {}
+        }
+        out.extend_from_slice(&tail[run_start..j]);
+        if m == markers::EOI {
+            out.extend_from_slice(&[0xFF, markers::EOI]);
+            return Ok(out);
+        }
+        let keep = match m {
+            markers::DHT | markers::DQT | markers::DRI | markers::DAC | markers::SOS => true,
+            markers::APP0..=markers::APP15 | markers::COM => false,
+            other => {
+                return Err(ImageError::Unsupported(format!(
+                    "JPEG marker 0x{other:02X} after the first scan"
+                )))
+            }
+        };
+        let Some(len) = tail.get(j + 2..j + 4) else {
+            return Err(ImageError::Truncated(J));
+        };
+        let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+        if len < 2 {
+            return Err(corrupt(J, format!("segment 0x{m:02X} with length {len}")));
+        }
+        let end = j + 2 + len;
+        if end > tail.len() {
+            return Err(ImageError::Truncated(J));
+        }
+        if keep {
+            out.extend_from_slice(&tail[j..end]);
+        }
+        i = end;
+        run_start = end;
+    }
+}
+
+/// Checks IHDR dimensions, requires IEND, and keeps only rendering chunks.
+fn strip_png(raw: &[u8], limits: &CaptureConfig) -> Result<Vec<u8>, ImageError> {
+    const P: ContentType = ContentType::Png;
+    // IHDR must be the first chunk; read its size fields before parsing anything else.
+    let Some(ihdr) = raw.get(8..24) else {
+        return Err(ImageError::Truncated(P));
+    };
+    if &ihdr[4..8] != b"IHDR" {
+        return Err(corrupt(P, "first chunk is not IHDR"));
+    }
+    let width = u32::from_be_bytes([ihdr[8], ihdr[9], ihdr[10], ihdr[11]]);
+    let height = u32::from_be_bytes([ihdr[12], ihdr[13], ihdr[14], ihdr[15]]);
+    if width == 0 || height == 0 {
+        return Err(corrupt(P, format!("IHDR declares {width}x{height} pixels")));
+    }
+    check_dimensions(width, height, limits)?;
+
+    let mut png = Png::from_bytes(Bytes::copy_from_slice(raw)).map_err(|e| parts_error(P, e))?;
+    if png.chunks().last().map(|c| c.kind()) != Some(*b"IEND") {
+        return Err(ImageError::Truncated(P));
+    }
+    let mut kept = Vec::with_capacity(png.chunks().len());
+    for chunk in png.chunks() {
+        let kind = chunk.kind();
+        match &kind {
+            b"IHDR" | b"PLTE" | b"IDAT" | b"IEND" | b"tRNS" => kept.push(chunk.clone()),
+            // Ancillary chunks (lower-case first letter) are never needed to decode.
+            _ if kind[0].is_ascii_lowercase() => {}
+            _ => {
+                return Err(ImageError::Unsupported(format!(
+                    "PNG critical chunk {:?}",
+                    String::from_utf8_lossy(&kind)
+                )))
+            }
+        }
+    }
+    *png.chunks_mut() = kept;
+    Ok(collect(png.encoder()))
+}
+
+fn collect<I: Iterator<Item = Bytes>>(pieces: I) -> Vec<u8> {
+    let mut out = Vec::new();
+    for piece in pieces {
+        out.extend_from_slice(&piece);
+    }
+    out
+}
+
+/// Decodes every pixel under the configured limits; returns the dimensions.
+fn decode(
+    bytes: &[u8],
+    format: ContentType,
+    limits: &CaptureConfig,
+) -> Result<(u32, u32), ImageError> {
+    let mut lim = image::Limits::default();
+    lim.max_image_width = Some(limits.max_width);
+    lim.max_image_height = Some(limits.max_height);
+    lim.max_alloc = Some(limits.max_alloc_bytes);
+    let err = |e| decode_error(format, limits, e);
+    match format {
+        ContentType::Jpeg => {
+            let mut d = JpegDecoder::new(Cursor::new(bytes)).map_err(err)?;
+            d.set_limits(lim).map_err(err)?;
+            read_all(d, format, limits)
+        }
+        ContentType::Png => {
+            let d = PngDecoder::with_limits(Cursor::new(bytes), lim).map_err(err)?;
+            read_all(d, format, limits)
+        }
+    }
+}
+
+fn read_all(
+    d: impl ImageDecoder,
+    format: ContentType,
+    limits: &CaptureConfig,
+) -> Result<(u32, u32), ImageError> {
+    let (w, h) = d.dimensions();
+    check_dimensions(w, h, limits)?;
+    let needed = d.total_bytes();
+    if needed > limits.max_alloc_bytes {
+        return Err(ImageError::TooManyPixels {
+            max: limits.max_alloc_bytes,
+        });
+    }
+    let len = usize::try_from(needed).map_err(|_| ImageError::TooManyPixels {
+        max: limits.max_alloc_bytes,
+    })?;
+    let mut buf = vec![0u8; len];
+    d.read_image(&mut buf)
+        .map_err(|e| decode_error(format, limits, e))?;
+    Ok((w, h))
+}
+
+fn decode_error(format: ContentType, limits: &CaptureConfig, e: image::ImageError) -> ImageError {
+    match e {
+        image::ImageError::Limits(l) => match l.kind() {
+            // Header dimensions were checked already, so the decoder disagrees with them.
+            LimitErrorKind::DimensionError => {
+                corrupt(format, "decoded dimensions differ from the header")
+            }
+            _ => ImageError::TooManyPixels {
+                max: limits.max_alloc_bytes,
+            },
+        },
+        image::ImageError::Unsupported(u) => ImageError::Unsupported(u.to_string()),
+        image::ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            ImageError::Truncated(format)
+        }
+        other => corrupt(format, other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const J: ContentType = ContentType::Jpeg;
+
+    type Case<'a> = (&'a [u8], Result<Vec<u8>, ImageError>);
+
+    #[test]
+    fn tail_walker_table() {
+        let eoi = [0xFF, 0xD9];
+        let cases: Vec<Case> = vec![
+            // Scan data with stuffed 0xFF00 and a restart marker, then EOI.
+            (
+                &[1, 0xFF, 0x00, 2, 0xFF, 0xD3, 3, 0xFF, 0xD9],
+                Ok(vec![1, 0xFF, 0x00, 2, 0xFF, 0xD3, 3, 0xFF, 0xD9]),
+            ),
+            // Fill bytes before EOI and garbage after it.
+            (
+                &[1, 0xFF, 0xFF, 0xFF, 0xD9, 9, 9, 9],
+                Ok(vec![1, 0xFF, 0xFF, 0xFF, 0xD9]),
+            ),
+            // A comment before EOI is removed, a DHT between scans kept.
+            (
+                &[
+                    1, 0xFF, 0xFE, 0, 4, b'h', b'i', 0xFF, 0xC4, 0, 3, 7, 2, 0xFF, 0xD9,
+                ],
+                Ok(vec![1, 0xFF, 0xC4, 0, 3, 7, 2, 0xFF, 0xD9]),
+            ),
+            (&[1, 2, 3], Err(ImageError::Truncated(J))),
+            (&[1, 2, 0xFF], Err(ImageError::Truncated(J))),
+            (&[1, 0xFF, 0xFE, 0, 9, 1], Err(ImageError::Truncated(J))),
+            (&[1, 0xFF, 0xFE, 0], Err(ImageError::Truncated(J))),
+            (
+                &[1, 0xFF, 0xFE, 0, 1, 0xFF, 0xD9],
+                Err(corrupt(J, "segment 0xFE with length 1")),
+            ),
+            (
+                &[1, 0xFF, 0xDC, 0, 4, 0, 8, 0xFF, 0xD9],
+                Err(ImageError::Unsupported(
+                    "JPEG marker 0xDC after the first scan".into(),
+                )),
+            ),
+            (&eoi, Ok(eoi.to_vec())),
+        ];
+        for (input, want) in cases {
+            assert_eq!(clean_jpeg_tail(input), want, "{input:02X?}");
+        }
+    }
+
+    #[test]
+    fn sof_markers() {
+        let sof: Vec<u8> = (0xC0..=0xCF).filter(|m| is_sof(*m)).collect();
+        assert_eq!(
+            sof,
+            [0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF]
+        );
+    }
+}
