@@ -19,9 +19,7 @@ pub fn rfc3339(ts: i64) -> String {
 
 /// Parses an RFC 3339 timestamp into unix seconds.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    OffsetDateTime::parse(s, &Rfc3339)
-        .ok()
-        .map(|t| t.unix_timestamp())
+    OffsetDateTime::parse(s, &Rfc3339).ok().map(|t| t.unix_timestamp())
 }
 
 #[cfg(test)]
