@@ -33,12 +33,15 @@ pub(super) fn capture_ref(r: &Row) -> rusqlite::Result<CaptureRef> {
     })
 }
 
+/// Capture refs matching `sql_where`, in `order` (which must be served by an
+/// index for large outboxes).
 fn select_refs(
     w: &Writer,
     sql_where: &str,
+    order: &str,
     args: impl rusqlite::Params,
 ) -> Result<Vec<CaptureRef>, StoreError> {
-    let sql = format!("SELECT {REF_COLUMNS} FROM captures {sql_where} ORDER BY seq");
+    let sql = format!("SELECT {REF_COLUMNS} FROM captures {sql_where} ORDER BY {order}");
     w.tx.prepare_cached(&sql)
         .and_then(|mut s| {
             s.query_map(args, capture_ref)?
@@ -105,7 +108,7 @@ pub(super) fn purge_subject_in(
     now: i64,
     reason: PurgeReason,
 ) -> Result<Vec<String>, StoreError> {
-    let rows = select_refs(w, "WHERE subject_ref = ?1", params![&sref[..]])?;
+    let rows = select_refs(w, "WHERE subject_ref = ?1", "seq", params![&sref[..]])?;
     if rows.is_empty() {
         let detail = json!({ "reason": reason.as_str(), "count": 0, "capture_ids": [] });
         w.audit(now, kind::CAPTURE_PURGED, Some(sref), detail)?;
@@ -139,7 +142,7 @@ pub(super) fn purge_all(
     cmd: Option<&CommandStamp>,
 ) -> Result<Vec<String>, StoreError> {
     let mut w = store.writer()?;
-    let rows = select_refs(&w, "", [])?;
+    let rows = select_refs(&w, "", "seq", [])?;
     if rows.is_empty() {
         let detail = json!({ "reason": reason.as_str(), "count": 0, "all": true });
         w.audit(now, kind::CAPTURE_PURGED, None, detail)?;
@@ -162,7 +165,7 @@ pub(super) fn enforce_retention(
     let keep = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
     let cutoff = now.saturating_sub(keep);
     let mut w = store.writer()?;
-    let rows = select_refs(&w, "WHERE queued_at < ?1", [cutoff])?;
+    let rows = select_refs(&w, "WHERE queued_at < ?1", "queued_at, seq", [cutoff])?;
     if rows.is_empty() {
         return Ok(Vec::new());
     }
