@@ -210,7 +210,8 @@ impl PurgeReason {
 }
 
 /// A consented, sanitized capture handed to [`Store::insert_captures`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `Debug` omits the image bytes.
+#[derive(Clone, PartialEq, Eq)]
 pub struct NewCapture {
     /// UUID, stable across upload retries.
     pub capture_id: String,
@@ -230,8 +231,9 @@ pub struct NewCapture {
     pub image: Vec<u8>,
 }
 
-/// A queued capture, decrypted, as the uplink needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A queued capture, decrypted, as the uplink needs it. `Debug` omits the
+/// image bytes.
+#[derive(Clone, PartialEq, Eq)]
 pub struct OutboxCapture {
     /// UUID, stable across upload retries.
     pub capture_id: String,
@@ -251,6 +253,33 @@ pub struct OutboxCapture {
     pub image: Vec<u8>,
     /// When it entered the outbox (unix seconds); drives retention and age.
     pub queued_at: i64,
+}
+
+impl std::fmt::Debug for NewCapture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewCapture")
+            .field("capture_id", &self.capture_id)
+            .field("consent_id", &self.consent_id)
+            .field("captured_at", &self.captured_at)
+            .field("camera", &self.camera)
+            .field("content_type", &self.content_type)
+            .field("image_len", &self.image.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for OutboxCapture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboxCapture")
+            .field("capture_id", &self.capture_id)
+            .field("consent_id", &self.consent_id)
+            .field("captured_at", &self.captured_at)
+            .field("camera", &self.camera)
+            .field("content_type", &self.content_type)
+            .field("image_len", &self.image.len())
+            .field("queued_at", &self.queued_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Per-capture outcome of [`Store::insert_captures`], in batch order.
@@ -430,6 +459,20 @@ impl Store {
         self.finish(r)
     }
 
+    /// True if `consent_id` is a stored consent of `subject`, unexpired at
+    /// `now`, with the upload scope, and not voided by a tombstone: the same
+    /// check `insert_captures` makes. The uplink calls it right before handing
+    /// a capture to MQTT (signature/kid/audience re-checks are the caller's).
+    pub fn upload_allowed(
+        &mut self,
+        subject: &str,
+        consent_id: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let r = outbox::upload_allowed(self, subject, consent_id, now);
+        self.finish(r)
+    }
+
     /// The plain subject id of a queued capture.
     pub fn capture_subject(&mut self, capture_id: &str) -> Result<Option<String>, StoreError> {
         let r = outbox::capture_subject(self, capture_id);
@@ -561,14 +604,22 @@ impl Store {
     }
 
     /// Copies the WAL into the database and truncates it, so no old page
-    /// version (with purged content) survives in `facegate.db-wal`.
+    /// version (with purged content) survives in `facegate.db-wal`. Runs after
+    /// a purge has committed, so a failure is logged rather than returned (the
+    /// purge itself stands; the next checkpoint finishes the job).
     pub(crate) fn checkpoint(&mut self) -> Result<(), StoreError> {
-        let busy: i64 = self
+        match self
             .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
-            .op("checkpointing the WAL")?;
-        if busy != 0 {
-            tracing::warn!(db = %self.path.display(), "WAL checkpoint could not complete: database busy");
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            }) {
+            Ok(0) => {}
+            Ok(_) => {
+                tracing::warn!(db = %self.path.display(), "WAL checkpoint could not complete: database busy")
+            }
+            Err(e) => {
+                tracing::error!(db = %self.path.display(), error = %e, "WAL checkpoint failed")
+            }
         }
         Ok(())
     }

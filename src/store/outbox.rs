@@ -76,30 +76,40 @@ fn key_for<'c>(
     })
 }
 
-/// Inside the transaction: is `consent_id` a stored, unexpired upload consent of
-/// this subject that no tombstone voids?
+const CONSENT_VALID_SQL: &str = "SELECT 1 FROM consents c
+     WHERE c.id = ?1 AND c.subject_ref = ?2 AND c.expires_at > ?3
+       AND instr(' ' || c.scopes || ' ', ?4) > 0
+       AND NOT EXISTS (SELECT 1 FROM tombstones t
+                       WHERE t.subject_ref = c.subject_ref AND c.issued_at <= t.revoked_before)";
+
+/// Is `consent_id` a stored, unexpired upload consent of this subject that no
+/// tombstone voids?
 fn consent_valid(
-    w: &Writer,
+    conn: &rusqlite::Connection,
     consent_id: &str,
     sref: &[u8; 32],
     now: i64,
 ) -> Result<bool, StoreError> {
-    w.tx.prepare_cached(
-        "SELECT 1 FROM consents c
-         WHERE c.id = ?1 AND c.subject_ref = ?2 AND c.expires_at > ?3
-           AND instr(' ' || c.scopes || ' ', ?4) > 0
-           AND NOT EXISTS (SELECT 1 FROM tombstones t
-                           WHERE t.subject_ref = c.subject_ref AND c.issued_at <= t.revoked_before)",
-    )
-    .and_then(|mut s| {
-        s.query_row(
-            params![consent_id, &sref[..], now, format!(" {UPLOAD_SCOPE} ")],
-            |_| Ok(()),
-        )
-        .optional()
-    })
-    .op("re-checking consent")
-    .map(|r| r.is_some())
+    conn.prepare_cached(CONSENT_VALID_SQL)
+        .and_then(|mut s| {
+            s.query_row(
+                params![consent_id, &sref[..], now, format!(" {UPLOAD_SCOPE} ")],
+                |_| Ok(()),
+            )
+            .optional()
+        })
+        .op("checking consent")
+        .map(|r| r.is_some())
+}
+
+pub(super) fn upload_allowed(
+    store: &mut Store,
+    subject: &str,
+    consent_id: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let sref = store.keys.pseudonyms.pseudonym(subject);
+    consent_valid(&store.conn, consent_id, &sref, now)
 }
 
 fn totals(w: &Writer) -> Result<(u64, u64), StoreError> {
@@ -178,7 +188,7 @@ pub(super) fn insert(
             out.push(Inserted::Duplicate);
             continue;
         }
-        if !consent_valid(&w, &c.consent_id, &sref, now)? {
+        if !consent_valid(&w.tx, &c.consent_id, &sref, now)? {
             let detail = json!({ "capture_id": c.capture_id, "reason": "no_valid_consent" });
             w.audit(now, kind::CAPTURE_DROPPED, Some(&sref), detail)?;
             w.bump(counter::DROPPED_NO_CONSENT, 1)?;

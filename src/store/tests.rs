@@ -409,6 +409,11 @@ fn pending_is_ordered_decrypted_and_honours_exclude() {
     assert_eq!(first.content_type, "image/jpeg");
     assert_eq!(first.captured_at, T0 - 5);
     assert_eq!(first.queued_at, T0);
+    let dbg = format!("{first:?}");
+    assert!(
+        !dbg.contains("PIXELS") && !dbg.contains("subject") && dbg.contains("image_len"),
+        "{dbg}"
+    );
     assert_eq!(p[3].queued_at, T0 + 1);
 
     let excl = vec![a[0].clone(), a[2].clone()];
@@ -494,6 +499,12 @@ fn insert_rechecks_consent_inside_the_transaction() {
     }
     let c = s.counters().unwrap();
     assert_eq!((c["accepted"], c["dropped_no_consent"]), (2, 5));
+    // The same check for the uplink, right before publishing.
+    assert!(s.upload_allowed("S-1", "ok", T0 + 99).unwrap());
+    assert!(!s.upload_allowed("S-1", "ok", T0 + 100).unwrap());
+    assert!(!s.upload_allowed("S-2", "ok", T0).unwrap());
+    assert!(!s.upload_allowed("S-1", "noscope", T0).unwrap());
+    assert!(!s.upload_allowed("S-3", "revoked", T0).unwrap());
     assert!(s.audit_verify().unwrap().ok);
 }
 
