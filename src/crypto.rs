@@ -6,7 +6,7 @@
 //! The nonce is random per seal. Key bytes are never printed (`Debug` shows
 //! only the type) and are overwritten with zeros when dropped.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -111,27 +111,43 @@ impl DeviceKey {
     /// Loads the key file, or creates it (mode 0600, fsynced with its directory)
     /// if it does not exist. Refuses a file that group/others may access or
     /// whose size is not [`KEY_LEN`].
+    ///
+    /// Creation is crash-safe: the key is written and fsynced under a temporary
+    /// name, then hard-linked into place (which fails if another process won the
+    /// race), so `path` never holds a partial key.
     pub fn load_or_create(path: &Path) -> Result<DeviceKey, CryptoError> {
-        let io = |source| CryptoError::Io {
-            path: path.to_path_buf(),
-            source,
+        if path.exists() {
+            return Self::load(path);
+        }
+        let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| CryptoError::Io { path: p, source }
         };
-        match OpenOptions::new()
+        match fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&tmp)(e)),
+        }
+        let bytes = random_bytes::<KEY_LEN>()?;
+        let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(path)
-        {
-            Ok(mut file) => {
-                let bytes = random_bytes::<KEY_LEN>()?;
-                file.write_all(&bytes).map_err(io)?;
-                file.sync_all().map_err(io)?;
-                drop(file);
-                sync_parent_dir(path).map_err(io)?;
+            .open(&tmp)
+            .map_err(io(&tmp))?;
+        file.write_all(&bytes).map_err(io(&tmp))?;
+        file.sync_all().map_err(io(&tmp))?;
+        drop(file);
+        let linked = fs::hard_link(&tmp, path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {
+                sync_parent_dir(path).map_err(io(path))?;
                 Ok(DeviceKey { bytes })
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::load(path),
-            Err(e) => Err(io(e)),
+            Err(e) => Err(io(path)(e)),
         }
     }
 
@@ -448,13 +464,12 @@ impl DataKey {
     }
 }
 
-/// Re-exported so callers need not depend on `ring` to name the nonce size.
+/// Bytes a sealed blob adds to its plaintext (nonce + tag), for quota estimates.
 pub const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs;
 
     fn keys() -> DerivedKeys {
         DeviceKey::from_bytes([7u8; 32]).derive()
@@ -470,7 +485,18 @@ mod tests {
         assert_eq!(fs::metadata(&path).unwrap().len(), 32);
         let k2 = DeviceKey::load_or_create(&path).unwrap();
         assert_eq!(k1.derive().check, k2.derive().check);
+        assert!(!dir.path().join("storage.key.tmp").exists());
         assert_eq!(k1.bytes, k2.bytes);
+    }
+
+    #[test]
+    fn stale_temp_file_from_a_crash_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(KEY_FILE_NAME);
+        fs::write(dir.path().join("storage.key.tmp"), b"partial").unwrap();
+        let k = DeviceKey::load_or_create(&path).unwrap();
+        assert_eq!(DeviceKey::load(&path).unwrap().bytes, k.bytes);
+        assert!(!dir.path().join("storage.key.tmp").exists());
     }
 
     #[test]
