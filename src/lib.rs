@@ -14,7 +14,11 @@
 //! - [`sanitize`]: image validation and lossless metadata removal (bytes in, bytes out).
 //! - [`spool`]: the intake directory protocol (pairs, sidecars, orphans, bounded reads).
 //! - [`synth`]: synthetic face-like captures with planted metadata, for tests and demos.
+//! - [`crypto`]: storage key file, derived keys, per-subject data keys, AES-GCM envelopes.
+//! - [`audit`]: the audit log's MAC hash chain (pure) and its verification.
+//! - [`store`]: SQLite state (consents, encrypted outbox, counters, audit, replay); the only SQL.
 
+pub mod audit;
 pub mod clock;
 pub mod command;
 pub mod config;
@@ -28,3 +32,5 @@ pub mod logging;
 pub mod sanitize;
 pub mod spool;
 pub mod synth;
+pub mod crypto;
+pub mod store;

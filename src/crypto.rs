@@ -1,0 +1,602 @@
+//! Key material at rest: the device storage key file, the sub-keys derived
+//! from it (HKDF-SHA256), per-subject data keys, and the AES-256-GCM envelopes
+//! that protect captures in the outbox.
+//!
+//! Layout of every sealed blob: `nonce (12 bytes) || ciphertext || tag (16 bytes)`.
+//! The nonce is random per seal. Key bytes are never printed (`Debug` shows
+//! only the type) and are overwritten with zeros when dropped.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use ring::hkdf;
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+
+/// Length in bytes of the device key and of every data key.
+pub const KEY_LEN: usize = 32;
+/// File name of the device storage key inside the state directory.
+pub const KEY_FILE_NAME: &str = "storage.key";
+
+const TAG_LEN: usize = 16;
+const HKDF_SALT: &[u8] = b"facegate storage key v1";
+const INFO_WRAP: &[u8] = b"facegate/v1/key-wrapping";
+const INFO_PSEUDONYM: &[u8] = b"facegate/v1/subject-pseudonym";
+const INFO_AUDIT: &[u8] = b"facegate/v1/audit-chain";
+const INFO_CHECK: &[u8] = b"facegate/v1/key-check";
+
+/// Errors from key files and envelopes.
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    /// Reading or creating a key file failed.
+    #[error("storage key {path}: {source}")]
+    Io {
+        /// The key file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The key file may be read by group or others.
+    #[error("storage key {path} has mode {mode:o}; it must not be accessible by group or others (chmod 600)")]
+    InsecurePermissions {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The key file does not hold exactly [`KEY_LEN`] bytes.
+    #[error("storage key {path} is {size} bytes long, expected {KEY_LEN}")]
+    WrongSize {
+        /// The key file.
+        path: PathBuf,
+        /// Its actual size.
+        size: u64,
+    },
+    /// The system random generator failed.
+    #[error("system random generator failed")]
+    Random,
+    /// A sealed blob is too short or fails authentication (wrong key, tampered
+    /// data, or data moved to another capture/subject).
+    #[error("cannot decrypt {what}: wrong key or tampered data")]
+    Open {
+        /// What was being decrypted (e.g. `data key`, `capture`).
+        what: &'static str,
+    },
+    /// Encryption failed (ring refuses only absurd lengths).
+    #[error("cannot encrypt {what}")]
+    Seal {
+        /// What was being encrypted.
+        what: &'static str,
+    },
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N], CryptoError> {
+    let mut out = [0u8; N];
+    SystemRandom::new()
+        .fill(&mut out)
+        .map_err(|_| CryptoError::Random)?;
+    Ok(out)
+}
+
+fn wipe(bytes: &mut [u8]) {
+    for b in bytes.iter_mut() {
+        // SAFETY: `b` is a valid, aligned, exclusive reference to a u8; the
+        // volatile write only keeps the compiler from eliding the wipe.
+        unsafe { std::ptr::write_volatile(b, 0) };
+    }
+    std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+}
+
+/// The device's root storage secret, 32 random bytes in `<state_dir>/storage.key`.
+pub struct DeviceKey {
+    bytes: [u8; KEY_LEN],
+}
+
+impl std::fmt::Debug for DeviceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeviceKey(..)")
+    }
+}
+
+impl Drop for DeviceKey {
+    fn drop(&mut self) {
+        wipe(&mut self.bytes);
+    }
+}
+
+impl DeviceKey {
+    /// Loads the key file, or creates it (mode 0600, fsynced with its directory)
+    /// if it does not exist. Refuses a file that group/others may access or
+    /// whose size is not [`KEY_LEN`].
+    ///
+    /// Creation is crash-safe: the key is written and fsynced under a temporary
+    /// name, then hard-linked into place (which fails if another process won the
+    /// race), so `path` never holds a partial key.
+    pub fn load_or_create(path: &Path) -> Result<DeviceKey, CryptoError> {
+        if path.exists() {
+            return Self::load(path);
+        }
+        let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| CryptoError::Io { path: p, source }
+        };
+        match fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&tmp)(e)),
+        }
+        let bytes = random_bytes::<KEY_LEN>()?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
+        file.write_all(&bytes).map_err(io(&tmp))?;
+        file.sync_all().map_err(io(&tmp))?;
+        drop(file);
+        let linked = fs::hard_link(&tmp, path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {
+                sync_parent_dir(path).map_err(io(path))?;
+                Ok(DeviceKey { bytes })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::load(path),
+            Err(e) => Err(io(path)(e)),
+        }
+    }
+
+    /// Loads an existing key file with the same checks as [`Self::load_or_create`].
+    pub fn load(path: &Path) -> Result<DeviceKey, CryptoError> {
+        let io = |source| CryptoError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = File::open(path).map_err(io)?;
+        let meta = file.metadata().map_err(io)?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(CryptoError::InsecurePermissions {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+        if meta.len() != KEY_LEN as u64 {
+            return Err(CryptoError::WrongSize {
+                path: path.to_path_buf(),
+                size: meta.len(),
+            });
+        }
+        let mut bytes = [0u8; KEY_LEN];
+        file.read_exact(&mut bytes).map_err(io)?;
+        Ok(DeviceKey { bytes })
+    }
+
+    /// Builds a key from raw bytes (tests and benchmarks).
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> DeviceKey {
+        DeviceKey { bytes }
+    }
+
+    /// Derives the three working keys (wrapping, pseudonyms, audit chain).
+    pub fn derive(&self) -> DerivedKeys {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, HKDF_SALT).extract(&self.bytes);
+        let mut wrap = [0u8; KEY_LEN];
+        expand_into(&prk, INFO_WRAP, &mut wrap);
+        let mut pseud = [0u8; KEY_LEN];
+        expand_into(&prk, INFO_PSEUDONYM, &mut pseud);
+        let mut audit = [0u8; KEY_LEN];
+        expand_into(&prk, INFO_AUDIT, &mut audit);
+        let mut check = [0u8; KEY_LEN];
+        expand_into(&prk, INFO_CHECK, &mut check);
+        let keys = DerivedKeys {
+            kek: Kek {
+                key: aead_key(&wrap),
+            },
+            pseudonyms: PseudonymKey {
+                key: hmac::Key::new(hmac::HMAC_SHA256, &pseud),
+            },
+            audit: AuditKey {
+                key: hmac::Key::new(hmac::HMAC_SHA256, &audit),
+            },
+            check,
+        };
+        wipe(&mut wrap);
+        wipe(&mut pseud);
+        wipe(&mut audit);
+        keys
+    }
+}
+
+/// HKDF-SHA256 expand of `prk` with label `info` into 32 bytes.
+fn expand_into(prk: &hkdf::Prk, info: &[u8], out: &mut [u8; KEY_LEN]) {
+    let infos = [info];
+    // Expanding to 32 bytes is far below HKDF's 255 * 32 byte limit: cannot fail.
+    if prk
+        .expand(&infos, hkdf::HKDF_SHA256)
+        .and_then(|okm| okm.fill(out))
+        .is_err()
+    {
+        unreachable!("HKDF-SHA256 expand to 32 bytes never fails");
+    }
+}
+
+fn aead_key(bytes: &[u8; KEY_LEN]) -> LessSafeKey {
+    match UnboundKey::new(&AES_256_GCM, bytes) {
+        Ok(k) => LessSafeKey::new(k),
+        Err(_) => unreachable!("AES-256 key is 32 bytes"),
+    }
+}
+
+fn sync_parent_dir(path: &Path) -> std::io::Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(parent)?.sync_all()
+}
+
+/// The working keys derived from a [`DeviceKey`].
+pub struct DerivedKeys {
+    /// Wraps per-subject data keys (AES-256-GCM).
+    pub kek: Kek,
+    /// Turns subject ids into stable pseudonyms (HMAC-SHA256).
+    pub pseudonyms: PseudonymKey,
+    /// Authenticates the audit hash chain (HMAC-SHA256).
+    pub audit: AuditKey,
+    /// A public check value stored in the database, so a database opened with
+    /// the wrong storage key is detected at once.
+    pub check: [u8; KEY_LEN],
+}
+
+impl std::fmt::Debug for DerivedKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DerivedKeys(..)")
+    }
+}
+
+/// Key-encryption key: wraps [`DataKey`]s.
+pub struct Kek {
+    key: LessSafeKey,
+}
+
+impl std::fmt::Debug for Kek {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Kek(..)")
+    }
+}
+
+/// HMAC key that maps subject ids to pseudonyms.
+pub struct PseudonymKey {
+    key: hmac::Key,
+}
+
+impl std::fmt::Debug for PseudonymKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PseudonymKey(..)")
+    }
+}
+
+impl PseudonymKey {
+    /// The subject's pseudonym: HMAC-SHA256(pseudonym key, subject id).
+    pub fn pseudonym(&self, subject: &str) -> [u8; 32] {
+        let tag = hmac::sign(&self.key, subject.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+}
+
+/// HMAC key that authenticates the audit chain.
+pub struct AuditKey {
+    key: hmac::Key,
+}
+
+impl std::fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditKey(..)")
+    }
+}
+
+impl AuditKey {
+    /// Builds an audit key from raw bytes (tests).
+    pub fn from_bytes(bytes: &[u8]) -> AuditKey {
+        AuditKey {
+            key: hmac::Key::new(hmac::HMAC_SHA256, bytes),
+        }
+    }
+
+    /// HMAC-SHA256 over `data`.
+    pub fn mac(&self, data: &[u8]) -> [u8; 32] {
+        let tag = hmac::sign(&self.key, data);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+}
+
+/// Which part of a capture a sealed blob holds; part of the AAD so blobs
+/// cannot be swapped between the metadata and image columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The capture's metadata (subject, consent id, camera, ...).
+    Meta,
+    /// The sanitized image bytes.
+    Image,
+}
+
+impl Part {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Part::Meta => b"meta",
+            Part::Image => b"image",
+        }
+    }
+}
+
+/// A per-subject AES-256-GCM key. Stored only wrapped under the [`Kek`];
+/// destroying the wrapped copy makes every capture of the subject unreadable.
+pub struct DataKey {
+    bytes: [u8; KEY_LEN],
+}
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DataKey(..)")
+    }
+}
+
+impl Drop for DataKey {
+    fn drop(&mut self) {
+        wipe(&mut self.bytes);
+    }
+}
+
+fn seal_with(
+    key: &LessSafeKey,
+    aad: &[u8],
+    plaintext: &[u8],
+    what: &'static str,
+) -> Result<Vec<u8>, CryptoError> {
+    let nonce_bytes = random_bytes::<NONCE_LEN>()?;
+    let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN);
+    out.extend_from_slice(&nonce_bytes);
+    let mut body = plaintext.to_vec();
+    key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce_bytes),
+        Aad::from(aad),
+        &mut body,
+    )
+    .map_err(|_| CryptoError::Seal { what })?;
+    out.extend_from_slice(&body);
+    wipe(&mut body);
+    Ok(out)
+}
+
+fn open_with(
+    key: &LessSafeKey,
+    aad: &[u8],
+    sealed: &[u8],
+    what: &'static str,
+) -> Result<Vec<u8>, CryptoError> {
+    if sealed.len() < NONCE_LEN + TAG_LEN {
+        return Err(CryptoError::Open { what });
+    }
+    let (nonce, body) = sealed.split_at(NONCE_LEN);
+    let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| CryptoError::Open { what })?;
+    let mut buf = body.to_vec();
+    let len = key
+        .open_in_place(nonce, Aad::from(aad), &mut buf)
+        .map_err(|_| CryptoError::Open { what })?
+        .len();
+    buf.truncate(len);
+    Ok(buf)
+}
+
+fn capture_aad(part: Part, capture_id: &str, subject_ref: &[u8; 32]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(16 + 32 + capture_id.len());
+    aad.extend_from_slice(b"facegate/v1/");
+    aad.extend_from_slice(part.label());
+    aad.push(0);
+    aad.extend_from_slice(subject_ref);
+    aad.extend_from_slice(capture_id.as_bytes());
+    aad
+}
+
+impl DataKey {
+    /// A fresh random data key.
+    pub fn generate() -> Result<DataKey, CryptoError> {
+        Ok(DataKey {
+            bytes: random_bytes::<KEY_LEN>()?,
+        })
+    }
+
+    /// Encrypts this key under the KEK; the subject pseudonym is the AAD, so a
+    /// wrapped key cannot be moved to another subject.
+    pub fn wrap(&self, kek: &Kek, subject_ref: &[u8; 32]) -> Result<Vec<u8>, CryptoError> {
+        seal_with(&kek.key, subject_ref, &self.bytes, "data key")
+    }
+
+    /// Reverses [`Self::wrap`].
+    pub fn unwrap(
+        kek: &Kek,
+        subject_ref: &[u8; 32],
+        wrapped: &[u8],
+    ) -> Result<DataKey, CryptoError> {
+        let mut plain = open_with(&kek.key, subject_ref, wrapped, "data key")?;
+        if plain.len() != KEY_LEN {
+            wipe(&mut plain);
+            return Err(CryptoError::Open { what: "data key" });
+        }
+        let mut bytes = [0u8; KEY_LEN];
+        bytes.copy_from_slice(&plain);
+        wipe(&mut plain);
+        Ok(DataKey { bytes })
+    }
+
+    /// Encrypts one part of a capture; the AAD binds the part, the capture id
+    /// and the subject pseudonym.
+    pub fn seal(
+        &self,
+        part: Part,
+        capture_id: &str,
+        subject_ref: &[u8; 32],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        let aad = capture_aad(part, capture_id, subject_ref);
+        seal_with(&aead_key(&self.bytes), &aad, plaintext, "capture")
+    }
+
+    /// Reverses [`Self::seal`]; fails if any bound value differs.
+    pub fn open(
+        &self,
+        part: Part,
+        capture_id: &str,
+        subject_ref: &[u8; 32],
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        let aad = capture_aad(part, capture_id, subject_ref);
+        open_with(&aead_key(&self.bytes), &aad, sealed, "capture")
+    }
+}
+
+/// Bytes a sealed blob adds to its plaintext (nonce + tag), for quota estimates.
+pub const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> DerivedKeys {
+        DeviceKey::from_bytes([7u8; 32]).derive()
+    }
+
+    #[test]
+    fn creates_key_file_0600_and_reloads_same_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(KEY_FILE_NAME);
+        let k1 = DeviceKey::load_or_create(&path).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(fs::metadata(&path).unwrap().len(), 32);
+        let k2 = DeviceKey::load_or_create(&path).unwrap();
+        assert_eq!(k1.derive().check, k2.derive().check);
+        assert!(!dir.path().join("storage.key.tmp").exists());
+        assert_eq!(k1.bytes, k2.bytes);
+    }
+
+    #[test]
+    fn stale_temp_file_from_a_crash_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(KEY_FILE_NAME);
+        fs::write(dir.path().join("storage.key.tmp"), b"partial").unwrap();
+        let k = DeviceKey::load_or_create(&path).unwrap();
+        assert_eq!(DeviceKey::load(&path).unwrap().bytes, k.bytes);
+        assert!(!dir.path().join("storage.key.tmp").exists());
+    }
+
+    #[test]
+    fn refuses_group_or_other_readable_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(KEY_FILE_NAME);
+        DeviceKey::load_or_create(&path).unwrap();
+        for mode in [0o640, 0o604, 0o660, 0o644] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            let err = DeviceKey::load_or_create(&path).unwrap_err();
+            assert!(
+                matches!(err, CryptoError::InsecurePermissions { .. }),
+                "{mode:o}"
+            );
+            assert!(err.to_string().contains(&path.display().to_string()));
+        }
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o400)).unwrap();
+        DeviceKey::load_or_create(&path).unwrap();
+    }
+
+    #[test]
+    fn refuses_wrong_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(KEY_FILE_NAME);
+        for len in [0usize, 31, 33, 64] {
+            let _ = fs::remove_file(&path);
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .unwrap()
+                .write_all(&vec![1u8; len])
+                .unwrap();
+            let err = DeviceKey::load_or_create(&path).unwrap_err();
+            assert!(matches!(err, CryptoError::WrongSize { size, .. } if size == len as u64));
+            assert!(err.to_string().contains(&path.display().to_string()));
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_bytes() {
+        let k = DeviceKey::from_bytes([0xAB; 32]);
+        let d = DataKey::generate().unwrap();
+        let s = format!("{k:?} {d:?} {:?}", k.derive());
+        assert!(
+            !s.contains("171") && !s.to_lowercase().contains("ab, "),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn sub_keys_differ_and_depend_on_device_key() {
+        let a = keys();
+        let b = DeviceKey::from_bytes([8u8; 32]).derive();
+        assert_ne!(a.pseudonyms.pseudonym("S-1"), b.pseudonyms.pseudonym("S-1"));
+        assert_ne!(a.pseudonyms.pseudonym("S-1"), a.pseudonyms.pseudonym("S-2"));
+        assert_eq!(
+            a.pseudonyms.pseudonym("S-1"),
+            keys().pseudonyms.pseudonym("S-1")
+        );
+        assert_ne!(a.audit.mac(b"x"), a.pseudonyms.pseudonym("x"));
+        assert_ne!(a.check, b.check);
+    }
+
+    #[test]
+    fn wrap_unwrap_bound_to_subject() {
+        let k = keys();
+        let s1 = k.pseudonyms.pseudonym("S-1");
+        let s2 = k.pseudonyms.pseudonym("S-2");
+        let dek = DataKey::generate().unwrap();
+        let wrapped = dek.wrap(&k.kek, &s1).unwrap();
+        assert_eq!(wrapped.len(), 32 + SEAL_OVERHEAD);
+        let back = DataKey::unwrap(&k.kek, &s1, &wrapped).unwrap();
+        assert_eq!(back.bytes, dek.bytes);
+        assert!(DataKey::unwrap(&k.kek, &s2, &wrapped).is_err());
+        let other = DeviceKey::from_bytes([9u8; 32]).derive();
+        assert!(DataKey::unwrap(&other.kek, &s1, &wrapped).is_err());
+        let mut bad = wrapped.clone();
+        bad[20] ^= 1;
+        assert!(DataKey::unwrap(&k.kek, &s1, &bad).is_err());
+        assert!(DataKey::unwrap(&k.kek, &s1, &wrapped[..10]).is_err());
+    }
+
+    #[test]
+    fn seal_open_bound_to_capture_subject_and_part() {
+        let k = keys();
+        let s1 = k.pseudonyms.pseudonym("S-1");
+        let s2 = k.pseudonyms.pseudonym("S-2");
+        let dek = DataKey::generate().unwrap();
+        let plain = b"MARKER image bytes".to_vec();
+        let sealed = dek.seal(Part::Image, "c1", &s1, &plain).unwrap();
+        assert!(!sealed.windows(6).any(|w| w == b"MARKER"));
+        assert_eq!(dek.open(Part::Image, "c1", &s1, &sealed).unwrap(), plain);
+        assert!(dek.open(Part::Image, "c2", &s1, &sealed).is_err());
+        assert!(dek.open(Part::Image, "c1", &s2, &sealed).is_err());
+        assert!(dek.open(Part::Meta, "c1", &s1, &sealed).is_err());
+        let other = DataKey::generate().unwrap();
+        assert!(other.open(Part::Image, "c1", &s1, &sealed).is_err());
+        // Fresh nonce each time.
+        assert_ne!(sealed, dek.seal(Part::Image, "c1", &s1, &plain).unwrap());
+    }
+}

@@ -1,0 +1,249 @@
+//! Consents and revocation tombstones: storing verified tokens, refusing ones
+//! issued at or before a revocation, revoking, and expiring.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{params, OptionalExtension, Row};
+use serde_json::json;
+
+use super::purge::purge_subject_in;
+use super::{AddConsent, CommandStamp, PurgeReason, Revocation, SqlCtx, Store, StoreError, Writer};
+use crate::audit::kind;
+use crate::consent::{Consent, UPLOAD_SCOPE};
+
+const COLUMNS: &str = "id, subject, issuer, issued_at, expires_at, audience, scopes, kid, token";
+
+fn consent(r: &Row) -> rusqlite::Result<Consent> {
+    let audience: String = r.get(5)?;
+    let scopes: String = r.get(6)?;
+    Ok(Consent {
+        id: r.get(0)?,
+        subject: r.get(1)?,
+        issuer: r.get(2)?,
+        issued_at: r.get(3)?,
+        expires_at: r.get(4)?,
+        audience: serde_json::from_str(&audience).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(5, rusqlite::types::Type::Text, Box::new(e))
+        })?,
+        scopes: scopes
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+        kid: r.get(7)?,
+        token: r.get(8)?,
+    })
+}
+
+fn tombstone(w: &Writer, sref: &[u8; 32]) -> Result<Option<i64>, StoreError> {
+    w.tx.prepare_cached("SELECT revoked_before FROM tombstones WHERE subject_ref = ?1")
+        .and_then(|mut s| s.query_row([&sref[..]], |r| r.get(0)).optional())
+        .op("reading a revocation tombstone")
+}
+
+pub(super) fn add(
+    store: &mut Store,
+    c: &Consent,
+    now: i64,
+    cmd: Option<&CommandStamp>,
+) -> Result<AddConsent, StoreError> {
+    let mut w = store.writer()?;
+    let sref = w.pseudonym(&c.subject);
+    if let Some(revoked_before) = tombstone(&w, &sref)? {
+        if c.issued_at <= revoked_before {
+            let detail = json!({ "consent_id": c.id, "reason": "revoked", "revoked_before": revoked_before });
+            w.audit(now, kind::CONSENT_REFUSED, Some(&sref), detail)?;
+            if let Some(cmd) = cmd {
+                super::replay::remember(&mut w, cmd, now)?;
+                let detail = json!({ "jti": cmd.jti, "cmd": cmd.cmd, "reason": "consent_revoked" });
+                w.audit(now, kind::COMMAND_REFUSED, None, detail)?;
+            }
+            w.commit()?;
+            return Err(StoreError::Revoked {
+                consent_id: c.id.clone(),
+                revoked_before,
+            });
+        }
+    }
+    let audience = serde_json::to_string(&c.audience).map_err(|e| StoreError::Corrupt {
+        what: format!("consent {} audience: {e}", c.id),
+    })?;
+    let inserted =
+        w.tx.execute(
+            "INSERT INTO consents (id, subject, subject_ref, issuer, issued_at, expires_at,
+                                   audience, scopes, kid, token, added_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+             ON CONFLICT(id) DO NOTHING",
+            params![
+                c.id,
+                c.subject,
+                &sref[..],
+                c.issuer,
+                c.issued_at,
+                c.expires_at,
+                audience,
+                c.scopes.join(" "),
+                c.kid,
+                c.token,
+                now
+            ],
+        )
+        .op("storing a consent")?;
+    let outcome = if inserted == 1 {
+        let detail = json!({
+            "consent_id": c.id, "issuer": c.issuer, "kid": c.kid,
+            "issued_at": c.issued_at, "expires_at": c.expires_at, "scopes": c.scopes,
+        });
+        w.audit(now, kind::CONSENT_ADDED, Some(&sref), detail)?;
+        AddConsent::Added
+    } else {
+        AddConsent::AlreadyKnown
+    };
+    w.applied(cmd, now)?;
+    w.commit()?;
+    Ok(outcome)
+}
+
+fn query(
+    store: &mut Store,
+    sql_where: &str,
+    args: impl rusqlite::Params,
+) -> Result<Vec<Consent>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM consents {sql_where} ORDER BY issued_at, id");
+    let mut stmt = store.conn.prepare(&sql).op("reading consents")?;
+    let rows = stmt
+        .query_map(args, consent)
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .op("reading consents")?;
+    Ok(rows)
+}
+
+pub(super) fn for_subject(store: &mut Store, subject: &str) -> Result<Vec<Consent>, StoreError> {
+    let sref = store.keys.pseudonyms.pseudonym(subject);
+    query(store, "WHERE subject_ref = ?1", [&sref[..]])
+}
+
+pub(super) fn list(store: &mut Store) -> Result<Vec<Consent>, StoreError> {
+    query(store, "", [])
+}
+
+pub(super) fn revoked_before(store: &mut Store, subject: &str) -> Result<Option<i64>, StoreError> {
+    let sref = store.keys.pseudonyms.pseudonym(subject);
+    store
+        .conn
+        .query_row(
+            "SELECT revoked_before FROM tombstones WHERE subject_ref = ?1",
+            [&sref[..]],
+            |r| r.get(0),
+        )
+        .optional()
+        .op("reading a revocation tombstone")
+}
+
+pub(super) fn active_count(store: &mut Store, now: i64) -> Result<u64, StoreError> {
+    let n: i64 = store
+        .conn
+        .query_row(
+            "SELECT COUNT(*) FROM consents WHERE expires_at > ?1",
+            [now],
+            |r| r.get(0),
+        )
+        .op("counting consents")?;
+    Ok(n.max(0) as u64)
+}
+
+pub(super) fn revoke(
+    store: &mut Store,
+    subject: &str,
+    before: i64,
+    now: i64,
+    cmd: Option<&CommandStamp>,
+) -> Result<Revocation, StoreError> {
+    let mut w = store.writer()?;
+    let sref = w.pseudonym(subject);
+    w.tx.execute(
+        "INSERT INTO tombstones (subject_ref, revoked_before, updated_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT(subject_ref) DO UPDATE SET
+             revoked_before = max(revoked_before, excluded.revoked_before),
+             updated_at = excluded.updated_at",
+        params![&sref[..], before, now],
+    )
+    .op("writing a revocation tombstone")?;
+    let revoked_before = tombstone(&w, &sref)?.unwrap_or(before);
+    let removed =
+        w.tx.execute(
+            "DELETE FROM consents WHERE subject_ref = ?1 AND issued_at <= ?2",
+            params![&sref[..], revoked_before],
+        )
+        .op("deleting revoked consents")? as u64;
+    let detail =
+        json!({ "before": before, "revoked_before": revoked_before, "consents_removed": removed });
+    w.audit(now, kind::CONSENT_REVOKED, Some(&sref), detail)?;
+    let purged = purge_subject_in(&mut w, &sref, now, PurgeReason::Revoked)?;
+    w.applied(cmd, now)?;
+    w.commit()?;
+    store.checkpoint()?;
+    Ok(Revocation {
+        consents_removed: removed,
+        purged,
+        revoked_before,
+    })
+}
+
+/// True if the subject still holds an unexpired consent with the upload scope.
+fn has_upload_consent(w: &Writer, sref: &[u8; 32], now: i64) -> Result<bool, StoreError> {
+    let scopes: Vec<String> = w
+        .tx
+        .prepare_cached("SELECT scopes FROM consents WHERE subject_ref = ?1 AND expires_at > ?2")
+        .and_then(|mut s| {
+            s.query_map(params![&sref[..], now], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()
+        })
+        .op("checking remaining consents")?;
+    Ok(scopes
+        .iter()
+        .any(|s| s.split(' ').any(|x| x == UPLOAD_SCOPE)))
+}
+
+pub(super) fn sweep_expired(
+    store: &mut Store,
+    now: i64,
+) -> Result<Vec<(String, Vec<String>)>, StoreError> {
+    let mut w = store.writer()?;
+    let expired: Vec<(String, String, Vec<u8>)> = w
+        .tx
+        .prepare_cached("SELECT id, subject, subject_ref FROM consents WHERE expires_at <= ?1 ORDER BY expires_at, id")
+        .and_then(|mut s| {
+            s.query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .op("finding expired consents")?;
+    if expired.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut subjects: BTreeMap<[u8; 32], String> = BTreeMap::new();
+    for (id, subject, sref) in expired {
+        let sref: [u8; 32] = sref.try_into().map_err(|_| StoreError::Corrupt {
+            what: format!("consent {id} has a malformed subject_ref"),
+        })?;
+        w.tx.execute("DELETE FROM consents WHERE id = ?1", [&id])
+            .op("deleting an expired consent")?;
+        w.audit(
+            now,
+            kind::CONSENT_EXPIRED,
+            Some(&sref),
+            json!({ "consent_id": id }),
+        )?;
+        subjects.insert(sref, subject);
+    }
+    let mut out = Vec::new();
+    for (sref, subject) in subjects {
+        if !has_upload_consent(&w, &sref, now)? {
+            let purged = purge_subject_in(&mut w, &sref, now, PurgeReason::ConsentExpired)?;
+            out.push((subject, purged));
+        }
+    }
+    w.commit()?;
+    store.checkpoint()?;
+    Ok(out)
+}

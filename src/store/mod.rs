@@ -1,0 +1,739 @@
+//! Persistent state: the only module that speaks SQL.
+//!
+//! One SQLite database `<state_dir>/facegate.db` (WAL, synchronous=FULL,
+//! secure_delete=ON, foreign keys) holds consents, revocation tombstones,
+//! per-subject wrapped data keys, the encrypted outbox, counters, the audit
+//! chain and the command replay set. Every public method that changes state is
+//! one transaction: its effect, its audit row(s) and its counter updates commit
+//! together or not at all. Purges end with `PRAGMA wal_checkpoint(TRUNCATE)` so
+//! no older page version survives in the WAL file.
+//!
+//! Subjects are stored by pseudonym (HMAC of the id under a device key). The
+//! plain subject id is kept only where it is needed: in consent rows (the token
+//! names it anyway) and, encrypted under the subject's data key, inside each
+//! capture's metadata for the upload envelope.
+//!
+//! The store is synchronous; the daemon owns one [`Store`] behind a mutex and
+//! calls it from `spawn_blocking`.
+
+mod audit_log;
+mod consents;
+mod counters;
+mod outbox;
+mod purge;
+mod replay;
+mod schema;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::audit::{AuditEntry, VerifyReport};
+use crate::config::OutboxConfig;
+use crate::consent::Consent;
+use crate::crypto::{CryptoError, DerivedKeys, DeviceKey};
+
+/// File name of the database inside the state directory.
+pub const DB_FILE_NAME: &str = "facegate.db";
+
+/// Names of the persistent counters (reported in the status message).
+pub mod counter {
+    /// Captures accepted into the outbox.
+    pub const ACCEPTED: &str = "accepted";
+    /// Captures dropped because the subject had no valid consent.
+    pub const DROPPED_NO_CONSENT: &str = "dropped_no_consent";
+    /// Spool pairs rejected as bad input.
+    pub const REJECTED_BAD_INPUT: &str = "rejected_bad_input";
+    /// Captures acknowledged by the broker.
+    pub const UPLOADED: &str = "uploaded";
+    /// Captures purged (revocation, expiry, command, retention, quota).
+    pub const PURGED: &str = "purged";
+    /// Consented captures refused because the outbox quota was reached.
+    pub const REJECTED_QUOTA: &str = "rejected_quota";
+}
+
+/// Errors from the store. Messages name the operation and, where it helps, the file.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An SQLite call failed.
+    #[error("database error while {op}: {source}")]
+    Sqlite {
+        /// What the store was doing.
+        op: &'static str,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+    /// The file system is full (or the database hit its size limit); nothing
+    /// from the failed operation was written.
+    #[error("disk full while writing {path} ({op})")]
+    DiskFull {
+        /// The database file.
+        path: PathBuf,
+        /// What the store was doing.
+        op: &'static str,
+    },
+    /// Creating or checking the database file failed.
+    #[error("database file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Key material could not be used.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// The database was written with a different storage key.
+    #[error("{path} was created with a different storage key")]
+    WrongKey {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// A consent issued at or before the subject's latest revocation.
+    #[error(
+        "consent {consent_id} was issued at or before the subject's revocation ({revoked_before})"
+    )]
+    Revoked {
+        /// The refused consent's id.
+        consent_id: String,
+        /// The subject's tombstone (unix seconds).
+        revoked_before: i64,
+    },
+    /// A command id that was already applied.
+    #[error("command {jti} was already applied")]
+    Replayed {
+        /// The command's `jti`.
+        jti: String,
+    },
+    /// Stored data is not what the store wrote.
+    #[error("corrupt database content: {what}")]
+    Corrupt {
+        /// What was wrong.
+        what: String,
+    },
+    /// The database was written by a newer facegate.
+    #[error("{path} has schema version {found}, this facegate knows up to {known}")]
+    NewerSchema {
+        /// The database file.
+        path: PathBuf,
+        /// Version found in the file.
+        found: u32,
+        /// Highest version this build knows.
+        known: u32,
+    },
+}
+
+/// Attaches an operation name to rusqlite errors.
+pub(crate) trait SqlCtx<T> {
+    /// Converts the error into [`StoreError::Sqlite`] naming `op`.
+    fn op(self, op: &'static str) -> Result<T, StoreError>;
+}
+
+impl<T> SqlCtx<T> for rusqlite::Result<T> {
+    fn op(self, op: &'static str) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Sqlite { op, source })
+    }
+}
+
+/// Outcome of [`Store::add_consent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddConsent {
+    /// The consent was stored.
+    Added,
+    /// A consent with this id was already stored; nothing changed.
+    AlreadyKnown,
+}
+
+/// Outcome of [`Store::revoke`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Revocation {
+    /// Consents of the subject issued at or before the revocation, now deleted.
+    pub consents_removed: u64,
+    /// Capture ids purged (all of the subject's captures).
+    pub purged: Vec<String>,
+    /// The subject's tombstone after this revocation (the max of old and new).
+    pub revoked_before: i64,
+}
+
+/// A signed fleet command whose effect is being committed; stored in the
+/// replay set in the same transaction (and audited as `command.applied`).
+#[derive(Debug, Clone, Copy)]
+pub struct CommandStamp<'a> {
+    /// The command's `jti`.
+    pub jti: &'a str,
+    /// The command name (`consent.revoke`, ...), for the audit row.
+    pub cmd: &'a str,
+    /// The command's `exp`; the jti is remembered until a day after it.
+    pub expires_at: i64,
+}
+
+/// Why captures are being purged (recorded in the audit detail).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PurgeReason {
+    /// The subject's consent was revoked.
+    Revoked,
+    /// The subject's last upload consent expired.
+    ConsentExpired,
+    /// A signed `capture.purge` command.
+    Command,
+    /// A local request through the control socket.
+    Local,
+    /// Outbox quota reached with the drop-oldest policy.
+    OutboxFull,
+    /// Older than the retention period.
+    Retention,
+    /// The stored capture could not be decrypted.
+    Undecryptable,
+}
+
+impl PurgeReason {
+    /// The reason code written to the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PurgeReason::Revoked => "revoked",
+            PurgeReason::ConsentExpired => "consent_expired",
+            PurgeReason::Command => "command",
+            PurgeReason::Local => "local",
+            PurgeReason::OutboxFull => "outbox_full",
+            PurgeReason::Retention => "retention",
+            PurgeReason::Undecryptable => "undecryptable",
+        }
+    }
+}
+
+/// A consented, sanitized capture handed to [`Store::insert_captures`].
+/// `Debug` omits the image bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewCapture {
+    /// UUID, stable across upload retries.
+    pub capture_id: String,
+    /// Subject id (plain); stored only encrypted.
+    pub subject: String,
+    /// The consent that allowed the capture (re-checked inside the transaction).
+    pub consent_id: String,
+    /// When the camera took it (unix seconds).
+    pub captured_at: i64,
+    /// Camera name from the spool marker.
+    pub camera: String,
+    /// `image/jpeg` or `image/png`.
+    pub content_type: String,
+    /// SHA-256 of `image`, for the envelope.
+    pub sha256: [u8; 32],
+    /// Sanitized image bytes (plaintext in memory only).
+    pub image: Vec<u8>,
+}
+
+/// A queued capture, decrypted, as the uplink needs it. `Debug` omits the
+/// image bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OutboxCapture {
+    /// UUID, stable across upload retries.
+    pub capture_id: String,
+    /// Subject id (plain), for the envelope.
+    pub subject: String,
+    /// Consent id, for the envelope and the pre-publish consent check.
+    pub consent_id: String,
+    /// When the camera took it (unix seconds).
+    pub captured_at: i64,
+    /// Camera name.
+    pub camera: String,
+    /// `image/jpeg` or `image/png`.
+    pub content_type: String,
+    /// SHA-256 of `image`.
+    pub sha256: [u8; 32],
+    /// Sanitized image bytes.
+    pub image: Vec<u8>,
+    /// When it entered the outbox (unix seconds); drives retention and age.
+    pub queued_at: i64,
+}
+
+impl std::fmt::Debug for NewCapture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewCapture")
+            .field("capture_id", &self.capture_id)
+            .field("consent_id", &self.consent_id)
+            .field("captured_at", &self.captured_at)
+            .field("camera", &self.camera)
+            .field("content_type", &self.content_type)
+            .field("image_len", &self.image.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for OutboxCapture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboxCapture")
+            .field("capture_id", &self.capture_id)
+            .field("consent_id", &self.consent_id)
+            .field("captured_at", &self.captured_at)
+            .field("camera", &self.camera)
+            .field("content_type", &self.content_type)
+            .field("image_len", &self.image.len())
+            .field("queued_at", &self.queued_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Per-capture outcome of [`Store::insert_captures`], in batch order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// Stored encrypted in the outbox.
+    Accepted,
+    /// Refused: the outbox quota is reached (reject-new policy, or the capture
+    /// alone is larger than the quota). Audited and counted.
+    QuotaRejected,
+    /// Dropped: inside the transaction the named consent was no longer valid
+    /// (revoked, expired or deleted since the gate checked it). Audited and
+    /// counted as `dropped_no_consent`.
+    NoConsent,
+    /// A capture with this id is already queued; nothing changed.
+    Duplicate,
+}
+
+/// Outbox size for the status message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct OutboxStats {
+    /// Captures queued.
+    pub captures: u64,
+    /// Encrypted bytes queued (what the quota limits).
+    pub bytes: u64,
+    /// Age in seconds of the oldest queued capture (0 when empty).
+    pub oldest_age_s: u64,
+}
+
+/// The device's persistent state. `Send`: share it behind a mutex.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    keys: DerivedKeys,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+/// A write transaction plus what writing needs: keys and the audit head.
+pub(crate) struct Writer<'a> {
+    pub(crate) tx: Transaction<'a>,
+    pub(crate) keys: &'a DerivedKeys,
+    head: Option<Option<(i64, [u8; 32])>>,
+}
+
+impl Store {
+    /// Opens (creating if needed, mode 0600) `<state_dir>/facegate.db`, applies
+    /// pragmas and migrations, and checks that `key` is the key it was created with.
+    pub fn open(state_dir: &Path, key: DeviceKey) -> Result<Store, StoreError> {
+        let path = state_dir.join(DB_FILE_NAME);
+        prepare_db_file(&path)?;
+        let keys = key.derive();
+        drop(key);
+        let conn = Connection::open(&path).op("opening the database")?;
+        let mut store = Store { conn, path, keys };
+        let r = schema::init(&mut store);
+        store.finish(r)?;
+        Ok(store)
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Hex pseudonym of a subject, as it appears in audit rows.
+    pub fn subject_ref(&self, subject: &str) -> String {
+        hex::encode(self.keys.pseudonyms.pseudonym(subject))
+    }
+
+    // ---- consents -------------------------------------------------------
+
+    /// Stores a verified consent. Refuses (and audits `consent.refused`) one
+    /// issued at or before the subject's tombstone with [`StoreError::Revoked`].
+    /// With `cmd`, the command is remembered in the same transaction.
+    pub fn add_consent(
+        &mut self,
+        consent: &Consent,
+        now: i64,
+        cmd: Option<&CommandStamp>,
+    ) -> Result<AddConsent, StoreError> {
+        let r = consents::add(self, consent, now, cmd);
+        self.finish(r)
+    }
+
+    /// Consents stored for `subject`, oldest first.
+    pub fn consents_for(&mut self, subject: &str) -> Result<Vec<Consent>, StoreError> {
+        let r = consents::for_subject(self, subject);
+        self.finish(r)
+    }
+
+    /// Every stored consent, oldest first.
+    pub fn list_consents(&mut self) -> Result<Vec<Consent>, StoreError> {
+        let r = consents::list(self);
+        self.finish(r)
+    }
+
+    /// The subject's revocation tombstone: consents issued at or before it are void.
+    pub fn revoked_before(&mut self, subject: &str) -> Result<Option<i64>, StoreError> {
+        let r = consents::revoked_before(self, subject);
+        self.finish(r)
+    }
+
+    /// Number of stored consents not yet expired at `now`.
+    pub fn active_consent_count(&mut self, now: i64) -> Result<u64, StoreError> {
+        let r = consents::active_count(self, now);
+        self.finish(r)
+    }
+
+    /// Audits a consent refused before reaching the store (bad signature, ...).
+    pub fn audit_consent_refused(
+        &mut self,
+        subject: Option<&str>,
+        reason_code: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let detail = serde_json::json!({ "reason": reason_code });
+        self.record(
+            crate::audit::kind::CONSENT_REFUSED,
+            subject,
+            detail,
+            None,
+            now,
+        )
+    }
+
+    /// Revokes `subject`: raises its tombstone to `before`, deletes its consents
+    /// issued at or before `before`, purges all its captures and destroys its
+    /// data key; then checkpoints the WAL.
+    pub fn revoke(
+        &mut self,
+        subject: &str,
+        before: i64,
+        now: i64,
+        cmd: Option<&CommandStamp>,
+    ) -> Result<Revocation, StoreError> {
+        let r = consents::revoke(self, subject, before, now, cmd);
+        self.finish(r)
+    }
+
+    /// Deletes consents expired at `now` (`expires_at <= now`), then purges the
+    /// captures and data key of every affected subject left without an
+    /// unexpired upload consent. Returns those subjects with their purged ids
+    /// (possibly empty).
+    pub fn sweep_expired(&mut self, now: i64) -> Result<Vec<(String, Vec<String>)>, StoreError> {
+        let r = consents::sweep_expired(self, now);
+        self.finish(r)
+    }
+
+    // ---- outbox ---------------------------------------------------------
+
+    /// Stores a batch of captures in ONE transaction (group commit). Each is
+    /// re-checked against its consent, encrypted under its subject's data key,
+    /// and subjected to the quota policy.
+    pub fn insert_captures(
+        &mut self,
+        batch: Vec<NewCapture>,
+        policy: &OutboxConfig,
+        now: i64,
+    ) -> Result<Vec<Inserted>, StoreError> {
+        let r = outbox::insert(self, batch, policy, now);
+        self.finish(r)
+    }
+
+    /// Up to `limit` queued captures, oldest first, decrypted, skipping `exclude`.
+    /// Rows that fail to decrypt are purged (audited) and skipped.
+    pub fn pending(
+        &mut self,
+        limit: usize,
+        exclude: &[String],
+    ) -> Result<Vec<OutboxCapture>, StoreError> {
+        let r = outbox::pending(self, limit, exclude);
+        self.finish(r)
+    }
+
+    /// True if `consent_id` is a stored consent of `subject`, unexpired at
+    /// `now`, with the upload scope, and not voided by a tombstone: the same
+    /// check `insert_captures` makes. The uplink calls it right before handing
+    /// a capture to MQTT (signature/kid/audience re-checks are the caller's).
+    pub fn upload_allowed(
+        &mut self,
+        subject: &str,
+        consent_id: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let r = outbox::upload_allowed(self, subject, consent_id, now);
+        self.finish(r)
+    }
+
+    /// The plain subject id of a queued capture.
+    pub fn capture_subject(&mut self, capture_id: &str) -> Result<Option<String>, StoreError> {
+        let r = outbox::capture_subject(self, capture_id);
+        self.finish(r)
+    }
+
+    /// Deletes an uploaded capture (broker PUBACK). False if it was not queued
+    /// (e.g. purged meanwhile).
+    pub fn ack(&mut self, capture_id: &str, now: i64) -> Result<bool, StoreError> {
+        let r = outbox::ack(self, capture_id, now);
+        self.finish(r)
+    }
+
+    /// Purges every capture of `subject` and destroys its data key; keeps
+    /// consents. Checkpoints the WAL.
+    pub fn purge_subject(
+        &mut self,
+        subject: &str,
+        now: i64,
+        reason: PurgeReason,
+        cmd: Option<&CommandStamp>,
+    ) -> Result<Vec<String>, StoreError> {
+        let r = purge::purge_subject(self, subject, now, reason, cmd);
+        self.finish(r)
+    }
+
+    /// Purges every capture and data key; keeps consents. Checkpoints the WAL.
+    pub fn purge_all(
+        &mut self,
+        now: i64,
+        reason: PurgeReason,
+        cmd: Option<&CommandStamp>,
+    ) -> Result<Vec<String>, StoreError> {
+        let r = purge::purge_all(self, now, reason, cmd);
+        self.finish(r)
+    }
+
+    /// Purges captures queued more than `retention` before `now` (audited as
+    /// `capture.expired`).
+    pub fn enforce_retention(
+        &mut self,
+        now: i64,
+        retention: Duration,
+    ) -> Result<Vec<String>, StoreError> {
+        let r = purge::enforce_retention(self, now, retention);
+        self.finish(r)
+    }
+
+    /// Outbox size and age.
+    pub fn outbox_stats(&mut self, now: i64) -> Result<OutboxStats, StoreError> {
+        let r = outbox::stats(self, now);
+        self.finish(r)
+    }
+
+    // ---- counters and audit ---------------------------------------------
+
+    /// Adds `n` to a counter (creating it at 0).
+    pub fn bump(&mut self, name: &str, n: u64) -> Result<(), StoreError> {
+        let r = counters::bump_tx(self, name, n);
+        self.finish(r)
+    }
+
+    /// Appends an audit row and optionally bumps a counter, in one transaction.
+    /// `subject` is turned into its pseudonym; never put plain ids in `detail`.
+    pub fn record(
+        &mut self,
+        kind: &str,
+        subject: Option<&str>,
+        detail: Value,
+        counter: Option<&str>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let r = counters::record(self, kind, subject, detail, counter, now);
+        self.finish(r)
+    }
+
+    /// All counters.
+    pub fn counters(&mut self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let r = counters::all(self);
+        self.finish(r)
+    }
+
+    /// Verifies the whole audit chain.
+    pub fn audit_verify(&mut self) -> Result<VerifyReport, StoreError> {
+        let r = audit_log::verify(self);
+        self.finish(r)
+    }
+
+    /// The newest `n` audit rows, newest last.
+    pub fn audit_tail(&mut self, n: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let r = audit_log::tail(self, n);
+        self.finish(r)
+    }
+
+    // ---- command replay -------------------------------------------------
+
+    /// True if a command with this `jti` was already applied.
+    pub fn command_seen(&mut self, jti: &str) -> Result<bool, StoreError> {
+        let r = replay::seen(self, jti);
+        self.finish(r)
+    }
+
+    /// Remembers a command that has no store effect of its own (e.g. `status`),
+    /// auditing `command.applied`. [`StoreError::Replayed`] if already seen.
+    pub fn remember_command(&mut self, cmd: &CommandStamp, now: i64) -> Result<(), StoreError> {
+        let r = replay::remember_tx(self, cmd, now);
+        self.finish(r)
+    }
+
+    /// Forgets commands whose `exp` is more than a day in the past.
+    pub fn forget_commands(&mut self, now: i64) -> Result<u64, StoreError> {
+        let r = replay::forget(self, now);
+        self.finish(r)
+    }
+
+    // ---- internals --------------------------------------------------------
+
+    /// Starts an IMMEDIATE write transaction.
+    pub(crate) fn writer(&mut self) -> Result<Writer<'_>, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .op("starting a transaction")?;
+        Ok(Writer {
+            tx,
+            keys: &self.keys,
+            head: None,
+        })
+    }
+
+    /// Copies the WAL into the database and truncates it, so no old page
+    /// version (with purged content) survives in `facegate.db-wal`. Runs after
+    /// a purge has committed, so a failure is logged rather than returned (the
+    /// purge itself stands; the next checkpoint finishes the job).
+    pub(crate) fn checkpoint(&mut self) -> Result<(), StoreError> {
+        match self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            }) {
+            Ok(0) => {}
+            Ok(_) => {
+                tracing::warn!(db = %self.path.display(), "WAL checkpoint could not complete: database busy")
+            }
+            Err(e) => {
+                tracing::error!(db = %self.path.display(), error = %e, "WAL checkpoint failed")
+            }
+        }
+        Ok(())
+    }
+
+    /// Maps SQLITE_FULL to [`StoreError::DiskFull`] naming the database file.
+    fn finish<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        r.map_err(|e| match e {
+            StoreError::Sqlite { op, source }
+                if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) =>
+            {
+                StoreError::DiskFull {
+                    path: self.path.clone(),
+                    op,
+                }
+            }
+            other => other,
+        })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl Writer<'_> {
+    /// Appends one audit row (chained to the previous one).
+    pub(crate) fn audit(
+        &mut self,
+        ts: i64,
+        kind: &str,
+        subject_ref: Option<&[u8; 32]>,
+        detail: Value,
+    ) -> Result<(), StoreError> {
+        let head = match self.head {
+            Some(h) => h,
+            None => audit_log::head(&self.tx)?,
+        };
+        let entry = crate::audit::next_entry(
+            &self.keys.audit,
+            head,
+            ts,
+            kind,
+            subject_ref.map(hex::encode),
+            detail,
+        );
+        audit_log::append(&self.tx, &entry)?;
+        self.head = Some(Some((entry.seq, entry.mac)));
+        Ok(())
+    }
+
+    /// Adds `n` to a counter.
+    pub(crate) fn bump(&self, name: &str, n: u64) -> Result<(), StoreError> {
+        counters::bump(&self.tx, name, n)
+    }
+
+    /// The subject's pseudonym.
+    pub(crate) fn pseudonym(&self, subject: &str) -> [u8; 32] {
+        self.keys.pseudonyms.pseudonym(subject)
+    }
+
+    /// Stores the command's jti and audits `command.applied`.
+    pub(crate) fn applied(
+        &mut self,
+        cmd: Option<&CommandStamp>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        if let Some(cmd) = cmd {
+            replay::remember(self, cmd, now)?;
+            let detail = serde_json::json!({ "jti": cmd.jti, "cmd": cmd.cmd });
+            self.audit(now, crate::audit::kind::COMMAND_APPLIED, None, detail)?;
+        }
+        Ok(())
+    }
+
+    /// Commits.
+    pub(crate) fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().op("committing")
+    }
+}
+
+/// Creates the database file with mode 0600 if missing; tightens the mode of
+/// an existing database (and its WAL/SHM) that group or others could read.
+fn prepare_db_file(path: &Path) -> Result<(), StoreError> {
+    let io = |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io(e)),
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let p = PathBuf::from(format!("{}{suffix}", path.display()));
+        let meta = match fs::metadata(&p) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(StoreError::Io { path: p, source: e }),
+        };
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(file = %p.display(), "database file was accessible by group/others; setting mode 0600");
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).map_err(|source| {
+                StoreError::Io {
+                    path: p.clone(),
+                    source,
+                }
+            })?;
+        }
+    }
+    Ok(())
+}

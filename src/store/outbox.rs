@@ -1,0 +1,419 @@
+//! The encrypted outbox: inserting consented captures (group commit, quota),
+//! reading them back decrypted for upload, acknowledging, and sizes.
+//!
+//! Each capture row keeps in clear only what queries need (queue order, id,
+//! subject pseudonym, queue time, size). The plain subject id, consent id,
+//! camera, content type and digest are a sealed JSON `meta` blob; the image is
+//! a sealed `image` blob; both under the subject's data key.
+
+use std::collections::HashMap;
+
+use rusqlite::{params, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::purge::{capture_ref, delete_rows, destroy_key_if_unused, CaptureRef, REF_COLUMNS};
+use super::{
+    counter, Inserted, NewCapture, OutboxCapture, OutboxStats, PurgeReason, SqlCtx, Store,
+    StoreError, Writer,
+};
+use crate::audit::kind;
+use crate::config::{OutboxConfig, WhenFull};
+use crate::consent::UPLOAD_SCOPE;
+use crate::crypto::{DataKey, DerivedKeys, Part, SEAL_OVERHEAD};
+
+/// The sealed metadata of a capture.
+#[derive(Serialize, Deserialize)]
+struct Meta {
+    subject: String,
+    consent_id: String,
+    captured_at: i64,
+    camera: String,
+    content_type: String,
+    sha256: String,
+}
+
+fn load_key(
+    conn: &rusqlite::Connection,
+    keys: &DerivedKeys,
+    sref: &[u8; 32],
+) -> Result<Option<DataKey>, StoreError> {
+    let wrapped: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT wrapped FROM data_keys WHERE subject_ref = ?1")
+        .and_then(|mut s| s.query_row([&sref[..]], |r| r.get(0)).optional())
+        .op("reading a data key")?;
+    match wrapped {
+        Some(w) => Ok(Some(DataKey::unwrap(&keys.kek, sref, &w)?)),
+        None => Ok(None),
+    }
+}
+
+/// The subject's data key, created (and stored wrapped) on first use.
+fn key_for<'c>(
+    w: &Writer,
+    cache: &'c mut HashMap<[u8; 32], DataKey>,
+    sref: &[u8; 32],
+    now: i64,
+) -> Result<&'c DataKey, StoreError> {
+    if !cache.contains_key(sref) {
+        let key = match load_key(&w.tx, w.keys, sref)? {
+            Some(k) => k,
+            None => {
+                let k = DataKey::generate()?;
+                let wrapped = k.wrap(&w.keys.kek, sref)?;
+                w.tx.execute(
+                    "INSERT INTO data_keys (subject_ref, wrapped, created_at) VALUES (?1, ?2, ?3)",
+                    params![&sref[..], wrapped, now],
+                )
+                .op("storing a data key")?;
+                k
+            }
+        };
+        cache.insert(*sref, key);
+    }
+    cache.get(sref).ok_or_else(|| StoreError::Corrupt {
+        what: "data key cache".into(),
+    })
+}
+
+const CONSENT_VALID_SQL: &str = "SELECT 1 FROM consents c
+     WHERE c.id = ?1 AND c.subject_ref = ?2 AND c.expires_at > ?3
+       AND instr(' ' || c.scopes || ' ', ?4) > 0
+       AND NOT EXISTS (SELECT 1 FROM tombstones t
+                       WHERE t.subject_ref = c.subject_ref AND c.issued_at <= t.revoked_before)";
+
+/// Is `consent_id` a stored, unexpired upload consent of this subject that no
+/// tombstone voids?
+fn consent_valid(
+    conn: &rusqlite::Connection,
+    consent_id: &str,
+    sref: &[u8; 32],
+    now: i64,
+) -> Result<bool, StoreError> {
+    conn.prepare_cached(CONSENT_VALID_SQL)
+        .and_then(|mut s| {
+            s.query_row(
+                params![consent_id, &sref[..], now, format!(" {UPLOAD_SCOPE} ")],
+                |_| Ok(()),
+            )
+            .optional()
+        })
+        .op("checking consent")
+        .map(|r| r.is_some())
+}
+
+pub(super) fn upload_allowed(
+    store: &mut Store,
+    subject: &str,
+    consent_id: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let sref = store.keys.pseudonyms.pseudonym(subject);
+    consent_valid(&store.conn, consent_id, &sref, now)
+}
+
+fn totals(w: &Writer) -> Result<(u64, u64), StoreError> {
+    w.tx.prepare_cached("SELECT captures, bytes FROM outbox_totals WHERE id = 1")
+        .and_then(|mut s| s.query_row([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))))
+        .op("reading outbox totals")
+        .map(|(c, b)| (c.max(0) as u64, b.max(0) as u64))
+}
+
+fn exists(w: &Writer, capture_id: &str) -> Result<bool, StoreError> {
+    w.tx.prepare_cached("SELECT 1 FROM captures WHERE capture_id = ?1")
+        .and_then(|mut s| s.query_row([capture_id], |_| Ok(())).optional())
+        .op("looking up a capture")
+        .map(|r| r.is_some())
+}
+
+/// Makes room for `need` bytes by purging the oldest captures. False if the
+/// outbox cannot hold `need` bytes at all.
+fn make_room(
+    w: &mut Writer,
+    cache: &mut HashMap<[u8; 32], DataKey>,
+    need: u64,
+    policy: &OutboxConfig,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let (_, used) = totals(w)?;
+    if used + need <= policy.quota_bytes {
+        return Ok(true);
+    }
+    if need > policy.quota_bytes || policy.when_full == WhenFull::RejectNew {
+        return Ok(false);
+    }
+    let mut victims: Vec<CaptureRef> = Vec::new();
+    let mut freed = 0u64;
+    {
+        let mut stmt =
+            w.tx.prepare_cached(&format!(
+                "SELECT {REF_COLUMNS}, bytes FROM captures ORDER BY seq"
+            ))
+            .op("choosing captures to drop")?;
+        let mut rows = stmt.query([]).op("choosing captures to drop")?;
+        while used - freed + need > policy.quota_bytes {
+            let Some(row) = rows.next().op("choosing captures to drop")? else {
+                break;
+            };
+            let bytes: i64 = row.get(3).op("choosing captures to drop")?;
+            freed += bytes.max(0) as u64;
+            victims.push(capture_ref(row).op("choosing captures to drop")?);
+        }
+    }
+    let destroyed = delete_rows(
+        w,
+        &victims,
+        kind::CAPTURE_PURGED,
+        PurgeReason::OutboxFull,
+        now,
+    )?;
+    for sref in destroyed {
+        cache.remove(&sref);
+    }
+    Ok(used - freed + need <= policy.quota_bytes)
+}
+
+pub(super) fn insert(
+    store: &mut Store,
+    batch: Vec<NewCapture>,
+    policy: &OutboxConfig,
+    now: i64,
+) -> Result<Vec<Inserted>, StoreError> {
+    let mut w = store.writer()?;
+    let mut cache: HashMap<[u8; 32], DataKey> = HashMap::new();
+    let mut out = Vec::with_capacity(batch.len());
+    for c in batch {
+        let sref = w.pseudonym(&c.subject);
+        if exists(&w, &c.capture_id)? {
+            out.push(Inserted::Duplicate);
+            continue;
+        }
+        if !consent_valid(&w.tx, &c.consent_id, &sref, now)? {
+            let detail = json!({ "capture_id": c.capture_id, "reason": "no_valid_consent" });
+            w.audit(now, kind::CAPTURE_DROPPED, Some(&sref), detail)?;
+            w.bump(counter::DROPPED_NO_CONSENT, 1)?;
+            out.push(Inserted::NoConsent);
+            continue;
+        }
+        let meta = serde_json::to_vec(&Meta {
+            subject: c.subject.clone(),
+            consent_id: c.consent_id.clone(),
+            captured_at: c.captured_at,
+            camera: c.camera.clone(),
+            content_type: c.content_type.clone(),
+            sha256: hex::encode(c.sha256),
+        })
+        .map_err(|e| StoreError::Corrupt {
+            what: format!("capture {} metadata: {e}", c.capture_id),
+        })?;
+        let need = (meta.len() + c.image.len() + 2 * SEAL_OVERHEAD) as u64;
+        if !make_room(&mut w, &mut cache, need, policy, now)? {
+            let detail =
+                json!({ "capture_id": c.capture_id, "reason": "outbox_full", "bytes": need });
+            w.audit(now, kind::CAPTURE_REJECTED, Some(&sref), detail)?;
+            w.bump(counter::REJECTED_QUOTA, 1)?;
+            out.push(Inserted::QuotaRejected);
+            continue;
+        }
+        let key = key_for(&w, &mut cache, &sref, now)?;
+        let meta = key.seal(Part::Meta, &c.capture_id, &sref, &meta)?;
+        let image = key.seal(Part::Image, &c.capture_id, &sref, &c.image)?;
+        let bytes = (meta.len() + image.len()) as i64;
+        w.tx.prepare_cached(
+            "INSERT INTO captures (capture_id, subject_ref, queued_at, bytes, meta, image)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .and_then(|mut s| s.execute(params![c.capture_id, &sref[..], now, bytes, meta, image]))
+        .op("storing a capture")?;
+        let detail = json!({ "capture_id": c.capture_id, "consent_id": c.consent_id, "camera": c.camera, "bytes": bytes });
+        w.audit(now, kind::CAPTURE_ACCEPTED, Some(&sref), detail)?;
+        w.bump(counter::ACCEPTED, 1)?;
+        out.push(Inserted::Accepted);
+    }
+    w.commit()?;
+    Ok(out)
+}
+
+fn decode_meta(bytes: &[u8]) -> Option<(Meta, [u8; 32])> {
+    let meta: Meta = serde_json::from_slice(bytes).ok()?;
+    let sha: [u8; 32] = hex::decode(&meta.sha256).ok()?.try_into().ok()?;
+    Some((meta, sha))
+}
+
+struct Row {
+    r: CaptureRef,
+    queued_at: i64,
+    meta: Vec<u8>,
+    image: Vec<u8>,
+}
+
+fn decrypt(
+    conn: &rusqlite::Connection,
+    keys: &DerivedKeys,
+    cache: &mut HashMap<[u8; 32], Option<DataKey>>,
+    row: &Row,
+) -> Result<Option<OutboxCapture>, StoreError> {
+    let sref = row.r.subject_ref;
+    let key = match cache.entry(sref) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            let key = match load_key(conn, keys, &sref) {
+                Ok(k) => k,
+                Err(StoreError::Crypto(_)) => None,
+                Err(e) => return Err(e),
+            };
+            e.insert(key)
+        }
+    };
+    let Some(key) = key else {
+        return Ok(None);
+    };
+    let id = &row.r.capture_id;
+    let Ok(meta) = key.open(Part::Meta, id, &sref, &row.meta) else {
+        return Ok(None);
+    };
+    let Ok(image) = key.open(Part::Image, id, &sref, &row.image) else {
+        return Ok(None);
+    };
+    let Some((meta, sha256)) = decode_meta(&meta) else {
+        return Ok(None);
+    };
+    Ok(Some(OutboxCapture {
+        capture_id: id.clone(),
+        subject: meta.subject,
+        consent_id: meta.consent_id,
+        captured_at: meta.captured_at,
+        camera: meta.camera,
+        content_type: meta.content_type,
+        sha256,
+        image,
+        queued_at: row.queued_at,
+    }))
+}
+
+pub(super) fn pending(
+    store: &mut Store,
+    limit: usize,
+    exclude: &[String],
+) -> Result<Vec<OutboxCapture>, StoreError> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<Row> = store
+        .conn
+        .prepare_cached(&format!(
+            "SELECT {REF_COLUMNS}, queued_at, meta, image FROM captures ORDER BY seq LIMIT ?1"
+        ))
+        .and_then(|mut s| {
+            s.query_map([(limit + exclude.len()) as i64], |r| {
+                Ok(Row {
+                    r: capture_ref(r)?,
+                    queued_at: r.get(3)?,
+                    meta: r.get(4)?,
+                    image: r.get(5)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .op("reading the outbox")?;
+    let mut cache = HashMap::new();
+    let mut out = Vec::new();
+    let mut broken = Vec::new();
+    for row in rows
+        .into_iter()
+        .filter(|r| !exclude.contains(&r.r.capture_id))
+    {
+        if out.len() == limit {
+            break;
+        }
+        match decrypt(&store.conn, &store.keys, &mut cache, &row)? {
+            Some(c) => out.push(c),
+            None => broken.push(row.r),
+        }
+    }
+    if !broken.is_empty() {
+        tracing::error!(
+            count = broken.len(),
+            "purging outbox captures that cannot be decrypted"
+        );
+        let now = crate::clock::now();
+        let mut w = store.writer()?;
+        delete_rows(
+            &mut w,
+            &broken,
+            kind::CAPTURE_PURGED,
+            PurgeReason::Undecryptable,
+            now,
+        )?;
+        w.commit()?;
+    }
+    Ok(out)
+}
+
+pub(super) fn capture_subject(
+    store: &mut Store,
+    capture_id: &str,
+) -> Result<Option<String>, StoreError> {
+    let row: Option<(Vec<u8>, Vec<u8>)> = store
+        .conn
+        .prepare_cached("SELECT subject_ref, meta FROM captures WHERE capture_id = ?1")
+        .and_then(|mut s| {
+            s.query_row([capture_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .op("looking up a capture")?;
+    let Some((sref, meta)) = row else {
+        return Ok(None);
+    };
+    let corrupt = || StoreError::Corrupt {
+        what: format!("capture {capture_id} metadata"),
+    };
+    let sref: [u8; 32] = sref.try_into().map_err(|_| corrupt())?;
+    let key = load_key(&store.conn, &store.keys, &sref)?.ok_or_else(corrupt)?;
+    let meta = key.open(Part::Meta, capture_id, &sref, &meta)?;
+    let (meta, _) = decode_meta(&meta).ok_or_else(corrupt)?;
+    Ok(Some(meta.subject))
+}
+
+pub(super) fn ack(store: &mut Store, capture_id: &str, now: i64) -> Result<bool, StoreError> {
+    let mut w = store.writer()?;
+    let found =
+        w.tx.prepare_cached(&format!(
+            "SELECT {REF_COLUMNS} FROM captures WHERE capture_id = ?1"
+        ))
+        .and_then(|mut s| s.query_row([capture_id], capture_ref).optional())
+        .op("looking up a capture")?;
+    let Some(r) = found else {
+        return Ok(false);
+    };
+    w.tx.execute("DELETE FROM captures WHERE seq = ?1", [r.seq])
+        .op("deleting an uploaded capture")?;
+    w.audit(
+        now,
+        kind::CAPTURE_UPLOADED,
+        Some(&r.subject_ref),
+        json!({ "capture_id": capture_id }),
+    )?;
+    w.bump(counter::UPLOADED, 1)?;
+    destroy_key_if_unused(&w, &r.subject_ref)?;
+    w.commit()?;
+    Ok(true)
+}
+
+pub(super) fn stats(store: &mut Store, now: i64) -> Result<OutboxStats, StoreError> {
+    let (captures, bytes, oldest): (i64, i64, Option<i64>) = store
+        .conn
+        .query_row(
+            "SELECT captures, bytes, (SELECT MIN(queued_at) FROM captures) FROM outbox_totals WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .op("reading outbox totals")?;
+    Ok(OutboxStats {
+        captures: captures.max(0) as u64,
+        bytes: bytes.max(0) as u64,
+        oldest_age_s: oldest
+            .map(|t| now.saturating_sub(t).max(0) as u64)
+            .unwrap_or(0),
+    })
+}

@@ -1,0 +1,167 @@
+//! Connection pragmas, schema migrations (tracked in `PRAGMA user_version`)
+//! and the storage-key check value.
+
+use rusqlite::OptionalExtension;
+
+use super::{SqlCtx, Store, StoreError};
+
+/// Migration steps; step `i` takes the schema from version `i` to `i + 1`.
+/// Append only: never edit a released step.
+const MIGRATIONS: &[&str] = &[V1];
+
+const V1: &str = r#"
+CREATE TABLE meta (
+    name  TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE consents (
+    id          TEXT PRIMARY KEY,
+    subject     TEXT NOT NULL,
+    subject_ref BLOB NOT NULL,
+    issuer      TEXT NOT NULL,
+    issued_at   INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    audience    TEXT NOT NULL,   -- JSON array
+    scopes      TEXT NOT NULL,   -- space separated
+    kid         TEXT NOT NULL,
+    token       TEXT NOT NULL,
+    added_at    INTEGER NOT NULL
+);
+CREATE INDEX consents_by_subject ON consents(subject_ref);
+CREATE INDEX consents_by_expiry ON consents(expires_at);
+
+CREATE TABLE tombstones (
+    subject_ref    BLOB PRIMARY KEY,
+    revoked_before INTEGER NOT NULL,
+    updated_at     INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE data_keys (
+    subject_ref BLOB PRIMARY KEY,
+    wrapped     BLOB NOT NULL,
+    created_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE captures (
+    seq         INTEGER PRIMARY KEY,          -- queue order
+    capture_id  TEXT NOT NULL UNIQUE,
+    subject_ref BLOB NOT NULL REFERENCES data_keys(subject_ref),
+    queued_at   INTEGER NOT NULL,
+    bytes       INTEGER NOT NULL,             -- len(meta) + len(image)
+    meta        BLOB NOT NULL,                -- sealed JSON (subject, consent, ...)
+    image       BLOB NOT NULL                 -- sealed image
+);
+CREATE INDEX captures_by_subject ON captures(subject_ref);
+CREATE INDEX captures_by_queued ON captures(queued_at);
+
+CREATE TABLE outbox_totals (
+    id       INTEGER PRIMARY KEY CHECK (id = 1),
+    captures INTEGER NOT NULL,
+    bytes    INTEGER NOT NULL
+);
+INSERT INTO outbox_totals (id, captures, bytes) VALUES (1, 0, 0);
+CREATE TRIGGER captures_count_insert AFTER INSERT ON captures BEGIN
+    UPDATE outbox_totals SET captures = captures + 1, bytes = bytes + NEW.bytes WHERE id = 1;
+END;
+CREATE TRIGGER captures_count_delete AFTER DELETE ON captures BEGIN
+    UPDATE outbox_totals SET captures = captures - 1, bytes = bytes - OLD.bytes WHERE id = 1;
+END;
+
+CREATE TABLE counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO counters (name, value) VALUES
+    ('accepted', 0), ('dropped_no_consent', 0), ('rejected_bad_input', 0),
+    ('uploaded', 0), ('purged', 0), ('rejected_quota', 0);
+
+CREATE TABLE audit (
+    seq         INTEGER PRIMARY KEY,
+    ts          INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    subject_ref TEXT,
+    detail      TEXT NOT NULL,
+    prev        BLOB NOT NULL,
+    mac         BLOB NOT NULL
+);
+
+CREATE TABLE commands (
+    jti        TEXT PRIMARY KEY,
+    expires_at INTEGER NOT NULL,
+    seen_at    INTEGER NOT NULL
+) WITHOUT ROWID;
+"#;
+
+/// Highest schema version this build knows.
+pub(crate) fn known_version() -> u32 {
+    MIGRATIONS.len() as u32
+}
+
+/// Pragmas, migrations and key check for a freshly opened connection.
+pub(super) fn init(store: &mut Store) -> Result<(), StoreError> {
+    let conn = &store.conn;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .op("enabling WAL")?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Corrupt {
+            what: format!("journal_mode is {mode}, expected wal"),
+        });
+    }
+    conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA secure_delete=ON; PRAGMA foreign_keys=ON;")
+        .op("setting pragmas")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .op("setting busy timeout")?;
+    migrate(store)?;
+    check_key(store)
+}
+
+fn migrate(store: &mut Store) -> Result<(), StoreError> {
+    let found: u32 = store
+        .conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .op("reading the schema version")?;
+    if found > known_version() {
+        return Err(StoreError::NewerSchema {
+            path: store.path.clone(),
+            found,
+            known: known_version(),
+        });
+    }
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = store.conn.transaction().op("starting a migration")?;
+        tx.execute_batch(step).op("migrating the schema")?;
+        tx.pragma_update(None, "user_version", (i + 1) as u32)
+            .op("recording the schema version")?;
+        tx.commit().op("committing a migration")?;
+    }
+    Ok(())
+}
+
+fn check_key(store: &mut Store) -> Result<(), StoreError> {
+    let expected = store.keys.check.to_vec();
+    let stored: Option<Vec<u8>> = store
+        .conn
+        .query_row("SELECT value FROM meta WHERE name = 'key_check'", [], |r| {
+            r.get(0)
+        })
+        .optional()
+        .op("reading the key check")?;
+    match stored {
+        Some(v) if v == expected => Ok(()),
+        Some(_) => Err(StoreError::WrongKey {
+            path: store.path.clone(),
+        }),
+        None => {
+            store
+                .conn
+                .execute(
+                    "INSERT INTO meta (name, value) VALUES ('key_check', ?1)",
+                    [expected],
+                )
+                .op("storing the key check")?;
+            Ok(())
+        }
+    }
+}

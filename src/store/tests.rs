@@ -1,0 +1,894 @@
+//! Store tests against real SQLite files in temporary directories.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::Connection;
+use serde_json::json;
+
+use super::*;
+use crate::audit::kind;
+use crate::config::{OutboxConfig, WhenFull};
+use crate::consent::{Consent, UPLOAD_SCOPE};
+use crate::crypto::DeviceKey;
+
+const T0: i64 = 1_800_000_000;
+const DAY: i64 = 86_400;
+
+fn key() -> DeviceKey {
+    DeviceKey::from_bytes([42u8; 32])
+}
+
+fn open(dir: &Path) -> Store {
+    Store::open(dir, key()).unwrap()
+}
+
+fn consent(id: &str, subject: &str, iat: i64, exp: i64) -> Consent {
+    Consent {
+        id: id.into(),
+        subject: subject.into(),
+        issuer: "hr".into(),
+        issued_at: iat,
+        expires_at: exp,
+        audience: vec!["lobby".into()],
+        scopes: vec![UPLOAD_SCOPE.into()],
+        kid: "consent-2026".into(),
+        token: format!("header.payload-of-{id}.sig"),
+    }
+}
+
+fn capture(id: &str, subject: &str, consent_id: &str, image: &[u8]) -> NewCapture {
+    NewCapture {
+        capture_id: id.into(),
+        subject: subject.into(),
+        consent_id: consent_id.into(),
+        captured_at: T0 - 5,
+        camera: "cam-1".into(),
+        content_type: "image/jpeg".into(),
+        sha256: [9u8; 32],
+        image: image.to_vec(),
+    }
+}
+
+fn policy(quota: u64, when_full: WhenFull) -> OutboxConfig {
+    OutboxConfig {
+        retention: Duration::from_secs(7 * DAY as u64),
+        quota_bytes: quota,
+        when_full,
+    }
+}
+
+fn roomy() -> OutboxConfig {
+    policy(1 << 30, WhenFull::RejectNew)
+}
+
+/// Image bytes with a unique marker in the middle.
+fn marked_image(marker: &str) -> Vec<u8> {
+    let mut v = vec![0xFFu8, 0xD8, 0xFF];
+    v.extend_from_slice(&[0x11; 300]);
+    v.extend_from_slice(format!("PIXELS<{marker}>").as_bytes());
+    v.extend_from_slice(&[0x22; 300]);
+    v
+}
+
+fn raw_files(dir: &Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    for name in ["facegate.db", "facegate.db-wal"] {
+        if let Ok(bytes) = std::fs::read(dir.join(name)) {
+            all.extend_from_slice(&bytes);
+        }
+    }
+    all
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn raw(dir: &Path) -> Connection {
+    Connection::open(dir.join(DB_FILE_NAME)).unwrap()
+}
+
+fn kinds(store: &mut Store) -> Vec<String> {
+    store
+        .audit_tail(1000)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect()
+}
+
+/// One subject with a consent and `n` queued captures.
+fn with_captures(store: &mut Store, subject: &str, n: usize, now: i64) -> Vec<String> {
+    let cid = format!("consent-{subject}");
+    store
+        .add_consent(&consent(&cid, subject, now - 10, now + DAY), now, None)
+        .unwrap();
+    let ids: Vec<String> = (0..n).map(|i| format!("{subject}-cap-{i}")).collect();
+    let batch = ids
+        .iter()
+        .map(|id| capture(id, subject, &cid, &marked_image(id)))
+        .collect();
+    let r = store.insert_captures(batch, &roomy(), now).unwrap();
+    assert!(r.iter().all(|x| *x == Inserted::Accepted), "{r:?}");
+    ids
+}
+
+#[test]
+fn store_is_send() {
+    fn is_send<T: Send>() {}
+    is_send::<Store>();
+}
+
+#[test]
+fn migrations_are_idempotent_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = open(dir.path());
+        s.add_consent(&consent("c1", "S-1", T0, T0 + DAY), T0, None)
+            .unwrap();
+    }
+    for _ in 0..2 {
+        let mut s = open(dir.path());
+        assert_eq!(s.list_consents().unwrap().len(), 1);
+        let v: u32 = s
+            .conn()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, schema::known_version());
+        let mode: String = s
+            .conn()
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let sd: i64 = s
+            .conn()
+            .query_row("PRAGMA secure_delete", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sd, 1);
+        assert!(s.audit_verify().unwrap().ok);
+    }
+}
+
+#[test]
+fn newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    raw(dir.path())
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    let err = Store::open(dir.path(), key()).unwrap_err();
+    assert!(
+        matches!(err, StoreError::NewerSchema { found: 99, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn wrong_storage_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    let err = Store::open(dir.path(), DeviceKey::from_bytes([1u8; 32])).unwrap_err();
+    assert!(matches!(err, StoreError::WrongKey { .. }), "{err}");
+}
+
+#[test]
+fn database_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    with_captures(&mut s, "S-1", 1, T0);
+    for name in ["facegate.db", "facegate.db-wal"] {
+        let mode = std::fs::metadata(dir.path().join(name))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{name} mode {mode:o}");
+    }
+}
+
+#[test]
+fn storage_key_with_loose_permissions_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(crate::crypto::KEY_FILE_NAME);
+    let k = DeviceKey::load_or_create(&path).unwrap();
+    drop(Store::open(dir.path(), k).unwrap());
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = DeviceKey::load_or_create(&path).unwrap_err();
+    assert!(err.to_string().contains("storage.key"), "{err}");
+}
+
+#[test]
+fn consents_add_list_and_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let c1 = consent("c1", "S-1", T0, T0 + DAY);
+    assert_eq!(s.add_consent(&c1, T0, None).unwrap(), AddConsent::Added);
+    assert_eq!(
+        s.add_consent(&c1, T0, None).unwrap(),
+        AddConsent::AlreadyKnown
+    );
+    s.add_consent(&consent("c2", "S-2", T0 - 5, T0 + 10), T0, None)
+        .unwrap();
+    assert_eq!(s.consents_for("S-1").unwrap(), vec![c1.clone()]);
+    assert!(s.consents_for("S-3").unwrap().is_empty());
+    let all: Vec<String> = s
+        .list_consents()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(all, ["c2", "c1"]);
+    assert_eq!(s.active_consent_count(T0).unwrap(), 2);
+    assert_eq!(s.active_consent_count(T0 + 10).unwrap(), 1);
+    assert_eq!(kinds(&mut s), [kind::CONSENT_ADDED, kind::CONSENT_ADDED]);
+    // Audit rows carry pseudonyms, never plain subject ids.
+    let tail = s.audit_tail(10).unwrap();
+    assert_eq!(
+        tail[0].subject_ref.as_deref(),
+        Some(s.subject_ref("S-1").as_str())
+    );
+    assert!(!serde_json::to_string(&tail).unwrap().contains("S-1"));
+}
+
+#[test]
+fn consent_at_or_before_tombstone_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    s.revoke("S-1", T0, T0, None).unwrap();
+    assert_eq!(s.revoked_before("S-1").unwrap(), Some(T0));
+    assert_eq!(s.revoked_before("S-2").unwrap(), None);
+    for iat in [T0 - 100, T0] {
+        let err = s
+            .add_consent(
+                &consent(&format!("old{iat}"), "S-1", iat, T0 + DAY),
+                T0,
+                None,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Revoked {
+                    revoked_before: T0,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        s.add_consent(&consent("new", "S-1", T0 + 1, T0 + DAY), T0, None)
+            .unwrap(),
+        AddConsent::Added
+    );
+    // Another subject is unaffected.
+    s.add_consent(&consent("other", "S-2", T0 - 100, T0 + DAY), T0, None)
+        .unwrap();
+    let k = kinds(&mut s);
+    assert_eq!(
+        k.iter().filter(|k| *k == kind::CONSENT_REFUSED).count(),
+        2,
+        "{k:?}"
+    );
+    assert!(s.audit_verify().unwrap().ok);
+}
+
+#[test]
+fn revoke_removes_older_consents_keeps_later_and_never_lowers_tombstone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    s.add_consent(&consent("a", "S-1", T0 - 20, T0 + DAY), T0, None)
+        .unwrap();
+    s.add_consent(&consent("b", "S-1", T0 - 10, T0 + DAY), T0, None)
+        .unwrap();
+    s.add_consent(&consent("c", "S-1", T0 + 10, T0 + DAY), T0 + 10, None)
+        .unwrap();
+    s.add_consent(&consent("x", "S-2", T0 - 20, T0 + DAY), T0, None)
+        .unwrap();
+    let r = s.revoke("S-1", T0 - 10, T0 + 20, None).unwrap();
+    assert_eq!(r.consents_removed, 2);
+    assert_eq!(r.revoked_before, T0 - 10);
+    let left: Vec<String> = s
+        .consents_for("S-1")
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(left, ["c"]);
+    assert_eq!(s.consents_for("S-2").unwrap().len(), 1);
+    // An older (replayed) revocation does not lower the tombstone or touch "c".
+    let r = s.revoke("S-1", T0 - 100, T0 + 30, None).unwrap();
+    assert_eq!(r.consents_removed, 0);
+    assert_eq!(r.revoked_before, T0 - 10);
+    assert_eq!(s.revoked_before("S-1").unwrap(), Some(T0 - 10));
+    assert_eq!(s.consents_for("S-1").unwrap().len(), 1);
+}
+
+#[test]
+fn images_are_never_stored_in_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    with_captures(&mut s, "S-1", 3, T0);
+    assert_eq!(s.pending(10, &[]).unwrap().len(), 3);
+    let files = raw_files(dir.path());
+    assert!(files.len() > 4096);
+    assert!(!contains(&files, b"PIXELS<"));
+    assert!(!contains(&files, &[0x11; 64]));
+    assert!(!contains(&files, &[0x22; 64]));
+}
+
+#[test]
+fn revoke_purges_and_leaves_no_trace_in_db_or_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let subject = "SUBJ-7f3a9c-unique";
+    let marker = "MARKER-d41d8cd98f00b204";
+    s.add_consent(&consent("cons-1", subject, T0 - 10, T0 + DAY), T0, None)
+        .unwrap();
+    let mut img = marked_image(marker);
+    img.extend_from_slice(&[0x33; 5000]); // spills into an overflow page
+    s.insert_captures(
+        vec![
+            capture("cap-a", subject, "cons-1", &img),
+            capture("cap-b", subject, "cons-1", &img),
+        ],
+        &roomy(),
+        T0,
+    )
+    .unwrap();
+    with_captures(&mut s, "S-keep", 2, T0);
+    let sealed: Vec<u8> = s
+        .conn()
+        .query_row(
+            "SELECT image FROM captures WHERE capture_id='cap-a'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let wrapped: Vec<u8> = s
+        .conn()
+        .query_row(
+            "SELECT wrapped FROM data_keys WHERE subject_ref = ?1",
+            [&s.keys.pseudonyms.pseudonym(subject)[..]],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let ct_probe = &sealed[100..164];
+    let before = raw_files(dir.path());
+    // Negative controls: the search does find what is there.
+    assert!(
+        contains(&before, subject.as_bytes()),
+        "consent row holds the subject"
+    );
+    assert!(contains(&before, ct_probe), "ciphertext is stored");
+    assert!(contains(&before, &wrapped), "wrapped key is stored");
+    assert!(!contains(&before, marker.as_bytes()), "image is encrypted");
+
+    let r = s.revoke(subject, T0 + 5, T0 + 10, None).unwrap();
+    assert_eq!(r.purged, ["cap-a", "cap-b"]);
+    assert_eq!(r.consents_removed, 1);
+
+    let after = raw_files(dir.path());
+    assert!(
+        !contains(&after, subject.as_bytes()),
+        "plain subject id survived"
+    );
+    assert!(!contains(&after, marker.as_bytes()));
+    assert!(!contains(&after, ct_probe), "ciphertext survived");
+    assert!(!contains(&after, &wrapped), "wrapped data key survived");
+    let wal_len = std::fs::metadata(dir.path().join("facegate.db-wal"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert_eq!(wal_len, 0, "WAL truncated");
+    // Other subjects untouched.
+    assert_eq!(s.pending(10, &[]).unwrap().len(), 2);
+    assert_eq!(s.counters().unwrap()["purged"], 2);
+    let k = kinds(&mut s);
+    assert!(k.contains(&kind::CONSENT_REVOKED.to_string()));
+    assert!(k.contains(&kind::CAPTURE_PURGED.to_string()));
+    assert!(s.audit_verify().unwrap().ok);
+}
+
+#[test]
+fn pending_is_ordered_decrypted_and_honours_exclude() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let a = with_captures(&mut s, "S-1", 3, T0);
+    let b = with_captures(&mut s, "S-2", 2, T0 + 1);
+    let p = s.pending(10, &[]).unwrap();
+    let ids: Vec<&str> = p.iter().map(|c| c.capture_id.as_str()).collect();
+    assert_eq!(ids, [&a[..], &b[..]].concat());
+    let first = &p[0];
+    assert_eq!(first.subject, "S-1");
+    assert_eq!(first.consent_id, "consent-S-1");
+    assert_eq!(first.image, marked_image(&a[0]));
+    assert_eq!(first.sha256, [9u8; 32]);
+    assert_eq!(first.camera, "cam-1");
+    assert_eq!(first.content_type, "image/jpeg");
+    assert_eq!(first.captured_at, T0 - 5);
+    assert_eq!(first.queued_at, T0);
+    let dbg = format!("{first:?}");
+    assert!(
+        !dbg.contains("PIXELS") && !dbg.contains("subject") && dbg.contains("image_len"),
+        "{dbg}"
+    );
+    assert_eq!(p[3].queued_at, T0 + 1);
+
+    let excl = vec![a[0].clone(), a[2].clone()];
+    let ids: Vec<String> = s
+        .pending(2, &excl)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.capture_id)
+        .collect();
+    assert_eq!(ids, [a[1].clone(), b[0].clone()]);
+    assert!(s.pending(0, &[]).unwrap().is_empty());
+    assert_eq!(s.capture_subject(&b[1]).unwrap().as_deref(), Some("S-2"));
+    assert_eq!(s.capture_subject("nope").unwrap(), None);
+}
+
+#[test]
+fn ack_deletes_counts_and_destroys_unused_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let ids = with_captures(&mut s, "S-1", 2, T0);
+    assert!(s.ack(&ids[0], T0 + 1).unwrap());
+    assert!(!s.ack(&ids[0], T0 + 1).unwrap());
+    assert!(!s.ack("unknown", T0 + 1).unwrap());
+    let keys = |s: &Store| -> i64 {
+        s.conn()
+            .query_row("SELECT COUNT(*) FROM data_keys", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(keys(&s), 1);
+    assert!(s.ack(&ids[1], T0 + 1).unwrap());
+    assert_eq!(keys(&s), 0);
+    let c = s.counters().unwrap();
+    assert_eq!((c["accepted"], c["uploaded"]), (2, 2));
+    assert_eq!(s.outbox_stats(T0 + 1).unwrap(), OutboxStats::default());
+}
+
+#[test]
+fn insert_rechecks_consent_inside_the_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    s.add_consent(&consent("ok", "S-1", T0 - 10, T0 + 100), T0, None)
+        .unwrap();
+    let mut no_scope = consent("noscope", "S-1", T0 - 10, T0 + 100);
+    no_scope.scopes = vec!["capture:store".into(), "CAPTURE:UPLOAD".into()];
+    s.add_consent(&no_scope, T0, None).unwrap();
+    s.add_consent(&consent("revoked", "S-3", T0 - 10, T0 + 100), T0, None)
+        .unwrap();
+    s.revoke("S-3", T0, T0, None).unwrap();
+    let img = marked_image("x");
+    let cases = vec![
+        (capture("1", "S-1", "ok", &img), T0, Inserted::Accepted),
+        (
+            capture("2", "S-1", "ok", &img),
+            T0 + 100,
+            Inserted::NoConsent,
+        ), // expired at exp
+        (capture("3", "S-1", "ok", &img), T0 + 99, Inserted::Accepted),
+        (capture("4", "S-2", "ok", &img), T0, Inserted::NoConsent), // someone else's consent
+        (
+            capture("5", "S-1", "missing", &img),
+            T0,
+            Inserted::NoConsent,
+        ),
+        (
+            capture("6", "S-1", "noscope", &img),
+            T0,
+            Inserted::NoConsent,
+        ),
+        (
+            capture("7", "S-3", "revoked", &img),
+            T0,
+            Inserted::NoConsent,
+        ),
+        (capture("1", "S-1", "ok", &img), T0, Inserted::Duplicate),
+    ];
+    for (c, now, want) in cases {
+        let id = c.capture_id.clone();
+        assert_eq!(
+            s.insert_captures(vec![c], &roomy(), now).unwrap(),
+            [want],
+            "capture {id}"
+        );
+    }
+    let c = s.counters().unwrap();
+    assert_eq!((c["accepted"], c["dropped_no_consent"]), (2, 5));
+    // The same check for the uplink, right before publishing.
+    assert!(s.upload_allowed("S-1", "ok", T0 + 99).unwrap());
+    assert!(!s.upload_allowed("S-1", "ok", T0 + 100).unwrap());
+    assert!(!s.upload_allowed("S-2", "ok", T0).unwrap());
+    assert!(!s.upload_allowed("S-1", "noscope", T0).unwrap());
+    assert!(!s.upload_allowed("S-3", "revoked", T0).unwrap());
+    assert!(s.audit_verify().unwrap().ok);
+}
+
+#[test]
+fn quota_reject_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    s.add_consent(&consent("c", "S-1", T0 - 10, T0 + DAY), T0, None)
+        .unwrap();
+    let img = vec![7u8; 1000];
+    s.insert_captures(vec![capture("a", "S-1", "c", &img)], &roomy(), T0)
+        .unwrap();
+    let one = s.outbox_stats(T0).unwrap().bytes;
+    let p = policy(one * 2 + 10, WhenFull::RejectNew);
+    let r = s
+        .insert_captures(
+            vec![
+                capture("b", "S-1", "c", &img),
+                capture("c", "S-1", "c", &img),
+            ],
+            &p,
+            T0,
+        )
+        .unwrap();
+    assert_eq!(r, [Inserted::Accepted, Inserted::QuotaRejected]);
+    let ids: Vec<String> = s
+        .pending(10, &[])
+        .unwrap()
+        .into_iter()
+        .map(|c| c.capture_id)
+        .collect();
+    assert_eq!(ids, ["a", "b"]);
+    assert_eq!(s.counters().unwrap()["rejected_quota"], 1);
+    assert!(kinds(&mut s).contains(&kind::CAPTURE_REJECTED.to_string()));
+}
+
+#[test]
+fn quota_drop_oldest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    s.add_consent(&consent("c", "S-1", T0 - 10, T0 + DAY), T0, None)
+        .unwrap();
+    s.add_consent(&consent("d", "S-2", T0 - 10, T0 + DAY), T0, None)
+        .unwrap();
+    let img = vec![7u8; 1000];
+    s.insert_captures(
+        vec![
+            capture("a", "S-2", "d", &img),
+            capture("b", "S-1", "c", &img),
+        ],
+        &roomy(),
+        T0,
+    )
+    .unwrap();
+    let one = s.outbox_stats(T0).unwrap().bytes / 2;
+    let p = policy(one * 2 + 10, WhenFull::DropOldest);
+    let r = s
+        .insert_captures(
+            vec![
+                capture("c", "S-1", "c", &img),
+                capture("d", "S-1", "c", &img),
+            ],
+            &p,
+            T0,
+        )
+        .unwrap();
+    assert_eq!(r, [Inserted::Accepted, Inserted::Accepted]);
+    let ids: Vec<String> = s
+        .pending(10, &[])
+        .unwrap()
+        .into_iter()
+        .map(|c| c.capture_id)
+        .collect();
+    assert_eq!(ids, ["c", "d"]);
+    assert_eq!(s.counters().unwrap()["purged"], 2);
+    // S-2 lost its last capture: its key is gone.
+    let n: i64 = s
+        .conn()
+        .query_row("SELECT COUNT(*) FROM data_keys", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
+    // Too big to ever fit: rejected without dropping anything.
+    let huge = vec![1u8; (one * 3) as usize];
+    let r = s
+        .insert_captures(vec![capture("e", "S-1", "c", &huge)], &p, T0)
+        .unwrap();
+    assert_eq!(r, [Inserted::QuotaRejected]);
+    assert_eq!(s.outbox_stats(T0).unwrap().captures, 2);
+    assert!(s.audit_verify().unwrap().ok);
+}
+
+#[test]
+fn retention_purges_old_captures() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let old = with_captures(&mut s, "S-1", 2, T0);
+    let new = with_captures(&mut s, "S-2", 1, T0 + 50);
+    let ret = Duration::from_secs(100);
+    assert!(s.enforce_retention(T0 + 100, ret).unwrap().is_empty()); // exactly 100 s old: kept
+    assert_eq!(s.enforce_retention(T0 + 101, ret).unwrap(), old);
+    assert_eq!(s.outbox_stats(T0 + 101).unwrap().captures, 1);
+    assert_eq!(s.outbox_stats(T0 + 101).unwrap().oldest_age_s, 51);
+    assert_eq!(s.enforce_retention(T0 + 151, ret).unwrap(), new);
+    assert!(kinds(&mut s).contains(&kind::CAPTURE_EXPIRED.to_string()));
+    assert_eq!(s.counters().unwrap()["purged"], 3);
+}
+
+#[test]
+fn sweep_expired_deletes_consents_and_purges_uncovered_subjects() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let a = with_captures(&mut s, "S-1", 2, T0); // consent expires T0 + DAY
+    with_captures(&mut s, "S-2", 1, T0); // also T0 + DAY, but gets a later one
+    s.add_consent(&consent("later", "S-2", T0, T0 + 2 * DAY), T0, None)
+        .unwrap();
+    assert!(s.sweep_expired(T0 + DAY - 1).unwrap().is_empty());
+    let swept = s.sweep_expired(T0 + DAY).unwrap();
+    assert_eq!(swept, vec![("S-1".to_string(), a)]);
+    assert!(s.consents_for("S-1").unwrap().is_empty());
+    let left: Vec<String> = s
+        .consents_for("S-2")
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(left, ["later"]);
+    assert_eq!(s.pending(10, &[]).unwrap().len(), 1);
+    let k = kinds(&mut s);
+    assert_eq!(k.iter().filter(|k| *k == kind::CONSENT_EXPIRED).count(), 2);
+    assert!(s.audit_verify().unwrap().ok);
+}
+
+#[test]
+fn purge_subject_and_all_keep_consents() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let a = with_captures(&mut s, "S-1", 2, T0);
+    let b = with_captures(&mut s, "S-2", 2, T0);
+    assert_eq!(
+        s.purge_subject("S-1", T0, PurgeReason::Local, None)
+            .unwrap(),
+        a
+    );
+    assert!(s
+        .purge_subject("S-1", T0, PurgeReason::Local, None)
+        .unwrap()
+        .is_empty());
+    assert_eq!(s.list_consents().unwrap().len(), 2);
+    assert_eq!(s.purge_all(T0, PurgeReason::Command, None).unwrap(), b);
+    assert_eq!(s.outbox_stats(T0).unwrap(), OutboxStats::default());
+    let n: i64 = s
+        .conn()
+        .query_row("SELECT COUNT(*) FROM data_keys", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0);
+    assert_eq!(s.list_consents().unwrap().len(), 2);
+    // A new capture after a purge gets a fresh key and still decrypts.
+    let r = s
+        .insert_captures(
+            vec![capture("z", "S-1", "consent-S-1", b"img")],
+            &roomy(),
+            T0,
+        )
+        .unwrap();
+    assert_eq!(r, [Inserted::Accepted]);
+    assert_eq!(s.pending(5, &[]).unwrap()[0].image, b"img");
+}
+
+#[test]
+fn tampered_audit_row_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    with_captures(&mut s, "S-1", 4, T0); // 1 consent + 4 captures = 5 rows
+    assert_eq!(s.audit_verify().unwrap().rows, 5);
+    raw(dir.path())
+        .execute(
+            "UPDATE audit SET detail = replace(detail, 'S-1-cap-2', 'S-1-cap-9') WHERE seq = 4",
+            [],
+        )
+        .unwrap();
+    let r = s.audit_verify().unwrap();
+    assert!(!r.ok);
+    assert_eq!(r.first_bad.map(|b| b.0), Some(4));
+}
+
+#[test]
+fn deleted_audit_row_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    with_captures(&mut s, "S-1", 4, T0);
+    raw(dir.path())
+        .execute("DELETE FROM audit WHERE seq = 3", [])
+        .unwrap();
+    let r = s.audit_verify().unwrap();
+    assert!(!r.ok);
+    assert_eq!(r.first_bad.map(|b| b.0), Some(4));
+    // Renumbering to hide the gap breaks the prev link instead.
+    raw(dir.path())
+        .execute("UPDATE audit SET seq = seq - 1 WHERE seq > 3", [])
+        .unwrap();
+    let r = s.audit_verify().unwrap();
+    assert_eq!(r.first_bad.map(|b| b.0), Some(3));
+}
+
+#[test]
+fn everything_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids;
+    {
+        let mut s = open(dir.path());
+        ids = with_captures(&mut s, "S-1", 3, T0);
+        s.revoke("S-9", T0, T0, None).unwrap();
+        s.record(
+            kind::CAPTURE_REJECTED,
+            None,
+            json!({"reason": "not_an_image"}),
+            Some(counter::REJECTED_BAD_INPUT),
+            T0,
+        )
+        .unwrap();
+        s.remember_command(
+            &CommandStamp {
+                jti: "j1",
+                cmd: "status",
+                expires_at: T0 + 60,
+            },
+            T0,
+        )
+        .unwrap();
+    }
+    let mut s = open(dir.path());
+    let got: Vec<String> = s
+        .pending(10, &[])
+        .unwrap()
+        .into_iter()
+        .map(|c| c.capture_id)
+        .collect();
+    assert_eq!(got, ids);
+    assert_eq!(s.revoked_before("S-9").unwrap(), Some(T0));
+    assert!(s.command_seen("j1").unwrap());
+    let c = s.counters().unwrap();
+    assert_eq!((c["accepted"], c["rejected_bad_input"]), (3, 1));
+    let v = s.audit_verify().unwrap();
+    assert!(v.ok, "{v:?}");
+    assert_eq!(s.audit_tail(1).unwrap()[0].kind, kind::COMMAND_APPLIED);
+}
+
+#[test]
+fn commands_commit_with_their_effect_and_are_not_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let ids = with_captures(&mut s, "S-1", 2, T0);
+    let stamp = CommandStamp {
+        jti: "cmd-1",
+        cmd: "capture.purge",
+        expires_at: T0 + 60,
+    };
+    assert!(!s.command_seen("cmd-1").unwrap());
+    assert_eq!(
+        s.purge_subject("S-1", T0, PurgeReason::Command, Some(&stamp))
+            .unwrap(),
+        ids
+    );
+    assert!(s.command_seen("cmd-1").unwrap());
+    // Same jti again: refused and rolled back (the new capture survives).
+    with_captures(&mut s, "S-2", 1, T0);
+    let again = CommandStamp {
+        jti: "cmd-1",
+        cmd: "consent.revoke",
+        expires_at: T0 + 60,
+    };
+    let err = s.revoke("S-2", T0, T0, Some(&again)).unwrap_err();
+    assert!(matches!(err, StoreError::Replayed { .. }), "{err}");
+    assert_eq!(s.pending(10, &[]).unwrap().len(), 1);
+    assert_eq!(s.revoked_before("S-2").unwrap(), None);
+    assert!(matches!(
+        s.remember_command(&again, T0),
+        Err(StoreError::Replayed { .. })
+    ));
+    // A grant refused by a tombstone still burns the jti.
+    s.revoke("S-3", T0, T0, None).unwrap();
+    let grant = CommandStamp {
+        jti: "cmd-2",
+        cmd: "consent.grant",
+        expires_at: T0 + 60,
+    };
+    let err = s.add_consent(&consent("old", "S-3", T0 - 1, T0 + DAY), T0, Some(&grant));
+    assert!(matches!(err, Err(StoreError::Revoked { .. })));
+    assert!(s.command_seen("cmd-2").unwrap());
+    // Forgotten only a day after expiry.
+    assert_eq!(s.forget_commands(T0 + 60 + DAY - 1).unwrap(), 0);
+    assert_eq!(s.forget_commands(T0 + 60 + DAY).unwrap(), 2);
+    assert!(!s.command_seen("cmd-1").unwrap());
+    assert!(s.audit_verify().unwrap().ok);
+}
+
+#[test]
+fn disk_full_is_reported_and_prior_data_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let ids = with_captures(&mut s, "S-1", 2, T0);
+    let pages: i64 = s
+        .conn()
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .unwrap();
+    s.conn()
+        .query_row(
+            &format!("PRAGMA max_page_count = {}", pages + 2),
+            [],
+            |_| Ok(()),
+        )
+        .unwrap();
+    let big = vec![5u8; 64 * 1024];
+    let err = s
+        .insert_captures(
+            vec![
+                capture("big1", "S-1", "consent-S-1", &big),
+                capture("big2", "S-1", "consent-S-1", &big),
+            ],
+            &roomy(),
+            T0,
+        )
+        .unwrap_err();
+    assert!(matches!(err, StoreError::DiskFull { .. }), "{err:?}");
+    assert!(err.to_string().contains("disk full while writing"), "{err}");
+    assert!(err.to_string().contains("facegate.db"), "{err}");
+    drop(s);
+    let mut s = open(dir.path());
+    let got: Vec<String> = s
+        .pending(10, &[])
+        .unwrap()
+        .into_iter()
+        .map(|c| c.capture_id)
+        .collect();
+    assert_eq!(got, ids);
+    assert_eq!(s.counters().unwrap()["accepted"], 2);
+    assert!(s.audit_verify().unwrap().ok);
+}
+
+#[test]
+fn undecryptable_rows_are_purged_not_returned() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let ids = with_captures(&mut s, "S-1", 3, T0);
+    raw(dir.path())
+        .execute(
+            "UPDATE captures SET image = zeroblob(100) WHERE capture_id = ?1",
+            [&ids[1]],
+        )
+        .unwrap();
+    let got: Vec<String> = s
+        .pending(10, &[])
+        .unwrap()
+        .into_iter()
+        .map(|c| c.capture_id)
+        .collect();
+    assert_eq!(got, [ids[0].clone(), ids[2].clone()]);
+    assert_eq!(s.outbox_stats(T0).unwrap().captures, 2);
+}
+
+#[test]
+fn purge_and_pending_use_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let plan = |sql: &str| -> String {
+        let mut st = s
+            .conn()
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap();
+        let rows: Vec<String> = st
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        rows.join("; ")
+    };
+    let p = plan(
+        "SELECT seq, capture_id, subject_ref FROM captures WHERE subject_ref = x'00' ORDER BY seq",
+    );
+    assert!(p.contains("captures_by_subject"), "{p}");
+    assert!(!p.contains("TEMP B-TREE"), "{p}");
+    let p = plan("SELECT seq FROM captures ORDER BY seq LIMIT 10");
+    assert!(!p.contains("TEMP B-TREE"), "{p}");
+    let p = plan("SELECT seq FROM captures WHERE queued_at < 5 ORDER BY queued_at, seq");
+    assert!(p.contains("captures_by_queued"), "{p}");
+    assert!(!p.contains("TEMP B-TREE"), "{p}");
+}
