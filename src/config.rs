@@ -43,15 +43,26 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Like [`load`], but the environment is `env` (name, value) instead of the
 /// process environment; names without the `FACEGATE_` prefix are ignored.
 pub fn load_with_env(path: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
+    let config = load_unchecked_with_env(path, env)?;
+    config.check_files()?;
+    Ok(config)
+}
+
+/// Like [`load`] but without [`Config::check_files`]: for `facegate ctl`, run
+/// by site admins who need the control socket path, not the device's TLS key.
+pub fn load_unchecked(path: &Path) -> Result<Config, ConfigError> {
+    let env = raw::process_env()?;
+    load_unchecked_with_env(path, &env)
+}
+
+fn load_unchecked_with_env(path: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
     let base_dir = base_dir_of(path);
     let checked = RawConfig::merge(&text, path, env).and_then(|raw| raw.validate(&base_dir));
-    let config = raw::blame_env(checked, env)?;
-    config.check_files()?;
-    Ok(config)
+    raw::blame_env(checked, env)
 }
 
 /// Parses and validates a TOML document without any environment overrides.

@@ -1,36 +1,56 @@
 //! facegate: consent-gated face-capture uplink for on-site terminals.
 //!
-//! Module map (see ARCHITECTURE.md for the flow and invariants):
+//! Module map (ARCHITECTURE.md has the flow and the invariants):
+//!
+//! The daemon
+//! - [`daemon`]: `run(config, shutdown)`: opens everything, runs tasks, stops them.
+//! - [`shutdown`]: the typed shutdown signal passed in from the edge.
+//! - [`agent`]: applies grant / revoke / purge / status for any caller.
+//! - [`control`]: the local Unix control socket behind `facegate ctl`.
+//! - [`intake`]: spool → sanitize → gate → outbox, one transaction per batch.
+//! - [`uplink`]: MQTT over mutual TLS: uploads, commands, replies, status.
+//!
+//! Pure decisions (functions of their inputs and `now`)
+//! - [`gate`]: may this subject's capture be kept or uploaded now?
+//! - [`consent`]: consent token verification.
+//! - [`command`]: fleet command verification, signing and reply shapes.
+//! - [`jws`]: EdDSA JWS compact verification and signing.
+//! - [`audit`]: the keyed hash chain of audit entries.
+//!
+//! Inputs and storage
 //! - [`config`]: two-phase configuration (raw TOML/env, then validated objects).
-//! - [`clock`]: unix seconds inside, RFC 3339 at the edges.
-//! - [`consent`]: consent tokens: the verified form and its checks.
-//! - [`jws`]: EdDSA JWS compact verification and signing, shared claim readers.
-//! - [`keys`]: Ed25519 key files for the fleet tool (generate, PEM, permissions).
-//! - [`gate`]: the consent gate: may this subject's capture be kept/uploaded now?
-//! - [`command`]: signed fleet commands: verification, signing, replies.
-//! - [`pki`]: throwaway X.509 CA, broker and device certificates (tooling, demo, tests).
-//! - [`uplink`]: the MQTT uplink; [`uplink::tls`] builds its mutual-TLS configuration.
+//! - [`spool`]: the intake directory protocol (pairs, sidecars, orphans).
+//! - [`sanitize`]: image validation and lossless metadata removal.
+//! - [`db`]: the single owner of the store connection.
+//! - [`store`]: SQLite, the only module that speaks SQL.
+//! - [`crypto`]: storage key, per-subject data keys, AES-256-GCM, pseudonyms.
+//!
+//! Tools and helpers
+//! - [`keys`]: Ed25519 key files for the fleet tool.
+//! - [`pki`]: throwaway X.509 CA, broker and device certificates.
+//! - [`synth`]: synthetic face-like captures for tests, benchmarks and the demo.
 //! - [`logging`]: the `tracing` subscriber (text or JSON on stderr).
-//! - [`sanitize`]: image validation and lossless metadata removal (bytes in, bytes out).
-//! - [`spool`]: the intake directory protocol (pairs, sidecars, orphans, bounded reads).
-//! - [`synth`]: synthetic face-like captures with planted metadata, for tests and demos.
-//! - [`crypto`]: storage key file, derived keys, per-subject data keys, AES-GCM envelopes.
-//! - [`audit`]: the audit log's MAC hash chain (pure) and its verification.
-//! - [`store`]: SQLite state (consents, encrypted outbox, counters, audit, replay); the only SQL.
+//! - [`clock`]: unix seconds inside, RFC 3339 at the edges.
 
+pub mod agent;
 pub mod audit;
 pub mod clock;
 pub mod command;
 pub mod config;
 pub mod consent;
+pub mod control;
+pub mod crypto;
+pub mod daemon;
+pub mod db;
 pub mod gate;
+pub mod intake;
 pub mod jws;
 pub mod keys;
-pub mod pki;
-pub mod uplink;
 pub mod logging;
+pub mod pki;
 pub mod sanitize;
+pub mod shutdown;
 pub mod spool;
-pub mod synth;
-pub mod crypto;
 pub mod store;
+pub mod synth;
+pub mod uplink;

@@ -482,7 +482,14 @@ impl Store {
     /// Deletes an uploaded capture (broker PUBACK). False if it was not queued
     /// (e.g. purged meanwhile).
     pub fn ack(&mut self, capture_id: &str, now: i64) -> Result<bool, StoreError> {
-        let r = outbox::ack(self, capture_id, now);
+        self.ack_many(&[capture_id.to_string()], now)
+            .map(|n| n == 1)
+    }
+
+    /// Deletes several uploaded captures in one transaction (a burst of
+    /// PUBACKs); returns how many were still queued.
+    pub fn ack_many(&mut self, capture_ids: &[String], now: i64) -> Result<usize, StoreError> {
+        let r = outbox::ack(self, capture_ids, now);
         self.finish(r)
     }
 

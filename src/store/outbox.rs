@@ -375,29 +375,39 @@ pub(super) fn capture_subject(
     Ok(Some(meta.subject))
 }
 
-pub(super) fn ack(store: &mut Store, capture_id: &str, now: i64) -> Result<bool, StoreError> {
+pub(super) fn ack(
+    store: &mut Store,
+    capture_ids: &[String],
+    now: i64,
+) -> Result<usize, StoreError> {
     let mut w = store.writer()?;
-    let found =
-        w.tx.prepare_cached(&format!(
-            "SELECT {REF_COLUMNS} FROM captures WHERE capture_id = ?1"
-        ))
-        .and_then(|mut s| s.query_row([capture_id], capture_ref).optional())
-        .op("looking up a capture")?;
-    let Some(r) = found else {
-        return Ok(false);
-    };
-    w.tx.execute("DELETE FROM captures WHERE seq = ?1", [r.seq])
-        .op("deleting an uploaded capture")?;
-    w.audit(
-        now,
-        kind::CAPTURE_UPLOADED,
-        Some(&r.subject_ref),
-        json!({ "capture_id": capture_id }),
-    )?;
-    w.bump(counter::UPLOADED, 1)?;
-    destroy_key_if_unused(&w, &r.subject_ref)?;
+    let mut deleted = 0;
+    for capture_id in capture_ids {
+        let found =
+            w.tx.prepare_cached(&format!(
+                "SELECT {REF_COLUMNS} FROM captures WHERE capture_id = ?1"
+            ))
+            .and_then(|mut s| s.query_row([capture_id], capture_ref).optional())
+            .op("looking up a capture")?;
+        let Some(r) = found else {
+            continue;
+        };
+        w.tx.execute("DELETE FROM captures WHERE seq = ?1", [r.seq])
+            .op("deleting an uploaded capture")?;
+        w.audit(
+            now,
+            kind::CAPTURE_UPLOADED,
+            Some(&r.subject_ref),
+            json!({ "capture_id": capture_id }),
+        )?;
+        destroy_key_if_unused(&w, &r.subject_ref)?;
+        deleted += 1;
+    }
+    if deleted > 0 {
+        w.bump(counter::UPLOADED, deleted as u64)?;
+    }
     w.commit()?;
-    Ok(true)
+    Ok(deleted)
 }
 
 pub(super) fn stats(store: &mut Store, now: i64) -> Result<OutboxStats, StoreError> {

@@ -2,4 +2,8 @@
 //! under `{prefix}/{site}/{device}/…`. [`tls`] owns the TLS client configuration,
 //! the MQTT connection options and the explanations of failed connections.
 
+pub mod eventloop;
+pub mod state;
 pub mod tls;
+
+pub use eventloop::{run, Topics};

@@ -1,0 +1,482 @@
+//! The agent: applies consent and purge operations, whoever asks for them
+//! (a site admin over the control socket, a fleet command over MQTT), and builds
+//! the status object. Verification happens before this layer; every effect is one
+//! store transaction that also writes its audit entry.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
+
+use crate::audit::kind;
+use crate::clock;
+use crate::command::{self, Command};
+use crate::config::Config;
+use crate::consent::{self, ConsentError};
+use crate::control::{Request, Response};
+use crate::db::{Db, DbTaskError};
+use crate::store::{AddConsent, CommandStamp, PurgeReason, StoreError};
+
+/// The product version reported in status messages.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Which captures of a purge to take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PurgeTarget {
+    /// Every queued capture of one subject.
+    Subject(String),
+    /// Every queued capture.
+    All,
+}
+
+/// Why an operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The consent token failed verification.
+    #[error("consent refused: {0}")]
+    Consent(#[from] ConsentError),
+    /// The store failed (disk full, I/O).
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// The store task died.
+    #[error("{0}")]
+    Task(#[from] DbTaskError),
+    /// The request itself is unusable.
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+impl ApplyError {
+    /// Stable code for replies and `ctl` output.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApplyError::Consent(e) => e.code(),
+            ApplyError::Store(StoreError::Revoked { .. }) => "revoked",
+            ApplyError::Store(StoreError::Replayed { .. }) => "replayed",
+            ApplyError::Store(_) | ApplyError::Task(_) => "internal",
+            ApplyError::BadRequest(_) => "bad_args",
+        }
+    }
+}
+
+/// Captures handed to MQTT whose PUBACK has not arrived yet. The uplink fills
+/// it; purge receipts list the purged ones that are in it (SPEC invariant 4).
+#[derive(Debug, Default)]
+pub struct InFlight {
+    /// Capture ids currently handed to MQTT.
+    ids: Mutex<HashSet<String>>,
+}
+
+impl InFlight {
+    /// Records that `id` was handed to MQTT.
+    pub fn insert(&self, id: &str) {
+        self.lock().insert(id.to_string());
+    }
+
+    /// Records that `id` was acknowledged or abandoned.
+    pub fn remove(&self, id: &str) -> bool {
+        self.lock().remove(id)
+    }
+
+    /// Which of `ids` are in flight, in the given order.
+    pub fn among(&self, ids: &[String]) -> Vec<String> {
+        let set = self.lock();
+        ids.iter().filter(|id| set.contains(*id)).cloned().collect()
+    }
+
+    /// A snapshot of every in-flight id.
+    pub fn snapshot(&self) -> Vec<String> {
+        self.lock().iter().cloned().collect()
+    }
+
+    /// How many captures are in flight.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when nothing is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forgets everything (after a reconnect everything is resent).
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.ids.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Shared state of the running daemon.
+pub struct Agent {
+    /// Validated configuration: identity, trusted keys, limits.
+    pub config: Arc<Config>,
+    /// The one store.
+    pub db: Db,
+    /// Captures handed to MQTT and not yet acknowledged.
+    pub inflight: Arc<InFlight>,
+    /// Whether the uplink currently holds a broker connection (for status).
+    pub connected: std::sync::atomic::AtomicBool,
+    /// Wakes the uplink when the outbox gained captures or the window freed up.
+    pub outbox_changed: tokio::sync::Notify,
+}
+
+/// The fleet command on whose behalf an effect is applied: the store records
+/// its `jti` in the same transaction as the effect, so a replay is refused.
+#[derive(Debug, Clone, Default)]
+pub struct Via {
+    /// The command's `jti`.
+    pub jti: String,
+    /// The command name, for the audit entry.
+    pub cmd: String,
+    /// The command's `exp`: how long the `jti` must be remembered.
+    pub expires_at: i64,
+}
+
+impl Via {
+    fn stamp(&self) -> CommandStamp<'_> {
+        CommandStamp {
+            jti: &self.jti,
+            cmd: &self.cmd,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+/// What applying one inbound fleet command produced.
+#[derive(Debug)]
+pub struct CommandOutcome {
+    /// The SPEC reply object to publish on the reply topic.
+    pub reply: Value,
+    /// The command asked for a status message now.
+    pub publish_status: bool,
+}
+
+impl Agent {
+    /// An agent over an opened store.
+    pub fn new(config: Arc<Config>, db: Db) -> Self {
+        Agent {
+            config,
+            db,
+            inflight: Arc::new(InFlight::default()),
+            connected: std::sync::atomic::AtomicBool::new(false),
+            outbox_changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Answers one control-socket request.
+    pub async fn handle(&self, req: Request) -> Response {
+        let now = clock::now();
+        let result = match req {
+            Request::Status => self.status(now).await,
+            Request::ConsentAdd { token } => self.grant(token, now, None).await,
+            Request::ConsentList => self.list_consents(now).await,
+            Request::ConsentRevoke { subject } => {
+                // A local revoke needs no signature; it covers every consent issued up to now.
+                self.revoke(subject, now, now, None).await
+            }
+            Request::Purge { subject, all } => match (subject, all) {
+                (Some(s), false) => self.purge(PurgeTarget::Subject(s), now, None).await,
+                (None, true) => self.purge(PurgeTarget::All, now, None).await,
+                _ => Err(ApplyError::BadRequest(
+                    "purge needs a subject or --all, not both".into(),
+                )),
+            },
+            Request::AuditVerify => self.audit_verify().await,
+            Request::AuditTail { n } => self.audit_tail(n).await,
+        };
+        match result {
+            Ok(v) => Response::ok(v),
+            Err(e) => Response::err(e.code(), e.to_string()),
+        }
+    }
+
+    /// Verifies one fleet command (signature, role, audience, time, replay) and
+    /// applies it. Every command is idempotent (grant of a known consent, revoke
+    /// up to the same `iat`, purge of what is already gone), so the order
+    /// "commit effect, then remember the `jti`, then ack to the broker" is safe
+    /// against a crash at any point: redelivery repeats a harmless effect.
+    pub async fn apply_command(&self, payload: &[u8], now: i64) -> CommandOutcome {
+        let cfg = self.config.clone();
+        let bytes = payload.to_vec();
+        let verified = self
+            .db
+            .call(move |s| {
+                let store = std::cell::RefCell::new(s);
+                // A store error counts as "seen": refusing is the safe side.
+                let seen = |jti: &str| store.borrow_mut().command_seen(jti).unwrap_or(true);
+                command::verify_command(
+                    &bytes,
+                    &cfg.trust,
+                    &cfg.identity,
+                    &cfg.commands,
+                    now,
+                    &seen,
+                )
+            })
+            .await;
+        let cmd = match verified {
+            Err(e) => {
+                let reply = command::reply_err(None, None, "internal", &e.to_string());
+                return CommandOutcome {
+                    reply,
+                    publish_status: false,
+                };
+            }
+            Ok(Err(rejected)) => {
+                tracing::warn!(code = rejected.error.code(), error = %rejected.error, "fleet command refused");
+                let detail = json!({ "jti": rejected.jti, "cmd": rejected.cmd, "code": rejected.error.code() });
+                let _ = self
+                    .db
+                    .call(move |s| s.record(kind::COMMAND_REFUSED, None, detail, None, now))
+                    .await;
+                return CommandOutcome {
+                    reply: rejected.reply(),
+                    publish_status: false,
+                };
+            }
+            Ok(Ok(cmd)) => cmd,
+        };
+        let via = Some(Via {
+            jti: cmd.jti.clone(),
+            cmd: cmd.cmd_name.clone(),
+            expires_at: cmd.expires_at,
+        });
+        let mut publish_status = false;
+        let result = match cmd.command.clone() {
+            Command::ConsentGrant { token } => self.grant(token, now, via).await,
+            Command::ConsentRevoke { subject } => {
+                self.revoke(subject, cmd.issued_at, now, via).await
+            }
+            Command::Purge(command::PurgeTarget::Subject(s)) => {
+                self.purge(PurgeTarget::Subject(s), now, via).await
+            }
+            Command::Purge(command::PurgeTarget::All) => {
+                self.purge(PurgeTarget::All, now, via).await
+            }
+            Command::Status => {
+                publish_status = true;
+                let v = via.unwrap_or_default();
+                match self
+                    .db
+                    .call(move |s| s.remember_command(&v.stamp(), now))
+                    .await
+                {
+                    Ok(Ok(())) => self.status(now).await,
+                    Ok(Err(e)) => Err(e.into()),
+                    Err(e) => Err(e.into()),
+                }
+            }
+        };
+        let reply = match result {
+            Ok(v) => command::reply_ok(&cmd.jti, &cmd.cmd_name, v),
+            Err(e) => {
+                tracing::warn!(jti = %cmd.jti, cmd = %cmd.cmd_name, error = %e, "fleet command failed");
+                publish_status = false;
+                command::reply_err(
+                    Some(&cmd.jti),
+                    Some(&cmd.cmd_name),
+                    e.code(),
+                    &e.to_string(),
+                )
+            }
+        };
+        CommandOutcome {
+            reply,
+            publish_status,
+        }
+    }
+
+    /// Verifies a consent token and stores it.
+    pub async fn grant(
+        &self,
+        token: String,
+        now: i64,
+        via: Option<Via>,
+    ) -> Result<Value, ApplyError> {
+        let cfg = self.config.clone();
+        let skew = cfg.commands.clock_skew.as_secs() as i64;
+        let consent =
+            match consent::verify_consent(token.trim(), &cfg.trust, &cfg.identity, now, skew) {
+                Ok(c) => c,
+                Err(e) => {
+                    let code = e.code();
+                    self.db
+                        .call(move |s| s.audit_consent_refused(None, code, now))
+                        .await??;
+                    return Err(e.into());
+                }
+            };
+        let c = consent.clone();
+        let added = self
+            .db
+            .call(move |s| s.add_consent(&c, now, via.as_ref().map(Via::stamp).as_ref()))
+            .await??;
+        self.outbox_changed.notify_one();
+        Ok(json!({
+            "consent_id": consent.id,
+            "subject": consent.subject,
+            "expires_at": clock::rfc3339(consent.expires_at),
+            "new": matches!(added, AddConsent::Added),
+        }))
+    }
+
+    /// Invalidates every consent of `subject` issued at or before `before` and
+    /// purges all of its captures; returns the purge receipt.
+    pub async fn revoke(
+        &self,
+        subject: String,
+        before: i64,
+        now: i64,
+        via: Option<Via>,
+    ) -> Result<Value, ApplyError> {
+        check_subject(&subject)?;
+        let s = subject.clone();
+        let outcome = self
+            .db
+            .call(move |st| st.revoke(&s, before, now, via.as_ref().map(Via::stamp).as_ref()))
+            .await??;
+        Ok(self.receipt(Some(&subject), &outcome.purged, now))
+    }
+
+    /// Purges captures (consents stay); returns the purge receipt.
+    pub async fn purge(
+        &self,
+        target: PurgeTarget,
+        now: i64,
+        via: Option<Via>,
+    ) -> Result<Value, ApplyError> {
+        let reason = if via.is_some() {
+            PurgeReason::Command
+        } else {
+            PurgeReason::Local
+        };
+        let (subject, purged) = match target {
+            PurgeTarget::Subject(s) => {
+                check_subject(&s)?;
+                let s2 = s.clone();
+                let ids = self
+                    .db
+                    .call(move |st| {
+                        st.purge_subject(&s2, now, reason, via.as_ref().map(Via::stamp).as_ref())
+                    })
+                    .await??;
+                (Some(s), ids)
+            }
+            PurgeTarget::All => {
+                let ids = self
+                    .db
+                    .call(move |st| {
+                        st.purge_all(now, reason, via.as_ref().map(Via::stamp).as_ref())
+                    })
+                    .await??;
+                (None, ids)
+            }
+        };
+        Ok(self.receipt(subject.as_deref(), &purged, now))
+    }
+
+    /// SPEC purge receipt. `in_flight` lists purged captures already handed to MQTT.
+    fn receipt(&self, subject: Option<&str>, purged: &[String], now: i64) -> Value {
+        let mut r = json!({
+            "subject": subject,
+            "purged": purged.len(),
+            "in_flight": self.inflight.among(purged),
+            "purged_at": clock::rfc3339(now),
+        });
+        if subject.is_none() {
+            r["all"] = json!(true);
+        }
+        r
+    }
+
+    /// Every stored consent, without the raw tokens.
+    pub async fn list_consents(&self, now: i64) -> Result<Value, ApplyError> {
+        let list = self.db.call(|s| s.list_consents()).await??;
+        let items: Vec<Value> = list
+            .iter()
+            .map(|c| {
+                json!({
+                    "consent_id": c.id,
+                    "subject": c.subject,
+                    "issuer": c.issuer,
+                    "kid": c.kid,
+                    "scope": c.scopes.join(" "),
+                    "aud": c.audience,
+                    "issued_at": clock::rfc3339(c.issued_at),
+                    "expires_at": clock::rfc3339(c.expires_at),
+                    "active": now < c.expires_at,
+                })
+            })
+            .collect();
+        Ok(Value::Array(items))
+    }
+
+    /// The SPEC status object.
+    pub async fn status(&self, now: i64) -> Result<Value, ApplyError> {
+        let (stats, active, counters) = self
+            .db
+            .call(move |s| -> Result<_, StoreError> {
+                Ok((
+                    s.outbox_stats(now)?,
+                    s.active_consent_count(now)?,
+                    s.counters()?,
+                ))
+            })
+            .await??;
+        let counter = |k: &str| counters.get(k).copied().unwrap_or(0);
+        Ok(json!({
+            "v": 1,
+            "state": "online",
+            "version": VERSION,
+            "ts": clock::rfc3339(now),
+            "outbox": {
+                "captures": stats.captures,
+                "bytes": stats.bytes,
+                "oldest_age_s": stats.oldest_age_s,
+            },
+            "consent": { "active": active },
+            "counters": {
+                "accepted": counter("accepted"),
+                "dropped_no_consent": counter("dropped_no_consent"),
+                "rejected_bad_input": counter("rejected_bad_input"),
+                "uploaded": counter("uploaded"),
+                "purged": counter("purged"),
+            },
+            "uplink": {
+                "connected": self.connected.load(std::sync::atomic::Ordering::Relaxed),
+                "in_flight": self.inflight.len(),
+            },
+        }))
+    }
+
+    async fn audit_verify(&self) -> Result<Value, ApplyError> {
+        let report = self.db.call(|s| s.audit_verify()).await??;
+        Ok(serde_json::to_value(&report).unwrap_or(Value::Null))
+    }
+
+    async fn audit_tail(&self, n: usize) -> Result<Value, ApplyError> {
+        let rows = self.db.call(move |s| s.audit_tail(n)).await??;
+        Ok(serde_json::to_value(&rows).unwrap_or(Value::Null))
+    }
+}
+
+/// Subject ids follow SPEC: `[A-Za-z0-9._:-]{1,128}`.
+pub fn valid_subject(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+fn check_subject(s: &str) -> Result<(), ApplyError> {
+    if valid_subject(s) {
+        Ok(())
+    } else {
+        Err(ApplyError::BadRequest(format!(
+            "subject {s:?} is not a valid subject id ([A-Za-z0-9._:-]{{1,128}})"
+        )))
+    }
+}

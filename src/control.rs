@@ -1,0 +1,284 @@
+//! Local control socket for site admins (`facegate ctl …`).
+//!
+//! One JSON request line in, one JSON response line out, then the connection
+//! closes. The socket is a Unix socket (mode 0660): file permissions are the
+//! authorization, so a local revoke needs no signature. There is no network
+//! listener anywhere in facegate.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::agent::Agent;
+use crate::shutdown::Shutdown;
+
+/// Largest request line accepted (a consent token fits easily).
+const MAX_REQUEST: u64 = 64 * 1024;
+/// A client that says nothing for this long is dropped.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What `facegate ctl` can ask.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// The SPEC status object.
+    Status,
+    /// Verify and store a consent token.
+    ConsentAdd {
+        /// Compact JWS consent token.
+        token: String,
+    },
+    /// Every stored consent.
+    ConsentList,
+    /// Revoke every consent of `subject` issued up to now and purge its captures.
+    ConsentRevoke {
+        /// Subject id.
+        subject: String,
+    },
+    /// Purge captures of one subject (or all), keeping consents.
+    Purge {
+        /// Subject id, or `None` together with `all`.
+        subject: Option<String>,
+        /// Purge every queued capture.
+        #[serde(default)]
+        all: bool,
+    },
+    /// Check the audit hash chain.
+    AuditVerify,
+    /// The newest audit entries.
+    AuditTail {
+        /// How many entries.
+        n: usize,
+    },
+}
+
+/// The answer to one [`Request`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// True when the request took effect.
+    pub ok: bool,
+    /// The result object when `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// `{code, message}` when not `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+/// Why a request was refused: a stable code and a readable message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Machine-readable reason (`expired`, `bad_signature`, `malformed`, …).
+    pub code: String,
+    /// One line for a human.
+    pub message: String,
+}
+
+impl Response {
+    /// A success carrying `result`.
+    pub fn ok(result: Value) -> Self {
+        Response {
+            ok: true,
+            result: Some(result),
+            error: None,
+        }
+    }
+
+    /// A refusal.
+    pub fn err(code: &str, message: impl Into<String>) -> Self {
+        Response {
+            ok: false,
+            result: None,
+            error: Some(ErrorBody {
+                code: code.to_string(),
+                message: message.into(),
+            }),
+        }
+    }
+}
+
+/// Failures of the control socket, on either side.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The socket could not be created.
+    #[error("control socket {path}: cannot listen: {source}")]
+    Bind {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Another daemon already answers on the socket.
+    #[error("control socket {path}: another facegate is already running there")]
+    InUse { path: PathBuf },
+    /// The client could not reach the daemon.
+    #[error("control socket {path}: cannot connect ({source}); is `facegate run` running?")]
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Reading or writing the socket failed.
+    #[error("control socket {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The daemon did not answer in time.
+    #[error("control socket {path}: no answer within {0:?}", IO_TIMEOUT)]
+    Timeout { path: PathBuf },
+    /// The answer was not a valid response.
+    #[error("control socket {path}: bad answer: {reason}")]
+    BadAnswer { path: PathBuf, reason: String },
+}
+
+/// Sends one request to the daemon listening at `path` and returns its response.
+pub async fn request(path: &Path, req: &Request) -> Result<Response, ControlError> {
+    let io = |source| ControlError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut stream = UnixStream::connect(path)
+        .await
+        .map_err(|source| ControlError::Connect {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let mut line = serde_json::to_vec(req).map_err(|e| ControlError::BadAnswer {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    line.push(b'\n');
+    stream.write_all(&line).await.map_err(io)?;
+    let mut answer = String::new();
+    // Purges and audit checks on a large store can take a while: be generous.
+    let mut reader = BufReader::new(stream);
+    let read = reader.read_line(&mut answer);
+    match tokio::time::timeout(IO_TIMEOUT * 6, read).await {
+        Err(_) => {
+            return Err(ControlError::Timeout {
+                path: path.to_path_buf(),
+            })
+        }
+        Ok(r) => r.map_err(io)?,
+    };
+    serde_json::from_str(&answer).map_err(|e| ControlError::BadAnswer {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// Binds the control socket (mode 0660), replacing a stale socket file left by a
+/// crashed daemon but refusing to steal one a live daemon answers on.
+pub async fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(ControlError::InUse {
+                path: path.to_path_buf(),
+            });
+        }
+        std::fs::remove_file(path).map_err(|source| ControlError::Bind {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    }
+    let listener = UnixListener::bind(path).map_err(|source| ControlError::Bind {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(|source| {
+        ControlError::Bind {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
+    Ok(listener)
+}
+
+/// Answers requests until shutdown; each connection is served on its own task.
+pub async fn serve(
+    listener: UnixListener,
+    path: PathBuf,
+    agent: Arc<Agent>,
+    mut shutdown: Shutdown,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let agent = agent.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = serve_one(stream, &agent).await {
+                            tracing::warn!(error = %e, "control client dropped");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "control socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+async fn serve_one(stream: UnixStream, agent: &Agent) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(read.take(MAX_REQUEST + 1));
+    match tokio::time::timeout(IO_TIMEOUT, reader.read_line(&mut line)).await {
+        Err(_) => return Ok(()),
+        Ok(r) => r?,
+    };
+    let response = if line.len() as u64 > MAX_REQUEST {
+        Response::err(
+            "too_large",
+            format!("request longer than {MAX_REQUEST} bytes"),
+        )
+    } else {
+        match serde_json::from_str::<Request>(&line) {
+            Ok(req) => agent.handle(req).await,
+            Err(e) => Response::err("malformed", format!("bad request: {e}")),
+        }
+    };
+    let mut out = serde_json::to_vec(&response).unwrap_or_default();
+    out.push(b'\n');
+    write.write_all(&out).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_as_json_lines() {
+        let cases = [
+            (Request::Status, r#"{"op":"status"}"#),
+            (
+                Request::ConsentAdd {
+                    token: "a.b.c".into(),
+                },
+                r#"{"op":"consent_add","token":"a.b.c"}"#,
+            ),
+            (
+                Request::Purge {
+                    subject: None,
+                    all: true,
+                },
+                r#"{"op":"purge","subject":null,"all":true}"#,
+            ),
+            (Request::AuditTail { n: 5 }, r#"{"op":"audit_tail","n":5}"#),
+        ];
+        for (req, json) in cases {
+            assert_eq!(serde_json::to_string(&req).unwrap(), json);
+            assert_eq!(serde_json::from_str::<Request>(json).unwrap(), req);
+        }
+        assert!(serde_json::from_str::<Request>(r#"{"op":"format_disk"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"op":"status","x":1}"#).is_err());
+    }
+}

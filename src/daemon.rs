@@ -1,0 +1,150 @@
+//! `facegate run`: opens the store, starts intake, housekeeping, the uplink and
+//! the control socket, and stops them when the [`Shutdown`] fires.
+//!
+//! The daemon does its local work (intake, gate, outbox, control) whether or not
+//! a broker is reachable.
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::agent::Agent;
+use crate::clock;
+use crate::config::Config;
+use crate::control::{self, ControlError};
+use crate::crypto::{CryptoError, DeviceKey};
+use crate::db::Db;
+use crate::intake;
+use crate::shutdown::Shutdown;
+use crate::store::{Store, StoreError};
+use crate::uplink;
+
+/// File name of the device storage key inside the state directory.
+pub const STORAGE_KEY_FILE: &str = "storage.key";
+/// How often consents are swept for expiry and retention is enforced.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
+
+/// Why the daemon could not start (it never fails once running: errors there
+/// are logged and retried).
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// A directory could not be created or has unsafe permissions.
+    #[error("{path}: {message}")]
+    Dir { path: PathBuf, message: String },
+    /// The device storage key could not be loaded or created.
+    #[error("{0}")]
+    Key(#[from] CryptoError),
+    /// The database could not be opened.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// The control socket could not be bound.
+    #[error("{0}")]
+    Control(#[from] ControlError),
+}
+
+/// Runs the daemon until `shutdown` fires.
+pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), DaemonError> {
+    let agent = Arc::new(open(config)?);
+    let cfg = agent.config.clone();
+
+    let listener = control::bind(&cfg.control.socket).await?;
+    let control_task = tokio::spawn(control::serve(
+        listener,
+        cfg.control.socket.clone(),
+        agent.clone(),
+        shutdown.clone(),
+    ));
+    let intake_thread = {
+        let (agent, shutdown) = (agent.clone(), shutdown.clone());
+        std::thread::Builder::new()
+            .name("intake".into())
+            .spawn(move || intake::run(agent, shutdown))
+            .map_err(|e| DaemonError::Dir {
+                path: cfg.spool_dir.clone(),
+                message: format!("cannot start intake: {e}"),
+            })?
+    };
+    let housekeeping_task = tokio::spawn(housekeeping(agent.clone(), shutdown.clone()));
+    let uplink_task = tokio::spawn(uplink::run(agent.clone(), shutdown.clone()));
+    tracing::info!(
+        site = %cfg.identity.site_id,
+        device = %cfg.identity.device_id,
+        state = %cfg.state_dir.display(),
+        "facegate running"
+    );
+
+    let mut shutdown = shutdown;
+    let reason = shutdown.wait().await;
+    tracing::info!(?reason, "shutting down");
+    // Intake finishes the batch it is in (commit, then spool removal) and stops.
+    let _ = tokio::task::spawn_blocking(move || intake_thread.join()).await;
+    let _ = housekeeping_task.await;
+    let _ = uplink_task.await;
+    let _ = control_task.await;
+    tracing::info!("facegate stopped");
+    Ok(())
+}
+
+/// Prepares directories, the storage key and the store: everything `run` needs
+/// before it starts tasks.
+pub fn open(config: Config) -> Result<Agent, DaemonError> {
+    ensure_dir(&config.state_dir, 0o700)?;
+    ensure_dir(&config.spool_dir, 0o770)?;
+    if let Some(parent) = config.control.socket.parent() {
+        ensure_dir(parent, 0o750)?;
+    }
+    let key = DeviceKey::load_or_create(&config.state_dir.join(STORAGE_KEY_FILE))?;
+    let store = Store::open(&config.state_dir, key)?;
+    Ok(Agent::new(Arc::new(config), Db::new(store)))
+}
+
+/// Creates `path` with `mode` if missing; refuses an existing directory that others can write.
+fn ensure_dir(path: &Path, mode: u32) -> Result<(), DaemonError> {
+    let err = |message: String| DaemonError::Dir {
+        path: path.to_path_buf(),
+        message,
+    };
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_dir() => Err(err("exists and is not a directory".into())),
+        Ok(meta) if meta.permissions().mode() & 0o002 != 0 => Err(err(
+            "is world-writable; refusing to keep consent data or captures there".into(),
+        )),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(path)
+            .map_err(|e| err(format!("cannot create: {e}"))),
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+/// Expires consents (purging their subjects' captures) and enforces retention.
+async fn housekeeping(agent: Arc<Agent>, mut shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => break,
+            _ = tick.tick() => {}
+        }
+        let retention = agent.config.outbox.retention;
+        let now = clock::now();
+        let result = agent
+            .db
+            .call(move |s| -> Result<(usize, usize), StoreError> {
+                let expired = s.sweep_expired(now)?;
+                let purged: usize = expired.iter().map(|(_, ids)| ids.len()).sum();
+                let old = s.enforce_retention(now, retention)?;
+                s.forget_commands(now)?;
+                Ok((purged, old.len()))
+            })
+            .await;
+        match result {
+            Ok(Ok((0, 0))) => {}
+            Ok(Ok((expired, old))) => tracing::info!(expired, old, "housekeeping purged captures"),
+            Ok(Err(e)) => tracing::error!(error = %e, "housekeeping failed"),
+            Err(e) => tracing::error!(error = %e, "housekeeping failed"),
+        }
+    }
+}

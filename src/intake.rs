@@ -1,0 +1,330 @@
+//! Spool intake: takes complete pairs from the spool, validates and sanitizes
+//! them, asks the consent gate, and commits accepted captures to the encrypted
+//! outbox in one transaction per batch. Runs on its own thread: it is all file
+//! I/O, image decoding and SQLite, none of which should block the async runtime.
+//!
+//! Order of effects for one batch (crash safety, SPEC invariants 2 and 5):
+//! 1. read + sanitize every pair (in parallel, nothing written);
+//! 2. gate each capture; dropped ones are only counted and audited;
+//! 3. commit the accepted ones (one transaction, synchronous=FULL);
+//! 4. only then remove the spool files.
+//!
+//! A crash before 3 leaves the pairs in the spool, to be processed again; a
+//! crash between 3 and 4 re-reads them, and because the capture id is derived
+//! from the pair's content the second insert is recognised as a duplicate.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ring::digest;
+use serde_json::json;
+
+use crate::agent::Agent;
+use crate::clock;
+use crate::config::Config;
+use crate::consent::Consent;
+use crate::gate::{self, Decision};
+use crate::sanitize::{self, CleanImage};
+use crate::shutdown::Shutdown;
+use crate::spool::{self, Pair, Sidecar};
+use crate::store::{Inserted, NewCapture};
+
+/// Pairs taken per batch: bounds memory (each image is held once, decoded once)
+/// and the length of one transaction.
+pub const MAX_BATCH: usize = 64;
+/// Wait after a failed commit (disk full, I/O) before trying the same pairs again.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(2);
+
+/// What happened to one batch, for logs and tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BatchReport {
+    /// Captures committed to the outbox.
+    pub accepted: usize,
+    /// Already in the outbox from before a crash (same capture id).
+    pub duplicates: usize,
+    /// Refused by the consent gate; never written.
+    pub dropped: usize,
+    /// Not a valid capture (bad image, bad sidecar, …).
+    pub rejected: usize,
+    /// Refused because the outbox is full (policy reject_new).
+    pub over_quota: usize,
+    /// Stray spool files removed.
+    pub orphans: usize,
+}
+
+/// A pair that passed validation and sanitization, not yet gated.
+struct Prepared {
+    /// The spool files, removed after commit.
+    pair: Pair,
+    /// Parsed commit marker.
+    sidecar: Sidecar,
+    /// The sanitized image.
+    image: CleanImage,
+}
+
+/// Runs intake until shutdown. Called on a dedicated thread.
+pub fn run(agent: Arc<Agent>, shutdown: Shutdown) {
+    let cfg = agent.config.clone();
+    tracing::info!(spool = %cfg.spool_dir.display(), "intake running");
+    while !shutdown.is_fired() {
+        match process_once(&agent, SystemTime::now()) {
+            Ok(report) if report == BatchReport::default() => {
+                std::thread::sleep(cfg.capture.poll_interval)
+            }
+            Ok(report) => tracing::debug!(?report, "intake batch"),
+            Err(e) => {
+                tracing::error!(error = %e, "intake batch failed; the pairs stay in the spool and will be retried");
+                std::thread::sleep(RETRY_AFTER_FAILURE);
+            }
+        }
+    }
+    tracing::info!("intake stopped");
+}
+
+/// Errors that stop a batch from being committed (the pairs stay in the spool).
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    /// The spool directory itself could not be read.
+    #[error("{0}")]
+    Spool(#[from] spool::SpoolError),
+    /// The outbox could not be written.
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// One scan of the spool and one batch through the pipeline.
+pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, IntakeError> {
+    let cfg = &agent.config;
+    let scan = spool::scan(&cfg.spool_dir, wall, cfg.capture.spool_grace, MAX_BATCH)?;
+    let mut report = BatchReport::default();
+    let now = clock::now();
+
+    if !scan.orphans.is_empty() {
+        let mut store = agent.db.lock();
+        for orphan in &scan.orphans {
+            if let Err(e) = spool::remove_orphan(orphan) {
+                tracing::warn!(path = %orphan.path.display(), error = %e, "cannot remove stray spool file");
+                continue;
+            }
+            tracing::warn!(path = %orphan.path.display(), reason = %orphan.reason, "removed stray spool file");
+            store.record(
+                "spool.orphan_removed",
+                None,
+                json!({ "file": file_name(&orphan.path), "reason": orphan.reason.to_string() }),
+                Some("rejected_bad_input"),
+                now,
+            )?;
+            report.orphans += 1;
+        }
+    }
+    if scan.ready.is_empty() {
+        return Ok(report);
+    }
+
+    // 1. Read and sanitize, in parallel; nothing is written yet.
+    let results = prepare_all(scan.ready, cfg);
+
+    // 2 + 3. Gate and commit under one lock, so no revocation slips in between.
+    let mut store = agent.db.lock();
+    let mut ledger: HashMap<String, (Vec<Consent>, Option<i64>)> = HashMap::new();
+    let mut accepted: Vec<(Pair, NewCapture)> = Vec::new();
+    let mut finished: Vec<Pair> = Vec::new();
+    for result in results {
+        let prepared = match result {
+            Ok(p) => p,
+            Err((pair, reason)) => {
+                tracing::warn!(pair = %pair.name, %reason, "rejected spool pair");
+                store.record(
+                    "capture.rejected",
+                    None,
+                    json!({ "pair": pair.name, "reason": reason }),
+                    Some("rejected_bad_input"),
+                    now,
+                )?;
+                report.rejected += 1;
+                finished.push(pair);
+                continue;
+            }
+        };
+        let subject = prepared.sidecar.subject.clone();
+        let decision = match &subject {
+            None => gate::decide(None, &[], None, &cfg.trust, &cfg.identity, now),
+            Some(s) => {
+                if !ledger.contains_key(s) {
+                    let consents = store.consents_for(s)?;
+                    let revoked = store.revoked_before(s)?;
+                    ledger.insert(s.clone(), (consents, revoked));
+                }
+                let (consents, revoked) = &ledger[s];
+                gate::decide(Some(s), consents, *revoked, &cfg.trust, &cfg.identity, now)
+            }
+        };
+        match decision {
+            Decision::Accept { consent_id } => {
+                let capture = new_capture(
+                    cfg,
+                    prepared.sidecar,
+                    prepared.image,
+                    consent_id,
+                    &prepared.pair,
+                );
+                accepted.push((prepared.pair, capture));
+            }
+            Decision::Drop(reason) => {
+                tracing::info!(pair = %prepared.pair.name, reason = reason.code(), "dropped capture without consent");
+                store.record(
+                    "capture.dropped",
+                    subject.as_deref(),
+                    json!({ "reason": reason.code(), "camera": prepared.sidecar.camera }),
+                    Some("dropped_no_consent"),
+                    now,
+                )?;
+                report.dropped += 1;
+                finished.push(prepared.pair);
+            }
+        }
+    }
+    // Dropped and rejected pairs go now: they never reach persistent storage.
+    remove_pairs(&finished);
+
+    if !accepted.is_empty() {
+        let (pairs, captures): (Vec<Pair>, Vec<NewCapture>) = accepted.into_iter().unzip();
+        // If this fails (disk full), the accepted pairs stay in the spool for a retry.
+        let outcomes = store.insert_captures(captures, &cfg.outbox, now)?;
+        drop(store);
+        for outcome in &outcomes {
+            match outcome {
+                Inserted::Accepted => report.accepted += 1,
+                Inserted::Duplicate => report.duplicates += 1,
+                Inserted::QuotaRejected => report.over_quota += 1,
+                // A revocation committed between the gate and the insert.
+                Inserted::NoConsent => report.dropped += 1,
+            }
+        }
+        remove_pairs(&pairs);
+        agent.outbox_changed.notify_one();
+    }
+    Ok(report)
+}
+
+/// Reads and sanitizes every pair, using all cores.
+fn prepare_all(pairs: Vec<Pair>, cfg: &Config) -> Vec<Result<Prepared, (Pair, String)>> {
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(pairs.len().max(1));
+    if workers <= 1 || pairs.len() < 2 {
+        return pairs.into_iter().map(|p| prepare(p, cfg)).collect();
+    }
+    let mut slots: Vec<Vec<(usize, Pair)>> = (0..workers).map(|_| Vec::new()).collect();
+    for (i, p) in pairs.into_iter().enumerate() {
+        slots[i % workers].push((i, p));
+    }
+    let mut out: Vec<(usize, Result<Prepared, (Pair, String)>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = slots
+            .into_iter()
+            .map(|slot| {
+                scope.spawn(move || {
+                    slot.into_iter()
+                        .map(|(i, p)| (i, prepare(p, cfg)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
+}
+
+/// Validates one pair; on failure returns the pair with a one-line reason.
+fn prepare(pair: Pair, cfg: &Config) -> Result<Prepared, (Pair, String)> {
+    let sidecar = match spool::read_sidecar(&pair.sidecar) {
+        Ok(s) => s,
+        Err(e) => return Err((pair, e.to_string())),
+    };
+    let raw = match spool::read_image(&pair.image, cfg.capture.max_file_bytes) {
+        Ok(r) => r,
+        Err(e) => return Err((pair, e.to_string())),
+    };
+    let image = match sanitize::sanitize(&raw, &cfg.capture) {
+        Ok(i) => i,
+        Err(e) => {
+            let reason = format!("{}: {e}", pair.image.display());
+            return Err((pair, reason));
+        }
+    };
+    if pair.declared != image.content_type {
+        let reason = format!(
+            "{}: content is {} but the file name says {}",
+            pair.image.display(),
+            image.content_type,
+            pair.declared
+        );
+        return Err((pair, reason));
+    }
+    Ok(Prepared {
+        pair,
+        sidecar,
+        image,
+    })
+}
+
+/// Builds the outbox record. The capture id is derived from the pair's content,
+/// so re-reading the same pair after a crash yields the same id (no duplicate).
+fn new_capture(
+    cfg: &Config,
+    sidecar: Sidecar,
+    image: CleanImage,
+    consent_id: String,
+    pair: &Pair,
+) -> NewCapture {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    for part in [
+        cfg.identity.site_id.as_bytes(),
+        cfg.identity.device_id.as_bytes(),
+        pair.name.as_bytes(),
+        sidecar.subject.as_deref().unwrap_or("").as_bytes(),
+        sidecar.camera.as_bytes(),
+        &sidecar.captured_at.to_be_bytes(),
+        &image.sha256,
+    ] {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part);
+    }
+    let d = ctx.finish();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&d.as_ref()[..16]);
+    let capture_id = uuid::Builder::from_custom_bytes(bytes)
+        .into_uuid()
+        .to_string();
+    NewCapture {
+        capture_id,
+        subject: sidecar.subject.unwrap_or_default(),
+        consent_id,
+        captured_at: sidecar.captured_at,
+        camera: sidecar.camera,
+        content_type: image.content_type.mime().to_string(),
+        sha256: image.sha256,
+        image: image.bytes,
+    }
+}
+
+fn remove_pairs(pairs: &[Pair]) {
+    for pair in pairs {
+        if let Err(e) = spool::remove_pair(pair) {
+            tracing::warn!(pair = %pair.name, error = %e, "cannot remove spool pair");
+        }
+    }
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,313 @@
+//! The core flow through the real binary: spool → sanitize → consent gate →
+//! encrypted outbox, driven by files and `facegate ctl` like in the field.
+
+mod common;
+
+use std::time::Duration;
+
+use common::daemon::{file_contains, wait_until, Daemon, DaemonOptions};
+use facegate::crypto::DeviceKey;
+use facegate::store::Store;
+use facegate::synth;
+
+const T: Duration = Duration::from_secs(20);
+
+fn open_store(d: &Daemon) -> Store {
+    let key = DeviceKey::load_or_create(&d.state.join("storage.key")).unwrap();
+    Store::open(&d.state, key).unwrap()
+}
+
+fn counter(status: &serde_json::Value, name: &str) -> u64 {
+    status["counters"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name} in {status}"))
+}
+
+#[test]
+fn consented_captures_are_queued_and_others_dropped() {
+    let d = Daemon::start(DaemonOptions::default());
+    d.grant("S-yes");
+    let jpeg = synth::face_jpeg(320, 240, 1, 85);
+    d.drop_pair("a", "jpg", &jpeg, Some("S-yes"));
+    d.drop_pair("b", "jpg", &jpeg, Some("S-no"));
+    d.drop_pair("c", "jpg", &jpeg, None);
+    d.drop_pair("d", "png", &synth::face_png(64, 64, 2), Some("S-yes"));
+    d.wait_spool_empty(T);
+
+    let st = d.status();
+    assert_eq!(st["v"], 1);
+    assert_eq!(st["state"], "online");
+    assert_eq!(st["outbox"]["captures"], 2, "{st}");
+    assert_eq!(counter(&st, "accepted"), 2);
+    assert_eq!(counter(&st, "dropped_no_consent"), 2);
+    assert_eq!(st["consent"]["active"], 1);
+
+    let mut store = open_store(&d);
+    let queued = store.pending(10, &[]).unwrap();
+    assert_eq!(queued.len(), 2);
+    assert!(queued.iter().all(|c| c.subject == "S-yes"));
+    let types: Vec<&str> = queued.iter().map(|c| c.content_type.as_str()).collect();
+    assert!(
+        types.contains(&"image/jpeg") && types.contains(&"image/png"),
+        "{types:?}"
+    );
+}
+
+#[test]
+fn bad_input_is_rejected_with_a_reason_and_the_daemon_keeps_going() {
+    let d = Daemon::start(DaemonOptions::default());
+    d.grant("S-1");
+    let jpeg = synth::face_jpeg(320, 240, 3, 85);
+    d.drop_pair("truncated", "jpg", &jpeg[..jpeg.len() / 2], Some("S-1"));
+    d.drop_pair(
+        "garbage",
+        "jpg",
+        b"this is not an image at all",
+        Some("S-1"),
+    );
+    d.drop_pair("wrongext", "png", &jpeg, Some("S-1"));
+    common::daemon::drop_pair_raw(&d.spool, "badjson", "jpg", &jpeg, b"{not json");
+    d.drop_pair("good", "jpg", &jpeg, Some("S-1"));
+    d.wait_spool_empty(T);
+    let st = d.status();
+    assert_eq!(counter(&st, "rejected_bad_input"), 4, "{st}");
+    assert_eq!(counter(&st, "accepted"), 1);
+    let log = d.log();
+    for name in ["truncated", "garbage", "wrongext", "badjson"] {
+        assert!(
+            log.contains(name),
+            "log does not name rejected pair {name}:\n{log}"
+        );
+    }
+    let tail = d.ctl_json(&["audit", "tail", "-n", "50", "--json"]);
+    let rejected = tail
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "capture.rejected")
+        .count();
+    assert_eq!(rejected, 4, "{tail}");
+}
+
+#[test]
+fn metadata_is_stripped_and_no_plaintext_reaches_the_database() {
+    let mut d = Daemon::start(DaemonOptions::default());
+    d.grant("S-meta");
+    let marker = "GPS-MARKER-7f3a9c";
+    let jpeg = synth::with_exif_gps(&synth::face_jpeg(640, 480, 4, 85), marker);
+    assert!(file_contains_bytes(&jpeg, marker.as_bytes()));
+    d.drop_pair("exif", "jpg", &jpeg, Some("S-meta"));
+    d.wait_spool_empty(T);
+    d.stop();
+
+    let mut store = open_store(&d);
+    let queued = store.pending(10, &[]).unwrap();
+    assert_eq!(queued.len(), 1);
+    let img = &queued[0].image;
+    assert!(
+        !file_contains_bytes(img, marker.as_bytes()),
+        "marker survived sanitization"
+    );
+    assert!(
+        !file_contains_bytes(img, b"Exif\0\0"),
+        "EXIF segment survived"
+    );
+    assert!(
+        !file_contains_bytes(img, b"http://ns.adobe.com/xap"),
+        "XMP survived"
+    );
+    let decoded = image::load_from_memory(img).unwrap();
+    assert_eq!((decoded.width(), decoded.height()), (640, 480));
+    drop(store);
+
+    // The sanitized image bytes are nowhere in the database files in plaintext.
+    let probe = &img[img.len() / 2..img.len() / 2 + 64];
+    for f in ["facegate.db", "facegate.db-wal"] {
+        assert!(
+            !file_contains(&d.state.join(f), probe),
+            "plaintext image bytes found in {f}"
+        );
+        assert!(
+            !file_contains(&d.state.join(f), marker.as_bytes()),
+            "marker found in {f}"
+        );
+    }
+}
+
+#[test]
+fn revoke_purges_every_trace_of_the_subject() {
+    let d = Daemon::start(DaemonOptions::default());
+    let subject = "S-REVOKE-MARKER-51c2";
+    d.grant(subject);
+    d.grant("S-keep");
+    for i in 0..5 {
+        d.drop_pair(
+            &format!("r{i}"),
+            "jpg",
+            &synth::face_jpeg(320, 240, 10 + i, 85),
+            Some(subject),
+        );
+    }
+    d.drop_pair(
+        "k",
+        "jpg",
+        &synth::face_jpeg(320, 240, 99, 85),
+        Some("S-keep"),
+    );
+    d.wait_spool_empty(T);
+    assert_eq!(d.status()["outbox"]["captures"], 6);
+
+    let receipt = d.ctl_json(&["consent", "revoke", subject]);
+    assert_eq!(receipt["subject"], subject);
+    assert_eq!(receipt["purged"], 5, "{receipt}");
+    assert!(receipt["in_flight"].as_array().unwrap().is_empty());
+    assert!(receipt["purged_at"].as_str().is_some());
+
+    let st = d.status();
+    assert_eq!(st["outbox"]["captures"], 1);
+    assert_eq!(counter(&st, "purged"), 5);
+    for f in ["facegate.db", "facegate.db-wal", "facegate.db-shm"] {
+        assert!(
+            !file_contains(&d.state.join(f), subject.as_bytes()),
+            "subject id still in {f}"
+        );
+    }
+    assert_eq!(d.spool_len(), 0);
+
+    // A capture arriving after the revocation is dropped; an old token is refused.
+    d.drop_pair(
+        "late",
+        "jpg",
+        &synth::face_jpeg(320, 240, 7, 85),
+        Some(subject),
+    );
+    d.wait_spool_empty(T);
+    assert_eq!(d.status()["outbox"]["captures"], 1);
+    let old = d
+        .consent_signer
+        .consent_at(subject, 3600, facegate::clock::now() - 10);
+    let out = d.try_ctl(&["consent", "add", &old]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("revoked"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn purge_keeps_consents() {
+    let d = Daemon::start(DaemonOptions::default());
+    d.grant("S-p");
+    d.drop_pair("p1", "jpg", &synth::face_jpeg(160, 120, 1, 80), Some("S-p"));
+    d.wait_spool_empty(T);
+    let receipt = d.ctl_json(&["purge", "S-p"]);
+    assert_eq!(receipt["purged"], 1);
+    d.drop_pair("p2", "jpg", &synth::face_jpeg(160, 120, 2, 80), Some("S-p"));
+    d.wait_spool_empty(T);
+    assert_eq!(
+        d.status()["outbox"]["captures"],
+        1,
+        "consent must survive a purge"
+    );
+    let all = d.ctl_json(&["purge", "--all"]);
+    assert_eq!(all["purged"], 1);
+    assert_eq!(d.status()["outbox"]["captures"], 0);
+}
+
+#[test]
+fn audit_tampering_is_detected() {
+    let mut d = Daemon::start(DaemonOptions::default());
+    d.grant("S-a");
+    d.drop_pair("x", "jpg", &synth::face_jpeg(160, 120, 1, 80), Some("S-a"));
+    d.drop_pair(
+        "y",
+        "jpg",
+        &synth::face_jpeg(160, 120, 2, 80),
+        Some("S-other"),
+    );
+    d.wait_spool_empty(T);
+    let ok = d.try_ctl(&["audit", "verify"]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    d.stop();
+
+    let conn = rusqlite::Connection::open(d.state.join("facegate.db")).unwrap();
+    let changed = conn
+        .execute(
+            "UPDATE audit SET detail = '{\"reason\":\"nothing to see\"}' WHERE seq = 2",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(conn);
+
+    d.spawn();
+    let bad = d.try_ctl(&["audit", "verify"]);
+    assert!(
+        !bad.status.success(),
+        "tampering went unnoticed: {}",
+        String::from_utf8_lossy(&bad.stdout)
+    );
+}
+
+#[test]
+fn kill9_during_a_burst_loses_no_accepted_capture() {
+    let mut d = Daemon::start(DaemonOptions::default());
+    d.grant("S-burst");
+    let n = 120;
+    let images: Vec<Vec<u8>> = (0..8)
+        .map(|i| synth::face_jpeg(320, 240, 100 + i, 85))
+        .collect();
+    for i in 0..n {
+        d.drop_pair(
+            &format!("b{i:03}"),
+            "jpg",
+            &images[i % images.len()],
+            Some("S-burst"),
+        );
+        if i == n / 3 {
+            // Let intake get going, then pull the plug mid-stream.
+            wait_until(
+                T,
+                || d.status()["counters"]["accepted"].as_u64().unwrap_or(0) > 0,
+                || d.log(),
+            );
+        }
+    }
+    d.kill9();
+    let spool_left = d.spool_len();
+    d.spawn();
+    d.wait_spool_empty(T);
+    let st = d.status();
+    assert_eq!(
+        st["outbox"]["captures"], n as u64,
+        "spool had {spool_left} files at the kill; {st}"
+    );
+    let mut store = open_store(&d);
+    let ids: std::collections::HashSet<String> = store
+        .pending(1000, &[])
+        .unwrap()
+        .into_iter()
+        .map(|c| c.capture_id)
+        .collect();
+    assert_eq!(ids.len(), n, "duplicate or missing capture ids");
+}
+
+#[test]
+fn sigterm_stops_cleanly() {
+    let mut d = Daemon::start(DaemonOptions::default());
+    let st = d.stop();
+    assert!(st.success(), "exit status {st}");
+    assert!(
+        !d.state.join("control.sock").exists(),
+        "control socket left behind"
+    );
+}
+
+fn file_contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}

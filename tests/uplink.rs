@@ -1,0 +1,482 @@
+//! The MQTT half against a real Mosquitto with mutual TLS: uploads, PUBACK
+//! bookkeeping, reconnects, crashes, signed commands, status and last will.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use base64::Engine;
+use common::broker::{Broker, BrokerOptions, Session};
+use common::daemon::{wait_until, Daemon, DaemonOptions, MqttTarget, DEVICE, SITE};
+use facegate::{clock, command, synth};
+use ring::digest;
+use rumqttc::QoS;
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(30);
+const CAPTURES: &str = "facegate/lobby/term-01/captures";
+const CMD: &str = "facegate/lobby/term-01/cmd";
+const REPLY: &str = "facegate/lobby/term-01/reply";
+const STATUS: &str = "facegate/lobby/term-01/status";
+
+fn daemon_for(broker: &Broker, extra: &str) -> Daemon {
+    let creds = broker.issue_client(DEVICE);
+    Daemon::start(DaemonOptions {
+        extra_toml: extra.to_string(),
+        mqtt: Some(MqttTarget {
+            host: "localhost".into(),
+            port: broker.port,
+            ca: creds.ca,
+            cert: creds.cert,
+            key: creds.key,
+        }),
+        // Fast reconnects and a short keep-alive so tests do not wait on backoff.
+        mqtt_extra: "keep_alive = \"5s\"\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n"
+            .into(),
+    })
+}
+
+async fn fleet(broker: &Broker) -> Session {
+    let mut s = Session::spawn(broker.options("fleet"));
+    s.wait_connected(T).await.expect("fleet connects");
+    s.client
+        .subscribe("facegate/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    s.wait_suback(T).await;
+    s
+}
+
+/// Collects upload envelopes until `n` distinct capture ids arrived (or `wait` passed).
+async fn collect(
+    fleet: &mut Session,
+    n: usize,
+    wait: Duration,
+    seen: &mut HashMap<String, Vec<Value>>,
+) {
+    let deadline = tokio::time::Instant::now() + wait;
+    while seen.len() < n {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let Some(p) = fleet.recv_on(CAPTURES, left).await else {
+            break;
+        };
+        let env: Value = serde_json::from_slice(&p.payload).expect("envelope is JSON");
+        let id = env["capture_id"].as_str().expect("capture_id").to_string();
+        seen.entry(id).or_default().push(env);
+    }
+}
+
+fn check_envelope(env: &Value, subject: &str) {
+    assert_eq!(env["v"], 1);
+    assert_eq!(env["site"], SITE);
+    assert_eq!(env["device"], DEVICE);
+    assert_eq!(env["subject"], subject);
+    assert_eq!(env["camera"], "cam-1");
+    assert_eq!(env["content_type"], "image/jpeg");
+    assert!(env["consent_id"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(clock::parse_rfc3339(env["captured_at"].as_str().unwrap()).is_some());
+    uuid::Uuid::parse_str(env["capture_id"].as_str().unwrap()).expect("capture_id is a UUID");
+    let image = base64::engine::general_purpose::STANDARD
+        .decode(env["image"].as_str().unwrap())
+        .unwrap();
+    let sha = hex::encode(digest::digest(&digest::SHA256, &image));
+    assert_eq!(
+        env["sha256"],
+        sha.as_str(),
+        "sha256 must match the image bytes"
+    );
+    image::load_from_memory(&image).expect("a real image");
+}
+
+fn sign(d: &Daemon, cmd: &str, args: Value, aud: &str, lifetime: i64, now: i64) -> String {
+    command::sign_command(
+        cmd,
+        args,
+        aud,
+        lifetime,
+        &d.fleet_signer.kid,
+        &d.fleet_signer.pkcs8,
+        now,
+    )
+    .unwrap()
+    .1
+}
+
+async fn send_cmd(fleet: &mut Session, jws: &str) -> Value {
+    fleet
+        .client
+        .publish(CMD, QoS::AtLeastOnce, false, jws.as_bytes().to_vec())
+        .await
+        .unwrap();
+    let p = fleet.recv_on(REPLY, T).await.expect("a reply");
+    serde_json::from_slice(&p.payload).expect("reply is JSON")
+}
+
+fn outbox_len(d: &Daemon) -> u64 {
+    d.status()["outbox"]["captures"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consented_captures_arrive_once_with_a_correct_envelope() {
+    let broker = Broker::start();
+    let mut fleet = fleet(&broker).await;
+    let d = daemon_for(&broker, "");
+    d.grant("S-1");
+    for i in 0..5 {
+        d.drop_pair(
+            &format!("c{i}"),
+            "jpg",
+            &synth::face_jpeg(320, 240, i, 85),
+            Some("S-1"),
+        );
+    }
+    d.drop_pair(
+        "n1",
+        "jpg",
+        &synth::face_jpeg(320, 240, 50, 85),
+        Some("S-2"),
+    );
+    d.drop_pair("n2", "jpg", &synth::face_jpeg(320, 240, 51, 85), None);
+    let mut seen = HashMap::new();
+    collect(&mut fleet, 5, T, &mut seen).await;
+    // Anything more (a duplicate, an unconsented capture) would show up now.
+    collect(&mut fleet, 6, Duration::from_secs(2), &mut seen).await;
+    assert_eq!(seen.len(), 5, "{:?}", seen.keys());
+    for envs in seen.values() {
+        assert_eq!(envs.len(), 1, "capture delivered more than once");
+        check_envelope(&envs[0], "S-1");
+    }
+    wait_until(T, || outbox_len(&d) == 0, || d.log());
+    let st = d.status();
+    assert_eq!(st["counters"]["uploaded"], 5, "{st}");
+    assert_eq!(st["counters"]["dropped_no_consent"], 2, "{st}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_sent_while_offline_wins_over_queued_captures() {
+    let mut broker = Broker::start();
+    let mut d = daemon_for(&broker, "");
+    d.grant("S-a");
+    d.grant("S-b");
+    // Make sure the device's persistent session (with its subscriptions) exists.
+    wait_until(T, || d.status()["uplink"]["connected"] == true, || d.log());
+    broker.stop();
+    for i in 0..3 {
+        d.drop_pair(
+            &format!("a{i}"),
+            "jpg",
+            &synth::face_jpeg(160, 120, i, 80),
+            Some("S-a"),
+        );
+        d.drop_pair(
+            &format!("b{i}"),
+            "jpg",
+            &synth::face_jpeg(160, 120, 10 + i, 80),
+            Some("S-b"),
+        );
+    }
+    d.wait_spool_empty(T);
+    assert_eq!(outbox_len(&d), 6);
+    d.stop();
+
+    // Broker back, device still offline: the fleet revokes S-a.
+    broker.restart();
+    let mut fleet = fleet(&broker).await;
+    let jws = sign(
+        &d,
+        "consent.revoke",
+        json!({ "subject": "S-a" }),
+        SITE,
+        600,
+        clock::now(),
+    );
+    fleet
+        .client
+        .publish(CMD, QoS::AtLeastOnce, false, jws.into_bytes())
+        .await
+        .unwrap();
+    fleet.wait_puback(T).await.expect("broker took the command");
+
+    d.spawn();
+    let reply =
+        serde_json::from_slice::<Value>(&fleet.recv_on(REPLY, T).await.expect("reply").payload)
+            .unwrap();
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert_eq!(reply["cmd"], "consent.revoke");
+    assert_eq!(reply["result"]["subject"], "S-a");
+    assert_eq!(reply["result"]["purged"], 3, "{reply}");
+    let mut seen = HashMap::new();
+    collect(&mut fleet, 3, T, &mut seen).await;
+    collect(&mut fleet, 4, Duration::from_secs(2), &mut seen).await;
+    assert_eq!(seen.len(), 3);
+    for envs in seen.values() {
+        assert_eq!(
+            envs[0]["subject"], "S-b",
+            "a revoked subject's capture was uploaded"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_mid_stream_loses_nothing() {
+    let mut broker = Broker::start();
+    let mut fleet = fleet(&broker).await;
+    let d = daemon_for(&broker, "[capture]\nspool_grace = \"60s\"\n");
+    d.grant("S-s");
+    let n = 500;
+    let images: Vec<Vec<u8>> = (0..10).map(|i| synth::face_jpeg(96, 72, i, 70)).collect();
+    for i in 0..n {
+        d.drop_pair(&format!("s{i:03}"), "jpg", &images[i % 10], Some("S-s"));
+    }
+    let mut seen = HashMap::new();
+    collect(&mut fleet, 100, T, &mut seen).await;
+    broker.restart();
+    // The fleet's session is persistent: it reconnects and gets what it missed.
+    let mut fleet = Session::spawn(broker.options("fleet"));
+    fleet.wait_connected(T).await.unwrap();
+    collect(&mut fleet, n, Duration::from_secs(90), &mut seen).await;
+    assert_eq!(
+        seen.len(),
+        n,
+        "missing captures after a broker restart\n{}",
+        d.log()
+    );
+    wait_until(T, || outbox_len(&d) == 0, || d.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_killed_during_upload_loses_nothing() {
+    let broker = Broker::start();
+    let mut fleet = fleet(&broker).await;
+    let mut d = daemon_for(&broker, "");
+    d.grant("S-k");
+    let n = 200;
+    for i in 0..n {
+        d.drop_pair(
+            &format!("k{i:03}"),
+            "jpg",
+            &synth::face_jpeg(96, 72, i as u64, 70),
+            Some("S-k"),
+        );
+    }
+    let mut seen = HashMap::new();
+    collect(&mut fleet, 20, T, &mut seen).await;
+    d.kill9();
+    d.spawn();
+    collect(&mut fleet, n, Duration::from_secs(60), &mut seen).await;
+    assert_eq!(seen.len(), n, "captures lost across kill -9\n{}", d.log());
+    wait_until(T, || outbox_len(&d) == 0, || d.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tls_never_connects_and_keeps_captures() {
+    let broker = Broker::start();
+    let other_ca = facegate::pki::Ca::new("someone else").unwrap();
+    let creds = broker.issue_client(DEVICE);
+    let dir = tempfile::tempdir().unwrap();
+    let wrong_ca = other_ca.write_cert(dir.path(), "other-ca").unwrap();
+    let now = clock::now();
+    let expired = broker.issue_client_valid(DEVICE, now - 7200, now - 3600);
+    // A broker whose certificate names another host.
+    let misnamed = Broker::start_with(BrokerOptions {
+        server_names: vec!["broker.example.net".into()],
+    });
+    let misnamed_creds = misnamed.issue_client(DEVICE);
+    let cases: Vec<(&str, MqttTarget, &str)> = vec![
+        (
+            "wrong CA",
+            MqttTarget {
+                host: "localhost".into(),
+                port: broker.port,
+                ca: wrong_ca,
+                cert: creds.cert.clone(),
+                key: creds.key.clone(),
+            },
+            "mqtt.ca_file",
+        ),
+        (
+            "name mismatch",
+            MqttTarget {
+                host: "localhost".into(),
+                port: misnamed.port,
+                ca: misnamed_creds.ca.clone(),
+                cert: misnamed_creds.cert.clone(),
+                key: misnamed_creds.key.clone(),
+            },
+            "name",
+        ),
+        (
+            "expired client certificate",
+            MqttTarget {
+                host: "localhost".into(),
+                port: broker.port,
+                ca: expired.ca.clone(),
+                cert: expired.cert.clone(),
+                key: expired.key.clone(),
+            },
+            "client certificate",
+        ),
+    ];
+    for (what, target, says) in cases {
+        let d = Daemon::start(DaemonOptions {
+            extra_toml: String::new(),
+            mqtt: Some(target),
+            mqtt_extra: "reconnect_min = \"100ms\"\nreconnect_max = \"500ms\"\n".into(),
+        });
+        d.grant("S-t");
+        d.drop_pair("t", "jpg", &synth::face_jpeg(96, 72, 1, 70), Some("S-t"));
+        d.wait_spool_empty(T);
+        wait_until(
+            T,
+            || d.log().contains("broker connection lost"),
+            || format!("{what}: {}", d.log()),
+        );
+        let log = d.log();
+        assert!(
+            log.contains(says),
+            "{what}: the log should explain the cause ({says}):\n{log}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        let st = d.status();
+        assert_eq!(st["uplink"]["connected"], false, "{what}");
+        assert_eq!(
+            st["outbox"]["captures"], 1,
+            "{what}: the capture must stay queued"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_bad_commands_are_refused_without_effect() {
+    let broker = Broker::start();
+    let mut fleet = fleet(&broker).await;
+    let d = daemon_for(&broker, "");
+    d.grant("S-c");
+    wait_until(T, || d.status()["uplink"]["connected"] == true, || d.log());
+    let now = clock::now();
+    let revoke = json!({ "subject": "S-c" });
+
+    let stranger = common::daemon::Signer::new(&d.fleet_signer.kid);
+    let forged = command::sign_command(
+        "consent.revoke",
+        revoke.clone(),
+        SITE,
+        600,
+        &stranger.kid,
+        &stranger.pkcs8,
+        now,
+    )
+    .unwrap()
+    .1;
+    let unknown = common::daemon::Signer::new("nobody");
+    let unknown_kid = command::sign_command(
+        "capture.purge",
+        json!({"all": true}),
+        SITE,
+        600,
+        &unknown.kid,
+        &unknown.pkcs8,
+        now,
+    )
+    .unwrap()
+    .1;
+    let wrong_role = command::sign_command(
+        "capture.purge",
+        json!({"all": true}),
+        SITE,
+        600,
+        &d.consent_signer.kid,
+        &d.consent_signer.pkcs8,
+        now,
+    )
+    .unwrap()
+    .1;
+    let cases = vec![
+        ("bad_signature", forged),
+        ("unknown_key", unknown_kid),
+        ("wrong_role", wrong_role),
+        (
+            "wrong_audience",
+            sign(&d, "consent.revoke", revoke.clone(), "other-site", 600, now),
+        ),
+        (
+            "wrong_audience",
+            sign(
+                &d,
+                "consent.revoke",
+                revoke.clone(),
+                "lobby/term-99",
+                600,
+                now,
+            ),
+        ),
+        (
+            "expired",
+            sign(&d, "consent.revoke", revoke.clone(), SITE, 600, now - 4000),
+        ),
+        ("malformed", "this is not a JWS".to_string()),
+        (
+            "unknown_command",
+            sign(&d, "format.disk", json!({}), SITE, 600, now),
+        ),
+    ];
+    for (code, jws) in cases {
+        let reply = send_cmd(&mut fleet, &jws).await;
+        assert_eq!(reply["v"], 1);
+        assert_eq!(reply["ok"], false, "{code}: {reply}");
+        assert_eq!(reply["error"]["code"], code, "{reply}");
+        assert!(reply["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+        assert_eq!(
+            d.status()["consent"]["active"],
+            1,
+            "{code}: the refused command had an effect"
+        );
+    }
+
+    // A valid status command works once; its replay is refused.
+    let status = sign(
+        &d,
+        "status",
+        json!({}),
+        &format!("{SITE}/{DEVICE}"),
+        600,
+        now,
+    );
+    let ok = send_cmd(&mut fleet, &status).await;
+    assert_eq!(ok["ok"], true, "{ok}");
+    assert_eq!(ok["cmd"], "status");
+    let again = send_cmd(&mut fleet, &status).await;
+    assert_eq!(again["ok"], false);
+    assert_eq!(again["error"]["code"], "replayed");
+    assert_eq!(again["jti"], ok["jti"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_is_retained_and_the_last_will_says_offline() {
+    let broker = Broker::start();
+    let mut d = daemon_for(&broker, "");
+    wait_until(T, || d.status()["uplink"]["connected"] == true, || d.log());
+    // A subscriber arriving later still sees the retained status.
+    let mut fleet = fleet(&broker).await;
+    let p = fleet.recv_on(STATUS, T).await.expect("retained status");
+    assert!(p.retain);
+    let st: Value = serde_json::from_slice(&p.payload).unwrap();
+    assert_eq!(st["v"], 1);
+    assert_eq!(st["state"], "online");
+    for key in ["version", "ts", "outbox", "consent", "counters"] {
+        assert!(st.get(key).is_some(), "status lacks {key}: {st}");
+    }
+    d.kill9();
+    let will = fleet
+        .recv_on(STATUS, Duration::from_secs(20))
+        .await
+        .expect("last will");
+    let will: Value = serde_json::from_slice(&will.payload).unwrap();
+    assert_eq!(will, json!({"v": 1, "state": "offline"}));
+}
