@@ -265,6 +265,11 @@ async fn network_task(
                     // all: the outbox resends what was not acknowledged.
                     eventloop.clean();
                     eventloop.pending.clear();
+                    // Events rumqttc buffered from the dead connection (an
+                    // outgoing publish, a PUBACK) must not be read as news on
+                    // the next one; nor may a stalled collision block it.
+                    eventloop.state.events.clear();
+                    eventloop.state.collision = None;
                     abandoned.captures
                 };
                 let _ = tx.send(Net::Disconnected { reason, captures });
