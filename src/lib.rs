@@ -26,6 +26,7 @@
 //! - [`crypto`]: storage key, per-subject data keys, AES-256-GCM, pseudonyms.
 //!
 //! Tools and helpers
+//! - [`fleet`]: `facegate fleet send`: sign, publish and collect replies.
 //! - [`keys`]: Ed25519 key files for the fleet tool.
 //! - [`pki`]: throwaway X.509 CA, broker and device certificates.
 //! - [`synth`]: synthetic face-like captures for tests, benchmarks and the demo.
@@ -42,6 +43,7 @@ pub mod control;
 pub mod crypto;
 pub mod daemon;
 pub mod db;
+pub mod fleet;
 pub mod gate;
 pub mod intake;
 pub mod jws;

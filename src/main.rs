@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
 use facegate::control::{self, Request, Response};
-use facegate::{clock, config, consent, daemon, keys, logging, shutdown};
+use facegate::{clock, config, consent, daemon, fleet, keys, logging, shutdown};
 
 #[derive(Parser)]
 #[command(
@@ -111,6 +111,50 @@ enum Fleet {
     Consent(ConsentArgs),
     /// Sign a fleet command and print it (compact JWS).
     Sign(SignArgs),
+    /// Sign a command, publish it over mutual TLS and print the replies.
+    Send(SendArgs),
+}
+
+#[derive(Args)]
+struct SendArgs {
+    #[command(flatten)]
+    signer: SignerArgs,
+    /// Broker as HOST or HOST:PORT (default port 8883).
+    #[arg(long)]
+    broker: String,
+    /// CA certificate (PEM) that signed the broker's certificate.
+    #[arg(long)]
+    ca: PathBuf,
+    /// The fleet's client certificate (PEM).
+    #[arg(long)]
+    cert: PathBuf,
+    /// The fleet's TLS private key (PEM).
+    #[arg(long = "tls-key")]
+    tls_key: PathBuf,
+    /// Topic prefix.
+    #[arg(long, default_value = "facegate")]
+    prefix: String,
+    /// Target site.
+    #[arg(long)]
+    site: String,
+    /// Target device; without it the command goes to every device of the site.
+    #[arg(long)]
+    device: Option<String>,
+    /// Command name: consent.grant, consent.revoke, capture.purge, status.
+    #[arg(long)]
+    cmd: String,
+    /// Arguments as a JSON object.
+    #[arg(long, default_value = "{}")]
+    args: String,
+    /// How long the command stays valid.
+    #[arg(long, default_value = "10m")]
+    lifetime: humantime::Duration,
+    /// How long to wait for replies (a whole site: always this long).
+    #[arg(long, default_value = "10s")]
+    timeout: humantime::Duration,
+    /// Print each reply as one JSON line.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -401,8 +445,47 @@ fn fleet(command: Fleet) -> anyhow::Result<ExitCode> {
             )?;
             println!("{jws}");
         }
+        Fleet::Send(a) => return fleet_send(a, now),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn fleet_send(a: SendArgs, now: i64) -> anyhow::Result<ExitCode> {
+    let (host, port) = match a.broker.rsplit_once(':') {
+        Some((h, p)) => (h.to_string(), p.parse().with_context(|| format!("--broker: bad port in {:?}", a.broker))?),
+        None => (a.broker.clone(), 8883),
+    };
+    let args: Value = serde_json::from_str(&a.args).context("--args must be a JSON object")?;
+    let req = fleet::SendRequest {
+        host,
+        port,
+        ca_file: a.ca,
+        cert_file: a.cert,
+        key_file: a.tls_key,
+        prefix: a.prefix,
+        site: a.site,
+        device: a.device.clone(),
+        cmd: a.cmd,
+        args,
+        lifetime_s: a.lifetime.as_secs() as i64,
+        signing_key: keys::read_private_key(&a.signer.key)?,
+        kid: a.signer.kid,
+        timeout: *a.timeout,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let outcome = rt.block_on(fleet::send(&req, now))?;
+    for reply in &outcome.replies {
+        if a.json {
+            println!("{}", serde_json::to_string(&reply.body)?);
+        } else {
+            println!("{}", fleet::describe(reply));
+        }
+    }
+    if outcome.replies.is_empty() {
+        bail!("command {} sent, but no reply within {}", outcome.jti, a.timeout);
+    }
+    let all_ok = outcome.replies.iter().all(|r| r.body["ok"] == true);
+    Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn one_line(s: &str) -> String {

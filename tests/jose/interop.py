@@ -1,0 +1,50 @@
+"""Cross-checks facegate's JWS against PyJWT, a standard JOSE implementation.
+
+verify TOKEN PUBLIC_B64URL AUD   -> prints the verified claims as JSON
+sign KIND AUD                    -> prints {"token": ..., "public_key": ...} signed by a fresh key
+"""
+import base64
+import json
+import sys
+import time
+import uuid
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unb64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def verify(token: str, public: str, aud: str) -> None:
+    key = Ed25519PublicKey.from_public_bytes(unb64url(public))
+    claims = jwt.decode(token, key=key, algorithms=["EdDSA"], audience=aud)
+    header = jwt.get_unverified_header(token)
+    print(json.dumps({"header": header, "claims": claims}))
+
+
+def sign(kind: str, aud: str) -> None:
+    private = Ed25519PrivateKey.generate()
+    public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    now = int(time.time())
+    if kind == "consent":
+        claims = {"iss": "pyjwt", "sub": "S-py", "jti": str(uuid.uuid4()), "iat": now,
+                  "exp": now + 3600, "aud": [aud], "scope": "capture:upload"}
+    else:
+        claims = {"jti": str(uuid.uuid4()), "iat": now, "exp": now + 600, "aud": aud,
+                  "cmd": "capture.purge", "args": {"subject": "S-py"}}
+    token = jwt.encode(claims, private, algorithm="EdDSA", headers={"kid": "py-key"})
+    print(json.dumps({"token": token, "public_key": b64url(public)}))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "verify":
+        verify(sys.argv[2], sys.argv[3], sys.argv[4])
+    else:
+        sign(sys.argv[2], sys.argv[3])
