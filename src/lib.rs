@@ -11,6 +11,7 @@
 //! - [`pki`]: throwaway X.509 CA, broker and device certificates (tooling, demo, tests).
 //! - [`uplink`]: the MQTT uplink; [`uplink::tls`] builds its mutual-TLS configuration.
 //! - [`logging`]: the `tracing` subscriber (text or JSON on stderr).
+//! - [`notify`]: systemd readiness, watchdog and stopping notifications.
 
 pub mod clock;
 pub mod command;
@@ -19,6 +20,7 @@ pub mod consent;
 pub mod gate;
 pub mod jws;
 pub mod keys;
+pub mod logging;
+pub mod notify;
 pub mod pki;
 pub mod uplink;
-pub mod logging;
