@@ -77,7 +77,7 @@ pub fn watchdog_interval_from(
 
 /// Sends one state, keeping `NOTIFY_SOCKET` set for later calls.
 fn send(state: NotifyState<'_>) -> Result<(), NotifyError> {
-    sd_notify::notify(false, &[state.clone()]).map_err(|source| NotifyError {
+    sd_notify::notify(false, std::slice::from_ref(&state)).map_err(|source| NotifyError {
         state: state.to_string(),
         socket: std::env::var("NOTIFY_SOCKET").unwrap_or_default(),
         source,
@@ -149,7 +149,8 @@ mod tests {
     fn watchdog_interval_rules() {
         let me = 4242;
         let half = |us: u64| Some(Duration::from_micros(us));
-        let cases: &[(&str, Option<&str>, Option<&str>, Option<Duration>)] = &[
+        type Case<'a> = (&'a str, Option<&'a str>, Option<&'a str>, Option<Duration>);
+        let cases: &[Case] = &[
             ("unset", None, None, None),
             ("30 s, no pid", Some("30000000"), None, half(15_000_000)),
             (
