@@ -8,6 +8,8 @@
 //! - [`load`]: the file plus the process environment, then [`Config::check_files`]
 //!   (what `facegate run` and `facegate check-config` use);
 //! - [`load_with_env`]: the same with an explicit environment (tests);
+//! - [`load_unchecked`]: [`load`] without the broker-file checks (provisioning,
+//!   which creates the device key, and the doctor, which checks files itself);
 //! - [`from_toml_str`]: a TOML string only, no environment and no broker-file
 //!   checks (for tests of other modules).
 //!
@@ -43,15 +45,31 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Like [`load`], but the environment is `env` (name, value) instead of the
 /// process environment; names without the `FACEGATE_` prefix are ignored.
 pub fn load_with_env(path: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
+    let config = load_unchecked_with_env(path, env)?;
+    config.check_files()?;
+    Ok(config)
+}
+
+/// Like [`load`], but without [`Config::check_files`]: for `facegate provision`
+/// and `facegate doctor`, which run before (or check themselves whether) the
+/// broker TLS files exist.
+pub fn load_unchecked(path: &Path) -> Result<Config, ConfigError> {
+    let env = raw::process_env()?;
+    load_unchecked_with_env(path, &env)
+}
+
+/// [`load_unchecked`] with an explicit environment (tests).
+pub fn load_unchecked_with_env(
+    path: &Path,
+    env: &[(String, String)],
+) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
     let base_dir = base_dir_of(path);
     let checked = RawConfig::merge(&text, path, env).and_then(|raw| raw.validate(&base_dir));
-    let config = raw::blame_env(checked, env)?;
-    config.check_files()?;
-    Ok(config)
+    raw::blame_env(checked, env)
 }
 
 /// Parses and validates a TOML document without any environment overrides.

@@ -12,6 +12,8 @@
 //! - [`uplink`]: the MQTT uplink; [`uplink::tls`] builds its mutual-TLS configuration.
 //! - [`logging`]: the `tracing` subscriber (text or JSON on stderr).
 //! - [`notify`]: systemd readiness, watchdog and stopping notifications.
+//! - [`provision`]: first-time device setup (state dir, storage key, TLS key, CSR).
+//! - [`doctor`]: site-admin health checks (files, certificates, clock, disk, broker).
 
 pub mod clock;
 pub mod command;
@@ -23,4 +25,5 @@ pub mod keys;
 pub mod logging;
 pub mod notify;
 pub mod pki;
+pub mod provision;
 pub mod uplink;
