@@ -19,6 +19,7 @@ pub mod clock;
 pub mod command;
 pub mod config;
 pub mod consent;
+pub mod doctor;
 pub mod gate;
 pub mod jws;
 pub mod keys;
