@@ -8,6 +8,8 @@
 //! - [`load`]: the file plus the process environment, then [`Config::check_files`]
 //!   (what `facegate run` and `facegate check-config` use);
 //! - [`load_with_env`]: the same with an explicit environment (tests);
+//! - [`load_unchecked`]: [`load`] without the broker-file checks (provisioning,
+//!   which creates the device key, and the doctor, which checks files itself);
 //! - [`from_toml_str`]: a TOML string only, no environment and no broker-file
 //!   checks (for tests of other modules).
 //!
@@ -48,14 +50,20 @@ pub fn load_with_env(path: &Path, env: &[(String, String)]) -> Result<Config, Co
     Ok(config)
 }
 
-/// Like [`load`] but without [`Config::check_files`]: for `facegate ctl`, run
-/// by site admins who need the control socket path, not the device's TLS key.
+/// Like [`load`], but without [`Config::check_files`]: for `facegate ctl`
+/// (site admins need the socket path, not the device's TLS key) and for
+/// `facegate provision` / `doctor`, which run before (or check themselves
+/// whether) the broker TLS files exist.
 pub fn load_unchecked(path: &Path) -> Result<Config, ConfigError> {
     let env = raw::process_env()?;
     load_unchecked_with_env(path, &env)
 }
 
-fn load_unchecked_with_env(path: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
+/// [`load_unchecked`] with an explicit environment (tests).
+pub fn load_unchecked_with_env(
+    path: &Path,
+    env: &[(String, String)],
+) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,

@@ -9,6 +9,7 @@
 //! - [`control`]: the local Unix control socket behind `facegate ctl`.
 //! - [`intake`]: spool → sanitize → gate → outbox, one transaction per batch.
 //! - [`uplink`]: MQTT over mutual TLS: uploads, commands, replies, status.
+//! - [`notify`]: systemd readiness, watchdog and stopping notifications.
 //!
 //! Pure decisions (functions of their inputs and `now`)
 //! - [`gate`]: may this subject's capture be kept or uploaded now?
@@ -26,6 +27,8 @@
 //! - [`crypto`]: storage key, per-subject data keys, AES-256-GCM, pseudonyms.
 //!
 //! Tools and helpers
+//! - [`provision`]: first-time device setup (state dir, storage key, TLS key, CSR).
+//! - [`doctor`]: site-admin health checks (files, certificates, clock, disk, broker).
 //! - [`fleet`]: `facegate fleet send`: sign, publish and collect replies.
 //! - [`keys`]: Ed25519 key files for the fleet tool.
 //! - [`pki`]: throwaway X.509 CA, broker and device certificates.
@@ -43,13 +46,16 @@ pub mod control;
 pub mod crypto;
 pub mod daemon;
 pub mod db;
+pub mod doctor;
 pub mod fleet;
 pub mod gate;
 pub mod intake;
 pub mod jws;
 pub mod keys;
 pub mod logging;
+pub mod notify;
 pub mod pki;
+pub mod provision;
 pub mod sanitize;
 pub mod shutdown;
 pub mod spool;

@@ -1,0 +1,589 @@
+//! `facegate provision`: first-time setup of a terminal, safe to run again.
+//!
+//! It creates what only the device itself may hold, and nothing else:
+//! - the state directory (mode 0700);
+//! - the device storage key `<state_dir>/storage.key`: exactly 32 random
+//!   bytes, mode 0600 (the store's crypto reads it as the device key);
+//! - the device's TLS private key at `mqtt.key_file`: ECDSA P-256, PKCS#8
+//!   PEM, mode 0600;
+//! - a PKCS#10 certificate signing request next to it,
+//!   `<key_file without extension>.csr`, for the fleet PKI to sign.
+//!
+//! The CSR names the device three ways, so any CA policy can pick one:
+//! subject `CN=<device_id>, OU=<site_id>` (the broker turns the CN into the
+//! MQTT user name, which its ACL confines to the device's topics), and the
+//! subject alternative name URI `urn:facegate:<site_id>/<device_id>`, the
+//! same `site/device` form consent and command audiences use.
+//!
+//! Keys are created with `create_new` and never overwritten. A CSR is public
+//! and is (re)written whenever it is missing or no longer matches the key.
+//! Key bytes never appear in the report or in errors.
+
+use std::fmt;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PublicKeyData, SanType};
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::config::Config;
+
+/// File name of the device storage key inside `state_dir`.
+pub const STORAGE_KEY_FILE: &str = "storage.key";
+/// Length of the device storage key in bytes (an AES-256 key).
+pub const STORAGE_KEY_LEN: usize = 32;
+
+/// Why provisioning stopped. Nothing already created is removed; fix the
+/// problem and run `facegate provision` again.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    /// A filesystem operation failed.
+    #[error("{}: cannot {action}: {source}", path.display())]
+    Io {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// What was being done, e.g. "create directory".
+        action: &'static str,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A file exists where a key belongs but is not a usable key; it is left
+    /// untouched (move it away to have a new key created).
+    #[error("{}: exists but {reason}; refusing to overwrite it", path.display())]
+    BadExistingKey {
+        /// The existing file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The system random generator failed.
+    #[error("cannot generate {what}: system randomness unavailable")]
+    Random {
+        /// The key being made.
+        what: &'static str,
+    },
+    /// rcgen could not make the key or the CSR.
+    #[error("cannot create {what}: {source}")]
+    Generate {
+        /// What was being made.
+        what: String,
+        /// The underlying error.
+        source: rcgen::Error,
+    },
+    /// The user that should own the device's secrets does not exist.
+    #[error("user {0:?} does not exist (install the package or run systemd-sysusers first)")]
+    NoSuchUser(String),
+}
+
+/// The account that must own the state directory and the device keys: the
+/// daemon's user (`facegate`) when provisioning as root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    /// User id given to created directories and key files.
+    pub uid: u32,
+    /// Group id given to them.
+    pub gid: u32,
+}
+
+impl Owner {
+    /// The user `name` and its primary group, from the password database.
+    pub fn of_user(name: &str) -> Result<Owner, ProvisionError> {
+        let no_user = || ProvisionError::NoSuchUser(name.to_string());
+        let c_name = std::ffi::CString::new(name).map_err(|_| no_user())?;
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut buf = vec![0 as libc::c_char; 16 * 1024];
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call; getpwnam_r writes only
+        // into `pwd` and `buf` (whose length we pass) and sets `result`.
+        let rc = unsafe {
+            libc::getpwnam_r(
+                c_name.as_ptr(),
+                &mut pwd,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        if rc != 0 || result.is_null() {
+            return Err(no_user());
+        }
+        Ok(Owner {
+            uid: pwd.pw_uid,
+            gid: pwd.pw_gid,
+        })
+    }
+
+    /// Who should own the device's secrets when nobody was named: the
+    /// `facegate` user if we run as root and it exists (the daemon cannot
+    /// read root's 0600 files), otherwise the current user (`None`).
+    pub fn default_for_provision() -> Option<Owner> {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            return None;
+        }
+        Owner::of_user("facegate").ok()
+    }
+}
+
+/// What provisioning did to one item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// It was created now.
+    Created,
+    /// It already existed and was kept as is.
+    Kept,
+    /// It existed but did not match the key, and was written again.
+    Replaced,
+    /// It is not there; someone else must provide it (shown, not an error).
+    Missing,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// What the item is, e.g. "TLS private key".
+    pub what: &'static str,
+    /// Where it lives.
+    pub path: PathBuf,
+    /// What happened to it.
+    pub action: Action,
+}
+
+/// The outcome of [`provision`], printed for the site admin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvisionReport {
+    /// Every item looked at, in order.
+    pub items: Vec<Item>,
+    /// The CSR to send to the fleet PKI.
+    pub csr_path: PathBuf,
+    /// The CSR in PEM (public), so it can be printed or copied.
+    pub csr_pem: String,
+    /// SHA-256 of the device's public key (SubjectPublicKeyInfo DER), hex, so
+    /// the PKI operator can confirm the CSR came from this device.
+    pub public_key_sha256: String,
+    /// Subject of the CSR as text, e.g. `CN=term-01, OU=lobby`.
+    pub subject: String,
+    /// The SAN URI in the CSR.
+    pub san_uri: String,
+    /// Where the signed certificate must be installed (`mqtt.cert_file`).
+    pub cert_file: PathBuf,
+    /// Where the CA certificate must be installed (`mqtt.ca_file`).
+    pub ca_file: PathBuf,
+}
+
+impl ProvisionReport {
+    /// Whether this run created or rewrote anything.
+    pub fn changed(&self) -> bool {
+        self.items
+            .iter()
+            .any(|i| matches!(i.action, Action::Created | Action::Replaced))
+    }
+
+    /// The action recorded for `what`, if that item was looked at.
+    pub fn action(&self, what: &str) -> Option<Action> {
+        self.items.iter().find(|i| i.what == what).map(|i| i.action)
+    }
+}
+
+impl fmt::Display for ProvisionReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for item in &self.items {
+            let action = match item.action {
+                Action::Created => "created",
+                Action::Kept => "exists, kept",
+                Action::Replaced => "rewritten (did not match the key)",
+                Action::Missing => "missing",
+            };
+            writeln!(
+                f,
+                "{:<24} {:<34} {}",
+                item.what,
+                action,
+                item.path.display()
+            )?;
+        }
+        writeln!(f)?;
+        writeln!(
+            f,
+            "Send {} to your fleet PKI to have it signed.",
+            self.csr_path.display()
+        )?;
+        writeln!(f, "  subject:            {}", self.subject)?;
+        writeln!(f, "  SAN:                {}", self.san_uri)?;
+        writeln!(f, "  public key SHA-256: {}", self.public_key_sha256)?;
+        writeln!(f, "The certificate must allow TLS client authentication.")?;
+        writeln!(
+            f,
+            "Install the signed certificate as {} and the fleet CA as {},",
+            self.cert_file.display(),
+            self.ca_file.display()
+        )?;
+        write!(f, "then run `facegate doctor`.")
+    }
+}
+
+/// Item names used in the report (and by tests).
+pub mod items {
+    /// The state directory.
+    pub const STATE_DIR: &str = "state directory";
+    /// The storage key.
+    pub const STORAGE_KEY: &str = "storage key";
+    /// The TLS private key.
+    pub const TLS_KEY: &str = "TLS private key";
+    /// The certificate signing request.
+    pub const CSR: &str = "certificate request";
+    /// The signed device certificate (installed by the admin).
+    pub const CERT: &str = "device certificate";
+    /// The fleet CA certificate (installed by the admin).
+    pub const CA: &str = "CA certificate";
+}
+
+/// Provisions the device described by `cfg`, owned by the current user.
+pub fn provision(cfg: &Config) -> Result<ProvisionReport, ProvisionError> {
+    provision_owned(cfg, None)
+}
+
+/// Provisions the device; the state directory and both keys are given to
+/// `owner` when it is set (running as root for the daemon's user).
+pub fn provision_owned(
+    cfg: &Config,
+    owner: Option<Owner>,
+) -> Result<ProvisionReport, ProvisionError> {
+    let mut items = Vec::new();
+
+    let state_dir = &cfg.state_dir;
+    let action = ensure_dir(state_dir, 0o700, owner)?;
+    items.push(item(items::STATE_DIR, state_dir, action));
+
+    let storage_key = state_dir.join(STORAGE_KEY_FILE);
+    let action = ensure_storage_key(&storage_key, owner)?;
+    items.push(item(items::STORAGE_KEY, &storage_key, action));
+
+    let key_file = &cfg.mqtt.key_file;
+    if let Some(parent) = key_file.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.exists() {
+            ensure_dir(parent, 0o755, None)?;
+        }
+    }
+    let (key, action) = ensure_tls_key(key_file, owner)?;
+    items.push(item(items::TLS_KEY, key_file, action));
+
+    let csr_path = csr_path_for(key_file);
+    let request = CsrRequest::for_device(&cfg.identity.site_id, &cfg.identity.device_id);
+    let (csr_pem, action) = ensure_csr(&csr_path, &key, &request)?;
+    items.push(item(items::CSR, &csr_path, action));
+
+    for (what, path) in [
+        (items::CERT, &cfg.mqtt.cert_file),
+        (items::CA, &cfg.mqtt.ca_file),
+    ] {
+        let action = if path.exists() {
+            Action::Kept
+        } else {
+            Action::Missing
+        };
+        items.push(item(what, path, action));
+    }
+
+    Ok(ProvisionReport {
+        items,
+        csr_path,
+        csr_pem,
+        public_key_sha256: hex::encode(
+            ring::digest::digest(&ring::digest::SHA256, &key.subject_public_key_info()).as_ref(),
+        ),
+        subject: request.subject_text(),
+        san_uri: request.san_uri,
+        cert_file: cfg.mqtt.cert_file.clone(),
+        ca_file: cfg.mqtt.ca_file.clone(),
+    })
+}
+
+/// The CSR's path: the key file with its extension replaced by `.csr`
+/// (`/etc/facegate/device.key` → `/etc/facegate/device.csr`).
+pub fn csr_path_for(key_file: &Path) -> PathBuf {
+    key_file.with_extension("csr")
+}
+
+/// The names a device's CSR carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CsrRequest {
+    /// Subject CN: the device id (the broker's MQTT user name).
+    pub common_name: String,
+    /// Subject OU: the site id.
+    pub organizational_unit: String,
+    /// SAN URI `urn:facegate:<site>/<device>`.
+    pub san_uri: String,
+}
+
+impl CsrRequest {
+    /// The names for `device_id` at `site_id`.
+    pub fn for_device(site_id: &str, device_id: &str) -> CsrRequest {
+        CsrRequest {
+            common_name: device_id.to_string(),
+            organizational_unit: site_id.to_string(),
+            san_uri: format!("urn:facegate:{site_id}/{device_id}"),
+        }
+    }
+
+    fn subject_text(&self) -> String {
+        format!("CN={}, OU={}", self.common_name, self.organizational_unit)
+    }
+
+    /// A CSR for these names, signed by `key`, in PEM.
+    pub fn to_pem(&self, key: &KeyPair) -> Result<String, ProvisionError> {
+        let generate = |source| ProvisionError::Generate {
+            what: format!("certificate request for {}", self.subject_text()),
+            source,
+        };
+        let uri = self.san_uri.clone().try_into().map_err(generate)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, self.common_name.as_str());
+        params.distinguished_name.push(
+            DnType::OrganizationalUnitName,
+            self.organizational_unit.as_str(),
+        );
+        params.subject_alt_names = vec![SanType::URI(uri)];
+        params
+            .serialize_request(key)
+            .and_then(|csr| csr.pem())
+            .map_err(generate)
+    }
+}
+
+fn item(what: &'static str, path: &Path, action: Action) -> Item {
+    Item {
+        what,
+        path: path.to_path_buf(),
+        action,
+    }
+}
+
+fn io_err(path: &Path, action: &'static str) -> impl FnOnce(std::io::Error) -> ProvisionError {
+    let path = path.to_path_buf();
+    move |source| ProvisionError::Io {
+        path,
+        action,
+        source,
+    }
+}
+
+/// Creates `dir` (and parents) with `mode` if missing; an existing directory
+/// is kept as is (the doctor reports a wrong mode).
+fn ensure_dir(dir: &Path, mode: u32, owner: Option<Owner>) -> Result<Action, ProvisionError> {
+    if dir.is_dir() {
+        return Ok(Action::Kept);
+    }
+    fs::create_dir_all(dir).map_err(io_err(dir, "create directory"))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+        .map_err(io_err(dir, "set permissions of"))?;
+    chown(dir, owner)?;
+    Ok(Action::Created)
+}
+
+/// Creates the 32-byte storage key unless a file is already there; an
+/// existing file of the wrong size is refused, never replaced.
+fn ensure_storage_key(path: &Path, owner: Option<Owner>) -> Result<Action, ProvisionError> {
+    match fs::metadata(path) {
+        Ok(meta) if meta.is_file() && meta.len() == STORAGE_KEY_LEN as u64 => {
+            return Ok(Action::Kept)
+        }
+        Ok(meta) => {
+            return Err(ProvisionError::BadExistingKey {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "is not a {STORAGE_KEY_LEN}-byte key file ({} bytes)",
+                    meta.len()
+                ),
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(path, "inspect")(e)),
+    }
+    let mut key = [0u8; STORAGE_KEY_LEN];
+    SystemRandom::new()
+        .fill(&mut key)
+        .map_err(|_| ProvisionError::Random {
+            what: "the storage key",
+        })?;
+    write_new(path, &key, 0o600, owner)?;
+    Ok(Action::Created)
+}
+
+/// Loads the TLS key at `path`, or creates a P-256 key there if there is none.
+fn ensure_tls_key(path: &Path, owner: Option<Owner>) -> Result<(KeyPair, Action), ProvisionError> {
+    match fs::read_to_string(path) {
+        Ok(pem) => {
+            let key = KeyPair::from_pem(&pem).map_err(|e| ProvisionError::BadExistingKey {
+                path: path.to_path_buf(),
+                reason: format!("is not a PKCS#8 PEM private key ({e})"),
+            })?;
+            Ok((key, Action::Kept))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|source| {
+                ProvisionError::Generate {
+                    what: "the TLS private key".into(),
+                    source,
+                }
+            })?;
+            write_new(path, key.serialize_pem().as_bytes(), 0o600, owner)?;
+            Ok((key, Action::Created))
+        }
+        Err(e) => Err(io_err(path, "read")(e)),
+    }
+}
+
+/// Keeps an existing CSR that names `request` and carries `key`'s public key;
+/// writes a new one otherwise. Returns the CSR PEM now on disk.
+fn ensure_csr(
+    path: &Path,
+    key: &KeyPair,
+    request: &CsrRequest,
+) -> Result<(String, Action), ProvisionError> {
+    let existing = match fs::read_to_string(path) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io_err(path, "read")(e)),
+    };
+    if let Some(text) = &existing {
+        if csr_matches(text, key, request) {
+            return Ok((text.clone(), Action::Kept));
+        }
+    }
+    let pem = request.to_pem(key)?;
+    write_public(path, pem.as_bytes())?;
+    let action = if existing.is_some() {
+        Action::Replaced
+    } else {
+        Action::Created
+    };
+    Ok((pem, action))
+}
+
+/// Whether the CSR PEM `text` carries `key`'s public key and `request`'s names.
+fn csr_matches(text: &str, key: &KeyPair, request: &CsrRequest) -> bool {
+    match csr_info(text) {
+        Some(info) => {
+            info.public_key_der == key.subject_public_key_info()
+                && info.common_name.as_deref() == Some(&request.common_name)
+                && info.san_uris.contains(&request.san_uri)
+        }
+        None => false,
+    }
+}
+
+/// What a CSR says, as read back by [`csr_info`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CsrInfo {
+    /// Subject common name.
+    pub common_name: Option<String>,
+    /// Subject organizational unit.
+    pub organizational_unit: Option<String>,
+    /// URIs among the requested subject alternative names.
+    pub san_uris: Vec<String>,
+    /// The SubjectPublicKeyInfo DER.
+    pub public_key_der: Vec<u8>,
+    /// Whether the CSR's self-signature verifies.
+    pub signature_ok: bool,
+}
+
+/// Parses a PEM CSR; `None` if it is not one.
+pub fn csr_info(pem_text: &str) -> Option<CsrInfo> {
+    use x509_parser::prelude::*;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem_text.as_bytes()).ok()?;
+    if pem.label != "CERTIFICATE REQUEST" {
+        return None;
+    }
+    let (_, csr) = X509CertificationRequest::from_der(&pem.contents).ok()?;
+    let info = &csr.certification_request_info;
+    let first = |attr: Option<&AttributeTypeAndValue>| {
+        attr.and_then(|a| a.as_str().ok()).map(str::to_string)
+    };
+    let mut san_uris = Vec::new();
+    if let Some(extensions) = csr.requested_extensions() {
+        for ext in extensions {
+            if let ParsedExtension::SubjectAlternativeName(san) = ext {
+                for name in &san.general_names {
+                    if let GeneralName::URI(uri) = name {
+                        san_uris.push(uri.to_string());
+                    }
+                }
+            }
+        }
+    }
+    let parsed = CsrInfo {
+        common_name: first(info.subject.iter_common_name().next()),
+        organizational_unit: first(info.subject.iter_organizational_unit().next()),
+        san_uris,
+        public_key_der: info.subject_pki.raw.to_vec(),
+        signature_ok: csr.verify_signature().is_ok(),
+    };
+    Some(parsed)
+}
+
+/// Writes a new secret file (`create_new`, `mode`), synced, then gives it to `owner`.
+fn write_new(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<Owner>,
+) -> Result<(), ProvisionError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io_err(path, "create"))?;
+    // open()'s mode is masked by the umask; make it exact.
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(io_err(path, "set permissions of"))?;
+    file.write_all(bytes).map_err(io_err(path, "write"))?;
+    file.sync_all().map_err(io_err(path, "sync"))?;
+    chown(path, owner)?;
+    sync_parent(path)
+}
+
+/// Writes a public file (mode 0644) through a temporary name and a rename.
+fn write_public(path: &Path, bytes: &[u8]) -> Result<(), ProvisionError> {
+    let tmp = path.with_extension("csr.tmp");
+    let _ = fs::remove_file(&tmp);
+    {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)
+            .map_err(io_err(&tmp, "create"))?;
+        file.write_all(bytes).map_err(io_err(&tmp, "write"))?;
+        file.sync_all().map_err(io_err(&tmp, "sync"))?;
+    }
+    fs::rename(&tmp, path).map_err(io_err(path, "rename into place"))?;
+    sync_parent(path)
+}
+
+fn chown(path: &Path, owner: Option<Owner>) -> Result<(), ProvisionError> {
+    let Some(owner) = owner else { return Ok(()) };
+    let meta = fs::metadata(path).map_err(io_err(path, "inspect"))?;
+    if meta.uid() == owner.uid && meta.gid() == owner.gid {
+        return Ok(());
+    }
+    std::os::unix::fs::chown(path, Some(owner.uid), Some(owner.gid))
+        .map_err(io_err(path, "change owner of"))
+}
+
+/// Makes a new directory entry durable.
+fn sync_parent(path: &Path) -> Result<(), ProvisionError> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    fs::File::open(parent)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(parent, "sync directory"))
+}

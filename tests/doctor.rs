@@ -1,0 +1,331 @@
+//! `facegate doctor` against real files and a real Mosquitto mTLS broker: a
+//! healthy terminal passes; each broken piece (key permissions, expired or
+//! foreign certificate, wrong device name, broker down) fails the named check.
+
+mod common;
+
+use std::fs;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::broker::{Broker, ClientCreds};
+use facegate::clock;
+use facegate::config;
+use facegate::doctor::{self, names, Outcome};
+use facegate::pki::Ca;
+
+/// A terminal's files in a temp dir: config, state dir with storage key, TLS files.
+struct Terminal {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Terminal {
+    /// A provisioned terminal `term-01` at site `lobby` using `creds`, talking to
+    /// `localhost:port`.
+    fn new(creds: &ClientCreds, port: u16) -> Terminal {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        fs::create_dir(&state).unwrap();
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o700)).unwrap();
+        let key = state.join("storage.key");
+        fs::write(&key, [7u8; 32]).unwrap();
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+        fs::create_dir(dir.path().join("spool")).unwrap();
+        let tls = dir.path().join("tls");
+        fs::create_dir(&tls).unwrap();
+        for (from, to) in [
+            (&creds.ca, "ca.pem"),
+            (&creds.cert, "device.pem"),
+            (&creds.key, "device.key"),
+        ] {
+            fs::copy(from, tls.join(to)).unwrap();
+        }
+        let config = dir.path().join("facegate.toml");
+        fs::write(
+            &config,
+            format!(
+                r#"
+site_id = "lobby"
+device_id = "term-01"
+state_dir = "state"
+spool_dir = "spool"
+[mqtt]
+host = "localhost"
+port = {port}
+ca_file = "tls/ca.pem"
+cert_file = "tls/device.pem"
+key_file = "tls/device.key"
+[[trust]]
+kid = "consent-2026"
+role = "consent"
+public_key = "HlUcpubr33dzSLpH73nq1RnpLeGr2xK9c2aBBA6nkdc"
+"#
+            ),
+        )
+        .unwrap();
+        Terminal { dir, config }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Replaces the device certificate and key.
+    fn install(&self, cert_pem: &str, key_pem: &str) {
+        fs::write(self.path("tls/device.pem"), cert_pem).unwrap();
+        fs::write(self.path("tls/device.key"), key_pem).unwrap();
+    }
+
+    fn local(&self) -> doctor::DoctorReport {
+        doctor::local_checks(&self.config, clock::now())
+    }
+}
+
+/// A port on 127.0.0.1 where nothing listens.
+fn closed_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Credentials from a CA that is not the broker's, but files laid out like it.
+fn offline_creds(dir: &Path, ca: &Ca, cn: &str) -> ClientCreds {
+    let now = clock::now();
+    let issued = ca.issue_client(cn, now - 3600, now + 365 * 86_400).unwrap();
+    let (cert, key) = issued.write(dir, cn).unwrap();
+    ClientCreds {
+        ca: ca.write_cert(dir, "ca").unwrap(),
+        cert,
+        key,
+    }
+}
+
+fn outcome<'a>(report: &'a doctor::DoctorReport, name: &str) -> &'a Outcome {
+    &report
+        .get(name)
+        .unwrap_or_else(|| panic!("no check {name:?} in\n{report}"))
+        .outcome
+}
+
+fn assert_fails(report: &doctor::DoctorReport, name: &str, needle: &str) {
+    match outcome(report, name) {
+        Outcome::Fail(msg) => assert!(msg.contains(needle), "{name}: {msg:?} lacks {needle:?}"),
+        other => panic!("{name} should fail, got {other:?}\n{report}"),
+    }
+    assert!(!report.ok());
+}
+
+/// Local checks with good files pass (all but the spool's file system, which
+/// depends on where the temp dir lives).
+fn assert_local_pass(report: &doctor::DoctorReport) {
+    for check in &report.checks {
+        if check.name == names::SPOOL_TMPFS || check.name == names::DISK {
+            assert!(!matches!(check.outcome, Outcome::Fail(_)), "{report}");
+        } else {
+            assert_eq!(check.outcome, Outcome::Pass, "{}\n{report}", check.name);
+        }
+    }
+}
+
+#[test]
+fn good_files_pass_the_local_checks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new("fleet CA").unwrap();
+    let t = Terminal::new(&offline_creds(tmp.path(), &ca, "term-01"), closed_port());
+    let report = t.local();
+    assert_local_pass(&report);
+    assert!(report.ok(), "{report}");
+}
+
+#[test]
+fn bad_permissions_on_keys_fail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new("fleet CA").unwrap();
+    let t = Terminal::new(&offline_creds(tmp.path(), &ca, "term-01"), closed_port());
+    fs::set_permissions(t.path("tls/device.key"), fs::Permissions::from_mode(0o640)).unwrap();
+    let report = t.local();
+    assert_fails(&report, names::TLS_KEY, "0640");
+    assert_fails(&report, names::TLS_FILES, "device.key");
+
+    let t = Terminal::new(&offline_creds(tmp.path(), &ca, "term-01"), closed_port());
+    fs::set_permissions(
+        t.path("state/storage.key"),
+        fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    assert_fails(&t.local(), names::STORAGE_KEY, "0644");
+    fs::set_permissions(
+        t.path("state/storage.key"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    fs::write(t.path("state/storage.key"), [1u8; 16]).unwrap();
+    assert_fails(&t.local(), names::STORAGE_KEY, "16 bytes");
+    fs::remove_file(t.path("state/storage.key")).unwrap();
+    assert_fails(&t.local(), names::STORAGE_KEY, "provision");
+}
+
+#[test]
+fn expired_and_not_yet_valid_certificates_fail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new("fleet CA").unwrap();
+    let t = Terminal::new(&offline_creds(tmp.path(), &ca, "term-01"), closed_port());
+    let now = clock::now();
+
+    let expired = ca.issue_client("term-01", now - 7200, now - 3600).unwrap();
+    t.install(&expired.cert_pem, &expired.key_pem);
+    let report = t.local();
+    assert_fails(&report, names::CERT_DATES, "expired on");
+    assert_eq!(outcome(&report, names::CERT_CHAIN), &Outcome::Pass);
+
+    let future = ca.issue_client("term-01", now + 3600, now + 7200).unwrap();
+    t.install(&future.cert_pem, &future.key_pem);
+    assert_fails(&t.local(), names::CERT_DATES, "not valid before");
+
+    let soon = ca
+        .issue_client("term-01", now - 3600, now + 5 * 86_400)
+        .unwrap();
+    t.install(&soon.cert_pem, &soon.key_pem);
+    let report = t.local();
+    assert!(
+        matches!(outcome(&report, names::CERT_DATES), Outcome::Warn(m) if m.contains("renew")),
+        "{report}"
+    );
+    assert!(report.ok(), "a warning is not a failure:\n{report}");
+}
+
+#[test]
+fn a_certificate_from_another_ca_fails_the_chain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new("fleet CA").unwrap();
+    let t = Terminal::new(&offline_creds(tmp.path(), &ca, "term-01"), closed_port());
+    let other = Ca::new("someone else's CA").unwrap();
+    let now = clock::now();
+    let foreign = other
+        .issue_client("term-01", now - 60, now + 365 * 86_400)
+        .unwrap();
+    t.install(&foreign.cert_pem, &foreign.key_pem);
+    let report = t.local();
+    assert_fails(&report, names::CERT_CHAIN, "not signed by the CA");
+    assert_eq!(outcome(&report, names::CERT_DATES), &Outcome::Pass);
+
+    // Same issuer name, different key: the signature decides, not the name.
+    let impostor = Ca::new("fleet CA").unwrap();
+    let fake = impostor
+        .issue_client("term-01", now - 60, now + 365 * 86_400)
+        .unwrap();
+    t.install(&fake.cert_pem, &fake.key_pem);
+    assert_fails(&t.local(), names::CERT_CHAIN, "not signed by the CA");
+}
+
+#[test]
+fn a_certificate_for_another_device_fails_identity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new("fleet CA").unwrap();
+    let t = Terminal::new(&offline_creds(tmp.path(), &ca, "term-02"), closed_port());
+    assert_fails(&t.local(), names::CERT_IDENTITY, "term-02");
+}
+
+#[test]
+fn a_broken_config_is_one_failure_naming_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new("fleet CA").unwrap();
+    let t = Terminal::new(&offline_creds(tmp.path(), &ca, "term-01"), closed_port());
+    let text = fs::read_to_string(&t.config).unwrap();
+    fs::write(&t.config, text.replace("host = ", "hostt = ")).unwrap();
+    let report = doctor::run_checks(&t.config);
+    assert_eq!(report.checks.len(), 1, "{report}");
+    assert_fails(&report, names::CONFIG, "mqtt.hostt");
+    assert!(config::load_unchecked(&t.config).is_err());
+}
+
+#[test]
+fn broker_down_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new("fleet CA").unwrap();
+    let t = Terminal::new(&offline_creds(tmp.path(), &ca, "term-01"), closed_port());
+    let report = doctor::run_checks(&t.config);
+    assert_fails(&report, names::BROKER, "refused");
+    assert_fails(&report, names::BROKER_ACL, "not checked");
+    let text = report.to_string();
+    assert!(text.contains("FAIL  broker connection"), "{text}");
+}
+
+#[test]
+fn healthy_terminal_passes_against_a_real_broker() {
+    let broker = Broker::start();
+    let now = clock::now();
+    let creds = broker.issue_client_valid("term-01", now - 3600, now + 365 * 86_400);
+    let t = Terminal::new(&creds, broker.port);
+    let report = doctor::run_checks(&t.config);
+    assert_local_pass(&report);
+    assert_eq!(outcome(&report, names::BROKER), &Outcome::Pass, "{report}");
+    assert_eq!(
+        outcome(&report, names::BROKER_ACL),
+        &Outcome::Pass,
+        "{report}"
+    );
+    assert!(report.ok(), "{report}");
+    // The probe used its own client id, never the daemon's.
+    let log = broker.log();
+    assert!(log.contains("term-01-doctor"), "{log}");
+    assert!(!log.contains(" as term-01 "), "{log}");
+}
+
+#[test]
+fn broker_rejecting_the_certificate_fails() {
+    let broker = Broker::start();
+    // A CA the broker does not trust: the TLS handshake is refused.
+    let tmp = tempfile::tempdir().unwrap();
+    let other = Ca::new("fleet CA").unwrap();
+    let mut creds = offline_creds(tmp.path(), &other, "term-01");
+    creds.ca = broker.ca_file.clone();
+    let t = Terminal::new(&creds, broker.port);
+    let report = tokio_free_run(&t.config);
+    assert!(
+        matches!(outcome(&report, names::BROKER), Outcome::Fail(_)),
+        "{report}"
+    );
+}
+
+/// `run_checks` from a plain thread (it builds its own runtime).
+fn tokio_free_run(path: &Path) -> doctor::DoctorReport {
+    let path = path.to_path_buf();
+    std::thread::spawn(move || doctor::run_checks(&path))
+        .join()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn async_entry_point_works_inside_a_runtime() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new("fleet CA").unwrap();
+    let t = Terminal::new(&offline_creds(tmp.path(), &ca, "term-01"), closed_port());
+    let report = tokio::time::timeout(Duration::from_secs(20), doctor::run_checks_async(&t.config))
+        .await
+        .unwrap();
+    assert_fails(&report, names::BROKER, "refused");
+}
+
+#[test]
+fn broker_acl_refusing_the_devices_topics_fails() {
+    let broker = Broker::start();
+    let now = clock::now();
+    let creds = broker.issue_client_valid("term-01", now - 3600, now + 365 * 86_400);
+    let t = Terminal::new(&creds, broker.port);
+    // The test broker's ACL only grants topics under `facegate/`.
+    let text = fs::read_to_string(&t.config).unwrap();
+    fs::write(
+        &t.config,
+        text.replace("[mqtt]\n", "[mqtt]\nprefix = \"elsewhere\"\n"),
+    )
+    .unwrap();
+    let report = doctor::run_checks(&t.config);
+    assert_eq!(outcome(&report, names::BROKER), &Outcome::Pass, "{report}");
+    // Mosquitto grants any subscription and filters on delivery, but its MQTT 5
+    // PUBACK says "not authorized" for a topic outside the device's ACL.
+    assert_fails(&report, names::BROKER_ACL, "elsewhere/lobby/term-01/reply");
+    assert_fails(&report, names::BROKER_ACL, "NotAuthorized");
+}

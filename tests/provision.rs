@@ -1,0 +1,276 @@
+//! `facegate provision` on real files: what a first run creates, that a second
+//! run changes nothing, how it recovers a missing or stale CSR, and that it
+//! never overwrites a key it cannot use.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use facegate::config::{self, Config};
+use facegate::provision::{
+    csr_info, csr_path_for, items, provision, provision_owned, Action, Owner, ProvisionError,
+    STORAGE_KEY_FILE,
+};
+use rcgen::{KeyPair, PublicKeyData};
+
+/// A config whose state dir and TLS files live in a fresh temp dir (none exist yet).
+fn setup() -> (tempfile::TempDir, Config) {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        r#"
+site_id = "lobby"
+device_id = "term-01"
+state_dir = "{d}/state"
+spool_dir = "{d}/spool"
+[mqtt]
+host = "broker.example.net"
+ca_file = "{d}/etc/ca.pem"
+cert_file = "{d}/etc/device.pem"
+key_file = "{d}/etc/device.key"
+[[trust]]
+kid = "consent-2026"
+role = "consent"
+public_key = "HlUcpubr33dzSLpH73nq1RnpLeGr2xK9c2aBBA6nkdc"
+"#,
+        d = dir.path().display()
+    );
+    let cfg = config::from_toml_str(&toml, dir.path()).unwrap();
+    (dir, cfg)
+}
+
+fn mode(p: &Path) -> u32 {
+    fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+fn storage_key(cfg: &Config) -> PathBuf {
+    cfg.state_dir.join(STORAGE_KEY_FILE)
+}
+
+#[test]
+fn first_run_creates_the_device_secrets_and_a_csr() {
+    let (_dir, cfg) = setup();
+    let report = provision(&cfg).unwrap();
+
+    assert_eq!(report.action(items::STATE_DIR), Some(Action::Created));
+    assert_eq!(mode(&cfg.state_dir), 0o700);
+
+    assert_eq!(report.action(items::STORAGE_KEY), Some(Action::Created));
+    let key = fs::read(storage_key(&cfg)).unwrap();
+    assert_eq!(key.len(), 32);
+    assert_ne!(key, vec![0u8; 32]);
+    assert_eq!(mode(&storage_key(&cfg)), 0o600);
+
+    assert_eq!(report.action(items::TLS_KEY), Some(Action::Created));
+    assert_eq!(mode(&cfg.mqtt.key_file), 0o600);
+    let key_pem = fs::read_to_string(&cfg.mqtt.key_file).unwrap();
+    assert!(
+        key_pem.starts_with("-----BEGIN PRIVATE KEY-----"),
+        "PKCS#8 PEM"
+    );
+    let tls_key = KeyPair::from_pem(&key_pem).unwrap();
+    assert_eq!(tls_key.algorithm(), &rcgen::PKCS_ECDSA_P256_SHA256);
+    // The uplink's own key loader accepts it.
+    assert!(rustls_pemfile::private_key(&mut key_pem.as_bytes())
+        .unwrap()
+        .is_some());
+
+    assert_eq!(report.action(items::CSR), Some(Action::Created));
+    let csr_path = cfg.state_dir.parent().unwrap().join("etc/device.csr");
+    assert_eq!(report.csr_path, csr_path);
+    assert_eq!(mode(&csr_path), 0o644);
+    let csr_pem = fs::read_to_string(&csr_path).unwrap();
+    assert_eq!(report.csr_pem, csr_pem);
+    let info = csr_info(&csr_pem).expect("a parsable CSR");
+    assert_eq!(info.common_name.as_deref(), Some("term-01"));
+    assert_eq!(info.organizational_unit.as_deref(), Some("lobby"));
+    assert_eq!(
+        info.san_uris,
+        vec!["urn:facegate:lobby/term-01".to_string()]
+    );
+    assert!(info.signature_ok);
+    assert_eq!(info.public_key_der, tls_key.subject_public_key_info());
+
+    assert_eq!(report.action(items::CERT), Some(Action::Missing));
+    assert_eq!(report.action(items::CA), Some(Action::Missing));
+    assert!(report.changed());
+}
+
+#[test]
+fn second_run_creates_nothing_and_keeps_every_byte() {
+    let (_dir, cfg) = setup();
+    provision(&cfg).unwrap();
+    let csr_path = csr_path_for(&cfg.mqtt.key_file);
+    let before: Vec<Vec<u8>> = [&storage_key(&cfg), &cfg.mqtt.key_file, &csr_path]
+        .iter()
+        .map(|p| fs::read(p).unwrap())
+        .collect();
+
+    let again = provision(&cfg).unwrap();
+    assert!(!again.changed(), "{again}");
+    for what in [
+        items::STATE_DIR,
+        items::STORAGE_KEY,
+        items::TLS_KEY,
+        items::CSR,
+    ] {
+        assert_eq!(again.action(what), Some(Action::Kept), "{what}");
+    }
+    let after: Vec<Vec<u8>> = [&storage_key(&cfg), &cfg.mqtt.key_file, &csr_path]
+        .iter()
+        .map(|p| fs::read(p).unwrap())
+        .collect();
+    assert_eq!(before, after);
+}
+
+#[test]
+fn a_missing_csr_is_made_again_from_the_existing_key() {
+    let (_dir, cfg) = setup();
+    provision(&cfg).unwrap();
+    let key_before = fs::read(&cfg.mqtt.key_file).unwrap();
+    let csr_path = csr_path_for(&cfg.mqtt.key_file);
+    fs::remove_file(&csr_path).unwrap();
+
+    let report = provision(&cfg).unwrap();
+    assert_eq!(report.action(items::TLS_KEY), Some(Action::Kept));
+    assert_eq!(report.action(items::CSR), Some(Action::Created));
+    assert_eq!(fs::read(&cfg.mqtt.key_file).unwrap(), key_before);
+    let key = KeyPair::from_pem(std::str::from_utf8(&key_before).unwrap()).unwrap();
+    let info = csr_info(&fs::read_to_string(&csr_path).unwrap()).unwrap();
+    assert_eq!(info.public_key_der, key.subject_public_key_info());
+}
+
+#[test]
+fn a_csr_of_another_key_or_device_is_rewritten() {
+    let (dir, cfg) = setup();
+    provision(&cfg).unwrap();
+    let csr_path = csr_path_for(&cfg.mqtt.key_file);
+
+    // A CSR left over from an earlier key.
+    let other = KeyPair::generate().unwrap();
+    let stale = facegate::provision::CsrRequest::for_device("lobby", "term-01")
+        .to_pem(&other)
+        .unwrap();
+    fs::write(&csr_path, &stale).unwrap();
+    let report = provision(&cfg).unwrap();
+    assert_eq!(report.action(items::CSR), Some(Action::Replaced));
+    let key = KeyPair::from_pem(&fs::read_to_string(&cfg.mqtt.key_file).unwrap()).unwrap();
+    let info = csr_info(&fs::read_to_string(&csr_path).unwrap()).unwrap();
+    assert_eq!(info.public_key_der, key.subject_public_key_info());
+
+    // The same key, but the device was renamed in the config.
+    let renamed = {
+        let mut c = cfg.clone();
+        c.identity.device_id = "term-09".into();
+        c
+    };
+    let report = provision(&renamed).unwrap();
+    assert_eq!(report.action(items::CSR), Some(Action::Replaced));
+    let info = csr_info(&fs::read_to_string(&csr_path).unwrap()).unwrap();
+    assert_eq!(info.common_name.as_deref(), Some("term-09"));
+
+    // Garbage where the CSR belongs is replaced too (a CSR is public).
+    fs::write(&csr_path, "not a CSR").unwrap();
+    let report = provision(&cfg).unwrap();
+    assert_eq!(report.action(items::CSR), Some(Action::Replaced));
+    drop(dir);
+}
+
+#[test]
+fn unusable_existing_keys_are_refused_and_left_alone() {
+    // A storage key of the wrong size.
+    let (_dir, cfg) = setup();
+    fs::create_dir_all(&cfg.state_dir).unwrap();
+    fs::write(storage_key(&cfg), [1u8; 31]).unwrap();
+    let err = provision(&cfg).unwrap_err();
+    assert!(
+        matches!(err, ProvisionError::BadExistingKey { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("storage.key"), "{err}");
+    assert_eq!(fs::read(storage_key(&cfg)).unwrap(), vec![1u8; 31]);
+
+    // A TLS key file that is not a PKCS#8 key.
+    let (_dir, cfg) = setup();
+    fs::create_dir_all(cfg.mqtt.key_file.parent().unwrap()).unwrap();
+    fs::write(&cfg.mqtt.key_file, "garbage").unwrap();
+    let err = provision(&cfg).unwrap_err();
+    assert!(
+        matches!(err, ProvisionError::BadExistingKey { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("device.key"), "{err}");
+    assert_eq!(fs::read_to_string(&cfg.mqtt.key_file).unwrap(), "garbage");
+    assert!(!csr_path_for(&cfg.mqtt.key_file).exists());
+}
+
+#[test]
+fn report_tells_the_admin_what_to_send_and_never_shows_keys() {
+    let (_dir, cfg) = setup();
+    let report = provision(&cfg).unwrap();
+    let text = report.to_string();
+    assert!(
+        text.contains(&report.csr_path.display().to_string()),
+        "{text}"
+    );
+    assert!(text.contains("fleet PKI"), "{text}");
+    assert!(text.contains("CN=term-01, OU=lobby"), "{text}");
+    assert!(text.contains("urn:facegate:lobby/term-01"), "{text}");
+    assert!(text.contains(&report.public_key_sha256), "{text}");
+    assert!(text.contains("created"), "{text}");
+    assert!(!text.contains("PRIVATE KEY"), "{text}");
+    let again = provision(&cfg).unwrap().to_string();
+    assert!(again.contains("exists, kept"), "{again}");
+    assert!(!again.contains("created"), "{again}");
+}
+
+#[test]
+fn owner_lookup_and_chown() {
+    assert_eq!(Owner::of_user("root").unwrap().uid, 0);
+    assert!(matches!(
+        Owner::of_user("no-such-user-facegate-test"),
+        Err(ProvisionError::NoSuchUser(_))
+    ));
+    let (dir, cfg) = setup();
+    let me = fs::metadata(dir.path()).unwrap();
+    let owner = Owner {
+        uid: me.uid(),
+        gid: me.gid(),
+    };
+    provision_owned(&cfg, Some(owner)).unwrap();
+    for p in [&cfg.state_dir, &storage_key(&cfg), &cfg.mqtt.key_file] {
+        let m = fs::metadata(p).unwrap();
+        assert_eq!((m.uid(), m.gid()), (owner.uid, owner.gid), "{p:?}");
+    }
+}
+
+#[test]
+fn config_for_provisioning_loads_before_the_tls_files_exist() {
+    let (dir, _) = setup();
+    let path = dir.path().join("facegate.toml");
+    fs::write(
+        &path,
+        r#"
+site_id = "lobby"
+device_id = "term-01"
+state_dir = "state"
+spool_dir = "spool"
+[mqtt]
+host = "broker.example.net"
+ca_file = "ca.pem"
+cert_file = "device.pem"
+key_file = "device.key"
+[[trust]]
+kid = "consent-2026"
+role = "consent"
+public_key = "HlUcpubr33dzSLpH73nq1RnpLeGr2xK9c2aBBA6nkdc"
+"#,
+    )
+    .unwrap();
+    let err = config::load_with_env(&path, &[]).unwrap_err();
+    assert_eq!(err.key(), Some("mqtt.ca_file"));
+    let cfg = config::load_unchecked_with_env(&path, &[]).unwrap();
+    assert_eq!(cfg.mqtt.key_file, dir.path().join("device.key"));
+    provision(&cfg).unwrap();
+    // Still refused by the daemon's loader until the signed certificate and CA are installed.
+    assert!(config::load_with_env(&path, &[]).is_err());
+}
