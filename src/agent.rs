@@ -4,7 +4,7 @@
 //! store transaction that also writes its audit entry.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::{json, Value};
 
@@ -12,6 +12,7 @@ use crate::audit::kind;
 use crate::clock;
 use crate::command::{self, Command};
 use crate::config::Config;
+use crate::reload;
 use crate::consent::{self, ConsentError};
 use crate::control::{Request, Response};
 use crate::db::{Db, DbTaskError};
@@ -111,8 +112,9 @@ impl InFlight {
 
 /// Shared state of the running daemon.
 pub struct Agent {
-    /// Validated configuration: identity, trusted keys, limits.
-    pub config: Arc<Config>,
+    /// Validated configuration: identity, trusted keys, limits. Replaced as a
+    /// whole on SIGHUP ([`Agent::reload`]); readers take a snapshot.
+    config: RwLock<Arc<Config>>,
     /// The one store.
     pub db: Db,
     /// Captures handed to MQTT and not yet acknowledged.
@@ -158,12 +160,33 @@ impl Agent {
     /// An agent over an opened store.
     pub fn new(config: Arc<Config>, db: Db) -> Self {
         Agent {
-            config,
+            config: RwLock::new(config),
             db,
             inflight: Arc::new(InFlight::default()),
             connected: std::sync::atomic::AtomicBool::new(false),
             outbox_changed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// A snapshot of the current configuration.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Applies a new, already validated configuration: the live parts now, the
+    /// rest reported as needing a restart (see [`reload::plan`]).
+    pub fn reload(&self, new: Config) -> reload::Plan {
+        let mut slot = self.config.write().unwrap_or_else(|p| p.into_inner());
+        let (merged, plan) = reload::plan(&slot, new);
+        if plan.applied.contains(&"log.level") {
+            if let Err(e) = crate::logging::set_level(&merged.log) {
+                tracing::error!(error = %e, "log level not changed");
+            }
+        }
+        *slot = Arc::new(merged);
+        drop(slot);
+        self.outbox_changed.notify_one();
+        plan
     }
 
     /// Answers one control-socket request.
@@ -199,7 +222,7 @@ impl Agent {
     /// "commit effect, then remember the `jti`, then ack to the broker" is safe
     /// against a crash at any point: redelivery repeats a harmless effect.
     pub async fn apply_command(&self, payload: &[u8], now: i64) -> CommandOutcome {
-        let cfg = self.config.clone();
+        let cfg = self.config();
         let bytes = payload.to_vec();
         let verified = self
             .db
@@ -296,7 +319,7 @@ impl Agent {
         now: i64,
         via: Option<Via>,
     ) -> Result<Value, ApplyError> {
-        let cfg = self.config.clone();
+        let cfg = self.config();
         let skew = cfg.commands.clock_skew.as_secs() as i64;
         let consent =
             match consent::verify_consent(token.trim(), &cfg.trust, &cfg.identity, now, skew) {

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
+
 use crate::agent::Agent;
 use crate::clock;
 use crate::config::Config;
@@ -16,6 +18,7 @@ use crate::control::{self, ControlError};
 use crate::crypto::{CryptoError, DeviceKey};
 use crate::db::Db;
 use crate::intake;
+use crate::notify;
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreError};
 use crate::uplink;
@@ -43,10 +46,24 @@ pub enum DaemonError {
     Control(#[from] ControlError),
 }
 
+/// Longest a clean shutdown waits for each task before giving up on it
+/// (nothing is lost either way: unacknowledged captures stay in the outbox).
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
 /// Runs the daemon until `shutdown` fires.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), DaemonError> {
+    run_with_reload(config, shutdown, None).await
+}
+
+/// Like [`run`], and applies every configuration received on `reloads`
+/// (main sends one per SIGHUP, already validated; an invalid file never gets here).
+pub async fn run_with_reload(
+    config: Config,
+    shutdown: Shutdown,
+    reloads: Option<mpsc::UnboundedReceiver<Config>>,
+) -> Result<(), DaemonError> {
     let agent = Arc::new(open(config)?);
-    let cfg = agent.config.clone();
+    let cfg = agent.config();
 
     let listener = control::bind(&cfg.control.socket).await?;
     let control_task = tokio::spawn(control::serve(
@@ -67,6 +84,17 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), DaemonError> 
     };
     let housekeeping_task = tokio::spawn(housekeeping(agent.clone(), shutdown.clone()));
     let uplink_task = tokio::spawn(uplink::run(agent.clone(), shutdown.clone()));
+    if let Some(reloads) = reloads {
+        tokio::spawn(apply_reloads(agent.clone(), reloads));
+    }
+    // The store is open and intake runs: tell systemd (Type=notify), and feed
+    // its watchdog while the store answers.
+    if let Err(e) = notify::ready() {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+    if let Some(every) = notify::watchdog_interval() {
+        tokio::spawn(watchdog(agent.clone(), every, shutdown.clone()));
+    }
     tracing::info!(
         site = %cfg.identity.site_id,
         device = %cfg.identity.device_id,
@@ -77,11 +105,20 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), DaemonError> 
     let mut shutdown = shutdown;
     let reason = shutdown.wait().await;
     tracing::info!(?reason, "shutting down");
-    // Intake finishes the batch it is in (commit, then spool removal) and stops.
-    let _ = tokio::task::spawn_blocking(move || intake_thread.join()).await;
-    let _ = housekeeping_task.await;
-    let _ = uplink_task.await;
-    let _ = control_task.await;
+    let _ = notify::stopping();
+    // Intake finishes the batch it is in (commit, then spool removal) and stops;
+    // the uplink says "offline" and disconnects; what was in flight stays queued.
+    let intake = tokio::task::spawn_blocking(move || intake_thread.join());
+    for (name, task) in [
+        ("intake", tokio::spawn(async move { drop(intake.await) })),
+        ("uplink", tokio::spawn(async move { drop(uplink_task.await) })),
+        ("housekeeping", tokio::spawn(async move { drop(housekeeping_task.await) })),
+        ("control", tokio::spawn(async move { drop(control_task.await) })),
+    ] {
+        if tokio::time::timeout(STOP_GRACE, task).await.is_err() {
+            tracing::warn!(task = name, "did not stop in time; leaving it");
+        }
+    }
     tracing::info!("facegate stopped");
     Ok(())
 }
@@ -120,6 +157,43 @@ fn ensure_dir(path: &Path, mode: u32) -> Result<(), DaemonError> {
     }
 }
 
+/// Applies SIGHUP reloads as they come.
+async fn apply_reloads(agent: Arc<Agent>, mut reloads: mpsc::UnboundedReceiver<Config>) {
+    while let Some(new) = reloads.recv().await {
+        let plan = agent.reload(new);
+        if plan.applied.is_empty() && plan.restart_needed.is_empty() {
+            tracing::info!("configuration reloaded: nothing changed");
+        } else {
+            tracing::info!(applied = ?plan.applied, "configuration reloaded");
+        }
+        if !plan.restart_needed.is_empty() {
+            tracing::warn!(
+                keys = ?plan.restart_needed,
+                "these changes need a restart (systemctl restart facegate); the running values are kept"
+            );
+        }
+    }
+}
+
+/// Feeds the systemd watchdog while the store answers.
+async fn watchdog(agent: Arc<Agent>, every: Duration, mut shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tick.tick() => {}
+        }
+        let now = clock::now();
+        match agent.db.call(move |s| s.outbox_stats(now)).await {
+            Ok(Ok(_)) => {
+                let _ = notify::watchdog();
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "store unhealthy; not feeding the watchdog"),
+            Err(e) => tracing::error!(error = %e, "store unhealthy; not feeding the watchdog"),
+        }
+    }
+}
+
 /// Expires consents (purging their subjects' captures) and enforces retention.
 async fn housekeeping(agent: Arc<Agent>, mut shutdown: Shutdown) {
     let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
@@ -128,7 +202,7 @@ async fn housekeeping(agent: Arc<Agent>, mut shutdown: Shutdown) {
             _ = shutdown.wait() => break,
             _ = tick.tick() => {}
         }
-        let retention = agent.config.outbox.retention;
+        let retention = agent.config().outbox.retention;
         let now = clock::now();
         let result = agent
             .db

@@ -66,7 +66,7 @@ struct Prepared {
 
 /// Runs intake until shutdown. Called on a dedicated thread.
 pub fn run(agent: Arc<Agent>, shutdown: Shutdown) {
-    let cfg = agent.config.clone();
+    let cfg = agent.config();
     tracing::info!(spool = %cfg.spool_dir.display(), "intake running");
     while !shutdown.is_fired() {
         match process_once(&agent, SystemTime::now()) {
@@ -96,7 +96,7 @@ pub enum IntakeError {
 
 /// One scan of the spool and one batch through the pipeline.
 pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, IntakeError> {
-    let cfg = &agent.config;
+    let cfg = agent.config();
     let scan = spool::scan(&cfg.spool_dir, wall, cfg.capture.spool_grace, MAX_BATCH)?;
     let mut report = BatchReport::default();
     let now = clock::now();
@@ -124,7 +124,7 @@ pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, Inta
     }
 
     // 1. Read and sanitize, in parallel; nothing is written yet.
-    let results = prepare_all(scan.ready, cfg);
+    let results = prepare_all(scan.ready, &cfg);
 
     // 2 + 3. Gate and commit under one lock, so no revocation slips in between.
     let mut store = agent.db.lock();
@@ -164,7 +164,7 @@ pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, Inta
         match decision {
             Decision::Accept { consent_id } => {
                 let capture = new_capture(
-                    cfg,
+                    &cfg,
                     prepared.sidecar,
                     prepared.image,
                     consent_id,

@@ -9,6 +9,7 @@
 //! - [`control`]: the local Unix control socket behind `facegate ctl`.
 //! - [`intake`]: spool → sanitize → gate → outbox, one transaction per batch.
 //! - [`uplink`]: MQTT over mutual TLS: uploads, commands, replies, status.
+//! - [`reload`]: SIGHUP: which parts of a new config apply live.
 //! - [`notify`]: systemd readiness, watchdog and stopping notifications.
 //!
 //! Pure decisions (functions of their inputs and `now`)
@@ -56,6 +57,7 @@ pub mod logging;
 pub mod notify;
 pub mod pki;
 pub mod provision;
+pub mod reload;
 pub mod sanitize;
 pub mod shutdown;
 pub mod spool;

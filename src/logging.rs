@@ -3,6 +3,7 @@
 //! `[log] level`, or by `RUST_LOG` when that is set and not empty.
 
 use std::io::IsTerminal;
+use std::sync::OnceLock;
 
 use tracing_subscriber::EnvFilter;
 
@@ -23,6 +24,10 @@ pub enum LoggingError {
     },
 }
 
+/// Swaps the live filter (installed by [`init`]); used by [`set_level`].
+type Reloader = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+static RELOAD: OnceLock<Reloader> = OnceLock::new();
+
 /// Installs the global subscriber. Calling it again (tests, or a second
 /// init in one process) is harmless: the first subscriber stays.
 pub fn init(cfg: &LogConfig) -> Result<(), LoggingError> {
@@ -31,14 +36,39 @@ pub fn init(cfg: &LogConfig) -> Result<(), LoggingError> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let installed = match cfg.format {
-        LogFormat::Text => builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-    // The only failure is "a global subscriber is already set": keep that one.
-    drop(installed);
+    // The only failure of try_init is "a global subscriber is already set":
+    // keep that one (and its reload handle).
+    match cfg.format {
+        LogFormat::Text => {
+            let b = builder.with_ansi(std::io::stderr().is_terminal()).with_filter_reloading();
+            let handle = b.reload_handle();
+            if b.try_init().is_ok() {
+                let _ = RELOAD.set(Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())));
+            }
+        }
+        LogFormat::Json => {
+            let b = builder.json().with_filter_reloading();
+            let handle = b.reload_handle();
+            if b.try_init().is_ok() {
+                let _ = RELOAD.set(Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Applies a new `log.level` to the running subscriber (SIGHUP reload).
+/// `RUST_LOG`, when set, still wins. The format cannot change without a restart.
+pub fn set_level(cfg: &LogConfig) -> Result<(), LoggingError> {
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = filter_for(cfg, rust_log.as_deref())?;
+    if let Some(reload) = RELOAD.get() {
+        reload(filter).map_err(|reason| LoggingError::BadFilter {
+            origin: "log.level",
+            value: cfg.level.clone(),
+            reason,
+        })?;
+    }
     Ok(())
 }
 

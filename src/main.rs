@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
 use facegate::control::{self, Request, Response};
-use facegate::{clock, config, consent, daemon, fleet, keys, logging, shutdown};
+use facegate::{clock, config, consent, daemon, doctor, fleet, keys, logging, provision, shutdown};
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +31,14 @@ enum Command {
     Run,
     /// Validate the configuration; exits non-zero naming the key and the problem.
     CheckConfig,
+    /// First-time setup: state dir, storage key, TLS key and CSR (safe to re-run).
+    Provision {
+        /// Owner of the created secrets (default: user `facegate` when run as root).
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// Check this terminal (files, certificates, clock, disk, broker); non-zero on failure.
+    Doctor,
     /// Talk to the running daemon over its control socket.
     Ctl {
         #[command(subcommand)]
@@ -234,6 +242,20 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Provision { owner } => {
+            let cfg = config::load_unchecked(&cli.config)?;
+            let owner = match owner {
+                Some(name) => Some(provision::Owner::of_user(&name)?),
+                None => provision::Owner::default_for_provision(),
+            };
+            println!("{}", provision::provision_owned(&cfg, owner)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor => {
+            let report = doctor::run_checks(&cli.config);
+            report.print();
+            Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
         Command::Ctl { command } => ctl(&cli.config, command),
         Command::Fleet { command } => fleet(command),
     }
@@ -242,23 +264,35 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let cfg = config::load(path)?;
     logging::init(&cfg.log)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
         let (trigger, shutdown) = shutdown::channel();
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let path = path.to_path_buf();
         tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                return;
-            };
-            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            loop {
+                tokio::select! {
+                    _ = term.recv() => break,
+                    _ = int.recv() => break,
+                    _ = hup.recv() => match config::load(&path) {
+                        Ok(new) => {
+                            let _ = reload_tx.send(new);
+                        }
+                        Err(e) => tracing::error!(
+                            "reload refused, the running configuration stays: {}",
+                            one_line(&e.to_string())
+                        ),
+                    },
+                }
+            }
             trigger.fire(shutdown::Reason::Signal);
         });
-        daemon::run(cfg, shutdown).await
+        daemon::run_with_reload(cfg, shutdown, Some(reload_rx)).await?;
+        anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
 }

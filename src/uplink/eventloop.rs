@@ -159,7 +159,7 @@ fn mqtt_options(config: &Config, topics: &Topics) -> Result<MqttOptions, tls::Tl
 /// Runs the uplink until shutdown. Never gives up: TLS or broker trouble is
 /// logged with its cause and retried with backoff, while intake goes on.
 pub async fn run(agent: Arc<Agent>, mut shutdown: Shutdown) {
-    let config = agent.config.clone();
+    let config = agent.config();
     let topics = Topics::new(&config);
     let opts = loop {
         match mqtt_options(&config, &topics) {
@@ -327,7 +327,7 @@ async fn logic_task(
     mut net: mpsc::UnboundedReceiver<Net>,
     mut shutdown: Shutdown,
 ) {
-    let config = agent.config.clone();
+    let config = agent.config();
     let mut status_tick = tokio::time::interval(config.mqtt.status_interval);
     let mut refill = tokio::time::interval(REFILL_EVERY);
     let mut upload_from = far_future();
@@ -418,7 +418,7 @@ fn far_future() -> tokio::time::Instant {
 /// is either fully before it (the capture is gone) or fully after it (the
 /// capture is listed as in flight in the receipt).
 async fn fill_window(agent: &Arc<Agent>, link: &Arc<Link>, topics: &Topics) {
-    let window = agent.config.mqtt.inflight as usize;
+    let window = agent.config().mqtt.inflight as usize;
     let free = link.lock().free_slots(window);
     if free == 0 {
         return;
@@ -443,7 +443,7 @@ fn hand_over(
     topic: &str,
     free: usize,
 ) -> Result<usize, StoreError> {
-    let cfg = &agent.config;
+    let cfg = agent.config();
     let now = clock::now();
     let exclude = agent.inflight.snapshot();
     let batch = store.pending(free, &exclude)?;
@@ -460,7 +460,7 @@ fn hand_over(
             now,
         ) {
             Decision::Accept { consent_id } => {
-                let payload = envelope(cfg, &capture, &consent_id);
+                let payload = envelope(&cfg, &capture, &consent_id);
                 agent.inflight.insert(&capture.capture_id);
                 if !link.hand(
                     topic,

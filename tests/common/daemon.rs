@@ -228,6 +228,13 @@ level = "debug"
         }
     }
 
+    /// Sends a signal by name (`HUP`, `TERM`, …) to the running daemon.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.pid().expect("daemon running").to_string();
+        let st = Command::new("kill").args([&format!("-{sig}"), &pid]).status().unwrap();
+        assert!(st.success(), "kill -{sig} {pid}");
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }

@@ -1,0 +1,75 @@
+//! Operating the daemon: SIGHUP reloads (valid, invalid, restart-only changes)
+//! and SIGTERM draining.
+
+mod common;
+
+use std::time::Duration;
+
+use common::daemon::{wait_until, Daemon, DaemonOptions};
+use facegate::synth;
+
+const T: Duration = Duration::from_secs(20);
+
+fn rejected(d: &Daemon) -> u64 {
+    d.status()["counters"]["rejected_bad_input"].as_u64().unwrap()
+}
+
+#[test]
+fn sighup_applies_live_settings_and_reports_the_rest() {
+    let d = Daemon::start(DaemonOptions::default());
+    d.grant("S-1");
+    d.drop_pair("before", "jpg", &synth::face_jpeg(320, 240, 1, 80), Some("S-1"));
+    d.wait_spool_empty(T);
+    assert_eq!(d.status()["counters"]["accepted"], 1);
+
+    // Narrower capture limits apply live; a device id change needs a restart.
+    let original = std::fs::read_to_string(&d.config).unwrap();
+    let changed = original.replace("device_id = \"term-01\"", "device_id = \"term-77\"")
+        + "\n[capture]\nmax_width = 200\nmax_height = 200\n";
+    std::fs::write(&d.config, changed).unwrap();
+    d.signal("HUP");
+    wait_until(T, || d.log().contains("configuration reloaded"), || d.log());
+    assert!(d.log().contains("need a restart"), "restart-only change not reported:\n{}", d.log());
+    d.drop_pair("after", "jpg", &synth::face_jpeg(320, 240, 2, 80), Some("S-1"));
+    d.wait_spool_empty(T);
+    assert_eq!(rejected(&d), 1, "the new max_width did not apply");
+    assert!(d.log().contains("after"), "{}", d.log());
+    // The device id is still the running one.
+    let st = d.status();
+    assert_eq!(st["counters"]["accepted"], 1, "{st}");
+}
+
+#[test]
+fn sighup_with_an_invalid_config_keeps_the_running_one() {
+    let d = Daemon::start(DaemonOptions::default());
+    d.grant("S-2");
+    let original = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(&d.config, original.clone() + "\n[capture]\nmax_widht = 10\n").unwrap();
+    d.signal("HUP");
+    wait_until(T, || d.log().contains("reload refused"), || d.log());
+    assert!(d.log().contains("capture.max_widht"), "the refusal names the key:\n{}", d.log());
+    // (`ctl` reads the same file to find the socket: put it back, without a reload.)
+    std::fs::write(&d.config, original).unwrap();
+    // Still running, still with the old limits.
+    d.drop_pair("ok", "jpg", &synth::face_jpeg(320, 240, 3, 80), Some("S-2"));
+    d.wait_spool_empty(T);
+    assert_eq!(d.status()["counters"]["accepted"], 1);
+}
+
+#[test]
+fn sigterm_drains_and_loses_nothing() {
+    let mut d = Daemon::start(DaemonOptions::default());
+    d.grant("S-3");
+    let n = 60;
+    for i in 0..n {
+        d.drop_pair(&format!("t{i:02}"), "jpg", &synth::face_jpeg(320, 240, i, 80), Some("S-3"));
+    }
+    let started = std::time::Instant::now();
+    let st = d.stop();
+    assert!(st.success(), "exit status {st}");
+    assert!(started.elapsed() < Duration::from_secs(15), "shutdown took {:?}", started.elapsed());
+    // Everything is either committed or still in the spool; a restart finishes it.
+    d.spawn();
+    d.wait_spool_empty(T);
+    assert_eq!(d.status()["outbox"]["captures"], n);
+}
