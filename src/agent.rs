@@ -12,10 +12,10 @@ use crate::audit::kind;
 use crate::clock;
 use crate::command::{self, Command};
 use crate::config::Config;
-use crate::reload;
 use crate::consent::{self, ConsentError};
 use crate::control::{Request, Response};
 use crate::db::{Db, DbTaskError};
+use crate::reload;
 use crate::store::{AddConsent, CommandStamp, PurgeReason, StoreError};
 
 /// The product version reported in status messages.
@@ -170,7 +170,10 @@ impl Agent {
 
     /// A snapshot of the current configuration.
     pub fn config(&self) -> Arc<Config> {
-        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Applies a new, already validated configuration: the live parts now, the
@@ -467,6 +470,8 @@ impl Agent {
                 "rejected_bad_input": counter("rejected_bad_input"),
                 "uploaded": counter("uploaded"),
                 "purged": counter("purged"),
+                "rejected_quota": counter("rejected_quota"),
+                "upload_retries": counter("upload_retries"),
             },
             "uplink": {
                 "connected": self.connected.load(std::sync::atomic::Ordering::Relaxed),

@@ -279,6 +279,8 @@ mod tests {
             assert_eq!(serde_json::from_str::<Request>(json).unwrap(), req);
         }
         assert!(serde_json::from_str::<Request>(r#"{"op":"format_disk"}"#).is_err());
-        assert!(serde_json::from_str::<Request>(r#"{"op":"consent_add","token":"t","x":1}"#).is_err());
+        assert!(
+            serde_json::from_str::<Request>(r#"{"op":"consent_add","token":"t","x":1}"#).is_err()
+        );
     }
 }

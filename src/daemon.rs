@@ -111,9 +111,18 @@ pub async fn run_with_reload(
     let intake = tokio::task::spawn_blocking(move || intake_thread.join());
     for (name, task) in [
         ("intake", tokio::spawn(async move { drop(intake.await) })),
-        ("uplink", tokio::spawn(async move { drop(uplink_task.await) })),
-        ("housekeeping", tokio::spawn(async move { drop(housekeeping_task.await) })),
-        ("control", tokio::spawn(async move { drop(control_task.await) })),
+        (
+            "uplink",
+            tokio::spawn(async move { drop(uplink_task.await) }),
+        ),
+        (
+            "housekeeping",
+            tokio::spawn(async move { drop(housekeeping_task.await) }),
+        ),
+        (
+            "control",
+            tokio::spawn(async move { drop(control_task.await) }),
+        ),
     ] {
         if tokio::time::timeout(STOP_GRACE, task).await.is_err() {
             tracing::warn!(task = name, "did not stop in time; leaving it");

@@ -73,10 +73,19 @@ pub enum FleetError {
     Tls(#[from] TlsError),
     /// The broker could not be reached or refused us.
     #[error("broker {host}:{port}: {reason}")]
-    Connect { host: String, port: u16, reason: String },
+    Connect {
+        host: String,
+        port: u16,
+        reason: String,
+    },
     /// The broker did not confirm the subscription or the publish in time.
     #[error("broker {host}:{port}: no {what} within {timeout:?}")]
-    Timeout { host: String, port: u16, what: &'static str, timeout: Duration },
+    Timeout {
+        host: String,
+        port: u16,
+        what: &'static str,
+        timeout: Duration,
+    },
     /// The broker refused our subscription to the reply topic (ACL).
     #[error("broker refused the subscription to {0} (check the fleet certificate's ACL)")]
     Refused(String),
@@ -89,25 +98,59 @@ pub async fn send(req: &SendRequest, now: i64) -> Result<SendOutcome, FleetError
         Some(d) => format!("{}/{d}", req.site),
         None => req.site.clone(),
     };
-    let (jti, jws) =
-        command::sign_command(&req.cmd, req.args.clone(), &aud, req.lifetime_s, &req.kid, &req.signing_key, now)?;
+    let (jti, jws) = command::sign_command(
+        &req.cmd,
+        req.args.clone(),
+        &aud,
+        req.lifetime_s,
+        &req.kid,
+        &req.signing_key,
+        now,
+    )?;
     let (cmd_topic, reply_filter) = match &req.device {
-        Some(d) => (format!("{}/{}/{d}/cmd", req.prefix, req.site), format!("{}/{}/{d}/reply", req.prefix, req.site)),
-        None => (format!("{}/{}/cmd", req.prefix, req.site), format!("{}/{}/+/reply", req.prefix, req.site)),
+        Some(d) => (
+            format!("{}/{}/{d}/cmd", req.prefix, req.site),
+            format!("{}/{}/{d}/reply", req.prefix, req.site),
+        ),
+        None => (
+            format!("{}/{}/cmd", req.prefix, req.site),
+            format!("{}/{}/+/reply", req.prefix, req.site),
+        ),
     };
 
     let tls_config = tls::client_config(&req.ca_file, &req.cert_file, &req.key_file)?;
-    let client_id = format!("fleet-send-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let mut opts = tls::mqtt_options(&client_id, &req.host, req.port, Duration::from_secs(30), 1 << 20, tls_config)?;
+    let client_id = format!(
+        "fleet-send-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let mut opts = tls::mqtt_options(
+        &client_id,
+        &req.host,
+        req.port,
+        Duration::from_secs(30),
+        1 << 20,
+        tls_config,
+    )?;
     opts.set_clean_session(true);
     let (client, mut eventloop) = AsyncClient::new(opts, 16);
 
     let deadline = tokio::time::Instant::now() + req.timeout;
-    let connect_err = |reason: String| FleetError::Connect { host: req.host.clone(), port: req.port, reason };
-    let timeout = |what| FleetError::Timeout { host: req.host.clone(), port: req.port, what, timeout: req.timeout };
+    let connect_err = |reason: String| FleetError::Connect {
+        host: req.host.clone(),
+        port: req.port,
+        reason,
+    };
+    let timeout = |what| FleetError::Timeout {
+        host: req.host.clone(),
+        port: req.port,
+        what,
+        timeout: req.timeout,
+    };
 
     // Subscribe first, so no reply can be missed, then publish.
-    let _ = client.subscribe(reply_filter.clone(), QoS::AtLeastOnce).await;
+    let _ = client
+        .subscribe(reply_filter.clone(), QoS::AtLeastOnce)
+        .await;
     let mut published = false;
     let mut replies = Vec::new();
     loop {
@@ -119,14 +162,27 @@ pub async fn send(req: &SendRequest, now: i64) -> Result<SendOutcome, FleetError
         };
         match event {
             Event::Incoming(Packet::SubAck(ack)) => {
-                if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                {
                     return Err(FleetError::Refused(reply_filter));
                 }
-                let _ = client.publish(cmd_topic.clone(), QoS::AtLeastOnce, false, jws.clone().into_bytes()).await;
+                let _ = client
+                    .publish(
+                        cmd_topic.clone(),
+                        QoS::AtLeastOnce,
+                        false,
+                        jws.clone().into_bytes(),
+                    )
+                    .await;
             }
             Event::Incoming(Packet::PubAck(_)) => published = true,
             Event::Incoming(Packet::Publish(p)) => {
-                let Ok(body) = serde_json::from_slice::<Value>(&p.payload) else { continue };
+                let Ok(body) = serde_json::from_slice::<Value>(&p.payload) else {
+                    continue;
+                };
                 if body["jti"] != jti.as_str() {
                     continue;
                 }
@@ -154,7 +210,10 @@ pub fn describe(reply: &Reply) -> String {
             "consent.revoke" | "capture.purge" => format!(
                 "purged {} capture(s){}, in flight {}",
                 r["purged"],
-                r["subject"].as_str().map(|s| format!(" of {s}")).unwrap_or_default(),
+                r["subject"]
+                    .as_str()
+                    .map(|s| format!(" of {s}"))
+                    .unwrap_or_default(),
                 r["in_flight"].as_array().map(|a| a.len()).unwrap_or(0)
             ),
             "consent.grant" => format!(
@@ -192,11 +251,17 @@ mod tests {
             body: json!({"v":1,"jti":"j","cmd":"consent.revoke","ok":true,
                 "result":{"subject":"S-1","purged":3,"in_flight":["a"],"purged_at":"2026-01-01T00:00:00Z"}}),
         };
-        assert_eq!(describe(&ok), "term-01: ok consent.revoke: purged 3 capture(s) of S-1, in flight 1");
+        assert_eq!(
+            describe(&ok),
+            "term-01: ok consent.revoke: purged 3 capture(s) of S-1, in flight 1"
+        );
         let err = Reply {
             device: "term-02".into(),
             body: json!({"v":1,"jti":"j","cmd":"status","ok":false,"error":{"code":"replayed","message":"seen before"}}),
         };
-        assert_eq!(describe(&err), "term-02: refused status: replayed (seen before)");
+        assert_eq!(
+            describe(&err),
+            "term-02: refused status: replayed (seen before)"
+        );
     }
 }

@@ -40,17 +40,23 @@ pub fn init(cfg: &LogConfig) -> Result<(), LoggingError> {
     // keep that one (and its reload handle).
     match cfg.format {
         LogFormat::Text => {
-            let b = builder.with_ansi(std::io::stderr().is_terminal()).with_filter_reloading();
+            let b = builder
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_filter_reloading();
             let handle = b.reload_handle();
             if b.try_init().is_ok() {
-                let _ = RELOAD.set(Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())));
+                let _ = RELOAD.set(Box::new(move |f| {
+                    handle.reload(f).map_err(|e| e.to_string())
+                }));
             }
         }
         LogFormat::Json => {
             let b = builder.json().with_filter_reloading();
             let handle = b.reload_handle();
             if b.try_init().is_ok() {
-                let _ = RELOAD.set(Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())));
+                let _ = RELOAD.set(Box::new(move |f| {
+                    handle.reload(f).map_err(|e| e.to_string())
+                }));
             }
         }
     }

@@ -254,7 +254,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Doctor => {
             let report = doctor::run_checks(&cli.config);
             report.print();
-            Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Ctl { command } => ctl(&cli.config, command),
         Command::Fleet { command } => fleet(command),
@@ -264,7 +268,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let cfg = config::load(path)?;
     logging::init(&cfg.log)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let (trigger, shutdown) = shutdown::channel();
@@ -486,7 +492,11 @@ fn fleet(command: Fleet) -> anyhow::Result<ExitCode> {
 
 fn fleet_send(a: SendArgs, now: i64) -> anyhow::Result<ExitCode> {
     let (host, port) = match a.broker.rsplit_once(':') {
-        Some((h, p)) => (h.to_string(), p.parse().with_context(|| format!("--broker: bad port in {:?}", a.broker))?),
+        Some((h, p)) => (
+            h.to_string(),
+            p.parse()
+                .with_context(|| format!("--broker: bad port in {:?}", a.broker))?,
+        ),
         None => (a.broker.clone(), 8883),
     };
     let args: Value = serde_json::from_str(&a.args).context("--args must be a JSON object")?;
@@ -506,7 +516,9 @@ fn fleet_send(a: SendArgs, now: i64) -> anyhow::Result<ExitCode> {
         kid: a.signer.kid,
         timeout: *a.timeout,
     };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let outcome = rt.block_on(fleet::send(&req, now))?;
     for reply in &outcome.replies {
         if a.json {
@@ -516,10 +528,18 @@ fn fleet_send(a: SendArgs, now: i64) -> anyhow::Result<ExitCode> {
         }
     }
     if outcome.replies.is_empty() {
-        bail!("command {} sent, but no reply within {}", outcome.jti, a.timeout);
+        bail!(
+            "command {} sent, but no reply within {}",
+            outcome.jti,
+            a.timeout
+        );
     }
     let all_ok = outcome.replies.iter().all(|r| r.body["ok"] == true);
-    Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn one_line(s: &str) -> String {

@@ -95,7 +95,9 @@ public_key = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
 
     #[test]
     fn live_sections_apply() {
-        let new = cfg("[capture]\nmax_width = 1024\n[outbox]\nretention = \"1d\"\n[log]\nlevel = \"debug\"\n");
+        let new = cfg(
+            "[capture]\nmax_width = 1024\n[outbox]\nretention = \"1d\"\n[log]\nlevel = \"debug\"\n",
+        );
         let (merged, p) = plan(&cfg(""), new);
         assert_eq!(p.applied, vec!["capture", "outbox", "log.level"]);
         assert!(p.restart_needed.is_empty());

@@ -311,3 +311,38 @@ fn sigterm_stops_cleanly() {
 fn file_contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
+
+#[test]
+fn expired_consent_is_swept_and_its_captures_purged() {
+    let d = Daemon::start(DaemonOptions::default());
+    let token = d.consent_signer.consent("S-short", 3);
+    d.ctl(&["consent", "add", &token]);
+    d.grant("S-long");
+    d.drop_pair(
+        "s1",
+        "jpg",
+        &synth::face_jpeg(160, 120, 1, 80),
+        Some("S-short"),
+    );
+    d.drop_pair(
+        "l1",
+        "jpg",
+        &synth::face_jpeg(160, 120, 2, 80),
+        Some("S-long"),
+    );
+    d.wait_spool_empty(T);
+    assert_eq!(d.status()["outbox"]["captures"], 2);
+    // Housekeeping runs every few seconds: the expired consent goes, and with
+    // it the capture that nothing authorizes any more.
+    wait_until(T, || d.status()["outbox"]["captures"] == 1, || d.log());
+    assert_eq!(d.status()["consent"]["active"], 1);
+    let tail = d.ctl_json(&["audit", "tail", "-n", "50", "--json"]);
+    let kinds: Vec<&str> = tail
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert!(kinds.contains(&"consent.expired"), "{kinds:?}");
+    assert!(kinds.contains(&"capture.purged"), "{kinds:?}");
+}

@@ -11,7 +11,10 @@ use serde_json::Value;
 
 fn python(args: &[&str]) -> Value {
     let out = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/jose/interop.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/jose/interop.py"
+        ))
         .args(args)
         .output()
         .expect("python3 runs (scripts/test installs PyJWT)");
@@ -24,19 +27,35 @@ fn python(args: &[&str]) -> Value {
 }
 
 fn facegate(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_facegate")).args(args).output().unwrap();
-    assert!(out.status.success(), "facegate {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_facegate"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "facegate {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 fn me() -> Identity {
-    Identity { site_id: "lobby".into(), device_id: "term-01".into() }
+    Identity {
+        site_id: "lobby".into(),
+        device_id: "term-01".into(),
+    }
 }
 
 fn trusted(kid: &str, role: Role, public_b64: &str) -> Vec<TrustedKey> {
     use base64::Engine;
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(public_b64).unwrap();
-    vec![TrustedKey { kid: kid.into(), role, public_key: raw.try_into().unwrap() }]
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(public_b64)
+        .unwrap();
+    vec![TrustedKey {
+        kid: kid.into(),
+        role,
+        public_key: raw.try_into().unwrap(),
+    }]
 }
 
 #[test]
@@ -46,7 +65,18 @@ fn fleet_tool_tokens_verify_with_pyjwt() {
     let key = key.to_str().unwrap();
     let public = facegate(&["fleet", "keygen", "--out", key]);
     let token = facegate(&[
-        "fleet", "consent", "--key", key, "--kid", "k1", "--subject", "S-1", "--aud", "lobby", "--lifetime", "1h",
+        "fleet",
+        "consent",
+        "--key",
+        key,
+        "--kid",
+        "k1",
+        "--subject",
+        "S-1",
+        "--aud",
+        "lobby",
+        "--lifetime",
+        "1h",
     ]);
     let v = python(&["verify", &token, &public, "lobby"]);
     assert_eq!(v["header"]["alg"], "EdDSA");
@@ -56,7 +86,17 @@ fn fleet_tool_tokens_verify_with_pyjwt() {
     assert!(v["claims"]["jti"].as_str().is_some_and(|j| !j.is_empty()));
 
     let cmd = facegate(&[
-        "fleet", "sign", "--key", key, "--kid", "k1", "--aud", "lobby/term-01", "--cmd", "consent.revoke", "--args",
+        "fleet",
+        "sign",
+        "--key",
+        key,
+        "--kid",
+        "k1",
+        "--aud",
+        "lobby/term-01",
+        "--cmd",
+        "consent.revoke",
+        "--args",
         r#"{"subject":"S-1"}"#,
     ]);
     let v = python(&["verify", &cmd, &public, "lobby/term-01"]);
@@ -68,8 +108,13 @@ fn fleet_tool_tokens_verify_with_pyjwt() {
 fn pyjwt_tokens_are_accepted_by_the_agent() {
     let now = facegate::clock::now();
     let made = python(&["sign", "consent", "lobby"]);
-    let trust = trusted("py-key", Role::Consent, made["public_key"].as_str().unwrap());
-    let c = consent::verify_consent(made["token"].as_str().unwrap(), &trust, &me(), now, 60).expect("accepted");
+    let trust = trusted(
+        "py-key",
+        Role::Consent,
+        made["public_key"].as_str().unwrap(),
+    );
+    let c = consent::verify_consent(made["token"].as_str().unwrap(), &trust, &me(), now, 60)
+        .expect("accepted");
     assert_eq!(c.subject, "S-py");
 
     let made = python(&["sign", "command", "lobby"]);
@@ -79,7 +124,14 @@ fn pyjwt_tokens_are_accepted_by_the_agent() {
         clock_skew: std::time::Duration::from_secs(60),
         max_bytes: 65_536,
     };
-    let cmd = command::verify_command(made["token"].as_str().unwrap().as_bytes(), &trust, &me(), &policy, now, &|_| false)
-        .expect("accepted");
+    let cmd = command::verify_command(
+        made["token"].as_str().unwrap().as_bytes(),
+        &trust,
+        &me(),
+        &policy,
+        now,
+        &|_| false,
+    )
+    .expect("accepted");
     assert_eq!(cmd.cmd_name, "capture.purge");
 }

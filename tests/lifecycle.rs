@@ -11,14 +11,21 @@ use facegate::synth;
 const T: Duration = Duration::from_secs(20);
 
 fn rejected(d: &Daemon) -> u64 {
-    d.status()["counters"]["rejected_bad_input"].as_u64().unwrap()
+    d.status()["counters"]["rejected_bad_input"]
+        .as_u64()
+        .unwrap()
 }
 
 #[test]
 fn sighup_applies_live_settings_and_reports_the_rest() {
     let d = Daemon::start(DaemonOptions::default());
     d.grant("S-1");
-    d.drop_pair("before", "jpg", &synth::face_jpeg(320, 240, 1, 80), Some("S-1"));
+    d.drop_pair(
+        "before",
+        "jpg",
+        &synth::face_jpeg(320, 240, 1, 80),
+        Some("S-1"),
+    );
     d.wait_spool_empty(T);
     assert_eq!(d.status()["counters"]["accepted"], 1);
 
@@ -29,8 +36,17 @@ fn sighup_applies_live_settings_and_reports_the_rest() {
     std::fs::write(&d.config, changed).unwrap();
     d.signal("HUP");
     wait_until(T, || d.log().contains("configuration reloaded"), || d.log());
-    assert!(d.log().contains("need a restart"), "restart-only change not reported:\n{}", d.log());
-    d.drop_pair("after", "jpg", &synth::face_jpeg(320, 240, 2, 80), Some("S-1"));
+    assert!(
+        d.log().contains("need a restart"),
+        "restart-only change not reported:\n{}",
+        d.log()
+    );
+    d.drop_pair(
+        "after",
+        "jpg",
+        &synth::face_jpeg(320, 240, 2, 80),
+        Some("S-1"),
+    );
     d.wait_spool_empty(T);
     assert_eq!(rejected(&d), 1, "the new max_width did not apply");
     assert!(d.log().contains("after"), "{}", d.log());
@@ -44,10 +60,18 @@ fn sighup_with_an_invalid_config_keeps_the_running_one() {
     let d = Daemon::start(DaemonOptions::default());
     d.grant("S-2");
     let original = std::fs::read_to_string(&d.config).unwrap();
-    std::fs::write(&d.config, original.clone() + "\n[capture]\nmax_widht = 10\n").unwrap();
+    std::fs::write(
+        &d.config,
+        original.clone() + "\n[capture]\nmax_widht = 10\n",
+    )
+    .unwrap();
     d.signal("HUP");
     wait_until(T, || d.log().contains("reload refused"), || d.log());
-    assert!(d.log().contains("capture.max_widht"), "the refusal names the key:\n{}", d.log());
+    assert!(
+        d.log().contains("capture.max_widht"),
+        "the refusal names the key:\n{}",
+        d.log()
+    );
     // (`ctl` reads the same file to find the socket: put it back, without a reload.)
     std::fs::write(&d.config, original).unwrap();
     // Still running, still with the old limits.
@@ -62,12 +86,21 @@ fn sigterm_drains_and_loses_nothing() {
     d.grant("S-3");
     let n = 60;
     for i in 0..n {
-        d.drop_pair(&format!("t{i:02}"), "jpg", &synth::face_jpeg(320, 240, i, 80), Some("S-3"));
+        d.drop_pair(
+            &format!("t{i:02}"),
+            "jpg",
+            &synth::face_jpeg(320, 240, i, 80),
+            Some("S-3"),
+        );
     }
     let started = std::time::Instant::now();
     let st = d.stop();
     assert!(st.success(), "exit status {st}");
-    assert!(started.elapsed() < Duration::from_secs(15), "shutdown took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
     // Everything is either committed or still in the spool; a restart finishes it.
     d.spawn();
     d.wait_spool_empty(T);

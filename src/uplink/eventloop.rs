@@ -378,6 +378,9 @@ async fn logic_task(
                             for id in &captures {
                                 agent.inflight.remove(id);
                             }
+                            if !captures.is_empty() {
+                                record_interrupted(&agent, &reason, captures.len()).await;
+                            }
                             if reason != last_error {
                                 tracing::warn!(%reason, requeued = captures.len(), "broker connection lost; retrying with backoff");
                                 last_error = reason;
@@ -501,6 +504,23 @@ pub fn envelope(cfg: &Config, c: &OutboxCapture, consent_id: &str) -> Vec<u8> {
         "image": base64::engine::general_purpose::STANDARD.encode(&c.image),
     });
     serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// Counts and audits uploads cut off by a lost connection (they stay queued
+/// and are sent again after the reconnect).
+async fn record_interrupted(agent: &Arc<Agent>, reason: &str, n: usize) {
+    let detail = json!({ "requeued": n, "reason": reason });
+    let now = clock::now();
+    let r = agent
+        .db
+        .call(move |s| -> Result<(), StoreError> {
+            s.record("upload.interrupted", None, detail, None, now)?;
+            s.bump("upload_retries", n as u64)
+        })
+        .await;
+    if !matches!(r, Ok(Ok(()))) {
+        tracing::error!("cannot record interrupted uploads");
+    }
 }
 
 /// Deletes acknowledged captures from the outbox (one transaction).

@@ -231,7 +231,10 @@ level = "debug"
     /// Sends a signal by name (`HUP`, `TERM`, …) to the running daemon.
     pub fn signal(&self, sig: &str) {
         let pid = self.pid().expect("daemon running").to_string();
-        let st = Command::new("kill").args([&format!("-{sig}"), &pid]).status().unwrap();
+        let st = Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status()
+            .unwrap();
         assert!(st.success(), "kill -{sig} {pid}");
     }
 
