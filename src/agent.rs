@@ -265,11 +265,12 @@ impl Agent {
             }
             Ok(Ok(cmd)) => cmd,
         };
-        let via = Some(Via {
+        let stamp = Via {
             jti: cmd.jti.clone(),
             cmd: cmd.cmd_name.clone(),
             expires_at: cmd.expires_at,
-        });
+        };
+        let via = Some(stamp.clone());
         let mut publish_status = false;
         let result = match cmd.command.clone() {
             Command::ConsentGrant { token } => self.grant(token, now, via).await,
@@ -284,7 +285,7 @@ impl Agent {
             }
             Command::Status => {
                 publish_status = true;
-                let v = via.unwrap_or_default();
+                let v = stamp;
                 match self
                     .db
                     .call(move |s| s.remember_command(&v.stamp(), now))

@@ -64,6 +64,9 @@ struct Prepared {
     image: CleanImage,
 }
 
+/// A validated pair, or the pair with a one-line reason it was rejected.
+type Outcome = Result<Prepared, (Pair, String)>;
+
 /// Runs intake until shutdown. Called on a dedicated thread.
 pub fn run(agent: Arc<Agent>, shutdown: Shutdown) {
     let cfg = agent.config();
@@ -210,7 +213,7 @@ pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, Inta
 }
 
 /// Reads and sanitizes every pair, using all cores.
-fn prepare_all(pairs: Vec<Pair>, cfg: &Config) -> Vec<Result<Prepared, (Pair, String)>> {
+fn prepare_all(pairs: Vec<Pair>, cfg: &Config) -> Vec<Outcome> {
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
@@ -222,7 +225,7 @@ fn prepare_all(pairs: Vec<Pair>, cfg: &Config) -> Vec<Result<Prepared, (Pair, St
     for (i, p) in pairs.into_iter().enumerate() {
         slots[i % workers].push((i, p));
     }
-    let mut out: Vec<(usize, Result<Prepared, (Pair, String)>)> = std::thread::scope(|scope| {
+    let mut out: Vec<(usize, Outcome)> = std::thread::scope(|scope| {
         let handles: Vec<_> = slots
             .into_iter()
             .map(|slot| {
@@ -243,7 +246,7 @@ fn prepare_all(pairs: Vec<Pair>, cfg: &Config) -> Vec<Result<Prepared, (Pair, St
 }
 
 /// Validates one pair; on failure returns the pair with a one-line reason.
-fn prepare(pair: Pair, cfg: &Config) -> Result<Prepared, (Pair, String)> {
+fn prepare(pair: Pair, cfg: &Config) -> Outcome {
     let sidecar = match spool::read_sidecar(&pair.sidecar) {
         Ok(s) => s,
         Err(e) => return Err((pair, e.to_string())),

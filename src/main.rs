@@ -120,7 +120,7 @@ enum Fleet {
     /// Sign a fleet command and print it (compact JWS).
     Sign(SignArgs),
     /// Sign a command, publish it over mutual TLS and print the replies.
-    Send(SendArgs),
+    Send(Box<SendArgs>),
 }
 
 #[derive(Args)]
@@ -485,7 +485,7 @@ fn fleet(command: Fleet) -> anyhow::Result<ExitCode> {
             )?;
             println!("{jws}");
         }
-        Fleet::Send(a) => return fleet_send(a, now),
+        Fleet::Send(a) => return fleet_send(*a, now),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -63,6 +63,7 @@ pub struct MqttTarget {
 }
 
 /// Options for [`Daemon::start`].
+#[derive(Default)]
 pub struct DaemonOptions {
     /// Extra TOML appended to the generated config (sections with limits etc.).
     pub extra_toml: String,
@@ -72,15 +73,6 @@ pub struct DaemonOptions {
     pub mqtt_extra: String,
 }
 
-impl Default for DaemonOptions {
-    fn default() -> Self {
-        DaemonOptions {
-            extra_toml: String::new(),
-            mqtt: None,
-            mqtt_extra: String::new(),
-        }
-    }
-}
 
 /// A running `facegate run` process and its directories.
 pub struct Daemon {
