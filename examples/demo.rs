@@ -1,0 +1,958 @@
+//! A self-contained demo of facegate's whole flow, also run as a smoke test
+//! (`scripts/demo`). It exits non-zero as soon as one expectation fails.
+//!
+//! Everything is throwaway and lives in temporary directories: a CA with broker,
+//! device and fleet certificates, the consent and fleet signing keys, a local
+//! Mosquitto with mutual TLS ([`DevBroker`]), and the agent itself, run in this
+//! process with [`daemon::run`]. The demo then plays three roles:
+//!
+//! - the **camera**: writes synthetic face captures (drawn, not real people) into the
+//!   spool, each file under a temporary name and then renamed;
+//! - the **site admin**: talks to the control socket like `facegate ctl`;
+//! - the **fleet manager**: an MQTT client with the `fleet` certificate that sees every
+//!   upload and sends a signed `consent.revoke`.
+//!
+//! No tracing subscriber prints to the terminal: the agent's log goes to a file in
+//! the temporary directory and is shown only when something fails.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use base64::Engine;
+use facegate::config::Config;
+use facegate::control::{self, Request};
+use facegate::devbroker::{DevBroker, DevBrokerOptions};
+use facegate::shutdown::{self, Reason, Trigger};
+use facegate::{clock, command, config, consent, daemon, keys, sanitize, synth};
+use ring::digest;
+use rumqttc::{AsyncClient, Event, Incoming, Publish, QoS};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+const SITE: &str = "lobby";
+const DEVICE: &str = "term-01";
+const CONSENT_KID: &str = "consent-demo";
+const FLEET_KID: &str = "fleet-demo";
+const CAPTURES: &str = "facegate/lobby/term-01/captures";
+const CMD: &str = "facegate/lobby/term-01/cmd";
+const REPLY: &str = "facegate/lobby/term-01/reply";
+/// Planted in the EXIF, XMP and comment of one capture; must never leave the device.
+const GPS_MARKER: &str = "DEMO-GPS-52.52N-13.41E";
+/// Upper bound for every wait; the whole demo normally takes a few seconds.
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> ExitCode {
+    let started = Instant::now();
+    let mut demo = match Demo::setup() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("\nDEMO FAILED during setup: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = demo.story().await;
+    let log_tail = demo.agent_log_tail(40);
+    demo.teardown().await;
+    match outcome {
+        Ok(()) => {
+            println!(
+                "\nAll expectations held. Cleaned up: agent stopped, broker stopped, \
+                 temporary keys, certificates and data removed. ({:.1} s)",
+                started.elapsed().as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("\nDEMO FAILED: {e:#}\n--- agent log (tail) ---\n{log_tail}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One synthetic capture the camera writes, and what is known about it.
+struct Shot {
+    /// Spool file name without extension.
+    name: String,
+    /// `subject` in the sidecar (`None` = anonymous).
+    subject: Option<&'static str>,
+    /// The bytes the camera wrote.
+    raw: Vec<u8>,
+    /// What the agent must upload for it: the sanitized image's SHA-256.
+    clean_sha256: String,
+}
+
+/// The demo's world: temporary directories, broker, keys, agent, fleet client.
+struct Demo {
+    /// State, spool and agent log; removed on drop.
+    work: tempfile::TempDir,
+    /// The private Mosquitto.
+    broker: DevBroker,
+    /// The agent's configuration (TOML text, parsed again at each start).
+    config_toml: String,
+    /// The parsed configuration, for paths and capture limits.
+    config: Config,
+    /// Consent-signing key (PKCS#8), role `consent`.
+    consent_key: Vec<u8>,
+    /// Command-signing key (PKCS#8), role `fleet`.
+    fleet_key: Vec<u8>,
+    /// The running agent, if any.
+    agent: Option<(Trigger, JoinHandle<Result<(), daemon::DaemonError>>)>,
+    /// The fleet manager's MQTT client.
+    fleet: Option<Fleet>,
+    /// Every capture written, by name.
+    shots: Vec<Shot>,
+    /// Upload envelopes received by the fleet, by capture id.
+    uploads: HashMap<String, Value>,
+    /// Rows for the summary table.
+    summary: Vec<[String; 4]>,
+}
+
+impl Demo {
+    /// Step 1: PKI, broker, signing keys and the agent's configuration.
+    fn setup() -> Result<Demo> {
+        step(
+            1,
+            "Set up a throwaway PKI, a local MQTT broker and signing keys",
+        );
+        let work = tempfile::Builder::new()
+            .prefix("facegate-demo-")
+            .tempdir()
+            .context("temporary directory")?;
+        let broker = DevBroker::start(DevBrokerOptions::default())?;
+        let device = broker.issue_client(DEVICE)?;
+        say(&format!(
+            "CA + server certificate; Mosquitto listening on 127.0.0.1:{} (mutual TLS only)",
+            broker.port
+        ));
+        say(&format!(
+            "client certificates: {DEVICE:?} (the terminal) and \"fleet\" (the back-end)"
+        ));
+        let (consent_key, consent_pub) = keys::generate()?;
+        let (fleet_key, fleet_pub) = keys::generate()?;
+        say(&format!(
+            "Ed25519 keys: {CONSENT_KID:?} signs consents, {FLEET_KID:?} signs fleet commands"
+        ));
+        why("the terminal trusts only these two public keys, each for its own role");
+
+        let state = work.path().join("state");
+        let spool = work.path().join("spool");
+        let config_toml = format!(
+            r#"site_id = "{SITE}"
+device_id = "{DEVICE}"
+state_dir = "{state}"
+spool_dir = "{spool}"
+
+[mqtt]
+host = "localhost"
+port = {port}
+ca_file = "{ca}"
+cert_file = "{cert}"
+key_file = "{key}"
+keep_alive = "5s"
+reconnect_min = "100ms"
+reconnect_max = "1s"
+
+[capture]
+poll_interval = "50ms"
+
+[[trust]]
+kid = "{CONSENT_KID}"
+role = "consent"
+public_key = "{cpub}"
+
+[[trust]]
+kid = "{FLEET_KID}"
+role = "fleet"
+public_key = "{fpub}"
+"#,
+            state = state.display(),
+            spool = spool.display(),
+            port = broker.port,
+            ca = device.ca.display(),
+            cert = device.cert.display(),
+            key = device.key.display(),
+            cpub = keys::public_key_b64(&consent_pub),
+            fpub = keys::public_key_b64(&fleet_pub),
+        );
+        let config = config::from_toml_str(&config_toml, work.path())?;
+        config.check_files()?;
+        log_to_file(&work.path().join("agent.log"))?;
+        Ok(Demo {
+            work,
+            broker,
+            config_toml,
+            config,
+            consent_key,
+            fleet_key,
+            agent: None,
+            fleet: None,
+            shots: Vec::new(),
+            uploads: HashMap::new(),
+            summary: Vec::new(),
+        })
+    }
+
+    /// Steps 2 to 6.
+    async fn story(&mut self) -> Result<()> {
+        step(2, "Start the agent and the fleet manager's subscriber");
+        self.start_agent().await?;
+        say(&format!(
+            "agent running; state in {}, spool in {}",
+            rel(self.work.path(), &self.config.state_dir),
+            rel(self.work.path(), &self.config.spool_dir)
+        ));
+        let creds = self.broker.issue_client("fleet")?;
+        let opts = self
+            .broker
+            .mqtt_options("fleet", &creds, Duration::from_secs(5))?;
+        self.fleet = Some(Fleet::connect(opts).await?);
+        say("fleet subscribed to facegate/# (sees every upload, reply and status)");
+        self.wait_status("the agent to connect to the broker", |s| {
+            s["uplink"]["connected"] == true
+        })
+        .await?;
+        say("agent connected to the broker with its device certificate");
+
+        self.consented_and_unconsented().await?;
+        self.offline_then_revoked().await?;
+        self.final_report().await?;
+        self.print_summary();
+        Ok(())
+    }
+
+    /// Step 3: consent first; no consent means nothing is kept; metadata is removed.
+    async fn consented_and_unconsented(&mut self) -> Result<()> {
+        step(
+            3,
+            "Consent first: captures of Alice (consented), Bob and an anonymous person",
+        );
+        let now = clock::now();
+        let token = consent::sign_consent(
+            &consent::ConsentRequest {
+                issuer: "lobby-reception".into(),
+                subject: "alice".into(),
+                audience: vec![SITE.into()],
+                scopes: vec![consent::UPLOAD_SCOPE.into()],
+                lifetime_s: 3600,
+                jti: None,
+            },
+            CONSENT_KID,
+            &self.consent_key,
+            now,
+        )?;
+        let added = self
+            .ctl(Request::ConsentAdd { token })
+            .await
+            .context("ctl consent add")?;
+        say(&format!(
+            "site admin: `facegate ctl consent add <token>` for alice -> consent {} until {}",
+            short(added["consent_id"].as_str().unwrap_or("?")),
+            added["expires_at"].as_str().unwrap_or("?")
+        ));
+        why(
+            "Alice gave explicit, separate consent for `capture:upload`, signed by the consent key",
+        );
+
+        let plain = synth::face_jpeg(320, 240, 1, 85);
+        let gps = synth::with_exif_gps(&synth::face_jpeg(320, 240, 2, 85), GPS_MARKER);
+        self.camera("alice-1", Some("alice"), plain)?;
+        self.camera("alice-2-gps", Some("alice"), gps)?;
+        self.camera("bob-1", Some("bob"), synth::face_jpeg(320, 240, 3, 85))?;
+        self.camera("anon-1", None, synth::face_jpeg(320, 240, 4, 85))?;
+        say("camera wrote 4 captures (synthetic faces) into the spool: alice-1, alice-2-gps (with EXIF GPS, XMP and a comment), bob-1, anon-1");
+
+        self.wait_spool_empty().await?;
+        self.collect_uploads(2).await?;
+        // Anything else (Bob, the anonymous capture, a duplicate) would show up now.
+        self.collect_uploads_for(Duration::from_millis(1500))
+            .await?;
+        ensure!(
+            self.uploads.len() == 2,
+            "expected exactly 2 uploads, the fleet received {}",
+            self.uploads.len()
+        );
+        let status = self
+            .wait_status("the two uploads to be acknowledged", |s| {
+                s["counters"]["uploaded"] == 2 && s["outbox"]["captures"] == 0
+            })
+            .await?;
+        ensure!(
+            status["counters"]["dropped_no_consent"] == 2,
+            "expected 2 captures dropped for lack of consent: {status}"
+        );
+
+        for name in ["alice-1", "alice-2-gps"] {
+            let (env, image) = self.upload_of(name)?;
+            ensure!(env["subject"] == "alice", "{name}: wrong subject in {env}");
+            ensure!(
+                !contains(&image, GPS_MARKER.as_bytes()) && !contains(&image, b"Exif\0\0"),
+                "{name}: the uploaded image still carries metadata"
+            );
+            let raw_len = self.shot(name)?.raw.len();
+            say(&format!(
+                "fleet received {name}: capture {}, {} -> {} bytes, sha256 verified, no EXIF/GPS/XMP/comment",
+                short(env["capture_id"].as_str().unwrap_or("?")),
+                raw_len,
+                image.len()
+            ));
+        }
+        say("bob-1 and anon-1: dropped at intake (counter dropped_no_consent = 2), never uploaded");
+        self.check_no_plaintext_on_disk()?;
+        say("state directory scanned: no image bytes and no GPS marker of any capture on disk");
+        why("without consent a capture is deleted from the spool and never written to storage;");
+        why("uploads carry only the pixels needed for the purpose: location metadata is stripped");
+        self.row("alice-1", "alice", "yes", "uploaded, sha256 verified");
+        self.row(
+            "alice-2-gps",
+            "alice",
+            "yes",
+            "uploaded with EXIF/GPS/XMP/comment removed",
+        );
+        self.row("bob-1", "bob", "no", "dropped at intake, never stored");
+        self.row("anon-1", "(none)", "no", "dropped at intake, never stored");
+        Ok(())
+    }
+
+    /// Step 4: captures queued offline, encrypted; a revocation wins over the queue.
+    async fn offline_then_revoked(&mut self) -> Result<()> {
+        step(4, "Offline queue, then Alice withdraws her consent");
+        self.broker.stop();
+        self.wait_status("the agent to notice the broker is gone", |s| {
+            s["uplink"]["connected"] == false
+        })
+        .await?;
+        say("network outage: broker stopped; the agent keeps working locally");
+        for i in 3..=5 {
+            let image = synth::face_jpeg(320, 240, 10 + i, 85);
+            self.camera(&format!("alice-{i}"), Some("alice"), image)?;
+        }
+        self.wait_spool_empty().await?;
+        let status = self
+            .wait_status("3 captures in the outbox", |s| s["outbox"]["captures"] == 3)
+            .await?;
+        self.check_no_plaintext_on_disk()?;
+        say(&format!(
+            "camera wrote alice-3..5; `ctl status`: outbox = {} captures, {} bytes, encrypted (AES-256-GCM, Alice's own key)",
+            status["outbox"]["captures"], status["outbox"]["bytes"]
+        ));
+        why("a consented capture is never lost: it waits in the outbox until the broker acknowledges it");
+
+        self.stop_agent().await?;
+        say("terminal powered off (agent stopped) with the 3 captures still queued");
+        self.broker
+            .restart()
+            .context("restarting the broker after the outage")?;
+        let (jti, jws) = command::sign_command(
+            "consent.revoke",
+            json!({ "subject": "alice" }),
+            &format!("{SITE}/{DEVICE}"),
+            600,
+            FLEET_KID,
+            &self.fleet_key,
+            clock::now(),
+        )?;
+        let fleet = self.fleet_mut()?;
+        fleet.wait_connected().await?;
+        fleet
+            .client
+            .publish(CMD, QoS::AtLeastOnce, false, jws.into_bytes())
+            .await?;
+        fleet.wait_puback().await?;
+        say(&format!(
+            "broker back; Alice withdrew consent: fleet published a signed consent.revoke (jti {}); the broker holds it for the offline terminal",
+            short(&jti)
+        ));
+
+        let before = self.uploads.len();
+        self.start_agent().await?;
+        say("terminal powered on: it connects, receives the revocation first, then looks at its outbox");
+        let reply = self.wait_reply(&jti).await?;
+        ensure!(reply["ok"] == true, "revocation refused: {reply}");
+        let receipt = reply["result"].clone();
+        ensure!(
+            receipt["subject"] == "alice" && receipt["purged"] == 3,
+            "expected all 3 queued captures purged: {receipt}"
+        );
+        let in_flight = receipt["in_flight"]
+            .as_array()
+            .context("receipt without in_flight")?
+            .len();
+        self.collect_uploads_for(Duration::from_millis(1500))
+            .await?;
+        ensure!(
+            self.uploads.len() == before,
+            "a capture was uploaded after the revocation"
+        );
+        let status = self
+            .wait_status("the purge to show in the status", |s| {
+                s["outbox"]["captures"] == 0 && s["consent"]["active"] == 0
+            })
+            .await?;
+        say(&format!(
+            "receipt: purged = {}, in_flight = {in_flight} (none had been handed to MQTT); outbox now {}",
+            receipt["purged"], status["outbox"]["captures"]
+        ));
+        why("withdrawal stops processing at once: nothing more of Alice is sent, her data key is");
+        why("destroyed so her queued captures are unreadable, and the receipt tells the back-end");
+        why("which already-sent captures (in_flight) it must delete on its side");
+        println!("\n  purge receipt (reply on {REPLY}):");
+        print_json(&receipt, 4);
+        self.row(
+            "alice-3..5",
+            "alice",
+            "revoked",
+            "queued encrypted offline, purged by the revocation",
+        );
+        Ok(())
+    }
+
+    /// Step 5: the site admin's view: status counters, audit chain, last entries.
+    async fn final_report(&mut self) -> Result<()> {
+        step(
+            5,
+            "What the site admin can show: status, audit chain, audit trail",
+        );
+        let status = self.ctl(Request::Status).await?;
+        let c = &status["counters"];
+        println!(
+            "  status counters: accepted={} dropped_no_consent={} rejected_bad_input={} uploaded={} purged={}",
+            c["accepted"], c["dropped_no_consent"], c["rejected_bad_input"], c["uploaded"], c["purged"]
+        );
+        let expected = [
+            ("accepted", 5),
+            ("dropped_no_consent", 2),
+            ("rejected_bad_input", 0),
+            ("uploaded", 2),
+            ("purged", 3),
+        ];
+        for (key, want) in expected {
+            ensure!(
+                c[key] == want,
+                "counter {key}: expected {want}, got {}",
+                c[key]
+            );
+        }
+        let verify = self.ctl(Request::AuditVerify).await?;
+        ensure!(
+            verify["ok"] == true,
+            "audit chain does not verify: {verify}"
+        );
+        println!(
+            "  `ctl audit verify`: ok, {} entries, hash chain intact",
+            verify["rows"]
+        );
+        let tail = self.ctl(Request::AuditTail { n: 20 }).await?;
+        println!("  `ctl audit tail` (subjects appear only as pseudonyms):");
+        let entries = tail.as_array().context("audit tail is not a list")?;
+        let dropped: Vec<&str> = entries
+            .iter()
+            .filter(|e| e["kind"] == "capture.dropped")
+            .filter_map(|e| e["detail"]["reason"].as_str())
+            .collect();
+        ensure!(
+            dropped.len() == 2,
+            "expected 2 capture.dropped audit entries, found {dropped:?}"
+        );
+        for e in entries {
+            let ts = e["ts"].as_i64().map(clock::rfc3339).unwrap_or_default();
+            let subject = e["subject_ref"].as_str().map(short).unwrap_or("-");
+            println!(
+                "    {:<4} {}  {:<17} subject {:<8} {}",
+                format!("#{}", e["seq"]),
+                ts.get(11..19).unwrap_or(&ts),
+                e["kind"].as_str().unwrap_or("?"),
+                subject,
+                compact(&e["detail"], 64)
+            );
+        }
+        why("every decision is recorded in a keyed hash chain, so the operator can prove what happened");
+        Ok(())
+    }
+
+    /// Step 6: the table.
+    fn print_summary(&self) {
+        step(6, "Summary");
+        let header = ["capture", "subject", "consent", "what happened"];
+        let widths: Vec<usize> = (0..4)
+            .map(|i| {
+                self.summary
+                    .iter()
+                    .map(|r| r[i].len())
+                    .chain([header[i].len()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let line = |cells: [&str; 4]| {
+            let mut s = String::from("  ");
+            for (i, cell) in cells.iter().enumerate() {
+                let _ = write!(s, "{:<w$}  ", cell, w = widths[i]);
+            }
+            println!("{}", s.trim_end());
+        };
+        line(header);
+        line(["-------", "-------", "-------", "-------------"]);
+        for r in &self.summary {
+            line([&r[0], &r[1], &r[2], &r[3]]);
+        }
+        println!();
+        println!("  Why: uploads only with a valid signed consent for this site and purpose;");
+        println!(
+            "  no consent -> nothing stored; withdrawal -> processing stops and data is purged"
+        );
+        println!("  on the device's own initiative, with a receipt; everything audited.");
+    }
+
+    // ---- the agent ----
+
+    async fn start_agent(&mut self) -> Result<()> {
+        let config = config::from_toml_str(&self.config_toml, self.work.path())?;
+        let (trigger, shutdown) = shutdown::channel();
+        let task = tokio::spawn(daemon::run(config, shutdown));
+        self.agent = Some((trigger, task));
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if self.ctl(Request::Status).await.is_ok() {
+                return Ok(());
+            }
+            if let Some((_, task)) = &self.agent {
+                if task.is_finished() {
+                    let (_, task) = self.agent.take().context("agent")?;
+                    task.await??;
+                    bail!("the agent stopped right after starting");
+                }
+            }
+            ensure!(Instant::now() < deadline, "the agent did not come up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop_agent(&mut self) -> Result<()> {
+        if let Some((trigger, task)) = self.agent.take() {
+            trigger.fire(Reason::Requested);
+            tokio::time::timeout(WAIT, task)
+                .await
+                .context("the agent did not stop")???;
+        }
+        Ok(())
+    }
+
+    async fn teardown(&mut self) {
+        if let Some(fleet) = self.fleet.take() {
+            fleet.task.abort();
+        }
+        if let Err(e) = self.stop_agent().await {
+            eprintln!("stopping the agent: {e:#}");
+        }
+        self.broker.kill();
+    }
+
+    /// One control-socket request, like `facegate ctl`; the result or the error.
+    async fn ctl(&self, req: Request) -> Result<Value> {
+        // Name the request by its operation only (a consent token is not for the screen).
+        let op = serde_json::to_value(&req)?["op"].to_string();
+        let resp = control::request(&self.config.control.socket, &req).await?;
+        match (resp.ok, resp.result, resp.error) {
+            (true, Some(result), _) => Ok(result),
+            (_, _, Some(e)) => bail!("control request {op} refused: {} ({})", e.message, e.code),
+            _ => bail!("control request {op}: empty answer"),
+        }
+    }
+
+    /// Polls `ctl status` until `cond` holds; returns that status.
+    async fn wait_status(&self, what: &str, cond: impl Fn(&Value) -> bool) -> Result<Value> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let status = self.ctl(Request::Status).await?;
+            if cond(&status) {
+                return Ok(status);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last status {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // ---- the camera ----
+
+    /// Writes `NAME.jpg` then `NAME.json` into the spool, each under a temporary
+    /// name and renamed into place, as camera software must.
+    fn camera(&mut self, name: &str, subject: Option<&'static str>, raw: Vec<u8>) -> Result<()> {
+        let clean = sanitize::sanitize(&raw, &self.config.capture)
+            .with_context(|| format!("{name} is not a valid capture"))?;
+        let sidecar = json!({
+            "subject": subject,
+            "captured_at": clock::rfc3339(clock::now()),
+            "camera": "lobby-cam-1",
+        });
+        let spool = &self.config.spool_dir;
+        write_atomic(&spool.join(format!("{name}.jpg")), &raw)?;
+        write_atomic(
+            &spool.join(format!("{name}.json")),
+            sidecar.to_string().as_bytes(),
+        )?;
+        self.shots.push(Shot {
+            name: name.to_string(),
+            subject,
+            raw,
+            clean_sha256: hex::encode(clean.sha256),
+        });
+        Ok(())
+    }
+
+    async fn wait_spool_empty(&self) -> Result<()> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = std::fs::read_dir(&self.config.spool_dir)?.count();
+            if left == 0 {
+                return Ok(());
+            }
+            ensure!(Instant::now() < deadline, "{left} files still in the spool");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn shot(&self, name: &str) -> Result<&Shot> {
+        self.shots
+            .iter()
+            .find(|s| s.name == name)
+            .with_context(|| format!("no capture named {name}"))
+    }
+
+    /// No file of the state directory holds a recognisable piece of any capture's
+    /// image data, nor the GPS marker.
+    fn check_no_plaintext_on_disk(&self) -> Result<()> {
+        let mut files = Vec::new();
+        walk(&self.config.state_dir, &mut files)?;
+        for file in files {
+            let Ok(bytes) = std::fs::read(&file) else {
+                continue; // the control socket, or a file removed meanwhile
+            };
+            ensure!(
+                !contains(&bytes, GPS_MARKER.as_bytes()),
+                "GPS marker found in {}",
+                file.display()
+            );
+            for shot in &self.shots {
+                // A slice from the middle of the file: compressed pixel data, which
+                // sanitizing keeps as is.
+                let mid = shot.raw.len() / 2;
+                let probe = &shot.raw[mid..mid + 48];
+                ensure!(
+                    !contains(&bytes, probe),
+                    "plaintext image data of {} (subject {:?}) found in {}",
+                    shot.name,
+                    shot.subject,
+                    file.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    // ---- the fleet ----
+
+    fn fleet_mut(&mut self) -> Result<&mut Fleet> {
+        self.fleet.as_mut().context("fleet client not connected")
+    }
+
+    /// Reads messages until `n` distinct uploads have arrived in total.
+    async fn collect_uploads(&mut self, n: usize) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.uploads.len() < n {
+            let p = self
+                .fleet_mut()?
+                .next_publish(deadline)
+                .await
+                .with_context(|| {
+                    format!("expected {n} uploads, received {}", self.uploads.len())
+                })?;
+            self.record(p)?;
+        }
+        Ok(())
+    }
+
+    /// Reads messages for `window`, recording uploads.
+    async fn collect_uploads_for(&mut self, window: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + window;
+        while let Some(p) = self.fleet_mut()?.next_publish(deadline).await {
+            self.record(p)?;
+        }
+        Ok(())
+    }
+
+    /// Records an upload envelope (checking its sha256); keeps replies for later.
+    fn record(&mut self, p: Publish) -> Result<()> {
+        if p.topic == REPLY {
+            let reply: Value = serde_json::from_slice(&p.payload).context("reply is not JSON")?;
+            self.fleet_mut()?.replies.push(reply);
+            return Ok(());
+        }
+        if p.topic != CAPTURES {
+            return Ok(());
+        }
+        let env: Value = serde_json::from_slice(&p.payload).context("envelope is not JSON")?;
+        let image = envelope_image(&env)?;
+        let sha = hex::encode(digest::digest(&digest::SHA256, &image));
+        ensure!(
+            env["sha256"] == sha.as_str(),
+            "envelope sha256 does not match its image"
+        );
+        let id = env["capture_id"]
+            .as_str()
+            .context("envelope without capture_id")?;
+        ensure!(
+            !self.uploads.contains_key(id),
+            "capture {id} delivered twice"
+        );
+        ensure!(
+            self.shots
+                .iter()
+                .any(|s| s.clean_sha256 == sha && s.subject == Some("alice")),
+            "the fleet received an image that is not a sanitized capture of Alice"
+        );
+        self.uploads.insert(id.to_string(), env);
+        Ok(())
+    }
+
+    /// The envelope and decoded image uploaded for capture `name`.
+    fn upload_of(&self, name: &str) -> Result<(&Value, Vec<u8>)> {
+        let want = &self.shot(name)?.clean_sha256;
+        let env = self
+            .uploads
+            .values()
+            .find(|e| e["sha256"] == want.as_str())
+            .with_context(|| format!("{name} was not uploaded"))?;
+        Ok((env, envelope_image(env)?))
+    }
+
+    async fn wait_reply(&mut self, jti: &str) -> Result<Value> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let fleet = self.fleet_mut()?;
+            if let Some(i) = fleet.replies.iter().position(|r| r["jti"] == jti) {
+                return Ok(fleet.replies.remove(i));
+            }
+            let p = fleet
+                .next_publish(deadline)
+                .await
+                .context("no reply to the revocation")?;
+            self.record(p)?;
+        }
+    }
+
+    fn row(&mut self, a: &str, b: &str, c: &str, d: &str) {
+        self.summary
+            .push([a.to_string(), b.to_string(), c.to_string(), d.to_string()]);
+    }
+
+    fn agent_log_tail(&self, n: usize) -> String {
+        let log = std::fs::read_to_string(self.work.path().join("agent.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+/// What the fleet client's event loop reports.
+enum FleetEvent {
+    Connected,
+    SubAck,
+    PubAck,
+    Publish(Publish),
+}
+
+/// The fleet manager's MQTT client; its event loop runs in a task and reconnects
+/// by itself (persistent session) when the broker comes back.
+struct Fleet {
+    client: AsyncClient,
+    events: mpsc::UnboundedReceiver<FleetEvent>,
+    task: JoinHandle<()>,
+    /// Command replies read while waiting for something else.
+    replies: Vec<Value>,
+}
+
+impl Fleet {
+    async fn connect(options: rumqttc::MqttOptions) -> Result<Fleet> {
+        let (client, mut eventloop) = AsyncClient::new(options, 64);
+        let (tx, events) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                let event = match eventloop.poll().await {
+                    Ok(Event::Incoming(Incoming::ConnAck(_))) => FleetEvent::Connected,
+                    Ok(Event::Incoming(Incoming::SubAck(_))) => FleetEvent::SubAck,
+                    Ok(Event::Incoming(Incoming::PubAck(_))) => FleetEvent::PubAck,
+                    Ok(Event::Incoming(Incoming::Publish(p))) => FleetEvent::Publish(p),
+                    Ok(_) => continue,
+                    Err(_) => {
+                        // Broker away (the outage in step 4): try again shortly.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                };
+                if tx.send(event).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut fleet = Fleet {
+            client,
+            events,
+            task,
+            replies: Vec::new(),
+        };
+        fleet.wait_connected().await?;
+        fleet
+            .client
+            .subscribe("facegate/#", QoS::AtLeastOnce)
+            .await?;
+        fleet
+            .wait_for("SUBACK", |e| matches!(e, FleetEvent::SubAck))
+            .await?;
+        Ok(fleet)
+    }
+
+    async fn wait_connected(&mut self) -> Result<()> {
+        self.wait_for("the fleet connection", |e| {
+            matches!(e, FleetEvent::Connected)
+        })
+        .await
+    }
+
+    async fn wait_puback(&mut self) -> Result<()> {
+        self.wait_for("PUBACK", |e| matches!(e, FleetEvent::PubAck))
+            .await
+    }
+
+    /// Waits for an event matching `pick`; publishes seen meanwhile are kept as replies
+    /// (uploads cannot arrive while the agent is stopped, which is when this is used).
+    async fn wait_for(&mut self, what: &str, pick: impl Fn(&FleetEvent) -> bool) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let event = tokio::time::timeout_at(deadline, self.events.recv())
+                .await
+                .ok()
+                .flatten()
+                .with_context(|| format!("timed out waiting for {what}"))?;
+            if pick(&event) {
+                return Ok(());
+            }
+            if let FleetEvent::Publish(p) = event {
+                if p.topic == REPLY {
+                    if let Ok(reply) = serde_json::from_slice(&p.payload) {
+                        self.replies.push(reply);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next PUBLISH before `deadline`, or `None`.
+    async fn next_publish(&mut self, deadline: tokio::time::Instant) -> Option<Publish> {
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(FleetEvent::Publish(p))) => return Some(p),
+                Ok(Some(_)) => continue,
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// Sends the agent's log (info and up) to `path` instead of the terminal.
+fn log_to_file(path: &Path) -> Result<()> {
+    let file = std::fs::File::create(path)?;
+    tracing_subscriber::fmt()
+        .with_writer(std::sync::Mutex::new(file))
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("log subscriber: {e}"))?;
+    Ok(())
+}
+
+fn envelope_image(env: &Value) -> Result<Vec<u8>> {
+    let b64 = env["image"].as_str().context("envelope without image")?;
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .context("envelope image is not base64")
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path
+        .file_name()
+        .context("spool path without a file name")?
+        .to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp).with_context(|| tmp.display().to_string())?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| path.display().to_string())?;
+    Ok(())
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| dir.display().to_string())? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            walk(&entry.path(), out)?;
+        } else if kind.is_file() {
+            out.push(entry.path());
+        }
+    }
+    Ok(())
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn step(n: u32, title: &str) {
+    println!("\n[{n}] {title}");
+}
+
+fn say(text: &str) {
+    println!("  - {text}");
+}
+
+fn why(text: &str) {
+    println!("    why: {text}");
+}
+
+/// The first 8 characters of an id, enough to tell ids apart on screen.
+fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+fn rel(base: &Path, p: &Path) -> String {
+    p.strip_prefix(base)
+        .map(|r| format!("<tmp>/{}", r.display()))
+        .unwrap_or_else(|_| p.display().to_string())
+}
+
+/// One-line JSON, cut to `max` characters.
+fn compact(v: &Value, max: usize) -> String {
+    let s = v.to_string();
+    if s.chars().count() <= max {
+        s
+    } else {
+        let cut: String = s.chars().take(max - 1).collect();
+        format!("{cut}…")
+    }
+}
+
+fn print_json(v: &Value, indent: usize) {
+    let pretty = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
+    for line in pretty.lines() {
+        println!("{:indent$}{line}", "");
+    }
+}
