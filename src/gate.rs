@@ -115,6 +115,21 @@ pub fn decide(
     }
 }
 
+/// Keeps only the consents whose stored token still verifies under the
+/// current trusted keys: a key replaced under the same `kid` (or removed)
+/// voids what it signed. Callers run this before [`decide`] so "validly
+/// signed" holds at the moment of the decision, not only when the consent
+/// was stored.
+pub fn still_signed(consents: Vec<Consent>, trust: &[TrustedKey]) -> Vec<Consent> {
+    consents
+        .into_iter()
+        .filter(|c| {
+            crate::jws::verify(&c.token, trust)
+                .is_ok_and(|v| v.kid == c.kid && v.role == Role::Consent)
+        })
+        .collect()
+}
+
 /// The first check one consent fails, in [`DropReason::rank`] order.
 fn check(
     c: &Consent,
@@ -418,5 +433,41 @@ mod tests {
         ];
         let codes: std::collections::BTreeSet<_> = all.iter().map(|r| r.code()).collect();
         assert_eq!(codes.len(), all.len());
+    }
+
+    #[test]
+    fn still_signed_drops_consents_whose_key_changed_under_the_same_kid() {
+        use crate::consent::{sign_consent, verify_consent, ConsentRequest};
+        let (pkcs8, public) = crate::keys::generate().unwrap();
+        let (_, other) = crate::keys::generate().unwrap();
+        let key = |pk: [u8; 32]| TrustedKey {
+            kid: "consent-1".into(),
+            role: Role::Consent,
+            public_key: pk,
+        };
+        let req = ConsentRequest {
+            issuer: "t".into(),
+            subject: "S-1".into(),
+            audience: vec!["lobby".into()],
+            scopes: vec![UPLOAD_SCOPE.into()],
+            lifetime_s: 3600,
+            jti: None,
+        };
+        let token = sign_consent(&req, "consent-1", &pkcs8, NOW).unwrap();
+        let c = verify_consent(&token, &[key(public)], &me(), NOW, 0).unwrap();
+        assert_eq!(still_signed(vec![c.clone()], &[key(public)]).len(), 1);
+        assert!(
+            still_signed(vec![c.clone()], &[key(other)]).is_empty(),
+            "replaced key"
+        );
+        assert!(still_signed(vec![c.clone()], &[]).is_empty(), "removed key");
+        let fleet = TrustedKey {
+            role: Role::Fleet,
+            ..key(public)
+        };
+        assert!(
+            still_signed(vec![c], &[fleet]).is_empty(),
+            "key demoted to fleet"
+        );
     }
 }

@@ -156,7 +156,7 @@ pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, Inta
             None => gate::decide(None, &[], None, &cfg.trust, &cfg.identity, now),
             Some(s) => {
                 if !ledger.contains_key(s) {
-                    let consents = store.consents_for(s)?;
+                    let consents = gate::still_signed(store.consents_for(s)?, &cfg.trust);
                     let revoked = store.revoked_before(s)?;
                     ledger.insert(s.clone(), (consents, revoked));
                 }

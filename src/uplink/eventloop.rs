@@ -452,7 +452,7 @@ fn hand_over(
     let batch = store.pending(free, &exclude)?;
     let mut handed = 0;
     for capture in batch {
-        let consents = store.consents_for(&capture.subject)?;
+        let consents = gate::still_signed(store.consents_for(&capture.subject)?, &cfg.trust);
         let revoked = store.revoked_before(&capture.subject)?;
         match gate::decide(
             Some(&capture.subject),

@@ -73,7 +73,6 @@ pub struct DaemonOptions {
     pub mqtt_extra: String,
 }
 
-
 /// A running `facegate run` process and its directories.
 pub struct Daemon {
     pub dir: TempDir,
