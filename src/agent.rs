@@ -220,10 +220,11 @@ impl Agent {
     }
 
     /// Verifies one fleet command (signature, role, audience, time, replay) and
-    /// applies it. Every command is idempotent (grant of a known consent, revoke
-    /// up to the same `iat`, purge of what is already gone), so the order
-    /// "commit effect, then remember the `jti`, then ack to the broker" is safe
-    /// against a crash at any point: redelivery repeats a harmless effect.
+    /// applies it. The effect and the command's `jti` commit in one store
+    /// transaction, and the broker gets its PUBACK only after that, so a
+    /// command takes effect exactly once: if the daemon dies between the commit
+    /// and the PUBACK, the broker redelivers the command and it is answered
+    /// `replayed` (its effect already happened).
     pub async fn apply_command(&self, payload: &[u8], now: i64) -> CommandOutcome {
         let cfg = self.config();
         let bytes = payload.to_vec();

@@ -59,9 +59,27 @@ pub enum KeyError {
 pub fn generate() -> Result<(Vec<u8>, [u8; 32]), KeyError> {
     let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
         .map_err(|_| KeyError::Generate("system randomness unavailable".into()))?;
-    let pkcs8 = doc.as_ref().to_vec();
+    let pkcs8 = to_pkcs8_v1(doc.as_ref())?;
     let public = public_from_pkcs8(&pkcs8)?;
     Ok((pkcs8, public))
+}
+
+/// DER prefix of an RFC 8410 PKCS#8 v1 Ed25519 private key; the 32-byte seed follows.
+const PKCS8_V1_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// Rewrites ring's PKCS#8 v2 document (seed + public key) as the plain v1
+/// form of RFC 8410, which OpenSSL, Python `cryptography` and every JOSE
+/// library read.
+fn to_pkcs8_v1(v2: &[u8]) -> Result<Vec<u8>, KeyError> {
+    // ring's v2 layout: 16-byte header, seed, then the public key.
+    let seed = v2
+        .get(16..48)
+        .ok_or_else(|| KeyError::Generate("unexpected PKCS#8 layout".into()))?;
+    let mut v1 = PKCS8_V1_PREFIX.to_vec();
+    v1.extend_from_slice(seed);
+    Ok(v1)
 }
 
 /// The raw public key of a PKCS#8 Ed25519 private key (v1 as made by OpenSSL, or v2).

@@ -422,8 +422,15 @@ fn print_status(v: &Value) {
     println!("consents: {} active", v["consent"]["active"]);
     let c = &v["counters"];
     println!(
-        "counters: accepted {}, dropped (no consent) {}, rejected (bad input) {}, uploaded {}, purged {}",
-        c["accepted"], c["dropped_no_consent"], c["rejected_bad_input"], c["uploaded"], c["purged"]
+        "counters: accepted {}, dropped (no consent) {}, rejected (bad input) {}, rejected (outbox full) {}, \
+         uploaded {}, upload retries {}, purged {}",
+        c["accepted"],
+        c["dropped_no_consent"],
+        c["rejected_bad_input"],
+        c["rejected_quota"],
+        c["uploaded"],
+        c["upload_retries"],
+        c["purged"]
     );
     let u = &v["uplink"];
     println!(

@@ -64,6 +64,8 @@ fn fleet_tool_tokens_verify_with_pyjwt() {
     let key = dir.path().join("consent.pem");
     let key = key.to_str().unwrap();
     let public = facegate(&["fleet", "keygen", "--out", key]);
+    // The key file is standard PKCS#8: other tools read it and derive the same public key.
+    assert_eq!(python(&["public", key])["public_key"], public.as_str());
     let token = facegate(&[
         "fleet",
         "consent",

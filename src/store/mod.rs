@@ -192,6 +192,9 @@ pub enum PurgeReason {
     Retention,
     /// The stored capture could not be decrypted.
     Undecryptable,
+    /// At upload time no consent allows it any more (e.g. its signing key
+    /// was removed from the trusted keys).
+    ConsentInvalid,
 }
 
 impl PurgeReason {
@@ -205,6 +208,7 @@ impl PurgeReason {
             PurgeReason::OutboxFull => "outbox_full",
             PurgeReason::Retention => "retention",
             PurgeReason::Undecryptable => "undecryptable",
+            PurgeReason::ConsentInvalid => "consent_invalid",
         }
     }
 }

@@ -480,7 +480,12 @@ fn hand_over(
                 // Consent ended since intake (expiry, key withdrawn): never send,
                 // and do not keep what may no longer be kept.
                 tracing::info!(capture = %capture.capture_id, reason = reason.code(), "consent gone; purging instead of uploading");
-                store.purge_subject(&capture.subject, now, PurgeReason::ConsentExpired, None)?;
+                let why = if reason == gate::DropReason::Expired {
+                    PurgeReason::ConsentExpired
+                } else {
+                    PurgeReason::ConsentInvalid
+                };
+                store.purge_subject(&capture.subject, now, why, None)?;
             }
         }
     }

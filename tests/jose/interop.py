@@ -2,6 +2,7 @@
 
 verify TOKEN PUBLIC_B64URL AUD   -> prints the verified claims as JSON
 sign KIND AUD                    -> prints {"token": ..., "public_key": ...} signed by a fresh key
+public PEM_FILE                  -> prints {"public_key": ...} of a private key file (OpenSSL/cryptography)
 """
 import base64
 import json
@@ -43,8 +44,18 @@ def sign(kind: str, aud: str) -> None:
     print(json.dumps({"token": token, "public_key": b64url(public)}))
 
 
+def public(path: str) -> None:
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    with open(path, "rb") as f:
+        key = load_pem_private_key(f.read(), password=None)
+    raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    print(json.dumps({"public_key": b64url(raw)}))
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "verify":
+    if sys.argv[1] == "public":
+        public(sys.argv[2])
+    elif sys.argv[1] == "verify":
         verify(sys.argv[2], sys.argv[3], sys.argv[4])
     else:
         sign(sys.argv[2], sys.argv[3])
