@@ -224,8 +224,15 @@ impl Agent {
     /// transaction, and the broker gets its PUBACK only after that, so a
     /// command takes effect exactly once: if the daemon dies between the commit
     /// and the PUBACK, the broker redelivers the command and it is answered
-    /// `replayed` (its effect already happened).
-    pub async fn apply_command(&self, payload: &[u8], now: i64) -> CommandOutcome {
+    /// `replayed`, unless it is the broker's redelivery (`redelivered`: MQTT
+    /// DUP flag) of a command whose reply was kept: then that same reply is
+    /// published again, so the fleet still gets its receipt.
+    pub async fn apply_command(
+        &self,
+        payload: &[u8],
+        redelivered: bool,
+        now: i64,
+    ) -> CommandOutcome {
         let cfg = self.config();
         let bytes = payload.to_vec();
         let verified = self
@@ -249,6 +256,19 @@ impl Agent {
                 let reply = command::reply_err(None, None, "internal", &e.to_string());
                 return CommandOutcome {
                     reply,
+                    publish_status: false,
+                };
+            }
+            Ok(Err(rejected)) if redelivered && rejected.error.code() == "replayed" => {
+                if let Some(reply) = self.kept_reply(rejected.jti.clone()).await {
+                    tracing::info!(jti = ?rejected.jti, "command redelivered by the broker; its reply is sent again");
+                    return CommandOutcome {
+                        reply,
+                        publish_status: false,
+                    };
+                }
+                return CommandOutcome {
+                    reply: rejected.reply(),
                     publish_status: false,
                 };
             }
@@ -311,10 +331,30 @@ impl Agent {
                 )
             }
         };
+        let (jti, text) = (cmd.jti.clone(), reply.to_string());
+        if let Ok(Err(e)) = self
+            .db
+            .call(move |s| s.save_command_reply(&jti, &text))
+            .await
+        {
+            tracing::warn!(error = %e, "cannot keep the command reply");
+        }
         CommandOutcome {
             reply,
             publish_status,
         }
+    }
+
+    /// The reply kept for an applied command, if any.
+    async fn kept_reply(&self, jti: Option<String>) -> Option<Value> {
+        let jti = jti?;
+        let kept = self
+            .db
+            .call(move |s| s.command_reply(&jti))
+            .await
+            .ok()?
+            .ok()??;
+        serde_json::from_str(&kept).ok()
     }
 
     /// Verifies a consent token and stores it.

@@ -593,6 +593,19 @@ impl Store {
         self.finish(r)
     }
 
+    /// Keeps the reply published for an applied command (no-op for an
+    /// unknown `jti`).
+    pub fn save_command_reply(&mut self, jti: &str, reply: &str) -> Result<(), StoreError> {
+        let r = replay::save_reply(self, jti, reply);
+        self.finish(r)
+    }
+
+    /// The reply kept for an applied command.
+    pub fn command_reply(&mut self, jti: &str) -> Result<Option<String>, StoreError> {
+        let r = replay::reply(self, jti);
+        self.finish(r)
+    }
+
     /// Forgets commands whose `exp` is more than a day in the past.
     pub fn forget_commands(&mut self, now: i64) -> Result<u64, StoreError> {
         let r = replay::forget(self, now);

@@ -46,6 +46,30 @@ pub(super) fn remember_tx(
     w.commit()
 }
 
+/// Keeps the reply published for the applied command `jti`.
+pub(super) fn save_reply(store: &mut Store, jti: &str, reply: &str) -> Result<(), StoreError> {
+    store
+        .conn
+        .execute(
+            "UPDATE commands SET reply = ?2 WHERE jti = ?1",
+            params![jti, reply],
+        )
+        .op("keeping a command reply")?;
+    Ok(())
+}
+
+/// The reply kept for the applied command `jti`, if any.
+pub(super) fn reply(store: &mut Store, jti: &str) -> Result<Option<String>, StoreError> {
+    store
+        .conn
+        .query_row("SELECT reply FROM commands WHERE jti = ?1", [jti], |r| {
+            r.get::<_, Option<String>>(0)
+        })
+        .optional()
+        .op("reading a command reply")
+        .map(Option::flatten)
+}
+
 /// Deletes ids whose expiry is more than a day past.
 pub(super) fn forget(store: &mut Store, now: i64) -> Result<u64, StoreError> {
     let n = store

@@ -7,7 +7,7 @@ use super::{SqlCtx, Store, StoreError};
 
 /// Migration steps; step `i` takes the schema from version `i` to `i + 1`.
 /// Append only: never edit a released step.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 const V1: &str = r#"
 CREATE TABLE meta (
@@ -91,6 +91,12 @@ CREATE TABLE commands (
     expires_at INTEGER NOT NULL,
     seen_at    INTEGER NOT NULL
 ) WITHOUT ROWID;
+"#;
+
+/// The reply published for an applied command, so a redelivery by the broker
+/// (after a crash between commit and PUBACK) is answered with the same reply.
+const V2: &str = r#"
+ALTER TABLE commands ADD COLUMN reply TEXT;
 "#;
 
 /// Highest schema version this build knows.

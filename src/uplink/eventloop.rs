@@ -569,7 +569,9 @@ async fn handle_command(agent: &Arc<Agent>, link: &Arc<Link>, topics: &Topics, p
         ack(link, &publish);
         return;
     }
-    let outcome = agent.apply_command(&publish.payload, clock::now()).await;
+    let outcome = agent
+        .apply_command(&publish.payload, publish.dup, clock::now())
+        .await;
     // The effect (if any) is committed: now the broker may forget the command.
     ack(link, &publish);
     if outcome.publish_status {
