@@ -28,6 +28,7 @@
 //! Tools and helpers
 //! - [`keys`]: Ed25519 key files for the fleet tool.
 //! - [`pki`]: throwaway X.509 CA, broker and device certificates.
+//! - [`devbroker`]: a throwaway local Mosquitto with mutual TLS for the demo and tests.
 //! - [`synth`]: synthetic face-like captures for tests, benchmarks and the demo.
 //! - [`logging`]: the `tracing` subscriber (text or JSON on stderr).
 //! - [`clock`]: unix seconds inside, RFC 3339 at the edges.
@@ -42,6 +43,7 @@ pub mod control;
 pub mod crypto;
 pub mod daemon;
 pub mod db;
+pub mod devbroker;
 pub mod gate;
 pub mod intake;
 pub mod jws;
