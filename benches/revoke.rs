@@ -12,9 +12,6 @@
 //! uploads for the store, as they would in the field; the outbox size at the
 //! first and the last revocation is printed.
 
-#[path = "../tests/common/broker.rs"]
-#[allow(dead_code)]
-mod broker;
 #[path = "support/mqtt.rs"]
 mod mqtt;
 mod support;
@@ -39,7 +36,7 @@ fn main() {
 }
 
 async fn run() {
-    let broker = broker::Broker::start();
+    let broker = mqtt::start_broker();
     let images: Vec<Vec<u8>> = (0..8).map(|s| synth::face_jpeg(640, 480, s, 85)).collect();
     let dir = support::disk_tempdir();
     let spool = support::spool_tempdir();
@@ -63,18 +60,10 @@ async fn run() {
         t.elapsed().as_secs_f64()
     );
 
-    let mut fleet = broker::Session::spawn(broker.options("fleet"));
-    fleet
-        .wait_connected(Duration::from_secs(30))
-        .await
-        .expect("fleet connects");
+    // The fleet back-end: a bare client with the `fleet` certificate.
+    let mut fleet = mqtt::BarePublisher::connect(&broker, "fleet", 16).await;
     let reply_topic = mqtt::topic("reply");
-    fleet
-        .client
-        .subscribe(reply_topic.clone(), QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
-    fleet.wait_suback(Duration::from_secs(30)).await;
+    fleet.subscribe(&reply_topic).await;
 
     let mut d = support::DaemonProc::start(
         &config_path,
@@ -112,10 +101,7 @@ async fn run() {
             .await
             .expect("publish command");
         let reply = loop {
-            let p = fleet
-                .recv_on(&reply_topic, Duration::from_secs(30))
-                .await
-                .expect("a reply within 30 s");
+            let p = fleet.recv_on(&reply_topic).await;
             let v: Value = serde_json::from_slice(&p.payload).expect("reply JSON");
             if v["jti"] == jti.as_str() {
                 break v;

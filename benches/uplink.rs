@@ -2,8 +2,7 @@
 //! rumqttc publisher in the same run (`cargo bench --bench uplink`; needs
 //! `mosquitto`, see scripts/ensure-mosquitto).
 //!
-//! One private Mosquitto with mutual TLS (the test harness in
-//! tests/common/broker.rs) serves both sides, with no subscriber on the
+//! One private Mosquitto with mutual TLS (`facegate::devbroker`) serves both sides, with no subscriber on the
 //! capture topics.
 //!
 //! * Baseline: a bare rumqttc client with its own certificate, in-flight
@@ -20,11 +19,15 @@
 //!   after connecting (so queued revocations are applied before uploads);
 //!   the rate from the first deletion to the end is printed as well.
 //!
+//! * Breakdown (no network): the agent's store work done serially through the
+//!   library on an outbox of the same captures: `pending(16)`, the consent
+//!   re-check and `envelope()` for each capture (what `hand_over` does), and
+//!   `ack_many` (what deleting acknowledged captures costs) in transactions of
+//!   16 (the agent's burst at window 16), 64 and 256. This shows what bounds
+//!   the agent's rate and what batching deletions would buy.
+//!
 //! `FACEGATE_BENCH_CAPTURES` (default 2000) sets N.
 
-#[path = "../tests/common/broker.rs"]
-#[allow(dead_code)]
-mod broker;
 #[path = "support/mqtt.rs"]
 mod mqtt;
 mod support;
@@ -49,7 +52,7 @@ fn main() {
 }
 
 async fn run(n: usize) {
-    let broker = broker::Broker::start();
+    let broker = mqtt::start_broker();
     let images: Vec<Vec<u8>> = (0..8).map(|s| synth::face_jpeg(640, 480, s, 85)).collect();
 
     let dir = support::disk_tempdir();
@@ -86,10 +89,19 @@ async fn run(n: usize) {
     let (agent, steady) = agent(&config_path, &cfg.control.socket, dir.path(), n).await;
 
     let base2 = baseline(&broker, n, &payload).await;
+    let (hand_ms, ack_ms) = breakdown(&images);
     let base_mean = (base + base2) / 2.0;
     println!("RESULT D1 baseline bare rumqttc (window {WINDOW}): {base:.1} and {base2:.1} captures/s (mean {base_mean:.1})");
     println!("RESULT D1 agent, connect -> outbox empty:        {agent:.1} captures/s");
     println!("RESULT D1 agent, first ack -> outbox empty:      {steady:.1} captures/s");
+    for (b, per) in ACK_BATCHES.iter().zip(&ack_ms) {
+        println!(
+            "RESULT D1 breakdown: hand-over work {:.3} ms/capture + ack_many({b}) {per:.3} ms/capture \
+             -> serial store bound {:.0} captures/s",
+            hand_ms / WINDOW as f64,
+            1e3 / (hand_ms / WINDOW as f64 + per)
+        );
+    }
     println!(
         "RESULT D1 ratio agent/baseline = {:.2} (steady state {:.2}); target >= 0.8: {}",
         agent / base_mean,
@@ -102,8 +114,78 @@ async fn run(n: usize) {
     );
 }
 
+/// Ack batch sizes tried in the breakdown (captures deleted per transaction).
+const ACK_BATCHES: [usize; 3] = [16, 64, 256];
+/// Captures per breakdown pass.
+const PASS: usize = 768;
+
+/// The agent's store work per capture, serially through the library: returns
+/// (ms per window of 16 for pending + gate + envelope, [ms per capture of
+/// `ack_many` at each of ACK_BATCHES]).
+fn breakdown(images: &[Vec<u8>]) -> (f64, Vec<f64>) {
+    let dir = support::disk_tempdir();
+    let spool = support::spool_tempdir();
+    let trust = support::Trust::new();
+    let files = support::no_broker(dir.path());
+    let toml = support::config_toml(
+        &dir.path().join("state"),
+        spool.path(),
+        &files,
+        &trust,
+        "",
+        "[outbox]\nquota_bytes = 4294967296\n",
+    );
+    let cfg = support::parse(&toml, dir.path());
+    support::fill_outbox(&cfg, &trust, 20, PASS * ACK_BATCHES.len(), images, 200);
+    let agent = facegate::daemon::open(cfg.clone()).expect("open agent");
+    let mut store = agent.db.lock();
+    let (mut hand, mut windows) = (Duration::ZERO, 0u32);
+    let mut ack_per_capture = Vec::new();
+    for ack_batch in ACK_BATCHES {
+        let (mut ack, mut done) = (Duration::ZERO, 0usize);
+        let mut waiting: Vec<String> = Vec::new();
+        while done < PASS {
+            let t = Instant::now();
+            let batch = store.pending(WINDOW as usize, &waiting).expect("pending");
+            for c in &batch {
+                let consents = store.consents_for(&c.subject).expect("consents");
+                let revoked = store.revoked_before(&c.subject).expect("revoked");
+                let decision = facegate::gate::decide(
+                    Some(&c.subject),
+                    &consents,
+                    revoked,
+                    &cfg.trust,
+                    &cfg.identity,
+                    facegate::clock::now(),
+                );
+                let facegate::gate::Decision::Accept { consent_id } = decision else {
+                    panic!("consent refused in the breakdown");
+                };
+                std::hint::black_box(facegate::uplink::eventloop::envelope(&cfg, c, &consent_id));
+                waiting.push(c.capture_id.clone());
+            }
+            hand += t.elapsed();
+            windows += 1;
+            if waiting.len() >= ack_batch {
+                let t = Instant::now();
+                done += store
+                    .ack_many(&waiting, facegate::clock::now())
+                    .expect("ack_many");
+                ack += t.elapsed();
+                waiting.clear();
+            }
+        }
+        let per = ack.as_secs_f64() * 1e3 / done as f64;
+        println!("breakdown: ack_many in batches of {ack_batch}: {per:.3} ms per capture");
+        ack_per_capture.push(per);
+    }
+    let hand_ms = hand.as_secs_f64() * 1e3 / windows as f64;
+    println!("breakdown: pending(16) + gate + envelope: {hand_ms:.2} ms per window");
+    (hand_ms, ack_per_capture)
+}
+
 /// Captures/s of a bare publisher, CONNACK → N-th PUBACK.
-async fn baseline(broker: &broker::Broker, n: usize, payload: &[u8]) -> f64 {
+async fn baseline(broker: &facegate::devbroker::DevBroker, n: usize, payload: &[u8]) -> f64 {
     let mut p = mqtt::BarePublisher::connect(broker, "term-02", WINDOW).await;
     let start = Instant::now();
     let client = p.client.clone();

@@ -19,9 +19,6 @@
 //! offset from the start (outliers near multiples of 5 s would point at the
 //! keep-alive).
 
-#[path = "../tests/common/broker.rs"]
-#[allow(dead_code)]
-mod broker;
 #[path = "support/mqtt.rs"]
 mod mqtt;
 mod support;
@@ -45,7 +42,7 @@ fn main() {
 }
 
 async fn run() {
-    let broker = broker::Broker::start();
+    let broker = mqtt::start_broker();
     let images: Vec<Vec<u8>> = (0..8).map(|s| synth::face_jpeg(640, 480, s, 85)).collect();
     let dir = support::disk_tempdir();
     let spool = support::spool_tempdir();
@@ -122,7 +119,7 @@ async fn run() {
 }
 
 /// Publishes every 100 ms for 35 s; returns (offset s, publish → PUBACK) per message.
-async fn baseline(broker: &broker::Broker, payload: &[u8]) -> Vec<(f64, Duration)> {
+async fn baseline(broker: &facegate::devbroker::DevBroker, payload: &[u8]) -> Vec<(f64, Duration)> {
     let mut p = mqtt::BarePublisher::connect(broker, "term-02", 1).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let start = tokio::time::Instant::now();

@@ -1,19 +1,27 @@
-//! MQTT helpers for the uplink benchmarks (D1–D3): the agent's broker files,
-//! the upload envelope the agent would send, and a bare rumqttc publisher that
-//! serves as the baseline. Needs the `broker` module (the Mosquitto mTLS harness)
-//! at the crate root.
+//! MQTT helpers for the uplink benchmarks (D1–D3): a private Mosquitto with
+//! mutual TLS (`facegate::devbroker`), the agent's broker files, the upload
+//! envelope the agent would send, and a bare rumqttc client that serves as the
+//! baseline publisher and as the fleet back-end.
 #![allow(dead_code)]
 
 use std::time::{Duration, Instant};
 
 use facegate::config::Config;
+use facegate::devbroker::{DevBroker, DevBrokerOptions};
 use facegate::store::OutboxCapture;
 use facegate::uplink::eventloop::envelope;
-use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 
-use crate::broker::Broker;
 use crate::support::{self, MqttFiles};
+
+/// Keep-alive of the bare clients (the agent's is set in its config).
+pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+/// Starts a throwaway Mosquitto (needs `mosquitto` installed).
+pub fn start_broker() -> DevBroker {
+    DevBroker::start(DevBrokerOptions::default()).expect("start mosquitto")
+}
 
 /// Topic prefix of this device's topics.
 pub fn topic(kind: &str) -> String {
@@ -21,8 +29,10 @@ pub fn topic(kind: &str) -> String {
 }
 
 /// A device certificate for the agent, issued by the broker's CA.
-pub fn agent_files(broker: &Broker) -> MqttFiles {
-    let creds = broker.issue_client(support::DEVICE);
+pub fn agent_files(broker: &DevBroker) -> MqttFiles {
+    let creds = broker
+        .issue_client(support::DEVICE)
+        .expect("device certificate");
     MqttFiles {
         host: "localhost".into(),
         port: broker.port,
@@ -51,10 +61,9 @@ pub fn envelope_for(cfg: &Config, image: &[u8]) -> Vec<u8> {
     envelope(cfg, &capture, &capture.consent_id.clone())
 }
 
-/// A bare rumqttc client (own certificate `cn`, persistent session, the broker
-/// harness's 5 s keep-alive) with in-flight window `window`. Its event loop runs
-/// in a task that timestamps every event as it is polled, like the agent's
-/// network task.
+/// A bare rumqttc client (own certificate `cn`, persistent session, 5 s
+/// keep-alive) with in-flight window `window`. Its event loop runs in a task
+/// that timestamps every event as it is polled, like the agent's network task.
 pub struct BarePublisher {
     /// Request side.
     pub client: AsyncClient,
@@ -68,8 +77,11 @@ pub struct BarePublisher {
 
 impl BarePublisher {
     /// Connects and waits for the CONNACK.
-    pub async fn connect(broker: &Broker, cn: &str, window: u16) -> BarePublisher {
-        let mut opts = broker.options(cn);
+    pub async fn connect(broker: &DevBroker, cn: &str, window: u16) -> BarePublisher {
+        let creds = broker.issue_client(cn).expect("client certificate");
+        let mut opts = broker
+            .mqtt_options(cn, &creds, KEEP_ALIVE)
+            .expect("MQTT options");
         opts.set_inflight(window);
         let (client, eventloop) = AsyncClient::new(opts, 64);
         let (tx, events) = mpsc::unbounded_channel();
@@ -87,7 +99,7 @@ impl BarePublisher {
         }
     }
 
-    /// The next event (panics if the connection ended or after 30 s).
+    /// The next event (panics if the connection ended or after 30 s without one).
     pub async fn next(&mut self) -> (Instant, Event) {
         tokio::time::timeout(Duration::from_secs(30), self.events.recv())
             .await
@@ -100,6 +112,30 @@ impl BarePublisher {
         loop {
             if let (at, Event::Incoming(Packet::PubAck(_))) = self.next().await {
                 return at;
+            }
+        }
+    }
+
+    /// The next PUBLISH on `topic` (others are skipped; panics after 30 s).
+    pub async fn recv_on(&mut self, topic: &str) -> Publish {
+        loop {
+            if let (_, Event::Incoming(Packet::Publish(p))) = self.next().await {
+                if p.topic == topic {
+                    return p;
+                }
+            }
+        }
+    }
+
+    /// Subscribes to `topic` (QoS 1) and waits for the SUBACK.
+    pub async fn subscribe(&mut self, topic: &str) {
+        self.client
+            .subscribe(topic, QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        loop {
+            if let (_, Event::Incoming(Packet::SubAck(_))) = self.next().await {
+                return;
             }
         }
     }
