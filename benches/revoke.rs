@@ -1,16 +1,21 @@
 //! Target D2: signed `consent.revoke` command → purge receipt latency with
 //! 10,000 captures queued (`cargo bench --bench revoke`; needs `mosquitto`).
 //!
-//! A state directory gets 10,000 captures (640×480 synthetic JPEGs, ~49 KB)
-//! over 200 consented subjects (50 each) through the library; then the
-//! benchmark build of `facegate run` starts on it against a private Mosquitto
-//! with mutual TLS. As soon as it is connected, a fleet client sends 60
-//! revocations one after the other (each for a different subject that has
-//! captures, signed with the trusted fleet key, 50 ms apart) and times each
-//! from its PUBLISH to the arrival of the reply with the same `jti`. The
-//! agent keeps uploading meanwhile (window 16), so revocations compete with
-//! uploads for the store, as they would in the field; the outbox size at the
-//! first and the last revocation is printed.
+//! A state directory gets 20,000 captures (640×480 synthetic JPEGs, ~48 KB)
+//! over 1000 consented subjects (20 each) through the library.
+//!
+//! * Store only: 60 subjects are revoked directly through `Store::revoke`
+//!   (no daemon, no network), timing each: the cost of the purge itself
+//!   (secure delete of the rows, key destruction, audit, WAL checkpoint).
+//! * End to end: the benchmark build of `facegate run` starts on the state
+//!   directory against a private Mosquitto with mutual TLS. As soon as it is
+//!   connected, a fleet client sends 60 `consent.revoke` commands one after the
+//!   other (each for another subject that has captures, signed with the trusted
+//!   fleet key, 50 ms apart) and times each from its PUBLISH to the arrival of
+//!   the reply with the same `jti`. The agent keeps uploading meanwhile (window
+//!   16), so revocations compete with uploads for the store as they would in
+//!   the field; the queue is large enough that more than 10,000 captures stay
+//!   queued throughout (printed at the first and the last revocation).
 
 #[path = "support/mqtt.rs"]
 mod mqtt;
@@ -22,8 +27,8 @@ use facegate::{clock, command, synth};
 use rumqttc::QoS;
 use serde_json::{json, Value};
 
-const QUEUED: usize = 10_000;
-const SUBJECTS: usize = 200;
+const QUEUED: usize = 20_000;
+const SUBJECTS: usize = 1000;
 const REVOCATIONS: usize = 60;
 
 fn main() {
@@ -59,6 +64,21 @@ async fn run() {
         "revoke: filled {QUEUED} captures over {SUBJECTS} subjects in {:.1} s (not timed)",
         t.elapsed().as_secs_f64()
     );
+
+    // Store only, on subjects the MQTT phase does not touch.
+    let store_samples = {
+        let agent = facegate::daemon::open(cfg.clone()).expect("open agent");
+        let mut store = agent.db.lock();
+        let mut samples = Vec::new();
+        for subject in subjects.iter().rev().take(REVOCATIONS) {
+            let now = clock::now();
+            let t = Instant::now();
+            let r = store.revoke(subject, now, now, None).expect("revoke");
+            samples.push(t.elapsed());
+            assert_eq!(r.purged.len(), QUEUED / SUBJECTS);
+        }
+        samples
+    };
 
     // The fleet back-end: a bare client with the `fleet` certificate.
     let mut fleet = mqtt::BarePublisher::connect(&broker, "fleet", 16).await;
@@ -124,6 +144,8 @@ async fn run() {
          {purged_total} purged, {in_flight_total} listed in flight, {} uploaded meanwhile",
         st["counters"]["uploaded"]
     );
+    let (text, _) = support::summary(&mut store_samples.clone());
+    println!("RESULT D2 Store::revoke alone (20 of {QUEUED} captures each): {text}");
     let (text, p99) = support::summary(&mut samples);
     println!("RESULT D2 consent.revoke publish -> reply: {text}");
     println!(

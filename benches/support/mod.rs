@@ -301,7 +301,14 @@ impl DaemonProc {
         env: &[(&str, &str)],
     ) -> DaemonProc {
         let out = std::fs::File::create(log).expect("daemon log file");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_facegate"))
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_facegate"));
+        // The daemon reads FACEGATE_* as config overrides: keep the bench's own out.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("FACEGATE_") {
+                cmd.env_remove(name);
+            }
+        }
+        let child = cmd
             .args(["run", "--config"])
             .arg(config)
             .envs(env.iter().copied())

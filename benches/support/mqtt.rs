@@ -18,9 +18,25 @@ use crate::support::{self, MqttFiles};
 /// Keep-alive of the bare clients (the agent's is set in its config).
 pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
 
-/// Starts a throwaway Mosquitto (needs `mosquitto` installed).
+/// Whether `FACEGATE_BENCH_NODELAY=1` asks for TCP_NODELAY on the broker's and
+/// the bare clients' sockets (the agent's own socket is left as the product sets it).
+pub fn nodelay() -> bool {
+    std::env::var("FACEGATE_BENCH_NODELAY").is_ok_and(|v| v == "1")
+}
+
+/// Starts a throwaway Mosquitto (needs `mosquitto` installed); with
+/// [`nodelay`], restarts it with `set_tcp_nodelay true`.
 pub fn start_broker() -> DevBroker {
-    DevBroker::start(DevBrokerOptions::default()).expect("start mosquitto")
+    let mut broker = DevBroker::start(DevBrokerOptions::default()).expect("start mosquitto");
+    if nodelay() {
+        let conf = broker.dir.path().join("mosquitto.conf");
+        let mut text = std::fs::read_to_string(&conf).expect("read mosquitto.conf");
+        text.insert_str(0, "set_tcp_nodelay true\n");
+        std::fs::write(&conf, text).expect("write mosquitto.conf");
+        broker.restart().expect("restart mosquitto");
+        println!("broker and bare clients: TCP_NODELAY on");
+    }
+    broker
 }
 
 /// Topic prefix of this device's topics.
@@ -83,7 +99,12 @@ impl BarePublisher {
             .mqtt_options(cn, &creds, KEEP_ALIVE)
             .expect("MQTT options");
         opts.set_inflight(window);
-        let (client, eventloop) = AsyncClient::new(opts, 64);
+        let (client, mut eventloop) = AsyncClient::new(opts, 64);
+        if nodelay() {
+            let mut net = rumqttc::NetworkOptions::new();
+            net.set_tcp_nodelay(true);
+            eventloop.set_network_options(net);
+        }
         let (tx, events) = mpsc::unbounded_channel();
         let task = tokio::spawn(poll(eventloop, tx));
         let mut p = BarePublisher {
