@@ -1,8 +1,8 @@
 //! Target D2: signed `consent.revoke` command → purge receipt latency with
 //! 10,000 captures queued (`cargo bench --bench revoke`; needs `mosquitto`).
 //!
-//! A state directory gets 20,000 captures (640×480 synthetic JPEGs, ~48 KB)
-//! over 1000 consented subjects (20 each) through the library.
+//! A state directory gets 32,000 captures (640×480 synthetic JPEGs, ~48 KB)
+//! over 1600 consented subjects (20 each) through the library.
 //!
 //! * Store only: 60 subjects are revoked directly through `Store::revoke`
 //!   (no daemon, no network), timing each: the cost of the purge itself
@@ -27,8 +27,8 @@ use facegate::{clock, command, synth};
 use rumqttc::QoS;
 use serde_json::{json, Value};
 
-const QUEUED: usize = 20_000;
-const SUBJECTS: usize = 1000;
+const QUEUED: usize = 32_000;
+const SUBJECTS: usize = 1600;
 const REVOCATIONS: usize = 60;
 
 fn main() {
