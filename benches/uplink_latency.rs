@@ -169,7 +169,7 @@ fn report(label: &str, samples: &mut [(f64, Duration)]) {
     let mut d: Vec<Duration> = samples.iter().map(|x| x.1).collect();
     let (text, _) = support::summary(&mut d);
     println!("RESULT D3 {label}: {text}");
-    samples.sort_by(|a, b| b.1.cmp(&a.1));
+    samples.sort_by_key(|s| std::cmp::Reverse(s.1));
     let slow: Vec<String> = samples
         .iter()
         .take(5)
