@@ -1,0 +1,159 @@
+//! Target D2: signed `consent.revoke` command → purge receipt latency with
+//! 10,000 captures queued (`cargo bench --bench revoke`; needs `mosquitto`).
+//!
+//! A state directory gets 32,000 captures (640×480 synthetic JPEGs, ~48 KB)
+//! over 1600 consented subjects (20 each) through the library.
+//!
+//! * Store only: 60 subjects are revoked directly through `Store::revoke`
+//!   (no daemon, no network), timing each: the cost of the purge itself
+//!   (secure delete of the rows, key destruction, audit, WAL checkpoint).
+//! * End to end: the benchmark build of `facegate run` starts on the state
+//!   directory against a private Mosquitto with mutual TLS. As soon as it is
+//!   connected, a fleet client sends 60 `consent.revoke` commands one after the
+//!   other (each for another subject that has captures, signed with the trusted
+//!   fleet key, 50 ms apart) and times each from its PUBLISH to the arrival of
+//!   the reply with the same `jti`. The agent keeps uploading meanwhile (window
+//!   16), so revocations compete with uploads for the store as they would in
+//!   the field; the queue is large enough that more than 10,000 captures stay
+//!   queued throughout (printed at the first and the last revocation).
+
+#[path = "support/mqtt.rs"]
+mod mqtt;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use facegate::{clock, command, synth};
+use rumqttc::QoS;
+use serde_json::{json, Value};
+
+const QUEUED: usize = 32_000;
+const SUBJECTS: usize = 1600;
+const REVOCATIONS: usize = 60;
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(run());
+}
+
+async fn run() {
+    let broker = mqtt::start_broker();
+    let images: Vec<Vec<u8>> = (0..8).map(|s| synth::face_jpeg(640, 480, s, 85)).collect();
+    let dir = support::disk_tempdir();
+    let spool = support::spool_tempdir();
+    let trust = support::Trust::new();
+    let files = mqtt::agent_files(&broker);
+    let toml = support::config_toml(
+        &dir.path().join("state"),
+        spool.path(),
+        &files,
+        &trust,
+        "reconnect_min = \"100ms\"\nreconnect_max = \"1s\"",
+        "[outbox]\nquota_bytes = 4294967296\n",
+    );
+    let cfg = support::parse(&toml, dir.path());
+    let config_path = dir.path().join("facegate.toml");
+    std::fs::write(&config_path, &toml).expect("write config");
+    let t = Instant::now();
+    let subjects = support::fill_outbox(&cfg, &trust, SUBJECTS, QUEUED, &images, 500);
+    println!(
+        "revoke: filled {QUEUED} captures over {SUBJECTS} subjects in {:.1} s (not timed)",
+        t.elapsed().as_secs_f64()
+    );
+
+    // Store only, on subjects the MQTT phase does not touch.
+    let store_samples = {
+        let agent = facegate::daemon::open(cfg.clone()).expect("open agent");
+        let mut store = agent.db.lock();
+        let mut samples = Vec::new();
+        for subject in subjects.iter().rev().take(REVOCATIONS) {
+            let now = clock::now();
+            let t = Instant::now();
+            let r = store.revoke(subject, now, now, None).expect("revoke");
+            samples.push(t.elapsed());
+            assert_eq!(r.purged.len(), QUEUED / SUBJECTS);
+        }
+        samples
+    };
+
+    // The fleet back-end: a bare client with the `fleet` certificate.
+    let mut fleet = mqtt::BarePublisher::connect(&broker, "fleet", 16).await;
+    let reply_topic = mqtt::topic("reply");
+    fleet.subscribe(&reply_topic).await;
+
+    let mut d = support::DaemonProc::start(
+        &config_path,
+        &cfg.control.socket,
+        &dir.path().join("daemon.log"),
+        &[],
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while d.status().await["uplink"]["connected"] != true {
+        assert!(Instant::now() < deadline, "agent did not connect");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = d.outbox_len().await;
+
+    let cmd_topic = mqtt::topic("cmd");
+    let mut samples = Vec::with_capacity(REVOCATIONS);
+    let mut purged_total = 0;
+    let mut in_flight_total = 0;
+    for subject in subjects.iter().take(REVOCATIONS) {
+        let (jti, jws) = command::sign_command(
+            "consent.revoke",
+            json!({ "subject": subject }),
+            support::SITE,
+            600,
+            &trust.fleet.kid,
+            &trust.fleet.pkcs8,
+            clock::now(),
+        )
+        .expect("sign command");
+        let t0 = Instant::now();
+        fleet
+            .client
+            .publish(cmd_topic.clone(), QoS::AtLeastOnce, false, jws.into_bytes())
+            .await
+            .expect("publish command");
+        let reply = loop {
+            let p = fleet.recv_on(&reply_topic).await;
+            let v: Value = serde_json::from_slice(&p.payload).expect("reply JSON");
+            if v["jti"] == jti.as_str() {
+                break v;
+            }
+        };
+        samples.push(t0.elapsed());
+        assert_eq!(reply["ok"], true, "{reply}");
+        purged_total += reply["result"]["purged"].as_u64().unwrap_or(0);
+        in_flight_total += reply["result"]["in_flight"]
+            .as_array()
+            .map(Vec::len)
+            .unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = d.outbox_len().await;
+    let st = d.status().await;
+    d.stop();
+    println!(
+        "revoke: outbox {before} at the first revocation, {after} after the last; \
+         {purged_total} purged, {in_flight_total} listed in flight, {} uploaded meanwhile",
+        st["counters"]["uploaded"]
+    );
+    let (text, _) = support::summary(&mut store_samples.clone());
+    println!("RESULT D2 Store::revoke alone (20 of {QUEUED} captures each): {text}");
+    let (text, p99) = support::summary(&mut samples);
+    println!("RESULT D2 consent.revoke publish -> reply: {text}");
+    println!(
+        "RESULT D2 target p99 < 100 ms: {}",
+        if p99 < Duration::from_millis(100) {
+            "PASS"
+        } else {
+            "FAIL"
+        }
+    );
+}

@@ -1,0 +1,262 @@
+//! Target D1: upload throughput of ~50 KB captures end to end, against a bare
+//! rumqttc publisher in the same run (`cargo bench --bench uplink`; needs
+//! `mosquitto`, see scripts/ensure-mosquitto).
+//!
+//! One private Mosquitto with mutual TLS (`facegate::devbroker`) serves both sides, with no subscriber on the
+//! capture topics.
+//!
+//! * Baseline: a bare rumqttc client with its own certificate, in-flight
+//!   window 16, publishes N envelopes of exactly the agent's envelope size
+//!   (built by the agent's own `envelope()`) as fast as rumqttc takes them;
+//!   timed from CONNACK to the N-th PUBACK.
+//! * Agent: N captures (640×480 synthetic JPEGs, ~49 KB) are put into the
+//!   encrypted outbox of a state directory through the library, then the
+//!   benchmark build of `facegate run` starts on it (window `mqtt.inflight =
+//!   16`, the default). Status is polled on the control socket every 10 ms;
+//!   timed from the first status saying the uplink is connected to the first
+//!   status with an empty outbox (every capture acknowledged by the broker
+//!   and deleted). This includes the agent's deliberate 500 ms settle delay
+//!   after connecting (so queued revocations are applied before uploads);
+//!   the rate from the first deletion to the end is printed as well.
+//!
+//! * Breakdown (no network): the agent's store work done serially through the
+//!   library on an outbox of the same captures: `pending(16)`, the consent
+//!   re-check and `envelope()` for each capture (what `hand_over` does), and
+//!   `ack_many` (what deleting acknowledged captures costs) in transactions of
+//!   16 (the agent's burst at window 16), 64 and 256. This shows what bounds
+//!   the agent's rate and what batching deletions would buy.
+//!
+//! `FACEGATE_BENCH_CAPTURES` (default 2000) sets N.
+
+#[path = "support/mqtt.rs"]
+mod mqtt;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use facegate::synth;
+
+const WINDOW: u16 = 16;
+
+fn main() {
+    let n: usize = std::env::var("FACEGATE_BENCH_CAPTURES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(run(n));
+}
+
+async fn run(n: usize) {
+    let broker = mqtt::start_broker();
+    let images: Vec<Vec<u8>> = (0..8).map(|s| synth::face_jpeg(640, 480, s, 85)).collect();
+
+    let dir = support::disk_tempdir();
+    let spool = support::spool_tempdir();
+    let trust = support::Trust::new();
+    let files = mqtt::agent_files(&broker);
+    let state = dir.path().join("state");
+    let toml = support::config_toml(
+        &state,
+        spool.path(),
+        &files,
+        &trust,
+        &format!("inflight = {WINDOW}\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\""),
+        "[outbox]\nquota_bytes = 4294967296\n",
+    );
+    let cfg = support::parse(&toml, dir.path());
+    let config_path = dir.path().join("facegate.toml");
+    std::fs::write(&config_path, &toml).expect("write config");
+    let payload = mqtt::envelope_for(&cfg, &images[0]);
+    println!(
+        "uplink: {n} captures, image {} B, envelope {} B, window {WINDOW}",
+        images[0].len(),
+        payload.len()
+    );
+
+    let base = baseline(&broker, n, &payload).await;
+
+    let t = Instant::now();
+    support::fill_outbox(&cfg, &trust, 20, n, &images, 200);
+    println!(
+        "agent: filled the outbox in {:.1} s (not timed)",
+        t.elapsed().as_secs_f64()
+    );
+    let (agent, steady) = agent(&config_path, &cfg.control.socket, dir.path(), n).await;
+
+    let base2 = baseline(&broker, n, &payload).await;
+    let (hand_ms, ack_ms) = breakdown(&images);
+    let base_mean = (base + base2) / 2.0;
+    println!("RESULT D1 baseline bare rumqttc (window {WINDOW}): {base:.1} and {base2:.1} captures/s (mean {base_mean:.1})");
+    println!("RESULT D1 agent, connect -> outbox empty:        {agent:.1} captures/s");
+    println!("RESULT D1 agent, first ack -> outbox empty:      {steady:.1} captures/s");
+    for (b, per) in ACK_BATCHES.iter().zip(&ack_ms) {
+        println!(
+            "RESULT D1 breakdown: hand-over work {:.3} ms/capture + ack_many({b}) {per:.3} ms/capture \
+             -> serial store bound {:.0} captures/s",
+            hand_ms / WINDOW as f64,
+            1e3 / (hand_ms / WINDOW as f64 + per)
+        );
+    }
+    println!(
+        "RESULT D1 ratio agent/baseline = {:.2} (steady state {:.2}); target >= 0.8: {}",
+        agent / base_mean,
+        steady / base_mean,
+        if agent / base_mean >= 0.8 {
+            "PASS"
+        } else {
+            "FAIL"
+        }
+    );
+}
+
+/// Ack batch sizes tried in the breakdown (captures deleted per transaction).
+const ACK_BATCHES: [usize; 3] = [16, 64, 256];
+/// Captures per breakdown pass.
+const PASS: usize = 768;
+
+/// The agent's store work per capture, serially through the library: returns
+/// (ms per window of 16 for pending + gate + envelope, [ms per capture of
+/// `ack_many` at each of ACK_BATCHES]).
+fn breakdown(images: &[Vec<u8>]) -> (f64, Vec<f64>) {
+    let dir = support::disk_tempdir();
+    let spool = support::spool_tempdir();
+    let trust = support::Trust::new();
+    let files = support::no_broker(dir.path());
+    let toml = support::config_toml(
+        &dir.path().join("state"),
+        spool.path(),
+        &files,
+        &trust,
+        "",
+        "[outbox]\nquota_bytes = 4294967296\n",
+    );
+    let cfg = support::parse(&toml, dir.path());
+    support::fill_outbox(&cfg, &trust, 20, PASS * ACK_BATCHES.len(), images, 200);
+    let agent = facegate::daemon::open(cfg.clone()).expect("open agent");
+    let mut store = agent.db.lock();
+    let (mut hand, mut windows) = (Duration::ZERO, 0u32);
+    let mut ack_per_capture = Vec::new();
+    for ack_batch in ACK_BATCHES {
+        let (mut ack, mut done) = (Duration::ZERO, 0usize);
+        let mut waiting: Vec<String> = Vec::new();
+        while done < PASS {
+            let t = Instant::now();
+            let batch = store.pending(WINDOW as usize, &waiting).expect("pending");
+            for c in &batch {
+                let consents = store.consents_for(&c.subject).expect("consents");
+                let revoked = store.revoked_before(&c.subject).expect("revoked");
+                let decision = facegate::gate::decide(
+                    Some(&c.subject),
+                    &consents,
+                    revoked,
+                    &cfg.trust,
+                    &cfg.identity,
+                    facegate::clock::now(),
+                );
+                let facegate::gate::Decision::Accept { consent_id } = decision else {
+                    panic!("consent refused in the breakdown");
+                };
+                std::hint::black_box(facegate::uplink::eventloop::envelope(&cfg, c, &consent_id));
+                waiting.push(c.capture_id.clone());
+            }
+            hand += t.elapsed();
+            windows += 1;
+            if waiting.len() >= ack_batch {
+                let t = Instant::now();
+                done += store
+                    .ack_many(&waiting, facegate::clock::now())
+                    .expect("ack_many");
+                ack += t.elapsed();
+                waiting.clear();
+            }
+        }
+        let per = ack.as_secs_f64() * 1e3 / done as f64;
+        println!("breakdown: ack_many in batches of {ack_batch}: {per:.3} ms per capture");
+        ack_per_capture.push(per);
+    }
+    let hand_ms = hand.as_secs_f64() * 1e3 / windows as f64;
+    println!("breakdown: pending(16) + gate + envelope: {hand_ms:.2} ms per window");
+    (hand_ms, ack_per_capture)
+}
+
+/// Captures/s of a bare publisher, CONNACK → N-th PUBACK.
+async fn baseline(broker: &facegate::devbroker::DevBroker, n: usize, payload: &[u8]) -> f64 {
+    let mut p = mqtt::BarePublisher::connect(broker, "term-02", WINDOW).await;
+    let start = Instant::now();
+    let client = p.client.clone();
+    let topic = p.topic.clone();
+    let body = payload.to_vec();
+    let sender = tokio::spawn(async move {
+        for _ in 0..n {
+            client
+                .publish(
+                    topic.clone(),
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    body.clone(),
+                )
+                .await
+                .expect("publish");
+        }
+    });
+    let mut last = start;
+    for _ in 0..n {
+        last = p.next_puback().await;
+    }
+    let _ = sender.await;
+    let secs = (last - start).as_secs_f64();
+    println!("baseline: {n} PUBACKs in {secs:.2} s");
+    n as f64 / secs
+}
+
+/// Captures/s of the daemon: (connect → empty, first deletion → empty).
+async fn agent(
+    config: &std::path::Path,
+    socket: &std::path::Path,
+    dir: &std::path::Path,
+    n: usize,
+) -> (f64, f64) {
+    let mut d = support::DaemonProc::start(config, socket, &dir.join("daemon.log"), &[]).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut connected_at = None;
+    let mut first_ack = None;
+    let mut left_at_first_ack = n as u64;
+    let end = loop {
+        let st = d.status().await;
+        let now = Instant::now();
+        let left = st["outbox"]["captures"].as_u64().expect("outbox.captures");
+        if connected_at.is_none() && st["uplink"]["connected"] == true {
+            connected_at = Some(now);
+        }
+        if first_ack.is_none() && left < n as u64 {
+            first_ack = Some(now);
+            left_at_first_ack = left;
+        }
+        if left == 0 {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "outbox not empty after 120 s: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let st = d.status().await;
+    d.stop();
+    let connected_at = connected_at.expect("uplink connected");
+    let first_ack = first_ack.expect("an upload");
+    let secs = (end - connected_at).as_secs_f64();
+    let steady = (end - first_ack).as_secs_f64();
+    println!(
+        "agent: connect -> empty {secs:.2} s; first deletion {:.2} s after connect; counters {}",
+        (first_ack - connected_at).as_secs_f64(),
+        st["counters"]
+    );
+    assert_eq!(st["counters"]["uploaded"].as_u64(), Some(n as u64), "{st}");
+    (n as f64 / secs, left_at_first_ack as f64 / steady)
+}
