@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use facegate::config::{OutboxConfig, WhenFull};
 use facegate::consent::{Consent, UPLOAD_SCOPE};
 use facegate::crypto::DeviceKey;
-use facegate::store::{NewCapture, PurgeReason, Store};
+use facegate::store::{Capture, PurgeReason, Store};
 
 const NOW: i64 = 1_800_000_000;
 const QUEUED: usize = 100_000;
@@ -31,8 +31,8 @@ fn consent(subject: &str) -> Consent {
     }
 }
 
-fn capture(subject: &str, n: usize, image: &[u8]) -> NewCapture {
-    NewCapture {
+fn capture(subject: &str, n: usize, image: &[u8]) -> Capture {
+    Capture {
         capture_id: format!("{subject}-{n:06}"),
         subject: subject.into(),
         consent_id: format!("consent-{subject}"),

@@ -29,7 +29,7 @@ use crate::gate::{self, Decision};
 use crate::sanitize::{self, CleanImage};
 use crate::shutdown::Shutdown;
 use crate::spool::{self, Pair, Sidecar};
-use crate::store::{Inserted, NewCapture};
+use crate::store::{Capture, Inserted};
 
 /// Pairs taken per batch: bounds memory (each image is held once, decoded once)
 /// and the length of one transaction.
@@ -132,7 +132,7 @@ pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, Inta
     // 2 + 3. Gate and commit under one lock, so no revocation slips in between.
     let mut store = agent.db.lock();
     let mut ledger: HashMap<String, (Vec<Consent>, Option<i64>)> = HashMap::new();
-    let mut accepted: Vec<(Pair, NewCapture)> = Vec::new();
+    let mut accepted: Vec<(Pair, Capture)> = Vec::new();
     let mut finished: Vec<Pair> = Vec::new();
     for result in results {
         let prepared = match result {
@@ -193,7 +193,7 @@ pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, Inta
     remove_pairs(&finished);
 
     if !accepted.is_empty() {
-        let (pairs, captures): (Vec<Pair>, Vec<NewCapture>) = accepted.into_iter().unzip();
+        let (pairs, captures): (Vec<Pair>, Vec<Capture>) = accepted.into_iter().unzip();
         // If this fails (disk full), the accepted pairs stay in the spool for a retry.
         let outcomes = store.insert_captures(captures, &cfg.outbox, now)?;
         drop(store);
@@ -286,7 +286,7 @@ fn new_capture(
     image: CleanImage,
     consent_id: String,
     pair: &Pair,
-) -> NewCapture {
+) -> Capture {
     let mut ctx = digest::Context::new(&digest::SHA256);
     for part in [
         cfg.identity.site_id.as_bytes(),
@@ -306,7 +306,7 @@ fn new_capture(
     let capture_id = uuid::Builder::from_custom_bytes(bytes)
         .into_uuid()
         .to_string();
-    NewCapture {
+    Capture {
         capture_id,
         subject: sidecar.subject.unwrap_or_default(),
         consent_id,

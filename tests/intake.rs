@@ -292,7 +292,7 @@ fn kill9_during_a_burst_loses_no_accepted_capture() {
         .pending(1000, &[])
         .unwrap()
         .into_iter()
-        .map(|c| c.capture_id)
+        .map(|c| c.capture.capture_id)
         .collect();
     assert_eq!(ids.len(), n, "duplicate or missing capture ids");
 }

@@ -240,7 +240,7 @@ pub fn fill_outbox(
     images: &[Vec<u8>],
     batch_size: usize,
 ) -> Vec<String> {
-    use facegate::store::NewCapture;
+    use facegate::store::Capture;
     let agent = facegate::daemon::open(cfg.clone()).expect("open agent");
     let mut store = agent.db.lock();
     let now = clock::now();
@@ -262,7 +262,7 @@ pub fn fill_outbox(
         let digest = ring::digest::digest(&ring::digest::SHA256, &image);
         let mut sha256 = [0u8; 32];
         sha256.copy_from_slice(digest.as_ref());
-        batch.push(NewCapture {
+        batch.push(Capture {
             capture_id: uuid::Uuid::new_v4().to_string(),
             subject: names[s].clone(),
             consent_id: consent_ids[s].clone(),

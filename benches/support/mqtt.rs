@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use facegate::config::Config;
 use facegate::devbroker::{DevBroker, DevBrokerOptions};
-use facegate::store::OutboxCapture;
+use facegate::store::{Capture, OutboxCapture};
 use facegate::uplink::eventloop::envelope;
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, Publish, QoS};
 use tokio::sync::mpsc;
@@ -64,14 +64,16 @@ pub fn envelope_for(cfg: &Config, image: &[u8]) -> Vec<u8> {
     let mut sha256 = [0u8; 32];
     sha256.copy_from_slice(digest.as_ref());
     let capture = OutboxCapture {
-        capture_id: uuid::Uuid::new_v4().to_string(),
-        subject: "S-0000".into(),
-        consent_id: uuid::Uuid::new_v4().to_string(),
-        captured_at: facegate::clock::now(),
-        camera: "cam-1".into(),
-        content_type: "image/jpeg".into(),
-        sha256,
-        image: image.to_vec(),
+        capture: Capture {
+            capture_id: uuid::Uuid::new_v4().to_string(),
+            subject: "S-0000".into(),
+            consent_id: uuid::Uuid::new_v4().to_string(),
+            captured_at: facegate::clock::now(),
+            camera: "cam-1".into(),
+            content_type: "image/jpeg".into(),
+            sha256,
+            image: image.to_vec(),
+        },
         queued_at: facegate::clock::now(),
     };
     envelope(cfg, &capture, &capture.consent_id.clone())

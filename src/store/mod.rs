@@ -213,10 +213,11 @@ impl PurgeReason {
     }
 }
 
-/// A consented, sanitized capture handed to [`Store::insert_captures`].
+/// A consented, sanitized capture: what intake hands to
+/// [`Store::insert_captures`] and what the outbox gives back.
 /// `Debug` omits the image bytes.
 #[derive(Clone, PartialEq, Eq)]
-pub struct NewCapture {
+pub struct Capture {
     /// UUID, stable across upload retries.
     pub capture_id: String,
     /// Subject id (plain); stored only encrypted.
@@ -235,53 +236,33 @@ pub struct NewCapture {
     pub image: Vec<u8>,
 }
 
-/// A queued capture, decrypted, as the uplink needs it. `Debug` omits the
-/// image bytes.
-#[derive(Clone, PartialEq, Eq)]
+/// A queued capture, decrypted, as the uplink needs it: the capture plus when
+/// it entered the outbox. Derefs to [`Capture`] for its fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxCapture {
-    /// UUID, stable across upload retries.
-    pub capture_id: String,
-    /// Subject id (plain), for the envelope.
-    pub subject: String,
-    /// Consent id, for the envelope and the pre-publish consent check.
-    pub consent_id: String,
-    /// When the camera took it (unix seconds).
-    pub captured_at: i64,
-    /// Camera name.
-    pub camera: String,
-    /// `image/jpeg` or `image/png`.
-    pub content_type: String,
-    /// SHA-256 of `image`.
-    pub sha256: [u8; 32],
-    /// Sanitized image bytes.
-    pub image: Vec<u8>,
+    /// The capture as it was accepted.
+    pub capture: Capture,
     /// When it entered the outbox (unix seconds); drives retention and age.
     pub queued_at: i64,
 }
 
-impl std::fmt::Debug for NewCapture {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NewCapture")
-            .field("capture_id", &self.capture_id)
-            .field("consent_id", &self.consent_id)
-            .field("captured_at", &self.captured_at)
-            .field("camera", &self.camera)
-            .field("content_type", &self.content_type)
-            .field("image_len", &self.image.len())
-            .finish_non_exhaustive()
+impl std::ops::Deref for OutboxCapture {
+    type Target = Capture;
+
+    fn deref(&self) -> &Capture {
+        &self.capture
     }
 }
 
-impl std::fmt::Debug for OutboxCapture {
+impl std::fmt::Debug for Capture {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OutboxCapture")
+        f.debug_struct("Capture")
             .field("capture_id", &self.capture_id)
             .field("consent_id", &self.consent_id)
             .field("captured_at", &self.captured_at)
             .field("camera", &self.camera)
             .field("content_type", &self.content_type)
             .field("image_len", &self.image.len())
-            .field("queued_at", &self.queued_at)
             .finish_non_exhaustive()
     }
 }
@@ -444,7 +425,7 @@ impl Store {
     /// and subjected to the quota policy.
     pub fn insert_captures(
         &mut self,
-        batch: Vec<NewCapture>,
+        batch: Vec<Capture>,
         policy: &OutboxConfig,
         now: i64,
     ) -> Result<Vec<Inserted>, StoreError> {

@@ -14,8 +14,8 @@ use serde_json::json;
 
 use super::purge::{capture_ref, delete_rows, destroy_key_if_unused, CaptureRef, REF_COLUMNS};
 use super::{
-    counter, Inserted, NewCapture, OutboxCapture, OutboxStats, PurgeReason, SqlCtx, Store,
-    StoreError, Writer,
+    counter, Capture, Inserted, OutboxCapture, OutboxStats, PurgeReason, SqlCtx, Store, StoreError,
+    Writer,
 };
 use crate::audit::kind;
 use crate::config::{OutboxConfig, WhenFull};
@@ -175,7 +175,7 @@ fn make_room(
 
 pub(super) fn insert(
     store: &mut Store,
-    batch: Vec<NewCapture>,
+    batch: Vec<Capture>,
     policy: &OutboxConfig,
     now: i64,
 ) -> Result<Vec<Inserted>, StoreError> {
@@ -279,14 +279,16 @@ fn decrypt(
         return Ok(None);
     };
     Ok(Some(OutboxCapture {
-        capture_id: id.clone(),
-        subject: meta.subject,
-        consent_id: meta.consent_id,
-        captured_at: meta.captured_at,
-        camera: meta.camera,
-        content_type: meta.content_type,
-        sha256,
-        image,
+        capture: Capture {
+            capture_id: id.clone(),
+            subject: meta.subject,
+            consent_id: meta.consent_id,
+            captured_at: meta.captured_at,
+            camera: meta.camera,
+            content_type: meta.content_type,
+            sha256,
+            image,
+        },
         queued_at: row.queued_at,
     }))
 }

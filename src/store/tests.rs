@@ -37,8 +37,8 @@ fn consent(id: &str, subject: &str, iat: i64, exp: i64) -> Consent {
     }
 }
 
-fn capture(id: &str, subject: &str, consent_id: &str, image: &[u8]) -> NewCapture {
-    NewCapture {
+fn capture(id: &str, subject: &str, consent_id: &str, image: &[u8]) -> Capture {
+    Capture {
         capture_id: id.into(),
         subject: subject.into(),
         consent_id: consent_id.into(),
@@ -421,7 +421,7 @@ fn pending_is_ordered_decrypted_and_honours_exclude() {
         .pending(2, &excl)
         .unwrap()
         .into_iter()
-        .map(|c| c.capture_id)
+        .map(|c| c.capture.capture_id)
         .collect();
     assert_eq!(ids, [a[1].clone(), b[0].clone()]);
     assert!(s.pending(0, &[]).unwrap().is_empty());
@@ -534,7 +534,7 @@ fn quota_reject_new() {
         .pending(10, &[])
         .unwrap()
         .into_iter()
-        .map(|c| c.capture_id)
+        .map(|c| c.capture.capture_id)
         .collect();
     assert_eq!(ids, ["a", "b"]);
     assert_eq!(s.counters().unwrap()["rejected_quota"], 1);
@@ -576,7 +576,7 @@ fn quota_drop_oldest() {
         .pending(10, &[])
         .unwrap()
         .into_iter()
-        .map(|c| c.capture_id)
+        .map(|c| c.capture.capture_id)
         .collect();
     assert_eq!(ids, ["c", "d"]);
     assert_eq!(s.counters().unwrap()["purged"], 2);
@@ -740,7 +740,7 @@ fn everything_survives_reopen() {
         .pending(10, &[])
         .unwrap()
         .into_iter()
-        .map(|c| c.capture_id)
+        .map(|c| c.capture.capture_id)
         .collect();
     assert_eq!(got, ids);
     assert_eq!(s.revoked_before("S-9").unwrap(), Some(T0));
@@ -837,7 +837,7 @@ fn disk_full_is_reported_and_prior_data_survives() {
         .pending(10, &[])
         .unwrap()
         .into_iter()
-        .map(|c| c.capture_id)
+        .map(|c| c.capture.capture_id)
         .collect();
     assert_eq!(got, ids);
     assert_eq!(s.counters().unwrap()["accepted"], 2);
@@ -859,7 +859,7 @@ fn undecryptable_rows_are_purged_not_returned() {
         .pending(10, &[])
         .unwrap()
         .into_iter()
-        .map(|c| c.capture_id)
+        .map(|c| c.capture.capture_id)
         .collect();
     assert_eq!(got, [ids[0].clone(), ids[2].clone()]);
     assert_eq!(s.outbox_stats(T0).unwrap().captures, 2);
