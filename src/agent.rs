@@ -260,7 +260,7 @@ impl Agent {
                 };
             }
             Ok(Err(rejected)) if redelivered && rejected.error.code() == "replayed" => {
-                if let Some(reply) = self.kept_reply(rejected.jti.clone()).await {
+                if let Some(reply) = self.kept_reply(rejected.jti.clone(), payload).await {
                     tracing::info!(jti = ?rejected.jti, "command redelivered by the broker; its reply is sent again");
                     return CommandOutcome {
                         reply,
@@ -331,7 +331,7 @@ impl Agent {
                 )
             }
         };
-        let (jti, text) = (cmd.jti.clone(), reply.to_string());
+        let (jti, text) = (cmd.jti.clone(), without_subject(&reply).to_string());
         if let Ok(Err(e)) = self
             .db
             .call(move |s| s.save_command_reply(&jti, &text))
@@ -345,8 +345,10 @@ impl Agent {
         }
     }
 
-    /// The reply kept for an applied command, if any.
-    async fn kept_reply(&self, jti: Option<String>) -> Option<Value> {
+    /// The reply kept for an applied command, if any, with its subject put
+    /// back from the command itself (`payload` passed signature verification
+    /// before it could be found `replayed`).
+    async fn kept_reply(&self, jti: Option<String>, payload: &[u8]) -> Option<Value> {
         let jti = jti?;
         let kept = self
             .db
@@ -354,7 +356,16 @@ impl Agent {
             .await
             .ok()?
             .ok()??;
-        serde_json::from_str(&kept).ok()
+        let mut reply: Value = serde_json::from_str(&kept).ok()?;
+        if let Some(result) = reply.get_mut("result").and_then(Value::as_object_mut) {
+            if result.contains_key("subject") {
+                let claims = std::str::from_utf8(payload)
+                    .ok()
+                    .and_then(crate::jws::peek_claims);
+                result.insert("subject".into(), command_subject(claims.as_ref()));
+            }
+        }
+        Some(reply)
     }
 
     /// Verifies a consent token and stores it.
@@ -536,6 +547,35 @@ fn receipt(subject: Option<&str>, purged: &[String], in_flight: Vec<String>, now
         r["all"] = json!(true);
     }
     r
+}
+
+/// A reply as kept in the store: the subject id is left out (`null`), so no
+/// subject id outlives a revocation in the command log; it is put back from
+/// the command on redelivery ([`command_subject`]).
+fn without_subject(reply: &Value) -> Value {
+    let mut kept = reply.clone();
+    if let Some(result) = kept.get_mut("result").and_then(Value::as_object_mut) {
+        if result.get("subject").is_some_and(Value::is_string) {
+            result.insert("subject".into(), Value::Null);
+        }
+    }
+    kept
+}
+
+/// The subject a command is about: `args.subject`, or the `sub` of the token
+/// a `consent.grant` carries; `null` for commands about everyone.
+fn command_subject(claims: Option<&serde_json::Map<String, Value>>) -> Value {
+    let Some(args) = claims.and_then(|c| c.get("args")) else {
+        return Value::Null;
+    };
+    if let Some(subject) = args.get("subject").filter(|s| s.is_string()) {
+        return subject.clone();
+    }
+    args.get("token")
+        .and_then(Value::as_str)
+        .and_then(crate::jws::peek_claims)
+        .and_then(|t| t.get("sub").cloned())
+        .unwrap_or(Value::Null)
 }
 
 /// Subject ids follow SPEC: `[A-Za-z0-9._:-]{1,128}`.

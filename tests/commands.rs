@@ -52,7 +52,7 @@ async fn a_redelivered_command_gets_its_original_reply_and_a_replay_is_refused()
     let now = clock::now();
     let (jti, jws) = command::sign_command(
         "capture.purge",
-        json!({ "all": true }),
+        json!({ "subject": "S-KEPT-7d1e" }),
         "lobby/term-01",
         600,
         "fleet-1",
@@ -71,6 +71,15 @@ async fn a_redelivered_command_gets_its_original_reply_and_a_replay_is_refused()
     // The broker resends it (DUP) because our PUBACK never left: same reply, no new effect.
     let again = f.agent.apply_command(jws.as_bytes(), true, now).await.reply;
     assert_eq!(again, first);
+
+    // The kept reply does not hold the subject id (no trace outlives a revocation).
+    for file in ["facegate.db", "facegate.db-wal"] {
+        let raw = std::fs::read(f._dir.path().join("state").join(file)).unwrap_or_default();
+        assert!(
+            !raw.windows(11).any(|w| w == b"S-KEPT-7d1e"),
+            "subject id kept in {file}"
+        );
+    }
 
     // Anyone publishing the same command again is refused.
     let replay = f
