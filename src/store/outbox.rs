@@ -382,8 +382,9 @@ pub(super) fn ack(
     capture_ids: &[String],
     now: i64,
 ) -> Result<usize, StoreError> {
-    let mut w = store.writer()?;
+    let mut w = store.writer_zeroing(false)?;
     let mut deleted = 0;
+    let mut subjects = std::collections::BTreeSet::new();
     for capture_id in capture_ids {
         let found =
             w.tx.prepare_cached(&format!(
@@ -402,8 +403,15 @@ pub(super) fn ack(
             Some(&r.subject_ref),
             json!({ "capture_id": capture_id }),
         )?;
-        destroy_key_if_unused(&w, &r.subject_ref)?;
+        subjects.insert(r.subject_ref);
         deleted += 1;
+    }
+    // A data key must never survive in a freed page: zeroing back on before
+    // destroying the keys of subjects left without captures.
+    w.tx.pragma_update(None, "secure_delete", "ON")
+        .op("setting secure_delete")?;
+    for subject_ref in &subjects {
+        destroy_key_if_unused(&w, subject_ref)?;
     }
     if deleted > 0 {
         w.bump(counter::UPLOADED, deleted as u64)?;

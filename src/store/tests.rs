@@ -445,6 +445,13 @@ fn ack_deletes_counts_and_destroys_unused_key() {
     assert_eq!(keys(&s), 1);
     assert!(s.ack(&ids[1], T0 + 1).unwrap());
     assert_eq!(keys(&s), 0);
+    // Deleting uploaded captures skips zeroing, but the connection is left
+    // zeroing for everything after it (purges above all).
+    let sd: i64 = s
+        .conn()
+        .query_row("PRAGMA secure_delete", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(sd, 1);
     let c = s.counters().unwrap();
     assert_eq!((c["accepted"], c["uploaded"]), (2, 2));
     assert_eq!(s.outbox_stats(T0 + 1).unwrap(), OutboxStats::default());
