@@ -100,11 +100,6 @@ impl InFlight {
         self.len() == 0
     }
 
-    /// Forgets everything (after a reconnect everything is resent).
-    pub fn clear(&self) {
-        self.lock().clear();
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.ids.lock().unwrap_or_else(|p| p.into_inner())
     }

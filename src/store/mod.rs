@@ -444,26 +444,6 @@ impl Store {
         self.finish(r)
     }
 
-    /// True if `consent_id` is a stored consent of `subject`, unexpired at
-    /// `now`, with the upload scope, and not voided by a tombstone: the same
-    /// check `insert_captures` makes. The uplink calls it right before handing
-    /// a capture to MQTT (signature/kid/audience re-checks are the caller's).
-    pub fn upload_allowed(
-        &mut self,
-        subject: &str,
-        consent_id: &str,
-        now: i64,
-    ) -> Result<bool, StoreError> {
-        let r = outbox::upload_allowed(self, subject, consent_id, now);
-        self.finish(r)
-    }
-
-    /// The plain subject id of a queued capture.
-    pub fn capture_subject(&mut self, capture_id: &str) -> Result<Option<String>, StoreError> {
-        let r = outbox::capture_subject(self, capture_id);
-        self.finish(r)
-    }
-
     /// Deletes an uploaded capture (broker PUBACK). False if it was not queued
     /// (e.g. purged meanwhile).
     pub fn ack(&mut self, capture_id: &str, now: i64) -> Result<bool, StoreError> {

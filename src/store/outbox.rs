@@ -102,16 +102,6 @@ fn consent_valid(
         .map(|r| r.is_some())
 }
 
-pub(super) fn upload_allowed(
-    store: &mut Store,
-    subject: &str,
-    consent_id: &str,
-    now: i64,
-) -> Result<bool, StoreError> {
-    let sref = store.keys.pseudonyms.pseudonym(subject);
-    consent_valid(&store.conn, consent_id, &sref, now)
-}
-
 fn totals(w: &Writer) -> Result<(u64, u64), StoreError> {
     w.tx.prepare_cached("SELECT captures, bytes FROM outbox_totals WHERE id = 1")
         .and_then(|mut s| s.query_row([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))))
@@ -350,31 +340,6 @@ pub(super) fn pending(
         w.commit()?;
     }
     Ok(out)
-}
-
-pub(super) fn capture_subject(
-    store: &mut Store,
-    capture_id: &str,
-) -> Result<Option<String>, StoreError> {
-    let row: Option<(Vec<u8>, Vec<u8>)> = store
-        .conn
-        .prepare_cached("SELECT subject_ref, meta FROM captures WHERE capture_id = ?1")
-        .and_then(|mut s| {
-            s.query_row([capture_id], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()
-        })
-        .op("looking up a capture")?;
-    let Some((sref, meta)) = row else {
-        return Ok(None);
-    };
-    let corrupt = || StoreError::Corrupt {
-        what: format!("capture {capture_id} metadata"),
-    };
-    let sref: [u8; 32] = sref.try_into().map_err(|_| corrupt())?;
-    let key = load_key(&store.conn, &store.keys, &sref)?.ok_or_else(corrupt)?;
-    let meta = key.open(Part::Meta, capture_id, &sref, &meta)?;
-    let (meta, _) = decode_meta(&meta).ok_or_else(corrupt)?;
-    Ok(Some(meta.subject))
 }
 
 pub(super) fn ack(
