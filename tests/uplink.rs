@@ -662,3 +662,28 @@ async fn a_purge_lists_captures_already_in_flight() {
     assert!(purged > 0, "the purge came too late to test anything: {r}");
     wait_until(T, || outbox_len(&d) == 0, || d.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_says_offline_and_disconnects_promptly() {
+    let broker = Broker::start();
+    let mut d = daemon_for(&broker, "");
+    wait_until(T, || d.status()["uplink"]["connected"] == true, || d.log());
+    let mut fleet = fleet(&broker).await;
+    let online = fleet.recv_on(STATUS, T).await.expect("retained status");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&online.payload).unwrap()["state"],
+        "online"
+    );
+    let started = std::time::Instant::now();
+    assert!(d.stop().success());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "stop took {:?}",
+        started.elapsed()
+    );
+    let offline = fleet.recv_on(STATUS, T).await.expect("offline status");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&offline.payload).unwrap(),
+        json!({"v": 1, "state": "offline"})
+    );
+}

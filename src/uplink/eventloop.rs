@@ -232,20 +232,17 @@ pub async fn run(agent: Arc<Agent>, mut shutdown: Shutdown) {
         config.clone(),
         stop.clone(),
     ));
-    logic_task(agent, link.clone(), topics, net_rx, shutdown).await;
-    // Let the offline status and DISCONNECT reach the broker, then stop polling.
-    let _ = tokio::time::timeout(DISCONNECT_GRACE, async {
-        loop {
-            if link.lock().captures_in_flight() == 0 && network.is_finished() {
-                break;
+    let disconnecting = logic_task(agent, link.clone(), topics, net_rx, shutdown).await;
+    if disconnecting {
+        // Let the offline status and DISCONNECT reach the broker: the network
+        // task ends once the DISCONNECT is on the wire.
+        let _ = tokio::time::timeout(DISCONNECT_GRACE, async {
+            while !network.is_finished() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            if network.is_finished() {
-                break;
-            }
-        }
-    })
-    .await;
+        })
+        .await;
+    }
     stop.notify_one();
     let _ = network.await;
 }
@@ -295,10 +292,9 @@ async fn network_task(
                     tracing::error!("broker refused a command subscription (check the broker ACL)");
                 }
             }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
-                // Our own clean shutdown: keep polling until the stop notice so
-                // the DISCONNECT is flushed.
-            }
+            // Our own clean shutdown: the DISCONNECT (after everything handed
+            // before it, the offline status included) has been written.
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
             Ok(_) => {}
             Err(e) => {
                 let reason = tls::explain(&e);
@@ -376,7 +372,7 @@ async fn logic_task(
     topics: Topics,
     mut net: mpsc::UnboundedReceiver<Net>,
     mut shutdown: Shutdown,
-) {
+) -> bool {
     let config = agent.config();
     let mut status_tick = tokio::time::interval(config.mqtt.status_interval);
     let mut refill = tokio::time::interval(REFILL_EVERY);
@@ -446,16 +442,18 @@ async fn logic_task(
     // Deletes already queued finish (so acknowledged captures are not sent again).
     drop(acked_tx);
     let _ = deletes.await;
-    // Clean shutdown: say we are going, then disconnect.
-    if link.lock().connected() {
-        link.hand(
-            &topics.status,
-            OFFLINE_STATUS.as_bytes().to_vec(),
-            true,
-            Handed::Other,
-        );
-        let _ = link.client.try_disconnect();
+    // Clean shutdown: say we are going, then disconnect. Returns whether a
+    // DISCONNECT is on its way.
+    if !link.lock().connected() {
+        return false;
     }
+    link.hand(
+        &topics.status,
+        OFFLINE_STATUS.as_bytes().to_vec(),
+        true,
+        Handed::Other,
+    );
+    link.client.try_disconnect().is_ok()
 }
 
 fn far_future() -> tokio::time::Instant {
