@@ -89,6 +89,16 @@ fn raw(dir: &Path) -> Connection {
     Connection::open(dir.join(DB_FILE_NAME)).unwrap()
 }
 
+/// Capture ids `pending` returns, in order.
+fn pending_ids(store: &mut Store, limit: usize, exclude: &[String]) -> Vec<String> {
+    store
+        .pending(limit, exclude)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.capture.capture_id)
+        .collect()
+}
+
 fn kinds(store: &mut Store) -> Vec<String> {
     store
         .audit_tail(1000)
@@ -417,12 +427,7 @@ fn pending_is_ordered_decrypted_and_honours_exclude() {
     assert_eq!(p[3].queued_at, T0 + 1);
 
     let excl = vec![a[0].clone(), a[2].clone()];
-    let ids: Vec<String> = s
-        .pending(2, &excl)
-        .unwrap()
-        .into_iter()
-        .map(|c| c.capture.capture_id)
-        .collect();
+    let ids = pending_ids(&mut s, 2, &excl);
     assert_eq!(ids, [a[1].clone(), b[0].clone()]);
     assert!(s.pending(0, &[]).unwrap().is_empty());
 }
@@ -529,12 +534,7 @@ fn quota_reject_new() {
         )
         .unwrap();
     assert_eq!(r, [Inserted::Accepted, Inserted::QuotaRejected]);
-    let ids: Vec<String> = s
-        .pending(10, &[])
-        .unwrap()
-        .into_iter()
-        .map(|c| c.capture.capture_id)
-        .collect();
+    let ids = pending_ids(&mut s, 10, &[]);
     assert_eq!(ids, ["a", "b"]);
     assert_eq!(s.counters().unwrap()["rejected_quota"], 1);
     assert!(kinds(&mut s).contains(&kind::CAPTURE_REJECTED.to_string()));
@@ -571,12 +571,7 @@ fn quota_drop_oldest() {
         )
         .unwrap();
     assert_eq!(r, [Inserted::Accepted, Inserted::Accepted]);
-    let ids: Vec<String> = s
-        .pending(10, &[])
-        .unwrap()
-        .into_iter()
-        .map(|c| c.capture.capture_id)
-        .collect();
+    let ids = pending_ids(&mut s, 10, &[]);
     assert_eq!(ids, ["c", "d"]);
     assert_eq!(s.counters().unwrap()["purged"], 2);
     // S-2 lost its last capture: its key is gone.
@@ -735,12 +730,7 @@ fn everything_survives_reopen() {
         .unwrap();
     }
     let mut s = open(dir.path());
-    let got: Vec<String> = s
-        .pending(10, &[])
-        .unwrap()
-        .into_iter()
-        .map(|c| c.capture.capture_id)
-        .collect();
+    let got = pending_ids(&mut s, 10, &[]);
     assert_eq!(got, ids);
     assert_eq!(s.revoked_before("S-9").unwrap(), Some(T0));
     assert!(s.command_seen("j1").unwrap());
@@ -832,12 +822,7 @@ fn disk_full_is_reported_and_prior_data_survives() {
     assert!(err.to_string().contains("facegate.db"), "{err}");
     drop(s);
     let mut s = open(dir.path());
-    let got: Vec<String> = s
-        .pending(10, &[])
-        .unwrap()
-        .into_iter()
-        .map(|c| c.capture.capture_id)
-        .collect();
+    let got = pending_ids(&mut s, 10, &[]);
     assert_eq!(got, ids);
     assert_eq!(s.counters().unwrap()["accepted"], 2);
     assert!(s.audit_verify().unwrap().ok);
@@ -854,12 +839,7 @@ fn undecryptable_rows_are_purged_not_returned() {
             [&ids[1]],
         )
         .unwrap();
-    let got: Vec<String> = s
-        .pending(10, &[])
-        .unwrap()
-        .into_iter()
-        .map(|c| c.capture.capture_id)
-        .collect();
+    let got = pending_ids(&mut s, 10, &[]);
     assert_eq!(got, [ids[0].clone(), ids[2].clone()]);
     assert_eq!(s.outbox_stats(T0).unwrap().captures, 2);
 }
