@@ -14,7 +14,7 @@ use crate::command::{self, Command};
 use crate::config::Config;
 use crate::consent::{self, ConsentError};
 use crate::control::{Request, Response};
-use crate::db::{Db, DbTaskError};
+use crate::db::{Db, DbError};
 use crate::reload;
 use crate::store::{AddConsent, CommandStamp, PurgeReason, StoreError};
 
@@ -36,12 +36,9 @@ pub enum ApplyError {
     /// The consent token failed verification.
     #[error("consent refused: {0}")]
     Consent(#[from] ConsentError),
-    /// The store failed (disk full, I/O).
-    #[error("{0}")]
-    Store(#[from] StoreError),
-    /// The store task died.
-    #[error("{0}")]
-    Task(#[from] DbTaskError),
+    /// The store failed (disk full, I/O) or refused (revoked, replayed).
+    #[error(transparent)]
+    Db(#[from] DbError),
     /// The request itself is unusable.
     #[error("{0}")]
     BadRequest(String),
@@ -52,9 +49,9 @@ impl ApplyError {
     pub fn code(&self) -> &'static str {
         match self {
             ApplyError::Consent(e) => e.code(),
-            ApplyError::Store(StoreError::Revoked { .. }) => "revoked",
-            ApplyError::Store(StoreError::Replayed { .. }) => "replayed",
-            ApplyError::Store(_) | ApplyError::Task(_) => "internal",
+            ApplyError::Db(DbError::Store(StoreError::Revoked { .. })) => "revoked",
+            ApplyError::Db(DbError::Store(StoreError::Replayed { .. })) => "replayed",
+            ApplyError::Db(_) => "internal",
             ApplyError::BadRequest(_) => "bad_args",
         }
     }
@@ -232,18 +229,18 @@ impl Agent {
         let bytes = payload.to_vec();
         let verified = self
             .db
-            .call(move |s| {
+            .run(move |s| {
                 let store = std::cell::RefCell::new(s);
                 // A store error counts as "seen": refusing is the safe side.
                 let seen = |jti: &str| store.borrow_mut().command_seen(jti).unwrap_or(true);
-                command::verify_command(
+                Ok(command::verify_command(
                     &bytes,
                     &cfg.trust,
                     &cfg.identity,
                     &cfg.commands,
                     now,
                     &seen,
-                )
+                ))
             })
             .await;
         let cmd = match verified {
@@ -272,7 +269,7 @@ impl Agent {
                 let detail = json!({ "jti": rejected.jti, "cmd": rejected.cmd, "code": rejected.error.code() });
                 let _ = self
                     .db
-                    .call(move |s| s.record(kind::COMMAND_REFUSED, None, detail, None, now))
+                    .run(move |s| s.record(kind::COMMAND_REFUSED, None, detail, None, now))
                     .await;
                 return CommandOutcome {
                     reply: rejected.reply(),
@@ -304,11 +301,10 @@ impl Agent {
                 let v = stamp;
                 match self
                     .db
-                    .call(move |s| s.remember_command(&v.stamp(), now))
+                    .run(move |s| s.remember_command(&v.stamp(), now))
                     .await
                 {
-                    Ok(Ok(())) => self.status(now).await,
-                    Ok(Err(e)) => Err(e.into()),
+                    Ok(()) => self.status(now).await,
                     Err(e) => Err(e.into()),
                 }
             }
@@ -327,9 +323,9 @@ impl Agent {
             }
         };
         let (jti, text) = (cmd.jti.clone(), without_subject(&reply).to_string());
-        if let Ok(Err(e)) = self
+        if let Err(e) = self
             .db
-            .call(move |s| s.save_command_reply(&jti, &text))
+            .run(move |s| s.save_command_reply(&jti, &text))
             .await
         {
             tracing::warn!(error = %e, "cannot keep the command reply");
@@ -345,12 +341,7 @@ impl Agent {
     /// before it could be found `replayed`).
     async fn kept_reply(&self, jti: Option<String>, payload: &[u8]) -> Option<Value> {
         let jti = jti?;
-        let kept = self
-            .db
-            .call(move |s| s.command_reply(&jti))
-            .await
-            .ok()?
-            .ok()??;
+        let kept = self.db.run(move |s| s.command_reply(&jti)).await.ok()??;
         let mut reply: Value = serde_json::from_str(&kept).ok()?;
         if let Some(result) = reply.get_mut("result").and_then(Value::as_object_mut) {
             if result.contains_key("subject") {
@@ -378,16 +369,16 @@ impl Agent {
                 Err(e) => {
                     let code = e.code();
                     self.db
-                        .call(move |s| s.audit_consent_refused(None, code, now))
-                        .await??;
+                        .run(move |s| s.audit_consent_refused(None, code, now))
+                        .await?;
                     return Err(e.into());
                 }
             };
         let c = consent.clone();
         let added = self
             .db
-            .call(move |s| s.add_consent(&c, now, via.as_ref().map(Via::stamp).as_ref()))
-            .await??;
+            .run(move |s| s.add_consent(&c, now, via.as_ref().map(Via::stamp).as_ref()))
+            .await?;
         self.outbox_changed.notify_one();
         Ok(json!({
             "consent_id": consent.id,
@@ -410,13 +401,13 @@ impl Agent {
         let (s, inflight) = (subject.clone(), self.inflight.clone());
         let (purged, in_flight) = self
             .db
-            .call(move |st| -> Result<_, StoreError> {
+            .run(move |st| {
                 let outcome = st.revoke(&s, before, now, via.as_ref().map(Via::stamp).as_ref())?;
                 // Taken under the store lock, atomically with the purge.
                 let in_flight = inflight.among(&outcome.purged);
                 Ok((outcome.purged, in_flight))
             })
-            .await??;
+            .await?;
         Ok(receipt(Some(&subject), &purged, in_flight, now))
     }
 
@@ -442,7 +433,7 @@ impl Agent {
         let inflight = self.inflight.clone();
         let (purged, in_flight) = self
             .db
-            .call(move |st| -> Result<_, StoreError> {
+            .run(move |st| {
                 let stamp = via.as_ref().map(Via::stamp);
                 let ids = match &target {
                     PurgeTarget::Subject(s) => st.purge_subject(s, now, reason, stamp.as_ref())?,
@@ -452,13 +443,13 @@ impl Agent {
                 let in_flight = inflight.among(&ids);
                 Ok((ids, in_flight))
             })
-            .await??;
+            .await?;
         Ok(receipt(subject.as_deref(), &purged, in_flight, now))
     }
 
     /// Every stored consent, without the raw tokens.
     pub async fn list_consents(&self, now: i64) -> Result<Value, ApplyError> {
-        let list = self.db.call(|s| s.list_consents()).await??;
+        let list = self.db.run(|s| s.list_consents()).await?;
         let items: Vec<Value> = list
             .iter()
             .map(|c| {
@@ -482,14 +473,14 @@ impl Agent {
     pub async fn status(&self, now: i64) -> Result<Value, ApplyError> {
         let (stats, active, counters) = self
             .db
-            .call(move |s| -> Result<_, StoreError> {
+            .run(move |s| {
                 Ok((
                     s.outbox_stats(now)?,
                     s.active_consent_count(now)?,
                     s.counters()?,
                 ))
             })
-            .await??;
+            .await?;
         let counter = |k: &str| counters.get(k).copied().unwrap_or(0);
         Ok(json!({
             "v": 1,
@@ -519,12 +510,12 @@ impl Agent {
     }
 
     async fn audit_verify(&self) -> Result<Value, ApplyError> {
-        let report = self.db.call(|s| s.audit_verify()).await??;
+        let report = self.db.run(|s| s.audit_verify()).await?;
         Ok(serde_json::to_value(&report).unwrap_or(Value::Null))
     }
 
     async fn audit_tail(&self, n: usize) -> Result<Value, ApplyError> {
-        let rows = self.db.call(move |s| s.audit_tail(n)).await??;
+        let rows = self.db.run(move |s| s.audit_tail(n)).await?;
         Ok(serde_json::to_value(&rows).unwrap_or(Value::Null))
     }
 }

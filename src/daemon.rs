@@ -193,11 +193,10 @@ async fn watchdog(agent: Arc<Agent>, every: Duration, mut shutdown: Shutdown) {
             _ = tick.tick() => {}
         }
         let now = clock::now();
-        match agent.db.call(move |s| s.outbox_stats(now)).await {
-            Ok(Ok(_)) => {
+        match agent.db.run(move |s| s.outbox_stats(now)).await {
+            Ok(_) => {
                 let _ = notify::watchdog();
             }
-            Ok(Err(e)) => tracing::error!(error = %e, "store unhealthy; not feeding the watchdog"),
             Err(e) => tracing::error!(error = %e, "store unhealthy; not feeding the watchdog"),
         }
     }
@@ -215,7 +214,7 @@ async fn housekeeping(agent: Arc<Agent>, mut shutdown: Shutdown) {
         let now = clock::now();
         let result = agent
             .db
-            .call(move |s| -> Result<(usize, usize), StoreError> {
+            .run(move |s| {
                 let expired = s.sweep_expired(now)?;
                 let purged: usize = expired.iter().map(|(_, ids)| ids.len()).sum();
                 let old = s.enforce_retention(now, retention)?;
@@ -224,9 +223,8 @@ async fn housekeeping(agent: Arc<Agent>, mut shutdown: Shutdown) {
             })
             .await;
         match result {
-            Ok(Ok((0, 0))) => {}
-            Ok(Ok((expired, old))) => tracing::info!(expired, old, "housekeeping purged captures"),
-            Ok(Err(e)) => tracing::error!(error = %e, "housekeeping failed"),
+            Ok((0, 0)) => {}
+            Ok((expired, old)) => tracing::info!(expired, old, "housekeeping purged captures"),
             Err(e) => tracing::error!(error = %e, "housekeeping failed"),
         }
     }

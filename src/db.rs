@@ -1,12 +1,12 @@
 //! The single owner of the [`Store`]: one SQLite connection behind a mutex.
 //!
 //! Async code never touches the connection directly; it sends a closure to a
-//! blocking thread with [`Db::call`], so no connection is held across an
+//! blocking thread with [`Db::run`], so no connection is held across an
 //! `.await`. Threads that are already blocking (intake) use [`Db::lock`].
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Shared handle to the one store; cheap to clone.
 #[derive(Clone)]
@@ -16,10 +16,16 @@ pub struct Db {
     inner: Arc<Mutex<Store>>,
 }
 
-/// The blocking task running a store closure panicked or was cancelled.
+/// Why a [`Db::run`] call failed.
 #[derive(Debug, thiserror::Error)]
-#[error("store task failed: {0}")]
-pub struct DbTaskError(String);
+pub enum DbError {
+    /// The store refused or failed the operation.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The blocking task running the store closure panicked or was cancelled.
+    #[error("store task failed: {0}")]
+    Task(String),
+}
 
 impl Db {
     /// Takes ownership of an opened store.
@@ -38,15 +44,62 @@ impl Db {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Runs `f` with the store on a blocking thread.
-    pub async fn call<R, F>(&self, f: F) -> Result<R, DbTaskError>
+    /// Runs `f` with the store on a blocking thread and returns its result;
+    /// a store error and a failed task both come back as one [`DbError`].
+    pub async fn run<T, F>(&self, f: F) -> Result<T, DbError>
     where
-        F: FnOnce(&mut Store) -> R + Send + 'static,
-        R: Send + 'static,
+        F: FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
     {
         let db = self.clone();
-        tokio::task::spawn_blocking(move || f(&mut db.lock()))
+        match tokio::task::spawn_blocking(move || f(&mut db.lock())).await {
+            Ok(result) => Ok(result?),
+            Err(e) => Err(DbError::Task(e.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::DeviceKey;
+
+    fn db() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), DeviceKey::from_bytes([7u8; 32])).unwrap();
+        (dir, Db::new(store))
+    }
+
+    #[tokio::test]
+    async fn run_passes_the_value_through() {
+        let (_dir, db) = db();
+        db.run(|s| s.bump("accepted", 3)).await.unwrap();
+        let counters = db.run(|s| s.counters()).await.unwrap();
+        assert_eq!(counters.get("accepted"), Some(&3));
+    }
+
+    #[tokio::test]
+    async fn run_passes_the_store_error_through() {
+        let (_dir, db) = db();
+        let err = db
+            .run(|_| -> Result<(), StoreError> { Err(StoreError::Replayed { jti: "j-1".into() }) })
             .await
-            .map_err(|e| DbTaskError(e.to_string()))
+            .unwrap_err();
+        assert!(
+            matches!(&err, DbError::Store(StoreError::Replayed { jti }) if jti == "j-1"),
+            "{err:?}"
+        );
+        assert_eq!(err.to_string(), "command j-1 was already applied");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_store_call_is_a_task_error_and_the_store_stays_usable() {
+        let (_dir, db) = db();
+        let err = db
+            .run(|_| -> Result<(), StoreError> { panic!("boom") })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DbError::Task(_)), "{err:?}");
+        assert!(db.run(|s| s.counters()).await.is_ok());
     }
 }

@@ -474,12 +474,11 @@ async fn fill_window(agent: &Arc<Agent>, link: &Arc<Link>, topics: &Topics) {
     let (agent2, link2, topic) = (agent.clone(), link.clone(), topics.captures.clone());
     let result = agent
         .db
-        .call(move |store| hand_over(store, &agent2, &link2, &topic, free))
+        .run(move |store| hand_over(store, &agent2, &link2, &topic, free))
         .await;
     match result {
-        Ok(Ok(0)) => {}
-        Ok(Ok(n)) => tracing::debug!(n, "captures handed to MQTT"),
-        Ok(Err(e)) => tracing::error!(error = %e, "cannot read the outbox"),
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(n, "captures handed to MQTT"),
         Err(e) => tracing::error!(error = %e, "cannot read the outbox"),
     }
 }
@@ -579,12 +578,12 @@ async fn record_interrupted(agent: &Arc<Agent>, reason: &str, n: usize) {
     let now = clock::now();
     let r = agent
         .db
-        .call(move |s| -> Result<(), StoreError> {
+        .run(move |s| {
             s.record("upload.interrupted", None, detail, None, now)?;
             s.bump("upload_retries", n as u64)
         })
         .await;
-    if !matches!(r, Ok(Ok(()))) {
+    if r.is_err() {
         tracing::error!("cannot record interrupted uploads");
     }
 }
@@ -602,11 +601,8 @@ async fn deleter(agent: Arc<Agent>, mut acked: mpsc::UnboundedReceiver<String>) 
         }
         let now = clock::now();
         let batch = ids.clone();
-        match agent.db.call(move |s| s.ack_many(&batch, now)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "cannot delete acknowledged captures; they will be sent again")
-            }
+        match agent.db.run(move |s| s.ack_many(&batch, now)).await {
+            Ok(_) => {}
             Err(e) => {
                 tracing::error!(error = %e, "cannot delete acknowledged captures; they will be sent again")
             }
