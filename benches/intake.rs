@@ -74,7 +74,7 @@ fn real_pipeline(n: usize, images: &[Vec<u8>]) -> f64 {
     let token = trust.consent.consent(SUBJECT);
     let c = consent::verify_consent(&token, &cfg.trust, &cfg.identity, now, 60).expect("consent");
     agent
-        .db
+        .db()
         .lock()
         .add_consent(&c, now, None)
         .expect("store consent");
@@ -108,7 +108,7 @@ fn real_pipeline(n: usize, images: &[Vec<u8>]) -> f64 {
     }
     let secs = start.elapsed().as_secs_f64();
     assert_eq!(accepted, n, "every pair must be accepted");
-    let stats = agent.db.lock().outbox_stats(clock::now()).expect("stats");
+    let stats = agent.db().lock().outbox_stats(clock::now()).expect("stats");
     assert_eq!(stats.captures as usize, n);
     println!(
         "real: {n} captures in {secs:.2} s over {batches} batches, outbox {} B",

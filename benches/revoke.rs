@@ -68,7 +68,7 @@ async fn run() {
     // Store only, on subjects the MQTT phase does not touch.
     let store_samples = {
         let agent = facegate::daemon::open(cfg.clone()).expect("open agent");
-        let mut store = agent.db.lock();
+        let mut store = agent.db().lock();
         let mut samples = Vec::new();
         for subject in subjects.iter().rev().take(REVOCATIONS) {
             let now = clock::now();

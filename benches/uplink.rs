@@ -138,7 +138,7 @@ fn breakdown(images: &[Vec<u8>]) -> (f64, Vec<f64>) {
     let cfg = support::parse(&toml, dir.path());
     support::fill_outbox(&cfg, &trust, 20, PASS * ACK_BATCHES.len(), images, 200);
     let agent = facegate::daemon::open(cfg.clone()).expect("open agent");
-    let mut store = agent.db.lock();
+    let mut store = agent.db().lock();
     let (mut hand, mut windows) = (Duration::ZERO, 0u32);
     let mut ack_per_capture = Vec::new();
     for ack_batch in ACK_BATCHES {

@@ -4,16 +4,17 @@
 //! store transaction that also writes its audit entry.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::{json, Value};
+use tokio::sync::Notify;
 
 use crate::audit::kind;
 use crate::clock;
 use crate::command::{self, Command};
 use crate::config::Config;
 use crate::consent::{self, ConsentError};
-use crate::control::{Request, Response};
 use crate::db::{Db, DbError};
 use crate::reload;
 use crate::store::{AddConsent, CommandStamp, PurgeReason, StoreError};
@@ -108,13 +109,13 @@ pub struct Agent {
     /// whole on SIGHUP ([`Agent::reload`]); readers take a snapshot.
     config: RwLock<Arc<Config>>,
     /// The one store.
-    pub db: Db,
+    db: Db,
     /// Captures handed to MQTT and not yet acknowledged.
-    pub inflight: Arc<InFlight>,
+    inflight: Arc<InFlight>,
     /// Whether the uplink currently holds a broker connection (for status).
-    pub connected: std::sync::atomic::AtomicBool,
+    connected: AtomicBool,
     /// Wakes the uplink when the outbox gained captures or the window freed up.
-    pub outbox_changed: tokio::sync::Notify,
+    outbox_changed: Notify,
 }
 
 /// The fleet command on whose behalf an effect is applied: the store records
@@ -155,9 +156,35 @@ impl Agent {
             config: RwLock::new(config),
             db,
             inflight: Arc::new(InFlight::default()),
-            connected: std::sync::atomic::AtomicBool::new(false),
-            outbox_changed: tokio::sync::Notify::new(),
+            connected: AtomicBool::new(false),
+            outbox_changed: Notify::new(),
         }
+    }
+
+    /// The store.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Captures handed to MQTT and not yet acknowledged (the uplink keeps it).
+    pub fn inflight(&self) -> &InFlight {
+        &self.inflight
+    }
+
+    /// Records whether the uplink holds a broker connection (reported in status).
+    pub fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
+    }
+
+    /// Whether the uplink holds a broker connection.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Notified when the outbox gained captures or the upload window may have
+    /// room again: the uplink waits on it, everyone else `notify_one`s it.
+    pub fn outbox_changed(&self) -> &Notify {
+        &self.outbox_changed
     }
 
     /// A snapshot of the current configuration.
@@ -182,33 +209,6 @@ impl Agent {
         drop(slot);
         self.outbox_changed.notify_one();
         plan
-    }
-
-    /// Answers one control-socket request.
-    pub async fn handle(&self, req: Request) -> Response {
-        let now = clock::now();
-        let result = match req {
-            Request::Status => self.status(now).await,
-            Request::ConsentAdd { token } => self.grant(token, now, None).await,
-            Request::ConsentList => self.list_consents(now).await,
-            Request::ConsentRevoke { subject } => {
-                // A local revoke needs no signature; it covers every consent issued up to now.
-                self.revoke(subject, now, now, None).await
-            }
-            Request::Purge { subject, all } => match (subject, all) {
-                (Some(s), false) => self.purge(PurgeTarget::Subject(s), now, None).await,
-                (None, true) => self.purge(PurgeTarget::All, now, None).await,
-                _ => Err(ApplyError::BadRequest(
-                    "purge needs a subject or --all, not both".into(),
-                )),
-            },
-            Request::AuditVerify => self.audit_verify().await,
-            Request::AuditTail { n } => self.audit_tail(n).await,
-        };
-        match result {
-            Ok(v) => Response::ok(v),
-            Err(e) => Response::err(e.code(), e.to_string()),
-        }
     }
 
     /// Verifies one fleet command (signature, role, audience, time, replay) and
@@ -503,18 +503,20 @@ impl Agent {
                 "upload_retries": counter("upload_retries"),
             },
             "uplink": {
-                "connected": self.connected.load(std::sync::atomic::Ordering::Relaxed),
+                "connected": self.connected(),
                 "in_flight": self.inflight.len(),
             },
         }))
     }
 
-    async fn audit_verify(&self) -> Result<Value, ApplyError> {
+    /// Checks the audit hash chain; the report says whether it is intact.
+    pub async fn audit_verify(&self) -> Result<Value, ApplyError> {
         let report = self.db.run(|s| s.audit_verify()).await?;
         Ok(serde_json::to_value(&report).unwrap_or(Value::Null))
     }
 
-    async fn audit_tail(&self, n: usize) -> Result<Value, ApplyError> {
+    /// The newest `n` audit entries.
+    pub async fn audit_tail(&self, n: usize) -> Result<Value, ApplyError> {
         let rows = self.db.run(move |s| s.audit_tail(n)).await?;
         Ok(serde_json::to_value(&rows).unwrap_or(Value::Null))
     }
@@ -579,5 +581,44 @@ fn check_subject(s: &str) -> Result<(), ApplyError> {
         Err(ApplyError::BadRequest(format!(
             "subject {s:?} is not a valid subject id ([A-Za-z0-9._:-]{{1,128}})"
         )))
+    }
+}
+
+/// A daemon's agent over a fresh state directory, for unit tests of the
+/// modules that drive it.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::path::Path;
+
+    use super::Agent;
+
+    /// The smallest valid configuration with its directories under `dir`,
+    /// followed by `extra` TOML (sections only).
+    pub fn config(dir: &Path, extra: &str) -> crate::config::Config {
+        let toml = format!(
+            r#"site_id = "lobby"
+device_id = "term-01"
+state_dir = "{d}/state"
+spool_dir = "{d}/spool"
+[mqtt]
+host = "localhost"
+ca_file = "ca.pem"
+cert_file = "device.pem"
+key_file = "device.key"
+[[trust]]
+kid = "consent-2026"
+role = "consent"
+public_key = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
+{extra}"#,
+            d = dir.display()
+        );
+        crate::config::from_toml_str(&toml, dir).expect("valid test config")
+    }
+
+    /// An agent as `facegate run` opens it, over a temporary directory.
+    pub fn agent(extra: &str) -> (tempfile::TempDir, Agent) {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let agent = crate::daemon::open(config(dir.path(), extra)).expect("open the agent");
+        (dir, agent)
     }
 }

@@ -1,7 +1,8 @@
 //! Local control socket for site admins (`facegate ctl …`).
 //!
 //! One JSON request line in, one JSON response line out, then the connection
-//! closes. The socket is a Unix socket (mode 0660): file permissions are the
+//! closes. [`dispatch`] turns a [`Request`] into calls of the agent's typed
+//! operations; the agent knows nothing of this protocol. The socket is a Unix socket (mode 0660): file permissions are the
 //! authorization, so a local revoke needs no signature. There is no network
 //! listener anywhere in facegate.
 
@@ -15,7 +16,8 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::agent::Agent;
+use crate::agent::{Agent, ApplyError, PurgeTarget};
+use crate::clock;
 use crate::shutdown::Shutdown;
 
 /// Largest request line accepted (a consent token fits easily).
@@ -100,6 +102,33 @@ impl Response {
                 message: message.into(),
             }),
         }
+    }
+}
+
+/// Answers one request with the agent's typed operations, at the current time.
+pub async fn dispatch(agent: &Agent, req: Request) -> Response {
+    let now = clock::now();
+    let result = match req {
+        Request::Status => agent.status(now).await,
+        Request::ConsentAdd { token } => agent.grant(token, now, None).await,
+        Request::ConsentList => agent.list_consents(now).await,
+        Request::ConsentRevoke { subject } => {
+            // A local revoke needs no signature; it covers every consent issued up to now.
+            agent.revoke(subject, now, now, None).await
+        }
+        Request::Purge { subject, all } => match (subject, all) {
+            (Some(s), false) => agent.purge(PurgeTarget::Subject(s), now, None).await,
+            (None, true) => agent.purge(PurgeTarget::All, now, None).await,
+            _ => Err(ApplyError::BadRequest(
+                "purge needs a subject or --all, not both".into(),
+            )),
+        },
+        Request::AuditVerify => agent.audit_verify().await,
+        Request::AuditTail { n } => agent.audit_tail(n).await,
+    };
+    match result {
+        Ok(v) => Response::ok(v),
+        Err(e) => Response::err(e.code(), e.to_string()),
     }
 }
 
@@ -242,7 +271,7 @@ async fn serve_one(stream: UnixStream, agent: &Agent) -> std::io::Result<()> {
         )
     } else {
         match serde_json::from_str::<Request>(&line) {
-            Ok(req) => agent.handle(req).await,
+            Ok(req) => dispatch(agent, req).await,
             Err(e) => Response::err("malformed", format!("bad request: {e}")),
         }
     };
@@ -254,6 +283,56 @@ async fn serve_one(stream: UnixStream, agent: &Agent) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::testing;
+
+    #[tokio::test]
+    async fn dispatch_answers_with_the_agents_operations() {
+        let (_dir, agent) = testing::agent("");
+        let status = dispatch(&agent, Request::Status).await;
+        assert!(status.ok, "{status:?}");
+        let result = status.result.unwrap();
+        assert_eq!(result["state"], "online");
+        assert_eq!(result["outbox"]["captures"], 0);
+
+        let purged = dispatch(
+            &agent,
+            Request::Purge {
+                subject: Some("S-1".into()),
+                all: false,
+            },
+        )
+        .await;
+        assert!(purged.ok, "{purged:?}");
+        assert_eq!(purged.result.unwrap()["purged"], 0);
+
+        let both = dispatch(
+            &agent,
+            Request::Purge {
+                subject: Some("S-1".into()),
+                all: true,
+            },
+        )
+        .await;
+        assert_eq!(both.error.unwrap().code, "bad_args");
+
+        let bad = dispatch(
+            &agent,
+            Request::ConsentAdd {
+                token: "not-a-token".into(),
+            },
+        )
+        .await;
+        assert!(!bad.ok);
+        assert_eq!(bad.error.unwrap().code, "malformed");
+
+        let tail = dispatch(&agent, Request::AuditTail { n: 5 }).await;
+        assert!(tail.ok, "{tail:?}");
+        assert!(tail
+            .result
+            .unwrap()
+            .as_array()
+            .is_some_and(|a| !a.is_empty()));
+    }
 
     #[test]
     fn requests_round_trip_as_json_lines() {

@@ -193,7 +193,7 @@ async fn watchdog(agent: Arc<Agent>, every: Duration, mut shutdown: Shutdown) {
             _ = tick.tick() => {}
         }
         let now = clock::now();
-        match agent.db.run(move |s| s.outbox_stats(now)).await {
+        match agent.db().run(move |s| s.outbox_stats(now)).await {
             Ok(_) => {
                 let _ = notify::watchdog();
             }
@@ -213,7 +213,7 @@ async fn housekeeping(agent: Arc<Agent>, mut shutdown: Shutdown) {
         let retention = agent.config().outbox.retention;
         let now = clock::now();
         let result = agent
-            .db
+            .db()
             .run(move |s| {
                 let expired = s.sweep_expired(now)?;
                 let purged: usize = expired.iter().map(|(_, ids)| ids.len()).sum();

@@ -105,7 +105,7 @@ pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, Inta
     let now = clock::now();
 
     if !scan.orphans.is_empty() {
-        let mut store = agent.db.lock();
+        let mut store = agent.db().lock();
         for orphan in &scan.orphans {
             if let Err(e) = spool::remove_orphan(orphan) {
                 tracing::warn!(path = %orphan.path.display(), error = %e, "cannot remove stray spool file");
@@ -130,7 +130,7 @@ pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, Inta
     let results = prepare_all(scan.ready, &cfg);
 
     // 2 + 3. Gate and commit under one lock, so no revocation slips in between.
-    let mut store = agent.db.lock();
+    let mut store = agent.db().lock();
     let mut ledger: HashMap<String, (Vec<Consent>, Option<i64>)> = HashMap::new();
     let mut accepted: Vec<(Pair, Capture)> = Vec::new();
     let mut finished: Vec<Pair> = Vec::new();
@@ -207,7 +207,7 @@ pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, Inta
             }
         }
         remove_pairs(&pairs);
-        agent.outbox_changed.notify_one();
+        agent.outbox_changed().notify_one();
     }
     Ok(report)
 }

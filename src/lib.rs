@@ -6,7 +6,7 @@
 //! - [`daemon`]: `run(config, shutdown)`: opens everything, runs tasks, stops them.
 //! - [`shutdown`]: the typed shutdown signal passed in from the edge.
 //! - [`agent`]: applies grant / revoke / purge / status for any caller.
-//! - [`control`]: the local Unix control socket behind `facegate ctl`.
+//! - [`control`]: the local Unix control socket behind `facegate ctl`, and its dispatch to the agent.
 //! - [`intake`]: spool → sanitize → gate → outbox, one transaction per batch.
 //! - [`uplink`]: MQTT over mutual TLS: uploads, commands, replies, status.
 //! - [`reload`]: SIGHUP: which parts of a new config apply live.

@@ -242,7 +242,7 @@ pub fn fill_outbox(
 ) -> Vec<String> {
     use facegate::store::Capture;
     let agent = facegate::daemon::open(cfg.clone()).expect("open agent");
-    let mut store = agent.db.lock();
+    let mut store = agent.db().lock();
     let now = clock::now();
     let mut names = Vec::with_capacity(subjects);
     let mut consent_ids = Vec::with_capacity(subjects);

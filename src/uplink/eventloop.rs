@@ -15,7 +15,6 @@
 //! FIFO in the state always matches what rumqttc will put on the wire.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -383,7 +382,7 @@ async fn logic_task(
     loop {
         tokio::select! {
             _ = shutdown.wait() => break,
-            _ = agent.outbox_changed.notified() => {}
+            _ = agent.outbox_changed().notified() => {}
             // Wake exactly when the post-connect settle time ends.
             _ = tokio::time::sleep_until(upload_from), if tokio::time::Instant::now() < upload_from => {}
             _ = refill.tick() => {}
@@ -407,7 +406,7 @@ async fn logic_task(
                         Net::Connected { session_present } => {
                             tracing::info!(session_present, "connected to broker");
                             last_error.clear();
-                            agent.connected.store(true, Ordering::Relaxed);
+                            agent.set_connected(true);
                             for topic in [&topics.device_cmd, &topics.site_cmd] {
                                 if let Err(e) = link.client.try_subscribe(topic.as_str(), QoS::AtLeastOnce) {
                                     tracing::error!(error = %e, topic = %topic, "cannot subscribe");
@@ -417,9 +416,9 @@ async fn logic_task(
                             upload_from = tokio::time::Instant::now() + SETTLE_AFTER_CONNECT;
                         }
                         Net::Disconnected { reason, captures } => {
-                            agent.connected.store(false, Ordering::Relaxed);
+                            agent.set_connected(false);
                             for id in &captures {
-                                agent.inflight.remove(id);
+                                agent.inflight().remove(id);
                             }
                             if !captures.is_empty() {
                                 record_interrupted(&agent, &reason, captures.len()).await;
@@ -473,7 +472,7 @@ async fn fill_window(agent: &Arc<Agent>, link: &Arc<Link>, topics: &Topics) {
     }
     let (agent2, link2, topic) = (agent.clone(), link.clone(), topics.captures.clone());
     let result = agent
-        .db
+        .db()
         .run(move |store| hand_over(store, &agent2, &link2, &topic, free))
         .await;
     match result {
@@ -492,7 +491,7 @@ fn hand_over(
 ) -> Result<usize, StoreError> {
     let cfg = agent.config();
     let now = clock::now();
-    let exclude = agent.inflight.snapshot();
+    let exclude = agent.inflight().snapshot();
     let batch = store.pending(free, &exclude)?;
     let mut handed = 0;
     // One decision per subject and batch: the store lock is held throughout,
@@ -534,14 +533,14 @@ fn hand_over(
         match decision {
             Decision::Accept { consent_id } => {
                 let payload = envelope(&cfg, &capture, &consent_id);
-                agent.inflight.insert(&capture.capture_id);
+                agent.inflight().insert(&capture.capture_id);
                 if !link.hand(
                     topic,
                     payload,
                     false,
                     Handed::Capture(capture.capture_id.clone()),
                 ) {
-                    agent.inflight.remove(&capture.capture_id);
+                    agent.inflight().remove(&capture.capture_id);
                     break;
                 }
                 handed += 1;
@@ -577,7 +576,7 @@ async fn record_interrupted(agent: &Arc<Agent>, reason: &str, n: usize) {
     let detail = json!({ "requeued": n, "reason": reason });
     let now = clock::now();
     let r = agent
-        .db
+        .db()
         .run(move |s| {
             s.record("upload.interrupted", None, detail, None, now)?;
             s.bump("upload_retries", n as u64)
@@ -601,16 +600,16 @@ async fn deleter(agent: Arc<Agent>, mut acked: mpsc::UnboundedReceiver<String>) 
         }
         let now = clock::now();
         let batch = ids.clone();
-        match agent.db.run(move |s| s.ack_many(&batch, now)).await {
+        match agent.db().run(move |s| s.ack_many(&batch, now)).await {
             Ok(_) => {}
             Err(e) => {
                 tracing::error!(error = %e, "cannot delete acknowledged captures; they will be sent again")
             }
         }
         for id in &ids {
-            agent.inflight.remove(id);
+            agent.inflight().remove(id);
         }
-        agent.outbox_changed.notify_one();
+        agent.outbox_changed().notify_one();
     }
 }
 
@@ -652,7 +651,7 @@ async fn handle_command(agent: &Arc<Agent>, link: &Arc<Link>, topics: &Topics, p
         false,
         Handed::Other,
     );
-    agent.outbox_changed.notify_one();
+    agent.outbox_changed().notify_one();
 }
 
 fn ack(link: &Link, publish: &Publish) {
