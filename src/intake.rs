@@ -69,17 +69,23 @@ type Outcome = Result<Prepared, (Pair, String)>;
 
 /// Runs intake until shutdown. Called on a dedicated thread.
 pub fn run(agent: Arc<Agent>, shutdown: Shutdown) {
-    let cfg = agent.config();
-    tracing::info!(spool = %cfg.spool_dir.display(), "intake running");
+    run_paced(&agent, &shutdown, std::thread::sleep);
+}
+
+/// The intake loop, waiting with `sleep` between scans. The configuration is
+/// read again for every batch and every wait, so what a reload applies
+/// (`[capture]` limits, `poll_interval`) takes effect at the next scan.
+fn run_paced(agent: &Agent, shutdown: &Shutdown, mut sleep: impl FnMut(Duration)) {
+    tracing::info!(spool = %agent.config().spool_dir.display(), "intake running");
     while !shutdown.is_fired() {
-        match process_once(&agent, SystemTime::now()) {
+        match process_once(agent, SystemTime::now()) {
             Ok(report) if report == BatchReport::default() => {
-                std::thread::sleep(cfg.capture.poll_interval)
+                sleep(agent.config().capture.poll_interval)
             }
             Ok(report) => tracing::debug!(?report, "intake batch"),
             Err(e) => {
                 tracing::error!(error = %e, "intake batch failed; the pairs stay in the spool and will be retried");
-                std::thread::sleep(RETRY_AFTER_FAILURE);
+                sleep(RETRY_AFTER_FAILURE);
             }
         }
     }
@@ -330,4 +336,33 @@ fn file_name(p: &Path) -> String {
     p.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::testing;
+    use crate::shutdown::{self, Reason};
+
+    #[test]
+    fn an_idle_intake_waits_the_poll_interval_of_the_current_config() {
+        let (dir, agent) = testing::agent("[capture]\npoll_interval = \"150ms\"\n");
+        let faster = testing::config(dir.path(), "[capture]\npoll_interval = \"20ms\"\n");
+        let (trigger, shutdown) = shutdown::channel();
+        let mut waits = Vec::new();
+        run_paced(&agent, &shutdown, |wait| {
+            waits.push(wait);
+            if waits.len() == 1 {
+                // A SIGHUP while intake is idle.
+                let plan = agent.reload(faster.clone());
+                assert_eq!(plan.applied, ["capture"]);
+            } else {
+                trigger.fire(Reason::Requested);
+            }
+        });
+        assert_eq!(
+            waits,
+            [Duration::from_millis(150), Duration::from_millis(20)]
+        );
+    }
 }
