@@ -1,0 +1,436 @@
+//! The doctor's checks that need no network: state directory, storage key,
+//! TLS files, the device certificate (dates, chain, identity), clock, spool
+//! file system and disk space. The rules for dates, clock, disk and spool are
+//! pure functions of their inputs and `now`; the `check_*` functions gather
+//! the inputs from the file system.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use x509_parser::prelude::*;
+
+use super::{names, Check, Outcome};
+use crate::clock;
+use crate::config::Config;
+use crate::provision::{STORAGE_KEY_FILE, STORAGE_KEY_LEN};
+use crate::uplink::tls;
+
+/// A certificate expiring sooner than this is a warning.
+pub const EXPIRY_WARNING_SECS: i64 = 30 * 24 * 3600;
+/// A clock before this (2024-01-01T00:00:00Z) cannot be right: certificate
+/// and token checks would all be wrong.
+pub const EARLIEST_PLAUSIBLE_TIME: i64 = 1_704_067_200;
+/// Less free space than this in the state directory is a warning (100 MiB).
+pub const DISK_WARN_BYTES: u64 = 100 * 1024 * 1024;
+/// Less free space than this in the state directory is a failure (10 MiB).
+pub const DISK_FAIL_BYTES: u64 = 10 * 1024 * 1024;
+/// `statfs` magic number of tmpfs.
+pub const TMPFS_MAGIC: u64 = 0x0102_1994;
+/// `statfs` magic number of ramfs (also memory only).
+pub const RAMFS_MAGIC: u64 = 0x8584_58f6;
+/// Every local check for `cfg`, at time `now`, in the order they are printed.
+pub fn checks(cfg: &Config, now: i64) -> Vec<Check> {
+    let mut checks = vec![
+        check_state_dir(&cfg.state_dir),
+        check_storage_key(&cfg.state_dir.join(STORAGE_KEY_FILE)),
+        check_tls_key(&cfg.mqtt.key_file),
+        check_tls_files(cfg),
+    ];
+    checks.extend(check_certificate(cfg, now));
+    checks.push(Check {
+        name: names::CLOCK,
+        outcome: clock_outcome(now),
+    });
+    checks.push(check_spool(&cfg.spool_dir));
+    checks.push(check_disk(&cfg.state_dir));
+    checks
+}
+
+/// Permission bits of `path`, or a failure naming it.
+fn mode_of(path: &Path) -> Result<(u32, u64), String> {
+    fs::metadata(path)
+        .map(|m| (m.permissions().mode() & 0o7777, m.len()))
+        .map_err(|e| format!("{}: {}", path.display(), e.kind()))
+}
+
+fn check_state_dir(dir: &Path) -> Check {
+    let name = names::STATE_DIR;
+    match mode_of(dir) {
+        Err(e) => Check::fail(name, format!("{e} (run facegate provision)")),
+        Ok(_) if !dir.is_dir() => {
+            Check::fail(name, format!("{} is not a directory", dir.display()))
+        }
+        Ok((mode, _)) if mode & 0o077 != 0 => Check::warn(
+            name,
+            format!("{} has mode {mode:04o}; expected 0700", dir.display()),
+        ),
+        Ok(_) => Check::pass(name),
+    }
+}
+
+fn check_storage_key(path: &Path) -> Check {
+    let name = names::STORAGE_KEY;
+    match mode_of(path) {
+        Err(e) => Check::fail(name, format!("{e} (run facegate provision)")),
+        Ok((mode, _)) if mode & 0o077 != 0 => Check::fail(
+            name,
+            format!(
+                "{} has mode {mode:04o}: other users can read the device key (chmod 600)",
+                path.display()
+            ),
+        ),
+        Ok((_, len)) if len != STORAGE_KEY_LEN as u64 => Check::fail(
+            name,
+            format!(
+                "{} is {len} bytes, expected {STORAGE_KEY_LEN}",
+                path.display()
+            ),
+        ),
+        Ok(_) => Check::pass(name),
+    }
+}
+
+fn check_tls_key(path: &Path) -> Check {
+    let name = names::TLS_KEY;
+    match mode_of(path) {
+        Err(e) => Check::fail(name, format!("{e} (mqtt.key_file; run facegate provision)")),
+        Ok((mode, _)) if mode & 0o077 != 0 => Check::fail(
+            name,
+            format!(
+                "{} has mode {mode:04o}: group/others can access the private key (chmod 600)",
+                path.display()
+            ),
+        ),
+        Ok(_) => Check::pass(name),
+    }
+}
+
+fn check_tls_files(cfg: &Config) -> Check {
+    let m = &cfg.mqtt;
+    match tls::client_config(&m.ca_file, &m.cert_file, &m.key_file) {
+        Ok(_) => Check::pass(names::TLS_FILES),
+        Err(e) => Check::fail(names::TLS_FILES, e.to_string()),
+    }
+}
+
+/// Dates, chain and identity of the device certificate (three checks).
+fn check_certificate(cfg: &Config, now: i64) -> Vec<Check> {
+    let cert_file = &cfg.mqtt.cert_file;
+    let chain = match read_pem_certs(cert_file) {
+        Ok(chain) => chain,
+        Err(e) => {
+            return [names::CERT_DATES, names::CERT_CHAIN, names::CERT_IDENTITY]
+                .into_iter()
+                .map(|n| Check::fail(n, e.clone()))
+                .collect()
+        }
+    };
+    let anchors = read_pem_certs(&cfg.mqtt.ca_file);
+    let mut checks = Vec::new();
+    match X509Certificate::from_der(&chain[0]) {
+        Ok((_, leaf)) => {
+            let v = leaf.validity();
+            checks.push(Check {
+                name: names::CERT_DATES,
+                outcome: cert_dates_outcome(v.not_before.timestamp(), v.not_after.timestamp(), now),
+            });
+            checks.push(Check {
+                name: names::CERT_CHAIN,
+                outcome: chain_outcome(&chain, &anchors, &cfg.mqtt.ca_file),
+            });
+            checks.push(Check {
+                name: names::CERT_IDENTITY,
+                outcome: identity_outcome(&leaf, &cfg.identity.device_id),
+            });
+        }
+        Err(e) => {
+            let msg = format!("{}: not an X.509 certificate: {e}", cert_file.display());
+            for n in [names::CERT_DATES, names::CERT_CHAIN, names::CERT_IDENTITY] {
+                checks.push(Check::fail(n, msg.clone()));
+            }
+        }
+    }
+    checks
+}
+
+/// DER of every `CERTIFICATE` block in a PEM file; at least one.
+fn read_pem_certs(path: &Path) -> Result<Vec<Vec<u8>>, String> {
+    let data = fs::read(path).map_err(|e| format!("{}: {}", path.display(), e.kind()))?;
+    let mut certs = Vec::new();
+    for pem in Pem::iter_from_buffer(&data) {
+        let pem = pem.map_err(|e| format!("{}: bad PEM: {e}", path.display()))?;
+        if pem.label == "CERTIFICATE" {
+            certs.push(pem.contents);
+        }
+    }
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate in it", path.display()));
+    }
+    Ok(certs)
+}
+
+/// The rule for certificate dates at `now`.
+pub fn cert_dates_outcome(not_before: i64, not_after: i64, now: i64) -> Outcome {
+    let date = |t: i64| clock::rfc3339(t);
+    if now < not_before {
+        Outcome::Fail(format!(
+            "not valid before {} (is the clock wrong?)",
+            date(not_before)
+        ))
+    } else if now > not_after {
+        Outcome::Fail(format!("expired on {}", date(not_after)))
+    } else if not_after - now < EXPIRY_WARNING_SECS {
+        Outcome::Warn(format!(
+            "expires on {} (in {} days): renew it",
+            date(not_after),
+            (not_after - now) / 86_400
+        ))
+    } else {
+        Outcome::Pass
+    }
+}
+
+/// Whether the leaf `chain[0]` leads, through the rest of `chain`, to a
+/// certificate in `anchors` (the CA file, or why it could not be read) by
+/// valid signatures.
+fn chain_outcome(
+    chain: &[Vec<u8>],
+    anchors: &Result<Vec<Vec<u8>>, String>,
+    ca_file: &Path,
+) -> Outcome {
+    let anchors = match anchors {
+        Ok(a) => a,
+        Err(e) => return Outcome::Fail(format!("{e} (mqtt.ca_file)")),
+    };
+    fn parse(der: &[u8]) -> Option<X509Certificate<'_>> {
+        X509Certificate::from_der(der).ok().map(|(_, c)| c)
+    }
+    let anchors: Vec<X509Certificate> = anchors.iter().filter_map(|d| parse(d)).collect();
+    if anchors.is_empty() {
+        return Outcome::Fail(format!(
+            "{}: no usable CA certificate (mqtt.ca_file)",
+            ca_file.display()
+        ));
+    }
+    let intermediates: Vec<X509Certificate> = chain[1..].iter().filter_map(|d| parse(d)).collect();
+    let Some(mut current) = parse(&chain[0]) else {
+        return Outcome::Fail("device certificate cannot be parsed".into());
+    };
+    let signed_by = |child: &X509Certificate, parent: &X509Certificate| {
+        child.issuer() == parent.subject()
+            && child.verify_signature(Some(parent.public_key())).is_ok()
+    };
+    for _ in 0..=intermediates.len() {
+        if anchors.iter().any(|a| signed_by(&current, a)) {
+            return Outcome::Pass;
+        }
+        match intermediates.iter().find(|i| signed_by(&current, i)) {
+            Some(next) => current = next.clone(),
+            None => break,
+        }
+    }
+    Outcome::Fail(format!(
+        "device certificate (issuer {}) is not signed by the CA in {} (mqtt.ca_file)",
+        current.issuer(),
+        ca_file.display()
+    ))
+}
+
+/// The certificate's CN must be the device id (the broker's ACL keys on it)
+/// and, if it restricts usages, allow TLS client authentication.
+fn identity_outcome(leaf: &X509Certificate, device_id: &str) -> Outcome {
+    let cn = leaf
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|a| a.as_str().ok());
+    if cn != Some(device_id) {
+        return Outcome::Fail(format!(
+            "certificate CN is {:?}, but device_id is {device_id:?}: the broker would treat it as another device",
+            cn.unwrap_or("")
+        ));
+    }
+    match leaf.extended_key_usage() {
+        Ok(Some(eku)) if !eku.value.client_auth && !eku.value.any => {
+            Outcome::Fail("certificate does not allow TLS client authentication (EKU)".into())
+        }
+        Err(e) => Outcome::Fail(format!("unreadable extended key usage: {e}")),
+        _ => Outcome::Pass,
+    }
+}
+
+/// The rule for the system clock at `now`.
+pub fn clock_outcome(now: i64) -> Outcome {
+    if now < EARLIEST_PLAUSIBLE_TIME {
+        Outcome::Fail(format!(
+            "system time {} is before {}: set the clock (NTP) or every certificate and token check is wrong",
+            clock::rfc3339(now),
+            clock::rfc3339(EARLIEST_PLAUSIBLE_TIME)
+        ))
+    } else {
+        Outcome::Pass
+    }
+}
+
+/// The rule for free space in the state directory.
+pub fn disk_outcome(free_bytes: u64) -> Outcome {
+    let mib = free_bytes / (1024 * 1024);
+    if free_bytes < DISK_FAIL_BYTES {
+        Outcome::Fail(format!("only {mib} MiB free in the state directory"))
+    } else if free_bytes < DISK_WARN_BYTES {
+        Outcome::Warn(format!("only {mib} MiB free in the state directory"))
+    } else {
+        Outcome::Pass
+    }
+}
+
+/// The rule for the spool's file system type (`statfs` `f_type`).
+pub fn spool_fs_outcome(f_type: u64) -> Outcome {
+    if f_type == TMPFS_MAGIC || f_type == RAMFS_MAGIC {
+        Outcome::Pass
+    } else {
+        Outcome::Warn(format!(
+            "spool is not on tmpfs (file system type {f_type:#x}): captures may touch the disk unencrypted"
+        ))
+    }
+}
+
+fn check_spool(dir: &Path) -> Check {
+    match statfs_type(dir) {
+        Ok(f_type) => Check {
+            name: names::SPOOL_TMPFS,
+            outcome: spool_fs_outcome(f_type),
+        },
+        Err(e) => Check::warn(
+            names::SPOOL_TMPFS,
+            format!(
+                "{}: {e} (created at boot by facegate.tmpfiles)",
+                dir.display()
+            ),
+        ),
+    }
+}
+
+fn check_disk(dir: &Path) -> Check {
+    match free_bytes(dir) {
+        Ok(free) => Check {
+            name: names::DISK,
+            outcome: disk_outcome(free),
+        },
+        Err(e) => Check::fail(names::DISK, format!("{}: {e}", dir.display())),
+    }
+}
+
+fn c_path(path: &Path) -> std::io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in path"))
+}
+
+/// `statfs(2)` file system magic of the file system holding `path`.
+fn statfs_type(path: &Path) -> std::io::Result<u64> {
+    let c = c_path(path)?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statfs.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // f_type is signed and of different widths per architecture; the magic
+    // numbers are 32-bit.
+    #[allow(clippy::unnecessary_cast)]
+    Ok((st.f_type as u64) & 0xffff_ffff)
+}
+
+/// Bytes available to unprivileged users on the file system holding `path`.
+fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    let c = c_path(path)?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)]
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000;
+    const DAY: i64 = 86_400;
+
+    fn kind(o: &Outcome) -> &'static str {
+        match o {
+            Outcome::Pass => "pass",
+            Outcome::Warn(_) => "warn",
+            Outcome::Fail(_) => "fail",
+        }
+    }
+
+    #[test]
+    fn certificate_dates() {
+        let cases = [
+            ("not yet valid", NOW + 1, NOW + 365 * DAY, "fail"),
+            ("starts now", NOW, NOW + 365 * DAY, "pass"),
+            ("expired a second ago", NOW - 365 * DAY, NOW - 1, "fail"),
+            ("expires this second", NOW - DAY, NOW, "warn"),
+            ("expires in 29 days", NOW - DAY, NOW + 29 * DAY, "warn"),
+            (
+                "30 days minus a second",
+                NOW - DAY,
+                NOW + 30 * DAY - 1,
+                "warn",
+            ),
+            ("exactly 30 days", NOW - DAY, NOW + 30 * DAY, "pass"),
+            ("a year", NOW - DAY, NOW + 365 * DAY, "pass"),
+        ];
+        for (name, nb, na, want) in cases {
+            let got = cert_dates_outcome(nb, na, NOW);
+            assert_eq!(kind(&got), want, "{name}: {got:?}");
+        }
+        let Outcome::Fail(msg) = cert_dates_outcome(NOW - 2 * DAY, NOW - DAY, NOW) else {
+            panic!()
+        };
+        assert!(msg.contains("expired on"), "{msg}");
+    }
+
+    #[test]
+    fn clock_sanity() {
+        assert_eq!(kind(&clock_outcome(0)), "fail");
+        assert_eq!(kind(&clock_outcome(EARLIEST_PLAUSIBLE_TIME - 1)), "fail");
+        assert_eq!(kind(&clock_outcome(EARLIEST_PLAUSIBLE_TIME)), "pass");
+        assert_eq!(kind(&clock_outcome(NOW)), "pass");
+    }
+
+    #[test]
+    fn disk_thresholds() {
+        let mib = 1024 * 1024;
+        let cases = [
+            (0, "fail"),
+            (10 * mib - 1, "fail"),
+            (10 * mib, "warn"),
+            (100 * mib - 1, "warn"),
+            (100 * mib, "pass"),
+            (u64::MAX, "pass"),
+        ];
+        for (free, want) in cases {
+            assert_eq!(kind(&disk_outcome(free)), want, "{free}");
+        }
+    }
+
+    #[test]
+    fn spool_file_systems() {
+        assert_eq!(spool_fs_outcome(TMPFS_MAGIC), Outcome::Pass);
+        assert_eq!(spool_fs_outcome(RAMFS_MAGIC), Outcome::Pass);
+        assert_eq!(kind(&spool_fs_outcome(0xEF53)), "warn"); // ext4
+    }
+
+    #[test]
+    fn statfs_sees_proc() {
+        // /proc is procfs (0x9fa0) everywhere Linux runs.
+        assert_eq!(statfs_type(Path::new("/proc")).unwrap(), 0x9fa0);
+        assert!(free_bytes(Path::new("/")).unwrap() > 0);
+    }
+}

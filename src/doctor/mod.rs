@@ -1,0 +1,226 @@
+//! `facegate doctor`: a site admin's health check of one terminal, printed as
+//! a pass / warn / fail table. It exits non-zero (see [`DoctorReport::ok`]) on
+//! any failure; warnings do not fail it.
+//!
+//! Each check is a small function returning a [`Check`]. This module holds the
+//! report and runs the checks; [`local`] has the checks that need no network
+//! (files, certificates, clock, disk, spool), whose date, clock and disk rules
+//! are pure functions of their inputs and `now` (unix seconds), tested
+//! table-driven; [`broker`] has the TLS connection and ACL probes.
+
+pub mod broker;
+pub mod local;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::clock;
+use crate::config::{self, Config};
+
+pub use broker::{check_broker, BROKER_TIMEOUT};
+pub use local::{
+    cert_dates_outcome, clock_outcome, disk_outcome, spool_fs_outcome, DISK_FAIL_BYTES,
+    DISK_WARN_BYTES, EARLIEST_PLAUSIBLE_TIME, EXPIRY_WARNING_SECS, RAMFS_MAGIC, TMPFS_MAGIC,
+};
+
+/// Check names, as printed (and as tests look them up).
+pub mod names {
+    /// The config file loads and validates.
+    pub const CONFIG: &str = "config";
+    /// The state directory exists and is private.
+    pub const STATE_DIR: &str = "state directory";
+    /// The device storage key file.
+    pub const STORAGE_KEY: &str = "storage key";
+    /// The TLS private key file's permissions.
+    pub const TLS_KEY: &str = "TLS key permissions";
+    /// CA, certificate and key load and belong together.
+    pub const TLS_FILES: &str = "TLS files";
+    /// The device certificate's validity dates.
+    pub const CERT_DATES: &str = "certificate dates";
+    /// The device certificate is signed by the configured CA.
+    pub const CERT_CHAIN: &str = "certificate chain";
+    /// The device certificate names this device and allows client auth.
+    pub const CERT_IDENTITY: &str = "certificate identity";
+    /// The system clock is plausible.
+    pub const CLOCK: &str = "clock";
+    /// The spool is on tmpfs.
+    pub const SPOOL_TMPFS: &str = "spool on tmpfs";
+    /// Free disk space in the state directory.
+    pub const DISK: &str = "disk space";
+    /// Mutual-TLS connection to the broker (CONNACK).
+    pub const BROKER: &str = "broker connection";
+    /// The broker's ACL lets the device read its commands and publish replies.
+    pub const BROKER_ACL: &str = "broker ACL";
+}
+
+/// How one check came out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// All good.
+    Pass,
+    /// Works now, but needs attention (the reason says what).
+    Warn(String),
+    /// Broken: the daemon cannot work properly (the reason says why).
+    Fail(String),
+}
+
+/// The result of one check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// What was checked (one of [`names`]).
+    pub name: &'static str,
+    /// How it came out.
+    pub outcome: Outcome,
+}
+
+impl Check {
+    fn pass(name: &'static str) -> Check {
+        Check {
+            name,
+            outcome: Outcome::Pass,
+        }
+    }
+    fn warn(name: &'static str, msg: impl Into<String>) -> Check {
+        Check {
+            name,
+            outcome: Outcome::Warn(msg.into()),
+        }
+    }
+    fn fail(name: &'static str, msg: impl Into<String>) -> Check {
+        Check {
+            name,
+            outcome: Outcome::Fail(msg.into()),
+        }
+    }
+}
+
+/// Every check that ran, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DoctorReport {
+    /// The config file that was checked.
+    pub config_path: PathBuf,
+    /// The checks, in the order they ran.
+    pub checks: Vec<Check>,
+}
+
+impl DoctorReport {
+    /// True when no check failed (warnings allowed): the exit status.
+    pub fn ok(&self) -> bool {
+        !self
+            .checks
+            .iter()
+            .any(|c| matches!(c.outcome, Outcome::Fail(_)))
+    }
+
+    /// The check called `name`, if it ran.
+    pub fn get(&self, name: &str) -> Option<&Check> {
+        self.checks.iter().find(|c| c.name == name)
+    }
+
+    /// Prints the table to stdout.
+    pub fn print(&self) {
+        print!("{self}");
+    }
+}
+
+impl fmt::Display for DoctorReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "facegate doctor: {}", self.config_path.display())?;
+        for check in &self.checks {
+            let (tag, msg) = match &check.outcome {
+                Outcome::Pass => ("PASS", ""),
+                Outcome::Warn(m) => ("WARN", m.as_str()),
+                Outcome::Fail(m) => ("FAIL", m.as_str()),
+            };
+            writeln!(f, "{tag}  {:<22} {msg}", check.name)?;
+        }
+        let failed = self
+            .checks
+            .iter()
+            .filter(|c| matches!(c.outcome, Outcome::Fail(_)))
+            .count();
+        if failed == 0 {
+            writeln!(f, "all checks passed")
+        } else {
+            writeln!(f, "{failed} check(s) failed")
+        }
+    }
+}
+
+/// Runs every check for the config at `cfg_path`. Builds its own small tokio
+/// runtime for the broker probe: call it outside any runtime, or use
+/// [`run_checks_async`] from async code.
+pub fn run_checks(cfg_path: &Path) -> DoctorReport {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(run_checks_async(cfg_path)),
+        Err(e) => {
+            let mut report = local_checks(cfg_path, clock::now());
+            report.checks.push(Check::fail(
+                names::BROKER,
+                format!("cannot start a runtime: {e}"),
+            ));
+            report
+        }
+    }
+}
+
+/// [`run_checks`] for callers already inside a tokio runtime.
+pub async fn run_checks_async(cfg_path: &Path) -> DoctorReport {
+    let mut report = local_checks(cfg_path, clock::now());
+    if let Some(cfg) = loaded(cfg_path) {
+        report
+            .checks
+            .extend(broker::check_broker(&cfg, BROKER_TIMEOUT).await);
+    }
+    report
+}
+
+/// The checks that need no network, at time `now`.
+pub fn local_checks(cfg_path: &Path, now: i64) -> DoctorReport {
+    let mut checks = Vec::new();
+    let cfg = match config::load_unchecked(cfg_path) {
+        Ok(cfg) => {
+            checks.push(Check::pass(names::CONFIG));
+            cfg
+        }
+        Err(e) => {
+            checks.push(Check::fail(names::CONFIG, e.to_string()));
+            return DoctorReport {
+                config_path: cfg_path.to_path_buf(),
+                checks,
+            };
+        }
+    };
+    checks.extend(local::checks(&cfg, now));
+    DoctorReport {
+        config_path: cfg_path.to_path_buf(),
+        checks,
+    }
+}
+
+fn loaded(cfg_path: &Path) -> Option<Config> {
+    config::load_unchecked(cfg_path).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_counts_failures() {
+        let report = DoctorReport {
+            config_path: PathBuf::from("x.toml"),
+            checks: vec![Check::pass(names::CONFIG), Check::warn(names::DISK, "low")],
+        };
+        assert!(report.ok());
+        assert!(report.to_string().contains("all checks passed"));
+        let mut failing = report.clone();
+        failing.checks.push(Check::fail(names::CLOCK, "bad"));
+        assert!(!failing.ok());
+        assert!(failing.to_string().contains("FAIL  clock"));
+        assert!(failing.to_string().contains("1 check(s) failed"));
+    }
+}
