@@ -1,0 +1,213 @@
+//! The command line: every subcommand and flag of `facegate` (clap derive).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use facegate::{config, consent};
+
+#[derive(Parser)]
+#[command(
+    name = "facegate",
+    version,
+    about = "Consent-gated face-capture uplink for on-site terminals"
+)]
+pub(crate) struct Cli {
+    /// Configuration file (TOML); FACEGATE_<KEY> environment variables override it.
+    #[arg(long, short, global = true, default_value = config::DEFAULT_PATH)]
+    pub(crate) config: PathBuf,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Run the daemon (intake, consent gate, outbox, control socket).
+    Run,
+    /// Validate the configuration; exits non-zero naming the key and the problem.
+    CheckConfig,
+    /// First-time setup: state dir, storage key, TLS key and CSR (safe to re-run).
+    Provision {
+        /// Owner of the created secrets (default: user `facegate` when run as root).
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// Check this terminal (files, certificates, clock, disk, broker); non-zero on failure.
+    Doctor,
+    /// Talk to the running daemon over its control socket.
+    Ctl {
+        #[command(subcommand)]
+        command: Ctl,
+    },
+    /// Fleet managers' tool: keys, consent tokens, signed commands.
+    Fleet {
+        #[command(subcommand)]
+        command: Fleet,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Ctl {
+    /// Outbox, consents and counters.
+    Status {
+        /// Print the raw status object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Consent tokens held by the device.
+    Consent {
+        #[command(subcommand)]
+        command: CtlConsent,
+    },
+    /// Purge queued captures of one subject, or all; consents stay.
+    Purge {
+        /// Subject id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        subject: Option<String>,
+        /// Purge every queued capture.
+        #[arg(long)]
+        all: bool,
+    },
+    /// The hash-chained audit log.
+    Audit {
+        #[command(subcommand)]
+        command: CtlAudit,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum CtlConsent {
+    /// Verify and store a consent token (compact JWS).
+    Add { token: String },
+    /// List stored consents.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke every consent of a subject issued up to now and purge its captures.
+    Revoke { subject: String },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum CtlAudit {
+    /// Check every entry of the hash chain; exits non-zero if any was altered or removed.
+    Verify,
+    /// Show the newest entries.
+    Tail {
+        /// How many entries.
+        #[arg(short, default_value_t = 20)]
+        n: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Fleet {
+    /// Generate an Ed25519 signing key (PKCS#8 PEM, mode 0600) and print its public key.
+    Keygen {
+        /// Where to write the private key; never overwritten.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a consent token for a subject.
+    Consent(ConsentArgs),
+    /// Sign a fleet command and print it (compact JWS).
+    Sign(SignArgs),
+    /// Sign a command, publish it over mutual TLS and print the replies.
+    Send(Box<SendArgs>),
+}
+
+#[derive(Args)]
+pub(crate) struct SendArgs {
+    #[command(flatten)]
+    pub(crate) signer: SignerArgs,
+    /// Broker as HOST or HOST:PORT (default port 8883).
+    #[arg(long)]
+    pub(crate) broker: String,
+    /// CA certificate (PEM) that signed the broker's certificate.
+    #[arg(long)]
+    pub(crate) ca: PathBuf,
+    /// The fleet's client certificate (PEM).
+    #[arg(long)]
+    pub(crate) cert: PathBuf,
+    /// The fleet's TLS private key (PEM).
+    #[arg(long = "tls-key")]
+    pub(crate) tls_key: PathBuf,
+    /// Topic prefix.
+    #[arg(long, default_value = "facegate")]
+    pub(crate) prefix: String,
+    /// Target site.
+    #[arg(long)]
+    pub(crate) site: String,
+    /// Target device; without it the command goes to every device of the site.
+    #[arg(long)]
+    pub(crate) device: Option<String>,
+    /// Command name: consent.grant, consent.revoke, capture.purge, status.
+    #[arg(long)]
+    pub(crate) cmd: String,
+    /// Arguments as a JSON object.
+    #[arg(long, default_value = "{}")]
+    pub(crate) args: String,
+    /// How long the command stays valid.
+    #[arg(long, default_value = "10m")]
+    pub(crate) lifetime: humantime::Duration,
+    /// How long to wait for replies (a whole site: always this long).
+    #[arg(long, default_value = "10s")]
+    pub(crate) timeout: humantime::Duration,
+    /// Print each reply as one JSON line.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct SignerArgs {
+    /// Private key file written by `fleet keygen`.
+    #[arg(long)]
+    pub(crate) key: PathBuf,
+    /// Key id, as configured in the devices' [[trust]] entries.
+    #[arg(long)]
+    pub(crate) kid: String,
+}
+
+#[derive(Args)]
+pub(crate) struct ConsentArgs {
+    #[command(flatten)]
+    pub(crate) signer: SignerArgs,
+    /// Subject id the consent is about.
+    #[arg(long)]
+    pub(crate) subject: String,
+    /// Audience: a site id or `site/device`; repeat for several.
+    #[arg(long = "aud", required = true)]
+    pub(crate) audience: Vec<String>,
+    /// Space-separated scopes.
+    #[arg(long, default_value = consent::UPLOAD_SCOPE)]
+    pub(crate) scope: String,
+    /// How long the consent lasts (`30d`, `12h`).
+    #[arg(long, default_value = "365d")]
+    pub(crate) lifetime: humantime::Duration,
+    /// Issuer (`iss`).
+    #[arg(long, default_value = "facegate-fleet")]
+    pub(crate) issuer: String,
+    /// Consent id (`jti`); a random UUID if omitted.
+    #[arg(long)]
+    pub(crate) jti: Option<String>,
+}
+
+#[derive(Args)]
+pub(crate) struct SignArgs {
+    #[command(flatten)]
+    pub(crate) signer: SignerArgs,
+    /// Audience: a site id or `site/device`.
+    #[arg(long)]
+    pub(crate) aud: String,
+    /// Command name: consent.grant, consent.revoke, capture.purge, status.
+    #[arg(long)]
+    pub(crate) cmd: String,
+    /// Arguments as a JSON object.
+    #[arg(long, default_value = "{}")]
+    pub(crate) args: String,
+    /// How long the command stays valid.
+    #[arg(long, default_value = "1h")]
+    pub(crate) lifetime: humantime::Duration,
+}
