@@ -16,6 +16,7 @@
 //! - [`gate`]: may this subject's capture be kept or uploaded now?
 //! - [`consent`]: consent token verification.
 //! - [`command`]: fleet command verification, signing and reply shapes.
+//! - [`protocol`]: the wire formats as typed serde structs: topics, envelope, status, replies.
 //! - [`jws`]: EdDSA JWS compact verification and signing.
 //! - [`audit`]: the keyed hash chain of audit entries.
 //!
@@ -58,6 +59,7 @@ pub mod keys;
 pub mod logging;
 pub mod notify;
 pub mod pki;
+pub mod protocol;
 pub mod provision;
 pub mod reload;
 pub mod sanitize;

@@ -1,0 +1,151 @@
+//! The upload envelope (SPEC "Upload envelope" and "Broker limits and large
+//! captures"): one capture per message, or one part of a large capture.
+
+use serde::{Deserialize, Serialize};
+
+use super::fields;
+
+/// One upload message. A whole capture has `part` and `parts` absent; a part
+/// carries the `part`-th consecutive slice of the image in `image`, while
+/// `sha256` is always the digest of the whole image.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Always [`super::WIRE_VERSION`].
+    pub v: u8,
+    /// UUID, stable across retries: back-ends drop duplicates by it.
+    pub capture_id: String,
+    /// The device's site.
+    pub site: String,
+    /// The device.
+    pub device: String,
+    /// The subject the capture shows.
+    pub subject: String,
+    /// `jti` of the consent that allowed the upload.
+    pub consent_id: String,
+    /// When the camera took it (unix seconds; RFC 3339 on the wire).
+    #[serde(with = "fields::rfc3339")]
+    pub captured_at: i64,
+    /// Camera name from the spool marker.
+    pub camera: String,
+    /// `image/jpeg` or `image/png`.
+    pub content_type: String,
+    /// SHA-256 of the whole image (hex on the wire).
+    #[serde(with = "fields::sha256_hex")]
+    pub sha256: [u8; 32],
+    /// The image bytes, or this part's slice of them (base64 on the wire).
+    #[serde(with = "fields::base64_std")]
+    pub image: Vec<u8>,
+    /// 0-based index of this part; absent for a whole capture.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<u32>,
+    /// How many parts the capture was split into; absent for a whole capture.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<u32>,
+}
+
+impl Envelope {
+    /// The JSON bytes published on the captures topic.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Serializing plain strings, integers and byte strings cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses an envelope as a back-end receives it.
+    pub fn from_bytes(payload: &[u8]) -> Result<Envelope, serde_json::Error> {
+        serde_json::from_slice(payload)
+    }
+
+    /// True when this message is one part of a larger capture.
+    pub fn is_part(&self) -> bool {
+        self.parts.is_some()
+    }
+}
+
+/// The image is left out: it may be large and is personal data.
+impl std::fmt::Debug for Envelope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Envelope")
+            .field("capture_id", &self.capture_id)
+            .field("site", &self.site)
+            .field("device", &self.device)
+            .field("consent_id", &self.consent_id)
+            .field("part", &self.part)
+            .field("parts", &self.parts)
+            .field("image_len", &self.image.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn sample() -> Envelope {
+        Envelope {
+            v: 1,
+            capture_id: "7d9f2c1e-0000-4000-8000-000000000001".into(),
+            site: "lobby".into(),
+            device: "term-01".into(),
+            subject: "S-123".into(),
+            consent_id: "c-1".into(),
+            captured_at: 1_795_858_382,
+            camera: "cam-1".into(),
+            content_type: "image/jpeg".into(),
+            sha256: [0xab; 32],
+            image: vec![0xff, 0xd8, 0xff, 0xd9],
+            part: None,
+            parts: None,
+        }
+    }
+
+    #[test]
+    fn whole_capture_has_exactly_the_spec_fields() {
+        let v: Value = serde_json::from_slice(&sample().to_bytes()).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "v": 1,
+                "capture_id": "7d9f2c1e-0000-4000-8000-000000000001",
+                "site": "lobby", "device": "term-01", "subject": "S-123",
+                "consent_id": "c-1", "captured_at": "2026-11-28T09:33:02Z",
+                "camera": "cam-1", "content_type": "image/jpeg",
+                "sha256": "ab".repeat(32), "image": "/9j/2Q==",
+            })
+        );
+    }
+
+    #[test]
+    fn a_part_carries_part_and_parts_and_round_trips() {
+        let e = Envelope {
+            part: Some(2),
+            parts: Some(3),
+            ..sample()
+        };
+        let v: Value = serde_json::from_slice(&e.to_bytes()).unwrap();
+        assert_eq!(v["part"], 2);
+        assert_eq!(v["parts"], 3);
+        assert!(e.is_part() && !sample().is_part());
+        assert_eq!(Envelope::from_bytes(&e.to_bytes()).unwrap(), e);
+    }
+
+    #[test]
+    fn bad_fields_are_refused_by_name() {
+        let mut v: Value = serde_json::from_slice(&sample().to_bytes()).unwrap();
+        v["sha256"] = json!("xyz");
+        let err = Envelope::from_bytes(v.to_string().as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("sha256"), "{err}");
+        let mut v: Value = serde_json::from_slice(&sample().to_bytes()).unwrap();
+        v["captured_at"] = json!("yesterday");
+        assert!(Envelope::from_bytes(v.to_string().as_bytes()).is_err());
+    }
+
+    #[test]
+    fn debug_leaves_the_image_out() {
+        let text = format!("{:?}", sample());
+        assert!(
+            text.contains("image_len: 4") && !text.contains("255"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,411 @@
+//! Command names, error codes and the reply a device publishes for every
+//! command it receives (SPEC "Tokens and commands").
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::{fields, Status};
+
+/// The commands a device understands (the `cmd` claim).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CommandName {
+    /// `consent.grant`: verify and store a consent token.
+    ConsentGrant,
+    /// `consent.revoke`: void a subject's consents, purge its captures.
+    ConsentRevoke,
+    /// `capture.purge`: purge captures, keep consents.
+    CapturePurge,
+    /// `status`: publish status now.
+    Status,
+}
+
+impl CommandName {
+    /// Every command, in SPEC order.
+    pub const ALL: [CommandName; 4] = [
+        CommandName::ConsentGrant,
+        CommandName::ConsentRevoke,
+        CommandName::CapturePurge,
+        CommandName::Status,
+    ];
+
+    /// The name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandName::ConsentGrant => "consent.grant",
+            CommandName::ConsentRevoke => "consent.revoke",
+            CommandName::CapturePurge => "capture.purge",
+            CommandName::Status => "status",
+        }
+    }
+
+    /// The command called `name`, if the device knows it.
+    pub fn parse(name: &str) -> Option<CommandName> {
+        CommandName::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for CommandName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for CommandName {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for CommandName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        CommandName::parse(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown command {name:?}")))
+    }
+}
+
+/// Why a command or request was refused: the `error.code` of a reply (and of a
+/// control-socket response). Codes a newer device may send are kept as
+/// [`ErrorCode::Other`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The signature does not verify.
+    BadSignature,
+    /// `kid` is not a trusted key.
+    UnknownKey,
+    /// The key's role may not sign this.
+    WrongRole,
+    /// Past `exp` (commands: past `exp` + skew).
+    Expired,
+    /// `iat` (or `nbf`) lies in the future beyond the allowed skew.
+    NotYetValid,
+    /// Addressed to another site or device.
+    WrongAudience,
+    /// This `jti` was already applied.
+    Replayed,
+    /// Not a well-formed token or command.
+    Malformed,
+    /// `cmd` is not a command the device knows.
+    UnknownCommand,
+    /// `exp - iat` exceeds the configured window.
+    LifetimeTooLong,
+    /// The payload exceeds the configured size.
+    TooLarge,
+    /// `args` do not fit the command.
+    BadArgs,
+    /// A consent token without the upload scope.
+    MissingScope,
+    /// A consent issued at or before the subject's revocation.
+    Revoked,
+    /// A subject id outside `[A-Za-z0-9._:-]{1,128}`.
+    BadSubject,
+    /// The device failed (disk full, I/O): nothing was applied.
+    Internal,
+    /// A code this build does not know.
+    Other(String),
+}
+
+impl ErrorCode {
+    /// Every code this build sends.
+    pub const KNOWN: [ErrorCode; 16] = [
+        ErrorCode::BadSignature,
+        ErrorCode::UnknownKey,
+        ErrorCode::WrongRole,
+        ErrorCode::Expired,
+        ErrorCode::NotYetValid,
+        ErrorCode::WrongAudience,
+        ErrorCode::Replayed,
+        ErrorCode::Malformed,
+        ErrorCode::UnknownCommand,
+        ErrorCode::LifetimeTooLong,
+        ErrorCode::TooLarge,
+        ErrorCode::BadArgs,
+        ErrorCode::MissingScope,
+        ErrorCode::Revoked,
+        ErrorCode::BadSubject,
+        ErrorCode::Internal,
+    ];
+
+    /// The code on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ErrorCode::BadSignature => "bad_signature",
+            ErrorCode::UnknownKey => "unknown_key",
+            ErrorCode::WrongRole => "wrong_role",
+            ErrorCode::Expired => "expired",
+            ErrorCode::NotYetValid => "not_yet_valid",
+            ErrorCode::WrongAudience => "wrong_audience",
+            ErrorCode::Replayed => "replayed",
+            ErrorCode::Malformed => "malformed",
+            ErrorCode::UnknownCommand => "unknown_command",
+            ErrorCode::LifetimeTooLong => "lifetime_too_long",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::BadArgs => "bad_args",
+            ErrorCode::MissingScope => "missing_scope",
+            ErrorCode::Revoked => "revoked",
+            ErrorCode::BadSubject => "bad_subject",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Other(code) => code,
+        }
+    }
+
+    /// The code called `code`.
+    pub fn parse(code: &str) -> ErrorCode {
+        ErrorCode::KNOWN
+            .into_iter()
+            .find(|c| c.as_str() == code)
+            .unwrap_or_else(|| ErrorCode::Other(code.to_string()))
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorCode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(ErrorCode::parse(&String::deserialize(d)?))
+    }
+}
+
+/// `{code, message}` of a refusal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Machine-readable reason.
+    pub code: ErrorCode,
+    /// One line for a human.
+    pub message: String,
+}
+
+/// The purge receipt: the result of `consent.revoke` and `capture.purge`
+/// (SPEC invariant 4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The subject purged; `null` for a purge of everything (and in replies
+    /// kept on the device, which never keep a subject id).
+    pub subject: Option<String>,
+    /// How many captures were destroyed.
+    pub purged: u64,
+    /// Purged captures that had already been handed to MQTT: the back-end
+    /// deletes its copies of these.
+    pub in_flight: Vec<String>,
+    /// When the purge committed (unix seconds; RFC 3339 on the wire).
+    #[serde(with = "fields::rfc3339")]
+    pub purged_at: i64,
+    /// `true` for a purge of every capture.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all: Option<bool>,
+}
+
+/// The result of `consent.grant` (and `ctl consent add`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Granted {
+    /// The consent's `jti`.
+    pub consent_id: String,
+    /// Its subject (`null` in replies kept on the device).
+    pub subject: Option<String>,
+    /// Its `exp` (unix seconds; RFC 3339 on the wire).
+    #[serde(with = "fields::rfc3339")]
+    pub expires_at: i64,
+    /// False when the device already held this consent.
+    pub new: bool,
+}
+
+/// What a successful command produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ReplyResult {
+    /// `consent.revoke`, `capture.purge`.
+    Receipt(Receipt),
+    /// `consent.grant`.
+    Granted(Granted),
+    /// `status`.
+    Status(Box<Status>),
+}
+
+/// The reply to one command, published on the device's reply topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// Always [`super::WIRE_VERSION`].
+    pub v: u8,
+    /// The command's `jti`; `null` when it could not be read.
+    pub jti: Option<String>,
+    /// The command's `cmd` as sent; `null` when it could not be read.
+    pub cmd: Option<String>,
+    /// True when the command took effect.
+    pub ok: bool,
+    /// Present when `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<ReplyResult>,
+    /// Present when not `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+impl Reply {
+    /// A command that took effect.
+    pub fn ok(jti: &str, cmd: CommandName, result: ReplyResult) -> Reply {
+        Reply {
+            v: super::WIRE_VERSION,
+            jti: Some(jti.to_string()),
+            cmd: Some(cmd.as_str().to_string()),
+            ok: true,
+            result: Some(result),
+            error: None,
+        }
+    }
+
+    /// A refused command; `jti` and `cmd` as far as they could be read.
+    pub fn err(
+        jti: Option<&str>,
+        cmd: Option<&str>,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) -> Reply {
+        Reply {
+            v: super::WIRE_VERSION,
+            jti: jti.map(str::to_string),
+            cmd: cmd.map(str::to_string),
+            ok: false,
+            result: None,
+            error: Some(ErrorBody {
+                code,
+                message: message.into(),
+            }),
+        }
+    }
+
+    /// The command this replies to, when it is one the device knows.
+    pub fn command(&self) -> Option<CommandName> {
+        self.cmd.as_deref().and_then(CommandName::parse)
+    }
+
+    /// The purge receipt, when the reply carries one.
+    pub fn receipt(&self) -> Option<&Receipt> {
+        match &self.result {
+            Some(ReplyResult::Receipt(r)) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The JSON bytes published on the reply topic.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses a reply as a back-end receives it.
+    pub fn from_bytes(payload: &[u8]) -> Result<Reply, serde_json::Error> {
+        serde_json::from_slice(payload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    #[test]
+    fn command_names_round_trip() {
+        for c in CommandName::ALL {
+            assert_eq!(CommandName::parse(c.as_str()), Some(c));
+            let text = serde_json::to_string(&c).unwrap();
+            assert_eq!(serde_json::from_str::<CommandName>(&text).unwrap(), c);
+        }
+        assert_eq!(CommandName::parse("reboot"), None);
+    }
+
+    #[test]
+    fn error_codes_are_distinct_and_round_trip() {
+        let codes: std::collections::BTreeSet<_> =
+            ErrorCode::KNOWN.iter().map(ErrorCode::as_str).collect();
+        assert_eq!(codes.len(), ErrorCode::KNOWN.len());
+        for c in ErrorCode::KNOWN {
+            assert_eq!(ErrorCode::parse(c.as_str()), c);
+        }
+        assert_eq!(
+            ErrorCode::parse("quota_exceeded"),
+            ErrorCode::Other("quota_exceeded".into())
+        );
+    }
+
+    #[test]
+    fn a_refusal_has_the_spec_shape_with_null_ids() {
+        let r = Reply::err(None, None, ErrorCode::Malformed, "not a JWS");
+        let v: Value = serde_json::from_slice(&r.to_bytes()).unwrap();
+        assert_eq!(
+            v,
+            json!({"v":1,"jti":null,"cmd":null,"ok":false,
+                   "error":{"code":"malformed","message":"not a JWS"}})
+        );
+        assert_eq!(Reply::from_bytes(&r.to_bytes()).unwrap(), r);
+    }
+
+    #[test]
+    fn a_receipt_reply_has_the_spec_shape() {
+        let r = Reply::ok(
+            "j-1",
+            CommandName::ConsentRevoke,
+            ReplyResult::Receipt(Receipt {
+                subject: Some("S-1".into()),
+                purged: 2,
+                in_flight: vec!["c-9".into()],
+                purged_at: 1_795_858_382,
+                all: None,
+            }),
+        );
+        let v: Value = serde_json::from_slice(&r.to_bytes()).unwrap();
+        assert_eq!(
+            v,
+            json!({"v":1,"jti":"j-1","cmd":"consent.revoke","ok":true,
+                   "result":{"subject":"S-1","purged":2,"in_flight":["c-9"],
+                             "purged_at":"2026-11-28T09:33:02Z"}})
+        );
+        let back = Reply::from_bytes(&r.to_bytes()).unwrap();
+        assert_eq!(back.receipt().unwrap().in_flight, ["c-9"]);
+        assert_eq!(back.command(), Some(CommandName::ConsentRevoke));
+    }
+
+    #[test]
+    fn results_are_told_apart_when_read_back() {
+        let granted = Reply::ok(
+            "j-2",
+            CommandName::ConsentGrant,
+            ReplyResult::Granted(Granted {
+                consent_id: "c-1".into(),
+                subject: None,
+                expires_at: 1_795_858_382,
+                new: true,
+            }),
+        );
+        let back = Reply::from_bytes(&granted.to_bytes()).unwrap();
+        assert!(matches!(back.result, Some(ReplyResult::Granted(_))));
+        let all = Reply::ok(
+            "j-3",
+            CommandName::CapturePurge,
+            ReplyResult::Receipt(Receipt {
+                subject: None,
+                purged: 0,
+                in_flight: vec![],
+                purged_at: 0,
+                all: Some(true),
+            }),
+        );
+        let v: Value = serde_json::from_slice(&all.to_bytes()).unwrap();
+        assert_eq!(v["result"]["all"], true);
+        assert_eq!(v["result"]["subject"], Value::Null);
+        let status = Reply::ok(
+            "j-4",
+            CommandName::Status,
+            ReplyResult::Status(Box::new(Status::offline())),
+        );
+        let back = Reply::from_bytes(&status.to_bytes()).unwrap();
+        assert!(matches!(back.result, Some(ReplyResult::Status(_))));
+    }
+}

@@ -1,0 +1,211 @@
+//! The retained status message (SPEC "Status") and the last will.
+
+use serde::{Deserialize, Serialize};
+
+use super::fields;
+
+/// `online` while the device holds its broker connection; `offline` is the
+/// last will the broker publishes for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Connected (or answering locally).
+    Online,
+    /// The last will: the connection was lost or closed.
+    Offline,
+}
+
+/// The status object. The device always fills every section; the last will
+/// carries only `v` and `state`, so the sections are optional for readers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Always [`super::WIRE_VERSION`].
+    pub v: u8,
+    /// Online, or the offline last will.
+    pub state: State,
+    /// facegate version of the device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// When the status was taken (unix seconds; RFC 3339 on the wire).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_rfc3339")]
+    pub ts: Option<i64>,
+    /// The encrypted outbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox: Option<OutboxStatus>,
+    /// The consent ledger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent: Option<ConsentStatus>,
+    /// Persistent counters since the database was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counters: Option<Counters>,
+    /// The broker connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<UplinkStatus>,
+}
+
+/// Outbox depth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct OutboxStatus {
+    /// Captures queued.
+    pub captures: u64,
+    /// Encrypted bytes queued.
+    pub bytes: u64,
+    /// Age in seconds of the oldest queued capture (0 when empty).
+    pub oldest_age_s: u64,
+}
+
+/// The consent ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ConsentStatus {
+    /// Stored consents not yet expired.
+    pub active: u64,
+}
+
+/// Persistent counters. Readers default a missing counter to 0, so devices
+/// of different versions can be read alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Counters {
+    /// Captures accepted into the outbox.
+    pub accepted: u64,
+    /// Captures dropped because the subject had no valid consent.
+    pub dropped_no_consent: u64,
+    /// Spool pairs rejected as bad input.
+    pub rejected_bad_input: u64,
+    /// Captures acknowledged by the broker.
+    pub uploaded: u64,
+    /// Captures purged (revocation, expiry, command, retention, quota).
+    pub purged: u64,
+    /// Consented captures refused because the outbox was full.
+    pub rejected_quota: u64,
+    /// Uploads cut off by a lost connection and sent again.
+    pub upload_retries: u64,
+}
+
+/// The broker connection as the device sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct UplinkStatus {
+    /// Whether a broker connection is up.
+    pub connected: bool,
+    /// Captures handed to MQTT and not yet acknowledged.
+    pub in_flight: u64,
+}
+
+impl Status {
+    /// The last will: `{"v":1,"state":"offline"}`.
+    pub fn offline() -> Status {
+        Status {
+            v: super::WIRE_VERSION,
+            state: State::Offline,
+            version: None,
+            ts: None,
+            outbox: None,
+            consent: None,
+            counters: None,
+            uplink: None,
+        }
+    }
+
+    /// The JSON bytes published on the status topic.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses a status message (online or the last will).
+    pub fn from_bytes(payload: &[u8]) -> Result<Status, serde_json::Error> {
+        serde_json::from_slice(payload)
+    }
+}
+
+/// `Option<i64>` unix seconds as an optional RFC 3339 string.
+mod opt_rfc3339 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(ts: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+        match ts {
+            Some(ts) => super::fields::rfc3339::serialize(ts, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(text) => crate::clock::parse_rfc3339(&text).map(Some).ok_or_else(|| {
+                serde::de::Error::custom(format!("{text:?} is not an RFC 3339 time"))
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    #[test]
+    fn the_last_will_is_exactly_the_spec_bytes() {
+        assert_eq!(
+            Status::offline().to_bytes(),
+            br#"{"v":1,"state":"offline"}"#
+        );
+        let back = Status::from_bytes(br#"{"v":1,"state":"offline"}"#).unwrap();
+        assert_eq!(back, Status::offline());
+    }
+
+    #[test]
+    fn online_status_has_the_spec_shape() {
+        let s = Status {
+            v: 1,
+            state: State::Online,
+            version: Some("0.1.0".into()),
+            ts: Some(1_795_858_382),
+            outbox: Some(OutboxStatus {
+                captures: 2,
+                bytes: 300,
+                oldest_age_s: 7,
+            }),
+            consent: Some(ConsentStatus { active: 1 }),
+            counters: Some(Counters {
+                accepted: 3,
+                uploaded: 1,
+                ..Counters::default()
+            }),
+            uplink: Some(UplinkStatus {
+                connected: true,
+                in_flight: 0,
+            }),
+        };
+        let v: Value = serde_json::from_slice(&s.to_bytes()).unwrap();
+        assert_eq!(v["state"], "online");
+        assert_eq!(v["ts"], "2026-11-28T09:33:02Z");
+        assert_eq!(
+            v["outbox"],
+            json!({"captures":2,"bytes":300,"oldest_age_s":7})
+        );
+        assert_eq!(v["consent"], json!({"active":1}));
+        for k in [
+            "accepted",
+            "dropped_no_consent",
+            "rejected_bad_input",
+            "uploaded",
+            "purged",
+        ] {
+            assert!(v["counters"][k].is_u64(), "counter {k}");
+        }
+        assert_eq!(Status::from_bytes(&s.to_bytes()).unwrap(), s);
+    }
+
+    #[test]
+    fn readers_accept_a_status_with_fewer_counters() {
+        let s = Status::from_bytes(
+            br#"{"v":1,"state":"online","version":"0.0.9","ts":"2026-01-01T00:00:00Z",
+                "outbox":{"captures":0,"bytes":0,"oldest_age_s":0},"consent":{"active":0},
+                "counters":{"accepted":1},"extra":{"x":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(s.counters.unwrap().accepted, 1);
+        assert_eq!(s.counters.unwrap().uploaded, 0);
+        assert!(s.uplink.is_none());
+    }
+}
