@@ -1,0 +1,495 @@
+//! The dev broker: a throwaway local Mosquitto 2 with mutual TLS, for the demo,
+//! benchmarks and integration tests. Never for production: the CA key lives in memory
+//! and every file lives in a temporary directory that is removed with the broker.
+//!
+//! [`Broker::start`] makes a fresh CA, a server certificate for the configured names
+//! (default `localhost` and `127.0.0.1`), writes `mosquitto.conf` and an ACL into a
+//! temporary directory, starts Mosquitto on a free port of 127.0.0.1 and waits until
+//! it accepts connections. Clients authenticate with certificates from
+//! [`Broker::issue_client`]; the certificate common name becomes the MQTT user name
+//! (`use_identity_as_username`), which the ACL uses:
+//!
+//! - a device `D` may publish `facegate/+/D/{captures,reply,status}` and read
+//!   `facegate/+/D/cmd` and `facegate/+/cmd`;
+//! - the user `fleet` may read `facegate/#` and publish `facegate/+/cmd` and
+//!   `facegate/+/+/cmd`.
+//!
+//! Persistence is on (saved every second and on [`Broker::stop`]), so persistent
+//! sessions and retained messages survive [`Broker::restart`]. Dropping the broker
+//! kills the process. Any system Mosquitto on 1883 is left alone.
+//!
+//! Like the rest of the testkit, the methods panic with the Mosquitto log when
+//! something goes wrong; [`Broker::try_start`] returns the error instead, for a
+//! caller that explains a missing Mosquitto itself.
+//!
+//! ```ignore
+//! let broker = Broker::start();
+//! let mut fleet = Session::spawn(broker.options("fleet"));
+//! fleet.wait_connected(T).await.unwrap();
+//! fleet.subscribe("facegate/#", T).await;
+//! ```
+
+use std::fs;
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use facegate::clock;
+use facegate::uplink::tls;
+use rumqttc::MqttOptions;
+use tempfile::TempDir;
+
+use crate::pki::{Ca, PkiError};
+use crate::util;
+
+/// Largest MQTT packet the broker and the helper clients accept (16 MiB).
+pub const MAX_PACKET: usize = 16 * 1024 * 1024;
+/// Keep-alive of the helper clients: short, so dead connections are noticed quickly.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// How long to wait for the broker to accept connections after starting it.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a graceful stop may take before the process is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many free ports to try when another program grabs the probed one first.
+const PORT_ATTEMPTS: usize = 5;
+/// How many lines of the Mosquitto log an error message carries.
+const LOG_TAIL_LINES: usize = 30;
+/// What to tell someone without a Mosquitto binary.
+const INSTALL_HINT: &str = "install the mosquitto package (scripts/ensure-mosquitto)";
+
+/// Why the broker could not be set up or started.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// No Mosquitto binary in PATH nor at the Debian location.
+    #[error("mosquitto not found in PATH nor at {fallback}: {INSTALL_HINT}")]
+    MosquittoMissing {
+        /// The last place looked at.
+        fallback: PathBuf,
+    },
+    /// The temporary directory could not be created.
+    #[error("cannot create a temporary directory for the broker: {0}")]
+    TempDir(#[source] io::Error),
+    /// A file of the broker (config, ACL, log) could not be written or created.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file concerned.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: io::Error,
+    },
+    /// The CA or a certificate could not be made or written.
+    #[error("broker PKI: {0}")]
+    Pki(#[from] PkiError),
+    /// No free TCP port could be found on 127.0.0.1.
+    #[error("cannot find a free port on 127.0.0.1: {0}")]
+    Port(#[source] io::Error),
+    /// The Mosquitto process could not be spawned.
+    #[error("cannot run {binary}: {source} ({INSTALL_HINT})")]
+    Spawn {
+        /// The binary that was run.
+        binary: PathBuf,
+        /// The underlying I/O error.
+        source: io::Error,
+    },
+    /// Mosquitto exited or did not listen in time; carries the tail of its log.
+    #[error("mosquitto did not start on port {port}: {reason}\n{log_tail}")]
+    Start {
+        /// The port it was asked to listen on.
+        port: u16,
+        /// What went wrong (exited, timed out).
+        reason: String,
+        /// The last lines of `mosquitto.log` and of its stderr.
+        log_tail: String,
+    },
+}
+
+/// How to set up the broker.
+#[derive(Debug, Clone)]
+pub struct BrokerOptions {
+    /// Names (DNS or IP) in the broker's server certificate; change them to test
+    /// server-name verification.
+    pub server_names: Vec<String>,
+}
+
+impl Default for BrokerOptions {
+    fn default() -> Self {
+        BrokerOptions {
+            server_names: vec!["localhost".into(), "127.0.0.1".into()],
+        }
+    }
+}
+
+/// The files a client needs for mutual TLS with a broker.
+#[derive(Debug, Clone)]
+pub struct ClientCreds {
+    /// CA certificate the client trusts (the broker's CA unless a test changes it).
+    pub ca: PathBuf,
+    /// Client certificate (CN = MQTT user name).
+    pub cert: PathBuf,
+    /// Client private key (mode 0600).
+    pub key: PathBuf,
+}
+
+impl ClientCreds {
+    /// The rustls configuration for these files, built by the product code.
+    pub fn tls(&self) -> Arc<rustls::ClientConfig> {
+        tls::client_config(&self.ca, &self.cert, &self.key)
+            .unwrap_or_else(|e| panic!("client TLS config from {}: {e}", self.cert.display()))
+    }
+}
+
+/// A running (or stopped) private Mosquitto and its files.
+pub struct Broker {
+    /// TCP port of the TLS listener on 127.0.0.1; stays the same across restarts.
+    pub port: u16,
+    /// Directory with config, certificates, ACL, log and persistence; removed on drop.
+    pub dir: TempDir,
+    /// The CA that signed the server certificate and signs client certificates.
+    pub ca: Ca,
+    /// The broker's CA certificate file, the `ca_file` of clients.
+    pub ca_file: PathBuf,
+    /// The Mosquitto binary used to (re)start the broker.
+    binary: PathBuf,
+    /// The Mosquitto process while it runs.
+    child: Option<Child>,
+}
+
+impl Broker {
+    /// Starts a broker with the default options (server certificate for localhost).
+    pub fn start() -> Broker {
+        Broker::start_with(BrokerOptions::default())
+    }
+
+    /// Starts a broker; panics (with the Mosquitto log) if it does not come up.
+    pub fn start_with(opts: BrokerOptions) -> Broker {
+        Broker::try_start(opts).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Makes the PKI and config, starts Mosquitto on a free port and waits until it
+    /// listens. Fails with the log tail if it does not come up.
+    pub fn try_start(opts: BrokerOptions) -> Result<Broker, BrokerError> {
+        let binary = mosquitto_binary()?;
+        let dir = tempfile::Builder::new()
+            .prefix("facegate-broker-")
+            .tempdir()
+            .map_err(BrokerError::TempDir)?;
+        let ca = Ca::new("facegate dev CA")?;
+        let ca_file = ca.write_cert(dir.path(), "ca")?;
+        let now = clock::now();
+        let names: Vec<&str> = opts.server_names.iter().map(String::as_str).collect();
+        ca.issue_server(&names, now - 3600, now + 86_400)?
+            .write(dir.path(), "server")?;
+        for sub in ["clients", "data"] {
+            let path = dir.path().join(sub);
+            fs::create_dir_all(&path).map_err(|source| BrokerError::Write { path, source })?;
+        }
+        write_acl(&dir.path().join("acl"))?;
+
+        let mut broker = Broker {
+            port: 0,
+            dir,
+            ca,
+            ca_file,
+            binary,
+            child: None,
+        };
+        let mut last = None;
+        for _attempt in 0..PORT_ATTEMPTS {
+            broker.port = util::try_free_port().map_err(BrokerError::Port)?;
+            write_config(broker.dir.path(), broker.port)?;
+            match broker.spawn_and_wait() {
+                Ok(()) => return Ok(broker),
+                // Someone took the port between our probe and Mosquitto's bind: retry.
+                Err(BrokerError::Start { log_tail, .. })
+                    if log_tail.contains("Address already in use") =>
+                {
+                    last = Some(log_tail)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(BrokerError::Start {
+            port: broker.port,
+            reason: format!("every one of {PORT_ATTEMPTS} free ports was taken"),
+            log_tail: last.unwrap_or_default(),
+        })
+    }
+
+    /// Issues a client certificate `cn` valid from an hour ago for a day, written to
+    /// `clients/{cn}.pem` and `clients/{cn}.key` (an earlier one of that name is replaced).
+    pub fn issue_client(&self, cn: &str) -> ClientCreds {
+        let now = clock::now();
+        self.issue_client_valid(cn, now - 3600, now + 86_400)
+    }
+
+    /// Issues a client certificate `cn` with explicit validity (unix seconds); a
+    /// `not_after` in the past gives an expired certificate.
+    pub fn issue_client_valid(&self, cn: &str, not_before: i64, not_after: i64) -> ClientCreds {
+        let written = self
+            .ca
+            .issue_client(cn, not_before, not_after)
+            .and_then(|issued| issued.write(&self.dir.path().join("clients"), cn));
+        let (cert, key) = written.unwrap_or_else(|e| panic!("client certificate {cn:?}: {e}"));
+        ClientCreds {
+            ca: self.ca_file.clone(),
+            cert,
+            key,
+        }
+    }
+
+    /// MQTT options for client `cn` (client id = `cn`, host `localhost`, persistent
+    /// session, 5 s keep-alive) with a fresh certificate; rewrites `clients/{cn}.*`
+    /// (configurations already loaded from them are unaffected).
+    pub fn options(&self, cn: &str) -> MqttOptions {
+        let creds = self.issue_client(cn);
+        self.options_for(cn, "localhost", &creds)
+    }
+
+    /// MQTT options for client id `client_id` connecting to `host` with `creds`.
+    pub fn options_for(&self, client_id: &str, host: &str, creds: &ClientCreds) -> MqttOptions {
+        tls::mqtt_options(
+            client_id,
+            host,
+            self.port,
+            KEEP_ALIVE,
+            MAX_PACKET,
+            creds.tls(),
+        )
+        .unwrap_or_else(|e| panic!("MQTT options for {client_id}: {e}"))
+    }
+
+    /// The Mosquitto log so far (empty if there is none yet).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
+    /// Stops the broker gracefully (SIGTERM), so it saves its persistence file;
+    /// kills it if it has not exited after 10 s. Does nothing when not running.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+            // SAFETY: plain kill(2) on our own child, which has not been reaped yet.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => return,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => break,
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Kills the broker (SIGKILL): state changed in the last second may be lost.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops (gracefully) if running, then starts again on the same port with the
+    /// same directory, certificates and persistence; panics with the log if it
+    /// does not come up.
+    pub fn restart(&mut self) {
+        self.stop();
+        if let Err(e) = self.spawn_and_wait() {
+            panic!("{e}");
+        }
+    }
+
+    /// Whether the Mosquitto process is running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Starts Mosquitto with the config in `dir` and waits until it listens.
+    fn spawn_and_wait(&mut self) -> Result<(), BrokerError> {
+        let dir = self.dir.path();
+        let stderr_path = dir.join("mosquitto.stderr");
+        let stderr = fs::File::create(&stderr_path).map_err(|source| BrokerError::Write {
+            path: stderr_path,
+            source,
+        })?;
+        let child = Command::new(&self.binary)
+            .arg("-c")
+            .arg(dir.join("mosquitto.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|source| match source.kind() {
+                io::ErrorKind::NotFound => BrokerError::MosquittoMissing {
+                    fallback: self.binary.clone(),
+                },
+                _ => BrokerError::Spawn {
+                    binary: self.binary.clone(),
+                    source,
+                },
+            })?;
+        self.child = Some(child);
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let deadline = Instant::now() + START_TIMEOUT;
+        let running_lines = |log: &str| log.matches(" running").count();
+        let started_before = running_lines(&self.log());
+        loop {
+            if !self.is_running() {
+                self.child = None;
+                return Err(self.start_error("mosquitto exited"));
+            }
+            // Our own instance announces itself in the log once its listener is open;
+            // the TCP probe confirms it (the port is not someone else's).
+            let announced = running_lines(&self.log()) > started_before;
+            if announced && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                return Err(self.start_error("timed out waiting for the listener"));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// A start failure with the last lines of the log and of stderr.
+    fn start_error(&self, reason: &str) -> BrokerError {
+        let stderr =
+            fs::read_to_string(self.dir.path().join("mosquitto.stderr")).unwrap_or_default();
+        BrokerError::Start {
+            port: self.port,
+            reason: reason.to_string(),
+            log_tail: format!(
+                "--- mosquitto.log (tail) ---\n{}\n--- stderr (tail) ---\n{}",
+                tail(&self.log(), LOG_TAIL_LINES),
+                tail(&stderr, LOG_TAIL_LINES)
+            ),
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// `mosquitto` from PATH, else the Debian location; an error if neither exists.
+fn mosquitto_binary() -> Result<PathBuf, BrokerError> {
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let candidate = dir.join("mosquitto");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    let fallback = PathBuf::from("/usr/sbin/mosquitto");
+    if fallback.is_file() {
+        Ok(fallback)
+    } else {
+        Err(BrokerError::MosquittoMissing { fallback })
+    }
+}
+
+fn write_config(dir: &Path, port: u16) -> Result<(), BrokerError> {
+    let p = |name: &str| dir.join(name).display().to_string();
+    let conf = format!(
+        "# Private throwaway broker: mutual TLS, identity from the client certificate CN.\n\
+         per_listener_settings false\n\
+         allow_anonymous false\n\
+         acl_file {acl}\n\
+         persistence true\n\
+         persistence_location {data}/\n\
+         autosave_interval 1\n\
+         max_packet_size {max}\n\
+         user root\n\
+         log_dest file {log}\n\
+         log_type error\n\
+         log_type warning\n\
+         log_type notice\n\
+         log_type information\n\
+         log_type subscribe\n\
+         connection_messages true\n\
+         log_timestamp true\n\
+         \n\
+         listener {port} 127.0.0.1\n\
+         cafile {ca}\n\
+         certfile {cert}\n\
+         keyfile {key}\n\
+         require_certificate true\n\
+         use_identity_as_username true\n\
+         tls_version tlsv1.2\n\
+         set_tcp_nodelay true\n",
+        acl = p("acl"),
+        data = p("data"),
+        max = MAX_PACKET,
+        log = p("mosquitto.log"),
+        ca = p("ca.pem"),
+        cert = p("server.pem"),
+        key = p("server.key"),
+    );
+    let path = dir.join("mosquitto.conf");
+    fs::write(&path, conf).map_err(|source| BrokerError::Write { path, source })
+}
+
+fn write_acl(path: &Path) -> Result<(), BrokerError> {
+    use std::os::unix::fs::PermissionsExt;
+    let acl = "\
+# The fleet back-end reads everything and sends commands.
+user fleet
+topic read facegate/#
+topic write facegate/+/cmd
+topic write facegate/+/+/cmd
+
+# Every device (user name = certificate CN) owns its own topics only.
+pattern write facegate/+/%u/captures
+pattern write facegate/+/%u/reply
+pattern write facegate/+/%u/status
+pattern read facegate/+/%u/cmd
+pattern read facegate/+/cmd
+";
+    let err = |source| BrokerError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    fs::write(path, acl).map_err(err)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
+        assert_eq!(tail("a", 5), "a");
+        assert_eq!(tail("", 5), "");
+    }
+
+    #[test]
+    fn missing_binary_error_says_how_to_install() {
+        let e = BrokerError::MosquittoMissing {
+            fallback: "/usr/sbin/mosquitto".into(),
+        };
+        assert!(e.to_string().contains(INSTALL_HINT), "{e}");
+    }
+}
