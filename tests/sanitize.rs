@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use facegate::config::CaptureConfig;
 use facegate::sanitize::{sanitize, ContentType, ImageError};
-use facegate::synth::{face_jpeg, face_png, png_with_text, with_exif_gps};
+use facegate_testkit::synth::{face_jpeg, face_png, png_with_text, with_exif_gps};
 use img_parts::jpeg::{markers, Jpeg, JpegSegment};
 use img_parts::png::{Png, PngChunk};
 use img_parts::Bytes;
