@@ -69,10 +69,16 @@ impl SpoolWriter {
 
 /// The sidecar of a capture of `subject` (none: anonymous) taken now by [`CAMERA`].
 pub fn sidecar(subject: Option<&str>) -> Vec<u8> {
+    sidecar_from(subject, CAMERA)
+}
+
+/// The sidecar of a capture of `subject` taken now by `camera` (which the
+/// upload envelope carries, so it can tell captures apart).
+pub fn sidecar_from(subject: Option<&str>, camera: &str) -> Vec<u8> {
     serde_json::json!({
         "subject": subject,
         "captured_at": clock::rfc3339(clock::now()),
-        "camera": CAMERA,
+        "camera": camera,
     })
     .to_string()
     .into_bytes()
