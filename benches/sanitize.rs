@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use facegate::config::CaptureConfig;
 use facegate::sanitize::sanitize;
 use facegate::spool::scan;
-use facegate::synth::{face_jpeg, face_png, png_with_text, with_exif_gps};
+use facegate_testkit::synth::{face_jpeg, face_png, png_with_text, with_exif_gps};
 
 fn limits() -> CaptureConfig {
     CaptureConfig {

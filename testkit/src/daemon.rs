@@ -163,7 +163,6 @@ impl DaemonBuilder {
         config.write(&config_path);
         let socket = config.load(dir.path()).control.socket;
         Daemon {
-            binary: facegate_binary(),
             log_path: dir.path().join("daemon.log"),
             dir,
             state,
@@ -201,7 +200,6 @@ pub struct Daemon {
     pub consent_signer: Signer,
     /// Signs fleet commands the daemon trusts.
     pub fleet_signer: Signer,
-    binary: PathBuf,
     log_path: PathBuf,
     _spool_dir: Option<TempDir>,
     child: Option<Child>,
@@ -239,7 +237,7 @@ impl Daemon {
             .stdout(log.try_clone().expect("daemon log file"))
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("spawn {} run: {e}", self.binary.display()));
+            .unwrap_or_else(|e| panic!("spawn facegate run: {e}"));
         self.child = Some(child);
         let deadline = Instant::now() + PROCESS_TIMEOUT;
         loop {
@@ -409,7 +407,7 @@ impl Daemon {
 
     /// The binary, with no `FACEGATE_*` variables in its environment.
     fn command(&self) -> Command {
-        let mut cmd = Command::new(&self.binary);
+        let mut cmd = Command::new(facegate_binary());
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("FACEGATE_") {
                 cmd.env_remove(name);
