@@ -19,21 +19,15 @@
 use std::time::{Instant, SystemTime};
 
 use facegate::{clock, consent, daemon, intake};
-use facegate_testkit::{bench, synth};
+use facegate_testkit::bench::{self, DISTINCT_IMAGES};
 use rusqlite::{params, Connection};
 
 const SUBJECT: &str = "S-bench";
-const DISTINCT_IMAGES: u64 = 8;
 const BATCH: usize = intake::MAX_BATCH;
 
 fn main() {
-    let n: usize = std::env::var("FACEGATE_BENCH_CAPTURES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
-    let images: Vec<Vec<u8>> = (0..DISTINCT_IMAGES)
-        .map(|seed| synth::face_jpeg(640, 480, seed, 85))
-        .collect();
+    let n = bench::captures(2000);
+    let images = bench::camera_jpegs();
     let avg = images.iter().map(Vec::len).sum::<usize>() / images.len();
     println!("intake: {n} captures, 640x480 q85 JPEG, {avg} B average, {DISTINCT_IMAGES} distinct images");
 

@@ -20,7 +20,7 @@
 use std::time::{Duration, Instant};
 
 use facegate::clock;
-use facegate_testkit::{bench, synth, SITE};
+use facegate_testkit::{bench, SITE};
 use serde_json::{json, Value};
 
 const QUEUED: usize = 32_000;
@@ -30,23 +30,15 @@ const REVOCATIONS: usize = 60;
 const WAIT: Duration = Duration::from_secs(30);
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    rt.block_on(run());
+    bench::runtime().block_on(run());
 }
 
 async fn run() {
     let broker = bench::start_broker();
-    let images: Vec<Vec<u8>> = (0..8).map(|s| synth::face_jpeg(640, 480, s, 85)).collect();
+    let images = bench::camera_jpegs();
     let mut d = bench::daemon()
         .broker(&broker)
-        .configure(|c| {
-            c.reconnect(Duration::from_millis(100), Duration::from_secs(1))
-                .quota_bytes(4 * 1024 * 1024 * 1024)
-        })
+        .configure(|c| c.fast_reconnect().quota_bytes(4 * 1024 * 1024 * 1024))
         .build();
     let cfg = d.load_config();
     let t = Instant::now();
@@ -77,11 +69,7 @@ async fn run() {
     fleet.subscribe(&reply_topic, WAIT).await;
 
     d.spawn();
-    let deadline = Instant::now() + WAIT;
-    while d.status_async().await["uplink"]["connected"] != true {
-        assert!(Instant::now() < deadline, "agent did not connect");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    d.wait_uplink_connected(WAIT);
     let before = d.outbox_len();
 
     let cmd_topic = bench::topic("cmd");

@@ -30,9 +30,9 @@
 
 use std::time::{Duration, Instant};
 
+use facegate_testkit::bench;
 use facegate_testkit::broker::Broker;
 use facegate_testkit::daemon::Daemon;
-use facegate_testkit::{bench, synth};
 
 const WINDOW: u16 = 16;
 /// Room for every capture of the run in the outbox.
@@ -41,29 +41,16 @@ const QUOTA: u64 = 4 * 1024 * 1024 * 1024;
 const WAIT: Duration = Duration::from_secs(30);
 
 fn main() {
-    let n: usize = std::env::var("FACEGATE_BENCH_CAPTURES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    rt.block_on(run(n));
+    bench::runtime().block_on(run(bench::captures(2000)));
 }
 
 async fn run(n: usize) {
     let broker = bench::start_broker();
-    let images: Vec<Vec<u8>> = (0..8).map(|s| synth::face_jpeg(640, 480, s, 85)).collect();
+    let images = bench::camera_jpegs();
 
     let mut d = bench::daemon()
         .broker(&broker)
-        .configure(|c| {
-            c.inflight(WINDOW)
-                .reconnect(Duration::from_millis(100), Duration::from_secs(1))
-                .quota_bytes(QUOTA)
-        })
+        .configure(|c| c.inflight(WINDOW).fast_reconnect().quota_bytes(QUOTA))
         .build();
     let cfg = d.load_config();
     let payload = bench::envelope_for(&cfg, &images[0]);

@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 use facegate_testkit::bench;
 use facegate_testkit::mqtt::{Session, SessionOptions};
 use facegate_testkit::spool::sidecar_from;
-use facegate_testkit::synth;
 use serde_json::Value;
 
 const ROUNDS: usize = 5;
@@ -39,16 +38,8 @@ const SUBJECT: &str = "S-lat";
 const WAIT: Duration = Duration::from_secs(30);
 
 fn main() {
-    let per_side: usize = std::env::var("FACEGATE_BENCH_CAPTURES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    rt.block_on(run(per_side.div_ceil(ROUNDS) * ROUNDS));
+    let per_side = bench::captures(300).div_ceil(ROUNDS) * ROUNDS;
+    bench::runtime().block_on(run(per_side));
 }
 
 /// Which side a sample belongs to.
@@ -60,13 +51,13 @@ enum Side {
 
 async fn run(per_side: usize) {
     let broker = bench::start_broker();
-    let images: Vec<Vec<u8>> = (0..8).map(|s| synth::face_jpeg(640, 480, s, 85)).collect();
+    let images = bench::camera_jpegs();
     let mut d = bench::daemon()
         .broker(&broker)
         .configure(|c| {
             c.inflight(1)
                 .keep_alive(Duration::from_secs(5))
-                .reconnect(Duration::from_millis(100), Duration::from_secs(1))
+                .fast_reconnect()
                 .poll_interval(Duration::from_millis(10))
         })
         .build();
@@ -98,11 +89,7 @@ async fn run(per_side: usize) {
 
     d.spawn();
     d.grant(SUBJECT);
-    let deadline = Instant::now() + WAIT;
-    while d.status_async().await["uplink"]["connected"] != true {
-        assert!(Instant::now() < deadline, "agent did not connect");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    d.wait_uplink_connected(WAIT);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // Sent: (side, key) -> (round, start). Arrived: (side, key) -> first arrival.
@@ -122,7 +109,9 @@ async fn run(per_side: usize) {
         tokio::time::sleep_until(start + EVERY * (2 * n + 1) as u32).await;
 
         let t0 = Instant::now();
-        publisher.publish(&baseline_topic, payloads[n].clone()).await;
+        publisher
+            .publish(&baseline_topic, payloads[n].clone())
+            .await;
         sent.insert((Side::Baseline, ids[n].clone()), (round, t0));
         drain(&mut subscriber, &mut arrived, Duration::ZERO).await;
         tokio::time::sleep_until(start + EVERY * (2 * n + 2) as u32).await;
@@ -151,7 +140,10 @@ async fn run(per_side: usize) {
     );
     let mut p99s = Vec::new();
     for (side, label) in [
-        (Side::Baseline, "baseline bare rumqttc publish -> subscriber"),
+        (
+            Side::Baseline,
+            "baseline bare rumqttc publish -> subscriber",
+        ),
         (Side::Agent, "agent spool pair complete -> subscriber"),
     ] {
         let (mut p50, mut p99, mut all) = (Vec::new(), Vec::new(), Vec::new());

@@ -116,7 +116,7 @@ impl Demo {
             .broker(&broker)
             .configure(|c| {
                 c.keep_alive(Duration::from_secs(5))
-                    .reconnect(Duration::from_millis(100), Duration::from_secs(1))
+                    .fast_reconnect()
                     .poll_interval(Duration::from_millis(50))
                     .log_level("info")
             })

@@ -24,25 +24,15 @@ const CMD: &str = "facegate/lobby/term-01/cmd";
 const REPLY: &str = "facegate/lobby/term-01/reply";
 const STATUS: &str = "facegate/lobby/term-01/status";
 
-/// Fast reconnects so tests do not wait on backoff.
-const RECONNECT: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(1));
-
 fn daemon_for(broker: &Broker) -> Daemon {
     daemon_with(broker, |c| c)
 }
 
 /// A daemon on `broker` with a short keep-alive, fast reconnects and `more` config.
-fn daemon_with(
-    broker: &Broker,
-    more: impl FnOnce(ConfigBuilder) -> ConfigBuilder,
-) -> Daemon {
+fn daemon_with(broker: &Broker, more: impl FnOnce(ConfigBuilder) -> ConfigBuilder) -> Daemon {
     Daemon::builder()
         .broker(broker)
-        .configure(|c| {
-            more(c
-                .keep_alive(Duration::from_secs(5))
-                .reconnect(RECONNECT.0, RECONNECT.1))
-        })
+        .configure(|c| more(c.keep_alive(Duration::from_secs(5)).fast_reconnect()))
         .start()
 }
 
@@ -158,7 +148,7 @@ async fn revocation_sent_while_offline_wins_over_queued_captures() {
     d.grant("S-a");
     d.grant("S-b");
     // Make sure the device's persistent session (with its subscriptions) exists.
-    wait_until(T, || d.status()["uplink"]["connected"] == true, || d.log());
+    d.wait_uplink_connected(T);
     broker.stop();
     for i in 0..3 {
         d.drop_pair(
@@ -311,7 +301,7 @@ async fn bad_tls_never_connects_and_keeps_captures() {
     for (what, port, creds, says) in cases {
         let d = Daemon::builder()
             .mqtt("localhost", port, &creds)
-            .configure(|c| c.reconnect(RECONNECT.0, RECONNECT.1))
+            .configure(ConfigBuilder::fast_reconnect)
             .start();
         d.grant("S-t");
         d.drop_pair("t", "jpg", &synth::face_jpeg(96, 72, 1, 70), Some("S-t"));
@@ -342,7 +332,7 @@ async fn forged_and_bad_commands_are_refused_without_effect() {
     let mut fleet = fleet(&broker).await;
     let d = daemon_for(&broker);
     d.grant("S-c");
-    wait_until(T, || d.status()["uplink"]["connected"] == true, || d.log());
+    d.wait_uplink_connected(T);
     let now = clock::now();
     let revoke = json!({ "subject": "S-c" });
 
@@ -428,7 +418,7 @@ async fn forged_and_bad_commands_are_refused_without_effect() {
 async fn status_is_retained_and_the_last_will_says_offline() {
     let broker = Broker::start();
     let mut d = daemon_for(&broker);
-    wait_until(T, || d.status()["uplink"]["connected"] == true, || d.log());
+    d.wait_uplink_connected(T);
     // A subscriber arriving later still sees the retained status.
     let mut fleet = fleet(&broker).await;
     let p = fleet.recv_on(STATUS, T).await.expect("retained status");
@@ -453,7 +443,7 @@ async fn fleet_tool_sends_commands_and_prints_replies() {
     let broker = Broker::start();
     let d = daemon_for(&broker);
     d.grant("S-f");
-    wait_until(T, || d.status()["uplink"]["connected"] == true, || d.log());
+    d.wait_uplink_connected(T);
     let fleet_tls = broker.issue_client("fleet");
     let key = d.dir.path().join("fleet-signing.pem");
     facegate::keys::write_private_key(&key, &d.fleet_signer.pkcs8).unwrap();
@@ -539,7 +529,7 @@ async fn a_purge_lists_captures_already_in_flight() {
     let mut broker = Broker::start();
     let d = daemon_for(&broker);
     d.grant("S-i");
-    wait_until(T, || d.status()["uplink"]["connected"] == true, || d.log());
+    d.wait_uplink_connected(T);
     // Queue 40 captures while the broker is away, then let them stream.
     broker.stop();
     for i in 0..40 {
@@ -605,7 +595,7 @@ async fn a_purge_lists_captures_already_in_flight() {
 async fn a_clean_stop_says_offline_and_disconnects_promptly() {
     let broker = Broker::start();
     let mut d = daemon_for(&broker);
-    wait_until(T, || d.status()["uplink"]["connected"] == true, || d.log());
+    d.wait_uplink_connected(T);
     let mut fleet = fleet(&broker).await;
     let online = fleet.recv_on(STATUS, T).await.expect("retained status");
     assert_eq!(

@@ -16,6 +16,35 @@ use crate::mqtt::{Session, SessionOptions};
 use crate::signer::Signer;
 use crate::{DEVICE, SITE};
 
+/// `FACEGATE_BENCH_CAPTURES` if set to a number, else `default`.
+pub fn captures(default: usize) -> usize {
+    std::env::var("FACEGATE_BENCH_CAPTURES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The runtime of the MQTT benchmarks: multi-threaded with 2 workers, the
+/// reference machine's cores.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// How many distinct images [`camera_jpegs`] makes.
+pub const DISTINCT_IMAGES: u64 = 8;
+
+/// The captures every benchmark uses: [`DISTINCT_IMAGES`] distinct 640×480 q85
+/// synthetic JPEGs of about 48 KB, the size of a terminal camera's.
+pub fn camera_jpegs() -> Vec<Vec<u8>> {
+    (0..DISTINCT_IMAGES)
+        .map(|seed| crate::synth::face_jpeg(640, 480, seed, 85))
+        .collect()
+}
+
 /// Directory for state (SQLite on the real disk): under `FACEGATE_BENCH_DIR`, else the temp dir.
 pub fn disk_dir() -> Option<std::path::PathBuf> {
     std::env::var_os("FACEGATE_BENCH_DIR").map(Into::into)

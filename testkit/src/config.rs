@@ -19,29 +19,26 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use facegate::config::CaptureConfig;
 use serde::{Serialize, Serializer};
 
 use crate::broker::ClientCreds;
 use crate::signer::Signer;
 use crate::{DEVICE, SITE};
 
-/// A facegate config, built key by key.
+/// A facegate config, built key by key. Keys left `None` are not written (the
+/// TOML writer skips them), so the product's defaults apply.
 #[derive(Debug, Clone, Serialize)]
 pub struct ConfigBuilder {
     site_id: String,
     device_id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
     state_dir: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     spool_dir: Option<PathBuf>,
     mqtt: Mqtt,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     trust: Vec<Trust>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     capture: Option<Capture>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     outbox: Option<Outbox>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     log: Option<Log>,
 }
 
@@ -49,29 +46,16 @@ pub struct ConfigBuilder {
 #[derive(Debug, Clone, Serialize)]
 struct Mqtt {
     host: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
     port: Option<u16>,
     ca_file: PathBuf,
     cert_file: PathBuf,
     key_file: PathBuf,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    prefix: Option<String>,
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "human_duration"
-    )]
+    #[serde(serialize_with = "human_duration")]
     keep_alive: Option<Duration>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     inflight: Option<u16>,
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "human_duration"
-    )]
+    #[serde(serialize_with = "human_duration")]
     reconnect_min: Option<Duration>,
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "human_duration"
-    )]
+    #[serde(serialize_with = "human_duration")]
     reconnect_max: Option<Duration>,
 }
 
@@ -96,29 +80,21 @@ struct Trust {
 /// `[capture]`.
 #[derive(Debug, Clone, Default, Serialize)]
 struct Capture {
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "human_duration"
-    )]
+    #[serde(serialize_with = "human_duration")]
     spool_grace: Option<Duration>,
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "human_duration"
-    )]
+    #[serde(serialize_with = "human_duration")]
     poll_interval: Option<Duration>,
 }
 
 /// `[outbox]`.
 #[derive(Debug, Clone, Default, Serialize)]
 struct Outbox {
-    #[serde(skip_serializing_if = "Option::is_none")]
     quota_bytes: Option<u64>,
 }
 
 /// `[log]`.
 #[derive(Debug, Clone, Default, Serialize)]
 struct Log {
-    #[serde(skip_serializing_if = "Option::is_none")]
     level: Option<String>,
 }
 
@@ -144,7 +120,6 @@ impl ConfigBuilder {
                 ca_file: "ca.pem".into(),
                 cert_file: "device.pem".into(),
                 key_file: "device.key".into(),
-                prefix: None,
                 keep_alive: None,
                 inflight: None,
                 reconnect_min: None,
@@ -220,6 +195,11 @@ impl ConfigBuilder {
         self
     }
 
+    /// Reconnects 100 ms to 1 s apart, so nobody waits on the default backoff.
+    pub fn fast_reconnect(self) -> Self {
+        self.reconnect(Duration::from_millis(100), Duration::from_secs(1))
+    }
+
     /// A `[[trust]]` entry with an inline base64url public key.
     pub fn trust(mut self, kid: &str, role: Role, public_key: &str) -> Self {
         self.trust.push(Trust {
@@ -242,13 +222,17 @@ impl ConfigBuilder {
 
     /// `capture.spool_grace`.
     pub fn spool_grace(mut self, grace: Duration) -> Self {
-        self.capture.get_or_insert_with(Capture::default).spool_grace = Some(grace);
+        self.capture
+            .get_or_insert_with(Capture::default)
+            .spool_grace = Some(grace);
         self
     }
 
     /// `capture.poll_interval`.
     pub fn poll_interval(mut self, every: Duration) -> Self {
-        self.capture.get_or_insert_with(Capture::default).poll_interval = Some(every);
+        self.capture
+            .get_or_insert_with(Capture::default)
+            .poll_interval = Some(every);
         self
     }
 
@@ -281,6 +265,19 @@ impl ConfigBuilder {
         let text = self.render();
         facegate::config::from_toml_str(&text, base)
             .unwrap_or_else(|e| panic!("invalid config ({e}):\n{text}"))
+    }
+}
+
+/// Camera-sized capture limits, the product's defaults: 8 MiB files, 4096×4096
+/// pixels, 64 MiB for decoding, 60 s spool grace, 100 ms polling.
+pub fn capture_limits() -> CaptureConfig {
+    CaptureConfig {
+        max_file_bytes: 8 * 1024 * 1024,
+        max_width: 4096,
+        max_height: 4096,
+        max_alloc_bytes: 64 * 1024 * 1024,
+        spool_grace: Duration::from_secs(60),
+        poll_interval: Duration::from_millis(100),
     }
 }
 
@@ -318,6 +315,14 @@ mod tests {
              role = \"consent\"\n\
              public_key = \"AAAA\"\n"
         );
+    }
+
+    #[test]
+    fn capture_limits_are_the_defaults() {
+        let config = ConfigBuilder::new()
+            .consent_key(&Signer::new("k"))
+            .load(Path::new("/"));
+        assert_eq!(config.capture, capture_limits());
     }
 
     #[test]

@@ -50,7 +50,10 @@ const PROCESS_TIMEOUT: Duration = Duration::from_secs(30);
 /// it before integration tests and benchmarks; `scripts/demo` builds it for the demo.
 pub fn facegate_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("path of the running executable");
-    let mut dir = exe.parent().expect("executable in a directory").to_path_buf();
+    let mut dir = exe
+        .parent()
+        .expect("executable in a directory")
+        .to_path_buf();
     if dir.ends_with("deps") || dir.ends_with("examples") {
         dir.pop();
     }
@@ -244,7 +247,11 @@ impl Daemon {
             if self.try_ctl(&["status", "--json"]).status.success() {
                 return;
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("facegate run exited early ({status}):\n{}", self.log());
             }
             assert!(
@@ -350,6 +357,15 @@ impl Daemon {
             .unwrap_or_else(|| panic!("no outbox.captures in {st}"))
     }
 
+    /// Waits until the status says the uplink is connected to the broker.
+    pub fn wait_uplink_connected(&self, timeout: Duration) {
+        util::wait_until(
+            timeout,
+            || self.status()["uplink"]["connected"] == true,
+            || format!("the uplink did not connect\n{}", self.log()),
+        );
+    }
+
     /// Grants a fresh one-hour consent for `subject` through `ctl consent add`;
     /// returns the token.
     pub fn grant(&self, subject: &str) -> String {
@@ -433,7 +449,11 @@ fn placeholder_tls(dir: &Path) -> ClientCreds {
         cert: tls.join("device.pem"),
         key: tls.join("device.key"),
     };
-    for (path, mode) in [(&creds.ca, 0o644), (&creds.cert, 0o644), (&creds.key, 0o600)] {
+    for (path, mode) in [
+        (&creds.ca, 0o644),
+        (&creds.cert, 0o644),
+        (&creds.key, 0o600),
+    ] {
         OpenOptions::new()
             .write(true)
             .create(true)

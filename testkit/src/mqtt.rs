@@ -12,8 +12,8 @@
 use std::time::{Duration, Instant};
 
 use rumqttc::{
-    AsyncClient, ConnAck, ConnectionError, Event, EventLoop, Incoming, MqttOptions,
-    NetworkOptions, Publish, QoS, SubAck,
+    AsyncClient, ConnAck, ConnectionError, Event, EventLoop, Incoming, MqttOptions, NetworkOptions,
+    Publish, QoS, SubAck,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -79,7 +79,8 @@ impl Session {
 
     /// Next event, or `None` after `timeout` or once the loop has ended.
     pub async fn next(&mut self, timeout: Duration) -> Option<Result<Event, ConnectionError>> {
-        self.next_stamped(timeout).await.map(|(_, event)| event)
+        let (_, event) = self.next_stamped(timeout).await?;
+        Some(event)
     }
 
     /// Next event with the instant it was polled, or `None` (timeout, loop ended).
@@ -138,7 +139,9 @@ impl Session {
 
     /// Waits for the next PUBACK; panics on connection error, `None` on timeout.
     pub async fn wait_puback(&mut self, timeout: Duration) -> Option<u16> {
-        self.wait_puback_stamped(timeout).await.map(|(_, pkid)| pkid)
+        self.wait_puback_stamped(timeout)
+            .await
+            .map(|(_, pkid)| pkid)
     }
 
     /// The next PUBACK with the instant it was polled, or `None` on timeout.
