@@ -16,25 +16,18 @@
 //! `FACEGATE_BENCH_CAPTURES` (default 2000) sets the count; state lives in
 //! `FACEGATE_BENCH_DIR` (default: the system temp dir), the spool on /dev/shm.
 
-mod support;
-
 use std::time::{Instant, SystemTime};
 
-use facegate::{clock, consent, daemon, intake, synth};
+use facegate::{clock, consent, daemon, intake};
+use facegate_testkit::bench::{self, DISTINCT_IMAGES};
 use rusqlite::{params, Connection};
 
 const SUBJECT: &str = "S-bench";
-const DISTINCT_IMAGES: u64 = 8;
 const BATCH: usize = intake::MAX_BATCH;
 
 fn main() {
-    let n: usize = std::env::var("FACEGATE_BENCH_CAPTURES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
-    let images: Vec<Vec<u8>> = (0..DISTINCT_IMAGES)
-        .map(|seed| synth::face_jpeg(640, 480, seed, 85))
-        .collect();
+    let n = bench::captures(2000);
+    let images = bench::camera_jpegs();
     let avg = images.iter().map(Vec::len).sum::<usize>() / images.len();
     println!("intake: {n} captures, 640x480 q85 JPEG, {avg} B average, {DISTINCT_IMAGES} distinct images");
 
@@ -54,24 +47,13 @@ fn main() {
 
 /// Captures/s of the real intake, from a full spool to an empty one.
 fn real_pipeline(n: usize, images: &[Vec<u8>]) -> f64 {
-    let dir = support::disk_tempdir();
-    let spool = support::spool_tempdir();
-    let trust = support::Trust::new();
-    let mqtt = support::no_broker(dir.path());
-    let toml = support::config_toml(
-        &dir.path().join("state"),
-        spool.path(),
-        &mqtt,
-        &trust,
-        "",
-        "",
-    );
-    let cfg = support::parse(&toml, dir.path());
+    let terminal = bench::daemon().build();
+    let cfg = terminal.load_config();
     let agent = daemon::open(cfg.clone()).expect("open agent");
 
     // Grant consent first (what `ctl consent add` does: verify, then store).
     let now = clock::now();
-    let token = trust.consent.consent(SUBJECT);
+    let token = terminal.consent_signer.consent(SUBJECT, 86_400);
     let c = consent::verify_consent(&token, &cfg.trust, &cfg.identity, now, 60).expect("consent");
     agent
         .db()
@@ -81,12 +63,15 @@ fn real_pipeline(n: usize, images: &[Vec<u8>]) -> f64 {
 
     let t = Instant::now();
     for i in 0..n {
-        support::write_pair(
-            spool.path(),
-            &format!("cap-{i:06}"),
-            &images[i % images.len()],
-            SUBJECT,
-        );
+        terminal
+            .spool
+            .pair(
+                &format!("cap-{i:06}"),
+                "jpg",
+                &images[i % images.len()],
+                Some(SUBJECT),
+            )
+            .expect("spool pair");
     }
     println!(
         "real: wrote {n} spool pairs in {:.2} s (not timed)",
@@ -96,7 +81,7 @@ fn real_pipeline(n: usize, images: &[Vec<u8>]) -> f64 {
     let start = Instant::now();
     let mut accepted = 0;
     let mut batches = 0;
-    while support::dir_len(spool.path()) > 0 {
+    while !terminal.spool.is_empty() {
         let report = intake::process_once(&agent, SystemTime::now()).expect("intake batch");
         assert_eq!(
             report.rejected + report.dropped + report.over_quota,
@@ -119,7 +104,7 @@ fn real_pipeline(n: usize, images: &[Vec<u8>]) -> f64 {
 
 /// Captures/s of bare decode + insert, `per_tx` captures per transaction.
 fn baseline(n: usize, images: &[Vec<u8>], per_tx: usize) -> f64 {
-    let dir = support::disk_tempdir();
+    let dir = bench::disk_tempdir();
     let mut db = Connection::open(dir.path().join("baseline.db")).expect("open baseline db");
     db.pragma_update(None, "journal_mode", "WAL")
         .expect("WAL mode");

@@ -17,49 +17,32 @@
 //!   the field; the queue is large enough that more than 10,000 captures stay
 //!   queued throughout (printed at the first and the last revocation).
 
-#[path = "support/mqtt.rs"]
-mod mqtt;
-mod support;
-
 use std::time::{Duration, Instant};
 
-use facegate::{clock, command, synth};
-use rumqttc::QoS;
+use facegate::clock;
+use facegate_testkit::{bench, SITE};
 use serde_json::{json, Value};
 
 const QUEUED: usize = 32_000;
 const SUBJECTS: usize = 1600;
 const REVOCATIONS: usize = 60;
+/// Longest wait for a connection, a reply or a status.
+const WAIT: Duration = Duration::from_secs(30);
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    rt.block_on(run());
+    bench::runtime().block_on(run());
 }
 
 async fn run() {
-    let broker = mqtt::start_broker();
-    let images: Vec<Vec<u8>> = (0..8).map(|s| synth::face_jpeg(640, 480, s, 85)).collect();
-    let dir = support::disk_tempdir();
-    let spool = support::spool_tempdir();
-    let trust = support::Trust::new();
-    let files = mqtt::agent_files(&broker);
-    let toml = support::config_toml(
-        &dir.path().join("state"),
-        spool.path(),
-        &files,
-        &trust,
-        "reconnect_min = \"100ms\"\nreconnect_max = \"1s\"",
-        "[outbox]\nquota_bytes = 4294967296\n",
-    );
-    let cfg = support::parse(&toml, dir.path());
-    let config_path = dir.path().join("facegate.toml");
-    std::fs::write(&config_path, &toml).expect("write config");
+    let broker = bench::start_broker();
+    let images = bench::camera_jpegs();
+    let mut d = bench::daemon()
+        .broker(&broker)
+        .configure(|c| c.fast_reconnect().quota_bytes(4 * 1024 * 1024 * 1024))
+        .build();
+    let cfg = d.load_config();
     let t = Instant::now();
-    let subjects = support::fill_outbox(&cfg, &trust, SUBJECTS, QUEUED, &images, 500);
+    let subjects = bench::fill_outbox(&cfg, &d.consent_signer, SUBJECTS, QUEUED, &images, 500);
     println!(
         "revoke: filled {QUEUED} captures over {SUBJECTS} subjects in {:.1} s (not timed)",
         t.elapsed().as_secs_f64()
@@ -81,47 +64,30 @@ async fn run() {
     };
 
     // The fleet back-end: a bare client with the `fleet` certificate.
-    let mut fleet = mqtt::BarePublisher::connect(&broker, "fleet", 16).await;
-    let reply_topic = mqtt::topic("reply");
-    fleet.subscribe(&reply_topic).await;
+    let mut fleet = bench::bare_client(&broker, "fleet", 16).await;
+    let reply_topic = bench::topic("reply");
+    fleet.subscribe(&reply_topic, WAIT).await;
 
-    let mut d = support::DaemonProc::start(
-        &config_path,
-        &cfg.control.socket,
-        &dir.path().join("daemon.log"),
-        &[],
-    )
-    .await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while d.status().await["uplink"]["connected"] != true {
-        assert!(Instant::now() < deadline, "agent did not connect");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let before = d.outbox_len().await;
+    d.spawn();
+    d.wait_uplink_connected(WAIT);
+    let before = d.outbox_len();
 
-    let cmd_topic = mqtt::topic("cmd");
+    let cmd_topic = bench::topic("cmd");
     let mut samples = Vec::with_capacity(REVOCATIONS);
     let mut purged_total = 0;
     let mut in_flight_total = 0;
     for subject in subjects.iter().take(REVOCATIONS) {
-        let (jti, jws) = command::sign_command(
+        let (jti, jws) = d.fleet_signer.command(
             "consent.revoke",
             json!({ "subject": subject }),
-            support::SITE,
+            SITE,
             600,
-            &trust.fleet.kid,
-            &trust.fleet.pkcs8,
             clock::now(),
-        )
-        .expect("sign command");
+        );
         let t0 = Instant::now();
-        fleet
-            .client
-            .publish(cmd_topic.clone(), QoS::AtLeastOnce, false, jws.into_bytes())
-            .await
-            .expect("publish command");
+        fleet.publish(&cmd_topic, jws).await;
         let reply = loop {
-            let p = fleet.recv_on(&reply_topic).await;
+            let p = fleet.recv_on(&reply_topic, WAIT).await.expect("a reply");
             let v: Value = serde_json::from_slice(&p.payload).expect("reply JSON");
             if v["jti"] == jti.as_str() {
                 break v;
@@ -136,17 +102,17 @@ async fn run() {
             .unwrap_or(0);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let after = d.outbox_len().await;
-    let st = d.status().await;
+    let after = d.outbox_len();
+    let st = d.status();
     d.stop();
     println!(
         "revoke: outbox {before} at the first revocation, {after} after the last; \
          {purged_total} purged, {in_flight_total} listed in flight, {} uploaded meanwhile",
         st["counters"]["uploaded"]
     );
-    let (text, _) = support::summary(&mut store_samples.clone());
+    let (text, _) = bench::summary(&mut store_samples.clone());
     println!("RESULT D2 Store::revoke alone (20 of {QUEUED} captures each): {text}");
-    let (text, p99) = support::summary(&mut samples);
+    let (text, p99) = bench::summary(&mut samples);
     println!("RESULT D2 consent.revoke publish -> reply: {text}");
     println!(
         "RESULT D2 target p99 < 100 ms: {}",

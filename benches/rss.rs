@@ -10,11 +10,9 @@
 //! after 6 s (one housekeeping pass over the outbox), and after 20 more
 //! `status` requests. Then SIGTERM.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::DaemonProc;
+use facegate_testkit::bench;
 
 const QUEUED: usize = 100_000;
 const SUBJECTS: usize = 1000;
@@ -55,39 +53,25 @@ fn mib(kib: u64) -> f64 {
 /// Runs the daemon on a state dir holding `queued` captures; returns the largest
 /// VmRSS seen and the final VmHWM (KiB).
 async fn measure(queued: usize) -> (u64, u64) {
-    let dir = support::disk_tempdir();
-    let spool = support::spool_tempdir();
-    let trust = support::Trust::new();
-    let mqtt = support::tls_without_broker(dir.path());
-    let state = dir.path().join("state");
-    let toml = support::config_toml(
-        &state,
-        spool.path(),
-        &mqtt,
-        &trust,
-        "keep_alive = \"5s\"\nreconnect_min = \"200ms\"\nreconnect_max = \"1s\"",
-        "",
-    );
-    let cfg = support::parse(&toml, dir.path());
-    let config_path = dir.path().join("facegate.toml");
-    std::fs::write(&config_path, &toml).expect("write config");
+    let mut d = bench::daemon()
+        .unreachable_broker()
+        .configure(|c| {
+            c.keep_alive(Duration::from_secs(5))
+                .reconnect(Duration::from_millis(200), Duration::from_secs(1))
+        })
+        .build();
+    let cfg = d.load_config();
     let start = Instant::now();
     let image: Vec<u8> = (0..IMAGE_BYTES).map(|i| (i % 251) as u8).collect();
-    support::fill_outbox(&cfg, &trust, SUBJECTS, queued, &[image], 1000);
+    bench::fill_outbox(&cfg, &d.consent_signer, SUBJECTS, queued, &[image], 1000);
     println!(
         "[{queued} queued] filled the state dir in {:.1} s",
         start.elapsed().as_secs_f64()
     );
 
     let started = Instant::now();
-    let mut d = DaemonProc::start(
-        &config_path,
-        &cfg.control.socket,
-        &dir.path().join("daemon.log"),
-        &[],
-    )
-    .await;
-    let first = d.status().await;
+    d.spawn();
+    let first = d.status_async().await;
     println!(
         "[{queued} queued] status answered after {:.2} s: outbox {}, uplink {}",
         started.elapsed().as_secs_f64(),
@@ -95,10 +79,10 @@ async fn measure(queued: usize) -> (u64, u64) {
         first["uplink"]
     );
     assert_eq!(first["outbox"]["captures"].as_u64(), Some(queued as u64));
-    let pid = d.pid();
+    let pid = d.pid().expect("daemon running");
     let mut max_rss = 0;
     let mut read = |when: &str| {
-        let (rss, hwm) = support::rss_kib(pid);
+        let (rss, hwm) = bench::rss_kib(pid);
         max_rss = max_rss.max(rss);
         println!(
             "[{queued} queued] {when:<30} VmRSS {:>6.1} MiB  VmHWM {:>6.1} MiB",
@@ -112,7 +96,7 @@ async fn measure(queued: usize) -> (u64, u64) {
     read("after 6 s (housekeeping ran)");
     let t = Instant::now();
     for _ in 0..20 {
-        d.status().await;
+        d.status_async().await;
     }
     println!(
         "[{queued} queued] status took {:.1} ms per request",

@@ -5,21 +5,10 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use facegate::config::CaptureConfig;
 use facegate::sanitize::sanitize;
 use facegate::spool::scan;
-use facegate::synth::{face_jpeg, face_png, png_with_text, with_exif_gps};
-
-fn limits() -> CaptureConfig {
-    CaptureConfig {
-        max_file_bytes: 8 * 1024 * 1024,
-        max_width: 4096,
-        max_height: 4096,
-        max_alloc_bytes: 64 * 1024 * 1024,
-        spool_grace: Duration::from_secs(60),
-        poll_interval: Duration::from_millis(100),
-    }
-}
+use facegate_testkit::config::capture_limits;
+use facegate_testkit::synth::{face_jpeg, face_png, png_with_text, with_exif_gps};
 
 fn time(label: &str, iterations: usize, mut f: impl FnMut()) {
     for _ in 0..iterations.div_ceil(10) {
@@ -39,7 +28,7 @@ fn time(label: &str, iterations: usize, mut f: impl FnMut()) {
 }
 
 fn main() {
-    let lim = limits();
+    let lim = capture_limits();
     let jpeg = with_exif_gps(&face_jpeg(640, 480, 1, 85), "bench-marker");
     println!("640x480 q85 JPEG with EXIF/XMP/COM: {} bytes", jpeg.len());
     time("sanitize 640x480 JPEG", 300, || {

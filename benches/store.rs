@@ -11,6 +11,7 @@ use facegate::config::{OutboxConfig, WhenFull};
 use facegate::consent::{Consent, UPLOAD_SCOPE};
 use facegate::crypto::DeviceKey;
 use facegate::store::{Capture, PurgeReason, Store};
+use facegate_testkit::bench;
 
 const NOW: i64 = 1_800_000_000;
 const QUEUED: usize = 100_000;
@@ -44,27 +45,13 @@ fn capture(subject: &str, n: usize, image: &[u8]) -> Capture {
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
 fn report(name: &str, mut samples: Vec<Duration>) {
-    samples.sort();
-    println!(
-        "{name}: n={} p50={:.2} ms p99={:.2} ms max={:.2} ms",
-        samples.len(),
-        percentile(&samples, 0.50).as_secs_f64() * 1e3,
-        percentile(&samples, 0.99).as_secs_f64() * 1e3,
-        samples[samples.len() - 1].as_secs_f64() * 1e3,
-    );
+    let (text, _) = bench::summary(&mut samples);
+    println!("{name}: {text}");
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = match std::env::var_os("FACEGATE_BENCH_DIR") {
-        Some(d) => tempfile::tempdir_in(d)?,
-        None => tempfile::tempdir()?,
-    };
+    let dir = bench::disk_tempdir();
     let mut store = Store::open(dir.path(), DeviceKey::from_bytes([7u8; 32]))?;
     let policy = OutboxConfig {
         retention: Duration::from_secs(7 * 86_400),

@@ -2,8 +2,8 @@
 //! rumqttc publisher in the same run (`cargo bench --bench uplink`; needs
 //! `mosquitto`, see scripts/ensure-mosquitto).
 //!
-//! One private Mosquitto with mutual TLS (`facegate::devbroker`) serves both sides, with no subscriber on the
-//! capture topics.
+//! One private Mosquitto with mutual TLS (the testkit's dev broker) serves both
+//! sides, with no subscriber on the capture topics.
 //!
 //! * Baseline: a bare rumqttc client with its own certificate, in-flight
 //!   window 16, publishes N envelopes of exactly the agent's envelope size
@@ -28,50 +28,32 @@
 //!
 //! `FACEGATE_BENCH_CAPTURES` (default 2000) sets N.
 
-#[path = "support/mqtt.rs"]
-mod mqtt;
-mod support;
-
 use std::time::{Duration, Instant};
 
-use facegate::synth;
+use facegate_testkit::bench;
+use facegate_testkit::broker::Broker;
+use facegate_testkit::daemon::Daemon;
 
 const WINDOW: u16 = 16;
+/// Room for every capture of the run in the outbox.
+const QUOTA: u64 = 4 * 1024 * 1024 * 1024;
+/// Longest wait for a PUBACK or a status.
+const WAIT: Duration = Duration::from_secs(30);
 
 fn main() {
-    let n: usize = std::env::var("FACEGATE_BENCH_CAPTURES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    rt.block_on(run(n));
+    bench::runtime().block_on(run(bench::captures(2000)));
 }
 
 async fn run(n: usize) {
-    let broker = mqtt::start_broker();
-    let images: Vec<Vec<u8>> = (0..8).map(|s| synth::face_jpeg(640, 480, s, 85)).collect();
+    let broker = bench::start_broker();
+    let images = bench::camera_jpegs();
 
-    let dir = support::disk_tempdir();
-    let spool = support::spool_tempdir();
-    let trust = support::Trust::new();
-    let files = mqtt::agent_files(&broker);
-    let state = dir.path().join("state");
-    let toml = support::config_toml(
-        &state,
-        spool.path(),
-        &files,
-        &trust,
-        &format!("inflight = {WINDOW}\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\""),
-        "[outbox]\nquota_bytes = 4294967296\n",
-    );
-    let cfg = support::parse(&toml, dir.path());
-    let config_path = dir.path().join("facegate.toml");
-    std::fs::write(&config_path, &toml).expect("write config");
-    let payload = mqtt::envelope_for(&cfg, &images[0]);
+    let mut d = bench::daemon()
+        .broker(&broker)
+        .configure(|c| c.inflight(WINDOW).fast_reconnect().quota_bytes(QUOTA))
+        .build();
+    let cfg = d.load_config();
+    let payload = bench::envelope_for(&cfg, &images[0]);
     println!(
         "uplink: {n} captures, image {} B, envelope {} B, window {WINDOW}",
         images[0].len(),
@@ -81,12 +63,12 @@ async fn run(n: usize) {
     let base = baseline(&broker, n, &payload).await;
 
     let t = Instant::now();
-    support::fill_outbox(&cfg, &trust, 20, n, &images, 200);
+    bench::fill_outbox(&cfg, &d.consent_signer, 20, n, &images, 200);
     println!(
         "agent: filled the outbox in {:.1} s (not timed)",
         t.elapsed().as_secs_f64()
     );
-    let (agent, steady) = agent(&config_path, &cfg.control.socket, dir.path(), n).await;
+    let (agent, steady) = agent(&mut d, n).await;
 
     let base2 = baseline(&broker, n, &payload).await;
     let (hand_ms, ack_ms) = breakdown(&images);
@@ -123,20 +105,10 @@ const PASS: usize = 768;
 /// (ms per window of 16 for pending + gate + envelope, [ms per capture of
 /// `ack_many` at each of ACK_BATCHES]).
 fn breakdown(images: &[Vec<u8>]) -> (f64, Vec<f64>) {
-    let dir = support::disk_tempdir();
-    let spool = support::spool_tempdir();
-    let trust = support::Trust::new();
-    let files = support::no_broker(dir.path());
-    let toml = support::config_toml(
-        &dir.path().join("state"),
-        spool.path(),
-        &files,
-        &trust,
-        "",
-        "[outbox]\nquota_bytes = 4294967296\n",
-    );
-    let cfg = support::parse(&toml, dir.path());
-    support::fill_outbox(&cfg, &trust, 20, PASS * ACK_BATCHES.len(), images, 200);
+    let terminal = bench::daemon().configure(|c| c.quota_bytes(QUOTA)).build();
+    let cfg = terminal.load_config();
+    let signer = &terminal.consent_signer;
+    bench::fill_outbox(&cfg, signer, 20, PASS * ACK_BATCHES.len(), images, 200);
     let agent = facegate::daemon::open(cfg.clone()).expect("open agent");
     let mut store = agent.db().lock();
     let (mut hand, mut windows) = (Duration::ZERO, 0u32);
@@ -185,11 +157,11 @@ fn breakdown(images: &[Vec<u8>]) -> (f64, Vec<f64>) {
 }
 
 /// Captures/s of a bare publisher, CONNACK → N-th PUBACK.
-async fn baseline(broker: &facegate::devbroker::DevBroker, n: usize, payload: &[u8]) -> f64 {
-    let mut p = mqtt::BarePublisher::connect(broker, "term-02", WINDOW).await;
+async fn baseline(broker: &Broker, n: usize, payload: &[u8]) -> f64 {
+    let mut p = bench::bare_client(broker, "term-02", WINDOW).await;
     let start = Instant::now();
     let client = p.client.clone();
-    let topic = p.topic.clone();
+    let topic = bench::device_topic("term-02", "captures");
     let body = payload.to_vec();
     let sender = tokio::spawn(async move {
         for _ in 0..n {
@@ -206,7 +178,7 @@ async fn baseline(broker: &facegate::devbroker::DevBroker, n: usize, payload: &[
     });
     let mut last = start;
     for _ in 0..n {
-        last = p.next_puback().await;
+        last = p.wait_puback_stamped(WAIT).await.expect("PUBACK").0;
     }
     let _ = sender.await;
     let secs = (last - start).as_secs_f64();
@@ -215,19 +187,14 @@ async fn baseline(broker: &facegate::devbroker::DevBroker, n: usize, payload: &[
 }
 
 /// Captures/s of the daemon: (connect → empty, first deletion → empty).
-async fn agent(
-    config: &std::path::Path,
-    socket: &std::path::Path,
-    dir: &std::path::Path,
-    n: usize,
-) -> (f64, f64) {
-    let mut d = support::DaemonProc::start(config, socket, &dir.join("daemon.log"), &[]).await;
+async fn agent(d: &mut Daemon, n: usize) -> (f64, f64) {
+    d.spawn();
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut connected_at = None;
     let mut first_ack = None;
     let mut left_at_first_ack = n as u64;
     let end = loop {
-        let st = d.status().await;
+        let st = d.status_async().await;
         let now = Instant::now();
         let left = st["outbox"]["captures"].as_u64().expect("outbox.captures");
         if connected_at.is_none() && st["uplink"]["connected"] == true {
@@ -246,7 +213,7 @@ async fn agent(
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    let st = d.status().await;
+    let st = d.status_async().await;
     d.stop();
     let connected_at = connected_at.expect("uplink connected");
     let first_ack = first_ack.expect("an upload");

@@ -1,179 +1,207 @@
-//! Target D3: stop-and-wait latency with an in-flight window of 1, agent vs a
-//! bare rumqttc publisher (`cargo bench --bench uplink_latency`; needs `mosquitto`).
+//! Target D3: stop-and-wait latency with an in-flight window of 1, measured from
+//! the outside: a capture completed in the spool → its envelope at a subscriber,
+//! against a bare rumqttc publisher → the same subscriber, interleaved in the
+//! same run (`cargo bench --bench uplink_latency`; needs `mosquitto`).
 //!
-//! Both run for 35 s at 10 captures/s against the same private Mosquitto
-//! (mutual TLS, keep-alive 5 s on both sides), so keep-alive pings fall between
-//! and during uploads.
+//! One private Mosquitto with mutual TLS serves both sides; one subscriber (the
+//! `fleet` certificate) reads `facegate/lobby/+/captures` and stamps each
+//! PUBLISH with the instant its event loop returned it.
 //!
 //! * Agent: the benchmark build of `facegate run` with `mqtt.inflight = 1`,
-//!   `mqtt.keep_alive = "5s"`, JSON logs and
-//!   `RUST_LOG=info,facegate::uplink::timing=debug`. A 640×480 synthetic JPEG
-//!   pair is dropped into the spool every 100 ms (consent granted first). The
-//!   uplink's measurement hook logs, per capture, the time from handing the
-//!   publish to rumqttc (`try_publish`) to the PUBACK being polled from its
-//!   event loop (`handed_to_puback_us`); the bench reads those log events.
-//! * Baseline: a bare rumqttc client (window 1, same envelope size) publishes
-//!   every 100 ms and times `publish` → PUBACK polled from its event loop.
+//!   `mqtt.keep_alive = "5s"` and `capture.poll_interval = "10ms"` (the smallest
+//!   allowed, so the idle intake adds at most 10 ms). A 640×480 synthetic JPEG
+//!   pair is written into the spool (tmpfs) with consent granted first; a sample
+//!   runs from the rename of its sidecar (the marker that completes the pair) to
+//!   the arrival of its envelope, told apart by the sidecar's `camera`. That
+//!   covers intake (scan, sanitize, gate, encrypt, commit), hand-over and the
+//!   broker.
+//! * Baseline: a bare rumqttc client (`term-02`, window 1) publishes an envelope
+//!   of the same size (built by the agent's own `envelope()`); a sample runs
+//!   from the `publish` call to the arrival, told apart by `capture_id`.
 //!
-//! Reports p50/p90/p99/max for both and the five slowest samples with their
-//! offset from the start (outliers near multiples of 5 s would point at the
-//! keep-alive).
+//! The two alternate every 100 ms (each side every 200 ms) for
+//! `FACEGATE_BENCH_CAPTURES` samples per side (default 300) in 5 rounds, so
+//! keep-alive pings fall between and during uploads and both sides see the same
+//! machine load. Prints p50/p99 per round, their ranges, and the whole run.
 
-#[path = "support/mqtt.rs"]
-mod mqtt;
-mod support;
-
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use facegate::synth;
-use facegate::uplink::eventloop::TIMING_TARGET;
+use facegate_testkit::bench;
+use facegate_testkit::mqtt::{Session, SessionOptions};
+use facegate_testkit::spool::sidecar_from;
 use serde_json::Value;
 
-const RUN: Duration = Duration::from_secs(35);
+const ROUNDS: usize = 5;
 const EVERY: Duration = Duration::from_millis(100);
+const SUBJECT: &str = "S-lat";
+const WAIT: Duration = Duration::from_secs(30);
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    rt.block_on(run());
+    let per_side = bench::captures(300).div_ceil(ROUNDS) * ROUNDS;
+    bench::runtime().block_on(run(per_side));
 }
 
-async fn run() {
-    let broker = mqtt::start_broker();
-    let images: Vec<Vec<u8>> = (0..8).map(|s| synth::face_jpeg(640, 480, s, 85)).collect();
-    let dir = support::disk_tempdir();
-    let spool = support::spool_tempdir();
-    let trust = support::Trust::new();
-    let files = mqtt::agent_files(&broker);
-    let toml = support::config_toml(
-        &dir.path().join("state"),
-        spool.path(),
-        &files,
-        &trust,
-        "inflight = 1\nkeep_alive = \"5s\"\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\"",
-        "[log]\nformat = \"json\"\n",
-    );
-    let cfg = support::parse(&toml, dir.path());
-    let config_path = dir.path().join("facegate.toml");
-    std::fs::write(&config_path, &toml).expect("write config");
-    let payload = mqtt::envelope_for(&cfg, &images[0]);
-
-    // Baseline first: bare rumqttc, window 1.
-    let mut base = baseline(&broker, &payload).await;
-
-    // Agent.
-    let mut d = support::DaemonProc::start(
-        &config_path,
-        &cfg.control.socket,
-        &dir.path().join("daemon.log"),
-        &[("RUST_LOG", "info,facegate::uplink::timing=debug")],
-    )
-    .await;
-    d.grant(&trust.consent.consent("S-lat")).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while d.status().await["uplink"]["connected"] != true {
-        assert!(Instant::now() < deadline, "agent did not connect");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let start = tokio::time::Instant::now();
-    let mut n = 0;
-    while start.elapsed() < RUN {
-        support::write_pair(
-            spool.path(),
-            &format!("lat-{n:05}"),
-            &images[n % images.len()],
-            "S-lat",
-        );
-        n += 1;
-        tokio::time::sleep_until(start + EVERY * n as u32).await;
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while d.outbox_len().await > 0 || support::dir_len(spool.path()) > 0 {
-        assert!(Instant::now() < deadline, "agent did not drain");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let st = d.status().await;
-    d.stop();
-    let log = d.log_text();
-    let lost = log.matches("broker connection lost").count();
-    let mut agent = timing_events(&log);
-    assert_eq!(agent.len(), n, "one timing event per capture ({st})");
-
-    println!("latency: {n} captures of {} B envelope each side, keep-alive 5 s, window 1; agent disconnects: {lost}", payload.len());
-    report("baseline bare rumqttc publish -> PUBACK", &mut base);
-    report("agent handed to MQTT -> PUBACK", &mut agent);
-    let p99 = |s: &mut Vec<(f64, Duration)>| {
-        let mut d: Vec<Duration> = s.iter().map(|x| x.1).collect();
-        support::summary(&mut d).1
-    };
-    let (bp, ap) = (p99(&mut base), p99(&mut agent));
-    let ratio = ap.as_secs_f64() / bp.as_secs_f64();
-    println!(
-        "RESULT D3 agent p99 / baseline p99 = {ratio:.2}; target <= 1.5: {}",
-        if ratio <= 1.5 { "PASS" } else { "FAIL" }
-    );
+/// Which side a sample belongs to.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Side {
+    Baseline,
+    Agent,
 }
 
-/// Publishes every 100 ms for 35 s; returns (offset s, publish → PUBACK) per message.
-async fn baseline(broker: &facegate::devbroker::DevBroker, payload: &[u8]) -> Vec<(f64, Duration)> {
-    let mut p = mqtt::BarePublisher::connect(broker, "term-02", 1).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let start = tokio::time::Instant::now();
-    let mut out = Vec::new();
-    let mut n = 0u32;
-    while start.elapsed() < RUN {
-        let t0 = Instant::now();
-        mqtt::publish(&p, payload.to_vec()).await;
-        let acked = p.next_puback().await;
-        out.push((
-            (t0 - start.into_std()).as_secs_f64(),
-            acked.saturating_duration_since(t0),
-        ));
-        n += 1;
-        tokio::time::sleep_until(start + EVERY * n).await;
-    }
-    out
-}
-
-/// (offset s from the first event, handed → PUBACK) from the agent's JSON log.
-fn timing_events(log: &str) -> Vec<(f64, Duration)> {
-    let mut out = Vec::new();
-    let mut first: Option<time::OffsetDateTime> = None;
-    for line in log.lines() {
-        let Ok(v) = serde_json::from_str::<Value>(line) else {
-            continue;
-        };
-        if v["target"] != TIMING_TARGET {
-            continue;
-        }
-        let us = v["fields"]["handed_to_puback_us"]
-            .as_u64()
-            .expect("handed_to_puback_us");
-        let at = v["timestamp"]
-            .as_str()
-            .and_then(|s| {
-                time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
-            })
-            .expect("timestamp");
-        let t0 = *first.get_or_insert(at);
-        out.push(((at - t0).as_seconds_f64(), Duration::from_micros(us)));
-    }
-    out
-}
-
-fn report(label: &str, samples: &mut [(f64, Duration)]) {
-    let mut d: Vec<Duration> = samples.iter().map(|x| x.1).collect();
-    let (text, _) = support::summary(&mut d);
-    println!("RESULT D3 {label}: {text}");
-    samples.sort_by_key(|s| std::cmp::Reverse(s.1));
-    let slow: Vec<String> = samples
-        .iter()
-        .take(5)
-        .map(|(at, d)| format!("{:.2} ms at {at:.2} s", d.as_secs_f64() * 1e3))
+async fn run(per_side: usize) {
+    let broker = bench::start_broker();
+    let images = bench::camera_jpegs();
+    let mut d = bench::daemon()
+        .broker(&broker)
+        .configure(|c| {
+            c.inflight(1)
+                .keep_alive(Duration::from_secs(5))
+                .fast_reconnect()
+                .poll_interval(Duration::from_millis(10))
+        })
+        .build();
+    let cfg = d.load_config();
+    let payloads: Vec<Vec<u8>> = (0..per_side)
+        .map(|n| bench::envelope_for(&cfg, &images[n % images.len()]))
         .collect();
-    println!("  slowest: {}", slow.join(", "));
+    let ids: Vec<String> = payloads
+        .iter()
+        .map(|p| envelope_field(p, "capture_id"))
+        .collect();
+
+    let mut subscriber = Session::spawn_with(
+        broker.options("fleet"),
+        SessionOptions {
+            reconnect: false,
+            tcp_nodelay: bench::nodelay(),
+        },
+    );
+    subscriber
+        .wait_connected(WAIT)
+        .await
+        .expect("subscriber connects");
+    subscriber
+        .subscribe(&bench::device_topic("+", "captures"), WAIT)
+        .await;
+    let publisher = bench::bare_client(&broker, "term-02", 1).await;
+    let baseline_topic = bench::device_topic("term-02", "captures");
+
+    d.spawn();
+    d.grant(SUBJECT);
+    d.wait_uplink_connected(WAIT);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Sent: (side, key) -> (round, start). Arrived: (side, key) -> first arrival.
+    let mut sent: HashMap<(Side, String), (usize, Instant)> = HashMap::new();
+    let mut arrived: HashMap<(Side, String), Instant> = HashMap::new();
+    let start = tokio::time::Instant::now();
+    for n in 0..per_side {
+        let round = n * ROUNDS / per_side;
+        let camera = format!("lat-{n:05}");
+        let image = &images[n % images.len()];
+        let sidecar = sidecar_from(Some(SUBJECT), &camera);
+        let t0 = d
+            .spool
+            .pair_with_sidecar(&camera, "jpg", image, &sidecar)
+            .expect("spool pair");
+        sent.insert((Side::Agent, camera), (round, t0));
+        tokio::time::sleep_until(start + EVERY * (2 * n + 1) as u32).await;
+
+        let t0 = Instant::now();
+        publisher
+            .publish(&baseline_topic, payloads[n].clone())
+            .await;
+        sent.insert((Side::Baseline, ids[n].clone()), (round, t0));
+        drain(&mut subscriber, &mut arrived, Duration::ZERO).await;
+        tokio::time::sleep_until(start + EVERY * (2 * n + 2) as u32).await;
+    }
+    let all_arrived = |arrived: &HashMap<_, _>| sent.keys().all(|k| arrived.contains_key(k));
+    let deadline = Instant::now() + WAIT;
+    while !all_arrived(&arrived) && Instant::now() < deadline {
+        drain(&mut subscriber, &mut arrived, Duration::from_millis(100)).await;
+    }
+    let st = d.status();
+    d.stop();
+    let lost = d.log().matches("broker connection lost").count();
+    assert!(all_arrived(&arrived), "not every capture arrived ({st})");
+
+    // Per side and round: the samples.
+    let mut samples: HashMap<(Side, usize), Vec<Duration>> = HashMap::new();
+    for (key, (round, t0)) in &sent {
+        let latency = arrived[key].saturating_duration_since(*t0);
+        samples.entry((key.0, *round)).or_default().push(latency);
+    }
+    println!(
+        "latency: {per_side} captures each side in {ROUNDS} interleaved rounds, one every {} ms per side, \
+         envelope {} B, keep-alive 5 s, window 1; agent disconnects: {lost}",
+        (EVERY * 2).as_millis(),
+        payloads[0].len()
+    );
+    let mut p99s = Vec::new();
+    for (side, label) in [
+        (
+            Side::Baseline,
+            "baseline bare rumqttc publish -> subscriber",
+        ),
+        (Side::Agent, "agent spool pair complete -> subscriber"),
+    ] {
+        let (mut p50, mut p99, mut all) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            let s = samples.get_mut(&(side, round)).expect("samples of a round");
+            s.sort();
+            p50.push(ms(bench::percentile(s, 0.50)));
+            p99.push(ms(bench::percentile(s, 0.99)));
+            all.extend_from_slice(s);
+        }
+        let (text, whole_p99) = bench::summary(&mut all);
+        println!(
+            "RESULT D3 {label}: p50 {} ms, p99 {} ms over {ROUNDS} rounds; all: {text}",
+            range(&p50),
+            range(&p99)
+        );
+        p99s.push(whole_p99);
+    }
+    println!(
+        "RESULT D3 agent p99 / baseline p99 = {:.2} (whole run)",
+        p99s[1].as_secs_f64() / p99s[0].as_secs_f64()
+    );
+}
+
+/// Records the PUBLISHes that arrive within `wait` (at least those already there).
+async fn drain(
+    subscriber: &mut Session,
+    arrived: &mut HashMap<(Side, String), Instant>,
+    wait: Duration,
+) {
+    while let Some((at, p)) = subscriber.recv_publish_stamped(wait).await {
+        let (side, field) = if p.topic == bench::topic("captures") {
+            (Side::Agent, "camera")
+        } else {
+            (Side::Baseline, "capture_id")
+        };
+        arrived
+            .entry((side, envelope_field(&p.payload, field)))
+            .or_insert(at);
+    }
+}
+
+/// A text field of an upload envelope.
+fn envelope_field(envelope: &[u8], field: &str) -> String {
+    let env: Value = serde_json::from_slice(envelope).expect("envelope is JSON");
+    env[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("envelope without {field}"))
+        .to_string()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// `a–b` with two decimals: the smallest and largest of `values`.
+fn range(values: &[f64]) -> String {
+    let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{lo:.2}–{hi:.2}")
 }

@@ -3,8 +3,9 @@
 //!
 //! Everything is throwaway and lives in temporary directories: a CA with broker,
 //! device and fleet certificates, the consent and fleet signing keys, a local
-//! Mosquitto with mutual TLS ([`DevBroker`]), and the agent itself, run in this
-//! process with [`daemon::run`]. The demo then plays three roles:
+//! Mosquitto with mutual TLS ([`Broker`]), and the agent itself: the real
+//! `facegate` binary (`scripts/demo` builds it) on a throwaway terminal, run by
+//! the testkit's [`Daemon`] harness. The demo then plays three roles:
 //!
 //! - the **camera**: writes synthetic face captures (drawn, not real people) into the
 //!   spool, each file under a temporary name and then renamed;
@@ -12,33 +13,30 @@
 //! - the **fleet manager**: an MQTT client with the `fleet` certificate that sees every
 //!   upload and sends a signed `consent.revoke`.
 //!
-//! No tracing subscriber prints to the terminal: the agent's log goes to a file in
-//! the temporary directory and is shown only when something fails.
+//! The agent's log goes to a file in the temporary directory and is shown only
+//! when something fails.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 use base64::Engine;
 use facegate::config::Config;
-use facegate::control::{self, Request};
-use facegate::devbroker::{DevBroker, DevBrokerOptions};
-use facegate::shutdown::{self, Reason, Trigger};
-use facegate::{clock, command, config, consent, daemon, keys, sanitize, synth};
+use facegate::control::Request;
+use facegate::{clock, sanitize};
+use facegate_testkit::broker::{Broker, BrokerOptions};
+use facegate_testkit::daemon::Daemon;
+use facegate_testkit::mqtt::Session;
+use facegate_testkit::synth;
+use facegate_testkit::util::contains;
+use facegate_testkit::{DEVICE, SITE};
 use ring::digest;
-use rumqttc::{AsyncClient, Event, Incoming, Publish, QoS};
+use rumqttc::Publish;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
-const SITE: &str = "lobby";
-const DEVICE: &str = "term-01";
-const CONSENT_KID: &str = "consent-demo";
-const FLEET_KID: &str = "fleet-demo";
 const CAPTURES: &str = "facegate/lobby/term-01/captures";
 const CMD: &str = "facegate/lobby/term-01/cmd";
 const REPLY: &str = "facegate/lobby/term-01/reply";
@@ -59,7 +57,7 @@ async fn main() -> ExitCode {
     };
     let outcome = demo.story().await;
     let log_tail = demo.agent_log_tail(40);
-    demo.teardown().await;
+    demo.teardown();
     match outcome {
         Ok(()) => {
             println!(
@@ -88,22 +86,14 @@ struct Shot {
     clean_sha256: String,
 }
 
-/// The demo's world: temporary directories, broker, keys, agent, fleet client.
+/// The demo's world: broker, terminal (keys, config, state, spool, agent), fleet client.
 struct Demo {
-    /// State, spool and agent log; removed on drop.
-    work: tempfile::TempDir,
     /// The private Mosquitto.
-    broker: DevBroker,
-    /// The agent's configuration (TOML text, parsed again at each start).
-    config_toml: String,
-    /// The parsed configuration, for paths and capture limits.
+    broker: Broker,
+    /// The terminal and its agent process; signs consents and commands it trusts.
+    agent: Daemon,
+    /// The agent's parsed configuration, for paths and capture limits.
     config: Config,
-    /// Consent-signing key (PKCS#8), role `consent`.
-    consent_key: Vec<u8>,
-    /// Command-signing key (PKCS#8), role `fleet`.
-    fleet_key: Vec<u8>,
-    /// The running agent, if any.
-    agent: Option<(Trigger, JoinHandle<Result<(), daemon::DaemonError>>)>,
     /// The fleet manager's MQTT client.
     fleet: Option<Fleet>,
     /// Every capture written, by name.
@@ -121,12 +111,16 @@ impl Demo {
             1,
             "Set up a throwaway PKI, a local MQTT broker and signing keys",
         );
-        let work = tempfile::Builder::new()
-            .prefix("facegate-demo-")
-            .tempdir()
-            .context("temporary directory")?;
-        let broker = DevBroker::start(DevBrokerOptions::default())?;
-        let device = broker.issue_client(DEVICE)?;
+        let broker = Broker::try_start(BrokerOptions::default())?;
+        let agent = Daemon::builder()
+            .broker(&broker)
+            .configure(|c| {
+                c.keep_alive(Duration::from_secs(5))
+                    .fast_reconnect()
+                    .poll_interval(Duration::from_millis(50))
+                    .log_level("info")
+            })
+            .build();
         say(&format!(
             "CA + server certificate; Mosquitto listening on 127.0.0.1:{} (mutual TLS only)",
             broker.port
@@ -134,64 +128,18 @@ impl Demo {
         say(&format!(
             "client certificates: {DEVICE:?} (the terminal) and \"fleet\" (the back-end)"
         ));
-        let (consent_key, consent_pub) = keys::generate()?;
-        let (fleet_key, fleet_pub) = keys::generate()?;
         say(&format!(
-            "Ed25519 keys: {CONSENT_KID:?} signs consents, {FLEET_KID:?} signs fleet commands"
+            "Ed25519 keys: {:?} signs consents, {:?} signs fleet commands",
+            agent.consent_signer.kid, agent.fleet_signer.kid
         ));
         why("the terminal trusts only these two public keys, each for its own role");
 
-        let state = work.path().join("state");
-        let spool = work.path().join("spool");
-        let config_toml = format!(
-            r#"site_id = "{SITE}"
-device_id = "{DEVICE}"
-state_dir = "{state}"
-spool_dir = "{spool}"
-
-[mqtt]
-host = "localhost"
-port = {port}
-ca_file = "{ca}"
-cert_file = "{cert}"
-key_file = "{key}"
-keep_alive = "5s"
-reconnect_min = "100ms"
-reconnect_max = "1s"
-
-[capture]
-poll_interval = "50ms"
-
-[[trust]]
-kid = "{CONSENT_KID}"
-role = "consent"
-public_key = "{cpub}"
-
-[[trust]]
-kid = "{FLEET_KID}"
-role = "fleet"
-public_key = "{fpub}"
-"#,
-            state = state.display(),
-            spool = spool.display(),
-            port = broker.port,
-            ca = device.ca.display(),
-            cert = device.cert.display(),
-            key = device.key.display(),
-            cpub = keys::public_key_b64(&consent_pub),
-            fpub = keys::public_key_b64(&fleet_pub),
-        );
-        let config = config::from_toml_str(&config_toml, work.path())?;
+        let config = agent.load_config();
         config.check_files()?;
-        log_to_file(&work.path().join("agent.log"))?;
         Ok(Demo {
-            work,
             broker,
-            config_toml,
+            agent,
             config,
-            consent_key,
-            fleet_key,
-            agent: None,
             fleet: None,
             shots: Vec::new(),
             uploads: HashMap::new(),
@@ -202,17 +150,14 @@ public_key = "{fpub}"
     /// Steps 2 to 6.
     async fn story(&mut self) -> Result<()> {
         step(2, "Start the agent and the fleet manager's subscriber");
-        self.start_agent().await?;
+        self.agent.spawn();
+        let work = self.agent.dir.path();
         say(&format!(
             "agent running; state in {}, spool in {}",
-            rel(self.work.path(), &self.config.state_dir),
-            rel(self.work.path(), &self.config.spool_dir)
+            rel(work, &self.config.state_dir),
+            rel(work, &self.config.spool_dir)
         ));
-        let creds = self.broker.issue_client("fleet")?;
-        let opts = self
-            .broker
-            .mqtt_options("fleet", &creds, Duration::from_secs(5))?;
-        self.fleet = Some(Fleet::connect(opts).await?);
+        self.fleet = Some(Fleet::connect(self.broker.options("fleet")).await?);
         say("fleet subscribed to facegate/# (sees every upload, reply and status)");
         self.wait_status("the agent to connect to the broker", |s| {
             s["uplink"]["connected"] == true
@@ -233,20 +178,7 @@ public_key = "{fpub}"
             3,
             "Consent first: captures of Alice (consented), Bob and an anonymous person",
         );
-        let now = clock::now();
-        let token = consent::sign_consent(
-            &consent::ConsentRequest {
-                issuer: "lobby-reception".into(),
-                subject: "alice".into(),
-                audience: vec![SITE.into()],
-                scopes: vec![consent::UPLOAD_SCOPE.into()],
-                lifetime_s: 3600,
-                jti: None,
-            },
-            CONSENT_KID,
-            &self.consent_key,
-            now,
-        )?;
+        let token = self.agent.consent_signer.consent("alice", 3600);
         let added = self
             .ctl(Request::ConsentAdd { token })
             .await
@@ -344,26 +276,19 @@ public_key = "{fpub}"
         ));
         why("a consented capture is never lost: it waits in the outbox until the broker acknowledges it");
 
-        self.stop_agent().await?;
+        self.stop_agent()?;
         say("terminal powered off (agent stopped) with the 3 captures still queued");
-        self.broker
-            .restart()
-            .context("restarting the broker after the outage")?;
-        let (jti, jws) = command::sign_command(
+        self.broker.restart();
+        let (jti, jws) = self.agent.fleet_signer.command(
             "consent.revoke",
             json!({ "subject": "alice" }),
             &format!("{SITE}/{DEVICE}"),
             600,
-            FLEET_KID,
-            &self.fleet_key,
             clock::now(),
-        )?;
+        );
         let fleet = self.fleet_mut()?;
         fleet.wait_connected().await?;
-        fleet
-            .client
-            .publish(CMD, QoS::AtLeastOnce, false, jws.into_bytes())
-            .await?;
+        fleet.session.publish(CMD, jws).await;
         fleet.wait_puback().await?;
         say(&format!(
             "broker back; Alice withdrew consent: fleet published a signed consent.revoke (jti {}); the broker holds it for the offline terminal",
@@ -371,7 +296,7 @@ public_key = "{fpub}"
         ));
 
         let before = self.uploads.len();
-        self.start_agent().await?;
+        self.agent.spawn();
         say("terminal powered on: it connects, receives the revocation first, then looks at its outbox");
         let reply = self.wait_reply(&jti).await?;
         ensure!(reply["ok"] == true, "revocation refused: {reply}");
@@ -512,44 +437,18 @@ public_key = "{fpub}"
 
     // ---- the agent ----
 
-    async fn start_agent(&mut self) -> Result<()> {
-        let config = config::from_toml_str(&self.config_toml, self.work.path())?;
-        let (trigger, shutdown) = shutdown::channel();
-        let task = tokio::spawn(daemon::run(config, shutdown));
-        self.agent = Some((trigger, task));
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if self.ctl(Request::Status).await.is_ok() {
-                return Ok(());
-            }
-            if let Some((_, task)) = &self.agent {
-                if task.is_finished() {
-                    let (_, task) = self.agent.take().context("agent")?;
-                    task.await??;
-                    bail!("the agent stopped right after starting");
-                }
-            }
-            ensure!(Instant::now() < deadline, "the agent did not come up");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn stop_agent(&mut self) -> Result<()> {
-        if let Some((trigger, task)) = self.agent.take() {
-            trigger.fire(Reason::Requested);
-            tokio::time::timeout(WAIT, task)
-                .await
-                .context("the agent did not stop")???;
-        }
+    fn stop_agent(&mut self) -> Result<()> {
+        let status = self.agent.stop();
+        ensure!(status.success(), "the agent exited with {status}");
         Ok(())
     }
 
-    async fn teardown(&mut self) {
-        if let Some(fleet) = self.fleet.take() {
-            fleet.task.abort();
-        }
-        if let Err(e) = self.stop_agent().await {
-            eprintln!("stopping the agent: {e:#}");
+    fn teardown(&mut self) {
+        self.fleet = None;
+        if self.agent.pid().is_some() {
+            if let Err(e) = self.stop_agent() {
+                eprintln!("stopping the agent: {e:#}");
+            }
         }
         self.broker.kill();
     }
@@ -558,12 +457,10 @@ public_key = "{fpub}"
     async fn ctl(&self, req: Request) -> Result<Value> {
         // Name the request by its operation only (a consent token is not for the screen).
         let op = serde_json::to_value(&req)?["op"].to_string();
-        let resp = control::request(&self.config.control.socket, &req).await?;
-        match (resp.ok, resp.result, resp.error) {
-            (true, Some(result), _) => Ok(result),
-            (_, _, Some(e)) => bail!("control request {op} refused: {} ({})", e.message, e.code),
-            _ => bail!("control request {op}: empty answer"),
-        }
+        self.agent
+            .request(&req)
+            .await
+            .map_err(|e| anyhow!("control request {op}: {e}"))
     }
 
     /// Polls `ctl status` until `cond` holds; returns that status.
@@ -589,17 +486,7 @@ public_key = "{fpub}"
     fn camera(&mut self, name: &str, subject: Option<&'static str>, raw: Vec<u8>) -> Result<()> {
         let clean = sanitize::sanitize(&raw, &self.config.capture)
             .with_context(|| format!("{name} is not a valid capture"))?;
-        let sidecar = json!({
-            "subject": subject,
-            "captured_at": clock::rfc3339(clock::now()),
-            "camera": "lobby-cam-1",
-        });
-        let spool = &self.config.spool_dir;
-        write_atomic(&spool.join(format!("{name}.jpg")), &raw)?;
-        write_atomic(
-            &spool.join(format!("{name}.json")),
-            sidecar.to_string().as_bytes(),
-        )?;
+        self.agent.spool.pair(name, "jpg", &raw, subject)?;
         self.shots.push(Shot {
             name: name.to_string(),
             subject,
@@ -612,7 +499,7 @@ public_key = "{fpub}"
     async fn wait_spool_empty(&self) -> Result<()> {
         let deadline = Instant::now() + WAIT;
         loop {
-            let left = std::fs::read_dir(&self.config.spool_dir)?.count();
+            let left = self.agent.spool_len();
             if left == 0 {
                 return Ok(());
             }
@@ -756,127 +643,55 @@ public_key = "{fpub}"
     }
 
     fn agent_log_tail(&self, n: usize) -> String {
-        let log = std::fs::read_to_string(self.work.path().join("agent.log")).unwrap_or_default();
+        let log = self.agent.log();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 }
 
-/// What the fleet client's event loop reports.
-enum FleetEvent {
-    Connected,
-    SubAck,
-    PubAck,
-    Publish(Publish),
-}
-
-/// The fleet manager's MQTT client; its event loop runs in a task and reconnects
-/// by itself (persistent session) when the broker comes back.
+/// The fleet manager's MQTT client: a session that reconnects by itself
+/// (persistent session) when the broker comes back, and the command replies
+/// read while waiting for something else.
 struct Fleet {
-    client: AsyncClient,
-    events: mpsc::UnboundedReceiver<FleetEvent>,
-    task: JoinHandle<()>,
-    /// Command replies read while waiting for something else.
+    session: Session,
     replies: Vec<Value>,
 }
 
 impl Fleet {
     async fn connect(options: rumqttc::MqttOptions) -> Result<Fleet> {
-        let (client, mut eventloop) = AsyncClient::new(options, 64);
-        let (tx, events) = mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            loop {
-                let event = match eventloop.poll().await {
-                    Ok(Event::Incoming(Incoming::ConnAck(_))) => FleetEvent::Connected,
-                    Ok(Event::Incoming(Incoming::SubAck(_))) => FleetEvent::SubAck,
-                    Ok(Event::Incoming(Incoming::PubAck(_))) => FleetEvent::PubAck,
-                    Ok(Event::Incoming(Incoming::Publish(p))) => FleetEvent::Publish(p),
-                    Ok(_) => continue,
-                    Err(_) => {
-                        // Broker away (the outage in step 4): try again shortly.
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
-                    }
-                };
-                if tx.send(event).is_err() {
-                    break;
-                }
-            }
-        });
         let mut fleet = Fleet {
-            client,
-            events,
-            task,
+            session: Session::spawn_reconnecting(options),
             replies: Vec::new(),
         };
         fleet.wait_connected().await?;
-        fleet
-            .client
-            .subscribe("facegate/#", QoS::AtLeastOnce)
-            .await?;
-        fleet
-            .wait_for("SUBACK", |e| matches!(e, FleetEvent::SubAck))
-            .await?;
+        fleet.session.subscribe("facegate/#", WAIT).await;
         Ok(fleet)
     }
 
+    /// Waits for the (re)connection. Used only while the agent is stopped, so no
+    /// reply can be missed meanwhile.
     async fn wait_connected(&mut self) -> Result<()> {
-        self.wait_for("the fleet connection", |e| {
-            matches!(e, FleetEvent::Connected)
-        })
-        .await
-    }
-
-    async fn wait_puback(&mut self) -> Result<()> {
-        self.wait_for("PUBACK", |e| matches!(e, FleetEvent::PubAck))
+        self.session
+            .wait_connected(WAIT)
             .await
+            .map(drop)
+            .map_err(|e| anyhow!("the fleet connection: {e}"))
     }
 
-    /// Waits for an event matching `pick`; publishes seen meanwhile are kept as replies
-    /// (uploads cannot arrive while the agent is stopped, which is when this is used).
-    async fn wait_for(&mut self, what: &str, pick: impl Fn(&FleetEvent) -> bool) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let event = tokio::time::timeout_at(deadline, self.events.recv())
-                .await
-                .ok()
-                .flatten()
-                .with_context(|| format!("timed out waiting for {what}"))?;
-            if pick(&event) {
-                return Ok(());
-            }
-            if let FleetEvent::Publish(p) = event {
-                if p.topic == REPLY {
-                    if let Ok(reply) = serde_json::from_slice(&p.payload) {
-                        self.replies.push(reply);
-                    }
-                }
-            }
-        }
+    /// Waits for the broker to take a command (the agent is stopped meanwhile).
+    async fn wait_puback(&mut self) -> Result<()> {
+        self.session
+            .wait_puback(WAIT)
+            .await
+            .map(drop)
+            .context("timed out waiting for PUBACK")
     }
 
     /// The next PUBLISH before `deadline`, or `None`.
     async fn next_publish(&mut self, deadline: tokio::time::Instant) -> Option<Publish> {
-        loop {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some(FleetEvent::Publish(p))) => return Some(p),
-                Ok(Some(_)) => continue,
-                _ => return None,
-            }
-        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.session.recv_publish(left).await
     }
-}
-
-/// Sends the agent's log (info and up) to `path` instead of the terminal.
-fn log_to_file(path: &Path) -> Result<()> {
-    let file = std::fs::File::create(path)?;
-    tracing_subscriber::fmt()
-        .with_writer(std::sync::Mutex::new(file))
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .try_init()
-        .map_err(|e| anyhow::anyhow!("log subscriber: {e}"))?;
-    Ok(())
 }
 
 fn envelope_image(env: &Value) -> Result<Vec<u8>> {
@@ -884,19 +699,6 @@ fn envelope_image(env: &Value) -> Result<Vec<u8>> {
     base64::engine::general_purpose::STANDARD
         .decode(b64)
         .context("envelope image is not base64")
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .context("spool path without a file name")?
-        .to_string_lossy();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let mut f = std::fs::File::create(&tmp).with_context(|| tmp.display().to_string())?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| path.display().to_string())?;
-    Ok(())
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
@@ -910,10 +712,6 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
 
 fn step(n: u32, title: &str) {

@@ -33,9 +33,6 @@
 //! - [`doctor`]: site-admin health checks (files, certificates, clock, disk, broker).
 //! - [`fleet`]: `facegate fleet send`: sign, publish and collect replies.
 //! - [`keys`]: Ed25519 key files for the fleet tool.
-//! - [`pki`]: throwaway X.509 CA, broker and device certificates.
-//! - [`devbroker`]: a throwaway local Mosquitto with mutual TLS for the demo and tests.
-//! - [`synth`]: synthetic face-like captures for tests, benchmarks and the demo.
 //! - [`logging`]: the `tracing` subscriber (text or JSON on stderr).
 //! - [`clock`]: unix seconds inside, RFC 3339 at the edges.
 
@@ -49,7 +46,6 @@ pub mod control;
 pub mod crypto;
 pub mod daemon;
 pub mod db;
-pub mod devbroker;
 pub mod doctor;
 pub mod fleet;
 pub mod gate;
@@ -58,7 +54,6 @@ pub mod jws;
 pub mod keys;
 pub mod logging;
 pub mod notify;
-pub mod pki;
 pub mod protocol;
 pub mod provision;
 pub mod reload;
@@ -66,5 +61,4 @@ pub mod sanitize;
 pub mod shutdown;
 pub mod spool;
 pub mod store;
-pub mod synth;
 pub mod uplink;

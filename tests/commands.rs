@@ -1,48 +1,31 @@
 //! Applying fleet commands in process (no broker): exactly-once effects, and a
 //! broker redelivery answered with the reply that was already published.
 
-use facegate::{clock, command, config, daemon, keys};
+use facegate::{clock, daemon};
+use facegate_testkit::config::ConfigBuilder;
+use facegate_testkit::signer::Signer;
 use serde_json::json;
 
 struct Fixture {
     _dir: tempfile::TempDir,
     agent: facegate::agent::Agent,
-    fleet_key: Vec<u8>,
+    fleet: Signer,
 }
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let (fleet_key, fleet_pub) = keys::generate().unwrap();
-    let (_, consent_pub) = keys::generate().unwrap();
-    let toml = format!(
-        r#"site_id = "lobby"
-device_id = "term-01"
-state_dir = "{d}/state"
-spool_dir = "{d}/spool"
-[mqtt]
-host = "localhost"
-ca_file = "ca.pem"
-cert_file = "device.pem"
-key_file = "device.key"
-[[trust]]
-kid = "consent-1"
-role = "consent"
-public_key = "{c}"
-[[trust]]
-kid = "fleet-1"
-role = "fleet"
-public_key = "{f}"
-"#,
-        d = dir.path().display(),
-        c = keys::public_key_b64(&consent_pub),
-        f = keys::public_key_b64(&fleet_pub),
-    );
-    let cfg = config::from_toml_str(&toml, dir.path()).unwrap();
+    let fleet = Signer::new("fleet-1");
+    let cfg = ConfigBuilder::new()
+        .state_dir(dir.path().join("state"))
+        .spool_dir(dir.path().join("spool"))
+        .consent_key(&Signer::new("consent-1"))
+        .fleet_key(&fleet)
+        .load(dir.path());
     let agent = daemon::open(cfg).unwrap();
     Fixture {
         _dir: dir,
         agent,
-        fleet_key,
+        fleet,
     }
 }
 
@@ -50,16 +33,13 @@ public_key = "{f}"
 async fn a_redelivered_command_gets_its_original_reply_and_a_replay_is_refused() {
     let f = fixture();
     let now = clock::now();
-    let (jti, jws) = command::sign_command(
+    let (jti, jws) = f.fleet.command(
         "capture.purge",
         json!({ "subject": "S-KEPT-7d1e" }),
         "lobby/term-01",
         600,
-        "fleet-1",
-        &f.fleet_key,
         now,
-    )
-    .unwrap();
+    );
     let first = f
         .agent
         .apply_command(jws.as_bytes(), false, now)
@@ -95,16 +75,13 @@ async fn a_redelivered_command_gets_its_original_reply_and_a_replay_is_refused()
 async fn a_refused_command_is_not_remembered() {
     let f = fixture();
     let now = clock::now();
-    let (_, jws) = command::sign_command(
+    let (_, jws) = f.fleet.command(
         "capture.purge",
         json!({ "subject": "S-1" }),
         "other-site",
         600,
-        "fleet-1",
-        &f.fleet_key,
         now,
-    )
-    .unwrap();
+    );
     for dup in [false, true] {
         let r = f.agent.apply_command(jws.as_bytes(), dup, now).await.reply;
         assert_eq!(r["error"]["code"], "wrong_audience", "{r}");

@@ -12,6 +12,7 @@ use base64::Engine;
 use facegate::config::{
     self, from_toml_str, load_with_env, Config, ConfigError, LogFormat, Role, WhenFull,
 };
+use facegate_testkit::config::{self as testkit_config, ConfigBuilder};
 
 const CONSENT_KEY: [u8; 32] = [1; 32];
 const FLEET_KEY: [u8; 32] = [2; 32];
@@ -39,23 +40,14 @@ impl Site {
 
     /// The smallest valid config: required keys only, TLS files by relative path.
     fn minimal(&self) -> String {
-        format!(
-            r#"site_id = "lobby"
-device_id = "term-01"
-
-[mqtt]
-host = "broker.example.net"
-ca_file = "ca.pem"
-cert_file = "device.pem"
-key_file = "device.key"
-
-[[trust]]
-kid = "consent-2026"
-role = "consent"
-public_key = "{}"
-"#,
-            URL_SAFE_NO_PAD.encode(CONSENT_KEY)
-        )
+        ConfigBuilder::new()
+            .host("broker.example.net")
+            .trust(
+                "consent-2026",
+                testkit_config::Role::Consent,
+                &URL_SAFE_NO_PAD.encode(CONSENT_KEY),
+            )
+            .render()
     }
 
     fn load_env(&self, toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {

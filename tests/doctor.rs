@@ -2,19 +2,18 @@
 //! healthy terminal passes; each broken piece (key permissions, expired or
 //! foreign certificate, wrong device name, broker down) fails the named check.
 
-mod common;
-
 use std::fs;
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::broker::{Broker, ClientCreds};
 use facegate::clock;
 use facegate::config;
 use facegate::doctor::{self, names, Outcome};
-use facegate::pki::Ca;
+use facegate_testkit::broker::{Broker, ClientCreds};
+use facegate_testkit::config::{ConfigBuilder, Role};
+use facegate_testkit::pki::Ca;
+use facegate_testkit::util::free_port;
 
 /// A terminal's files in a temp dir: config, state dir with storage key, TLS files.
 struct Terminal {
@@ -44,28 +43,17 @@ impl Terminal {
             fs::copy(from, tls.join(to)).unwrap();
         }
         let config = dir.path().join("facegate.toml");
-        fs::write(
-            &config,
-            format!(
-                r#"
-site_id = "lobby"
-device_id = "term-01"
-state_dir = "state"
-spool_dir = "spool"
-[mqtt]
-host = "localhost"
-port = {port}
-ca_file = "tls/ca.pem"
-cert_file = "tls/device.pem"
-key_file = "tls/device.key"
-[[trust]]
-kid = "consent-2026"
-role = "consent"
-public_key = "HlUcpubr33dzSLpH73nq1RnpLeGr2xK9c2aBBA6nkdc"
-"#
-            ),
-        )
-        .unwrap();
+        ConfigBuilder::new()
+            .state_dir("state")
+            .spool_dir("spool")
+            .broker("localhost", port)
+            .tls_files("tls/ca.pem", "tls/device.pem", "tls/device.key")
+            .trust(
+                "consent-2026",
+                Role::Consent,
+                "HlUcpubr33dzSLpH73nq1RnpLeGr2xK9c2aBBA6nkdc",
+            )
+            .write(&config);
         Terminal { dir, config }
     }
 
@@ -82,12 +70,6 @@ public_key = "HlUcpubr33dzSLpH73nq1RnpLeGr2xK9c2aBBA6nkdc"
     fn local(&self) -> doctor::DoctorReport {
         doctor::local_checks(&self.config, clock::now())
     }
-}
-
-/// A port on 127.0.0.1 where nothing listens.
-fn closed_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 /// Credentials from a CA that is not the broker's, but files laid out like it.
@@ -133,7 +115,7 @@ fn assert_local_pass(report: &doctor::DoctorReport) {
 fn good_files_pass_the_local_checks() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = Ca::new("fleet CA").unwrap();
-    let t = Terminal::new(&offline_creds(tmp.path(), &ca, "term-01"), closed_port());
+    let t = Terminal::new(&offline_creds(tmp.path(), &ca, "term-01"), free_port());
     let report = t.local();
     assert_local_pass(&report);
     assert!(report.ok(), "{report}");
@@ -143,13 +125,13 @@ fn good_files_pass_the_local_checks() {
 fn bad_permissions_on_keys_fail() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = Ca::new("fleet CA").unwrap();
-    let t = Terminal::new(&offline_creds(tmp.path(), &ca, "term-01"), closed_port());
+    let t = Terminal::new(&offline_creds(tmp.path(), &ca, "term-01"), free_port());
     fs::set_permissions(t.path("tls/device.key"), fs::Permissions::from_mode(0o640)).unwrap();
     let report = t.local();
     assert_fails(&report, names::TLS_KEY, "0640");
     assert_fails(&report, names::TLS_FILES, "device.key");
 
-    let t = Terminal::new(&offline_creds(tmp.path(), &ca, "term-01"), closed_port());
+    let t = Terminal::new(&offline_creds(tmp.path(), &ca, "term-01"), free_port());
     fs::set_permissions(
         t.path("state/storage.key"),
         fs::Permissions::from_mode(0o644),
@@ -171,7 +153,7 @@ fn bad_permissions_on_keys_fail() {
 fn expired_and_not_yet_valid_certificates_fail() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = Ca::new("fleet CA").unwrap();
-    let t = Terminal::new(&offline_creds(tmp.path(), &ca, "term-01"), closed_port());
+    let t = Terminal::new(&offline_creds(tmp.path(), &ca, "term-01"), free_port());
     let now = clock::now();
 
     let expired = ca.issue_client("term-01", now - 7200, now - 3600).unwrap();
@@ -200,7 +182,7 @@ fn expired_and_not_yet_valid_certificates_fail() {
 fn a_certificate_from_another_ca_fails_the_chain() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = Ca::new("fleet CA").unwrap();
-    let t = Terminal::new(&offline_creds(tmp.path(), &ca, "term-01"), closed_port());
+    let t = Terminal::new(&offline_creds(tmp.path(), &ca, "term-01"), free_port());
     let other = Ca::new("someone else's CA").unwrap();
     let now = clock::now();
     let foreign = other
@@ -224,7 +206,7 @@ fn a_certificate_from_another_ca_fails_the_chain() {
 fn a_certificate_for_another_device_fails_identity() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = Ca::new("fleet CA").unwrap();
-    let t = Terminal::new(&offline_creds(tmp.path(), &ca, "term-02"), closed_port());
+    let t = Terminal::new(&offline_creds(tmp.path(), &ca, "term-02"), free_port());
     assert_fails(&t.local(), names::CERT_IDENTITY, "term-02");
 }
 
@@ -232,7 +214,7 @@ fn a_certificate_for_another_device_fails_identity() {
 fn a_broken_config_is_one_failure_naming_the_key() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = Ca::new("fleet CA").unwrap();
-    let t = Terminal::new(&offline_creds(tmp.path(), &ca, "term-01"), closed_port());
+    let t = Terminal::new(&offline_creds(tmp.path(), &ca, "term-01"), free_port());
     let text = fs::read_to_string(&t.config).unwrap();
     fs::write(&t.config, text.replace("host = ", "hostt = ")).unwrap();
     let report = doctor::run_checks(&t.config);
@@ -245,7 +227,7 @@ fn a_broken_config_is_one_failure_naming_the_key() {
 fn broker_down_fails() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = Ca::new("fleet CA").unwrap();
-    let t = Terminal::new(&offline_creds(tmp.path(), &ca, "term-01"), closed_port());
+    let t = Terminal::new(&offline_creds(tmp.path(), &ca, "term-01"), free_port());
     let report = doctor::run_checks(&t.config);
     assert_fails(&report, names::BROKER, "refused");
     assert_fails(&report, names::BROKER_ACL, "not checked");
@@ -302,7 +284,7 @@ fn tokio_free_run(path: &Path) -> doctor::DoctorReport {
 async fn async_entry_point_works_inside_a_runtime() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = Ca::new("fleet CA").unwrap();
-    let t = Terminal::new(&offline_creds(tmp.path(), &ca, "term-01"), closed_port());
+    let t = Terminal::new(&offline_creds(tmp.path(), &ca, "term-01"), free_port());
     let report = tokio::time::timeout(Duration::from_secs(20), doctor::run_checks_async(&t.config))
         .await
         .unwrap();

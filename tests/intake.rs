@@ -1,14 +1,13 @@
 //! The core flow through the real binary: spool → sanitize → consent gate →
 //! encrypted outbox, driven by files and `facegate ctl` like in the field.
 
-mod common;
-
 use std::time::Duration;
 
-use common::daemon::{file_contains, wait_until, Daemon, DaemonOptions};
 use facegate::crypto::DeviceKey;
 use facegate::store::Store;
-use facegate::synth;
+use facegate_testkit::daemon::Daemon;
+use facegate_testkit::synth;
+use facegate_testkit::util::{contains, file_contains, wait_until};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -25,7 +24,7 @@ fn counter(status: &serde_json::Value, name: &str) -> u64 {
 
 #[test]
 fn consented_captures_are_queued_and_others_dropped() {
-    let d = Daemon::start(DaemonOptions::default());
+    let d = Daemon::start();
     d.grant("S-yes");
     let jpeg = synth::face_jpeg(320, 240, 1, 85);
     d.drop_pair("a", "jpg", &jpeg, Some("S-yes"));
@@ -55,7 +54,7 @@ fn consented_captures_are_queued_and_others_dropped() {
 
 #[test]
 fn bad_input_is_rejected_with_a_reason_and_the_daemon_keeps_going() {
-    let d = Daemon::start(DaemonOptions::default());
+    let d = Daemon::start();
     d.grant("S-1");
     let jpeg = synth::face_jpeg(320, 240, 3, 85);
     d.drop_pair("truncated", "jpg", &jpeg[..jpeg.len() / 2], Some("S-1"));
@@ -66,7 +65,9 @@ fn bad_input_is_rejected_with_a_reason_and_the_daemon_keeps_going() {
         Some("S-1"),
     );
     d.drop_pair("wrongext", "png", &jpeg, Some("S-1"));
-    common::daemon::drop_pair_raw(&d.spool, "badjson", "jpg", &jpeg, b"{not json");
+    d.spool
+        .pair_with_sidecar("badjson", "jpg", &jpeg, b"{not json")
+        .unwrap();
     d.drop_pair("good", "jpg", &jpeg, Some("S-1"));
     d.wait_spool_empty(T);
     let st = d.status();
@@ -91,11 +92,11 @@ fn bad_input_is_rejected_with_a_reason_and_the_daemon_keeps_going() {
 
 #[test]
 fn metadata_is_stripped_and_no_plaintext_reaches_the_database() {
-    let mut d = Daemon::start(DaemonOptions::default());
+    let mut d = Daemon::start();
     d.grant("S-meta");
     let marker = "GPS-MARKER-7f3a9c";
     let jpeg = synth::with_exif_gps(&synth::face_jpeg(640, 480, 4, 85), marker);
-    assert!(file_contains_bytes(&jpeg, marker.as_bytes()));
+    assert!(contains(&jpeg, marker.as_bytes()));
     d.drop_pair("exif", "jpg", &jpeg, Some("S-meta"));
     d.wait_spool_empty(T);
     d.stop();
@@ -105,17 +106,11 @@ fn metadata_is_stripped_and_no_plaintext_reaches_the_database() {
     assert_eq!(queued.len(), 1);
     let img = &queued[0].image;
     assert!(
-        !file_contains_bytes(img, marker.as_bytes()),
+        !contains(img, marker.as_bytes()),
         "marker survived sanitization"
     );
-    assert!(
-        !file_contains_bytes(img, b"Exif\0\0"),
-        "EXIF segment survived"
-    );
-    assert!(
-        !file_contains_bytes(img, b"http://ns.adobe.com/xap"),
-        "XMP survived"
-    );
+    assert!(!contains(img, b"Exif\0\0"), "EXIF segment survived");
+    assert!(!contains(img, b"http://ns.adobe.com/xap"), "XMP survived");
     let decoded = image::load_from_memory(img).unwrap();
     assert_eq!((decoded.width(), decoded.height()), (640, 480));
     drop(store);
@@ -136,7 +131,7 @@ fn metadata_is_stripped_and_no_plaintext_reaches_the_database() {
 
 #[test]
 fn revoke_purges_every_trace_of_the_subject() {
-    let d = Daemon::start(DaemonOptions::default());
+    let d = Daemon::start();
     let subject = "S-REVOKE-MARKER-51c2";
     d.grant(subject);
     d.grant("S-keep");
@@ -197,7 +192,7 @@ fn revoke_purges_every_trace_of_the_subject() {
 
 #[test]
 fn purge_keeps_consents() {
-    let d = Daemon::start(DaemonOptions::default());
+    let d = Daemon::start();
     d.grant("S-p");
     d.drop_pair("p1", "jpg", &synth::face_jpeg(160, 120, 1, 80), Some("S-p"));
     d.wait_spool_empty(T);
@@ -217,7 +212,7 @@ fn purge_keeps_consents() {
 
 #[test]
 fn audit_tampering_is_detected() {
-    let mut d = Daemon::start(DaemonOptions::default());
+    let mut d = Daemon::start();
     d.grant("S-a");
     d.drop_pair("x", "jpg", &synth::face_jpeg(160, 120, 1, 80), Some("S-a"));
     d.drop_pair(
@@ -256,7 +251,7 @@ fn audit_tampering_is_detected() {
 
 #[test]
 fn kill9_during_a_burst_loses_no_accepted_capture() {
-    let mut d = Daemon::start(DaemonOptions::default());
+    let mut d = Daemon::start();
     d.grant("S-burst");
     let n = 120;
     let images: Vec<Vec<u8>> = (0..8)
@@ -299,7 +294,7 @@ fn kill9_during_a_burst_loses_no_accepted_capture() {
 
 #[test]
 fn sigterm_stops_cleanly() {
-    let mut d = Daemon::start(DaemonOptions::default());
+    let mut d = Daemon::start();
     let st = d.stop();
     assert!(st.success(), "exit status {st}");
     assert!(
@@ -308,13 +303,9 @@ fn sigterm_stops_cleanly() {
     );
 }
 
-fn file_contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
 #[test]
 fn expired_consent_is_swept_and_its_captures_purged() {
-    let d = Daemon::start(DaemonOptions::default());
+    let d = Daemon::start();
     let token = d.consent_signer.consent("S-short", 3);
     d.ctl(&["consent", "add", &token]);
     d.grant("S-long");

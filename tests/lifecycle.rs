@@ -1,12 +1,11 @@
 //! Operating the daemon: SIGHUP reloads (valid, invalid, restart-only changes)
 //! and SIGTERM draining.
 
-mod common;
-
 use std::time::Duration;
 
-use common::daemon::{wait_until, Daemon, DaemonOptions};
-use facegate::synth;
+use facegate_testkit::daemon::Daemon;
+use facegate_testkit::synth;
+use facegate_testkit::util::wait_until;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -18,7 +17,7 @@ fn rejected(d: &Daemon) -> u64 {
 
 #[test]
 fn sighup_applies_live_settings_and_reports_the_rest() {
-    let d = Daemon::start(DaemonOptions::default());
+    let d = Daemon::start();
     d.grant("S-1");
     d.drop_pair(
         "before",
@@ -57,7 +56,7 @@ fn sighup_applies_live_settings_and_reports_the_rest() {
 
 #[test]
 fn sighup_with_an_invalid_config_keeps_the_running_one() {
-    let d = Daemon::start(DaemonOptions::default());
+    let d = Daemon::start();
     d.grant("S-2");
     let original = std::fs::read_to_string(&d.config).unwrap();
     std::fs::write(
@@ -82,7 +81,7 @@ fn sighup_with_an_invalid_config_keeps_the_running_one() {
 
 #[test]
 fn sigterm_drains_and_loses_nothing() {
-    let mut d = Daemon::start(DaemonOptions::default());
+    let mut d = Daemon::start();
     d.grant("S-3");
     let n = 60;
     for i in 0..n {

@@ -11,30 +11,34 @@ use facegate::provision::{
     csr_info, csr_path_for, items, provision, provision_owned, Action, Owner, ProvisionError,
     STORAGE_KEY_FILE,
 };
+use facegate_testkit::config::{ConfigBuilder, Role};
 use rcgen::{KeyPair, PublicKeyData};
+
+/// The consent key every provisioning config trusts.
+const CONSENT_PUB: &str = "HlUcpubr33dzSLpH73nq1RnpLeGr2xK9c2aBBA6nkdc";
+
+/// A config for `term-01` with the TLS files at `ca`, `cert` and `key`.
+fn site_config(state: &Path, spool: &Path, ca: &Path, cert: &Path, key: &Path) -> ConfigBuilder {
+    ConfigBuilder::new()
+        .state_dir(state)
+        .spool_dir(spool)
+        .host("broker.example.net")
+        .tls_files(ca, cert, key)
+        .trust("consent-2026", Role::Consent, CONSENT_PUB)
+}
 
 /// A config whose state dir and TLS files live in a fresh temp dir (none exist yet).
 fn setup() -> (tempfile::TempDir, Config) {
     let dir = tempfile::tempdir().unwrap();
-    let toml = format!(
-        r#"
-site_id = "lobby"
-device_id = "term-01"
-state_dir = "{d}/state"
-spool_dir = "{d}/spool"
-[mqtt]
-host = "broker.example.net"
-ca_file = "{d}/etc/ca.pem"
-cert_file = "{d}/etc/device.pem"
-key_file = "{d}/etc/device.key"
-[[trust]]
-kid = "consent-2026"
-role = "consent"
-public_key = "HlUcpubr33dzSLpH73nq1RnpLeGr2xK9c2aBBA6nkdc"
-"#,
-        d = dir.path().display()
-    );
-    let cfg = config::from_toml_str(&toml, dir.path()).unwrap();
+    let d = dir.path();
+    let cfg = site_config(
+        &d.join("state"),
+        &d.join("spool"),
+        &d.join("etc/ca.pem"),
+        &d.join("etc/device.pem"),
+        &d.join("etc/device.key"),
+    )
+    .load(d);
     (dir, cfg)
 }
 
@@ -247,25 +251,14 @@ fn owner_lookup_and_chown() {
 fn config_for_provisioning_loads_before_the_tls_files_exist() {
     let (dir, _) = setup();
     let path = dir.path().join("facegate.toml");
-    fs::write(
-        &path,
-        r#"
-site_id = "lobby"
-device_id = "term-01"
-state_dir = "state"
-spool_dir = "spool"
-[mqtt]
-host = "broker.example.net"
-ca_file = "ca.pem"
-cert_file = "device.pem"
-key_file = "device.key"
-[[trust]]
-kid = "consent-2026"
-role = "consent"
-public_key = "HlUcpubr33dzSLpH73nq1RnpLeGr2xK9c2aBBA6nkdc"
-"#,
+    site_config(
+        Path::new("state"),
+        Path::new("spool"),
+        Path::new("ca.pem"),
+        Path::new("device.pem"),
+        Path::new("device.key"),
     )
-    .unwrap();
+    .write(&path);
     let err = config::load_with_env(&path, &[]).unwrap_err();
     assert_eq!(err.key(), Some("mqtt.ca_file"));
     let cfg = config::load_unchecked_with_env(&path, &[]).unwrap();

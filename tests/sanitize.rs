@@ -2,29 +2,15 @@
 
 use std::time::{Duration, Instant};
 
-use facegate::config::CaptureConfig;
 use facegate::sanitize::{sanitize, ContentType, ImageError};
-use facegate::synth::{face_jpeg, face_png, png_with_text, with_exif_gps};
+use facegate_testkit::config::capture_limits as limits;
+use facegate_testkit::synth::{face_jpeg, face_png, png_with_text, with_exif_gps};
+use facegate_testkit::util::contains;
 use img_parts::jpeg::{markers, Jpeg, JpegSegment};
 use img_parts::png::{Png, PngChunk};
 use img_parts::Bytes;
 
 const MARK: &str = "SECRET-MARKER-51.5N";
-
-fn limits() -> CaptureConfig {
-    CaptureConfig {
-        max_file_bytes: 8 * 1024 * 1024,
-        max_width: 4096,
-        max_height: 4096,
-        max_alloc_bytes: 64 * 1024 * 1024,
-        spool_grace: Duration::from_secs(60),
-        poll_interval: Duration::from_millis(100),
-    }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
 
 fn pixels(bytes: &[u8]) -> image::DynamicImage {
     image::load_from_memory(bytes).expect("decodes")

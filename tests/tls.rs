@@ -2,14 +2,14 @@
 //! the certificate CN, every verification failure explained in plain words, the last
 //! will, and persistent sessions across a broker restart.
 
-mod common;
-
 use std::time::Duration;
 
-use common::broker::{connect_error, Broker, BrokerOptions, Session};
 use facegate::clock;
-use facegate::pki::Ca;
 use facegate::uplink::tls::{self, classify, explain, ConnectFailure, TlsError};
+use facegate_testkit::broker::{Broker, BrokerOptions, ClientCreds, KEEP_ALIVE};
+use facegate_testkit::mqtt::{connect_error, Session};
+use facegate_testkit::pki::Ca;
+use facegate_testkit::util::free_port;
 use rumqttc::{LastWill, QoS, SubscribeReasonCode};
 
 /// Generous bound for things that should happen at once.
@@ -19,12 +19,7 @@ const T: Duration = Duration::from_secs(5);
 async fn fleet_subscribed(broker: &Broker, filter: &str) -> Session {
     let mut fleet = Session::spawn(broker.options("fleet"));
     fleet.wait_connected(T).await.expect("fleet connects");
-    fleet
-        .client
-        .subscribe(filter, QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    let ack = fleet.wait_suback(T).await;
+    let ack = fleet.subscribe(filter, T).await;
     assert_eq!(
         ack.return_codes,
         vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]
@@ -39,11 +34,7 @@ async fn device(broker: &Broker, id: &str) -> Session {
 }
 
 async fn publish(session: &mut Session, topic: &str, payload: &str) {
-    session
-        .client
-        .publish(topic, QoS::AtLeastOnce, false, payload.as_bytes().to_vec())
-        .await
-        .unwrap();
+    session.publish(topic, payload).await;
     assert!(
         session.wait_puback(T).await.is_some(),
         "no PUBACK for {topic}"
@@ -104,16 +95,8 @@ async fn device_reads_only_its_own_and_its_sites_commands() {
     let mut dev = device(&broker, "term-01").await;
     let mut other = device(&broker, "term-02").await;
 
-    dev.client
-        .subscribe("facegate/lobby/term-02/cmd", QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    let denied = dev.wait_suback(T).await;
-    dev.client
-        .subscribe("facegate/#", QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    dev.wait_suback(T).await;
+    let denied = dev.subscribe("facegate/lobby/term-02/cmd", T).await;
+    dev.subscribe("facegate/#", T).await;
     // Either refused at SUBACK or filtered on delivery; never delivered (checked below).
     assert!(matches!(
         denied.return_codes[..],
@@ -206,7 +189,7 @@ async fn client_certificate_from_another_ca_is_refused_by_the_broker() {
         .unwrap()
         .write(dir.path(), "rogue")
         .unwrap();
-    let creds = common::broker::ClientCreds {
+    let creds = ClientCreds {
         ca: broker.ca_file.clone(),
         cert,
         key,
@@ -235,14 +218,11 @@ async fn key_not_matching_certificate_is_a_config_error() {
 async fn nothing_listening_is_connection_refused() {
     let broker = Broker::start();
     let creds = broker.issue_client("term-01");
-    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = unused.local_addr().unwrap().port();
-    drop(unused);
-    let options = facegate::uplink::tls::mqtt_options(
+    let options = tls::mqtt_options(
         "term-01",
         "localhost",
-        port,
-        common::broker::KEEP_ALIVE,
+        free_port(),
+        KEEP_ALIVE,
         1024,
         creds.tls(),
     )
@@ -319,8 +299,7 @@ async fn commands_queued_while_offline_survive_a_broker_restart() {
 
     // The device subscribes once in a persistent session, then goes away cleanly.
     let mut dev = device(&broker, "term-01").await;
-    dev.client.subscribe(cmd, QoS::AtLeastOnce).await.unwrap();
-    dev.wait_suback(T).await;
+    dev.subscribe(cmd, T).await;
     dev.client.disconnect().await.unwrap();
     drop(dev);
 

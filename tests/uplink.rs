@@ -1,17 +1,21 @@
 //! The MQTT half against a real Mosquitto with mutual TLS: uploads, PUBACK
 //! bookkeeping, reconnects, crashes, signed commands, status and last will.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
 use base64::Engine;
-use common::broker::{Broker, BrokerOptions, Session};
-use common::daemon::{wait_until, Daemon, DaemonOptions, MqttTarget, DEVICE, SITE};
-use facegate::{clock, command, synth};
+use facegate::clock;
+use facegate_testkit::broker::{Broker, BrokerOptions, ClientCreds};
+use facegate_testkit::config::ConfigBuilder;
+use facegate_testkit::daemon::Daemon;
+use facegate_testkit::mqtt::Session;
+use facegate_testkit::pki::Ca;
+use facegate_testkit::signer::Signer;
+use facegate_testkit::synth;
+use facegate_testkit::util::wait_until;
+use facegate_testkit::{DEVICE, SITE};
 use ring::digest;
-use rumqttc::QoS;
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(30);
@@ -20,31 +24,22 @@ const CMD: &str = "facegate/lobby/term-01/cmd";
 const REPLY: &str = "facegate/lobby/term-01/reply";
 const STATUS: &str = "facegate/lobby/term-01/status";
 
-fn daemon_for(broker: &Broker, extra: &str) -> Daemon {
-    let creds = broker.issue_client(DEVICE);
-    Daemon::start(DaemonOptions {
-        extra_toml: extra.to_string(),
-        mqtt: Some(MqttTarget {
-            host: "localhost".into(),
-            port: broker.port,
-            ca: creds.ca,
-            cert: creds.cert,
-            key: creds.key,
-        }),
-        // Fast reconnects and a short keep-alive so tests do not wait on backoff.
-        mqtt_extra: "keep_alive = \"5s\"\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n"
-            .into(),
-    })
+fn daemon_for(broker: &Broker) -> Daemon {
+    daemon_with(broker, |c| c)
+}
+
+/// A daemon on `broker` with a short keep-alive, fast reconnects and `more` config.
+fn daemon_with(broker: &Broker, more: impl FnOnce(ConfigBuilder) -> ConfigBuilder) -> Daemon {
+    Daemon::builder()
+        .broker(broker)
+        .configure(|c| more(c.keep_alive(Duration::from_secs(5)).fast_reconnect()))
+        .start()
 }
 
 async fn fleet(broker: &Broker) -> Session {
     let mut s = Session::spawn(broker.options("fleet"));
     s.wait_connected(T).await.expect("fleet connects");
-    s.client
-        .subscribe("facegate/#", QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    s.wait_suback(T).await;
+    s.subscribe("facegate/#", T).await;
     s
 }
 
@@ -93,17 +88,7 @@ fn check_envelope(env: &Value, subject: &str) {
 }
 
 fn sign(d: &Daemon, cmd: &str, args: Value, aud: &str, lifetime: i64, now: i64) -> String {
-    command::sign_command(
-        cmd,
-        args,
-        aud,
-        lifetime,
-        &d.fleet_signer.kid,
-        &d.fleet_signer.pkcs8,
-        now,
-    )
-    .unwrap()
-    .1
+    d.fleet_signer.command(cmd, args, aud, lifetime, now).1
 }
 
 /// Signs arbitrary command claims (for commands `sign_command` refuses to make).
@@ -115,24 +100,16 @@ fn sign_raw(d: &Daemon, mut claims: Value, now: i64) -> String {
 }
 
 async fn send_cmd(fleet: &mut Session, jws: &str) -> Value {
-    fleet
-        .client
-        .publish(CMD, QoS::AtLeastOnce, false, jws.as_bytes().to_vec())
-        .await
-        .unwrap();
+    fleet.publish(CMD, jws).await;
     let p = fleet.recv_on(REPLY, T).await.expect("a reply");
     serde_json::from_slice(&p.payload).expect("reply is JSON")
-}
-
-fn outbox_len(d: &Daemon) -> u64 {
-    d.status()["outbox"]["captures"].as_u64().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consented_captures_arrive_once_with_a_correct_envelope() {
     let broker = Broker::start();
     let mut fleet = fleet(&broker).await;
-    let d = daemon_for(&broker, "");
+    let d = daemon_for(&broker);
     d.grant("S-1");
     for i in 0..5 {
         d.drop_pair(
@@ -158,7 +135,7 @@ async fn consented_captures_arrive_once_with_a_correct_envelope() {
         assert_eq!(envs.len(), 1, "capture delivered more than once");
         check_envelope(&envs[0], "S-1");
     }
-    wait_until(T, || outbox_len(&d) == 0, || d.log());
+    wait_until(T, || d.outbox_len() == 0, || d.log());
     let st = d.status();
     assert_eq!(st["counters"]["uploaded"], 5, "{st}");
     assert_eq!(st["counters"]["dropped_no_consent"], 2, "{st}");
@@ -167,11 +144,11 @@ async fn consented_captures_arrive_once_with_a_correct_envelope() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_sent_while_offline_wins_over_queued_captures() {
     let mut broker = Broker::start();
-    let mut d = daemon_for(&broker, "");
+    let mut d = daemon_for(&broker);
     d.grant("S-a");
     d.grant("S-b");
     // Make sure the device's persistent session (with its subscriptions) exists.
-    wait_until(T, || d.status()["uplink"]["connected"] == true, || d.log());
+    d.wait_uplink_connected(T);
     broker.stop();
     for i in 0..3 {
         d.drop_pair(
@@ -188,7 +165,7 @@ async fn revocation_sent_while_offline_wins_over_queued_captures() {
         );
     }
     d.wait_spool_empty(T);
-    assert_eq!(outbox_len(&d), 6);
+    assert_eq!(d.outbox_len(), 6);
     d.stop();
 
     // Broker back, device still offline: the fleet revokes S-a.
@@ -202,11 +179,7 @@ async fn revocation_sent_while_offline_wins_over_queued_captures() {
         600,
         clock::now(),
     );
-    fleet
-        .client
-        .publish(CMD, QoS::AtLeastOnce, false, jws.into_bytes())
-        .await
-        .unwrap();
+    fleet.publish(CMD, jws).await;
     fleet.wait_puback(T).await.expect("broker took the command");
 
     d.spawn();
@@ -233,7 +206,7 @@ async fn revocation_sent_while_offline_wins_over_queued_captures() {
 async fn broker_restart_mid_stream_loses_nothing() {
     let mut broker = Broker::start();
     let mut fleet = fleet(&broker).await;
-    let d = daemon_for(&broker, "[capture]\nspool_grace = \"60s\"\n");
+    let d = daemon_with(&broker, |c| c.spool_grace(Duration::from_secs(60)));
     d.grant("S-s");
     let n = 500;
     let images: Vec<Vec<u8>> = (0..10).map(|i| synth::face_jpeg(96, 72, i, 70)).collect();
@@ -266,14 +239,14 @@ async fn broker_restart_mid_stream_loses_nothing() {
         broker.log(),
         d.log()
     );
-    wait_until(T, || outbox_len(&d) == 0, || d.log());
+    wait_until(T, || d.outbox_len() == 0, || d.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_killed_during_upload_loses_nothing() {
     let broker = Broker::start();
     let mut fleet = fleet(&broker).await;
-    let mut d = daemon_for(&broker, "");
+    let mut d = daemon_for(&broker);
     d.grant("S-k");
     let n = 200;
     for i in 0..n {
@@ -290,13 +263,13 @@ async fn daemon_killed_during_upload_loses_nothing() {
     d.spawn();
     collect(&mut fleet, n, Duration::from_secs(60), &mut seen).await;
     assert_eq!(seen.len(), n, "captures lost across kill -9\n{}", d.log());
-    wait_until(T, || outbox_len(&d) == 0, || d.log());
+    wait_until(T, || d.outbox_len() == 0, || d.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tls_never_connects_and_keeps_captures() {
     let broker = Broker::start();
-    let other_ca = facegate::pki::Ca::new("someone else").unwrap();
+    let other_ca = Ca::new("someone else").unwrap();
     let creds = broker.issue_client(DEVICE);
     let dir = tempfile::tempdir().unwrap();
     let wrong_ca = other_ca.write_cert(dir.path(), "other-ca").unwrap();
@@ -307,47 +280,29 @@ async fn bad_tls_never_connects_and_keeps_captures() {
         server_names: vec!["broker.example.net".into()],
     });
     let misnamed_creds = misnamed.issue_client(DEVICE);
-    let cases: Vec<(&str, MqttTarget, &str)> = vec![
+    let cases: Vec<(&str, u16, ClientCreds, &str)> = vec![
         (
             "wrong CA",
-            MqttTarget {
-                host: "localhost".into(),
-                port: broker.port,
+            broker.port,
+            ClientCreds {
                 ca: wrong_ca,
-                cert: creds.cert.clone(),
-                key: creds.key.clone(),
+                ..creds
             },
             "mqtt.ca_file",
         ),
-        (
-            "name mismatch",
-            MqttTarget {
-                host: "localhost".into(),
-                port: misnamed.port,
-                ca: misnamed_creds.ca.clone(),
-                cert: misnamed_creds.cert.clone(),
-                key: misnamed_creds.key.clone(),
-            },
-            "name",
-        ),
+        ("name mismatch", misnamed.port, misnamed_creds, "name"),
         (
             "expired client certificate",
-            MqttTarget {
-                host: "localhost".into(),
-                port: broker.port,
-                ca: expired.ca.clone(),
-                cert: expired.cert.clone(),
-                key: expired.key.clone(),
-            },
+            broker.port,
+            expired,
             "client certificate",
         ),
     ];
-    for (what, target, says) in cases {
-        let d = Daemon::start(DaemonOptions {
-            extra_toml: String::new(),
-            mqtt: Some(target),
-            mqtt_extra: "reconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n".into(),
-        });
+    for (what, port, creds, says) in cases {
+        let d = Daemon::builder()
+            .mqtt("localhost", port, &creds)
+            .configure(ConfigBuilder::fast_reconnect)
+            .start();
         d.grant("S-t");
         d.drop_pair("t", "jpg", &synth::face_jpeg(96, 72, 1, 70), Some("S-t"));
         d.wait_spool_empty(T);
@@ -375,47 +330,24 @@ async fn bad_tls_never_connects_and_keeps_captures() {
 async fn forged_and_bad_commands_are_refused_without_effect() {
     let broker = Broker::start();
     let mut fleet = fleet(&broker).await;
-    let d = daemon_for(&broker, "");
+    let d = daemon_for(&broker);
     d.grant("S-c");
-    wait_until(T, || d.status()["uplink"]["connected"] == true, || d.log());
+    d.wait_uplink_connected(T);
     let now = clock::now();
     let revoke = json!({ "subject": "S-c" });
 
-    let stranger = common::daemon::Signer::new(&d.fleet_signer.kid);
-    let forged = command::sign_command(
-        "consent.revoke",
-        revoke.clone(),
-        SITE,
-        600,
-        &stranger.kid,
-        &stranger.pkcs8,
-        now,
-    )
-    .unwrap()
-    .1;
-    let unknown = common::daemon::Signer::new("nobody");
-    let unknown_kid = command::sign_command(
-        "capture.purge",
-        json!({"all": true}),
-        SITE,
-        600,
-        &unknown.kid,
-        &unknown.pkcs8,
-        now,
-    )
-    .unwrap()
-    .1;
-    let wrong_role = command::sign_command(
-        "capture.purge",
-        json!({"all": true}),
-        SITE,
-        600,
-        &d.consent_signer.kid,
-        &d.consent_signer.pkcs8,
-        now,
-    )
-    .unwrap()
-    .1;
+    let stranger = Signer::new(&d.fleet_signer.kid);
+    let forged = stranger
+        .command("consent.revoke", revoke.clone(), SITE, 600, now)
+        .1;
+    let purge_all = json!({"all": true});
+    let unknown_kid = Signer::new("nobody")
+        .command("capture.purge", purge_all.clone(), SITE, 600, now)
+        .1;
+    let wrong_role = d
+        .consent_signer
+        .command("capture.purge", purge_all, SITE, 600, now)
+        .1;
     let cases = vec![
         ("bad_signature", forged),
         ("unknown_key", unknown_kid),
@@ -485,8 +417,8 @@ async fn forged_and_bad_commands_are_refused_without_effect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_is_retained_and_the_last_will_says_offline() {
     let broker = Broker::start();
-    let mut d = daemon_for(&broker, "");
-    wait_until(T, || d.status()["uplink"]["connected"] == true, || d.log());
+    let mut d = daemon_for(&broker);
+    d.wait_uplink_connected(T);
     // A subscriber arriving later still sees the retained status.
     let mut fleet = fleet(&broker).await;
     let p = fleet.recv_on(STATUS, T).await.expect("retained status");
@@ -509,9 +441,9 @@ async fn status_is_retained_and_the_last_will_says_offline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_tool_sends_commands_and_prints_replies() {
     let broker = Broker::start();
-    let d = daemon_for(&broker, "");
+    let d = daemon_for(&broker);
     d.grant("S-f");
-    wait_until(T, || d.status()["uplink"]["connected"] == true, || d.log());
+    d.wait_uplink_connected(T);
     let fleet_tls = broker.issue_client("fleet");
     let key = d.dir.path().join("fleet-signing.pem");
     facegate::keys::write_private_key(&key, &d.fleet_signer.pkcs8).unwrap();
@@ -595,9 +527,9 @@ async fn fleet_tool_sends_commands_and_prints_replies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_lists_captures_already_in_flight() {
     let mut broker = Broker::start();
-    let d = daemon_for(&broker, "");
+    let d = daemon_for(&broker);
     d.grant("S-i");
-    wait_until(T, || d.status()["uplink"]["connected"] == true, || d.log());
+    d.wait_uplink_connected(T);
     // Queue 40 captures while the broker is away, then let them stream.
     broker.stop();
     for i in 0..40 {
@@ -609,7 +541,7 @@ async fn a_purge_lists_captures_already_in_flight() {
         );
     }
     d.wait_spool_empty(T);
-    assert_eq!(outbox_len(&d), 40);
+    assert_eq!(d.outbox_len(), 40);
     broker.restart();
     let mut fleet = fleet(&broker).await;
     let mut seen = HashMap::new();
@@ -622,11 +554,7 @@ async fn a_purge_lists_captures_already_in_flight() {
         600,
         clock::now(),
     );
-    fleet
-        .client
-        .publish(CMD, QoS::AtLeastOnce, false, jws.into_bytes())
-        .await
-        .unwrap();
+    fleet.publish(CMD, jws).await;
     // Captures keep arriving while we wait for the reply: count them too.
     let reply = loop {
         let p = fleet.recv_publish(T).await.expect("the reply");
@@ -660,14 +588,14 @@ async fn a_purge_lists_captures_already_in_flight() {
         seen.keys()
     );
     assert!(purged > 0, "the purge came too late to test anything: {r}");
-    wait_until(T, || outbox_len(&d) == 0, || d.log());
+    wait_until(T, || d.outbox_len() == 0, || d.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_stop_says_offline_and_disconnects_promptly() {
     let broker = Broker::start();
-    let mut d = daemon_for(&broker, "");
-    wait_until(T, || d.status()["uplink"]["connected"] == true, || d.log());
+    let mut d = daemon_for(&broker);
+    d.wait_uplink_connected(T);
     let mut fleet = fleet(&broker).await;
     let online = fleet.recv_on(STATUS, T).await.expect("retained status");
     assert_eq!(

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rumqttc::{
     AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, Publish, QoS,
@@ -40,9 +40,6 @@ const SETTLE_AFTER_CONNECT: Duration = Duration::from_millis(500);
 const REFILL_EVERY: Duration = Duration::from_millis(500);
 /// How long a clean shutdown waits for the offline status and DISCONNECT to go out.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(3);
-/// Log target of the per-capture "handed to MQTT → PUBACK" timing event
-/// (debug level, off by default; `benches/uplink_latency.rs` reads it).
-pub const TIMING_TARGET: &str = "facegate::uplink::timing";
 /// Status published while offline-will is retained at the broker.
 pub const OFFLINE_STATUS: &str = r#"{"v":1,"state":"offline"}"#;
 
@@ -99,38 +96,11 @@ struct Link {
     state: Mutex<UplinkState>,
     /// rumqttc's request side.
     client: AsyncClient,
-    /// Measurement hook: when each capture in flight was handed over. Filled
-    /// only while the [`TIMING_TARGET`] debug event is enabled.
-    handed_at: Mutex<HashMap<String, Instant>>,
 }
 
 impl Link {
     fn lock(&self) -> std::sync::MutexGuard<'_, UplinkState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn timing_enabled() -> bool {
-        tracing::enabled!(target: TIMING_TARGET, tracing::Level::DEBUG)
-    }
-
-    /// Measurement hook: logs how long `id` took from hand-over to PUBACK.
-    fn timing_acked(&self, id: &str) {
-        if !Self::timing_enabled() {
-            return;
-        }
-        let handed = self
-            .handed_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-        if let Some(t0) = handed {
-            tracing::debug!(
-                target: TIMING_TARGET,
-                capture = %id,
-                handed_to_puback_us = t0.elapsed().as_micros() as u64,
-                "capture acknowledged"
-            );
-        }
     }
 
     /// Hands one publish to rumqttc and records it, if connected.
@@ -139,18 +109,11 @@ impl Link {
         if !st.connected() {
             return false;
         }
-        let t0 = Instant::now();
         match self
             .client
             .try_publish(topic, QoS::AtLeastOnce, retain, payload)
         {
             Ok(()) => {
-                if let (Handed::Capture(id), true) = (&what, Self::timing_enabled()) {
-                    self.handed_at
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(id.clone(), t0);
-                }
                 st.on_handed(what);
                 true
             }
@@ -220,7 +183,6 @@ pub async fn run(agent: Arc<Agent>, mut shutdown: Shutdown) {
     let link = Arc::new(Link {
         state: Mutex::new(UplinkState::new()),
         client,
-        handed_at: Mutex::new(HashMap::new()),
     });
     let (net_tx, net_rx) = mpsc::unbounded_channel();
     let stop = Arc::new(tokio::sync::Notify::new());
@@ -275,7 +237,6 @@ async fn network_task(
             }
             Ok(Event::Incoming(Packet::PubAck(ack))) => {
                 if let Some(id) = link.lock().on_puback(ack.pkid) {
-                    link.timing_acked(&id);
                     let _ = tx.send(Net::Acked(id));
                 }
             }
@@ -311,10 +272,6 @@ async fn network_task(
                     // the next one; nor may a stalled collision block it.
                     eventloop.state.events.clear();
                     eventloop.state.collision = None;
-                    link.handed_at
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .clear();
                     abandoned.captures
                 };
                 let _ = tx.send(Net::Disconnected { reason, captures });

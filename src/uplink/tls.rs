@@ -433,7 +433,7 @@ fn find<'a, T: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> Option<
 mod tests {
     use super::*;
     use crate::clock;
-    use crate::pki::{Ca, Issued};
+    use facegate_testkit::pki::{Ca, Issued};
 
     struct Files {
         _dir: tempfile::TempDir,

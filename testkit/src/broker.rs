@@ -1,12 +1,12 @@
-//! A throwaway local Mosquitto 2 broker with mutual TLS, for the demo, benchmarks and
-//! integration tests. Never for production: the CA key lives in memory and every file
-//! lives in a temporary directory that is removed when the broker is dropped.
+//! The dev broker: a throwaway local Mosquitto 2 with mutual TLS, for the demo,
+//! benchmarks and integration tests. Never for production: the CA key lives in memory
+//! and every file lives in a temporary directory that is removed with the broker.
 //!
-//! [`DevBroker::start`] makes a fresh CA, a server certificate for the configured names
+//! [`Broker::start`] makes a fresh CA, a server certificate for the configured names
 //! (default `localhost` and `127.0.0.1`), writes `mosquitto.conf` and an ACL into a
 //! temporary directory, starts Mosquitto on a free port of 127.0.0.1 and waits until
 //! it accepts connections. Clients authenticate with certificates from
-//! [`DevBroker::issue_client`]; the certificate common name becomes the MQTT user name
+//! [`Broker::issue_client`]; the certificate common name becomes the MQTT user name
 //! (`use_identity_as_username`), which the ACL uses:
 //!
 //! - a device `D` may publish `facegate/+/D/{captures,reply,status}` and read
@@ -14,27 +14,41 @@
 //! - the user `fleet` may read `facegate/#` and publish `facegate/+/cmd` and
 //!   `facegate/+/+/cmd`.
 //!
-//! Persistence is on (saved every second and on [`DevBroker::stop`]), so persistent
-//! sessions and retained messages survive [`DevBroker::restart`]. Dropping the broker
+//! Persistence is on (saved every second and on [`Broker::stop`]), so persistent
+//! sessions and retained messages survive [`Broker::restart`]. Dropping the broker
 //! kills the process. Any system Mosquitto on 1883 is left alone.
+//!
+//! Like the rest of the testkit, the methods panic with the Mosquitto log when
+//! something goes wrong; [`Broker::try_start`] returns the error instead, for a
+//! caller that explains a missing Mosquitto itself.
+//!
+//! ```ignore
+//! let broker = Broker::start();
+//! let mut fleet = Session::spawn(broker.options("fleet"));
+//! fleet.wait_connected(T).await.unwrap();
+//! fleet.subscribe("facegate/#", T).await;
+//! ```
 
 use std::fs;
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use facegate::clock;
+use facegate::uplink::tls;
 use rumqttc::MqttOptions;
 use tempfile::TempDir;
 
-use crate::clock;
 use crate::pki::{Ca, PkiError};
-use crate::uplink::tls::{self, TlsError};
+use crate::util;
 
-/// Largest MQTT packet the broker accepts (16 MiB); also used by [`DevBroker::mqtt_options`].
+/// Largest MQTT packet the broker and the helper clients accept (16 MiB).
 pub const MAX_PACKET: usize = 16 * 1024 * 1024;
+/// Keep-alive of the helper clients: short, so dead connections are noticed quickly.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// How long to wait for the broker to accept connections after starting it.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a graceful stop may take before the process is killed.
@@ -46,9 +60,9 @@ const LOG_TAIL_LINES: usize = 30;
 /// What to tell someone without a Mosquitto binary.
 const INSTALL_HINT: &str = "install the mosquitto package (scripts/ensure-mosquitto)";
 
-/// Why the broker could not be set up, started or used.
+/// Why the broker could not be set up or started.
 #[derive(Debug, thiserror::Error)]
-pub enum DevBrokerError {
+pub enum BrokerError {
     /// No Mosquitto binary in PATH nor at the Debian location.
     #[error("mosquitto not found in PATH nor at {fallback}: {INSTALL_HINT}")]
     MosquittoMissing {
@@ -69,9 +83,6 @@ pub enum DevBrokerError {
     /// The CA or a certificate could not be made or written.
     #[error("broker PKI: {0}")]
     Pki(#[from] PkiError),
-    /// The client TLS configuration or MQTT options could not be built.
-    #[error("broker client TLS: {0}")]
-    Tls(#[from] TlsError),
     /// No free TCP port could be found on 127.0.0.1.
     #[error("cannot find a free port on 127.0.0.1: {0}")]
     Port(#[source] io::Error),
@@ -97,24 +108,24 @@ pub enum DevBrokerError {
 
 /// How to set up the broker.
 #[derive(Debug, Clone)]
-pub struct DevBrokerOptions {
+pub struct BrokerOptions {
     /// Names (DNS or IP) in the broker's server certificate; change them to test
     /// server-name verification.
     pub server_names: Vec<String>,
 }
 
-impl Default for DevBrokerOptions {
+impl Default for BrokerOptions {
     fn default() -> Self {
-        DevBrokerOptions {
+        BrokerOptions {
             server_names: vec!["localhost".into(), "127.0.0.1".into()],
         }
     }
 }
 
-/// The files a client needs for mutual TLS with this broker.
+/// The files a client needs for mutual TLS with a broker.
 #[derive(Debug, Clone)]
 pub struct ClientCreds {
-    /// CA certificate the client trusts (the broker's CA).
+    /// CA certificate the client trusts (the broker's CA unless a test changes it).
     pub ca: PathBuf,
     /// Client certificate (CN = MQTT user name).
     pub cert: PathBuf,
@@ -123,14 +134,15 @@ pub struct ClientCreds {
 }
 
 impl ClientCreds {
-    /// The rustls configuration for these files, via the product code.
-    pub fn tls(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    /// The rustls configuration for these files, built by the product code.
+    pub fn tls(&self) -> Arc<rustls::ClientConfig> {
         tls::client_config(&self.ca, &self.cert, &self.key)
+            .unwrap_or_else(|e| panic!("client TLS config from {}: {e}", self.cert.display()))
     }
 }
 
 /// A running (or stopped) private Mosquitto and its files.
-pub struct DevBroker {
+pub struct Broker {
     /// TCP port of the TLS listener on 127.0.0.1; stays the same across restarts.
     pub port: u16,
     /// Directory with config, certificates, ACL, log and persistence; removed on drop.
@@ -145,15 +157,25 @@ pub struct DevBroker {
     child: Option<Child>,
 }
 
-impl DevBroker {
+impl Broker {
+    /// Starts a broker with the default options (server certificate for localhost).
+    pub fn start() -> Broker {
+        Broker::start_with(BrokerOptions::default())
+    }
+
+    /// Starts a broker; panics (with the Mosquitto log) if it does not come up.
+    pub fn start_with(opts: BrokerOptions) -> Broker {
+        Broker::try_start(opts).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Makes the PKI and config, starts Mosquitto on a free port and waits until it
     /// listens. Fails with the log tail if it does not come up.
-    pub fn start(opts: DevBrokerOptions) -> Result<DevBroker, DevBrokerError> {
+    pub fn try_start(opts: BrokerOptions) -> Result<Broker, BrokerError> {
         let binary = mosquitto_binary()?;
         let dir = tempfile::Builder::new()
             .prefix("facegate-broker-")
             .tempdir()
-            .map_err(DevBrokerError::TempDir)?;
+            .map_err(BrokerError::TempDir)?;
         let ca = Ca::new("facegate dev CA")?;
         let ca_file = ca.write_cert(dir.path(), "ca")?;
         let now = clock::now();
@@ -162,11 +184,11 @@ impl DevBroker {
             .write(dir.path(), "server")?;
         for sub in ["clients", "data"] {
             let path = dir.path().join(sub);
-            fs::create_dir_all(&path).map_err(|source| DevBrokerError::Write { path, source })?;
+            fs::create_dir_all(&path).map_err(|source| BrokerError::Write { path, source })?;
         }
         write_acl(&dir.path().join("acl"))?;
 
-        let mut broker = DevBroker {
+        let mut broker = Broker {
             port: 0,
             dir,
             ca,
@@ -176,12 +198,12 @@ impl DevBroker {
         };
         let mut last = None;
         for _attempt in 0..PORT_ATTEMPTS {
-            broker.port = free_port()?;
+            broker.port = util::try_free_port().map_err(BrokerError::Port)?;
             write_config(broker.dir.path(), broker.port)?;
             match broker.spawn_and_wait() {
                 Ok(()) => return Ok(broker),
                 // Someone took the port between our probe and Mosquitto's bind: retry.
-                Err(DevBrokerError::Start { log_tail, .. })
+                Err(BrokerError::Start { log_tail, .. })
                     if log_tail.contains("Address already in use") =>
                 {
                     last = Some(log_tail)
@@ -189,7 +211,7 @@ impl DevBroker {
                 Err(e) => return Err(e),
             }
         }
-        Err(DevBrokerError::Start {
+        Err(BrokerError::Start {
             port: broker.port,
             reason: format!("every one of {PORT_ATTEMPTS} free ports was taken"),
             log_tail: last.unwrap_or_default(),
@@ -198,44 +220,45 @@ impl DevBroker {
 
     /// Issues a client certificate `cn` valid from an hour ago for a day, written to
     /// `clients/{cn}.pem` and `clients/{cn}.key` (an earlier one of that name is replaced).
-    pub fn issue_client(&self, cn: &str) -> Result<ClientCreds, DevBrokerError> {
+    pub fn issue_client(&self, cn: &str) -> ClientCreds {
         let now = clock::now();
         self.issue_client_valid(cn, now - 3600, now + 86_400)
     }
 
     /// Issues a client certificate `cn` with explicit validity (unix seconds); a
     /// `not_after` in the past gives an expired certificate.
-    pub fn issue_client_valid(
-        &self,
-        cn: &str,
-        not_before: i64,
-        not_after: i64,
-    ) -> Result<ClientCreds, DevBrokerError> {
-        let issued = self.ca.issue_client(cn, not_before, not_after)?;
-        let (cert, key) = issued.write(&self.dir.path().join("clients"), cn)?;
-        Ok(ClientCreds {
+    pub fn issue_client_valid(&self, cn: &str, not_before: i64, not_after: i64) -> ClientCreds {
+        let written = self
+            .ca
+            .issue_client(cn, not_before, not_after)
+            .and_then(|issued| issued.write(&self.dir.path().join("clients"), cn));
+        let (cert, key) = written.unwrap_or_else(|e| panic!("client certificate {cn:?}: {e}"));
+        ClientCreds {
             ca: self.ca_file.clone(),
             cert,
             key,
-        })
+        }
     }
 
-    /// MQTT options for client id `client_id` with `creds`, connecting to `localhost`
-    /// on this broker's port (persistent session, the given keep-alive).
-    pub fn mqtt_options(
-        &self,
-        client_id: &str,
-        creds: &ClientCreds,
-        keep_alive: Duration,
-    ) -> Result<MqttOptions, DevBrokerError> {
-        Ok(tls::mqtt_options(
+    /// MQTT options for client `cn` (client id = `cn`, host `localhost`, persistent
+    /// session, 5 s keep-alive) with a fresh certificate; rewrites `clients/{cn}.*`
+    /// (configurations already loaded from them are unaffected).
+    pub fn options(&self, cn: &str) -> MqttOptions {
+        let creds = self.issue_client(cn);
+        self.options_for(cn, "localhost", &creds)
+    }
+
+    /// MQTT options for client id `client_id` connecting to `host` with `creds`.
+    pub fn options_for(&self, client_id: &str, host: &str, creds: &ClientCreds) -> MqttOptions {
+        tls::mqtt_options(
             client_id,
-            "localhost",
+            host,
             self.port,
-            keep_alive,
+            KEEP_ALIVE,
             MAX_PACKET,
-            creds.tls()?,
-        )?)
+            creds.tls(),
+        )
+        .unwrap_or_else(|e| panic!("MQTT options for {client_id}: {e}"))
     }
 
     /// The Mosquitto log so far (empty if there is none yet).
@@ -278,10 +301,13 @@ impl DevBroker {
     }
 
     /// Stops (gracefully) if running, then starts again on the same port with the
-    /// same directory, certificates and persistence.
-    pub fn restart(&mut self) -> Result<(), DevBrokerError> {
+    /// same directory, certificates and persistence; panics with the log if it
+    /// does not come up.
+    pub fn restart(&mut self) {
         self.stop();
-        self.spawn_and_wait()
+        if let Err(e) = self.spawn_and_wait() {
+            panic!("{e}");
+        }
     }
 
     /// Whether the Mosquitto process is running.
@@ -290,10 +316,10 @@ impl DevBroker {
     }
 
     /// Starts Mosquitto with the config in `dir` and waits until it listens.
-    fn spawn_and_wait(&mut self) -> Result<(), DevBrokerError> {
+    fn spawn_and_wait(&mut self) -> Result<(), BrokerError> {
         let dir = self.dir.path();
         let stderr_path = dir.join("mosquitto.stderr");
-        let stderr = fs::File::create(&stderr_path).map_err(|source| DevBrokerError::Write {
+        let stderr = fs::File::create(&stderr_path).map_err(|source| BrokerError::Write {
             path: stderr_path,
             source,
         })?;
@@ -305,10 +331,10 @@ impl DevBroker {
             .stderr(stderr)
             .spawn()
             .map_err(|source| match source.kind() {
-                io::ErrorKind::NotFound => DevBrokerError::MosquittoMissing {
+                io::ErrorKind::NotFound => BrokerError::MosquittoMissing {
                     fallback: self.binary.clone(),
                 },
-                _ => DevBrokerError::Spawn {
+                _ => BrokerError::Spawn {
                     binary: self.binary.clone(),
                     source,
                 },
@@ -338,10 +364,10 @@ impl DevBroker {
     }
 
     /// A start failure with the last lines of the log and of stderr.
-    fn start_error(&self, reason: &str) -> DevBrokerError {
+    fn start_error(&self, reason: &str) -> BrokerError {
         let stderr =
             fs::read_to_string(self.dir.path().join("mosquitto.stderr")).unwrap_or_default();
-        DevBrokerError::Start {
+        BrokerError::Start {
             port: self.port,
             reason: reason.to_string(),
             log_tail: format!(
@@ -353,7 +379,7 @@ impl DevBroker {
     }
 }
 
-impl Drop for DevBroker {
+impl Drop for Broker {
     fn drop(&mut self) {
         self.kill();
     }
@@ -365,14 +391,8 @@ fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// A free TCP port on 127.0.0.1 (bound, read, released).
-fn free_port() -> Result<u16, DevBrokerError> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(DevBrokerError::Port)?;
-    Ok(listener.local_addr().map_err(DevBrokerError::Port)?.port())
-}
-
 /// `mosquitto` from PATH, else the Debian location; an error if neither exists.
-fn mosquitto_binary() -> Result<PathBuf, DevBrokerError> {
+fn mosquitto_binary() -> Result<PathBuf, BrokerError> {
     if let Some(paths) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&paths) {
             let candidate = dir.join("mosquitto");
@@ -385,11 +405,11 @@ fn mosquitto_binary() -> Result<PathBuf, DevBrokerError> {
     if fallback.is_file() {
         Ok(fallback)
     } else {
-        Err(DevBrokerError::MosquittoMissing { fallback })
+        Err(BrokerError::MosquittoMissing { fallback })
     }
 }
 
-fn write_config(dir: &Path, port: u16) -> Result<(), DevBrokerError> {
+fn write_config(dir: &Path, port: u16) -> Result<(), BrokerError> {
     let p = |name: &str| dir.join(name).display().to_string();
     let conf = format!(
         "# Private throwaway broker: mutual TLS, identity from the client certificate CN.\n\
@@ -427,10 +447,10 @@ fn write_config(dir: &Path, port: u16) -> Result<(), DevBrokerError> {
         key = p("server.key"),
     );
     let path = dir.join("mosquitto.conf");
-    fs::write(&path, conf).map_err(|source| DevBrokerError::Write { path, source })
+    fs::write(&path, conf).map_err(|source| BrokerError::Write { path, source })
 }
 
-fn write_acl(path: &Path) -> Result<(), DevBrokerError> {
+fn write_acl(path: &Path) -> Result<(), BrokerError> {
     use std::os::unix::fs::PermissionsExt;
     let acl = "\
 # The fleet back-end reads everything and sends commands.
@@ -446,7 +466,7 @@ pattern write facegate/+/%u/status
 pattern read facegate/+/%u/cmd
 pattern read facegate/+/cmd
 ";
-    let err = |source| DevBrokerError::Write {
+    let err = |source| BrokerError::Write {
         path: path.to_path_buf(),
         source,
     };
@@ -467,7 +487,7 @@ mod tests {
 
     #[test]
     fn missing_binary_error_says_how_to_install() {
-        let e = DevBrokerError::MosquittoMissing {
+        let e = BrokerError::MosquittoMissing {
             fallback: "/usr/sbin/mosquitto".into(),
         };
         assert!(e.to_string().contains(INSTALL_HINT), "{e}");

@@ -1,7 +1,7 @@
 //! Throwaway X.509 PKI for the MQTT uplink: a certificate authority that issues
 //! broker (server) certificates and per-device client certificates.
 //!
-//! It exists for the fleet tooling, the demo and the tests, which need a working
+//! It exists for the demo, the benchmarks and the tests, which need a working
 //! mutual-TLS setup without an external CA. Keys are ECDSA P-256, written as PKCS#8 PEM.
 //! A device certificate carries the device id as its common name, which is what
 //! Mosquitto's `use_identity_as_username` turns into the MQTT user name.
@@ -19,7 +19,7 @@ use rcgen::{
 };
 use time::OffsetDateTime;
 
-use crate::clock;
+use facegate::clock;
 
 /// How long a CA made by [`Ca::new`] stays valid: ten years.
 const CA_VALIDITY_SECS: i64 = 10 * 365 * 24 * 3600;

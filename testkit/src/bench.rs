@@ -1,0 +1,232 @@
+//! What only the benchmarks need: where their files live, a daemon set up for
+//! measuring, an outbox filled through the library, the agent's exact envelope,
+//! percentiles and `/proc` memory readings.
+
+use std::path::Path;
+use std::time::Duration;
+
+use facegate::config::Config;
+use facegate::store::{Capture, OutboxCapture};
+use facegate::{clock, consent};
+use tempfile::TempDir;
+
+use crate::broker::Broker;
+use crate::daemon::{Daemon, DaemonBuilder};
+use crate::mqtt::{Session, SessionOptions};
+use crate::signer::Signer;
+use crate::{DEVICE, SITE};
+
+/// `FACEGATE_BENCH_CAPTURES` if set to a number, else `default`.
+pub fn captures(default: usize) -> usize {
+    std::env::var("FACEGATE_BENCH_CAPTURES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The runtime of the MQTT benchmarks: multi-threaded with 2 workers, the
+/// reference machine's cores.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// How many distinct images [`camera_jpegs`] makes.
+pub const DISTINCT_IMAGES: u64 = 8;
+
+/// The captures every benchmark uses: [`DISTINCT_IMAGES`] distinct 640×480 q85
+/// synthetic JPEGs of about 48 KB, the size of a terminal camera's.
+pub fn camera_jpegs() -> Vec<Vec<u8>> {
+    (0..DISTINCT_IMAGES)
+        .map(|seed| crate::synth::face_jpeg(640, 480, seed, 85))
+        .collect()
+}
+
+/// Directory for state (SQLite on the real disk): under `FACEGATE_BENCH_DIR`, else the temp dir.
+pub fn disk_dir() -> Option<std::path::PathBuf> {
+    std::env::var_os("FACEGATE_BENCH_DIR").map(Into::into)
+}
+
+/// A temporary directory for state, see [`disk_dir`].
+pub fn disk_tempdir() -> TempDir {
+    match disk_dir() {
+        Some(d) => tempfile::tempdir_in(d).expect("tempdir in FACEGATE_BENCH_DIR"),
+        None => tempfile::tempdir().expect("tempdir"),
+    }
+}
+
+/// A temporary directory for a spool: on tmpfs (`/dev/shm`) when present, as on a terminal.
+pub fn spool_tempdir() -> TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(d) = tempfile::tempdir_in(shm) {
+            return d;
+        }
+    }
+    tempfile::tempdir().expect("tempdir")
+}
+
+/// A daemon set up for measuring: state on the disk ([`disk_dir`]), spool on
+/// tmpfs, log level `info` (the default), no broker unless given.
+pub fn daemon() -> DaemonBuilder {
+    let builder = Daemon::builder()
+        .spool_on_tmpfs()
+        .configure(|c| c.log_level("info"));
+    match disk_dir() {
+        Some(d) => builder.under(d),
+        None => builder,
+    }
+}
+
+/// Whether `FACEGATE_BENCH_NODELAY=1` asks for TCP_NODELAY on the broker's and
+/// the bare clients' sockets (the agent's own socket is left as the product sets it).
+pub fn nodelay() -> bool {
+    std::env::var("FACEGATE_BENCH_NODELAY").is_ok_and(|v| v == "1")
+}
+
+/// Starts a dev broker; with [`nodelay`], restarts it with `set_tcp_nodelay true`.
+pub fn start_broker() -> Broker {
+    let mut broker = Broker::start();
+    if nodelay() {
+        let conf = broker.dir.path().join("mosquitto.conf");
+        let mut text = std::fs::read_to_string(&conf).expect("read mosquitto.conf");
+        text.insert_str(0, "set_tcp_nodelay true\n");
+        std::fs::write(&conf, text).expect("write mosquitto.conf");
+        broker.restart();
+        println!("broker and bare clients: TCP_NODELAY on");
+    }
+    broker
+}
+
+/// A bare rumqttc client `cn` with its own certificate and in-flight window
+/// `window` (TCP_NODELAY with [`nodelay`]), connected.
+pub async fn bare_client(broker: &Broker, cn: &str, window: u16) -> Session {
+    let mut opts = broker.options(cn);
+    opts.set_inflight(window);
+    let mut session = Session::spawn_with(
+        opts,
+        SessionOptions {
+            reconnect: false,
+            tcp_nodelay: nodelay(),
+        },
+    );
+    session
+        .wait_connected(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{cn} cannot connect: {e}"));
+    session
+}
+
+/// Topic `kind` of device `term-01` (`facegate/lobby/term-01/{kind}`).
+pub fn topic(kind: &str) -> String {
+    device_topic(DEVICE, kind)
+}
+
+/// Topic `kind` of `device` at site `lobby`.
+pub fn device_topic(device: &str, kind: &str) -> String {
+    format!("facegate/{SITE}/{device}/{kind}")
+}
+
+/// The exact upload envelope the agent builds for `image` (same size on the wire).
+pub fn envelope_for(cfg: &Config, image: &[u8]) -> Vec<u8> {
+    let capture = OutboxCapture {
+        capture: capture("S-0000", uuid::Uuid::new_v4().to_string(), image.to_vec()),
+        queued_at: clock::now(),
+    };
+    facegate::uplink::eventloop::envelope(cfg, &capture, &capture.consent_id.clone())
+}
+
+/// A capture of `subject` under consent `consent_id` taken now.
+fn capture(subject: &str, consent_id: String, image: Vec<u8>) -> Capture {
+    let digest = ring::digest::digest(&ring::digest::SHA256, &image);
+    let mut sha256 = [0u8; 32];
+    sha256.copy_from_slice(digest.as_ref());
+    Capture {
+        capture_id: uuid::Uuid::new_v4().to_string(),
+        subject: subject.into(),
+        consent_id,
+        captured_at: clock::now(),
+        camera: crate::spool::CAMERA.into(),
+        content_type: "image/jpeg".into(),
+        sha256,
+        image,
+    }
+}
+
+/// Opens the state directory like the daemon does (directories, storage key),
+/// stores a real consent signed by `signer` for each of `subjects` subjects
+/// (`S-0000`, …) and `queued` captures spread round-robin over them, `batch`
+/// per transaction. Image bytes cycle through `images`. Returns the subject names.
+pub fn fill_outbox(
+    cfg: &Config,
+    signer: &Signer,
+    subjects: usize,
+    queued: usize,
+    images: &[Vec<u8>],
+    batch_size: usize,
+) -> Vec<String> {
+    let agent = facegate::daemon::open(cfg.clone()).expect("open agent");
+    let mut store = agent.db().lock();
+    let now = clock::now();
+    let mut names = Vec::with_capacity(subjects);
+    let mut consent_ids = Vec::with_capacity(subjects);
+    for s in 0..subjects {
+        let name = format!("S-{s:04}");
+        let token = signer.consent(&name, 86_400);
+        let c = consent::verify_consent(&token, &cfg.trust, &cfg.identity, now, 60)
+            .expect("verify consent");
+        store.add_consent(&c, now, None).expect("add consent");
+        consent_ids.push(c.id.clone());
+        names.push(name);
+    }
+    let mut batch = Vec::with_capacity(batch_size);
+    for i in 0..queued {
+        let s = i % subjects;
+        let image = images[i % images.len()].clone();
+        batch.push(capture(&names[s], consent_ids[s].clone(), image));
+        if batch.len() == batch_size || i + 1 == queued {
+            store
+                .insert_captures(std::mem::take(&mut batch), &cfg.outbox, now)
+                .expect("insert captures");
+        }
+    }
+    names
+}
+
+/// The `p` quantile (0..=1) of sorted samples (nearest rank).
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// Sorts `samples`; returns `n=… p50=… p90=… p99=… max=…` in ms, and the p99.
+pub fn summary(samples: &mut [Duration]) -> (String, Duration) {
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let p99 = percentile(samples, 0.99);
+    let text = format!(
+        "n={} p50={:.2} ms p90={:.2} ms p99={:.2} ms max={:.2} ms",
+        samples.len(),
+        ms(percentile(samples, 0.50)),
+        ms(percentile(samples, 0.90)),
+        ms(p99),
+        ms(samples[samples.len() - 1]),
+    );
+    (text, p99)
+}
+
+/// `(VmRSS, VmHWM)` in KiB from `/proc/<pid>/status`.
+pub fn rss_kib(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
