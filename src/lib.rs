@@ -37,6 +37,7 @@
 //! - [`synth`]: synthetic face-like captures for tests, benchmarks and the demo.
 //! - [`logging`]: the `tracing` subscriber (text or JSON on stderr).
 //! - [`clock`]: unix seconds inside, RFC 3339 at the edges.
+//! - [`ids`]: `SubjectId`, `CaptureId`, `Jti`, `Seq` newtypes.
 
 pub mod agent;
 pub mod audit;
@@ -52,6 +53,7 @@ pub mod devbroker;
 pub mod doctor;
 pub mod fleet;
 pub mod gate;
+pub mod ids;
 pub mod intake;
 pub mod jws;
 pub mod keys;
