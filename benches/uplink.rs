@@ -143,7 +143,7 @@ fn breakdown(images: &[Vec<u8>]) -> (f64, Vec<f64>) {
     let mut ack_per_capture = Vec::new();
     for ack_batch in ACK_BATCHES {
         let (mut ack, mut done) = (Duration::ZERO, 0usize);
-        let mut waiting: Vec<String> = Vec::new();
+        let mut waiting: Vec<facegate::ids::CaptureId> = Vec::new();
         while done < PASS {
             let t = Instant::now();
             let batch = store.pending(WINDOW as usize, &waiting).expect("pending");
@@ -158,7 +158,7 @@ fn breakdown(images: &[Vec<u8>]) -> (f64, Vec<f64>) {
                     &cfg.identity,
                     facegate::clock::now(),
                 );
-                let facegate::gate::Decision::Accept { consent_id } = decision else {
+                let facegate::gate::Decision::Accept { consent_id, .. } = decision else {
                     panic!("consent refused in the breakdown");
                 };
                 std::hint::black_box(facegate::uplink::eventloop::envelope(&cfg, c, &consent_id));

@@ -5,6 +5,7 @@
 use serde_json::{json, Value};
 
 use crate::config::{Identity, Role, TrustedKey};
+use crate::ids::SubjectId;
 use crate::jws::{self, JwsError};
 
 /// A consent token that passed verification; what the ledger stores.
@@ -13,7 +14,7 @@ pub struct Consent {
     /// The token's `jti`: the consent id quoted in every upload envelope.
     pub id: String,
     /// The subject (`sub`) the consent is about.
-    pub subject: String,
+    pub subject: SubjectId,
     /// Who issued it (`iss`), for audit and listing.
     pub issuer: String,
     /// `iat`, unix seconds: compared against the subject's latest revocation.
@@ -123,13 +124,6 @@ impl From<JwsError> for ConsentError {
     }
 }
 
-/// True when `s` is a valid subject id: `[A-Za-z0-9._:-]{1,128}`.
-pub fn valid_subject(s: &str) -> bool {
-    (1..=128).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-}
-
 /// Verifies a consent token for this device at time `now`.
 ///
 /// Checks, in order: token form and signature, key role `consent`, claim types
@@ -180,9 +174,7 @@ pub fn verify_consent(
         .map(str::to_string)
         .collect();
 
-    if !valid_subject(subject) {
-        return Err(ConsentError::BadSubject(subject.to_string()));
-    }
+    let subject = SubjectId::new(subject).map_err(|e| ConsentError::BadSubject(e.0))?;
     if now >= expires_at {
         return Err(ConsentError::Expired {
             exp: expires_at,
@@ -203,7 +195,7 @@ pub fn verify_consent(
     }
     Ok(Consent {
         id: id.to_string(),
-        subject: subject.to_string(),
+        subject,
         issuer: issuer.to_string(),
         issued_at,
         expires_at,
@@ -245,7 +237,7 @@ pub fn sign_consent(
     now: i64,
 ) -> Result<String, ConsentError> {
     let invalid = |m: &str| Err(ConsentError::InvalidRequest(m.to_string()));
-    if !valid_subject(&req.subject) {
+    if !SubjectId::is_valid(&req.subject) {
         return Err(ConsentError::BadSubject(req.subject.clone()));
     }
     if req.issuer.is_empty() {
@@ -344,7 +336,7 @@ mod tests {
             c,
             Consent {
                 id: "c-1".into(),
-                subject: "S-123".into(),
+                subject: SubjectId::new("S-123").unwrap(),
                 issuer: "hr".into(),
                 issued_at: NOW - 100,
                 expires_at: NOW + 3600,
@@ -607,7 +599,7 @@ mod tests {
     fn revocation_boundaries() {
         let c = |iat| Consent {
             id: "c".into(),
-            subject: "S".into(),
+            subject: SubjectId::new("S").unwrap(),
             issuer: "i".into(),
             issued_at: iat,
             expires_at: iat + 10,

@@ -8,6 +8,7 @@
 
 use crate::config::{Identity, Role, TrustedKey};
 use crate::consent::{is_revoked, Consent, UPLOAD_SCOPE};
+use crate::ids::SubjectId;
 use crate::jws::audience_matches;
 
 /// The gate's verdict for one capture.
@@ -15,6 +16,8 @@ use crate::jws::audience_matches;
 pub enum Decision {
     /// Keep / upload; quote this consent id in the envelope.
     Accept {
+        /// The subject the capture names (a capture without one is never accepted).
+        subject: SubjectId,
         /// `jti` of the consent that allows it (the one expiring last).
         consent_id: String,
     },
@@ -81,7 +84,7 @@ impl DropReason {
 /// key still trusted with role `consent`, was issued after the revocation,
 /// addresses this site or device, has the upload scope and `now < exp`.
 pub fn decide(
-    subject: Option<&str>,
+    subject: Option<&SubjectId>,
     consents: &[Consent],
     revoked_before: Option<i64>,
     trust: &[TrustedKey],
@@ -93,7 +96,7 @@ pub fn decide(
     };
     let mut best: Option<&Consent> = None;
     let mut reason = DropReason::NoConsent;
-    for c in consents.iter().filter(|c| c.subject == subject) {
+    for c in consents.iter().filter(|c| c.subject == *subject) {
         match check(c, revoked_before, trust, me, now) {
             Ok(()) => {
                 let later = best.is_none_or(|b| {
@@ -109,6 +112,7 @@ pub fn decide(
     }
     match best {
         Some(c) => Decision::Accept {
+            subject: subject.clone(),
             consent_id: c.id.clone(),
         },
         None => Decision::Drop(reason),
@@ -181,11 +185,15 @@ mod tests {
         ]
     }
 
+    fn sid(s: &str) -> SubjectId {
+        SubjectId::new(s).unwrap()
+    }
+
     /// A consent valid at NOW; tests change one field.
     fn consent(id: &str) -> Consent {
         Consent {
             id: id.into(),
-            subject: "S-1".into(),
+            subject: sid("S-1"),
             issuer: "hr".into(),
             issued_at: NOW - 1000,
             expires_at: NOW + 1000,
@@ -204,6 +212,7 @@ mod tests {
 
     fn accept(id: &str) -> Decision {
         Decision::Accept {
+            subject: sid("S-1"),
             consent_id: id.into(),
         }
     }
@@ -402,7 +411,7 @@ mod tests {
                 "consent of another subject is ignored",
                 Some("S-1"),
                 vec![
-                    with("a", |c| c.subject = "S-2".into()),
+                    with("a", |c| c.subject = sid("S-2")),
                     with("b", |c| c.expires_at = NOW - 1),
                 ],
                 None,
@@ -411,8 +420,9 @@ mod tests {
             ),
         ];
         for (name, subject, consents, rb, now, want) in cases {
+            let subject = subject.map(sid);
             assert_eq!(
-                decide(subject, &consents, rb, &trust(), &me(), now),
+                decide(subject.as_ref(), &consents, rb, &trust(), &me(), now),
                 want,
                 "{name}"
             );

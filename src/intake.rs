@@ -26,6 +26,7 @@ use crate::clock;
 use crate::config::Config;
 use crate::consent::Consent;
 use crate::gate::{self, Decision};
+use crate::ids::{CaptureId, SubjectId};
 use crate::sanitize::{self, CleanImage};
 use crate::shutdown::Shutdown;
 use crate::spool::{self, Pair, Sidecar};
@@ -131,7 +132,7 @@ pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, Inta
 
     // 2 + 3. Gate and commit under one lock, so no revocation slips in between.
     let mut store = agent.db.lock();
-    let mut ledger: HashMap<String, (Vec<Consent>, Option<i64>)> = HashMap::new();
+    let mut ledger: HashMap<SubjectId, (Vec<Consent>, Option<i64>)> = HashMap::new();
     let mut accepted: Vec<(Pair, Capture)> = Vec::new();
     let mut finished: Vec<Pair> = Vec::new();
     for result in results {
@@ -165,9 +166,13 @@ pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, Inta
             }
         };
         match decision {
-            Decision::Accept { consent_id } => {
+            Decision::Accept {
+                subject,
+                consent_id,
+            } => {
                 let capture = new_capture(
                     &cfg,
+                    subject,
                     prepared.sidecar,
                     prepared.image,
                     consent_id,
@@ -179,7 +184,7 @@ pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, Inta
                 tracing::info!(pair = %prepared.pair.name, reason = reason.code(), "dropped capture without consent");
                 store.record(
                     "capture.dropped",
-                    subject.as_deref(),
+                    subject.as_ref(),
                     json!({ "reason": reason.code(), "camera": prepared.sidecar.camera }),
                     Some("dropped_no_consent"),
                     now,
@@ -278,10 +283,12 @@ fn prepare(pair: Pair, cfg: &Config) -> Outcome {
     })
 }
 
-/// Builds the outbox record. The capture id is derived from the pair's content,
-/// so re-reading the same pair after a crash yields the same id (no duplicate).
+/// Builds the outbox record of an accepted capture of `subject`. The capture
+/// id is derived from the pair's content, so re-reading the same pair after a
+/// crash yields the same id (no duplicate).
 fn new_capture(
     cfg: &Config,
+    subject: SubjectId,
     sidecar: Sidecar,
     image: CleanImage,
     consent_id: String,
@@ -292,7 +299,7 @@ fn new_capture(
         cfg.identity.site_id.as_bytes(),
         cfg.identity.device_id.as_bytes(),
         pair.name.as_bytes(),
-        sidecar.subject.as_deref().unwrap_or("").as_bytes(),
+        subject.as_str().as_bytes(),
         sidecar.camera.as_bytes(),
         &sidecar.captured_at.to_be_bytes(),
         &image.sha256,
@@ -303,12 +310,14 @@ fn new_capture(
     let d = ctx.finish();
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&d.as_ref()[..16]);
-    let capture_id = uuid::Builder::from_custom_bytes(bytes)
-        .into_uuid()
-        .to_string();
+    let capture_id = CaptureId::new(
+        uuid::Builder::from_custom_bytes(bytes)
+            .into_uuid()
+            .to_string(),
+    );
     Capture {
         capture_id,
-        subject: sidecar.subject.unwrap_or_default(),
+        subject,
         consent_id,
         captured_at: sidecar.captured_at,
         camera: sidecar.camera,

@@ -239,7 +239,7 @@ pub fn fill_outbox(
     queued: usize,
     images: &[Vec<u8>],
     batch_size: usize,
-) -> Vec<String> {
+) -> Vec<facegate::ids::SubjectId> {
     use facegate::store::Capture;
     let agent = facegate::daemon::open(cfg.clone()).expect("open agent");
     let mut store = agent.db.lock();
@@ -253,7 +253,7 @@ pub fn fill_outbox(
             .expect("verify consent");
         store.add_consent(&c, now, None).expect("add consent");
         consent_ids.push(c.id.clone());
-        names.push(name);
+        names.push(c.subject.clone());
     }
     let mut batch = Vec::with_capacity(batch_size);
     for i in 0..queued {
@@ -263,7 +263,7 @@ pub fn fill_outbox(
         let mut sha256 = [0u8; 32];
         sha256.copy_from_slice(digest.as_ref());
         batch.push(Capture {
-            capture_id: uuid::Uuid::new_v4().to_string(),
+            capture_id: uuid::Uuid::new_v4().to_string().into(),
             subject: names[s].clone(),
             consent_id: consent_ids[s].clone(),
             captured_at: now,

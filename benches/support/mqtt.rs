@@ -65,8 +65,8 @@ pub fn envelope_for(cfg: &Config, image: &[u8]) -> Vec<u8> {
     sha256.copy_from_slice(digest.as_ref());
     let capture = OutboxCapture {
         capture: Capture {
-            capture_id: uuid::Uuid::new_v4().to_string(),
-            subject: "S-0000".into(),
+            capture_id: uuid::Uuid::new_v4().to_string().into(),
+            subject: facegate::ids::SubjectId::new("S-0000").expect("subject id"),
             consent_id: uuid::Uuid::new_v4().to_string(),
             captured_at: facegate::clock::now(),
             camera: "cam-1".into(),

@@ -10,15 +10,19 @@ use super::purge::purge_subject_in;
 use super::{AddConsent, CommandStamp, PurgeReason, Revocation, SqlCtx, Store, StoreError, Writer};
 use crate::audit::kind;
 use crate::consent::{Consent, UPLOAD_SCOPE};
+use crate::ids::{CaptureId, SubjectId};
 
 const COLUMNS: &str = "id, subject, issuer, issued_at, expires_at, audience, scopes, kid, token";
 
 fn consent(r: &Row) -> rusqlite::Result<Consent> {
     let audience: String = r.get(5)?;
     let scopes: String = r.get(6)?;
+    let subject: String = r.get(1)?;
     Ok(Consent {
         id: r.get(0)?,
-        subject: r.get(1)?,
+        subject: SubjectId::new(subject).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, Box::new(e))
+        })?,
         issuer: r.get(2)?,
         issued_at: r.get(3)?,
         expires_at: r.get(4)?,
@@ -76,7 +80,7 @@ pub(super) fn add(
              ON CONFLICT(id) DO NOTHING",
             params![
                 c.id,
-                c.subject,
+                c.subject.as_str(),
                 &sref[..],
                 c.issuer,
                 c.issued_at,
@@ -118,8 +122,11 @@ fn query(
     Ok(rows)
 }
 
-pub(super) fn for_subject(store: &mut Store, subject: &str) -> Result<Vec<Consent>, StoreError> {
-    let sref = store.keys.pseudonyms.pseudonym(subject);
+pub(super) fn for_subject(
+    store: &mut Store,
+    subject: &SubjectId,
+) -> Result<Vec<Consent>, StoreError> {
+    let sref = store.keys.pseudonyms.pseudonym(subject.as_str());
     query(store, "WHERE subject_ref = ?1", [&sref[..]])
 }
 
@@ -127,8 +134,11 @@ pub(super) fn list(store: &mut Store) -> Result<Vec<Consent>, StoreError> {
     query(store, "", [])
 }
 
-pub(super) fn revoked_before(store: &mut Store, subject: &str) -> Result<Option<i64>, StoreError> {
-    let sref = store.keys.pseudonyms.pseudonym(subject);
+pub(super) fn revoked_before(
+    store: &mut Store,
+    subject: &SubjectId,
+) -> Result<Option<i64>, StoreError> {
+    let sref = store.keys.pseudonyms.pseudonym(subject.as_str());
     store
         .conn
         .query_row(
@@ -154,7 +164,7 @@ pub(super) fn active_count(store: &mut Store, now: i64) -> Result<u64, StoreErro
 
 pub(super) fn revoke(
     store: &mut Store,
-    subject: &str,
+    subject: &SubjectId,
     before: i64,
     now: i64,
     cmd: Option<&CommandStamp>,
@@ -208,7 +218,7 @@ fn has_upload_consent(w: &Writer, sref: &[u8; 32], now: i64) -> Result<bool, Sto
 pub(super) fn sweep_expired(
     store: &mut Store,
     now: i64,
-) -> Result<Vec<(String, Vec<String>)>, StoreError> {
+) -> Result<Vec<(SubjectId, Vec<CaptureId>)>, StoreError> {
     let mut w = store.writer()?;
     let expired: Vec<(String, String, Vec<u8>)> = w
         .tx
@@ -221,7 +231,7 @@ pub(super) fn sweep_expired(
     if expired.is_empty() {
         return Ok(Vec::new());
     }
-    let mut subjects: BTreeMap<[u8; 32], String> = BTreeMap::new();
+    let mut subjects: BTreeMap<[u8; 32], SubjectId> = BTreeMap::new();
     for (id, subject, sref) in expired {
         let sref: [u8; 32] = sref.try_into().map_err(|_| StoreError::Corrupt {
             what: format!("consent {id} has a malformed subject_ref"),
@@ -234,6 +244,9 @@ pub(super) fn sweep_expired(
             Some(&sref),
             json!({ "consent_id": id }),
         )?;
+        let subject = SubjectId::new(subject).map_err(|e| StoreError::Corrupt {
+            what: format!("consent {id}: {e}"),
+        })?;
         subjects.insert(sref, subject);
     }
     let mut out = Vec::new();

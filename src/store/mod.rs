@@ -40,6 +40,7 @@ use crate::audit::{AuditEntry, VerifyReport};
 use crate::config::OutboxConfig;
 use crate::consent::Consent;
 use crate::crypto::{CryptoError, DerivedKeys, DeviceKey};
+use crate::ids::{CaptureId, Jti, SubjectId};
 
 /// File name of the database inside the state directory.
 pub const DB_FILE_NAME: &str = "facegate.db";
@@ -158,7 +159,7 @@ pub struct Revocation {
     /// Consents of the subject issued at or before the revocation, now deleted.
     pub consents_removed: u64,
     /// Capture ids purged (all of the subject's captures).
-    pub purged: Vec<String>,
+    pub purged: Vec<CaptureId>,
     /// The subject's tombstone after this revocation (the max of old and new).
     pub revoked_before: i64,
 }
@@ -168,7 +169,7 @@ pub struct Revocation {
 #[derive(Debug, Clone, Copy)]
 pub struct CommandStamp<'a> {
     /// The command's `jti`.
-    pub jti: &'a str,
+    pub jti: &'a Jti,
     /// The command name (`consent.revoke`, ...), for the audit row.
     pub cmd: &'a str,
     /// The command's `exp`; the jti is remembered until a day after it.
@@ -219,9 +220,9 @@ impl PurgeReason {
 #[derive(Clone, PartialEq, Eq)]
 pub struct Capture {
     /// UUID, stable across upload retries.
-    pub capture_id: String,
+    pub capture_id: CaptureId,
     /// Subject id (plain); stored only encrypted.
-    pub subject: String,
+    pub subject: SubjectId,
     /// The consent that allowed the capture (re-checked inside the transaction).
     pub consent_id: String,
     /// When the camera took it (unix seconds).
@@ -335,8 +336,8 @@ impl Store {
     }
 
     /// Hex pseudonym of a subject, as it appears in audit rows.
-    pub fn subject_ref(&self, subject: &str) -> String {
-        hex::encode(self.keys.pseudonyms.pseudonym(subject))
+    pub fn subject_ref(&self, subject: &SubjectId) -> String {
+        hex::encode(self.keys.pseudonyms.pseudonym(subject.as_str()))
     }
 
     // ---- consents -------------------------------------------------------
@@ -355,7 +356,7 @@ impl Store {
     }
 
     /// Consents stored for `subject`, oldest first.
-    pub fn consents_for(&mut self, subject: &str) -> Result<Vec<Consent>, StoreError> {
+    pub fn consents_for(&mut self, subject: &SubjectId) -> Result<Vec<Consent>, StoreError> {
         let r = consents::for_subject(self, subject);
         self.finish(r)
     }
@@ -367,7 +368,7 @@ impl Store {
     }
 
     /// The subject's revocation tombstone: consents issued at or before it are void.
-    pub fn revoked_before(&mut self, subject: &str) -> Result<Option<i64>, StoreError> {
+    pub fn revoked_before(&mut self, subject: &SubjectId) -> Result<Option<i64>, StoreError> {
         let r = consents::revoked_before(self, subject);
         self.finish(r)
     }
@@ -381,7 +382,7 @@ impl Store {
     /// Audits a consent refused before reaching the store (bad signature, ...).
     pub fn audit_consent_refused(
         &mut self,
-        subject: Option<&str>,
+        subject: Option<&SubjectId>,
         reason_code: &str,
         now: i64,
     ) -> Result<(), StoreError> {
@@ -400,7 +401,7 @@ impl Store {
     /// data key; then checkpoints the WAL.
     pub fn revoke(
         &mut self,
-        subject: &str,
+        subject: &SubjectId,
         before: i64,
         now: i64,
         cmd: Option<&CommandStamp>,
@@ -413,7 +414,10 @@ impl Store {
     /// captures and data key of every affected subject left without an
     /// unexpired upload consent. Returns those subjects with their purged ids
     /// (possibly empty).
-    pub fn sweep_expired(&mut self, now: i64) -> Result<Vec<(String, Vec<String>)>, StoreError> {
+    pub fn sweep_expired(
+        &mut self,
+        now: i64,
+    ) -> Result<Vec<(SubjectId, Vec<CaptureId>)>, StoreError> {
         let r = consents::sweep_expired(self, now);
         self.finish(r)
     }
@@ -438,7 +442,7 @@ impl Store {
     pub fn pending(
         &mut self,
         limit: usize,
-        exclude: &[String],
+        exclude: &[CaptureId],
     ) -> Result<Vec<OutboxCapture>, StoreError> {
         let r = outbox::pending(self, limit, exclude);
         self.finish(r)
@@ -446,14 +450,14 @@ impl Store {
 
     /// Deletes an uploaded capture (broker PUBACK). False if it was not queued
     /// (e.g. purged meanwhile).
-    pub fn ack(&mut self, capture_id: &str, now: i64) -> Result<bool, StoreError> {
-        self.ack_many(&[capture_id.to_string()], now)
+    pub fn ack(&mut self, capture_id: &CaptureId, now: i64) -> Result<bool, StoreError> {
+        self.ack_many(std::slice::from_ref(capture_id), now)
             .map(|n| n == 1)
     }
 
     /// Deletes several uploaded captures in one transaction (a burst of
     /// PUBACKs); returns how many were still queued.
-    pub fn ack_many(&mut self, capture_ids: &[String], now: i64) -> Result<usize, StoreError> {
+    pub fn ack_many(&mut self, capture_ids: &[CaptureId], now: i64) -> Result<usize, StoreError> {
         let r = outbox::ack(self, capture_ids, now);
         self.finish(r)
     }
@@ -462,11 +466,11 @@ impl Store {
     /// consents. Checkpoints the WAL.
     pub fn purge_subject(
         &mut self,
-        subject: &str,
+        subject: &SubjectId,
         now: i64,
         reason: PurgeReason,
         cmd: Option<&CommandStamp>,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Vec<CaptureId>, StoreError> {
         let r = purge::purge_subject(self, subject, now, reason, cmd);
         self.finish(r)
     }
@@ -477,7 +481,7 @@ impl Store {
         now: i64,
         reason: PurgeReason,
         cmd: Option<&CommandStamp>,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Vec<CaptureId>, StoreError> {
         let r = purge::purge_all(self, now, reason, cmd);
         self.finish(r)
     }
@@ -488,7 +492,7 @@ impl Store {
         &mut self,
         now: i64,
         retention: Duration,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Vec<CaptureId>, StoreError> {
         let r = purge::enforce_retention(self, now, retention);
         self.finish(r)
     }
@@ -512,7 +516,7 @@ impl Store {
     pub fn record(
         &mut self,
         kind: &str,
-        subject: Option<&str>,
+        subject: Option<&SubjectId>,
         detail: Value,
         counter: Option<&str>,
         now: i64,
@@ -542,7 +546,7 @@ impl Store {
     // ---- command replay -------------------------------------------------
 
     /// True if a command with this `jti` was already applied.
-    pub fn command_seen(&mut self, jti: &str) -> Result<bool, StoreError> {
+    pub fn command_seen(&mut self, jti: &Jti) -> Result<bool, StoreError> {
         let r = replay::seen(self, jti);
         self.finish(r)
     }
@@ -556,13 +560,13 @@ impl Store {
 
     /// Keeps the reply published for an applied command (no-op for an
     /// unknown `jti`).
-    pub fn save_command_reply(&mut self, jti: &str, reply: &str) -> Result<(), StoreError> {
+    pub fn save_command_reply(&mut self, jti: &Jti, reply: &str) -> Result<(), StoreError> {
         let r = replay::save_reply(self, jti, reply);
         self.finish(r)
     }
 
     /// The reply kept for an applied command.
-    pub fn command_reply(&mut self, jti: &str) -> Result<Option<String>, StoreError> {
+    pub fn command_reply(&mut self, jti: &Jti) -> Result<Option<String>, StoreError> {
         let r = replay::reply(self, jti);
         self.finish(r)
     }
@@ -674,8 +678,8 @@ impl Writer<'_> {
     }
 
     /// The subject's pseudonym.
-    pub(crate) fn pseudonym(&self, subject: &str) -> [u8; 32] {
-        self.keys.pseudonyms.pseudonym(subject)
+    pub(crate) fn pseudonym(&self, subject: &SubjectId) -> [u8; 32] {
+        self.keys.pseudonyms.pseudonym(subject.as_str())
     }
 
     /// Stores the command's jti and audits `command.applied`.

@@ -21,11 +21,12 @@ use crate::audit::kind;
 use crate::config::{OutboxConfig, WhenFull};
 use crate::consent::UPLOAD_SCOPE;
 use crate::crypto::{DataKey, DerivedKeys, Part, SEAL_OVERHEAD};
+use crate::ids::{CaptureId, SubjectId};
 
 /// The sealed metadata of a capture.
 #[derive(Serialize, Deserialize)]
 struct Meta {
-    subject: String,
+    subject: SubjectId,
     consent_id: String,
     captured_at: i64,
     camera: String,
@@ -109,9 +110,9 @@ fn totals(w: &Writer) -> Result<(u64, u64), StoreError> {
         .map(|(c, b)| (c.max(0) as u64, b.max(0) as u64))
 }
 
-fn exists(w: &Writer, capture_id: &str) -> Result<bool, StoreError> {
+fn exists(w: &Writer, capture_id: &CaptureId) -> Result<bool, StoreError> {
     w.tx.prepare_cached("SELECT 1 FROM captures WHERE capture_id = ?1")
-        .and_then(|mut s| s.query_row([capture_id], |_| Ok(())).optional())
+        .and_then(|mut s| s.query_row([capture_id.as_str()], |_| Ok(())).optional())
         .op("looking up a capture")
         .map(|r| r.is_some())
 }
@@ -206,14 +207,23 @@ pub(super) fn insert(
             continue;
         }
         let key = key_for(&w, &mut cache, &sref, now)?;
-        let meta = key.seal(Part::Meta, &c.capture_id, &sref, &meta)?;
-        let image = key.seal(Part::Image, &c.capture_id, &sref, &c.image)?;
+        let meta = key.seal(Part::Meta, c.capture_id.as_str(), &sref, &meta)?;
+        let image = key.seal(Part::Image, c.capture_id.as_str(), &sref, &c.image)?;
         let bytes = (meta.len() + image.len()) as i64;
         w.tx.prepare_cached(
             "INSERT INTO captures (capture_id, subject_ref, queued_at, bytes, meta, image)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )
-        .and_then(|mut s| s.execute(params![c.capture_id, &sref[..], now, bytes, meta, image]))
+        .and_then(|mut s| {
+            s.execute(params![
+                c.capture_id.as_str(),
+                &sref[..],
+                now,
+                bytes,
+                meta,
+                image
+            ])
+        })
         .op("storing a capture")?;
         let detail = json!({ "capture_id": c.capture_id, "consent_id": c.consent_id, "camera": c.camera, "bytes": bytes });
         w.audit(now, kind::CAPTURE_ACCEPTED, Some(&sref), detail)?;
@@ -259,10 +269,10 @@ fn decrypt(
         return Ok(None);
     };
     let id = &row.r.capture_id;
-    let Ok(meta) = key.open(Part::Meta, id, &sref, &row.meta) else {
+    let Ok(meta) = key.open(Part::Meta, id.as_str(), &sref, &row.meta) else {
         return Ok(None);
     };
-    let Ok(image) = key.open(Part::Image, id, &sref, &row.image) else {
+    let Ok(image) = key.open(Part::Image, id.as_str(), &sref, &row.image) else {
         return Ok(None);
     };
     let Some((meta, sha256)) = decode_meta(&meta) else {
@@ -286,7 +296,7 @@ fn decrypt(
 pub(super) fn pending(
     store: &mut Store,
     limit: usize,
-    exclude: &[String],
+    exclude: &[CaptureId],
 ) -> Result<Vec<OutboxCapture>, StoreError> {
     if limit == 0 {
         return Ok(Vec::new());
@@ -344,7 +354,7 @@ pub(super) fn pending(
 
 pub(super) fn ack(
     store: &mut Store,
-    capture_ids: &[String],
+    capture_ids: &[CaptureId],
     now: i64,
 ) -> Result<usize, StoreError> {
     let mut w = store.writer_zeroing(false)?;
@@ -355,7 +365,7 @@ pub(super) fn ack(
             w.tx.prepare_cached(&format!(
                 "SELECT {REF_COLUMNS} FROM captures WHERE capture_id = ?1"
             ))
-            .and_then(|mut s| s.query_row([capture_id], capture_ref).optional())
+            .and_then(|mut s| s.query_row([capture_id.as_str()], capture_ref).optional())
             .op("looking up a capture")?;
         let Some(r) = found else {
             continue;

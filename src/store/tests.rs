@@ -11,6 +11,7 @@ use crate::audit::kind;
 use crate::config::{OutboxConfig, WhenFull};
 use crate::consent::{Consent, UPLOAD_SCOPE};
 use crate::crypto::DeviceKey;
+use crate::ids::{CaptureId, Jti, SubjectId};
 
 const T0: i64 = 1_800_000_000;
 const DAY: i64 = 86_400;
@@ -23,10 +24,14 @@ fn open(dir: &Path) -> Store {
     Store::open(dir, key()).unwrap()
 }
 
+fn sid(s: &str) -> SubjectId {
+    SubjectId::new(s).unwrap()
+}
+
 fn consent(id: &str, subject: &str, iat: i64, exp: i64) -> Consent {
     Consent {
         id: id.into(),
-        subject: subject.into(),
+        subject: sid(subject),
         issuer: "hr".into(),
         issued_at: iat,
         expires_at: exp,
@@ -40,7 +45,7 @@ fn consent(id: &str, subject: &str, iat: i64, exp: i64) -> Consent {
 fn capture(id: &str, subject: &str, consent_id: &str, image: &[u8]) -> Capture {
     Capture {
         capture_id: id.into(),
-        subject: subject.into(),
+        subject: sid(subject),
         consent_id: consent_id.into(),
         captured_at: T0 - 5,
         camera: "cam-1".into(),
@@ -90,7 +95,7 @@ fn raw(dir: &Path) -> Connection {
 }
 
 /// Capture ids `pending` returns, in order.
-fn pending_ids(store: &mut Store, limit: usize, exclude: &[String]) -> Vec<String> {
+fn pending_ids(store: &mut Store, limit: usize, exclude: &[CaptureId]) -> Vec<CaptureId> {
     store
         .pending(limit, exclude)
         .unwrap()
@@ -109,15 +114,17 @@ fn kinds(store: &mut Store) -> Vec<String> {
 }
 
 /// One subject with a consent and `n` queued captures.
-fn with_captures(store: &mut Store, subject: &str, n: usize, now: i64) -> Vec<String> {
+fn with_captures(store: &mut Store, subject: &str, n: usize, now: i64) -> Vec<CaptureId> {
     let cid = format!("consent-{subject}");
     store
         .add_consent(&consent(&cid, subject, now - 10, now + DAY), now, None)
         .unwrap();
-    let ids: Vec<String> = (0..n).map(|i| format!("{subject}-cap-{i}")).collect();
+    let ids: Vec<CaptureId> = (0..n)
+        .map(|i| CaptureId::new(format!("{subject}-cap-{i}")))
+        .collect();
     let batch = ids
         .iter()
-        .map(|id| capture(id, subject, &cid, &marked_image(id)))
+        .map(|id| capture(id.as_str(), subject, &cid, &marked_image(id.as_str())))
         .collect();
     let r = store.insert_captures(batch, &roomy(), now).unwrap();
     assert!(r.iter().all(|x| *x == Inserted::Accepted), "{r:?}");
@@ -221,8 +228,8 @@ fn consents_add_list_and_duplicates() {
     );
     s.add_consent(&consent("c2", "S-2", T0 - 5, T0 + 10), T0, None)
         .unwrap();
-    assert_eq!(s.consents_for("S-1").unwrap(), vec![c1.clone()]);
-    assert!(s.consents_for("S-3").unwrap().is_empty());
+    assert_eq!(s.consents_for(&sid("S-1")).unwrap(), vec![c1.clone()]);
+    assert!(s.consents_for(&sid("S-3")).unwrap().is_empty());
     let all: Vec<String> = s
         .list_consents()
         .unwrap()
@@ -237,7 +244,7 @@ fn consents_add_list_and_duplicates() {
     let tail = s.audit_tail(10).unwrap();
     assert_eq!(
         tail[0].subject_ref.as_deref(),
-        Some(s.subject_ref("S-1").as_str())
+        Some(s.subject_ref(&sid("S-1")).as_str())
     );
     assert!(!serde_json::to_string(&tail).unwrap().contains("S-1"));
 }
@@ -246,9 +253,9 @@ fn consents_add_list_and_duplicates() {
 fn consent_at_or_before_tombstone_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = open(dir.path());
-    s.revoke("S-1", T0, T0, None).unwrap();
-    assert_eq!(s.revoked_before("S-1").unwrap(), Some(T0));
-    assert_eq!(s.revoked_before("S-2").unwrap(), None);
+    s.revoke(&sid("S-1"), T0, T0, None).unwrap();
+    assert_eq!(s.revoked_before(&sid("S-1")).unwrap(), Some(T0));
+    assert_eq!(s.revoked_before(&sid("S-2")).unwrap(), None);
     for iat in [T0 - 100, T0] {
         let err = s
             .add_consent(
@@ -297,23 +304,23 @@ fn revoke_removes_older_consents_keeps_later_and_never_lowers_tombstone() {
         .unwrap();
     s.add_consent(&consent("x", "S-2", T0 - 20, T0 + DAY), T0, None)
         .unwrap();
-    let r = s.revoke("S-1", T0 - 10, T0 + 20, None).unwrap();
+    let r = s.revoke(&sid("S-1"), T0 - 10, T0 + 20, None).unwrap();
     assert_eq!(r.consents_removed, 2);
     assert_eq!(r.revoked_before, T0 - 10);
     let left: Vec<String> = s
-        .consents_for("S-1")
+        .consents_for(&sid("S-1"))
         .unwrap()
         .into_iter()
         .map(|c| c.id)
         .collect();
     assert_eq!(left, ["c"]);
-    assert_eq!(s.consents_for("S-2").unwrap().len(), 1);
+    assert_eq!(s.consents_for(&sid("S-2")).unwrap().len(), 1);
     // An older (replayed) revocation does not lower the tombstone or touch "c".
-    let r = s.revoke("S-1", T0 - 100, T0 + 30, None).unwrap();
+    let r = s.revoke(&sid("S-1"), T0 - 100, T0 + 30, None).unwrap();
     assert_eq!(r.consents_removed, 0);
     assert_eq!(r.revoked_before, T0 - 10);
-    assert_eq!(s.revoked_before("S-1").unwrap(), Some(T0 - 10));
-    assert_eq!(s.consents_for("S-1").unwrap().len(), 1);
+    assert_eq!(s.revoked_before(&sid("S-1")).unwrap(), Some(T0 - 10));
+    assert_eq!(s.consents_for(&sid("S-1")).unwrap().len(), 1);
 }
 
 #[test]
@@ -376,7 +383,7 @@ fn revoke_purges_and_leaves_no_trace_in_db_or_wal() {
     assert!(contains(&before, &wrapped), "wrapped key is stored");
     assert!(!contains(&before, marker.as_bytes()), "image is encrypted");
 
-    let r = s.revoke(subject, T0 + 5, T0 + 10, None).unwrap();
+    let r = s.revoke(&sid(subject), T0 + 5, T0 + 10, None).unwrap();
     assert_eq!(r.purged, ["cap-a", "cap-b"]);
     assert_eq!(r.consents_removed, 1);
 
@@ -408,12 +415,12 @@ fn pending_is_ordered_decrypted_and_honours_exclude() {
     let a = with_captures(&mut s, "S-1", 3, T0);
     let b = with_captures(&mut s, "S-2", 2, T0 + 1);
     let p = s.pending(10, &[]).unwrap();
-    let ids: Vec<&str> = p.iter().map(|c| c.capture_id.as_str()).collect();
+    let ids: Vec<CaptureId> = p.iter().map(|c| c.capture_id.clone()).collect();
     assert_eq!(ids, [&a[..], &b[..]].concat());
     let first = &p[0];
     assert_eq!(first.subject, "S-1");
     assert_eq!(first.consent_id, "consent-S-1");
-    assert_eq!(first.image, marked_image(&a[0]));
+    assert_eq!(first.image, marked_image(a[0].as_str()));
     assert_eq!(first.sha256, [9u8; 32]);
     assert_eq!(first.camera, "cam-1");
     assert_eq!(first.content_type, "image/jpeg");
@@ -439,7 +446,7 @@ fn ack_deletes_counts_and_destroys_unused_key() {
     let ids = with_captures(&mut s, "S-1", 2, T0);
     assert!(s.ack(&ids[0], T0 + 1).unwrap());
     assert!(!s.ack(&ids[0], T0 + 1).unwrap());
-    assert!(!s.ack("unknown", T0 + 1).unwrap());
+    assert!(!s.ack(&CaptureId::from("unknown"), T0 + 1).unwrap());
     let keys = |s: &Store| -> i64 {
         s.conn()
             .query_row("SELECT COUNT(*) FROM data_keys", [], |r| r.get(0))
@@ -471,7 +478,7 @@ fn insert_rechecks_consent_inside_the_transaction() {
     s.add_consent(&no_scope, T0, None).unwrap();
     s.add_consent(&consent("revoked", "S-3", T0 - 10, T0 + 100), T0, None)
         .unwrap();
-    s.revoke("S-3", T0, T0, None).unwrap();
+    s.revoke(&sid("S-3"), T0, T0, None).unwrap();
     let img = marked_image("x");
     let cases = vec![
         (capture("1", "S-1", "ok", &img), T0, Inserted::Accepted),
@@ -616,10 +623,10 @@ fn sweep_expired_deletes_consents_and_purges_uncovered_subjects() {
         .unwrap();
     assert!(s.sweep_expired(T0 + DAY - 1).unwrap().is_empty());
     let swept = s.sweep_expired(T0 + DAY).unwrap();
-    assert_eq!(swept, vec![("S-1".to_string(), a)]);
-    assert!(s.consents_for("S-1").unwrap().is_empty());
+    assert_eq!(swept, vec![(sid("S-1"), a)]);
+    assert!(s.consents_for(&sid("S-1")).unwrap().is_empty());
     let left: Vec<String> = s
-        .consents_for("S-2")
+        .consents_for(&sid("S-2"))
         .unwrap()
         .into_iter()
         .map(|c| c.id)
@@ -638,12 +645,12 @@ fn purge_subject_and_all_keep_consents() {
     let a = with_captures(&mut s, "S-1", 2, T0);
     let b = with_captures(&mut s, "S-2", 2, T0);
     assert_eq!(
-        s.purge_subject("S-1", T0, PurgeReason::Local, None)
+        s.purge_subject(&sid("S-1"), T0, PurgeReason::Local, None)
             .unwrap(),
         a
     );
     assert!(s
-        .purge_subject("S-1", T0, PurgeReason::Local, None)
+        .purge_subject(&sid("S-1"), T0, PurgeReason::Local, None)
         .unwrap()
         .is_empty());
     assert_eq!(s.list_consents().unwrap().len(), 2);
@@ -710,7 +717,7 @@ fn everything_survives_reopen() {
     {
         let mut s = open(dir.path());
         ids = with_captures(&mut s, "S-1", 3, T0);
-        s.revoke("S-9", T0, T0, None).unwrap();
+        s.revoke(&sid("S-9"), T0, T0, None).unwrap();
         s.record(
             kind::CAPTURE_REJECTED,
             None,
@@ -721,7 +728,7 @@ fn everything_survives_reopen() {
         .unwrap();
         s.remember_command(
             &CommandStamp {
-                jti: "j1",
+                jti: &Jti::from("j1"),
                 cmd: "status",
                 expires_at: T0 + 60,
             },
@@ -732,8 +739,8 @@ fn everything_survives_reopen() {
     let mut s = open(dir.path());
     let got = pending_ids(&mut s, 10, &[]);
     assert_eq!(got, ids);
-    assert_eq!(s.revoked_before("S-9").unwrap(), Some(T0));
-    assert!(s.command_seen("j1").unwrap());
+    assert_eq!(s.revoked_before(&sid("S-9")).unwrap(), Some(T0));
+    assert!(s.command_seen(&Jti::from("j1")).unwrap());
     let c = s.counters().unwrap();
     assert_eq!((c["accepted"], c["rejected_bad_input"]), (3, 1));
     let v = s.audit_verify().unwrap();
@@ -747,46 +754,46 @@ fn commands_commit_with_their_effect_and_are_not_replayed() {
     let mut s = open(dir.path());
     let ids = with_captures(&mut s, "S-1", 2, T0);
     let stamp = CommandStamp {
-        jti: "cmd-1",
+        jti: &Jti::from("cmd-1"),
         cmd: "capture.purge",
         expires_at: T0 + 60,
     };
-    assert!(!s.command_seen("cmd-1").unwrap());
+    assert!(!s.command_seen(&Jti::from("cmd-1")).unwrap());
     assert_eq!(
-        s.purge_subject("S-1", T0, PurgeReason::Command, Some(&stamp))
+        s.purge_subject(&sid("S-1"), T0, PurgeReason::Command, Some(&stamp))
             .unwrap(),
         ids
     );
-    assert!(s.command_seen("cmd-1").unwrap());
+    assert!(s.command_seen(&Jti::from("cmd-1")).unwrap());
     // Same jti again: refused and rolled back (the new capture survives).
     with_captures(&mut s, "S-2", 1, T0);
     let again = CommandStamp {
-        jti: "cmd-1",
+        jti: &Jti::from("cmd-1"),
         cmd: "consent.revoke",
         expires_at: T0 + 60,
     };
-    let err = s.revoke("S-2", T0, T0, Some(&again)).unwrap_err();
+    let err = s.revoke(&sid("S-2"), T0, T0, Some(&again)).unwrap_err();
     assert!(matches!(err, StoreError::Replayed { .. }), "{err}");
     assert_eq!(s.pending(10, &[]).unwrap().len(), 1);
-    assert_eq!(s.revoked_before("S-2").unwrap(), None);
+    assert_eq!(s.revoked_before(&sid("S-2")).unwrap(), None);
     assert!(matches!(
         s.remember_command(&again, T0),
         Err(StoreError::Replayed { .. })
     ));
     // A grant refused by a tombstone still burns the jti.
-    s.revoke("S-3", T0, T0, None).unwrap();
+    s.revoke(&sid("S-3"), T0, T0, None).unwrap();
     let grant = CommandStamp {
-        jti: "cmd-2",
+        jti: &Jti::from("cmd-2"),
         cmd: "consent.grant",
         expires_at: T0 + 60,
     };
     let err = s.add_consent(&consent("old", "S-3", T0 - 1, T0 + DAY), T0, Some(&grant));
     assert!(matches!(err, Err(StoreError::Revoked { .. })));
-    assert!(s.command_seen("cmd-2").unwrap());
+    assert!(s.command_seen(&Jti::from("cmd-2")).unwrap());
     // Forgotten only a day after expiry.
     assert_eq!(s.forget_commands(T0 + 60 + DAY - 1).unwrap(), 0);
     assert_eq!(s.forget_commands(T0 + 60 + DAY).unwrap(), 2);
-    assert!(!s.command_seen("cmd-1").unwrap());
+    assert!(!s.command_seen(&Jti::from("cmd-1")).unwrap());
     assert!(s.audit_verify().unwrap().ok);
 }
 
@@ -836,7 +843,7 @@ fn undecryptable_rows_are_purged_not_returned() {
     raw(dir.path())
         .execute(
             "UPDATE captures SET image = zeroblob(100) WHERE capture_id = ?1",
-            [&ids[1]],
+            [ids[1].as_str()],
         )
         .unwrap();
     let got = pending_ids(&mut s, 10, &[]);

@@ -31,6 +31,7 @@ use crate::agent::Agent;
 use crate::clock;
 use crate::config::Config;
 use crate::gate::{self, Decision};
+use crate::ids::{CaptureId, SubjectId};
 use crate::shutdown::Shutdown;
 use crate::store::{OutboxCapture, PurgeReason, Store, StoreError};
 
@@ -86,10 +87,10 @@ enum Net {
     /// The connection failed or dropped; `captures` were abandoned in flight.
     Disconnected {
         reason: String,
-        captures: Vec<String>,
+        captures: Vec<CaptureId>,
     },
     /// The broker acknowledged this capture's upload.
-    Acked(String),
+    Acked(CaptureId),
     /// A message on one of our command topics.
     Command(Publish),
 }
@@ -102,7 +103,7 @@ struct Link {
     client: AsyncClient,
     /// Measurement hook: when each capture in flight was handed over. Filled
     /// only while the [`TIMING_TARGET`] debug event is enabled.
-    handed_at: Mutex<HashMap<String, Instant>>,
+    handed_at: Mutex<HashMap<CaptureId, Instant>>,
 }
 
 impl Link {
@@ -115,7 +116,7 @@ impl Link {
     }
 
     /// Measurement hook: logs how long `id` took from hand-over to PUBACK.
-    fn timing_acked(&self, id: &str) {
+    fn timing_acked(&self, id: &CaptureId) {
         if !Self::timing_enabled() {
             return;
         }
@@ -498,7 +499,7 @@ fn hand_over(
     let mut handed = 0;
     // One decision per subject and batch: the store lock is held throughout,
     // so nothing can change it in between.
-    let mut decided: HashMap<String, Decision> = HashMap::new();
+    let mut decided: HashMap<SubjectId, Decision> = HashMap::new();
     for capture in batch {
         let decision = match decided.get(&capture.subject) {
             Some(d) => d.clone(),
@@ -533,7 +534,7 @@ fn hand_over(
             }
         };
         match decision {
-            Decision::Accept { consent_id } => {
+            Decision::Accept { consent_id, .. } => {
                 let payload = envelope(&cfg, &capture, &consent_id);
                 agent.inflight.insert(&capture.capture_id);
                 if !link.hand(
@@ -594,7 +595,7 @@ async fn record_interrupted(agent: &Arc<Agent>, reason: &str, n: usize) {
 /// delete runs. Each batch is everything queued so far, in one transaction.
 /// An id stays in [`Agent::inflight`] until its row is gone, so it is never
 /// handed over twice.
-async fn deleter(agent: Arc<Agent>, mut acked: mpsc::UnboundedReceiver<String>) {
+async fn deleter(agent: Arc<Agent>, mut acked: mpsc::UnboundedReceiver<CaptureId>) {
     while let Some(first) = acked.recv().await {
         let mut ids = vec![first];
         while let Ok(more) = acked.try_recv() {
