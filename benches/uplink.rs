@@ -148,16 +148,14 @@ fn breakdown(images: &[Vec<u8>]) -> (f64, Vec<f64>) {
             let t = Instant::now();
             let batch = store.pending(WINDOW as usize, &waiting).expect("pending");
             for c in &batch {
-                let consents = store.consents_for(&c.subject).expect("consents");
-                let revoked = store.revoked_before(&c.subject).expect("revoked");
-                let decision = facegate::gate::decide(
-                    Some(&c.subject),
-                    &consents,
-                    revoked,
-                    &cfg.trust,
-                    &cfg.identity,
-                    facegate::clock::now(),
-                );
+                let decision = store
+                    .decide(
+                        &c.subject,
+                        &cfg.trust,
+                        &cfg.identity,
+                        facegate::clock::now(),
+                    )
+                    .expect("decide");
                 let facegate::gate::Decision::Accept { consent_id, .. } = decision else {
                     panic!("consent refused in the breakdown");
                 };

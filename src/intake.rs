@@ -5,9 +5,13 @@
 //!
 //! Order of effects for one batch (crash safety, SPEC invariants 2 and 5):
 //! 1. read + sanitize every pair (in parallel, nothing written);
-//! 2. gate each capture; dropped ones are only counted and audited;
+//! 2. gate each capture with the consent rule (`Store::decide`, see
+//!    [`crate::gate`]); dropped ones are only counted and audited;
 //! 3. commit the accepted ones (one transaction, synchronous=FULL);
 //! 4. only then remove the spool files.
+//!
+//! Steps 2 and 3 run under one store lock with one `now`, so the gate's
+//! answer still holds at the insert and the store does not check it again.
 //!
 //! A crash before 3 leaves the pairs in the spool, to be processed again; a
 //! crash between 3 and 4 re-reads them, and because the capture id is derived
@@ -24,7 +28,6 @@ use serde_json::json;
 use crate::agent::Agent;
 use crate::clock;
 use crate::config::Config;
-use crate::consent::Consent;
 use crate::gate::{self, Decision};
 use crate::ids::{CaptureId, SubjectId};
 use crate::sanitize::{self, CleanImage};
@@ -132,7 +135,7 @@ pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, Inta
 
     // 2 + 3. Gate and commit under one lock, so no revocation slips in between.
     let mut store = agent.db.lock();
-    let mut ledger: HashMap<SubjectId, (Vec<Consent>, Option<i64>)> = HashMap::new();
+    let mut decided: HashMap<SubjectId, Decision> = HashMap::new();
     let mut accepted: Vec<(Pair, Capture)> = Vec::new();
     let mut finished: Vec<Pair> = Vec::new();
     for result in results {
@@ -155,15 +158,14 @@ pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, Inta
         let subject = prepared.sidecar.subject.clone();
         let decision = match &subject {
             None => gate::decide(None, &[], None, &cfg.trust, &cfg.identity, now),
-            Some(s) => {
-                if !ledger.contains_key(s) {
-                    let consents = gate::still_signed(store.consents_for(s)?, &cfg.trust);
-                    let revoked = store.revoked_before(s)?;
-                    ledger.insert(s.clone(), (consents, revoked));
+            Some(s) => match decided.get(s) {
+                Some(d) => d.clone(),
+                None => {
+                    let d = store.decide(s, &cfg.trust, &cfg.identity, now)?;
+                    decided.insert(s.clone(), d.clone());
+                    d
                 }
-                let (consents, revoked) = &ledger[s];
-                gate::decide(Some(s), consents, *revoked, &cfg.trust, &cfg.identity, now)
-            }
+            },
         };
         match decision {
             Decision::Accept {
@@ -200,6 +202,7 @@ pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, Inta
     if !accepted.is_empty() {
         let (pairs, captures): (Vec<Pair>, Vec<Capture>) = accepted.into_iter().unzip();
         // If this fails (disk full), the accepted pairs stay in the spool for a retry.
+        // Same lock and `now` as the gate above: its decisions still hold.
         let outcomes = store.insert_captures(captures, &cfg.outbox, now)?;
         drop(store);
         for outcome in &outcomes {
@@ -207,8 +210,6 @@ pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, Inta
                 Inserted::Accepted => report.accepted += 1,
                 Inserted::Duplicate => report.duplicates += 1,
                 Inserted::QuotaRejected => report.over_quota += 1,
-                // A revocation committed between the gate and the insert.
-                Inserted::NoConsent => report.dropped += 1,
             }
         }
         remove_pairs(&pairs);

@@ -13,7 +13,7 @@
 //! - [`notify`]: systemd readiness, watchdog and stopping notifications.
 //!
 //! Pure decisions (functions of their inputs and `now`)
-//! - [`gate`]: may this subject's capture be kept or uploaded now?
+//! - [`gate`]: the consent rule: may this subject's capture be kept or uploaded now?
 //! - [`consent`]: consent token verification.
 //! - [`command`]: fleet command verification, signing and reply shapes.
 //! - [`jws`]: EdDSA JWS compact verification and signing.

@@ -1,15 +1,17 @@
 //! Consents and revocation tombstones: storing verified tokens, refusing ones
-//! issued at or before a revocation, revoking, and expiring.
+//! issued at or before a revocation, revoking, expiring, and applying the
+//! consent rule ([`crate::gate`]) to what is stored.
 
 use std::collections::BTreeMap;
 
-use rusqlite::{params, OptionalExtension, Row};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde_json::json;
 
 use super::purge::purge_subject_in;
 use super::{AddConsent, CommandStamp, PurgeReason, Revocation, SqlCtx, Store, StoreError, Writer};
 use crate::audit::kind;
-use crate::consent::{Consent, UPLOAD_SCOPE};
+use crate::config::{Identity, TrustedKey};
+use crate::gate::{self, Consent, Decision, UPLOAD_SCOPE};
 use crate::ids::{CaptureId, SubjectId};
 
 const COLUMNS: &str = "id, subject, issuer, issued_at, expires_at, audience, scopes, kid, token";
@@ -39,8 +41,8 @@ fn consent(r: &Row) -> rusqlite::Result<Consent> {
     })
 }
 
-fn tombstone(w: &Writer, sref: &[u8; 32]) -> Result<Option<i64>, StoreError> {
-    w.tx.prepare_cached("SELECT revoked_before FROM tombstones WHERE subject_ref = ?1")
+fn tombstone(conn: &Connection, sref: &[u8; 32]) -> Result<Option<i64>, StoreError> {
+    conn.prepare_cached("SELECT revoked_before FROM tombstones WHERE subject_ref = ?1")
         .and_then(|mut s| s.query_row([&sref[..]], |r| r.get(0)).optional())
         .op("reading a revocation tombstone")
 }
@@ -53,8 +55,8 @@ pub(super) fn add(
 ) -> Result<AddConsent, StoreError> {
     let mut w = store.writer()?;
     let sref = w.pseudonym(&c.subject);
-    if let Some(revoked_before) = tombstone(&w, &sref)? {
-        if c.issued_at <= revoked_before {
+    if let Some(revoked_before) = tombstone(&w.tx, &sref)? {
+        if gate::is_revoked(c, Some(revoked_before)) {
             let detail = json!({ "consent_id": c.id, "reason": "revoked", "revoked_before": revoked_before });
             w.audit(now, kind::CONSENT_REFUSED, Some(&sref), detail)?;
             if let Some(cmd) = cmd {
@@ -109,12 +111,12 @@ pub(super) fn add(
 }
 
 fn query(
-    store: &mut Store,
+    conn: &Connection,
     sql_where: &str,
     args: impl rusqlite::Params,
 ) -> Result<Vec<Consent>, StoreError> {
     let sql = format!("SELECT {COLUMNS} FROM consents {sql_where} ORDER BY issued_at, id");
-    let mut stmt = store.conn.prepare(&sql).op("reading consents")?;
+    let mut stmt = conn.prepare_cached(&sql).op("reading consents")?;
     let rows = stmt
         .query_map(args, consent)
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
@@ -122,16 +124,21 @@ fn query(
     Ok(rows)
 }
 
+/// The consents stored for a pseudonym, oldest first.
+fn of_subject(conn: &Connection, sref: &[u8; 32]) -> Result<Vec<Consent>, StoreError> {
+    query(conn, "WHERE subject_ref = ?1", [&sref[..]])
+}
+
 pub(super) fn for_subject(
     store: &mut Store,
     subject: &SubjectId,
 ) -> Result<Vec<Consent>, StoreError> {
     let sref = store.keys.pseudonyms.pseudonym(subject.as_str());
-    query(store, "WHERE subject_ref = ?1", [&sref[..]])
+    of_subject(&store.conn, &sref)
 }
 
 pub(super) fn list(store: &mut Store) -> Result<Vec<Consent>, StoreError> {
-    query(store, "", [])
+    query(&store.conn, "", [])
 }
 
 pub(super) fn revoked_before(
@@ -139,15 +146,28 @@ pub(super) fn revoked_before(
     subject: &SubjectId,
 ) -> Result<Option<i64>, StoreError> {
     let sref = store.keys.pseudonyms.pseudonym(subject.as_str());
-    store
-        .conn
-        .query_row(
-            "SELECT revoked_before FROM tombstones WHERE subject_ref = ?1",
-            [&sref[..]],
-            |r| r.get(0),
-        )
-        .optional()
-        .op("reading a revocation tombstone")
+    tombstone(&store.conn, &sref)
+}
+
+/// [`gate::decide`] on the subject's stored consents and tombstone.
+pub(super) fn decide(
+    store: &mut Store,
+    subject: &SubjectId,
+    trust: &[TrustedKey],
+    me: &Identity,
+    now: i64,
+) -> Result<Decision, StoreError> {
+    let sref = store.keys.pseudonyms.pseudonym(subject.as_str());
+    let consents = of_subject(&store.conn, &sref)?;
+    let revoked_before = tombstone(&store.conn, &sref)?;
+    Ok(gate::decide(
+        Some(subject),
+        &consents,
+        revoked_before,
+        trust,
+        me,
+        now,
+    ))
 }
 
 pub(super) fn active_count(store: &mut Store, now: i64) -> Result<u64, StoreError> {
@@ -179,7 +199,7 @@ pub(super) fn revoke(
         params![&sref[..], before, now],
     )
     .op("writing a revocation tombstone")?;
-    let revoked_before = tombstone(&w, &sref)?.unwrap_or(before);
+    let revoked_before = tombstone(&w.tx, &sref)?.unwrap_or(before);
     let removed =
         w.tx.execute(
             "DELETE FROM consents WHERE subject_ref = ?1 AND issued_at <= ?2",

@@ -37,9 +37,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::audit::{AuditEntry, VerifyReport};
-use crate::config::OutboxConfig;
-use crate::consent::Consent;
+use crate::config::{Identity, OutboxConfig, TrustedKey};
 use crate::crypto::{CryptoError, DerivedKeys, DeviceKey};
+use crate::gate::{Consent, Decision, DropReason};
 use crate::ids::{CaptureId, Jti, SubjectId};
 
 /// File name of the database inside the state directory.
@@ -193,9 +193,27 @@ pub enum PurgeReason {
     Retention,
     /// The stored capture could not be decrypted.
     Undecryptable,
-    /// At upload time no consent allows it any more (e.g. its signing key
-    /// was removed from the trusted keys).
+    /// No stored consent of the subject allows uploading any more, for a
+    /// reason other than expiry (e.g. its signing key was removed from the
+    /// trusted keys). Found at hand-over.
     ConsentInvalid,
+}
+
+/// Why the consent rule's refusal purges a subject's queued captures:
+/// [`PurgeReason::ConsentExpired`] when expiry is the cause, otherwise
+/// [`PurgeReason::ConsentInvalid`].
+impl From<DropReason> for PurgeReason {
+    fn from(reason: DropReason) -> Self {
+        match reason {
+            DropReason::Expired => PurgeReason::ConsentExpired,
+            DropReason::NoSubject
+            | DropReason::NoConsent
+            | DropReason::KeyNotTrusted
+            | DropReason::Revoked
+            | DropReason::WrongAudience
+            | DropReason::MissingScope => PurgeReason::ConsentInvalid,
+        }
+    }
 }
 
 impl PurgeReason {
@@ -223,7 +241,7 @@ pub struct Capture {
     pub capture_id: CaptureId,
     /// Subject id (plain); stored only encrypted.
     pub subject: SubjectId,
-    /// The consent that allowed the capture (re-checked inside the transaction).
+    /// The consent that allowed the capture at intake (the gate's decision).
     pub consent_id: String,
     /// When the camera took it (unix seconds).
     pub captured_at: i64,
@@ -276,10 +294,6 @@ pub enum Inserted {
     /// Refused: the outbox quota is reached (reject-new policy, or the capture
     /// alone is larger than the quota). Audited and counted.
     QuotaRejected,
-    /// Dropped: inside the transaction the named consent was no longer valid
-    /// (revoked, expired or deleted since the gate checked it). Audited and
-    /// counted as `dropped_no_consent`.
-    NoConsent,
     /// A capture with this id is already queued; nothing changed.
     Duplicate,
 }
@@ -373,6 +387,21 @@ impl Store {
         self.finish(r)
     }
 
+    /// The consent rule ([`crate::gate`]) for a capture of `subject` at `now`,
+    /// on the subject's stored consents and tombstone. Read-only: a caller
+    /// that acts on the answer does so under the same lock (see
+    /// [`crate::db::Db`]), so nothing changes in between.
+    pub fn decide(
+        &mut self,
+        subject: &SubjectId,
+        trust: &[TrustedKey],
+        me: &Identity,
+        now: i64,
+    ) -> Result<Decision, StoreError> {
+        let r = consents::decide(self, subject, trust, me, now);
+        self.finish(r)
+    }
+
     /// Number of stored consents not yet expired at `now`.
     pub fn active_consent_count(&mut self, now: i64) -> Result<u64, StoreError> {
         let r = consents::active_count(self, now);
@@ -425,8 +454,15 @@ impl Store {
     // ---- outbox ---------------------------------------------------------
 
     /// Stores a batch of captures in ONE transaction (group commit). Each is
-    /// re-checked against its consent, encrypted under its subject's data key,
-    /// and subjected to the quota policy.
+    /// encrypted under its subject's data key and subjected to the quota policy.
+    ///
+    /// Consent is the caller's check, not re-done here: every capture must
+    /// have been accepted by [`Store::decide`] on this store under the same
+    /// lock as this call, with the same `now`. Nothing can change the answer
+    /// in between (revocations, expiry sweeps and grants all need the lock,
+    /// and the rule is a pure function of what the store holds, the trusted
+    /// keys and `now`), so a second check inside the transaction could never
+    /// refuse. Intake does exactly this.
     pub fn insert_captures(
         &mut self,
         batch: Vec<Capture>,

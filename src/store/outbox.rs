@@ -19,7 +19,6 @@ use super::{
 };
 use crate::audit::kind;
 use crate::config::{OutboxConfig, WhenFull};
-use crate::consent::UPLOAD_SCOPE;
 use crate::crypto::{DataKey, DerivedKeys, Part, SEAL_OVERHEAD};
 use crate::ids::{CaptureId, SubjectId};
 
@@ -75,32 +74,6 @@ fn key_for<'c>(
     cache.get(sref).ok_or_else(|| StoreError::Corrupt {
         what: "data key cache".into(),
     })
-}
-
-const CONSENT_VALID_SQL: &str = "SELECT 1 FROM consents c
-     WHERE c.id = ?1 AND c.subject_ref = ?2 AND c.expires_at > ?3
-       AND instr(' ' || c.scopes || ' ', ?4) > 0
-       AND NOT EXISTS (SELECT 1 FROM tombstones t
-                       WHERE t.subject_ref = c.subject_ref AND c.issued_at <= t.revoked_before)";
-
-/// Is `consent_id` a stored, unexpired upload consent of this subject that no
-/// tombstone voids?
-fn consent_valid(
-    conn: &rusqlite::Connection,
-    consent_id: &str,
-    sref: &[u8; 32],
-    now: i64,
-) -> Result<bool, StoreError> {
-    conn.prepare_cached(CONSENT_VALID_SQL)
-        .and_then(|mut s| {
-            s.query_row(
-                params![consent_id, &sref[..], now, format!(" {UPLOAD_SCOPE} ")],
-                |_| Ok(()),
-            )
-            .optional()
-        })
-        .op("checking consent")
-        .map(|r| r.is_some())
 }
 
 fn totals(w: &Writer) -> Result<(u64, u64), StoreError> {
@@ -179,13 +152,8 @@ pub(super) fn insert(
             out.push(Inserted::Duplicate);
             continue;
         }
-        if !consent_valid(&w.tx, &c.consent_id, &sref, now)? {
-            let detail = json!({ "capture_id": c.capture_id, "reason": "no_valid_consent" });
-            w.audit(now, kind::CAPTURE_DROPPED, Some(&sref), detail)?;
-            w.bump(counter::DROPPED_NO_CONSENT, 1)?;
-            out.push(Inserted::NoConsent);
-            continue;
-        }
+        // No consent check here: the caller's gate decision, taken under the
+        // same lock, stands (see `Store::insert_captures`).
         let meta = serde_json::to_vec(&Meta {
             subject: c.subject.clone(),
             consent_id: c.consent_id.clone(),

@@ -8,8 +8,8 @@ use serde_json::json;
 
 use super::*;
 use crate::audit::kind;
-use crate::config::{OutboxConfig, WhenFull};
-use crate::consent::{Consent, UPLOAD_SCOPE};
+use crate::config::{Identity, OutboxConfig, Role, TrustedKey, WhenFull};
+use crate::consent::{sign_consent, Consent, ConsentRequest, UPLOAD_SCOPE};
 use crate::crypto::DeviceKey;
 use crate::ids::{CaptureId, Jti, SubjectId};
 
@@ -28,7 +28,48 @@ fn sid(s: &str) -> SubjectId {
     SubjectId::new(s).unwrap()
 }
 
+/// The consent signing key of these tests: (pkcs8, public).
+fn signing_key() -> &'static (Vec<u8>, [u8; 32]) {
+    static KEY: std::sync::OnceLock<(Vec<u8>, [u8; 32])> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| crate::keys::generate().unwrap())
+}
+
+/// The trusted keys: the test consent key as `consent-2026`.
+fn trust() -> Vec<TrustedKey> {
+    vec![TrustedKey {
+        kid: "consent-2026".into(),
+        role: Role::Consent,
+        public_key: signing_key().1,
+    }]
+}
+
+/// `consent-2026` replaced by another key.
+fn other_key() -> Vec<TrustedKey> {
+    let (_, public) = crate::keys::generate().unwrap();
+    vec![TrustedKey {
+        public_key: public,
+        ..trust()[0].clone()
+    }]
+}
+
+fn me() -> Identity {
+    Identity {
+        site_id: "lobby".into(),
+        device_id: "term-01".into(),
+    }
+}
+
+/// A consent with a real token signed by [`signing_key`] as `consent-2026`.
 fn consent(id: &str, subject: &str, iat: i64, exp: i64) -> Consent {
+    let req = ConsentRequest {
+        issuer: "hr".into(),
+        subject: subject.into(),
+        audience: vec!["lobby".into()],
+        scopes: vec![UPLOAD_SCOPE.into()],
+        lifetime_s: exp - iat,
+        jti: Some(id.into()),
+    };
+    let token = sign_consent(&req, "consent-2026", &signing_key().0, iat).unwrap();
     Consent {
         id: id.into(),
         subject: sid(subject),
@@ -38,7 +79,7 @@ fn consent(id: &str, subject: &str, iat: i64, exp: i64) -> Consent {
         audience: vec!["lobby".into()],
         scopes: vec![UPLOAD_SCOPE.into()],
         kid: "consent-2026".into(),
-        token: format!("header.payload-of-{id}.sig"),
+        token,
     }
 }
 
@@ -468,54 +509,97 @@ fn ack_deletes_counts_and_destroys_unused_key() {
 }
 
 #[test]
-fn insert_rechecks_consent_inside_the_transaction() {
+fn decide_applies_the_rule_to_stored_consents_and_tombstones() {
+    use crate::gate::{Decision, DropReason};
     let dir = tempfile::tempdir().unwrap();
     let mut s = open(dir.path());
     s.add_consent(&consent("ok", "S-1", T0 - 10, T0 + 100), T0, None)
         .unwrap();
-    let mut no_scope = consent("noscope", "S-1", T0 - 10, T0 + 100);
+    let mut no_scope = consent("noscope", "S-2", T0 - 10, T0 + 100);
     no_scope.scopes = vec!["capture:store".into(), "CAPTURE:UPLOAD".into()];
     s.add_consent(&no_scope, T0, None).unwrap();
     s.add_consent(&consent("revoked", "S-3", T0 - 10, T0 + 100), T0, None)
         .unwrap();
-    s.revoke(&sid("S-3"), T0, T0, None).unwrap();
-    let img = marked_image("x");
-    let cases = vec![
-        (capture("1", "S-1", "ok", &img), T0, Inserted::Accepted),
+    s.revoke(&sid("S-3"), T0 - 10, T0, None).unwrap();
+    // The tombstone outlives the deleted consent; a newer consent counts.
+    s.add_consent(&consent("after", "S-4", T0 - 5, T0 + 100), T0, None)
+        .unwrap();
+    s.revoke(&sid("S-4"), T0 - 10, T0, None).unwrap();
+    let accept = |subject: &str, id: &str| Decision::Accept {
+        subject: sid(subject),
+        consent_id: id.into(),
+    };
+    let cases = [
+        ("S-1", T0, trust(), accept("S-1", "ok")),
+        ("S-1", T0 + 99, trust(), accept("S-1", "ok")),
         (
-            capture("2", "S-1", "ok", &img),
+            "S-1",
             T0 + 100,
-            Inserted::NoConsent,
-        ), // expired at exp
-        (capture("3", "S-1", "ok", &img), T0 + 99, Inserted::Accepted),
-        (capture("4", "S-2", "ok", &img), T0, Inserted::NoConsent), // someone else's consent
-        (
-            capture("5", "S-1", "missing", &img),
-            T0,
-            Inserted::NoConsent,
+            trust(),
+            Decision::Drop(DropReason::Expired),
         ),
+        ("S-1", T0, vec![], Decision::Drop(DropReason::KeyNotTrusted)),
         (
-            capture("6", "S-1", "noscope", &img),
+            "S-1",
             T0,
-            Inserted::NoConsent,
+            other_key(),
+            Decision::Drop(DropReason::KeyNotTrusted),
         ),
-        (
-            capture("7", "S-3", "revoked", &img),
-            T0,
-            Inserted::NoConsent,
-        ),
-        (capture("1", "S-1", "ok", &img), T0, Inserted::Duplicate),
+        ("S-2", T0, trust(), Decision::Drop(DropReason::MissingScope)),
+        ("S-3", T0, trust(), Decision::Drop(DropReason::NoConsent)),
+        ("S-4", T0, trust(), accept("S-4", "after")),
+        ("S-5", T0, trust(), Decision::Drop(DropReason::NoConsent)),
     ];
-    for (c, now, want) in cases {
-        let id = c.capture_id.clone();
-        assert_eq!(
-            s.insert_captures(vec![c], &roomy(), now).unwrap(),
-            [want],
-            "capture {id}"
-        );
+    for (subject, now, trust, want) in cases {
+        let got = s.decide(&sid(subject), &trust, &me(), now).unwrap();
+        assert_eq!(got, want, "{subject} at {now} with {} keys", trust.len());
     }
+    // A consent stored for the subject but since revoked is refused as such.
+    s.conn()
+        .execute(
+            "INSERT INTO tombstones (subject_ref, revoked_before, updated_at) VALUES (?1, ?2, ?2)",
+            rusqlite::params![&s.keys.pseudonyms.pseudonym("S-1")[..], T0 - 10],
+        )
+        .unwrap();
+    assert_eq!(
+        s.decide(&sid("S-1"), &trust(), &me(), T0).unwrap(),
+        Decision::Drop(DropReason::Revoked)
+    );
+}
+
+#[test]
+fn insert_stores_what_the_gate_accepted() {
+    // The gate's decision is taken by the caller under the same lock as the
+    // insert (intake); the insert itself encrypts, counts and audits.
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    s.add_consent(&consent("ok", "S-1", T0 - 10, T0 + 100), T0, None)
+        .unwrap();
+    let img = marked_image("x");
+    let r = s
+        .insert_captures(
+            vec![
+                capture("1", "S-1", "ok", &img),
+                capture("2", "S-1", "ok", &img),
+                capture("1", "S-1", "ok", &img),
+            ],
+            &roomy(),
+            T0,
+        )
+        .unwrap();
+    assert_eq!(
+        r,
+        [Inserted::Accepted, Inserted::Accepted, Inserted::Duplicate]
+    );
     let c = s.counters().unwrap();
-    assert_eq!((c["accepted"], c["dropped_no_consent"]), (2, 5));
+    assert_eq!((c["accepted"], c["dropped_no_consent"]), (2, 0));
+    assert_eq!(
+        kinds(&mut s)
+            .iter()
+            .filter(|k| *k == kind::CAPTURE_ACCEPTED)
+            .count(),
+        2
+    );
     assert!(s.audit_verify().unwrap().ok);
 }
 

@@ -30,7 +30,7 @@ use super::tls;
 use crate::agent::Agent;
 use crate::clock;
 use crate::config::Config;
-use crate::gate::{self, Decision};
+use crate::gate::Decision;
 use crate::ids::{CaptureId, SubjectId};
 use crate::shutdown::Shutdown;
 use crate::store::{OutboxCapture, PurgeReason, Store, StoreError};
@@ -504,17 +504,8 @@ fn hand_over(
         let decision = match decided.get(&capture.subject) {
             Some(d) => d.clone(),
             None => {
-                let consents =
-                    gate::still_signed(store.consents_for(&capture.subject)?, &cfg.trust);
-                let revoked = store.revoked_before(&capture.subject)?;
-                let d = gate::decide(
-                    Some(&capture.subject),
-                    &consents,
-                    revoked,
-                    &cfg.trust,
-                    &cfg.identity,
-                    now,
-                );
+                // The consent rule (crate::gate), on what the store holds now.
+                let d = store.decide(&capture.subject, &cfg.trust, &cfg.identity, now)?;
                 decided.insert(capture.subject.clone(), d.clone());
                 if let Decision::Drop(reason) = &d {
                     // Consent ended since intake (expiry, key withdrawn): never
@@ -523,11 +514,7 @@ fn hand_over(
                         reason = reason.code(),
                         "consent gone; purging the subject's queued captures instead of uploading"
                     );
-                    let why = if *reason == gate::DropReason::Expired {
-                        PurgeReason::ConsentExpired
-                    } else {
-                        PurgeReason::ConsentInvalid
-                    };
+                    let why = PurgeReason::from(*reason);
                     store.purge_subject(&capture.subject, now, why, None)?;
                 }
                 d
