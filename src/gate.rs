@@ -27,13 +27,17 @@
 //! # Where the rule is applied
 //!
 //! The store loads a subject's consents and tombstone and applies the rule
-//! (`Store::decide`).
+//! (`Store::decide`, `Store::sweep_consents`); nothing else restates it.
 //! - **Intake**, before a capture is written: `Store::decide` under the store
 //!   lock, in the same critical section as the insert, so the insert needs no
 //!   second check (`crate::intake`).
 //! - **Hand-over**, before each publish to MQTT: `Store::decide` under the
 //!   store lock; a refused subject's queued captures are purged instead
 //!   (`crate::uplink`).
+//! - **Housekeeping**, every few seconds: `Store::sweep_consents` purges the
+//!   queued captures of every subject the rule refuses (`consent_expired` when
+//!   expiry is the cause, `consent_invalid` otherwise), so a withdrawn trust
+//!   key or an expiry takes effect while the broker is offline too.
 //! - **Token arrival** (`crate::consent::verify_consent`) checks terms 3–5 with
 //!   [`check_terms`]; it checks the signature and role itself, with finer error
 //!   codes, while parsing, and the store refuses a revoked consent with

@@ -1,18 +1,18 @@
 //! Consents and revocation tombstones: storing verified tokens, refusing ones
-//! issued at or before a revocation, revoking, expiring, and applying the
-//! consent rule ([`crate::gate`]) to what is stored.
-
-use std::collections::BTreeMap;
+//! issued at or before a revocation, revoking, and applying the consent rule
+//! ([`crate::gate`]) to what is stored: per capture and in the housekeeping sweep.
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde_json::json;
 
 use super::purge::purge_subject_in;
-use super::{AddConsent, CommandStamp, PurgeReason, Revocation, SqlCtx, Store, StoreError, Writer};
+use super::{
+    AddConsent, CommandStamp, PurgeReason, Revocation, SqlCtx, Store, StoreError, Swept, Writer,
+};
 use crate::audit::kind;
 use crate::config::{Identity, TrustedKey};
-use crate::gate::{self, Consent, Decision, UPLOAD_SCOPE};
-use crate::ids::{CaptureId, SubjectId};
+use crate::gate::{self, Consent, Decision};
+use crate::ids::SubjectId;
 
 const COLUMNS: &str = "id, subject, issuer, issued_at, expires_at, audience, scopes, kid, token";
 
@@ -220,43 +220,43 @@ pub(super) fn revoke(
     })
 }
 
-/// True if the subject still holds an unexpired consent with the upload scope.
-fn has_upload_consent(w: &Writer, sref: &[u8; 32], now: i64) -> Result<bool, StoreError> {
-    let scopes: Vec<String> = w
-        .tx
-        .prepare_cached("SELECT scopes FROM consents WHERE subject_ref = ?1 AND expires_at > ?2")
+/// Pseudonyms of the subjects that have queued captures.
+fn subjects_with_captures(conn: &Connection) -> Result<Vec<[u8; 32]>, StoreError> {
+    let rows: Vec<Vec<u8>> = conn
+        .prepare_cached("SELECT DISTINCT subject_ref FROM captures ORDER BY subject_ref")
         .and_then(|mut s| {
-            s.query_map(params![&sref[..], now], |r| r.get(0))?
-                .collect::<rusqlite::Result<Vec<String>>>()
+            s.query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
         })
-        .op("checking remaining consents")?;
-    Ok(scopes
-        .iter()
-        .any(|s| s.split(' ').any(|x| x == UPLOAD_SCOPE)))
+        .op("listing subjects with queued captures")?;
+    rows.into_iter()
+        .map(|sref| {
+            sref.try_into().map_err(|_| StoreError::Corrupt {
+                what: "a capture has a malformed subject_ref".into(),
+            })
+        })
+        .collect()
 }
 
-pub(super) fn sweep_expired(
-    store: &mut Store,
-    now: i64,
-) -> Result<Vec<(SubjectId, Vec<CaptureId>)>, StoreError> {
-    let mut w = store.writer()?;
-    let expired: Vec<(String, String, Vec<u8>)> = w
-        .tx
-        .prepare_cached("SELECT id, subject, subject_ref FROM consents WHERE expires_at <= ?1 ORDER BY expires_at, id")
+/// Deletes the consents expired at `now`, auditing each; returns how many.
+fn delete_expired(w: &mut Writer, now: i64) -> Result<usize, StoreError> {
+    let expired: Vec<(String, Vec<u8>)> =
+        w.tx.prepare_cached(
+            "SELECT id, subject_ref FROM consents WHERE expires_at <= ?1 ORDER BY expires_at, id",
+        )
         .and_then(|mut s| {
-            s.query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            s.query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<Vec<_>>>()
         })
         .op("finding expired consents")?;
-    if expired.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut subjects: BTreeMap<[u8; 32], SubjectId> = BTreeMap::new();
-    for (id, subject, sref) in expired {
-        let sref: [u8; 32] = sref.try_into().map_err(|_| StoreError::Corrupt {
-            what: format!("consent {id} has a malformed subject_ref"),
-        })?;
-        w.tx.execute("DELETE FROM consents WHERE id = ?1", [&id])
+    for (id, sref) in &expired {
+        let sref: [u8; 32] = sref
+            .as_slice()
+            .try_into()
+            .map_err(|_| StoreError::Corrupt {
+                what: format!("consent {id} has a malformed subject_ref"),
+            })?;
+        w.tx.execute("DELETE FROM consents WHERE id = ?1", [id])
             .op("deleting an expired consent")?;
         w.audit(
             now,
@@ -264,17 +264,39 @@ pub(super) fn sweep_expired(
             Some(&sref),
             json!({ "consent_id": id }),
         )?;
-        let subject = SubjectId::new(subject).map_err(|e| StoreError::Corrupt {
-            what: format!("consent {id}: {e}"),
-        })?;
-        subjects.insert(sref, subject);
     }
-    let mut out = Vec::new();
-    for (sref, subject) in subjects {
-        if !has_upload_consent(&w, &sref, now)? {
-            let purged = purge_subject_in(&mut w, &sref, now, PurgeReason::ConsentExpired)?;
-            out.push((subject, purged));
+    Ok(expired.len())
+}
+
+pub(super) fn sweep(
+    store: &mut Store,
+    trust: &[TrustedKey],
+    me: &Identity,
+    now: i64,
+) -> Result<Vec<Swept>, StoreError> {
+    let mut w = store.writer()?;
+    // The rule on every subject with queued captures, on what is stored now:
+    // expired consents are still there, so expiry is named as the cause.
+    let mut refused = Vec::new();
+    for sref in subjects_with_captures(&w.tx)? {
+        let consents = of_subject(&w.tx, &sref)?;
+        let revoked_before = tombstone(&w.tx, &sref)?;
+        if let Err(reason) = gate::allowing(&consents, revoked_before, trust, me, now) {
+            refused.push((sref, PurgeReason::from(reason)));
         }
+    }
+    let expired = delete_expired(&mut w, now)?;
+    if refused.is_empty() && expired == 0 {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::with_capacity(refused.len());
+    for (sref, reason) in refused {
+        let purged = purge_subject_in(&mut w, &sref, now, reason)?;
+        out.push(Swept {
+            subject_ref: hex::encode(sref),
+            reason,
+            purged,
+        });
     }
     w.commit()?;
     store.checkpoint()?;

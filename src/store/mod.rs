@@ -195,7 +195,7 @@ pub enum PurgeReason {
     Undecryptable,
     /// No stored consent of the subject allows uploading any more, for a
     /// reason other than expiry (e.g. its signing key was removed from the
-    /// trusted keys). Found at hand-over.
+    /// trusted keys). Found at hand-over or by the housekeeping sweep.
     ConsentInvalid,
 }
 
@@ -230,6 +230,17 @@ impl PurgeReason {
             PurgeReason::ConsentInvalid => "consent_invalid",
         }
     }
+}
+
+/// A subject whose queued captures [`Store::sweep_consents`] purged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Swept {
+    /// The subject's pseudonym (hex), as in audit rows.
+    pub subject_ref: String,
+    /// [`PurgeReason::ConsentExpired`] or [`PurgeReason::ConsentInvalid`].
+    pub reason: PurgeReason,
+    /// The purged captures.
+    pub purged: Vec<CaptureId>,
 }
 
 /// A consented, sanitized capture: what intake hands to
@@ -439,15 +450,20 @@ impl Store {
         self.finish(r)
     }
 
-    /// Deletes consents expired at `now` (`expires_at <= now`), then purges the
-    /// captures and data key of every affected subject left without an
-    /// unexpired upload consent. Returns those subjects with their purged ids
-    /// (possibly empty).
-    pub fn sweep_expired(
+    /// Housekeeping with the consent rule ([`crate::gate`]), in one
+    /// transaction: purges the queued captures and data key of every subject
+    /// whose stored consents no longer allow uploading at `now` under `trust`
+    /// (audited with reason `consent_expired` when expiry is the cause,
+    /// `consent_invalid` otherwise, e.g. for a removed or replaced trust key),
+    /// and deletes the consents expired at `now` (`expires_at <= now`,
+    /// audited). Returns the purged subjects.
+    pub fn sweep_consents(
         &mut self,
+        trust: &[TrustedKey],
+        me: &Identity,
         now: i64,
-    ) -> Result<Vec<(SubjectId, Vec<CaptureId>)>, StoreError> {
-        let r = consents::sweep_expired(self, now);
+    ) -> Result<Vec<Swept>, StoreError> {
+        let r = consents::sweep(self, trust, me, now);
         self.finish(r)
     }
 

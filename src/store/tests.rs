@@ -554,7 +554,9 @@ fn decide_applies_the_rule_to_stored_consents_and_tombstones() {
         let got = s.decide(&sid(subject), &trust, &me(), now).unwrap();
         assert_eq!(got, want, "{subject} at {now} with {} keys", trust.len());
     }
-    // A consent stored for the subject but since revoked is refused as such.
+    // The tombstone is part of the rule's input: a consent under it is refused
+    // as revoked (revoke deletes such consents; here the tombstone is written
+    // directly to show that the rule, not only the deletion, refuses it).
     s.conn()
         .execute(
             "INSERT INTO tombstones (subject_ref, revoked_before, updated_at) VALUES (?1, ?2, ?2)",
@@ -697,18 +699,44 @@ fn retention_purges_old_captures() {
     assert_eq!(s.counters().unwrap()["purged"], 3);
 }
 
+/// The `capture.purged` audit details, oldest first.
+fn purge_details(store: &mut Store) -> Vec<serde_json::Value> {
+    store
+        .audit_tail(1000)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == kind::CAPTURE_PURGED)
+        .map(|e| e.detail)
+        .collect()
+}
+
 #[test]
-fn sweep_expired_deletes_consents_and_purges_uncovered_subjects() {
+fn sweep_deletes_expired_consents_and_purges_uncovered_subjects() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = open(dir.path());
     let a = with_captures(&mut s, "S-1", 2, T0); // consent expires T0 + DAY
     with_captures(&mut s, "S-2", 1, T0); // also T0 + DAY, but gets a later one
     s.add_consent(&consent("later", "S-2", T0, T0 + 2 * DAY), T0, None)
         .unwrap();
-    assert!(s.sweep_expired(T0 + DAY - 1).unwrap().is_empty());
-    let swept = s.sweep_expired(T0 + DAY).unwrap();
-    assert_eq!(swept, vec![(sid("S-1"), a)]);
+    // A subject with only an expired consent and nothing queued loses the consent.
+    s.add_consent(&consent("idle", "S-3", T0, T0 + DAY), T0, None)
+        .unwrap();
+    assert!(s
+        .sweep_consents(&trust(), &me(), T0 + DAY - 1)
+        .unwrap()
+        .is_empty());
+    assert_eq!(s.list_consents().unwrap().len(), 4, "nothing expired yet");
+    let swept = s.sweep_consents(&trust(), &me(), T0 + DAY).unwrap();
+    assert_eq!(
+        swept,
+        vec![Swept {
+            subject_ref: s.subject_ref(&sid("S-1")),
+            reason: PurgeReason::ConsentExpired,
+            purged: a.clone(),
+        }]
+    );
     assert!(s.consents_for(&sid("S-1")).unwrap().is_empty());
+    assert!(s.consents_for(&sid("S-3")).unwrap().is_empty());
     let left: Vec<String> = s
         .consents_for(&sid("S-2"))
         .unwrap()
@@ -718,8 +746,100 @@ fn sweep_expired_deletes_consents_and_purges_uncovered_subjects() {
     assert_eq!(left, ["later"]);
     assert_eq!(s.pending(10, &[]).unwrap().len(), 1);
     let k = kinds(&mut s);
-    assert_eq!(k.iter().filter(|k| *k == kind::CONSENT_EXPIRED).count(), 2);
+    assert_eq!(k.iter().filter(|k| *k == kind::CONSENT_EXPIRED).count(), 3);
+    let purged = purge_details(&mut s);
+    assert_eq!(purged.len(), 1);
+    assert_eq!(purged[0]["reason"], "consent_expired");
+    assert_eq!(purged[0]["capture_ids"], json!(a));
+    assert_eq!(s.counters().unwrap()["purged"], 2);
+    // Nothing left to do: a second sweep changes nothing.
+    assert!(s
+        .sweep_consents(&trust(), &me(), T0 + DAY)
+        .unwrap()
+        .is_empty());
     assert!(s.audit_verify().unwrap().ok);
+}
+
+#[test]
+fn sweep_purges_subjects_whose_trust_key_was_removed_or_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let a = with_captures(&mut s, "S-1", 2, T0);
+    let b = with_captures(&mut s, "S-2", 1, T0);
+    // Nothing is expired; with the keys unchanged the sweep keeps everything.
+    assert!(s
+        .sweep_consents(&trust(), &me(), T0 + 1)
+        .unwrap()
+        .is_empty());
+    assert_eq!(s.outbox_stats(T0).unwrap().captures, 3);
+
+    // The consent key is removed from the trusted keys (a SIGHUP reload):
+    // the next sweep purges every subject it signed for, no broker involved.
+    let swept = s.sweep_consents(&[], &me(), T0 + 2).unwrap();
+    let mut want = vec![
+        Swept {
+            subject_ref: s.subject_ref(&sid("S-1")),
+            reason: PurgeReason::ConsentInvalid,
+            purged: a.clone(),
+        },
+        Swept {
+            subject_ref: s.subject_ref(&sid("S-2")),
+            reason: PurgeReason::ConsentInvalid,
+            purged: b.clone(),
+        },
+    ];
+    want.sort_by(|x, y| x.subject_ref.cmp(&y.subject_ref));
+    assert_eq!(swept, want);
+    assert_eq!(s.outbox_stats(T0).unwrap(), OutboxStats::default());
+    let keys: i64 = s
+        .conn()
+        .query_row("SELECT COUNT(*) FROM data_keys", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(keys, 0, "data keys destroyed");
+    let purged = purge_details(&mut s);
+    assert_eq!(purged.len(), 2);
+    assert!(
+        purged.iter().all(|d| d["reason"] == "consent_invalid"),
+        "{purged:?}"
+    );
+    // The consents stay (a key put back makes them usable again); only the
+    // captures, which may not wait for that, are gone.
+    assert_eq!(s.list_consents().unwrap().len(), 2);
+
+    // A key replaced under the same kid voids what the old key signed.
+    let c = with_captures(&mut s, "S-3", 1, T0 + 3);
+    let swept = s.sweep_consents(&other_key(), &me(), T0 + 4).unwrap();
+    assert_eq!(swept.len(), 1);
+    assert_eq!(swept[0].purged, c);
+    assert_eq!(swept[0].reason, PurgeReason::ConsentInvalid);
+    assert!(s.audit_verify().unwrap().ok);
+}
+
+#[test]
+fn sweep_keeps_a_subject_while_one_consent_allows_uploading() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    with_captures(&mut s, "S-1", 1, T0);
+    // A second consent for another device: it does not help, the first one does.
+    let mut elsewhere = consent("elsewhere", "S-1", T0, T0 + 2 * DAY);
+    elsewhere.audience = vec!["hall".into()];
+    s.add_consent(&elsewhere, T0, None).unwrap();
+    assert!(s
+        .sweep_consents(&trust(), &me(), T0 + 10)
+        .unwrap()
+        .is_empty());
+    // Once the good one expires, the closest failure is the expiry.
+    let swept = s.sweep_consents(&trust(), &me(), T0 + DAY).unwrap();
+    assert_eq!(swept.len(), 1);
+    assert_eq!(swept[0].reason, PurgeReason::ConsentExpired);
+    // The consent for the other device has not expired and stays.
+    let left: Vec<String> = s
+        .list_consents()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(left, ["elsewhere"]);
 }
 
 #[test]
