@@ -27,7 +27,9 @@
 //! # Where the rule is applied
 //!
 //! The store loads a subject's consents and tombstone and applies the rule
-//! (`Store::decide`, `Store::sweep_consents`); nothing else restates it.
+//! (`Store::decide`, `Store::sweep_consents`); nothing else restates it. It
+//! keeps a [`SignatureMemo`] so term 1 is not re-verified for every subject on
+//! every run while the trusted keys stay the same.
 //! - **Intake**, before a capture is written: `Store::decide` under the store
 //!   lock, in the same critical section as the insert, so the insert needs no
 //!   second check (`crate::intake`).
@@ -42,6 +44,10 @@
 //!   [`check_terms`]; it checks the signature and role itself, with finer error
 //!   codes, while parsing, and the store refuses a revoked consent with
 //!   [`is_revoked`] when adding it.
+
+use std::collections::HashMap;
+
+use ring::digest;
 
 use crate::config::{Identity, Role, TrustedKey};
 use crate::ids::SubjectId;
@@ -173,11 +179,25 @@ pub fn decide(
     me: &Identity,
     now: i64,
 ) -> Decision {
+    let mut signed = |c: &Consent| still_signed(c, trust);
+    decide_with(subject, consents, revoked_before, &mut signed, me, now)
+}
+
+/// [`decide`] with rule term 1 answered by `signed` ([`still_signed`] under
+/// the trusted keys, e.g. through a [`SignatureMemo`]).
+pub fn decide_with(
+    subject: Option<&SubjectId>,
+    consents: &[Consent],
+    revoked_before: Option<i64>,
+    signed: &mut dyn FnMut(&Consent) -> bool,
+    me: &Identity,
+    now: i64,
+) -> Decision {
     let Some(subject) = subject else {
         return Decision::Drop(DropReason::NoSubject);
     };
     let own = consents.iter().filter(|c| c.subject == *subject);
-    match allowing(own, revoked_before, trust, me, now) {
+    match allowing_with(own, revoked_before, signed, me, now) {
         Ok(c) => Decision::Accept {
             subject: subject.clone(),
             consent_id: c.id.clone(),
@@ -196,10 +216,23 @@ pub fn allowing<'a>(
     me: &Identity,
     now: i64,
 ) -> Result<&'a Consent, DropReason> {
+    let mut signed = |c: &Consent| still_signed(c, trust);
+    allowing_with(consents, revoked_before, &mut signed, me, now)
+}
+
+/// [`allowing`] with rule term 1 answered by `signed` ([`still_signed`]
+/// under the trusted keys, e.g. through a [`SignatureMemo`]).
+pub fn allowing_with<'a>(
+    consents: impl IntoIterator<Item = &'a Consent>,
+    revoked_before: Option<i64>,
+    signed: &mut dyn FnMut(&Consent) -> bool,
+    me: &Identity,
+    now: i64,
+) -> Result<&'a Consent, DropReason> {
     let mut best: Option<&Consent> = None;
     let mut reason = DropReason::NoConsent;
     for c in consents {
-        match check(c, revoked_before, trust, me, now) {
+        match check_signed(c, signed(c), revoked_before, me, now) {
             Ok(()) => {
                 let later = best.is_none_or(|b| {
                     (c.expires_at, c.issued_at, &c.id) > (b.expires_at, b.issued_at, &b.id)
@@ -224,7 +257,18 @@ pub fn check(
     me: &Identity,
     now: i64,
 ) -> Result<(), DropReason> {
-    if !still_signed(c, trust) {
+    check_signed(c, still_signed(c, trust), revoked_before, me, now)
+}
+
+/// [`check`] with rule term 1 already answered (`signed`).
+fn check_signed(
+    c: &Consent,
+    signed: bool,
+    revoked_before: Option<i64>,
+    me: &Identity,
+    now: i64,
+) -> Result<(), DropReason> {
+    if !signed {
         return Err(DropReason::KeyNotTrusted);
     }
     if is_revoked(c, revoked_before) {
@@ -237,6 +281,60 @@ pub fn check(
 /// key of role `consent` with the `kid` the consent was stored with.
 pub fn still_signed(c: &Consent, trust: &[TrustedKey]) -> bool {
     jws::verify(&c.token, trust).is_ok_and(|v| v.kid == c.kid && v.role == Role::Consent)
+}
+
+/// Remembered answers of rule term 1 ([`still_signed`]), so that applying the
+/// rule every few seconds to many queued subjects does not verify every
+/// signature again. An answer depends only on the consent's `kid` and token
+/// and on the trusted keys: it is kept per (`kid`, token) digest and all are
+/// forgotten when the trusted keys differ from the last call's. Same answers
+/// as [`still_signed`].
+#[derive(Debug, Default)]
+pub struct SignatureMemo {
+    /// The trusted keys the answers hold for.
+    trust: Vec<TrustedKey>,
+    /// SHA-256 of (`kid`, token) → answer.
+    answers: HashMap<[u8; 32], bool>,
+}
+
+impl SignatureMemo {
+    /// At most this many answers are kept (about 40 bytes each); when full,
+    /// all are forgotten and computed again as needed.
+    pub const CAPACITY: usize = 8192;
+
+    /// [`still_signed`]`(c, trust)`, remembered.
+    pub fn still_signed(&mut self, c: &Consent, trust: &[TrustedKey]) -> bool {
+        if self.trust != trust {
+            self.trust = trust.to_vec();
+            self.answers.clear();
+        }
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        for part in [c.kid.as_bytes(), c.token.as_bytes()] {
+            ctx.update(&(part.len() as u64).to_be_bytes());
+            ctx.update(part);
+        }
+        let mut key = [0u8; 32];
+        key.copy_from_slice(ctx.finish().as_ref());
+        if let Some(&answer) = self.answers.get(&key) {
+            return answer;
+        }
+        if self.answers.len() >= Self::CAPACITY {
+            self.answers.clear();
+        }
+        let answer = still_signed(c, trust);
+        self.answers.insert(key, answer);
+        answer
+    }
+
+    /// How many answers are remembered.
+    pub fn len(&self) -> usize {
+        self.answers.len()
+    }
+
+    /// True when nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.answers.is_empty()
+    }
 }
 
 /// Rule term 2 (negated): the consent falls under the subject's latest
@@ -293,8 +391,13 @@ mod tests {
 
     /// A token signed by the trusted `consent-1` key.
     fn token() -> String {
-        let claims = json!({ "sub": "S-1", "jti": "t" });
-        jws::sign(&claims, "consent-1", &keys().0).unwrap()
+        static TOKEN: OnceLock<String> = OnceLock::new();
+        TOKEN
+            .get_or_init(|| {
+                let claims = json!({ "sub": "S-1", "jti": "t" });
+                jws::sign(&claims, "consent-1", &keys().0).unwrap()
+            })
+            .clone()
     }
 
     /// A consent valid at NOW; tests change one field.
@@ -675,6 +778,70 @@ mod tests {
             allowing(&[], None, &t, &me(), NOW),
             Err(DropReason::NoConsent)
         );
+    }
+
+    #[test]
+    fn signature_memo_gives_the_answers_of_still_signed() {
+        let (_, consent_pk, _) = *keys();
+        let (_, other_pk) = keypair();
+        let good = consent("a");
+        let other_kid = with("b", |c| c.kid = "consent-2".into());
+        let tampered = with("c", |c| c.token.push('x'));
+        let trusts = [
+            trust(),
+            vec![],
+            vec![trusted("consent-1", Role::Consent, other_pk)],
+            vec![
+                trusted("consent-1", Role::Consent, consent_pk),
+                trusted("consent-2", Role::Consent, consent_pk),
+            ],
+            trust(),
+        ];
+        let mut memo = SignatureMemo::default();
+        for t in &trusts {
+            // Twice each: the second answer comes from the memo.
+            for _ in 0..2 {
+                for c in [&good, &other_kid, &tampered] {
+                    assert_eq!(
+                        memo.still_signed(c, t),
+                        still_signed(c, t),
+                        "{} under {t:?}",
+                        c.id
+                    );
+                }
+            }
+            assert_eq!(
+                memo.len(),
+                3,
+                "one answer per (kid, token), kept for this trust"
+            );
+        }
+        assert!(memo.still_signed(&good, &trust()));
+        assert!(!memo.still_signed(&other_kid, &trust()));
+        // A consent whose token changes under the same id is verified anew.
+        let forged = with("a", |c| c.token = token().replace('.', ".x"));
+        assert!(!memo.still_signed(&forged, &trust()));
+        // decide_with through the memo decides like decide.
+        let consents = [good.clone(), other_kid.clone()];
+        for t in &trusts {
+            let mut signed = |c: &Consent| memo.still_signed(c, t);
+            assert_eq!(
+                decide_with(Some(&sid("S-1")), &consents, None, &mut signed, &me(), NOW),
+                decide(Some(&sid("S-1")), &consents, None, t, &me(), NOW),
+            );
+        }
+    }
+
+    #[test]
+    fn signature_memo_is_bounded() {
+        let mut memo = SignatureMemo::default();
+        let t = trust();
+        for i in 0..SignatureMemo::CAPACITY + 10 {
+            let c = with("a", |c| c.token = format!("not-a-token-{i}"));
+            assert!(!memo.still_signed(&c, &t));
+        }
+        assert!(memo.len() <= SignatureMemo::CAPACITY);
+        assert!(!memo.is_empty());
     }
 
     #[test]

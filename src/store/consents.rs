@@ -2,6 +2,8 @@
 //! issued at or before a revocation, revoking, and applying the consent rule
 //! ([`crate::gate`]) to what is stored: per capture and in the housekeeping sweep.
 
+use std::collections::BTreeMap;
+
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde_json::json;
 
@@ -11,7 +13,7 @@ use super::{
 };
 use crate::audit::kind;
 use crate::config::{Identity, TrustedKey};
-use crate::gate::{self, Consent, Decision};
+use crate::gate::{self, Consent, Decision, SignatureMemo};
 use crate::ids::SubjectId;
 
 const COLUMNS: &str = "id, subject, issuer, issued_at, expires_at, audience, scopes, kid, token";
@@ -160,11 +162,13 @@ pub(super) fn decide(
     let sref = store.keys.pseudonyms.pseudonym(subject.as_str());
     let consents = of_subject(&store.conn, &sref)?;
     let revoked_before = tombstone(&store.conn, &sref)?;
-    Ok(gate::decide(
+    let memo = &mut store.signatures;
+    let mut signed = |c: &Consent| memo.still_signed(c, trust);
+    Ok(gate::decide_with(
         Some(subject),
         &consents,
         revoked_before,
-        trust,
+        &mut signed,
         me,
         now,
     ))
@@ -220,22 +224,61 @@ pub(super) fn revoke(
     })
 }
 
-/// Pseudonyms of the subjects that have queued captures.
-fn subjects_with_captures(conn: &Connection) -> Result<Vec<[u8; 32]>, StoreError> {
-    let rows: Vec<Vec<u8>> = conn
-        .prepare_cached("SELECT DISTINCT subject_ref FROM captures ORDER BY subject_ref")
+/// What the rule reads about one subject: its stored consents (oldest first)
+/// and its revocation tombstone.
+type Ledger = (Vec<Consent>, Option<i64>);
+
+fn sref_of(bytes: Vec<u8>) -> Result<[u8; 32], StoreError> {
+    bytes.try_into().map_err(|_| StoreError::Corrupt {
+        what: "a malformed subject_ref".into(),
+    })
+}
+
+/// Every subject with queued captures, by pseudonym, with its ledger; in
+/// three queries whatever the number of subjects.
+fn queued_ledgers(conn: &Connection) -> Result<BTreeMap<[u8; 32], Ledger>, StoreError> {
+    const QUEUED: &str = "SELECT subject_ref FROM captures";
+    let mut out = BTreeMap::new();
+    let subjects: Vec<Vec<u8>> = conn
+        .prepare_cached("SELECT DISTINCT subject_ref FROM captures")
         .and_then(|mut s| {
             s.query_map([], |r| r.get(0))?
                 .collect::<rusqlite::Result<Vec<_>>>()
         })
         .op("listing subjects with queued captures")?;
-    rows.into_iter()
-        .map(|sref| {
-            sref.try_into().map_err(|_| StoreError::Corrupt {
-                what: "a capture has a malformed subject_ref".into(),
-            })
+    for sref in subjects {
+        out.insert(sref_of(sref)?, (Vec::new(), None));
+    }
+    let consents: Vec<(Vec<u8>, Consent)> = conn
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS}, subject_ref FROM consents
+             WHERE subject_ref IN ({QUEUED}) ORDER BY issued_at, id"
+        ))
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get(9)?, consent(r)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
         })
-        .collect()
+        .op("reading the consents of queued subjects")?;
+    for (sref, c) in consents {
+        if let Some(ledger) = out.get_mut(&sref_of(sref)?) {
+            ledger.0.push(c);
+        }
+    }
+    let tombstones: Vec<(Vec<u8>, i64)> = conn
+        .prepare_cached(&format!(
+            "SELECT subject_ref, revoked_before FROM tombstones WHERE subject_ref IN ({QUEUED})"
+        ))
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .op("reading the tombstones of queued subjects")?;
+    for (sref, revoked_before) in tombstones {
+        if let Some(ledger) = out.get_mut(&sref_of(sref)?) {
+            ledger.1 = Some(revoked_before);
+        }
+    }
+    Ok(out)
 }
 
 /// Deletes the consents expired at `now`, auditing each; returns how many.
@@ -274,14 +317,27 @@ pub(super) fn sweep(
     me: &Identity,
     now: i64,
 ) -> Result<Vec<Swept>, StoreError> {
+    // The write transaction borrows the store: lend the memo out meanwhile.
+    let mut memo = std::mem::take(&mut store.signatures);
+    let r = sweep_with(store, &mut memo, trust, me, now);
+    store.signatures = memo;
+    r
+}
+
+fn sweep_with(
+    store: &mut Store,
+    memo: &mut SignatureMemo,
+    trust: &[TrustedKey],
+    me: &Identity,
+    now: i64,
+) -> Result<Vec<Swept>, StoreError> {
     let mut w = store.writer()?;
     // The rule on every subject with queued captures, on what is stored now:
     // expired consents are still there, so expiry is named as the cause.
+    let mut signed = |c: &Consent| memo.still_signed(c, trust);
     let mut refused = Vec::new();
-    for sref in subjects_with_captures(&w.tx)? {
-        let consents = of_subject(&w.tx, &sref)?;
-        let revoked_before = tombstone(&w.tx, &sref)?;
-        if let Err(reason) = gate::allowing(&consents, revoked_before, trust, me, now) {
+    for (sref, (consents, revoked_before)) in queued_ledgers(&w.tx)? {
+        if let Err(reason) = gate::allowing_with(&consents, revoked_before, &mut signed, me, now) {
             refused.push((sref, PurgeReason::from(reason)));
         }
     }

@@ -39,7 +39,7 @@ use serde_json::Value;
 use crate::audit::{AuditEntry, VerifyReport};
 use crate::config::{Identity, OutboxConfig, TrustedKey};
 use crate::crypto::{CryptoError, DerivedKeys, DeviceKey};
-use crate::gate::{Consent, Decision, DropReason};
+use crate::gate::{Consent, Decision, DropReason, SignatureMemo};
 use crate::ids::{CaptureId, Jti, SubjectId};
 
 /// File name of the database inside the state directory.
@@ -325,6 +325,10 @@ pub struct Store {
     conn: Connection,
     path: PathBuf,
     keys: DerivedKeys,
+    /// Remembered signature checks of stored consents (consent rule term 1),
+    /// so [`Store::decide`] and [`Store::sweep_consents`] do not verify the
+    /// same token again and again under unchanged trusted keys.
+    signatures: SignatureMemo,
 }
 
 impl std::fmt::Debug for Store {
@@ -349,7 +353,12 @@ impl Store {
         let keys = key.derive();
         drop(key);
         let conn = Connection::open(&path).op("opening the database")?;
-        let mut store = Store { conn, path, keys };
+        let mut store = Store {
+            conn,
+            path,
+            keys,
+            signatures: SignatureMemo::default(),
+        };
         let r = schema::init(&mut store);
         store.finish(r)?;
         Ok(store)

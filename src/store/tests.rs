@@ -816,6 +816,38 @@ fn sweep_purges_subjects_whose_trust_key_was_removed_or_replaced() {
 }
 
 #[test]
+fn sweep_purges_captures_left_without_any_consent_or_under_a_tombstone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let a = with_captures(&mut s, "S-1", 1, T0);
+    let b = with_captures(&mut s, "S-2", 1, T0);
+    let c = with_captures(&mut s, "S-3", 1, T0);
+    // Written behind the store's back: S-1's consent row gone, a tombstone
+    // over S-2's consent. The rule refuses both; S-3 is untouched.
+    s.conn()
+        .execute("DELETE FROM consents WHERE id = 'consent-S-1'", [])
+        .unwrap();
+    s.conn()
+        .execute(
+            "INSERT INTO tombstones (subject_ref, revoked_before, updated_at) VALUES (?1, ?2, ?2)",
+            rusqlite::params![&s.keys.pseudonyms.pseudonym("S-2")[..], T0],
+        )
+        .unwrap();
+    let mut swept = s.sweep_consents(&trust(), &me(), T0 + 1).unwrap();
+    swept.sort_by(|x, y| x.purged.cmp(&y.purged));
+    let got: Vec<(Vec<CaptureId>, PurgeReason)> =
+        swept.into_iter().map(|x| (x.purged, x.reason)).collect();
+    assert_eq!(
+        got,
+        [
+            (a, PurgeReason::ConsentInvalid),
+            (b, PurgeReason::ConsentInvalid)
+        ]
+    );
+    assert_eq!(pending_ids(&mut s, 10, &[]), c);
+}
+
+#[test]
 fn sweep_keeps_a_subject_while_one_consent_allows_uploading() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = open(dir.path());
