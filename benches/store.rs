@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use facegate::config::{OutboxConfig, WhenFull};
 use facegate::consent::{Consent, UPLOAD_SCOPE};
 use facegate::crypto::DeviceKey;
+use facegate::ids::SubjectId;
 use facegate::store::{Capture, PurgeReason, Store};
 use facegate_testkit::bench;
 
@@ -21,7 +22,7 @@ const IMAGE_BYTES: usize = 2_048;
 fn consent(subject: &str) -> Consent {
     Consent {
         id: format!("consent-{subject}"),
-        subject: subject.into(),
+        subject: SubjectId::new(subject).expect("subject id"),
         issuer: "bench".into(),
         issued_at: NOW - 10,
         expires_at: NOW + 86_400,
@@ -34,8 +35,8 @@ fn consent(subject: &str) -> Consent {
 
 fn capture(subject: &str, n: usize, image: &[u8]) -> Capture {
     Capture {
-        capture_id: format!("{subject}-{n:06}"),
-        subject: subject.into(),
+        capture_id: format!("{subject}-{n:06}").into(),
+        subject: SubjectId::new(subject).expect("subject id"),
         consent_id: format!("consent-{subject}"),
         captured_at: NOW,
         camera: "cam-1".into(),
@@ -117,6 +118,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map(|k| capture(&subject, k, &image))
             .collect();
         store.insert_captures(batch, &policy, NOW)?;
+        let subject = SubjectId::new(subject).expect("subject id");
         let t = Instant::now();
         let purged = store.purge_subject(&subject, NOW, PurgeReason::Revoked, None)?;
         samples.push(t.elapsed());
@@ -132,6 +134,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map(|k| capture(&subject, k, &image))
             .collect();
         store.insert_captures(batch, &policy, NOW)?;
+        let subject = SubjectId::new(subject).expect("subject id");
         let t = Instant::now();
         let r = store.revoke(&subject, NOW, NOW, None)?;
         samples.push(t.elapsed());

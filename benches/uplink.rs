@@ -115,22 +115,20 @@ fn breakdown(images: &[Vec<u8>]) -> (f64, Vec<f64>) {
     let mut ack_per_capture = Vec::new();
     for ack_batch in ACK_BATCHES {
         let (mut ack, mut done) = (Duration::ZERO, 0usize);
-        let mut waiting: Vec<String> = Vec::new();
+        let mut waiting: Vec<facegate::ids::CaptureId> = Vec::new();
         while done < PASS {
             let t = Instant::now();
             let batch = store.pending(WINDOW as usize, &waiting).expect("pending");
             for c in &batch {
-                let consents = store.consents_for(&c.subject).expect("consents");
-                let revoked = store.revoked_before(&c.subject).expect("revoked");
-                let decision = facegate::gate::decide(
-                    Some(&c.subject),
-                    &consents,
-                    revoked,
-                    &cfg.trust,
-                    &cfg.identity,
-                    facegate::clock::now(),
-                );
-                let facegate::gate::Decision::Accept { consent_id } = decision else {
+                let decision = store
+                    .decide(
+                        &c.subject,
+                        &cfg.trust,
+                        &cfg.identity,
+                        facegate::clock::now(),
+                    )
+                    .expect("decide");
+                let facegate::gate::Decision::Accept { consent_id, .. } = decision else {
                     panic!("consent refused in the breakdown");
                 };
                 std::hint::black_box(facegate::uplink::eventloop::envelope(&cfg, c, &consent_id));

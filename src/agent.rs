@@ -16,6 +16,7 @@ use crate::command::{self, Command};
 use crate::config::Config;
 use crate::consent::{self, ConsentError};
 use crate::db::{Db, DbError};
+use crate::ids::{CaptureId, Jti, SubjectId};
 use crate::reload;
 use crate::store::{AddConsent, CommandStamp, PurgeReason, StoreError};
 
@@ -26,7 +27,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PurgeTarget {
     /// Every queued capture of one subject.
-    Subject(String),
+    Subject(SubjectId),
     /// Every queued capture.
     All,
 }
@@ -63,28 +64,28 @@ impl ApplyError {
 #[derive(Debug, Default)]
 pub struct InFlight {
     /// Capture ids currently handed to MQTT.
-    ids: Mutex<HashSet<String>>,
+    ids: Mutex<HashSet<CaptureId>>,
 }
 
 impl InFlight {
     /// Records that `id` was handed to MQTT.
-    pub fn insert(&self, id: &str) {
-        self.lock().insert(id.to_string());
+    pub fn insert(&self, id: &CaptureId) {
+        self.lock().insert(id.clone());
     }
 
     /// Records that `id` was acknowledged or abandoned.
-    pub fn remove(&self, id: &str) -> bool {
+    pub fn remove(&self, id: &CaptureId) -> bool {
         self.lock().remove(id)
     }
 
     /// Which of `ids` are in flight, in the given order.
-    pub fn among(&self, ids: &[String]) -> Vec<String> {
+    pub fn among(&self, ids: &[CaptureId]) -> Vec<CaptureId> {
         let set = self.lock();
         ids.iter().filter(|id| set.contains(*id)).cloned().collect()
     }
 
     /// A snapshot of every in-flight id.
-    pub fn snapshot(&self) -> Vec<String> {
+    pub fn snapshot(&self) -> Vec<CaptureId> {
         self.lock().iter().cloned().collect()
     }
 
@@ -98,7 +99,7 @@ impl InFlight {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<CaptureId>> {
         self.ids.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -120,10 +121,10 @@ pub struct Agent {
 
 /// The fleet command on whose behalf an effect is applied: the store records
 /// its `jti` in the same transaction as the effect, so a replay is refused.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Via {
     /// The command's `jti`.
-    pub jti: String,
+    pub jti: Jti,
     /// The command name, for the audit entry.
     pub cmd: String,
     /// The command's `exp`: how long the `jti` must be remembered.
@@ -232,7 +233,12 @@ impl Agent {
             .run(move |s| {
                 let store = std::cell::RefCell::new(s);
                 // A store error counts as "seen": refusing is the safe side.
-                let seen = |jti: &str| store.borrow_mut().command_seen(jti).unwrap_or(true);
+                let seen = |jti: &str| {
+                    store
+                        .borrow_mut()
+                        .command_seen(&Jti::from(jti))
+                        .unwrap_or(true)
+                };
                 Ok(command::verify_command(
                     &bytes,
                     &cfg.trust,
@@ -279,19 +285,28 @@ impl Agent {
             Ok(Ok(cmd)) => cmd,
         };
         let stamp = Via {
-            jti: cmd.jti.clone(),
+            jti: Jti::from(cmd.jti.as_str()),
             cmd: cmd.cmd_name.clone(),
             expires_at: cmd.expires_at,
         };
         let via = Some(stamp.clone());
+        let stamp_jti = stamp.jti.clone();
         let mut publish_status = false;
         let result = match cmd.command.clone() {
             Command::ConsentGrant { token } => self.grant(token, now, via).await,
             Command::ConsentRevoke { subject } => {
-                self.revoke(subject, cmd.issued_at, now, via).await
+                async {
+                    let subject = subject_id(subject)?;
+                    self.revoke(subject, cmd.issued_at, now, via).await
+                }
+                .await
             }
             Command::Purge(command::PurgeTarget::Subject(s)) => {
-                self.purge(PurgeTarget::Subject(s), now, via).await
+                async {
+                    let target = PurgeTarget::Subject(subject_id(s)?);
+                    self.purge(target, now, via).await
+                }
+                .await
             }
             Command::Purge(command::PurgeTarget::All) => {
                 self.purge(PurgeTarget::All, now, via).await
@@ -322,7 +337,7 @@ impl Agent {
                 )
             }
         };
-        let (jti, text) = (cmd.jti.clone(), without_subject(&reply).to_string());
+        let (jti, text) = (stamp_jti, without_subject(&reply).to_string());
         if let Err(e) = self
             .db
             .run(move |s| s.save_command_reply(&jti, &text))
@@ -340,7 +355,7 @@ impl Agent {
     /// back from the command itself (`payload` passed signature verification
     /// before it could be found `replayed`).
     async fn kept_reply(&self, jti: Option<String>, payload: &[u8]) -> Option<Value> {
-        let jti = jti?;
+        let jti = Jti::from(jti?);
         let kept = self.db.run(move |s| s.command_reply(&jti)).await.ok()??;
         let mut reply: Value = serde_json::from_str(&kept).ok()?;
         if let Some(result) = reply.get_mut("result").and_then(Value::as_object_mut) {
@@ -392,12 +407,11 @@ impl Agent {
     /// purges all of its captures; returns the purge receipt.
     pub async fn revoke(
         &self,
-        subject: String,
+        subject: SubjectId,
         before: i64,
         now: i64,
         via: Option<Via>,
     ) -> Result<Value, ApplyError> {
-        check_subject(&subject)?;
         let (s, inflight) = (subject.clone(), self.inflight.clone());
         let (purged, in_flight) = self
             .db
@@ -424,10 +438,7 @@ impl Agent {
             PurgeReason::Local
         };
         let subject = match &target {
-            PurgeTarget::Subject(s) => {
-                check_subject(s)?;
-                Some(s.clone())
-            }
+            PurgeTarget::Subject(s) => Some(s.clone()),
             PurgeTarget::All => None,
         };
         let inflight = self.inflight.clone();
@@ -444,7 +455,7 @@ impl Agent {
                 Ok((ids, in_flight))
             })
             .await?;
-        Ok(receipt(subject.as_deref(), &purged, in_flight, now))
+        Ok(receipt(subject.as_ref(), &purged, in_flight, now))
     }
 
     /// Every stored consent, without the raw tokens.
@@ -524,7 +535,12 @@ impl Agent {
 
 /// The SPEC purge receipt. `in_flight` lists purged captures that had
 /// already been handed to MQTT (the back-end deletes them on its side).
-fn receipt(subject: Option<&str>, purged: &[String], in_flight: Vec<String>, now: i64) -> Value {
+fn receipt(
+    subject: Option<&SubjectId>,
+    purged: &[CaptureId],
+    in_flight: Vec<CaptureId>,
+    now: i64,
+) -> Value {
     let mut r = json!({
         "subject": subject,
         "purged": purged.len(),
@@ -566,22 +582,9 @@ fn command_subject(claims: Option<&serde_json::Map<String, Value>>) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// Subject ids follow SPEC: `[A-Za-z0-9._:-]{1,128}`.
-pub fn valid_subject(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-}
-
-fn check_subject(s: &str) -> Result<(), ApplyError> {
-    if valid_subject(s) {
-        Ok(())
-    } else {
-        Err(ApplyError::BadRequest(format!(
-            "subject {s:?} is not a valid subject id ([A-Za-z0-9._:-]{{1,128}})"
-        )))
-    }
+/// A subject id from a request; a bad one is refused as `bad_args`.
+pub fn subject_id(s: String) -> Result<SubjectId, ApplyError> {
+    SubjectId::new(s).map_err(|e| ApplyError::BadRequest(e.to_string()))
 }
 
 /// A daemon's agent over a fresh state directory, for unit tests of the

@@ -19,7 +19,8 @@
 use serde_json::{json, Map, Value};
 
 use crate::config::{CommandConfig, Identity, Role, TrustedKey};
-use crate::consent::{valid_subject, MAX_TOKEN_BYTES};
+use crate::consent::MAX_TOKEN_BYTES;
+use crate::ids::SubjectId;
 use crate::jws::{self, JwsError};
 
 /// What a purge removes.
@@ -323,7 +324,7 @@ fn parse_command(cmd: &str, args: Option<&Value>) -> Result<Command, CommandErro
         None => Ok(()),
     };
     let subject = || match args.get("subject") {
-        Some(Value::String(s)) if valid_subject(s) => Ok(s.clone()),
+        Some(Value::String(s)) if SubjectId::is_valid(s) => Ok(s.clone()),
         Some(_) => Err(CommandError::BadArgs(
             "subject must match [A-Za-z0-9._:-]{1,128}".into(),
         )),

@@ -1,37 +1,19 @@
-//! Consent tokens: verification of the JWS (pure, a function of the token,
-//! the trusted keys, this device's identity and `now`), the revocation rule,
-//! and signing consent tokens for the fleet tool.
+//! Consent tokens: verification of the JWS on arrival (pure, a function of the
+//! token, the trusted keys, this device's identity and `now`) and signing
+//! consent tokens for the fleet tool. What makes a stored consent usable is
+//! the consent rule in [`crate::gate`]; arrival applies the part of it that a
+//! token can be judged on alone.
 
 use serde_json::{json, Value};
 
 use crate::config::{Identity, Role, TrustedKey};
+use crate::gate::{self, BrokenTerm};
+use crate::ids::SubjectId;
 use crate::jws::{self, JwsError};
 
-/// A consent token that passed verification; what the ledger stores.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Consent {
-    /// The token's `jti`: the consent id quoted in every upload envelope.
-    pub id: String,
-    /// The subject (`sub`) the consent is about.
-    pub subject: String,
-    /// Who issued it (`iss`), for audit and listing.
-    pub issuer: String,
-    /// `iat`, unix seconds: compared against the subject's latest revocation.
-    pub issued_at: i64,
-    /// `exp`, unix seconds: the consent stops working at this instant.
-    pub expires_at: i64,
-    /// `aud` entries (site ids or `site/device`), kept so the gate can re-check them.
-    pub audience: Vec<String>,
-    /// `scope` split on spaces; uploading needs [`UPLOAD_SCOPE`].
-    pub scopes: Vec<String>,
-    /// Header `kid` of the signing key, so a key removed from config stops the consent.
-    pub kid: String,
-    /// The compact JWS as received, kept for listing and re-verification.
-    pub token: String,
-}
-
-/// The scope a consent must include for captures to be uploaded.
-pub const UPLOAD_SCOPE: &str = "capture:upload";
+/// The stored consent and the upload scope belong to the consent rule in
+/// [`crate::gate`]; re-exported here next to the token format.
+pub use crate::gate::{Consent, UPLOAD_SCOPE};
 
 /// Longest consent token accepted, in bytes (a real one is well under 1 KiB).
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -123,20 +105,15 @@ impl From<JwsError> for ConsentError {
     }
 }
 
-/// True when `s` is a valid subject id: `[A-Za-z0-9._:-]{1,128}`.
-pub fn valid_subject(s: &str) -> bool {
-    (1..=128).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-}
-
 /// Verifies a consent token for this device at time `now`.
 ///
 /// Checks, in order: token form and signature, key role `consent`, claim types
 /// (every claim missing or mistyped → `malformed`; `exp` must be after `iat`),
-/// subject syntax, time (`now >= exp` → expired, no skew on expiry; `iat` or
-/// `nbf` later than `now + skew` → not_yet_valid), audience, scope.
-/// Revocation is not known here: callers check it with [`is_revoked`].
+/// subject syntax, `iat` or `nbf` later than `now + skew` → not_yet_valid;
+/// then the consent rule's terms that a token can be judged on alone
+/// ([`gate::check_terms`]: audience, scope, `now >= exp` → expired, no skew on
+/// expiry). Revocation is not known here: the store refuses a consent issued
+/// at or before the subject's revocation ([`gate::is_revoked`]) when adding it.
 pub fn verify_consent(
     token: &str,
     trust: &[TrustedKey],
@@ -180,30 +157,16 @@ pub fn verify_consent(
         .map(str::to_string)
         .collect();
 
-    if !valid_subject(subject) {
-        return Err(ConsentError::BadSubject(subject.to_string()));
-    }
-    if now >= expires_at {
-        return Err(ConsentError::Expired {
-            exp: expires_at,
-            now,
-        });
-    }
+    let subject = SubjectId::new(subject).map_err(|e| ConsentError::BadSubject(e.0))?;
     let skew = skew.max(0);
     for at in std::iter::once(issued_at).chain(not_before) {
         if at > now.saturating_add(skew) {
             return Err(ConsentError::NotYetValid { at, now });
         }
     }
-    if !jws::audience_matches(&audience, me) {
-        return Err(ConsentError::WrongAudience(audience));
-    }
-    if !scopes.iter().any(|s| s == UPLOAD_SCOPE) {
-        return Err(ConsentError::MissingScope);
-    }
-    Ok(Consent {
+    let consent = Consent {
         id: id.to_string(),
-        subject: subject.to_string(),
+        subject,
         issuer: issuer.to_string(),
         issued_at,
         expires_at,
@@ -211,13 +174,16 @@ pub fn verify_consent(
         scopes,
         kid: verified.kid,
         token: token.to_string(),
-    })
-}
-
-/// True when the consent falls under the subject's latest revocation
-/// (`issued_at <= revoked_before`): such a consent is refused.
-pub fn is_revoked(consent: &Consent, revoked_before: Option<i64>) -> bool {
-    revoked_before.is_some_and(|r| consent.issued_at <= r)
+    };
+    match gate::check_terms(&consent, me, now) {
+        Ok(()) => Ok(consent),
+        Err(BrokenTerm::WrongAudience) => Err(ConsentError::WrongAudience(consent.audience)),
+        Err(BrokenTerm::MissingScope) => Err(ConsentError::MissingScope),
+        Err(BrokenTerm::Expired) => Err(ConsentError::Expired {
+            exp: expires_at,
+            now,
+        }),
+    }
 }
 
 /// What the fleet tool signs into a consent token.
@@ -245,7 +211,7 @@ pub fn sign_consent(
     now: i64,
 ) -> Result<String, ConsentError> {
     let invalid = |m: &str| Err(ConsentError::InvalidRequest(m.to_string()));
-    if !valid_subject(&req.subject) {
+    if !SubjectId::is_valid(&req.subject) {
         return Err(ConsentError::BadSubject(req.subject.clone()));
     }
     if req.issuer.is_empty() {
@@ -344,7 +310,7 @@ mod tests {
             c,
             Consent {
                 id: "c-1".into(),
-                subject: "S-123".into(),
+                subject: SubjectId::new("S-123").unwrap(),
                 issuer: "hr".into(),
                 issued_at: NOW - 100,
                 expires_at: NOW + 3600,
@@ -601,31 +567,6 @@ mod tests {
                 Err(e) => assert_eq!(e.code(), code, "{name}: {e}"),
             }
         }
-    }
-
-    #[test]
-    fn revocation_boundaries() {
-        let c = |iat| Consent {
-            id: "c".into(),
-            subject: "S".into(),
-            issuer: "i".into(),
-            issued_at: iat,
-            expires_at: iat + 10,
-            audience: vec![],
-            scopes: vec![],
-            kid: "k".into(),
-            token: String::new(),
-        };
-        assert!(!is_revoked(&c(100), None));
-        assert!(
-            is_revoked(&c(100), Some(100)),
-            "iat = revocation is revoked"
-        );
-        assert!(is_revoked(&c(99), Some(100)));
-        assert!(
-            !is_revoked(&c(101), Some(100)),
-            "iat = revocation + 1 is fine"
-        );
     }
 
     #[test]

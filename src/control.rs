@@ -16,7 +16,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::agent::{Agent, ApplyError, PurgeTarget};
+use crate::agent::{subject_id, Agent, ApplyError, PurgeTarget};
 use crate::clock;
 use crate::shutdown::Shutdown;
 
@@ -114,10 +114,16 @@ pub async fn dispatch(agent: &Agent, req: Request) -> Response {
         Request::ConsentList => agent.list_consents(now).await,
         Request::ConsentRevoke { subject } => {
             // A local revoke needs no signature; it covers every consent issued up to now.
-            agent.revoke(subject, now, now, None).await
+            match subject_id(subject) {
+                Ok(subject) => agent.revoke(subject, now, now, None).await,
+                Err(e) => Err(e),
+            }
         }
         Request::Purge { subject, all } => match (subject, all) {
-            (Some(s), false) => agent.purge(PurgeTarget::Subject(s), now, None).await,
+            (Some(s), false) => match subject_id(s) {
+                Ok(s) => agent.purge(PurgeTarget::Subject(s), now, None).await,
+                Err(e) => Err(e),
+            },
             (None, true) => agent.purge(PurgeTarget::All, now, None).await,
             _ => Err(ApplyError::BadRequest(
                 "purge needs a subject or --all, not both".into(),

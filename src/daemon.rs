@@ -25,7 +25,7 @@ use crate::uplink;
 
 /// File name of the device storage key inside the state directory.
 pub const STORAGE_KEY_FILE: &str = "storage.key";
-/// How often consents are swept for expiry and retention is enforced.
+/// How often the consent rule is applied to the outbox and retention is enforced.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
 
 /// Why the daemon could not start (it never fails once running: errors there
@@ -202,7 +202,9 @@ async fn watchdog(agent: Arc<Agent>, every: Duration, mut shutdown: Shutdown) {
     }
 }
 
-/// Expires consents (purging their subjects' captures) and enforces retention.
+/// Applies the consent rule to every queued subject (purging the captures of
+/// those it refuses: expiry, a removed or replaced trust key, ...), deletes
+/// expired consents and enforces retention; with or without a broker.
 async fn housekeeping(agent: Arc<Agent>, mut shutdown: Shutdown) {
     let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
     loop {
@@ -210,21 +212,23 @@ async fn housekeeping(agent: Arc<Agent>, mut shutdown: Shutdown) {
             _ = shutdown.wait() => break,
             _ = tick.tick() => {}
         }
-        let retention = agent.config().outbox.retention;
+        let cfg = agent.config();
         let now = clock::now();
         let result = agent
             .db()
             .run(move |s| {
-                let expired = s.sweep_expired(now)?;
-                let purged: usize = expired.iter().map(|(_, ids)| ids.len()).sum();
-                let old = s.enforce_retention(now, retention)?;
+                let swept = s.sweep_consents(&cfg.trust, &cfg.identity, now)?;
+                let purged: usize = swept.iter().map(|s| s.purged.len()).sum();
+                let old = s.enforce_retention(now, cfg.outbox.retention)?;
                 s.forget_commands(now)?;
                 Ok((purged, old.len()))
             })
             .await;
         match result {
             Ok((0, 0)) => {}
-            Ok((expired, old)) => tracing::info!(expired, old, "housekeeping purged captures"),
+            Ok((no_consent, old)) => {
+                tracing::info!(no_consent, old, "housekeeping purged captures")
+            }
             Err(e) => tracing::error!(error = %e, "housekeeping failed"),
         }
     }

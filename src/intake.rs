@@ -5,9 +5,13 @@
 //!
 //! Order of effects for one batch (crash safety, SPEC invariants 2 and 5):
 //! 1. read + sanitize every pair (in parallel, nothing written);
-//! 2. gate each capture; dropped ones are only counted and audited;
+//! 2. gate each capture with the consent rule (`Store::decide`, see
+//!    [`crate::gate`]); dropped ones are only counted and audited;
 //! 3. commit the accepted ones (one transaction, synchronous=FULL);
 //! 4. only then remove the spool files.
+//!
+//! Steps 2 and 3 run under one store lock with one `now`, so the gate's
+//! answer still holds at the insert and the store does not check it again.
 //!
 //! A crash before 3 leaves the pairs in the spool, to be processed again; a
 //! crash between 3 and 4 re-reads them, and because the capture id is derived
@@ -24,8 +28,8 @@ use serde_json::json;
 use crate::agent::Agent;
 use crate::clock;
 use crate::config::Config;
-use crate::consent::Consent;
 use crate::gate::{self, Decision};
+use crate::ids::{CaptureId, SubjectId};
 use crate::sanitize::{self, CleanImage};
 use crate::shutdown::Shutdown;
 use crate::spool::{self, Pair, Sidecar};
@@ -137,7 +141,7 @@ pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, Inta
 
     // 2 + 3. Gate and commit under one lock, so no revocation slips in between.
     let mut store = agent.db().lock();
-    let mut ledger: HashMap<String, (Vec<Consent>, Option<i64>)> = HashMap::new();
+    let mut decided: HashMap<SubjectId, Decision> = HashMap::new();
     let mut accepted: Vec<(Pair, Capture)> = Vec::new();
     let mut finished: Vec<Pair> = Vec::new();
     for result in results {
@@ -160,20 +164,23 @@ pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, Inta
         let subject = prepared.sidecar.subject.clone();
         let decision = match &subject {
             None => gate::decide(None, &[], None, &cfg.trust, &cfg.identity, now),
-            Some(s) => {
-                if !ledger.contains_key(s) {
-                    let consents = gate::still_signed(store.consents_for(s)?, &cfg.trust);
-                    let revoked = store.revoked_before(s)?;
-                    ledger.insert(s.clone(), (consents, revoked));
+            Some(s) => match decided.get(s) {
+                Some(d) => d.clone(),
+                None => {
+                    let d = store.decide(s, &cfg.trust, &cfg.identity, now)?;
+                    decided.insert(s.clone(), d.clone());
+                    d
                 }
-                let (consents, revoked) = &ledger[s];
-                gate::decide(Some(s), consents, *revoked, &cfg.trust, &cfg.identity, now)
-            }
+            },
         };
         match decision {
-            Decision::Accept { consent_id } => {
+            Decision::Accept {
+                subject,
+                consent_id,
+            } => {
                 let capture = new_capture(
                     &cfg,
+                    subject,
                     prepared.sidecar,
                     prepared.image,
                     consent_id,
@@ -185,7 +192,7 @@ pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, Inta
                 tracing::info!(pair = %prepared.pair.name, reason = reason.code(), "dropped capture without consent");
                 store.record(
                     "capture.dropped",
-                    subject.as_deref(),
+                    subject.as_ref(),
                     json!({ "reason": reason.code(), "camera": prepared.sidecar.camera }),
                     Some("dropped_no_consent"),
                     now,
@@ -201,6 +208,7 @@ pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, Inta
     if !accepted.is_empty() {
         let (pairs, captures): (Vec<Pair>, Vec<Capture>) = accepted.into_iter().unzip();
         // If this fails (disk full), the accepted pairs stay in the spool for a retry.
+        // Same lock and `now` as the gate above: its decisions still hold.
         let outcomes = store.insert_captures(captures, &cfg.outbox, now)?;
         drop(store);
         for outcome in &outcomes {
@@ -208,8 +216,6 @@ pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, Inta
                 Inserted::Accepted => report.accepted += 1,
                 Inserted::Duplicate => report.duplicates += 1,
                 Inserted::QuotaRejected => report.over_quota += 1,
-                // A revocation committed between the gate and the insert.
-                Inserted::NoConsent => report.dropped += 1,
             }
         }
         remove_pairs(&pairs);
@@ -284,10 +290,12 @@ fn prepare(pair: Pair, cfg: &Config) -> Outcome {
     })
 }
 
-/// Builds the outbox record. The capture id is derived from the pair's content,
-/// so re-reading the same pair after a crash yields the same id (no duplicate).
+/// Builds the outbox record of an accepted capture of `subject`. The capture
+/// id is derived from the pair's content, so re-reading the same pair after a
+/// crash yields the same id (no duplicate).
 fn new_capture(
     cfg: &Config,
+    subject: SubjectId,
     sidecar: Sidecar,
     image: CleanImage,
     consent_id: String,
@@ -298,7 +306,7 @@ fn new_capture(
         cfg.identity.site_id.as_bytes(),
         cfg.identity.device_id.as_bytes(),
         pair.name.as_bytes(),
-        sidecar.subject.as_deref().unwrap_or("").as_bytes(),
+        subject.as_str().as_bytes(),
         sidecar.camera.as_bytes(),
         &sidecar.captured_at.to_be_bytes(),
         &image.sha256,
@@ -309,12 +317,14 @@ fn new_capture(
     let d = ctx.finish();
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&d.as_ref()[..16]);
-    let capture_id = uuid::Builder::from_custom_bytes(bytes)
-        .into_uuid()
-        .to_string();
+    let capture_id = CaptureId::new(
+        uuid::Builder::from_custom_bytes(bytes)
+            .into_uuid()
+            .to_string(),
+    );
     Capture {
         capture_id,
-        subject: sidecar.subject.unwrap_or_default(),
+        subject,
         consent_id,
         captured_at: sidecar.captured_at,
         camera: sidecar.camera,

@@ -13,7 +13,7 @@
 //! - [`notify`]: systemd readiness, watchdog and stopping notifications.
 //!
 //! Pure decisions (functions of their inputs and `now`)
-//! - [`gate`]: may this subject's capture be kept or uploaded now?
+//! - [`gate`]: the consent rule: may this subject's capture be kept or uploaded now?
 //! - [`consent`]: consent token verification.
 //! - [`command`]: fleet command verification, signing and reply shapes.
 //! - [`protocol`]: the wire formats as typed serde structs: topics, envelope, status, replies.
@@ -35,6 +35,7 @@
 //! - [`keys`]: Ed25519 key files for the fleet tool.
 //! - [`logging`]: the `tracing` subscriber (text or JSON on stderr).
 //! - [`clock`]: unix seconds inside, RFC 3339 at the edges.
+//! - [`ids`]: `SubjectId`, `CaptureId`, `Jti`, `Seq` newtypes.
 
 pub mod agent;
 pub mod audit;
@@ -49,6 +50,7 @@ pub mod db;
 pub mod doctor;
 pub mod fleet;
 pub mod gate;
+pub mod ids;
 pub mod intake;
 pub mod jws;
 pub mod keys;

@@ -28,6 +28,7 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 
 use crate::clock;
+use crate::ids::SubjectId;
 use crate::sanitize::ContentType;
 
 /// Largest sidecar accepted, in bytes.
@@ -40,7 +41,7 @@ pub const MAX_NAME_LEN: usize = 128;
 pub struct Sidecar {
     /// Subject id the camera matched (`[A-Za-z0-9._:-]{1,128}`); `None` when
     /// unknown, which the consent gate treats as "no consent".
-    pub subject: Option<String>,
+    pub subject: Option<SubjectId>,
     /// Capture time in unix seconds, from the sidecar's RFC 3339 `captured_at`.
     pub captured_at: i64,
     /// Camera name for the envelope (`[A-Za-z0-9._:-]{1,64}`).
@@ -204,17 +205,16 @@ pub fn parse_sidecar(bytes: &[u8]) -> Result<Sidecar, SidecarError> {
         }
         SidecarError::Json(msg)
     })?;
-    if let Some(subject) = &raw.subject {
-        if !chars_ok(subject, 128, b"._:-") {
-            return Err(SidecarError::BadSubject);
-        }
-    }
+    let subject = match raw.subject {
+        Some(s) => Some(SubjectId::new(s).map_err(|_| SidecarError::BadSubject)?),
+        None => None,
+    };
     let captured_at = clock::parse_rfc3339(&raw.captured_at).ok_or(SidecarError::BadCapturedAt)?;
     if !chars_ok(&raw.camera, 64, b"._:-") {
         return Err(SidecarError::BadCamera);
     }
     Ok(Sidecar {
-        subject: raw.subject,
+        subject,
         captured_at,
         camera: raw.camera,
     })

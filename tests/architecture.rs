@@ -168,7 +168,7 @@ fn the_reader_sees_the_dependencies_it_should() {
     let find = |p: &str| all.iter().find(|m| m.path == p).expect(p);
     assert!(find("store/mod.rs").crates.contains("rusqlite"));
     assert!(find("db.rs").crates.contains("tokio"));
-    assert!(find("gate.rs").internal.contains("consent"));
+    assert!(find("consent.rs").internal.contains("gate"));
     assert!(
         find("main.rs").crates.contains("anyhow") || find("cli/mod.rs").crates.contains("anyhow")
     );

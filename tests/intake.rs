@@ -283,7 +283,7 @@ fn kill9_during_a_burst_loses_no_accepted_capture() {
         "spool had {spool_left} files at the kill; {st}"
     );
     let mut store = open_store(&d);
-    let ids: std::collections::HashSet<String> = store
+    let ids: std::collections::HashSet<facegate::ids::CaptureId> = store
         .pending(1000, &[])
         .unwrap()
         .into_iter()

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use facegate_testkit::daemon::Daemon;
+use facegate_testkit::daemon::{Daemon, CONSENT_KID};
+use facegate_testkit::signer::Signer;
 use facegate_testkit::synth;
 use facegate_testkit::util::wait_until;
 
@@ -77,6 +78,57 @@ fn sighup_with_an_invalid_config_keeps_the_running_one() {
     d.drop_pair("ok", "jpg", &synth::face_jpeg(320, 240, 3, 80), Some("S-2"));
     d.wait_spool_empty(T);
     assert_eq!(d.status()["counters"]["accepted"], 1);
+}
+
+/// Withdrawing a consent key by SIGHUP voids what it signed: the next
+/// housekeeping run purges the queued captures of its subjects, with no
+/// broker reachable (the uplink never gets to re-check them).
+#[test]
+fn sighup_removing_a_consent_key_purges_queued_captures_without_a_broker() {
+    let d = Daemon::start();
+    d.grant("S-key");
+    for i in 0..2 {
+        d.drop_pair(
+            &format!("k{i}"),
+            "jpg",
+            &synth::face_jpeg(320, 240, 10 + i, 80),
+            Some("S-key"),
+        );
+    }
+    d.wait_spool_empty(T);
+    assert_eq!(d.status()["outbox"]["captures"], 2);
+
+    // The consent key is rotated out: its kid and public key are gone, a new
+    // consent key takes its place.
+    let next = Signer::new("consent-next");
+    let original = std::fs::read_to_string(&d.config).unwrap();
+    let rotated = original
+        .replace(
+            &format!("kid = \"{CONSENT_KID}\""),
+            &format!("kid = \"{}\"", next.kid),
+        )
+        .replace(&d.consent_signer.public_b64, &next.public_b64);
+    assert_ne!(rotated, original);
+    std::fs::write(&d.config, rotated).unwrap();
+    d.signal("HUP");
+    wait_until(
+        T,
+        || d.status()["outbox"]["captures"] == 0,
+        || format!("{}\n{}", d.status(), d.log()),
+    );
+    let st = d.status();
+    assert_eq!(st["counters"]["purged"], 2, "{st}");
+    assert_eq!(st["counters"]["uploaded"], 0, "{st}");
+    let tail = d.ctl_json(&["audit", "tail", "-n", "50", "--json"]);
+    let purged: Vec<&serde_json::Value> = tail
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "capture.purged")
+        .collect();
+    assert_eq!(purged.len(), 1, "{tail}");
+    assert_eq!(purged[0]["detail"]["reason"], "consent_invalid", "{tail}");
+    assert_eq!(purged[0]["detail"]["count"], 2, "{tail}");
 }
 
 #[test]

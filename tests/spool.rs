@@ -351,7 +351,7 @@ fn remove_pair_removes_image_then_sidecar_and_is_retryable() {
 #[test]
 fn sidecar_parsing() {
     let ok = parse_sidecar(SIDECAR.as_bytes()).unwrap();
-    assert_eq!(ok.subject.as_deref(), Some("S-123"));
+    assert_eq!(ok.subject.as_ref().map(|s| s.as_str()), Some("S-123"));
     assert_eq!(ok.captured_at, 1_772_359_200);
     assert_eq!(ok.camera, "cam-1");
 
@@ -372,7 +372,8 @@ fn sidecar_parsing() {
         parse_sidecar(br#"{"subject":"a.b:c_d-9","captured_at":"2026-03-01T10:00:00Z","camera":"lobby:cam_1.a"}"#)
             .unwrap()
             .subject
-            .as_deref(),
+            .as_ref()
+            .map(|s| s.as_str()),
         Some("a.b:c_d-9")
     );
 

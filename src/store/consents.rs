@@ -1,24 +1,32 @@
 //! Consents and revocation tombstones: storing verified tokens, refusing ones
-//! issued at or before a revocation, revoking, and expiring.
+//! issued at or before a revocation, revoking, and applying the consent rule
+//! ([`crate::gate`]) to what is stored: per capture and in the housekeeping sweep.
 
 use std::collections::BTreeMap;
 
-use rusqlite::{params, OptionalExtension, Row};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde_json::json;
 
 use super::purge::purge_subject_in;
-use super::{AddConsent, CommandStamp, PurgeReason, Revocation, SqlCtx, Store, StoreError, Writer};
+use super::{
+    AddConsent, CommandStamp, PurgeReason, Revocation, SqlCtx, Store, StoreError, Swept, Writer,
+};
 use crate::audit::kind;
-use crate::consent::{Consent, UPLOAD_SCOPE};
+use crate::config::{Identity, TrustedKey};
+use crate::gate::{self, Consent, Decision, SignatureMemo};
+use crate::ids::SubjectId;
 
 const COLUMNS: &str = "id, subject, issuer, issued_at, expires_at, audience, scopes, kid, token";
 
 fn consent(r: &Row) -> rusqlite::Result<Consent> {
     let audience: String = r.get(5)?;
     let scopes: String = r.get(6)?;
+    let subject: String = r.get(1)?;
     Ok(Consent {
         id: r.get(0)?,
-        subject: r.get(1)?,
+        subject: SubjectId::new(subject).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, Box::new(e))
+        })?,
         issuer: r.get(2)?,
         issued_at: r.get(3)?,
         expires_at: r.get(4)?,
@@ -35,8 +43,8 @@ fn consent(r: &Row) -> rusqlite::Result<Consent> {
     })
 }
 
-fn tombstone(w: &Writer, sref: &[u8; 32]) -> Result<Option<i64>, StoreError> {
-    w.tx.prepare_cached("SELECT revoked_before FROM tombstones WHERE subject_ref = ?1")
+fn tombstone(conn: &Connection, sref: &[u8; 32]) -> Result<Option<i64>, StoreError> {
+    conn.prepare_cached("SELECT revoked_before FROM tombstones WHERE subject_ref = ?1")
         .and_then(|mut s| s.query_row([&sref[..]], |r| r.get(0)).optional())
         .op("reading a revocation tombstone")
 }
@@ -49,8 +57,8 @@ pub(super) fn add(
 ) -> Result<AddConsent, StoreError> {
     let mut w = store.writer()?;
     let sref = w.pseudonym(&c.subject);
-    if let Some(revoked_before) = tombstone(&w, &sref)? {
-        if c.issued_at <= revoked_before {
+    if let Some(revoked_before) = tombstone(&w.tx, &sref)? {
+        if gate::is_revoked(c, Some(revoked_before)) {
             let detail = json!({ "consent_id": c.id, "reason": "revoked", "revoked_before": revoked_before });
             w.audit(now, kind::CONSENT_REFUSED, Some(&sref), detail)?;
             if let Some(cmd) = cmd {
@@ -76,7 +84,7 @@ pub(super) fn add(
              ON CONFLICT(id) DO NOTHING",
             params![
                 c.id,
-                c.subject,
+                c.subject.as_str(),
                 &sref[..],
                 c.issuer,
                 c.issued_at,
@@ -105,12 +113,12 @@ pub(super) fn add(
 }
 
 fn query(
-    store: &mut Store,
+    conn: &Connection,
     sql_where: &str,
     args: impl rusqlite::Params,
 ) -> Result<Vec<Consent>, StoreError> {
     let sql = format!("SELECT {COLUMNS} FROM consents {sql_where} ORDER BY issued_at, id");
-    let mut stmt = store.conn.prepare(&sql).op("reading consents")?;
+    let mut stmt = conn.prepare_cached(&sql).op("reading consents")?;
     let rows = stmt
         .query_map(args, consent)
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
@@ -118,26 +126,52 @@ fn query(
     Ok(rows)
 }
 
-pub(super) fn for_subject(store: &mut Store, subject: &str) -> Result<Vec<Consent>, StoreError> {
-    let sref = store.keys.pseudonyms.pseudonym(subject);
-    query(store, "WHERE subject_ref = ?1", [&sref[..]])
+/// The consents stored for a pseudonym, oldest first.
+fn of_subject(conn: &Connection, sref: &[u8; 32]) -> Result<Vec<Consent>, StoreError> {
+    query(conn, "WHERE subject_ref = ?1", [&sref[..]])
+}
+
+pub(super) fn for_subject(
+    store: &mut Store,
+    subject: &SubjectId,
+) -> Result<Vec<Consent>, StoreError> {
+    let sref = store.keys.pseudonyms.pseudonym(subject.as_str());
+    of_subject(&store.conn, &sref)
 }
 
 pub(super) fn list(store: &mut Store) -> Result<Vec<Consent>, StoreError> {
-    query(store, "", [])
+    query(&store.conn, "", [])
 }
 
-pub(super) fn revoked_before(store: &mut Store, subject: &str) -> Result<Option<i64>, StoreError> {
-    let sref = store.keys.pseudonyms.pseudonym(subject);
-    store
-        .conn
-        .query_row(
-            "SELECT revoked_before FROM tombstones WHERE subject_ref = ?1",
-            [&sref[..]],
-            |r| r.get(0),
-        )
-        .optional()
-        .op("reading a revocation tombstone")
+pub(super) fn revoked_before(
+    store: &mut Store,
+    subject: &SubjectId,
+) -> Result<Option<i64>, StoreError> {
+    let sref = store.keys.pseudonyms.pseudonym(subject.as_str());
+    tombstone(&store.conn, &sref)
+}
+
+/// [`gate::decide`] on the subject's stored consents and tombstone.
+pub(super) fn decide(
+    store: &mut Store,
+    subject: &SubjectId,
+    trust: &[TrustedKey],
+    me: &Identity,
+    now: i64,
+) -> Result<Decision, StoreError> {
+    let sref = store.keys.pseudonyms.pseudonym(subject.as_str());
+    let consents = of_subject(&store.conn, &sref)?;
+    let revoked_before = tombstone(&store.conn, &sref)?;
+    let memo = &mut store.signatures;
+    let mut signed = |c: &Consent| memo.still_signed(c, trust);
+    Ok(gate::decide_with(
+        Some(subject),
+        &consents,
+        revoked_before,
+        &mut signed,
+        me,
+        now,
+    ))
 }
 
 pub(super) fn active_count(store: &mut Store, now: i64) -> Result<u64, StoreError> {
@@ -154,7 +188,7 @@ pub(super) fn active_count(store: &mut Store, now: i64) -> Result<u64, StoreErro
 
 pub(super) fn revoke(
     store: &mut Store,
-    subject: &str,
+    subject: &SubjectId,
     before: i64,
     now: i64,
     cmd: Option<&CommandStamp>,
@@ -169,7 +203,7 @@ pub(super) fn revoke(
         params![&sref[..], before, now],
     )
     .op("writing a revocation tombstone")?;
-    let revoked_before = tombstone(&w, &sref)?.unwrap_or(before);
+    let revoked_before = tombstone(&w.tx, &sref)?.unwrap_or(before);
     let removed =
         w.tx.execute(
             "DELETE FROM consents WHERE subject_ref = ?1 AND issued_at <= ?2",
@@ -190,43 +224,82 @@ pub(super) fn revoke(
     })
 }
 
-/// True if the subject still holds an unexpired consent with the upload scope.
-fn has_upload_consent(w: &Writer, sref: &[u8; 32], now: i64) -> Result<bool, StoreError> {
-    let scopes: Vec<String> = w
-        .tx
-        .prepare_cached("SELECT scopes FROM consents WHERE subject_ref = ?1 AND expires_at > ?2")
-        .and_then(|mut s| {
-            s.query_map(params![&sref[..], now], |r| r.get(0))?
-                .collect::<rusqlite::Result<Vec<String>>>()
-        })
-        .op("checking remaining consents")?;
-    Ok(scopes
-        .iter()
-        .any(|s| s.split(' ').any(|x| x == UPLOAD_SCOPE)))
+/// What the rule reads about one subject: its stored consents (oldest first)
+/// and its revocation tombstone.
+type Ledger = (Vec<Consent>, Option<i64>);
+
+fn sref_of(bytes: Vec<u8>) -> Result<[u8; 32], StoreError> {
+    bytes.try_into().map_err(|_| StoreError::Corrupt {
+        what: "a malformed subject_ref".into(),
+    })
 }
 
-pub(super) fn sweep_expired(
-    store: &mut Store,
-    now: i64,
-) -> Result<Vec<(String, Vec<String>)>, StoreError> {
-    let mut w = store.writer()?;
-    let expired: Vec<(String, String, Vec<u8>)> = w
-        .tx
-        .prepare_cached("SELECT id, subject, subject_ref FROM consents WHERE expires_at <= ?1 ORDER BY expires_at, id")
+/// Every subject with queued captures, by pseudonym, with its ledger; in
+/// three queries whatever the number of subjects.
+fn queued_ledgers(conn: &Connection) -> Result<BTreeMap<[u8; 32], Ledger>, StoreError> {
+    const QUEUED: &str = "SELECT subject_ref FROM captures";
+    let mut out = BTreeMap::new();
+    let subjects: Vec<Vec<u8>> = conn
+        .prepare_cached("SELECT DISTINCT subject_ref FROM captures")
         .and_then(|mut s| {
-            s.query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            s.query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .op("listing subjects with queued captures")?;
+    for sref in subjects {
+        out.insert(sref_of(sref)?, (Vec::new(), None));
+    }
+    let consents: Vec<(Vec<u8>, Consent)> = conn
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS}, subject_ref FROM consents
+             WHERE subject_ref IN ({QUEUED}) ORDER BY issued_at, id"
+        ))
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get(9)?, consent(r)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .op("reading the consents of queued subjects")?;
+    for (sref, c) in consents {
+        if let Some(ledger) = out.get_mut(&sref_of(sref)?) {
+            ledger.0.push(c);
+        }
+    }
+    let tombstones: Vec<(Vec<u8>, i64)> = conn
+        .prepare_cached(&format!(
+            "SELECT subject_ref, revoked_before FROM tombstones WHERE subject_ref IN ({QUEUED})"
+        ))
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .op("reading the tombstones of queued subjects")?;
+    for (sref, revoked_before) in tombstones {
+        if let Some(ledger) = out.get_mut(&sref_of(sref)?) {
+            ledger.1 = Some(revoked_before);
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes the consents expired at `now`, auditing each; returns how many.
+fn delete_expired(w: &mut Writer, now: i64) -> Result<usize, StoreError> {
+    let expired: Vec<(String, Vec<u8>)> =
+        w.tx.prepare_cached(
+            "SELECT id, subject_ref FROM consents WHERE expires_at <= ?1 ORDER BY expires_at, id",
+        )
+        .and_then(|mut s| {
+            s.query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<Vec<_>>>()
         })
         .op("finding expired consents")?;
-    if expired.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut subjects: BTreeMap<[u8; 32], String> = BTreeMap::new();
-    for (id, subject, sref) in expired {
-        let sref: [u8; 32] = sref.try_into().map_err(|_| StoreError::Corrupt {
-            what: format!("consent {id} has a malformed subject_ref"),
-        })?;
-        w.tx.execute("DELETE FROM consents WHERE id = ?1", [&id])
+    for (id, sref) in &expired {
+        let sref: [u8; 32] = sref
+            .as_slice()
+            .try_into()
+            .map_err(|_| StoreError::Corrupt {
+                what: format!("consent {id} has a malformed subject_ref"),
+            })?;
+        w.tx.execute("DELETE FROM consents WHERE id = ?1", [id])
             .op("deleting an expired consent")?;
         w.audit(
             now,
@@ -234,14 +307,52 @@ pub(super) fn sweep_expired(
             Some(&sref),
             json!({ "consent_id": id }),
         )?;
-        subjects.insert(sref, subject);
     }
-    let mut out = Vec::new();
-    for (sref, subject) in subjects {
-        if !has_upload_consent(&w, &sref, now)? {
-            let purged = purge_subject_in(&mut w, &sref, now, PurgeReason::ConsentExpired)?;
-            out.push((subject, purged));
+    Ok(expired.len())
+}
+
+pub(super) fn sweep(
+    store: &mut Store,
+    trust: &[TrustedKey],
+    me: &Identity,
+    now: i64,
+) -> Result<Vec<Swept>, StoreError> {
+    // The write transaction borrows the store: lend the memo out meanwhile.
+    let mut memo = std::mem::take(&mut store.signatures);
+    let r = sweep_with(store, &mut memo, trust, me, now);
+    store.signatures = memo;
+    r
+}
+
+fn sweep_with(
+    store: &mut Store,
+    memo: &mut SignatureMemo,
+    trust: &[TrustedKey],
+    me: &Identity,
+    now: i64,
+) -> Result<Vec<Swept>, StoreError> {
+    let mut w = store.writer()?;
+    // The rule on every subject with queued captures, on what is stored now:
+    // expired consents are still there, so expiry is named as the cause.
+    let mut signed = |c: &Consent| memo.still_signed(c, trust);
+    let mut refused = Vec::new();
+    for (sref, (consents, revoked_before)) in queued_ledgers(&w.tx)? {
+        if let Err(reason) = gate::allowing_with(&consents, revoked_before, &mut signed, me, now) {
+            refused.push((sref, PurgeReason::from(reason)));
         }
+    }
+    let expired = delete_expired(&mut w, now)?;
+    if refused.is_empty() && expired == 0 {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::with_capacity(refused.len());
+    for (sref, reason) in refused {
+        let purged = purge_subject_in(&mut w, &sref, now, reason)?;
+        out.push(Swept {
+            subject_ref: hex::encode(sref),
+            reason,
+            purged,
+        });
     }
     w.commit()?;
     store.checkpoint()?;

@@ -8,6 +8,7 @@ use rusqlite::{params, Transaction};
 use serde_json::Value;
 
 use super::{SqlCtx, Store, StoreError};
+use crate::ids::SubjectId;
 
 /// Adds `n` to counter `name` inside `tx`.
 pub(super) fn bump(tx: &Transaction, name: &str, n: u64) -> Result<(), StoreError> {
@@ -31,7 +32,7 @@ pub(super) fn bump_tx(store: &mut Store, name: &str, n: u64) -> Result<(), Store
 pub(super) fn record(
     store: &mut Store,
     kind: &str,
-    subject: Option<&str>,
+    subject: Option<&SubjectId>,
     detail: Value,
     counter: Option<&str>,
     now: i64,

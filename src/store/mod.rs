@@ -37,9 +37,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::audit::{AuditEntry, VerifyReport};
-use crate::config::OutboxConfig;
-use crate::consent::Consent;
+use crate::config::{Identity, OutboxConfig, TrustedKey};
 use crate::crypto::{CryptoError, DerivedKeys, DeviceKey};
+use crate::gate::{Consent, Decision, DropReason, SignatureMemo};
+use crate::ids::{CaptureId, Jti, SubjectId};
 
 /// File name of the database inside the state directory.
 pub const DB_FILE_NAME: &str = "facegate.db";
@@ -158,7 +159,7 @@ pub struct Revocation {
     /// Consents of the subject issued at or before the revocation, now deleted.
     pub consents_removed: u64,
     /// Capture ids purged (all of the subject's captures).
-    pub purged: Vec<String>,
+    pub purged: Vec<CaptureId>,
     /// The subject's tombstone after this revocation (the max of old and new).
     pub revoked_before: i64,
 }
@@ -168,7 +169,7 @@ pub struct Revocation {
 #[derive(Debug, Clone, Copy)]
 pub struct CommandStamp<'a> {
     /// The command's `jti`.
-    pub jti: &'a str,
+    pub jti: &'a Jti,
     /// The command name (`consent.revoke`, ...), for the audit row.
     pub cmd: &'a str,
     /// The command's `exp`; the jti is remembered until a day after it.
@@ -192,9 +193,27 @@ pub enum PurgeReason {
     Retention,
     /// The stored capture could not be decrypted.
     Undecryptable,
-    /// At upload time no consent allows it any more (e.g. its signing key
-    /// was removed from the trusted keys).
+    /// No stored consent of the subject allows uploading any more, for a
+    /// reason other than expiry (e.g. its signing key was removed from the
+    /// trusted keys). Found at hand-over or by the housekeeping sweep.
     ConsentInvalid,
+}
+
+/// Why the consent rule's refusal purges a subject's queued captures:
+/// [`PurgeReason::ConsentExpired`] when expiry is the cause, otherwise
+/// [`PurgeReason::ConsentInvalid`].
+impl From<DropReason> for PurgeReason {
+    fn from(reason: DropReason) -> Self {
+        match reason {
+            DropReason::Expired => PurgeReason::ConsentExpired,
+            DropReason::NoSubject
+            | DropReason::NoConsent
+            | DropReason::KeyNotTrusted
+            | DropReason::Revoked
+            | DropReason::WrongAudience
+            | DropReason::MissingScope => PurgeReason::ConsentInvalid,
+        }
+    }
 }
 
 impl PurgeReason {
@@ -213,16 +232,27 @@ impl PurgeReason {
     }
 }
 
+/// A subject whose queued captures [`Store::sweep_consents`] purged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Swept {
+    /// The subject's pseudonym (hex), as in audit rows.
+    pub subject_ref: String,
+    /// [`PurgeReason::ConsentExpired`] or [`PurgeReason::ConsentInvalid`].
+    pub reason: PurgeReason,
+    /// The purged captures.
+    pub purged: Vec<CaptureId>,
+}
+
 /// A consented, sanitized capture: what intake hands to
 /// [`Store::insert_captures`] and what the outbox gives back.
 /// `Debug` omits the image bytes.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Capture {
     /// UUID, stable across upload retries.
-    pub capture_id: String,
+    pub capture_id: CaptureId,
     /// Subject id (plain); stored only encrypted.
-    pub subject: String,
-    /// The consent that allowed the capture (re-checked inside the transaction).
+    pub subject: SubjectId,
+    /// The consent that allowed the capture at intake (the gate's decision).
     pub consent_id: String,
     /// When the camera took it (unix seconds).
     pub captured_at: i64,
@@ -275,10 +305,6 @@ pub enum Inserted {
     /// Refused: the outbox quota is reached (reject-new policy, or the capture
     /// alone is larger than the quota). Audited and counted.
     QuotaRejected,
-    /// Dropped: inside the transaction the named consent was no longer valid
-    /// (revoked, expired or deleted since the gate checked it). Audited and
-    /// counted as `dropped_no_consent`.
-    NoConsent,
     /// A capture with this id is already queued; nothing changed.
     Duplicate,
 }
@@ -299,6 +325,10 @@ pub struct Store {
     conn: Connection,
     path: PathBuf,
     keys: DerivedKeys,
+    /// Remembered signature checks of stored consents (consent rule term 1),
+    /// so [`Store::decide`] and [`Store::sweep_consents`] do not verify the
+    /// same token again and again under unchanged trusted keys.
+    signatures: SignatureMemo,
 }
 
 impl std::fmt::Debug for Store {
@@ -323,7 +353,12 @@ impl Store {
         let keys = key.derive();
         drop(key);
         let conn = Connection::open(&path).op("opening the database")?;
-        let mut store = Store { conn, path, keys };
+        let mut store = Store {
+            conn,
+            path,
+            keys,
+            signatures: SignatureMemo::default(),
+        };
         let r = schema::init(&mut store);
         store.finish(r)?;
         Ok(store)
@@ -335,8 +370,8 @@ impl Store {
     }
 
     /// Hex pseudonym of a subject, as it appears in audit rows.
-    pub fn subject_ref(&self, subject: &str) -> String {
-        hex::encode(self.keys.pseudonyms.pseudonym(subject))
+    pub fn subject_ref(&self, subject: &SubjectId) -> String {
+        hex::encode(self.keys.pseudonyms.pseudonym(subject.as_str()))
     }
 
     // ---- consents -------------------------------------------------------
@@ -355,7 +390,7 @@ impl Store {
     }
 
     /// Consents stored for `subject`, oldest first.
-    pub fn consents_for(&mut self, subject: &str) -> Result<Vec<Consent>, StoreError> {
+    pub fn consents_for(&mut self, subject: &SubjectId) -> Result<Vec<Consent>, StoreError> {
         let r = consents::for_subject(self, subject);
         self.finish(r)
     }
@@ -367,8 +402,23 @@ impl Store {
     }
 
     /// The subject's revocation tombstone: consents issued at or before it are void.
-    pub fn revoked_before(&mut self, subject: &str) -> Result<Option<i64>, StoreError> {
+    pub fn revoked_before(&mut self, subject: &SubjectId) -> Result<Option<i64>, StoreError> {
         let r = consents::revoked_before(self, subject);
+        self.finish(r)
+    }
+
+    /// The consent rule ([`crate::gate`]) for a capture of `subject` at `now`,
+    /// on the subject's stored consents and tombstone. Read-only: a caller
+    /// that acts on the answer does so under the same lock (see
+    /// [`crate::db::Db`]), so nothing changes in between.
+    pub fn decide(
+        &mut self,
+        subject: &SubjectId,
+        trust: &[TrustedKey],
+        me: &Identity,
+        now: i64,
+    ) -> Result<Decision, StoreError> {
+        let r = consents::decide(self, subject, trust, me, now);
         self.finish(r)
     }
 
@@ -381,7 +431,7 @@ impl Store {
     /// Audits a consent refused before reaching the store (bad signature, ...).
     pub fn audit_consent_refused(
         &mut self,
-        subject: Option<&str>,
+        subject: Option<&SubjectId>,
         reason_code: &str,
         now: i64,
     ) -> Result<(), StoreError> {
@@ -400,7 +450,7 @@ impl Store {
     /// data key; then checkpoints the WAL.
     pub fn revoke(
         &mut self,
-        subject: &str,
+        subject: &SubjectId,
         before: i64,
         now: i64,
         cmd: Option<&CommandStamp>,
@@ -409,20 +459,35 @@ impl Store {
         self.finish(r)
     }
 
-    /// Deletes consents expired at `now` (`expires_at <= now`), then purges the
-    /// captures and data key of every affected subject left without an
-    /// unexpired upload consent. Returns those subjects with their purged ids
-    /// (possibly empty).
-    pub fn sweep_expired(&mut self, now: i64) -> Result<Vec<(String, Vec<String>)>, StoreError> {
-        let r = consents::sweep_expired(self, now);
+    /// Housekeeping with the consent rule ([`crate::gate`]), in one
+    /// transaction: purges the queued captures and data key of every subject
+    /// whose stored consents no longer allow uploading at `now` under `trust`
+    /// (audited with reason `consent_expired` when expiry is the cause,
+    /// `consent_invalid` otherwise, e.g. for a removed or replaced trust key),
+    /// and deletes the consents expired at `now` (`expires_at <= now`,
+    /// audited). Returns the purged subjects.
+    pub fn sweep_consents(
+        &mut self,
+        trust: &[TrustedKey],
+        me: &Identity,
+        now: i64,
+    ) -> Result<Vec<Swept>, StoreError> {
+        let r = consents::sweep(self, trust, me, now);
         self.finish(r)
     }
 
     // ---- outbox ---------------------------------------------------------
 
     /// Stores a batch of captures in ONE transaction (group commit). Each is
-    /// re-checked against its consent, encrypted under its subject's data key,
-    /// and subjected to the quota policy.
+    /// encrypted under its subject's data key and subjected to the quota policy.
+    ///
+    /// Consent is the caller's check, not re-done here: every capture must
+    /// have been accepted by [`Store::decide`] on this store under the same
+    /// lock as this call, with the same `now`. Nothing can change the answer
+    /// in between (revocations, expiry sweeps and grants all need the lock,
+    /// and the rule is a pure function of what the store holds, the trusted
+    /// keys and `now`), so a second check inside the transaction could never
+    /// refuse. Intake does exactly this.
     pub fn insert_captures(
         &mut self,
         batch: Vec<Capture>,
@@ -438,7 +503,7 @@ impl Store {
     pub fn pending(
         &mut self,
         limit: usize,
-        exclude: &[String],
+        exclude: &[CaptureId],
     ) -> Result<Vec<OutboxCapture>, StoreError> {
         let r = outbox::pending(self, limit, exclude);
         self.finish(r)
@@ -446,14 +511,14 @@ impl Store {
 
     /// Deletes an uploaded capture (broker PUBACK). False if it was not queued
     /// (e.g. purged meanwhile).
-    pub fn ack(&mut self, capture_id: &str, now: i64) -> Result<bool, StoreError> {
-        self.ack_many(&[capture_id.to_string()], now)
+    pub fn ack(&mut self, capture_id: &CaptureId, now: i64) -> Result<bool, StoreError> {
+        self.ack_many(std::slice::from_ref(capture_id), now)
             .map(|n| n == 1)
     }
 
     /// Deletes several uploaded captures in one transaction (a burst of
     /// PUBACKs); returns how many were still queued.
-    pub fn ack_many(&mut self, capture_ids: &[String], now: i64) -> Result<usize, StoreError> {
+    pub fn ack_many(&mut self, capture_ids: &[CaptureId], now: i64) -> Result<usize, StoreError> {
         let r = outbox::ack(self, capture_ids, now);
         self.finish(r)
     }
@@ -462,11 +527,11 @@ impl Store {
     /// consents. Checkpoints the WAL.
     pub fn purge_subject(
         &mut self,
-        subject: &str,
+        subject: &SubjectId,
         now: i64,
         reason: PurgeReason,
         cmd: Option<&CommandStamp>,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Vec<CaptureId>, StoreError> {
         let r = purge::purge_subject(self, subject, now, reason, cmd);
         self.finish(r)
     }
@@ -477,7 +542,7 @@ impl Store {
         now: i64,
         reason: PurgeReason,
         cmd: Option<&CommandStamp>,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Vec<CaptureId>, StoreError> {
         let r = purge::purge_all(self, now, reason, cmd);
         self.finish(r)
     }
@@ -488,7 +553,7 @@ impl Store {
         &mut self,
         now: i64,
         retention: Duration,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Vec<CaptureId>, StoreError> {
         let r = purge::enforce_retention(self, now, retention);
         self.finish(r)
     }
@@ -512,7 +577,7 @@ impl Store {
     pub fn record(
         &mut self,
         kind: &str,
-        subject: Option<&str>,
+        subject: Option<&SubjectId>,
         detail: Value,
         counter: Option<&str>,
         now: i64,
@@ -542,7 +607,7 @@ impl Store {
     // ---- command replay -------------------------------------------------
 
     /// True if a command with this `jti` was already applied.
-    pub fn command_seen(&mut self, jti: &str) -> Result<bool, StoreError> {
+    pub fn command_seen(&mut self, jti: &Jti) -> Result<bool, StoreError> {
         let r = replay::seen(self, jti);
         self.finish(r)
     }
@@ -556,13 +621,13 @@ impl Store {
 
     /// Keeps the reply published for an applied command (no-op for an
     /// unknown `jti`).
-    pub fn save_command_reply(&mut self, jti: &str, reply: &str) -> Result<(), StoreError> {
+    pub fn save_command_reply(&mut self, jti: &Jti, reply: &str) -> Result<(), StoreError> {
         let r = replay::save_reply(self, jti, reply);
         self.finish(r)
     }
 
     /// The reply kept for an applied command.
-    pub fn command_reply(&mut self, jti: &str) -> Result<Option<String>, StoreError> {
+    pub fn command_reply(&mut self, jti: &Jti) -> Result<Option<String>, StoreError> {
         let r = replay::reply(self, jti);
         self.finish(r)
     }
@@ -674,8 +739,8 @@ impl Writer<'_> {
     }
 
     /// The subject's pseudonym.
-    pub(crate) fn pseudonym(&self, subject: &str) -> [u8; 32] {
-        self.keys.pseudonyms.pseudonym(subject)
+    pub(crate) fn pseudonym(&self, subject: &SubjectId) -> [u8; 32] {
+        self.keys.pseudonyms.pseudonym(subject.as_str())
     }
 
     /// Stores the command's jti and audits `command.applied`.

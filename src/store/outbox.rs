@@ -19,13 +19,13 @@ use super::{
 };
 use crate::audit::kind;
 use crate::config::{OutboxConfig, WhenFull};
-use crate::consent::UPLOAD_SCOPE;
 use crate::crypto::{DataKey, DerivedKeys, Part, SEAL_OVERHEAD};
+use crate::ids::{CaptureId, SubjectId};
 
 /// The sealed metadata of a capture.
 #[derive(Serialize, Deserialize)]
 struct Meta {
-    subject: String,
+    subject: SubjectId,
     consent_id: String,
     captured_at: i64,
     camera: String,
@@ -76,32 +76,6 @@ fn key_for<'c>(
     })
 }
 
-const CONSENT_VALID_SQL: &str = "SELECT 1 FROM consents c
-     WHERE c.id = ?1 AND c.subject_ref = ?2 AND c.expires_at > ?3
-       AND instr(' ' || c.scopes || ' ', ?4) > 0
-       AND NOT EXISTS (SELECT 1 FROM tombstones t
-                       WHERE t.subject_ref = c.subject_ref AND c.issued_at <= t.revoked_before)";
-
-/// Is `consent_id` a stored, unexpired upload consent of this subject that no
-/// tombstone voids?
-fn consent_valid(
-    conn: &rusqlite::Connection,
-    consent_id: &str,
-    sref: &[u8; 32],
-    now: i64,
-) -> Result<bool, StoreError> {
-    conn.prepare_cached(CONSENT_VALID_SQL)
-        .and_then(|mut s| {
-            s.query_row(
-                params![consent_id, &sref[..], now, format!(" {UPLOAD_SCOPE} ")],
-                |_| Ok(()),
-            )
-            .optional()
-        })
-        .op("checking consent")
-        .map(|r| r.is_some())
-}
-
 fn totals(w: &Writer) -> Result<(u64, u64), StoreError> {
     w.tx.prepare_cached("SELECT captures, bytes FROM outbox_totals WHERE id = 1")
         .and_then(|mut s| s.query_row([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))))
@@ -109,9 +83,9 @@ fn totals(w: &Writer) -> Result<(u64, u64), StoreError> {
         .map(|(c, b)| (c.max(0) as u64, b.max(0) as u64))
 }
 
-fn exists(w: &Writer, capture_id: &str) -> Result<bool, StoreError> {
+fn exists(w: &Writer, capture_id: &CaptureId) -> Result<bool, StoreError> {
     w.tx.prepare_cached("SELECT 1 FROM captures WHERE capture_id = ?1")
-        .and_then(|mut s| s.query_row([capture_id], |_| Ok(())).optional())
+        .and_then(|mut s| s.query_row([capture_id.as_str()], |_| Ok(())).optional())
         .op("looking up a capture")
         .map(|r| r.is_some())
 }
@@ -178,13 +152,8 @@ pub(super) fn insert(
             out.push(Inserted::Duplicate);
             continue;
         }
-        if !consent_valid(&w.tx, &c.consent_id, &sref, now)? {
-            let detail = json!({ "capture_id": c.capture_id, "reason": "no_valid_consent" });
-            w.audit(now, kind::CAPTURE_DROPPED, Some(&sref), detail)?;
-            w.bump(counter::DROPPED_NO_CONSENT, 1)?;
-            out.push(Inserted::NoConsent);
-            continue;
-        }
+        // No consent check here: the caller's gate decision, taken under the
+        // same lock, stands (see `Store::insert_captures`).
         let meta = serde_json::to_vec(&Meta {
             subject: c.subject.clone(),
             consent_id: c.consent_id.clone(),
@@ -206,14 +175,23 @@ pub(super) fn insert(
             continue;
         }
         let key = key_for(&w, &mut cache, &sref, now)?;
-        let meta = key.seal(Part::Meta, &c.capture_id, &sref, &meta)?;
-        let image = key.seal(Part::Image, &c.capture_id, &sref, &c.image)?;
+        let meta = key.seal(Part::Meta, c.capture_id.as_str(), &sref, &meta)?;
+        let image = key.seal(Part::Image, c.capture_id.as_str(), &sref, &c.image)?;
         let bytes = (meta.len() + image.len()) as i64;
         w.tx.prepare_cached(
             "INSERT INTO captures (capture_id, subject_ref, queued_at, bytes, meta, image)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )
-        .and_then(|mut s| s.execute(params![c.capture_id, &sref[..], now, bytes, meta, image]))
+        .and_then(|mut s| {
+            s.execute(params![
+                c.capture_id.as_str(),
+                &sref[..],
+                now,
+                bytes,
+                meta,
+                image
+            ])
+        })
         .op("storing a capture")?;
         let detail = json!({ "capture_id": c.capture_id, "consent_id": c.consent_id, "camera": c.camera, "bytes": bytes });
         w.audit(now, kind::CAPTURE_ACCEPTED, Some(&sref), detail)?;
@@ -259,10 +237,10 @@ fn decrypt(
         return Ok(None);
     };
     let id = &row.r.capture_id;
-    let Ok(meta) = key.open(Part::Meta, id, &sref, &row.meta) else {
+    let Ok(meta) = key.open(Part::Meta, id.as_str(), &sref, &row.meta) else {
         return Ok(None);
     };
-    let Ok(image) = key.open(Part::Image, id, &sref, &row.image) else {
+    let Ok(image) = key.open(Part::Image, id.as_str(), &sref, &row.image) else {
         return Ok(None);
     };
     let Some((meta, sha256)) = decode_meta(&meta) else {
@@ -286,7 +264,7 @@ fn decrypt(
 pub(super) fn pending(
     store: &mut Store,
     limit: usize,
-    exclude: &[String],
+    exclude: &[CaptureId],
 ) -> Result<Vec<OutboxCapture>, StoreError> {
     if limit == 0 {
         return Ok(Vec::new());
@@ -344,7 +322,7 @@ pub(super) fn pending(
 
 pub(super) fn ack(
     store: &mut Store,
-    capture_ids: &[String],
+    capture_ids: &[CaptureId],
     now: i64,
 ) -> Result<usize, StoreError> {
     let mut w = store.writer_zeroing(false)?;
@@ -355,7 +333,7 @@ pub(super) fn ack(
             w.tx.prepare_cached(&format!(
                 "SELECT {REF_COLUMNS} FROM captures WHERE capture_id = ?1"
             ))
-            .and_then(|mut s| s.query_row([capture_id], capture_ref).optional())
+            .and_then(|mut s| s.query_row([capture_id.as_str()], capture_ref).optional())
             .op("looking up a capture")?;
         let Some(r) = found else {
             continue;

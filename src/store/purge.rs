@@ -9,13 +9,14 @@ use serde_json::json;
 
 use super::{counter, CommandStamp, PurgeReason, SqlCtx, Store, StoreError, Writer};
 use crate::audit::kind;
+use crate::ids::{CaptureId, SubjectId};
 
 /// The clear-text columns of a capture row needed to delete and audit it.
 pub(super) struct CaptureRef {
     /// Row id (queue order).
     pub(super) seq: i64,
     /// The capture's UUID.
-    pub(super) capture_id: String,
+    pub(super) capture_id: CaptureId,
     /// The subject's pseudonym.
     pub(super) subject_ref: [u8; 32],
 }
@@ -28,7 +29,7 @@ pub(super) fn capture_ref(r: &Row) -> rusqlite::Result<CaptureRef> {
     let sref: Vec<u8> = r.get(2)?;
     Ok(CaptureRef {
         seq: r.get(0)?,
-        capture_id: r.get(1)?,
+        capture_id: CaptureId::new(r.get::<_, String>(1)?),
         subject_ref: sref.try_into().unwrap_or([0u8; 32]),
     })
 }
@@ -70,7 +71,7 @@ pub(super) fn delete_rows(
             by_subject
                 .entry(r.subject_ref)
                 .or_default()
-                .push(&r.capture_id);
+                .push(r.capture_id.as_str());
         }
     }
     let mut destroyed = Vec::new();
@@ -107,7 +108,7 @@ pub(super) fn purge_subject_in(
     sref: &[u8; 32],
     now: i64,
     reason: PurgeReason,
-) -> Result<Vec<String>, StoreError> {
+) -> Result<Vec<CaptureId>, StoreError> {
     let rows = select_refs(w, "WHERE subject_ref = ?1", "seq", params![&sref[..]])?;
     if rows.is_empty() {
         let detail = json!({ "reason": reason.as_str(), "count": 0, "capture_ids": [] });
@@ -121,11 +122,11 @@ pub(super) fn purge_subject_in(
 
 pub(super) fn purge_subject(
     store: &mut Store,
-    subject: &str,
+    subject: &SubjectId,
     now: i64,
     reason: PurgeReason,
     cmd: Option<&CommandStamp>,
-) -> Result<Vec<String>, StoreError> {
+) -> Result<Vec<CaptureId>, StoreError> {
     let mut w = store.writer()?;
     let sref = w.pseudonym(subject);
     let purged = purge_subject_in(&mut w, &sref, now, reason)?;
@@ -140,7 +141,7 @@ pub(super) fn purge_all(
     now: i64,
     reason: PurgeReason,
     cmd: Option<&CommandStamp>,
-) -> Result<Vec<String>, StoreError> {
+) -> Result<Vec<CaptureId>, StoreError> {
     let mut w = store.writer()?;
     let rows = select_refs(&w, "", "seq", [])?;
     if rows.is_empty() {
@@ -161,7 +162,7 @@ pub(super) fn enforce_retention(
     store: &mut Store,
     now: i64,
     retention: Duration,
-) -> Result<Vec<String>, StoreError> {
+) -> Result<Vec<CaptureId>, StoreError> {
     let keep = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
     let cutoff = now.saturating_sub(keep);
     let mut w = store.writer()?;

@@ -4,15 +4,20 @@
 use rusqlite::{params, OptionalExtension};
 
 use super::{CommandStamp, SqlCtx, Store, StoreError, Writer};
+use crate::ids::Jti;
 
 /// How long after its `exp` a command id is still remembered.
 const KEEP_AFTER_EXPIRY_S: i64 = 24 * 60 * 60;
 
 /// True if `jti` was applied.
-pub(super) fn seen(store: &mut Store, jti: &str) -> Result<bool, StoreError> {
+pub(super) fn seen(store: &mut Store, jti: &Jti) -> Result<bool, StoreError> {
     store
         .conn
-        .query_row("SELECT 1 FROM commands WHERE jti = ?1", [jti], |_| Ok(()))
+        .query_row(
+            "SELECT 1 FROM commands WHERE jti = ?1",
+            [jti.as_str()],
+            |_| Ok(()),
+        )
         .optional()
         .op("looking up a command id")
         .map(|r| r.is_some())
@@ -24,7 +29,7 @@ pub(super) fn remember(w: &mut Writer, cmd: &CommandStamp, now: i64) -> Result<(
         w.tx.execute(
             "INSERT INTO commands (jti, expires_at, seen_at) VALUES (?1, ?2, ?3)
              ON CONFLICT(jti) DO NOTHING",
-            params![cmd.jti, cmd.expires_at, now],
+            params![cmd.jti.as_str(), cmd.expires_at, now],
         )
         .op("remembering a command id")?;
     if inserted == 0 {
@@ -47,24 +52,26 @@ pub(super) fn remember_tx(
 }
 
 /// Keeps the reply published for the applied command `jti`.
-pub(super) fn save_reply(store: &mut Store, jti: &str, reply: &str) -> Result<(), StoreError> {
+pub(super) fn save_reply(store: &mut Store, jti: &Jti, reply: &str) -> Result<(), StoreError> {
     store
         .conn
         .execute(
             "UPDATE commands SET reply = ?2 WHERE jti = ?1",
-            params![jti, reply],
+            params![jti.as_str(), reply],
         )
         .op("keeping a command reply")?;
     Ok(())
 }
 
 /// The reply kept for the applied command `jti`, if any.
-pub(super) fn reply(store: &mut Store, jti: &str) -> Result<Option<String>, StoreError> {
+pub(super) fn reply(store: &mut Store, jti: &Jti) -> Result<Option<String>, StoreError> {
     store
         .conn
-        .query_row("SELECT reply FROM commands WHERE jti = ?1", [jti], |r| {
-            r.get::<_, Option<String>>(0)
-        })
+        .query_row(
+            "SELECT reply FROM commands WHERE jti = ?1",
+            [jti.as_str()],
+            |r| r.get::<_, Option<String>>(0),
+        )
         .optional()
         .op("reading a command reply")
         .map(Option::flatten)

@@ -8,9 +8,10 @@ use serde_json::json;
 
 use super::*;
 use crate::audit::kind;
-use crate::config::{OutboxConfig, WhenFull};
-use crate::consent::{Consent, UPLOAD_SCOPE};
+use crate::config::{Identity, OutboxConfig, Role, TrustedKey, WhenFull};
+use crate::consent::{sign_consent, Consent, ConsentRequest, UPLOAD_SCOPE};
 use crate::crypto::DeviceKey;
+use crate::ids::{CaptureId, Jti, SubjectId};
 
 const T0: i64 = 1_800_000_000;
 const DAY: i64 = 86_400;
@@ -23,24 +24,69 @@ fn open(dir: &Path) -> Store {
     Store::open(dir, key()).unwrap()
 }
 
+fn sid(s: &str) -> SubjectId {
+    SubjectId::new(s).unwrap()
+}
+
+/// The consent signing key of these tests: (pkcs8, public).
+fn signing_key() -> &'static (Vec<u8>, [u8; 32]) {
+    static KEY: std::sync::OnceLock<(Vec<u8>, [u8; 32])> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| crate::keys::generate().unwrap())
+}
+
+/// The trusted keys: the test consent key as `consent-2026`.
+fn trust() -> Vec<TrustedKey> {
+    vec![TrustedKey {
+        kid: "consent-2026".into(),
+        role: Role::Consent,
+        public_key: signing_key().1,
+    }]
+}
+
+/// `consent-2026` replaced by another key.
+fn other_key() -> Vec<TrustedKey> {
+    let (_, public) = crate::keys::generate().unwrap();
+    vec![TrustedKey {
+        public_key: public,
+        ..trust()[0].clone()
+    }]
+}
+
+fn me() -> Identity {
+    Identity {
+        site_id: "lobby".into(),
+        device_id: "term-01".into(),
+    }
+}
+
+/// A consent with a real token signed by [`signing_key`] as `consent-2026`.
 fn consent(id: &str, subject: &str, iat: i64, exp: i64) -> Consent {
+    let req = ConsentRequest {
+        issuer: "hr".into(),
+        subject: subject.into(),
+        audience: vec!["lobby".into()],
+        scopes: vec![UPLOAD_SCOPE.into()],
+        lifetime_s: exp - iat,
+        jti: Some(id.into()),
+    };
+    let token = sign_consent(&req, "consent-2026", &signing_key().0, iat).unwrap();
     Consent {
         id: id.into(),
-        subject: subject.into(),
+        subject: sid(subject),
         issuer: "hr".into(),
         issued_at: iat,
         expires_at: exp,
         audience: vec!["lobby".into()],
         scopes: vec![UPLOAD_SCOPE.into()],
         kid: "consent-2026".into(),
-        token: format!("header.payload-of-{id}.sig"),
+        token,
     }
 }
 
 fn capture(id: &str, subject: &str, consent_id: &str, image: &[u8]) -> Capture {
     Capture {
         capture_id: id.into(),
-        subject: subject.into(),
+        subject: sid(subject),
         consent_id: consent_id.into(),
         captured_at: T0 - 5,
         camera: "cam-1".into(),
@@ -90,7 +136,7 @@ fn raw(dir: &Path) -> Connection {
 }
 
 /// Capture ids `pending` returns, in order.
-fn pending_ids(store: &mut Store, limit: usize, exclude: &[String]) -> Vec<String> {
+fn pending_ids(store: &mut Store, limit: usize, exclude: &[CaptureId]) -> Vec<CaptureId> {
     store
         .pending(limit, exclude)
         .unwrap()
@@ -109,15 +155,17 @@ fn kinds(store: &mut Store) -> Vec<String> {
 }
 
 /// One subject with a consent and `n` queued captures.
-fn with_captures(store: &mut Store, subject: &str, n: usize, now: i64) -> Vec<String> {
+fn with_captures(store: &mut Store, subject: &str, n: usize, now: i64) -> Vec<CaptureId> {
     let cid = format!("consent-{subject}");
     store
         .add_consent(&consent(&cid, subject, now - 10, now + DAY), now, None)
         .unwrap();
-    let ids: Vec<String> = (0..n).map(|i| format!("{subject}-cap-{i}")).collect();
+    let ids: Vec<CaptureId> = (0..n)
+        .map(|i| CaptureId::new(format!("{subject}-cap-{i}")))
+        .collect();
     let batch = ids
         .iter()
-        .map(|id| capture(id, subject, &cid, &marked_image(id)))
+        .map(|id| capture(id.as_str(), subject, &cid, &marked_image(id.as_str())))
         .collect();
     let r = store.insert_captures(batch, &roomy(), now).unwrap();
     assert!(r.iter().all(|x| *x == Inserted::Accepted), "{r:?}");
@@ -221,8 +269,8 @@ fn consents_add_list_and_duplicates() {
     );
     s.add_consent(&consent("c2", "S-2", T0 - 5, T0 + 10), T0, None)
         .unwrap();
-    assert_eq!(s.consents_for("S-1").unwrap(), vec![c1.clone()]);
-    assert!(s.consents_for("S-3").unwrap().is_empty());
+    assert_eq!(s.consents_for(&sid("S-1")).unwrap(), vec![c1.clone()]);
+    assert!(s.consents_for(&sid("S-3")).unwrap().is_empty());
     let all: Vec<String> = s
         .list_consents()
         .unwrap()
@@ -237,7 +285,7 @@ fn consents_add_list_and_duplicates() {
     let tail = s.audit_tail(10).unwrap();
     assert_eq!(
         tail[0].subject_ref.as_deref(),
-        Some(s.subject_ref("S-1").as_str())
+        Some(s.subject_ref(&sid("S-1")).as_str())
     );
     assert!(!serde_json::to_string(&tail).unwrap().contains("S-1"));
 }
@@ -246,9 +294,9 @@ fn consents_add_list_and_duplicates() {
 fn consent_at_or_before_tombstone_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = open(dir.path());
-    s.revoke("S-1", T0, T0, None).unwrap();
-    assert_eq!(s.revoked_before("S-1").unwrap(), Some(T0));
-    assert_eq!(s.revoked_before("S-2").unwrap(), None);
+    s.revoke(&sid("S-1"), T0, T0, None).unwrap();
+    assert_eq!(s.revoked_before(&sid("S-1")).unwrap(), Some(T0));
+    assert_eq!(s.revoked_before(&sid("S-2")).unwrap(), None);
     for iat in [T0 - 100, T0] {
         let err = s
             .add_consent(
@@ -297,23 +345,23 @@ fn revoke_removes_older_consents_keeps_later_and_never_lowers_tombstone() {
         .unwrap();
     s.add_consent(&consent("x", "S-2", T0 - 20, T0 + DAY), T0, None)
         .unwrap();
-    let r = s.revoke("S-1", T0 - 10, T0 + 20, None).unwrap();
+    let r = s.revoke(&sid("S-1"), T0 - 10, T0 + 20, None).unwrap();
     assert_eq!(r.consents_removed, 2);
     assert_eq!(r.revoked_before, T0 - 10);
     let left: Vec<String> = s
-        .consents_for("S-1")
+        .consents_for(&sid("S-1"))
         .unwrap()
         .into_iter()
         .map(|c| c.id)
         .collect();
     assert_eq!(left, ["c"]);
-    assert_eq!(s.consents_for("S-2").unwrap().len(), 1);
+    assert_eq!(s.consents_for(&sid("S-2")).unwrap().len(), 1);
     // An older (replayed) revocation does not lower the tombstone or touch "c".
-    let r = s.revoke("S-1", T0 - 100, T0 + 30, None).unwrap();
+    let r = s.revoke(&sid("S-1"), T0 - 100, T0 + 30, None).unwrap();
     assert_eq!(r.consents_removed, 0);
     assert_eq!(r.revoked_before, T0 - 10);
-    assert_eq!(s.revoked_before("S-1").unwrap(), Some(T0 - 10));
-    assert_eq!(s.consents_for("S-1").unwrap().len(), 1);
+    assert_eq!(s.revoked_before(&sid("S-1")).unwrap(), Some(T0 - 10));
+    assert_eq!(s.consents_for(&sid("S-1")).unwrap().len(), 1);
 }
 
 #[test]
@@ -376,7 +424,7 @@ fn revoke_purges_and_leaves_no_trace_in_db_or_wal() {
     assert!(contains(&before, &wrapped), "wrapped key is stored");
     assert!(!contains(&before, marker.as_bytes()), "image is encrypted");
 
-    let r = s.revoke(subject, T0 + 5, T0 + 10, None).unwrap();
+    let r = s.revoke(&sid(subject), T0 + 5, T0 + 10, None).unwrap();
     assert_eq!(r.purged, ["cap-a", "cap-b"]);
     assert_eq!(r.consents_removed, 1);
 
@@ -408,12 +456,12 @@ fn pending_is_ordered_decrypted_and_honours_exclude() {
     let a = with_captures(&mut s, "S-1", 3, T0);
     let b = with_captures(&mut s, "S-2", 2, T0 + 1);
     let p = s.pending(10, &[]).unwrap();
-    let ids: Vec<&str> = p.iter().map(|c| c.capture_id.as_str()).collect();
+    let ids: Vec<CaptureId> = p.iter().map(|c| c.capture_id.clone()).collect();
     assert_eq!(ids, [&a[..], &b[..]].concat());
     let first = &p[0];
     assert_eq!(first.subject, "S-1");
     assert_eq!(first.consent_id, "consent-S-1");
-    assert_eq!(first.image, marked_image(&a[0]));
+    assert_eq!(first.image, marked_image(a[0].as_str()));
     assert_eq!(first.sha256, [9u8; 32]);
     assert_eq!(first.camera, "cam-1");
     assert_eq!(first.content_type, "image/jpeg");
@@ -439,7 +487,7 @@ fn ack_deletes_counts_and_destroys_unused_key() {
     let ids = with_captures(&mut s, "S-1", 2, T0);
     assert!(s.ack(&ids[0], T0 + 1).unwrap());
     assert!(!s.ack(&ids[0], T0 + 1).unwrap());
-    assert!(!s.ack("unknown", T0 + 1).unwrap());
+    assert!(!s.ack(&CaptureId::from("unknown"), T0 + 1).unwrap());
     let keys = |s: &Store| -> i64 {
         s.conn()
             .query_row("SELECT COUNT(*) FROM data_keys", [], |r| r.get(0))
@@ -461,54 +509,99 @@ fn ack_deletes_counts_and_destroys_unused_key() {
 }
 
 #[test]
-fn insert_rechecks_consent_inside_the_transaction() {
+fn decide_applies_the_rule_to_stored_consents_and_tombstones() {
+    use crate::gate::{Decision, DropReason};
     let dir = tempfile::tempdir().unwrap();
     let mut s = open(dir.path());
     s.add_consent(&consent("ok", "S-1", T0 - 10, T0 + 100), T0, None)
         .unwrap();
-    let mut no_scope = consent("noscope", "S-1", T0 - 10, T0 + 100);
+    let mut no_scope = consent("noscope", "S-2", T0 - 10, T0 + 100);
     no_scope.scopes = vec!["capture:store".into(), "CAPTURE:UPLOAD".into()];
     s.add_consent(&no_scope, T0, None).unwrap();
     s.add_consent(&consent("revoked", "S-3", T0 - 10, T0 + 100), T0, None)
         .unwrap();
-    s.revoke("S-3", T0, T0, None).unwrap();
-    let img = marked_image("x");
-    let cases = vec![
-        (capture("1", "S-1", "ok", &img), T0, Inserted::Accepted),
+    s.revoke(&sid("S-3"), T0 - 10, T0, None).unwrap();
+    // The tombstone outlives the deleted consent; a newer consent counts.
+    s.add_consent(&consent("after", "S-4", T0 - 5, T0 + 100), T0, None)
+        .unwrap();
+    s.revoke(&sid("S-4"), T0 - 10, T0, None).unwrap();
+    let accept = |subject: &str, id: &str| Decision::Accept {
+        subject: sid(subject),
+        consent_id: id.into(),
+    };
+    let cases = [
+        ("S-1", T0, trust(), accept("S-1", "ok")),
+        ("S-1", T0 + 99, trust(), accept("S-1", "ok")),
         (
-            capture("2", "S-1", "ok", &img),
+            "S-1",
             T0 + 100,
-            Inserted::NoConsent,
-        ), // expired at exp
-        (capture("3", "S-1", "ok", &img), T0 + 99, Inserted::Accepted),
-        (capture("4", "S-2", "ok", &img), T0, Inserted::NoConsent), // someone else's consent
-        (
-            capture("5", "S-1", "missing", &img),
-            T0,
-            Inserted::NoConsent,
+            trust(),
+            Decision::Drop(DropReason::Expired),
         ),
+        ("S-1", T0, vec![], Decision::Drop(DropReason::KeyNotTrusted)),
         (
-            capture("6", "S-1", "noscope", &img),
+            "S-1",
             T0,
-            Inserted::NoConsent,
+            other_key(),
+            Decision::Drop(DropReason::KeyNotTrusted),
         ),
-        (
-            capture("7", "S-3", "revoked", &img),
-            T0,
-            Inserted::NoConsent,
-        ),
-        (capture("1", "S-1", "ok", &img), T0, Inserted::Duplicate),
+        ("S-2", T0, trust(), Decision::Drop(DropReason::MissingScope)),
+        ("S-3", T0, trust(), Decision::Drop(DropReason::NoConsent)),
+        ("S-4", T0, trust(), accept("S-4", "after")),
+        ("S-5", T0, trust(), Decision::Drop(DropReason::NoConsent)),
     ];
-    for (c, now, want) in cases {
-        let id = c.capture_id.clone();
-        assert_eq!(
-            s.insert_captures(vec![c], &roomy(), now).unwrap(),
-            [want],
-            "capture {id}"
-        );
+    for (subject, now, trust, want) in cases {
+        let got = s.decide(&sid(subject), &trust, &me(), now).unwrap();
+        assert_eq!(got, want, "{subject} at {now} with {} keys", trust.len());
     }
+    // The tombstone is part of the rule's input: a consent under it is refused
+    // as revoked (revoke deletes such consents; here the tombstone is written
+    // directly to show that the rule, not only the deletion, refuses it).
+    s.conn()
+        .execute(
+            "INSERT INTO tombstones (subject_ref, revoked_before, updated_at) VALUES (?1, ?2, ?2)",
+            rusqlite::params![&s.keys.pseudonyms.pseudonym("S-1")[..], T0 - 10],
+        )
+        .unwrap();
+    assert_eq!(
+        s.decide(&sid("S-1"), &trust(), &me(), T0).unwrap(),
+        Decision::Drop(DropReason::Revoked)
+    );
+}
+
+#[test]
+fn insert_stores_what_the_gate_accepted() {
+    // The gate's decision is taken by the caller under the same lock as the
+    // insert (intake); the insert itself encrypts, counts and audits.
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    s.add_consent(&consent("ok", "S-1", T0 - 10, T0 + 100), T0, None)
+        .unwrap();
+    let img = marked_image("x");
+    let r = s
+        .insert_captures(
+            vec![
+                capture("1", "S-1", "ok", &img),
+                capture("2", "S-1", "ok", &img),
+                capture("1", "S-1", "ok", &img),
+            ],
+            &roomy(),
+            T0,
+        )
+        .unwrap();
+    assert_eq!(
+        r,
+        [Inserted::Accepted, Inserted::Accepted, Inserted::Duplicate]
+    );
     let c = s.counters().unwrap();
-    assert_eq!((c["accepted"], c["dropped_no_consent"]), (2, 5));
+    assert_eq!((c["accepted"], c["dropped_no_consent"]), (2, 0));
+    assert_eq!(
+        kinds(&mut s)
+            .iter()
+            .filter(|k| *k == kind::CAPTURE_ACCEPTED)
+            .count(),
+        2
+    );
     assert!(s.audit_verify().unwrap().ok);
 }
 
@@ -606,20 +699,46 @@ fn retention_purges_old_captures() {
     assert_eq!(s.counters().unwrap()["purged"], 3);
 }
 
+/// The `capture.purged` audit details, oldest first.
+fn purge_details(store: &mut Store) -> Vec<serde_json::Value> {
+    store
+        .audit_tail(1000)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == kind::CAPTURE_PURGED)
+        .map(|e| e.detail)
+        .collect()
+}
+
 #[test]
-fn sweep_expired_deletes_consents_and_purges_uncovered_subjects() {
+fn sweep_deletes_expired_consents_and_purges_uncovered_subjects() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = open(dir.path());
     let a = with_captures(&mut s, "S-1", 2, T0); // consent expires T0 + DAY
     with_captures(&mut s, "S-2", 1, T0); // also T0 + DAY, but gets a later one
     s.add_consent(&consent("later", "S-2", T0, T0 + 2 * DAY), T0, None)
         .unwrap();
-    assert!(s.sweep_expired(T0 + DAY - 1).unwrap().is_empty());
-    let swept = s.sweep_expired(T0 + DAY).unwrap();
-    assert_eq!(swept, vec![("S-1".to_string(), a)]);
-    assert!(s.consents_for("S-1").unwrap().is_empty());
+    // A subject with only an expired consent and nothing queued loses the consent.
+    s.add_consent(&consent("idle", "S-3", T0, T0 + DAY), T0, None)
+        .unwrap();
+    assert!(s
+        .sweep_consents(&trust(), &me(), T0 + DAY - 1)
+        .unwrap()
+        .is_empty());
+    assert_eq!(s.list_consents().unwrap().len(), 4, "nothing expired yet");
+    let swept = s.sweep_consents(&trust(), &me(), T0 + DAY).unwrap();
+    assert_eq!(
+        swept,
+        vec![Swept {
+            subject_ref: s.subject_ref(&sid("S-1")),
+            reason: PurgeReason::ConsentExpired,
+            purged: a.clone(),
+        }]
+    );
+    assert!(s.consents_for(&sid("S-1")).unwrap().is_empty());
+    assert!(s.consents_for(&sid("S-3")).unwrap().is_empty());
     let left: Vec<String> = s
-        .consents_for("S-2")
+        .consents_for(&sid("S-2"))
         .unwrap()
         .into_iter()
         .map(|c| c.id)
@@ -627,8 +746,132 @@ fn sweep_expired_deletes_consents_and_purges_uncovered_subjects() {
     assert_eq!(left, ["later"]);
     assert_eq!(s.pending(10, &[]).unwrap().len(), 1);
     let k = kinds(&mut s);
-    assert_eq!(k.iter().filter(|k| *k == kind::CONSENT_EXPIRED).count(), 2);
+    assert_eq!(k.iter().filter(|k| *k == kind::CONSENT_EXPIRED).count(), 3);
+    let purged = purge_details(&mut s);
+    assert_eq!(purged.len(), 1);
+    assert_eq!(purged[0]["reason"], "consent_expired");
+    assert_eq!(purged[0]["capture_ids"], json!(a));
+    assert_eq!(s.counters().unwrap()["purged"], 2);
+    // Nothing left to do: a second sweep changes nothing.
+    assert!(s
+        .sweep_consents(&trust(), &me(), T0 + DAY)
+        .unwrap()
+        .is_empty());
     assert!(s.audit_verify().unwrap().ok);
+}
+
+#[test]
+fn sweep_purges_subjects_whose_trust_key_was_removed_or_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let a = with_captures(&mut s, "S-1", 2, T0);
+    let b = with_captures(&mut s, "S-2", 1, T0);
+    // Nothing is expired; with the keys unchanged the sweep keeps everything.
+    assert!(s
+        .sweep_consents(&trust(), &me(), T0 + 1)
+        .unwrap()
+        .is_empty());
+    assert_eq!(s.outbox_stats(T0).unwrap().captures, 3);
+
+    // The consent key is removed from the trusted keys (a SIGHUP reload):
+    // the next sweep purges every subject it signed for, no broker involved.
+    let swept = s.sweep_consents(&[], &me(), T0 + 2).unwrap();
+    let mut want = vec![
+        Swept {
+            subject_ref: s.subject_ref(&sid("S-1")),
+            reason: PurgeReason::ConsentInvalid,
+            purged: a.clone(),
+        },
+        Swept {
+            subject_ref: s.subject_ref(&sid("S-2")),
+            reason: PurgeReason::ConsentInvalid,
+            purged: b.clone(),
+        },
+    ];
+    want.sort_by(|x, y| x.subject_ref.cmp(&y.subject_ref));
+    assert_eq!(swept, want);
+    assert_eq!(s.outbox_stats(T0).unwrap(), OutboxStats::default());
+    let keys: i64 = s
+        .conn()
+        .query_row("SELECT COUNT(*) FROM data_keys", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(keys, 0, "data keys destroyed");
+    let purged = purge_details(&mut s);
+    assert_eq!(purged.len(), 2);
+    assert!(
+        purged.iter().all(|d| d["reason"] == "consent_invalid"),
+        "{purged:?}"
+    );
+    // The consents stay (a key put back makes them usable again); only the
+    // captures, which may not wait for that, are gone.
+    assert_eq!(s.list_consents().unwrap().len(), 2);
+
+    // A key replaced under the same kid voids what the old key signed.
+    let c = with_captures(&mut s, "S-3", 1, T0 + 3);
+    let swept = s.sweep_consents(&other_key(), &me(), T0 + 4).unwrap();
+    assert_eq!(swept.len(), 1);
+    assert_eq!(swept[0].purged, c);
+    assert_eq!(swept[0].reason, PurgeReason::ConsentInvalid);
+    assert!(s.audit_verify().unwrap().ok);
+}
+
+#[test]
+fn sweep_purges_captures_left_without_any_consent_or_under_a_tombstone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let a = with_captures(&mut s, "S-1", 1, T0);
+    let b = with_captures(&mut s, "S-2", 1, T0);
+    let c = with_captures(&mut s, "S-3", 1, T0);
+    // Written behind the store's back: S-1's consent row gone, a tombstone
+    // over S-2's consent. The rule refuses both; S-3 is untouched.
+    s.conn()
+        .execute("DELETE FROM consents WHERE id = 'consent-S-1'", [])
+        .unwrap();
+    s.conn()
+        .execute(
+            "INSERT INTO tombstones (subject_ref, revoked_before, updated_at) VALUES (?1, ?2, ?2)",
+            rusqlite::params![&s.keys.pseudonyms.pseudonym("S-2")[..], T0],
+        )
+        .unwrap();
+    let mut swept = s.sweep_consents(&trust(), &me(), T0 + 1).unwrap();
+    swept.sort_by(|x, y| x.purged.cmp(&y.purged));
+    let got: Vec<(Vec<CaptureId>, PurgeReason)> =
+        swept.into_iter().map(|x| (x.purged, x.reason)).collect();
+    assert_eq!(
+        got,
+        [
+            (a, PurgeReason::ConsentInvalid),
+            (b, PurgeReason::ConsentInvalid)
+        ]
+    );
+    assert_eq!(pending_ids(&mut s, 10, &[]), c);
+}
+
+#[test]
+fn sweep_keeps_a_subject_while_one_consent_allows_uploading() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    with_captures(&mut s, "S-1", 1, T0);
+    // A second consent for another device: it does not help, the first one does.
+    let mut elsewhere = consent("elsewhere", "S-1", T0, T0 + 2 * DAY);
+    elsewhere.audience = vec!["hall".into()];
+    s.add_consent(&elsewhere, T0, None).unwrap();
+    assert!(s
+        .sweep_consents(&trust(), &me(), T0 + 10)
+        .unwrap()
+        .is_empty());
+    // Once the good one expires, the closest failure is the expiry.
+    let swept = s.sweep_consents(&trust(), &me(), T0 + DAY).unwrap();
+    assert_eq!(swept.len(), 1);
+    assert_eq!(swept[0].reason, PurgeReason::ConsentExpired);
+    // The consent for the other device has not expired and stays.
+    let left: Vec<String> = s
+        .list_consents()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(left, ["elsewhere"]);
 }
 
 #[test]
@@ -638,12 +881,12 @@ fn purge_subject_and_all_keep_consents() {
     let a = with_captures(&mut s, "S-1", 2, T0);
     let b = with_captures(&mut s, "S-2", 2, T0);
     assert_eq!(
-        s.purge_subject("S-1", T0, PurgeReason::Local, None)
+        s.purge_subject(&sid("S-1"), T0, PurgeReason::Local, None)
             .unwrap(),
         a
     );
     assert!(s
-        .purge_subject("S-1", T0, PurgeReason::Local, None)
+        .purge_subject(&sid("S-1"), T0, PurgeReason::Local, None)
         .unwrap()
         .is_empty());
     assert_eq!(s.list_consents().unwrap().len(), 2);
@@ -710,7 +953,7 @@ fn everything_survives_reopen() {
     {
         let mut s = open(dir.path());
         ids = with_captures(&mut s, "S-1", 3, T0);
-        s.revoke("S-9", T0, T0, None).unwrap();
+        s.revoke(&sid("S-9"), T0, T0, None).unwrap();
         s.record(
             kind::CAPTURE_REJECTED,
             None,
@@ -721,7 +964,7 @@ fn everything_survives_reopen() {
         .unwrap();
         s.remember_command(
             &CommandStamp {
-                jti: "j1",
+                jti: &Jti::from("j1"),
                 cmd: "status",
                 expires_at: T0 + 60,
             },
@@ -732,8 +975,8 @@ fn everything_survives_reopen() {
     let mut s = open(dir.path());
     let got = pending_ids(&mut s, 10, &[]);
     assert_eq!(got, ids);
-    assert_eq!(s.revoked_before("S-9").unwrap(), Some(T0));
-    assert!(s.command_seen("j1").unwrap());
+    assert_eq!(s.revoked_before(&sid("S-9")).unwrap(), Some(T0));
+    assert!(s.command_seen(&Jti::from("j1")).unwrap());
     let c = s.counters().unwrap();
     assert_eq!((c["accepted"], c["rejected_bad_input"]), (3, 1));
     let v = s.audit_verify().unwrap();
@@ -747,46 +990,46 @@ fn commands_commit_with_their_effect_and_are_not_replayed() {
     let mut s = open(dir.path());
     let ids = with_captures(&mut s, "S-1", 2, T0);
     let stamp = CommandStamp {
-        jti: "cmd-1",
+        jti: &Jti::from("cmd-1"),
         cmd: "capture.purge",
         expires_at: T0 + 60,
     };
-    assert!(!s.command_seen("cmd-1").unwrap());
+    assert!(!s.command_seen(&Jti::from("cmd-1")).unwrap());
     assert_eq!(
-        s.purge_subject("S-1", T0, PurgeReason::Command, Some(&stamp))
+        s.purge_subject(&sid("S-1"), T0, PurgeReason::Command, Some(&stamp))
             .unwrap(),
         ids
     );
-    assert!(s.command_seen("cmd-1").unwrap());
+    assert!(s.command_seen(&Jti::from("cmd-1")).unwrap());
     // Same jti again: refused and rolled back (the new capture survives).
     with_captures(&mut s, "S-2", 1, T0);
     let again = CommandStamp {
-        jti: "cmd-1",
+        jti: &Jti::from("cmd-1"),
         cmd: "consent.revoke",
         expires_at: T0 + 60,
     };
-    let err = s.revoke("S-2", T0, T0, Some(&again)).unwrap_err();
+    let err = s.revoke(&sid("S-2"), T0, T0, Some(&again)).unwrap_err();
     assert!(matches!(err, StoreError::Replayed { .. }), "{err}");
     assert_eq!(s.pending(10, &[]).unwrap().len(), 1);
-    assert_eq!(s.revoked_before("S-2").unwrap(), None);
+    assert_eq!(s.revoked_before(&sid("S-2")).unwrap(), None);
     assert!(matches!(
         s.remember_command(&again, T0),
         Err(StoreError::Replayed { .. })
     ));
     // A grant refused by a tombstone still burns the jti.
-    s.revoke("S-3", T0, T0, None).unwrap();
+    s.revoke(&sid("S-3"), T0, T0, None).unwrap();
     let grant = CommandStamp {
-        jti: "cmd-2",
+        jti: &Jti::from("cmd-2"),
         cmd: "consent.grant",
         expires_at: T0 + 60,
     };
     let err = s.add_consent(&consent("old", "S-3", T0 - 1, T0 + DAY), T0, Some(&grant));
     assert!(matches!(err, Err(StoreError::Revoked { .. })));
-    assert!(s.command_seen("cmd-2").unwrap());
+    assert!(s.command_seen(&Jti::from("cmd-2")).unwrap());
     // Forgotten only a day after expiry.
     assert_eq!(s.forget_commands(T0 + 60 + DAY - 1).unwrap(), 0);
     assert_eq!(s.forget_commands(T0 + 60 + DAY).unwrap(), 2);
-    assert!(!s.command_seen("cmd-1").unwrap());
+    assert!(!s.command_seen(&Jti::from("cmd-1")).unwrap());
     assert!(s.audit_verify().unwrap().ok);
 }
 
@@ -836,7 +1079,7 @@ fn undecryptable_rows_are_purged_not_returned() {
     raw(dir.path())
         .execute(
             "UPDATE captures SET image = zeroblob(100) WHERE capture_id = ?1",
-            [&ids[1]],
+            [ids[1].as_str()],
         )
         .unwrap();
     let got = pending_ids(&mut s, 10, &[]);

@@ -29,7 +29,8 @@ use super::tls;
 use crate::agent::Agent;
 use crate::clock;
 use crate::config::Config;
-use crate::gate::{self, Decision};
+use crate::gate::Decision;
+use crate::ids::{CaptureId, SubjectId};
 use crate::shutdown::Shutdown;
 use crate::store::{OutboxCapture, PurgeReason, Store, StoreError};
 
@@ -82,10 +83,10 @@ enum Net {
     /// The connection failed or dropped; `captures` were abandoned in flight.
     Disconnected {
         reason: String,
-        captures: Vec<String>,
+        captures: Vec<CaptureId>,
     },
     /// The broker acknowledged this capture's upload.
-    Acked(String),
+    Acked(CaptureId),
     /// A message on one of our command topics.
     Command(Publish),
 }
@@ -453,22 +454,13 @@ fn hand_over(
     let mut handed = 0;
     // One decision per subject and batch: the store lock is held throughout,
     // so nothing can change it in between.
-    let mut decided: HashMap<String, Decision> = HashMap::new();
+    let mut decided: HashMap<SubjectId, Decision> = HashMap::new();
     for capture in batch {
         let decision = match decided.get(&capture.subject) {
             Some(d) => d.clone(),
             None => {
-                let consents =
-                    gate::still_signed(store.consents_for(&capture.subject)?, &cfg.trust);
-                let revoked = store.revoked_before(&capture.subject)?;
-                let d = gate::decide(
-                    Some(&capture.subject),
-                    &consents,
-                    revoked,
-                    &cfg.trust,
-                    &cfg.identity,
-                    now,
-                );
+                // The consent rule (crate::gate), on what the store holds now.
+                let d = store.decide(&capture.subject, &cfg.trust, &cfg.identity, now)?;
                 decided.insert(capture.subject.clone(), d.clone());
                 if let Decision::Drop(reason) = &d {
                     // Consent ended since intake (expiry, key withdrawn): never
@@ -477,18 +469,14 @@ fn hand_over(
                         reason = reason.code(),
                         "consent gone; purging the subject's queued captures instead of uploading"
                     );
-                    let why = if *reason == gate::DropReason::Expired {
-                        PurgeReason::ConsentExpired
-                    } else {
-                        PurgeReason::ConsentInvalid
-                    };
+                    let why = PurgeReason::from(*reason);
                     store.purge_subject(&capture.subject, now, why, None)?;
                 }
                 d
             }
         };
         match decision {
-            Decision::Accept { consent_id } => {
+            Decision::Accept { consent_id, .. } => {
                 let payload = envelope(&cfg, &capture, &consent_id);
                 agent.inflight().insert(&capture.capture_id);
                 if !link.hand(
@@ -549,7 +537,7 @@ async fn record_interrupted(agent: &Arc<Agent>, reason: &str, n: usize) {
 /// delete runs. Each batch is everything queued so far, in one transaction.
 /// An id stays in [`Agent::inflight`] until its row is gone, so it is never
 /// handed over twice.
-async fn deleter(agent: Arc<Agent>, mut acked: mpsc::UnboundedReceiver<String>) {
+async fn deleter(agent: Arc<Agent>, mut acked: mpsc::UnboundedReceiver<CaptureId>) {
     while let Some(first) = acked.recv().await {
         let mut ids = vec![first];
         while let Ok(more) = acked.try_recv() {

@@ -14,11 +14,13 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use crate::ids::CaptureId;
+
 /// What a publish handed to rumqttc was.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Handed {
     /// An upload of the capture with this id.
-    Capture(String),
+    Capture(CaptureId),
     /// A status or reply message; nothing to do on its PUBACK.
     Other,
 }
@@ -39,7 +41,7 @@ pub struct UplinkState {
 pub struct Abandoned {
     /// Captures that were handed over but not acknowledged; they stay in the
     /// outbox and are handed over again after the reconnect.
-    pub captures: Vec<String>,
+    pub captures: Vec<CaptureId>,
     /// Non-capture publishes lost with the connection.
     pub others: usize,
 }
@@ -95,7 +97,7 @@ impl UplinkState {
     }
 
     /// The broker acknowledged `pkid`; returns the capture it completes, if any.
-    pub fn on_puback(&mut self, pkid: u16) -> Option<String> {
+    pub fn on_puback(&mut self, pkid: u16) -> Option<CaptureId> {
         match self.awaiting.remove(&pkid) {
             Some(Handed::Capture(id)) => Some(id),
             _ => None,
@@ -125,7 +127,7 @@ mod tests {
     use super::*;
 
     fn cap(id: &str) -> Handed {
-        Handed::Capture(id.to_string())
+        Handed::Capture(id.into())
     }
 
     #[test]

@@ -145,8 +145,8 @@ fn capture(subject: &str, consent_id: String, image: Vec<u8>) -> Capture {
     let mut sha256 = [0u8; 32];
     sha256.copy_from_slice(digest.as_ref());
     Capture {
-        capture_id: uuid::Uuid::new_v4().to_string(),
-        subject: subject.into(),
+        capture_id: uuid::Uuid::new_v4().to_string().into(),
+        subject: facegate::ids::SubjectId::new(subject).expect("subject id"),
         consent_id,
         captured_at: clock::now(),
         camera: crate::spool::CAMERA.into(),
@@ -167,7 +167,7 @@ pub fn fill_outbox(
     queued: usize,
     images: &[Vec<u8>],
     batch_size: usize,
-) -> Vec<String> {
+) -> Vec<facegate::ids::SubjectId> {
     let agent = facegate::daemon::open(cfg.clone()).expect("open agent");
     let mut store = agent.db().lock();
     let now = clock::now();
@@ -180,13 +180,13 @@ pub fn fill_outbox(
             .expect("verify consent");
         store.add_consent(&c, now, None).expect("add consent");
         consent_ids.push(c.id.clone());
-        names.push(name);
+        names.push(c.subject.clone());
     }
     let mut batch = Vec::with_capacity(batch_size);
     for i in 0..queued {
         let s = i % subjects;
         let image = images[i % images.len()].clone();
-        batch.push(capture(&names[s], consent_ids[s].clone(), image));
+        batch.push(capture(names[s].as_str(), consent_ids[s].clone(), image));
         if batch.len() == batch_size || i + 1 == queued {
             store
                 .insert_captures(std::mem::take(&mut batch), &cfg.outbox, now)
