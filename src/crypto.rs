@@ -81,6 +81,7 @@ fn random_bytes<const N: usize>() -> Result<[u8; N], CryptoError> {
     Ok(out)
 }
 
+#[allow(unsafe_code)] // volatile writes, see SAFETY below
 fn wipe(bytes: &mut [u8]) {
     for b in bytes.iter_mut() {
         // SAFETY: `b` is a valid, aligned, exclusive reference to a u8; the

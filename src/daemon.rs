@@ -34,7 +34,12 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
 pub enum DaemonError {
     /// A directory could not be created or has unsafe permissions.
     #[error("{path}: {message}")]
-    Dir { path: PathBuf, message: String },
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The device storage key could not be loaded or created.
     #[error("{0}")]
     Key(#[from] CryptoError),

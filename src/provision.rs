@@ -89,9 +89,11 @@ pub struct Owner {
 
 impl Owner {
     /// The user `name` and its primary group, from the password database.
+    #[allow(unsafe_code)] // getpwnam_r(3), see SAFETY below
     pub fn of_user(name: &str) -> Result<Owner, ProvisionError> {
         let no_user = || ProvisionError::NoSuchUser(name.to_string());
         let c_name = std::ffi::CString::new(name).map_err(|_| no_user())?;
+        // SAFETY: passwd is a plain C struct; all zeroes (null pointers) is a valid value.
         let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
         let mut buf = vec![0 as libc::c_char; 16 * 1024];
         let mut result: *mut libc::passwd = std::ptr::null_mut();
@@ -118,6 +120,7 @@ impl Owner {
     /// Who should own the device's secrets when nobody was named: the
     /// `facegate` user if we run as root and it exists (the daemon cannot
     /// read root's 0600 files), otherwise the current user (`None`).
+    #[allow(unsafe_code)] // geteuid(2), see SAFETY below
     pub fn default_for_provision() -> Option<Owner> {
         // SAFETY: geteuid has no preconditions and cannot fail.
         if unsafe { libc::geteuid() } != 0 {

@@ -127,7 +127,12 @@ impl fmt::Debug for CleanImage {
 pub enum ImageError {
     /// The file is bigger than `capture.max_file_bytes`.
     #[error("image file is {size} bytes, more than the limit of {max} bytes")]
-    TooLarge { size: u64, max: u64 },
+    TooLarge {
+        /// The file's size in bytes.
+        size: u64,
+        /// The configured limit.
+        max: u64,
+    },
     /// Neither JPEG nor PNG magic bytes.
     #[error("not an image: the file does not start with JPEG or PNG magic bytes")]
     NotAnImage,
@@ -137,17 +142,29 @@ pub enum ImageError {
     /// The header announces dimensions above `capture.max_width`/`max_height`.
     #[error("image is {width}x{height} pixels, more than the limit of {max_width}x{max_height}")]
     DimensionsTooLarge {
+        /// Announced width.
         width: u32,
+        /// Announced height.
         height: u32,
+        /// `capture.max_width`.
         max_width: u32,
+        /// `capture.max_height`.
         max_height: u32,
     },
     /// Decoding would allocate more than `capture.max_alloc_bytes`.
     #[error("decoding the image needs more memory than the limit of {max} bytes")]
-    TooManyPixels { max: u64 },
+    TooManyPixels {
+        /// `capture.max_alloc_bytes`.
+        max: u64,
+    },
     /// The structure or the pixel data is broken.
     #[error("corrupt {format} image: {reason}")]
-    Corrupt { format: ContentType, reason: String },
+    Corrupt {
+        /// JPEG or PNG.
+        format: ContentType,
+        /// What the decoder found.
+        reason: String,
+    },
     /// The file ends before its end-of-image marker (JPEG EOI / PNG IEND).
     #[error("truncated {0} image: the file ends before its end-of-image marker")]
     Truncated(ContentType),

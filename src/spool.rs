@@ -117,7 +117,12 @@ pub struct Scan {
 pub enum SidecarError {
     /// More than [`SIDECAR_MAX_BYTES`].
     #[error("sidecar is {size} bytes, more than the limit of {max} bytes")]
-    TooLarge { size: u64, max: u64 },
+    TooLarge {
+        /// The sidecar's size in bytes.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
     /// Not a JSON object with exactly the known fields (names the bad field).
     #[error("sidecar is not valid: {0}")]
     Json(String),
@@ -138,20 +143,38 @@ pub enum SpoolError {
     /// An I/O call failed.
     #[error("spool: {op} {}: {source}", path.display())]
     Io {
+        /// What was being done.
         op: &'static str,
+        /// The file or directory.
         path: PathBuf,
+        /// The underlying error.
         #[source]
         source: io::Error,
     },
     /// A symlink, FIFO, socket, device or directory where a file was expected.
     #[error("spool: {} is not a regular file (links and special files are refused)", path.display())]
-    NotRegularFile { path: PathBuf },
+    NotRegularFile {
+        /// The entry.
+        path: PathBuf,
+    },
     /// The file is bigger than allowed; it was not read.
     #[error("spool: {} is {size} bytes, more than the limit of {max} bytes", path.display())]
-    TooLarge { path: PathBuf, size: u64, max: u64 },
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size in bytes.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
     /// The sidecar's content is refused.
     #[error("spool: bad sidecar {}: {reason}", path.display())]
-    BadSidecar { path: PathBuf, reason: SidecarError },
+    BadSidecar {
+        /// The sidecar file.
+        path: PathBuf,
+        /// Why it is refused.
+        reason: SidecarError,
+    },
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SpoolError + 'a {

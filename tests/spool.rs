@@ -254,11 +254,13 @@ fn symlinks_refused_everywhere() {
 }
 
 #[test]
+#[allow(unsafe_code)] // mkfifo(3), see SAFETY below
 fn lone_symlink_and_fifo_orphaned_after_grace() {
     let d = tempfile::tempdir().unwrap();
     symlink("/nonexistent/target", d.path().join("dangling.jpg")).unwrap();
     let fifo = d.path().join("pipe.jpg");
     let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
 
     assert!(run(d.path()).orphans.is_empty(), "young: left alone");

@@ -185,6 +185,7 @@ fn sysusers_creates_the_facegate_account() {
 }
 
 #[test]
+#[allow(unsafe_code)] // geteuid(2), see SAFETY below
 fn tmpfiles_makes_a_group_writable_setgid_spool() {
     let (Some(sysusers), Some(tmpfiles)) = (tool("systemd-sysusers"), tool("systemd-tmpfiles"))
     else {

@@ -329,8 +329,10 @@ fn c_path(path: &Path) -> std::io::Result<std::ffi::CString> {
 }
 
 /// `statfs(2)` file system magic of the file system holding `path`.
+#[allow(unsafe_code)] // statfs(2), see SAFETY below
 fn statfs_type(path: &Path) -> std::io::Result<u64> {
     let c = c_path(path)?;
+    // SAFETY: statfs is a plain C struct; all zeroes is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statfs.
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
@@ -343,8 +345,10 @@ fn statfs_type(path: &Path) -> std::io::Result<u64> {
 }
 
 /// Bytes available to unprivileged users on the file system holding `path`.
+#[allow(unsafe_code)] // statvfs(2), see SAFETY below
 fn free_bytes(path: &Path) -> std::io::Result<u64> {
     let c = c_path(path)?;
+    // SAFETY: statvfs is a plain C struct; all zeroes is a valid value.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {

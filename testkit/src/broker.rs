@@ -268,6 +268,7 @@ impl Broker {
 
     /// Stops the broker gracefully (SIGTERM), so it saves its persistence file;
     /// kills it if it has not exited after 10 s. Does nothing when not running.
+    #[allow(unsafe_code)] // kill(2), see SAFETY below
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;

@@ -300,6 +300,7 @@ impl Daemon {
     }
 
     /// Sends a signal by name (`HUP`, `TERM`, `INT`) to the running daemon.
+    #[allow(unsafe_code)] // kill(2), see SAFETY below
     pub fn signal(&self, name: &str) {
         let sig = match name {
             "HUP" => libc::SIGHUP,
