@@ -1,6 +1,6 @@
 //! Key material at rest: the device storage key file, the sub-keys derived
 //! from it (HKDF-SHA256), per-subject data keys, and the AES-256-GCM envelopes
-//! that protect captures in the outbox.
+//! that protect captures in the outbox (ARCHITECTURE I3: no plaintext at rest).
 //!
 //! Layout of every sealed blob: `nonce (12 bytes) || ciphertext || tag (16 bytes)`.
 //! The nonce is random per seal. Key bytes are never printed (`Debug` shows

@@ -209,7 +209,8 @@ async fn watchdog(agent: Arc<Agent>, every: Duration, mut shutdown: Shutdown) {
 
 /// Applies the consent rule to every queued subject (purging the captures of
 /// those it refuses: expiry, a removed or replaced trust key, ...), deletes
-/// expired consents and enforces retention; with or without a broker.
+/// expired consents and enforces retention; with or without a broker
+/// (ARCHITECTURE I8).
 async fn housekeeping(agent: Arc<Agent>, mut shutdown: Shutdown) {
     let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
     loop {

@@ -1,7 +1,8 @@
 //! The consent gate (SPEC invariants 1, 2 and 4): may a capture of this subject
 //! be kept and uploaded right now? A pure function of the subject's stored
 //! consents, its latest revocation, the trusted keys, this device's identity
-//! and `now`. This module is the one place the rule is written.
+//! and `now`. This module is the one place the rule is written
+//! (ARCHITECTURE I1).
 //!
 //! # The consent rule
 //!

@@ -3,7 +3,8 @@
 //! outbox in one transaction per batch. Runs on its own thread: it is all file
 //! I/O, image decoding and SQLite, none of which should block the async runtime.
 //!
-//! Order of effects for one batch (crash safety, SPEC invariants 2 and 5):
+//! Order of effects for one batch (crash safety, SPEC invariants 2 and 5;
+//! ARCHITECTURE I2 consent before storage, I5 accepted means durable):
 //! 1. read + sanitize every pair (in parallel, nothing written);
 //! 2. gate each capture with the consent rule (`Store::decide`, see
 //!    [`crate::gate`]); dropped ones are only counted and audited;

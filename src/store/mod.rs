@@ -465,7 +465,7 @@ impl Store {
     /// (audited with reason `consent_expired` when expiry is the cause,
     /// `consent_invalid` otherwise, e.g. for a removed or replaced trust key),
     /// and deletes the consents expired at `now` (`expires_at <= now`,
-    /// audited). Returns the purged subjects.
+    /// audited). Returns the purged subjects. ARCHITECTURE I8.
     pub fn sweep_consents(
         &mut self,
         trust: &[TrustedKey],
@@ -487,7 +487,7 @@ impl Store {
     /// in between (revocations, expiry sweeps and grants all need the lock,
     /// and the rule is a pure function of what the store holds, the trusted
     /// keys and `now`), so a second check inside the transaction could never
-    /// refuse. Intake does exactly this.
+    /// refuse. Intake does exactly this (ARCHITECTURE I2, A5).
     pub fn insert_captures(
         &mut self,
         batch: Vec<Capture>,
@@ -708,7 +708,8 @@ impl Store {
 }
 
 impl Writer<'_> {
-    /// Appends one audit row (chained to the previous one).
+    /// Appends one audit row (chained to the previous one), inside the
+    /// effect's own transaction (ARCHITECTURE I6).
     pub(crate) fn audit(
         &mut self,
         ts: i64,

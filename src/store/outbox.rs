@@ -4,7 +4,7 @@
 //! Each capture row keeps in clear only what queries need (queue order, id,
 //! subject pseudonym, queue time, size). The plain subject id, consent id,
 //! camera, content type and digest are a sealed JSON `meta` blob; the image is
-//! a sealed `image` blob; both under the subject's data key.
+//! a sealed `image` blob; both under the subject's data key (ARCHITECTURE I3).
 
 use std::collections::HashMap;
 

@@ -1,5 +1,6 @@
 //! Deleting captures: by subject, all, by retention, and the shared helper that
-//! audits, counts and destroys data keys of subjects left without captures.
+//! audits, counts and destroys data keys of subjects left without captures
+//! (ARCHITECTURE I4: purge is destruction).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
