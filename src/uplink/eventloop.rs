@@ -24,6 +24,7 @@ use rumqttc::{
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use super::backoff::Backoff;
 use super::state::{Handed, UplinkState};
 use super::tls;
 use crate::agent::Agent;
@@ -279,7 +280,7 @@ async fn network_task(
                 if matches!(e, rumqttc::ConnectionError::RequestsDone) {
                     return;
                 }
-                let delay = backoff.next();
+                let delay = backoff.next(random_u32());
                 tokio::select! {
                     _ = stop.notified() => return,
                     _ = tokio::time::sleep(delay) => {}
@@ -289,38 +290,12 @@ async fn network_task(
     }
 }
 
-/// Exponential backoff with jitter, capped.
-struct Backoff {
-    /// First delay.
-    min: Duration,
-    /// Cap.
-    max: Duration,
-    /// The next delay before jitter.
-    current: Duration,
-}
-
-impl Backoff {
-    fn new(min: Duration, max: Duration) -> Self {
-        Backoff {
-            min,
-            max,
-            current: min,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.current = self.min;
-    }
-
-    fn next(&mut self) -> Duration {
-        let base = self.current;
-        self.current = (self.current * 2).min(self.max);
-        // Full jitter on the upper half: between base/2 and base.
-        let mut b = [0u8; 4];
-        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
-        let frac = u32::from_le_bytes(b) as f64 / u32::MAX as f64;
-        base.mul_f64(0.5 + 0.5 * frac)
-    }
+/// A uniformly drawn `u32` for the backoff's jitter.
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    // On the (theoretical) failure the jitter is 0: the delay is half a step.
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    u32::from_le_bytes(b)
 }
 
 async fn logic_task(

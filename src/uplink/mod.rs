@@ -2,6 +2,7 @@
 //! under `{prefix}/{site}/{device}/…`. [`tls`] owns the TLS client configuration,
 //! the MQTT connection options and the explanations of failed connections.
 
+pub mod backoff;
 pub mod eventloop;
 pub mod state;
 pub mod tls;
