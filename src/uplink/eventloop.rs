@@ -25,13 +25,13 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::backoff::Backoff;
+use super::handover::{self, Queued};
 use super::state::{Handed, UplinkState};
 use super::tls;
 use crate::agent::Agent;
 use crate::clock;
 use crate::config::Config;
-use crate::gate::Decision;
-use crate::ids::{CaptureId, SubjectId};
+use crate::ids::CaptureId;
 use crate::shutdown::Shutdown;
 use crate::store::{OutboxCapture, PurgeReason, Store, StoreError};
 
@@ -426,47 +426,47 @@ fn hand_over(
     let now = clock::now();
     let exclude = agent.inflight().snapshot();
     let batch = store.pending(free, &exclude)?;
+    let queued: Vec<Queued<'_>> = batch
+        .iter()
+        .map(|c| Queued {
+            capture_id: &c.capture_id,
+            subject: &c.subject,
+        })
+        .collect();
+    // The consent rule (crate::gate) on what the store holds now, one
+    // decision per subject and batch: the store lock is held throughout, so
+    // nothing can change it in between.
+    let mut decisions = HashMap::new();
+    for subject in handover::subjects(&queued) {
+        let decision = store.decide(&subject, &cfg.trust, &cfg.identity, now)?;
+        decisions.insert(subject, decision);
+    }
+    let plan = handover::plan(&queued, &decisions, free);
+    for purge in &plan.purge {
+        // Consent ended since intake (expiry, key withdrawn): never send, and
+        // do not keep what may no longer be kept.
+        tracing::info!(
+            reason = purge.reason.code(),
+            "consent gone; purging the subject's queued captures instead of uploading"
+        );
+        let why = PurgeReason::from(purge.reason);
+        store.purge_subject(&purge.subject, now, why, None)?;
+    }
     let mut handed = 0;
-    // One decision per subject and batch: the store lock is held throughout,
-    // so nothing can change it in between.
-    let mut decided: HashMap<SubjectId, Decision> = HashMap::new();
-    for capture in batch {
-        let decision = match decided.get(&capture.subject) {
-            Some(d) => d.clone(),
-            None => {
-                // The consent rule (crate::gate), on what the store holds now.
-                let d = store.decide(&capture.subject, &cfg.trust, &cfg.identity, now)?;
-                decided.insert(capture.subject.clone(), d.clone());
-                if let Decision::Drop(reason) = &d {
-                    // Consent ended since intake (expiry, key withdrawn): never
-                    // send, and do not keep what may no longer be kept.
-                    tracing::info!(
-                        reason = reason.code(),
-                        "consent gone; purging the subject's queued captures instead of uploading"
-                    );
-                    let why = PurgeReason::from(*reason);
-                    store.purge_subject(&capture.subject, now, why, None)?;
-                }
-                d
-            }
-        };
-        match decision {
-            Decision::Accept { consent_id, .. } => {
-                let payload = envelope(&cfg, &capture, &consent_id);
-                agent.inflight().insert(&capture.capture_id);
-                if !link.hand(
-                    topic,
-                    payload,
-                    false,
-                    Handed::Capture(capture.capture_id.clone()),
-                ) {
-                    agent.inflight().remove(&capture.capture_id);
-                    break;
-                }
-                handed += 1;
-            }
-            Decision::Drop(_) => {}
+    for upload in &plan.upload {
+        let capture = &batch[upload.index];
+        let payload = envelope(&cfg, capture, &upload.consent_id);
+        agent.inflight().insert(&capture.capture_id);
+        if !link.hand(
+            topic,
+            payload,
+            false,
+            Handed::Capture(capture.capture_id.clone()),
+        ) {
+            agent.inflight().remove(&capture.capture_id);
+            break;
         }
+        handed += 1;
     }
     Ok(handed)
 }

@@ -4,6 +4,7 @@
 
 pub mod backoff;
 pub mod eventloop;
+pub mod handover;
 pub mod state;
 pub mod tls;
 
