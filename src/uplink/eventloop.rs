@@ -32,8 +32,9 @@ use crate::agent::Agent;
 use crate::clock;
 use crate::config::Config;
 use crate::ids::CaptureId;
+use crate::protocol::{Envelope, Status, Topics, WIRE_VERSION};
 use crate::shutdown::Shutdown;
-use crate::store::{OutboxCapture, PurgeReason, Store, StoreError};
+use crate::store::{Capture, PurgeReason, Store, StoreError};
 
 /// After a (re)connect, wait this long before uploading so that commands the
 /// broker queued while we were away (a revocation!) are applied first.
@@ -42,40 +43,6 @@ const SETTLE_AFTER_CONNECT: Duration = Duration::from_millis(500);
 const REFILL_EVERY: Duration = Duration::from_millis(500);
 /// How long a clean shutdown waits for the offline status and DISCONNECT to go out.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(3);
-/// Status published while offline-will is retained at the broker.
-pub const OFFLINE_STATUS: &str = r#"{"v":1,"state":"offline"}"#;
-
-/// The topics of this device (SPEC "Identity and topics").
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Topics {
-    /// Upload envelopes, QoS 1.
-    pub captures: String,
-    /// Commands for this device.
-    pub device_cmd: String,
-    /// Commands for every device of the site.
-    pub site_cmd: String,
-    /// Command replies.
-    pub reply: String,
-    /// Retained status and last will.
-    pub status: String,
-}
-
-impl Topics {
-    /// Topics for `config`'s prefix, site and device.
-    pub fn new(config: &Config) -> Topics {
-        let p = &config.mqtt.prefix;
-        let site = &config.identity.site_id;
-        let dev = &config.identity.device_id;
-        Topics {
-            captures: format!("{p}/{site}/{dev}/captures"),
-            device_cmd: format!("{p}/{site}/{dev}/cmd"),
-            site_cmd: format!("{p}/{site}/cmd"),
-            reply: format!("{p}/{site}/{dev}/reply"),
-            status: format!("{p}/{site}/{dev}/status"),
-        }
-    }
-}
-
 /// What the network task tells the logic task.
 #[derive(Debug)]
 enum Net {
@@ -151,7 +118,7 @@ fn mqtt_options(config: &Config, topics: &Topics) -> Result<MqttOptions, tls::Tl
     opts.set_inflight(m.inflight.saturating_add(16));
     opts.set_last_will(LastWill::new(
         &topics.status,
-        OFFLINE_STATUS,
+        Status::offline().to_bytes(),
         QoS::AtLeastOnce,
         true,
     ));
@@ -162,7 +129,11 @@ fn mqtt_options(config: &Config, topics: &Topics) -> Result<MqttOptions, tls::Tl
 /// logged with its cause and retried with backoff, while intake goes on.
 pub async fn run(agent: Arc<Agent>, mut shutdown: Shutdown) {
     let config = agent.config();
-    let topics = Topics::new(&config);
+    let topics = Topics::new(
+        &config.mqtt.prefix,
+        &config.identity.site_id,
+        &config.identity.device_id,
+    );
     let opts = loop {
         match mqtt_options(&config, &topics) {
             Ok(o) => break o,
@@ -381,7 +352,7 @@ async fn logic_task(
     }
     link.hand(
         &topics.status,
-        OFFLINE_STATUS.as_bytes().to_vec(),
+        Status::offline().to_bytes(),
         true,
         Handed::Other,
     );
@@ -471,23 +442,25 @@ fn hand_over(
     Ok(handed)
 }
 
-/// The SPEC upload envelope.
-pub fn envelope(cfg: &Config, c: &OutboxCapture, consent_id: &str) -> Vec<u8> {
-    use base64::Engine;
-    let body = json!({
-        "v": 1,
-        "capture_id": c.capture_id,
-        "site": cfg.identity.site_id,
-        "device": cfg.identity.device_id,
-        "subject": c.subject,
-        "consent_id": consent_id,
-        "captured_at": clock::rfc3339(c.captured_at),
-        "camera": c.camera,
-        "content_type": c.content_type,
-        "sha256": hex::encode(c.sha256),
-        "image": base64::engine::general_purpose::STANDARD.encode(&c.image),
-    });
-    serde_json::to_vec(&body).unwrap_or_default()
+/// The bytes of a capture's upload envelope (SPEC "Upload envelope"), quoting
+/// `consent_id`: the consent that allows the upload now.
+pub fn envelope(cfg: &Config, c: &Capture, consent_id: &str) -> Vec<u8> {
+    Envelope {
+        v: WIRE_VERSION,
+        capture_id: c.capture_id.to_string(),
+        site: cfg.identity.site_id.clone(),
+        device: cfg.identity.device_id.clone(),
+        subject: c.subject.as_str().to_string(),
+        consent_id: consent_id.to_string(),
+        captured_at: c.captured_at,
+        camera: c.camera.clone(),
+        content_type: c.content_type.clone(),
+        sha256: c.sha256,
+        image: c.image.clone(),
+        part: None,
+        parts: None,
+    }
+    .to_bytes()
 }
 
 /// Counts and audits uploads cut off by a lost connection (they stay queued
@@ -551,7 +524,7 @@ async fn publish_status(agent: &Arc<Agent>, link: &Arc<Link>, topics: &Topics) {
 /// Verifies and applies one inbound command, acknowledges it to the broker
 /// once its effect is committed, and publishes the reply.
 async fn handle_command(agent: &Arc<Agent>, link: &Arc<Link>, topics: &Topics, publish: Publish) {
-    if publish.topic != topics.device_cmd && publish.topic != topics.site_cmd {
+    if !topics.is_command(&publish.topic) {
         tracing::warn!(topic = %publish.topic, "message on an unexpected topic ignored");
         ack(link, &publish);
         return;

@@ -1,5 +1,5 @@
 //! The MQTT uplink to the fleet broker: mutual TLS, persistent session, topics
-//! under `{prefix}/{site}/{device}/…`. [`tls`] owns the TLS client configuration,
+//! under `{prefix}/{site}/{device}/…` (`crate::protocol::Topics`). [`tls`] owns the TLS client configuration,
 //! the MQTT connection options and the explanations of failed connections.
 
 pub mod backoff;
@@ -8,4 +8,4 @@ pub mod handover;
 pub mod state;
 pub mod tls;
 
-pub use eventloop::{run, Topics};
+pub use eventloop::run;
