@@ -1,12 +1,12 @@
 //! The uplink's two tasks and their loops; the decisions live in the pure
 //! modules next to this one, the effects in `upload`, `commands` and `status`.
 //!
-//! * The **network task** owns rumqttc's `EventLoop` and polls it: it
-//!   installs the client in the [`Link`] on CONNACK, records outgoing
-//!   publishes and PUBACKs there, passes inbound messages on, and on a
-//!   connection error takes the client out of the link and throws away
-//!   rumqttc's in-memory replay queue (the outbox is the source of truth)
-//!   before backing off ([`Backoff`]).
+//! * The **network task** makes one rumqttc client/event-loop pair per
+//!   connection attempt and polls it: it installs the client in the [`Link`]
+//!   on CONNACK, records outgoing publishes and PUBACKs there, passes inbound
+//!   messages on, and on a connection error takes the client out of the link
+//!   and drops the pair (rumqttc's in-memory replay queue goes with it: the
+//!   outbox is the source of truth) before backing off ([`Backoff`]).
 //! * The **logic task** hands captures over (`upload`: consent re-checked
 //!   under the store lock, SPEC invariant 1), has acknowledged rows deleted,
 //!   applies commands (`commands`), and publishes status and replies.
@@ -14,13 +14,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{ConnectionError, Event, MqttOptions, Outgoing, Packet};
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet};
 use tokio::sync::{mpsc, Notify};
 
 use super::backoff::Backoff;
 use super::commands::{handle_command, Inbound};
 use super::link::Link;
 use super::options::{connection, mqtt_options};
+use super::state::Abandoned;
 use super::status::{publish_offline, publish_status};
 use super::tls;
 use super::upload::{deleter, fill_window, record_interrupted};
@@ -109,16 +110,63 @@ async fn network_task(
     stop: Arc<Notify>,
 ) {
     let mut backoff = Backoff::new(config.mqtt.reconnect_min, config.mqtt.reconnect_max);
-    let (client, mut eventloop) = connection(&config, &options);
+    loop {
+        let (client, eventloop) = connection(&config, &options);
+        let (error, abandoned) =
+            match serve(client, eventloop, &link, &tx, &mut backoff, &stop).await {
+                Ended::Stopped => return,
+                Ended::Failed { error, abandoned } => (error, abandoned),
+            };
+        // The pair is gone, and with it everything rumqttc held for that
+        // connection. What it carried unacknowledged is handed over again
+        // after the next CONNACK.
+        let _ = tx.send(Net::Disconnected {
+            reason: tls::explain(&error),
+            captures: abandoned.captures,
+        });
+        let delay = backoff.next(random_u32());
+        tokio::select! {
+            _ = stop.notified() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// How one connection ended.
+enum Ended {
+    /// Shutdown: asked to stop, or our own DISCONNECT went out.
+    Stopped,
+    /// The attempt failed or the connection dropped; `abandoned` was in
+    /// flight on it.
+    Failed {
+        error: ConnectionError,
+        abandoned: Abandoned,
+    },
+}
+
+/// Polls one connection's event loop from the first attempt to its end. The
+/// client moves into the link on CONNACK; until then nothing can be handed
+/// over. Both are dropped when this returns.
+async fn serve(
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+    link: &Link,
+    tx: &mpsc::UnboundedSender<Net>,
+    backoff: &mut Backoff,
+    stop: &Notify,
+) -> Ended {
+    let mut client = Some(client);
     let mut number = 0;
     loop {
         let event = tokio::select! {
-            _ = stop.notified() => return,
+            _ = stop.notified() => return Ended::Stopped,
             ev = eventloop.poll() => ev,
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                number = link.on_connected(client.clone());
+                if let Some(client) = client.take() {
+                    number = link.on_connected(client);
+                }
                 backoff.reset();
                 let _ = tx.send(Net::Connected {
                     session_present: ack.session_present,
@@ -151,34 +199,13 @@ async fn network_task(
             }
             // Our own clean shutdown: the DISCONNECT (after everything handed
             // before it, the offline status included) has been written.
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ended::Stopped,
             Ok(_) => {}
-            Err(e) => {
-                // Nothing more is handed over (the link lets go of the
-                // client); what was in flight is abandoned here.
+            Err(error) => {
+                // The link lets go of the client under its lock, while the
+                // event loop still exists: nothing more is handed over.
                 let abandoned = link.on_disconnected();
-                // rumqttc already moved its in-flight publishes and queued
-                // requests into `pending`; drain what is left and drop them
-                // all: the outbox resends what was not acknowledged. Events
-                // it buffered from the dead connection (an outgoing publish,
-                // a PUBACK) must not be read as news on the next one; nor may
-                // a stalled collision block it.
-                eventloop.clean();
-                eventloop.pending.clear();
-                eventloop.state.events.clear();
-                eventloop.state.collision = None;
-                let _ = tx.send(Net::Disconnected {
-                    reason: tls::explain(&e),
-                    captures: abandoned.captures,
-                });
-                if matches!(e, ConnectionError::RequestsDone) {
-                    return;
-                }
-                let delay = backoff.next(random_u32());
-                tokio::select! {
-                    _ = stop.notified() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
+                return Ended::Failed { error, abandoned };
             }
         }
     }

@@ -1,10 +1,14 @@
 //! What the uplink's two tasks share: the bookkeeping ([`UplinkState`]) and
 //! the request side of the current connection, behind one lock.
 //!
-//! The client is installed here when the broker accepts a connection and
-//! taken out, under the same lock that records hand-overs, when it fails. So
-//! a publish is either handed to the live connection and recorded in the
-//! FIFO, or not handed at all.
+//! Every connection gets a fresh rumqttc `AsyncClient`/`EventLoop` pair. The
+//! client is installed here when the broker accepts the connection and taken
+//! out, under the same lock that records hand-overs, when it fails; the
+//! network task then drops the event loop and with it everything rumqttc
+//! still held for that connection (its replay queue, buffered events, a
+//! pending packet-id collision, requests not yet read from the channel). So a
+//! publish is either handed to the live connection and recorded in the FIFO,
+//! or not handed at all; nothing from an old connection reaches a new one.
 
 use std::sync::{Mutex, MutexGuard};
 

@@ -14,7 +14,7 @@
 //!   PUBACK, the envelope bytes);
 //! - [`commands`]: inbound commands, acknowledged after their effect commits;
 //! - [`status`]: the retained status and the offline message;
-//! - [`options`]: the connection settings, the client and its event loop;
+//! - [`options`]: the connection settings and one client per connection;
 //! - [`tls`]: the TLS client configuration and explanations of failed
 //!   connections.
 

@@ -42,7 +42,9 @@ pub fn mqtt_options(config: &Config, topics: &Topics) -> Result<MqttOptions, tls
     Ok(opts)
 }
 
-/// The uplink's client and event loop.
+/// A fresh client and event loop for one connection attempt. Nothing is
+/// carried over from an earlier connection: the outbox, not rumqttc's memory,
+/// decides what is sent again.
 pub fn connection(config: &Config, options: &MqttOptions) -> (AsyncClient, EventLoop) {
     // Room for a full window plus replies, status and acknowledgements.
     let (client, mut eventloop) =
