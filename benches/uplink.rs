@@ -131,7 +131,7 @@ fn breakdown(images: &[Vec<u8>]) -> (f64, Vec<f64>) {
                 let facegate::gate::Decision::Accept { consent_id, .. } = decision else {
                     panic!("consent refused in the breakdown");
                 };
-                std::hint::black_box(facegate::uplink::eventloop::envelope(&cfg, c, &consent_id));
+                std::hint::black_box(facegate::uplink::upload::envelope(&cfg, c, &consent_id));
                 waiting.push(c.capture_id.clone());
             }
             hand += t.elapsed();

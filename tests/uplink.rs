@@ -11,6 +11,7 @@ use facegate_testkit::config::ConfigBuilder;
 use facegate_testkit::daemon::Daemon;
 use facegate_testkit::mqtt::Session;
 use facegate_testkit::pki::Ca;
+use facegate_testkit::relay::Relay;
 use facegate_testkit::signer::Signer;
 use facegate_testkit::synth;
 use facegate_testkit::util::wait_until;
@@ -240,6 +241,86 @@ async fn broker_restart_mid_stream_loses_nothing() {
         d.log()
     );
     wait_until(T, || d.outbox_len() == 0, || d.log());
+}
+
+/// A connection dropped with uploads in flight, while the broker keeps the
+/// session (a flaky network): the broker has the captures, but none of its
+/// PUBACKs reached the daemon. Nothing is deleted without its PUBACK; after
+/// the reconnect (`session_present`) every capture is sent again from the
+/// outbox, exactly once more, with the same `capture_id` and envelope. A
+/// replay by the MQTT client of its old connection's queue would show up as a
+/// third copy, or as an outgoing publish nobody handed over (whose PUBACK
+/// would then delete the wrong capture).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_resends_from_the_outbox_into_the_resumed_session() {
+    let broker = Broker::start();
+    let relay = Relay::start(broker.port).await;
+    let mut fleet = fleet(&broker).await;
+    let d = Daemon::builder()
+        .mqtt("localhost", relay.port, &broker.issue_client(DEVICE))
+        .configure(|c| c.fast_reconnect())
+        .start();
+    d.grant("S-r");
+    d.wait_uplink_connected(T);
+    relay.hold_replies(true);
+    let n = 10; // fewer than the window (16): all go out without a PUBACK
+    for i in 0..n {
+        let image = synth::face_jpeg(96, 72, i as u64, 70);
+        d.drop_pair(&format!("r{i:02}"), "jpg", &image, Some("S-r"));
+    }
+    let mut seen: HashMap<String, Vec<Value>> = HashMap::new();
+    collect(&mut fleet, n, T, &mut seen).await;
+    assert_eq!(
+        seen.len(),
+        n,
+        "uploads did not reach the broker\n{}",
+        d.log()
+    );
+    assert_eq!(d.outbox_len(), n as u64, "deleted without a PUBACK");
+    relay.cut();
+    relay.hold_replies(false);
+    // Every capture a second time, then a moment for any third copy.
+    let deadline = tokio::time::Instant::now() + T;
+    while seen.values().any(|copies| copies.len() < 2) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(p) = fleet.recv_on(CAPTURES, left).await else {
+            break;
+        };
+        let env: Value = serde_json::from_slice(&p.payload).unwrap();
+        let id = env["capture_id"].as_str().unwrap().to_string();
+        seen.entry(id).or_default().push(env);
+    }
+    wait_until(T, || d.outbox_len() == 0, || d.log());
+    while let Some(p) = fleet.recv_on(CAPTURES, Duration::from_secs(1)).await {
+        let env: Value = serde_json::from_slice(&p.payload).unwrap();
+        let id = env["capture_id"].as_str().unwrap().to_string();
+        seen.entry(id).or_default().push(env);
+    }
+    let log = d.log();
+    assert_eq!(seen.len(), n, "a capture under a new id\n{log}");
+    for (id, copies) in &seen {
+        assert_eq!(
+            copies.len(),
+            2,
+            "{id} arrived {} times\n{log}",
+            copies.len()
+        );
+        assert_eq!(copies[0], copies[1], "{id} changed between sends");
+    }
+    assert!(relay.accepted() >= 2, "the daemon did not reconnect");
+    assert!(
+        log.contains("session_present=true"),
+        "the reconnect did not resume the session\n{log}"
+    );
+    assert!(
+        log.contains(&format!("requeued={n}")),
+        "the uploads in flight were not requeued\n{log}"
+    );
+    assert!(
+        !log.contains("not handed over"),
+        "the MQTT client replayed a publish of the old connection\n{log}"
+    );
+    assert_eq!(d.status()["counters"]["upload_retries"], n as u64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

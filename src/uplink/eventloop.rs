@@ -1,38 +1,35 @@
-//! The uplink's I/O: drives rumqttc, feeds [`UplinkState`], uploads the outbox,
-//! and hands inbound commands to the agent.
+//! The uplink's two tasks and their loops; the decisions live in the pure
+//! modules next to this one, the effects in `upload`, `commands` and `status`.
 //!
-//! Two tasks share one `Mutex<UplinkState>`:
-//! * the **network task** owns rumqttc's `EventLoop`: it polls it, records
-//!   outgoing publishes and PUBACKs in the state, and on a connection error
-//!   throws away rumqttc's in-memory replay queue (the outbox is the source of
-//!   truth) before backing off and reconnecting;
-//! * the **logic task** hands captures over (after re-checking consent under
-//!   the store lock: SPEC invariant 1), deletes acknowledged rows, applies
-//!   commands, and publishes status and replies.
-//!
-//! Handing a publish over and recording it happen under the state lock, and a
-//! disconnect drains rumqttc's request channel under the same lock, so the
-//! FIFO in the state always matches what rumqttc will put on the wire.
+//! * The **network task** makes one rumqttc client/event-loop pair per
+//!   connection attempt and polls it: it installs the client in the [`Link`]
+//!   on CONNACK, records outgoing publishes and PUBACKs there, passes inbound
+//!   messages on, and on a connection error takes the client out of the link
+//!   and drops the pair (rumqttc's in-memory replay queue goes with it: the
+//!   outbox is the source of truth) before backing off ([`Backoff`]).
+//! * The **logic task** hands captures over (`upload`: consent re-checked
+//!   under the store lock, SPEC invariant 1), has acknowledged rows deleted,
+//!   applies commands (`commands`), and publishes status and replies.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{
-    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, Publish, QoS,
-};
-use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet};
+use tokio::sync::{mpsc, Notify};
 
-use super::state::{Handed, UplinkState};
+use super::backoff::Backoff;
+use super::commands::{handle_command, Inbound};
+use super::link::Link;
+use super::options::{connection, mqtt_options};
+use super::state::Abandoned;
+use super::status::{publish_offline, publish_status};
 use super::tls;
+use super::upload::{deleter, fill_window, record_interrupted};
 use crate::agent::Agent;
-use crate::clock;
 use crate::config::Config;
-use crate::gate::Decision;
-use crate::ids::{CaptureId, SubjectId};
+use crate::ids::CaptureId;
+use crate::protocol::Topics;
 use crate::shutdown::Shutdown;
-use crate::store::{OutboxCapture, PurgeReason, Store, StoreError};
 
 /// After a (re)connect, wait this long before uploading so that commands the
 /// broker queued while we were away (a revocation!) are applied first.
@@ -41,39 +38,6 @@ const SETTLE_AFTER_CONNECT: Duration = Duration::from_millis(500);
 const REFILL_EVERY: Duration = Duration::from_millis(500);
 /// How long a clean shutdown waits for the offline status and DISCONNECT to go out.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(3);
-/// Status published while offline-will is retained at the broker.
-pub const OFFLINE_STATUS: &str = r#"{"v":1,"state":"offline"}"#;
-
-/// The topics of this device (SPEC "Identity and topics").
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Topics {
-    /// Upload envelopes, QoS 1.
-    pub captures: String,
-    /// Commands for this device.
-    pub device_cmd: String,
-    /// Commands for every device of the site.
-    pub site_cmd: String,
-    /// Command replies.
-    pub reply: String,
-    /// Retained status and last will.
-    pub status: String,
-}
-
-impl Topics {
-    /// Topics for `config`'s prefix, site and device.
-    pub fn new(config: &Config) -> Topics {
-        let p = &config.mqtt.prefix;
-        let site = &config.identity.site_id;
-        let dev = &config.identity.device_id;
-        Topics {
-            captures: format!("{p}/{site}/{dev}/captures"),
-            device_cmd: format!("{p}/{site}/{dev}/cmd"),
-            site_cmd: format!("{p}/{site}/cmd"),
-            reply: format!("{p}/{site}/{dev}/reply"),
-            status: format!("{p}/{site}/{dev}/status"),
-        }
-    }
-}
 
 /// What the network task tells the logic task.
 #[derive(Debug)]
@@ -88,81 +52,19 @@ enum Net {
     /// The broker acknowledged this capture's upload.
     Acked(CaptureId),
     /// A message on one of our command topics.
-    Command(Publish),
-}
-
-/// Shared between the two tasks.
-struct Link {
-    /// Handed-over publishes and the pkid map.
-    state: Mutex<UplinkState>,
-    /// rumqttc's request side.
-    client: AsyncClient,
-}
-
-impl Link {
-    fn lock(&self) -> std::sync::MutexGuard<'_, UplinkState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Hands one publish to rumqttc and records it, if connected.
-    fn hand(&self, topic: &str, payload: Vec<u8>, retain: bool, what: Handed) -> bool {
-        let mut st = self.lock();
-        if !st.connected() {
-            return false;
-        }
-        match self
-            .client
-            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
-        {
-            Ok(()) => {
-                st.on_handed(what);
-                true
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, topic, "could not hand publish to MQTT");
-                false
-            }
-        }
-    }
-}
-
-/// Largest MQTT packet we send or accept: the biggest allowed capture, base64
-/// encoded inside its envelope, plus room for the envelope and topic.
-pub fn max_packet_size(config: &Config) -> usize {
-    let image = config.capture.max_file_bytes as usize;
-    (image.div_ceil(3) * 4 + 4096).max(config.commands.max_bytes + 4096)
-}
-
-fn mqtt_options(config: &Config, topics: &Topics) -> Result<MqttOptions, tls::TlsError> {
-    let m = &config.mqtt;
-    let tls_config = tls::client_config(&m.ca_file, &m.cert_file, &m.key_file)?;
-    let max = max_packet_size(config);
-    let mut opts = tls::mqtt_options(
-        &config.identity.device_id,
-        &m.host,
-        m.port,
-        m.keep_alive,
-        max,
-        tls_config,
-    )?;
-    opts.set_manual_acks(true);
-    // rumqttc's own flow control only needs room for our window plus status and replies.
-    opts.set_inflight(m.inflight.saturating_add(16));
-    opts.set_last_will(LastWill::new(
-        &topics.status,
-        OFFLINE_STATUS,
-        QoS::AtLeastOnce,
-        true,
-    ));
-    Ok(opts)
+    Command(Inbound),
 }
 
 /// Runs the uplink until shutdown. Never gives up: TLS or broker trouble is
 /// logged with its cause and retried with backoff, while intake goes on.
 pub async fn run(agent: Arc<Agent>, mut shutdown: Shutdown) {
     let config = agent.config();
-    let topics = Topics::new(&config);
-    let opts = loop {
+    let topics = Topics::new(
+        &config.mqtt.prefix,
+        &config.identity.site_id,
+        &config.identity.device_id,
+    );
+    let options = loop {
         match mqtt_options(&config, &topics) {
             Ok(o) => break o,
             Err(e) => {
@@ -174,21 +76,11 @@ pub async fn run(agent: Arc<Agent>, mut shutdown: Shutdown) {
             }
         }
     };
-    let (client, mut eventloop) = AsyncClient::new(opts, config.mqtt.inflight as usize + 64);
-    // Small packets (PUBACKs, commands, replies) go out at once instead of
-    // waiting for Nagle's algorithm: it cuts command-to-reply latency in half.
-    let mut network = rumqttc::NetworkOptions::new();
-    network.set_tcp_nodelay(true);
-    network.set_connection_timeout(10);
-    eventloop.set_network_options(network);
-    let link = Arc::new(Link {
-        state: Mutex::new(UplinkState::new()),
-        client,
-    });
+    let link = Arc::new(Link::new());
     let (net_tx, net_rx) = mpsc::unbounded_channel();
-    let stop = Arc::new(tokio::sync::Notify::new());
+    let stop = Arc::new(Notify::new());
     let network = tokio::spawn(network_task(
-        eventloop,
+        options,
         link.clone(),
         net_tx,
         config.clone(),
@@ -209,40 +101,92 @@ pub async fn run(agent: Arc<Agent>, mut shutdown: Shutdown) {
     let _ = network.await;
 }
 
-/// Polls rumqttc; see the module docs.
+/// Connects, polls and reconnects; see the module docs.
 async fn network_task(
-    mut eventloop: EventLoop,
+    options: MqttOptions,
     link: Arc<Link>,
     tx: mpsc::UnboundedSender<Net>,
     config: Arc<Config>,
-    stop: Arc<tokio::sync::Notify>,
+    stop: Arc<Notify>,
 ) {
     let mut backoff = Backoff::new(config.mqtt.reconnect_min, config.mqtt.reconnect_max);
     loop {
-        let event = tokio::select! {
+        let (client, eventloop) = connection(&config, &options);
+        let (error, abandoned) =
+            match serve(client, eventloop, &link, &tx, &mut backoff, &stop).await {
+                Ended::Stopped => return,
+                Ended::Failed { error, abandoned } => (error, abandoned),
+            };
+        // The pair is gone, and with it everything rumqttc held for that
+        // connection. What it carried unacknowledged is handed over again
+        // after the next CONNACK.
+        let _ = tx.send(Net::Disconnected {
+            reason: tls::explain(&error),
+            captures: abandoned.captures,
+        });
+        let delay = backoff.next(random_u32());
+        tokio::select! {
             _ = stop.notified() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// How one connection ended.
+enum Ended {
+    /// Shutdown: asked to stop, or our own DISCONNECT went out.
+    Stopped,
+    /// The attempt failed or the connection dropped; `abandoned` was in
+    /// flight on it.
+    Failed {
+        error: ConnectionError,
+        abandoned: Abandoned,
+    },
+}
+
+/// Polls one connection's event loop from the first attempt to its end. The
+/// client moves into the link on CONNACK; until then nothing can be handed
+/// over. Both are dropped when this returns.
+async fn serve(
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+    link: &Link,
+    tx: &mpsc::UnboundedSender<Net>,
+    backoff: &mut Backoff,
+    stop: &Notify,
+) -> Ended {
+    let mut client = Some(client);
+    let mut number = 0;
+    loop {
+        let event = tokio::select! {
+            _ = stop.notified() => return Ended::Stopped,
             ev = eventloop.poll() => ev,
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                link.lock().on_connected();
+                if let Some(client) = client.take() {
+                    number = link.on_connected(client);
+                }
                 backoff.reset();
                 let _ = tx.send(Net::Connected {
                     session_present: ack.session_present,
                 });
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                if !link.lock().on_outgoing_publish(pkid) {
+                if !link.on_outgoing_publish(pkid) {
                     tracing::warn!(pkid, "outgoing publish that was not handed over");
                 }
             }
             Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                if let Some(id) = link.lock().on_puback(ack.pkid) {
+                if let Some(id) = link.on_puback(ack.pkid) {
                     let _ = tx.send(Net::Acked(id));
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                let _ = tx.send(Net::Command(p));
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let _ = tx.send(Net::Command(Inbound {
+                    connection: number,
+                    publish,
+                }));
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 if ack
@@ -255,72 +199,24 @@ async fn network_task(
             }
             // Our own clean shutdown: the DISCONNECT (after everything handed
             // before it, the offline status included) has been written.
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ended::Stopped,
             Ok(_) => {}
-            Err(e) => {
-                let reason = tls::explain(&e);
-                let captures = {
-                    let mut st = link.lock();
-                    let abandoned = st.on_disconnected();
-                    // rumqttc already moved its in-flight publishes and queued
-                    // requests into `pending`; drain again under our lock so
-                    // nothing handed over concurrently survives, then drop them
-                    // all: the outbox resends what was not acknowledged.
-                    eventloop.clean();
-                    eventloop.pending.clear();
-                    // Events rumqttc buffered from the dead connection (an
-                    // outgoing publish, a PUBACK) must not be read as news on
-                    // the next one; nor may a stalled collision block it.
-                    eventloop.state.events.clear();
-                    eventloop.state.collision = None;
-                    abandoned.captures
-                };
-                let _ = tx.send(Net::Disconnected { reason, captures });
-                if matches!(e, rumqttc::ConnectionError::RequestsDone) {
-                    return;
-                }
-                let delay = backoff.next();
-                tokio::select! {
-                    _ = stop.notified() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
+            Err(error) => {
+                // The link lets go of the client under its lock, while the
+                // event loop still exists: nothing more is handed over.
+                let abandoned = link.on_disconnected();
+                return Ended::Failed { error, abandoned };
             }
         }
     }
 }
 
-/// Exponential backoff with jitter, capped.
-struct Backoff {
-    /// First delay.
-    min: Duration,
-    /// Cap.
-    max: Duration,
-    /// The next delay before jitter.
-    current: Duration,
-}
-
-impl Backoff {
-    fn new(min: Duration, max: Duration) -> Self {
-        Backoff {
-            min,
-            max,
-            current: min,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.current = self.min;
-    }
-
-    fn next(&mut self) -> Duration {
-        let base = self.current;
-        self.current = (self.current * 2).min(self.max);
-        // Full jitter on the upper half: between base/2 and base.
-        let mut b = [0u8; 4];
-        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
-        let frac = u32::from_le_bytes(b) as f64 / u32::MAX as f64;
-        base.mul_f64(0.5 + 0.5 * frac)
-    }
+/// A uniformly drawn `u32` for the backoff's jitter.
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    // On the (theoretical) failure the jitter is 0: the delay is half a step.
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    u32::from_le_bytes(b)
 }
 
 async fn logic_task(
@@ -345,7 +241,7 @@ async fn logic_task(
             _ = tokio::time::sleep_until(upload_from), if tokio::time::Instant::now() < upload_from => {}
             _ = refill.tick() => {}
             _ = status_tick.tick() => {
-                if link.lock().connected() {
+                if link.connected() {
                     publish_status(&agent, &link, &topics).await;
                 }
             }
@@ -366,9 +262,7 @@ async fn logic_task(
                             last_error.clear();
                             agent.set_connected(true);
                             for topic in [&topics.device_cmd, &topics.site_cmd] {
-                                if let Err(e) = link.client.try_subscribe(topic.as_str(), QoS::AtLeastOnce) {
-                                    tracing::error!(error = %e, topic = %topic, "cannot subscribe");
-                                }
+                                link.subscribe(topic);
                             }
                             publish_status(&agent, &link, &topics).await;
                             upload_from = tokio::time::Instant::now() + SETTLE_AFTER_CONNECT;
@@ -387,13 +281,13 @@ async fn logic_task(
                             }
                             upload_from = far_future();
                         }
-                        Net::Command(p) => handle_command(&agent, &link, &topics, p).await,
+                        Net::Command(inbound) => handle_command(&agent, &link, &topics, inbound).await,
                     }
                 }
             }
         }
         if tokio::time::Instant::now() >= upload_from {
-            fill_window(&agent, &link, &topics).await;
+            fill_window(&agent, &link, &topics.captures).await;
         }
     }
     // Deletes already queued finish (so acknowledged captures are not sent again).
@@ -401,206 +295,13 @@ async fn logic_task(
     let _ = deletes.await;
     // Clean shutdown: say we are going, then disconnect. Returns whether a
     // DISCONNECT is on its way.
-    if !link.lock().connected() {
+    if !link.connected() {
         return false;
     }
-    link.hand(
-        &topics.status,
-        OFFLINE_STATUS.as_bytes().to_vec(),
-        true,
-        Handed::Other,
-    );
-    link.client.try_disconnect().is_ok()
+    publish_offline(&link, &topics);
+    link.disconnect()
 }
 
 fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600)
-}
-
-/// Hands as many queued captures to MQTT as the window allows. Each one is
-/// re-checked against the consent gate under the store lock, in the same
-/// critical section as the hand-over: a revocation (which takes the same lock)
-/// is either fully before it (the capture is gone) or fully after it (the
-/// capture is listed as in flight in the receipt).
-async fn fill_window(agent: &Arc<Agent>, link: &Arc<Link>, topics: &Topics) {
-    let window = agent.config().mqtt.inflight as usize;
-    let free = link.lock().free_slots(window);
-    if free == 0 {
-        return;
-    }
-    let (agent2, link2, topic) = (agent.clone(), link.clone(), topics.captures.clone());
-    let result = agent
-        .db()
-        .run(move |store| hand_over(store, &agent2, &link2, &topic, free))
-        .await;
-    match result {
-        Ok(0) => {}
-        Ok(n) => tracing::debug!(n, "captures handed to MQTT"),
-        Err(e) => tracing::error!(error = %e, "cannot read the outbox"),
-    }
-}
-
-fn hand_over(
-    store: &mut Store,
-    agent: &Agent,
-    link: &Link,
-    topic: &str,
-    free: usize,
-) -> Result<usize, StoreError> {
-    let cfg = agent.config();
-    let now = clock::now();
-    let exclude = agent.inflight().snapshot();
-    let batch = store.pending(free, &exclude)?;
-    let mut handed = 0;
-    // One decision per subject and batch: the store lock is held throughout,
-    // so nothing can change it in between.
-    let mut decided: HashMap<SubjectId, Decision> = HashMap::new();
-    for capture in batch {
-        let decision = match decided.get(&capture.subject) {
-            Some(d) => d.clone(),
-            None => {
-                // The consent rule (crate::gate), on what the store holds now.
-                let d = store.decide(&capture.subject, &cfg.trust, &cfg.identity, now)?;
-                decided.insert(capture.subject.clone(), d.clone());
-                if let Decision::Drop(reason) = &d {
-                    // Consent ended since intake (expiry, key withdrawn): never
-                    // send, and do not keep what may no longer be kept.
-                    tracing::info!(
-                        reason = reason.code(),
-                        "consent gone; purging the subject's queued captures instead of uploading"
-                    );
-                    let why = PurgeReason::from(*reason);
-                    store.purge_subject(&capture.subject, now, why, None)?;
-                }
-                d
-            }
-        };
-        match decision {
-            Decision::Accept { consent_id, .. } => {
-                let payload = envelope(&cfg, &capture, &consent_id);
-                agent.inflight().insert(&capture.capture_id);
-                if !link.hand(
-                    topic,
-                    payload,
-                    false,
-                    Handed::Capture(capture.capture_id.clone()),
-                ) {
-                    agent.inflight().remove(&capture.capture_id);
-                    break;
-                }
-                handed += 1;
-            }
-            Decision::Drop(_) => {}
-        }
-    }
-    Ok(handed)
-}
-
-/// The SPEC upload envelope.
-pub fn envelope(cfg: &Config, c: &OutboxCapture, consent_id: &str) -> Vec<u8> {
-    use base64::Engine;
-    let body = json!({
-        "v": 1,
-        "capture_id": c.capture_id,
-        "site": cfg.identity.site_id,
-        "device": cfg.identity.device_id,
-        "subject": c.subject,
-        "consent_id": consent_id,
-        "captured_at": clock::rfc3339(c.captured_at),
-        "camera": c.camera,
-        "content_type": c.content_type,
-        "sha256": hex::encode(c.sha256),
-        "image": base64::engine::general_purpose::STANDARD.encode(&c.image),
-    });
-    serde_json::to_vec(&body).unwrap_or_default()
-}
-
-/// Counts and audits uploads cut off by a lost connection (they stay queued
-/// and are sent again after the reconnect).
-async fn record_interrupted(agent: &Arc<Agent>, reason: &str, n: usize) {
-    let detail = json!({ "requeued": n, "reason": reason });
-    let now = clock::now();
-    let r = agent
-        .db()
-        .run(move |s| {
-            s.record("upload.interrupted", None, detail, None, now)?;
-            s.bump("upload_retries", n as u64)
-        })
-        .await;
-    if r.is_err() {
-        tracing::error!("cannot record interrupted uploads");
-    }
-}
-
-/// Deletes acknowledged captures from the outbox, off the upload path: the
-/// logic task only queues ids here, so the window refills while the (fsync'd)
-/// delete runs. Each batch is everything queued so far, in one transaction.
-/// An id stays in [`Agent::inflight`] until its row is gone, so it is never
-/// handed over twice.
-async fn deleter(agent: Arc<Agent>, mut acked: mpsc::UnboundedReceiver<CaptureId>) {
-    while let Some(first) = acked.recv().await {
-        let mut ids = vec![first];
-        while let Ok(more) = acked.try_recv() {
-            ids.push(more);
-        }
-        let now = clock::now();
-        let batch = ids.clone();
-        match agent.db().run(move |s| s.ack_many(&batch, now)).await {
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "cannot delete acknowledged captures; they will be sent again")
-            }
-        }
-        for id in &ids {
-            agent.inflight().remove(id);
-        }
-        agent.outbox_changed().notify_one();
-    }
-}
-
-/// Publishes the retained status.
-async fn publish_status(agent: &Arc<Agent>, link: &Arc<Link>, topics: &Topics) {
-    match agent.status(clock::now()).await {
-        Ok(v) => {
-            link.hand(
-                &topics.status,
-                serde_json::to_vec(&v).unwrap_or_default(),
-                true,
-                Handed::Other,
-            );
-        }
-        Err(e) => tracing::error!(error = %e, "cannot build status"),
-    }
-}
-
-/// Verifies and applies one inbound command, acknowledges it to the broker
-/// once its effect is committed, and publishes the reply.
-async fn handle_command(agent: &Arc<Agent>, link: &Arc<Link>, topics: &Topics, publish: Publish) {
-    if publish.topic != topics.device_cmd && publish.topic != topics.site_cmd {
-        tracing::warn!(topic = %publish.topic, "message on an unexpected topic ignored");
-        ack(link, &publish);
-        return;
-    }
-    let outcome = agent
-        .apply_command(&publish.payload, publish.dup, clock::now())
-        .await;
-    // The effect (if any) is committed: now the broker may forget the command.
-    ack(link, &publish);
-    if outcome.publish_status {
-        publish_status(agent, link, topics).await;
-    }
-    let body: Value = outcome.reply;
-    link.hand(
-        &topics.reply,
-        serde_json::to_vec(&body).unwrap_or_default(),
-        false,
-        Handed::Other,
-    );
-    agent.outbox_changed().notify_one();
-}
-
-fn ack(link: &Link, publish: &Publish) {
-    if let Err(e) = link.client.try_ack(publish) {
-        tracing::warn!(error = %e, "cannot acknowledge command to the broker; it will be redelivered");
-    }
 }

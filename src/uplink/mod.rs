@@ -1,9 +1,32 @@
 //! The MQTT uplink to the fleet broker: mutual TLS, persistent session, topics
-//! under `{prefix}/{site}/{device}/…`. [`tls`] owns the TLS client configuration,
-//! the MQTT connection options and the explanations of failed connections.
+//! under `{prefix}/{site}/{device}/…` (`crate::protocol::Topics`).
+//!
+//! Pure cores, tested on their own (no runtime, no store, no network):
+//! - [`state`]: the FIFO of handed publishes and the pkid → capture map;
+//! - [`handover`]: which queued captures go to MQTT now and which subjects
+//!   are purged instead, from the consent rule's verdicts and the window;
+//! - [`backoff`]: the reconnect delays.
+//!
+//! The I/O around them:
+//! - [`eventloop`]: the network and logic tasks ([`run`]);
+//! - [`link`]: what the two tasks share (the state and the live connection);
+//! - [`upload`]: the outbox side (hand-over under the store lock, deletes on
+//!   PUBACK, the envelope bytes);
+//! - [`commands`]: inbound commands, acknowledged after their effect commits;
+//! - [`status`]: the retained status and the offline message;
+//! - [`options`]: the connection settings and one client per connection;
+//! - [`tls`]: the TLS client configuration and explanations of failed
+//!   connections.
 
+pub mod backoff;
+pub mod commands;
 pub mod eventloop;
+pub mod handover;
+pub mod link;
+pub mod options;
 pub mod state;
+pub mod status;
 pub mod tls;
+pub mod upload;
 
-pub use eventloop::{run, Topics};
+pub use eventloop::run;

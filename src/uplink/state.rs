@@ -7,10 +7,12 @@
 //! publish to learn the pkid, and maps the broker's `PUBACK(pkid)` back to the
 //! capture whose outbox row may now be deleted.
 //!
-//! On a disconnect the event loop throws away rumqttc's in-memory replay queue
-//! and this state forgets everything in flight: the SQLite outbox is the source
-//! of truth, and unacknowledged captures are re-checked against the consent
-//! gate and handed over again after the reconnect (same `capture_id`).
+//! On a disconnect the network task drops that connection's rumqttc client and
+//! event loop (with its in-memory replay queue; the next connection gets a
+//! fresh pair, so its pkids and events start clean) and this state forgets
+//! everything in flight: the SQLite outbox is the source of truth, and
+//! unacknowledged captures are re-checked against the consent gate and handed
+//! over again after the reconnect (same `capture_id`).
 
 use std::collections::{HashMap, VecDeque};
 

@@ -136,7 +136,7 @@ pub fn envelope_for(cfg: &Config, image: &[u8]) -> Vec<u8> {
         capture: capture("S-0000", uuid::Uuid::new_v4().to_string(), image.to_vec()),
         queued_at: clock::now(),
     };
-    facegate::uplink::eventloop::envelope(cfg, &capture, &capture.consent_id.clone())
+    facegate::uplink::upload::envelope(cfg, &capture, &capture.consent_id.clone())
 }
 
 /// A capture of `subject` under consent `consent_id` taken now.

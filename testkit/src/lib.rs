@@ -7,6 +7,7 @@
 //! Parts of a throwaway world
 //! - [`pki`]: throwaway X.509 CA, broker and device certificates.
 //! - [`broker`]: the dev broker, a throwaway local Mosquitto with mutual TLS.
+//! - [`relay`]: a TCP relay in front of it that holds back replies or cuts connections.
 //! - [`synth`]: synthetic face-like captures, with or without planted metadata.
 //! - [`signer`]: signing keys for consent tokens and fleet commands.
 //!
@@ -34,6 +35,7 @@ pub mod config;
 pub mod daemon;
 pub mod mqtt;
 pub mod pki;
+pub mod relay;
 pub mod signer;
 pub mod spool;
 pub mod synth;

@@ -1,0 +1,59 @@
+//! Inbound fleet commands (ARCHITECTURE.md "Commands take effect once, and
+//! only when verified"): the agent verifies and applies each one, the broker
+//! gets its PUBACK only after the effect is committed, then the reply goes out.
+
+use std::sync::Arc;
+
+use rumqttc::Publish;
+use serde_json::Value;
+
+use super::link::{ConnectionNo, Link};
+use super::state::Handed;
+use super::status::publish_status;
+use crate::agent::Agent;
+use crate::clock;
+use crate::protocol::Topics;
+
+/// A message that arrived on one of our subscriptions, and on which connection.
+#[derive(Debug)]
+pub struct Inbound {
+    /// The broker connection it arrived on; it is acknowledged on that one only.
+    pub connection: ConnectionNo,
+    /// The message.
+    pub publish: Publish,
+}
+
+/// Verifies and applies one inbound command, acknowledges it to the broker
+/// once its effect is committed, and publishes the reply.
+pub async fn handle_command(
+    agent: &Arc<Agent>,
+    link: &Arc<Link>,
+    topics: &Topics,
+    inbound: Inbound,
+) {
+    let Inbound {
+        connection,
+        publish,
+    } = inbound;
+    if !topics.is_command(&publish.topic) {
+        tracing::warn!(topic = %publish.topic, "message on an unexpected topic ignored");
+        link.ack(connection, &publish);
+        return;
+    }
+    let outcome = agent
+        .apply_command(&publish.payload, publish.dup, clock::now())
+        .await;
+    // The effect (if any) is committed: now the broker may forget the command.
+    link.ack(connection, &publish);
+    if outcome.publish_status {
+        publish_status(agent, link, topics).await;
+    }
+    let body: Value = outcome.reply;
+    link.hand(
+        &topics.reply,
+        serde_json::to_vec(&body).unwrap_or_default(),
+        false,
+        Handed::Other,
+    );
+    agent.outbox_changed().notify_one();
+}

@@ -1,0 +1,220 @@
+//! What the uplink's two tasks share: the bookkeeping ([`UplinkState`]) and
+//! the request side of the current connection, behind one lock.
+//!
+//! Every connection gets a fresh rumqttc `AsyncClient`/`EventLoop` pair. The
+//! client is installed here when the broker accepts the connection and taken
+//! out, under the same lock that records hand-overs, when it fails; the
+//! network task then drops the event loop and with it everything rumqttc
+//! still held for that connection (its replay queue, buffered events, a
+//! pending packet-id collision, requests not yet read from the channel). So a
+//! publish is either handed to the live connection and recorded in the FIFO,
+//! or not handed at all; nothing from an old connection reaches a new one.
+
+use std::sync::{Mutex, MutexGuard};
+
+use rumqttc::{AsyncClient, Publish, QoS};
+
+use super::state::{Abandoned, Handed, UplinkState};
+use crate::ids::CaptureId;
+
+/// Identifies one broker connection (counts up from 1), so a command is
+/// acknowledged on the connection it arrived on and nowhere else.
+pub type ConnectionNo = u64;
+
+/// Shared between the network task and the logic task.
+#[derive(Default)]
+pub struct Link {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Handed-over publishes and the pkid map.
+    state: UplinkState,
+    /// The live connection's request side; `Some` exactly while
+    /// `state.connected()`.
+    client: Option<AsyncClient>,
+    /// The live (or last) connection's number.
+    number: ConnectionNo,
+}
+
+impl Link {
+    /// A link with no connection yet.
+    pub fn new() -> Link {
+        Link::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The broker accepted a connection made with `client`'s event loop;
+    /// publishes may be handed over from now on.
+    pub fn on_connected(&self, client: AsyncClient) -> ConnectionNo {
+        let mut inner = self.lock();
+        inner.state.on_connected();
+        inner.client = Some(client);
+        inner.number += 1;
+        inner.number
+    }
+
+    /// The connection failed or closed: nothing more is handed to it, and
+    /// what was handed but not acknowledged is abandoned (the outbox sends it
+    /// again after the next connect).
+    pub fn on_disconnected(&self) -> Abandoned {
+        let mut inner = self.lock();
+        inner.client = None;
+        inner.state.on_disconnected()
+    }
+
+    /// True while a connection is up.
+    pub fn connected(&self) -> bool {
+        self.lock().state.connected()
+    }
+
+    /// How many more captures the window of `window` takes now.
+    pub fn free_slots(&self, window: usize) -> usize {
+        self.lock().state.free_slots(window)
+    }
+
+    /// rumqttc put the oldest handed publish on the wire as `pkid`; false if
+    /// nothing was handed (a bookkeeping bug, logged by the caller).
+    pub fn on_outgoing_publish(&self, pkid: u16) -> bool {
+        self.lock().state.on_outgoing_publish(pkid)
+    }
+
+    /// The broker acknowledged `pkid`; the capture it completes, if any.
+    pub fn on_puback(&self, pkid: u16) -> Option<CaptureId> {
+        self.lock().state.on_puback(pkid)
+    }
+
+    /// Hands one QoS 1 publish to the live connection and records it, under
+    /// one lock. False (nothing handed) when disconnected or rumqttc's queue
+    /// is full.
+    pub fn hand(&self, topic: &str, payload: Vec<u8>, retain: bool, what: Handed) -> bool {
+        let mut inner = self.lock();
+        let Some(client) = &inner.client else {
+            return false;
+        };
+        match client.try_publish(topic, QoS::AtLeastOnce, retain, payload) {
+            Ok(()) => {
+                inner.state.on_handed(what);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, topic, "could not hand publish to MQTT");
+                false
+            }
+        }
+    }
+
+    /// Subscribes the live connection to `topic` at QoS 1.
+    pub fn subscribe(&self, topic: &str) -> bool {
+        let inner = self.lock();
+        let Some(client) = &inner.client else {
+            return false;
+        };
+        match client.try_subscribe(topic, QoS::AtLeastOnce) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, topic, "cannot subscribe");
+                false
+            }
+        }
+    }
+
+    /// Acknowledges an inbound publish that arrived on connection `on`. If
+    /// that connection is gone, nothing is sent: the broker redelivers the
+    /// message on the next one (persistent session).
+    pub fn ack(&self, on: ConnectionNo, publish: &Publish) -> bool {
+        let inner = self.lock();
+        let client = match &inner.client {
+            Some(client) if inner.number == on => client,
+            _ => {
+                tracing::debug!(
+                    "connection gone before the acknowledgement; the broker redelivers"
+                );
+                return false;
+            }
+        };
+        match client.try_ack(publish) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot acknowledge to the broker; it will redeliver");
+                false
+            }
+        }
+    }
+
+    /// Queues a DISCONNECT after everything handed so far. False when there
+    /// is no connection to close.
+    pub fn disconnect(&self) -> bool {
+        let inner = self.lock();
+        inner
+            .client
+            .as_ref()
+            .is_some_and(|c| c.try_disconnect().is_ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client whose event loop is never polled: requests stay in its
+    /// channel, which is all these tests need.
+    fn client() -> (AsyncClient, rumqttc::EventLoop) {
+        let opts = rumqttc::MqttOptions::new("t", "localhost", 1883);
+        AsyncClient::new(opts, 8)
+    }
+
+    fn publish(pkid: u16) -> Publish {
+        let mut p = Publish::new("t", QoS::AtLeastOnce, "x");
+        p.pkid = pkid;
+        p
+    }
+
+    #[test]
+    fn nothing_is_handed_without_a_connection() {
+        let link = Link::new();
+        assert!(!link.connected());
+        assert!(!link.hand("t", vec![1], false, Handed::Other));
+        assert!(!link.subscribe("t"));
+        assert!(!link.disconnect());
+        assert!(!link.ack(0, &publish(1)));
+        assert_eq!(link.free_slots(4), 0);
+    }
+
+    #[test]
+    fn hand_overs_are_recorded_for_the_live_connection_only() {
+        let link = Link::new();
+        let (c, _el) = client();
+        assert_eq!(link.on_connected(c), 1);
+        assert!(link.hand("t", vec![1], false, Handed::Capture("a".into())));
+        assert!(link.hand("t", vec![2], true, Handed::Other));
+        assert_eq!(link.free_slots(4), 3);
+        assert!(link.on_outgoing_publish(1));
+        let gone = link.on_disconnected();
+        assert_eq!(gone.captures, vec![CaptureId::from("a")]);
+        assert_eq!(gone.others, 1);
+        assert!(!link.hand("t", vec![3], false, Handed::Capture("b".into())));
+        assert_eq!(link.on_puback(1), None);
+        let (c, _el2) = client();
+        assert_eq!(link.on_connected(c), 2);
+        assert_eq!(link.free_slots(4), 4);
+    }
+
+    #[test]
+    fn a_command_is_acknowledged_only_on_its_own_connection() {
+        let link = Link::new();
+        let (c, _el) = client();
+        let first = link.on_connected(c);
+        assert!(link.ack(first, &publish(7)));
+        link.on_disconnected();
+        assert!(!link.ack(first, &publish(7)), "no connection");
+        let (c, _el2) = client();
+        let second = link.on_connected(c);
+        assert!(!link.ack(first, &publish(7)), "a newer connection");
+        assert!(link.ack(second, &publish(7)));
+    }
+}
