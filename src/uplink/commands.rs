@@ -1,4 +1,4 @@
-//! Inbound fleet commands (ARCHITECTURE.md "Commands take effect once, and
+//! Inbound fleet commands (ARCHITECTURE I10, "Commands take effect once, and
 //! only when verified"): the agent verifies and applies each one, the broker
 //! gets its PUBACK only after the effect is committed, then the reply goes out.
 

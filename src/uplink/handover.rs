@@ -1,4 +1,4 @@
-//! The hand-over decision (ARCHITECTURE.md "Consent at hand-over"), pure:
+//! The hand-over decision (ARCHITECTURE I7, "Consent at hand-over"), pure:
 //! given the captures the outbox offers, the consent rule's verdict for each
 //! of their subjects and the room left in the window, which captures go to
 //! MQTT now (quoting which consent) and which subjects are purged instead.

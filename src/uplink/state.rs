@@ -12,7 +12,7 @@
 //! fresh pair, so its pkids and events start clean) and this state forgets
 //! everything in flight: the SQLite outbox is the source of truth, and
 //! unacknowledged captures are re-checked against the consent gate and handed
-//! over again after the reconnect (same `capture_id`).
+//! over again after the reconnect (same `capture_id`). ARCHITECTURE I9.
 
 use std::collections::{HashMap, VecDeque};
 

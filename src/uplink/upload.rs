@@ -22,7 +22,7 @@ use crate::store::{Capture, PurgeReason, Store, StoreError};
 /// re-checked against the consent gate under the store lock, in the same
 /// critical section as the hand-over: a revocation (which takes the same lock)
 /// is either fully before it (the capture is gone) or fully after it (the
-/// capture is listed as in flight in the receipt).
+/// capture is listed as in flight in the receipt). ARCHITECTURE I7.
 pub async fn fill_window(agent: &Arc<Agent>, link: &Arc<Link>, topic: &str) {
     let window = agent.config().mqtt.inflight as usize;
     let free = link.free_slots(window);
