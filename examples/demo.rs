@@ -292,13 +292,13 @@ impl Demo {
         fleet.wait_puback().await?;
         say(&format!(
             "broker back; Alice withdrew consent: fleet published a signed consent.revoke (jti {}); the broker holds it for the offline terminal",
-            short(&jti)
+            short(jti.as_str())
         ));
 
         let before = self.uploads.len();
         self.agent.spawn();
         say("terminal powered on: it connects, receives the revocation first, then looks at its outbox");
-        let reply = self.wait_reply(&jti).await?;
+        let reply = self.wait_reply(jti.as_str()).await?;
         ensure!(reply["ok"] == true, "revocation refused: {reply}");
         let receipt = reply["result"].clone();
         ensure!(

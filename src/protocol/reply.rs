@@ -166,6 +166,18 @@ impl ErrorCode {
     }
 }
 
+impl PartialEq<str> for ErrorCode {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for ErrorCode {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -240,6 +252,24 @@ pub enum ReplyResult {
     /// A result this build does not know (a newer device's command), kept
     /// as it came so a reader can still show it.
     Other(serde_json::Value),
+}
+
+impl From<Receipt> for ReplyResult {
+    fn from(r: Receipt) -> Self {
+        ReplyResult::Receipt(r)
+    }
+}
+
+impl From<Granted> for ReplyResult {
+    fn from(g: Granted) -> Self {
+        ReplyResult::Granted(g)
+    }
+}
+
+impl From<Status> for ReplyResult {
+    fn from(s: Status) -> Self {
+        ReplyResult::Status(Box::new(s))
+    }
 }
 
 impl ReplyResult {

@@ -21,7 +21,7 @@ use std::time::Duration;
 use rumqttc::{
     AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, Publish, QoS,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::state::{Handed, UplinkState};
@@ -581,18 +581,16 @@ async fn handle_command(agent: &Arc<Agent>, link: &Arc<Link>, topics: &Topics, p
         ack(link, &publish);
         return;
     }
-    let outcome = agent
-        .apply_command(&publish.payload, publish.dup, clock::now())
-        .await;
+    let outcome =
+        crate::cmd::apply_command(agent, &publish.payload, publish.dup, clock::now()).await;
     // The effect (if any) is committed: now the broker may forget the command.
     ack(link, &publish);
     if outcome.publish_status {
         publish_status(agent, link, topics).await;
     }
-    let body: Value = outcome.reply;
     link.hand(
         &topics.reply,
-        serde_json::to_vec(&body).unwrap_or_default(),
+        outcome.reply.to_bytes(),
         false,
         Handed::Other,
     );
