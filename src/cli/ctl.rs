@@ -105,13 +105,10 @@ fn or_dash<T: ToString>(v: Option<T>) -> String {
 }
 
 fn print_status(s: &Status) {
-    let state = serde_json::to_value(s.state)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
     println!(
-        "facegate {} — {state} at {}",
+        "facegate {} — {} at {}",
         s.version.as_deref().unwrap_or("-"),
+        s.state.as_str(),
         or_dash(s.ts.map(clock::rfc3339))
     );
     let o = s.outbox.unwrap_or_default();
