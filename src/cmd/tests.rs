@@ -276,13 +276,25 @@ fn results_are_described_in_one_line() {
 
 /// An agent trusting a fleet key, and that key (PKCS#8).
 fn agent_with_fleet_key() -> (tempfile::TempDir, Agent, Vec<u8>) {
-    let (pkcs8, public) = crate::keys::generate().unwrap();
-    let extra = format!(
-        "[[trust]]\nkid = \"fleet-1\"\nrole = \"fleet\"\npublic_key = \"{}\"\n",
-        crate::keys::public_key_b64(&public)
-    );
+    let (dir, agent, fleet, _) = agent_with_keys();
+    (dir, agent, fleet)
+}
+
+/// An agent trusting a fleet key `fleet-1` and a consent key `consent-1`,
+/// and those keys (PKCS#8).
+fn agent_with_keys() -> (tempfile::TempDir, Agent, Vec<u8>, Vec<u8>) {
+    let (fleet, fleet_public) = crate::keys::generate().unwrap();
+    let (consent, consent_public) = crate::keys::generate().unwrap();
+    let trust = |kid: &str, role: &str, public: &[u8; 32]| {
+        format!(
+            "[[trust]]\nkid = \"{kid}\"\nrole = \"{role}\"\npublic_key = \"{}\"\n",
+            crate::keys::public_key_b64(public)
+        )
+    };
+    let extra =
+        trust("fleet-1", "fleet", &fleet_public) + &trust("consent-1", "consent", &consent_public);
     let (dir, agent) = testing::agent(&extra);
-    (dir, agent, pkcs8)
+    (dir, agent, fleet, consent)
 }
 
 #[tokio::test]
@@ -355,4 +367,42 @@ async fn refused_and_failed_commands_are_not_kept() {
     assert_eq!(agent.kept_reply(jti).await.unwrap(), None);
     let r = apply_command(&agent, jws.as_bytes(), true, now).await;
     assert_eq!(r.reply.error.unwrap().code, ErrorCode::Malformed);
+}
+
+#[tokio::test]
+async fn a_grant_refused_as_revoked_is_kept_with_its_refusal() {
+    let (_dir, agent, fleet, consent) = agent_with_keys();
+    let now = crate::clock::now();
+    let token = crate::consent::sign_consent(
+        &crate::consent::ConsentRequest {
+            issuer: "test".into(),
+            subject: "S-OLD".into(),
+            audience: vec!["lobby".into()],
+            scopes: vec![crate::consent::UPLOAD_SCOPE.into()],
+            lifetime_s: 3600,
+            jti: None,
+        },
+        "consent-1",
+        &consent,
+        now - 10,
+    )
+    .unwrap();
+    // The subject revoked after the token was issued.
+    agent.revoke(sid("S-OLD"), now, now, None).await.unwrap();
+
+    let grant = Command::ConsentGrant(ConsentGrant { token });
+    let (jti, jws) = grant.sign("lobby", 600, "fleet-1", &fleet, now).unwrap();
+    let first = apply_command(&agent, jws.as_bytes(), false, now).await;
+    let error = first.reply.error.clone().unwrap();
+    assert_eq!(error.code, ErrorCode::Revoked);
+    // The refusal used the command up: it was kept with it, in one transaction.
+    assert_eq!(
+        agent.kept_reply(jti).await.unwrap(),
+        Some(first.reply.clone())
+    );
+    let again = apply_command(&agent, jws.as_bytes(), true, now).await;
+    assert_eq!(again.reply, first.reply);
+    let replay = apply_command(&agent, jws.as_bytes(), false, now).await;
+    assert_eq!(replay.reply.error.unwrap().code, ErrorCode::Replayed);
+    assert_eq!(agent.status(now).await.unwrap().consent.unwrap().active, 0);
 }
