@@ -20,8 +20,9 @@
 use std::time::{Duration, Instant};
 
 use facegate::clock;
+use facegate::protocol::Reply;
 use facegate_testkit::{bench, SITE};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const QUEUED: usize = 32_000;
 const SUBJECTS: usize = 1600;
@@ -65,14 +66,15 @@ async fn run() {
 
     // The fleet back-end: a bare client with the `fleet` certificate.
     let mut fleet = bench::bare_client(&broker, "fleet", 16).await;
-    let reply_topic = bench::topic("reply");
+    let topics = bench::topics();
+    let reply_topic = topics.reply.clone();
     fleet.subscribe(&reply_topic, WAIT).await;
 
     d.spawn();
     d.wait_uplink_connected(WAIT);
     let before = d.outbox_len();
 
-    let cmd_topic = bench::topic("cmd");
+    let cmd_topic = topics.device_cmd.clone();
     let mut samples = Vec::with_capacity(REVOCATIONS);
     let mut purged_total = 0;
     let mut in_flight_total = 0;
@@ -88,27 +90,24 @@ async fn run() {
         fleet.publish(&cmd_topic, jws).await;
         let reply = loop {
             let p = fleet.recv_on(&reply_topic, WAIT).await.expect("a reply");
-            let v: Value = serde_json::from_slice(&p.payload).expect("reply JSON");
-            if v["jti"] == jti.as_str() {
-                break v;
+            let r = Reply::from_bytes(&p.payload).expect("a reply");
+            if r.jti.as_ref() == Some(&jti) {
+                break r;
             }
         };
         samples.push(t0.elapsed());
-        assert_eq!(reply["ok"], true, "{reply}");
-        purged_total += reply["result"]["purged"].as_u64().unwrap_or(0);
-        in_flight_total += reply["result"]["in_flight"]
-            .as_array()
-            .map(Vec::len)
-            .unwrap_or(0);
+        let receipt = reply.receipt().unwrap_or_else(|| panic!("{reply:?}"));
+        purged_total += receipt.purged;
+        in_flight_total += receipt.in_flight.len();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let after = d.outbox_len();
-    let st = d.status();
+    let counters = d.counters();
     d.stop();
     println!(
         "revoke: outbox {before} at the first revocation, {after} after the last; \
          {purged_total} purged, {in_flight_total} listed in flight, {} uploaded meanwhile",
-        st["counters"]["uploaded"]
+        counters.uploaded
     );
     let (text, _) = bench::summary(&mut store_samples.clone());
     println!("RESULT D2 Store::revoke alone (20 of {QUEUED} captures each): {text}");

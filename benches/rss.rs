@@ -72,13 +72,14 @@ async fn measure(queued: usize) -> (u64, u64) {
     let started = Instant::now();
     d.spawn();
     let first = d.status_async().await;
+    let (outbox, uplink) = (first.outbox.expect("outbox"), first.uplink.expect("uplink"));
     println!(
         "[{queued} queued] status answered after {:.2} s: outbox {}, uplink {}",
         started.elapsed().as_secs_f64(),
-        first["outbox"],
-        first["uplink"]
+        serde_json::to_string(&outbox).unwrap_or_default(),
+        serde_json::to_string(&uplink).unwrap_or_default()
     );
-    assert_eq!(first["outbox"]["captures"].as_u64(), Some(queued as u64));
+    assert_eq!(outbox.captures, queued as u64);
     let pid = d.pid().expect("daemon running");
     let mut max_rss = 0;
     let mut read = |when: &str| {

@@ -159,7 +159,7 @@ async fn baseline(broker: &Broker, n: usize, payload: &[u8]) -> f64 {
     let mut p = bench::bare_client(broker, "term-02", WINDOW).await;
     let start = Instant::now();
     let client = p.client.clone();
-    let topic = bench::device_topic("term-02", "captures");
+    let topic = bench::site_topics().device("term-02").captures;
     let body = payload.to_vec();
     let sender = tokio::spawn(async move {
         for _ in 0..n {
@@ -194,8 +194,8 @@ async fn agent(d: &mut Daemon, n: usize) -> (f64, f64) {
     let end = loop {
         let st = d.status_async().await;
         let now = Instant::now();
-        let left = st["outbox"]["captures"].as_u64().expect("outbox.captures");
-        if connected_at.is_none() && st["uplink"]["connected"] == true {
+        let left = st.outbox.expect("outbox").captures;
+        if connected_at.is_none() && st.uplink.is_some_and(|u| u.connected) {
             connected_at = Some(now);
         }
         if first_ack.is_none() && left < n as u64 {
@@ -207,11 +207,11 @@ async fn agent(d: &mut Daemon, n: usize) -> (f64, f64) {
         }
         assert!(
             Instant::now() < deadline,
-            "outbox not empty after 120 s: {st}"
+            "outbox not empty after 120 s: {st:?}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    let st = d.status_async().await;
+    let counters = d.status_async().await.counters.expect("counters");
     d.stop();
     let connected_at = connected_at.expect("uplink connected");
     let first_ack = first_ack.expect("an upload");
@@ -220,8 +220,8 @@ async fn agent(d: &mut Daemon, n: usize) -> (f64, f64) {
     println!(
         "agent: connect -> empty {secs:.2} s; first deletion {:.2} s after connect; counters {}",
         (first_ack - connected_at).as_secs_f64(),
-        st["counters"]
+        serde_json::to_string(&counters).unwrap_or_default()
     );
-    assert_eq!(st["counters"]["uploaded"].as_u64(), Some(n as u64), "{st}");
+    assert_eq!(counters.uploaded, n as u64, "{counters:?}");
     (n as f64 / secs, left_at_first_ack as f64 / steady)
 }

@@ -82,10 +82,10 @@ async fn run(per_side: usize) {
         .await
         .expect("subscriber connects");
     subscriber
-        .subscribe(&bench::device_topic("+", "captures"), WAIT)
+        .subscribe(&bench::site_topics().captures, WAIT)
         .await;
     let publisher = bench::bare_client(&broker, "term-02", 1).await;
-    let baseline_topic = bench::device_topic("term-02", "captures");
+    let baseline_topic = bench::site_topics().device("term-02").captures;
 
     d.spawn();
     d.grant(SUBJECT);
@@ -124,7 +124,7 @@ async fn run(per_side: usize) {
     let st = d.status();
     d.stop();
     let lost = d.log().matches("broker connection lost").count();
-    assert!(all_arrived(&arrived), "not every capture arrived ({st})");
+    assert!(all_arrived(&arrived), "not every capture arrived ({st:?})");
 
     // Per side and round: the samples.
     let mut samples: HashMap<(Side, usize), Vec<Duration>> = HashMap::new();
@@ -175,7 +175,7 @@ async fn drain(
     wait: Duration,
 ) {
     while let Some((at, p)) = subscriber.recv_publish_stamped(wait).await {
-        let (side, field) = if p.topic == bench::topic("captures") {
+        let (side, field) = if p.topic == bench::topics().captures {
             (Side::Agent, "camera")
         } else {
             (Side::Baseline, "capture_id")

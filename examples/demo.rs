@@ -23,9 +23,12 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure, Context, Result};
-use base64::Engine;
+use facegate::audit::{AuditEntry, VerifyReport};
+use facegate::cmd::{Command, ConsentRevoke};
 use facegate::config::Config;
 use facegate::control::Request;
+use facegate::ids::{Jti, SubjectId};
+use facegate::protocol::{Envelope, Granted, Receipt, Reply, Status, Topics};
 use facegate::{clock, sanitize};
 use facegate_testkit::broker::{Broker, BrokerOptions};
 use facegate_testkit::daemon::Daemon;
@@ -35,11 +38,9 @@ use facegate_testkit::util::contains;
 use facegate_testkit::{DEVICE, SITE};
 use ring::digest;
 use rumqttc::Publish;
-use serde_json::{json, Value};
-
-const CAPTURES: &str = "facegate/lobby/term-01/captures";
-const CMD: &str = "facegate/lobby/term-01/cmd";
-const REPLY: &str = "facegate/lobby/term-01/reply";
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
 /// Planted in the EXIF, XMP and comment of one capture; must never leave the device.
 const GPS_MARKER: &str = "DEMO-GPS-52.52N-13.41E";
 /// Upper bound for every wait; the whole demo normally takes a few seconds.
@@ -99,7 +100,7 @@ struct Demo {
     /// Every capture written, by name.
     shots: Vec<Shot>,
     /// Upload envelopes received by the fleet, by capture id.
-    uploads: HashMap<String, Value>,
+    uploads: HashMap<String, Envelope>,
     /// Rows for the summary table.
     summary: Vec<[String; 4]>,
 }
@@ -160,7 +161,7 @@ impl Demo {
         self.fleet = Some(Fleet::connect(self.broker.options("fleet")).await?);
         say("fleet subscribed to facegate/# (sees every upload, reply and status)");
         self.wait_status("the agent to connect to the broker", |s| {
-            s["uplink"]["connected"] == true
+            s.uplink.is_some_and(|u| u.connected)
         })
         .await?;
         say("agent connected to the broker with its device certificate");
@@ -179,14 +180,14 @@ impl Demo {
             "Consent first: captures of Alice (consented), Bob and an anonymous person",
         );
         let token = self.agent.consent_signer.consent("alice", 3600);
-        let added = self
+        let added: Granted = self
             .ctl(Request::ConsentAdd { token })
             .await
             .context("ctl consent add")?;
         say(&format!(
             "site admin: `facegate ctl consent add <token>` for alice -> consent {} until {}",
-            short(added["consent_id"].as_str().unwrap_or("?")),
-            added["expires_at"].as_str().unwrap_or("?")
+            short(added.consent_id.as_str()),
+            clock::rfc3339(added.expires_at)
         ));
         why(
             "Alice gave explicit, separate consent for `capture:upload`, signed by the consent key",
@@ -212,25 +213,30 @@ impl Demo {
         );
         let status = self
             .wait_status("the two uploads to be acknowledged", |s| {
-                s["counters"]["uploaded"] == 2 && s["outbox"]["captures"] == 0
+                counters(s).uploaded == 2 && outbox(s).captures == 0
             })
             .await?;
         ensure!(
-            status["counters"]["dropped_no_consent"] == 2,
-            "expected 2 captures dropped for lack of consent: {status}"
+            counters(&status).dropped_no_consent == 2,
+            "expected 2 captures dropped for lack of consent: {status:?}"
         );
 
         for name in ["alice-1", "alice-2-gps"] {
-            let (env, image) = self.upload_of(name)?;
-            ensure!(env["subject"] == "alice", "{name}: wrong subject in {env}");
+            let env = self.upload_of(name)?;
+            let image = &env.image;
             ensure!(
-                !contains(&image, GPS_MARKER.as_bytes()) && !contains(&image, b"Exif\0\0"),
+                env.subject == "alice",
+                "{name}: wrong subject {}",
+                env.subject
+            );
+            ensure!(
+                !contains(image, GPS_MARKER.as_bytes()) && !contains(image, b"Exif\0\0"),
                 "{name}: the uploaded image still carries metadata"
             );
             let raw_len = self.shot(name)?.raw.len();
             say(&format!(
                 "fleet received {name}: capture {}, {} -> {} bytes, sha256 verified, no EXIF/GPS/XMP/comment",
-                short(env["capture_id"].as_str().unwrap_or("?")),
+                short(&env.capture_id),
                 raw_len,
                 image.len()
             ));
@@ -257,7 +263,7 @@ impl Demo {
         step(4, "Offline queue, then Alice withdraws her consent");
         self.broker.stop();
         self.wait_status("the agent to notice the broker is gone", |s| {
-            s["uplink"]["connected"] == false
+            s.uplink.is_some_and(|u| !u.connected)
         })
         .await?;
         say("network outage: broker stopped; the agent keeps working locally");
@@ -267,48 +273,53 @@ impl Demo {
         }
         self.wait_spool_empty().await?;
         let status = self
-            .wait_status("3 captures in the outbox", |s| s["outbox"]["captures"] == 3)
+            .wait_status("3 captures in the outbox", |s| outbox(s).captures == 3)
             .await?;
         self.check_no_plaintext_on_disk()?;
         say(&format!(
             "camera wrote alice-3..5; `ctl status`: outbox = {} captures, {} bytes, encrypted (AES-256-GCM, Alice's own key)",
-            status["outbox"]["captures"], status["outbox"]["bytes"]
+            outbox(&status).captures,
+            outbox(&status).bytes
         ));
         why("a consented capture is never lost: it waits in the outbox until the broker acknowledges it");
 
         self.stop_agent()?;
         say("terminal powered off (agent stopped) with the 3 captures still queued");
         self.broker.restart();
-        let (jti, jws) = self.agent.fleet_signer.command(
-            "consent.revoke",
-            json!({ "subject": "alice" }),
-            &format!("{SITE}/{DEVICE}"),
-            600,
-            clock::now(),
-        );
+        let revoke = Command::ConsentRevoke(ConsentRevoke {
+            subject: SubjectId::new("alice")?,
+        });
+        let (jti, jws) =
+            self.agent
+                .fleet_signer
+                .sign(&revoke, &format!("{SITE}/{DEVICE}"), 600, clock::now());
         let fleet = self.fleet_mut()?;
         fleet.wait_connected().await?;
-        fleet.session.publish(CMD, jws).await;
+        fleet.session.publish(&topics().device_cmd, jws).await;
         fleet.wait_puback().await?;
         say(&format!(
             "broker back; Alice withdrew consent: fleet published a signed consent.revoke (jti {}); the broker holds it for the offline terminal",
-            short(&jti)
+            short(jti.as_str())
         ));
 
         let before = self.uploads.len();
         self.agent.spawn();
         say("terminal powered on: it connects, receives the revocation first, then looks at its outbox");
         let reply = self.wait_reply(&jti).await?;
-        ensure!(reply["ok"] == true, "revocation refused: {reply}");
-        let receipt = reply["result"].clone();
+        ensure!(reply.ok, "revocation refused: {reply:?}");
+        let receipt: Receipt = reply
+            .receipt()
+            .cloned()
+            .with_context(|| format!("reply without a receipt: {reply:?}"))?;
         ensure!(
-            receipt["subject"] == "alice" && receipt["purged"] == 3,
-            "expected all 3 queued captures purged: {receipt}"
+            receipt
+                .subject
+                .as_ref()
+                .is_some_and(|s| s.as_str() == "alice")
+                && receipt.purged == 3,
+            "expected all 3 queued captures purged: {receipt:?}"
         );
-        let in_flight = receipt["in_flight"]
-            .as_array()
-            .context("receipt without in_flight")?
-            .len();
+        let in_flight = receipt.in_flight.len();
         self.collect_uploads_for(Duration::from_millis(1500))
             .await?;
         ensure!(
@@ -317,17 +328,18 @@ impl Demo {
         );
         let status = self
             .wait_status("the purge to show in the status", |s| {
-                s["outbox"]["captures"] == 0 && s["consent"]["active"] == 0
+                outbox(s).captures == 0 && s.consent.is_some_and(|c| c.active == 0)
             })
             .await?;
         say(&format!(
             "receipt: purged = {}, in_flight = {in_flight} (none had been handed to MQTT); outbox now {}",
-            receipt["purged"], status["outbox"]["captures"]
+            receipt.purged,
+            outbox(&status).captures
         ));
         why("withdrawal stops processing at once: nothing more of Alice is sent, her data key is");
         why("destroyed so her queued captures are unreadable, and the receipt tells the back-end");
         why("which already-sent captures (in_flight) it must delete on its side");
-        println!("\n  purge receipt (reply on {REPLY}):");
+        println!("\n  purge receipt (reply on {}):", topics().reply);
         print_json(&receipt, 4);
         self.row(
             "alice-3..5",
@@ -344,57 +356,49 @@ impl Demo {
             5,
             "What the site admin can show: status, audit chain, audit trail",
         );
-        let status = self.ctl(Request::Status).await?;
-        let c = &status["counters"];
+        let status: Status = self.ctl(Request::Status).await?;
+        let c = counters(&status);
         println!(
             "  status counters: accepted={} dropped_no_consent={} rejected_bad_input={} uploaded={} purged={}",
-            c["accepted"], c["dropped_no_consent"], c["rejected_bad_input"], c["uploaded"], c["purged"]
+            c.accepted, c.dropped_no_consent, c.rejected_bad_input, c.uploaded, c.purged
         );
         let expected = [
-            ("accepted", 5),
-            ("dropped_no_consent", 2),
-            ("rejected_bad_input", 0),
-            ("uploaded", 2),
-            ("purged", 3),
+            ("accepted", c.accepted, 5),
+            ("dropped_no_consent", c.dropped_no_consent, 2),
+            ("rejected_bad_input", c.rejected_bad_input, 0),
+            ("uploaded", c.uploaded, 2),
+            ("purged", c.purged, 3),
         ];
-        for (key, want) in expected {
-            ensure!(
-                c[key] == want,
-                "counter {key}: expected {want}, got {}",
-                c[key]
-            );
+        for (key, got, want) in expected {
+            ensure!(got == want, "counter {key}: expected {want}, got {got}");
         }
-        let verify = self.ctl(Request::AuditVerify).await?;
-        ensure!(
-            verify["ok"] == true,
-            "audit chain does not verify: {verify}"
-        );
+        let verify: VerifyReport = self.ctl(Request::AuditVerify).await?;
+        ensure!(verify.ok, "audit chain does not verify: {verify:?}");
         println!(
             "  `ctl audit verify`: ok, {} entries, hash chain intact",
-            verify["rows"]
+            verify.rows
         );
-        let tail = self.ctl(Request::AuditTail { n: 20 }).await?;
+        let entries: Vec<AuditEntry> = self.ctl(Request::AuditTail { n: 20 }).await?;
         println!("  `ctl audit tail` (subjects appear only as pseudonyms):");
-        let entries = tail.as_array().context("audit tail is not a list")?;
         let dropped: Vec<&str> = entries
             .iter()
-            .filter(|e| e["kind"] == "capture.dropped")
-            .filter_map(|e| e["detail"]["reason"].as_str())
+            .filter(|e| e.kind == "capture.dropped")
+            .filter_map(|e| e.detail["reason"].as_str())
             .collect();
         ensure!(
             dropped.len() == 2,
             "expected 2 capture.dropped audit entries, found {dropped:?}"
         );
-        for e in entries {
-            let ts = e["ts"].as_i64().map(clock::rfc3339).unwrap_or_default();
-            let subject = e["subject_ref"].as_str().map(short).unwrap_or("-");
+        for e in &entries {
+            let ts = clock::rfc3339(e.ts);
+            let subject = e.subject_ref.as_deref().map(short).unwrap_or("-");
             println!(
                 "    {:<4} {}  {:<17} subject {:<8} {}",
-                format!("#{}", e["seq"]),
+                format!("#{}", e.seq),
                 ts.get(11..19).unwrap_or(&ts),
-                e["kind"].as_str().unwrap_or("?"),
+                e.kind,
                 subject,
-                compact(&e["detail"], 64)
+                compact(&e.detail, 64)
             );
         }
         why("every decision is recorded in a keyed hash chain, so the operator can prove what happened");
@@ -453,8 +457,9 @@ impl Demo {
         self.broker.kill();
     }
 
-    /// One control-socket request, like `facegate ctl`; the result or the error.
-    async fn ctl(&self, req: Request) -> Result<Value> {
+    /// One control-socket request, like `facegate ctl`; the result (as the
+    /// type the request answers with) or the error.
+    async fn ctl<T: DeserializeOwned>(&self, req: Request) -> Result<T> {
         // Name the request by its operation only (a consent token is not for the screen).
         let op = serde_json::to_value(&req)?["op"].to_string();
         self.agent
@@ -464,16 +469,16 @@ impl Demo {
     }
 
     /// Polls `ctl status` until `cond` holds; returns that status.
-    async fn wait_status(&self, what: &str, cond: impl Fn(&Value) -> bool) -> Result<Value> {
+    async fn wait_status(&self, what: &str, cond: impl Fn(&Status) -> bool) -> Result<Status> {
         let deadline = Instant::now() + WAIT;
         loop {
-            let status = self.ctl(Request::Status).await?;
+            let status: Status = self.ctl(Request::Status).await?;
             if cond(&status) {
                 return Ok(status);
             }
             ensure!(
                 Instant::now() < deadline,
-                "timed out waiting for {what}; last status {status}"
+                "timed out waiting for {what}; last status {status:?}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -579,26 +584,25 @@ impl Demo {
 
     /// Records an upload envelope (checking its sha256); keeps replies for later.
     fn record(&mut self, p: Publish) -> Result<()> {
-        if p.topic == REPLY {
-            let reply: Value = serde_json::from_slice(&p.payload).context("reply is not JSON")?;
+        let topics = topics();
+        if p.topic == topics.reply {
+            let reply = Reply::from_bytes(&p.payload).context("not a reply")?;
             self.fleet_mut()?.replies.push(reply);
             return Ok(());
         }
-        if p.topic != CAPTURES {
+        if p.topic != topics.captures {
             return Ok(());
         }
-        let env: Value = serde_json::from_slice(&p.payload).context("envelope is not JSON")?;
-        let image = envelope_image(&env)?;
-        let sha = hex::encode(digest::digest(&digest::SHA256, &image));
+        let env = Envelope::from_bytes(&p.payload).context("not an upload envelope")?;
+        let digest = digest::digest(&digest::SHA256, &env.image);
         ensure!(
-            env["sha256"] == sha.as_str(),
+            env.sha256[..] == *digest.as_ref(),
             "envelope sha256 does not match its image"
         );
-        let id = env["capture_id"]
-            .as_str()
-            .context("envelope without capture_id")?;
+        let sha = hex::encode(env.sha256);
+        let id = env.capture_id.clone();
         ensure!(
-            !self.uploads.contains_key(id),
+            !self.uploads.contains_key(&id),
             "capture {id} delivered twice"
         );
         ensure!(
@@ -607,26 +611,28 @@ impl Demo {
                 .any(|s| s.clean_sha256 == sha && s.subject == Some("alice")),
             "the fleet received an image that is not a sanitized capture of Alice"
         );
-        self.uploads.insert(id.to_string(), env);
+        self.uploads.insert(id, env);
         Ok(())
     }
 
-    /// The envelope and decoded image uploaded for capture `name`.
-    fn upload_of(&self, name: &str) -> Result<(&Value, Vec<u8>)> {
+    /// The envelope (with its decoded image) uploaded for capture `name`.
+    fn upload_of(&self, name: &str) -> Result<&Envelope> {
         let want = &self.shot(name)?.clean_sha256;
-        let env = self
-            .uploads
+        self.uploads
             .values()
-            .find(|e| e["sha256"] == want.as_str())
-            .with_context(|| format!("{name} was not uploaded"))?;
-        Ok((env, envelope_image(env)?))
+            .find(|e| hex::encode(e.sha256) == *want)
+            .with_context(|| format!("{name} was not uploaded"))
     }
 
-    async fn wait_reply(&mut self, jti: &str) -> Result<Value> {
+    async fn wait_reply(&mut self, jti: &Jti) -> Result<Reply> {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let fleet = self.fleet_mut()?;
-            if let Some(i) = fleet.replies.iter().position(|r| r["jti"] == jti) {
+            if let Some(i) = fleet
+                .replies
+                .iter()
+                .position(|r| r.jti.as_ref() == Some(jti))
+            {
                 return Ok(fleet.replies.remove(i));
             }
             let p = fleet
@@ -654,7 +660,7 @@ impl Demo {
 /// read while waiting for something else.
 struct Fleet {
     session: Session,
-    replies: Vec<Value>,
+    replies: Vec<Reply>,
 }
 
 impl Fleet {
@@ -694,11 +700,19 @@ impl Fleet {
     }
 }
 
-fn envelope_image(env: &Value) -> Result<Vec<u8>> {
-    let b64 = env["image"].as_str().context("envelope without image")?;
-    base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .context("envelope image is not base64")
+/// The topics of the demo's terminal.
+fn topics() -> Topics {
+    Topics::new("facegate", SITE, DEVICE)
+}
+
+/// The outbox section of a status (the device always sends it).
+fn outbox(s: &Status) -> facegate::protocol::OutboxStatus {
+    s.outbox.unwrap_or_default()
+}
+
+/// The counters of a status (the device always sends them).
+fn counters(s: &Status) -> facegate::protocol::Counters {
+    s.counters.unwrap_or_default()
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
@@ -748,8 +762,8 @@ fn compact(v: &Value, max: usize) -> String {
     }
 }
 
-fn print_json(v: &Value, indent: usize) {
-    let pretty = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
+fn print_json<T: Serialize>(v: &T, indent: usize) {
+    let pretty = serde_json::to_string_pretty(v).unwrap_or_default();
     for line in pretty.lines() {
         println!("{:indent$}{line}", "");
     }

@@ -1,24 +1,30 @@
 //! The agent: applies consent and purge operations, whoever asks for them
 //! (a site admin over the control socket, a fleet command over MQTT), and builds
-//! the status object. Verification happens before this layer; every effect is one
-//! store transaction that also writes its audit entry.
+//! the status object. It knows neither the control protocol nor the fleet
+//! commands: [`crate::control`] and [`crate::cmd`] call its typed operations.
+//! Verification happens before this layer; every effect is one store
+//! transaction that also writes its audit entry and, on behalf of a command
+//! ([`Via`]), keeps the command's `jti` and reply.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::audit::kind;
-use crate::clock;
-use crate::command::{self, Command};
+use crate::audit::{AuditEntry, VerifyReport};
 use crate::config::Config;
 use crate::consent::{self, ConsentError};
 use crate::db::{Db, DbError};
+use crate::gate::Consent;
 use crate::ids::{CaptureId, Jti, SubjectId};
+use crate::protocol::{
+    self, CommandName, ConsentStatus, Counters, ErrorCode, Granted, OutboxStatus, Receipt, Reply,
+    ReplyResult, State, Status, UplinkStatus,
+};
 use crate::reload;
-use crate::store::{AddConsent, CommandStamp, PurgeReason, StoreError};
+use crate::store::{counter, AddConsent, CommandStamp, PurgeReason, Store, StoreError};
 
 /// The product version reported in status messages.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -48,14 +54,22 @@ pub enum ApplyError {
 
 impl ApplyError {
     /// Stable code for replies and `ctl` output.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
             ApplyError::Consent(e) => e.code(),
-            ApplyError::Db(DbError::Store(StoreError::Revoked { .. })) => "revoked",
-            ApplyError::Db(DbError::Store(StoreError::Replayed { .. })) => "replayed",
-            ApplyError::Db(_) => "internal",
-            ApplyError::BadRequest(_) => "bad_args",
+            ApplyError::Db(DbError::Store(e)) => store_error_code(e),
+            ApplyError::Db(DbError::Task(_)) => ErrorCode::Internal,
+            ApplyError::BadRequest(_) => ErrorCode::BadArgs,
         }
+    }
+}
+
+/// The code of a store failure or refusal.
+fn store_error_code(e: &StoreError) -> ErrorCode {
+    match e {
+        StoreError::Revoked { .. } => ErrorCode::Revoked,
+        StoreError::Replayed { .. } => ErrorCode::Replayed,
+        _ => ErrorCode::Internal,
     }
 }
 
@@ -119,35 +133,85 @@ pub struct Agent {
     outbox_changed: Notify,
 }
 
-/// The fleet command on whose behalf an effect is applied: the store records
-/// its `jti` in the same transaction as the effect, so a replay is refused.
-#[derive(Debug, Clone)]
+/// The verified fleet command on whose behalf an operation runs. The store
+/// records its `jti` and the reply it gets in the effect's own transaction
+/// (ARCHITECTURE.md, "Commands take effect once"), so a replay is refused and
+/// a broker redelivery gets the same reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Via {
     /// The command's `jti`.
     pub jti: Jti,
-    /// The command name, for the audit entry.
-    pub cmd: String,
+    /// Which command.
+    pub cmd: CommandName,
+    /// The command's `iat`: a revocation covers consents issued at or before it.
+    pub issued_at: i64,
     /// The command's `exp`: how long the `jti` must be remembered.
     pub expires_at: i64,
 }
 
 impl Via {
-    fn stamp(&self) -> CommandStamp<'_> {
+    /// The reply of the command when it took effect with `result`.
+    pub fn ok(&self, result: ReplyResult) -> Reply {
+        Reply::ok(&self.jti, self.cmd, result)
+    }
+
+    /// The reply of the command when it was refused or failed.
+    pub fn refused(&self, code: ErrorCode, message: impl Into<String>) -> Reply {
+        Reply::err(Some(&self.jti), Some(self.cmd.as_str()), code, message)
+    }
+
+    fn stamp<'a, T>(
+        &'a self,
+        reply: &'a mut dyn FnMut(Result<&T, &StoreError>) -> String,
+    ) -> CommandStamp<'a, T> {
         CommandStamp {
             jti: &self.jti,
-            cmd: &self.cmd,
+            cmd: self.cmd.as_str(),
             expires_at: self.expires_at,
+            reply,
         }
     }
 }
 
-/// What applying one inbound fleet command produced.
-#[derive(Debug)]
-pub struct CommandOutcome {
-    /// The SPEC reply object to publish on the reply topic.
-    pub reply: Value,
-    /// The command asked for a status message now.
-    pub publish_status: bool,
+/// A stored consent as `ctl consent list` shows it (without the raw token).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsentSummary {
+    /// The consent's `jti`.
+    pub consent_id: Jti,
+    /// Its subject.
+    pub subject: SubjectId,
+    /// Who issued it (`iss`).
+    pub issuer: String,
+    /// The trusted key that signed it.
+    pub kid: String,
+    /// Its scopes, space-separated.
+    pub scope: String,
+    /// Its audience (sites and/or `site/device`).
+    pub aud: Vec<String>,
+    /// `iat` (unix seconds; RFC 3339 in JSON).
+    #[serde(with = "protocol::fields::rfc3339")]
+    pub issued_at: i64,
+    /// `exp` (unix seconds; RFC 3339 in JSON).
+    #[serde(with = "protocol::fields::rfc3339")]
+    pub expires_at: i64,
+    /// False once `exp` has passed (housekeeping deletes it soon).
+    pub active: bool,
+}
+
+impl ConsentSummary {
+    fn of(c: &Consent, now: i64) -> ConsentSummary {
+        ConsentSummary {
+            consent_id: Jti::from(c.id.as_str()),
+            subject: c.subject.clone(),
+            issuer: c.issuer.clone(),
+            kid: c.kid.clone(),
+            scope: c.scopes.join(" "),
+            aud: c.audience.clone(),
+            issued_at: c.issued_at,
+            expires_at: c.expires_at,
+            active: now < c.expires_at,
+        }
+    }
 }
 
 impl Agent {
@@ -212,161 +276,11 @@ impl Agent {
         plan
     }
 
-    /// Verifies one fleet command (signature, role, audience, time, replay) and
-    /// applies it. The effect and the command's `jti` commit in one store
-    /// transaction, and the broker gets its PUBACK only after that, so a
-    /// command takes effect exactly once: if the daemon dies between the commit
-    /// and the PUBACK, the broker redelivers the command and it is answered
-    /// `replayed`, unless it is the broker's redelivery (`redelivered`: MQTT
-    /// DUP flag) of a command whose reply was kept: then that same reply is
-    /// published again, so the fleet still gets its receipt.
-    pub async fn apply_command(
-        &self,
-        payload: &[u8],
-        redelivered: bool,
-        now: i64,
-    ) -> CommandOutcome {
-        let cfg = self.config();
-        let bytes = payload.to_vec();
-        let verified = self
-            .db
-            .run(move |s| {
-                let store = std::cell::RefCell::new(s);
-                // A store error counts as "seen": refusing is the safe side.
-                let seen = |jti: &str| {
-                    store
-                        .borrow_mut()
-                        .command_seen(&Jti::from(jti))
-                        .unwrap_or(true)
-                };
-                Ok(command::verify_command(
-                    &bytes,
-                    &cfg.trust,
-                    &cfg.identity,
-                    &cfg.commands,
-                    now,
-                    &seen,
-                ))
-            })
-            .await;
-        let cmd = match verified {
-            Err(e) => {
-                let reply = command::reply_err(None, None, "internal", &e.to_string());
-                return CommandOutcome {
-                    reply,
-                    publish_status: false,
-                };
-            }
-            Ok(Err(rejected)) if redelivered && rejected.error.code() == "replayed" => {
-                if let Some(reply) = self.kept_reply(rejected.jti.clone(), payload).await {
-                    tracing::info!(jti = ?rejected.jti, "command redelivered by the broker; its reply is sent again");
-                    return CommandOutcome {
-                        reply,
-                        publish_status: false,
-                    };
-                }
-                return CommandOutcome {
-                    reply: rejected.reply(),
-                    publish_status: false,
-                };
-            }
-            Ok(Err(rejected)) => {
-                tracing::warn!(code = rejected.error.code(), error = %rejected.error, "fleet command refused");
-                let detail = json!({ "jti": rejected.jti, "cmd": rejected.cmd, "code": rejected.error.code() });
-                let _ = self
-                    .db
-                    .run(move |s| s.record(kind::COMMAND_REFUSED, None, detail, None, now))
-                    .await;
-                return CommandOutcome {
-                    reply: rejected.reply(),
-                    publish_status: false,
-                };
-            }
-            Ok(Ok(cmd)) => cmd,
-        };
-        let stamp = Via {
-            jti: Jti::from(cmd.jti.as_str()),
-            cmd: cmd.cmd_name.clone(),
-            expires_at: cmd.expires_at,
-        };
-        let via = Some(stamp.clone());
-        let stamp_jti = stamp.jti.clone();
-        let mut publish_status = false;
-        let result = match cmd.command.clone() {
-            Command::ConsentGrant { token } => self.grant(token, now, via).await,
-            Command::ConsentRevoke { subject } => {
-                async {
-                    let subject = subject_id(subject)?;
-                    self.revoke(subject, cmd.issued_at, now, via).await
-                }
-                .await
-            }
-            Command::Purge(command::PurgeTarget::Subject(s)) => {
-                async {
-                    let target = PurgeTarget::Subject(subject_id(s)?);
-                    self.purge(target, now, via).await
-                }
-                .await
-            }
-            Command::Purge(command::PurgeTarget::All) => {
-                self.purge(PurgeTarget::All, now, via).await
-            }
-            Command::Status => {
-                publish_status = true;
-                let v = stamp;
-                match self
-                    .db
-                    .run(move |s| s.remember_command(&v.stamp(), now))
-                    .await
-                {
-                    Ok(()) => self.status(now).await,
-                    Err(e) => Err(e.into()),
-                }
-            }
-        };
-        let reply = match result {
-            Ok(v) => command::reply_ok(&cmd.jti, &cmd.cmd_name, v),
-            Err(e) => {
-                tracing::warn!(jti = %cmd.jti, cmd = %cmd.cmd_name, error = %e, "fleet command failed");
-                publish_status = false;
-                command::reply_err(
-                    Some(&cmd.jti),
-                    Some(&cmd.cmd_name),
-                    e.code(),
-                    &e.to_string(),
-                )
-            }
-        };
-        let (jti, text) = (stamp_jti, without_subject(&reply).to_string());
-        if let Err(e) = self
-            .db
-            .run(move |s| s.save_command_reply(&jti, &text))
-            .await
-        {
-            tracing::warn!(error = %e, "cannot keep the command reply");
-        }
-        CommandOutcome {
-            reply,
-            publish_status,
-        }
-    }
-
-    /// The reply kept for an applied command, if any, with its subject put
-    /// back from the command itself (`payload` passed signature verification
-    /// before it could be found `replayed`).
-    async fn kept_reply(&self, jti: Option<String>, payload: &[u8]) -> Option<Value> {
-        let jti = Jti::from(jti?);
-        let kept = self.db.run(move |s| s.command_reply(&jti)).await.ok()??;
-        let mut reply: Value = serde_json::from_str(&kept).ok()?;
-        if let Some(result) = reply.get_mut("result").and_then(Value::as_object_mut) {
-            if result.contains_key("subject") {
-                let claims = std::str::from_utf8(payload)
-                    .ok()
-                    .and_then(crate::jws::peek_claims);
-                result.insert("subject".into(), command_subject(claims.as_ref()));
-            }
-        }
-        Some(reply)
+    /// The reply kept for the applied command `jti`, as it was kept (without
+    /// subject id), if any.
+    pub async fn kept_reply(&self, jti: Jti) -> Result<Option<Reply>, ApplyError> {
+        let kept = self.db.run(move |s| s.command_reply(&jti)).await?;
+        Ok(kept.and_then(|text| Reply::from_bytes(text.as_bytes()).ok()))
     }
 
     /// Verifies a consent token and stores it.
@@ -375,7 +289,7 @@ impl Agent {
         token: String,
         now: i64,
         via: Option<Via>,
-    ) -> Result<Value, ApplyError> {
+    ) -> Result<Granted, ApplyError> {
         let cfg = self.config();
         let skew = cfg.commands.clock_skew.as_secs() as i64;
         let consent =
@@ -384,23 +298,27 @@ impl Agent {
                 Err(e) => {
                     let code = e.code();
                     self.db
-                        .run(move |s| s.audit_consent_refused(None, code, now))
+                        .run(move |s| s.audit_consent_refused(None, code.as_str(), now))
                         .await?;
                     return Err(e.into());
                 }
             };
-        let c = consent.clone();
-        let added = self
+        let granted = self
             .db
-            .run(move |s| s.add_consent(&c, now, via.as_ref().map(Via::stamp).as_ref()))
+            .run(move |st| {
+                let result = |added: &AddConsent| Granted {
+                    consent_id: Jti::from(consent.id.as_str()),
+                    subject: Some(consent.subject.clone()),
+                    expires_at: consent.expires_at,
+                    new: matches!(added, AddConsent::Added),
+                };
+                effect(via.as_ref(), result, |stamp| {
+                    st.add_consent(&consent, now, stamp)
+                })
+            })
             .await?;
         self.outbox_changed.notify_one();
-        Ok(json!({
-            "consent_id": consent.id,
-            "subject": consent.subject,
-            "expires_at": clock::rfc3339(consent.expires_at),
-            "new": matches!(added, AddConsent::Added),
-        }))
+        Ok(granted)
     }
 
     /// Invalidates every consent of `subject` issued at or before `before` and
@@ -411,18 +329,21 @@ impl Agent {
         before: i64,
         now: i64,
         via: Option<Via>,
-    ) -> Result<Value, ApplyError> {
-        let (s, inflight) = (subject.clone(), self.inflight.clone());
-        let (purged, in_flight) = self
+    ) -> Result<Receipt, ApplyError> {
+        let inflight = self.inflight.clone();
+        let receipt = self
             .db
             .run(move |st| {
-                let outcome = st.revoke(&s, before, now, via.as_ref().map(Via::stamp).as_ref())?;
-                // Taken under the store lock, atomically with the purge.
-                let in_flight = inflight.among(&outcome.purged);
-                Ok((outcome.purged, in_flight))
+                // In flight: taken under the store lock, atomically with the purge.
+                let result = |r: &crate::store::Revocation| {
+                    receipt(Some(&subject), &r.purged, inflight.among(&r.purged), now)
+                };
+                effect(via.as_ref(), result, |stamp| {
+                    st.revoke(&subject, before, now, stamp)
+                })
             })
             .await?;
-        Ok(receipt(Some(&subject), &purged, in_flight, now))
+        Ok(receipt)
     }
 
     /// Purges captures (consents stay); returns the purge receipt.
@@ -431,106 +352,159 @@ impl Agent {
         target: PurgeTarget,
         now: i64,
         via: Option<Via>,
-    ) -> Result<Value, ApplyError> {
+    ) -> Result<Receipt, ApplyError> {
         let reason = if via.is_some() {
             PurgeReason::Command
         } else {
             PurgeReason::Local
         };
-        let subject = match &target {
-            PurgeTarget::Subject(s) => Some(s.clone()),
-            PurgeTarget::All => None,
-        };
         let inflight = self.inflight.clone();
-        let (purged, in_flight) = self
+        let receipt = self
             .db
             .run(move |st| {
-                let stamp = via.as_ref().map(Via::stamp);
-                let ids = match &target {
-                    PurgeTarget::Subject(s) => st.purge_subject(s, now, reason, stamp.as_ref())?,
-                    PurgeTarget::All => st.purge_all(now, reason, stamp.as_ref())?,
+                let subject = match &target {
+                    PurgeTarget::Subject(s) => Some(s),
+                    PurgeTarget::All => None,
                 };
-                // Taken under the store lock, atomically with the purge.
-                let in_flight = inflight.among(&ids);
-                Ok((ids, in_flight))
+                // In flight: taken under the store lock, atomically with the purge.
+                let result = |ids: &Vec<CaptureId>| receipt(subject, ids, inflight.among(ids), now);
+                effect(via.as_ref(), result, |stamp| match &target {
+                    PurgeTarget::Subject(s) => st.purge_subject(s, now, reason, stamp),
+                    PurgeTarget::All => st.purge_all(now, reason, stamp),
+                })
             })
             .await?;
-        Ok(receipt(subject.as_ref(), &purged, in_flight, now))
+        Ok(receipt)
     }
 
     /// Every stored consent, without the raw tokens.
-    pub async fn list_consents(&self, now: i64) -> Result<Value, ApplyError> {
+    pub async fn list_consents(&self, now: i64) -> Result<Vec<ConsentSummary>, ApplyError> {
         let list = self.db.run(|s| s.list_consents()).await?;
-        let items: Vec<Value> = list
-            .iter()
-            .map(|c| {
-                json!({
-                    "consent_id": c.id,
-                    "subject": c.subject,
-                    "issuer": c.issuer,
-                    "kid": c.kid,
-                    "scope": c.scopes.join(" "),
-                    "aud": c.audience,
-                    "issued_at": clock::rfc3339(c.issued_at),
-                    "expires_at": clock::rfc3339(c.expires_at),
-                    "active": now < c.expires_at,
-                })
-            })
-            .collect();
-        Ok(Value::Array(items))
+        Ok(list.iter().map(|c| ConsentSummary::of(c, now)).collect())
     }
 
     /// The SPEC status object.
-    pub async fn status(&self, now: i64) -> Result<Value, ApplyError> {
-        let (stats, active, counters) = self
+    pub async fn status(&self, now: i64) -> Result<Status, ApplyError> {
+        let (connected, inflight) = (self.connected(), self.inflight.clone());
+        let status = self
             .db
-            .run(move |s| {
-                Ok((
-                    s.outbox_stats(now)?,
-                    s.active_consent_count(now)?,
-                    s.counters()?,
-                ))
+            .run(move |st| status_of(st, now, connected, inflight.len()))
+            .await?;
+        Ok(status)
+    }
+
+    /// The status object as the answer to a `status` command: the command is
+    /// remembered with this status as its reply, in one transaction.
+    pub async fn answer_status(&self, via: Via, now: i64) -> Result<Status, ApplyError> {
+        let (connected, inflight) = (self.connected(), self.inflight.clone());
+        let status = self
+            .db
+            .run(move |st| {
+                let status = status_of(st, now, connected, inflight.len())?;
+                effect(
+                    Some(&via),
+                    |_: &()| status.clone(),
+                    |stamp| match stamp {
+                        Some(stamp) => st.remember_command(stamp, now),
+                        None => Ok(()),
+                    },
+                )
             })
             .await?;
-        let counter = |k: &str| counters.get(k).copied().unwrap_or(0);
-        Ok(json!({
-            "v": 1,
-            "state": "online",
-            "version": VERSION,
-            "ts": clock::rfc3339(now),
-            "outbox": {
-                "captures": stats.captures,
-                "bytes": stats.bytes,
-                "oldest_age_s": stats.oldest_age_s,
-            },
-            "consent": { "active": active },
-            "counters": {
-                "accepted": counter("accepted"),
-                "dropped_no_consent": counter("dropped_no_consent"),
-                "rejected_bad_input": counter("rejected_bad_input"),
-                "uploaded": counter("uploaded"),
-                "purged": counter("purged"),
-                "rejected_quota": counter("rejected_quota"),
-                "upload_retries": counter("upload_retries"),
-            },
-            "uplink": {
-                "connected": self.connected(),
-                "in_flight": self.inflight.len(),
-            },
-        }))
+        Ok(status)
     }
 
     /// Checks the audit hash chain; the report says whether it is intact.
-    pub async fn audit_verify(&self) -> Result<Value, ApplyError> {
-        let report = self.db.run(|s| s.audit_verify()).await?;
-        Ok(serde_json::to_value(&report).unwrap_or(Value::Null))
+    pub async fn audit_verify(&self) -> Result<VerifyReport, ApplyError> {
+        Ok(self.db.run(|s| s.audit_verify()).await?)
     }
 
     /// The newest `n` audit entries.
-    pub async fn audit_tail(&self, n: usize) -> Result<Value, ApplyError> {
-        let rows = self.db.run(move |s| s.audit_tail(n)).await?;
-        Ok(serde_json::to_value(&rows).unwrap_or(Value::Null))
+    pub async fn audit_tail(&self, n: usize) -> Result<Vec<AuditEntry>, ApplyError> {
+        Ok(self.db.run(move |s| s.audit_tail(n)).await?)
     }
+}
+
+/// Runs one store effect and makes the operation's result from its outcome.
+/// On behalf of a command (`via`) the result is made inside the effect's
+/// transaction, where the store keeps the reply made of it (without subject
+/// id) with the effect and the command's `jti`: the kept reply and the
+/// published one are the same, and neither exists without the effect. Without
+/// `via`, the result is made right after the effect, under the same store lock.
+fn effect<T, R>(
+    via: Option<&Via>,
+    result: impl Fn(&T) -> R,
+    run: impl FnOnce(Option<CommandStamp<'_, T>>) -> Result<T, StoreError>,
+) -> Result<R, StoreError>
+where
+    R: Clone + Into<ReplyResult>,
+{
+    let Some(via) = via else {
+        let outcome = run(None)?;
+        return Ok(result(&outcome));
+    };
+    let mut made = None;
+    let mut keep = |outcome: Result<&T, &StoreError>| {
+        let reply = match outcome {
+            Ok(outcome) => {
+                let r = result(outcome);
+                made = Some(r.clone());
+                via.ok(r.into())
+            }
+            Err(e) => via.refused(store_error_code(e), e.to_string()),
+        };
+        kept_text(&reply)
+    };
+    let outcome = run(Some(via.stamp(&mut keep)))?;
+    Ok(match made {
+        Some(r) => r,
+        None => result(&outcome),
+    })
+}
+
+/// A reply as the store keeps it: the subject id left out (`null`), so no
+/// subject id outlives a revocation in the command log; it is put back from
+/// the command on redelivery.
+fn kept_text(reply: &Reply) -> String {
+    String::from_utf8(reply.without_subject().to_bytes()).unwrap_or_default()
+}
+
+/// The status object from the store, at `now`.
+fn status_of(
+    st: &mut Store,
+    now: i64,
+    connected: bool,
+    in_flight: usize,
+) -> Result<Status, StoreError> {
+    let stats = st.outbox_stats(now)?;
+    let active = st.active_consent_count(now)?;
+    let counters = st.counters()?;
+    let count = |k: &str| counters.get(k).copied().unwrap_or(0);
+    Ok(Status {
+        v: protocol::WIRE_VERSION,
+        state: State::Online,
+        version: Some(VERSION.to_string()),
+        ts: Some(now),
+        outbox: Some(OutboxStatus {
+            captures: stats.captures,
+            bytes: stats.bytes,
+            oldest_age_s: stats.oldest_age_s,
+        }),
+        consent: Some(ConsentStatus { active }),
+        counters: Some(Counters {
+            accepted: count(counter::ACCEPTED),
+            dropped_no_consent: count(counter::DROPPED_NO_CONSENT),
+            rejected_bad_input: count(counter::REJECTED_BAD_INPUT),
+            uploaded: count(counter::UPLOADED),
+            purged: count(counter::PURGED),
+            rejected_quota: count(counter::REJECTED_QUOTA),
+            upload_retries: count(counter::UPLOAD_RETRIES),
+        }),
+        uplink: Some(UplinkStatus {
+            connected,
+            in_flight: in_flight as u64,
+        }),
+    })
 }
 
 /// The SPEC purge receipt. `in_flight` lists purged captures that had
@@ -540,46 +514,14 @@ fn receipt(
     purged: &[CaptureId],
     in_flight: Vec<CaptureId>,
     now: i64,
-) -> Value {
-    let mut r = json!({
-        "subject": subject,
-        "purged": purged.len(),
-        "in_flight": in_flight,
-        "purged_at": clock::rfc3339(now),
-    });
-    if subject.is_none() {
-        r["all"] = json!(true);
+) -> Receipt {
+    Receipt {
+        subject: subject.cloned(),
+        purged: purged.len() as u64,
+        in_flight,
+        purged_at: now,
+        all: subject.is_none().then_some(true),
     }
-    r
-}
-
-/// A reply as kept in the store: the subject id is left out (`null`), so no
-/// subject id outlives a revocation in the command log; it is put back from
-/// the command on redelivery ([`command_subject`]).
-fn without_subject(reply: &Value) -> Value {
-    let mut kept = reply.clone();
-    if let Some(result) = kept.get_mut("result").and_then(Value::as_object_mut) {
-        if result.get("subject").is_some_and(Value::is_string) {
-            result.insert("subject".into(), Value::Null);
-        }
-    }
-    kept
-}
-
-/// The subject a command is about: `args.subject`, or the `sub` of the token
-/// a `consent.grant` carries; `null` for commands about everyone.
-fn command_subject(claims: Option<&serde_json::Map<String, Value>>) -> Value {
-    let Some(args) = claims.and_then(|c| c.get("args")) else {
-        return Value::Null;
-    };
-    if let Some(subject) = args.get("subject").filter(|s| s.is_string()) {
-        return subject.clone();
-    }
-    args.get("token")
-        .and_then(Value::as_str)
-        .and_then(crate::jws::peek_claims)
-        .and_then(|t| t.get("sub").cloned())
-        .unwrap_or(Value::Null)
 }
 
 /// A subject id from a request; a bad one is refused as `bad_args`.

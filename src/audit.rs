@@ -10,7 +10,7 @@
 //! Details never contain image bytes, keys, or plain subject ids: subjects
 //! appear only as `subject_ref`, the hex HMAC pseudonym.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::crypto::AuditKey;
@@ -46,7 +46,7 @@ pub mod kind {
 }
 
 /// One row of the audit log.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {
     /// Position in the chain, starting at 1, without gaps.
     pub seq: i64,
@@ -59,19 +59,32 @@ pub struct AuditEntry {
     /// Event details (ids, counts, reason codes).
     pub detail: Value,
     /// MAC of the previous entry (zeros for the first), linking the chain.
-    #[serde(serialize_with = "as_hex")]
+    #[serde(with = "hex32")]
     pub prev: [u8; 32],
     /// This entry's MAC over all fields above.
-    #[serde(serialize_with = "as_hex")]
+    #[serde(with = "hex32")]
     pub mac: [u8; 32],
 }
 
-fn as_hex<S: serde::Serializer>(bytes: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&hex::encode(bytes))
+/// A MAC as 64 hex digits.
+mod hex32 {
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let text = String::deserialize(d)?;
+        hex::decode(&text)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| de::Error::custom("a MAC must be 64 hex digits"))
+    }
 }
 
 /// Result of [`verify_chain`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifyReport {
     /// How many entries were examined.
     pub rows: u64,

@@ -1,6 +1,8 @@
-//! Signed fleet commands (SPEC invariant 6): verification as a pure function of
-//! the payload, trusted keys, identity, policy, `now` and the replay set;
-//! signing for the fleet tool; and the reply objects.
+//! Signed fleet commands (SPEC invariant 6): what is common to every command.
+//! Verification is a pure function of the payload, trusted keys, identity,
+//! policy, `now` and the replay set; signing is for the fleet tool. What each
+//! command accepts, who may sign it and what it does is its own file in
+//! [`crate::cmd`], reached through the [`CommandSet`] trait.
 //!
 //! Checks run in this order, so an unsigned or forged payload never reaches the
 //! replay set or any effect: size → parse → key → signature → role → time →
@@ -16,57 +18,42 @@
 //! `consent.grant` carries a consent token that this module does NOT verify: the
 //! caller runs [`crate::consent::verify_consent`] on it as the command's effect.
 
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::config::{CommandConfig, Identity, Role, TrustedKey};
-use crate::consent::MAX_TOKEN_BYTES;
-use crate::ids::SubjectId;
+use crate::ids::Jti;
 use crate::jws::{self, JwsError};
+use crate::protocol::{CommandName, ErrorCode, Reply};
 
-/// What a purge removes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PurgeTarget {
-    /// Every capture of one subject.
-    Subject(String),
-    /// Every capture on the device.
-    All,
-}
+/// The commands a device knows, as the verification sees them: which key
+/// roles may sign each, and how its `args` claim becomes a typed command.
+/// Implemented by [`crate::cmd::Command`], one file per command.
+pub trait CommandSet: Sized {
+    /// Whether a key of `role` may sign the command `name`.
+    fn may_sign(name: CommandName, role: Role) -> bool;
 
-/// A command with validated arguments.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
-    /// `consent.grant`: verify and store this consent token.
-    ConsentGrant {
-        /// The consent JWS, still to be verified by the caller.
-        token: String,
-    },
-    /// `consent.revoke`: invalidate the subject's consents issued at or before
-    /// the command's `iat`, purge the subject's captures.
-    ConsentRevoke {
-        /// The subject id.
-        subject: String,
-    },
-    /// `capture.purge`: purge captures, keep consents.
-    Purge(PurgeTarget),
-    /// `status`: publish status now.
-    Status,
+    /// The command `name` with its `args` claim (`None` when the claim is
+    /// absent, which counts as `{}`); [`CommandError::BadArgs`] when they do
+    /// not fit.
+    fn parse(name: CommandName, args: Option<&Value>) -> Result<Self, CommandError>;
 }
 
 /// A command that passed every check and may take effect.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VerifiedCommand {
+pub struct VerifiedCommand<C> {
     /// Command id: echoed in the reply, recorded in the replay set.
-    pub jti: String,
-    /// The `cmd` claim as sent, for the reply and the audit log.
-    pub cmd_name: String,
+    pub jti: Jti,
+    /// Which command it is.
+    pub name: CommandName,
     /// `iat`: a revocation covers consents issued at or before it.
     pub issued_at: i64,
     /// `exp`: the replay set must keep `jti` until `exp + skew`.
     pub expires_at: i64,
     /// The signing key, for the audit log.
     pub kid: String,
-    /// What to do.
-    pub command: Command,
+    /// What to do, with validated arguments.
+    pub command: C,
 }
 
 /// Why a command was refused. [`CommandError::code`] is the reply's error code.
@@ -142,21 +129,21 @@ pub enum CommandError {
 
 impl CommandError {
     /// Stable machine-readable code used in replies.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            CommandError::BadSignature => "bad_signature",
-            CommandError::UnknownKey(_) => "unknown_key",
-            CommandError::WrongRole { .. } => "wrong_role",
-            CommandError::Expired { .. } => "expired",
-            CommandError::NotYetValid { .. } => "not_yet_valid",
-            CommandError::LifetimeTooLong { .. } => "lifetime_too_long",
-            CommandError::WrongAudience(_) => "wrong_audience",
-            CommandError::Replayed(_) => "replayed",
-            CommandError::Malformed(_) => "malformed",
-            CommandError::UnknownCommand(_) => "unknown_command",
-            CommandError::TooLarge { .. } => "too_large",
-            CommandError::BadArgs(_) => "bad_args",
-            CommandError::Signing(_) => "signing_failed",
+            CommandError::BadSignature => ErrorCode::BadSignature,
+            CommandError::UnknownKey(_) => ErrorCode::UnknownKey,
+            CommandError::WrongRole { .. } => ErrorCode::WrongRole,
+            CommandError::Expired { .. } => ErrorCode::Expired,
+            CommandError::NotYetValid { .. } => ErrorCode::NotYetValid,
+            CommandError::LifetimeTooLong { .. } => ErrorCode::LifetimeTooLong,
+            CommandError::WrongAudience(_) => ErrorCode::WrongAudience,
+            CommandError::Replayed(_) => ErrorCode::Replayed,
+            CommandError::Malformed(_) => ErrorCode::Malformed,
+            CommandError::UnknownCommand(_) => ErrorCode::UnknownCommand,
+            CommandError::TooLarge { .. } => ErrorCode::TooLarge,
+            CommandError::BadArgs(_) => ErrorCode::BadArgs,
+            CommandError::Signing(_) => ErrorCode::SigningFailed,
         }
     }
 }
@@ -177,7 +164,7 @@ impl From<JwsError> for CommandError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected {
     /// The payload's `jti`, if it could be read.
-    pub jti: Option<String>,
+    pub jti: Option<Jti>,
     /// The payload's `cmd`, if it could be read.
     pub cmd: Option<String>,
     /// Why it was refused.
@@ -185,13 +172,13 @@ pub struct Rejected {
 }
 
 impl Rejected {
-    /// The reply object for this rejection.
-    pub fn reply(&self) -> Value {
-        reply_err(
-            self.jti.as_deref(),
+    /// The reply for this rejection.
+    pub fn reply(&self) -> Reply {
+        Reply::err(
+            self.jti.as_ref(),
             self.cmd.as_deref(),
             self.error.code(),
-            &self.error.to_string(),
+            self.error.to_string(),
         )
     }
 }
@@ -200,15 +187,15 @@ impl Rejected {
 /// whether that command id was already executed; it is only called for
 /// commands that are validly signed, of the right role, in time and addressed
 /// to this device.
-pub fn verify_command(
+pub fn verify_command<C: CommandSet>(
     payload: &[u8],
     trust: &[TrustedKey],
     me: &Identity,
     policy: &CommandConfig,
     now: i64,
-    seen: &dyn Fn(&str) -> bool,
-) -> Result<VerifiedCommand, Rejected> {
-    let reject = |jti: Option<String>, cmd: Option<String>, error| Rejected { jti, cmd, error };
+    seen: &dyn Fn(&Jti) -> bool,
+) -> Result<VerifiedCommand<C>, Rejected> {
+    let reject = |jti: Option<Jti>, cmd: Option<String>, error| Rejected { jti, cmd, error };
     if payload.len() > policy.max_bytes {
         let error = CommandError::TooLarge {
             size: payload.len(),
@@ -230,7 +217,7 @@ pub fn verify_command(
             .filter(|s| jws::valid_id(s))
             .map(str::to_string)
     };
-    let (jti, cmd) = (peek("jti"), peek("cmd"));
+    let (jti, cmd) = (peek("jti").map(Jti::from), peek("cmd"));
     let fail = |error| reject(jti.clone(), cmd.clone(), error);
 
     let verified = jws::verify(text, trust).map_err(|e| fail(e.into()))?;
@@ -238,13 +225,13 @@ pub fn verify_command(
 }
 
 /// Everything after the signature: role, time, audience, replay, cmd/args.
-fn check_claims(
+fn check_claims<C: CommandSet>(
     verified: jws::Verified,
     me: &Identity,
     policy: &CommandConfig,
     now: i64,
-    seen: &dyn Fn(&str) -> bool,
-) -> Result<VerifiedCommand, CommandError> {
+    seen: &dyn Fn(&Jti) -> bool,
+) -> Result<VerifiedCommand<C>, CommandError> {
     let c = &verified.claims;
     let cmd_name = jws::str_claim(c, "cmd").map_err(CommandError::Malformed)?;
     let jti = jws::str_claim(c, "jti").map_err(CommandError::Malformed)?;
@@ -253,12 +240,16 @@ fn check_claims(
             "claim jti must be 1..=128 printable characters".into(),
         ));
     }
+    let jti = Jti::from(jti);
     let iat = jws::int_claim(c, "iat").map_err(CommandError::Malformed)?;
     let exp = jws::int_claim(c, "exp").map_err(CommandError::Malformed)?;
 
-    let role_ok = match cmd_name {
-        "consent.revoke" => matches!(verified.role, Role::Consent | Role::Fleet),
-        _ => verified.role == Role::Fleet,
+    // An unknown command needs a fleet key like most; it is refused as
+    // unknown only after the replay check, like a bad `args`.
+    let name = CommandName::parse(cmd_name);
+    let role_ok = match name {
+        Some(name) => C::may_sign(name, verified.role),
+        None => verified.role == Role::Fleet,
     };
     if !role_ok {
         return Err(CommandError::WrongRole {
@@ -289,13 +280,14 @@ fn check_claims(
     if !jws::audience_matches(&aud, me) {
         return Err(CommandError::WrongAudience(aud));
     }
-    if seen(jti) {
+    if seen(&jti) {
         return Err(CommandError::Replayed(jti.to_string()));
     }
-    let command = parse_command(cmd_name, c.get("args"))?;
+    let name = name.ok_or_else(|| CommandError::UnknownCommand(cmd_name.to_string()))?;
+    let command = C::parse(name, c.get("args"))?;
     Ok(VerifiedCommand {
-        jti: jti.to_string(),
-        cmd_name: cmd_name.to_string(),
+        jti,
+        name,
         issued_at: iat,
         expires_at: exp,
         kid: verified.kid,
@@ -308,77 +300,29 @@ fn secs(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
-/// Validates `args` for `cmd`. A missing `args` counts as `{}`; unknown
-/// argument names are refused so a typo never widens an effect.
-fn parse_command(cmd: &str, args: Option<&Value>) -> Result<Command, CommandError> {
-    let empty = Map::new();
-    let args = match args {
-        None => &empty,
-        Some(Value::Object(m)) => m,
-        Some(_) => return Err(CommandError::BadArgs("args must be an object".into())),
-    };
-    let only = |allowed: &[&str]| match args.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(k) => Err(CommandError::BadArgs(format!(
-            "unexpected argument {k:?} for {cmd}"
-        ))),
-        None => Ok(()),
-    };
-    let subject = || match args.get("subject") {
-        Some(Value::String(s)) if SubjectId::is_valid(s) => Ok(s.clone()),
-        Some(_) => Err(CommandError::BadArgs(
-            "subject must match [A-Za-z0-9._:-]{1,128}".into(),
-        )),
-        None => Err(CommandError::BadArgs(format!("{cmd} needs a subject"))),
-    };
-    match cmd {
-        "consent.grant" => {
-            only(&["token"])?;
-            match args.get("token") {
-                Some(Value::String(t)) if !t.is_empty() && t.len() <= MAX_TOKEN_BYTES => {
-                    Ok(Command::ConsentGrant { token: t.clone() })
-                }
-                _ => Err(CommandError::BadArgs(format!(
-                    "consent.grant needs a token string of 1..={MAX_TOKEN_BYTES} bytes"
-                ))),
-            }
-        }
-        "consent.revoke" => {
-            only(&["subject"])?;
-            Ok(Command::ConsentRevoke {
-                subject: subject()?,
-            })
-        }
-        "capture.purge" => {
-            only(&["subject", "all"])?;
-            match (args.get("subject"), args.get("all")) {
-                (Some(_), None) => Ok(Command::Purge(PurgeTarget::Subject(subject()?))),
-                (None, Some(Value::Bool(true))) => Ok(Command::Purge(PurgeTarget::All)),
-                _ => Err(CommandError::BadArgs(
-                    "capture.purge needs either {\"subject\": \"…\"} or {\"all\": true}".into(),
-                )),
-            }
-        }
-        "status" => {
-            only(&[])?;
-            Ok(Command::Status)
-        }
-        other => Err(CommandError::UnknownCommand(other.to_string())),
-    }
+/// The claims of a command the fleet tool signs.
+#[derive(Serialize)]
+struct Claims<'a, A: Serialize> {
+    jti: &'a Jti,
+    iat: i64,
+    exp: i64,
+    aud: &'a str,
+    cmd: CommandName,
+    args: &'a A,
 }
 
-/// Signs a command for the fleet tool: `iat = now`, `exp = now + lifetime_s`,
-/// a random UUID `jti`. Refuses unknown commands and bad args up front.
+/// Signs the command `name` with its typed `args` for the fleet tool:
+/// `iat = now`, `exp = now + lifetime_s`, a random UUID `jti`.
 /// Returns `(jti, jws)`.
-pub fn sign_command(
-    cmd_name: &str,
-    args: Value,
+pub fn sign_command<A: Serialize>(
+    name: CommandName,
+    args: &A,
     aud: &str,
     lifetime_s: i64,
     kid: &str,
     pkcs8: &[u8],
     now: i64,
-) -> Result<(String, String), CommandError> {
-    parse_command(cmd_name, Some(&args))?;
+) -> Result<(Jti, String), CommandError> {
     if aud.is_empty() {
         return Err(CommandError::Malformed("audience is empty".into()));
     }
@@ -386,32 +330,27 @@ pub fn sign_command(
         Some(exp) if lifetime_s > 0 => exp,
         _ => return Err(CommandError::Malformed("lifetime must be positive".into())),
     };
-    let jti = uuid::Uuid::new_v4().to_string();
-    let claims = json!({
-        "jti": jti, "iat": now, "exp": exp, "aud": aud, "cmd": cmd_name, "args": args,
-    });
+    let jti = Jti::from(uuid::Uuid::new_v4().to_string());
+    let claims = Claims {
+        jti: &jti,
+        iat: now,
+        exp,
+        aud,
+        cmd: name,
+        args,
+    };
     let token = jws::sign(&claims, kid, pkcs8)?;
     Ok((jti, token))
-}
-
-/// `{"v":1,"jti":…,"cmd":…,"ok":true,"result":…}`.
-pub fn reply_ok(jti: &str, cmd: &str, result: Value) -> Value {
-    json!({"v": 1, "jti": jti, "cmd": cmd, "ok": true, "result": result})
-}
-
-/// `{"v":1,"jti":…,"cmd":…,"ok":false,"error":{"code":…,"message":…}}`;
-/// unknown `jti`/`cmd` are `null`.
-pub fn reply_err(jti: Option<&str>, cmd: Option<&str>, code: &str, message: &str) -> Value {
-    json!({
-        "v": 1, "jti": jti, "cmd": cmd, "ok": false,
-        "error": {"code": code, "message": message},
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::PurgeTarget;
+    use crate::cmd::{self, CapturePurge, Command, ConsentGrant, ConsentRevoke};
+    use crate::ids::SubjectId;
     use crate::jws::testkit::*;
+    use serde_json::json;
     use std::cell::Cell;
     use std::time::Duration;
 
@@ -465,35 +404,46 @@ mod tests {
         jws::sign(c, kid, key).unwrap().into_bytes()
     }
 
-    fn run(k: &Keys, payload: &[u8], now: i64) -> Result<VerifiedCommand, Rejected> {
-        verify_command(payload, &k.trust, &me(), &policy(), now, &|j| j == "old")
+    fn run(k: &Keys, payload: &[u8], now: i64) -> Result<VerifiedCommand<Command>, Rejected> {
+        verify_command(payload, &k.trust, &me(), &policy(), now, &|j| *j == "old")
+    }
+
+    fn sid(s: &str) -> SubjectId {
+        SubjectId::new(s).unwrap()
     }
 
     #[test]
     fn accepts_each_command() {
         let k = keys();
         let cases: Vec<(Value, Command)> = vec![
-            (json!({"cmd": "status", "args": {}}), Command::Status),
-            (json!({"cmd": "status"}), Command::Status),
+            (
+                json!({"cmd": "status", "args": {}}),
+                Command::Status(cmd::Status {}),
+            ),
+            (json!({"cmd": "status"}), Command::Status(cmd::Status {})),
             (
                 json!({"cmd": "consent.grant", "args": {"token": "a.b.c"}}),
-                Command::ConsentGrant {
+                Command::ConsentGrant(ConsentGrant {
                     token: "a.b.c".into(),
-                },
+                }),
             ),
             (
                 json!({"cmd": "consent.revoke", "args": {"subject": "S-1"}}),
-                Command::ConsentRevoke {
-                    subject: "S-1".into(),
-                },
+                Command::ConsentRevoke(ConsentRevoke {
+                    subject: sid("S-1"),
+                }),
             ),
             (
                 json!({"cmd": "capture.purge", "args": {"subject": "S-1"}}),
-                Command::Purge(PurgeTarget::Subject("S-1".into())),
+                Command::CapturePurge(CapturePurge {
+                    target: PurgeTarget::Subject(sid("S-1")),
+                }),
             ),
             (
                 json!({"cmd": "capture.purge", "args": {"all": true}}),
-                Command::Purge(PurgeTarget::All),
+                Command::CapturePurge(CapturePurge {
+                    target: PurgeTarget::All,
+                }),
             ),
         ];
         for (patch, want) in cases {
@@ -507,7 +457,8 @@ mod tests {
             let v = run(&k, &signed(&c, "fleet-1", &k.fleet), NOW).unwrap();
             assert_eq!(v.command, want);
             assert_eq!(v.jti, "cmd-1");
-            assert_eq!(v.cmd_name, c["cmd"].as_str().unwrap());
+            assert_eq!(v.name.as_str(), c["cmd"].as_str().unwrap());
+            assert_eq!(v.command.name(), v.name);
             assert_eq!((v.issued_at, v.expires_at), (NOW - 10, NOW + 300));
             assert_eq!(v.kid, "fleet-1");
         }
@@ -863,10 +814,11 @@ mod tests {
         for (name, payload, now, code, jti) in cases {
             let err = run(&k, &payload, now).expect_err(name);
             assert_eq!(err.error.code(), code, "{name}: {:?}", err.error);
-            assert_eq!(err.jti.as_deref(), jti, "{name}");
+            assert_eq!(err.jti.as_ref().map(Jti::as_str), jti, "{name}");
             let reply = err.reply();
-            assert_eq!(reply["ok"], false);
-            assert_eq!(reply["error"]["code"], code);
+            assert!(!reply.ok);
+            assert_eq!(reply.jti, err.jti);
+            assert_eq!(reply.error.unwrap().code, code);
         }
     }
 
@@ -874,7 +826,7 @@ mod tests {
     fn replay_set_consulted_only_for_authentic_in_time_commands() {
         let k = keys();
         let called = Cell::new(false);
-        let seen = |_: &str| {
+        let seen = |_: &Jti| {
             called.set(true);
             false
         };
@@ -889,11 +841,16 @@ mod tests {
             ),
         ];
         for (payload, now) in rejected {
-            assert!(verify_command(&payload, &k.trust, &me(), &policy(), now, &seen).is_err());
+            assert!(
+                verify_command::<Command>(&payload, &k.trust, &me(), &policy(), now, &seen)
+                    .is_err()
+            );
             assert!(!called.get());
         }
         let payload = signed(&claims(), "fleet-1", &k.fleet);
-        assert!(verify_command(&payload, &k.trust, &me(), &policy(), NOW, &seen).is_ok());
+        assert!(
+            verify_command::<Command>(&payload, &k.trust, &me(), &policy(), NOW, &seen).is_ok()
+        );
         assert!(called.get());
     }
 
@@ -907,15 +864,18 @@ mod tests {
             &k.fleet,
         );
         let v = run(&k, token.as_bytes(), NOW).unwrap();
-        assert_eq!(v.command, Command::Status);
+        assert_eq!(v.command, Command::Status(cmd::Status {}));
     }
 
     #[test]
     fn sign_command_round_trip_and_checks() {
         let k = keys();
+        let purge = CapturePurge {
+            target: PurgeTarget::Subject(sid("S-1")),
+        };
         let (jti, token) = sign_command(
-            "capture.purge",
-            json!({"subject": "S-1"}),
+            CommandName::CapturePurge,
+            &purge,
             "lobby/term-01",
             600,
             "fleet-1",
@@ -926,46 +886,26 @@ mod tests {
         let v = run(&k, token.as_bytes(), NOW).unwrap();
         assert_eq!(v.jti, jti);
         assert_eq!(v.expires_at, NOW + 600);
-        assert_eq!(
-            v.command,
-            Command::Purge(PurgeTarget::Subject("S-1".into()))
-        );
+        assert_eq!(v.command, Command::CapturePurge(purge));
+        let claims = jws::peek_claims(&token).unwrap();
+        assert_eq!(claims["cmd"], "capture.purge");
+        assert_eq!(claims["args"], json!({"subject": "S-1"}));
 
-        let sign = |cmd: &str, args: Value, aud: &str, life: i64, key: &[u8]| {
-            sign_command(cmd, args, aud, life, "fleet-1", key, NOW)
-                .unwrap_err()
-                .code()
+        let sign = |aud: &str, life: i64, key: &[u8]| {
+            sign_command(
+                CommandName::Status,
+                &cmd::Status {},
+                aud,
+                life,
+                "fleet-1",
+                key,
+                NOW,
+            )
+            .unwrap_err()
+            .code()
         };
-        assert_eq!(
-            sign("reboot", json!({}), "lobby", 60, &k.fleet),
-            "unknown_command"
-        );
-        assert_eq!(
-            sign("status", json!({"x": 1}), "lobby", 60, &k.fleet),
-            "bad_args"
-        );
-        assert_eq!(sign("status", json!({}), "", 60, &k.fleet), "malformed");
-        assert_eq!(sign("status", json!({}), "lobby", 0, &k.fleet), "malformed");
-        assert_eq!(
-            sign("status", json!({}), "lobby", 60, b"junk"),
-            "signing_failed"
-        );
-    }
-
-    #[test]
-    fn reply_shapes() {
-        assert_eq!(
-            reply_ok("j", "status", json!({"a": 1})),
-            json!({"v": 1, "jti": "j", "cmd": "status", "ok": true, "result": {"a": 1}})
-        );
-        assert_eq!(
-            reply_err(None, None, "malformed", "bad"),
-            json!({"v": 1, "jti": null, "cmd": null, "ok": false,
-                   "error": {"code": "malformed", "message": "bad"}})
-        );
-        assert_eq!(
-            reply_err(Some("j"), Some("status"), "expired", "late")["jti"],
-            "j"
-        );
+        assert_eq!(sign("", 60, &k.fleet), "malformed");
+        assert_eq!(sign("lobby", 0, &k.fleet), "malformed");
+        assert_eq!(sign("lobby", 60, b"junk"), "signing_failed");
     }
 }

@@ -10,6 +10,7 @@ use crate::config::{Identity, Role, TrustedKey};
 use crate::gate::{self, BrokenTerm};
 use crate::ids::SubjectId;
 use crate::jws::{self, JwsError};
+use crate::protocol::ErrorCode;
 
 /// The stored consent and the upload scope belong to the consent rule in
 /// [`crate::gate`]; re-exported here next to the token format.
@@ -76,20 +77,20 @@ pub enum ConsentError {
 
 impl ConsentError {
     /// Stable machine-readable code (SPEC reply codes where they exist).
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ConsentError::Malformed(_) => "malformed",
-            ConsentError::UnknownKey(_) => "unknown_key",
-            ConsentError::BadSignature => "bad_signature",
-            ConsentError::WrongRole(_) => "wrong_role",
-            ConsentError::Expired { .. } => "expired",
-            ConsentError::NotYetValid { .. } => "not_yet_valid",
-            ConsentError::WrongAudience(_) => "wrong_audience",
-            ConsentError::MissingScope => "missing_scope",
-            ConsentError::Revoked { .. } => "revoked",
-            ConsentError::BadSubject(_) => "bad_subject",
-            ConsentError::InvalidRequest(_) => "invalid_request",
-            ConsentError::Signing(_) => "signing_failed",
+            ConsentError::Malformed(_) => ErrorCode::Malformed,
+            ConsentError::UnknownKey(_) => ErrorCode::UnknownKey,
+            ConsentError::BadSignature => ErrorCode::BadSignature,
+            ConsentError::WrongRole(_) => ErrorCode::WrongRole,
+            ConsentError::Expired { .. } => ErrorCode::Expired,
+            ConsentError::NotYetValid { .. } => ErrorCode::NotYetValid,
+            ConsentError::WrongAudience(_) => ErrorCode::WrongAudience,
+            ConsentError::MissingScope => ErrorCode::MissingScope,
+            ConsentError::Revoked { .. } => ErrorCode::Revoked,
+            ConsentError::BadSubject(_) => ErrorCode::BadSubject,
+            ConsentError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            ConsentError::Signing(_) => ErrorCode::SigningFailed,
         }
     }
 }

@@ -11,13 +11,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::agent::{subject_id, Agent, ApplyError, PurgeTarget};
+use crate::agent::{subject_id, Agent, ApplyError, ConsentSummary, PurgeTarget};
+use crate::audit::{AuditEntry, VerifyReport};
 use crate::clock;
+use crate::protocol::{ErrorBody, ErrorCode, Granted, Receipt, Status};
 use crate::shutdown::Shutdown;
 
 /// Largest request line accepted (a consent token fits easily).
@@ -60,31 +62,82 @@ pub enum Request {
     },
 }
 
-/// The answer to one [`Request`].
+/// What a request that took effect answers with: the agent's typed result.
+/// Untagged on the socket; a client that knows its request reads the answer
+/// as that request's type (see [`request`]), since an empty list could be
+/// either list.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Response {
+#[serde(untagged)]
+pub enum Answer {
+    /// `status`: the SPEC status object.
+    Status(Box<Status>),
+    /// `consent_add`: the stored consent.
+    Granted(Granted),
+    /// `consent_revoke`, `purge`: the purge receipt.
+    Receipt(Receipt),
+    /// `audit_verify`: whether the chain is intact.
+    AuditReport(VerifyReport),
+    /// `consent_list`: every stored consent.
+    Consents(Vec<ConsentSummary>),
+    /// `audit_tail`: the newest audit entries.
+    AuditEntries(Vec<AuditEntry>),
+}
+
+impl From<Status> for Answer {
+    fn from(s: Status) -> Self {
+        Answer::Status(Box::new(s))
+    }
+}
+
+impl From<Granted> for Answer {
+    fn from(g: Granted) -> Self {
+        Answer::Granted(g)
+    }
+}
+
+impl From<Receipt> for Answer {
+    fn from(r: Receipt) -> Self {
+        Answer::Receipt(r)
+    }
+}
+
+impl From<VerifyReport> for Answer {
+    fn from(r: VerifyReport) -> Self {
+        Answer::AuditReport(r)
+    }
+}
+
+impl From<Vec<ConsentSummary>> for Answer {
+    fn from(list: Vec<ConsentSummary>) -> Self {
+        Answer::Consents(list)
+    }
+}
+
+impl From<Vec<AuditEntry>> for Answer {
+    fn from(rows: Vec<AuditEntry>) -> Self {
+        Answer::AuditEntries(rows)
+    }
+}
+
+/// The answer to one [`Request`]: `{"ok":true,"result":…}` or
+/// `{"ok":false,"error":{"code":…,"message":…}}`. The daemon sends
+/// `Response<Answer>`; a client reads the result as the type its request
+/// answers with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response<T = Answer> {
     /// True when the request took effect.
     pub ok: bool,
-    /// The result object when `ok`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<Value>,
+    /// The result when `ok`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<T>,
     /// `{code, message}` when not `ok`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorBody>,
 }
 
-/// Why a request was refused: a stable code and a readable message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorBody {
-    /// Machine-readable reason (`expired`, `bad_signature`, `malformed`, …).
-    pub code: String,
-    /// One line for a human.
-    pub message: String,
-}
-
-impl Response {
+impl<T> Response<T> {
     /// A success carrying `result`.
-    pub fn ok(result: Value) -> Self {
+    pub fn ok(result: T) -> Self {
         Response {
             ok: true,
             result: Some(result),
@@ -93,13 +146,25 @@ impl Response {
     }
 
     /// A refusal.
-    pub fn err(code: &str, message: impl Into<String>) -> Self {
+    pub fn err(code: ErrorCode, message: impl Into<String>) -> Self {
         Response {
             ok: false,
             result: None,
             error: Some(ErrorBody {
-                code: code.to_string(),
+                code,
                 message: message.into(),
+            }),
+        }
+    }
+
+    /// The result, or the refusal.
+    pub fn into_result(self) -> Result<T, ErrorBody> {
+        match (self.result, self.error) {
+            (Some(result), None) if self.ok => Ok(result),
+            (_, Some(e)) => Err(e),
+            _ => Err(ErrorBody {
+                code: ErrorCode::Internal,
+                message: "answer without a result or a reason".into(),
             }),
         }
     }
@@ -109,33 +174,37 @@ impl Response {
 pub async fn dispatch(agent: &Agent, req: Request) -> Response {
     let now = clock::now();
     let result = match req {
-        Request::Status => agent.status(now).await,
-        Request::ConsentAdd { token } => agent.grant(token, now, None).await,
-        Request::ConsentList => agent.list_consents(now).await,
+        Request::Status => answer(agent.status(now).await),
+        Request::ConsentAdd { token } => answer(agent.grant(token, now, None).await),
+        Request::ConsentList => answer(agent.list_consents(now).await),
         Request::ConsentRevoke { subject } => {
             // A local revoke needs no signature; it covers every consent issued up to now.
             match subject_id(subject) {
-                Ok(subject) => agent.revoke(subject, now, now, None).await,
+                Ok(subject) => answer(agent.revoke(subject, now, now, None).await),
                 Err(e) => Err(e),
             }
         }
         Request::Purge { subject, all } => match (subject, all) {
             (Some(s), false) => match subject_id(s) {
-                Ok(s) => agent.purge(PurgeTarget::Subject(s), now, None).await,
+                Ok(s) => answer(agent.purge(PurgeTarget::Subject(s), now, None).await),
                 Err(e) => Err(e),
             },
-            (None, true) => agent.purge(PurgeTarget::All, now, None).await,
+            (None, true) => answer(agent.purge(PurgeTarget::All, now, None).await),
             _ => Err(ApplyError::BadRequest(
                 "purge needs a subject or --all, not both".into(),
             )),
         },
-        Request::AuditVerify => agent.audit_verify().await,
-        Request::AuditTail { n } => agent.audit_tail(n).await,
+        Request::AuditVerify => answer(agent.audit_verify().await),
+        Request::AuditTail { n } => answer(agent.audit_tail(n).await),
     };
     match result {
         Ok(v) => Response::ok(v),
         Err(e) => Response::err(e.code(), e.to_string()),
     }
+}
+
+fn answer<T: Into<Answer>>(r: Result<T, ApplyError>) -> Result<Answer, ApplyError> {
+    r.map(Into::into)
 }
 
 /// Failures of the control socket, on either side.
@@ -144,34 +213,56 @@ pub enum ControlError {
     /// The socket could not be created.
     #[error("control socket {path}: cannot listen: {source}")]
     Bind {
+        /// The socket's path.
         path: PathBuf,
+        /// The underlying error.
         source: std::io::Error,
     },
     /// Another daemon already answers on the socket.
     #[error("control socket {path}: another facegate is already running there")]
-    InUse { path: PathBuf },
+    InUse {
+        /// The socket's path.
+        path: PathBuf,
+    },
     /// The client could not reach the daemon.
     #[error("control socket {path}: cannot connect ({source}); is `facegate run` running?")]
     Connect {
+        /// The socket's path.
         path: PathBuf,
+        /// The underlying error.
         source: std::io::Error,
     },
     /// Reading or writing the socket failed.
     #[error("control socket {path}: {source}")]
     Io {
+        /// The socket's path.
         path: PathBuf,
+        /// The underlying error.
         source: std::io::Error,
     },
     /// The daemon did not answer in time.
     #[error("control socket {path}: no answer within {0:?}", IO_TIMEOUT)]
-    Timeout { path: PathBuf },
+    Timeout {
+        /// The socket's path.
+        path: PathBuf,
+    },
     /// The answer was not a valid response.
     #[error("control socket {path}: bad answer: {reason}")]
-    BadAnswer { path: PathBuf, reason: String },
+    BadAnswer {
+        /// The socket's path.
+        path: PathBuf,
+        /// What was wrong with the answer.
+        reason: String,
+    },
 }
 
-/// Sends one request to the daemon listening at `path` and returns its response.
-pub async fn request(path: &Path, req: &Request) -> Result<Response, ControlError> {
+/// Sends one request to the daemon listening at `path` and returns its
+/// response, its result read as `T`: the type the request answers with
+/// ([`Status`] for [`Request::Status`], …), or [`Answer`].
+pub async fn request<T: DeserializeOwned>(
+    path: &Path,
+    req: &Request,
+) -> Result<Response<T>, ControlError> {
     let io = |source| ControlError::Io {
         path: path.to_path_buf(),
         source,
@@ -272,13 +363,13 @@ async fn serve_one(stream: UnixStream, agent: &Agent) -> std::io::Result<()> {
     };
     let response = if line.len() as u64 > MAX_REQUEST {
         Response::err(
-            "too_large",
+            ErrorCode::TooLarge,
             format!("request longer than {MAX_REQUEST} bytes"),
         )
     } else {
         match serde_json::from_str::<Request>(&line) {
             Ok(req) => dispatch(agent, req).await,
-            Err(e) => Response::err("malformed", format!("bad request: {e}")),
+            Err(e) => Response::err(ErrorCode::Malformed, format!("bad request: {e}")),
         }
     };
     let mut out = serde_json::to_vec(&response).unwrap_or_default();
@@ -296,9 +387,11 @@ mod tests {
         let (_dir, agent) = testing::agent("");
         let status = dispatch(&agent, Request::Status).await;
         assert!(status.ok, "{status:?}");
-        let result = status.result.unwrap();
-        assert_eq!(result["state"], "online");
-        assert_eq!(result["outbox"]["captures"], 0);
+        let Some(Answer::Status(status)) = status.result else {
+            panic!("not a status: {status:?}");
+        };
+        assert_eq!(status.state, crate::protocol::State::Online);
+        assert_eq!(status.outbox.unwrap().captures, 0);
 
         let purged = dispatch(
             &agent,
@@ -309,7 +402,11 @@ mod tests {
         )
         .await;
         assert!(purged.ok, "{purged:?}");
-        assert_eq!(purged.result.unwrap()["purged"], 0);
+        let Some(Answer::Receipt(receipt)) = purged.result else {
+            panic!("not a receipt: {purged:?}");
+        };
+        assert_eq!(receipt.purged, 0);
+        assert_eq!(receipt.subject.unwrap().as_str(), "S-1");
 
         let both = dispatch(
             &agent,
@@ -319,7 +416,7 @@ mod tests {
             },
         )
         .await;
-        assert_eq!(both.error.unwrap().code, "bad_args");
+        assert_eq!(both.error.unwrap().code, ErrorCode::BadArgs);
 
         let bad = dispatch(
             &agent,
@@ -329,15 +426,61 @@ mod tests {
         )
         .await;
         assert!(!bad.ok);
-        assert_eq!(bad.error.unwrap().code, "malformed");
+        assert_eq!(bad.error.unwrap().code, ErrorCode::Malformed);
 
         let tail = dispatch(&agent, Request::AuditTail { n: 5 }).await;
         assert!(tail.ok, "{tail:?}");
-        assert!(tail
-            .result
+        assert!(matches!(tail.result, Some(Answer::AuditEntries(rows)) if !rows.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn a_client_reads_each_answer_as_its_requests_type() {
+        let (dir, agent) = testing::agent("");
+        let agent = Arc::new(agent);
+        let path = dir.path().join("control.sock");
+        let listener = bind(&path).await.unwrap();
+        let (stop, shutdown) = crate::shutdown::channel();
+        let server = tokio::spawn(serve(listener, path.clone(), agent, shutdown));
+
+        let status: Status = request(&path, &Request::Status)
+            .await
             .unwrap()
-            .as_array()
-            .is_some_and(|a| !a.is_empty()));
+            .into_result()
+            .unwrap();
+        assert_eq!(status.consent.unwrap().active, 0);
+        // An empty list of either kind reads as the list asked for.
+        let consents: Vec<ConsentSummary> = request(&path, &Request::ConsentList)
+            .await
+            .unwrap()
+            .into_result()
+            .unwrap();
+        assert!(consents.is_empty());
+        let report: VerifyReport = request(&path, &Request::AuditVerify)
+            .await
+            .unwrap()
+            .into_result()
+            .unwrap();
+        assert!(report.ok, "{report:?}");
+        let rows: Vec<AuditEntry> = request(&path, &Request::AuditTail { n: 3 })
+            .await
+            .unwrap()
+            .into_result()
+            .unwrap();
+        assert_eq!(rows.len() as u64, report.rows.min(3));
+        let refused = request::<Receipt>(
+            &path,
+            &Request::ConsentRevoke {
+                subject: "a/b".into(),
+            },
+        )
+        .await
+        .unwrap()
+        .into_result()
+        .unwrap_err();
+        assert_eq!(refused.code, ErrorCode::BadArgs);
+
+        stop.fire(crate::shutdown::Reason::Requested);
+        server.await.unwrap();
     }
 
     #[test]

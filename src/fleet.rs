@@ -6,9 +6,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, Packet, QoS};
-use serde_json::Value;
 
-use crate::command::{self, CommandError};
+use crate::cmd::Command;
+use crate::command::CommandError;
+use crate::ids::Jti;
+use crate::protocol::{Reply, SiteTopics};
 use crate::uplink::tls::{self, TlsError};
 
 /// Everything needed to send one command.
@@ -30,10 +32,8 @@ pub struct SendRequest {
     pub site: String,
     /// Target device; `None` addresses every device of the site.
     pub device: Option<String>,
-    /// Command name (`consent.revoke`, …).
-    pub cmd: String,
-    /// Command arguments (a JSON object).
-    pub args: Value,
+    /// The command with its arguments.
+    pub command: Command,
     /// How long the signed command stays valid, in seconds.
     pub lifetime_s: i64,
     /// Ed25519 signing key (PKCS#8 DER) of a trusted `fleet` (or `consent`) key.
@@ -46,20 +46,20 @@ pub struct SendRequest {
 
 /// One reply received for the command.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Reply {
+pub struct DeviceReply {
     /// The device that answered (from the reply topic).
     pub device: String,
-    /// The SPEC reply object.
-    pub body: Value,
+    /// Its reply.
+    pub reply: Reply,
 }
 
 /// What `send` achieved.
 #[derive(Debug, Clone)]
 pub struct SendOutcome {
     /// The signed command's `jti`.
-    pub jti: String,
+    pub jti: Jti,
     /// Replies in arrival order.
-    pub replies: Vec<Reply>,
+    pub replies: Vec<DeviceReply>,
 }
 
 /// Why a command could not be sent.
@@ -74,16 +74,23 @@ pub enum FleetError {
     /// The broker could not be reached or refused us.
     #[error("broker {host}:{port}: {reason}")]
     Connect {
+        /// The broker's host name.
         host: String,
+        /// Its port.
         port: u16,
+        /// Why the connection failed.
         reason: String,
     },
     /// The broker did not confirm the subscription or the publish in time.
     #[error("broker {host}:{port}: no {what} within {timeout:?}")]
     Timeout {
+        /// The broker's host name.
         host: String,
+        /// Its port.
         port: u16,
+        /// What did not arrive (SUBACK, PUBACK).
         what: &'static str,
+        /// How long we waited.
         timeout: Duration,
     },
     /// The broker refused our subscription to the reply topic (ACL).
@@ -98,24 +105,16 @@ pub async fn send(req: &SendRequest, now: i64) -> Result<SendOutcome, FleetError
         Some(d) => format!("{}/{d}", req.site),
         None => req.site.clone(),
     };
-    let (jti, jws) = command::sign_command(
-        &req.cmd,
-        req.args.clone(),
-        &aud,
-        req.lifetime_s,
-        &req.kid,
-        &req.signing_key,
-        now,
-    )?;
+    let (jti, jws) = req
+        .command
+        .sign(&aud, req.lifetime_s, &req.kid, &req.signing_key, now)?;
+    let site = SiteTopics::new(&req.prefix, &req.site);
     let (cmd_topic, reply_filter) = match &req.device {
-        Some(d) => (
-            format!("{}/{}/{d}/cmd", req.prefix, req.site),
-            format!("{}/{}/{d}/reply", req.prefix, req.site),
-        ),
-        None => (
-            format!("{}/{}/cmd", req.prefix, req.site),
-            format!("{}/{}/+/reply", req.prefix, req.site),
-        ),
+        Some(d) => {
+            let device = site.device(d);
+            (device.device_cmd, device.reply)
+        }
+        None => (site.cmd.clone(), site.replies.clone()),
     };
 
     let tls_config = tls::client_config(&req.ca_file, &req.cert_file, &req.key_file)?;
@@ -180,14 +179,14 @@ pub async fn send(req: &SendRequest, now: i64) -> Result<SendOutcome, FleetError
             }
             Event::Incoming(Packet::PubAck(_)) => published = true,
             Event::Incoming(Packet::Publish(p)) => {
-                let Ok(body) = serde_json::from_slice::<Value>(&p.payload) else {
+                let Ok(reply) = Reply::from_bytes(&p.payload) else {
                     continue;
                 };
-                if body["jti"] != jti.as_str() {
+                if reply.jti.as_ref() != Some(&jti) {
                     continue;
                 }
-                let device = p.topic.rsplit('/').nth(1).unwrap_or("?").to_string();
-                replies.push(Reply { device, body });
+                let device = site.device_of(&p.topic).unwrap_or("?").to_string();
+                replies.push(DeviceReply { device, reply });
                 if req.device.is_some() {
                     break;
                 }
@@ -201,67 +200,90 @@ pub async fn send(req: &SendRequest, now: i64) -> Result<SendOutcome, FleetError
 }
 
 /// One readable line for a reply.
-pub fn describe(reply: &Reply) -> String {
-    let b = &reply.body;
-    let cmd = b["cmd"].as_str().unwrap_or("?");
-    if b["ok"] == true {
-        let r = &b["result"];
-        let detail = match cmd {
-            "consent.revoke" | "capture.purge" => format!(
-                "purged {} capture(s){}, in flight {}",
-                r["purged"],
-                r["subject"]
-                    .as_str()
-                    .map(|s| format!(" of {s}"))
-                    .unwrap_or_default(),
-                r["in_flight"].as_array().map(|a| a.len()).unwrap_or(0)
-            ),
-            "consent.grant" => format!(
-                "consent {} for {} until {}",
-                r["consent_id"].as_str().unwrap_or("?"),
-                r["subject"].as_str().unwrap_or("?"),
-                r["expires_at"].as_str().unwrap_or("?")
-            ),
-            "status" => format!(
-                "outbox {} capture(s), {} active consent(s)",
-                r["outbox"]["captures"], r["consent"]["active"]
-            ),
-            _ => r.to_string(),
+pub fn describe(answer: &DeviceReply) -> String {
+    let reply = &answer.reply;
+    let cmd = reply.cmd.as_deref().unwrap_or("?");
+    if reply.ok {
+        let detail = match (&reply.result, reply.command()) {
+            (Some(result), Some(name)) => Command::describe(name, result),
+            (Some(result), None) => serde_json::to_string(result).unwrap_or_default(),
+            (None, _) => "no result".to_string(),
         };
-        format!("{}: ok {cmd}: {detail}", reply.device)
+        format!("{}: ok {cmd}: {detail}", answer.device)
     } else {
-        format!(
-            "{}: refused {cmd}: {} ({})",
-            reply.device,
-            b["error"]["code"].as_str().unwrap_or("?"),
-            b["error"]["message"].as_str().unwrap_or("")
-        )
+        let (code, message) = match &reply.error {
+            Some(e) => (e.code.as_str(), e.message.as_str()),
+            None => ("?", ""),
+        };
+        format!("{}: refused {cmd}: {code} ({message})", answer.device)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+
+    fn reply(device: &str, json: &str) -> DeviceReply {
+        DeviceReply {
+            device: device.into(),
+            reply: Reply::from_bytes(json.as_bytes()).unwrap(),
+        }
+    }
 
     #[test]
     fn replies_read_well() {
-        let ok = Reply {
-            device: "term-01".into(),
-            body: json!({"v":1,"jti":"j","cmd":"consent.revoke","ok":true,
-                "result":{"subject":"S-1","purged":3,"in_flight":["a"],"purged_at":"2026-01-01T00:00:00Z"}}),
-        };
+        let ok = reply(
+            "term-01",
+            r#"{"v":1,"jti":"j","cmd":"consent.revoke","ok":true,
+               "result":{"subject":"S-1","purged":3,"in_flight":["a"],"purged_at":"2026-01-01T00:00:00Z"}}"#,
+        );
         assert_eq!(
             describe(&ok),
             "term-01: ok consent.revoke: purged 3 capture(s) of S-1, in flight 1"
         );
-        let err = Reply {
-            device: "term-02".into(),
-            body: json!({"v":1,"jti":"j","cmd":"status","ok":false,"error":{"code":"replayed","message":"seen before"}}),
-        };
+        let all = reply(
+            "term-01",
+            r#"{"v":1,"jti":"j","cmd":"capture.purge","ok":true,
+               "result":{"subject":null,"purged":0,"in_flight":[],"purged_at":"2026-01-01T00:00:00Z","all":true}}"#,
+        );
+        assert_eq!(
+            describe(&all),
+            "term-01: ok capture.purge: purged 0 capture(s), in flight 0"
+        );
+        let granted = reply(
+            "term-01",
+            r#"{"v":1,"jti":"j","cmd":"consent.grant","ok":true,
+               "result":{"consent_id":"c-1","subject":"S-1","expires_at":"2026-01-01T00:00:00Z","new":true}}"#,
+        );
+        assert_eq!(
+            describe(&granted),
+            "term-01: ok consent.grant: consent c-1 for S-1 until 2026-01-01T00:00:00Z"
+        );
+        let status = reply(
+            "term-03",
+            r#"{"v":1,"jti":"j","cmd":"status","ok":true,
+               "result":{"v":1,"state":"online","outbox":{"captures":4,"bytes":9,"oldest_age_s":1},
+                         "consent":{"active":2}}}"#,
+        );
+        assert_eq!(
+            describe(&status),
+            "term-03: ok status: outbox 4 capture(s), 2 active consent(s)"
+        );
+        let err = reply(
+            "term-02",
+            r#"{"v":1,"jti":"j","cmd":"status","ok":false,"error":{"code":"replayed","message":"seen before"}}"#,
+        );
         assert_eq!(
             describe(&err),
             "term-02: refused status: replayed (seen before)"
+        );
+        let newer = reply(
+            "term-04",
+            r#"{"v":1,"jti":"j","cmd":"camera.restart","ok":true,"result":{"restarted":2}}"#,
+        );
+        assert_eq!(
+            describe(&newer),
+            r#"term-04: ok camera.restart: {"restarted":2}"#
         );
     }
 }

@@ -23,6 +23,9 @@ pub struct SubjectId(String);
 pub struct BadSubjectId(pub String);
 
 impl SubjectId {
+    /// The syntax of a subject id, for messages.
+    pub const PATTERN: &'static str = "[A-Za-z0-9._:-]{1,128}";
+
     /// Checks `s` and wraps it.
     pub fn new(s: impl Into<String>) -> Result<SubjectId, BadSubjectId> {
         let s = s.into();

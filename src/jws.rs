@@ -105,9 +105,15 @@ pub fn verify(token: &str, trust: &[TrustedKey]) -> Result<Verified, JwsError> {
     })
 }
 
-/// Signs `claims` (a JSON object) with the Ed25519 PKCS#8 key, header
-/// `{"typ":"JWT","alg":"EdDSA","kid":kid}`.
-pub fn sign(claims: &Value, kid: &str, pkcs8_der: &[u8]) -> Result<String, JwsError> {
+/// Signs `claims` (serialized as a JSON object) with the Ed25519 PKCS#8 key,
+/// header `{"typ":"JWT","alg":"EdDSA","kid":kid}`.
+pub fn sign<T: serde::Serialize + ?Sized>(
+    claims: &T,
+    kid: &str,
+    pkcs8_der: &[u8],
+) -> Result<String, JwsError> {
+    let claims = serde_json::to_value(claims)
+        .map_err(|e| JwsError::Malformed(format!("claims cannot be serialized: {e}")))?;
     if !claims.is_object() {
         return Err(JwsError::Malformed("claims must be a JSON object".into()));
     }
@@ -121,7 +127,7 @@ pub fn sign(claims: &Value, kid: &str, pkcs8_der: &[u8]) -> Result<String, JwsEr
         .map_err(|e| JwsError::BadSigningKey(format!("not an Ed25519 PKCS#8 key: {e}")))?;
     let mut header = Header::new(Algorithm::EdDSA);
     header.kid = Some(kid.to_string());
-    jsonwebtoken::encode(&header, claims, &EncodingKey::from_ed_der(pkcs8_der))
+    jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(pkcs8_der))
         .map_err(|e| JwsError::BadSigningKey(e.to_string()))
 }
 

@@ -7,6 +7,7 @@
 //! - [`shutdown`]: the typed shutdown signal passed in from the edge.
 //! - [`agent`]: applies grant / revoke / purge / status for any caller.
 //! - [`control`]: the local Unix control socket behind `facegate ctl`, and its dispatch to the agent.
+//! - [`cmd`]: the fleet commands, one file each, and their way from MQTT payload to reply.
 //! - [`intake`]: spool → sanitize → gate → outbox, one transaction per batch.
 //! - [`uplink`]: MQTT over mutual TLS: uploads, commands, replies, status.
 //! - [`reload`]: SIGHUP: which parts of a new config apply live.
@@ -15,7 +16,7 @@
 //! Pure decisions (functions of their inputs and `now`)
 //! - [`gate`]: the consent rule: may this subject's capture be kept or uploaded now?
 //! - [`consent`]: consent token verification.
-//! - [`command`]: fleet command verification, signing and reply shapes.
+//! - [`command`]: what every fleet command shares: verification and signing.
 //! - [`protocol`]: the wire formats as typed serde structs: topics, envelope, status, replies.
 //! - [`jws`]: EdDSA JWS compact verification and signing.
 //! - [`audit`]: the keyed hash chain of audit entries.
@@ -40,6 +41,7 @@
 pub mod agent;
 pub mod audit;
 pub mod clock;
+pub mod cmd;
 pub mod command;
 pub mod config;
 pub mod consent;

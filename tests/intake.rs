@@ -16,12 +16,6 @@ fn open_store(d: &Daemon) -> Store {
     Store::open(&d.state, key).unwrap()
 }
 
-fn counter(status: &serde_json::Value, name: &str) -> u64 {
-    status["counters"][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no counter {name} in {status}"))
-}
-
 #[test]
 fn consented_captures_are_queued_and_others_dropped() {
     let d = Daemon::start();
@@ -33,13 +27,17 @@ fn consented_captures_are_queued_and_others_dropped() {
     d.drop_pair("d", "png", &synth::face_png(64, 64, 2), Some("S-yes"));
     d.wait_spool_empty(T);
 
+    // `ctl status --json` prints the SPEC status object.
+    let raw = d.ctl_json(&["status", "--json"]);
+    assert_eq!(raw["v"], 1);
+    assert_eq!(raw["state"], "online");
+    assert_eq!(raw["outbox"]["captures"], 2, "{raw}");
+    assert_eq!(raw["counters"]["accepted"], 2, "{raw}");
+    assert_eq!(raw["counters"]["dropped_no_consent"], 2, "{raw}");
+    assert_eq!(raw["consent"]["active"], 1);
     let st = d.status();
-    assert_eq!(st["v"], 1);
-    assert_eq!(st["state"], "online");
-    assert_eq!(st["outbox"]["captures"], 2, "{st}");
-    assert_eq!(counter(&st, "accepted"), 2);
-    assert_eq!(counter(&st, "dropped_no_consent"), 2);
-    assert_eq!(st["consent"]["active"], 1);
+    assert_eq!(st.outbox.unwrap().captures, 2);
+    assert_eq!(st.counters.unwrap().accepted, 2);
 
     let mut store = open_store(&d);
     let queued = store.pending(10, &[]).unwrap();
@@ -70,9 +68,9 @@ fn bad_input_is_rejected_with_a_reason_and_the_daemon_keeps_going() {
         .unwrap();
     d.drop_pair("good", "jpg", &jpeg, Some("S-1"));
     d.wait_spool_empty(T);
-    let st = d.status();
-    assert_eq!(counter(&st, "rejected_bad_input"), 4, "{st}");
-    assert_eq!(counter(&st, "accepted"), 1);
+    let c = d.counters();
+    assert_eq!(c.rejected_bad_input, 4, "{c:?}");
+    assert_eq!(c.accepted, 1);
     let log = d.log();
     for name in ["truncated", "garbage", "wrongext", "badjson"] {
         assert!(
@@ -150,7 +148,7 @@ fn revoke_purges_every_trace_of_the_subject() {
         Some("S-keep"),
     );
     d.wait_spool_empty(T);
-    assert_eq!(d.status()["outbox"]["captures"], 6);
+    assert_eq!(d.outbox_len(), 6);
 
     let receipt = d.ctl_json(&["consent", "revoke", subject]);
     assert_eq!(receipt["subject"], subject);
@@ -159,8 +157,8 @@ fn revoke_purges_every_trace_of_the_subject() {
     assert!(receipt["purged_at"].as_str().is_some());
 
     let st = d.status();
-    assert_eq!(st["outbox"]["captures"], 1);
-    assert_eq!(counter(&st, "purged"), 5);
+    assert_eq!(st.outbox.unwrap().captures, 1);
+    assert_eq!(st.counters.unwrap().purged, 5);
     for f in ["facegate.db", "facegate.db-wal", "facegate.db-shm"] {
         assert!(
             !file_contains(&d.state.join(f), subject.as_bytes()),
@@ -177,7 +175,7 @@ fn revoke_purges_every_trace_of_the_subject() {
         Some(subject),
     );
     d.wait_spool_empty(T);
-    assert_eq!(d.status()["outbox"]["captures"], 1);
+    assert_eq!(d.outbox_len(), 1);
     let old = d
         .consent_signer
         .consent_at(subject, 3600, facegate::clock::now() - 10);
@@ -200,14 +198,10 @@ fn purge_keeps_consents() {
     assert_eq!(receipt["purged"], 1);
     d.drop_pair("p2", "jpg", &synth::face_jpeg(160, 120, 2, 80), Some("S-p"));
     d.wait_spool_empty(T);
-    assert_eq!(
-        d.status()["outbox"]["captures"],
-        1,
-        "consent must survive a purge"
-    );
+    assert_eq!(d.outbox_len(), 1, "consent must survive a purge");
     let all = d.ctl_json(&["purge", "--all"]);
     assert_eq!(all["purged"], 1);
-    assert_eq!(d.status()["outbox"]["captures"], 0);
+    assert_eq!(d.outbox_len(), 0);
 }
 
 #[test]
@@ -266,11 +260,7 @@ fn kill9_during_a_burst_loses_no_accepted_capture() {
         );
         if i == n / 3 {
             // Let intake get going, then pull the plug mid-stream.
-            wait_until(
-                T,
-                || d.status()["counters"]["accepted"].as_u64().unwrap_or(0) > 0,
-                || d.log(),
-            );
+            wait_until(T, || d.counters().accepted > 0, || d.log());
         }
     }
     d.kill9();
@@ -279,8 +269,9 @@ fn kill9_during_a_burst_loses_no_accepted_capture() {
     d.wait_spool_empty(T);
     let st = d.status();
     assert_eq!(
-        st["outbox"]["captures"], n as u64,
-        "spool had {spool_left} files at the kill; {st}"
+        st.outbox.unwrap().captures,
+        n as u64,
+        "spool had {spool_left} files at the kill; {st:?}"
     );
     let mut store = open_store(&d);
     let ids: std::collections::HashSet<facegate::ids::CaptureId> = store
@@ -322,11 +313,11 @@ fn expired_consent_is_swept_and_its_captures_purged() {
         Some("S-long"),
     );
     d.wait_spool_empty(T);
-    assert_eq!(d.status()["outbox"]["captures"], 2);
+    assert_eq!(d.outbox_len(), 2);
     // Housekeeping runs every few seconds: the expired consent goes, and with
     // it the capture that nothing authorizes any more.
-    wait_until(T, || d.status()["outbox"]["captures"] == 1, || d.log());
-    assert_eq!(d.status()["consent"]["active"], 1);
+    wait_until(T, || d.outbox_len() == 1, || d.log());
+    assert_eq!(d.active_consents(), 1);
     let tail = d.ctl_json(&["audit", "tail", "-n", "50", "--json"]);
     let kinds: Vec<&str> = tail
         .as_array()

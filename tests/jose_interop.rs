@@ -126,7 +126,7 @@ fn pyjwt_tokens_are_accepted_by_the_agent() {
         clock_skew: std::time::Duration::from_secs(60),
         max_bytes: 65_536,
     };
-    let cmd = command::verify_command(
+    let cmd = command::verify_command::<facegate::cmd::Command>(
         made["token"].as_str().unwrap().as_bytes(),
         &trust,
         &me(),
@@ -135,5 +135,5 @@ fn pyjwt_tokens_are_accepted_by_the_agent() {
         &|_| false,
     )
     .expect("accepted");
-    assert_eq!(cmd.cmd_name, "capture.purge");
+    assert_eq!(cmd.name, facegate::protocol::CommandName::CapturePurge);
 }

@@ -11,9 +11,7 @@ use facegate_testkit::util::wait_until;
 const T: Duration = Duration::from_secs(20);
 
 fn rejected(d: &Daemon) -> u64 {
-    d.status()["counters"]["rejected_bad_input"]
-        .as_u64()
-        .unwrap()
+    d.counters().rejected_bad_input
 }
 
 #[test]
@@ -27,7 +25,7 @@ fn sighup_applies_live_settings_and_reports_the_rest() {
         Some("S-1"),
     );
     d.wait_spool_empty(T);
-    assert_eq!(d.status()["counters"]["accepted"], 1);
+    assert_eq!(d.counters().accepted, 1);
 
     // Narrower capture limits apply live; a device id change needs a restart.
     let original = std::fs::read_to_string(&d.config).unwrap();
@@ -51,8 +49,8 @@ fn sighup_applies_live_settings_and_reports_the_rest() {
     assert_eq!(rejected(&d), 1, "the new max_width did not apply");
     assert!(d.log().contains("after"), "{}", d.log());
     // The device id is still the running one.
-    let st = d.status();
-    assert_eq!(st["counters"]["accepted"], 1, "{st}");
+    let c = d.counters();
+    assert_eq!(c.accepted, 1, "{c:?}");
 }
 
 #[test]
@@ -77,7 +75,7 @@ fn sighup_with_an_invalid_config_keeps_the_running_one() {
     // Still running, still with the old limits.
     d.drop_pair("ok", "jpg", &synth::face_jpeg(320, 240, 3, 80), Some("S-2"));
     d.wait_spool_empty(T);
-    assert_eq!(d.status()["counters"]["accepted"], 1);
+    assert_eq!(d.counters().accepted, 1);
 }
 
 /// Withdrawing a consent key by SIGHUP voids what it signed: the next
@@ -96,7 +94,7 @@ fn sighup_removing_a_consent_key_purges_queued_captures_without_a_broker() {
         );
     }
     d.wait_spool_empty(T);
-    assert_eq!(d.status()["outbox"]["captures"], 2);
+    assert_eq!(d.outbox_len(), 2);
 
     // The consent key is rotated out: its kid and public key are gone, a new
     // consent key takes its place.
@@ -113,12 +111,12 @@ fn sighup_removing_a_consent_key_purges_queued_captures_without_a_broker() {
     d.signal("HUP");
     wait_until(
         T,
-        || d.status()["outbox"]["captures"] == 0,
-        || format!("{}\n{}", d.status(), d.log()),
+        || d.outbox_len() == 0,
+        || format!("{:?}\n{}", d.status(), d.log()),
     );
-    let st = d.status();
-    assert_eq!(st["counters"]["purged"], 2, "{st}");
-    assert_eq!(st["counters"]["uploaded"], 0, "{st}");
+    let c = d.counters();
+    assert_eq!(c.purged, 2, "{c:?}");
+    assert_eq!(c.uploaded, 0, "{c:?}");
     let tail = d.ctl_json(&["audit", "tail", "-n", "50", "--json"]);
     let purged: Vec<&serde_json::Value> = tail
         .as_array()
@@ -155,5 +153,5 @@ fn sigterm_drains_and_loses_nothing() {
     // Everything is either committed or still in the spool; a restart finishes it.
     d.spawn();
     d.wait_spool_empty(T);
-    assert_eq!(d.status()["outbox"]["captures"], n);
+    assert_eq!(d.outbox_len(), n);
 }

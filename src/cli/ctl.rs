@@ -1,13 +1,17 @@
 //! `facegate ctl`: one request to the running daemon over its control socket,
-//! and the rendering of the answer.
+//! and the rendering of the typed answer.
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::bail;
-use serde_json::Value;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
-use facegate::control::{self, Request, Response};
+use facegate::agent::ConsentSummary;
+use facegate::audit::{AuditEntry, VerifyReport};
+use facegate::control::{self, Request};
+use facegate::protocol::{Granted, Receipt, Status};
 use facegate::{clock, config};
 
 use super::args::{Ctl, CtlAudit, CtlConsent};
@@ -15,147 +19,155 @@ use super::args::{Ctl, CtlAudit, CtlConsent};
 /// Sends the request `command` stands for and prints the answer.
 pub fn execute(path: &Path, command: Ctl) -> anyhow::Result<ExitCode> {
     let cfg = config::load_unchecked(path)?;
-    let (req, view) = match command {
-        Ctl::Status { json } => (
-            Request::Status,
-            if json { View::Json } else { View::Status },
-        ),
-        Ctl::Consent {
-            command: CtlConsent::Add { token },
-        } => (Request::ConsentAdd { token }, View::Summary),
-        Ctl::Consent {
-            command: CtlConsent::List { json },
-        } => (
-            Request::ConsentList,
-            if json { View::Json } else { View::Consents },
-        ),
-        Ctl::Consent {
-            command: CtlConsent::Revoke { subject },
-        } => (Request::ConsentRevoke { subject }, View::Summary),
-        Ctl::Purge { subject, all } => (Request::Purge { subject, all }, View::Summary),
-        Ctl::Audit {
-            command: CtlAudit::Verify,
-        } => (Request::AuditVerify, View::AuditVerify),
-        Ctl::Audit {
-            command: CtlAudit::Tail { n, json },
-        } => (
-            Request::AuditTail { n },
-            if json { View::Json } else { View::AuditTail },
-        ),
+    let socket = Socket {
+        path: &cfg.control.socket,
+        rt: tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let response = rt.block_on(control::request(&cfg.control.socket, &req))?;
-    render(response, view)
-}
-
-/// How to print a control response.
-enum View {
-    Json,
-    Summary,
-    Status,
-    Consents,
-    AuditVerify,
-    AuditTail,
-}
-
-fn render(response: Response, view: View) -> anyhow::Result<ExitCode> {
-    if !response.ok {
-        let e = response.error.unwrap_or_else(|| control::ErrorBody {
-            code: "internal".into(),
-            message: "refused without a reason".into(),
-        });
-        bail!("{}: {}", e.code, e.message);
-    }
-    let v = response.result.unwrap_or(Value::Null);
-    match view {
-        View::Json | View::Summary => println!("{}", serde_json::to_string_pretty(&v)?),
-        View::Status => print_status(&v),
-        View::Consents => {
-            let list = v.as_array().cloned().unwrap_or_default();
-            if list.is_empty() {
-                println!("no consents stored");
-            }
-            for c in list {
-                println!(
-                    "{:<24} {:<36} expires {} {}",
-                    s(&c["subject"]),
-                    s(&c["consent_id"]),
-                    s(&c["expires_at"]),
-                    if c["active"].as_bool() == Some(true) {
-                        ""
-                    } else {
-                        "(expired)"
-                    }
-                );
+    match command {
+        Ctl::Status { json } => {
+            let status: Status = socket.ask(Request::Status)?;
+            if json {
+                print_json(&status)?;
+            } else {
+                print_status(&status);
             }
         }
-        View::AuditVerify => {
-            let ok = v["ok"].as_bool() == Some(true);
-            println!("{}", serde_json::to_string(&v)?);
-            if !ok {
+        Ctl::Consent {
+            command: CtlConsent::Add { token },
+        } => print_json(&socket.ask::<Granted>(Request::ConsentAdd { token })?)?,
+        Ctl::Consent {
+            command: CtlConsent::List { json },
+        } => {
+            let list: Vec<ConsentSummary> = socket.ask(Request::ConsentList)?;
+            if json {
+                print_json(&list)?;
+            } else {
+                print_consents(&list);
+            }
+        }
+        Ctl::Consent {
+            command: CtlConsent::Revoke { subject },
+        } => print_json(&socket.ask::<Receipt>(Request::ConsentRevoke { subject })?)?,
+        Ctl::Purge { subject, all } => {
+            print_json(&socket.ask::<Receipt>(Request::Purge { subject, all })?)?
+        }
+        Ctl::Audit {
+            command: CtlAudit::Verify,
+        } => {
+            let report: VerifyReport = socket.ask(Request::AuditVerify)?;
+            println!("{}", serde_json::to_string(&report)?);
+            if !report.ok {
                 return Ok(ExitCode::from(2));
             }
         }
-        View::AuditTail => {
-            for e in v.as_array().cloned().unwrap_or_default() {
-                println!(
-                    "{:>6} {} {:<22} {} {}",
-                    e["seq"],
-                    e["ts"].as_i64().map(clock::rfc3339).unwrap_or_default(),
-                    s(&e["kind"]),
-                    e["subject_ref"]
-                        .as_str()
-                        .map(|r| &r[..r.len().min(12)])
-                        .unwrap_or("-"),
-                    e["detail"]
-                );
+        Ctl::Audit {
+            command: CtlAudit::Tail { n, json },
+        } => {
+            let rows: Vec<AuditEntry> = socket.ask(Request::AuditTail { n })?;
+            if json {
+                print_json(&rows)?;
+            } else {
+                print_audit(&rows);
             }
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_status(v: &Value) {
+/// The daemon's control socket and a runtime to talk to it.
+struct Socket<'a> {
+    path: &'a Path,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Socket<'_> {
+    /// Sends `req`; its result as the type `req` answers with, or the
+    /// daemon's refusal as the error.
+    fn ask<T: DeserializeOwned>(&self, req: Request) -> anyhow::Result<T> {
+        let response = self.rt.block_on(control::request::<T>(self.path, &req))?;
+        match response.into_result() {
+            Ok(result) => Ok(result),
+            Err(e) => bail!("{}: {}", e.code, e.message),
+        }
+    }
+}
+
+fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// `-` for what a status message left out.
+fn or_dash<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+fn print_status(s: &Status) {
     println!(
         "facegate {} — {} at {}",
-        s(&v["version"]),
-        s(&v["state"]),
-        s(&v["ts"])
+        s.version.as_deref().unwrap_or("-"),
+        s.state.as_str(),
+        or_dash(s.ts.map(clock::rfc3339))
     );
-    let o = &v["outbox"];
+    let o = s.outbox.unwrap_or_default();
     println!(
         "outbox:   {} captures, {} bytes, oldest {} s",
-        o["captures"], o["bytes"], o["oldest_age_s"]
+        o.captures, o.bytes, o.oldest_age_s
     );
-    println!("consents: {} active", v["consent"]["active"]);
-    let c = &v["counters"];
+    println!("consents: {} active", or_dash(s.consent.map(|c| c.active)));
+    let c = s.counters.unwrap_or_default();
     println!(
         "counters: accepted {}, dropped (no consent) {}, rejected (bad input) {}, rejected (outbox full) {}, \
          uploaded {}, upload retries {}, purged {}",
-        c["accepted"],
-        c["dropped_no_consent"],
-        c["rejected_bad_input"],
-        c["rejected_quota"],
-        c["uploaded"],
-        c["upload_retries"],
-        c["purged"]
+        c.accepted,
+        c.dropped_no_consent,
+        c.rejected_bad_input,
+        c.rejected_quota,
+        c.uploaded,
+        c.upload_retries,
+        c.purged
     );
-    let u = &v["uplink"];
+    let u = s.uplink.unwrap_or_default();
     println!(
         "uplink:   {}, {} in flight",
-        if u["connected"].as_bool() == Some(true) {
+        if u.connected {
             "connected"
         } else {
             "not connected"
         },
-        u["in_flight"]
+        u.in_flight
     );
 }
 
-fn s(v: &Value) -> String {
-    v.as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| v.to_string())
+fn print_consents(list: &[ConsentSummary]) {
+    if list.is_empty() {
+        println!("no consents stored");
+    }
+    for c in list {
+        println!(
+            "{:<24} {:<36} expires {} {}",
+            c.subject.as_str(),
+            c.consent_id.as_str(),
+            clock::rfc3339(c.expires_at),
+            if c.active { "" } else { "(expired)" }
+        );
+    }
+}
+
+fn print_audit(rows: &[AuditEntry]) {
+    for e in rows {
+        println!(
+            "{:>6} {} {:<22} {} {}",
+            e.seq,
+            clock::rfc3339(e.ts),
+            e.kind,
+            e.subject_ref
+                .as_deref()
+                .map(|r| &r[..r.len().min(12)])
+                .unwrap_or("-"),
+            e.detail
+        );
+    }
 }

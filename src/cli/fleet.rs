@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Context};
 use serde_json::Value;
 
+use facegate::cmd::Command;
 use facegate::{clock, consent, fleet, keys};
 
 use super::args::{Fleet, SendArgs};
@@ -42,9 +43,7 @@ pub fn execute(command: Fleet) -> anyhow::Result<ExitCode> {
             if !args.is_object() {
                 return Err(anyhow!("--args must be a JSON object"));
             }
-            let (_, jws) = facegate::command::sign_command(
-                &a.cmd,
-                args,
+            let (_, jws) = Command::from_parts(&a.cmd, &args)?.sign(
                 &a.aud,
                 a.lifetime.as_secs() as i64,
                 &a.signer.kid,
@@ -68,6 +67,7 @@ fn fleet_send(a: SendArgs, now: i64) -> anyhow::Result<ExitCode> {
         None => (a.broker.clone(), 8883),
     };
     let args: Value = serde_json::from_str(&a.args).context("--args must be a JSON object")?;
+    let command = Command::from_parts(&a.cmd, &args).map_err(fleet::FleetError::Sign)?;
     let req = fleet::SendRequest {
         host,
         port,
@@ -77,8 +77,7 @@ fn fleet_send(a: SendArgs, now: i64) -> anyhow::Result<ExitCode> {
         prefix: a.prefix,
         site: a.site,
         device: a.device.clone(),
-        cmd: a.cmd,
-        args,
+        command,
         lifetime_s: a.lifetime.as_secs() as i64,
         signing_key: keys::read_private_key(&a.signer.key)?,
         kid: a.signer.kid,
@@ -90,7 +89,7 @@ fn fleet_send(a: SendArgs, now: i64) -> anyhow::Result<ExitCode> {
     let outcome = rt.block_on(fleet::send(&req, now))?;
     for reply in &outcome.replies {
         if a.json {
-            println!("{}", serde_json::to_string(&reply.body)?);
+            println!("{}", serde_json::to_string(&reply.reply)?);
         } else {
             println!("{}", fleet::describe(reply));
         }
@@ -102,7 +101,7 @@ fn fleet_send(a: SendArgs, now: i64) -> anyhow::Result<ExitCode> {
             a.timeout
         );
     }
-    let all_ok = outcome.replies.iter().all(|r| r.body["ok"] == true);
+    let all_ok = outcome.replies.iter().all(|r| r.reply.ok);
     Ok(if all_ok {
         ExitCode::SUCCESS
     } else {

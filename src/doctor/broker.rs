@@ -19,10 +19,21 @@
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, Incoming};
+use serde::Serialize;
 
 use super::{names, Check};
 use crate::config::Config;
+use crate::protocol::{Topics, WIRE_VERSION};
 use crate::uplink::tls;
+
+/// The probe published on the device's reply topic: `{"v":1,"doctor":true}`.
+#[derive(Serialize)]
+struct Probe {
+    /// Always [`WIRE_VERSION`].
+    v: u8,
+    /// Marks the message as the doctor's (it has no `jti`).
+    doctor: bool,
+}
 
 /// How long the broker probe waits for each answer (CONNACK, SUBACK, PUBACK).
 pub const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -123,12 +134,8 @@ async fn probe_acl_v5(
     use rumqttc::v5::{AsyncClient as V5Client, MqttOptions as V5Options};
 
     let m = &cfg.mqtt;
-    let base = format!(
-        "{}/{}/{}",
-        m.prefix, cfg.identity.site_id, cfg.identity.device_id
-    );
-    let cmd = format!("{base}/cmd");
-    let reply = format!("{base}/reply");
+    let topics = Topics::new(&m.prefix, &cfg.identity.site_id, &cfg.identity.device_id);
+    let (cmd, reply) = (topics.device_cmd, topics.reply);
     let mut options = V5Options::new(client_id, &m.host, m.port);
     options
         .set_keep_alive(Duration::from_secs(m.keep_alive.as_secs().max(5)))
@@ -178,7 +185,11 @@ async fn probe_acl_v5(
             &reply,
             V5QoS::AtLeastOnce,
             false,
-            br#"{"v":1,"doctor":true}"#.to_vec(),
+            serde_json::to_vec(&Probe {
+                v: WIRE_VERSION,
+                doctor: true,
+            })
+            .unwrap_or_default(),
         )
         .await
         .map_err(|e| refused(format!("cannot publish: {e}")))?;

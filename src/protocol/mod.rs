@@ -18,7 +18,7 @@ pub mod topics;
 
 pub use envelope::Envelope;
 pub use reply::{CommandName, ErrorBody, ErrorCode, Granted, Receipt, Reply, ReplyResult};
-pub use status::{Counters, OutboxStatus, State, Status};
+pub use status::{ConsentStatus, Counters, OutboxStatus, State, Status, UplinkStatus};
 pub use topics::{SiteTopics, Topics};
 
 /// The `v` field of every message facegate sends.

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{fields, Status};
+use crate::ids::{CaptureId, Jti, SubjectId};
 
 /// The commands a device understands (the `cmd` claim).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -100,13 +101,17 @@ pub enum ErrorCode {
     BadSubject,
     /// The device failed (disk full, I/O): nothing was applied.
     Internal,
+    /// A local request that cannot be carried out as asked (`fleet` tool).
+    InvalidRequest,
+    /// The given private key cannot sign (`fleet` tool).
+    SigningFailed,
     /// A code this build does not know.
     Other(String),
 }
 
 impl ErrorCode {
     /// Every code this build sends.
-    pub const KNOWN: [ErrorCode; 16] = [
+    pub const KNOWN: [ErrorCode; 18] = [
         ErrorCode::BadSignature,
         ErrorCode::UnknownKey,
         ErrorCode::WrongRole,
@@ -123,6 +128,8 @@ impl ErrorCode {
         ErrorCode::Revoked,
         ErrorCode::BadSubject,
         ErrorCode::Internal,
+        ErrorCode::InvalidRequest,
+        ErrorCode::SigningFailed,
     ];
 
     /// The code on the wire.
@@ -144,6 +151,8 @@ impl ErrorCode {
             ErrorCode::Revoked => "revoked",
             ErrorCode::BadSubject => "bad_subject",
             ErrorCode::Internal => "internal",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::SigningFailed => "signing_failed",
             ErrorCode::Other(code) => code,
         }
     }
@@ -154,6 +163,18 @@ impl ErrorCode {
             .into_iter()
             .find(|c| c.as_str() == code)
             .unwrap_or_else(|| ErrorCode::Other(code.to_string()))
+    }
+}
+
+impl PartialEq<str> for ErrorCode {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for ErrorCode {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
     }
 }
 
@@ -190,12 +211,12 @@ pub struct ErrorBody {
 pub struct Receipt {
     /// The subject purged; `null` for a purge of everything (and in replies
     /// kept on the device, which never keep a subject id).
-    pub subject: Option<String>,
+    pub subject: Option<SubjectId>,
     /// How many captures were destroyed.
     pub purged: u64,
     /// Purged captures that had already been handed to MQTT: the back-end
     /// deletes its copies of these.
-    pub in_flight: Vec<String>,
+    pub in_flight: Vec<CaptureId>,
     /// When the purge committed (unix seconds; RFC 3339 on the wire).
     #[serde(with = "fields::rfc3339")]
     pub purged_at: i64,
@@ -208,9 +229,9 @@ pub struct Receipt {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Granted {
     /// The consent's `jti`.
-    pub consent_id: String,
+    pub consent_id: Jti,
     /// Its subject (`null` in replies kept on the device).
-    pub subject: Option<String>,
+    pub subject: Option<SubjectId>,
     /// Its `exp` (unix seconds; RFC 3339 on the wire).
     #[serde(with = "fields::rfc3339")]
     pub expires_at: i64,
@@ -228,6 +249,47 @@ pub enum ReplyResult {
     Granted(Granted),
     /// `status`.
     Status(Box<Status>),
+    /// A result this build does not know (a newer device's command), kept
+    /// as it came so a reader can still show it.
+    Other(serde_json::Value),
+}
+
+impl From<Receipt> for ReplyResult {
+    fn from(r: Receipt) -> Self {
+        ReplyResult::Receipt(r)
+    }
+}
+
+impl From<Granted> for ReplyResult {
+    fn from(g: Granted) -> Self {
+        ReplyResult::Granted(g)
+    }
+}
+
+impl From<Status> for ReplyResult {
+    fn from(s: Status) -> Self {
+        ReplyResult::Status(Box::new(s))
+    }
+}
+
+impl ReplyResult {
+    /// The subject the result is about, where it names one.
+    pub fn subject(&self) -> Option<&SubjectId> {
+        match self {
+            ReplyResult::Receipt(r) => r.subject.as_ref(),
+            ReplyResult::Granted(g) => g.subject.as_ref(),
+            ReplyResult::Status(_) | ReplyResult::Other(_) => None,
+        }
+    }
+
+    /// Sets the subject of a result that names one; others are unchanged.
+    fn set_subject(&mut self, subject: Option<SubjectId>) {
+        match self {
+            ReplyResult::Receipt(r) => r.subject = subject,
+            ReplyResult::Granted(g) => g.subject = subject,
+            ReplyResult::Status(_) | ReplyResult::Other(_) => {}
+        }
+    }
 }
 
 /// The reply to one command, published on the device's reply topic.
@@ -236,7 +298,7 @@ pub struct Reply {
     /// Always [`super::WIRE_VERSION`].
     pub v: u8,
     /// The command's `jti`; `null` when it could not be read.
-    pub jti: Option<String>,
+    pub jti: Option<Jti>,
     /// The command's `cmd` as sent; `null` when it could not be read.
     pub cmd: Option<String>,
     /// True when the command took effect.
@@ -251,10 +313,10 @@ pub struct Reply {
 
 impl Reply {
     /// A command that took effect.
-    pub fn ok(jti: &str, cmd: CommandName, result: ReplyResult) -> Reply {
+    pub fn ok(jti: &Jti, cmd: CommandName, result: ReplyResult) -> Reply {
         Reply {
             v: super::WIRE_VERSION,
-            jti: Some(jti.to_string()),
+            jti: Some(jti.clone()),
             cmd: Some(cmd.as_str().to_string()),
             ok: true,
             result: Some(result),
@@ -264,14 +326,14 @@ impl Reply {
 
     /// A refused command; `jti` and `cmd` as far as they could be read.
     pub fn err(
-        jti: Option<&str>,
+        jti: Option<&Jti>,
         cmd: Option<&str>,
         code: ErrorCode,
         message: impl Into<String>,
     ) -> Reply {
         Reply {
             v: super::WIRE_VERSION,
-            jti: jti.map(str::to_string),
+            jti: jti.cloned(),
             cmd: cmd.map(str::to_string),
             ok: false,
             result: None,
@@ -293,6 +355,24 @@ impl Reply {
             Some(ReplyResult::Receipt(r)) => Some(r),
             _ => None,
         }
+    }
+
+    /// The reply as the device keeps it for a broker redelivery: the same,
+    /// with the subject id left out (`null`), so no subject id outlives a
+    /// revocation in the command log.
+    pub fn without_subject(&self) -> Reply {
+        self.with_subject(None)
+    }
+
+    /// The reply with `subject` as the subject of its result (where the
+    /// result names one): how a kept reply gets its subject back from the
+    /// command it answers.
+    pub fn with_subject(&self, subject: Option<SubjectId>) -> Reply {
+        let mut reply = self.clone();
+        if let Some(result) = &mut reply.result {
+            result.set_subject(subject);
+        }
+        reply
     }
 
     /// The JSON bytes published on the reply topic.
@@ -350,10 +430,10 @@ mod tests {
     #[test]
     fn a_receipt_reply_has_the_spec_shape() {
         let r = Reply::ok(
-            "j-1",
+            &Jti::from("j-1"),
             CommandName::ConsentRevoke,
             ReplyResult::Receipt(Receipt {
-                subject: Some("S-1".into()),
+                subject: Some(SubjectId::new("S-1").unwrap()),
                 purged: 2,
                 in_flight: vec!["c-9".into()],
                 purged_at: 1_795_858_382,
@@ -375,7 +455,7 @@ mod tests {
     #[test]
     fn results_are_told_apart_when_read_back() {
         let granted = Reply::ok(
-            "j-2",
+            &Jti::from("j-2"),
             CommandName::ConsentGrant,
             ReplyResult::Granted(Granted {
                 consent_id: "c-1".into(),
@@ -387,7 +467,7 @@ mod tests {
         let back = Reply::from_bytes(&granted.to_bytes()).unwrap();
         assert!(matches!(back.result, Some(ReplyResult::Granted(_))));
         let all = Reply::ok(
-            "j-3",
+            &Jti::from("j-3"),
             CommandName::CapturePurge,
             ReplyResult::Receipt(Receipt {
                 subject: None,
@@ -401,11 +481,65 @@ mod tests {
         assert_eq!(v["result"]["all"], true);
         assert_eq!(v["result"]["subject"], Value::Null);
         let status = Reply::ok(
-            "j-4",
+            &Jti::from("j-4"),
             CommandName::Status,
             ReplyResult::Status(Box::new(Status::offline())),
         );
         let back = Reply::from_bytes(&status.to_bytes()).unwrap();
         assert!(matches!(back.result, Some(ReplyResult::Status(_))));
+        let newer = Reply::from_bytes(
+            br#"{"v":1,"jti":"j-5","cmd":"camera.restart","ok":true,"result":{"restarted":2}}"#,
+        )
+        .unwrap();
+        assert_eq!(newer.command(), None);
+        assert_eq!(
+            newer.result,
+            Some(ReplyResult::Other(json!({"restarted": 2})))
+        );
+    }
+
+    #[test]
+    fn a_kept_reply_has_no_subject_and_gets_it_back() {
+        let subject = SubjectId::new("S-7").unwrap();
+        let receipt = Reply::ok(
+            &Jti::from("j-1"),
+            CommandName::ConsentRevoke,
+            ReplyResult::Receipt(Receipt {
+                subject: Some(subject.clone()),
+                purged: 1,
+                in_flight: vec![],
+                purged_at: 0,
+                all: None,
+            }),
+        );
+        let kept = receipt.without_subject();
+        assert_eq!(kept.result.as_ref().unwrap().subject(), None);
+        assert!(!String::from_utf8(kept.to_bytes()).unwrap().contains("S-7"));
+        assert_eq!(kept.with_subject(Some(subject.clone())), receipt);
+
+        let granted = Reply::ok(
+            &Jti::from("j-2"),
+            CommandName::ConsentGrant,
+            ReplyResult::Granted(Granted {
+                consent_id: "c-1".into(),
+                subject: Some(subject.clone()),
+                expires_at: 0,
+                new: true,
+            }),
+        );
+        assert_eq!(
+            granted.without_subject().with_subject(Some(subject)),
+            granted
+        );
+
+        // Results without a subject and refusals are kept as they are.
+        let status = Reply::ok(
+            &Jti::from("j-3"),
+            CommandName::Status,
+            ReplyResult::Status(Box::new(Status::offline())),
+        );
+        assert_eq!(status.without_subject(), status);
+        let refused = Reply::err(None, None, ErrorCode::Replayed, "seen");
+        assert_eq!(refused.without_subject(), refused);
     }
 }

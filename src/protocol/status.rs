@@ -15,6 +15,16 @@ pub enum State {
     Offline,
 }
 
+impl State {
+    /// The state on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Online => "online",
+            State::Offline => "offline",
+        }
+    }
+}
+
 /// The status object. The device always fills every section; the last will
 /// carries only `v` and `state`, so the sections are optional for readers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +152,13 @@ mod opt_rfc3339 {
 mod tests {
     use super::*;
     use serde_json::{json, Value};
+
+    #[test]
+    fn states_are_named_as_on_the_wire() {
+        for state in [State::Online, State::Offline] {
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+        }
+    }
 
     #[test]
     fn the_last_will_is_exactly_the_spec_bytes() {

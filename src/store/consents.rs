@@ -53,7 +53,7 @@ pub(super) fn add(
     store: &mut Store,
     c: &Consent,
     now: i64,
-    cmd: Option<&CommandStamp>,
+    cmd: Option<CommandStamp<'_, AddConsent>>,
 ) -> Result<AddConsent, StoreError> {
     let mut w = store.writer()?;
     let sref = w.pseudonym(&c.subject);
@@ -61,16 +61,20 @@ pub(super) fn add(
         if gate::is_revoked(c, Some(revoked_before)) {
             let detail = json!({ "consent_id": c.id, "reason": "revoked", "revoked_before": revoked_before });
             w.audit(now, kind::CONSENT_REFUSED, Some(&sref), detail)?;
+            let refused = StoreError::Revoked {
+                consent_id: c.id.clone(),
+                revoked_before,
+            };
             if let Some(cmd) = cmd {
-                super::replay::remember(&mut w, cmd, now)?;
+                // The command is used up by its refusal: keep it, and the
+                // refusal as its reply.
+                let reply = (cmd.reply)(Err(&refused));
+                super::replay::remember(&mut w, cmd.jti, cmd.expires_at, &reply, now)?;
                 let detail = json!({ "jti": cmd.jti, "cmd": cmd.cmd, "reason": "consent_revoked" });
                 w.audit(now, kind::COMMAND_REFUSED, None, detail)?;
             }
             w.commit()?;
-            return Err(StoreError::Revoked {
-                consent_id: c.id.clone(),
-                revoked_before,
-            });
+            return Err(refused);
         }
     }
     let audience = serde_json::to_string(&c.audience).map_err(|e| StoreError::Corrupt {
@@ -107,7 +111,7 @@ pub(super) fn add(
     } else {
         AddConsent::AlreadyKnown
     };
-    w.applied(cmd, now)?;
+    w.applied(cmd, &outcome, now)?;
     w.commit()?;
     Ok(outcome)
 }
@@ -191,7 +195,7 @@ pub(super) fn revoke(
     subject: &SubjectId,
     before: i64,
     now: i64,
-    cmd: Option<&CommandStamp>,
+    cmd: Option<CommandStamp<'_, Revocation>>,
 ) -> Result<Revocation, StoreError> {
     let mut w = store.writer()?;
     let sref = w.pseudonym(subject);
@@ -214,14 +218,15 @@ pub(super) fn revoke(
         json!({ "before": before, "revoked_before": revoked_before, "consents_removed": removed });
     w.audit(now, kind::CONSENT_REVOKED, Some(&sref), detail)?;
     let purged = purge_subject_in(&mut w, &sref, now, PurgeReason::Revoked)?;
-    w.applied(cmd, now)?;
-    w.commit()?;
-    store.checkpoint()?;
-    Ok(Revocation {
+    let revocation = Revocation {
         consents_removed: removed,
         purged,
         revoked_before,
-    })
+    };
+    w.applied(cmd, &revocation, now)?;
+    w.commit()?;
+    store.checkpoint()?;
+    Ok(revocation)
 }
 
 /// What the rule reads about one subject: its stored consents (oldest first)

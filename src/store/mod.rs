@@ -59,6 +59,8 @@ pub mod counter {
     pub const PURGED: &str = "purged";
     /// Consented captures refused because the outbox quota was reached.
     pub const REJECTED_QUOTA: &str = "rejected_quota";
+    /// Uploads cut off by a lost connection and sent again.
+    pub const UPLOAD_RETRIES: &str = "upload_retries";
 }
 
 /// Errors from the store. Messages name the operation and, where it helps, the file.
@@ -164,16 +166,33 @@ pub struct Revocation {
     pub revoked_before: i64,
 }
 
-/// A signed fleet command whose effect is being committed; stored in the
-/// replay set in the same transaction (and audited as `command.applied`).
-#[derive(Debug, Clone, Copy)]
-pub struct CommandStamp<'a> {
+/// A signed fleet command whose effect is being committed. In the effect's
+/// own transaction the store remembers its `jti` (replay set), audits
+/// `command.applied` and keeps the reply `reply` makes from the effect's
+/// outcome, so a broker redelivery after a crash finds either all of them or
+/// none (ARCHITECTURE.md, "Commands take effect once").
+pub struct CommandStamp<'a, T> {
     /// The command's `jti`.
     pub jti: &'a Jti,
     /// The command name (`consent.revoke`, ...), for the audit row.
     pub cmd: &'a str,
     /// The command's `exp`; the jti is remembered until a day after it.
     pub expires_at: i64,
+    /// The reply to keep for the command (JSON text, no subject id), made
+    /// from the effect's outcome inside the transaction. Called once, with
+    /// the outcome, or with the refusal when the refusal itself is
+    /// remembered (a consent issued before the subject's revocation).
+    pub reply: &'a mut dyn FnMut(Result<&T, &StoreError>) -> String,
+}
+
+impl<T> std::fmt::Debug for CommandStamp<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandStamp")
+            .field("jti", &self.jti)
+            .field("cmd", &self.cmd)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why captures are being purged (recorded in the audit detail).
@@ -378,12 +397,13 @@ impl Store {
 
     /// Stores a verified consent. Refuses (and audits `consent.refused`) one
     /// issued at or before the subject's tombstone with [`StoreError::Revoked`].
-    /// With `cmd`, the command is remembered in the same transaction.
+    /// With `cmd`, the command and its reply are kept in the same transaction
+    /// (also when the consent is refused as revoked).
     pub fn add_consent(
         &mut self,
         consent: &Consent,
         now: i64,
-        cmd: Option<&CommandStamp>,
+        cmd: Option<CommandStamp<'_, AddConsent>>,
     ) -> Result<AddConsent, StoreError> {
         let r = consents::add(self, consent, now, cmd);
         self.finish(r)
@@ -447,13 +467,14 @@ impl Store {
 
     /// Revokes `subject`: raises its tombstone to `before`, deletes its consents
     /// issued at or before `before`, purges all its captures and destroys its
-    /// data key; then checkpoints the WAL.
+    /// data key; then checkpoints the WAL. With `cmd`, the command and its
+    /// reply are kept in the same transaction.
     pub fn revoke(
         &mut self,
         subject: &SubjectId,
         before: i64,
         now: i64,
-        cmd: Option<&CommandStamp>,
+        cmd: Option<CommandStamp<'_, Revocation>>,
     ) -> Result<Revocation, StoreError> {
         let r = consents::revoke(self, subject, before, now, cmd);
         self.finish(r)
@@ -524,24 +545,26 @@ impl Store {
     }
 
     /// Purges every capture of `subject` and destroys its data key; keeps
-    /// consents. Checkpoints the WAL.
+    /// consents. Checkpoints the WAL. With `cmd`, the command and its reply
+    /// are kept in the same transaction.
     pub fn purge_subject(
         &mut self,
         subject: &SubjectId,
         now: i64,
         reason: PurgeReason,
-        cmd: Option<&CommandStamp>,
+        cmd: Option<CommandStamp<'_, Vec<CaptureId>>>,
     ) -> Result<Vec<CaptureId>, StoreError> {
         let r = purge::purge_subject(self, subject, now, reason, cmd);
         self.finish(r)
     }
 
     /// Purges every capture and data key; keeps consents. Checkpoints the WAL.
+    /// With `cmd`, the command and its reply are kept in the same transaction.
     pub fn purge_all(
         &mut self,
         now: i64,
         reason: PurgeReason,
-        cmd: Option<&CommandStamp>,
+        cmd: Option<CommandStamp<'_, Vec<CaptureId>>>,
     ) -> Result<Vec<CaptureId>, StoreError> {
         let r = purge::purge_all(self, now, reason, cmd);
         self.finish(r)
@@ -612,17 +635,15 @@ impl Store {
         self.finish(r)
     }
 
-    /// Remembers a command that has no store effect of its own (e.g. `status`),
-    /// auditing `command.applied`. [`StoreError::Replayed`] if already seen.
-    pub fn remember_command(&mut self, cmd: &CommandStamp, now: i64) -> Result<(), StoreError> {
+    /// Remembers a command that has no store effect of its own (e.g. `status`)
+    /// with its reply, auditing `command.applied`, in one transaction.
+    /// [`StoreError::Replayed`] if already seen.
+    pub fn remember_command(
+        &mut self,
+        cmd: CommandStamp<'_, ()>,
+        now: i64,
+    ) -> Result<(), StoreError> {
         let r = replay::remember_tx(self, cmd, now);
-        self.finish(r)
-    }
-
-    /// Keeps the reply published for an applied command (no-op for an
-    /// unknown `jti`).
-    pub fn save_command_reply(&mut self, jti: &Jti, reply: &str) -> Result<(), StoreError> {
-        let r = replay::save_reply(self, jti, reply);
         self.finish(r)
     }
 
@@ -744,14 +765,17 @@ impl Writer<'_> {
         self.keys.pseudonyms.pseudonym(subject.as_str())
     }
 
-    /// Stores the command's jti and audits `command.applied`.
-    pub(crate) fn applied(
+    /// For a command's effect: stores its jti with the reply made from
+    /// `outcome`, and audits `command.applied`. Nothing without `cmd`.
+    pub(crate) fn applied<T>(
         &mut self,
-        cmd: Option<&CommandStamp>,
+        cmd: Option<CommandStamp<'_, T>>,
+        outcome: &T,
         now: i64,
     ) -> Result<(), StoreError> {
         if let Some(cmd) = cmd {
-            replay::remember(self, cmd, now)?;
+            let reply = (cmd.reply)(Ok(outcome));
+            replay::remember(self, cmd.jti, cmd.expires_at, &reply, now)?;
             let detail = serde_json::json!({ "jti": cmd.jti, "cmd": cmd.cmd });
             self.audit(now, crate::audit::kind::COMMAND_APPLIED, None, detail)?;
         }

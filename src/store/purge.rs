@@ -126,12 +126,12 @@ pub(super) fn purge_subject(
     subject: &SubjectId,
     now: i64,
     reason: PurgeReason,
-    cmd: Option<&CommandStamp>,
+    cmd: Option<CommandStamp<'_, Vec<CaptureId>>>,
 ) -> Result<Vec<CaptureId>, StoreError> {
     let mut w = store.writer()?;
     let sref = w.pseudonym(subject);
     let purged = purge_subject_in(&mut w, &sref, now, reason)?;
-    w.applied(cmd, now)?;
+    w.applied(cmd, &purged, now)?;
     w.commit()?;
     store.checkpoint()?;
     Ok(purged)
@@ -141,7 +141,7 @@ pub(super) fn purge_all(
     store: &mut Store,
     now: i64,
     reason: PurgeReason,
-    cmd: Option<&CommandStamp>,
+    cmd: Option<CommandStamp<'_, Vec<CaptureId>>>,
 ) -> Result<Vec<CaptureId>, StoreError> {
     let mut w = store.writer()?;
     let rows = select_refs(&w, "", "seq", [])?;
@@ -153,10 +153,11 @@ pub(super) fn purge_all(
     }
     w.tx.execute("DELETE FROM data_keys", [])
         .op("destroying data keys")?;
-    w.applied(cmd, now)?;
+    let purged: Vec<CaptureId> = rows.into_iter().map(|r| r.capture_id).collect();
+    w.applied(cmd, &purged, now)?;
     w.commit()?;
     store.checkpoint()?;
-    Ok(rows.into_iter().map(|r| r.capture_id).collect())
+    Ok(purged)
 }
 
 pub(super) fn enforce_retention(

@@ -23,44 +23,40 @@ pub(super) fn seen(store: &mut Store, jti: &Jti) -> Result<bool, StoreError> {
         .map(|r| r.is_some())
 }
 
-/// Stores `cmd.jti` inside `w`; [`StoreError::Replayed`] if it is already there.
-pub(super) fn remember(w: &mut Writer, cmd: &CommandStamp, now: i64) -> Result<(), StoreError> {
+/// Stores `jti` with the reply kept for it inside `w`;
+/// [`StoreError::Replayed`] if it is already there.
+pub(super) fn remember(
+    w: &mut Writer,
+    jti: &Jti,
+    expires_at: i64,
+    reply: &str,
+    now: i64,
+) -> Result<(), StoreError> {
     let inserted =
         w.tx.execute(
-            "INSERT INTO commands (jti, expires_at, seen_at) VALUES (?1, ?2, ?3)
+            "INSERT INTO commands (jti, expires_at, seen_at, reply) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(jti) DO NOTHING",
-            params![cmd.jti.as_str(), cmd.expires_at, now],
+            params![jti.as_str(), expires_at, now, reply],
         )
-        .op("remembering a command id")?;
+        .op("remembering a command id and its reply")?;
     if inserted == 0 {
         return Err(StoreError::Replayed {
-            jti: cmd.jti.to_string(),
+            jti: jti.to_string(),
         });
     }
     Ok(())
 }
 
-/// Remembers a command (and audits it) in its own transaction.
+/// Remembers a command without an effect of its own, with its reply (and
+/// audits it), in its own transaction.
 pub(super) fn remember_tx(
     store: &mut Store,
-    cmd: &CommandStamp,
+    cmd: CommandStamp<'_, ()>,
     now: i64,
 ) -> Result<(), StoreError> {
     let mut w = store.writer()?;
-    w.applied(Some(cmd), now)?;
+    w.applied(Some(cmd), &(), now)?;
     w.commit()
-}
-
-/// Keeps the reply published for the applied command `jti`.
-pub(super) fn save_reply(store: &mut Store, jti: &Jti, reply: &str) -> Result<(), StoreError> {
-    store
-        .conn
-        .execute(
-            "UPDATE commands SET reply = ?2 WHERE jti = ?1",
-            params![jti.as_str(), reply],
-        )
-        .op("keeping a command reply")?;
-    Ok(())
 }
 
 /// The reply kept for the applied command `jti`, if any.

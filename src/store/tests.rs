@@ -962,15 +962,9 @@ fn everything_survives_reopen() {
             T0,
         )
         .unwrap();
-        s.remember_command(
-            &CommandStamp {
-                jti: &Jti::from("j1"),
-                cmd: "status",
-                expires_at: T0 + 60,
-            },
-            T0,
-        )
-        .unwrap();
+        let mut keep = |_: Result<&(), &StoreError>| "{}".to_string();
+        s.remember_command(stamp(&Jti::from("j1"), "status", &mut keep), T0)
+            .unwrap();
     }
     let mut s = open(dir.path());
     let got = pending_ids(&mut s, 10, &[]);
@@ -984,52 +978,150 @@ fn everything_survives_reopen() {
     assert_eq!(s.audit_tail(1).unwrap()[0].kind, kind::COMMAND_APPLIED);
 }
 
+/// The stamp of command `jti` (`cmd`), keeping what `keep` makes.
+fn stamp<'a, T>(
+    jti: &'a Jti,
+    cmd: &'a str,
+    keep: &'a mut dyn FnMut(Result<&T, &StoreError>) -> String,
+) -> CommandStamp<'a, T> {
+    CommandStamp {
+        jti,
+        cmd,
+        expires_at: T0 + 60,
+        reply: keep,
+    }
+}
+
 #[test]
 fn commands_commit_with_their_effect_and_are_not_replayed() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = open(dir.path());
     let ids = with_captures(&mut s, "S-1", 2, T0);
-    let stamp = CommandStamp {
-        jti: &Jti::from("cmd-1"),
-        cmd: "capture.purge",
-        expires_at: T0 + 60,
-    };
-    assert!(!s.command_seen(&Jti::from("cmd-1")).unwrap());
+    let cmd_1 = Jti::from("cmd-1");
+    assert!(!s.command_seen(&cmd_1).unwrap());
+    let mut keep = |_: Result<&Vec<CaptureId>, &StoreError>| "{}".to_string();
     assert_eq!(
-        s.purge_subject(&sid("S-1"), T0, PurgeReason::Command, Some(&stamp))
-            .unwrap(),
+        s.purge_subject(
+            &sid("S-1"),
+            T0,
+            PurgeReason::Command,
+            Some(stamp(&cmd_1, "capture.purge", &mut keep))
+        )
+        .unwrap(),
         ids
     );
-    assert!(s.command_seen(&Jti::from("cmd-1")).unwrap());
+    assert!(s.command_seen(&cmd_1).unwrap());
     // Same jti again: refused and rolled back (the new capture survives).
     with_captures(&mut s, "S-2", 1, T0);
-    let again = CommandStamp {
-        jti: &Jti::from("cmd-1"),
-        cmd: "consent.revoke",
-        expires_at: T0 + 60,
-    };
-    let err = s.revoke(&sid("S-2"), T0, T0, Some(&again)).unwrap_err();
+    let mut keep = |_: Result<&Revocation, &StoreError>| "{}".to_string();
+    let again = stamp(&cmd_1, "consent.revoke", &mut keep);
+    let err = s.revoke(&sid("S-2"), T0, T0, Some(again)).unwrap_err();
     assert!(matches!(err, StoreError::Replayed { .. }), "{err}");
     assert_eq!(s.pending(10, &[]).unwrap().len(), 1);
     assert_eq!(s.revoked_before(&sid("S-2")).unwrap(), None);
+    let mut keep = |_: Result<&(), &StoreError>| "{}".to_string();
     assert!(matches!(
-        s.remember_command(&again, T0),
+        s.remember_command(stamp(&cmd_1, "status", &mut keep), T0),
         Err(StoreError::Replayed { .. })
     ));
-    // A grant refused by a tombstone still burns the jti.
+    // A grant refused by a tombstone still burns the jti, and keeps the
+    // refusal as its reply.
     s.revoke(&sid("S-3"), T0, T0, None).unwrap();
-    let grant = CommandStamp {
-        jti: &Jti::from("cmd-2"),
-        cmd: "consent.grant",
-        expires_at: T0 + 60,
+    let cmd_2 = Jti::from("cmd-2");
+    let mut keep = |outcome: Result<&AddConsent, &StoreError>| match outcome {
+        Ok(_) => "added".to_string(),
+        Err(e) => format!("refused: {e}"),
     };
-    let err = s.add_consent(&consent("old", "S-3", T0 - 1, T0 + DAY), T0, Some(&grant));
+    let err = s.add_consent(
+        &consent("old", "S-3", T0 - 1, T0 + DAY),
+        T0,
+        Some(stamp(&cmd_2, "consent.grant", &mut keep)),
+    );
     assert!(matches!(err, Err(StoreError::Revoked { .. })));
-    assert!(s.command_seen(&Jti::from("cmd-2")).unwrap());
+    assert!(s.command_seen(&cmd_2).unwrap());
+    let kept = s.command_reply(&cmd_2).unwrap().unwrap();
+    assert!(
+        kept.starts_with("refused: consent old was issued"),
+        "{kept}"
+    );
     // Forgotten only a day after expiry.
     assert_eq!(s.forget_commands(T0 + 60 + DAY - 1).unwrap(), 0);
     assert_eq!(s.forget_commands(T0 + 60 + DAY).unwrap(), 2);
-    assert!(!s.command_seen(&Jti::from("cmd-1")).unwrap());
+    assert!(!s.command_seen(&cmd_1).unwrap());
+    assert!(s.audit_verify().unwrap().ok);
+}
+
+#[test]
+fn the_kept_reply_commits_with_the_effect_or_neither_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let ids = with_captures(&mut s, "S-1", 2, T0);
+    with_captures(&mut s, "S-2", 3, T0);
+
+    // One call: the effect, the jti and the reply made from the effect's
+    // outcome are all there.
+    let cmd_1 = Jti::from("cmd-1");
+    let mut keep = |outcome: Result<&Vec<CaptureId>, &StoreError>| match outcome {
+        Ok(purged) => format!("purged {}", purged.len()),
+        Err(e) => format!("refused: {e}"),
+    };
+    let purged = s
+        .purge_subject(
+            &sid("S-1"),
+            T0,
+            PurgeReason::Command,
+            Some(stamp(&cmd_1, "capture.purge", &mut keep)),
+        )
+        .unwrap();
+    assert_eq!(purged, ids);
+    assert!(s.command_seen(&cmd_1).unwrap());
+    assert_eq!(
+        s.command_reply(&cmd_1).unwrap().as_deref(),
+        Some("purged 2")
+    );
+    assert_eq!(s.pending(10, &[]).unwrap().len(), 3);
+
+    // Keeping the reply fails (as on a full disk): the purge is rolled
+    // back with it, nothing of the command is remembered, so a redelivery
+    // applies it afresh.
+    s.conn()
+        .execute_batch(
+            "CREATE TEMP TRIGGER keep_fails BEFORE INSERT ON commands
+             WHEN NEW.reply = 'purged 3'
+             BEGIN SELECT RAISE(ABORT, 'no space left for the reply'); END;",
+        )
+        .unwrap();
+    let audit_rows = s.audit_verify().unwrap().rows;
+    let cmd_2 = Jti::from("cmd-2");
+    let err = s
+        .purge_subject(
+            &sid("S-2"),
+            T0,
+            PurgeReason::Command,
+            Some(stamp(&cmd_2, "capture.purge", &mut keep)),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("no space left"), "{err}");
+    assert_eq!(s.pending(10, &[]).unwrap().len(), 3, "purge rolled back");
+    assert!(!s.command_seen(&cmd_2).unwrap());
+    assert_eq!(s.command_reply(&cmd_2).unwrap(), None);
+    assert_eq!(s.audit_verify().unwrap().rows, audit_rows);
+    assert_eq!(s.counters().unwrap()["purged"], 2);
+
+    // Without the failure the same command goes through, reply and all.
+    s.conn().execute_batch("DROP TRIGGER keep_fails").unwrap();
+    s.purge_subject(
+        &sid("S-2"),
+        T0,
+        PurgeReason::Command,
+        Some(stamp(&cmd_2, "capture.purge", &mut keep)),
+    )
+    .unwrap();
+    assert_eq!(
+        s.command_reply(&cmd_2).unwrap().as_deref(),
+        Some("purged 3")
+    );
+    assert!(s.pending(10, &[]).unwrap().is_empty());
     assert!(s.audit_verify().unwrap().ok);
 }
 

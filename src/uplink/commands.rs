@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use rumqttc::Publish;
-use serde_json::Value;
 
 use super::link::{ConnectionNo, Link};
 use super::state::Handed;
@@ -40,18 +39,16 @@ pub async fn handle_command(
         link.ack(connection, &publish);
         return;
     }
-    let outcome = agent
-        .apply_command(&publish.payload, publish.dup, clock::now())
-        .await;
+    let outcome =
+        crate::cmd::apply_command(agent, &publish.payload, publish.dup, clock::now()).await;
     // The effect (if any) is committed: now the broker may forget the command.
     link.ack(connection, &publish);
     if outcome.publish_status {
         publish_status(agent, link, topics).await;
     }
-    let body: Value = outcome.reply;
     link.hand(
         &topics.reply,
-        serde_json::to_vec(&body).unwrap_or_default(),
+        outcome.reply.to_bytes(),
         false,
         Handed::Other,
     );

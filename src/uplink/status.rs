@@ -13,13 +13,8 @@ use crate::protocol::{Status, Topics};
 /// Publishes the retained status.
 pub async fn publish_status(agent: &Arc<Agent>, link: &Arc<Link>, topics: &Topics) {
     match agent.status(clock::now()).await {
-        Ok(v) => {
-            link.hand(
-                &topics.status,
-                serde_json::to_vec(&v).unwrap_or_default(),
-                true,
-                Handed::Other,
-            );
+        Ok(status) => {
+            link.hand(&topics.status, status.to_bytes(), true, Handed::Other);
         }
         Err(e) => tracing::error!(error = %e, "cannot build status"),
     }

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use facegate::config::Config;
+use facegate::protocol::{SiteTopics, Topics};
 use facegate::store::{Capture, OutboxCapture};
 use facegate::{clock, consent};
 use tempfile::TempDir;
@@ -120,14 +121,14 @@ pub async fn bare_client(broker: &Broker, cn: &str, window: u16) -> Session {
     session
 }
 
-/// Topic `kind` of device `term-01` (`facegate/lobby/term-01/{kind}`).
-pub fn topic(kind: &str) -> String {
-    device_topic(DEVICE, kind)
+/// The topics of device `term-01` at site `lobby` (prefix `facegate`).
+pub fn topics() -> Topics {
+    site_topics().device(DEVICE)
 }
 
-/// Topic `kind` of `device` at site `lobby`.
-pub fn device_topic(device: &str, kind: &str) -> String {
-    format!("facegate/{SITE}/{device}/{kind}")
+/// The topics of site `lobby` (prefix `facegate`); `.device(name)` for one device.
+pub fn site_topics() -> SiteTopics {
+    SiteTopics::new("facegate", SITE)
 }
 
 /// The exact upload envelope the agent builds for `image` (same size on the wire).

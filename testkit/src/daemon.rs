@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 
 use facegate::clock;
 use facegate::control::{self, Request};
+use facegate::protocol::{Counters, Status};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -345,24 +347,46 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("ctl {args:?} printed non-JSON ({e}): {out}"))
     }
 
-    /// `ctl status --json`.
-    pub fn status(&self) -> Value {
-        self.ctl_json(&["status", "--json"])
+    /// `ctl status --json`, read as the status object.
+    pub fn status(&self) -> Status {
+        let out = self.ctl(&["status", "--json"]);
+        Status::from_bytes(out.as_bytes())
+            .unwrap_or_else(|e| panic!("ctl status printed no status ({e}): {out}"))
+    }
+
+    /// The persistent counters, from the status.
+    pub fn counters(&self) -> Counters {
+        let st = self.status();
+        st.counters
+            .unwrap_or_else(|| panic!("no counters in {st:?}"))
     }
 
     /// Captures in the outbox, from the status.
     pub fn outbox_len(&self) -> u64 {
         let st = self.status();
-        st["outbox"]["captures"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no outbox.captures in {st}"))
+        st.outbox
+            .unwrap_or_else(|| panic!("no outbox in {st:?}"))
+            .captures
+    }
+
+    /// Stored consents not yet expired, from the status.
+    pub fn active_consents(&self) -> u64 {
+        let st = self.status();
+        st.consent
+            .unwrap_or_else(|| panic!("no consent section in {st:?}"))
+            .active
+    }
+
+    /// Whether the status says the uplink holds a broker connection.
+    pub fn uplink_connected(&self) -> bool {
+        self.status().uplink.is_some_and(|u| u.connected)
     }
 
     /// Waits until the status says the uplink is connected to the broker.
     pub fn wait_uplink_connected(&self, timeout: Duration) {
         util::wait_until(
             timeout,
-            || self.status()["uplink"]["connected"] == true,
+            || self.uplink_connected(),
             || format!("the uplink did not connect\n{}", self.log()),
         );
     }
@@ -375,21 +399,19 @@ impl Daemon {
         token
     }
 
-    /// One request on the control socket; its result, or the refusal as text.
-    /// For async callers that must not block (benchmarks, the demo).
-    pub async fn request(&self, req: &Request) -> Result<Value, String> {
-        let resp = control::request(&self.socket, req)
+    /// One request on the control socket; its result, read as `T` (the
+    /// type the request answers with), or the refusal as text. For async
+    /// callers that must not block (benchmarks, the demo).
+    pub async fn request<T: DeserializeOwned>(&self, req: &Request) -> Result<T, String> {
+        let resp = control::request::<T>(&self.socket, req)
             .await
             .map_err(|e| e.to_string())?;
-        match (resp.ok, resp.result, resp.error) {
-            (true, Some(result), _) => Ok(result),
-            (_, _, Some(e)) => Err(format!("{} ({})", e.message, e.code)),
-            _ => Err("empty answer".into()),
-        }
+        resp.into_result()
+            .map_err(|e| format!("{} ({})", e.message, e.code))
     }
 
     /// The status from the control socket, without blocking; panics if it does not answer.
-    pub async fn status_async(&self) -> Value {
+    pub async fn status_async(&self) -> Status {
         self.request(&Request::Status)
             .await
             .unwrap_or_else(|e| panic!("status: {e}\n{}", self.log()))

@@ -1,7 +1,9 @@
 //! Signing keys of a test site: consent tokens and fleet commands, made with the
 //! product's own signing code.
 
-use facegate::{clock, command, consent, keys};
+use facegate::cmd::Command;
+use facegate::ids::Jti;
+use facegate::{clock, consent, keys};
 use serde_json::Value;
 
 use crate::SITE;
@@ -46,8 +48,8 @@ impl Signer {
             .unwrap_or_else(|e| panic!("signing a consent for {subject}: {e}"))
     }
 
-    /// A fleet command `cmd` with `args` for audience `aud` (a site or
-    /// `site/device`), issued at `now`: `(jti, compact JWS)`.
+    /// A fleet command `cmd` with `args` (which must fit it) for audience
+    /// `aud` (a site or `site/device`), issued at `now`: `(jti, compact JWS)`.
     pub fn command(
         &self,
         cmd: &str,
@@ -55,8 +57,16 @@ impl Signer {
         aud: &str,
         lifetime_s: i64,
         now: i64,
-    ) -> (String, String) {
-        command::sign_command(cmd, args, aud, lifetime_s, &self.kid, &self.pkcs8, now)
-            .unwrap_or_else(|e| panic!("signing command {cmd}: {e}"))
+    ) -> (Jti, String) {
+        let command =
+            Command::from_parts(cmd, &args).unwrap_or_else(|e| panic!("command {cmd} {args}: {e}"));
+        self.sign(&command, aud, lifetime_s, now)
+    }
+
+    /// `command` signed for audience `aud`, issued at `now`: `(jti, compact JWS)`.
+    pub fn sign(&self, command: &Command, aud: &str, lifetime_s: i64, now: i64) -> (Jti, String) {
+        command
+            .sign(aud, lifetime_s, &self.kid, &self.pkcs8, now)
+            .unwrap_or_else(|e| panic!("signing command {}: {e}", command.name()))
     }
 }
