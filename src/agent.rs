@@ -537,28 +537,7 @@ pub(crate) mod testing {
 
     use super::Agent;
 
-    /// The smallest valid configuration with its directories under `dir`,
-    /// followed by `extra` TOML (sections only).
-    pub fn config(dir: &Path, extra: &str) -> crate::config::Config {
-        let toml = format!(
-            r#"site_id = "lobby"
-device_id = "term-01"
-state_dir = "{d}/state"
-spool_dir = "{d}/spool"
-[mqtt]
-host = "localhost"
-ca_file = "ca.pem"
-cert_file = "device.pem"
-key_file = "device.key"
-[[trust]]
-kid = "consent-2026"
-role = "consent"
-public_key = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
-{extra}"#,
-            d = dir.display()
-        );
-        crate::config::from_toml_str(&toml, dir).expect("valid test config")
-    }
+    pub use crate::config::testing::config;
 
     /// An agent as `facegate run` opens it, over a temporary directory.
     pub fn agent(extra: &str) -> (tempfile::TempDir, Agent) {

@@ -263,3 +263,32 @@ impl Config {
         validate::check_private("mqtt.key_file", &self.mqtt.key_file)
     }
 }
+
+/// Configurations for unit tests of the modules that take one.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::path::Path;
+
+    /// The smallest valid configuration with its directories under `dir`,
+    /// followed by `extra` TOML (sections only).
+    pub fn config(dir: &Path, extra: &str) -> super::Config {
+        let toml = format!(
+            r#"site_id = "lobby"
+device_id = "term-01"
+state_dir = "{d}/state"
+spool_dir = "{d}/spool"
+[mqtt]
+host = "localhost"
+ca_file = "ca.pem"
+cert_file = "device.pem"
+key_file = "device.key"
+[[trust]]
+kid = "consent-2026"
+role = "consent"
+public_key = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
+{extra}"#,
+            d = dir.display()
+        );
+        super::from_toml_str(&toml, dir).expect("valid test config")
+    }
+}

@@ -85,23 +85,7 @@ mod tests {
     use std::path::Path;
 
     fn cfg(extra: &str) -> Config {
-        let toml = format!(
-            r#"site_id = "lobby"
-device_id = "term-01"
-state_dir = "/var/lib/facegate"
-spool_dir = "/run/facegate/spool"
-[mqtt]
-host = "broker.example.net"
-ca_file = "ca.pem"
-cert_file = "device.pem"
-key_file = "device.key"
-[[trust]]
-kid = "consent-2026"
-role = "consent"
-public_key = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
-{extra}"#
-        );
-        crate::config::from_toml_str(&toml, Path::new("/etc/facegate")).expect("valid test config")
+        crate::config::testing::config(Path::new("/var/lib/facegate"), extra)
     }
 
     #[test]
