@@ -533,8 +533,6 @@ pub fn subject_id(s: String) -> Result<SubjectId, ApplyError> {
 /// modules that drive it.
 #[cfg(test)]
 pub(crate) mod testing {
-    use std::path::Path;
-
     use super::Agent;
 
     pub use crate::config::testing::config;
