@@ -7,8 +7,18 @@
 //! the `seq` sequence or the `prev` link. Truncating the newest rows cannot be
 //! detected from the chain alone.
 //!
+//! Retention: the oldest rows are deleted after the audit retention period.
+//! Pruning through entry `N` leaves a [`Checkpoint`]: `N`, its `ts` and its
+//! `mac`, sealed with the audit key. Verification then starts from the
+//! checkpoint instead of the genesis link, so the remaining rows are proven
+//! exactly as before; an edited checkpoint fails its seal, a removed one
+//! leaves the chain starting at `N + 1` without a link to it, and rows
+//! deleted after it break `seq`.
+//!
 //! Details never contain image bytes, keys, or plain subject ids: subjects
-//! appear only as `subject_ref`, the hex HMAC pseudonym.
+//! appear only as `subject_ref`, a keyed pseudonym salted per subject (see
+//! `crypto::PseudonymKey::audit_ref`) whose salt is destroyed on revocation.
+//! Drops of captures without consent carry no subject reference at all.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -43,6 +53,9 @@ pub mod kind {
     pub const COMMAND_REFUSED: &str = "command.refused";
     /// A lone spool file older than the grace period was removed.
     pub const SPOOL_ORPHAN_REMOVED: &str = "spool.orphan_removed";
+    /// Audit rows older than the audit retention period were deleted (a
+    /// checkpoint keeps the chain verifiable).
+    pub const AUDIT_PRUNED: &str = "audit.pruned";
 }
 
 /// One row of the audit log.
@@ -93,6 +106,53 @@ pub struct VerifyReport {
     /// The first entry that failed (its `seq`, or the expected seq for a gap),
     /// and why.
     pub first_bad: Option<(i64, String)>,
+    /// Entries up to this `seq` were deleted by retention; verification
+    /// started from the checkpoint that seals their last link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned_through: Option<i64>,
+}
+
+/// Where the chain starts after the oldest entries were pruned: the last
+/// pruned entry's `seq`, `ts` and `mac`, and a seal over them under the
+/// audit key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// `seq` of the last pruned entry; the first kept one is `seq + 1`.
+    pub seq: i64,
+    /// `ts` of the last pruned entry.
+    pub ts: i64,
+    /// `mac` of the last pruned entry: the first kept one's `prev`.
+    pub mac: [u8; 32],
+    /// [`checkpoint_seal`] of the fields above.
+    pub seal: [u8; 32],
+}
+
+impl Checkpoint {
+    /// The checkpoint after pruning every entry up to and including `last`.
+    pub fn after(key: &AuditKey, last: &AuditEntry) -> Checkpoint {
+        Checkpoint {
+            seq: last.seq,
+            ts: last.ts,
+            mac: last.mac,
+            seal: checkpoint_seal(key, last.seq, last.ts, &last.mac),
+        }
+    }
+
+    /// `(seq, mac)`: the link the next entry chains to.
+    pub fn link(&self) -> (i64, [u8; 32]) {
+        (self.seq, self.mac)
+    }
+}
+
+/// The seal of a [`Checkpoint`]: HMAC under the audit key, in a domain of its
+/// own so that no entry MAC can pass for it.
+pub fn checkpoint_seal(key: &AuditKey, seq: i64, ts: i64, mac: &[u8; 32]) -> [u8; 32] {
+    let mut buf = Vec::with_capacity(64);
+    buf.extend_from_slice(b"facegate/audit-checkpoint/v1");
+    buf.extend_from_slice(&seq.to_be_bytes());
+    buf.extend_from_slice(&ts.to_be_bytes());
+    buf.extend_from_slice(mac);
+    key.mac(&buf)
 }
 
 /// Deterministic JSON text of `value`: object keys sorted, no whitespace.
@@ -198,17 +258,44 @@ pub fn next_entry(
     }
 }
 
-/// Verifies entries given oldest first. Stops at the first bad entry.
+/// Verifies entries given oldest first, from the genesis link. Stops at the
+/// first bad entry.
 pub fn verify_chain(entries: impl Iterator<Item = AuditEntry>, key: &AuditKey) -> VerifyReport {
+    verify_chain_from(entries, key, None)
+}
+
+/// Verifies entries given oldest first, starting from `start` (the chain's
+/// checkpoint after pruning) or from the genesis link. Stops at the first bad
+/// entry; a checkpoint whose seal fails is reported at its `seq`.
+pub fn verify_chain_from(
+    entries: impl Iterator<Item = AuditEntry>,
+    key: &AuditKey,
+    start: Option<&Checkpoint>,
+) -> VerifyReport {
+    let pruned_through = start.map(|c| c.seq);
     let mut rows = 0u64;
-    let mut expected_seq = 1i64;
-    let mut expected_prev = [0u8; 32];
+    let (mut expected_seq, mut expected_prev) = match start {
+        None => (1i64, [0u8; 32]),
+        Some(c) if checkpoint_seal(key, c.seq, c.ts, &c.mac) != c.seal || c.seq < 1 => {
+            return VerifyReport {
+                rows,
+                ok: false,
+                first_bad: Some((
+                    c.seq,
+                    "checkpoint seal mismatch: retention checkpoint edited".into(),
+                )),
+                pruned_through,
+            };
+        }
+        Some(c) => (c.seq + 1, c.mac),
+    };
     for e in entries {
         rows += 1;
         let bad = |reason: String| VerifyReport {
             rows,
             ok: false,
             first_bad: Some((e.seq, reason)),
+            pruned_through,
         };
         if e.seq != expected_seq {
             let why = if e.seq > expected_seq {
@@ -242,6 +329,7 @@ pub fn verify_chain(entries: impl Iterator<Item = AuditEntry>, key: &AuditKey) -
         rows,
         ok: true,
         first_bad: None,
+        pruned_through,
     }
 }
 
@@ -288,7 +376,8 @@ mod tests {
             VerifyReport {
                 rows: 5,
                 ok: true,
-                first_bad: None
+                first_bad: None,
+                pruned_through: None,
             }
         );
         let r = verify_chain(std::iter::empty(), &key());
@@ -351,6 +440,78 @@ mod tests {
             let mut c = chain(5);
             tamper(&mut c);
             let r = verify_chain(c.into_iter(), &key());
+            assert!(!r.ok, "{name}");
+            assert_eq!(
+                r.first_bad.as_ref().map(|b| b.0),
+                Some(seq),
+                "{name}: {r:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_pruned_chain_verifies_from_its_checkpoint() {
+        let k = key();
+        let mut c = chain(6);
+        let cp = Checkpoint::after(&k, &c[2]);
+        let kept: Vec<AuditEntry> = c.split_off(3);
+        let r = verify_chain_from(kept.clone().into_iter(), &k, Some(&cp));
+        assert_eq!(
+            r,
+            VerifyReport {
+                rows: 3,
+                ok: true,
+                first_bad: None,
+                pruned_through: Some(3),
+            }
+        );
+        // Everything pruned: the checkpoint alone verifies.
+        let all = Checkpoint::after(&k, &kept[2]);
+        assert!(verify_chain_from(std::iter::empty(), &k, Some(&all)).ok);
+        // Without the checkpoint the kept rows do not verify.
+        let r = verify_chain(kept.into_iter(), &k);
+        assert_eq!(r.first_bad.map(|b| b.0), Some(4));
+    }
+
+    #[test]
+    fn detects_tampering_after_pruning() {
+        type Tamper = fn(&mut Checkpoint, &mut Vec<AuditEntry>);
+        // (case, tamper, first bad seq); rows 4..=6 kept after a checkpoint at 3.
+        let cases: Vec<(&str, Tamper, i64)> = vec![
+            ("edited kept row", |_, c| c[1].ts += 1, 5),
+            (
+                "deleted oldest kept row",
+                |_, c| {
+                    c.remove(0);
+                },
+                5,
+            ),
+            ("checkpoint seq moved on", |cp, _| cp.seq += 1, 4),
+            ("checkpoint seq moved back", |cp, _| cp.seq -= 1, 2),
+            ("checkpoint mac edited", |cp, _| cp.mac[0] ^= 1, 3),
+            ("checkpoint ts edited", |cp, _| cp.ts += 1, 3),
+            (
+                "checkpoint resealed with another key",
+                |cp, _| {
+                    let other = AuditKey::from_bytes(&[4u8; 32]);
+                    cp.seq += 1;
+                    cp.seal = checkpoint_seal(&other, cp.seq, cp.ts, &cp.mac);
+                },
+                4,
+            ),
+            (
+                "entry mac passed off as a seal",
+                |cp, c| cp.seal = c[0].prev,
+                3,
+            ),
+        ];
+        let k = key();
+        for (name, tamper, seq) in cases {
+            let mut c = chain(6);
+            let mut cp = Checkpoint::after(&k, &c[2]);
+            let mut kept = c.split_off(3);
+            tamper(&mut cp, &mut kept);
+            let r = verify_chain_from(kept.into_iter(), &k, Some(&cp));
             assert!(!r.ok, "{name}");
             assert_eq!(
                 r.first_bad.as_ref().map(|b| b.0),

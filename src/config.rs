@@ -144,6 +144,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Local control socket for `facegate ctl`.
     pub control: ControlConfig,
+    /// How long the audit log keeps its rows.
+    pub audit: AuditConfig,
 }
 
 /// `[mqtt]`: the broker and how the uplink talks to it.
@@ -209,6 +211,15 @@ pub struct OutboxConfig {
     pub quota_bytes: u64,
     /// Policy when a new capture would exceed `quota_bytes`.
     pub when_full: WhenFull,
+}
+
+/// `[audit]`: the audit log's retention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// Audit rows older than this are deleted by housekeeping, behind a
+    /// sealed chain checkpoint so `ctl audit verify` still proves the rest
+    /// (default 90 days, 1 day to 10 years).
+    pub retention: Duration,
 }
 
 /// `[commands]`: acceptance window for signed fleet commands.

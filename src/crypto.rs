@@ -27,6 +27,7 @@ const INFO_WRAP: &[u8] = b"facegate/v1/key-wrapping";
 const INFO_PSEUDONYM: &[u8] = b"facegate/v1/subject-pseudonym";
 const INFO_AUDIT: &[u8] = b"facegate/v1/audit-chain";
 const INFO_CHECK: &[u8] = b"facegate/v1/key-check";
+const AUDIT_REF_LABEL: &[u8] = b"facegate/v1/audit-subject-ref";
 
 /// Errors from key files and envelopes.
 #[derive(Debug, thiserror::Error)]
@@ -289,6 +290,54 @@ impl PseudonymKey {
         let mut out = [0u8; 32];
         out.copy_from_slice(tag.as_ref());
         out
+    }
+
+    /// The subject reference written to audit rows: HMAC-SHA256(pseudonym
+    /// key, label, `salt`, the subject's pseudonym). `salt` is the subject's
+    /// random audit salt ([`AuditSalt`]); once it is destroyed, the rows
+    /// written under it cannot be linked to the subject again, not even with
+    /// the device key.
+    pub fn audit_ref(&self, salt: &AuditSalt, pseudonym: &[u8; 32]) -> [u8; 32] {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        ctx.update(AUDIT_REF_LABEL);
+        ctx.update(&salt.0);
+        ctx.update(pseudonym);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.sign().as_ref());
+        out
+    }
+}
+
+/// A subject's random audit salt (32 bytes): what makes its audit rows
+/// linkable to it, for as long as the salt exists. Wiped when dropped.
+pub struct AuditSalt([u8; KEY_LEN]);
+
+impl std::fmt::Debug for AuditSalt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditSalt(..)")
+    }
+}
+
+impl Drop for AuditSalt {
+    fn drop(&mut self) {
+        wipe(&mut self.0);
+    }
+}
+
+impl AuditSalt {
+    /// A fresh random salt.
+    pub fn generate() -> Result<AuditSalt, CryptoError> {
+        Ok(AuditSalt(random_bytes()?))
+    }
+
+    /// A stored salt; `None` unless exactly [`KEY_LEN`] bytes.
+    pub fn from_slice(bytes: &[u8]) -> Option<AuditSalt> {
+        <[u8; KEY_LEN]>::try_from(bytes).ok().map(AuditSalt)
+    }
+
+    /// The bytes, for storing.
+    pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
+        &self.0
     }
 }
 
@@ -561,6 +610,26 @@ mod tests {
         );
         assert_ne!(a.audit.mac(b"x"), a.pseudonyms.pseudonym("x"));
         assert_ne!(a.check, b.check);
+    }
+
+    #[test]
+    fn audit_refs_depend_on_the_salt() {
+        let k = keys();
+        let p = k.pseudonyms.pseudonym("S-1");
+        let salt = AuditSalt::generate().unwrap();
+        let again = AuditSalt::from_slice(salt.as_bytes()).unwrap();
+        let other = AuditSalt::generate().unwrap();
+        assert_eq!(
+            k.pseudonyms.audit_ref(&salt, &p),
+            k.pseudonyms.audit_ref(&again, &p)
+        );
+        assert_ne!(
+            k.pseudonyms.audit_ref(&salt, &p),
+            k.pseudonyms.audit_ref(&other, &p)
+        );
+        assert_ne!(k.pseudonyms.audit_ref(&salt, &p), p);
+        assert!(AuditSalt::from_slice(&[0u8; 31]).is_none());
+        assert_eq!(format!("{salt:?}"), "AuditSalt(..)");
     }
 
     #[test]

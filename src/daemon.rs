@@ -209,8 +209,8 @@ async fn watchdog(agent: Arc<Agent>, every: Duration, mut shutdown: Shutdown) {
 
 /// Applies the consent rule to every queued subject (purging the captures of
 /// those it refuses: expiry, a removed or replaced trust key, ...), deletes
-/// expired consents and enforces retention; with or without a broker
-/// (ARCHITECTURE I8).
+/// expired consents and enforces retention of the outbox and of the audit
+/// log; with or without a broker (ARCHITECTURE I8).
 async fn housekeeping(agent: Arc<Agent>, mut shutdown: Shutdown) {
     let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
     loop {
@@ -236,6 +236,13 @@ async fn housekeeping(agent: Arc<Agent>, mut shutdown: Shutdown) {
                 tracing::info!(no_consent, old, "housekeeping purged captures")
             }
             Err(e) => tracing::error!(error = %e, "housekeeping failed"),
+        }
+        // On its own: a chain that does not verify stops only this part.
+        let retention = agent.config().audit.retention;
+        match agent.db().run(move |s| s.prune_audit(now, retention)).await {
+            Ok(0) => {}
+            Ok(rows) => tracing::info!(rows, "audit retention deleted old rows"),
+            Err(e) => tracing::error!(error = %e, "audit retention failed"),
         }
     }
 }

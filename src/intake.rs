@@ -190,10 +190,12 @@ pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, Inta
                 accepted.push((prepared.pair, capture));
             }
             Decision::Drop(reason) => {
-                tracing::info!(pair = %prepared.pair.name, reason = reason.code(), "dropped capture without consent");
+                // No per-person trace of someone who did not consent: no
+                // subject reference, no file name (ARCHITECTURE I3).
+                tracing::info!(reason = reason.code(), "dropped capture without consent");
                 store.record(
                     "capture.dropped",
-                    subject.as_ref(),
+                    None,
                     json!({ "reason": reason.code(), "camera": prepared.sidecar.camera }),
                     Some("dropped_no_consent"),
                     now,

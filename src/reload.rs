@@ -1,7 +1,8 @@
 //! SIGHUP: which parts of a new configuration apply to a running daemon.
 //!
 //! A pure function of the old and the new validated configuration. Trusted keys,
-//! capture limits, outbox policy, command window and log level apply at once;
+//! capture limits, outbox policy, command window, audit retention and log
+//! level apply at once;
 //! identity, directories, broker settings and the control socket are wired into
 //! open files and connections, so a change there is reported as needing a
 //! restart and the running value is kept (never silently ignored).
@@ -53,6 +54,7 @@ pub fn plan(old: &Config, new: Config) -> (Config, Plan) {
         commands,
         log,
         control,
+        audit,
     } = new;
     let Identity { site_id, device_id } = identity;
     let LogConfig { level, format } = log;
@@ -63,6 +65,7 @@ pub fn plan(old: &Config, new: Config) -> (Config, Plan) {
         capture: p.live("capture", &old.capture, capture),
         outbox: p.live("outbox", &old.outbox, outbox),
         commands: p.live("commands", &old.commands, commands),
+        audit: p.live("audit", &old.audit, audit),
         log: LogConfig {
             level: p.live("log.level", &old.log.level, level),
             format: p.fixed("log.format", &old.log.format, format),
@@ -172,6 +175,9 @@ mod tests {
             control: crate::config::ControlConfig {
                 socket: "/run/facegate/other.sock".into(),
             },
+            audit: crate::config::AuditConfig {
+                retention: c.audit.retention * 2,
+            },
         }
     }
 
@@ -179,11 +185,12 @@ mod tests {
     fn each_live_key_applies_and_each_restart_key_is_reported() {
         type Pick = fn(&mut Config, &Config);
         // (reported name, live?, copy that one key from `changed` into a config)
-        let keys: [(&str, bool, Pick); 12] = [
+        let keys: [(&str, bool, Pick); 13] = [
             ("trust", true, |c, n| c.trust = n.trust.clone()),
             ("capture", true, |c, n| c.capture = n.capture.clone()),
             ("outbox", true, |c, n| c.outbox = n.outbox.clone()),
             ("commands", true, |c, n| c.commands = n.commands.clone()),
+            ("audit", true, |c, n| c.audit = n.audit.clone()),
             ("log.level", true, |c, n| c.log.level = n.log.level.clone()),
             ("log.format", false, |c, n| c.log.format = n.log.format),
             ("site_id", false, |c, n| {

@@ -132,6 +132,7 @@ fn minimal_config_gets_every_default() {
     assert_eq!(c.commands.max_lifetime, Duration::from_secs(86_400));
     assert_eq!(c.commands.clock_skew, Duration::from_secs(60));
     assert_eq!(c.commands.max_bytes, 65_536);
+    assert_eq!(c.audit.retention, Duration::from_secs(90 * 86_400));
     assert_eq!(c.log.level, "info");
     assert_eq!(c.log.format, LogFormat::Text);
     assert_eq!(
@@ -195,6 +196,7 @@ fn example_config_documents_every_key() {
         ),
         ("log", with_table(&site.minimal(), "log", "zzz = 1")),
         ("control", with_table(&site.minimal(), "control", "zzz = 1")),
+        ("audit", with_table(&site.minimal(), "audit", "zzz = 1")),
     ] {
         let known = match site.load(&probe) {
             Err(ConfigError::UnknownKey { known, .. }) => known,
@@ -203,7 +205,7 @@ fn example_config_documents_every_key() {
         assert!(!known.is_empty(), "{section}");
         for key in known {
             let is_table = [
-                "mqtt", "trust", "capture", "outbox", "commands", "log", "control",
+                "mqtt", "trust", "capture", "outbox", "commands", "log", "control", "audit",
             ]
             .contains(&key.as_str());
             let documented = if is_table {
@@ -320,6 +322,18 @@ fn durations_parse_and_respect_bounds() {
     starts(
         &err("commands", "max_lifetime = \"90d\""),
         "commands.max_lifetime: must be between",
+    );
+    assert_eq!(
+        ok("audit", "retention = \"30d\"").audit.retention,
+        Duration::from_secs(30 * 86_400)
+    );
+    starts(
+        &err("audit", "retention = \"1h\""),
+        "audit.retention: must be between 1day and 10years, got 1h",
+    );
+    starts(
+        &err("audit", "retention = \"20y\""),
+        "audit.retention: must be between",
     );
     starts(
         &err("outbox", "retention = 7"),

@@ -51,6 +51,9 @@ pub struct RawConfig {
     /// `[control]`.
     #[serde(default)]
     pub control: RawControl,
+    /// `[audit]`.
+    #[serde(default)]
+    pub audit: RawAudit,
 }
 
 /// `[mqtt]` as written.
@@ -145,6 +148,14 @@ pub struct RawLog {
     pub level: Option<String>,
     /// `text` or `json`.
     pub format: Option<String>,
+}
+
+/// `[audit]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "the [audit] table")]
+pub struct RawAudit {
+    /// How long audit rows are kept, humantime text (default `90d`).
+    pub retention: Option<String>,
 }
 
 /// `[control]` as written.

@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use super::error::{io_reason, ConfigError};
 use super::keys;
-use super::raw::{RawCapture, RawCommands, RawLog, RawMqtt, RawNumber, RawOutbox, RawTrust};
+use super::raw::{
+    RawAudit, RawCapture, RawCommands, RawLog, RawMqtt, RawNumber, RawOutbox, RawTrust,
+};
 use super::{
-    CaptureConfig, CommandConfig, Config, ControlConfig, Identity, LogConfig, LogFormat,
-    MqttConfig, OutboxConfig, RawConfig, Role, TrustedKey, WhenFull,
+    AuditConfig, CaptureConfig, CommandConfig, Config, ControlConfig, Identity, LogConfig,
+    LogFormat, MqttConfig, OutboxConfig, RawConfig, Role, TrustedKey, WhenFull,
 };
 
 const KIB: u64 = 1024;
@@ -68,6 +70,7 @@ impl RawConfig {
         let outbox = outbox(self.outbox)?;
         let commands = commands(self.commands)?;
         let log = log(self.log)?;
+        let audit = audit(self.audit)?;
         let socket = match self.control.socket {
             Some(s) => path("control.socket", Some(s), base_dir)?,
             None => state_dir.join("control.sock"),
@@ -93,6 +96,7 @@ impl RawConfig {
             commands,
             log,
             control: ControlConfig { socket },
+            audit,
         })
     }
 }
@@ -327,6 +331,18 @@ fn outbox(raw: RawOutbox) -> Result<OutboxConfig, ConfigError> {
                 ("reject_new", WhenFull::RejectNew),
                 ("drop_oldest", WhenFull::DropOldest),
             ],
+        )?,
+    })
+}
+
+fn audit(raw: RawAudit) -> Result<AuditConfig, ConfigError> {
+    Ok(AuditConfig {
+        retention: duration(
+            "audit.retention",
+            raw.retention,
+            "90d",
+            secs(86_400),
+            secs(315_576_000), // 10 years of 365.25 days
         )?,
     })
 }

@@ -218,6 +218,9 @@ pub(super) fn revoke(
         json!({ "before": before, "revoked_before": revoked_before, "consents_removed": removed });
     w.audit(now, kind::CONSENT_REVOKED, Some(&sref), detail)?;
     let purged = purge_subject_in(&mut w, &sref, now, PurgeReason::Revoked)?;
+    // The subject's history so far becomes unlinkable to it (ARCHITECTURE I3);
+    // rows naming it from now on get a new salt.
+    w.forget_audit_subject(&sref)?;
     let revocation = Revocation {
         consents_removed: removed,
         purged,

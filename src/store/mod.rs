@@ -11,7 +11,11 @@
 //! Subjects are stored by pseudonym (HMAC of the id under a device key). The
 //! plain subject id is kept only where it is needed: in consent rows (the token
 //! names it anyway) and, encrypted under the subject's data key, inside each
-//! capture's metadata for the upload envelope.
+//! capture's metadata for the upload envelope. Audit rows name a subject by
+//! a second reference, salted with a random per-subject salt that revocation
+//! destroys (so the subject's earlier rows become unlinkable); drops of
+//! captures without consent name no subject at all. Audit rows older than
+//! the audit retention period are deleted behind a sealed chain checkpoint.
 //!
 //! The store is synchronous; the daemon owns one [`Store`] behind a mutex and
 //! calls it from `spawn_blocking`.
@@ -254,7 +258,7 @@ impl PurgeReason {
 /// A subject whose queued captures [`Store::sweep_consents`] purged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Swept {
-    /// The subject's pseudonym (hex), as in audit rows.
+    /// The subject's storage pseudonym (hex), as [`Store::subject_ref`] gives it.
     pub subject_ref: String,
     /// [`PurgeReason::ConsentExpired`] or [`PurgeReason::ConsentInvalid`].
     pub reason: PurgeReason,
@@ -388,9 +392,20 @@ impl Store {
         &self.path
     }
 
-    /// Hex pseudonym of a subject, as it appears in audit rows.
+    /// Hex storage pseudonym of a subject (tombstones, data keys, captures;
+    /// [`Swept::subject_ref`]). Audit rows use [`Store::audit_ref`] instead.
     pub fn subject_ref(&self, subject: &SubjectId) -> String {
         hex::encode(self.keys.pseudonyms.pseudonym(subject.as_str()))
+    }
+
+    /// Hex reference under which audit rows written now name `subject`
+    /// (salted per subject); `None` if no row names it since its last
+    /// revocation. Read-only.
+    pub fn audit_ref(&mut self, subject: &SubjectId) -> Result<Option<String>, StoreError> {
+        let pseudonym = self.keys.pseudonyms.pseudonym(subject.as_str());
+        let r = audit_log::stored_salt(&self.conn, &pseudonym)
+            .map(|salt| salt.map(|s| hex::encode(self.keys.pseudonyms.audit_ref(&s, &pseudonym))));
+        self.finish(r)
     }
 
     // ---- consents -------------------------------------------------------
@@ -621,6 +636,26 @@ impl Store {
         self.finish(r)
     }
 
+    /// Audit retention: deletes the oldest audit rows written more than
+    /// `retention` before `now` (at most 10 000 per call), keeping a sealed
+    /// checkpoint so [`Store::audit_verify`] still proves the rest, and audits
+    /// `audit.pruned`; then checkpoints the WAL. Refuses (and deletes nothing)
+    /// when the rows to delete do not verify. Returns how many were deleted.
+    pub fn prune_audit(&mut self, now: i64, retention: Duration) -> Result<u64, StoreError> {
+        let keep = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
+        let cutoff = now.saturating_sub(keep);
+        let r = (|| {
+            let mut w = self.writer()?;
+            let deleted = audit_log::prune(&mut w, now, cutoff)?;
+            if deleted > 0 {
+                w.commit()?;
+                self.checkpoint()?;
+            }
+            Ok(deleted)
+        })();
+        self.finish(r)
+    }
+
     /// The newest `n` audit rows, newest last.
     pub fn audit_tail(&mut self, n: usize) -> Result<Vec<AuditEntry>, StoreError> {
         let r = audit_log::tail(self, n);
@@ -730,26 +765,26 @@ impl Store {
 
 impl Writer<'_> {
     /// Appends one audit row (chained to the previous one), inside the
-    /// effect's own transaction (ARCHITECTURE I6).
+    /// effect's own transaction (ARCHITECTURE I6). `subject` is the
+    /// subject's storage pseudonym; the row holds its salted audit reference.
     pub(crate) fn audit(
         &mut self,
         ts: i64,
         kind: &str,
-        subject_ref: Option<&[u8; 32]>,
+        subject: Option<&[u8; 32]>,
         detail: Value,
     ) -> Result<(), StoreError> {
         let head = match self.head {
             Some(h) => h,
             None => audit_log::head(&self.tx)?,
         };
-        let entry = crate::audit::next_entry(
-            &self.keys.audit,
-            head,
-            ts,
-            kind,
-            subject_ref.map(hex::encode),
-            detail,
-        );
+        let subject_ref = match subject {
+            Some(p) => Some(hex::encode(audit_log::subject_ref(
+                &self.tx, self.keys, p, ts,
+            )?)),
+            None => None,
+        };
+        let entry = crate::audit::next_entry(&self.keys.audit, head, ts, kind, subject_ref, detail);
         audit_log::append(&self.tx, &entry)?;
         self.head = Some(Some((entry.seq, entry.mac)));
         Ok(())
@@ -763,6 +798,12 @@ impl Writer<'_> {
     /// The subject's pseudonym.
     pub(crate) fn pseudonym(&self, subject: &SubjectId) -> [u8; 32] {
         self.keys.pseudonyms.pseudonym(subject.as_str())
+    }
+
+    /// Destroys the subject's audit salt: the audit rows naming it so far can
+    /// no longer be linked to it (revocation).
+    pub(crate) fn forget_audit_subject(&self, pseudonym: &[u8; 32]) -> Result<(), StoreError> {
+        audit_log::forget_subject(&self.tx, pseudonym)
     }
 
     /// For a command's effect: stores its jti with the reply made from

@@ -7,7 +7,7 @@ use super::{SqlCtx, Store, StoreError};
 
 /// Migration steps; step `i` takes the schema from version `i` to `i + 1`.
 /// Append only: never edit a released step.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, AUDIT_PRIVACY];
 
 const V1: &str = r#"
 CREATE TABLE meta (
@@ -97,6 +97,30 @@ CREATE TABLE commands (
 /// (after a crash between commit and PUBACK) is answered with the same reply.
 const V2: &str = r#"
 ALTER TABLE commands ADD COLUMN reply TEXT;
+"#;
+
+/// Audit privacy and retention. Self-contained (creates only its own tables
+/// and touches no other step's), so it may take any place in the list.
+/// - `audit_salts`: each subject's random audit salt, keyed by its storage
+///   pseudonym. Audit rows name a subject by a reference salted with it;
+///   revocation deletes the salt, which makes the subject's earlier rows
+///   unlinkable to it (`crypto::PseudonymKey::audit_ref`).
+/// - `audit_checkpoint`: at most one row, the sealed link of the last audit
+///   entry deleted by retention; verification starts there.
+const AUDIT_PRIVACY: &str = r#"
+CREATE TABLE audit_salts (
+    subject_ref BLOB PRIMARY KEY,
+    salt        BLOB NOT NULL,
+    created_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE audit_checkpoint (
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    seq  INTEGER NOT NULL,
+    ts   INTEGER NOT NULL,
+    mac  BLOB NOT NULL,
+    seal BLOB NOT NULL
+);
 "#;
 
 /// Highest schema version this build knows.

@@ -281,9 +281,11 @@ fn consents_add_list_and_duplicates() {
     assert_eq!(s.active_consent_count(T0).unwrap(), 2);
     assert_eq!(s.active_consent_count(T0 + 10).unwrap(), 1);
     assert_eq!(kinds(&mut s), [kind::CONSENT_ADDED, kind::CONSENT_ADDED]);
-    // Audit rows carry pseudonyms, never plain subject ids.
+    // Audit rows carry salted pseudonyms, never plain subject ids.
     let tail = s.audit_tail(10).unwrap();
-    assert_eq!(
+    assert_eq!(tail[0].subject_ref, s.audit_ref(&sid("S-1")).unwrap());
+    assert_ne!(tail[0].subject_ref, tail[1].subject_ref);
+    assert_ne!(
         tail[0].subject_ref.as_deref(),
         Some(s.subject_ref(&sid("S-1")).as_str())
     );
@@ -1205,4 +1207,225 @@ fn purge_and_pending_use_indexes() {
     let p = plan("SELECT seq FROM captures WHERE queued_at < 5 ORDER BY queued_at, seq");
     assert!(p.contains("captures_by_queued"), "{p}");
     assert!(!p.contains("TEMP B-TREE"), "{p}");
+}
+
+/// The audit salts stored, by storage pseudonym.
+fn audit_salts(dir: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let conn = raw(dir);
+    let mut stmt = conn
+        .prepare("SELECT subject_ref, salt FROM audit_salts")
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .unwrap();
+    rows
+}
+
+/// Every reference the subject's id and the device key give, with any salt
+/// still on the device: the old unsalted pseudonym and one per stored salt.
+fn refs_from_id_and_key(dir: &Path, subject: &str) -> Vec<String> {
+    let keys = key().derive();
+    let p = keys.pseudonyms.pseudonym(subject);
+    let mut out = vec![hex::encode(p)];
+    for (_, salt) in audit_salts(dir) {
+        let salt = crate::crypto::AuditSalt::from_slice(&salt).unwrap();
+        out.push(hex::encode(keys.pseudonyms.audit_ref(&salt, &p)));
+    }
+    out
+}
+
+#[test]
+fn revocation_makes_the_subjects_earlier_audit_rows_unlinkable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    with_captures(&mut s, "S-1", 2, T0);
+    with_captures(&mut s, "S-2", 1, T0);
+    let before = s.audit_ref(&sid("S-1")).unwrap().expect("S-1 has a salt");
+    let rows_before = s.audit_tail(1000).unwrap();
+    let named: Vec<&AuditEntry> = rows_before
+        .iter()
+        .filter(|e| e.subject_ref.as_deref() == Some(before.as_str()))
+        .collect();
+    assert_eq!(named.len(), 3, "consent.added and two capture.accepted");
+    // While the salt lives, the device key and the id link the rows.
+    assert!(refs_from_id_and_key(dir.path(), "S-1").contains(&before));
+    let salt: Vec<u8> = audit_salts(dir.path())
+        .into_iter()
+        .find(|(p, _)| *p == key().derive().pseudonyms.pseudonym("S-1"))
+        .map(|(_, salt)| salt)
+        .unwrap();
+
+    s.revoke(&sid("S-1"), T0, T0 + 1, None).unwrap();
+
+    // Rows up to and including the revocation's own: no longer computable
+    // from the subject id and the device key, and the salt is gone from
+    // the database files (zeroed, WAL truncated).
+    let after_revoke = s.audit_tail(1000).unwrap();
+    let candidates = refs_from_id_and_key(dir.path(), "S-1");
+    for e in &after_revoke {
+        if let Some(r) = &e.subject_ref {
+            assert!(!candidates.contains(r), "row {} still links: {e:?}", e.seq);
+        }
+    }
+    assert!(after_revoke
+        .iter()
+        .any(|e| e.kind == kind::CONSENT_REVOKED && e.subject_ref.as_deref() == Some(&before)));
+    assert_eq!(s.audit_ref(&sid("S-1")).unwrap(), None);
+    assert!(
+        !contains(&raw_files(dir.path()), &salt),
+        "salt left in the files"
+    );
+    // Other subjects keep theirs.
+    assert!(s.audit_ref(&sid("S-2")).unwrap().is_some());
+
+    // Rows after the revocation get a new salt: linkable to each other,
+    // not to the earlier ones.
+    s.add_consent(&consent("c-new", "S-1", T0 + 5, T0 + DAY), T0 + 6, None)
+        .unwrap();
+    let after = s.audit_ref(&sid("S-1")).unwrap().expect("a new salt");
+    assert_ne!(after, before);
+    let newest = s.audit_tail(1).unwrap().remove(0);
+    assert_eq!(newest.kind, kind::CONSENT_ADDED);
+    assert_eq!(newest.subject_ref.as_deref(), Some(after.as_str()));
+    assert!(
+        s.audit_verify().unwrap().ok,
+        "the chain covers rows as written"
+    );
+}
+
+/// Appends `n` rows at `ts`, their detail naming `tag`.
+fn rows_at(s: &mut Store, tag: &str, n: usize, ts: i64) {
+    for i in 0..n {
+        s.record(
+            kind::CAPTURE_REJECTED,
+            None,
+            json!({ "reason": format!("{tag}-{i}") }),
+            None,
+            ts,
+        )
+        .unwrap();
+    }
+}
+
+fn seqs(s: &mut Store) -> Vec<i64> {
+    s.audit_tail(1000)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.seq)
+        .collect()
+}
+
+const RETENTION: Duration = Duration::from_secs(90 * 86_400);
+
+#[test]
+fn audit_retention_deletes_old_rows_behind_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    rows_at(&mut s, "old-row", 3, T0 - 100 * DAY);
+    rows_at(&mut s, "new-row", 2, T0 - 10 * DAY);
+    assert_eq!(s.prune_audit(T0 - 11 * DAY, RETENTION).unwrap(), 0);
+    assert_eq!(s.prune_audit(T0, RETENTION).unwrap(), 3);
+    assert_eq!(seqs(&mut s), [4, 5, 6]);
+    let pruned = s.audit_tail(1).unwrap().remove(0);
+    assert_eq!(pruned.kind, kind::AUDIT_PRUNED);
+    assert_eq!(
+        pruned.detail,
+        json!({ "rows": 3, "through_seq": 3, "before": T0 - 90 * DAY })
+    );
+    let v = s.audit_verify().unwrap();
+    assert!(v.ok, "{v:?}");
+    assert_eq!((v.rows, v.pruned_through), (3, Some(3)));
+    assert!(
+        !contains(&raw_files(dir.path()), b"old-row"),
+        "deleted rows left in the database files"
+    );
+    assert!(contains(&raw_files(dir.path()), b"new-row-1"));
+    // Nothing more to do; the chain goes on from the head, across a reopen.
+    assert_eq!(s.prune_audit(T0, RETENTION).unwrap(), 0);
+    drop(s);
+    let mut s = open(dir.path());
+    rows_at(&mut s, "later", 1, T0);
+    assert!(s.audit_verify().unwrap().ok);
+
+    // Tampering with the rest or with the checkpoint is still detected.
+    type Tamper = (&'static str, &'static str, i64);
+    let cases: [Tamper; 4] = [
+        (
+            "UPDATE audit SET ts = ts + 1 WHERE seq = 5",
+            "edited row",
+            5,
+        ),
+        (
+            "DELETE FROM audit WHERE seq = 4",
+            "deleted oldest kept row",
+            5,
+        ),
+        (
+            "UPDATE audit_checkpoint SET seq = 4",
+            "checkpoint moved on",
+            4,
+        ),
+        ("DELETE FROM audit_checkpoint", "checkpoint deleted", 4),
+    ];
+    drop(s);
+    for (sql, name, first_bad) in cases {
+        // Each on a copy of the database.
+        let copy = tempfile::tempdir().unwrap();
+        for f in ["facegate.db", "facegate.db-wal"] {
+            if dir.path().join(f).exists() {
+                std::fs::copy(dir.path().join(f), copy.path().join(f)).unwrap();
+            }
+        }
+        raw(copy.path()).execute(sql, []).unwrap();
+        let v = open(copy.path()).audit_verify().unwrap();
+        assert!(!v.ok, "{name}: {v:?}");
+        assert_eq!(v.first_bad.map(|b| b.0), Some(first_bad), "{name}");
+    }
+}
+
+#[test]
+fn audit_retention_deletes_only_the_old_prefix_of_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    rows_at(&mut s, "old", 2, T0 - 100 * DAY);
+    rows_at(&mut s, "recent", 1, T0);
+    // A row written while the clock was wrong (unset at boot).
+    rows_at(&mut s, "clock-unset", 1, 0);
+    assert_eq!(s.prune_audit(T0, RETENTION).unwrap(), 2);
+    assert_eq!(seqs(&mut s), [3, 4, 5]);
+    assert!(s.audit_verify().unwrap().ok);
+}
+
+#[test]
+fn audit_retention_of_every_row_keeps_the_chain_going() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    rows_at(&mut s, "old", 3, T0 - 100 * DAY);
+    assert_eq!(s.prune_audit(T0, RETENTION).unwrap(), 3);
+    // Only the audit.pruned row is left; a later pass prunes that too and
+    // the next row chains to the checkpoint.
+    assert_eq!(s.prune_audit(T0 + 91 * DAY, RETENTION).unwrap(), 1);
+    assert_eq!(seqs(&mut s), [5]);
+    rows_at(&mut s, "next", 1, T0 + 91 * DAY);
+    assert_eq!(seqs(&mut s), [5, 6]);
+    let v = s.audit_verify().unwrap();
+    assert!(v.ok, "{v:?}");
+    assert_eq!(v.pruned_through, Some(4));
+}
+
+#[test]
+fn audit_retention_keeps_a_chain_that_does_not_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    rows_at(&mut s, "old", 3, T0 - 100 * DAY);
+    rows_at(&mut s, "new", 1, T0);
+    raw(dir.path())
+        .execute("UPDATE audit SET detail = '{}' WHERE seq = 2", [])
+        .unwrap();
+    let err = s.prune_audit(T0, RETENTION).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert_eq!(seqs(&mut s), [1, 2, 3, 4], "the evidence is kept");
+    assert_eq!(s.audit_verify().unwrap().first_bad.map(|b| b.0), Some(2));
 }

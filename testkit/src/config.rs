@@ -40,6 +40,7 @@ pub struct ConfigBuilder {
     capture: Option<Capture>,
     outbox: Option<Outbox>,
     log: Option<Log>,
+    audit: Option<Audit>,
 }
 
 /// `[mqtt]`.
@@ -92,6 +93,13 @@ struct Outbox {
     quota_bytes: Option<u64>,
 }
 
+/// `[audit]`.
+#[derive(Debug, Clone, Default, Serialize)]
+struct Audit {
+    #[serde(serialize_with = "human_duration")]
+    retention: Option<Duration>,
+}
+
 /// `[log]`.
 #[derive(Debug, Clone, Default, Serialize)]
 struct Log {
@@ -129,6 +137,7 @@ impl ConfigBuilder {
             capture: None,
             outbox: None,
             log: None,
+            audit: None,
         }
     }
 
@@ -239,6 +248,12 @@ impl ConfigBuilder {
     /// `outbox.quota_bytes`.
     pub fn quota_bytes(mut self, bytes: u64) -> Self {
         self.outbox.get_or_insert_with(Outbox::default).quota_bytes = Some(bytes);
+        self
+    }
+
+    /// `audit.retention`.
+    pub fn audit_retention(mut self, retention: Duration) -> Self {
+        self.audit.get_or_insert_with(Audit::default).retention = Some(retention);
         self
     }
 
