@@ -222,7 +222,8 @@ fn a_device_certificate_that_is_a_ca_or_not_for_client_auth_fails_usage() {
         ca.issue_client_edited("term-01", now - 60, now + 365 * 86_400, edit)
             .unwrap()
     };
-    let cases: [(&str, Box<dyn Fn(&mut rcgen::CertificateParams)>, &str); 4] = [
+    type Edit = Box<dyn Fn(&mut rcgen::CertificateParams)>;
+    let cases: [(&str, Edit, &str); 4] = [
         (
             "CA:TRUE",
             Box::new(|p| p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained)),
