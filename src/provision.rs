@@ -18,10 +18,20 @@
 //! Keys are created with `create_new` and never overwritten. A CSR is public
 //! and is (re)written whenever it is missing or no longer matches the key.
 //! Key bytes never appear in the report or in errors.
+//!
+//! Run as root, provision must not be turned against other files by whoever
+//! can write in the directories it works in (the daemon's user owns the state
+//! directory). So a secret is created with `O_CREAT | O_EXCL | O_NOFOLLOW`
+//! and given its mode and owner through the open descriptor (`fchmod`,
+//! `fchown`), never by path; an existing one is opened with `O_NOFOLLOW` and
+//! must be a regular file with one link, owned by the expected user or root,
+//! before it is read; and a directory writable by group or others, or owned
+//! by another user than root, the current user or the secrets' owner, is
+//! refused.
 
 use std::fmt;
 use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -72,6 +82,25 @@ pub enum ProvisionError {
         /// The underlying error.
         source: rcgen::Error,
     },
+    /// A directory provision writes secrets into could be changed under it by
+    /// another user; nothing is written there.
+    #[error("{}: {reason}; refusing to write secrets there (another user could swap them for links to other files)", path.display())]
+    UnsafeDirectory {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it, e.g. "is writable by group or others (mode 0777)".
+        reason: String,
+    },
+    /// Something other than a plain file of the expected owner is where a
+    /// secret belongs (a symbolic link, a device, a hard link, a file of
+    /// another user); it is left untouched.
+    #[error("{}: {reason}; refusing to use it (remove it and run facegate provision again)", path.display())]
+    UnsafeFile {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The user that should own the device's secrets does not exist.
     #[error("user {0:?} does not exist (install the package or run systemd-sysusers first)")]
     NoSuchUser(String),
@@ -120,14 +149,19 @@ impl Owner {
     /// Who should own the device's secrets when nobody was named: the
     /// `facegate` user if we run as root and it exists (the daemon cannot
     /// read root's 0600 files), otherwise the current user (`None`).
-    #[allow(unsafe_code)] // geteuid(2), see SAFETY below
     pub fn default_for_provision() -> Option<Owner> {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
+        if euid() != 0 {
             return None;
         }
         Owner::of_user("facegate").ok()
     }
+}
+
+/// The effective user id of this process.
+#[allow(unsafe_code)] // geteuid(2), see SAFETY below
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 /// What provisioning did to one item.
@@ -258,6 +292,7 @@ pub fn provision_owned(
 
     let state_dir = &cfg.state_dir;
     let action = ensure_dir(state_dir, 0o700, owner)?;
+    check_dir(state_dir, owner)?;
     items.push(item(items::STATE_DIR, state_dir, action));
 
     let storage_key = state_dir.join(STORAGE_KEY_FILE);
@@ -265,11 +300,12 @@ pub fn provision_owned(
     items.push(item(items::STORAGE_KEY, &storage_key, action));
 
     let key_file = &cfg.mqtt.key_file;
-    if let Some(parent) = key_file.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if !parent.exists() {
-            ensure_dir(parent, 0o755, None)?;
-        }
-    }
+    let key_dir = match key_file.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => parent,
+        None => Path::new("."),
+    };
+    ensure_dir(key_dir, 0o755, None)?;
+    check_dir(key_dir, owner)?;
     let (key, action) = ensure_tls_key(key_file, owner)?;
     items.push(item(items::TLS_KEY, key_file, action));
 
@@ -376,37 +412,112 @@ fn io_err(path: &Path, action: &'static str) -> impl FnOnce(std::io::Error) -> P
     }
 }
 
-/// Creates `dir` (and parents) with `mode` if missing; an existing directory
-/// is kept as is (the doctor reports a wrong mode).
+/// Creates `dir` (and parents) with `mode` if missing, mode and owner set
+/// through the open directory; an existing directory is kept as is (see
+/// [`check_dir`]).
 fn ensure_dir(dir: &Path, mode: u32, owner: Option<Owner>) -> Result<Action, ProvisionError> {
     if dir.is_dir() {
         return Ok(Action::Kept);
     }
     fs::create_dir_all(dir).map_err(io_err(dir, "create directory"))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+    let handle = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir)
+        .map_err(io_err(dir, "open directory"))?;
+    handle
+        .set_permissions(fs::Permissions::from_mode(mode))
         .map_err(io_err(dir, "set permissions of"))?;
-    chown(dir, owner)?;
+    fchown(&handle, dir, owner)?;
     Ok(Action::Created)
+}
+
+/// Refuses a directory in which another user could replace what provision
+/// writes: writable by group or others, or owned by anyone but root, the
+/// current user or `owner`.
+fn check_dir(dir: &Path, owner: Option<Owner>) -> Result<(), ProvisionError> {
+    let meta = fs::metadata(dir).map_err(io_err(dir, "inspect"))?;
+    let unsafe_dir = |reason: String| ProvisionError::UnsafeDirectory {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    if !meta.is_dir() {
+        return Err(unsafe_dir("is not a directory".into()));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(unsafe_dir(format!(
+            "is writable by group or others (mode {mode:04o}; chmod go-w)"
+        )));
+    }
+    let trusted = [0, euid(), owner.map_or(0, |o| o.uid)];
+    if !trusted.contains(&meta.uid()) {
+        return Err(unsafe_dir(format!(
+            "is owned by uid {}, neither root, the current user nor the secrets' owner",
+            meta.uid()
+        )));
+    }
+    Ok(())
+}
+
+/// Opens the secret at `path` for reading if there is one, without following
+/// a symbolic link, and checks it is a regular file with a single link owned
+/// by the secrets' owner (or root). `None` if nothing is there.
+fn open_existing_secret(
+    path: &Path,
+    owner: Option<Owner>,
+) -> Result<Option<(fs::File, fs::Metadata)>, ProvisionError> {
+    let unsafe_file = |reason: String| ProvisionError::UnsafeFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    // O_NONBLOCK: opening a FIFO planted there must not hang.
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(unsafe_file("is a symbolic link".into()))
+        }
+        Err(e) => return Err(io_err(path, "open")(e)),
+    };
+    let meta = file.metadata().map_err(io_err(path, "inspect"))?;
+    if !meta.is_file() {
+        return Err(unsafe_file("is not a regular file".into()));
+    }
+    if meta.nlink() != 1 {
+        return Err(unsafe_file(format!(
+            "has {} hard links (another name may point at it)",
+            meta.nlink()
+        )));
+    }
+    let expected = owner.map_or_else(euid, |o| o.uid);
+    if meta.uid() != expected && meta.uid() != 0 {
+        return Err(unsafe_file(format!(
+            "is owned by uid {}, expected {expected} or root",
+            meta.uid()
+        )));
+    }
+    Ok(Some((file, meta)))
 }
 
 /// Creates the 32-byte storage key unless a file is already there; an
 /// existing file of the wrong size is refused, never replaced.
 fn ensure_storage_key(path: &Path, owner: Option<Owner>) -> Result<Action, ProvisionError> {
-    match fs::metadata(path) {
-        Ok(meta) if meta.is_file() && meta.len() == STORAGE_KEY_LEN as u64 => {
-            return Ok(Action::Kept)
+    if let Some((_, meta)) = open_existing_secret(path, owner)? {
+        if meta.len() == STORAGE_KEY_LEN as u64 {
+            return Ok(Action::Kept);
         }
-        Ok(meta) => {
-            return Err(ProvisionError::BadExistingKey {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "is not a {STORAGE_KEY_LEN}-byte key file ({} bytes)",
-                    meta.len()
-                ),
-            })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err(path, "inspect")(e)),
+        return Err(ProvisionError::BadExistingKey {
+            path: path.to_path_buf(),
+            reason: format!(
+                "is not a {STORAGE_KEY_LEN}-byte key file ({} bytes)",
+                meta.len()
+            ),
+        });
     }
     let mut key = [0u8; STORAGE_KEY_LEN];
     SystemRandom::new()
@@ -420,26 +531,24 @@ fn ensure_storage_key(path: &Path, owner: Option<Owner>) -> Result<Action, Provi
 
 /// Loads the TLS key at `path`, or creates a P-256 key there if there is none.
 fn ensure_tls_key(path: &Path, owner: Option<Owner>) -> Result<(KeyPair, Action), ProvisionError> {
-    match fs::read_to_string(path) {
-        Ok(pem) => {
-            let key = KeyPair::from_pem(&pem).map_err(|e| ProvisionError::BadExistingKey {
-                path: path.to_path_buf(),
-                reason: format!("is not a PKCS#8 PEM private key ({e})"),
-            })?;
-            Ok((key, Action::Kept))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|source| {
-                ProvisionError::Generate {
-                    what: "the TLS private key".into(),
-                    source,
-                }
-            })?;
-            write_new(path, key.serialize_pem().as_bytes(), 0o600, owner)?;
-            Ok((key, Action::Created))
-        }
-        Err(e) => Err(io_err(path, "read")(e)),
+    if let Some((mut file, _)) = open_existing_secret(path, owner)? {
+        let mut pem = String::new();
+        file.read_to_string(&mut pem)
+            .map_err(io_err(path, "read"))?;
+        let key = KeyPair::from_pem(&pem).map_err(|e| ProvisionError::BadExistingKey {
+            path: path.to_path_buf(),
+            reason: format!("is not a PKCS#8 PEM private key ({e})"),
+        })?;
+        return Ok((key, Action::Kept));
     }
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|source| {
+        ProvisionError::Generate {
+            what: "the TLS private key".into(),
+            source,
+        }
+    })?;
+    write_new(path, key.serialize_pem().as_bytes(), 0o600, owner)?;
+    Ok((key, Action::Created))
 }
 
 /// Keeps an existing CSR that names `request` and carries `key`'s public key;
@@ -530,7 +639,10 @@ pub fn csr_info(pem_text: &str) -> Option<CsrInfo> {
     Some(parsed)
 }
 
-/// Writes a new secret file (`create_new`, `mode`), synced, then gives it to `owner`.
+/// Writes a new secret file: created with `O_CREAT | O_EXCL | O_NOFOLLOW`
+/// (nothing, not even a symbolic link, may be there), given exactly `mode`
+/// and `owner` through the open descriptor before any byte is written, then
+/// synced.
 fn write_new(
     path: &Path,
     bytes: &[u8],
@@ -541,14 +653,15 @@ fn write_new(
         .write(true)
         .create_new(true)
         .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .map_err(io_err(path, "create"))?;
-    // open()'s mode is masked by the umask; make it exact.
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+    // open()'s mode is masked by the umask; make it exact (fchmod).
+    file.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(io_err(path, "set permissions of"))?;
+    fchown(&file, path, owner)?;
     file.write_all(bytes).map_err(io_err(path, "write"))?;
     file.sync_all().map_err(io_err(path, "sync"))?;
-    chown(path, owner)?;
     sync_parent(path)
 }
 
@@ -570,13 +683,10 @@ fn write_public(path: &Path, bytes: &[u8]) -> Result<(), ProvisionError> {
     sync_parent(path)
 }
 
-fn chown(path: &Path, owner: Option<Owner>) -> Result<(), ProvisionError> {
+/// Gives the open file `handle` (at `path`, for errors) to `owner`.
+fn fchown(handle: &fs::File, path: &Path, owner: Option<Owner>) -> Result<(), ProvisionError> {
     let Some(owner) = owner else { return Ok(()) };
-    let meta = fs::metadata(path).map_err(io_err(path, "inspect"))?;
-    if meta.uid() == owner.uid && meta.gid() == owner.gid {
-        return Ok(());
-    }
-    std::os::unix::fs::chown(path, Some(owner.uid), Some(owner.gid))
+    std::os::unix::fs::fchown(handle, Some(owner.uid), Some(owner.gid))
         .map_err(io_err(path, "change owner of"))
 }
 

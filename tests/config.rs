@@ -791,6 +791,16 @@ fn bad_names_and_choices_are_refused() {
         &site.error(&m.replace("\"term-01\"", "\"\"")),
         "device_id: \"\" must be 1 to 64 characters",
     );
+    // The broker ACL gives the user `fleet` read access to every device's
+    // topics: a device must not be able to carry that name.
+    starts(
+        &site.error(&m.replace("\"term-01\"", "\"fleet\"")),
+        "device_id: \"fleet\" is reserved",
+    );
+    starts(
+        &site.error_env(&m, &[("FACEGATE_DEVICE_ID", "Fleet")]),
+        "device_id: \"Fleet\" is reserved",
+    );
     starts(
         &site.error(&m.replace("[mqtt]", "[mqtt]\nprefix = \"a/b\"")),
         "mqtt.prefix: ",

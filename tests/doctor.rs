@@ -211,6 +211,58 @@ fn a_certificate_for_another_device_fails_identity() {
 }
 
 #[test]
+fn a_device_certificate_that_is_a_ca_or_not_for_client_auth_fails_usage() {
+    use rcgen::{BasicConstraints, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose};
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new("fleet CA").unwrap();
+    let t = Terminal::new(&offline_creds(tmp.path(), &ca, "term-01"), free_port());
+    assert_eq!(outcome(&t.local(), names::CERT_USAGE), &Outcome::Pass);
+    let now = clock::now();
+    let issue = |edit: &dyn Fn(&mut rcgen::CertificateParams)| {
+        ca.issue_client_edited("term-01", now - 60, now + 365 * 86_400, edit)
+            .unwrap()
+    };
+    type Edit = Box<dyn Fn(&mut rcgen::CertificateParams)>;
+    let cases: [(&str, Edit, &str); 4] = [
+        (
+            "CA:TRUE",
+            Box::new(|p| p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained)),
+            "CA:TRUE",
+        ),
+        (
+            "keyCertSign",
+            Box::new(|p| {
+                p.key_usages = vec![
+                    KeyUsagePurpose::DigitalSignature,
+                    KeyUsagePurpose::KeyCertSign,
+                ]
+            }),
+            "keyCertSign",
+        ),
+        (
+            "no extended key usage",
+            Box::new(|p| p.extended_key_usages = vec![]),
+            "clientAuth",
+        ),
+        (
+            "server only",
+            Box::new(|p| p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth]),
+            "clientAuth",
+        ),
+    ];
+    for (name, edit, needle) in cases {
+        let bad = issue(&*edit);
+        t.install(&bad.cert_pem, &bad.key_pem);
+        let report = t.local();
+        assert_fails(&report, names::CERT_USAGE, needle);
+        // Everything else about it is fine: only the usage check catches it.
+        for other in [names::CERT_CHAIN, names::CERT_IDENTITY, names::TLS_FILES] {
+            assert_eq!(outcome(&report, other), &Outcome::Pass, "{name}: {other}");
+        }
+    }
+}
+
+#[test]
 fn a_broken_config_is_one_failure_naming_the_key() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = Ca::new("fleet CA").unwrap();

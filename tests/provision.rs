@@ -267,3 +267,187 @@ fn config_for_provisioning_loads_before_the_tls_files_exist() {
     // Still refused by the daemon's loader until the signed certificate and CA are installed.
     assert!(config::load_with_env(&path, &[]).is_err());
 }
+
+/// The effective uid of the test process (root in CI).
+fn running_as_root() -> bool {
+    fs::metadata("/proc/self").unwrap().uid() == 0
+}
+
+/// A file outside the state directory that provision must never change.
+fn canary(dir: &Path, bytes: &[u8]) -> (PathBuf, fs::Metadata) {
+    let path = dir.join("canary");
+    fs::write(&path, bytes).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    (path.clone(), fs::metadata(&path).unwrap())
+}
+
+fn assert_untouched(path: &Path, before: &fs::Metadata, bytes: &[u8]) {
+    let now = fs::metadata(path).unwrap();
+    assert_eq!(
+        (now.uid(), now.gid(), now.mode() & 0o7777),
+        (before.uid(), before.gid(), before.mode() & 0o7777),
+        "{path:?} changed owner or mode"
+    );
+    assert_eq!(fs::read(path).unwrap(), bytes, "{path:?} changed content");
+}
+
+#[test]
+fn a_racing_symlink_swap_never_changes_another_file() {
+    if !running_as_root() {
+        eprintln!("skipped: giving files to another user needs root (CI runs as root)");
+        return;
+    }
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let (dir, cfg) = setup();
+    let (canary, before) = canary(dir.path(), b"root's file");
+    // Secrets go to another user, as `provision` run by root gives them to `facegate`.
+    let owner = Owner {
+        uid: 4242,
+        gid: 4242,
+    };
+    provision_owned(&cfg, Some(owner)).unwrap();
+    let key = storage_key(&cfg);
+
+    // Whoever can write the state directory (the daemon's user) keeps
+    // replacing the storage key with a link to root's file.
+    let stop = Arc::new(AtomicBool::new(false));
+    let racer = {
+        let (stop, key, canary) = (stop.clone(), key.clone(), canary.clone());
+        std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let _ = fs::remove_file(&key);
+                if std::os::unix::fs::symlink(&canary, &key).is_ok() {
+                    swaps += 1;
+                }
+            }
+            swaps
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let (mut runs, mut created) = (0u32, 0u32);
+    while Instant::now() < deadline {
+        let _ = fs::remove_file(&key);
+        if let Ok(report) = provision_owned(&cfg, Some(owner)) {
+            if report.action(items::STORAGE_KEY) == Some(Action::Created) {
+                created += 1;
+            }
+        }
+        runs += 1;
+        let now = fs::metadata(&canary).unwrap();
+        if (now.uid(), now.mode() & 0o7777) != (before.uid(), before.mode() & 0o7777) {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let swaps = racer.join().unwrap();
+    assert_untouched(&canary, &before, b"root's file");
+    assert!(
+        swaps > 0 && runs > 10,
+        "the race did not run: {swaps} swaps, {runs} runs"
+    );
+    eprintln!("{runs} runs, {created} keys created, {swaps} swaps");
+}
+
+#[test]
+fn a_symlink_where_a_secret_belongs_is_refused() {
+    // A link to a file that would pass as a storage key, and a dangling link.
+    let (dir, cfg) = setup();
+    let (target, before) = canary(dir.path(), &[9u8; 32]);
+    fs::create_dir_all(&cfg.state_dir).unwrap();
+    fs::set_permissions(&cfg.state_dir, fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::symlink(&target, storage_key(&cfg)).unwrap();
+    let err = provision(&cfg).unwrap_err().to_string();
+    assert!(
+        err.contains("storage.key") && err.contains("symbolic link"),
+        "{err}"
+    );
+    assert_untouched(&target, &before, &[9u8; 32]);
+
+    fs::remove_file(storage_key(&cfg)).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("nowhere"), storage_key(&cfg)).unwrap();
+    let err = provision(&cfg).unwrap_err().to_string();
+    assert!(
+        err.contains("storage.key") && err.contains("symbolic link"),
+        "{err}"
+    );
+    assert!(!dir.path().join("nowhere").exists());
+
+    // A link to some other private key in place of the device's TLS key.
+    let (dir, cfg) = setup();
+    let other = dir.path().join("other.key");
+    fs::write(&other, KeyPair::generate().unwrap().serialize_pem()).unwrap();
+    fs::create_dir_all(cfg.mqtt.key_file.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&other, &cfg.mqtt.key_file).unwrap();
+    let err = provision(&cfg).unwrap_err().to_string();
+    assert!(
+        err.contains("device.key") && err.contains("symbolic link"),
+        "{err}"
+    );
+    assert!(!csr_path_for(&cfg.mqtt.key_file).exists());
+
+    // A hard link to another file.
+    let (dir, cfg) = setup();
+    let (target, before) = canary(dir.path(), &[9u8; 32]);
+    fs::create_dir_all(&cfg.state_dir).unwrap();
+    fs::set_permissions(&cfg.state_dir, fs::Permissions::from_mode(0o700)).unwrap();
+    fs::hard_link(&target, storage_key(&cfg)).unwrap();
+    let err = provision(&cfg).unwrap_err().to_string();
+    assert!(
+        err.contains("storage.key") && err.contains("hard links"),
+        "{err}"
+    );
+    assert_untouched(&target, &before, &[9u8; 32]);
+}
+
+#[test]
+fn a_state_directory_others_can_write_is_refused() {
+    let (_dir, cfg) = setup();
+    fs::create_dir_all(&cfg.state_dir).unwrap();
+    fs::set_permissions(&cfg.state_dir, fs::Permissions::from_mode(0o777)).unwrap();
+    let err = provision(&cfg).unwrap_err().to_string();
+    assert!(
+        err.contains(&cfg.state_dir.display().to_string()) && err.contains("writable"),
+        "{err}"
+    );
+    assert!(!storage_key(&cfg).exists());
+
+    fs::set_permissions(&cfg.state_dir, fs::Permissions::from_mode(0o770)).unwrap();
+    let err = provision(&cfg).unwrap_err().to_string();
+    assert!(err.contains("0770"), "{err}");
+
+    if running_as_root() {
+        // Owned by another, unprivileged user.
+        fs::set_permissions(&cfg.state_dir, fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(&cfg.state_dir, Some(4243), Some(4243)).unwrap();
+        let err = provision(&cfg).unwrap_err().to_string();
+        assert!(
+            err.contains(&cfg.state_dir.display().to_string()) && err.contains("uid 4243"),
+            "{err}"
+        );
+        assert!(!storage_key(&cfg).exists());
+        // Unless that user is the one the secrets are for.
+        let owner = Owner {
+            uid: 4243,
+            gid: 4243,
+        };
+        provision_owned(&cfg, Some(owner)).unwrap();
+        let key = fs::metadata(storage_key(&cfg)).unwrap();
+        assert_eq!((key.uid(), key.mode() & 0o777), (4243, 0o600));
+    }
+
+    // The directory of the TLS key too.
+    let (_dir, cfg) = setup();
+    let etc = cfg.mqtt.key_file.parent().unwrap();
+    fs::create_dir_all(etc).unwrap();
+    fs::set_permissions(etc, fs::Permissions::from_mode(0o757)).unwrap();
+    let err = provision(&cfg).unwrap_err().to_string();
+    assert!(
+        err.contains(&etc.display().to_string()) && err.contains("writable"),
+        "{err}"
+    );
+    assert!(!cfg.mqtt.key_file.exists());
+}

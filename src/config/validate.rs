@@ -42,7 +42,7 @@ impl RawConfig {
     pub fn validate(self, base_dir: &Path) -> Result<Config, ConfigError> {
         let identity = Identity {
             site_id: identifier("site_id", self.site_id)?,
-            device_id: identifier("device_id", self.device_id)?,
+            device_id: device_id(self.device_id)?,
         };
         let state_dir = path(
             "state_dir",
@@ -455,6 +455,29 @@ fn identifier(key: &str, value: Option<String>) -> Result<String, ConfigError> {
     }
 }
 
+/// Device ids the broker ACL gives more than a device's own topics (the
+/// certificate CN is the MQTT user name): a device named like one of them
+/// would be provisioned, and could be signed, with the back-end's rights.
+/// Compared ignoring case, so no look-alike passes either.
+pub const RESERVED_DEVICE_IDS: &[&str] = &["fleet"];
+
+/// `device_id`: an identifier that is not a reserved broker identity.
+fn device_id(value: Option<String>) -> Result<String, ConfigError> {
+    let value = identifier("device_id", value)?;
+    if let Some(name) = RESERVED_DEVICE_IDS
+        .iter()
+        .find(|r| r.eq_ignore_ascii_case(&value))
+    {
+        return Err(ConfigError::invalid(
+            "device_id",
+            format!(
+                "{value:?} is reserved: the broker ACL gives the user {name:?} rights over every device's topics; choose another name"
+            ),
+        ));
+    }
+    Ok(value)
+}
+
 /// Required non-empty path; relative paths are taken from `base_dir`.
 fn path(key: &str, value: Option<String>, base_dir: &Path) -> Result<PathBuf, ConfigError> {
     let value = required(key, value)?;
@@ -684,5 +707,17 @@ mod tests {
             assert!(err.starts_with("k: "), "{err}");
         }
         assert_eq!(identifier("k", None).unwrap_err().to_string(), "k: missing");
+    }
+
+    #[test]
+    fn reserved_device_ids() {
+        for bad in ["fleet", "FLEET", "Fleet"] {
+            let err = device_id(Some(bad.to_string())).unwrap_err().to_string();
+            assert!(err.starts_with("device_id: "), "{err}");
+            assert!(err.contains("reserved"), "{err}");
+        }
+        for ok in ["fleet-1", "fleets", "term-01"] {
+            assert_eq!(device_id(Some(ok.to_string())).unwrap(), ok);
+        }
     }
 }

@@ -120,10 +120,15 @@ fn check_certificate(cfg: &Config, now: i64) -> Vec<Check> {
     let chain = match read_pem_certs(cert_file) {
         Ok(chain) => chain,
         Err(e) => {
-            return [names::CERT_DATES, names::CERT_CHAIN, names::CERT_IDENTITY]
-                .into_iter()
-                .map(|n| Check::fail(n, e.clone()))
-                .collect()
+            return [
+                names::CERT_DATES,
+                names::CERT_CHAIN,
+                names::CERT_IDENTITY,
+                names::CERT_USAGE,
+            ]
+            .into_iter()
+            .map(|n| Check::fail(n, e.clone()))
+            .collect()
         }
     };
     let anchors = read_pem_certs(&cfg.mqtt.ca_file);
@@ -143,10 +148,22 @@ fn check_certificate(cfg: &Config, now: i64) -> Vec<Check> {
                 name: names::CERT_IDENTITY,
                 outcome: identity_outcome(&leaf, &cfg.identity.device_id),
             });
+            checks.push(Check {
+                name: names::CERT_USAGE,
+                outcome: match CertUsage::of(&leaf) {
+                    Ok(usage) => usage_outcome(&usage),
+                    Err(e) => Outcome::Fail(e),
+                },
+            });
         }
         Err(e) => {
             let msg = format!("{}: not an X.509 certificate: {e}", cert_file.display());
-            for n in [names::CERT_DATES, names::CERT_CHAIN, names::CERT_IDENTITY] {
+            for n in [
+                names::CERT_DATES,
+                names::CERT_CHAIN,
+                names::CERT_IDENTITY,
+                names::CERT_USAGE,
+            ] {
                 checks.push(Check::fail(n, msg.clone()));
             }
         }
@@ -237,8 +254,7 @@ fn chain_outcome(
     ))
 }
 
-/// The certificate's CN must be the device id (the broker's ACL keys on it)
-/// and, if it restricts usages, allow TLS client authentication.
+/// The certificate's CN must be the device id (the broker's ACL keys on it).
 fn identity_outcome(leaf: &X509Certificate, device_id: &str) -> Outcome {
     let cn = leaf
         .subject()
@@ -251,12 +267,66 @@ fn identity_outcome(leaf: &X509Certificate, device_id: &str) -> Outcome {
             cn.unwrap_or("")
         ));
     }
-    match leaf.extended_key_usage() {
-        Ok(Some(eku)) if !eku.value.client_auth && !eku.value.any => {
-            Outcome::Fail("certificate does not allow TLS client authentication (EKU)".into())
-        }
-        Err(e) => Outcome::Fail(format!("unreadable extended key usage: {e}")),
-        _ => Outcome::Pass,
+    Outcome::Pass
+}
+
+/// What a device certificate may be used for, as the usage rule needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CertUsage {
+    /// basicConstraints says `CA:TRUE`.
+    pub ca: bool,
+    /// keyUsage includes `keyCertSign` (it may sign certificates).
+    pub key_cert_sign: bool,
+    /// extendedKeyUsage is present and lists `clientAuth`.
+    pub client_auth: bool,
+}
+
+impl CertUsage {
+    /// Reads the three extensions of `leaf`; an unreadable one is an error.
+    fn of(leaf: &X509Certificate) -> Result<CertUsage, String> {
+        let bad = |what: &str, e: X509Error| format!("unreadable {what} extension: {e}");
+        let ca = leaf
+            .basic_constraints()
+            .map_err(|e| bad("basic constraints", e))?
+            .is_some_and(|b| b.value.ca);
+        let key_cert_sign = leaf
+            .key_usage()
+            .map_err(|e| bad("key usage", e))?
+            .is_some_and(|k| k.value.key_cert_sign());
+        let client_auth = leaf
+            .extended_key_usage()
+            .map_err(|e| bad("extended key usage", e))?
+            .is_some_and(|e| e.value.client_auth);
+        Ok(CertUsage {
+            ca,
+            key_cert_sign,
+            client_auth,
+        })
+    }
+}
+
+/// The rule for a device certificate's usage: a TLS client certificate
+/// (EKU `clientAuth`, listed explicitly) that cannot act as a CA. A device
+/// certificate that can sign certificates lets whoever holds the device key
+/// mint any identity the broker trusts, `fleet` included.
+pub fn usage_outcome(usage: &CertUsage) -> Outcome {
+    let mut problems = Vec::new();
+    if usage.ca {
+        problems.push("is a CA (basicConstraints CA:TRUE)");
+    }
+    if usage.key_cert_sign {
+        problems.push("may sign certificates (keyUsage keyCertSign)");
+    }
+    if !usage.client_auth {
+        problems.push("does not list TLS client authentication (extendedKeyUsage clientAuth)");
+    }
+    if problems.is_empty() {
+        Outcome::Pass
+    } else {
+        Outcome::Fail(format!(
+            "device certificate {}: have the CSR signed again with the recipe in OPERATIONS.md (explicit extensions only)",
+            problems.join(", ")
+        ))
     }
 }
 
@@ -398,6 +468,40 @@ mod tests {
             panic!()
         };
         assert!(msg.contains("expired on"), "{msg}");
+    }
+
+    #[test]
+    fn certificate_usage() {
+        let u = |ca, key_cert_sign, client_auth| CertUsage {
+            ca,
+            key_cert_sign,
+            client_auth,
+        };
+        let cases = [
+            ("client certificate", u(false, false, true), "pass", ""),
+            ("CA:TRUE", u(true, false, true), "fail", "CA:TRUE"),
+            ("keyCertSign", u(false, true, true), "fail", "keyCertSign"),
+            ("a full CA", u(true, true, true), "fail", "CA:TRUE"),
+            (
+                "no clientAuth",
+                u(false, false, false),
+                "fail",
+                "clientAuth",
+            ),
+            (
+                "CA without clientAuth",
+                u(true, true, false),
+                "fail",
+                "clientAuth",
+            ),
+        ];
+        for (name, usage, want, needle) in cases {
+            let got = usage_outcome(&usage);
+            assert_eq!(kind(&got), want, "{name}: {got:?}");
+            if let Outcome::Fail(msg) = &got {
+                assert!(msg.contains(needle), "{name}: {msg}");
+            }
+        }
     }
 
     #[test]

@@ -39,8 +39,10 @@ pub mod names {
     pub const CERT_DATES: &str = "certificate dates";
     /// The device certificate is signed by the configured CA.
     pub const CERT_CHAIN: &str = "certificate chain";
-    /// The device certificate names this device and allows client auth.
+    /// The device certificate names this device.
     pub const CERT_IDENTITY: &str = "certificate identity";
+    /// The device certificate is a TLS client certificate and not a CA.
+    pub const CERT_USAGE: &str = "certificate usage";
     /// The system clock is plausible.
     pub const CLOCK: &str = "clock";
     /// The spool is on tmpfs.

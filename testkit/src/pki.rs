@@ -208,18 +208,54 @@ impl Ca {
         self.issue(params, &what, not_before, not_after)
     }
 
+    /// Issues a device certificate like [`Ca::issue_client`], then lets `edit`
+    /// change its parameters before signing: what a careless or tricked CA
+    /// would sign, e.g. `CA:TRUE` (`is_ca`), `keyCertSign` (`key_usages`) or
+    /// no `clientAuth` (`extended_key_usages`), for tests of the doctor.
+    pub fn issue_client_edited(
+        &self,
+        common_name: &str,
+        not_before: i64,
+        not_after: i64,
+        edit: impl FnOnce(&mut CertificateParams),
+    ) -> Result<Issued, PkiError> {
+        let what = format!("edited client certificate {common_name:?}");
+        check_common_name(&what, common_name)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue_edited(params, &what, not_before, not_after, edit)
+    }
+
     /// Signs a leaf certificate made from `params` with a fresh key.
     fn issue(
+        &self,
+        params: CertificateParams,
+        what: &str,
+        not_before: i64,
+        not_after: i64,
+    ) -> Result<Issued, PkiError> {
+        self.issue_edited(params, what, not_before, not_after, |_| {})
+    }
+
+    /// Signs a leaf certificate made from `params`, with the leaf defaults
+    /// (not a CA, digitalSignature) changed by `edit`, with a fresh key.
+    fn issue_edited(
         &self,
         mut params: CertificateParams,
         what: &str,
         not_before: i64,
         not_after: i64,
+        edit: impl FnOnce(&mut CertificateParams),
     ) -> Result<Issued, PkiError> {
         set_validity(&mut params, what, not_before, not_after)?;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.use_authority_key_identifier_extension = true;
+        edit(&mut params);
         let key = generate_key(what)?;
         let issuer = Issuer::from_params(&self.params, &self.key);
         let cert = params
