@@ -321,6 +321,19 @@ impl Agent {
         Ok(granted)
     }
 
+    /// A local revocation (`ctl consent revoke`, no signature): invalidates
+    /// every consent of `subject` this device holds or could accept now. A
+    /// consent is accepted with an `iat` up to `[commands] clock_skew` ahead
+    /// of the device clock, so the tombstone is `now + skew`: it removes the
+    /// consents stored from a signer whose clock runs ahead, and refuses them
+    /// when they come again. The receipt says how many remain (none unless
+    /// the device clock was set back since they were stored).
+    pub async fn revoke_now(&self, subject: SubjectId, now: i64) -> Result<Receipt, ApplyError> {
+        let skew = i64::try_from(self.config().commands.clock_skew.as_secs()).unwrap_or(0);
+        self.revoke(subject, now.saturating_add(skew), now, None)
+            .await
+    }
+
     /// Invalidates every consent of `subject` issued at or before `before` and
     /// purges all of its captures; returns the purge receipt.
     pub async fn revoke(
@@ -335,8 +348,9 @@ impl Agent {
             .db
             .run(move |st| {
                 // In flight: taken under the store lock, atomically with the purge.
-                let result = |r: &crate::store::Revocation| {
-                    receipt(Some(&subject), &r.purged, inflight.among(&r.purged), now)
+                let result = |r: &crate::store::Revocation| Receipt {
+                    consents_remaining: Some(r.consents_remaining),
+                    ..receipt(Some(&subject), &r.purged, inflight.among(&r.purged), now)
                 };
                 effect(via.as_ref(), result, |stamp| {
                     st.revoke(&subject, before, now, stamp)
@@ -521,6 +535,7 @@ fn receipt(
         in_flight,
         purged_at: now,
         all: subject.is_none().then_some(true),
+        consents_remaining: None,
     }
 }
 

@@ -11,7 +11,11 @@
 //! Time rules (all in whole seconds, `skew` = `[commands] clock_skew`):
 //! - `exp <= iat` → `malformed`;
 //! - `exp - iat > max_lifetime` → `lifetime_too_long`;
-//! - `iat > now + skew` → `not_yet_valid`;
+//! - `iat > now + skew` → `not_yet_valid`, unless the command only takes
+//!   data away ([`CommandSet::early_ok`]: `consent.revoke`, `capture.purge`):
+//!   a device whose clock lags must still stop and delete, so for those a
+//!   future `iat` is no reason to refuse (signature, role, audience, lifetime,
+//!   expiry and replay are checked all the same);
 //! - `now >= exp + skew` → `expired`.
 //!
 //! The replay set must therefore remember a `jti` until at least its `exp + skew`.
@@ -32,6 +36,12 @@ use crate::protocol::{CommandName, ErrorCode, Reply};
 pub trait CommandSet: Sized {
     /// Whether a key of `role` may sign the command `name`.
     fn may_sign(name: CommandName, role: Role) -> bool;
+
+    /// Whether the command `name` is applied even when its `iat` is ahead of
+    /// this device's clock by more than the skew. True only for commands
+    /// that take data away (revocations, purges): refusing them would fail
+    /// open on a device whose clock lags.
+    fn early_ok(name: CommandName) -> bool;
 
     /// The command `name` with its `args` claim (`None` when the claim is
     /// absent, which counts as `{}`); [`CommandError::BadArgs`] when they do
@@ -269,7 +279,8 @@ fn check_claims<C: CommandSet>(
     if lifetime > max {
         return Err(CommandError::LifetimeTooLong { lifetime, max });
     }
-    if iat > now.saturating_add(skew) {
+    let early_ok = name.is_some_and(C::early_ok);
+    if iat > now.saturating_add(skew) && !early_ok {
         return Err(CommandError::NotYetValid { iat, now });
     }
     if now >= exp.saturating_add(skew) {
@@ -468,6 +479,87 @@ mod tests {
             c["args"] = json!({"subject": "S-1"});
         });
         assert!(run(&k, &signed(&revoke, "consent-1", &k.consent), NOW).is_ok());
+    }
+
+    /// A command issued ahead of the device clock (beyond the skew): only
+    /// revocations and purges are applied, everything else still checked.
+    #[test]
+    fn take_aways_issued_in_the_future_are_applied() {
+        let k = keys();
+        let far = NOW + 3 * 3600;
+        let future = |cmd: &str, args: Value| {
+            with(|c| {
+                c["cmd"] = json!(cmd);
+                c["args"] = args;
+                c["iat"] = json!(far);
+                c["exp"] = json!(far + 300);
+            })
+        };
+        let subject = json!({"subject": "S-1"});
+        let revoke = future("consent.revoke", subject.clone());
+        let v = run(&k, &signed(&revoke, "fleet-1", &k.fleet), NOW).unwrap();
+        assert_eq!(v.issued_at, far, "the revocation keeps its iat");
+        assert!(run(&k, &signed(&revoke, "consent-1", &k.consent), NOW).is_ok());
+        let purge = future("capture.purge", subject.clone());
+        assert!(run(&k, &signed(&purge, "fleet-1", &k.fleet), NOW).is_ok());
+        let purge_all = future("capture.purge", json!({"all": true}));
+        assert!(run(&k, &signed(&purge_all, "fleet-1", &k.fleet), NOW).is_ok());
+
+        let code = |c: &Value, kid: &str, key: &[u8], now: i64| {
+            run(&k, &signed(c, kid, key), now)
+                .unwrap_err()
+                .error
+                .code()
+                .as_str()
+                .to_string()
+        };
+        let grant = future("consent.grant", json!({"token": "a.b.c"}));
+        assert_eq!(code(&grant, "fleet-1", &k.fleet, NOW), "not_yet_valid");
+        assert_eq!(
+            code(&future("status", json!({})), "fleet-1", &k.fleet, NOW),
+            "not_yet_valid"
+        );
+        let unknown = future("format.disk", json!({}));
+        assert_eq!(code(&unknown, "fleet-1", &k.fleet, NOW), "not_yet_valid");
+        // The other checks still hold for a future revocation.
+        assert_eq!(code(&revoke, "fleet-1", &k.stranger, NOW), "bad_signature");
+        let purge_by_consent_key = signed(&purge, "consent-1", &k.consent);
+        assert_eq!(
+            run(&k, &purge_by_consent_key, NOW)
+                .unwrap_err()
+                .error
+                .code()
+                .as_str()
+                .to_string(),
+            "wrong_role"
+        );
+        let long = with(|c| {
+            c["cmd"] = json!("consent.revoke");
+            c["args"] = subject.clone();
+            c["iat"] = json!(far);
+            c["exp"] = json!(far + DAY + 1);
+        });
+        assert_eq!(code(&long, "fleet-1", &k.fleet, NOW), "lifetime_too_long");
+        let elsewhere = with(|c| {
+            c["cmd"] = json!("consent.revoke");
+            c["args"] = subject.clone();
+            c["iat"] = json!(far);
+            c["exp"] = json!(far + 300);
+            c["aud"] = json!("hall");
+        });
+        assert_eq!(code(&elsewhere, "fleet-1", &k.fleet, NOW), "wrong_audience");
+        assert_eq!(
+            code(&revoke, "fleet-1", &k.fleet, far + 300 + SKEW),
+            "expired"
+        );
+        let replayed = with(|c| {
+            c["cmd"] = json!("consent.revoke");
+            c["args"] = subject.clone();
+            c["jti"] = json!("old");
+            c["iat"] = json!(far);
+            c["exp"] = json!(far + 300);
+        });
+        assert_eq!(code(&replayed, "fleet-1", &k.fleet, NOW), "replayed");
     }
 
     #[test]

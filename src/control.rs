@@ -40,7 +40,8 @@ pub enum Request {
     },
     /// Every stored consent.
     ConsentList,
-    /// Revoke every consent of `subject` issued up to now and purge its captures.
+    /// Revoke every consent of `subject` the device holds or could accept now
+    /// (issued up to now + `[commands] clock_skew`) and purge its captures.
     ConsentRevoke {
         /// Subject id.
         subject: String,
@@ -178,9 +179,10 @@ pub async fn dispatch(agent: &Agent, req: Request) -> Response {
         Request::ConsentAdd { token } => answer(agent.grant(token, now, None).await),
         Request::ConsentList => answer(agent.list_consents(now).await),
         Request::ConsentRevoke { subject } => {
-            // A local revoke needs no signature; it covers every consent issued up to now.
+            // A local revoke needs no signature; it covers every consent
+            // the device could have accepted by now.
             match subject_id(subject) {
-                Ok(subject) => answer(agent.revoke(subject, now, now, None).await),
+                Ok(subject) => answer(agent.revoke_now(subject, now).await),
                 Err(e) => Err(e),
             }
         }

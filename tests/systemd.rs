@@ -115,6 +115,28 @@ fn unit_verifies_without_warnings() {
     );
 }
 
+/// The values of every `key=` line of the unit, split on spaces.
+fn unit_list(unit: &str, key: &str) -> Vec<String> {
+    unit.lines()
+        .map(str::trim)
+        .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .flat_map(|v| v.split_whitespace().map(str::to_string))
+        .collect()
+}
+
+/// Revocations carry times: the daemon starts after the clock is synchronised,
+/// and pulls the synchronisation in (`After=` alone orders against a target
+/// nothing may start).
+#[test]
+fn unit_waits_for_a_synchronised_clock_and_the_network() {
+    let unit = fs::read_to_string(repo(UNIT)).unwrap();
+    let (wants, after) = (unit_list(&unit, "Wants"), unit_list(&unit, "After"));
+    for target in ["time-sync.target", "network-online.target"] {
+        assert!(wants.iter().any(|w| w == target), "Wants= lacks {target}");
+        assert!(after.iter().any(|a| a == target), "After= lacks {target}");
+    }
+}
+
 #[test]
 fn unit_has_the_promised_settings() {
     let unit = fs::read_to_string(repo(UNIT)).unwrap();

@@ -73,6 +73,10 @@ fn usage() -> String {
 }
 
 impl CapturePurge {
+    /// A purge is applied even when its `iat` is ahead of this device's clock:
+    /// it only destroys data.
+    pub(super) const EARLY_OK: bool = true;
+
     pub(super) fn parse(args: &Args) -> Result<CapturePurge, CommandError> {
         args.parse(|sent| {
             if sent.contains_key("subject") && !sent.contains_key("all") {

@@ -22,6 +22,10 @@ pub struct ConsentGrant {
 }
 
 impl ConsentGrant {
+    /// A grant adds a consent: one issued ahead of this device's clock waits
+    /// (`not_yet_valid`), like any command that is not a take-away.
+    pub(super) const EARLY_OK: bool = false;
+
     pub(super) fn parse(args: &Args) -> Result<ConsentGrant, CommandError> {
         let usage = || {
             format!(

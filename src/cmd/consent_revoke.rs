@@ -21,6 +21,12 @@ pub struct ConsentRevoke {
 }
 
 impl ConsentRevoke {
+    /// A revocation is applied even when its `iat` is ahead of this device's
+    /// clock: a lagging clock must not keep a withdrawn consent alive. Its
+    /// tombstone is still its `iat` (SPEC: it covers consents issued at or
+    /// before it), so consents issued up to then on the signer's clock are refused.
+    pub(super) const EARLY_OK: bool = true;
+
     pub(super) fn parse(args: &Args) -> Result<ConsentRevoke, CommandError> {
         args.parse(|sent| subject_problem(CommandName::ConsentRevoke, sent))
     }

@@ -60,6 +60,15 @@ impl CommandSet for Command {
         }
     }
 
+    fn early_ok(name: CommandName) -> bool {
+        match name {
+            CommandName::ConsentGrant => ConsentGrant::EARLY_OK,
+            CommandName::ConsentRevoke => ConsentRevoke::EARLY_OK,
+            CommandName::CapturePurge => CapturePurge::EARLY_OK,
+            CommandName::Status => Status::EARLY_OK,
+        }
+    }
+
     fn parse(name: CommandName, args: Option<&Value>) -> Result<Command, CommandError> {
         let args = Args::new(name, args)?;
         Ok(match name {
@@ -161,13 +170,30 @@ pub struct Outcome {
     pub reply: Reply,
     /// The command asked for a status message now.
     pub publish_status: bool,
+    /// The command is settled: its effect committed, or it was refused for
+    /// good (bad signature, expired, replayed, bad arguments, …). False when
+    /// its effect failed (`internal`: disk full, store error): the broker must
+    /// not get a PUBACK, so that it delivers the command again.
+    pub settled: bool,
 }
 
 impl Outcome {
+    /// A reply that settles the command.
     fn reply(reply: Reply) -> Outcome {
         Outcome {
             reply,
             publish_status: false,
+            settled: true,
+        }
+    }
+
+    /// A reply about an effect that did not commit: the command stays
+    /// with the broker.
+    fn unsettled(reply: Reply) -> Outcome {
+        Outcome {
+            reply,
+            publish_status: false,
+            settled: false,
         }
     }
 }
@@ -180,29 +206,45 @@ impl Outcome {
 /// and it is answered `replayed`, unless it is the broker's redelivery
 /// (`redelivered`: MQTT DUP flag): then the reply kept with the effect is
 /// published again, its subject put back from the command, so the fleet still
-/// gets its receipt. Refused commands are audited, not kept.
+/// gets its receipt. Refused commands are audited, not kept. A command whose
+/// effect failed (`internal`) is not [`Outcome::settled`]: it gets no PUBACK
+/// and comes back from the broker.
 pub async fn apply_command(agent: &Agent, payload: &[u8], redelivered: bool, now: i64) -> Outcome {
     let cfg = agent.config();
+    let skew = cfg.commands.clock_skew.as_secs() as i64;
     let bytes = payload.to_vec();
     let verified = agent
         .db()
         .run(move |s| {
             let store = std::cell::RefCell::new(s);
-            // A store error counts as "seen": refusing is the safe side.
-            let seen = |jti: &Jti| store.borrow_mut().command_seen(jti).unwrap_or(true);
-            Ok(command::verify_command::<Command>(
+            // A store error counts as "seen", so nothing takes effect, and
+            // is reported as such, so the command is not settled.
+            let failed = std::cell::RefCell::new(None);
+            let seen = |jti: &Jti| match store.borrow_mut().command_seen(jti) {
+                Ok(seen) => seen,
+                Err(e) => {
+                    *failed.borrow_mut() = Some(e);
+                    true
+                }
+            };
+            let verified = command::verify_command::<Command>(
                 &bytes,
                 &cfg.trust,
                 &cfg.identity,
                 &cfg.commands,
                 now,
                 &seen,
-            ))
+            );
+            match failed.into_inner() {
+                Some(e) => Err(e),
+                None => Ok(verified),
+            }
         })
         .await;
     let cmd = match verified {
         Err(e) => {
-            return Outcome::reply(Reply::err(None, None, ErrorCode::Internal, e.to_string()))
+            tracing::warn!(error = %e, "cannot check a fleet command; the broker delivers it again");
+            return Outcome::unsettled(Reply::err(None, None, ErrorCode::Internal, e.to_string()));
         }
         Ok(Err(rejected)) if redelivered && rejected.error.code() == ErrorCode::Replayed => {
             if let Some(reply) = kept_reply(agent, &rejected, payload).await {
@@ -224,6 +266,11 @@ pub async fn apply_command(agent: &Agent, payload: &[u8], redelivered: bool, now
         }
         Ok(Ok(cmd)) => cmd,
     };
+    if cmd.issued_at > now.saturating_add(skew) {
+        // Only a take-away gets here (`early_ok`).
+        tracing::warn!(jti = %cmd.jti, cmd = %cmd.name, iat = cmd.issued_at, now,
+            "command issued ahead of this device's clock: applied; check the clock (facegate doctor)");
+    }
     let via = Via {
         jti: cmd.jti,
         cmd: cmd.name,
@@ -234,9 +281,15 @@ pub async fn apply_command(agent: &Agent, payload: &[u8], redelivered: bool, now
         Ok(applied) => Outcome {
             reply: via.ok(applied.result),
             publish_status: applied.publish_status,
+            settled: true,
         },
+        Err(e) if e.code() == ErrorCode::Internal => {
+            tracing::error!(jti = %via.jti, cmd = %via.cmd, error = %e,
+                "fleet command failed; not acknowledged, the broker delivers it again");
+            Outcome::unsettled(via.refused(e.code(), e.to_string()))
+        }
         Err(e) => {
-            tracing::warn!(jti = %via.jti, cmd = %via.cmd, error = %e, "fleet command failed");
+            tracing::warn!(jti = %via.jti, cmd = %via.cmd, error = %e, "fleet command refused");
             Outcome::reply(via.refused(e.code(), e.to_string()))
         }
     }
@@ -317,14 +370,19 @@ fn describe_receipt(result: &ReplyResult) -> String {
             subject,
             purged,
             in_flight,
+            consents_remaining,
             ..
         }) => format!(
-            "purged {purged} capture(s){}, in flight {}",
+            "purged {purged} capture(s){}, in flight {}{}",
             subject
                 .as_ref()
                 .map(|s| format!(" of {}", s.as_str()))
                 .unwrap_or_default(),
-            in_flight.len()
+            in_flight.len(),
+            match consents_remaining {
+                Some(n) if *n > 0 => format!(", {n} newer consent(s) remain"),
+                _ => String::new(),
+            }
         ),
         other => describe_other(other),
     }

@@ -199,6 +199,14 @@ fn only_fleet_keys_sign_commands_but_consent_keys_may_revoke() {
 }
 
 #[test]
+fn only_take_aways_are_applied_ahead_of_the_clock() {
+    for name in CommandName::ALL {
+        let take_away = matches!(name, CommandName::ConsentRevoke | CommandName::CapturePurge);
+        assert_eq!(Command::early_ok(name), take_away, "{name}");
+    }
+}
+
+#[test]
 fn each_command_names_its_subject() {
     let (pkcs8, _) = crate::keys::generate().unwrap();
     let token = crate::consent::sign_consent(
@@ -237,16 +245,26 @@ fn each_command_names_its_subject() {
 
 #[test]
 fn results_are_described_in_one_line() {
-    let receipt = ReplyResult::Receipt(Receipt {
+    let purge = Receipt {
         subject: Some(sid("S-1")),
         purged: 3,
         in_flight: vec!["c-1".into()],
         purged_at: 0,
         all: None,
-    });
+        consents_remaining: None,
+    };
+    let receipt = ReplyResult::Receipt(purge.clone());
     assert_eq!(
         Command::describe(CommandName::ConsentRevoke, &receipt),
         "purged 3 capture(s) of S-1, in flight 1"
+    );
+    let newer_left = ReplyResult::Receipt(Receipt {
+        consents_remaining: Some(2),
+        ..purge
+    });
+    assert_eq!(
+        Command::describe(CommandName::ConsentRevoke, &newer_left),
+        "purged 3 capture(s) of S-1, in flight 1, 2 newer consent(s) remain"
     );
     assert_eq!(
         Command::describe(CommandName::CapturePurge, &receipt),

@@ -42,6 +42,10 @@ pub fn checks(cfg: &Config, now: i64) -> Vec<Check> {
         name: names::CLOCK,
         outcome: clock_outcome(now),
     });
+    checks.push(Check {
+        name: names::CLOCK_SYNC,
+        outcome: clock_sync_outcome(kernel_clock_sync(), &cfg.commands.clock_skew),
+    });
     checks.push(check_spool(&cfg.spool_dir));
     checks.push(check_disk(&cfg.state_dir));
     checks
@@ -343,6 +347,59 @@ pub fn clock_outcome(now: i64) -> Outcome {
     }
 }
 
+/// The kernel's view of its clock discipline (`adjtimex(2)`, what
+/// `timedatectl`'s `NTPSynchronized` reads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockSync {
+    /// An NTP (or PTP, chrony, timesyncd) daemon disciplines the clock:
+    /// `STA_UNSYNC` is clear.
+    pub synchronised: bool,
+    /// The kernel's estimate of the clock's maximum error, microseconds.
+    pub max_error_us: i64,
+}
+
+/// The rule for clock synchronisation: a warning, never a failure, when the
+/// clock is not synchronised or its estimated error exceeds the accepted
+/// command skew (`[commands] clock_skew`), or when the state is unknown. A
+/// clock off by more than the skew refuses commands and consents issued
+/// "in the future" and keeps expired ones; revocations and purges are applied
+/// all the same.
+pub fn clock_sync_outcome(sync: Result<ClockSync, String>, skew: &std::time::Duration) -> Outcome {
+    let advice = "enable NTP (timedatectl set-ntp true, chrony or systemd-timesyncd)";
+    match sync {
+        Err(e) => Outcome::Warn(format!(
+            "cannot read the clock's synchronisation state ({e}); {advice}"
+        )),
+        Ok(s) if !s.synchronised => Outcome::Warn(format!(
+            "the system clock is not synchronised: consents and commands carry times; {advice}"
+        )),
+        Ok(s) if s.max_error_us.max(0) as u128 > skew.as_micros() => Outcome::Warn(format!(
+            "the clock's estimated error (up to {} ms) exceeds commands.clock_skew ({} s)",
+            s.max_error_us / 1000,
+            skew.as_secs()
+        )),
+        Ok(_) => Outcome::Pass,
+    }
+}
+
+/// Reads the kernel's clock synchronisation state (read-only `adjtimex`).
+#[allow(unsafe_code)] // adjtimex(2), see SAFETY below
+pub fn kernel_clock_sync() -> Result<ClockSync, String> {
+    // SAFETY: timex is a plain C struct; all zeroes is a valid value, and
+    // `modes = 0` only reads.
+    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+    // SAFETY: `tx` is a writable timex with `modes = 0` (read only).
+    let state = unsafe { libc::adjtimex(&mut tx) };
+    if state < 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    Ok(ClockSync {
+        synchronised: state != libc::TIME_ERROR && tx.status & libc::STA_UNSYNC == 0,
+        #[allow(clippy::unnecessary_cast)]
+        max_error_us: tx.maxerror as i64,
+    })
+}
+
 /// The rule for free space in the state directory.
 pub fn disk_outcome(free_bytes: u64) -> Outcome {
     let mib = free_bytes / (1024 * 1024);
@@ -510,6 +567,53 @@ mod tests {
         assert_eq!(kind(&clock_outcome(EARLIEST_PLAUSIBLE_TIME - 1)), "fail");
         assert_eq!(kind(&clock_outcome(EARLIEST_PLAUSIBLE_TIME)), "pass");
         assert_eq!(kind(&clock_outcome(NOW)), "pass");
+    }
+
+    #[test]
+    fn clock_sync_table() {
+        let skew = std::time::Duration::from_secs(60);
+        let synced = |max_error_us| {
+            Ok(ClockSync {
+                synchronised: true,
+                max_error_us,
+            })
+        };
+        let cases: Vec<(&str, Result<ClockSync, String>, &str)> = vec![
+            ("synchronised, small error", synced(250_000), "pass"),
+            ("error exactly the skew", synced(60_000_000), "pass"),
+            ("error beyond the skew", synced(60_000_001), "warn"),
+            ("negative error reported", synced(-1), "pass"),
+            (
+                "not synchronised",
+                Ok(ClockSync {
+                    synchronised: false,
+                    max_error_us: 0,
+                }),
+                "warn",
+            ),
+            ("state unknown", Err("EPERM".into()), "warn"),
+        ];
+        for (name, sync, want) in cases {
+            assert_eq!(kind(&clock_sync_outcome(sync, &skew)), want, "{name}");
+        }
+        let zero = std::time::Duration::ZERO;
+        assert_eq!(kind(&clock_sync_outcome(synced(1), &zero)), "warn");
+        let Outcome::Warn(msg) = clock_sync_outcome(
+            Ok(ClockSync {
+                synchronised: false,
+                max_error_us: 0,
+            }),
+            &skew,
+        ) else {
+            panic!()
+        };
+        assert!(msg.contains("not synchronised"), "{msg}");
+    }
+
+    #[test]
+    fn the_kernel_clock_state_is_readable() {
+        let sync = kernel_clock_sync().expect("adjtimex reads without privileges");
+        assert!(sync.max_error_us >= 0, "{sync:?}");
     }
 
     #[test]

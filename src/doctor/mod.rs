@@ -45,6 +45,8 @@ pub mod names {
     pub const CERT_USAGE: &str = "certificate usage";
     /// The system clock is plausible.
     pub const CLOCK: &str = "clock";
+    /// The system clock is kept synchronised (NTP), within the command skew.
+    pub const CLOCK_SYNC: &str = "clock sync";
     /// The spool is on tmpfs.
     pub const SPOOL_TMPFS: &str = "spool on tmpfs";
     /// Free disk space in the state directory.

@@ -223,6 +223,11 @@ pub struct Receipt {
     /// `true` for a purge of every capture.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub all: Option<bool>,
+    /// For a revocation: how many of the subject's consents are still
+    /// stored after it (issued after the revocation; 0 after a local
+    /// revoke). Absent for a purge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consents_remaining: Option<u64>,
 }
 
 /// The result of `consent.grant` (and `ctl consent add`).
@@ -438,6 +443,7 @@ mod tests {
                 in_flight: vec!["c-9".into()],
                 purged_at: 1_795_858_382,
                 all: None,
+                consents_remaining: None,
             }),
         );
         let v: Value = serde_json::from_slice(&r.to_bytes()).unwrap();
@@ -475,6 +481,7 @@ mod tests {
                 in_flight: vec![],
                 purged_at: 0,
                 all: Some(true),
+                consents_remaining: None,
             }),
         );
         let v: Value = serde_json::from_slice(&all.to_bytes()).unwrap();
@@ -510,6 +517,7 @@ mod tests {
                 in_flight: vec![],
                 purged_at: 0,
                 all: None,
+                consents_remaining: None,
             }),
         );
         let kept = receipt.without_subject();

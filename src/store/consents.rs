@@ -214,8 +214,16 @@ pub(super) fn revoke(
             params![&sref[..], revoked_before],
         )
         .op("deleting revoked consents")? as u64;
-    let detail =
-        json!({ "before": before, "revoked_before": revoked_before, "consents_removed": removed });
+    let remaining: i64 =
+        w.tx.query_row(
+            "SELECT count(*) FROM consents WHERE subject_ref = ?1",
+            params![&sref[..]],
+            |r| r.get(0),
+        )
+        .op("counting the consents a revocation leaves")?;
+    let remaining = remaining.max(0) as u64;
+    let detail = json!({ "before": before, "revoked_before": revoked_before,
+                         "consents_removed": removed, "consents_remaining": remaining });
     w.audit(now, kind::CONSENT_REVOKED, Some(&sref), detail)?;
     let purged = purge_subject_in(&mut w, &sref, now, PurgeReason::Revoked)?;
     // The subject's history so far becomes unlinkable to it (ARCHITECTURE I3);
@@ -225,6 +233,7 @@ pub(super) fn revoke(
         consents_removed: removed,
         purged,
         revoked_before,
+        consents_remaining: remaining,
     };
     w.applied(cmd, &revocation, now)?;
     w.commit()?;

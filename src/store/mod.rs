@@ -168,6 +168,8 @@ pub struct Revocation {
     pub purged: Vec<CaptureId>,
     /// The subject's tombstone after this revocation (the max of old and new).
     pub revoked_before: i64,
+    /// Consents of the subject still stored: issued after the tombstone.
+    pub consents_remaining: u64,
 }
 
 /// A signed fleet command whose effect is being committed. In the effect's

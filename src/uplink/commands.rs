@@ -1,6 +1,9 @@
 //! Inbound fleet commands (ARCHITECTURE I10, "Commands take effect once, and
 //! only when verified"): the agent verifies and applies each one, the broker
 //! gets its PUBACK only after the effect is committed, then the reply goes out.
+//! A command whose effect failed (`internal`: disk full, store error) gets no
+//! PUBACK at all: the device reconnects, and the broker delivers it again from
+//! the persistent session, until it commits.
 
 use std::sync::Arc;
 
@@ -41,8 +44,11 @@ pub async fn handle_command(
     }
     let outcome =
         crate::cmd::apply_command(agent, &publish.payload, publish.dup, clock::now()).await;
-    // The effect (if any) is committed: now the broker may forget the command.
-    link.ack(connection, &publish);
+    if outcome.settled {
+        // The effect (if any) is committed, or the refusal is final: now the
+        // broker may forget the command.
+        link.ack(connection, &publish);
+    }
     if outcome.publish_status {
         publish_status(agent, link, topics).await;
     }
@@ -52,5 +58,10 @@ pub async fn handle_command(
         false,
         Handed::Other,
     );
+    if !outcome.settled {
+        // Unacknowledged, the command waits in the broker's session; a new
+        // connection (after the reply is on the wire) gets it delivered again.
+        link.reconnect();
+    }
     agent.outbox_changed().notify_one();
 }

@@ -115,13 +115,18 @@ async fn network_task(
         let (error, abandoned) =
             match serve(client, eventloop, &link, &tx, &mut backoff, &stop).await {
                 Ended::Stopped => return,
-                Ended::Failed { error, abandoned } => (error, abandoned),
+                Ended::Failed { error, abandoned } => (tls::explain(&error), abandoned),
+                Ended::Reconnect { abandoned } => (
+                    "reconnecting so that the broker delivers again a command whose effect failed"
+                        .to_string(),
+                    abandoned,
+                ),
             };
         // The pair is gone, and with it everything rumqttc held for that
         // connection. What it carried unacknowledged is handed over again
         // after the next CONNACK.
         let _ = tx.send(Net::Disconnected {
-            reason: tls::explain(&error),
+            reason: error,
             captures: abandoned.captures,
         });
         let delay = backoff.next(random_u32());
@@ -142,6 +147,9 @@ enum Ended {
         error: ConnectionError,
         abandoned: Abandoned,
     },
+    /// Our DISCONNECT for [`Link::reconnect`] went out; `abandoned` was in
+    /// flight on the connection.
+    Reconnect { abandoned: Abandoned },
 }
 
 /// Polls one connection's event loop from the first attempt to its end. The
@@ -197,9 +205,16 @@ async fn serve(
                     tracing::error!("broker refused a command subscription (check the broker ACL)");
                 }
             }
-            // Our own clean shutdown: the DISCONNECT (after everything handed
-            // before it, the offline status included) has been written.
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ended::Stopped,
+            // Our own DISCONNECT (after everything handed before it) has
+            // been written: to reconnect, or the clean shutdown (the offline
+            // status included).
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                if link.take_reconnect() {
+                    let abandoned = link.on_disconnected();
+                    return Ended::Reconnect { abandoned };
+                }
+                return Ended::Stopped;
+            }
             Ok(_) => {}
             Err(error) => {
                 // The link lets go of the client under its lock, while the

@@ -36,6 +36,8 @@ struct Inner {
     client: Option<AsyncClient>,
     /// The live (or last) connection's number.
     number: ConnectionNo,
+    /// A DISCONNECT was queued to reconnect, not to stop.
+    reconnecting: bool,
 }
 
 impl Link {
@@ -64,6 +66,7 @@ impl Link {
     pub fn on_disconnected(&self) -> Abandoned {
         let mut inner = self.lock();
         inner.client = None;
+        inner.reconnecting = false;
         inner.state.on_disconnected()
     }
 
@@ -149,11 +152,32 @@ impl Link {
     /// Queues a DISCONNECT after everything handed so far. False when there
     /// is no connection to close.
     pub fn disconnect(&self) -> bool {
-        let inner = self.lock();
+        let mut inner = self.lock();
+        inner.reconnecting = false;
         inner
             .client
             .as_ref()
             .is_some_and(|c| c.try_disconnect().is_ok())
+    }
+
+    /// Queues a DISCONNECT after everything handed so far, after which the
+    /// network task connects again (with backoff) instead of stopping: the
+    /// broker then delivers again what was not acknowledged. False when there
+    /// is no connection to close.
+    pub fn reconnect(&self) -> bool {
+        let mut inner = self.lock();
+        let queued = inner
+            .client
+            .as_ref()
+            .is_some_and(|c| c.try_disconnect().is_ok());
+        inner.reconnecting = queued;
+        queued
+    }
+
+    /// Our DISCONNECT went out: whether it was for [`Link::reconnect`] (and
+    /// not the end). Clears the request.
+    pub fn take_reconnect(&self) -> bool {
+        std::mem::take(&mut self.lock().reconnecting)
     }
 }
 
@@ -181,6 +205,8 @@ mod tests {
         assert!(!link.hand("t", vec![1], false, Handed::Other));
         assert!(!link.subscribe("t"));
         assert!(!link.disconnect());
+        assert!(!link.reconnect());
+        assert!(!link.take_reconnect());
         assert!(!link.ack(0, &publish(1)));
         assert_eq!(link.free_slots(4), 0);
     }
@@ -216,5 +242,18 @@ mod tests {
         let second = link.on_connected(c);
         assert!(!link.ack(first, &publish(7)), "a newer connection");
         assert!(link.ack(second, &publish(7)));
+    }
+
+    #[test]
+    fn a_reconnect_is_told_apart_from_a_stop() {
+        let link = Link::new();
+        let (c, _el) = client();
+        link.on_connected(c);
+        assert!(link.reconnect());
+        assert!(link.take_reconnect());
+        assert!(!link.take_reconnect(), "taken once");
+        assert!(link.reconnect());
+        assert!(link.disconnect(), "a stop after a reconnect request");
+        assert!(!link.take_reconnect(), "the stop wins");
     }
 }
