@@ -612,6 +612,9 @@ async fn a_purge_lists_captures_already_in_flight() {
     let d = daemon_for(&broker);
     d.grant("S-i");
     d.wait_uplink_connected(T);
+    // The fleet's persistent session subscribes before the broker goes away,
+    // so what the device sends right after the restart waits for it.
+    drop(fleet(&broker).await);
     // Queue 40 captures while the broker is away, then let them stream.
     broker.stop();
     for i in 0..40 {
