@@ -291,9 +291,9 @@ impl Agent {
         via: Option<Via>,
     ) -> Result<Granted, ApplyError> {
         let cfg = self.config();
-        let skew = cfg.commands.clock_skew.as_secs() as i64;
+        let limits = consent::TokenLimits::of(&cfg);
         let consent =
-            match consent::verify_consent(token.trim(), &cfg.trust, &cfg.identity, now, skew) {
+            match consent::verify_consent(token.trim(), &cfg.trust, &cfg.identity, now, limits) {
                 Ok(c) => c,
                 Err(e) => {
                     let code = e.code();

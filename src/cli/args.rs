@@ -186,6 +186,10 @@ pub(crate) struct ConsentArgs {
     /// How long the consent lasts (`30d`, `12h`).
     #[arg(long, default_value = "365d")]
     pub(crate) lifetime: humantime::Duration,
+    /// The devices' `[consent] max_lifetime`: a longer --lifetime is refused
+    /// (devices would refuse the token `lifetime_too_long`).
+    #[arg(long, default_value = "365d")]
+    pub(crate) max_lifetime: humantime::Duration,
     /// Issuer (`iss`).
     #[arg(long, default_value = "facegate-fleet")]
     pub(crate) issuer: String,

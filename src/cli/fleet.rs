@@ -22,6 +22,13 @@ pub fn execute(command: Fleet) -> anyhow::Result<ExitCode> {
             eprintln!("private key written to {} (mode 0600); the line above is the public key for [[trust]]", out.display());
         }
         Fleet::Consent(a) => {
+            if a.lifetime.as_secs() > a.max_lifetime.as_secs() {
+                bail!(
+                    "--lifetime {} exceeds --max-lifetime {} (the devices' [consent] max_lifetime): devices would refuse the token",
+                    a.lifetime,
+                    a.max_lifetime
+                );
+            }
             let pkcs8 = keys::read_private_key(&a.signer.key)?;
             let req = consent::ConsentRequest {
                 issuer: a.issuer,

@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use super::error::{io_reason, ConfigError};
 use super::keys;
-use super::raw::{RawCapture, RawCommands, RawLog, RawMqtt, RawNumber, RawOutbox, RawTrust};
+use super::raw::{
+    RawCapture, RawCommands, RawConsent, RawLog, RawMqtt, RawNumber, RawOutbox, RawTrust,
+};
 use super::{
-    CaptureConfig, CommandConfig, Config, ControlConfig, Identity, LogConfig, LogFormat,
-    MqttConfig, OutboxConfig, RawConfig, Role, TrustedKey, WhenFull,
+    CaptureConfig, CommandConfig, Config, ConsentConfig, ControlConfig, Identity, LogConfig,
+    LogFormat, MqttConfig, OutboxConfig, RawConfig, Role, TrustedKey, WhenFull,
 };
 
 const KIB: u64 = 1024;
@@ -67,6 +69,7 @@ impl RawConfig {
         let capture = capture(self.capture)?;
         let outbox = outbox(self.outbox)?;
         let commands = commands(self.commands)?;
+        let consent = consent(self.consent)?;
         let log = log(self.log)?;
         let socket = match self.control.socket {
             Some(s) => path("control.socket", Some(s), base_dir)?,
@@ -91,6 +94,7 @@ impl RawConfig {
             capture,
             outbox,
             commands,
+            consent,
             log,
             control: ControlConfig { socket },
         })
@@ -355,6 +359,18 @@ fn commands(raw: RawCommands) -> Result<CommandConfig, ConfigError> {
             16 * MIB,
             Unit::Bytes,
         )? as usize,
+    })
+}
+
+fn consent(raw: RawConsent) -> Result<ConsentConfig, ConfigError> {
+    Ok(ConsentConfig {
+        max_lifetime: duration(
+            "consent.max_lifetime",
+            raw.max_lifetime,
+            "365d",
+            secs(3600),
+            secs(3650 * 86_400),
+        )?,
     })
 }
 

@@ -1,0 +1,92 @@
+//! The local command line through the real binary: what `facegate ctl` and
+//! `facegate fleet` accept and refuse, and how they take personal data.
+
+use std::process::Output;
+use std::time::Duration;
+
+use facegate::clock;
+use facegate_testkit::daemon::{facegate_binary, Daemon, CONSENT_KID};
+use facegate_testkit::util::wait_until;
+use facegate_testkit::SITE;
+use serde_json::json;
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A consent token for `subject` with exactly these `iat` and `exp`.
+fn token_with_times(d: &Daemon, subject: &str, jti: &str, iat: i64, exp: i64) -> String {
+    let claims = json!({
+        "iss": "test", "sub": subject, "jti": jti, "iat": iat, "exp": exp,
+        "aud": SITE, "scope": facegate::consent::UPLOAD_SCOPE,
+    });
+    facegate::jws::sign(&claims, CONSENT_KID, &d.consent_signer.pkcs8).unwrap()
+}
+
+#[test]
+fn consent_add_refuses_far_future_and_overlong_tokens() {
+    let d = Daemon::start();
+    let now = clock::now();
+    for (name, exp, code) in [
+        ("exp 2^62", 1_i64 << 62, "malformed"),
+        ("exp after 9999", clock::LATEST_CLAIM_TIME + 1, "malformed"),
+        ("two years", now + 2 * 365 * 86_400, "lifetime_too_long"),
+    ] {
+        let token = token_with_times(&d, "S-far", name, now, exp);
+        let out = d.try_ctl(&["consent", "add", &token]);
+        assert!(!out.status.success(), "{name}: accepted");
+        assert!(stderr(&out).contains(code), "{name}: {}", stderr(&out));
+    }
+    assert_eq!(d.active_consents(), 0);
+    assert!(d.ctl(&["consent", "list"]).find("1970").is_none());
+
+    // Exactly the default maximum (365 days) is accepted.
+    let token = token_with_times(&d, "S-far", "one-year", now, now + 365 * 86_400);
+    d.ctl(&["consent", "add", &token]);
+    assert_eq!(d.active_consents(), 1);
+
+    // `[consent] max_lifetime` applies on SIGHUP.
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(&d.config, text + "\n[consent]\nmax_lifetime = \"30d\"\n").unwrap();
+    d.signal("HUP");
+    wait_until(
+        Duration::from_secs(20),
+        || d.log().contains("configuration reloaded"),
+        || d.log(),
+    );
+    let token = token_with_times(&d, "S-far", "sixty-days", now, now + 60 * 86_400);
+    let out = d.try_ctl(&["consent", "add", &token]);
+    assert!(
+        stderr(&out).contains("lifetime_too_long"),
+        "{}",
+        stderr(&out)
+    );
+    let token = token_with_times(&d, "S-far", "thirty-days", now, now + 30 * 86_400);
+    d.ctl(&["consent", "add", &token]);
+}
+
+#[test]
+fn fleet_consent_refuses_lifetimes_devices_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("consent.key");
+    let (pkcs8, _) = facegate::keys::generate().unwrap();
+    facegate::keys::write_private_key(&key, &pkcs8).unwrap();
+    let sign = |extra: &[&str]| {
+        std::process::Command::new(facegate_binary())
+            .args(["fleet", "consent", "--kid", "c", "--subject", "S-1"])
+            .args(["--aud", SITE, "--key"])
+            .arg(&key)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    assert!(sign(&[]).status.success(), "{}", stderr(&sign(&[])));
+    let out = sign(&["--lifetime", "400d"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--max-lifetime"), "{}", stderr(&out));
+    let out = sign(&["--lifetime", "400d", "--max-lifetime", "2years"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = sign(&["--lifetime", "100000years", "--max-lifetime", "100000years"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("3650 days"), "{}", stderr(&out));
+}
