@@ -68,6 +68,7 @@ impl ApplyError {
 fn store_error_code(e: &StoreError) -> ErrorCode {
     match e {
         StoreError::Revoked { .. } => ErrorCode::Revoked,
+        StoreError::ConsentIdReused { .. } => ErrorCode::JtiReused,
         StoreError::Replayed { .. } => ErrorCode::Replayed,
         _ => ErrorCode::Internal,
     }

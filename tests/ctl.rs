@@ -90,3 +90,31 @@ fn fleet_consent_refuses_lifetimes_devices_refuse() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("3650 days"), "{}", stderr(&out));
 }
+
+#[test]
+fn consent_add_refuses_a_reused_consent_id() {
+    let d = Daemon::start();
+    let now = clock::now();
+    let first = token_with_times(&d, "S-a", "shared-id", now, now + 3600);
+    let granted: serde_json::Value =
+        serde_json::from_str(&d.ctl(&["consent", "add", &first])).unwrap();
+    assert_eq!(granted["new"], true, "{granted}");
+
+    // The same consent id of the same key for another subject: refused.
+    let other = token_with_times(&d, "S-b", "shared-id", now, now + 3600);
+    let out = d.try_ctl(&["consent", "add", &other]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("jti_reused"), "{}", stderr(&out));
+    // Nor another token of the same subject under that id.
+    let longer = token_with_times(&d, "S-a", "shared-id", now, now + 7200);
+    let out = d.try_ctl(&["consent", "add", &longer]);
+    assert!(stderr(&out).contains("jti_reused"), "{}", stderr(&out));
+
+    // The very same token again stays harmless.
+    let again: serde_json::Value =
+        serde_json::from_str(&d.ctl(&["consent", "add", &first])).unwrap();
+    assert_eq!(again["new"], false, "{again}");
+    let list = d.ctl_json(&["consent", "list", "--json"]);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert!(!list.to_string().contains("S-b"), "{list}");
+}
