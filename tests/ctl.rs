@@ -118,3 +118,60 @@ fn consent_add_refuses_a_reused_consent_id() {
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
     assert!(!list.to_string().contains("S-b"), "{list}");
 }
+
+#[test]
+fn tokens_and_subject_ids_can_come_from_stdin_or_a_file() {
+    let d = Daemon::start();
+    let jpeg = facegate_testkit::synth::face_jpeg(160, 120, 1, 80);
+
+    // `consent add -`: the token from stdin (with echo's newline).
+    let token = d.consent_signer.consent("S-in", 3600);
+    let out = d.try_ctl_stdin(&["consent", "add", "-"], &format!("{token}\n"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(d.active_consents(), 1);
+
+    // `purge @FILE`: the subject id from a file.
+    d.drop_pair("a", "jpg", &jpeg, Some("S-in"));
+    d.wait_spool_empty(Duration::from_secs(20));
+    let file = d.dir.path().join("subject.txt");
+    std::fs::write(&file, "S-in\n").unwrap();
+    let receipt = d.ctl_json(&["purge", &format!("@{}", file.display())]);
+    assert_eq!(receipt["subject"], "S-in", "{receipt}");
+    assert_eq!(receipt["purged"], 1, "{receipt}");
+
+    // `consent revoke -`: the subject id from stdin.
+    let out = d.try_ctl_stdin(&["consent", "revoke", "-"], "S-in\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let receipt: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(receipt["subject"], "S-in", "{receipt}");
+    assert_eq!(d.active_consents(), 0);
+
+    // Empty input and a missing file are refused with a reason.
+    let out = d.try_ctl_stdin(&["consent", "add", "-"], "");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("empty"), "{}", stderr(&out));
+    let out = d.try_ctl(&["purge", "@/nonexistent/subject"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("/nonexistent/subject"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn fleet_sign_reads_args_from_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("fleet.key");
+    let (pkcs8, _) = facegate::keys::generate().unwrap();
+    facegate::keys::write_private_key(&key, &pkcs8).unwrap();
+    let mut cmd = std::process::Command::new(facegate_binary());
+    cmd.args(["fleet", "sign", "--kid", "f", "--aud", SITE])
+        .args(["--cmd", "consent.revoke", "--args", "-", "--key"])
+        .arg(&key);
+    let out = facegate_testkit::util::output_with_stdin(&mut cmd, br#"{"subject":"S-7"}"#);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let jws = String::from_utf8(out.stdout).unwrap();
+    let claims = facegate::jws::peek_claims(jws.trim()).unwrap();
+    assert_eq!(claims["args"]["subject"], "S-7");
+}
