@@ -54,7 +54,14 @@ fn real_pipeline(n: usize, images: &[Vec<u8>]) -> f64 {
     // Grant consent first (what `ctl consent add` does: verify, then store).
     let now = clock::now();
     let token = terminal.consent_signer.consent(SUBJECT, 86_400);
-    let c = consent::verify_consent(&token, &cfg.trust, &cfg.identity, now, 60).expect("consent");
+    let c = consent::verify_consent(
+        &token,
+        &cfg.trust,
+        &cfg.identity,
+        now,
+        consent::TokenLimits::of(&cfg),
+    )
+    .expect("consent");
     agent
         .db()
         .lock()

@@ -68,6 +68,7 @@ impl ApplyError {
 fn store_error_code(e: &StoreError) -> ErrorCode {
     match e {
         StoreError::Revoked { .. } => ErrorCode::Revoked,
+        StoreError::ConsentIdReused { .. } => ErrorCode::JtiReused,
         StoreError::Replayed { .. } => ErrorCode::Replayed,
         _ => ErrorCode::Internal,
     }
@@ -291,9 +292,9 @@ impl Agent {
         via: Option<Via>,
     ) -> Result<Granted, ApplyError> {
         let cfg = self.config();
-        let skew = cfg.commands.clock_skew.as_secs() as i64;
+        let limits = consent::TokenLimits::of(&cfg);
         let consent =
-            match consent::verify_consent(token.trim(), &cfg.trust, &cfg.identity, now, skew) {
+            match consent::verify_consent(token.trim(), &cfg.trust, &cfg.identity, now, limits) {
                 Ok(c) => c,
                 Err(e) => {
                     let code = e.code();

@@ -140,6 +140,8 @@ pub struct Config {
     pub outbox: OutboxConfig,
     /// Acceptance window for signed fleet commands.
     pub commands: CommandConfig,
+    /// What a consent token may claim.
+    pub consent: ConsentConfig,
     /// Log level and format.
     pub log: LogConfig,
     /// Local control socket for `facegate ctl`.
@@ -231,6 +233,15 @@ pub struct CommandConfig {
     pub clock_skew: Duration,
     /// Largest command payload accepted, in bytes (default 64 KiB).
     pub max_bytes: usize,
+}
+
+/// `[consent]`: limits on consent tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsentConfig {
+    /// Longest allowed `exp - iat` of a consent token (default 365 days,
+    /// between 1 hour and 3650 days); a longer token is refused
+    /// `lifetime_too_long`.
+    pub max_lifetime: Duration,
 }
 
 /// Log output format.

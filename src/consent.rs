@@ -6,7 +6,8 @@
 
 use serde_json::{json, Value};
 
-use crate::config::{Identity, Role, TrustedKey};
+use crate::clock;
+use crate::config::{Config, Identity, Role, TrustedKey};
 use crate::gate::{self, BrokenTerm};
 use crate::ids::SubjectId;
 use crate::jws::{self, JwsError};
@@ -18,6 +19,30 @@ pub use crate::gate::{Consent, UPLOAD_SCOPE};
 
 /// Longest consent token accepted, in bytes (a real one is well under 1 KiB).
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// The longest `[consent] max_lifetime` a device can be configured with
+/// (3650 days): the fleet tool never signs a longer consent.
+pub const MAX_LIFETIME_LIMIT_S: i64 = 3650 * 86_400;
+
+/// What a device accepts in a consent token's times (from `[commands]
+/// clock_skew` and `[consent] max_lifetime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenLimits {
+    /// Seconds `iat`/`nbf` may lie ahead of `now`.
+    pub clock_skew: i64,
+    /// Longest `exp - iat`, seconds.
+    pub max_lifetime: i64,
+}
+
+impl TokenLimits {
+    /// The limits of a device's configuration.
+    pub fn of(config: &Config) -> Self {
+        TokenLimits {
+            clock_skew: config.commands.clock_skew.as_secs() as i64,
+            max_lifetime: config.consent.max_lifetime.as_secs() as i64,
+        }
+    }
+}
 
 /// Why a consent token was refused. [`ConsentError::code`] gives the reply/audit code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +74,14 @@ pub enum ConsentError {
         at: i64,
         /// The time of the check.
         now: i64,
+    },
+    /// `exp - iat` exceeds `[consent] max_lifetime`.
+    #[error("consent lifetime {lifetime} s exceeds the allowed {max} s ([consent] max_lifetime)")]
+    LifetimeTooLong {
+        /// The token's `exp - iat`.
+        lifetime: i64,
+        /// The configured maximum.
+        max: i64,
     },
     /// `aud` names neither this site nor this device.
     #[error("consent addressed to {0:?}, not to this site or device")]
@@ -85,6 +118,7 @@ impl ConsentError {
             ConsentError::WrongRole(_) => ErrorCode::WrongRole,
             ConsentError::Expired { .. } => ErrorCode::Expired,
             ConsentError::NotYetValid { .. } => ErrorCode::NotYetValid,
+            ConsentError::LifetimeTooLong { .. } => ErrorCode::LifetimeTooLong,
             ConsentError::WrongAudience(_) => ErrorCode::WrongAudience,
             ConsentError::MissingScope => ErrorCode::MissingScope,
             ConsentError::Revoked { .. } => ErrorCode::Revoked,
@@ -109,8 +143,10 @@ impl From<JwsError> for ConsentError {
 /// Verifies a consent token for this device at time `now`.
 ///
 /// Checks, in order: token form and signature, key role `consent`, claim types
-/// (every claim missing or mistyped → `malformed`; `exp` must be after `iat`),
-/// subject syntax, `iat` or `nbf` later than `now + skew` → not_yet_valid;
+/// (every claim missing or mistyped → `malformed`; `exp` must be after `iat`;
+/// `iat`, `exp` and `nbf` must lie in 2000-01-01..=9999-12-31, see
+/// [`clock::is_sane_claim_time`], else `malformed`), `exp - iat` at most
+/// `limits.max_lifetime` → `lifetime_too_long`, subject syntax, `iat` or `nbf` later than `now + skew` → not_yet_valid;
 /// then the consent rule's terms that a token can be judged on alone
 /// ([`gate::check_terms`]: audience, scope, `now >= exp` → expired, no skew on
 /// expiry). Revocation is not known here: the store refuses a consent issued
@@ -120,7 +156,7 @@ pub fn verify_consent(
     trust: &[TrustedKey],
     me: &Identity,
     now: i64,
-    skew: i64,
+    limits: TokenLimits,
 ) -> Result<Consent, ConsentError> {
     let token = token.trim_ascii();
     if token.len() > MAX_TOKEN_BYTES {
@@ -150,6 +186,14 @@ pub fn verify_consent(
             "claim exp ({expires_at}) is not after iat ({issued_at})"
         )));
     }
+    check_claim_times(issued_at, expires_at, not_before)?;
+    let lifetime = expires_at - issued_at;
+    if lifetime > limits.max_lifetime {
+        return Err(ConsentError::LifetimeTooLong {
+            lifetime,
+            max: limits.max_lifetime,
+        });
+    }
     let audience = jws::audience(c).map_err(ConsentError::Malformed)?;
     let scopes: Vec<String> = jws::str_claim(c, "scope")
         .map_err(ConsentError::Malformed)?
@@ -159,7 +203,7 @@ pub fn verify_consent(
         .collect();
 
     let subject = SubjectId::new(subject).map_err(|e| ConsentError::BadSubject(e.0))?;
-    let skew = skew.max(0);
+    let skew = limits.clock_skew.max(0);
     for at in std::iter::once(issued_at).chain(not_before) {
         if at > now.saturating_add(skew) {
             return Err(ConsentError::NotYetValid { at, now });
@@ -187,6 +231,20 @@ pub fn verify_consent(
     }
 }
 
+/// Refuses an `iat`, `exp` or `nbf` outside the years 2000..=9999 as
+/// `malformed`: such a time is no date a consent can mean, and RFC 3339
+/// cannot show it.
+fn check_claim_times(iat: i64, exp: i64, nbf: Option<i64>) -> Result<(), ConsentError> {
+    for (name, at) in [("iat", Some(iat)), ("exp", Some(exp)), ("nbf", nbf)] {
+        if let Some(at) = at.filter(|at| !clock::is_sane_claim_time(*at)) {
+            return Err(ConsentError::Malformed(format!(
+                "claim {name} ({at}) lies outside 2000-01-01T00:00:00Z..=9999-12-31T23:59:59Z"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// What the fleet tool signs into a consent token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsentRequest {
@@ -198,7 +256,9 @@ pub struct ConsentRequest {
     pub audience: Vec<String>,
     /// `scope` entries, e.g. [`UPLOAD_SCOPE`]; joined with spaces.
     pub scopes: Vec<String>,
-    /// `exp - iat` in seconds; must be positive.
+    /// `exp - iat` in seconds; must be positive and at most
+    /// [`MAX_LIFETIME_LIMIT_S`] (the fleet tool's `--max-lifetime` checks the
+    /// devices' own limit before).
     pub lifetime_s: i64,
     /// `jti`; a random UUID when `None`.
     pub jti: Option<String>,
@@ -221,9 +281,15 @@ pub fn sign_consent(
     if req.lifetime_s <= 0 {
         return invalid("lifetime must be positive");
     }
+    if req.lifetime_s > MAX_LIFETIME_LIMIT_S {
+        return invalid("lifetime exceeds 3650 days, the most any device accepts");
+    }
     let Some(exp) = now.checked_add(req.lifetime_s) else {
         return invalid("lifetime too large");
     };
+    if check_claim_times(now, exp, None).is_err() {
+        return invalid("iat or exp lies outside the years 2000..=9999 (check the clock)");
+    }
     if req.audience.is_empty() || req.audience.iter().any(|a| a.is_empty()) {
         return invalid("audience needs at least one non-empty site or site/device");
     }
@@ -260,6 +326,11 @@ mod tests {
 
     const NOW: i64 = 1_800_000_000;
     const SKEW: i64 = 60;
+    const MAX_LIFETIME: i64 = 365 * 86_400;
+    const LIMITS: TokenLimits = TokenLimits {
+        clock_skew: SKEW,
+        max_lifetime: MAX_LIFETIME,
+    };
 
     struct Keys {
         consent: Vec<u8>,
@@ -306,7 +377,7 @@ mod tests {
     fn accepts_valid_token() {
         let k = keys();
         let t = tok(&claims(), "consent-1", &k.consent);
-        let c = verify_consent(&format!("{t}\n"), &k.trust, &me(), NOW, SKEW).unwrap();
+        let c = verify_consent(&format!("{t}\n"), &k.trust, &me(), NOW, LIMITS).unwrap();
         assert_eq!(
             c,
             Consent {
@@ -364,10 +435,15 @@ mod tests {
                 with(|c| c["sub"] = json!("a.b_c:d-E9")),
                 NOW,
             ),
+            (
+                "lifetime exactly max",
+                with(|c| c["exp"] = json!(NOW - 100 + MAX_LIFETIME)),
+                NOW,
+            ),
         ];
         for (name, c, now) in ok {
             let t = tok(&c, "consent-1", &k.consent);
-            if let Err(e) = verify_consent(&t, &k.trust, &me(), now, SKEW) {
+            if let Err(e) = verify_consent(&t, &k.trust, &me(), now, LIMITS) {
                 panic!("{name}: {e}");
             }
         }
@@ -561,9 +637,48 @@ mod tests {
                 "malformed",
             ),
             ("huge", "a".repeat(MAX_TOKEN_BYTES + 1), NOW, "malformed"),
+            (
+                "lifetime max + 1",
+                signed(with(|c| c["exp"] = json!(NOW - 100 + MAX_LIFETIME + 1))),
+                NOW,
+                "lifetime_too_long",
+            ),
+            (
+                "exp 2^62",
+                signed(with(|c| c["exp"] = json!(1_i64 << 62))),
+                NOW,
+                "malformed",
+            ),
+            (
+                "exp after 9999-12-31",
+                signed(with(|c| c["exp"] = json!(clock::LATEST_CLAIM_TIME + 1))),
+                NOW,
+                "malformed",
+            ),
+            (
+                "iat before 2000 (and a short lifetime)",
+                signed(with(|c| {
+                    c["iat"] = json!(clock::EARLIEST_CLAIM_TIME - 1);
+                    c["exp"] = json!(clock::EARLIEST_CLAIM_TIME + 10);
+                })),
+                NOW,
+                "malformed",
+            ),
+            (
+                "negative iat",
+                signed(with(|c| c["iat"] = json!(-5))),
+                NOW,
+                "malformed",
+            ),
+            (
+                "nbf 2^62",
+                signed(with(|c| c["nbf"] = json!(1_i64 << 62))),
+                NOW,
+                "malformed",
+            ),
         ];
         for (name, token, now, code) in cases {
-            match verify_consent(&token, &k.trust, &me(), now, SKEW) {
+            match verify_consent(&token, &k.trust, &me(), now, LIMITS) {
                 Ok(_) => panic!("{name}: accepted"),
                 Err(e) => assert_eq!(e.code(), code, "{name}: {e}"),
             }
@@ -582,7 +697,7 @@ mod tests {
             jti: None,
         };
         let t = sign_consent(&req, "consent-1", &k.consent, NOW).unwrap();
-        let c = verify_consent(&t, &k.trust, &me(), NOW, SKEW).unwrap();
+        let c = verify_consent(&t, &k.trust, &me(), NOW, LIMITS).unwrap();
         assert_eq!(c.issued_at, NOW);
         assert_eq!(c.expires_at, NOW + 3600);
         assert_eq!(c.audience, req.audience);
@@ -637,6 +752,20 @@ mod tests {
             (
                 ConsentRequest {
                     jti: Some(String::new()),
+                    ..req.clone()
+                },
+                "invalid_request",
+            ),
+            (
+                ConsentRequest {
+                    lifetime_s: 1 << 62,
+                    ..req.clone()
+                },
+                "invalid_request",
+            ),
+            (
+                ConsentRequest {
+                    lifetime_s: MAX_LIFETIME_LIMIT_S + 1,
                     ..req.clone()
                 },
                 "invalid_request",

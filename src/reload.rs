@@ -1,11 +1,11 @@
 //! SIGHUP: which parts of a new configuration apply to a running daemon.
 //!
 //! A pure function of the old and the new validated configuration. Trusted keys,
-//! capture limits, outbox policy, command window, audit retention and log
-//! level apply at once;
-//! identity, directories, broker settings and the control socket are wired into
-//! open files and connections, so a change there is reported as needing a
-//! restart and the running value is kept (never silently ignored).
+//! capture limits, outbox policy, command window, consent limits, audit
+//! retention and log level apply at once; identity, directories, broker
+//! settings and the control socket are wired into open files and connections,
+//! so a change there is reported as needing a restart and the running value is
+//! kept (never silently ignored).
 
 use crate::config::{Config, Identity, LogConfig};
 
@@ -52,6 +52,7 @@ pub fn plan(old: &Config, new: Config) -> (Config, Plan) {
         capture,
         outbox,
         commands,
+        consent,
         log,
         control,
         audit,
@@ -65,6 +66,7 @@ pub fn plan(old: &Config, new: Config) -> (Config, Plan) {
         capture: p.live("capture", &old.capture, capture),
         outbox: p.live("outbox", &old.outbox, outbox),
         commands: p.live("commands", &old.commands, commands),
+        consent: p.live("consent", &old.consent, consent),
         audit: p.live("audit", &old.audit, audit),
         log: LogConfig {
             level: p.live("log.level", &old.log.level, level),
@@ -165,6 +167,9 @@ mod tests {
                 max_bytes: c.commands.max_bytes + 1,
                 ..c.commands.clone()
             },
+            consent: crate::config::ConsentConfig {
+                max_lifetime: c.consent.max_lifetime * 2,
+            },
             log: LogConfig {
                 level: "debug".into(),
                 format: match c.log.format {
@@ -185,11 +190,12 @@ mod tests {
     fn each_live_key_applies_and_each_restart_key_is_reported() {
         type Pick = fn(&mut Config, &Config);
         // (reported name, live?, copy that one key from `changed` into a config)
-        let keys: [(&str, bool, Pick); 13] = [
+        let keys: [(&str, bool, Pick); 14] = [
             ("trust", true, |c, n| c.trust = n.trust.clone()),
             ("capture", true, |c, n| c.capture = n.capture.clone()),
             ("outbox", true, |c, n| c.outbox = n.outbox.clone()),
             ("commands", true, |c, n| c.commands = n.commands.clone()),
+            ("consent", true, |c, n| c.consent = n.consent.clone()),
             ("audit", true, |c, n| c.audit = n.audit.clone()),
             ("log.level", true, |c, n| c.log.level = n.log.level.clone()),
             ("log.format", false, |c, n| c.log.format = n.log.format),

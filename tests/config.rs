@@ -132,6 +132,7 @@ fn minimal_config_gets_every_default() {
     assert_eq!(c.commands.max_lifetime, Duration::from_secs(86_400));
     assert_eq!(c.commands.clock_skew, Duration::from_secs(60));
     assert_eq!(c.commands.max_bytes, 65_536);
+    assert_eq!(c.consent.max_lifetime, Duration::from_secs(365 * 86_400));
     assert_eq!(c.audit.retention, Duration::from_secs(90 * 86_400));
     assert_eq!(c.log.level, "info");
     assert_eq!(c.log.format, LogFormat::Text);
@@ -194,6 +195,7 @@ fn example_config_documents_every_key() {
             "commands",
             with_table(&site.minimal(), "commands", "zzz = 1"),
         ),
+        ("consent", with_table(&site.minimal(), "consent", "zzz = 1")),
         ("log", with_table(&site.minimal(), "log", "zzz = 1")),
         ("control", with_table(&site.minimal(), "control", "zzz = 1")),
         ("audit", with_table(&site.minimal(), "audit", "zzz = 1")),
@@ -205,7 +207,8 @@ fn example_config_documents_every_key() {
         assert!(!known.is_empty(), "{section}");
         for key in known {
             let is_table = [
-                "mqtt", "trust", "capture", "outbox", "commands", "log", "control", "audit",
+                "mqtt", "trust", "capture", "outbox", "commands", "consent", "log", "control",
+                "audit",
             ]
             .contains(&key.as_str());
             let documented = if is_table {
@@ -334,6 +337,18 @@ fn durations_parse_and_respect_bounds() {
     starts(
         &err("audit", "retention = \"20y\""),
         "audit.retention: must be between",
+    );
+    assert_eq!(
+        ok("consent", "max_lifetime = \"30d\"").consent.max_lifetime,
+        Duration::from_secs(30 * 86_400)
+    );
+    starts(
+        &err("consent", "max_lifetime = \"3651d\""),
+        "consent.max_lifetime: must be between 1h and ",
+    );
+    starts(
+        &err("consent", "max_lifetime = \"59m\""),
+        "consent.max_lifetime: must be between 1h",
     );
     starts(
         &err("outbox", "retention = 7"),

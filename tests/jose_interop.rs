@@ -115,7 +115,11 @@ fn pyjwt_tokens_are_accepted_by_the_agent() {
         Role::Consent,
         made["public_key"].as_str().unwrap(),
     );
-    let c = consent::verify_consent(made["token"].as_str().unwrap(), &trust, &me(), now, 60)
+    let limits = consent::TokenLimits {
+        clock_skew: 60,
+        max_lifetime: 365 * 86_400,
+    };
+    let c = consent::verify_consent(made["token"].as_str().unwrap(), &trust, &me(), now, limits)
         .expect("accepted");
     assert_eq!(c.subject, "S-py");
 

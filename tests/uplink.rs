@@ -14,7 +14,7 @@ use facegate_testkit::pki::Ca;
 use facegate_testkit::relay::Relay;
 use facegate_testkit::signer::Signer;
 use facegate_testkit::synth;
-use facegate_testkit::util::wait_until;
+use facegate_testkit::util::{output_with_stdin, wait_until};
 use facegate_testkit::{DEVICE, SITE};
 use ring::digest;
 use serde_json::{json, Value};
@@ -529,7 +529,7 @@ async fn fleet_tool_sends_commands_and_prints_replies() {
     let fleet_tls = broker.issue_client("fleet");
     let key = d.dir.path().join("fleet-signing.pem");
     facegate::keys::write_private_key(&key, &d.fleet_signer.pkcs8).unwrap();
-    let run = |extra: &[&str]| {
+    let command = |extra: &[&str]| {
         let broker_addr = format!("localhost:{}", broker.port);
         let mut args: Vec<String> = [
             "fleet",
@@ -554,11 +554,11 @@ async fn fleet_tool_sends_commands_and_prints_replies() {
             args.push(path.display().to_string());
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        std::process::Command::new(env!("CARGO_BIN_EXE_facegate"))
-            .args(&args)
-            .output()
-            .unwrap()
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_facegate"));
+        cmd.args(&args);
+        cmd
     };
+    let run = |extra: &[&str]| command(extra).output().unwrap();
 
     // One device, readable output.
     let out = run(&["--device", DEVICE, "--cmd", "status"]);
@@ -570,16 +570,21 @@ async fn fleet_tool_sends_commands_and_prints_replies() {
     );
     assert!(text.starts_with("term-01: ok status"), "{text}");
 
-    // The whole site, JSON lines; the revocation takes effect.
-    let out = run(&[
-        "--cmd",
-        "consent.revoke",
-        "--args",
-        r#"{"subject":"S-f"}"#,
-        "--timeout",
-        "3s",
-        "--json",
-    ]);
+    // The whole site, JSON lines; the revocation takes effect. The subject
+    // id comes from stdin (`--args -`), not the process list.
+    let out = output_with_stdin(
+        &mut command(&[
+            "--cmd",
+            "consent.revoke",
+            "--args",
+            "-",
+            "--timeout",
+            "3s",
+            "--json",
+        ]),
+        br#"{"subject":"S-f"}
+"#,
+    );
     assert!(
         out.status.success(),
         "{}",

@@ -61,7 +61,7 @@ pub(crate) enum Ctl {
     },
     /// Purge queued captures of one subject, or all; consents stay.
     Purge {
-        /// Subject id.
+        /// Subject id; `-` reads it from stdin, `@FILE` from a file (keeps it out of `ps`).
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         subject: Option<String>,
         /// Purge every queued capture.
@@ -78,14 +78,20 @@ pub(crate) enum Ctl {
 #[derive(Subcommand)]
 pub(crate) enum CtlConsent {
     /// Verify and store a consent token (compact JWS).
-    Add { token: String },
+    Add {
+        /// The token; `-` reads it from stdin, `@FILE` from a file (keeps it out of `ps`).
+        token: String,
+    },
     /// List stored consents.
     List {
         #[arg(long)]
         json: bool,
     },
     /// Revoke every consent of a subject issued up to now and purge its captures.
-    Revoke { subject: String },
+    Revoke {
+        /// Subject id; `-` reads it from stdin, `@FILE` from a file (keeps it out of `ps`).
+        subject: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -146,7 +152,8 @@ pub(crate) struct SendArgs {
     /// Command name: consent.grant, consent.revoke, capture.purge, status.
     #[arg(long)]
     pub(crate) cmd: String,
-    /// Arguments as a JSON object.
+    /// Arguments as a JSON object; `-` reads them from stdin, `@FILE` from a
+    /// file (keeps subject ids and tokens out of `ps`).
     #[arg(long, default_value = "{}")]
     pub(crate) args: String,
     /// How long the command stays valid.
@@ -186,6 +193,10 @@ pub(crate) struct ConsentArgs {
     /// How long the consent lasts (`30d`, `12h`).
     #[arg(long, default_value = "365d")]
     pub(crate) lifetime: humantime::Duration,
+    /// The devices' `[consent] max_lifetime`: a longer --lifetime is refused
+    /// (devices would refuse the token `lifetime_too_long`).
+    #[arg(long, default_value = "365d")]
+    pub(crate) max_lifetime: humantime::Duration,
     /// Issuer (`iss`).
     #[arg(long, default_value = "facegate-fleet")]
     pub(crate) issuer: String,
@@ -204,7 +215,8 @@ pub(crate) struct SignArgs {
     /// Command name: consent.grant, consent.revoke, capture.purge, status.
     #[arg(long)]
     pub(crate) cmd: String,
-    /// Arguments as a JSON object.
+    /// Arguments as a JSON object; `-` reads them from stdin, `@FILE` from a
+    /// file (keeps subject ids and tokens out of `ps`).
     #[arg(long, default_value = "{}")]
     pub(crate) args: String,
     /// How long the command stays valid.

@@ -36,7 +36,10 @@ pub fn execute(path: &Path, command: Ctl) -> anyhow::Result<ExitCode> {
         }
         Ctl::Consent {
             command: CtlConsent::Add { token },
-        } => print_json(&socket.ask::<Granted>(Request::ConsentAdd { token })?)?,
+        } => {
+            let token = super::arg_value(token, "token")?;
+            print_json(&socket.ask::<Granted>(Request::ConsentAdd { token })?)?
+        }
         Ctl::Consent {
             command: CtlConsent::List { json },
         } => {
@@ -49,8 +52,14 @@ pub fn execute(path: &Path, command: Ctl) -> anyhow::Result<ExitCode> {
         }
         Ctl::Consent {
             command: CtlConsent::Revoke { subject },
-        } => print_json(&socket.ask::<Receipt>(Request::ConsentRevoke { subject })?)?,
+        } => {
+            let subject = super::arg_value(subject, "subject id")?;
+            print_json(&socket.ask::<Receipt>(Request::ConsentRevoke { subject })?)?
+        }
         Ctl::Purge { subject, all } => {
+            let subject = subject
+                .map(|s| super::arg_value(s, "subject id"))
+                .transpose()?;
             print_json(&socket.ask::<Receipt>(Request::Purge { subject, all })?)?
         }
         Ctl::Audit {

@@ -22,6 +22,13 @@ pub fn execute(command: Fleet) -> anyhow::Result<ExitCode> {
             eprintln!("private key written to {} (mode 0600); the line above is the public key for [[trust]]", out.display());
         }
         Fleet::Consent(a) => {
+            if a.lifetime.as_secs() > a.max_lifetime.as_secs() {
+                bail!(
+                    "--lifetime {} exceeds --max-lifetime {} (the devices' [consent] max_lifetime): devices would refuse the token",
+                    a.lifetime,
+                    a.max_lifetime
+                );
+            }
             let pkcs8 = keys::read_private_key(&a.signer.key)?;
             let req = consent::ConsentRequest {
                 issuer: a.issuer,
@@ -38,8 +45,9 @@ pub fn execute(command: Fleet) -> anyhow::Result<ExitCode> {
         }
         Fleet::Sign(a) => {
             let pkcs8 = keys::read_private_key(&a.signer.key)?;
+            let args = super::arg_value(a.args, "--args")?;
             let args: Value =
-                serde_json::from_str(&a.args).context("--args must be a JSON object")?;
+                serde_json::from_str(&args).context("--args must be a JSON object")?;
             if !args.is_object() {
                 return Err(anyhow!("--args must be a JSON object"));
             }
@@ -66,7 +74,8 @@ fn fleet_send(a: SendArgs, now: i64) -> anyhow::Result<ExitCode> {
         ),
         None => (a.broker.clone(), 8883),
     };
-    let args: Value = serde_json::from_str(&a.args).context("--args must be a JSON object")?;
+    let args = super::arg_value(a.args, "--args")?;
+    let args: Value = serde_json::from_str(&args).context("--args must be a JSON object")?;
     let command = Command::from_parts(&a.cmd, &args).map_err(fleet::FleetError::Sign)?;
     let req = fleet::SendRequest {
         host,

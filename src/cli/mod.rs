@@ -52,6 +52,45 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Largest value read from stdin or a file for [`arg_value`] (a consent
+/// token is at most 16 KiB, command arguments at most 64 KiB).
+const MAX_ARG_BYTES: u64 = 1024 * 1024;
+
+/// Resolves an argument that may carry personal data (a token, a subject id,
+/// command arguments): `-` reads it from stdin, `@FILE` from a file, anything
+/// else is the value itself. Stdin and files keep it out of the process list
+/// (`ps`, `/proc/PID/cmdline`). Leading and trailing whitespace (the newline
+/// of `echo` or of a file) is removed.
+pub(crate) fn arg_value(value: String, what: &str) -> anyhow::Result<String> {
+    use anyhow::Context;
+    use std::io::Read;
+    let text = if value == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .lock()
+            .take(MAX_ARG_BYTES + 1)
+            .read_to_string(&mut text)
+            .with_context(|| format!("reading the {what} from stdin"))?;
+        text
+    } else if let Some(path) = value.strip_prefix('@') {
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_ARG_BYTES + 1).read_to_string(&mut text))
+            .with_context(|| format!("reading the {what} from {path}"))?;
+        text
+    } else {
+        return Ok(value);
+    };
+    if text.len() as u64 > MAX_ARG_BYTES {
+        anyhow::bail!("the {what} is larger than {MAX_ARG_BYTES} bytes");
+    }
+    let text = text.trim();
+    if text.is_empty() {
+        anyhow::bail!("the {what} read from {value} is empty");
+    }
+    Ok(text.to_string())
+}
+
 /// Collapses a (possibly multi-line) error chain to one line.
 pub fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")

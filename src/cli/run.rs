@@ -10,7 +10,10 @@ use facegate::{config, daemon, logging, shutdown};
 pub fn daemon(path: &Path) -> anyhow::Result<ExitCode> {
     let cfg = config::load(path)?;
     logging::init(&cfg.log)?;
+    // Bounded blocking pool: the unit's TasksMax=64 counts every thread
+    // (systemd/facegate.service); store calls are serialized anyway.
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(16)
         .enable_all()
         .build()?;
     rt.block_on(async {

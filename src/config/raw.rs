@@ -45,6 +45,9 @@ pub struct RawConfig {
     /// `[commands]`.
     #[serde(default)]
     pub commands: RawCommands,
+    /// `[consent]`.
+    #[serde(default)]
+    pub consent: RawConsent,
     /// `[log]`.
     #[serde(default)]
     pub log: RawLog,
@@ -138,6 +141,14 @@ pub struct RawCommands {
     pub clock_skew: Option<String>,
     /// Largest command payload, bytes.
     pub max_bytes: Option<RawNumber>,
+}
+
+/// `[consent]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "the [consent] table")]
+pub struct RawConsent {
+    /// Longest consent token `exp - iat`, humantime text (default `365d`).
+    pub max_lifetime: Option<String>,
 }
 
 /// `[log]` as written.

@@ -10,11 +10,11 @@ use std::time::Duration;
 use super::error::{io_reason, ConfigError};
 use super::keys;
 use super::raw::{
-    RawAudit, RawCapture, RawCommands, RawLog, RawMqtt, RawNumber, RawOutbox, RawTrust,
+    RawAudit, RawCapture, RawCommands, RawConsent, RawLog, RawMqtt, RawNumber, RawOutbox, RawTrust,
 };
 use super::{
-    AuditConfig, CaptureConfig, CommandConfig, Config, ControlConfig, Identity, LogConfig,
-    LogFormat, MqttConfig, OutboxConfig, RawConfig, Role, TrustedKey, WhenFull,
+    AuditConfig, CaptureConfig, CommandConfig, Config, ConsentConfig, ControlConfig, Identity,
+    LogConfig, LogFormat, MqttConfig, OutboxConfig, RawConfig, Role, TrustedKey, WhenFull,
 };
 
 const KIB: u64 = 1024;
@@ -69,6 +69,7 @@ impl RawConfig {
         let capture = capture(self.capture)?;
         let outbox = outbox(self.outbox)?;
         let commands = commands(self.commands)?;
+        let consent = consent(self.consent)?;
         let log = log(self.log)?;
         let audit = audit(self.audit)?;
         let socket = match self.control.socket {
@@ -94,6 +95,7 @@ impl RawConfig {
             capture,
             outbox,
             commands,
+            consent,
             log,
             control: ControlConfig { socket },
             audit,
@@ -371,6 +373,18 @@ fn commands(raw: RawCommands) -> Result<CommandConfig, ConfigError> {
             16 * MIB,
             Unit::Bytes,
         )? as usize,
+    })
+}
+
+fn consent(raw: RawConsent) -> Result<ConsentConfig, ConfigError> {
+    Ok(ConsentConfig {
+        max_lifetime: duration(
+            "consent.max_lifetime",
+            raw.max_lifetime,
+            "365d",
+            secs(3600),
+            secs(3650 * 86_400),
+        )?,
     })
 }
 

@@ -34,7 +34,10 @@ pub(crate) mod fields {
         use super::*;
 
         pub fn serialize<S: Serializer>(ts: &i64, s: S) -> Result<S::Ok, S::Error> {
-            s.serialize_str(&crate::clock::rfc3339(*ts))
+            let text = crate::clock::try_rfc3339(*ts).ok_or_else(|| {
+                serde::ser::Error::custom(format!("{ts} is beyond what RFC 3339 can write"))
+            })?;
+            s.serialize_str(&text)
         }
 
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {

@@ -99,6 +99,8 @@ pub enum ErrorCode {
     Revoked,
     /// A subject id outside `[A-Za-z0-9._:-]{1,128}`.
     BadSubject,
+    /// A consent id (`jti`) its signing key already used for another consent.
+    JtiReused,
     /// The device failed (disk full, I/O): nothing was applied.
     Internal,
     /// A local request that cannot be carried out as asked (`fleet` tool).
@@ -111,7 +113,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code this build sends.
-    pub const KNOWN: [ErrorCode; 18] = [
+    pub const KNOWN: [ErrorCode; 19] = [
         ErrorCode::BadSignature,
         ErrorCode::UnknownKey,
         ErrorCode::WrongRole,
@@ -127,6 +129,7 @@ impl ErrorCode {
         ErrorCode::MissingScope,
         ErrorCode::Revoked,
         ErrorCode::BadSubject,
+        ErrorCode::JtiReused,
         ErrorCode::Internal,
         ErrorCode::InvalidRequest,
         ErrorCode::SigningFailed,
@@ -150,6 +153,7 @@ impl ErrorCode {
             ErrorCode::MissingScope => "missing_scope",
             ErrorCode::Revoked => "revoked",
             ErrorCode::BadSubject => "bad_subject",
+            ErrorCode::JtiReused => "jti_reused",
             ErrorCode::Internal => "internal",
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::SigningFailed => "signing_failed",

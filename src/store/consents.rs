@@ -57,24 +57,28 @@ pub(super) fn add(
 ) -> Result<AddConsent, StoreError> {
     let mut w = store.writer()?;
     let sref = w.pseudonym(&c.subject);
+    // A consent id is unique per signing key: the same token again is
+    // harmless, another consent under a used (kid, id) is refused.
+    let stored: Option<String> =
+        w.tx.prepare_cached("SELECT token FROM consents WHERE kid = ?1 AND id = ?2")
+            .and_then(|mut s| s.query_row(params![c.kid, c.id], |r| r.get(0)).optional())
+            .op("looking up a consent id")?;
+    if stored.is_some_and(|token| token != c.token) {
+        let detail = json!({ "consent_id": c.id, "kid": c.kid, "reason": "jti_reused" });
+        let refused = StoreError::ConsentIdReused {
+            consent_id: c.id.clone(),
+            kid: c.kid.clone(),
+        };
+        return refuse(w, &sref, detail, refused, "consent_jti_reused", cmd, now);
+    }
     if let Some(revoked_before) = tombstone(&w.tx, &sref)? {
         if gate::is_revoked(c, Some(revoked_before)) {
             let detail = json!({ "consent_id": c.id, "reason": "revoked", "revoked_before": revoked_before });
-            w.audit(now, kind::CONSENT_REFUSED, Some(&sref), detail)?;
             let refused = StoreError::Revoked {
                 consent_id: c.id.clone(),
                 revoked_before,
             };
-            if let Some(cmd) = cmd {
-                // The command is used up by its refusal: keep it, and the
-                // refusal as its reply.
-                let reply = (cmd.reply)(Err(&refused));
-                super::replay::remember(&mut w, cmd.jti, cmd.expires_at, &reply, now)?;
-                let detail = json!({ "jti": cmd.jti, "cmd": cmd.cmd, "reason": "consent_revoked" });
-                w.audit(now, kind::COMMAND_REFUSED, None, detail)?;
-            }
-            w.commit()?;
-            return Err(refused);
+            return refuse(w, &sref, detail, refused, "consent_revoked", cmd, now);
         }
     }
     let audience = serde_json::to_string(&c.audience).map_err(|e| StoreError::Corrupt {
@@ -85,7 +89,7 @@ pub(super) fn add(
             "INSERT INTO consents (id, subject, subject_ref, issuer, issued_at, expires_at,
                                    audience, scopes, kid, token, added_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-             ON CONFLICT(id) DO NOTHING",
+             ON CONFLICT(kid, id) DO NOTHING",
             params![
                 c.id,
                 c.subject.as_str(),
@@ -114,6 +118,29 @@ pub(super) fn add(
     w.applied(cmd, &outcome, now)?;
     w.commit()?;
     Ok(outcome)
+}
+
+/// Audits a refused consent and, for a command, keeps the command (it is used
+/// up by its refusal) with the refusal as its reply; commits and returns the
+/// refusal.
+fn refuse(
+    mut w: Writer,
+    sref: &[u8; 32],
+    detail: serde_json::Value,
+    refused: StoreError,
+    command_reason: &str,
+    cmd: Option<CommandStamp<'_, AddConsent>>,
+    now: i64,
+) -> Result<AddConsent, StoreError> {
+    w.audit(now, kind::CONSENT_REFUSED, Some(sref), detail)?;
+    if let Some(cmd) = cmd {
+        let reply = (cmd.reply)(Err(&refused));
+        super::replay::remember(&mut w, cmd.jti, cmd.expires_at, &reply, now)?;
+        let detail = json!({ "jti": cmd.jti, "cmd": cmd.cmd, "reason": command_reason });
+        w.audit(now, kind::COMMAND_REFUSED, None, detail)?;
+    }
+    w.commit()?;
+    Err(refused)
 }
 
 fn query(
@@ -300,23 +327,24 @@ fn queued_ledgers(conn: &Connection) -> Result<BTreeMap<[u8; 32], Ledger>, Store
 
 /// Deletes the consents expired at `now`, auditing each; returns how many.
 fn delete_expired(w: &mut Writer, now: i64) -> Result<usize, StoreError> {
-    let expired: Vec<(String, Vec<u8>)> =
+    let expired: Vec<(String, String, Vec<u8>)> =
         w.tx.prepare_cached(
-            "SELECT id, subject_ref FROM consents WHERE expires_at <= ?1 ORDER BY expires_at, id",
+            "SELECT kid, id, subject_ref FROM consents WHERE expires_at <= ?1
+             ORDER BY expires_at, kid, id",
         )
         .and_then(|mut s| {
-            s.query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?
+            s.query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect::<rusqlite::Result<Vec<_>>>()
         })
         .op("finding expired consents")?;
-    for (id, sref) in &expired {
+    for (kid, id, sref) in &expired {
         let sref: [u8; 32] = sref
             .as_slice()
             .try_into()
             .map_err(|_| StoreError::Corrupt {
                 what: format!("consent {id} has a malformed subject_ref"),
             })?;
-        w.tx.execute("DELETE FROM consents WHERE id = ?1", [id])
+        w.tx.execute("DELETE FROM consents WHERE kid = ?1 AND id = ?2", [kid, id])
             .op("deleting an expired consent")?;
         w.audit(
             now,

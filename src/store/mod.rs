@@ -114,6 +114,16 @@ pub enum StoreError {
         /// The subject's tombstone (unix seconds).
         revoked_before: i64,
     },
+    /// A consent id (`jti`) this signing key already used for another
+    /// consent (another subject or another token): consent ids are unique
+    /// per key, so the new token is refused and the stored one kept.
+    #[error("consent id {consent_id:?} of key {kid:?} is already used by another consent")]
+    ConsentIdReused {
+        /// The refused consent's id.
+        consent_id: String,
+        /// Its signing key.
+        kid: String,
+    },
     /// A command id that was already applied.
     #[error("command {jti} was already applied")]
     Replayed {
@@ -155,7 +165,7 @@ impl<T> SqlCtx<T> for rusqlite::Result<T> {
 pub enum AddConsent {
     /// The consent was stored.
     Added,
-    /// A consent with this id was already stored; nothing changed.
+    /// This very token (same key, id and content) was already stored; nothing changed.
     AlreadyKnown,
 }
 

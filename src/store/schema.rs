@@ -7,7 +7,7 @@ use super::{SqlCtx, Store, StoreError};
 
 /// Migration steps; step `i` takes the schema from version `i` to `i + 1`.
 /// Append only: never edit a released step.
-const MIGRATIONS: &[&str] = &[V1, V2, AUDIT_PRIVACY];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, AUDIT_PRIVACY];
 
 const V1: &str = r#"
 CREATE TABLE meta (
@@ -99,6 +99,35 @@ const V2: &str = r#"
 ALTER TABLE commands ADD COLUMN reply TEXT;
 "#;
 
+/// A consent id (`jti`) is unique per signing key, not globally: consents are
+/// keyed by (kid, id). SQLite cannot change a primary key in place, so the
+/// table is rebuilt; every stored consent is kept.
+const V3: &str = r#"
+CREATE TABLE consents_v3 (
+    id          TEXT NOT NULL,
+    subject     TEXT NOT NULL,
+    subject_ref BLOB NOT NULL,
+    issuer      TEXT NOT NULL,
+    issued_at   INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    audience    TEXT NOT NULL,   -- JSON array
+    scopes      TEXT NOT NULL,   -- space separated
+    kid         TEXT NOT NULL,
+    token       TEXT NOT NULL,
+    added_at    INTEGER NOT NULL,
+    PRIMARY KEY (kid, id)
+);
+INSERT INTO consents_v3 (id, subject, subject_ref, issuer, issued_at, expires_at,
+                         audience, scopes, kid, token, added_at)
+    SELECT id, subject, subject_ref, issuer, issued_at, expires_at,
+           audience, scopes, kid, token, added_at
+    FROM consents;
+DROP TABLE consents;
+ALTER TABLE consents_v3 RENAME TO consents;
+CREATE INDEX consents_by_subject ON consents(subject_ref);
+CREATE INDEX consents_by_expiry ON consents(expires_at);
+"#;
+
 /// Audit privacy and retention. Self-contained (creates only its own tables
 /// and touches no other step's), so it may take any place in the list.
 /// - `audit_salts`: each subject's random audit salt, keyed by its storage
@@ -126,6 +155,12 @@ CREATE TABLE audit_checkpoint (
 /// Highest schema version this build knows.
 pub(crate) fn known_version() -> u32 {
     MIGRATIONS.len() as u32
+}
+
+/// The migration steps, for tests that rebuild an older schema.
+#[cfg(test)]
+pub(super) fn steps() -> &'static [&'static str] {
+    MIGRATIONS
 }
 
 /// Pragmas, migrations and key check for a freshly opened connection.

@@ -293,6 +293,149 @@ fn consents_add_list_and_duplicates() {
 }
 
 #[test]
+fn consent_ids_are_unique_per_key_and_a_reused_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let c1 = consent("c1", "S-1", T0, T0 + DAY);
+    assert_eq!(s.add_consent(&c1, T0, None).unwrap(), AddConsent::Added);
+    // The same token again: harmless.
+    assert_eq!(
+        s.add_consent(&c1, T0 + 1, None).unwrap(),
+        AddConsent::AlreadyKnown
+    );
+    // The same key's id for another subject, or another token for the same
+    // subject: refused, the stored consent kept.
+    for other in [
+        consent("c1", "S-2", T0, T0 + DAY),
+        consent("c1", "S-1", T0, T0 + 2 * DAY),
+    ] {
+        let err = s.add_consent(&other, T0, None).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::ConsentIdReused { consent_id, kid }
+                if consent_id == "c1" && kid == "consent-2026"),
+            "{err}"
+        );
+    }
+    assert_eq!(s.list_consents().unwrap(), vec![c1.clone()]);
+    assert!(s.consents_for(&sid("S-2")).unwrap().is_empty());
+    // Another key may use the same id.
+    let other_kid = Consent {
+        kid: "consent-2027".into(),
+        subject: sid("S-2"),
+        ..c1.clone()
+    };
+    assert_eq!(
+        s.add_consent(&other_kid, T0, None).unwrap(),
+        AddConsent::Added
+    );
+    assert_eq!(s.list_consents().unwrap().len(), 2);
+    let k = kinds(&mut s);
+    assert_eq!(
+        k.iter().filter(|k| *k == kind::CONSENT_REFUSED).count(),
+        2,
+        "{k:?}"
+    );
+    // Expiry deletes each (kid, id) on its own.
+    let mut keep = |outcome: Result<&AddConsent, &StoreError>| match outcome {
+        Ok(_) => "added".to_string(),
+        Err(e) => format!("refused: {e}"),
+    };
+    let cmd = Jti::from("cmd-reuse");
+    let err = s.add_consent(
+        &consent("c1", "S-3", T0, T0 + DAY),
+        T0,
+        Some(stamp(&cmd, "consent.grant", &mut keep)),
+    );
+    assert!(matches!(err, Err(StoreError::ConsentIdReused { .. })));
+    assert!(
+        s.command_seen(&cmd).unwrap(),
+        "a refused grant burns its jti"
+    );
+    assert!(s.audit_verify().unwrap().ok);
+}
+
+#[test]
+fn the_consent_key_migration_keeps_a_version_2_database_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let c1 = consent("c1", "S-1", T0, T0 + DAY);
+    let c2 = consent("c2", "S-2", T0 - 5, T0 + DAY);
+    {
+        let mut s = open(dir.path());
+        s.add_consent(&c1, T0, None).unwrap();
+        s.add_consent(&c2, T0, None).unwrap();
+    }
+    // Put the consents table back into its version 1/2 layout (taken from
+    // the released step itself), rows kept, drop the tables of later steps,
+    // and set the version back to 2.
+    let v1 = schema::steps()[0];
+    let start = v1.find("CREATE TABLE consents (").unwrap();
+    let end = start + v1[start..].find(");").unwrap() + 2;
+    let old_table = &v1[start..end];
+    assert!(
+        old_table.contains("id          TEXT PRIMARY KEY"),
+        "{old_table}"
+    );
+    {
+        let conn = raw(dir.path());
+        conn.execute_batch(&format!(
+            "BEGIN;
+             ALTER TABLE consents RENAME TO consents_new;
+             {old_table}
+             INSERT INTO consents SELECT * FROM consents_new;
+             DROP TABLE consents_new;
+             CREATE INDEX consents_by_subject ON consents(subject_ref);
+             CREATE INDEX consents_by_expiry ON consents(expires_at);
+             DROP TABLE audit_salts;
+             DROP TABLE audit_checkpoint;
+             PRAGMA user_version = 2;
+             COMMIT;"
+        ))
+        .unwrap();
+        let pk: String = conn
+            .query_row(
+                "SELECT group_concat(name) FROM pragma_table_info('consents') WHERE pk > 0",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(pk, "id");
+    }
+    let mut s = open(dir.path());
+    let v: u32 = s
+        .conn()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, schema::known_version());
+    assert_eq!(s.list_consents().unwrap(), vec![c2.clone(), c1.clone()]);
+    assert!(matches!(
+        s.decide(&sid("S-1"), &trust(), &me(), T0).unwrap(),
+        crate::gate::Decision::Accept { .. }
+    ));
+    assert_eq!(
+        s.add_consent(&c1, T0, None).unwrap(),
+        AddConsent::AlreadyKnown
+    );
+    assert!(matches!(
+        s.add_consent(&consent("c1", "S-9", T0, T0 + DAY), T0, None),
+        Err(StoreError::ConsentIdReused { .. })
+    ));
+    let other_kid = Consent {
+        kid: "consent-2027".into(),
+        ..c2.clone()
+    };
+    assert_eq!(
+        s.add_consent(&other_kid, T0, None).unwrap(),
+        AddConsent::Added
+    );
+    assert_eq!(
+        s.sweep_consents(&trust(), &me(), T0 + DAY).unwrap().len(),
+        0
+    );
+    assert!(s.list_consents().unwrap().is_empty());
+    assert!(s.audit_verify().unwrap().ok);
+}
+
+#[test]
 fn consent_at_or_before_tombstone_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = open(dir.path());

@@ -177,8 +177,14 @@ pub fn fill_outbox(
     for s in 0..subjects {
         let name = format!("S-{s:04}");
         let token = signer.consent(&name, 86_400);
-        let c = consent::verify_consent(&token, &cfg.trust, &cfg.identity, now, 60)
-            .expect("verify consent");
+        let c = consent::verify_consent(
+            &token,
+            &cfg.trust,
+            &cfg.identity,
+            now,
+            consent::TokenLimits::of(cfg),
+        )
+        .expect("verify consent");
         store.add_consent(&c, now, None).expect("add consent");
         consent_ids.push(c.id.clone());
         names.push(c.subject.clone());

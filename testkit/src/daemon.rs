@@ -328,6 +328,14 @@ impl Daemon {
             .expect("run facegate ctl")
     }
 
+    /// Like [`try_ctl`](Self::try_ctl), with `input` on the command's stdin
+    /// (for arguments given as `-`).
+    pub fn try_ctl_stdin(&self, args: &[&str], input: &str) -> Output {
+        let mut cmd = self.command();
+        cmd.arg("ctl").args(args).arg("--config").arg(&self.config);
+        util::output_with_stdin(&mut cmd, input.as_bytes())
+    }
+
     /// Like [`try_ctl`](Self::try_ctl) but asserts success and returns stdout.
     pub fn ctl(&self, args: &[&str]) -> String {
         let out = self.try_ctl(args);

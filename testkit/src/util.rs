@@ -35,6 +35,27 @@ pub fn file_contains(path: &Path, needle: &[u8]) -> bool {
     std::fs::read(path).is_ok_and(|hay| contains(&hay, needle))
 }
 
+/// Runs `cmd` with `input` on its stdin (then closed) and collects its output:
+/// how tests pass personal data to `facegate` without putting it in argv.
+pub fn output_with_stdin(cmd: &mut std::process::Command, input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn a command");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    // A writer thread: a child that prints much before reading cannot deadlock us.
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().expect("wait for a command");
+    // The child may exit without reading everything (e.g. on a usage error).
+    let _ = writer.join().expect("stdin writer thread");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
