@@ -149,8 +149,8 @@ pub(crate) struct SendArgs {
     /// Target device; without it the command goes to every device of the site.
     #[arg(long)]
     pub(crate) device: Option<String>,
-    /// Command name: consent.grant, consent.revoke, capture.purge, status.
-    #[arg(long)]
+    /// Command name (the possible values are the commands a device knows).
+    #[arg(long, value_parser = command_names())]
     pub(crate) cmd: String,
     /// Arguments as a JSON object; `-` reads them from stdin, `@FILE` from a
     /// file (keeps subject ids and tokens out of `ps`).
@@ -212,8 +212,8 @@ pub(crate) struct SignArgs {
     /// Audience: a site id or `site/device`.
     #[arg(long)]
     pub(crate) aud: String,
-    /// Command name: consent.grant, consent.revoke, capture.purge, status.
-    #[arg(long)]
+    /// Command name (the possible values are the commands a device knows).
+    #[arg(long, value_parser = command_names())]
     pub(crate) cmd: String,
     /// Arguments as a JSON object; `-` reads them from stdin, `@FILE` from a
     /// file (keeps subject ids and tokens out of `ps`).
@@ -222,4 +222,12 @@ pub(crate) struct SignArgs {
     /// How long the command stays valid.
     #[arg(long, default_value = "1h")]
     pub(crate) lifetime: humantime::Duration,
+}
+
+/// The `--cmd` values, from the protocol's list of commands: a new command
+/// shows up in `--help` and is accepted without touching this file.
+fn command_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(
+        facegate::protocol::CommandName::ALL.map(facegate::protocol::CommandName::as_str),
+    )
 }

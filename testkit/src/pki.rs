@@ -197,15 +197,7 @@ impl Ca {
         not_before: i64,
         not_after: i64,
     ) -> Result<Issued, PkiError> {
-        let what = format!("client certificate {common_name:?}");
-        check_common_name(&what, common_name)?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        self.issue(params, &what, not_before, not_after)
+        self.issue_client_edited(common_name, not_before, not_after, |_| {})
     }
 
     /// Issues a device certificate like [`Ca::issue_client`], then lets `edit`
@@ -219,7 +211,7 @@ impl Ca {
         not_after: i64,
         edit: impl FnOnce(&mut CertificateParams),
     ) -> Result<Issued, PkiError> {
-        let what = format!("edited client certificate {common_name:?}");
+        let what = format!("client certificate {common_name:?}");
         check_common_name(&what, common_name)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
