@@ -265,6 +265,16 @@ pub async fn request<T: DeserializeOwned>(
     path: &Path,
     req: &Request,
 ) -> Result<Response<T>, ControlError> {
+    let answer = exchange(path, req).await?;
+    serde_json::from_str(&answer).map_err(|e| ControlError::BadAnswer {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// One request line out, one answer line back: the socket I/O of
+/// [`request`], kept out of its generic part so it is compiled once.
+async fn exchange(path: &Path, req: &Request) -> Result<String, ControlError> {
     let io = |source| ControlError::Io {
         path: path.to_path_buf(),
         source,
@@ -293,10 +303,7 @@ pub async fn request<T: DeserializeOwned>(
         }
         Ok(r) => r.map_err(io)?,
     };
-    serde_json::from_str(&answer).map_err(|e| ControlError::BadAnswer {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
+    Ok(answer)
 }
 
 /// Binds the control socket (mode 0660), replacing a stale socket file left by a
