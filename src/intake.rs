@@ -19,7 +19,6 @@
 //! from the pair's content the second insert is recognised as a duplicate.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -118,15 +117,17 @@ pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, Inta
     if !scan.orphans.is_empty() {
         let mut store = agent.db().lock();
         for orphan in &scan.orphans {
+            // Spool names are shown by their tag only (cameras may put subject ids in them).
+            let tag = orphan.tag();
             if let Err(e) = spool::remove_orphan(orphan) {
-                tracing::warn!(path = %orphan.path.display(), error = %e, "cannot remove stray spool file");
+                tracing::warn!(entry = %tag, error = %e, "cannot remove stray spool entry");
                 continue;
             }
-            tracing::warn!(path = %orphan.path.display(), reason = %orphan.reason, "removed stray spool file");
+            tracing::warn!(entry = %tag, reason = %orphan.reason, "removed stray spool entry");
             store.record(
                 "spool.orphan_removed",
                 None,
-                json!({ "file": file_name(&orphan.path), "reason": orphan.reason.to_string() }),
+                json!({ "entry": tag, "reason": orphan.reason.code() }),
                 Some("rejected_bad_input"),
                 now,
             )?;
@@ -153,7 +154,7 @@ pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, Inta
                 store.record(
                     "capture.rejected",
                     None,
-                    json!({ "pair": pair.name, "reason": reason }),
+                    json!({ "pair": pair.name.tag(), "reason": reason }),
                     Some("rejected_bad_input"),
                     now,
                 )?;
@@ -273,16 +274,14 @@ fn prepare(pair: Pair, cfg: &Config) -> Outcome {
     let image = match sanitize::sanitize(&raw, &cfg.capture) {
         Ok(i) => i,
         Err(e) => {
-            let reason = format!("{}: {e}", pair.image.display());
+            let reason = format!("image: {e}");
             return Err((pair, reason));
         }
     };
     if pair.declared != image.content_type {
         let reason = format!(
-            "{}: content is {} but the file name says {}",
-            pair.image.display(),
-            image.content_type,
-            pair.declared
+            "image: content is {} but the file name says {}",
+            image.content_type, pair.declared
         );
         return Err((pair, reason));
     }
@@ -308,7 +307,7 @@ fn new_capture(
     for part in [
         cfg.identity.site_id.as_bytes(),
         cfg.identity.device_id.as_bytes(),
-        pair.name.as_bytes(),
+        pair.name.as_str().as_bytes(),
         subject.as_str().as_bytes(),
         sidecar.camera.as_bytes(),
         &sidecar.captured_at.to_be_bytes(),
@@ -343,12 +342,6 @@ fn remove_pairs(pairs: &[Pair]) {
             tracing::warn!(pair = %pair.name, error = %e, "cannot remove spool pair");
         }
     }
-}
-
-fn file_name(p: &Path) -> String {
-    p.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -16,16 +16,31 @@
 //! symbolic link: entries are inspected with `lstat` semantics and files are
 //! opened with `O_NOFOLLOW | O_NONBLOCK` (a FIFO cannot hang the reader),
 //! then checked to be regular files. Reads are bounded by a byte limit.
+//! Anything that is not a regular file (a subdirectory, a symlink, a FIFO)
+//! is a leftover: removed after the grace period, a directory with its
+//! contents, a symlink as the link itself (its target is never touched).
+//!
+//! Cameras may put subject ids in file names, so a spool name never reaches
+//! a log line, an error message or the audit log: they show its [`NameTag`],
+//! a keyed digest under a key drawn at random when the process starts and
+//! never stored. Tags correlate the lines of one run (a log line with its
+//! audit row); nothing, not even the device's keys, links a tag back to a name
+//! afterwards (an unkeyed hash of a short subject id could be reversed by
+//! trying every id). [`SpoolName`], [`Pair`], [`Orphan`] and [`SpoolError`]
+//! print tags by themselves.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
-use serde::Deserialize;
+use ring::hmac;
+use serde::{Deserialize, Serialize};
 
 use crate::clock;
 use crate::ids::SubjectId;
@@ -35,6 +50,121 @@ use crate::sanitize::ContentType;
 pub const SIDECAR_MAX_BYTES: u64 = 16 * 1024;
 /// Longest `NAME` (file stem) accepted.
 pub const MAX_NAME_LEN: usize = 128;
+
+/// Hex digits of a [`NameTag`] (48 bits: collisions among the entries of one
+/// run are negligible, and a tag stays short in a log line).
+pub const TAG_HEX_LEN: usize = 12;
+
+/// What logs, error messages and the audit log show instead of a spool
+/// entry's name: the first [`TAG_HEX_LEN`] hex digits of HMAC-SHA256 of the
+/// name under a per-process random key (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct NameTag(String);
+
+impl NameTag {
+    /// The tag of a name (the bytes of a file name or stem).
+    pub fn of(name: &[u8]) -> NameTag {
+        static KEY: OnceLock<Option<hmac::Key>> = OnceLock::new();
+        let key = KEY.get_or_init(|| {
+            hmac::Key::generate(hmac::HMAC_SHA256, &ring::rand::SystemRandom::new()).ok()
+        });
+        match key {
+            Some(key) => {
+                let mut hex = hex::encode(hmac::sign(key, name).as_ref());
+                hex.truncate(TAG_HEX_LEN);
+                NameTag(hex)
+            }
+            // No randomness for a key: show nothing rather than the name.
+            None => NameTag("withheld".into()),
+        }
+    }
+
+    /// The tag of a path's last component (the whole path if it has none).
+    pub fn of_path(path: &Path) -> NameTag {
+        NameTag::of(path.file_name().unwrap_or(path.as_os_str()).as_bytes())
+    }
+
+    /// The tag as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NameTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A spool entry shown by its tag, for error messages: `spool entry <tag>`.
+struct Shown<'a>(&'a Path);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "spool entry {}", NameTag::of_path(self.0))
+    }
+}
+
+/// The `NAME` of a pair. Cameras may put subject ids in it: [`fmt::Display`]
+/// and [`fmt::Debug`] print its [`NameTag`]; [`SpoolName::as_str`] is for the
+/// capture id, never for a log line.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SpoolName(String);
+
+impl SpoolName {
+    /// The name itself: input to the capture id only.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The tag that logs and the audit log show.
+    pub fn tag(&self) -> NameTag {
+        NameTag::of(self.0.as_bytes())
+    }
+}
+
+impl fmt::Display for SpoolName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.tag().fmt(f)
+    }
+}
+
+impl From<&str> for SpoolName {
+    fn from(name: &str) -> Self {
+        SpoolName(name.to_owned())
+    }
+}
+
+impl From<String> for SpoolName {
+    fn from(name: String) -> Self {
+        SpoolName(name)
+    }
+}
+
+impl PartialEq<str> for SpoolName {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for SpoolName {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<String> for SpoolName {
+    fn eq(&self, other: &String) -> bool {
+        self.0 == *other
+    }
+}
+
+impl fmt::Debug for SpoolName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SpoolName({})", self.tag())
+    }
+}
 
 /// The commit marker's content: who and when, as the camera saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,10 +179,11 @@ pub struct Sidecar {
 }
 
 /// A complete capture in the spool: a sidecar and exactly one image.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Its `Debug` shows the name's tag, not the paths.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Pair {
-    /// The shared file stem (`NAME`), for logs and audit.
-    pub name: String,
+    /// The shared file stem (`NAME`); shown as its tag.
+    pub name: SpoolName,
     /// The image file (`NAME.jpg`, `NAME.jpeg` or `NAME.png`).
     pub image: PathBuf,
     /// The sidecar (`NAME.json`), the commit marker.
@@ -76,6 +207,22 @@ pub enum OrphanReason {
     /// A name that is not `NAME.jpg|jpeg|png|json` with a safe `NAME`
     /// (temp files, hidden files, other extensions), older than the grace period.
     UnrecognisedName,
+    /// A subdirectory, older than the grace period: removed with its contents.
+    Directory,
+}
+
+impl OrphanReason {
+    /// A stable code for the audit log.
+    pub fn code(self) -> &'static str {
+        match self {
+            OrphanReason::LoneImage => "lone_image",
+            OrphanReason::LoneSidecar => "lone_sidecar",
+            OrphanReason::DuplicateImage => "duplicate_image",
+            OrphanReason::NotRegularFile => "not_regular_file",
+            OrphanReason::UnrecognisedName => "unrecognised_name",
+            OrphanReason::Directory => "directory",
+        }
+    }
 }
 
 impl fmt::Display for OrphanReason {
@@ -88,17 +235,45 @@ impl fmt::Display for OrphanReason {
             OrphanReason::UnrecognisedName => {
                 "unrecognised name (expected NAME.jpg, NAME.jpeg, NAME.png or NAME.json)"
             }
+            OrphanReason::Directory => "a directory (the spool holds files only)",
         })
     }
 }
 
+impl fmt::Debug for Pair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pair")
+            .field("name", &self.name)
+            .field("declared", &self.declared)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A spool entry that will never become part of a usable pair.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Its `Debug` shows the name's tag, not the path.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Orphan {
-    /// The entry to remove (never a directory; a symlink itself, not its target).
+    /// The entry to remove (a directory with its contents; a symlink itself,
+    /// not its target).
     pub path: PathBuf,
     /// Why, for the log and the audit trail.
     pub reason: OrphanReason,
+}
+
+impl Orphan {
+    /// The tag that logs and the audit log show for the entry.
+    pub fn tag(&self) -> NameTag {
+        NameTag::of_path(&self.path)
+    }
+}
+
+impl fmt::Debug for Orphan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Orphan")
+            .field("tag", &self.tag())
+            .field("reason", &self.reason)
+            .finish()
+    }
 }
 
 /// Result of one look at the spool directory.
@@ -106,10 +281,8 @@ pub struct Orphan {
 pub struct Scan {
     /// Complete pairs, oldest sidecar first, at most `max_batch`.
     pub ready: Vec<Pair>,
-    /// Leftovers and bad pairs to remove (with their reason).
+    /// Leftovers, bad pairs and subdirectories to remove (with their reason).
     pub orphans: Vec<Orphan>,
-    /// Subdirectories: never touched, reported so the operator can be told.
-    pub directories: Vec<PathBuf>,
 }
 
 /// Why a sidecar's content is refused.
@@ -137,30 +310,46 @@ pub enum SidecarError {
     BadCamera,
 }
 
-/// Errors of spool access; each names the path.
+/// Errors of spool access. The spool directory is named by its path, an
+/// entry in it by its [`NameTag`] (`spool entry <tag>`), never by its name.
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
-    /// An I/O call failed.
-    #[error("spool: {op} {}: {source}", path.display())]
+    /// The spool directory itself could not be listed.
+    #[error("spool: listing {}: {source}", dir.display())]
+    Listing {
+        /// The spool directory.
+        dir: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// An I/O call on an entry failed.
+    #[error("spool: {op} {}: {source}", Shown(path))]
     Io {
         /// What was being done.
         op: &'static str,
-        /// The file or directory.
+        /// The entry (shown by its tag).
         path: PathBuf,
         /// The underlying error.
         #[source]
         source: io::Error,
     },
     /// A symlink, FIFO, socket, device or directory where a file was expected.
-    #[error("spool: {} is not a regular file (links and special files are refused)", path.display())]
+    #[error(
+        "spool: {} is not a regular file (links and special files are refused)",
+        Shown(path)
+    )]
     NotRegularFile {
-        /// The entry.
+        /// The entry (shown by its tag).
         path: PathBuf,
     },
     /// The file is bigger than allowed; it was not read.
-    #[error("spool: {} is {size} bytes, more than the limit of {max} bytes", path.display())]
+    #[error(
+        "spool: {} is {size} bytes, more than the limit of {max} bytes",
+        Shown(path)
+    )]
     TooLarge {
-        /// The file.
+        /// The file (shown by its tag).
         path: PathBuf,
         /// Its size in bytes.
         size: u64,
@@ -168,9 +357,9 @@ pub enum SpoolError {
         max: u64,
     },
     /// The sidecar's content is refused.
-    #[error("spool: bad sidecar {}: {reason}", path.display())]
+    #[error("spool: bad sidecar {}: {reason}", Shown(path))]
     BadSidecar {
-        /// The sidecar file.
+        /// The sidecar file (shown by its tag).
         path: PathBuf,
         /// Why it is refused.
         reason: SidecarError,
@@ -327,9 +516,24 @@ pub fn remove_pair(pair: &Pair) -> Result<(), SpoolError> {
     remove_entry(&pair.sidecar)
 }
 
-/// Removes an orphan (the entry itself; a symlink's target is untouched).
+/// Removes an orphan: a file, link or special file itself (a symlink's target
+/// is untouched), a directory with everything in it. What the entry is, is
+/// asked again here (`lstat`), not taken from the scan; `remove_dir_all`
+/// follows no symlink inside the directory (it works with `openat`/`unlinkat`
+/// and `O_NOFOLLOW`), and a directory swapped for a link meanwhile is removed
+/// as the link.
 pub fn remove_orphan(orphan: &Orphan) -> Result<(), SpoolError> {
-    remove_entry(&orphan.path)
+    let path = &orphan.path;
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => match fs::remove_dir_all(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("removing", path)(e)),
+        },
+        Ok(_) => remove_entry(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("inspecting", path)(e)),
+    }
 }
 
 fn remove_entry(path: &Path) -> Result<(), SpoolError> {
@@ -386,8 +590,12 @@ pub fn scan(
     let mut out = Scan::default();
     let mut others: Vec<Entry> = Vec::new();
 
-    for dirent in fs::read_dir(dir).map_err(io_err("listing", dir))? {
-        let dirent = dirent.map_err(io_err("listing", dir))?;
+    let listing = |source| SpoolError::Listing {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    for dirent in fs::read_dir(dir).map_err(listing)? {
+        let dirent = dirent.map_err(listing)?;
         let path = dirent.path();
         // DirEntry::metadata does not follow symlinks on Unix.
         let meta = match dirent.metadata() {
@@ -395,11 +603,18 @@ pub fn scan(
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // removed meanwhile
             Err(e) => return Err(io_err("inspecting", &path)(e)),
         };
+        let mtime = meta.modified().map_err(io_err("inspecting", &path))?;
         if meta.is_dir() {
-            out.directories.push(path);
+            // The spool holds files only; a directory (and what is in it) goes
+            // once it is older than the grace period, like any leftover.
+            if now.duration_since(mtime).unwrap_or(Duration::ZERO) >= grace {
+                out.orphans.push(Orphan {
+                    path,
+                    reason: OrphanReason::Directory,
+                });
+            }
             continue;
         }
-        let mtime = meta.modified().map_err(io_err("inspecting", &path))?;
         let entry = Entry {
             path,
             regular: meta.file_type().is_file(),
@@ -445,7 +660,7 @@ pub fn scan(
                     });
                 } else if let Some((image, declared)) = group.images.into_iter().next() {
                     let pair = Pair {
-                        name,
+                        name: SpoolName(name),
                         image: image.path,
                         sidecar: sidecar.path,
                         declared,
@@ -492,6 +707,5 @@ pub fn scan(
     ready.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.name.cmp(&b.1.name)));
     out.ready = ready.into_iter().take(max_batch).map(|(_, p)| p).collect();
     out.orphans.sort_by(|a, b| a.path.cmp(&b.path));
-    out.directories.sort();
     Ok(out)
 }

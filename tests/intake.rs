@@ -71,21 +71,154 @@ fn bad_input_is_rejected_with_a_reason_and_the_daemon_keeps_going() {
     let c = d.counters();
     assert_eq!(c.rejected_bad_input, 4, "{c:?}");
     assert_eq!(c.accepted, 1);
+    // Each rejection is logged with a reason and the pair's tag (never its
+    // name), and the audit row carries the same tag.
     let log = d.log();
+    let mut logged: Vec<String> = log
+        .lines()
+        .filter(|l| l.contains("rejected spool pair"))
+        .map(|l| field(l, "pair"))
+        .collect();
     for name in ["truncated", "garbage", "wrongext", "badjson"] {
-        assert!(
-            log.contains(name),
-            "log does not name rejected pair {name}:\n{log}"
-        );
+        for shown in [format!("={name}"), format!("{name}.")] {
+            assert!(!log.contains(&shown), "log names pair {name}:\n{log}");
+        }
     }
+    assert!(
+        log.contains("not valid JSON") || log.contains("sidecar is not valid"),
+        "{log}"
+    );
     let tail = d.ctl_json(&["audit", "tail", "-n", "50", "--json"]);
-    let rejected = tail
+    let mut audited: Vec<String> = tail
         .as_array()
         .unwrap()
         .iter()
         .filter(|e| e["kind"] == "capture.rejected")
-        .count();
-    assert_eq!(rejected, 4, "{tail}");
+        .map(|e| e["detail"]["pair"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(audited.len(), 4, "{tail}");
+    logged.sort();
+    audited.sort();
+    assert_eq!(logged, audited, "log and audit show the same tags");
+}
+
+/// The value of `name=` in a text log line.
+fn field(line: &str, name: &str) -> String {
+    let start = line
+        .find(&format!("{name}="))
+        .unwrap_or_else(|| panic!("no {name}= in {line}"))
+        + name.len()
+        + 1;
+    line[start..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_matches('"')
+        .to_string()
+}
+
+/// Cameras may put subject ids in spool names: none may reach the daemon's
+/// log, the audit log (`ctl audit tail`, text and JSON) or the database files,
+/// whatever happens to the entry: accepted, dropped, rejected, stray, a
+/// directory, a link.
+#[test]
+fn spool_names_never_reach_the_log_or_the_audit_log() {
+    let marker = "4711";
+    let mut d = Daemon::builder()
+        .configure(|c| c.spool_grace(Duration::from_secs(1)).log_level("debug"))
+        .start();
+    d.grant("S-1");
+    let jpeg = synth::face_jpeg(320, 240, 5, 85);
+    let spool = d.spool.dir().to_path_buf();
+    d.drop_pair("S-4711-accepted", "jpg", &jpeg, Some("S-1"));
+    d.drop_pair("S-4711-dropped", "jpg", &jpeg, Some("S-2"));
+    d.drop_pair("S-4711-garbage", "jpg", b"not an image", Some("S-1"));
+    d.drop_pair("S-4711-wrongext", "png", &jpeg, Some("S-1"));
+    d.spool
+        .pair_with_sidecar("S-4711-badjson", "jpg", &jpeg, b"{not json")
+        .unwrap();
+    std::fs::write(spool.join("S-4711-lone.jpg"), &jpeg).unwrap();
+    std::fs::write(spool.join("S-4711.tmp"), b"x").unwrap();
+    std::fs::create_dir(spool.join("S-4711-dir")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent", spool.join("S-4711-link.jpg")).unwrap();
+    d.wait_spool_empty(T);
+    let c = d.counters();
+    assert_eq!((c.accepted, c.dropped_no_consent), (1, 1), "{c:?}");
+    assert_eq!(c.rejected_bad_input, 3 + 4, "{c:?}");
+
+    let log = d.log();
+    assert!(log.contains("removed stray spool entry"), "{log}");
+    assert!(
+        !log.contains(marker),
+        "a spool name reached the log:\n{log}"
+    );
+    let json = d.ctl(&["audit", "tail", "-n", "100", "--json"]);
+    assert!(json.contains("spool.orphan_removed"), "{json}");
+    assert!(
+        !json.contains(marker),
+        "a spool name reached the audit log:\n{json}"
+    );
+    let text = d.ctl(&["audit", "tail", "-n", "100"]);
+    assert!(!text.contains(marker), "{text}");
+    d.stop();
+    for f in ["facegate.db", "facegate.db-wal"] {
+        assert!(
+            !file_contains(&d.state.join(f), marker.as_bytes()),
+            "a spool name is in {f}"
+        );
+    }
+}
+
+/// A directory in the spool (with files, a subdirectory and links pointing
+/// outside) is removed with its contents after the grace period, reported in
+/// the log and the audit log by its tag; nothing outside the spool is touched.
+#[test]
+fn spool_directories_and_links_are_removed_and_reported() {
+    let d = Daemon::builder()
+        .configure(|c| c.spool_grace(Duration::from_secs(1)))
+        .start();
+    let outside = tempfile::tempdir().unwrap();
+    let keep = outside.path().join("keep.jpg");
+    std::fs::write(&keep, b"not the spool's").unwrap();
+    let spool = d.spool.dir().to_path_buf();
+    let sub = spool.join("S-4711-batch");
+    std::fs::create_dir_all(sub.join("inner")).unwrap();
+    std::fs::write(sub.join("a.jpg"), b"x").unwrap();
+    std::fs::write(sub.join("inner").join("a.json"), b"{}").unwrap();
+    std::os::unix::fs::symlink(outside.path(), sub.join("to-outside")).unwrap();
+    std::os::unix::fs::symlink(&keep, sub.join("inner").join("to-file.jpg")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), spool.join("S-4711-dirlink")).unwrap();
+    d.wait_spool_empty(T);
+
+    assert_eq!(std::fs::read(&keep).unwrap(), b"not the spool's");
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1);
+    let log = d.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("removed stray spool entry"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    let dir_line = lines
+        .iter()
+        .find(|l| l.contains("a directory"))
+        .unwrap_or_else(|| panic!("directory not reported:\n{log}"));
+    let tail = d.ctl_json(&["audit", "tail", "-n", "50", "--json"]);
+    let removed: Vec<&serde_json::Value> = tail
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "spool.orphan_removed")
+        .collect();
+    assert_eq!(removed.len(), 2, "{tail}");
+    let dir_row = removed
+        .iter()
+        .find(|e| e["detail"]["reason"] == "directory")
+        .unwrap_or_else(|| panic!("{tail}"));
+    assert_eq!(dir_row["detail"]["entry"], field(dir_line, "entry"));
+    assert!(removed
+        .iter()
+        .any(|e| e["detail"]["reason"] == "not_regular_file"));
+    assert!(!log.contains("4711") && !tail.to_string().contains("4711"));
 }
 
 #[test]

@@ -47,7 +47,12 @@ fn sighup_applies_live_settings_and_reports_the_rest() {
     );
     d.wait_spool_empty(T);
     assert_eq!(rejected(&d), 1, "the new max_width did not apply");
-    assert!(d.log().contains("after"), "{}", d.log());
+    // Logged with the reason and the pair's tag (spool names are never shown).
+    assert!(
+        d.log().contains("more than the limit of 200x200"),
+        "{}",
+        d.log()
+    );
     // The device id is still the running one.
     let c = d.counters();
     assert_eq!(c.accepted, 1, "{c:?}");

@@ -13,6 +13,8 @@ use facegate::provision::{
 };
 use facegate_testkit::config::{ConfigBuilder, Role};
 use rcgen::{KeyPair, PublicKeyData};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::PrivateKeyDer;
 
 /// The consent key every provisioning config trusts.
 const CONSENT_PUB: &str = "HlUcpubr33dzSLpH73nq1RnpLeGr2xK9c2aBBA6nkdc";
@@ -74,9 +76,10 @@ fn first_run_creates_the_device_secrets_and_a_csr() {
     let tls_key = KeyPair::from_pem(&key_pem).unwrap();
     assert_eq!(tls_key.algorithm(), &rcgen::PKCS_ECDSA_P256_SHA256);
     // The uplink's own key loader accepts it.
-    assert!(rustls_pemfile::private_key(&mut key_pem.as_bytes())
-        .unwrap()
-        .is_some());
+    assert!(matches!(
+        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()),
+        Ok(PrivateKeyDer::Pkcs8(_))
+    ));
 
     assert_eq!(report.action(items::CSR), Some(Action::Created));
     let csr_path = cfg.state_dir.parent().unwrap().join("etc/device.csr");

@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use facegate::sanitize::ContentType;
 use facegate::spool::{
-    parse_sidecar, read_image, read_sidecar, remove_orphan, remove_pair, scan, valid_name, Orphan,
-    OrphanReason, Pair, Scan, SidecarError, SpoolError, SIDECAR_MAX_BYTES,
+    parse_sidecar, read_image, read_sidecar, remove_orphan, remove_pair, scan, valid_name, NameTag,
+    Orphan, OrphanReason, Pair, Scan, SidecarError, SpoolError, SIDECAR_MAX_BYTES, TAG_HEX_LEN,
 };
 
 const GRACE: Duration = Duration::from_secs(60);
@@ -43,6 +43,11 @@ fn names(paths: impl IntoIterator<Item = PathBuf>) -> Vec<String> {
         .collect()
 }
 
+/// How an error message shows the spool entry `name`: by its tag, never the name.
+fn shown(name: &str) -> String {
+    format!("spool entry {}", NameTag::of(name.as_bytes()))
+}
+
 fn orphan_names(s: &Scan) -> Vec<(String, OrphanReason)> {
     s.orphans
         .iter()
@@ -65,7 +70,7 @@ fn complete_pair_is_ready_at_once() {
             declared: ContentType::Jpeg
         }]
     );
-    assert!(s.orphans.is_empty() && s.directories.is_empty());
+    assert!(s.orphans.is_empty());
 
     put(d.path(), "b.png", b"png", 0);
     put(d.path(), "b.json", b"{}", 0);
@@ -236,7 +241,7 @@ fn symlinks_refused_everywhere() {
     );
     let err = read_image(&d.path().join("cap.jpg"), 1 << 20).unwrap_err();
     assert!(matches!(err, SpoolError::NotRegularFile { .. }), "{err}");
-    assert!(err.to_string().contains("cap.jpg"));
+    assert!(err.to_string().contains(&shown("cap.jpg")), "{err}");
 
     // A symlinked sidecar is refused too.
     symlink(d.path().join("cap.json"), d.path().join("other.json")).unwrap();
@@ -281,13 +286,83 @@ fn lone_symlink_and_fifo_orphaned_after_grace() {
 }
 
 #[test]
-fn directories_reported_never_touched() {
+fn directories_are_orphans_after_grace_removed_with_contents_links_not_followed() {
     let d = tempfile::tempdir().unwrap();
-    fs::create_dir(d.path().join("sub.jpg")).unwrap();
-    fs::create_dir(d.path().join("lost+found")).unwrap();
-    let s = scan(d.path(), now() + Duration::from_secs(3600), GRACE, 10).unwrap();
-    assert_eq!(names(s.directories), ["lost+found", "sub.jpg"]);
-    assert!(s.orphans.is_empty() && s.ready.is_empty());
+    let spool = d.path().join("spool");
+    fs::create_dir(&spool).unwrap();
+    // Outside the spool: must survive everything below.
+    let outside = d.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    let keep = put(&outside, "keep.jpg", b"not yours", 0);
+
+    let sub = spool.join("S-4711-sub.jpg");
+    fs::create_dir_all(sub.join("deeper")).unwrap();
+    put(&sub, "a.jpg", b"x", 0);
+    put(&sub.join("deeper"), "b.json", b"{}", 0);
+    symlink(&outside, sub.join("link-to-outside")).unwrap();
+    symlink(&keep, sub.join("deeper").join("link-to-file")).unwrap();
+    symlink(&outside, spool.join("dirlink")).unwrap();
+
+    assert!(run(&spool).orphans.is_empty(), "young: left alone");
+    let s = scan(&spool, now() + Duration::from_secs(3600), GRACE, 10).unwrap();
+    assert_eq!(
+        orphan_names(&s),
+        [
+            ("S-4711-sub.jpg".to_string(), OrphanReason::Directory),
+            ("dirlink".to_string(), OrphanReason::NotRegularFile),
+        ]
+    );
+    assert!(s.ready.is_empty());
+    for o in &s.orphans {
+        remove_orphan(o).unwrap();
+    }
+    assert_eq!(fs::read_dir(&spool).unwrap().count(), 0, "spool emptied");
+    assert_eq!(
+        fs::read(&keep).unwrap(),
+        b"not yours",
+        "link target survives"
+    );
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 1);
+    // Gone already (e.g. removed by the camera meanwhile): not an error.
+    remove_orphan(&s.orphans[0]).unwrap();
+}
+
+#[test]
+fn spool_names_are_shown_only_as_tags() {
+    let d = tempfile::tempdir().unwrap();
+    let name = "S-4711-0001";
+    put(d.path(), &format!("{name}.jpg"), b"x", 0);
+    put(d.path(), &format!("{name}.json"), b"{not json", 0);
+    put(d.path(), &format!("{name}.tmp"), b"x", 3600);
+    let s = run(d.path());
+    let pair = &s.ready[0];
+    assert_eq!(
+        pair.name, name,
+        "the name itself is still there for the capture id"
+    );
+    let tag = pair.name.tag();
+    assert_eq!(tag.as_str().len(), TAG_HEX_LEN);
+    assert!(tag.as_str().bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(tag, NameTag::of(name.as_bytes()), "stable within a run");
+    assert_ne!(tag, NameTag::of(b"S-4712-0001"));
+    assert_eq!(pair.name.to_string(), tag.as_str());
+
+    let err = read_sidecar(&pair.sidecar).unwrap_err();
+    let too_large = read_image(&pair.image, 0).unwrap_err();
+    let missing = read_image(&d.path().join(format!("{name}-gone.jpg")), 10).unwrap_err();
+    let texts = [
+        format!("{pair:?}"),
+        format!("{:?}", s.orphans),
+        format!("{}", pair.name),
+        err.to_string(),
+        too_large.to_string(),
+        missing.to_string(),
+    ];
+    for text in &texts {
+        assert!(!text.contains("4711"), "spool name shown: {text}");
+    }
+    assert!(err.to_string().contains(&shown(&format!("{name}.json"))));
+    assert!(format!("{:?}", s.orphans).contains(s.orphans[0].tag().as_str()));
 }
 
 #[test]
@@ -315,7 +390,7 @@ fn read_image_is_bounded() {
         ),
         "{err}"
     );
-    assert!(err.to_string().contains("cap.jpg"));
+    assert!(err.to_string().contains(&shown("cap.jpg")), "{err}");
     // A sparse 1 TiB file is refused from its size alone, without reading.
     let huge = d.path().join("huge.jpg");
     File::create(&huge).unwrap().set_len(1 << 40).unwrap();
@@ -503,7 +578,7 @@ fn sidecar_size_limit() {
     );
     let msg = read_sidecar(&p).unwrap_err().to_string();
     assert!(
-        msg.contains("bad.json") && msg.contains("unknown field `extra`"),
+        msg.contains(&shown("bad.json")) && msg.contains("unknown field `extra`"),
         "{msg}"
     );
 }

@@ -1,7 +1,8 @@
 //! The files under `systemd/` as systemd itself reads them: the service unit's
 //! hardening score (`systemd-analyze security`, must be 2.0 or lower, "OK"),
-//! its syntax (`systemd-analyze verify`), and the sysusers.d / tmpfiles.d
-//! entries applied to a throwaway root.
+//! its syntax (`systemd-analyze verify`), the sysusers.d / tmpfiles.d
+//! entries applied to a throwaway root, and the example mount unit of a
+//! size-limited spool (verified, and mounted in a private mount namespace).
 //!
 //! Each test skips with a printed reason when the systemd tool it needs is not
 //! installed (e.g. a build container without systemd); it never skips otherwise.
@@ -14,6 +15,8 @@ use std::process::{Command, Output};
 const UNIT: &str = "systemd/facegate.service";
 const SYSUSERS: &str = "systemd/facegate.sysusers";
 const TMPFILES: &str = "systemd/facegate.tmpfiles";
+/// The example mount unit for a size-limited spool (documentation, not active).
+const SPOOL_MOUNT: &str = "systemd/run-facegate-spool.mount";
 
 /// Worst overall exposure we accept (systemd's "OK" band is 2.0 and below).
 const MAX_EXPOSURE: f64 = 1.5;
@@ -290,4 +293,88 @@ fn tmpfiles_makes_a_group_writable_setgid_spool() {
     };
     assert_eq!(mode("run/facegate"), 0o750);
     assert_eq!(mode("run/facegate/spool"), 0o2770);
+}
+
+/// The example mount unit puts the default spool on its own tmpfs with a size
+/// and inode limit and the spool's owner and mode; systemd accepts it (its
+/// name is the escaped mount point), and the kernel enforces the limit.
+#[test]
+#[allow(unsafe_code)] // geteuid(2), see SAFETY below
+fn spool_mount_example_limits_the_spool() {
+    let unit = fs::read_to_string(repo(SPOOL_MOUNT)).unwrap();
+    let tmpfiles = fs::read_to_string(repo(TMPFILES)).unwrap();
+    let where_ = setting(&unit, "Where").unwrap();
+    assert_eq!(where_, "/run/facegate/spool", "the default spool_dir");
+    assert!(
+        tmpfiles.lines().any(|l| l.starts_with('d')
+            && l.split_whitespace().nth(1) == Some(where_.as_str())
+            && l.split_whitespace().nth(2) == Some("2770")),
+        "tmpfiles makes the mount point with the same mode"
+    );
+    assert_eq!(setting(&unit, "Type").as_deref(), Some("tmpfs"));
+    let options = setting(&unit, "Options").unwrap();
+    let opts: Vec<&str> = options.split(',').collect();
+    for want in [
+        "size=64M",
+        "nr_inodes=4096",
+        "mode=2770",
+        "uid=facegate",
+        "gid=facegate",
+        "nosuid",
+        "nodev",
+        "noexec",
+    ] {
+        assert!(opts.contains(&want), "Options= lacks {want}: {options}");
+    }
+
+    let Some(analyze) = tool("systemd-analyze") else {
+        eprintln!("SKIP spool mount verify: systemd-analyze is not installed");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("run-facegate-spool.mount");
+    fs::write(&copy, &unit).unwrap();
+    let out = run(Command::new(&analyze).arg("verify").arg(&copy));
+    let complaints = text(&out.stderr);
+    assert!(
+        out.status.success() && complaints.trim().is_empty(),
+        "systemd-analyze verify complained:\n{complaints}"
+    );
+    if let Some(escape) = tool("systemd-escape") {
+        let out = run(Command::new(escape).args(["--path", "--suffix=mount", &where_]));
+        assert_eq!(text(&out.stdout).trim(), "run-facegate-spool.mount");
+    }
+
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let (Some(unshare), true) = (tool("unshare"), root) else {
+        eprintln!("SKIP spool mount: mounting needs root and unshare(1)");
+        return;
+    };
+    // The unit's options as they are, with root for the facegate account
+    // (which need not exist here), in a private mount namespace.
+    let point = dir.path().join("spool");
+    fs::create_dir(&point).unwrap();
+    let options = options.replace("=facegate", "=root");
+    let script = r#"mount -t tmpfs -o "$1" tmpfs "$2" || exit 90
+stat -c %a "$2"
+head -c 70M /dev/zero > "$2/flood" 2>/dev/null && exit 91
+stat -c %s "$2/flood""#;
+    let out = run(Command::new(unshare)
+        .args(["-m", "sh", "-c", script, "sh"])
+        .arg(&options)
+        .arg(&point));
+    if out.status.code() == Some(90) {
+        eprintln!(
+            "SKIP spool mount: mounting is not permitted here: {}",
+            text(&out.stderr)
+        );
+        return;
+    }
+    assert!(out.status.success(), "{out:?}");
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "2770", "{stdout}");
+    let written: u64 = lines[1].parse().unwrap();
+    assert_eq!(written, 64 << 20, "a flood stops at the size limit");
 }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{ConnectReturnCode, ConnectionError, MqttOptions, TlsConfiguration, Transport};
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 use rustls::{AlertDescription, CertificateError, ClientConfig, RootCertStore};
@@ -31,12 +32,12 @@ pub enum TlsError {
         source: io::Error,
     },
     /// The file is not valid PEM.
-    #[error("{path} is not valid PEM: {source}")]
+    #[error("{path} is not valid PEM: {reason}")]
     Pem {
         /// The malformed file.
         path: PathBuf,
-        /// The PEM parser's complaint.
-        source: io::Error,
+        /// What is wrong with it, in words.
+        reason: String,
     },
     /// The file holds no `CERTIFICATE` PEM block.
     #[error("no certificate in {path}")]
@@ -173,12 +174,9 @@ pub fn mqtt_options(
 /// Reads every certificate of a PEM file; at least one is required.
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read(path)?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+    let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::Pem {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        .map_err(|e| pem_error(path, e))?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate {
             path: path.to_path_buf(),
@@ -202,14 +200,32 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         });
     }
     let pem = read(path)?;
-    rustls_pemfile::private_key(&mut pem.as_slice())
-        .map_err(|source| TlsError::Pem {
+    match PrivateKeyDer::from_pem_slice(&pem) {
+        Ok(key) => Ok(key),
+        Err(pem::Error::NoItemsFound) => Err(TlsError::NoPrivateKey {
             path: path.to_path_buf(),
-            source,
-        })?
-        .ok_or_else(|| TlsError::NoPrivateKey {
-            path: path.to_path_buf(),
-        })
+        }),
+        Err(e) => Err(pem_error(path, e)),
+    }
+}
+
+/// A PEM parser error in words, naming the file (the parser prints markers as bytes).
+fn pem_error(path: &Path, e: pem::Error) -> TlsError {
+    let reason = match e {
+        pem::Error::MissingSectionEnd { end_marker } => format!(
+            "a section has no end line \"-----END {}-----\" (truncated file?)",
+            String::from_utf8_lossy(&end_marker)
+        ),
+        pem::Error::IllegalSectionStart { line } => {
+            format!("malformed BEGIN line {:?}", String::from_utf8_lossy(&line))
+        }
+        pem::Error::Base64Decode(e) => format!("a section's body is not base64: {e}"),
+        other => other.to_string(),
+    };
+    TlsError::Pem {
+        path: path.to_path_buf(),
+        reason,
+    }
 }
 
 /// Checks that `key` belongs to the end-entity certificate of `chain` by comparing
@@ -591,12 +607,65 @@ mod tests {
     }
 
     #[test]
+    fn broken_pem_is_explained_with_the_file() {
+        let (f, _, issued) = files();
+        let dir = f.ca.parent().unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            fs::write(&p, text).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+            p
+        };
+        let cert_pem = fs::read_to_string(&f.cert).unwrap();
+        let truncated_cert = write("truncated.pem", &cert_pem[..cert_pem.len() / 2]);
+        let truncated_key = write("truncated.key", &issued.key_pem[..issued.key_pem.len() / 2]);
+        let bad_base64 = write(
+            "bad64.pem",
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+        );
+        let cases = [
+            (
+                "truncated CA",
+                client_config(&truncated_cert, &f.cert, &f.key),
+                &truncated_cert,
+                "no end line \"-----END CERTIFICATE-----\"",
+            ),
+            (
+                "truncated client certificate",
+                client_config(&f.ca, &truncated_cert, &f.key),
+                &truncated_cert,
+                "no end line \"-----END CERTIFICATE-----\"",
+            ),
+            (
+                "truncated key",
+                client_config(&f.ca, &f.cert, &truncated_key),
+                &truncated_key,
+                "no end line \"-----END PRIVATE KEY-----\"",
+            ),
+            (
+                "bad base64",
+                client_config(&bad_base64, &f.cert, &f.key),
+                &bad_base64,
+                "not base64",
+            ),
+        ];
+        for (name, result, path, reason) in cases {
+            let err = result.expect_err(name);
+            assert!(matches!(err, TlsError::Pem { .. }), "{name}: {err:?}");
+            let msg = err.to_string();
+            assert!(
+                msg.starts_with(&format!("{} is not valid PEM: ", path.display())),
+                "{name}: {msg}"
+            );
+            assert!(msg.contains(reason), "{name}: {msg}");
+        }
+    }
+
+    #[test]
     fn sec1_keys_are_accepted() {
         // rcgen writes PKCS#8; re-wrap the same P-256 key as SEC1 ("EC PRIVATE KEY").
         let (f, _, issued) = files();
-        let pkcs8 = rustls_pemfile::private_key(&mut issued.key_pem.as_bytes())
-            .unwrap()
-            .unwrap();
+        let pkcs8 = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
         let sec1 = pkcs8_p256_to_sec1(pkcs8.secret_der());
         let pem = format!(
             "-----BEGIN EC PRIVATE KEY-----\n{}\n-----END EC PRIVATE KEY-----\n",
@@ -604,8 +673,8 @@ mod tests {
         );
         fs::write(&f.key, pem).unwrap();
         assert!(matches!(
-            rustls_pemfile::private_key(&mut fs::read(&f.key).unwrap().as_slice()),
-            Ok(Some(PrivateKeyDer::Sec1(_)))
+            PrivateKeyDer::from_pem_slice(&fs::read(&f.key).unwrap()),
+            Ok(PrivateKeyDer::Sec1(_))
         ));
         client_config(&f.ca, &f.cert, &f.key).unwrap();
     }
