@@ -514,6 +514,8 @@ fn status_of(
             purged: count(counter::PURGED),
             rejected_quota: count(counter::REJECTED_QUOTA),
             upload_retries: count(counter::UPLOAD_RETRIES),
+            commands_refused: count(counter::COMMANDS_REFUSED),
+            commands_ignored: count(counter::COMMANDS_IGNORED),
         }),
         uplink: Some(UplinkStatus {
             connected,
