@@ -192,9 +192,10 @@ pub struct Refusal {
     pub code: ErrorCode,
     /// Why, for humans.
     pub message: String,
-    /// Refused by verification, before any effect: nothing audited it yet
-    /// (the caller writes its `command.refused` row). False for a refusal by
-    /// the effect's own checks (a consent inside a grant), which audited it.
+    /// Nothing audited it yet: the caller writes its `command.refused` row
+    /// (refused by verification, or a grant whose consent token is refused
+    /// by verification). False when the store refused the effect (`revoked`,
+    /// `jti_reused`): it audited the refusal and kept the command.
     pub unaudited: bool,
 }
 
@@ -327,7 +328,10 @@ pub async fn apply_command(agent: &Agent, payload: &[u8], redelivered: bool, now
                 cmd: Some(via.cmd.as_str().to_string()),
                 code: e.code(),
                 message: e.to_string(),
-                unaudited: false,
+                // A consent refused by verification is left to the caller
+                // (`Agent::grant`); the store's own refusals (`revoked`,
+                // `jti_reused`) are audited and the command kept.
+                unaudited: matches!(e, ApplyError::Consent(_)),
             };
             Outcome::refused(via.refused(e.code(), e.to_string()), refusal)
         }
