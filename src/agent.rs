@@ -284,7 +284,11 @@ impl Agent {
         Ok(kept.and_then(|text| Reply::from_bytes(text.as_bytes()).ok()))
     }
 
-    /// Verifies a consent token and stores it.
+    /// Verifies a consent token and stores it. A token refused by
+    /// verification is audited (`consent.refused`) only for a local request:
+    /// on behalf of a command (`via`) the caller audits the refusal, within
+    /// its rate limit (`uplink::ingress`), because such a command is not
+    /// remembered and can be sent again and again.
     pub async fn grant(
         &self,
         token: String,
@@ -297,10 +301,12 @@ impl Agent {
             match consent::verify_consent(token.trim(), &cfg.trust, &cfg.identity, now, limits) {
                 Ok(c) => c,
                 Err(e) => {
-                    let code = e.code();
-                    self.db
-                        .run(move |s| s.audit_consent_refused(None, code.as_str(), now))
-                        .await?;
+                    if via.is_none() {
+                        let code = e.code();
+                        self.db
+                            .run(move |s| s.audit_consent_refused(None, code.as_str(), now))
+                            .await?;
+                    }
                     return Err(e.into());
                 }
             };
@@ -514,6 +520,8 @@ fn status_of(
             purged: count(counter::PURGED),
             rejected_quota: count(counter::REJECTED_QUOTA),
             upload_retries: count(counter::UPLOAD_RETRIES),
+            commands_refused: count(counter::COMMANDS_REFUSED),
+            commands_ignored: count(counter::COMMANDS_IGNORED),
         }),
         uplink: Some(UplinkStatus {
             connected,

@@ -51,6 +51,12 @@ pub mod kind {
     pub const COMMAND_APPLIED: &str = "command.applied";
     /// A fleet command was refused.
     pub const COMMAND_REFUSED: &str = "command.refused";
+    /// Fleet commands refused beyond the rate limit of individual rows,
+    /// counted by code over a window (`uplink::ingress`).
+    pub const COMMANDS_REFUSED_SUMMARY: &str = "command.refused_summary";
+    /// The first message of a kind (retained, QoS 0) on a command topic
+    /// ignored in this run; the rest are only counted.
+    pub const COMMAND_IGNORED: &str = "command.ignored";
     /// A lone spool file older than the grace period was removed.
     pub const SPOOL_ORPHAN_REMOVED: &str = "spool.orphan_removed";
     /// Audit rows older than the audit retention period were deleted (a

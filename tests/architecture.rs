@@ -33,6 +33,7 @@ const PURE: &[&str] = &[
     "uplink/state.rs",
     "uplink/backoff.rs",
     "uplink/handover.rs",
+    "uplink/ingress.rs",
     "config.rs",
     "config/",
 ];

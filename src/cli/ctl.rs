@@ -138,6 +138,10 @@ fn print_status(s: &Status) {
         c.upload_retries,
         c.purged
     );
+    println!(
+        "commands: refused {}, ignored (retained or QoS 0) {}",
+        c.commands_refused, c.commands_ignored
+    );
     let u = s.uplink.unwrap_or_default();
     println!(
         "uplink:   {}, {} in flight",

@@ -25,7 +25,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::agent::{Agent, ApplyError, Via};
-use crate::audit::kind;
 use crate::command::{self, CommandError, CommandSet, Rejected};
 use crate::config::Role;
 use crate::ids::{Jti, SubjectId};
@@ -175,6 +174,29 @@ pub struct Outcome {
     /// its effect failed (`internal`: disk full, store error): the broker must
     /// not get a PUBACK, so that it delivers the command again.
     pub settled: bool,
+    /// The command was refused for good: for the caller's log and audit,
+    /// which it rate-limits (`uplink::ingress`). `None` when it took effect,
+    /// failed (`internal`, logged here) or was a broker redelivery.
+    pub refused: Option<Refusal>,
+}
+
+/// A command refused for good, as far as it could be read (its `jti` and
+/// `cmd` may come from an unverified payload: echo them, never act on them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The payload's `jti`, if it could be read.
+    pub jti: Option<Jti>,
+    /// The payload's `cmd`, if it could be read.
+    pub cmd: Option<String>,
+    /// Why.
+    pub code: ErrorCode,
+    /// Why, for humans.
+    pub message: String,
+    /// Nothing audited it yet: the caller writes its `command.refused` row
+    /// (refused by verification, or a grant whose consent token is refused
+    /// by verification). False when the store refused the effect (`revoked`,
+    /// `jti_reused`): it audited the refusal and kept the command.
+    pub unaudited: bool,
 }
 
 impl Outcome {
@@ -184,6 +206,7 @@ impl Outcome {
             reply,
             publish_status: false,
             settled: true,
+            refused: None,
         }
     }
 
@@ -194,6 +217,15 @@ impl Outcome {
             reply,
             publish_status: false,
             settled: false,
+            refused: None,
+        }
+    }
+
+    /// The final refusal `reply`.
+    fn refused(reply: Reply, refusal: Refusal) -> Outcome {
+        Outcome {
+            refused: Some(refusal),
+            ..Outcome::reply(reply)
         }
     }
 }
@@ -206,7 +238,8 @@ impl Outcome {
 /// and it is answered `replayed`, unless it is the broker's redelivery
 /// (`redelivered`: MQTT DUP flag): then the reply kept with the effect is
 /// published again, its subject put back from the command, so the fleet still
-/// gets its receipt. Refused commands are audited, not kept. A command whose
+/// gets its receipt. Refused commands are not kept; a refusal is returned in
+/// [`Outcome::refused`] for the caller to log and audit. A command whose
 /// effect failed (`internal`) is not [`Outcome::settled`]: it gets no PUBACK
 /// and comes back from the broker.
 pub async fn apply_command(agent: &Agent, payload: &[u8], redelivered: bool, now: i64) -> Outcome {
@@ -254,15 +287,15 @@ pub async fn apply_command(agent: &Agent, payload: &[u8], redelivered: bool, now
             return Outcome::reply(rejected.reply());
         }
         Ok(Err(rejected)) => {
-            let code = rejected.error.code();
-            tracing::warn!(code = %code, error = %rejected.error, "fleet command refused");
-            let detail =
-                serde_json::json!({ "jti": rejected.jti, "cmd": rejected.cmd, "code": code });
-            let _ = agent
-                .db()
-                .run(move |s| s.record(kind::COMMAND_REFUSED, None, detail, None, now))
-                .await;
-            return Outcome::reply(rejected.reply());
+            // Logged and audited by the caller, within its rate limit.
+            let refusal = Refusal {
+                jti: rejected.jti.clone(),
+                cmd: rejected.cmd.clone(),
+                code: rejected.error.code(),
+                message: rejected.error.to_string(),
+                unaudited: true,
+            };
+            return Outcome::refused(rejected.reply(), refusal);
         }
         Ok(Ok(cmd)) => cmd,
     };
@@ -282,6 +315,7 @@ pub async fn apply_command(agent: &Agent, payload: &[u8], redelivered: bool, now
             reply: via.ok(applied.result),
             publish_status: applied.publish_status,
             settled: true,
+            refused: None,
         },
         Err(e) if e.code() == ErrorCode::Internal => {
             tracing::error!(jti = %via.jti, cmd = %via.cmd, error = %e,
@@ -289,8 +323,17 @@ pub async fn apply_command(agent: &Agent, payload: &[u8], redelivered: bool, now
             Outcome::unsettled(via.refused(e.code(), e.to_string()))
         }
         Err(e) => {
-            tracing::warn!(jti = %via.jti, cmd = %via.cmd, error = %e, "fleet command refused");
-            Outcome::reply(via.refused(e.code(), e.to_string()))
+            let refusal = Refusal {
+                jti: Some(via.jti.clone()),
+                cmd: Some(via.cmd.as_str().to_string()),
+                code: e.code(),
+                message: e.to_string(),
+                // A consent refused by verification is left to the caller
+                // (`Agent::grant`); the store's own refusals (`revoked`,
+                // `jti_reused`) are audited and the command kept.
+                unaudited: matches!(e, ApplyError::Consent(_)),
+            };
+            Outcome::refused(via.refused(e.code(), e.to_string()), refusal)
         }
     }
 }

@@ -387,6 +387,45 @@ async fn refused_and_failed_commands_are_not_kept() {
     assert_eq!(r.reply.error.unwrap().code, ErrorCode::Malformed);
 }
 
+/// Refusals that nothing remembers (so they can be sent again and again) are
+/// not audited here but returned, for the caller to audit within its rate
+/// limit (`uplink::ingress`); before, each wrote its own audit row.
+#[tokio::test]
+async fn refusals_that_can_be_repeated_are_left_to_the_caller_to_audit() {
+    let (_dir, agent, key) = agent_with_fleet_key();
+    let now = crate::clock::now();
+    let (jti, jws) = Command::Status(Status {})
+        .sign("hall", 600, "fleet-1", &key, now)
+        .unwrap();
+    let grant = Command::ConsentGrant(ConsentGrant {
+        token: "not.a.token".into(),
+    });
+    let (grant_jti, grant_jws) = grant.sign("lobby", 600, "fleet-1", &key, now).unwrap();
+    let cases = [
+        (jti, jws, ErrorCode::WrongAudience),
+        (grant_jti, grant_jws, ErrorCode::Malformed),
+    ];
+    for (jti, jws, code) in cases {
+        for _ in 0..3 {
+            let r = apply_command(&agent, jws.as_bytes(), false, now).await;
+            let refused = r.refused.expect("a refusal");
+            assert_eq!(refused.code, code);
+            assert_eq!(refused.jti.as_ref(), Some(&jti));
+            assert!(refused.unaudited, "{code:?}");
+            assert!(r.settled);
+        }
+    }
+    let rows = agent.audit_tail(100).await.unwrap();
+    assert!(rows.is_empty(), "{rows:?}");
+    let garbage = apply_command(&agent, b"not a command", false, now).await;
+    assert_eq!(garbage.refused.unwrap().code, ErrorCode::Malformed);
+    // A local grant of the same bad token is audited by the agent.
+    assert!(agent.grant("not.a.token".into(), now, None).await.is_err());
+    let rows = agent.audit_tail(100).await.unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].kind, crate::audit::kind::CONSENT_REFUSED);
+}
+
 #[tokio::test]
 async fn a_grant_refused_as_revoked_is_kept_with_its_refusal() {
     let (_dir, agent, fleet, consent) = agent_with_keys();
@@ -413,6 +452,10 @@ async fn a_grant_refused_as_revoked_is_kept_with_its_refusal() {
     let first = apply_command(&agent, jws.as_bytes(), false, now).await;
     let error = first.reply.error.clone().unwrap();
     assert_eq!(error.code, ErrorCode::Revoked);
+    assert!(
+        !first.refused.as_ref().unwrap().unaudited,
+        "the store audited it"
+    );
     // The refusal used the command up: it was kept with it, in one transaction.
     assert_eq!(
         agent.kept_reply(jti).await.unwrap(),

@@ -90,6 +90,10 @@ pub struct Counters {
     pub rejected_quota: u64,
     /// Uploads cut off by a lost connection and sent again.
     pub upload_retries: u64,
+    /// Fleet commands refused by verification (bad signature, expired, ...).
+    pub commands_refused: u64,
+    /// Messages on the command topics ignored (delivered retained, or QoS 0).
+    pub commands_ignored: u64,
 }
 
 /// The broker connection as the device sees it.

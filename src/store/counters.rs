@@ -46,6 +46,24 @@ pub(super) fn record(
     w.commit()
 }
 
+/// At most one audit row (no subject) and several counter bumps (zeros
+/// skipped), in one transaction: a summary of many events for one fsync.
+pub(super) fn record_counts(
+    store: &mut Store,
+    audit: Option<(&str, Value)>,
+    bumps: &[(&str, u64)],
+    now: i64,
+) -> Result<(), StoreError> {
+    let mut w = store.writer()?;
+    if let Some((kind, detail)) = audit {
+        w.audit(now, kind, None, detail)?;
+    }
+    for (name, n) in bumps.iter().filter(|(_, n)| *n > 0) {
+        w.bump(name, *n)?;
+    }
+    w.commit()
+}
+
 /// Every counter by name.
 pub(super) fn all(store: &mut Store) -> Result<BTreeMap<String, u64>, StoreError> {
     let mut stmt = store

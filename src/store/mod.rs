@@ -65,6 +65,10 @@ pub mod counter {
     pub const REJECTED_QUOTA: &str = "rejected_quota";
     /// Uploads cut off by a lost connection and sent again.
     pub const UPLOAD_RETRIES: &str = "upload_retries";
+    /// Fleet commands refused by verification (bad signature, expired, ...).
+    pub const COMMANDS_REFUSED: &str = "commands_refused";
+    /// Messages on the command topics ignored (retained, QoS 0).
+    pub const COMMANDS_IGNORED: &str = "commands_ignored";
 }
 
 /// Errors from the store. Messages name the operation and, where it helps, the file.
@@ -633,6 +637,18 @@ impl Store {
         now: i64,
     ) -> Result<(), StoreError> {
         let r = counters::record(self, kind, subject, detail, counter, now);
+        self.finish(r)
+    }
+
+    /// At most one audit row (no subject; never put plain ids in `detail`)
+    /// and bumps of several counters by `n`, in one transaction.
+    pub fn record_counts(
+        &mut self,
+        audit: Option<(&str, Value)>,
+        bumps: &[(&str, u64)],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let r = counters::record_counts(self, audit, bumps, now);
         self.finish(r)
     }
 

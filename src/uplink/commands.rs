@@ -8,13 +8,18 @@
 use std::sync::Arc;
 
 use rumqttc::Publish;
+use serde_json::json;
 
+use super::ingress::{Ignored, Verdict};
 use super::link::{ConnectionNo, Link};
 use super::state::Handed;
 use super::status::publish_status;
 use crate::agent::Agent;
+use crate::audit::kind;
 use crate::clock;
+use crate::cmd::Refusal;
 use crate::protocol::Topics;
+use crate::store::counter;
 
 /// A message that arrived on one of our subscriptions, and on which connection.
 #[derive(Debug)]
@@ -42,12 +47,15 @@ pub async fn handle_command(
         link.ack(connection, &publish);
         return;
     }
-    let outcome =
-        crate::cmd::apply_command(agent, &publish.payload, publish.dup, clock::now()).await;
+    let now = clock::now();
+    let outcome = crate::cmd::apply_command(agent, &publish.payload, publish.dup, now).await;
     if outcome.settled {
         // The effect (if any) is committed, or the refusal is final: now the
         // broker may forget the command.
         link.ack(connection, &publish);
+    }
+    if let Some(refusal) = &outcome.refused {
+        note_refusal(agent, link, refusal, now).await;
     }
     if outcome.publish_status {
         publish_status(agent, link, topics).await;
@@ -64,4 +72,105 @@ pub async fn handle_command(
         link.reconnect();
     }
     agent.outbox_changed().notify_one();
+}
+
+/// Logs and audits one refused command within the rate limit
+/// ([`super::ingress`]): the first ones of a window each get a line and (if
+/// nothing audited them yet) a `command.refused` row; the rest are counted
+/// into the window's summary.
+async fn note_refusal(agent: &Agent, link: &Link, r: &Refusal, now: i64) {
+    let verdict = link.ingress().refused(&r.code, now);
+    if verdict == Verdict::Record {
+        let jti = r.jti.as_ref().map(|j| j.as_str().to_string());
+        tracing::warn!(code = %r.code, jti = ?jti, cmd = ?r.cmd, error = %r.message, "fleet command refused");
+        let audit = r.unaudited.then(|| {
+            (
+                kind::COMMAND_REFUSED,
+                json!({ "jti": jti, "cmd": r.cmd, "code": r.code.as_str() }),
+            )
+        });
+        let written = agent
+            .db()
+            .run(move |s| s.record_counts(audit, &[(counter::COMMANDS_REFUSED, 1)], now))
+            .await;
+        if let Err(e) = written {
+            tracing::error!(error = %e, "cannot audit a refused fleet command");
+        }
+    }
+    flush_ingress(agent, link, now, false).await;
+}
+
+/// Logs and audits the first message of `kind` ignored in this run; later
+/// ones are only counted ([`super::ingress`]).
+pub async fn note_ignored(agent: &Agent, kind: Ignored, topic: String, now: i64) {
+    tracing::warn!(
+        kind = kind.as_str(),
+        %topic,
+        "message on a command topic ignored, not applied and not answered (commands are \
+         QoS 1 and not retained; a retained one would come back at every subscription); \
+         further ones in this run are only counted (status counters.commands_ignored)"
+    );
+    let detail = json!({ "kind": kind.as_str(), "topic": topic });
+    let written = agent
+        .db()
+        .run(move |s| {
+            s.record_counts(
+                Some((kind::COMMAND_IGNORED, detail)),
+                &[(counter::COMMANDS_IGNORED, 1)],
+                now,
+            )
+        })
+        .await;
+    if let Err(e) = written {
+        tracing::error!(error = %e, "cannot audit an ignored command message");
+    }
+}
+
+/// Writes what the rate limiter counted without a row of its own: once its
+/// window has ended, or everything (`all`, at shutdown). One transaction:
+/// a `command.refused_summary` row (when refusals were counted) and the
+/// counters; one log line.
+pub async fn flush_ingress(agent: &Agent, link: &Link, now: i64, all: bool) {
+    let summary = {
+        let mut ingress = link.ingress();
+        if all {
+            ingress.take(now)
+        } else {
+            ingress.due(now)
+        }
+    };
+    let Some(summary) = summary else {
+        return;
+    };
+    let (refused, ignored) = (summary.refused_total(), summary.ignored_total());
+    if refused > 0 {
+        tracing::warn!(
+            refused,
+            codes = ?summary.refused,
+            since = %clock::rfc3339(summary.from),
+            "fleet commands refused beyond the log limit (each was answered; not logged or audited one by one)"
+        );
+    }
+    let audit = (refused > 0).then(|| {
+        (
+            kind::COMMANDS_REFUSED_SUMMARY,
+            json!({ "from": summary.from, "to": summary.to, "refused": summary.refused }),
+        )
+    });
+    let written = agent
+        .db()
+        .run(move |s| {
+            s.record_counts(
+                audit,
+                &[
+                    (counter::COMMANDS_REFUSED, refused),
+                    (counter::COMMANDS_IGNORED, ignored),
+                ],
+                now,
+            )
+        })
+        .await;
+    if let Err(e) = written {
+        tracing::error!(error = %e, refused, ignored, "cannot record refused and ignored command counts");
+    }
 }

@@ -14,11 +14,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet};
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
 use tokio::sync::{mpsc, Notify};
 
 use super::backoff::Backoff;
-use super::commands::{handle_command, Inbound};
+use super::commands::{flush_ingress, handle_command, note_ignored, Inbound};
+use super::ingress::{self, Ignored, Verdict};
 use super::link::Link;
 use super::options::{connection, mqtt_options};
 use super::state::Abandoned;
@@ -26,6 +27,7 @@ use super::status::{publish_offline, publish_status};
 use super::tls;
 use super::upload::{deleter, fill_window, record_interrupted};
 use crate::agent::Agent;
+use crate::clock;
 use crate::config::Config;
 use crate::ids::CaptureId;
 use crate::protocol::Topics;
@@ -38,6 +40,9 @@ const SETTLE_AFTER_CONNECT: Duration = Duration::from_millis(500);
 const REFILL_EVERY: Duration = Duration::from_millis(500);
 /// How long a clean shutdown waits for the offline status and DISCONNECT to go out.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(3);
+/// How often counted refusals and ignored messages are looked at (written
+/// once their window has ended, `ingress::WINDOW_S`).
+const INGRESS_FLUSH_EVERY: Duration = Duration::from_secs(5);
 
 /// What the network task tells the logic task.
 #[derive(Debug)]
@@ -53,6 +58,9 @@ enum Net {
     Acked(CaptureId),
     /// A message on one of our command topics.
     Command(Inbound),
+    /// The first message of `kind` in this run that is not taken as a
+    /// command (the rest are only counted in the link's `Ingress`).
+    Ignored { kind: Ignored, topic: String },
 }
 
 /// Runs the uplink until shutdown. Never gives up: TLS or broker trouble is
@@ -191,10 +199,30 @@ async fn serve(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                let _ = tx.send(Net::Command(Inbound {
-                    connection: number,
-                    publish,
-                }));
+                let qos0 = publish.qos == QoS::AtMostOnce;
+                match ingress::ignored(qos0, publish.retain) {
+                    None => {
+                        let _ = tx.send(Net::Command(Inbound {
+                            connection: number,
+                            publish,
+                        }));
+                    }
+                    // Not a command: dropped here, so that a flood of them
+                    // (QoS 0 has no flow control) never queues up in memory.
+                    // Acknowledged (QoS 1) so the broker forgets it; not
+                    // applied and not answered.
+                    Some(kind) => {
+                        if !qos0 {
+                            link.ack(number, &publish);
+                        }
+                        if link.ingress().ignored(kind, clock::now()) == Verdict::Record {
+                            let _ = tx.send(Net::Ignored {
+                                kind,
+                                topic: publish.topic,
+                            });
+                        }
+                    }
+                }
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 if ack
@@ -244,6 +272,7 @@ async fn logic_task(
     let config = agent.config();
     let mut status_tick = tokio::time::interval(config.mqtt.status_interval);
     let mut refill = tokio::time::interval(REFILL_EVERY);
+    let mut ingress_tick = tokio::time::interval(INGRESS_FLUSH_EVERY);
     let mut upload_from = far_future();
     let mut last_error = String::new();
     let (acked_tx, acked_rx) = mpsc::unbounded_channel();
@@ -255,6 +284,7 @@ async fn logic_task(
             // Wake exactly when the post-connect settle time ends.
             _ = tokio::time::sleep_until(upload_from), if tokio::time::Instant::now() < upload_from => {}
             _ = refill.tick() => {}
+            _ = ingress_tick.tick() => flush_ingress(&agent, &link, clock::now(), false).await,
             _ = status_tick.tick() => {
                 if link.connected() {
                     publish_status(&agent, &link, &topics).await;
@@ -297,6 +327,7 @@ async fn logic_task(
                             upload_from = far_future();
                         }
                         Net::Command(inbound) => handle_command(&agent, &link, &topics, inbound).await,
+                        Net::Ignored { kind, topic } => note_ignored(&agent, kind, topic, clock::now()).await,
                     }
                 }
             }
@@ -308,6 +339,8 @@ async fn logic_task(
     // Deletes already queued finish (so acknowledged captures are not sent again).
     drop(acked_tx);
     let _ = deletes.await;
+    // What the ingress limiter counted is written, window ended or not.
+    flush_ingress(&agent, &link, clock::now(), true).await;
     // Clean shutdown: say we are going, then disconnect. Returns whether a
     // DISCONNECT is on its way.
     if !link.connected() {

@@ -14,6 +14,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use rumqttc::{AsyncClient, Publish, QoS};
 
+use super::ingress::Ingress;
 use super::state::{Abandoned, Handed, UplinkState};
 use crate::ids::CaptureId;
 
@@ -25,6 +26,10 @@ pub type ConnectionNo = u64;
 #[derive(Default)]
 pub struct Link {
     inner: Mutex<Inner>,
+    /// The rate limiter of inbound messages: the network task counts ignored
+    /// messages there, the logic task refusals (its own lock: it is never
+    /// held together with `inner`).
+    ingress: Mutex<Ingress>,
 }
 
 #[derive(Default)]
@@ -48,6 +53,11 @@ impl Link {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The rate limiter of inbound messages (see [`super::ingress`]).
+    pub fn ingress(&self) -> MutexGuard<'_, Ingress> {
+        self.ingress.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The broker accepted a connection made with `client`'s event loop;

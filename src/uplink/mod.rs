@@ -5,7 +5,9 @@
 //! - [`state`]: the FIFO of handed publishes and the pkid → capture map;
 //! - [`handover`]: which queued captures go to MQTT now and which subjects
 //!   are purged instead, from the consent rule's verdicts and the window;
-//! - [`backoff`]: the reconnect delays.
+//! - [`backoff`]: the reconnect delays;
+//! - [`ingress`]: which inbound messages are ignored (retained, QoS 0) and
+//!   how many refusals get a log line and an audit row each.
 //!
 //! The I/O around them:
 //! - [`eventloop`]: the network and logic tasks ([`run`]);
@@ -22,6 +24,7 @@ pub mod backoff;
 pub mod commands;
 pub mod eventloop;
 pub mod handover;
+pub mod ingress;
 pub mod link;
 pub mod options;
 pub mod state;

@@ -8,11 +8,32 @@ use super::tls;
 use crate::config::Config;
 use crate::protocol::{Status, Topics};
 
-/// Largest MQTT packet we send or accept: the biggest allowed capture, base64
-/// encoded inside its envelope, plus room for the envelope and topic.
+/// Largest MQTT packet we send: the biggest allowed capture, base64 encoded
+/// inside its envelope, plus room for the envelope and topic.
 pub fn max_packet_size(config: &Config) -> usize {
     let image = config.capture.max_file_bytes as usize;
     (image.div_ceil(3) * 4 + 4096).max(config.commands.max_bytes + 4096)
+}
+
+/// Smallest limit for packets we accept, whatever `[commands] max_bytes` says.
+pub const MIN_INCOMING_PACKET: usize = 1024 * 1024;
+
+/// Largest MQTT packet we accept (its remaining length: topic and payload):
+/// `max(1 MiB, 4 × [commands] max_bytes)`. Only commands come in, so this,
+/// not the capture-sized outgoing limit, bounds what one inbound message can
+/// cost in memory (rumqttc checks the length in the fixed header before it
+/// reads the rest). The room above `max_bytes` is deliberate: a command
+/// somewhat too large is still read and answered `too_large`, instead of
+/// being a packet rumqttc refuses, which ends the connection (and the broker
+/// delivers the same message again on the next one). The limit is taken
+/// when the uplink starts; a larger `max_bytes` from a reload applies to it
+/// after a restart.
+pub fn max_incoming_packet_size(config: &Config) -> usize {
+    config
+        .commands
+        .max_bytes
+        .saturating_mul(4)
+        .max(MIN_INCOMING_PACKET)
 }
 
 /// The options every connection of this device is made with: client id =
@@ -30,6 +51,8 @@ pub fn mqtt_options(config: &Config, topics: &Topics) -> Result<MqttOptions, tls
         max,
         tls_config,
     )?;
+    // Commands in, captures out: a much smaller limit for what we read.
+    opts.set_max_packet_size(max_incoming_packet_size(config), max);
     opts.set_manual_acks(true);
     // rumqttc's own flow control only needs room for our window plus status and replies.
     opts.set_inflight(m.inflight.saturating_add(16));
@@ -56,4 +79,34 @@ pub fn connection(config: &Config, options: &MqttOptions) -> (AsyncClient, Event
     network.set_connection_timeout(10);
     eventloop.set_network_options(network);
     (client, eventloop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inbound_packets_are_bounded_by_the_command_limit_not_the_capture_limit() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        // (commands.max_bytes, incoming limit)
+        let cases = [
+            ("", MIN_INCOMING_PACKET),
+            ("[commands]\nmax_bytes = 1024\n", MIN_INCOMING_PACKET),
+            ("[commands]\nmax_bytes = 1048576\n", 4 * 1024 * 1024),
+            ("[commands]\nmax_bytes = 16777216\n", 64 * 1024 * 1024),
+        ];
+        for (extra, want) in cases {
+            let config = crate::config::testing::config(dir.path(), extra);
+            assert_eq!(max_incoming_packet_size(&config), want, "{extra}");
+            assert!(
+                max_incoming_packet_size(&config) >= 4 * config.commands.max_bytes,
+                "a command over max_bytes is still read and answered too_large"
+            );
+        }
+        let defaults = crate::config::testing::config(dir.path(), "");
+        assert!(
+            max_incoming_packet_size(&defaults) * 8 < max_packet_size(&defaults),
+            "with the defaults, far below the outgoing (capture) limit"
+        );
+    }
 }

@@ -41,6 +41,7 @@ pub struct ConfigBuilder {
     outbox: Option<Outbox>,
     log: Option<Log>,
     audit: Option<Audit>,
+    commands: Option<Commands>,
 }
 
 /// `[mqtt]`.
@@ -85,6 +86,13 @@ struct Capture {
     spool_grace: Option<Duration>,
     #[serde(serialize_with = "human_duration")]
     poll_interval: Option<Duration>,
+    max_file_bytes: Option<u64>,
+}
+
+/// `[commands]`.
+#[derive(Debug, Clone, Default, Serialize)]
+struct Commands {
+    max_bytes: Option<u64>,
 }
 
 /// `[outbox]`.
@@ -138,6 +146,7 @@ impl ConfigBuilder {
             outbox: None,
             log: None,
             audit: None,
+            commands: None,
         }
     }
 
@@ -242,6 +251,22 @@ impl ConfigBuilder {
         self.capture
             .get_or_insert_with(Capture::default)
             .poll_interval = Some(every);
+        self
+    }
+
+    /// `capture.max_file_bytes`.
+    pub fn max_file_bytes(mut self, bytes: u64) -> Self {
+        self.capture
+            .get_or_insert_with(Capture::default)
+            .max_file_bytes = Some(bytes);
+        self
+    }
+
+    /// `commands.max_bytes`.
+    pub fn command_max_bytes(mut self, bytes: u64) -> Self {
+        self.commands
+            .get_or_insert_with(Commands::default)
+            .max_bytes = Some(bytes);
         self
     }
 
