@@ -16,7 +16,7 @@ use facegate_testkit::broker::{Broker, BrokerAcl, BrokerOptions};
 use facegate_testkit::daemon::Daemon;
 use facegate_testkit::mqtt::Session;
 use facegate_testkit::{DEVICE, SITE};
-use rumqttc::QoS;
+use rumqttc::{QoS, SubscribeReasonCode};
 use serde_json::{json, Value};
 
 /// Generous bound for things that should happen at once.
@@ -230,4 +230,25 @@ async fn another_certificate_cannot_take_over_a_devices_session() {
         !queued_revocation_survives_a_takeover(&old, Duration::from_secs(5)).await,
         "the old layout was expected to lose the revocation"
     );
+}
+
+/// What `facegate doctor` builds on: Mosquitto answers a subscription the ACL
+/// denies with a SUBACK that grants it (QoS 1, not 0x80) under MQTT 3.1.1, and
+/// filters on delivery; so a granted SUBACK proves nothing, only what is
+/// delivered does.
+#[tokio::test]
+async fn mosquitto_grants_a_denied_subscription_and_filters_on_delivery() {
+    let broker = Broker::start();
+    let mut fleet = connected(&broker, "fleet").await;
+    let mut dev = connected(&broker, "a-01").await;
+    let ack = dev.subscribe("facegate/site-b/cmd", T).await;
+    assert_eq!(
+        ack.return_codes,
+        vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
+    dev.subscribe("facegate/site-a/cmd", T).await;
+    publish(&mut fleet, "facegate/site-b/cmd", "denied", false).await;
+    publish(&mut fleet, "facegate/site-a/cmd", "marker", false).await;
+    let got = until_marker(&mut dev, "marker").await;
+    assert_eq!(got.len(), 1, "{got:?}");
 }
