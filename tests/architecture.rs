@@ -33,6 +33,7 @@ const PURE: &[&str] = &[
     "uplink/state.rs",
     "uplink/backoff.rs",
     "uplink/handover.rs",
+    "fleet/acl.rs",
     "config.rs",
     "config/",
 ];

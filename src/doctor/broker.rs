@@ -372,10 +372,12 @@ async fn probe_v5(
         .map_err(refused)?;
     match conn.publish_probe(&own.reply).await.map_err(refused)? {
         PubAckReason::Success | PubAckReason::NoMatchingSubscribers => {}
-        other => return Err(refused(format!(
+        other => {
+            return Err(refused(format!(
             "broker refused the publish to {} ({other:?}): check its ACL for this certificate's CN",
             own.reply
-        ))),
+        )))
+        }
     }
 
     // Confinement: another site's and another device's topics.
