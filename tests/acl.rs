@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use facegate_testkit::broker::{Broker, BrokerAcl, BrokerOptions};
-use facegate_testkit::daemon::Daemon;
+use facegate_testkit::daemon::{facegate_binary, Daemon};
 use facegate_testkit::mqtt::Session;
 use facegate_testkit::{DEVICE, SITE};
 use rumqttc::{QoS, SubscribeReasonCode};
@@ -224,7 +224,18 @@ async fn another_certificate_cannot_take_over_a_devices_session() {
         "the queued revocation was lost"
     );
 
-    // Old layout: the clean session under `term-01` wiped the queued revocation.
+    // The shipped ACL without `use_username_as_clientid`: the clean session
+    // that term-02's certificate opened under `term-01` wiped the revocation.
+    let unbound = Broker::start_with(BrokerOptions {
+        client_id_from_certificate: false,
+        ..BrokerOptions::default()
+    });
+    assert!(
+        !queued_revocation_survives_a_takeover(&unbound, Duration::from_secs(5)).await,
+        "without use_username_as_clientid the revocation was expected to be lost"
+    );
+
+    // Old layout: the same.
     let old = old_layout();
     assert!(
         !queued_revocation_survives_a_takeover(&old, Duration::from_secs(5)).await,
@@ -251,4 +262,83 @@ async fn mosquitto_grants_a_denied_subscription_and_filters_on_delivery() {
     publish(&mut fleet, "facegate/site-a/cmd", "marker", false).await;
     let got = until_marker(&mut dev, "marker").await;
     assert_eq!(got.len(), 1, "{got:?}");
+}
+
+/// `facegate fleet acl` prints what the library generates (the testkit broker's
+/// ACL comes from the same function) and refuses a bad inventory naming the
+/// file and the line.
+#[test]
+fn the_fleet_acl_command_prints_the_layout_and_names_bad_lines() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+
+    let run = |args: &[&str], stdin: &str| {
+        let mut child = Command::new(facegate_binary())
+            .args(["fleet", "acl"])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let inventory = "# site device\nlobby term-01\nhall term-07 # new\n";
+    let out = run(
+        &[
+            "--inventory",
+            "-",
+            "--prefix",
+            "fg",
+            "--fleet",
+            "fleet",
+            "--fleet",
+            "rx=hall",
+        ],
+        inventory,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let users = ["fleet", "rx=hall"].map(|f| facegate::fleet::acl::FleetUser::parse(f).unwrap());
+    let expected = facegate::fleet::acl::generate(inventory, "fg", &users).unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
+    assert!(expected.contains("user term-07\ntopic write fg/hall/term-07/captures\n"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("inventory");
+    std::fs::write(&file, "lobby term-01\nhall Term-01\n").unwrap();
+    let out = run(&["--inventory", file.to_str().unwrap()], "");
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("{}: inventory line 2", file.display()))
+            && err.contains("already listed on line 1"),
+        "{err}"
+    );
+    let out = run(&["--inventory", "-"], "lobby fleet\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("stdin: inventory line 1")
+            && err.contains("reserved"),
+        "{err}"
+    );
+
+    let help = Command::new(facegate_binary())
+        .args(["fleet", "acl", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("use_username_as_clientid true"), "{help}");
 }

@@ -39,7 +39,7 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: Ctl,
     },
-    /// Fleet managers' tool: keys, consent tokens, signed commands.
+    /// Fleet managers' tool: keys, consent tokens, signed commands, broker ACL.
     Fleet {
         #[command(subcommand)]
         command: Fleet,
@@ -122,8 +122,7 @@ pub(crate) enum Fleet {
     Sign(SignArgs),
     /// Sign a command, publish it over mutual TLS and print the replies.
     Send(Box<SendArgs>),
-    /// Print the Mosquitto ACL that confines each device certificate to its
-    /// own site's and device's topics, from an inventory of `SITE DEVICE` lines.
+    /// Print the broker ACL (Mosquitto) confining each device to its own topics.
     #[command(long_about = ACL_ABOUT)]
     Acl(AclArgs),
 }
