@@ -533,3 +533,26 @@ fn broker_acl_refusing_the_devices_topics_fails() {
     assert_fails(&report, names::BROKER_ACL, "NotAuthorized");
     assert_fails(&report, names::BROKER_CONFINEMENT, "not checked");
 }
+
+/// A control socket that is there but does not answer: whether a daemon runs
+/// is unknown, so the probes (which would take its session over) do not run.
+#[test]
+fn a_control_socket_that_does_not_answer_skips_the_probes() {
+    let broker = Broker::start();
+    let now = clock::now();
+    let creds = broker.issue_client_valid("term-01", now - 3600, now + 365 * 86_400);
+    let t = Terminal::new(&creds, broker.port);
+    let _listener = std::os::unix::net::UnixListener::bind(t.path("state/control.sock")).unwrap();
+    let connections = broker.log().matches(" as term-01 ").count();
+    let report = doctor::run_checks(&t.config);
+    for name in [names::BROKER, names::BROKER_ACL, names::BROKER_CONFINEMENT] {
+        match outcome(&report, name) {
+            Outcome::Warn(msg) => assert!(
+                msg.contains("cannot tell whether the daemon runs") && msg.contains("no answer"),
+                "{msg}"
+            ),
+            other => panic!("{name}: {other:?}\n{report}"),
+        }
+    }
+    assert_eq!(broker.log().matches(" as term-01 ").count(), connections);
+}

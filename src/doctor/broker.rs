@@ -12,7 +12,9 @@
 //! the daemon. Since a second connection of the device takes the first one
 //! over, the probes do not run while the daemon runs (its control socket
 //! answers): then the connection check reads the daemon's own status and the
-//! two ACL checks are warnings saying why they did not run.
+//! two ACL checks are warnings saying why they did not run. A socket that is
+//! there but cannot be used (permissions) gives the same warnings: the probes
+//! run only when nothing listens on it.
 //!
 //! **What can be seen.** An MQTT 3.1.1 broker acknowledges a denied publish
 //! like an allowed one (and drops it), and Mosquitto 2 grants every
@@ -38,6 +40,7 @@
 //! publish there, and Mosquitto grants the subscription anyway). A broker
 //! without MQTT 5 gets warnings (not verified), not failures.
 
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,7 +54,7 @@ use serde::Serialize;
 
 use super::{names, Check};
 use crate::config::Config;
-use crate::control::{self, Request};
+use crate::control::{self, ControlError, Request};
 use crate::protocol::{Status, Topics, WIRE_VERSION};
 use crate::uplink::tls;
 
@@ -138,27 +141,50 @@ pub async fn check_broker(cfg: &Config, timeout: Duration) -> Vec<Check> {
     checks
 }
 
-/// When the daemon answers on its control socket: the broker checks as far as
-/// they can be made without taking its session over.
+/// When the daemon answers on its control socket (or may be running: the
+/// socket is there but cannot be used): the broker checks as far as they can
+/// be made without taking its session over. `None` when no daemon listens.
 async fn daemon_running(cfg: &Config) -> Option<Vec<Check>> {
-    let asked = control::request::<Status>(&cfg.control.socket, &Request::Status);
-    let status = tokio::time::timeout(CONTROL_TIMEOUT, asked)
-        .await
-        .ok()?
-        .ok()?
-        .into_result()
-        .ok()?;
-    let connection = match status.uplink {
-        Some(u) if u.connected => Check::pass(names::BROKER),
-        _ => Check::warn(
-            names::BROKER,
-            "the running daemon is not connected to the broker now (see `facegate ctl status` and its log)",
-        ),
+    let socket = &cfg.control.socket;
+    let asked = control::request::<Status>(socket, &Request::Status);
+    let answer = match tokio::time::timeout(CONTROL_TIMEOUT, asked).await {
+        Ok(Ok(response)) => response.into_result().map_err(|e| e.message),
+        Ok(Err(ControlError::Connect { source, .. }))
+            if matches!(
+                source.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return None
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "control socket {}: no answer within {}s",
+            socket.display(),
+            CONTROL_TIMEOUT.as_secs()
+        )),
     };
-    let why = "not probed while the daemon runs: the broker makes the certificate CN the client id, so a probe would take the daemon's session over; stop the daemon and run doctor again to probe";
+    let (connection, why) = match answer {
+        Ok(status) => (
+            match status.uplink {
+                Some(u) if u.connected => Check::pass(names::BROKER),
+                _ => Check::warn(
+                    names::BROKER,
+                    "the running daemon is not connected to the broker now (see `facegate ctl status` and its log)",
+                ),
+            },
+            "not probed while the daemon runs: the broker makes the certificate CN the client id, so a probe would take the daemon's session over; stop the daemon and run doctor again to probe".to_string(),
+        ),
+        Err(e) => {
+            let why = format!(
+                "not probed: cannot tell whether the daemon runs ({e}), and a probe would take its session over; run doctor as a user allowed on the control socket, or with the daemon stopped"
+            );
+            (Check::warn(names::BROKER, why.clone()), why)
+        }
+    };
     Some(vec![
         connection,
-        Check::warn(names::BROKER_ACL, why),
+        Check::warn(names::BROKER_ACL, why.clone()),
         Check::warn(names::BROKER_CONFINEMENT, why),
     ])
 }
