@@ -27,6 +27,7 @@ use std::time::Duration;
 
 pub use error::ConfigError;
 pub use raw::RawConfig;
+pub use validate::{is_identifier, RESERVED_DEVICE_IDS};
 
 /// Where `facegate` looks for its config file when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/facegate/facegate.toml";

@@ -1,6 +1,9 @@
 //! `facegate fleet send`: the fleet managers' side of the command channel.
 //! Signs a command, publishes it over mutual TLS to one device or a whole site,
-//! and collects the replies that carry its `jti`.
+//! and collects the replies that carry its `jti`. [`acl`] writes the broker
+//! ACL that confines each device certificate to its own topics.
+
+pub mod acl;
 
 use std::path::PathBuf;
 use std::time::Duration;

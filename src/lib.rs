@@ -32,7 +32,7 @@
 //! Tools and helpers
 //! - [`provision`]: first-time device setup (state dir, storage key, TLS key, CSR).
 //! - [`doctor`]: site-admin health checks (files, certificates, clock, disk, broker).
-//! - [`fleet`]: `facegate fleet send`: sign, publish and collect replies.
+//! - [`fleet`]: `facegate fleet send`: sign, publish and collect replies; `fleet acl`: the broker ACL.
 //! - [`keys`]: Ed25519 key files for the fleet tool.
 //! - [`logging`]: the `tracing` subscriber (text or JSON on stderr).
 //! - [`clock`]: unix seconds inside, RFC 3339 at the edges.

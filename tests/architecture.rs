@@ -34,6 +34,7 @@ const PURE: &[&str] = &[
     "uplink/backoff.rs",
     "uplink/handover.rs",
     "uplink/ingress.rs",
+    "fleet/acl.rs",
     "config.rs",
     "config/",
 ];

@@ -10,8 +10,10 @@ use std::time::Duration;
 use facegate::clock;
 use facegate::config;
 use facegate::doctor::{self, names, Outcome};
-use facegate_testkit::broker::{Broker, ClientCreds};
+use facegate_testkit::broker::{Broker, BrokerAcl, BrokerOptions, ClientCreds};
 use facegate_testkit::config::{ConfigBuilder, Role};
+use facegate_testkit::daemon::Daemon;
+use facegate_testkit::mqtt::Session;
 use facegate_testkit::pki::Ca;
 use facegate_testkit::util::free_port;
 
@@ -310,6 +312,7 @@ fn broker_down_fails() {
     let report = doctor::run_checks(&t.config);
     assert_fails(&report, names::BROKER, "refused");
     assert_fails(&report, names::BROKER_ACL, "not checked");
+    assert_fails(&report, names::BROKER_CONFINEMENT, "not checked");
     let text = report.to_string();
     assert!(text.contains("FAIL  broker connection"), "{text}");
 }
@@ -328,11 +331,150 @@ fn healthy_terminal_passes_against_a_real_broker() {
         &Outcome::Pass,
         "{report}"
     );
+    assert_eq!(
+        outcome(&report, names::BROKER_CONFINEMENT),
+        &Outcome::Pass,
+        "{report}"
+    );
     assert!(report.ok(), "{report}");
-    // The probe used its own client id, never the daemon's.
+    // Whatever id the probe asked for, the broker made it the session named
+    // by the certificate's CN.
     let log = broker.log();
-    assert!(log.contains("term-01-doctor"), "{log}");
-    assert!(!log.contains(" as term-01 "), "{log}");
+    assert!(log.contains(" as term-01 "), "{log}");
+    assert!(!log.contains(" as term-01-doctor "), "{log}");
+}
+
+/// The ACL docs/PROTOCOL.md documented before: device rights by pattern, any site.
+const OLD_PATTERN_ACL: &str = "\
+user fleet
+topic read facegate/#
+topic write facegate/+/cmd
+topic write facegate/+/+/cmd
+
+pattern write facegate/+/%u/captures
+pattern write facegate/+/%u/reply
+pattern write facegate/+/%u/status
+pattern read facegate/+/%u/cmd
+pattern read facegate/+/cmd
+";
+
+fn doctor_against(opts: BrokerOptions) -> doctor::DoctorReport {
+    let broker = Broker::start_with(opts);
+    let now = clock::now();
+    let creds = broker.issue_client_valid("term-01", now - 3600, now + 365 * 86_400);
+    let t = Terminal::new(&creds, broker.port);
+    let report = doctor::run_checks(&t.config);
+    assert_eq!(outcome(&report, names::BROKER), &Outcome::Pass, "{report}");
+    assert_eq!(
+        outcome(&report, names::BROKER_ACL),
+        &Outcome::Pass,
+        "{report}"
+    );
+    report
+}
+
+#[test]
+fn the_old_pattern_layout_fails_confinement() {
+    let report = doctor_against(BrokerOptions {
+        acl: BrokerAcl::Custom(OLD_PATTERN_ACL.into()),
+        client_id_from_certificate: false,
+        ..BrokerOptions::default()
+    });
+    // `pattern write facegate/+/%u/reply`: the same device name at any site.
+    assert_fails(
+        &report,
+        names::BROKER_CONFINEMENT,
+        "accepted a publish on facegate/doctor-probe/term-01/reply",
+    );
+    assert_fails(
+        &report,
+        names::BROKER_CONFINEMENT,
+        "use_username_as_clientid",
+    );
+    assert_fails(&report, names::BROKER_CONFINEMENT, "facegate fleet acl");
+}
+
+#[test]
+fn a_broker_letting_the_device_read_everything_fails_confinement() {
+    // Client ids tied to certificates, but the device may read and write it all.
+    let report = doctor_against(BrokerOptions {
+        acl: BrokerAcl::Custom("user term-01\ntopic readwrite facegate/#\n".into()),
+        ..BrokerOptions::default()
+    });
+    assert_fails(&report, names::BROKER_CONFINEMENT, "delivered");
+    assert_fails(
+        &report,
+        names::BROKER_CONFINEMENT,
+        "facegate/lobby/term-01/reply",
+    );
+    assert_fails(
+        &report,
+        names::BROKER_CONFINEMENT,
+        "facegate/lobby/doctor-probe/reply",
+    );
+    let Outcome::Fail(msg) = outcome(&report, names::BROKER_CONFINEMENT) else {
+        unreachable!()
+    };
+    assert!(!msg.contains("use_username_as_clientid is off"), "{msg}");
+}
+
+/// The probe resumes the device's own session without wiping it and
+/// acknowledges nothing: a command queued for the device is still delivered
+/// to it afterwards. (With the probe's former clean session, which the broker
+/// now names after the certificate, the command was lost; so it was when the
+/// probe acknowledged what it received: both checked.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_keeps_what_is_queued_for_the_device() {
+    const T: Duration = Duration::from_secs(10);
+    let broker = Broker::start();
+    let now = clock::now();
+    let creds = broker.issue_client_valid("term-01", now - 3600, now + 365 * 86_400);
+    let cmd = "facegate/lobby/term-01/cmd";
+    let mut dev = Session::spawn(broker.options_for("term-01", "localhost", &creds));
+    dev.wait_connected(T).await.unwrap();
+    dev.subscribe(cmd, T).await;
+    dev.client.disconnect().await.unwrap();
+    while dev.next(Duration::from_millis(300)).await.is_some() {}
+    let mut fleet = Session::spawn(broker.options("fleet"));
+    fleet.wait_connected(T).await.unwrap();
+    fleet.publish(cmd, "queued-revocation").await;
+    fleet.wait_puback(T).await.expect("PUBACK");
+
+    let t = Terminal::new(&creds, broker.port);
+    let config = t.config.clone();
+    let report = tokio::task::spawn_blocking(move || doctor::run_checks(&config))
+        .await
+        .unwrap();
+    assert!(report.ok(), "{report}");
+
+    let mut dev = Session::spawn(broker.options_for("term-01", "localhost", &creds));
+    let ack = dev.wait_connected(T).await.unwrap();
+    assert!(ack.session_present, "the device's session was wiped");
+    let got = dev.recv_on(cmd, T).await.expect("the queued command");
+    assert_eq!(&got.payload[..], b"queued-revocation");
+}
+
+/// While the daemon runs, a probe would take its session over: the ACL checks
+/// are skipped with a warning, the connection is read from the daemon.
+#[test]
+fn with_the_daemon_running_the_probes_are_skipped() {
+    let broker = Broker::start();
+    let d = Daemon::builder().broker(&broker).start();
+    d.wait_uplink_connected(Duration::from_secs(20));
+    let connections = broker.log().matches(" as term-01 ").count();
+    let report = doctor::run_checks(&d.config);
+    assert_eq!(outcome(&report, names::BROKER), &Outcome::Pass, "{report}");
+    for name in [names::BROKER_ACL, names::BROKER_CONFINEMENT] {
+        match outcome(&report, name) {
+            Outcome::Warn(msg) => assert!(msg.contains("daemon runs"), "{msg}"),
+            other => panic!("{name}: {other:?}\n{report}"),
+        }
+    }
+    assert_eq!(
+        broker.log().matches(" as term-01 ").count(),
+        connections,
+        "the doctor connected as the running daemon"
+    );
 }
 
 #[test]
@@ -389,4 +531,28 @@ fn broker_acl_refusing_the_devices_topics_fails() {
     // PUBACK says "not authorized" for a topic outside the device's ACL.
     assert_fails(&report, names::BROKER_ACL, "elsewhere/lobby/term-01/reply");
     assert_fails(&report, names::BROKER_ACL, "NotAuthorized");
+    assert_fails(&report, names::BROKER_CONFINEMENT, "not checked");
+}
+
+/// A control socket that is there but does not answer: whether a daemon runs
+/// is unknown, so the probes (which would take its session over) do not run.
+#[test]
+fn a_control_socket_that_does_not_answer_skips_the_probes() {
+    let broker = Broker::start();
+    let now = clock::now();
+    let creds = broker.issue_client_valid("term-01", now - 3600, now + 365 * 86_400);
+    let t = Terminal::new(&creds, broker.port);
+    let _listener = std::os::unix::net::UnixListener::bind(t.path("state/control.sock")).unwrap();
+    let connections = broker.log().matches(" as term-01 ").count();
+    let report = doctor::run_checks(&t.config);
+    for name in [names::BROKER, names::BROKER_ACL, names::BROKER_CONFINEMENT] {
+        match outcome(&report, name) {
+            Outcome::Warn(msg) => assert!(
+                msg.contains("cannot tell whether the daemon runs") && msg.contains("no answer"),
+                "{msg}"
+            ),
+            other => panic!("{name}: {other:?}\n{report}"),
+        }
+    }
+    assert_eq!(broker.log().matches(" as term-01 ").count(), connections);
 }

@@ -148,6 +148,7 @@ async fn untrusted_broker_certificate_is_refused() {
 async fn broker_certificate_for_another_name_is_refused() {
     let broker = Broker::start_with(BrokerOptions {
         server_names: vec!["broker.example.net".into()],
+        ..BrokerOptions::default()
     });
     let creds = broker.issue_client("term-01");
 
@@ -278,7 +279,8 @@ async fn last_will_is_published_retained_when_the_device_dies() {
     assert_eq!(&will.payload[..], offline.as_bytes());
 
     // A back-end that subscribes later still sees the device as offline.
-    let mut late = Session::spawn(broker.options("fleet"));
+    // A second fleet connection at once needs its own certificate (CN = client id).
+    let mut late = Session::spawn(broker.options("fleet-2"));
     late.wait_connected(T).await.unwrap();
     late.client
         .subscribe(status, QoS::AtLeastOnce)

@@ -39,7 +39,7 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: Ctl,
     },
-    /// Fleet managers' tool: keys, consent tokens, signed commands.
+    /// Fleet managers' tool: keys, consent tokens, signed commands, broker ACL.
     Fleet {
         #[command(subcommand)]
         command: Fleet,
@@ -122,6 +122,46 @@ pub(crate) enum Fleet {
     Sign(SignArgs),
     /// Sign a command, publish it over mutual TLS and print the replies.
     Send(Box<SendArgs>),
+    /// Print the broker ACL (Mosquitto) confining each device to its own topics.
+    #[command(long_about = ACL_ABOUT)]
+    Acl(AclArgs),
+}
+
+const ACL_ABOUT: &str = "\
+Print the Mosquitto acl_file that confines each device certificate to its own
+site's and device's topics, from an inventory of `SITE DEVICE` lines (one
+device per line, `#` starts a comment). A device may write its captures, reply
+and status topics and read its own command topic, its site's command topic and
+its site's consent-log head; each --fleet user reads and commands every site,
+or only the sites given after `=`.
+
+Mosquitto patterns (%u, %c) cannot name \"the site of this device\", hence one
+block per device. Device ids are certificate CNs and broker user names: they
+must be unique on the broker (also across sites) and must not be a fleet user's
+name or `fleet`. The file is correct only with these mosquitto.conf lines on the
+TLS listener (they are also printed in its header):
+
+  require_certificate true
+  use_identity_as_username true
+  use_username_as_clientid true
+  acl_file /etc/mosquitto/facegate.acl
+
+With use_username_as_clientid every connection of a certificate is the session
+named by its CN, so a back-end program that connects more than once at a time
+needs one certificate (and --fleet user) per connection.";
+
+#[derive(Args)]
+pub(crate) struct AclArgs {
+    /// Inventory file, one `SITE DEVICE` per line; `-` reads it from stdin.
+    #[arg(long)]
+    pub(crate) inventory: PathBuf,
+    /// Topic prefix.
+    #[arg(long, default_value = "facegate")]
+    pub(crate) prefix: String,
+    /// A fleet back-end user (certificate CN): `NAME` for every site, or
+    /// `NAME=SITE[,SITE…]`; repeat for several.
+    #[arg(long = "fleet", default_value = "fleet")]
+    pub(crate) fleet: Vec<String>,
 }
 
 #[derive(Args)]

@@ -9,7 +9,7 @@ use serde_json::Value;
 use facegate::cmd::Command;
 use facegate::{clock, consent, fleet, keys};
 
-use super::args::{Fleet, SendArgs};
+use super::args::{AclArgs, Fleet, SendArgs};
 
 /// Runs one fleet subcommand.
 pub fn execute(command: Fleet) -> anyhow::Result<ExitCode> {
@@ -61,8 +61,33 @@ pub fn execute(command: Fleet) -> anyhow::Result<ExitCode> {
             println!("{jws}");
         }
         Fleet::Send(a) => return fleet_send(*a, now),
+        Fleet::Acl(a) => print!("{}", fleet_acl(&a)?),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The ACL for `fleet acl`: reads the inventory, the rest is the library's.
+fn fleet_acl(a: &AclArgs) -> anyhow::Result<String> {
+    let inventory = if a.inventory.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .context("cannot read the inventory from stdin")?;
+        text
+    } else {
+        std::fs::read_to_string(&a.inventory)
+            .with_context(|| format!("cannot read the inventory {}", a.inventory.display()))?
+    };
+    let users = a
+        .fleet
+        .iter()
+        .map(|spec| fleet::acl::FleetUser::parse(spec))
+        .collect::<Result<Vec<_>, _>>()?;
+    let name = if a.inventory.as_os_str() == "-" {
+        "stdin".to_string()
+    } else {
+        a.inventory.display().to_string()
+    };
+    fleet::acl::generate(&inventory, &a.prefix, &users).with_context(|| name)
 }
 
 fn fleet_send(a: SendArgs, now: i64) -> anyhow::Result<ExitCode> {

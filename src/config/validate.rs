@@ -452,14 +452,19 @@ fn required<T>(key: &str, value: Option<T>) -> Result<T, ConfigError> {
     })
 }
 
-/// Required `[A-Za-z0-9_-]{1,64}` name (ids, topic prefix: no `/`, `+`, `#`).
-fn identifier(key: &str, value: Option<String>) -> Result<String, ConfigError> {
-    let value = required(key, value)?;
-    if (1..=64).contains(&value.len())
+/// Whether `value` is an identifier: `[A-Za-z0-9_-]{1,64}` (site and device
+/// ids, topic prefix: no `/`, `+`, `#`).
+pub fn is_identifier(value: &str) -> bool {
+    (1..=64).contains(&value.len())
         && value
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    {
+}
+
+/// Required `[A-Za-z0-9_-]{1,64}` name (ids, topic prefix: no `/`, `+`, `#`).
+fn identifier(key: &str, value: Option<String>) -> Result<String, ConfigError> {
+    let value = required(key, value)?;
+    if is_identifier(&value) {
         Ok(value)
     } else {
         Err(ConfigError::invalid(

@@ -6,7 +6,7 @@
 //! report and runs the checks; [`local`] has the checks that need no network
 //! (files, certificates, clock, disk, spool), whose date, clock and disk rules
 //! are pure functions of their inputs and `now` (unix seconds), tested
-//! table-driven; [`broker`] has the TLS connection and ACL probes.
+//! table-driven; [`broker`] has the TLS connection, ACL and confinement probes.
 
 pub mod broker;
 pub mod local;
@@ -55,6 +55,9 @@ pub mod names {
     pub const BROKER: &str = "broker connection";
     /// The broker's ACL lets the device read its commands and publish replies.
     pub const BROKER_ACL: &str = "broker ACL";
+    /// The broker confines the certificate: no other site's or device's
+    /// topics, and the client id is tied to the certificate.
+    pub const BROKER_CONFINEMENT: &str = "broker confinement";
 }
 
 /// How one check came out.

@@ -7,12 +7,21 @@
 //! temporary directory, starts Mosquitto on a free port of 127.0.0.1 and waits until
 //! it accepts connections. Clients authenticate with certificates from
 //! [`Broker::issue_client`]; the certificate common name becomes the MQTT user name
-//! (`use_identity_as_username`), which the ACL uses:
+//! (`use_identity_as_username`) and the client id (`use_username_as_clientid`:
+//! whatever id a client asks for, a certificate is always the session named by its
+//! CN). The ACL is the shipped layout, written by the product's own generator
+//! ([`facegate::fleet::acl::generate`], what `facegate fleet acl` prints) for the
+//! inventory in [`BrokerOptions::acl`] (by default the devices `term-01`..`term-03`
+//! of site `lobby`, devices `a-01`, `a-02` of site `site-a` and `b-01` of
+//! `site-b`, and the fleet users `fleet`, `fleet-2` and `fleet-3`):
 //!
-//! - a device `D` may publish `facegate/+/D/{captures,reply,status}` and read
-//!   `facegate/+/D/cmd` and `facegate/+/cmd`;
-//! - the user `fleet` may read `facegate/#` and publish `facegate/+/cmd` and
-//!   `facegate/+/+/cmd`.
+//! - a device `D` of site `S` may publish `facegate/S/D/{captures,reply,status}`
+//!   and read `facegate/S/D/cmd`, `facegate/S/cmd` and `facegate/S/consent/head`;
+//! - a fleet user may read `facegate/#` and publish commands and consent heads.
+//!
+//! Since the CN is the client id, two connections with one certificate take
+//! each other's session over: a test that needs two fleet connections at once
+//! uses `fleet` and `fleet-2`.
 //!
 //! Persistence is on (saved every second and on [`Broker::stop`]), so persistent
 //! sessions and retained messages survive [`Broker::restart`]. Dropping the broker
@@ -38,6 +47,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use facegate::clock;
+use facegate::fleet::acl::{self, FleetUser};
 use facegate::uplink::tls;
 use rumqttc::MqttOptions;
 use tempfile::TempDir;
@@ -112,12 +122,72 @@ pub struct BrokerOptions {
     /// Names (DNS or IP) in the broker's server certificate; change them to test
     /// server-name verification.
     pub server_names: Vec<String>,
+    /// The ACL file.
+    pub acl: BrokerAcl,
+    /// `use_username_as_clientid` (the shipped setting, on by default): the
+    /// certificate CN is the client id. Off only to show what it prevents.
+    pub client_id_from_certificate: bool,
+}
+
+/// The broker's ACL.
+#[derive(Debug, Clone)]
+pub enum BrokerAcl {
+    /// The shipped layout, from the product's generator for this inventory.
+    Shipped {
+        /// `(site, device)` pairs.
+        devices: Vec<(String, String)>,
+        /// Fleet users with rights over every site.
+        fleet: Vec<String>,
+    },
+    /// This text as it is (for example a permissive ACL a test shows is caught).
+    Custom(String),
+}
+
+impl BrokerAcl {
+    /// The default inventory (see the module docs).
+    pub fn shipped() -> BrokerAcl {
+        let devices = [
+            ("lobby", "term-01"),
+            ("lobby", "term-02"),
+            ("lobby", "term-03"),
+            ("site-a", "a-01"),
+            ("site-a", "a-02"),
+            ("site-b", "b-01"),
+        ];
+        BrokerAcl::Shipped {
+            devices: devices
+                .iter()
+                .map(|(s, d)| (s.to_string(), d.to_string()))
+                .collect(),
+            fleet: ["fleet", "fleet-2", "fleet-3"].map(String::from).to_vec(),
+        }
+    }
+
+    /// The ACL file's text.
+    pub fn text(&self) -> String {
+        match self {
+            BrokerAcl::Custom(text) => text.clone(),
+            BrokerAcl::Shipped { devices, fleet } => {
+                let inventory: String = devices
+                    .iter()
+                    .map(|(site, device)| format!("{site} {device}\n"))
+                    .collect();
+                let users: Vec<FleetUser> = fleet
+                    .iter()
+                    .map(|f| FleetUser::parse(f).unwrap_or_else(|e| panic!("{e}")))
+                    .collect();
+                acl::generate(&inventory, "facegate", &users).unwrap_or_else(|e| panic!("{e}"))
+            }
+        }
+    }
 }
 
 impl Default for BrokerOptions {
     fn default() -> Self {
         BrokerOptions {
             server_names: vec!["localhost".into(), "127.0.0.1".into()],
+            acl: BrokerAcl::shipped(),
+            client_id_from_certificate: true,
         }
     }
 }
@@ -186,7 +256,7 @@ impl Broker {
             let path = dir.path().join(sub);
             fs::create_dir_all(&path).map_err(|source| BrokerError::Write { path, source })?;
         }
-        write_acl(&dir.path().join("acl"))?;
+        write_acl(&dir.path().join("acl"), &opts.acl.text())?;
 
         let mut broker = Broker {
             port: 0,
@@ -199,7 +269,11 @@ impl Broker {
         let mut last = None;
         for _attempt in 0..PORT_ATTEMPTS {
             broker.port = util::try_free_port().map_err(BrokerError::Port)?;
-            write_config(broker.dir.path(), broker.port)?;
+            write_config(
+                broker.dir.path(),
+                broker.port,
+                opts.client_id_from_certificate,
+            )?;
             match broker.spawn_and_wait() {
                 Ok(()) => return Ok(broker),
                 // Someone took the port between our probe and Mosquitto's bind: retry.
@@ -410,9 +484,9 @@ fn mosquitto_binary() -> Result<PathBuf, BrokerError> {
     }
 }
 
-fn write_config(dir: &Path, port: u16) -> Result<(), BrokerError> {
+fn write_config(dir: &Path, port: u16, client_id_from_cn: bool) -> Result<(), BrokerError> {
     let p = |name: &str| dir.join(name).display().to_string();
-    let conf = format!(
+    let mut conf = format!(
         "# Private throwaway broker: mutual TLS, identity from the client certificate CN.\n\
          per_listener_settings false\n\
          allow_anonymous false\n\
@@ -447,26 +521,15 @@ fn write_config(dir: &Path, port: u16) -> Result<(), BrokerError> {
         cert = p("server.pem"),
         key = p("server.key"),
     );
+    if client_id_from_cn {
+        conf.push_str("use_username_as_clientid true\n");
+    }
     let path = dir.join("mosquitto.conf");
     fs::write(&path, conf).map_err(|source| BrokerError::Write { path, source })
 }
 
-fn write_acl(path: &Path) -> Result<(), BrokerError> {
+fn write_acl(path: &Path, acl: &str) -> Result<(), BrokerError> {
     use std::os::unix::fs::PermissionsExt;
-    let acl = "\
-# The fleet back-end reads everything and sends commands.
-user fleet
-topic read facegate/#
-topic write facegate/+/cmd
-topic write facegate/+/+/cmd
-
-# Every device (user name = certificate CN) owns its own topics only.
-pattern write facegate/+/%u/captures
-pattern write facegate/+/%u/reply
-pattern write facegate/+/%u/status
-pattern read facegate/+/%u/cmd
-pattern read facegate/+/cmd
-";
     let err = |source| BrokerError::Write {
         path: path.to_path_buf(),
         source,
