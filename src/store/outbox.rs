@@ -325,7 +325,9 @@ pub(super) fn ack(
     capture_ids: &[CaptureId],
     now: i64,
 ) -> Result<usize, StoreError> {
-    let mut w = store.writer_zeroing(false)?;
+    // Zeroing on, as for every delete: the freed pages must not keep the
+    // ciphertext (ARCHITECTURE I4). A burst of PUBACKs shares one transaction.
+    let mut w = store.writer()?;
     let mut deleted = 0;
     let mut subjects = std::collections::BTreeSet::new();
     for capture_id in capture_ids {
@@ -338,7 +340,8 @@ pub(super) fn ack(
         let Some(r) = found else {
             continue;
         };
-        w.tx.execute("DELETE FROM captures WHERE seq = ?1", [r.seq])
+        w.tx.prepare_cached("DELETE FROM captures WHERE seq = ?1")
+            .and_then(|mut s| s.execute([r.seq]))
             .op("deleting an uploaded capture")?;
         w.audit(
             now,
@@ -349,10 +352,6 @@ pub(super) fn ack(
         subjects.insert(r.subject_ref);
         deleted += 1;
     }
-    // A data key must never survive in a freed page: zeroing back on before
-    // destroying the keys of subjects left without captures.
-    w.tx.pragma_update(None, "secure_delete", "ON")
-        .op("setting secure_delete")?;
     for subject_ref in &subjects {
         destroy_key_if_unused(&w, subject_ref)?;
     }
@@ -360,6 +359,10 @@ pub(super) fn ack(
         w.bump(counter::UPLOADED, deleted as u64)?;
     }
     w.commit()?;
+    if deleted > 0 {
+        // The WAL still holds the pages as they were before the delete.
+        store.wal_has_deleted = true;
+    }
     Ok(deleted)
 }
 
