@@ -41,6 +41,7 @@ use std::time::Duration;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use serde::Serialize;
 use serde_json::Value;
+use zeroize::Zeroizing;
 
 use crate::audit::{AuditEntry, VerifyReport};
 use crate::config::{Identity, OutboxConfig, TrustedKey};
@@ -299,8 +300,8 @@ pub struct Capture {
     pub content_type: String,
     /// SHA-256 of `image`, for the envelope.
     pub sha256: [u8; 32],
-    /// Sanitized image bytes (plaintext in memory only).
-    pub image: Vec<u8>,
+    /// Sanitized image bytes (plaintext in memory only), wiped when dropped.
+    pub image: Zeroizing<Vec<u8>>,
 }
 
 /// A queued capture, decrypted, as the uplink needs it: the capture plus when

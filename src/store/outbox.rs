@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use zeroize::Zeroizing;
 
 use super::purge::{capture_ref, delete_rows, destroy_key_if_unused, CaptureRef, REF_COLUMNS};
 use super::{
@@ -154,6 +155,7 @@ pub(super) fn insert(
         }
         // No consent check here: the caller's gate decision, taken under the
         // same lock, stands (see `Store::insert_captures`).
+        // Plaintext (the subject id among it): wiped once sealed.
         let meta = serde_json::to_vec(&Meta {
             subject: c.subject.clone(),
             consent_id: c.consent_id.clone(),
@@ -162,6 +164,7 @@ pub(super) fn insert(
             content_type: c.content_type.clone(),
             sha256: hex::encode(c.sha256),
         })
+        .map(Zeroizing::new)
         .map_err(|e| StoreError::Corrupt {
             what: format!("capture {} metadata: {e}", c.capture_id),
         })?;

@@ -92,7 +92,7 @@ fn capture(id: &str, subject: &str, consent_id: &str, image: &[u8]) -> Capture {
         camera: "cam-1".into(),
         content_type: "image/jpeg".into(),
         sha256: [9u8; 32],
-        image: image.to_vec(),
+        image: image.to_vec().into(),
     }
 }
 
@@ -606,7 +606,7 @@ fn pending_is_ordered_decrypted_and_honours_exclude() {
     let first = &p[0];
     assert_eq!(first.subject, "S-1");
     assert_eq!(first.consent_id, "consent-S-1");
-    assert_eq!(first.image, marked_image(a[0].as_str()));
+    assert_eq!(*first.image, marked_image(a[0].as_str()));
     assert_eq!(first.sha256, [9u8; 32]);
     assert_eq!(first.camera, "cam-1");
     assert_eq!(first.content_type, "image/jpeg");
@@ -1137,7 +1137,7 @@ fn purge_subject_and_all_keep_consents() {
         )
         .unwrap();
     assert_eq!(r, [Inserted::Accepted]);
-    assert_eq!(s.pending(5, &[]).unwrap()[0].image, b"img");
+    assert_eq!(s.pending(5, &[]).unwrap()[0].image.as_slice(), b"img");
 }
 
 #[test]
