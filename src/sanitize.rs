@@ -340,8 +340,12 @@ struct Wiped(Bytes);
 impl Drop for Wiped {
     fn drop(&mut self) {
         // Unshared, the conversion keeps the same memory.
-        if let Ok(mut unshared) = std::mem::take(&mut self.0).try_into_mut() {
-            unshared[..].zeroize();
+        match std::mem::take(&mut self.0).try_into_mut() {
+            Ok(mut unshared) => unshared[..].zeroize(),
+            Err(_still_shared) => {
+                #[cfg(test)]
+                tests::LEFT_UNWIPED.with(|n| n.set(n.get() + 1));
+            }
         }
     }
 }
@@ -532,8 +536,50 @@ fn decode_error(format: ContentType, limits: &CaptureConfig, e: image::ImageErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use facegate_testkit::synth;
 
     const J: ContentType = ContentType::Jpeg;
+
+    thread_local! {
+        /// img-parts working copies dropped while still shared (not wiped).
+        pub(super) static LEFT_UNWIPED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// Fails on the old code: the output grew piece by piece (its capacity
+    /// ended above its length, after reallocations that each left a copy in
+    /// freed memory), and img-parts' copies were only freed.
+    #[test]
+    fn buffers_are_allocated_once_and_working_copies_wiped() {
+        let limits = CaptureConfig {
+            max_file_bytes: 8 << 20,
+            max_width: 4096,
+            max_height: 4096,
+            max_alloc_bytes: 64 << 20,
+            spool_grace: std::time::Duration::from_secs(60),
+            poll_interval: std::time::Duration::from_millis(100),
+        };
+        let jpeg = synth::face_jpeg(320, 240, 1, 85);
+        let png = synth::face_png(160, 120, 2);
+        for (name, raw) in [
+            ("jpeg", jpeg.clone()),
+            ("jpeg with EXIF", synth::with_exif_gps(&jpeg, "MARK")),
+            ("png", png.clone()),
+            ("png with text", synth::png_with_text(&png, "MARK")),
+        ] {
+            LEFT_UNWIPED.with(|n| n.set(0));
+            let clean = sanitize(&raw, &limits).unwrap();
+            assert_eq!(
+                clean.bytes.capacity(),
+                clean.bytes.len(),
+                "{name}: output grew"
+            );
+            assert_eq!(
+                LEFT_UNWIPED.with(|n| n.get()),
+                0,
+                "{name}: a working copy was still shared"
+            );
+        }
+    }
 
     type Case<'a> = (&'a [u8], Result<Vec<u8>, ImageError>);
 
