@@ -42,7 +42,7 @@ fn capture(subject: &str, n: usize, image: &[u8]) -> Capture {
         camera: "cam-1".into(),
         content_type: "image/jpeg".into(),
         sha256: [0u8; 32],
-        image: image.to_vec(),
+        image: image.to_vec().into(),
     }
 }
 

@@ -4,7 +4,9 @@
 //!
 //! Layout of every sealed blob: `nonce (12 bytes) || ciphertext || tag (16 bytes)`.
 //! The nonce is random per seal. Key bytes are never printed (`Debug` shows
-//! only the type) and are overwritten with zeros when dropped.
+//! only the type) and are overwritten with zeros when dropped. Sealing
+//! encrypts in the buffer it returns (no other copy of the plaintext is
+//! made); opening returns the plaintext as [`Zeroizing`], wiped when dropped.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -15,6 +17,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::hkdf;
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::{Zeroize, Zeroizing};
 
 /// Length in bytes of the device key and of every data key.
 pub const KEY_LEN: usize = 32;
@@ -82,16 +85,6 @@ fn random_bytes<const N: usize>() -> Result<[u8; N], CryptoError> {
     Ok(out)
 }
 
-#[allow(unsafe_code)] // volatile writes, see SAFETY below
-fn wipe(bytes: &mut [u8]) {
-    for b in bytes.iter_mut() {
-        // SAFETY: `b` is a valid, aligned, exclusive reference to a u8; the
-        // volatile write only keeps the compiler from eliding the wipe.
-        unsafe { std::ptr::write_volatile(b, 0) };
-    }
-    std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
-}
-
 /// The device's root storage secret, 32 random bytes in `<state_dir>/storage.key`.
 pub struct DeviceKey {
     bytes: [u8; KEY_LEN],
@@ -105,7 +98,7 @@ impl std::fmt::Debug for DeviceKey {
 
 impl Drop for DeviceKey {
     fn drop(&mut self) {
-        wipe(&mut self.bytes);
+        self.bytes.zeroize();
     }
 }
 
@@ -207,9 +200,9 @@ impl DeviceKey {
             },
             check,
         };
-        wipe(&mut wrap);
-        wipe(&mut pseud);
-        wipe(&mut audit);
+        wrap.zeroize();
+        pseud.zeroize();
+        audit.zeroize();
         keys
     }
 }
@@ -320,7 +313,7 @@ impl std::fmt::Debug for AuditSalt {
 
 impl Drop for AuditSalt {
     fn drop(&mut self) {
-        wipe(&mut self.0);
+        self.0.zeroize();
     }
 }
 
@@ -402,10 +395,14 @@ impl std::fmt::Debug for DataKey {
 
 impl Drop for DataKey {
     fn drop(&mut self) {
-        wipe(&mut self.bytes);
+        self.bytes.zeroize();
     }
 }
 
+/// Encrypts `plaintext` into a new buffer, `nonce || ciphertext || tag`.
+/// The buffer is allocated once at its final size and the plaintext is
+/// encrypted in place there, so no copy of the plaintext is left behind in
+/// freed memory (a growing `Vec` would reallocate and leave one).
 fn seal_with(
     key: &LessSafeKey,
     aad: &[u8],
@@ -415,34 +412,43 @@ fn seal_with(
     let nonce_bytes = random_bytes::<NONCE_LEN>()?;
     let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN);
     out.extend_from_slice(&nonce_bytes);
-    let mut body = plaintext.to_vec();
-    key.seal_in_place_append_tag(
+    out.extend_from_slice(plaintext);
+    let sealed = key.seal_in_place_separate_tag(
         Nonce::assume_unique_for_key(nonce_bytes),
         Aad::from(aad),
-        &mut body,
-    )
-    .map_err(|_| CryptoError::Seal { what })?;
-    out.extend_from_slice(&body);
-    wipe(&mut body);
-    Ok(out)
+        &mut out[NONCE_LEN..],
+    );
+    match sealed {
+        Ok(tag) => {
+            out.extend_from_slice(tag.as_ref());
+            Ok(out)
+        }
+        Err(_) => {
+            out.zeroize();
+            Err(CryptoError::Seal { what })
+        }
+    }
 }
 
+/// Decrypts `nonce || ciphertext || tag`; the plaintext is wiped when dropped.
 fn open_with(
     key: &LessSafeKey,
     aad: &[u8],
     sealed: &[u8],
     what: &'static str,
-) -> Result<Vec<u8>, CryptoError> {
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     if sealed.len() < NONCE_LEN + TAG_LEN {
         return Err(CryptoError::Open { what });
     }
     let (nonce, body) = sealed.split_at(NONCE_LEN);
     let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| CryptoError::Open { what })?;
-    let mut buf = body.to_vec();
+    let mut buf = Zeroizing::new(body.to_vec());
     let len = key
         .open_in_place(nonce, Aad::from(aad), &mut buf)
         .map_err(|_| CryptoError::Open { what })?
         .len();
+    // Shrinking never reallocates: the tag's bytes stay in the spare
+    // capacity, which the wipe covers too.
     buf.truncate(len);
     Ok(buf)
 }
@@ -477,14 +483,11 @@ impl DataKey {
         subject_ref: &[u8; 32],
         wrapped: &[u8],
     ) -> Result<DataKey, CryptoError> {
-        let mut plain = open_with(&kek.key, subject_ref, wrapped, "data key")?;
-        if plain.len() != KEY_LEN {
-            wipe(&mut plain);
-            return Err(CryptoError::Open { what: "data key" });
-        }
-        let mut bytes = [0u8; KEY_LEN];
-        bytes.copy_from_slice(&plain);
-        wipe(&mut plain);
+        let plain = open_with(&kek.key, subject_ref, wrapped, "data key")?;
+        let bytes: [u8; KEY_LEN] = plain
+            .as_slice()
+            .try_into()
+            .map_err(|_| CryptoError::Open { what: "data key" })?;
         Ok(DataKey { bytes })
     }
 
@@ -501,14 +504,15 @@ impl DataKey {
         seal_with(&aead_key(&self.bytes), &aad, plaintext, "capture")
     }
 
-    /// Reverses [`Self::seal`]; fails if any bound value differs.
+    /// Reverses [`Self::seal`]; fails if any bound value differs. The
+    /// plaintext is wiped when dropped.
     pub fn open(
         &self,
         part: Part,
         capture_id: &str,
         subject_ref: &[u8; 32],
         sealed: &[u8],
-    ) -> Result<Vec<u8>, CryptoError> {
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         let aad = capture_aad(part, capture_id, subject_ref);
         open_with(&aead_key(&self.bytes), &aad, sealed, "capture")
     }
@@ -517,9 +521,129 @@ impl DataKey {
 /// Bytes a sealed blob adds to its plaintext (nonce + tag), for quota estimates.
 pub const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 
+/// The global allocator of the library's unit tests: it counts, per thread
+/// and only while a test has armed it, the heap blocks of at least a given
+/// size that are allocated, reallocated and freed. A copy of a plaintext of
+/// that size needs such a block, so the counts show whether sealing or
+/// opening made a copy besides the buffer it returns.
+#[cfg(test)]
+mod big_blocks {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    pub struct Counting;
+
+    thread_local! {
+        /// Blocks of at least this size are counted; 0 = not armed.
+        static MIN: Cell<usize> = const { Cell::new(0) };
+        static ALLOCATED: Cell<usize> = const { Cell::new(0) };
+        static LAST: Cell<usize> = const { Cell::new(0) };
+        static REALLOCATED: Cell<usize> = const { Cell::new(0) };
+        static FREED: Cell<usize> = const { Cell::new(0) };
+    }
+
+    fn big(size: usize) -> bool {
+        MIN.try_with(|m| m.get() != 0 && size >= m.get())
+            .unwrap_or(false)
+    }
+
+    fn bump(counter: &'static std::thread::LocalKey<Cell<usize>>) {
+        let _ = counter.try_with(|c| c.set(c.get() + 1));
+    }
+
+    #[global_allocator]
+    static COUNTING: Counting = Counting;
+
+    // SAFETY: every call is passed on unchanged to the system allocator; the
+    // counting only touches const-initialised thread-locals (no allocation).
+    #[allow(unsafe_code)]
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            // SAFETY: the caller's contract is passed on as is.
+            let ptr = unsafe { System.alloc(layout) };
+            if big(layout.size()) {
+                bump(&ALLOCATED);
+                let _ = LAST.try_with(|l| l.set(ptr as usize));
+            }
+            ptr
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            if big(layout.size()) {
+                bump(&FREED);
+            }
+            // SAFETY: the caller's contract is passed on as is.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            if big(layout.size()) {
+                bump(&REALLOCATED);
+            }
+            // SAFETY: the caller's contract is passed on as is.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    /// What `f` did with blocks of at least `min` bytes on this thread:
+    /// (allocated, reallocated, freed, address of the last one allocated).
+    pub fn count<T>(min: usize, f: impl FnOnce() -> T) -> (T, [usize; 4]) {
+        for c in [&ALLOCATED, &REALLOCATED, &FREED, &LAST] {
+            c.with(|c| c.set(0));
+        }
+        MIN.with(|m| m.set(min));
+        let out = f();
+        MIN.with(|m| m.set(0));
+        let n = [&ALLOCATED, &REALLOCATED, &FREED, &LAST].map(|c| c.with(Cell::get));
+        (out, n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fails on the old code: `seal_with` copied the plaintext into a
+    /// `Vec` of its exact length, which grew for the tag (a reallocation,
+    /// leaving the plaintext in the freed block) and was then freed.
+    #[test]
+    fn sealing_and_opening_make_no_copy_besides_the_returned_buffer() {
+        let k = keys();
+        let s1 = k.pseudonyms.pseudonym("S-1");
+        let dek = DataKey::generate().unwrap();
+        let plain = vec![0x5Au8; 64 * 1024];
+        let (sealed, [allocated, reallocated, freed, last]) =
+            big_blocks::count(plain.len(), || {
+                dek.seal(Part::Image, "c1", &s1, &plain).unwrap()
+            });
+        assert_eq!(
+            (allocated, reallocated, freed),
+            (1, 0, 0),
+            "sealing: blocks of the plaintext's size (allocated, reallocated, freed)"
+        );
+        assert_eq!(
+            last,
+            sealed.as_ptr() as usize,
+            "the one block is the sealed buffer"
+        );
+        assert_eq!(sealed.len(), plain.len() + SEAL_OVERHEAD);
+
+        let (opened, [allocated, reallocated, freed, last]) =
+            big_blocks::count(plain.len(), || {
+                dek.open(Part::Image, "c1", &s1, &sealed).unwrap()
+            });
+        assert_eq!(
+            (allocated, reallocated, freed),
+            (1, 0, 0),
+            "opening: blocks of the plaintext's size (allocated, reallocated, freed)"
+        );
+        assert_eq!(
+            last,
+            opened.as_ptr() as usize,
+            "the one block is the plaintext"
+        );
+        assert_eq!(*opened, plain);
+    }
 
     fn keys() -> DerivedKeys {
         DeviceKey::from_bytes([7u8; 32]).derive()
@@ -660,7 +784,12 @@ mod tests {
         let plain = b"MARKER image bytes".to_vec();
         let sealed = dek.seal(Part::Image, "c1", &s1, &plain).unwrap();
         assert!(!sealed.windows(6).any(|w| w == b"MARKER"));
-        assert_eq!(dek.open(Part::Image, "c1", &s1, &sealed).unwrap(), plain);
+        assert_eq!(
+            dek.open(Part::Image, "c1", &s1, &sealed)
+                .unwrap()
+                .as_slice(),
+            plain
+        );
         assert!(dek.open(Part::Image, "c2", &s1, &sealed).is_err());
         assert!(dek.open(Part::Image, "c1", &s2, &sealed).is_err());
         assert!(dek.open(Part::Meta, "c1", &s1, &sealed).is_err());

@@ -25,7 +25,8 @@ use crate::uplink;
 
 /// File name of the device storage key inside the state directory.
 pub const STORAGE_KEY_FILE: &str = "storage.key";
-/// How often the consent rule is applied to the outbox and retention is enforced.
+/// How often the consent rule is applied to the outbox, retention is enforced
+/// and the WAL is truncated after uploads.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
 
 /// Why the daemon could not start (it never fails once running: errors there
@@ -209,8 +210,9 @@ async fn watchdog(agent: Arc<Agent>, every: Duration, mut shutdown: Shutdown) {
 
 /// Applies the consent rule to every queued subject (purging the captures of
 /// those it refuses: expiry, a removed or replaced trust key, ...), deletes
-/// expired consents and enforces retention of the outbox and of the audit
-/// log; with or without a broker (ARCHITECTURE I8).
+/// expired consents, enforces retention of the outbox and of the audit log,
+/// and truncates the WAL after uploads; with or without a broker
+/// (ARCHITECTURE I4, I8).
 async fn housekeeping(agent: Arc<Agent>, mut shutdown: Shutdown) {
     let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
     loop {
@@ -227,6 +229,9 @@ async fn housekeeping(agent: Arc<Agent>, mut shutdown: Shutdown) {
                 let purged: usize = swept.iter().map(|s| s.purged.len()).sum();
                 let old = s.enforce_retention(now, cfg.outbox.retention)?;
                 s.forget_commands(now)?;
+                // Uploaded captures deleted since the last pass: their
+                // pre-delete pages leave the WAL (ARCHITECTURE I4).
+                s.truncate_wal_after_deletes()?;
                 Ok((purged, old.len()))
             })
             .await;

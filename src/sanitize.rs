@@ -19,6 +19,13 @@
 //! (they may hold preview images, appended videos or other files), so they
 //! are dropped from the output; the image itself is still accepted.
 //!
+//! Every buffer of image data this module owns is wiped when it is done
+//! with it: the output ([`CleanImage::bytes`], a `Zeroizing` buffer
+//! allocated once at its final size), img-parts' working copies of the input
+//! and of the cleaned scan data (overwritten once img-parts holds no
+//! reference to them any more), and the decoded pixels. Not wiped: what the
+//! JPEG and PNG decoders allocate inside themselves (row and block buffers).
+//!
 //! JPEG keeps only SOI, DQT, SOFn, DHT, DAC, DRI, SOS with scan data (every
 //! scan of a progressive file) and EOI, plus an `APP14 "Adobe"` segment when
 //! present because it changes how colours are decoded. All other APPn
@@ -36,6 +43,7 @@ use image::ImageDecoder;
 use img_parts::jpeg::{markers, Jpeg, JpegSegment};
 use img_parts::png::Png;
 use img_parts::Bytes;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::config::CaptureConfig;
 
@@ -97,8 +105,9 @@ impl fmt::Display for ContentType {
 /// A validated image with all metadata removed: the bytes that get uploaded.
 #[derive(Clone, PartialEq, Eq)]
 pub struct CleanImage {
-    /// The sanitized file (same compressed pixel data as the input, no metadata).
-    pub bytes: Vec<u8>,
+    /// The sanitized file (same compressed pixel data as the input, no
+    /// metadata), wiped when dropped.
+    pub bytes: Zeroizing<Vec<u8>>,
     /// Format of `bytes`, for the envelope's `content_type`.
     pub content_type: ContentType,
     /// Width in pixels, as decoded.
@@ -251,10 +260,22 @@ fn keep_jpeg_header_segment(seg: &JpegSegment) -> Result<bool, ImageError> {
 
 /// Parses the JPEG header, checks dimensions, drops metadata segments, and
 /// rebuilds the file up to and including EOI.
-fn strip_jpeg(raw: &[u8], limits: &CaptureConfig) -> Result<Vec<u8>, ImageError> {
+fn strip_jpeg(raw: &[u8], limits: &CaptureConfig) -> Result<Zeroizing<Vec<u8>>, ImageError> {
+    // img-parts works on its own copy of the file: wiped when it is done.
+    let copy = Wiped(Bytes::copy_from_slice(raw));
+    let clean_tail = Wiped(Bytes::new());
+    strip_jpeg_in(raw, &copy, clean_tail, limits)
+}
+
+fn strip_jpeg_in(
+    raw: &[u8],
+    copy: &Wiped,
+    mut clean_tail: Wiped,
+    limits: &CaptureConfig,
+) -> Result<Zeroizing<Vec<u8>>, ImageError> {
     const J: ContentType = ContentType::Jpeg;
     // img-parts parses segments up to the first SOS; its "entropy" is the rest of the file.
-    let mut jpeg = Jpeg::from_bytes(Bytes::copy_from_slice(raw)).map_err(|e| parts_error(J, e))?;
+    let mut jpeg = Jpeg::from_bytes(copy.0.clone()).map_err(|e| parts_error(J, e))?;
     let sofs: Vec<&JpegSegment> = jpeg
         .segments()
         .iter()
@@ -300,14 +321,33 @@ fn strip_jpeg(raw: &[u8], limits: &CaptureConfig) -> Result<Vec<u8>, ImageError>
     // The parser stopped at this SOS; its entropy is the rest of the file, a suffix of `raw`.
     let entropy_len = sos.len_with_entropy() - sos.len();
     let tail = &raw[raw.len() - entropy_len..];
-    let clean_tail = clean_jpeg_tail(tail)?;
+    clean_tail.0 = Bytes::from(clean_jpeg_tail(tail)?);
     kept.push(JpegSegment::new_with_entropy(
         markers::SOS,
         sos.contents().clone(),
-        Bytes::from(clean_tail),
+        clean_tail.0.clone(),
     ));
     *jpeg.segments_mut() = kept;
     Ok(collect(jpeg.encoder()))
+    // `jpeg` goes first, then `clean_tail`: unshared, it is wiped.
+}
+
+/// A buffer img-parts reads from and slices (reference-counted): overwritten
+/// with zeros when dropped, if no slice of it is left by then (img-parts is
+/// done with it; otherwise it is only freed).
+struct Wiped(Bytes);
+
+impl Drop for Wiped {
+    fn drop(&mut self) {
+        // Unshared, the conversion keeps the same memory.
+        match std::mem::take(&mut self.0).try_into_mut() {
+            Ok(mut unshared) => unshared[..].zeroize(),
+            Err(_still_shared) => {
+                #[cfg(test)]
+                tests::LEFT_UNWIPED.with(|n| n.set(n.get() + 1));
+            }
+        }
+    }
 }
 
 /// Walks the bytes after the first SOS header: scan data, the segments
@@ -315,7 +355,8 @@ fn strip_jpeg(raw: &[u8], limits: &CaptureConfig) -> Result<Vec<u8>, ImageError>
 /// everything after EOI cut off. No EOI means the file is truncated.
 fn clean_jpeg_tail(tail: &[u8]) -> Result<Vec<u8>, ImageError> {
     const J: ContentType = ContentType::Jpeg;
-    let mut out = Vec::with_capacity(tail.len());
+    // Never grows past `tail.len()`; wiped if the tail is refused.
+    let mut out = Zeroizing::new(Vec::with_capacity(tail.len()));
     let mut run_start = 0; // start of scan data not yet copied
     let mut i = 0;
     loop {
@@ -342,7 +383,7 @@ fn clean_jpeg_tail(tail: &[u8]) -> Result<Vec<u8>, ImageError> {
         out.extend_from_slice(&tail[run_start..j]);
         if m == markers::EOI {
             out.extend_from_slice(&[0xFF, markers::EOI]);
-            return Ok(out);
+            return Ok(std::mem::take(&mut *out));
         }
         let keep = match m {
             markers::DHT | markers::DQT | markers::DRI | markers::DAC | markers::SOS => true,
@@ -373,7 +414,7 @@ fn clean_jpeg_tail(tail: &[u8]) -> Result<Vec<u8>, ImageError> {
 }
 
 /// Checks IHDR dimensions, requires IEND, and keeps only rendering chunks.
-fn strip_png(raw: &[u8], limits: &CaptureConfig) -> Result<Vec<u8>, ImageError> {
+fn strip_png(raw: &[u8], limits: &CaptureConfig) -> Result<Zeroizing<Vec<u8>>, ImageError> {
     const P: ContentType = ContentType::Png;
     // IHDR must be the first chunk; read its size fields before parsing anything else.
     let Some(ihdr) = raw.get(8..24) else {
@@ -389,7 +430,10 @@ fn strip_png(raw: &[u8], limits: &CaptureConfig) -> Result<Vec<u8>, ImageError> 
     }
     check_dimensions(width, height, limits)?;
 
-    let mut png = Png::from_bytes(Bytes::copy_from_slice(raw)).map_err(|e| parts_error(P, e))?;
+    // img-parts works on its own copy of the file: wiped when it is done
+    // (`copy` is declared first, so it is dropped after `png`).
+    let copy = Wiped(Bytes::copy_from_slice(raw));
+    let mut png = Png::from_bytes(copy.0.clone()).map_err(|e| parts_error(P, e))?;
     if png.chunks().last().map(|c| c.kind()) != Some(*b"IEND") {
         return Err(ImageError::Truncated(P));
     }
@@ -412,10 +456,13 @@ fn strip_png(raw: &[u8], limits: &CaptureConfig) -> Result<Vec<u8>, ImageError> 
     Ok(collect(png.encoder()))
 }
 
-fn collect<I: Iterator<Item = Bytes>>(pieces: I) -> Vec<u8> {
-    let mut out = Vec::new();
-    for piece in pieces {
-        out.extend_from_slice(&piece);
+/// The pieces of the rebuilt file in one buffer, allocated once at its final
+/// size (a growing buffer would leave copies of the image in freed memory).
+fn collect<I: Iterator<Item = Bytes>>(pieces: I) -> Zeroizing<Vec<u8>> {
+    let pieces: Vec<Bytes> = pieces.collect();
+    let mut out = Zeroizing::new(Vec::with_capacity(pieces.iter().map(Bytes::len).sum()));
+    for piece in &pieces {
+        out.extend_from_slice(piece);
     }
     out
 }
@@ -460,7 +507,8 @@ fn read_all(
     let len = usize::try_from(needed).map_err(|_| ImageError::TooManyPixels {
         max: limits.max_alloc_bytes,
     })?;
-    let mut buf = vec![0u8; len];
+    // The decoded pixels are only checked, never kept: wiped when dropped.
+    let mut buf = Zeroizing::new(vec![0u8; len]);
     d.read_image(&mut buf)
         .map_err(|e| decode_error(format, limits, e))?;
     Ok((w, h))
@@ -488,8 +536,50 @@ fn decode_error(format: ContentType, limits: &CaptureConfig, e: image::ImageErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use facegate_testkit::synth;
 
     const J: ContentType = ContentType::Jpeg;
+
+    thread_local! {
+        /// img-parts working copies dropped while still shared (not wiped).
+        pub(super) static LEFT_UNWIPED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// Fails on the old code: the output grew piece by piece (its capacity
+    /// ended above its length, after reallocations that each left a copy in
+    /// freed memory), and img-parts' copies were only freed.
+    #[test]
+    fn buffers_are_allocated_once_and_working_copies_wiped() {
+        let limits = CaptureConfig {
+            max_file_bytes: 8 << 20,
+            max_width: 4096,
+            max_height: 4096,
+            max_alloc_bytes: 64 << 20,
+            spool_grace: std::time::Duration::from_secs(60),
+            poll_interval: std::time::Duration::from_millis(100),
+        };
+        let jpeg = synth::face_jpeg(320, 240, 1, 85);
+        let png = synth::face_png(160, 120, 2);
+        for (name, raw) in [
+            ("jpeg", jpeg.clone()),
+            ("jpeg with EXIF", synth::with_exif_gps(&jpeg, "MARK")),
+            ("png", png.clone()),
+            ("png with text", synth::png_with_text(&png, "MARK")),
+        ] {
+            LEFT_UNWIPED.with(|n| n.set(0));
+            let clean = sanitize(&raw, &limits).unwrap();
+            assert_eq!(
+                clean.bytes.capacity(),
+                clean.bytes.len(),
+                "{name}: output grew"
+            );
+            assert_eq!(
+                LEFT_UNWIPED.with(|n| n.get()),
+                0,
+                "{name}: a working copy was still shared"
+            );
+        }
+    }
 
     type Case<'a> = (&'a [u8], Result<Vec<u8>, ImageError>);
 

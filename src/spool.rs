@@ -41,6 +41,7 @@ use std::time::{Duration, SystemTime};
 
 use ring::hmac;
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 use crate::clock;
 use crate::ids::SubjectId;
@@ -449,12 +450,15 @@ pub fn read_sidecar(path: &Path) -> Result<Sidecar, SpoolError> {
 
 /// Reads an image file of at most `max_bytes` bytes, refusing links and
 /// special files. A larger file is reported as [`SpoolError::TooLarge`]
-/// without reading it (at most `max_bytes + 1` bytes are ever read).
-pub fn read_image(path: &Path, max_bytes: u64) -> Result<Vec<u8>, SpoolError> {
+/// without reading it (at most `max_bytes + 1` bytes are ever read). The
+/// bytes are wiped when dropped.
+pub fn read_image(path: &Path, max_bytes: u64) -> Result<Zeroizing<Vec<u8>>, SpoolError> {
     read_bounded(path, max_bytes)
 }
 
-fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, SpoolError> {
+/// The file's bytes, in a buffer of the size `fstat` gave (it grows only if
+/// the file grew meanwhile), wiped when dropped.
+fn read_bounded(path: &Path, max: u64) -> Result<Zeroizing<Vec<u8>>, SpoolError> {
     let not_regular = || SpoolError::NotRegularFile {
         path: path.to_path_buf(),
     };
@@ -491,7 +495,7 @@ fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, SpoolError> {
     if meta.len() > max {
         return Err(too_large(meta.len()));
     }
-    let mut buf = Vec::with_capacity(meta.len() as usize);
+    let mut buf = Zeroizing::new(Vec::with_capacity(meta.len() as usize));
     file.take(max.saturating_add(1))
         .read_to_end(&mut buf)
         .map_err(io_err("reading", path))?;

@@ -185,7 +185,7 @@ fn png_trailing_bytes_removed() {
     raw.extend_from_slice(MARK.as_bytes());
     let clean = sanitize(&raw, &limits()).unwrap();
     assert!(
-        clean.bytes == src,
+        *clean.bytes == src,
         "PNG without ancillary chunks comes back unchanged"
     );
 }

@@ -377,7 +377,7 @@ fn missing_spool_dir_is_an_error_naming_it() {
 fn read_image_is_bounded() {
     let d = tempfile::tempdir().unwrap();
     let p = put(d.path(), "cap.jpg", &[7u8; 1000], 0);
-    assert_eq!(read_image(&p, 1000).unwrap(), vec![7u8; 1000]);
+    assert_eq!(*read_image(&p, 1000).unwrap(), vec![7u8; 1000]);
     let err = read_image(&p, 999).unwrap_err();
     assert!(
         matches!(

@@ -16,6 +16,7 @@ use args::{Cli, Command};
 
 /// Runs one parsed command line; the exit code on success.
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    forbid_core_dumps()?;
     match cli.command {
         Command::Run => run::daemon(&cli.config),
         Command::CheckConfig => {
@@ -50,6 +51,34 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ctl { command } => ctl::execute(&cli.config, command),
         Command::Fleet { command } => fleet::execute(command),
     }
+}
+
+/// Every facegate process holds secrets at some point (the daemon the
+/// storage key and plaintext images, `provision` and `fleet` private keys,
+/// `ctl` consent tokens), so before anything else each one makes itself
+/// non-dumpable: no core dump (`RLIMIT_CORE` 0, also without the unit's
+/// `LimitCORE=0`), and `PR_SET_DUMPABLE` 0, so other processes of the same
+/// user can neither ptrace it nor read its `/proc/PID/mem` or `environ`
+/// (those files then belong to root).
+#[allow(unsafe_code)] // setrlimit(2) and prctl(2), see SAFETY below
+fn forbid_core_dumps() -> anyhow::Result<()> {
+    let none = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: setrlimit only reads the rlimit struct passed by reference.
+    if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &none) } != 0 {
+        let e = std::io::Error::last_os_error();
+        anyhow::bail!("cannot turn off core dumps (setrlimit RLIMIT_CORE): {e}");
+    }
+    let off: libc::c_ulong = 0;
+    // SAFETY: PR_SET_DUMPABLE takes one integer argument (the unused ones
+    // are 0); no memory is passed.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, off, off, off, off) } != 0 {
+        let e = std::io::Error::last_os_error();
+        anyhow::bail!("cannot make the process non-dumpable (prctl PR_SET_DUMPABLE): {e}");
+    }
+    Ok(())
 }
 
 /// Largest value read from stdin or a file for [`arg_value`] (a consent

@@ -44,10 +44,35 @@ pub struct Envelope {
 }
 
 impl Envelope {
-    /// The JSON bytes published on the captures topic.
+    /// The JSON bytes published on the captures topic. The buffer is
+    /// allocated once, at a size the JSON cannot outgrow: a growing buffer
+    /// would leave partial copies of the (base64) image in freed memory.
     pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.json_len_bound());
         // Serializing plain strings, integers and byte strings cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+        match serde_json::to_writer(&mut out, self) {
+            Ok(()) => out,
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// An upper bound of the length of [`Self::to_bytes`]: the base64 image,
+    /// every text field fully escaped (`\u00XX`, 6 bytes per byte), and
+    /// room for the names, the digest, the time and the numbers.
+    fn json_len_bound(&self) -> usize {
+        let text: usize = [
+            &self.capture_id,
+            &self.site,
+            &self.device,
+            &self.subject,
+            &self.consent_id,
+            &self.camera,
+            &self.content_type,
+        ]
+        .iter()
+        .map(|t| t.len())
+        .sum();
+        4 * self.image.len().div_ceil(3) + 6 * text + 512
     }
 
     /// Parses an envelope as a back-end receives it.
@@ -138,6 +163,28 @@ mod tests {
         let mut v: Value = serde_json::from_slice(&sample().to_bytes()).unwrap();
         v["captured_at"] = json!("yesterday");
         assert!(Envelope::from_bytes(v.to_string().as_bytes()).is_err());
+    }
+
+    #[test]
+    fn the_json_is_written_into_one_buffer_that_never_grows() {
+        let cases = [
+            sample(),
+            Envelope {
+                image: (0..=255u8).cycle().take(100_000).collect(),
+                camera: "\u{1}\"\\\u{7f}é".repeat(20),
+                part: Some(u32::MAX),
+                parts: Some(u32::MAX),
+                captured_at: i64::from(i32::MIN),
+                ..sample()
+            },
+        ];
+        for e in cases {
+            let bytes = e.to_bytes();
+            assert_eq!(Envelope::from_bytes(&bytes).unwrap(), e);
+            // A buffer that had to grow would have a larger capacity.
+            assert_eq!(bytes.capacity(), e.json_len_bound(), "{e:?}");
+            assert!(bytes.len() <= bytes.capacity());
+        }
     }
 
     #[test]

@@ -64,12 +64,15 @@ pub(crate) mod fields {
         }
     }
 
-    /// Bytes as standard base64 (with padding).
+    /// Bytes as standard base64 (with padding). The encoded text is an
+    /// image: wiped once written out.
     pub mod base64_std {
         use super::*;
 
         pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-            s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+            let text =
+                zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(bytes));
+            s.serialize_str(&text)
         }
 
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {

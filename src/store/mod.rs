@@ -5,8 +5,10 @@
 //! per-subject wrapped data keys, the encrypted outbox, counters, the audit
 //! chain and the command replay set. Every public method that changes state is
 //! one transaction: its effect, its audit row(s) and its counter updates commit
-//! together or not at all. Purges end with `PRAGMA wal_checkpoint(TRUNCATE)` so
-//! no older page version survives in the WAL file.
+//! together or not at all. Every delete zeroes what it frees (`secure_delete`).
+//! Purges end with `PRAGMA wal_checkpoint(TRUNCATE)` so no older page version
+//! survives in the WAL file; after deletes of uploaded captures, housekeeping
+//! does the same ([`Store::truncate_wal_after_deletes`]).
 //!
 //! Subjects are stored by pseudonym (HMAC of the id under a device key). The
 //! plain subject id is kept only where it is needed: in consent rows (the token
@@ -39,6 +41,7 @@ use std::time::Duration;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use serde::Serialize;
 use serde_json::Value;
+use zeroize::Zeroizing;
 
 use crate::audit::{AuditEntry, VerifyReport};
 use crate::config::{Identity, OutboxConfig, TrustedKey};
@@ -301,8 +304,8 @@ pub struct Capture {
     pub content_type: String,
     /// SHA-256 of `image`, for the envelope.
     pub sha256: [u8; 32],
-    /// Sanitized image bytes (plaintext in memory only).
-    pub image: Vec<u8>,
+    /// Sanitized image bytes (plaintext in memory only), wiped when dropped.
+    pub image: Zeroizing<Vec<u8>>,
 }
 
 /// A queued capture, decrypted, as the uplink needs it: the capture plus when
@@ -368,6 +371,10 @@ pub struct Store {
     /// so [`Store::decide`] and [`Store::sweep_consents`] do not verify the
     /// same token again and again under unchanged trusted keys.
     signatures: SignatureMemo,
+    /// Rows were deleted (uploaded captures) since the WAL was last
+    /// truncated: the WAL may still hold their pages as they were before the
+    /// delete. True at open (a WAL left by a crash may hold anything).
+    wal_has_deleted: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -397,6 +404,7 @@ impl Store {
             path,
             keys,
             signatures: SignatureMemo::default(),
+            wal_has_deleted: true,
         };
         let r = schema::init(&mut store);
         store.finish(r)?;
@@ -561,18 +569,35 @@ impl Store {
         self.finish(r)
     }
 
-    /// Deletes an uploaded capture (broker PUBACK). False if it was not queued
-    /// (e.g. purged meanwhile).
+    /// Deletes an uploaded capture (broker PUBACK), zeroing its freed pages,
+    /// and its subject's data key if it was the subject's last capture. False
+    /// if it was not queued (e.g. purged meanwhile). The WAL keeps the older
+    /// page versions until [`Store::truncate_wal_after_deletes`].
     pub fn ack(&mut self, capture_id: &CaptureId, now: i64) -> Result<bool, StoreError> {
         self.ack_many(std::slice::from_ref(capture_id), now)
             .map(|n| n == 1)
     }
 
     /// Deletes several uploaded captures in one transaction (a burst of
-    /// PUBACKs); returns how many were still queued.
+    /// PUBACKs), as [`Store::ack`] does; returns how many were still queued.
     pub fn ack_many(&mut self, capture_ids: &[CaptureId], now: i64) -> Result<usize, StoreError> {
         let r = outbox::ack(self, capture_ids, now);
         self.finish(r)
+    }
+
+    /// Truncates the WAL (`PRAGMA wal_checkpoint(TRUNCATE)`) if uploaded
+    /// captures were deleted since it was last truncated (or since open), so
+    /// the page versions from before the delete, with their ciphertext, leave
+    /// `facegate.db-wal`; the database file itself only ever holds the zeroed
+    /// pages (ARCHITECTURE I4). Housekeeping calls it every few seconds; a
+    /// purge truncates at once. True if it truncated. A checkpoint that could
+    /// not complete is logged and tried again on the next call.
+    pub fn truncate_wal_after_deletes(&mut self) -> Result<bool, StoreError> {
+        if !self.wal_has_deleted {
+            return Ok(false);
+        }
+        self.checkpoint()?;
+        Ok(true)
     }
 
     /// Purges every capture of `subject` and destroys its data key; keeps
@@ -724,20 +749,10 @@ impl Store {
 
     // ---- internals --------------------------------------------------------
 
-    /// Starts an IMMEDIATE write transaction.
+    /// Starts an IMMEDIATE write transaction. `secure_delete` is on for the
+    /// whole connection (set at open, never turned off): every delete zeroes
+    /// the content it frees (ARCHITECTURE I4).
     pub(crate) fn writer(&mut self) -> Result<Writer<'_>, StoreError> {
-        self.writer_zeroing(true)
-    }
-
-    /// A write transaction; with `zero_freed` off, deleted content is not
-    /// overwritten. Only deleting *uploaded* captures uses that: their
-    /// ciphertext is unreadable once the subject's data key is destroyed (on
-    /// its last capture, or on purge — and every purge runs with zeroing on),
-    /// and skipping the zeroing halves the write volume of each PUBACK.
-    pub(crate) fn writer_zeroing(&mut self, zero_freed: bool) -> Result<Writer<'_>, StoreError> {
-        self.conn
-            .pragma_update(None, "secure_delete", if zero_freed { "ON" } else { "OFF" })
-            .op("setting secure_delete")?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -754,6 +769,7 @@ impl Store {
     /// a purge has committed, so a failure is logged rather than returned (the
     /// purge itself stands; the next checkpoint finishes the job).
     pub(crate) fn checkpoint(&mut self) -> Result<(), StoreError> {
+        self.wal_has_deleted = false;
         match self
             .conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
@@ -761,9 +777,11 @@ impl Store {
             }) {
             Ok(0) => {}
             Ok(_) => {
+                self.wal_has_deleted = true;
                 tracing::warn!(db = %self.path.display(), "WAL checkpoint could not complete: database busy")
             }
             Err(e) => {
+                self.wal_has_deleted = true;
                 tracing::error!(db = %self.path.display(), error = %e, "WAL checkpoint failed")
             }
         }

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use zeroize::Zeroizing;
 
 use super::purge::{capture_ref, delete_rows, destroy_key_if_unused, CaptureRef, REF_COLUMNS};
 use super::{
@@ -154,6 +155,7 @@ pub(super) fn insert(
         }
         // No consent check here: the caller's gate decision, taken under the
         // same lock, stands (see `Store::insert_captures`).
+        // Plaintext (the subject id among it): wiped once sealed.
         let meta = serde_json::to_vec(&Meta {
             subject: c.subject.clone(),
             consent_id: c.consent_id.clone(),
@@ -162,6 +164,7 @@ pub(super) fn insert(
             content_type: c.content_type.clone(),
             sha256: hex::encode(c.sha256),
         })
+        .map(Zeroizing::new)
         .map_err(|e| StoreError::Corrupt {
             what: format!("capture {} metadata: {e}", c.capture_id),
         })?;
@@ -325,7 +328,9 @@ pub(super) fn ack(
     capture_ids: &[CaptureId],
     now: i64,
 ) -> Result<usize, StoreError> {
-    let mut w = store.writer_zeroing(false)?;
+    // Zeroing on, as for every delete: the freed pages must not keep the
+    // ciphertext (ARCHITECTURE I4). A burst of PUBACKs shares one transaction.
+    let mut w = store.writer()?;
     let mut deleted = 0;
     let mut subjects = std::collections::BTreeSet::new();
     for capture_id in capture_ids {
@@ -338,7 +343,8 @@ pub(super) fn ack(
         let Some(r) = found else {
             continue;
         };
-        w.tx.execute("DELETE FROM captures WHERE seq = ?1", [r.seq])
+        w.tx.prepare_cached("DELETE FROM captures WHERE seq = ?1")
+            .and_then(|mut s| s.execute([r.seq]))
             .op("deleting an uploaded capture")?;
         w.audit(
             now,
@@ -349,10 +355,6 @@ pub(super) fn ack(
         subjects.insert(r.subject_ref);
         deleted += 1;
     }
-    // A data key must never survive in a freed page: zeroing back on before
-    // destroying the keys of subjects left without captures.
-    w.tx.pragma_update(None, "secure_delete", "ON")
-        .op("setting secure_delete")?;
     for subject_ref in &subjects {
         destroy_key_if_unused(&w, subject_ref)?;
     }
@@ -360,6 +362,10 @@ pub(super) fn ack(
         w.bump(counter::UPLOADED, deleted as u64)?;
     }
     w.commit()?;
+    if deleted > 0 {
+        // The WAL still holds the pages as they were before the delete.
+        store.wal_has_deleted = true;
+    }
     Ok(deleted)
 }
 

@@ -92,7 +92,7 @@ fn capture(id: &str, subject: &str, consent_id: &str, image: &[u8]) -> Capture {
         camera: "cam-1".into(),
         content_type: "image/jpeg".into(),
         sha256: [9u8; 32],
-        image: image.to_vec(),
+        image: image.to_vec().into(),
     }
 }
 
@@ -606,7 +606,7 @@ fn pending_is_ordered_decrypted_and_honours_exclude() {
     let first = &p[0];
     assert_eq!(first.subject, "S-1");
     assert_eq!(first.consent_id, "consent-S-1");
-    assert_eq!(first.image, marked_image(a[0].as_str()));
+    assert_eq!(*first.image, marked_image(a[0].as_str()));
     assert_eq!(first.sha256, [9u8; 32]);
     assert_eq!(first.camera, "cam-1");
     assert_eq!(first.content_type, "image/jpeg");
@@ -641,8 +641,7 @@ fn ack_deletes_counts_and_destroys_unused_key() {
     assert_eq!(keys(&s), 1);
     assert!(s.ack(&ids[1], T0 + 1).unwrap());
     assert_eq!(keys(&s), 0);
-    // Deleting uploaded captures skips zeroing, but the connection is left
-    // zeroing for everything after it (purges above all).
+    // Zeroing stays on for the connection (ARCHITECTURE I4).
     let sd: i64 = s
         .conn()
         .query_row("PRAGMA secure_delete", [], |r| r.get(0))
@@ -651,6 +650,92 @@ fn ack_deletes_counts_and_destroys_unused_key() {
     let c = s.counters().unwrap();
     assert_eq!((c["accepted"], c["uploaded"]), (2, 2));
     assert_eq!(s.outbox_stats(T0 + 1).unwrap(), OutboxStats::default());
+}
+
+/// Offset in `haystack` of any `len`-byte window of `needle`, if one is there.
+fn find_any_window(haystack: &[u8], needle: &[u8], len: usize) -> Option<usize> {
+    let windows: std::collections::HashSet<&[u8]> = needle.windows(len).collect();
+    haystack.windows(len).position(|w| windows.contains(w))
+}
+
+/// Fails on the old code: with `store.writer_zeroing(false)` in `outbox::ack`
+/// the checkpoint copies the unzeroed freed pages into `facegate.db` (found at
+/// "after the truncation"), and without the scheduled truncation the WAL keeps
+/// the pages from before the delete.
+#[test]
+fn uploaded_captures_leave_no_ciphertext_once_the_wal_is_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    // Opening never truncated anything: the first call does.
+    assert!(s.truncate_wal_after_deletes().unwrap());
+    assert!(
+        !s.truncate_wal_after_deletes().unwrap(),
+        "nothing deleted since"
+    );
+    let last = with_captures(&mut s, "S-last", 1, T0);
+    let kept = with_captures(&mut s, "S-kept", 2, T0);
+    // The sealed image; windows of the sealed metadata are searched too.
+    let sealed = |s: &Store, id: &CaptureId| -> Vec<u8> {
+        let (meta, image): (Vec<u8>, Vec<u8>) = s
+            .conn()
+            .query_row(
+                "SELECT meta, image FROM captures WHERE capture_id = ?1",
+                [id.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        [image, meta].concat()
+    };
+    let uploaded = [sealed(&s, &last[0]), sealed(&s, &kept[0])];
+    let still_queued = sealed(&s, &kept[1]);
+    let wrapped: Vec<u8> = s
+        .conn()
+        .query_row(
+            "SELECT wrapped FROM data_keys WHERE subject_ref = ?1",
+            [&s.keys.pseudonyms.pseudonym("S-last")[..]],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let files = raw_files(dir.path());
+    for ct in uploaded.iter().chain([&still_queued, &wrapped]) {
+        assert!(find_any_window(&files, ct, 32).is_some(), "control: stored");
+    }
+
+    assert_eq!(
+        s.ack_many(&[last[0].clone(), kept[0].clone()], T0 + 1)
+            .unwrap(),
+        2
+    );
+    // The WAL still holds the pages from before the delete: truncating is
+    // what makes the deleted rows go.
+    let files = raw_files(dir.path());
+    assert!(
+        find_any_window(&files, &uploaded[0], 32).is_some(),
+        "control: in the WAL"
+    );
+
+    assert!(s.truncate_wal_after_deletes().unwrap());
+    assert!(
+        !s.truncate_wal_after_deletes().unwrap(),
+        "nothing deleted since"
+    );
+    let files = raw_files(dir.path());
+    for (what, ct) in [
+        ("uploaded capture", &uploaded[0]),
+        ("uploaded capture", &uploaded[1]),
+        ("data key", &wrapped),
+    ] {
+        if let Some(at) = find_any_window(&files, ct, 32) {
+            panic!("after the truncation: {what} bytes found at offset {at} of the database files");
+        }
+    }
+    let wal_len = std::fs::metadata(dir.path().join("facegate.db-wal"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert_eq!(wal_len, 0, "WAL truncated");
+    // What is still queued is untouched and still readable.
+    assert!(find_any_window(&files, &still_queued, 32).is_some());
+    assert_eq!(pending_ids(&mut s, 10, &[]), [kept[1].clone()]);
 }
 
 #[test]
@@ -1052,7 +1137,7 @@ fn purge_subject_and_all_keep_consents() {
         )
         .unwrap();
     assert_eq!(r, [Inserted::Accepted]);
-    assert_eq!(s.pending(5, &[]).unwrap()[0].image, b"img");
+    assert_eq!(s.pending(5, &[]).unwrap()[0].image.as_slice(), b"img");
 }
 
 #[test]

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 use tokio::sync::mpsc;
+use zeroize::Zeroize;
 
 use super::handover::{self, Queued};
 use super::link::Link;
@@ -101,9 +102,12 @@ fn hand_over(
 }
 
 /// The bytes of a capture's upload envelope (SPEC "Upload envelope"), quoting
-/// `consent_id`: the consent that allows the upload now.
+/// `consent_id`: the consent that allows the upload now. The copy of the
+/// image the envelope is built from is wiped here; the returned bytes go to
+/// rumqttc, which owns them from then on (they are not wiped: rumqttc, rustls
+/// and the kernel copy them on the way out and free them without wiping).
 pub fn envelope(cfg: &Config, c: &Capture, consent_id: &str) -> Vec<u8> {
-    Envelope {
+    let mut envelope = Envelope {
         v: WIRE_VERSION,
         capture_id: c.capture_id.to_string(),
         site: cfg.identity.site_id.clone(),
@@ -114,11 +118,13 @@ pub fn envelope(cfg: &Config, c: &Capture, consent_id: &str) -> Vec<u8> {
         camera: c.camera.clone(),
         content_type: c.content_type.clone(),
         sha256: c.sha256,
-        image: c.image.clone(),
+        image: c.image.to_vec(),
         part: None,
         parts: None,
-    }
-    .to_bytes()
+    };
+    let bytes = envelope.to_bytes();
+    envelope.image.zeroize();
+    bytes
 }
 
 /// Counts and audits uploads cut off by a lost connection (they stay queued

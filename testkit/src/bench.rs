@@ -153,7 +153,7 @@ fn capture(subject: &str, consent_id: String, image: Vec<u8>) -> Capture {
         camera: crate::spool::CAMERA.into(),
         content_type: "image/jpeg".into(),
         sha256,
-        image,
+        image: image.into(),
     }
 }
 
