@@ -59,9 +59,8 @@ use crate::util;
 pub const MAX_PACKET: usize = 16 * 1024 * 1024;
 /// Keep-alive of the helper clients: short, so dead connections are noticed quickly.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
-/// How long to wait for the broker to accept connections after starting it
-/// (generous: on a loaded two-core CI machine a start has taken over 10 s).
-const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long to wait for the broker to accept connections after starting it.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a graceful stop may take before the process is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many free ports to try when another program grabs the probed one first.
@@ -394,6 +393,10 @@ impl Broker {
     /// Starts Mosquitto with the config in `dir` and waits until it listens.
     fn spawn_and_wait(&mut self) -> Result<(), BrokerError> {
         let dir = self.dir.path();
+        // Count the "running" lines before spawning: a quick Mosquitto may log
+        // its own before we look, and would then never seem to have started.
+        let running_lines = |log: &str| log.matches(" running").count();
+        let started_before = running_lines(&self.log());
         let stderr_path = dir.join("mosquitto.stderr");
         let stderr = fs::File::create(&stderr_path).map_err(|source| BrokerError::Write {
             path: stderr_path,
@@ -418,8 +421,6 @@ impl Broker {
         self.child = Some(child);
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         let deadline = Instant::now() + START_TIMEOUT;
-        let running_lines = |log: &str| log.matches(" running").count();
-        let started_before = running_lines(&self.log());
         loop {
             if !self.is_running() {
                 self.child = None;
