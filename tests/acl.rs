@@ -24,25 +24,10 @@ const T: Duration = Duration::from_secs(10);
 /// How long to wait for something that must not arrive, once a later marker came.
 const QUIET: Duration = Duration::from_millis(500);
 
-/// The ACL docs/PROTOCOL.md documented (and the testkit used) before: patterns
-/// keyed by the user name only, so any site matches.
-const OLD_PATTERN_ACL: &str = "\
-user fleet
-topic read facegate/#
-topic write facegate/+/cmd
-topic write facegate/+/+/cmd
-
-pattern write facegate/+/%u/captures
-pattern write facegate/+/%u/reply
-pattern write facegate/+/%u/status
-pattern read facegate/+/%u/cmd
-pattern read facegate/+/cmd
-";
-
 /// A broker with the old layout: the pattern ACL, client ids as the clients ask.
 fn old_layout() -> Broker {
     Broker::start_with(BrokerOptions {
-        acl: BrokerAcl::Custom(OLD_PATTERN_ACL.into()),
+        acl: BrokerAcl::old_pattern(),
         client_id_from_certificate: false,
         ..BrokerOptions::default()
     })

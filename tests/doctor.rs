@@ -344,20 +344,6 @@ fn healthy_terminal_passes_against_a_real_broker() {
     assert!(!log.contains(" as term-01-doctor "), "{log}");
 }
 
-/// The ACL docs/PROTOCOL.md documented before: device rights by pattern, any site.
-const OLD_PATTERN_ACL: &str = "\
-user fleet
-topic read facegate/#
-topic write facegate/+/cmd
-topic write facegate/+/+/cmd
-
-pattern write facegate/+/%u/captures
-pattern write facegate/+/%u/reply
-pattern write facegate/+/%u/status
-pattern read facegate/+/%u/cmd
-pattern read facegate/+/cmd
-";
-
 fn doctor_against(opts: BrokerOptions) -> doctor::DoctorReport {
     let broker = Broker::start_with(opts);
     let now = clock::now();
@@ -376,7 +362,7 @@ fn doctor_against(opts: BrokerOptions) -> doctor::DoctorReport {
 #[test]
 fn the_old_pattern_layout_fails_confinement() {
     let report = doctor_against(BrokerOptions {
-        acl: BrokerAcl::Custom(OLD_PATTERN_ACL.into()),
+        acl: BrokerAcl::old_pattern(),
         client_id_from_certificate: false,
         ..BrokerOptions::default()
     });

@@ -163,6 +163,27 @@ impl BrokerAcl {
         }
     }
 
+    /// The pattern ACL the project documented before the generated layout:
+    /// device rights keyed by the user name only, so any site matches. Tests
+    /// show the attacks it allows and that `doctor` catches it.
+    pub fn old_pattern() -> BrokerAcl {
+        BrokerAcl::Custom(
+            "\
+user fleet
+topic read facegate/#
+topic write facegate/+/cmd
+topic write facegate/+/+/cmd
+
+pattern write facegate/+/%u/captures
+pattern write facegate/+/%u/reply
+pattern write facegate/+/%u/status
+pattern read facegate/+/%u/cmd
+pattern read facegate/+/cmd
+"
+            .into(),
+        )
+    }
+
     /// The ACL file's text.
     pub fn text(&self) -> String {
         match self {
