@@ -55,6 +55,7 @@ pub mod gate;
 pub mod ids;
 pub mod intake;
 pub mod jws;
+pub mod keyref;
 pub mod keys;
 pub mod logging;
 pub mod notify;
