@@ -59,6 +59,7 @@ pub mod keyref;
 pub mod keys;
 pub mod logging;
 pub mod notify;
+pub mod pkcs11;
 pub mod protocol;
 pub mod provision;
 pub mod reload;
