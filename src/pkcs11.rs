@@ -359,7 +359,7 @@ impl TokenKey {
 /// The PIN of `key`'s token: the `pin-source` file of its URI, else the
 /// systemd credential. A PIN file must be a regular file that grants nothing
 /// to group or others (0600 or 0400); one trailing newline is ignored.
-pub fn read_pin(key: &Pkcs11Key) -> Result<AuthPin, Pkcs11Error> {
+pub fn read_pin(key: &Pkcs11Key) -> Result<Zeroizing<String>, Pkcs11Error> {
     let (path, part) = match &key.uri.pin_source {
         Some(p) => (p.clone(), "pin-source"),
         None => match std::env::var_os("CREDENTIALS_DIRECTORY") {
@@ -384,7 +384,7 @@ pub fn read_pin(key: &Pkcs11Key) -> Result<AuthPin, Pkcs11Error> {
     if pin.is_empty() {
         return Err(err(key, part, format!("{}: empty", path.display())));
     }
-    Ok(AuthPin::from(pin))
+    Ok(Zeroizing::new(pin.to_string()))
 }
 
 /// Refuses a PIN file that is not a regular file or that group or others may access.
@@ -521,19 +521,33 @@ fn login(
             format!("cannot open a session with token {token:?}: {}", ck(&e)),
         )
     })?;
-    let pin = read_pin(key)?;
+    let pin_text = read_pin(key)?;
+    let pin = AuthPin::from(pin_text.as_str());
     let part = if key.uri.pin_source.is_some() {
         "pin-source"
     } else {
         "pin"
     };
-    match session.login(UserType::User, Some(&pin)) {
-        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
-        Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => Err(err(
+    // A token counts wrong PINs and locks itself (a TPM's dictionary-attack
+    // lockout): a PIN it refused is not offered again until it changes.
+    let tried = RefusedPin::of(key, slot, &pin_text);
+    if tried.was_refused() {
+        return Err(err(
             key,
             part,
-            format!("the token {token:?} refused the PIN (CKR_PIN_INCORRECT)"),
-        )),
+            format!("the token {token:?} refused this PIN before (CKR_PIN_INCORRECT); it is not tried again until the PIN changes, so the token does not lock"),
+        ));
+    }
+    match session.login(UserType::User, Some(&pin)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
+        Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
+            tried.remember();
+            Err(err(
+                key,
+                part,
+                format!("the token {token:?} refused the PIN (CKR_PIN_INCORRECT)"),
+            ))
+        }
         Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(err(
             key,
             part,
@@ -546,6 +560,44 @@ fn login(
             part,
             format!("login to token {token:?} failed: {}", ck(&e)),
         )),
+    }
+}
+
+/// A PIN offered to one slot of one library, as a salted digest (the PIN
+/// itself is not kept): the refused ones are remembered for the process.
+struct RefusedPin {
+    digest: [u8; 32],
+}
+
+impl RefusedPin {
+    fn table() -> &'static Mutex<Vec<[u8; 32]>> {
+        static REFUSED: OnceLock<Mutex<Vec<[u8; 32]>>> = OnceLock::new();
+        REFUSED.get_or_init(|| Mutex::new(Vec::new()))
+    }
+
+    fn of(key: &Pkcs11Key, slot: Slot, pin: &str) -> RefusedPin {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"facegate refused pkcs11 pin\0");
+        ctx.update(key.module.as_os_str().as_encoded_bytes());
+        ctx.update(b"\0");
+        ctx.update(&slot.id().to_be_bytes());
+        ctx.update(pin.as_bytes());
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(ctx.finish().as_ref());
+        RefusedPin { digest }
+    }
+
+    fn was_refused(&self) -> bool {
+        Self::table()
+            .lock()
+            .map(|t| t.contains(&self.digest))
+            .unwrap_or(false)
+    }
+
+    fn remember(&self) {
+        if let Ok(mut t) = Self::table().lock() {
+            t.push(self.digest);
+        }
     }
 }
 

@@ -285,6 +285,21 @@ async fn token_problems_are_named_and_captures_wait_until_fixed() {
         || d.log().contains("pin-source: the token") && d.log().contains("CKR_PIN_INCORRECT"),
         || d.log(),
     );
+    // The refused PIN is not offered again (a token locks after a few wrong
+    // PINs): the next attempts say so without logging in.
+    wait_until(
+        T,
+        || d.log().contains("refused this PIN before"),
+        || d.log(),
+    );
+    assert_eq!(
+        d.log()
+            .matches("refused the PIN (CKR_PIN_INCORRECT)")
+            .count(),
+        1,
+        "{}",
+        d.log()
+    );
     assert!(!d.log().contains("000000"), "the PIN must not be logged");
     assert_eq!(d.outbox_len(), 1);
     assert!(!d.uplink_connected());
