@@ -3,7 +3,8 @@
 //! testkit CA signs it, the real daemon connects to a real Mosquitto over
 //! mutual TLS with every handshake signed by the token and uploads; the key
 //! cannot be read out of the token; a wrong PIN, a missing library or a
-//! missing object are named in the log while captures wait in the outbox.
+//! missing object are named in the log while captures wait in the outbox; the
+//! fleet tool takes a key in a token the same way.
 
 use std::collections::HashSet;
 use std::fs;
@@ -17,7 +18,9 @@ use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
 use facegate::clock;
 use facegate::doctor::{self, names, places, Outcome};
-use facegate::provision::csr_info;
+use facegate::keyref::KeyRef;
+use facegate::pkcs11::TokenKey;
+use facegate::provision::{csr_info, CsrRequest};
 use facegate_testkit::broker::{Broker, ClientCreds};
 use facegate_testkit::daemon::Daemon;
 use facegate_testkit::hsm::{self, Token, USER_PIN};
@@ -115,7 +118,7 @@ fn line_of<'a>(text: &'a str, what: &str) -> &'a str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_made_in_the_token_signs_the_tls_connection_and_never_leaves_it() {
     let broker = Broker::start();
-    let token = Token::new("facegate");
+    let token = Token::fresh();
     let uri = token.uri("device");
     let mut d = terminal(&broker, &uri, &token.module);
 
@@ -262,7 +265,7 @@ async fn a_key_made_in_the_token_signs_the_tls_connection_and_never_leaves_it() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_problems_are_named_and_captures_wait_until_fixed() {
     let broker = Broker::start();
-    let token = Token::new("facegate");
+    let token = Token::fresh();
     // A PIN file of this terminal's own, so the test can break and mend it.
     let pin_dir = tempfile::tempdir().unwrap();
     let pin = pin_dir.path().join("pin");
@@ -366,4 +369,71 @@ async fn token_problems_are_named_and_captures_wait_until_fixed() {
         );
         wait_until(T, || d.outbox_len() == 0, || d.log());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_tool_connects_with_a_key_in_a_token() {
+    let broker = Broker::start();
+    let d = Daemon::builder()
+        .broker(&broker)
+        .configure(|c| c.keep_alive(Duration::from_secs(5)).fast_reconnect())
+        .start();
+    d.wait_uplink_connected(T);
+
+    // The back-end's own key, generated in its token; its certificate is CN=fleet.
+    let token = Token::fresh();
+    let uri = token.uri("fleet");
+    let key = KeyRef::parse(&uri, Path::new(""), Some(token.module.clone())).unwrap();
+    let (token_key, created) = TokenKey::open_or_generate(key.pkcs11().unwrap()).unwrap();
+    assert!(created);
+    let csr = CsrRequest::for_device(SITE, "fleet")
+        .to_pem(token_key.as_ref())
+        .unwrap();
+    let now = clock::now();
+    let cert = d.dir.path().join("fleet.pem");
+    fs::write(
+        &cert,
+        broker
+            .ca
+            .sign_client_csr(&csr, "fleet", now - 3600, now + 86_400)
+            .unwrap(),
+    )
+    .unwrap();
+    let signing_key = d.dir.path().join("fleet-signing.pem");
+    facegate::keys::write_private_key(&signing_key, &d.fleet_signer.pkcs8).unwrap();
+
+    let send = |module: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_facegate"))
+            .args(["fleet", "send", "--broker"])
+            .arg(format!("localhost:{}", broker.port))
+            .args(["--site", SITE, "--device", DEVICE, "--cmd", "status"])
+            .args(["--kid", &d.fleet_signer.kid])
+            .arg("--key")
+            .arg(&signing_key)
+            .arg("--ca")
+            .arg(&broker.ca_file)
+            .arg("--cert")
+            .arg(&cert)
+            .args(["--tls-key", &uri, "--pkcs11-module"])
+            .arg(module)
+            .output()
+            .unwrap()
+    };
+    let out = send(&token.module);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with("term-01: ok status"), "{text}");
+
+    // A wrong library is named, with the URI part, and nothing is sent.
+    let out = send(Path::new("/nonexistent/libnone.so"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("module: cannot load the PKCS#11 library /nonexistent/libnone.so"),
+        "{err}"
+    );
 }

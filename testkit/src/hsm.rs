@@ -3,9 +3,11 @@
 //! inherited by every `facegate` it starts), and a fresh token per test, made
 //! with `softhsm2-util --init-token --free` (scripts/ensure-softhsm installs it).
 //!
-//! A PKCS#11 library is initialised once per process and reads its config
-//! then, so every test of one binary shares the directory; tokens are told
-//! apart by label (SoftHSM finds tokens added after it started).
+//! A PKCS#11 library is initialised once per process and SoftHSM reads its
+//! token directory then: a token made later is invisible to a test process
+//! that already uses the library. So the first [`Token::fresh`] makes all
+//! [`POOL`] tokens of the process at once, before anything can load the
+//! library, and each call hands out the next one (labels `facegate-0`, …).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -21,9 +23,14 @@ pub const USER_PIN: &str = "246810";
 /// The security officer PIN of every test token.
 pub const SO_PIN: &str = "13579111";
 
+/// Tokens made for one test process; [`Token::fresh`] panics beyond.
+pub const POOL: usize = 8;
+
 /// The process's SoftHSM directory: config, token directory, PIN files.
 struct Shared {
-    dir: TempDir,
+    /// Kept for the life of the process (removed when it ends normally).
+    _dir: TempDir,
+    tokens: Vec<Token>,
 }
 
 fn shared() -> &'static Shared {
@@ -46,8 +53,41 @@ fn shared() -> &'static Shared {
         .expect("SoftHSM config");
         // Set before any library is loaded in this process; children inherit it.
         std::env::set_var("SOFTHSM2_CONF", &conf);
-        Shared { dir }
+        let tokens = (0..POOL)
+            .map(|i| init_token(dir.path(), &format!("facegate-{i}")))
+            .collect();
+        Shared { _dir: dir, tokens }
     })
+}
+
+/// Initialises token `label` in the first free slot, with a PIN file in `dir`.
+fn init_token(dir: &Path, label: &str) -> Token {
+    let out = Command::new("softhsm2-util")
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            label,
+            "--pin",
+            USER_PIN,
+            "--so-pin",
+            SO_PIN,
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("softhsm2-util (run scripts/ensure-softhsm): {e}"));
+    assert!(
+        out.status.success(),
+        "softhsm2-util --init-token {label}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pin_file = dir.join(format!("{label}.pin"));
+    write_private(&pin_file, USER_PIN);
+    Token {
+        label: label.to_string(),
+        module: module(),
+        pin_file,
+    }
 }
 
 /// The SoftHSM2 provider library, or a panic saying how to install it.
@@ -79,37 +119,13 @@ pub struct Token {
 }
 
 impl Token {
-    /// Initialises a new token labelled `{prefix}-{n}` in the first free slot.
-    pub fn new(prefix: &str) -> Token {
-        static COUNT: AtomicUsize = AtomicUsize::new(0);
-        let shared = shared();
-        let label = format!("{prefix}-{}", COUNT.fetch_add(1, Ordering::SeqCst));
-        let out = Command::new("softhsm2-util")
-            .args([
-                "--init-token",
-                "--free",
-                "--label",
-                &label,
-                "--pin",
-                USER_PIN,
-                "--so-pin",
-                SO_PIN,
-            ])
-            .output()
-            .unwrap_or_else(|e| panic!("softhsm2-util (run scripts/ensure-softhsm): {e}"));
-        assert!(
-            out.status.success(),
-            "softhsm2-util --init-token {label}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let pin_file = shared.dir.path().join(format!("{label}.pin"));
-        write_private(&pin_file, USER_PIN);
-        Token {
-            label,
-            module: module(),
-            pin_file,
-        }
+    /// A fresh, empty token of this process's pool (user PIN [`USER_PIN`]).
+    pub fn fresh() -> Token {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let i = NEXT.fetch_add(1, Ordering::SeqCst);
+        shared().tokens.get(i).cloned().unwrap_or_else(|| {
+            panic!("more than {POOL} SoftHSM tokens in one test process: raise hsm::POOL")
+        })
     }
 
     /// The URI of key `object` in this token, with the PIN file as `pin-source`.
