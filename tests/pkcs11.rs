@@ -13,6 +13,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeInfo, AttributeType, ObjectClass};
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
@@ -436,4 +437,121 @@ async fn the_fleet_tool_connects_with_a_key_in_a_token() {
         err.contains("module: cannot load the PKCS#11 library /nonexistent/libnone.so"),
         "{err}"
     );
+}
+
+/// Logs into `token` in this process (the library is initialised once).
+fn user_session(token: &Token) -> cryptoki::session::Session {
+    let ctx = Pkcs11::new(&token.module).unwrap();
+    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(())
+        | Err(cryptoki::error::Error::Pkcs11(
+            cryptoki::error::RvError::CryptokiAlreadyInitialized,
+            _,
+        )) => {}
+        Err(e) => panic!("C_Initialize: {e}"),
+    }
+    let slot = ctx
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == token.label)
+        .expect("the token");
+    let session = ctx.open_rw_session(slot).unwrap();
+    match session.login(UserType::User, Some(&AuthPin::from(USER_PIN))) {
+        Ok(())
+        | Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserAlreadyLoggedIn, _)) => {
+        }
+        Err(e) => panic!("login: {e}"),
+    }
+    session
+}
+
+/// A key pair made in the token by someone else than facegate.
+fn generate(token: &Token, label: &str, mechanism: Mechanism, params: &[u8], extractable: bool) {
+    let session = user_session(token);
+    let common = |extra: Vec<Attribute>| {
+        let mut t = vec![
+            Attribute::Token(true),
+            Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Id(label.as_bytes().to_vec()),
+        ];
+        t.extend(extra);
+        t
+    };
+    session
+        .generate_key_pair(
+            &mechanism,
+            &common(vec![
+                Attribute::Verify(true),
+                Attribute::EcParams(params.to_vec()),
+            ]),
+            &common(vec![
+                Attribute::Sign(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(!extractable),
+                Attribute::Extractable(extractable),
+            ]),
+        )
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ed25519_key_in_the_token_connects_too() {
+    let broker = Broker::start();
+    let token = Token::fresh();
+    // DER of the Ed25519 OID 1.3.101.112.
+    generate(
+        &token,
+        "device",
+        Mechanism::EccEdwardsKeyPairGen,
+        &[0x06, 0x03, 0x2b, 0x65, 0x70],
+        false,
+    );
+    let mut d = terminal(&broker, &token.uri("device"), &token.module);
+    let out = provision(&d);
+    assert!(
+        line_of(&out, "TLS private key").contains("exists, kept"),
+        "{out}"
+    );
+    sign_csr(&broker, &d);
+    let mut fleet = fleet(&broker).await;
+    d.spawn();
+    d.wait_uplink_connected(T);
+    d.grant("S-1");
+    d.drop_pair("e1", "jpg", &synth::face_jpeg(320, 240, 3, 85), Some("S-1"));
+    assert_eq!(collect(&mut fleet, 1, T).await.len(), 1, "{}", d.log());
+    d.stop();
+}
+
+#[test]
+fn doctor_warns_about_a_key_that_can_leave_the_token() {
+    let token = Token::fresh();
+    // P-256 (1.2.840.10045.3.1.7), extractable and not sensitive.
+    generate(
+        &token,
+        "loose",
+        Mechanism::EccKeyPairGen,
+        &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07],
+        true,
+    );
+    let uri = token.uri("loose");
+    let creds = ClientCreds {
+        ca: "ca.pem".into(),
+        cert: "device.pem".into(),
+        key: uri.clone().into(),
+    };
+    let d = Daemon::builder()
+        .mqtt("localhost", facegate_testkit::util::free_port(), &creds)
+        .configure(|c| c.pkcs11_key(&uri, &token.module))
+        .build();
+    let report = doctor::local_checks(&d.config, clock::now());
+    let place = report.key_place(places::DEVICE_KEY).unwrap();
+    assert!(
+        place.ends_with("object loose, EXTRACTABLE, NOT sensitive"),
+        "{report}"
+    );
+    match &report.get(names::TLS_KEY).unwrap().outcome {
+        Outcome::Warn(m) => assert!(m.contains("can be exported"), "{m}"),
+        other => panic!("TLS key: {other:?}\n{report}"),
+    }
 }
