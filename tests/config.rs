@@ -613,6 +613,7 @@ fn group_readable_private_key_is_refused() {
     site.load(&site.minimal()).unwrap();
 }
 
+#[cfg(feature = "pkcs11")]
 #[test]
 fn a_pkcs11_key_is_a_uri_with_a_module_and_its_errors_name_the_key() {
     let site = Site::new();

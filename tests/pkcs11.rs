@@ -5,6 +5,7 @@
 //! cannot be read out of the token; a wrong PIN, a missing library or a
 //! missing object are named in the log while captures wait in the outbox; the
 //! fleet tool takes a key in a token the same way.
+#![cfg(feature = "pkcs11")]
 
 use std::collections::HashSet;
 use std::fs;

@@ -192,12 +192,19 @@ fn device_key(
         Some(m) => Some(base_dir.join(m)),
         None => None,
     };
-    KeyRef::parse(&value, base_dir, module).map_err(|e| match e {
+    let key = KeyRef::parse(&value, base_dir, module).map_err(|e| match e {
         KeyRefError::NoModule | KeyRefError::ModuleWithoutUri => {
             ConfigError::invalid("mqtt.pkcs11_module", e.to_string())
         }
         e => ConfigError::invalid("mqtt.key_file", e.to_string()),
-    })
+    })?;
+    if !cfg!(feature = "pkcs11") && key.pkcs11().is_some() {
+        return Err(ConfigError::invalid(
+            "mqtt.key_file",
+            "a pkcs11: key needs a facegate built with PKCS#11 support (cargo feature \"pkcs11\")",
+        ));
+    }
+    Ok(key)
 }
 
 fn trust(entries: Vec<RawTrust>, base_dir: &Path) -> Result<Vec<TrustedKey>, ConfigError> {
