@@ -9,6 +9,7 @@
 
 use std::collections::HashSet;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -555,4 +556,51 @@ fn doctor_warns_about_a_key_that_can_leave_the_token() {
         Outcome::Warn(m) => assert!(m.contains("can be exported"), "{m}"),
         other => panic!("TLS key: {other:?}\n{report}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_pin_source_the_pin_is_the_systemd_credential() {
+    let broker = Broker::start();
+    let token = Token::fresh();
+    let d = terminal(&broker, &token.uri("device"), &token.module);
+    provision(&d);
+    sign_csr(&broker, &d);
+    // The same key, its PIN handed over as systemd does with LoadCredential=.
+    let config = fs::read_to_string(&d.config).unwrap();
+    let with_pin = token.uri("device");
+    let bare = format!("pkcs11:token={};object=device", token.label);
+    fs::write(&d.config, config.replace(&with_pin, &bare)).unwrap();
+    let credentials = tempfile::tempdir().unwrap();
+    let doctor = |dir: Option<&Path>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_facegate"));
+        cmd.args(["doctor", "--config"]).arg(&d.config);
+        cmd.env_remove("CREDENTIALS_DIRECTORY");
+        if let Some(dir) = dir {
+            cmd.env("CREDENTIALS_DIRECTORY", dir);
+        }
+        String::from_utf8_lossy(&cmd.output().unwrap().stdout).into_owned()
+    };
+
+    let out = doctor(None);
+    let line = line_of(&out, "FAIL  TLS key permissions");
+    assert!(
+        line.contains("pin-source: no PIN") && line.contains("facegate-pkcs11-pin"),
+        "{out}"
+    );
+
+    let pin = credentials.path().join("facegate-pkcs11-pin");
+    hsm::write_private(&pin, &format!("{USER_PIN}\n"));
+    let out = doctor(Some(credentials.path()));
+    assert!(out.contains("PASS  TLS key permissions"), "{out}");
+    assert!(out.contains("PASS  TLS files"), "{out}");
+    assert!(out.contains("PASS  broker connection"), "{out}");
+
+    // A credential others may read is refused, naming it.
+    fs::set_permissions(&pin, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = doctor(Some(credentials.path()));
+    let line = line_of(&out, "FAIL  TLS key permissions");
+    assert!(
+        line.contains("pin: ") && line.contains("facegate-pkcs11-pin: mode 0644"),
+        "{out}"
+    );
 }
