@@ -604,3 +604,43 @@ async fn without_pin_source_the_pin_is_the_systemd_credential() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_gone_while_running_fails_handshakes_without_a_crash() {
+    let mut broker = Broker::start();
+    let token = Token::fresh();
+    let mut d = terminal(&broker, &token.uri("device"), &token.module);
+    provision(&d);
+    sign_csr(&broker, &d);
+    d.spawn();
+    d.wait_uplink_connected(T);
+    d.grant("S-1");
+
+    // The token goes away under the running daemon (a removed secure element,
+    // a wiped token store); the next connection needs a signature.
+    let out = Command::new("softhsm2-util")
+        .args(["--delete-token", "--token", &token.label])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    broker.restart();
+    d.drop_pair("g1", "jpg", &synth::face_jpeg(320, 240, 7, 85), Some("S-1"));
+    wait_until(T, || d.counters().accepted == 1, || d.log());
+    wait_until(
+        T,
+        || {
+            d.log()
+                .lines()
+                .any(|l| l.contains("broker connection lost") && l.contains("PKCS#11 key"))
+        },
+        || d.log(),
+    );
+    assert!(
+        d.try_ctl(&["status", "--json"]).status.success(),
+        "the daemon must keep running:\n{}",
+        d.log()
+    );
+    assert!(!d.uplink_connected(), "{}", d.log());
+    assert_eq!(d.outbox_len(), 1, "the capture waits:\n{}", d.log());
+    d.stop();
+}
