@@ -18,7 +18,12 @@
 //!
 //! The user PIN comes from the URI's `pin-source` file (mode 0600 or 0400,
 //! nothing for others) or from the systemd credential
-//! [`crate::keyref::PIN_CREDENTIAL`] in `$CREDENTIALS_DIRECTORY`.
+//! [`crate::keyref::PIN_CREDENTIAL`] in `$CREDENTIALS_DIRECTORY`. A PIN the
+//! token refused is not offered again until it changes (tokens lock).
+//!
+//! This file holds what does not need the token library; `token.rs` talks to
+//! the token through cryptoki (cargo feature `pkcs11`, on by default) and
+//! `off.rs` stands in for it in a build without the feature.
 
 use std::fmt;
 use std::fs;
