@@ -25,6 +25,8 @@ mod validate;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::keyref::KeyRef;
+
 pub use error::ConfigError;
 pub use raw::RawConfig;
 pub use validate::{is_identifier, RESERVED_DEVICE_IDS};
@@ -162,8 +164,11 @@ pub struct MqttConfig {
     pub ca_file: PathBuf,
     /// This device's client certificate chain (PEM).
     pub cert_file: PathBuf,
-    /// This device's private key (PEM, PKCS#8 or SEC1/RSA); must not be group/world readable.
-    pub key_file: PathBuf,
+    /// This device's private key (`mqtt.key_file`): a PEM file (PKCS#8 or
+    /// SEC1/RSA; must not be group/world readable), or a key in a PKCS#11
+    /// token named by a `pkcs11:` URI with its provider library
+    /// (`mqtt.pkcs11_module`).
+    pub key: KeyRef,
     /// Topic prefix (default `facegate`).
     pub prefix: String,
     /// MQTT keep-alive interval (default 30 s).
@@ -277,13 +282,21 @@ impl Config {
     }
 
     /// Checks that the broker TLS files exist and are readable regular files,
-    /// and that `mqtt.key_file` is not accessible by group or others.
+    /// and that `mqtt.key_file` is not accessible by group or others. A
+    /// PKCS#11 key is not looked at here: its library, token, PIN and object
+    /// are opened by the uplink, which logs what is wrong and retries while
+    /// the daemon keeps working (`facegate doctor` checks them).
     /// [`load`] calls this; [`from_toml_str`] does not.
     pub fn check_files(&self) -> Result<(), ConfigError> {
         validate::check_readable("mqtt.ca_file", &self.mqtt.ca_file)?;
         validate::check_readable("mqtt.cert_file", &self.mqtt.cert_file)?;
-        validate::check_readable("mqtt.key_file", &self.mqtt.key_file)?;
-        validate::check_private("mqtt.key_file", &self.mqtt.key_file)
+        match &self.mqtt.key {
+            KeyRef::File(key_file) => {
+                validate::check_readable("mqtt.key_file", key_file)?;
+                validate::check_private("mqtt.key_file", key_file)
+            }
+            KeyRef::Pkcs11(_) => Ok(()),
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use rumqttc::{AsyncClient, Event, Packet, QoS};
 use crate::cmd::Command;
 use crate::command::CommandError;
 use crate::ids::Jti;
+use crate::keyref::KeyRef;
 use crate::protocol::{Reply, SiteTopics};
 use crate::uplink::tls::{self, TlsError};
 
@@ -27,8 +28,8 @@ pub struct SendRequest {
     pub ca_file: PathBuf,
     /// The fleet's client certificate (its CN is the broker user, e.g. `fleet`).
     pub cert_file: PathBuf,
-    /// The fleet's TLS private key.
-    pub key_file: PathBuf,
+    /// The fleet's TLS private key: a file or a key in a PKCS#11 token.
+    pub key: KeyRef,
     /// Topic prefix (`facegate`).
     pub prefix: String,
     /// Target site.
@@ -120,7 +121,7 @@ pub async fn send(req: &SendRequest, now: i64) -> Result<SendOutcome, FleetError
         None => (site.cmd.clone(), site.replies.clone()),
     };
 
-    let tls_config = tls::client_config(&req.ca_file, &req.cert_file, &req.key_file)?;
+    let tls_config = tls::client_config_for(&req.ca_file, &req.cert_file, &req.key)?;
     let client_id = format!(
         "fleet-send-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..12]

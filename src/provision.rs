@@ -35,10 +35,12 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PublicKeyData, SanType};
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType, SigningKey};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::config::Config;
+use crate::keyref::{KeyRef, Pkcs11Key};
+use crate::pkcs11::{Pkcs11Error, TokenKey};
 
 /// File name of the device storage key inside `state_dir`.
 pub const STORAGE_KEY_FILE: &str = "storage.key";
@@ -101,6 +103,10 @@ pub enum ProvisionError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The key in the PKCS#11 token could not be found or generated (the
+    /// message names the URI part at fault).
+    #[error(transparent)]
+    Pkcs11(#[from] Pkcs11Error),
     /// The user that should own the device's secrets does not exist.
     #[error("user {0:?} does not exist (install the package or run systemd-sysusers first)")]
     NoSuchUser(String),
@@ -182,7 +188,8 @@ pub enum Action {
 pub struct Item {
     /// What the item is, e.g. "TLS private key".
     pub what: &'static str,
-    /// Where it lives.
+    /// Where it lives (for a key in a PKCS#11 token: the token, slot and
+    /// object, in words).
     pub path: PathBuf,
     /// What happened to it.
     pub action: Action,
@@ -299,20 +306,35 @@ pub fn provision_owned(
     let action = ensure_storage_key(&storage_key, owner)?;
     items.push(item(items::STORAGE_KEY, &storage_key, action));
 
-    let key_file = &cfg.mqtt.key_file;
-    let key_dir = match key_file.parent().filter(|p| !p.as_os_str().is_empty()) {
-        Some(parent) => parent,
-        None => Path::new("."),
-    };
-    ensure_dir(key_dir, 0o755, None)?;
-    check_dir(key_dir, owner)?;
-    let (key, action) = ensure_tls_key(key_file, owner)?;
-    items.push(item(items::TLS_KEY, key_file, action));
-
-    let csr_path = csr_path_for(key_file);
+    let csr_path = csr_path(cfg);
     let request = CsrRequest::for_device(&cfg.identity.site_id, &cfg.identity.device_id);
-    let (csr_pem, action) = ensure_csr(&csr_path, &key, &request)?;
-    items.push(item(items::CSR, &csr_path, action));
+    let (csr_pem, public_key_info) = match &cfg.mqtt.key {
+        KeyRef::File(key_file) => {
+            let key_dir = match key_file.parent().filter(|p| !p.as_os_str().is_empty()) {
+                Some(parent) => parent,
+                None => Path::new("."),
+            };
+            ensure_dir(key_dir, 0o755, None)?;
+            check_dir(key_dir, owner)?;
+            let (key, action) = ensure_tls_key(key_file, owner)?;
+            items.push(item(items::TLS_KEY, key_file, action));
+            csr_for(&mut items, &csr_path, &key, &request)?
+        }
+        KeyRef::Pkcs11(key) => {
+            let (token_key, action) = ensure_token_key(key)?;
+            items.push(Item {
+                what: items::TLS_KEY,
+                path: PathBuf::from(token_key.location().to_string()),
+                action,
+            });
+            let csr_dir = match csr_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                Some(parent) => parent,
+                None => Path::new("."),
+            };
+            ensure_dir(csr_dir, 0o755, None)?;
+            csr_for(&mut items, &csr_path, token_key.as_ref(), &request)?
+        }
+    };
 
     for (what, path) in [
         (items::CERT, &cfg.mqtt.cert_file),
@@ -331,13 +353,48 @@ pub fn provision_owned(
         csr_path,
         csr_pem,
         public_key_sha256: hex::encode(
-            ring::digest::digest(&ring::digest::SHA256, &key.subject_public_key_info()).as_ref(),
+            ring::digest::digest(&ring::digest::SHA256, &public_key_info).as_ref(),
         ),
         subject: request.subject_text(),
         san_uri: request.san_uri,
         cert_file: cfg.mqtt.cert_file.clone(),
         ca_file: cfg.mqtt.ca_file.clone(),
     })
+}
+
+/// Writes (or keeps) the CSR for `key`, records it, and returns its PEM and
+/// the key's SubjectPublicKeyInfo.
+fn csr_for(
+    items: &mut Vec<Item>,
+    csr_path: &Path,
+    key: &impl SigningKey,
+    request: &CsrRequest,
+) -> Result<(String, Vec<u8>), ProvisionError> {
+    let (csr_pem, action) = ensure_csr(csr_path, key, request)?;
+    items.push(item(items::CSR, csr_path, action));
+    Ok((csr_pem, key.subject_public_key_info()))
+}
+
+/// The key in the token, generated there (EC P-256, not extractable) if the
+/// URI's object does not exist yet; an existing key is kept.
+fn ensure_token_key(key: &Pkcs11Key) -> Result<(std::sync::Arc<TokenKey>, Action), ProvisionError> {
+    let (token_key, created) = TokenKey::open_or_generate(key)?;
+    let action = if created {
+        Action::Created
+    } else {
+        Action::Kept
+    };
+    Ok((token_key, action))
+}
+
+/// Where the device's CSR is written: next to a key file
+/// ([`csr_path_for`]), or, for a key in a PKCS#11 token, next to the
+/// certificate (`mqtt.cert_file` with extension `.csr`).
+pub fn csr_path(cfg: &Config) -> PathBuf {
+    match &cfg.mqtt.key {
+        KeyRef::File(key_file) => csr_path_for(key_file),
+        KeyRef::Pkcs11(_) => cfg.mqtt.cert_file.with_extension("csr"),
+    }
 }
 
 /// The CSR's path: the key file with its extension replaced by `.csr`
@@ -372,7 +429,7 @@ impl CsrRequest {
     }
 
     /// A CSR for these names, signed by `key`, in PEM.
-    pub fn to_pem(&self, key: &KeyPair) -> Result<String, ProvisionError> {
+    pub fn to_pem(&self, key: &impl SigningKey) -> Result<String, ProvisionError> {
         let generate = |source| ProvisionError::Generate {
             what: format!("certificate request for {}", self.subject_text()),
             source,
@@ -555,7 +612,7 @@ fn ensure_tls_key(path: &Path, owner: Option<Owner>) -> Result<(KeyPair, Action)
 /// writes a new one otherwise. Returns the CSR PEM now on disk.
 fn ensure_csr(
     path: &Path,
-    key: &KeyPair,
+    key: &impl SigningKey,
     request: &CsrRequest,
 ) -> Result<(String, Action), ProvisionError> {
     let existing = match fs::read_to_string(path) {
@@ -579,7 +636,7 @@ fn ensure_csr(
 }
 
 /// Whether the CSR PEM `text` carries `key`'s public key and `request`'s names.
-fn csr_matches(text: &str, key: &KeyPair, request: &CsrRequest) -> bool {
+fn csr_matches(text: &str, key: &impl SigningKey, request: &CsrRequest) -> bool {
     match csr_info(text) {
         Some(info) => {
             info.public_key_der == key.subject_public_key_info()

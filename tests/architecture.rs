@@ -35,6 +35,7 @@ const PURE: &[&str] = &[
     "uplink/handover.rs",
     "uplink/ingress.rs",
     "fleet/acl.rs",
+    "keyref.rs",
     "config.rs",
     "config/",
 ];
@@ -44,6 +45,7 @@ const IMPURE_CRATES: &[&str] = &["tokio", "rusqlite", "rumqttc"];
 /// Crate modules that do I/O or hold the runtime; pure modules stay clear of them.
 const IMPURE_MODULES: &[&str] = &[
     "agent", "control", "daemon", "db", "intake", "store", "uplink", "fleet", "doctor", "notify",
+    "pkcs11",
 ];
 
 #[test]

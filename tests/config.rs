@@ -107,7 +107,7 @@ fn minimal_config_gets_every_default() {
     assert_eq!(c.mqtt.port, 8883);
     assert_eq!(c.mqtt.ca_file, dir.join("ca.pem"));
     assert_eq!(c.mqtt.cert_file, dir.join("device.pem"));
-    assert_eq!(c.mqtt.key_file, dir.join("device.key"));
+    assert_eq!(c.mqtt.key.file(), Some(dir.join("device.key").as_path()));
     assert_eq!(c.mqtt.prefix, "facegate");
     assert_eq!(c.mqtt.keep_alive, Duration::from_secs(30));
     assert_eq!(c.mqtt.inflight, 16);
@@ -155,7 +155,7 @@ fn example_config_loads_and_validates() {
     let c = site.load(&example_in(&site)).unwrap();
     assert_eq!(c.identity.site_id, "lobby");
     assert_eq!(c.identity.device_id, "term-01");
-    assert_eq!(c.mqtt.key_file, site.path("device.key"));
+    assert_eq!(c.mqtt.key.file(), Some(site.path("device.key").as_path()));
     assert_eq!(c.trust.len(), 2);
     assert_eq!(c.trust[0].role, Role::Consent);
     assert_eq!(c.trust[1].role, Role::Fleet);
@@ -611,6 +611,73 @@ fn group_readable_private_key_is_refused() {
     }
     fs::set_permissions(site.path("device.key"), fs::Permissions::from_mode(0o400)).unwrap();
     site.load(&site.minimal()).unwrap();
+}
+
+#[cfg(feature = "pkcs11")]
+#[test]
+fn a_pkcs11_key_is_a_uri_with_a_module_and_its_errors_name_the_key() {
+    let site = Site::new();
+    let m = site.minimal();
+    let with_key = |value: &str, module: Option<&str>| {
+        let mut text = m.replace(
+            "key_file = \"device.key\"",
+            &format!("key_file = {value:?}"),
+        );
+        if let Some(module) = module {
+            text = text.replace("[mqtt]\n", &format!("[mqtt]\npkcs11_module = {module:?}\n"));
+        }
+        text
+    };
+    let uri = "pkcs11:token=facegate;object=device?pin-source=file:/etc/facegate/pin";
+    let c = site
+        .load(&with_key(uri, Some("/usr/lib/softhsm/libsofthsm2.so")))
+        .unwrap();
+    let key = c.mqtt.key.pkcs11().expect("a token key");
+    assert_eq!(key.uri.token.as_deref(), Some("facegate"));
+    assert_eq!(key.uri.object.as_deref(), Some("device"));
+    assert_eq!(key.module, PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"));
+    // The token is opened by the daemon, not by the config check.
+    fs::remove_file(site.path("device.key")).unwrap();
+    site.load(&with_key(uri, Some("/nonexistent/lib.so")))
+        .unwrap();
+
+    let lib = Some("/usr/lib/p11.so");
+    let cases = [
+        (
+            with_key(uri, None),
+            "mqtt.pkcs11_module: no PKCS#11 provider library",
+        ),
+        (
+            with_key("device.key", lib),
+            "mqtt.pkcs11_module: a PKCS#11 module is set but the key is a file",
+        ),
+        (
+            with_key("pkcs11:token=facegate;object=device;pin-value=1234", lib),
+            "mqtt.key_file: PKCS#11 URI pin-value: a PIN must not be written",
+        ),
+        (
+            with_key("pkcs11:token=facegate", lib),
+            "mqtt.key_file: PKCS#11 URI object: missing",
+        ),
+        (
+            with_key("pkcs11:token=facegate;object=device;serial=1", lib),
+            "mqtt.key_file: PKCS#11 URI serial: not supported",
+        ),
+        (
+            with_key("pkcs11:token=facegate;object=%zz", lib),
+            "mqtt.key_file: PKCS#11 URI object: bad percent-encoding",
+        ),
+        (
+            with_key(uri, Some("")),
+            "mqtt.pkcs11_module: must not be empty",
+        ),
+    ];
+    for (toml, prefix) in cases {
+        starts(&site.error(&toml), prefix);
+    }
+    assert!(!site
+        .error(&with_key("pkcs11:token=t;object=o;pin-value=987654", lib))
+        .contains("987654"));
 }
 
 #[test]

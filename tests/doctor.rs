@@ -337,6 +337,19 @@ fn healthy_terminal_passes_against_a_real_broker() {
         "{report}"
     );
     assert!(report.ok(), "{report}");
+    // The head says where each key lives.
+    let cfg = facegate::config::load_unchecked(&t.config).unwrap();
+    assert_eq!(
+        report.key_place(doctor::places::DEVICE_KEY),
+        Some(format!("file {}", cfg.mqtt.key.file().unwrap().display()).as_str()),
+        "{report}"
+    );
+    assert_eq!(
+        report.key_place(doctor::places::STORAGE_KEY),
+        Some(format!("file {}", cfg.state_dir.join("storage.key").display()).as_str()),
+        "{report}"
+    );
+    assert!(report.to_string().contains("\nkeys:\n"), "{report}");
     // Whatever id the probe asked for, the broker made it the session named
     // by the certificate's CN.
     let log = broker.log();

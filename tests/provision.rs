@@ -48,6 +48,11 @@ fn mode(p: &Path) -> u32 {
     fs::metadata(p).unwrap().permissions().mode() & 0o7777
 }
 
+/// `mqtt.key_file` of a config with a file key.
+fn key_file(cfg: &Config) -> PathBuf {
+    cfg.mqtt.key.file().expect("a file key").to_path_buf()
+}
+
 fn storage_key(cfg: &Config) -> PathBuf {
     cfg.state_dir.join(STORAGE_KEY_FILE)
 }
@@ -67,8 +72,8 @@ fn first_run_creates_the_device_secrets_and_a_csr() {
     assert_eq!(mode(&storage_key(&cfg)), 0o600);
 
     assert_eq!(report.action(items::TLS_KEY), Some(Action::Created));
-    assert_eq!(mode(&cfg.mqtt.key_file), 0o600);
-    let key_pem = fs::read_to_string(&cfg.mqtt.key_file).unwrap();
+    assert_eq!(mode(&key_file(&cfg)), 0o600);
+    let key_pem = fs::read_to_string(key_file(&cfg)).unwrap();
     assert!(
         key_pem.starts_with("-----BEGIN PRIVATE KEY-----"),
         "PKCS#8 PEM"
@@ -106,8 +111,8 @@ fn first_run_creates_the_device_secrets_and_a_csr() {
 fn second_run_creates_nothing_and_keeps_every_byte() {
     let (_dir, cfg) = setup();
     provision(&cfg).unwrap();
-    let csr_path = csr_path_for(&cfg.mqtt.key_file);
-    let before: Vec<Vec<u8>> = [&storage_key(&cfg), &cfg.mqtt.key_file, &csr_path]
+    let csr_path = csr_path_for(&key_file(&cfg));
+    let before: Vec<Vec<u8>> = [&storage_key(&cfg), &key_file(&cfg), &csr_path]
         .iter()
         .map(|p| fs::read(p).unwrap())
         .collect();
@@ -122,7 +127,7 @@ fn second_run_creates_nothing_and_keeps_every_byte() {
     ] {
         assert_eq!(again.action(what), Some(Action::Kept), "{what}");
     }
-    let after: Vec<Vec<u8>> = [&storage_key(&cfg), &cfg.mqtt.key_file, &csr_path]
+    let after: Vec<Vec<u8>> = [&storage_key(&cfg), &key_file(&cfg), &csr_path]
         .iter()
         .map(|p| fs::read(p).unwrap())
         .collect();
@@ -133,14 +138,14 @@ fn second_run_creates_nothing_and_keeps_every_byte() {
 fn a_missing_csr_is_made_again_from_the_existing_key() {
     let (_dir, cfg) = setup();
     provision(&cfg).unwrap();
-    let key_before = fs::read(&cfg.mqtt.key_file).unwrap();
-    let csr_path = csr_path_for(&cfg.mqtt.key_file);
+    let key_before = fs::read(key_file(&cfg)).unwrap();
+    let csr_path = csr_path_for(&key_file(&cfg));
     fs::remove_file(&csr_path).unwrap();
 
     let report = provision(&cfg).unwrap();
     assert_eq!(report.action(items::TLS_KEY), Some(Action::Kept));
     assert_eq!(report.action(items::CSR), Some(Action::Created));
-    assert_eq!(fs::read(&cfg.mqtt.key_file).unwrap(), key_before);
+    assert_eq!(fs::read(key_file(&cfg)).unwrap(), key_before);
     let key = KeyPair::from_pem(std::str::from_utf8(&key_before).unwrap()).unwrap();
     let info = csr_info(&fs::read_to_string(&csr_path).unwrap()).unwrap();
     assert_eq!(info.public_key_der, key.subject_public_key_info());
@@ -150,7 +155,7 @@ fn a_missing_csr_is_made_again_from_the_existing_key() {
 fn a_csr_of_another_key_or_device_is_rewritten() {
     let (dir, cfg) = setup();
     provision(&cfg).unwrap();
-    let csr_path = csr_path_for(&cfg.mqtt.key_file);
+    let csr_path = csr_path_for(&key_file(&cfg));
 
     // A CSR left over from an earlier key.
     let other = KeyPair::generate().unwrap();
@@ -160,7 +165,7 @@ fn a_csr_of_another_key_or_device_is_rewritten() {
     fs::write(&csr_path, &stale).unwrap();
     let report = provision(&cfg).unwrap();
     assert_eq!(report.action(items::CSR), Some(Action::Replaced));
-    let key = KeyPair::from_pem(&fs::read_to_string(&cfg.mqtt.key_file).unwrap()).unwrap();
+    let key = KeyPair::from_pem(&fs::read_to_string(key_file(&cfg)).unwrap()).unwrap();
     let info = csr_info(&fs::read_to_string(&csr_path).unwrap()).unwrap();
     assert_eq!(info.public_key_der, key.subject_public_key_info());
 
@@ -198,16 +203,16 @@ fn unusable_existing_keys_are_refused_and_left_alone() {
 
     // A TLS key file that is not a PKCS#8 key.
     let (_dir, cfg) = setup();
-    fs::create_dir_all(cfg.mqtt.key_file.parent().unwrap()).unwrap();
-    fs::write(&cfg.mqtt.key_file, "garbage").unwrap();
+    fs::create_dir_all(key_file(&cfg).parent().unwrap()).unwrap();
+    fs::write(key_file(&cfg), "garbage").unwrap();
     let err = provision(&cfg).unwrap_err();
     assert!(
         matches!(err, ProvisionError::BadExistingKey { .. }),
         "{err}"
     );
     assert!(err.to_string().contains("device.key"), "{err}");
-    assert_eq!(fs::read_to_string(&cfg.mqtt.key_file).unwrap(), "garbage");
-    assert!(!csr_path_for(&cfg.mqtt.key_file).exists());
+    assert_eq!(fs::read_to_string(key_file(&cfg)).unwrap(), "garbage");
+    assert!(!csr_path_for(&key_file(&cfg)).exists());
 }
 
 #[test]
@@ -244,7 +249,7 @@ fn owner_lookup_and_chown() {
         gid: me.gid(),
     };
     provision_owned(&cfg, Some(owner)).unwrap();
-    for p in [&cfg.state_dir, &storage_key(&cfg), &cfg.mqtt.key_file] {
+    for p in [&cfg.state_dir, &storage_key(&cfg), &key_file(&cfg)] {
         let m = fs::metadata(p).unwrap();
         assert_eq!((m.uid(), m.gid()), (owner.uid, owner.gid), "{p:?}");
     }
@@ -265,7 +270,7 @@ fn config_for_provisioning_loads_before_the_tls_files_exist() {
     let err = config::load_with_env(&path, &[]).unwrap_err();
     assert_eq!(err.key(), Some("mqtt.ca_file"));
     let cfg = config::load_unchecked_with_env(&path, &[]).unwrap();
-    assert_eq!(cfg.mqtt.key_file, dir.path().join("device.key"));
+    assert_eq!(key_file(&cfg), dir.path().join("device.key"));
     provision(&cfg).unwrap();
     // Still refused by the daemon's loader until the signed certificate and CA are installed.
     assert!(config::load_with_env(&path, &[]).is_err());
@@ -383,14 +388,14 @@ fn a_symlink_where_a_secret_belongs_is_refused() {
     let (dir, cfg) = setup();
     let other = dir.path().join("other.key");
     fs::write(&other, KeyPair::generate().unwrap().serialize_pem()).unwrap();
-    fs::create_dir_all(cfg.mqtt.key_file.parent().unwrap()).unwrap();
-    std::os::unix::fs::symlink(&other, &cfg.mqtt.key_file).unwrap();
+    fs::create_dir_all(key_file(&cfg).parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&other, key_file(&cfg)).unwrap();
     let err = provision(&cfg).unwrap_err().to_string();
     assert!(
         err.contains("device.key") && err.contains("symbolic link"),
         "{err}"
     );
-    assert!(!csr_path_for(&cfg.mqtt.key_file).exists());
+    assert!(!csr_path_for(&key_file(&cfg)).exists());
 
     // A hard link to another file.
     let (dir, cfg) = setup();
@@ -444,7 +449,8 @@ fn a_state_directory_others_can_write_is_refused() {
 
     // The directory of the TLS key too.
     let (_dir, cfg) = setup();
-    let etc = cfg.mqtt.key_file.parent().unwrap();
+    let key = key_file(&cfg);
+    let etc = key.parent().unwrap();
     fs::create_dir_all(etc).unwrap();
     fs::set_permissions(etc, fs::Permissions::from_mode(0o757)).unwrap();
     let err = provision(&cfg).unwrap_err().to_string();
@@ -452,5 +458,5 @@ fn a_state_directory_others_can_write_is_refused() {
         err.contains(&etc.display().to_string()) && err.contains("writable"),
         "{err}"
     );
-    assert!(!cfg.mqtt.key_file.exists());
+    assert!(!key_file(&cfg).exists());
 }

@@ -177,9 +177,14 @@ pub(crate) struct SendArgs {
     /// The fleet's client certificate (PEM).
     #[arg(long)]
     pub(crate) cert: PathBuf,
-    /// The fleet's TLS private key (PEM).
+    /// The fleet's TLS private key: a PEM file, or a key in a PKCS#11 token
+    /// as an RFC 7512 URI (`pkcs11:token=fleet;object=fleet?pin-source=file:/path`).
     #[arg(long = "tls-key")]
-    pub(crate) tls_key: PathBuf,
+    pub(crate) tls_key: String,
+    /// The PKCS#11 provider library for a `pkcs11:` --tls-key (unless the URI
+    /// has module-path=).
+    #[arg(long = "pkcs11-module")]
+    pub(crate) pkcs11_module: Option<PathBuf>,
     /// Topic prefix.
     #[arg(long, default_value = "facegate")]
     pub(crate) prefix: String,

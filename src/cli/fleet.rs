@@ -1,12 +1,14 @@
 //! `facegate fleet`: key generation, consent tokens, signed commands, and
 //! sending a command to devices over the broker.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context};
 use serde_json::Value;
 
 use facegate::cmd::Command;
+use facegate::keyref::KeyRef;
 use facegate::{clock, consent, fleet, keys};
 
 use super::args::{AclArgs, Fleet, SendArgs};
@@ -107,7 +109,7 @@ fn fleet_send(a: SendArgs, now: i64) -> anyhow::Result<ExitCode> {
         port,
         ca_file: a.ca,
         cert_file: a.cert,
-        key_file: a.tls_key,
+        key: KeyRef::parse(&a.tls_key, Path::new(""), a.pkcs11_module).context("--tls-key")?,
         prefix: a.prefix,
         site: a.site,
         device: a.device.clone(),

@@ -71,8 +71,10 @@ pub struct RawMqtt {
     pub ca_file: Option<String>,
     /// Client certificate path (required).
     pub cert_file: Option<String>,
-    /// Client private key path (required).
+    /// Client private key (required): a file path or a `pkcs11:` URI.
     pub key_file: Option<String>,
+    /// PKCS#11 provider library, for a `pkcs11:` key (no default).
+    pub pkcs11_module: Option<String>,
     /// Topic prefix.
     pub prefix: Option<String>,
     /// Keep-alive, humantime text.

@@ -16,6 +16,7 @@ use super::{
     AuditConfig, CaptureConfig, CommandConfig, Config, ConsentConfig, ControlConfig, Identity,
     LogConfig, LogFormat, MqttConfig, OutboxConfig, RawConfig, Role, TrustedKey, WhenFull,
 };
+use crate::keyref::{KeyRef, KeyRefError};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -155,7 +156,7 @@ fn mqtt(raw: RawMqtt, base_dir: &Path) -> Result<MqttConfig, ConfigError> {
         port: number("mqtt.port", raw.port, 8883, 1, 65_535, Unit::Plain)? as u16,
         ca_file: path("mqtt.ca_file", raw.ca_file, base_dir)?,
         cert_file: path("mqtt.cert_file", raw.cert_file, base_dir)?,
-        key_file: path("mqtt.key_file", raw.key_file, base_dir)?,
+        key: device_key(raw.key_file, raw.pkcs11_module, base_dir)?,
         prefix: identifier("mqtt.prefix", raw.prefix.or(Some("facegate".into())))?,
         keep_alive,
         inflight: number("mqtt.inflight", raw.inflight, 16, 1, 1024, Unit::Plain)? as u16,
@@ -169,6 +170,41 @@ fn mqtt(raw: RawMqtt, base_dir: &Path) -> Result<MqttConfig, ConfigError> {
             secs(86_400),
         )?,
     })
+}
+
+/// `mqtt.key_file` (a path or a `pkcs11:` URI) with `mqtt.pkcs11_module`.
+fn device_key(
+    key_file: Option<String>,
+    module: Option<String>,
+    base_dir: &Path,
+) -> Result<KeyRef, ConfigError> {
+    let value = required("mqtt.key_file", key_file)?;
+    if value.trim().is_empty() {
+        return Err(ConfigError::invalid("mqtt.key_file", "must not be empty"));
+    }
+    let module = match module {
+        Some(m) if m.trim().is_empty() => {
+            return Err(ConfigError::invalid(
+                "mqtt.pkcs11_module",
+                "must not be empty",
+            ))
+        }
+        Some(m) => Some(base_dir.join(m)),
+        None => None,
+    };
+    let key = KeyRef::parse(&value, base_dir, module).map_err(|e| match e {
+        KeyRefError::NoModule | KeyRefError::ModuleWithoutUri => {
+            ConfigError::invalid("mqtt.pkcs11_module", e.to_string())
+        }
+        e => ConfigError::invalid("mqtt.key_file", e.to_string()),
+    })?;
+    if !cfg!(feature = "pkcs11") && key.pkcs11().is_some() {
+        return Err(ConfigError::invalid(
+            "mqtt.key_file",
+            "a pkcs11: key needs a facegate built with PKCS#11 support (cargo feature \"pkcs11\")",
+        ));
+    }
+    Ok(key)
 }
 
 fn trust(entries: Vec<RawTrust>, base_dir: &Path) -> Result<Vec<TrustedKey>, ConfigError> {

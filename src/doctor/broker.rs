@@ -90,7 +90,7 @@ pub async fn check_broker(cfg: &Config, timeout: Duration) -> Vec<Check> {
             Check::fail(names::BROKER_CONFINEMENT, format!("not checked: {why}")),
         ]
     };
-    let tls = match tls::client_config(&m.ca_file, &m.cert_file, &m.key_file) {
+    let tls = match tls::client_config_for(&m.ca_file, &m.cert_file, &m.key) {
         Ok(t) => t,
         Err(e) => {
             let mut checks = vec![Check::fail(

@@ -10,9 +10,11 @@ use std::path::Path;
 
 use x509_parser::prelude::*;
 
-use super::{names, Check, Outcome};
+use super::{names, places, Check, KeyPlace, Outcome};
 use crate::clock;
 use crate::config::Config;
+use crate::keyref::{KeyRef, Pkcs11Key};
+use crate::pkcs11::TokenKey;
 use crate::provision::{STORAGE_KEY_FILE, STORAGE_KEY_LEN};
 use crate::uplink::tls;
 
@@ -34,7 +36,7 @@ pub fn checks(cfg: &Config, now: i64) -> Vec<Check> {
     let mut checks = vec![
         check_state_dir(&cfg.state_dir),
         check_storage_key(&cfg.state_dir.join(STORAGE_KEY_FILE)),
-        check_tls_key(&cfg.mqtt.key_file),
+        check_tls_key(&cfg.mqtt.key),
         check_tls_files(cfg),
     ];
     checks.extend(check_certificate(cfg, now));
@@ -95,7 +97,54 @@ fn check_storage_key(path: &Path) -> Check {
     }
 }
 
-fn check_tls_key(path: &Path) -> Check {
+/// Where the device's keys live, for the head of the report: the TLS key (a
+/// file, or a token with its slot and whether the key can leave it) and the
+/// storage key.
+pub fn key_places(cfg: &Config) -> Vec<KeyPlace> {
+    let device = match &cfg.mqtt.key {
+        KeyRef::File(path) => format!("file {}", path.display()),
+        KeyRef::Pkcs11(key) => match TokenKey::open(key) {
+            Ok(token_key) => token_key.location().to_string(),
+            Err(e) => format!("PKCS#11 {} (cannot be opened: {})", key.uri, e.reason),
+        },
+    };
+    vec![
+        KeyPlace {
+            key: places::DEVICE_KEY,
+            place: device,
+        },
+        KeyPlace {
+            key: places::STORAGE_KEY,
+            place: format!("file {}", cfg.state_dir.join(STORAGE_KEY_FILE).display()),
+        },
+    ]
+}
+
+fn check_tls_key(key: &KeyRef) -> Check {
+    match key {
+        KeyRef::File(path) => check_tls_key_file(path),
+        KeyRef::Pkcs11(key) => check_token_key(key),
+    }
+}
+
+/// A token key must open (library, token, PIN, object) and must not be
+/// extractable or readable (`CKA_EXTRACTABLE` false, `CKA_SENSITIVE` true).
+fn check_token_key(key: &Pkcs11Key) -> Check {
+    let name = names::TLS_KEY;
+    match TokenKey::open(key) {
+        Err(e) => Check::fail(name, e.to_string()),
+        Ok(k) if k.location().extractable || !k.location().sensitive => Check::warn(
+            name,
+            format!(
+                "{}: the key can be exported from the token (CKA_EXTRACTABLE true or CKA_SENSITIVE false): generate a new one with facegate provision",
+                key.uri
+            ),
+        ),
+        Ok(_) => Check::pass(name),
+    }
+}
+
+fn check_tls_key_file(path: &Path) -> Check {
     let name = names::TLS_KEY;
     match mode_of(path) {
         Err(e) => Check::fail(name, format!("{e} (mqtt.key_file; run facegate provision)")),
@@ -112,7 +161,7 @@ fn check_tls_key(path: &Path) -> Check {
 
 fn check_tls_files(cfg: &Config) -> Check {
     let m = &cfg.mqtt;
-    match tls::client_config(&m.ca_file, &m.cert_file, &m.key_file) {
+    match tls::client_config_for(&m.ca_file, &m.cert_file, &m.key) {
         Ok(_) => Check::pass(names::TLS_FILES),
         Err(e) => Check::fail(names::TLS_FILES, e.to_string()),
     }

@@ -31,7 +31,8 @@ pub mod names {
     pub const STATE_DIR: &str = "state directory";
     /// The device storage key file.
     pub const STORAGE_KEY: &str = "storage key";
-    /// The TLS private key file's permissions.
+    /// The TLS private key: a file's permissions, or a token key that opens
+    /// and cannot be exported.
     pub const TLS_KEY: &str = "TLS key permissions";
     /// CA, certificate and key load and belong together.
     pub const TLS_FILES: &str = "TLS files";
@@ -58,6 +59,24 @@ pub mod names {
     /// The broker confines the certificate: no other site's or device's
     /// topics, and the client id is tied to the certificate.
     pub const BROKER_CONFINEMENT: &str = "broker confinement";
+}
+
+/// The keys the report says the place of (`keys:` at its head).
+pub mod places {
+    /// The TLS client key, the device's identity to the broker.
+    pub const DEVICE_KEY: &str = "device key (TLS)";
+    /// The storage key, which unwraps the subjects' data keys.
+    pub const STORAGE_KEY: &str = "storage key";
+}
+
+/// Where one of the device's keys lives: `file /etc/facegate/device.key`,
+/// `PKCS#11 token facegate, slot 3, object device, not extractable`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPlace {
+    /// Which key (one of [`places`]).
+    pub key: &'static str,
+    /// Where it lives, in words.
+    pub place: String,
 }
 
 /// How one check came out.
@@ -106,6 +125,8 @@ impl Check {
 pub struct DoctorReport {
     /// The config file that was checked.
     pub config_path: PathBuf,
+    /// Where each key lives (empty when the config does not load).
+    pub keys: Vec<KeyPlace>,
     /// The checks, in the order they ran.
     pub checks: Vec<Check>,
 }
@@ -117,6 +138,14 @@ impl DoctorReport {
             .checks
             .iter()
             .any(|c| matches!(c.outcome, Outcome::Fail(_)))
+    }
+
+    /// Where `key` (one of [`places`]) lives, if the report says.
+    pub fn key_place(&self, key: &str) -> Option<&str> {
+        self.keys
+            .iter()
+            .find(|k| k.key == key)
+            .map(|k| k.place.as_str())
     }
 
     /// The check called `name`, if it ran.
@@ -133,6 +162,12 @@ impl DoctorReport {
 impl fmt::Display for DoctorReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "facegate doctor: {}", self.config_path.display())?;
+        if !self.keys.is_empty() {
+            writeln!(f, "keys:")?;
+            for k in &self.keys {
+                writeln!(f, "      {:<22} {}", k.key, k.place)?;
+            }
+        }
         for check in &self.checks {
             let (tag, msg) = match &check.outcome {
                 Outcome::Pass => ("PASS", ""),
@@ -197,6 +232,7 @@ pub fn local_checks(cfg_path: &Path, now: i64) -> DoctorReport {
             checks.push(Check::fail(names::CONFIG, e.to_string()));
             return DoctorReport {
                 config_path: cfg_path.to_path_buf(),
+                keys: Vec::new(),
                 checks,
             };
         }
@@ -204,6 +240,7 @@ pub fn local_checks(cfg_path: &Path, now: i64) -> DoctorReport {
     checks.extend(local::checks(&cfg, now));
     DoctorReport {
         config_path: cfg_path.to_path_buf(),
+        keys: local::key_places(&cfg),
         checks,
     }
 }
@@ -220,10 +257,21 @@ mod tests {
     fn the_report_counts_failures() {
         let report = DoctorReport {
             config_path: PathBuf::from("x.toml"),
+            keys: vec![KeyPlace {
+                key: places::DEVICE_KEY,
+                place: "file /etc/facegate/device.key".into(),
+            }],
             checks: vec![Check::pass(names::CONFIG), Check::warn(names::DISK, "low")],
         };
         assert!(report.ok());
         assert!(report.to_string().contains("all checks passed"));
+        assert!(report
+            .to_string()
+            .contains("device key (TLS)       file /etc/facegate/device.key"));
+        assert_eq!(
+            report.key_place(places::DEVICE_KEY),
+            Some("file /etc/facegate/device.key")
+        );
         let mut failing = report.clone();
         failing.checks.push(Check::fail(names::CLOCK, "bad"));
         assert!(!failing.ok());

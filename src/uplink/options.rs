@@ -41,7 +41,7 @@ pub fn max_incoming_packet_size(config: &Config) -> usize {
 /// acknowledged once its effect is committed), and the offline last will.
 pub fn mqtt_options(config: &Config, topics: &Topics) -> Result<MqttOptions, tls::TlsError> {
     let m = &config.mqtt;
-    let tls_config = tls::client_config(&m.ca_file, &m.cert_file, &m.key_file)?;
+    let tls_config = tls::client_config_for(&m.ca_file, &m.cert_file, &m.key)?;
     let max = max_packet_size(config);
     let mut opts = tls::mqtt_options(
         &config.identity.device_id,

@@ -16,8 +16,11 @@ use std::time::Duration;
 use rumqttc::{ConnectReturnCode, ConnectionError, MqttOptions, TlsConfiguration, Transport};
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::sign::CertifiedKey;
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{AlertDescription, CertificateError, ClientConfig, RootCertStore};
+
+use crate::keyref::KeyRef;
+use crate::pkcs11::{Pkcs11Error, TlsKey, TokenKey};
 
 /// Why the TLS client configuration (or the MQTT options) could not be built.
 /// Every variant names the file concerned.
@@ -104,6 +107,85 @@ pub enum TlsError {
     /// MQTT needs a client id for a persistent session.
     #[error("MQTT client id must not be empty")]
     EmptyClientId,
+    /// The key in the PKCS#11 token cannot be used (the message names the URI part).
+    #[error(transparent)]
+    Pkcs11(#[from] Pkcs11Error),
+    /// The token's key does not belong to the certificate.
+    #[error("the key {uri} in the PKCS#11 token does not match the certificate {cert}")]
+    TokenKeyMismatch {
+        /// The key's URI.
+        uri: String,
+        /// The certificate file.
+        cert: PathBuf,
+    },
+}
+
+/// [`client_config`] for a key wherever it lives: a file (exactly
+/// [`client_config`]) or a PKCS#11 token, where every handshake signature is
+/// made by the token.
+pub fn client_config_for(
+    ca_file: &Path,
+    cert_file: &Path,
+    key: &KeyRef,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    match key {
+        KeyRef::File(key_file) => client_config(ca_file, cert_file, key_file),
+        KeyRef::Pkcs11(key) => {
+            let token_key = TokenKey::open(key)?;
+            token_client_config(ca_file, cert_file, token_key)
+        }
+    }
+}
+
+/// The client configuration of [`client_config`] with a key in a token.
+pub fn token_client_config(
+    ca_file: &Path,
+    cert_file: &Path,
+    token_key: Arc<TokenKey>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let roots = read_roots(ca_file)?;
+    let chain = read_certs(cert_file)?;
+    let uri = token_key.uri().to_string();
+    let signing: Arc<dyn rustls::sign::SigningKey> = Arc::new(TlsKey(token_key));
+    let certified = CertifiedKey::new(chain, signing);
+    match certified.keys_match() {
+        Ok(()) => {}
+        Err(rustls::Error::InconsistentKeys(_)) => {
+            return Err(TlsError::TokenKeyMismatch {
+                uri,
+                cert: cert_file.to_path_buf(),
+            })
+        }
+        Err(source) => {
+            return Err(TlsError::BadCertificate {
+                path: cert_file.to_path_buf(),
+                source,
+            })
+        }
+    }
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|source| TlsError::BadCertificate {
+            path: cert_file.to_path_buf(),
+            source,
+        })?
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
+    Ok(Arc::new(config))
+}
+
+fn read_roots(ca_file: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in read_certs(ca_file)? {
+        roots
+            .add(cert)
+            .map_err(|source| TlsError::BadCaCertificate {
+                path: ca_file.to_path_buf(),
+                source,
+            })?;
+    }
+    Ok(roots)
 }
 
 /// Builds the uplink's TLS client configuration: trust only the CA(s) in `ca_file`

@@ -52,6 +52,7 @@ struct Mqtt {
     ca_file: PathBuf,
     cert_file: PathBuf,
     key_file: PathBuf,
+    pkcs11_module: Option<PathBuf>,
     #[serde(serialize_with = "human_duration")]
     keep_alive: Option<Duration>,
     inflight: Option<u16>,
@@ -136,6 +137,7 @@ impl ConfigBuilder {
                 ca_file: "ca.pem".into(),
                 cert_file: "device.pem".into(),
                 key_file: "device.key".into(),
+                pkcs11_module: None,
                 keep_alive: None,
                 inflight: None,
                 reconnect_min: None,
@@ -186,6 +188,14 @@ impl ConfigBuilder {
         self.mqtt.ca_file = ca.into();
         self.mqtt.cert_file = cert.into();
         self.mqtt.key_file = key.into();
+        self
+    }
+
+    /// A device key in a PKCS#11 token: `mqtt.key_file` = `uri`,
+    /// `mqtt.pkcs11_module` = `module`.
+    pub fn pkcs11_key(mut self, uri: &str, module: impl Into<PathBuf>) -> Self {
+        self.mqtt.key_file = uri.into();
+        self.mqtt.pkcs11_module = Some(module.into());
         self
     }
 

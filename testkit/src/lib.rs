@@ -10,6 +10,7 @@
 //! - [`relay`]: a TCP relay in front of it that holds back replies or cuts connections.
 //! - [`synth`]: synthetic face-like captures, with or without planted metadata.
 //! - [`signer`]: signing keys for consent tokens and fleet commands.
+//! - [`hsm`]: SoftHSM2 tokens (PKCS#11) in a private token directory.
 //!
 //! Driving the product
 //! - [`config`]: the typed builder that renders facegate's TOML config.
@@ -33,6 +34,7 @@ pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod daemon;
+pub mod hsm;
 pub mod mqtt;
 pub mod pki;
 pub mod relay;

@@ -222,6 +222,42 @@ impl Ca {
         self.issue_edited(params, &what, not_before, not_after, edit)
     }
 
+    /// Signs a device's certificate request as the signing recipe of the
+    /// operations guide does: only the request's public key is taken; subject
+    /// (`CN=common_name`) and extensions (client authentication, not a CA) are
+    /// set here. Returns the certificate in PEM. For keys the test cannot see,
+    /// such as one inside a PKCS#11 token.
+    pub fn sign_client_csr(
+        &self,
+        csr_pem: &str,
+        common_name: &str,
+        not_before: i64,
+        not_after: i64,
+    ) -> Result<String, PkiError> {
+        let what = format!("certificate for the request of {common_name:?}");
+        check_common_name(&what, common_name)?;
+        let generate = |source| PkiError::Generate {
+            what: what.clone(),
+            source,
+        };
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(generate)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        set_validity(&mut params, &what, not_before, not_after)?;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let cert = params
+            .signed_by(&csr.public_key, &issuer)
+            .map_err(generate)?;
+        Ok(cert.pem())
+    }
+
     /// Signs a leaf certificate made from `params` with a fresh key.
     fn issue(
         &self,
