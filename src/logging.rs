@@ -5,7 +5,10 @@
 use std::io::IsTerminal;
 use std::sync::OnceLock;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, reload, Registry};
 
 use crate::config::{LogConfig, LogFormat};
 
@@ -25,40 +28,29 @@ pub enum LoggingError {
 }
 
 /// Swaps the live filter (installed by [`init`]); used by [`set_level`].
-type Reloader = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
-static RELOAD: OnceLock<Reloader> = OnceLock::new();
+static RELOAD: OnceLock<reload::Handle<Targets, Registry>> = OnceLock::new();
 
 /// Installs the global subscriber. Calling it again (tests, or a second
 /// init in one process) is harmless: the first subscriber stays.
 pub fn init(cfg: &LogConfig) -> Result<(), LoggingError> {
     let rust_log = std::env::var("RUST_LOG").ok();
     let filter = filter_for(cfg, rust_log.as_deref())?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    // A target filter (`info`, `facegate=debug,rumqttc=warn`), reloadable on
+    // SIGHUP, in front of the text or JSON formatter.
+    let (filter, handle) = reload::Layer::new(filter);
+    let lines = fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     // The only failure of try_init is "a global subscriber is already set":
     // keep that one (and its reload handle).
-    match cfg.format {
-        LogFormat::Text => {
-            let b = builder
-                .with_ansi(std::io::stderr().is_terminal())
-                .with_filter_reloading();
-            let handle = b.reload_handle();
-            if b.try_init().is_ok() {
-                let _ = RELOAD.set(Box::new(move |f| {
-                    handle.reload(f).map_err(|e| e.to_string())
-                }));
-            }
-        }
-        LogFormat::Json => {
-            let b = builder.json().with_filter_reloading();
-            let handle = b.reload_handle();
-            if b.try_init().is_ok() {
-                let _ = RELOAD.set(Box::new(move |f| {
-                    handle.reload(f).map_err(|e| e.to_string())
-                }));
-            }
-        }
+    let installed = match cfg.format {
+        LogFormat::Text => registry
+            .with(lines.with_ansi(std::io::stderr().is_terminal()))
+            .try_init()
+            .is_ok(),
+        LogFormat::Json => registry.with(lines.json()).try_init().is_ok(),
+    };
+    if installed {
+        let _ = RELOAD.set(handle);
     }
     Ok(())
 }
@@ -69,23 +61,27 @@ pub fn set_level(cfg: &LogConfig) -> Result<(), LoggingError> {
     let rust_log = std::env::var("RUST_LOG").ok();
     let filter = filter_for(cfg, rust_log.as_deref())?;
     if let Some(reload) = RELOAD.get() {
-        reload(filter).map_err(|reason| LoggingError::BadFilter {
-            origin: "log.level",
-            value: cfg.level.clone(),
-            reason,
-        })?;
+        reload
+            .reload(filter)
+            .map_err(|e| LoggingError::BadFilter {
+                origin: "log.level",
+                value: cfg.level.clone(),
+                reason: e.to_string(),
+            })?;
     }
     Ok(())
 }
 
 /// The filter to use: `RUST_LOG` if given and not blank, else `cfg.level`.
-pub fn filter_for(cfg: &LogConfig, rust_log: Option<&str>) -> Result<EnvFilter, LoggingError> {
+/// Both are target directives: a level (`info`), `target=level` pairs, or
+/// both (`facegate=debug,warn`); span and field filters are not supported.
+pub fn filter_for(cfg: &LogConfig, rust_log: Option<&str>) -> Result<Targets, LoggingError> {
     let (origin, value) = match rust_log {
         Some(v) if !v.trim().is_empty() => ("RUST_LOG", v),
         _ => ("log.level", cfg.level.as_str()),
     };
-    EnvFilter::builder()
-        .parse(value)
+    value
+        .parse::<Targets>()
         .map_err(|e| LoggingError::BadFilter {
             origin,
             value: value.to_string(),

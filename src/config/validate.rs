@@ -429,7 +429,7 @@ fn log(raw: RawLog) -> Result<LogConfig, ConfigError> {
     if level.trim().is_empty() {
         return Err(ConfigError::invalid("log.level", "must not be empty"));
     }
-    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&level) {
+    if let Err(e) = level.parse::<tracing_subscriber::filter::Targets>() {
         return Err(ConfigError::invalid(
             "log.level",
             format!("bad filter {level:?}: {e}"),
