@@ -6,7 +6,7 @@
 //! transaction that also writes its audit entry and, on behalf of a command
 //! ([`Via`]), keeps the command's `jti` and reply.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -20,8 +20,8 @@ use crate::db::{Db, DbError};
 use crate::gate::Consent;
 use crate::ids::{CaptureId, Jti, SubjectId};
 use crate::protocol::{
-    self, CommandName, ConsentStatus, Counters, ErrorCode, Granted, OutboxStatus, Receipt, Reply,
-    ReplyResult, State, Status, UplinkStatus,
+    self, CommandName, ConsentStatus, Counters, ErrorCode, Granted, OutboxStatus, PartNo, Piece,
+    Receipt, Reply, ReplyResult, State, Status, UplinkStatus,
 };
 use crate::reload;
 use crate::store::{counter, AddConsent, CommandStamp, PurgeReason, Store, StoreError};
@@ -74,37 +74,68 @@ fn store_error_code(e: &StoreError) -> ErrorCode {
     }
 }
 
-/// Captures handed to MQTT whose PUBACK has not arrived yet. The uplink fills
-/// it; purge receipts list the purged ones that are in it (SPEC invariant 4).
+/// Uploads handed to MQTT whose PUBACK has not been recorded yet: whole
+/// captures and parts of captures. The uplink fills it and empties it once
+/// the acknowledgement is in the store (or the connection is lost); purge
+/// receipts list the purged captures that are in it (SPEC invariant 4).
 #[derive(Debug, Default)]
 pub struct InFlight {
-    /// Capture ids currently handed to MQTT.
-    ids: Mutex<HashSet<CaptureId>>,
+    /// Capture id → its pieces in flight (`None`: the whole capture).
+    ids: Mutex<HashMap<CaptureId, HashSet<Option<PartNo>>>>,
 }
 
 impl InFlight {
-    /// Records that `id` was handed to MQTT.
-    pub fn insert(&self, id: &CaptureId) {
-        self.lock().insert(id.clone());
+    /// Records that `piece` was handed to MQTT.
+    pub fn insert(&self, piece: &Piece) {
+        self.lock()
+            .entry(piece.capture_id.clone())
+            .or_default()
+            .insert(piece.part);
     }
 
-    /// Records that `id` was acknowledged or abandoned.
-    pub fn remove(&self, id: &CaptureId) -> bool {
-        self.lock().remove(id)
+    /// Records that `piece` was acknowledged or abandoned.
+    pub fn remove(&self, piece: &Piece) -> bool {
+        let mut map = self.lock();
+        let Some(set) = map.get_mut(&piece.capture_id) else {
+            return false;
+        };
+        let removed = set.remove(&piece.part);
+        if set.is_empty() {
+            map.remove(&piece.capture_id);
+        }
+        removed
     }
 
-    /// Which of `ids` are in flight, in the given order.
+    /// Which of `ids` have something in flight, in the given order.
     pub fn among(&self, ids: &[CaptureId]) -> Vec<CaptureId> {
-        let set = self.lock();
-        ids.iter().filter(|id| set.contains(*id)).cloned().collect()
+        let map = self.lock();
+        ids.iter()
+            .filter(|id| map.contains_key(*id))
+            .cloned()
+            .collect()
     }
 
-    /// A snapshot of every in-flight id.
+    /// Every capture with something in flight.
     pub fn snapshot(&self) -> Vec<CaptureId> {
-        self.lock().iter().cloned().collect()
+        self.lock().keys().cloned().collect()
     }
 
-    /// How many captures are in flight.
+    /// The parts of `capture_id` split into `of` that are in flight.
+    pub fn parts_of(&self, capture_id: &CaptureId, of: u32) -> Vec<u32> {
+        let map = self.lock();
+        let mut parts: Vec<u32> = map
+            .get(capture_id)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|p| p.of == of)
+            .map(|p| p.index)
+            .collect();
+        parts.sort_unstable();
+        parts
+    }
+
+    /// How many captures have something in flight.
     pub fn len(&self) -> usize {
         self.lock().len()
     }
@@ -114,7 +145,7 @@ impl InFlight {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<CaptureId>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CaptureId, HashSet<Option<PartNo>>>> {
         self.ids.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -354,10 +385,17 @@ impl Agent {
         let receipt = self
             .db
             .run(move |st| {
-                // In flight: taken under the store lock, atomically with the purge.
+                // In flight: taken under the store lock, atomically with the
+                // purge; captures partly sent (some parts acknowledged) too.
+                let partly = st.partly_sent(Some(&subject))?;
                 let result = |r: &crate::store::Revocation| Receipt {
                     consents_remaining: Some(r.consents_remaining),
-                    ..receipt(Some(&subject), &r.purged, inflight.among(&r.purged), now)
+                    ..receipt(
+                        Some(&subject),
+                        &r.purged,
+                        in_flight(&inflight, &partly, &r.purged),
+                        now,
+                    )
                 };
                 effect(via.as_ref(), result, |stamp| {
                     st.revoke(&subject, before, now, stamp)
@@ -387,8 +425,12 @@ impl Agent {
                     PurgeTarget::Subject(s) => Some(s),
                     PurgeTarget::All => None,
                 };
-                // In flight: taken under the store lock, atomically with the purge.
-                let result = |ids: &Vec<CaptureId>| receipt(subject, ids, inflight.among(ids), now);
+                // In flight: taken under the store lock, atomically with the
+                // purge; captures partly sent (some parts acknowledged) too.
+                let partly = st.partly_sent(subject)?;
+                let result = |ids: &Vec<CaptureId>| {
+                    receipt(subject, ids, in_flight(&inflight, &partly, ids), now)
+                };
                 effect(via.as_ref(), result, |stamp| match &target {
                     PurgeTarget::Subject(s) => st.purge_subject(s, now, reason, stamp),
                     PurgeTarget::All => st.purge_all(now, reason, stamp),
@@ -528,6 +570,17 @@ fn status_of(
             in_flight: in_flight as u64,
         }),
     })
+}
+
+/// The purged captures the back-end may hold (some or all of): those with
+/// an upload in flight, and those of which some parts were acknowledged.
+fn in_flight(inflight: &InFlight, partly: &[CaptureId], purged: &[CaptureId]) -> Vec<CaptureId> {
+    let sending = inflight.among(purged);
+    purged
+        .iter()
+        .filter(|id| sending.contains(id) || partly.contains(id))
+        .cloned()
+        .collect()
 }
 
 /// The SPEC purge receipt. `in_flight` lists purged captures that had

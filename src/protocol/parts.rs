@@ -301,7 +301,7 @@ fn join(parts: BTreeMap<u32, Envelope>) -> Envelope {
     }
     let first = first.unwrap_or_else(empty);
     Envelope {
-        image: image.into(),
+        image,
         part: None,
         parts: None,
         ..first
@@ -356,12 +356,12 @@ mod tests {
         base.sha256.copy_from_slice(digest.as_ref());
         match split(&base, image.len(), topic_len, max).unwrap() {
             Split::Whole => vec![Envelope {
-                image: image.to_vec().into(),
+                image: image.to_vec(),
                 ..base
             }],
             Split::Parts(n) => (0..n)
                 .map(|i| Envelope {
-                    image: image[slice(image.len(), n, i)].to_vec().into(),
+                    image: image[slice(image.len(), n, i)].to_vec(),
                     part: Some(i),
                     parts: Some(n),
                     ..base.clone()
@@ -408,7 +408,11 @@ mod tests {
         assert_eq!(small.len(), 1);
         assert_eq!((small[0].part, small[0].parts), (None, None));
         let big = envelopes(&image(300_000), "c", topic, 131_072);
-        assert_eq!(big.len(), 4, "300 kB is 400 kB in base64: 4 packets of 128 KiB");
+        assert_eq!(
+            big.len(),
+            4,
+            "300 kB is 400 kB in base64: 4 packets of 128 KiB"
+        );
         for (i, e) in big.iter().enumerate() {
             assert_eq!((e.part, e.parts), (Some(i as u32), Some(4)));
         }
@@ -457,7 +461,7 @@ mod tests {
                         let fewer = n - 1;
                         let biggest = slice(len, fewer, 0).len();
                         let e = Envelope {
-                            image: img[..biggest].to_vec().into(),
+                            image: img[..biggest].to_vec(),
                             consent_id: widest.clone(),
                             part: Some(fewer - 1),
                             parts: Some(fewer),

@@ -24,6 +24,7 @@ mod audit_log;
 mod consents;
 mod counters;
 mod outbox;
+mod parts;
 mod purge;
 mod replay;
 mod schema;
