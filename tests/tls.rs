@@ -148,6 +148,7 @@ async fn untrusted_broker_certificate_is_refused() {
 async fn broker_certificate_for_another_name_is_refused() {
     let broker = Broker::start_with(BrokerOptions {
         server_names: vec!["broker.example.net".into()],
+        ..BrokerOptions::default()
     });
     let creds = broker.issue_client("term-01");
 

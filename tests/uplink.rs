@@ -359,6 +359,7 @@ async fn bad_tls_never_connects_and_keeps_captures() {
     // A broker whose certificate names another host.
     let misnamed = Broker::start_with(BrokerOptions {
         server_names: vec!["broker.example.net".into()],
+        ..BrokerOptions::default()
     });
     let misnamed_creds = misnamed.issue_client(DEVICE);
     let cases: Vec<(&str, u16, ClientCreds, &str)> = vec![

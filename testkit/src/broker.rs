@@ -112,12 +112,16 @@ pub struct BrokerOptions {
     /// Names (DNS or IP) in the broker's server certificate; change them to test
     /// server-name verification.
     pub server_names: Vec<String>,
+    /// Mosquitto's `max_packet_size`: a client that sends a larger packet is
+    /// disconnected (default [`MAX_PACKET`]; 131072 is AWS IoT Core's limit).
+    pub max_packet_size: usize,
 }
 
 impl Default for BrokerOptions {
     fn default() -> Self {
         BrokerOptions {
             server_names: vec!["localhost".into(), "127.0.0.1".into()],
+            max_packet_size: MAX_PACKET,
         }
     }
 }
@@ -199,7 +203,7 @@ impl Broker {
         let mut last = None;
         for _attempt in 0..PORT_ATTEMPTS {
             broker.port = util::try_free_port().map_err(BrokerError::Port)?;
-            write_config(broker.dir.path(), broker.port)?;
+            write_config(broker.dir.path(), broker.port, opts.max_packet_size)?;
             match broker.spawn_and_wait() {
                 Ok(()) => return Ok(broker),
                 // Someone took the port between our probe and Mosquitto's bind: retry.
@@ -410,7 +414,7 @@ fn mosquitto_binary() -> Result<PathBuf, BrokerError> {
     }
 }
 
-fn write_config(dir: &Path, port: u16) -> Result<(), BrokerError> {
+fn write_config(dir: &Path, port: u16, max_packet: usize) -> Result<(), BrokerError> {
     let p = |name: &str| dir.join(name).display().to_string();
     let conf = format!(
         "# Private throwaway broker: mutual TLS, identity from the client certificate CN.\n\
@@ -441,7 +445,7 @@ fn write_config(dir: &Path, port: u16) -> Result<(), BrokerError> {
          set_tcp_nodelay true\n",
         acl = p("acl"),
         data = p("data"),
-        max = MAX_PACKET,
+        max = max_packet,
         log = p("mosquitto.log"),
         ca = p("ca.pem"),
         cert = p("server.pem"),
