@@ -621,3 +621,77 @@ pub(crate) mod testing {
         (dir, agent)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Capture;
+
+    fn capture(id: &str, subject: &str) -> Capture {
+        Capture {
+            capture_id: id.into(),
+            subject: SubjectId::new(subject).unwrap(),
+            consent_id: "c".into(),
+            captured_at: 1_800_000_000,
+            camera: "cam-1".into(),
+            content_type: "image/jpeg".into(),
+            sha256: [1; 32],
+            image: vec![0xff, 0xd8, 0xff, 0xd9],
+        }
+    }
+
+    /// A purge receipt's `in_flight` names what the back-end may hold: a
+    /// capture with an upload in flight (whole or a part), and one of which
+    /// some parts were already acknowledged even when nothing of it is in
+    /// flight now (e.g. after a restart); not one of which nothing went out.
+    #[tokio::test]
+    async fn receipts_list_captures_in_flight_or_partly_sent() {
+        let (_dir, agent) = testing::agent("");
+        let now = crate::clock::now();
+        let policy = agent.config().outbox.clone();
+        agent
+            .db()
+            .run(move |s| {
+                let batch = ["sent", "flying", "part", "queued"]
+                    .iter()
+                    .map(|id| capture(id, "S-1"))
+                    .collect();
+                s.insert_captures(batch, &policy, now)?;
+                s.ack_parts(&[("sent".into(), PartNo { index: 0, of: 3 })], now)
+            })
+            .await
+            .unwrap();
+        agent.inflight().insert(&Piece::whole("flying".into()));
+        agent.inflight().insert(&Piece::part("part".into(), 1, 2));
+        let subject = SubjectId::new("S-1").unwrap();
+        let r = agent
+            .purge(PurgeTarget::Subject(subject.clone()), now, None)
+            .await
+            .unwrap();
+        assert_eq!(r.purged, 4);
+        let mut got = r.in_flight.clone();
+        got.sort();
+        let want: Vec<CaptureId> = vec!["flying".into(), "part".into(), "sent".into()];
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn in_flight_counts_captures_and_keeps_each_part() {
+        let f = InFlight::default();
+        let id = CaptureId::from("big");
+        f.insert(&Piece::part(id.clone(), 0, 3));
+        f.insert(&Piece::part(id.clone(), 2, 3));
+        f.insert(&Piece::part(id.clone(), 1, 4));
+        f.insert(&Piece::whole("small".into()));
+        assert_eq!(f.len(), 2, "captures, not pieces");
+        assert_eq!(f.parts_of(&id, 3), [0, 2]);
+        assert_eq!(f.parts_of(&id, 4), [1]);
+        assert!(f.remove(&Piece::part(id.clone(), 0, 3)));
+        assert!(!f.remove(&Piece::part(id.clone(), 0, 3)));
+        assert_eq!(f.among(std::slice::from_ref(&id)), [id.clone()]);
+        f.remove(&Piece::part(id.clone(), 2, 3));
+        f.remove(&Piece::part(id.clone(), 1, 4));
+        assert!(f.among(std::slice::from_ref(&id)).is_empty());
+        assert_eq!(f.snapshot(), [CaptureId::from("small")]);
+    }
+}
