@@ -402,6 +402,8 @@ impl Agent {
                 })
             })
             .await?;
+        // The uplink lets go of a purged capture it kept for its parts.
+        self.outbox_changed.notify_one();
         Ok(receipt)
     }
 
@@ -437,6 +439,8 @@ impl Agent {
                 })
             })
             .await?;
+        // The uplink lets go of a purged capture it kept for its parts.
+        self.outbox_changed.notify_one();
         Ok(receipt)
     }
 

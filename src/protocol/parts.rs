@@ -501,6 +501,28 @@ mod tests {
         ));
     }
 
+    /// The smallest `[mqtt] max_packet_size` splits the largest envelope the
+    /// config and the id rules allow, on the longest topic.
+    #[test]
+    fn the_smallest_limit_leaves_room_for_the_largest_header() {
+        let id64 = "x".repeat(64);
+        let header = Envelope {
+            site: id64.clone(),
+            device: id64.clone(),
+            subject: "s".repeat(crate::ids::MAX_SUBJECT_LEN),
+            camera: id64.clone(),
+            captured_at: 253_402_300_799,
+            ..header("")
+        };
+        let topic = format!("{id64}/{id64}/{id64}/captures").len();
+        let min = crate::config::MIN_MAX_PACKET_SIZE;
+        assert!(matches!(
+            split(&header, 10_000_000, topic, min),
+            Ok(Split::Parts(_))
+        ));
+        assert_eq!(split(&header, 1, topic, min), Ok(Split::Whole));
+    }
+
     #[test]
     fn the_split_is_the_same_every_time() {
         let h = header("k");

@@ -56,6 +56,11 @@ impl Uploader {
         Uploader::default()
     }
 
+    /// Whether a capture is kept decrypted for its parts.
+    pub fn has_current(&self) -> bool {
+        self.lock().current.is_some()
+    }
+
     fn lock(&self) -> MutexGuard<'_, UploaderInner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -76,7 +81,10 @@ pub async fn fill_window(
 ) {
     let window = agent.config().mqtt.inflight as usize;
     let free = link.free_slots(window);
-    if free == 0 {
+    // With a full window there is nothing to hand over, but a capture kept
+    // decrypted for its parts is still looked at: purged meanwhile, it is
+    // let go of now rather than when the window frees up.
+    if free == 0 && !uploader.has_current() {
         return;
     }
     let (agent2, link2, up2, topic) = (
@@ -260,6 +268,10 @@ fn hand_over(
             let capture = batch.swap_remove(i);
             up.current = Some(InParts { capture, parts: n });
         }
+    }
+    if up.current.is_none() {
+        // Nothing to wait for: the next hand-over looks at them again.
+        up.waiting.clear();
     }
     Ok(handed)
 }
