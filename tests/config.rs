@@ -547,7 +547,10 @@ fn max_packet_size_takes_sizes_within_its_range() {
         "mqtt.max_packet_size: expected a positive integer or a size",
     );
     let c = site
-        .load_env(&site.minimal(), &[("FACEGATE_MQTT__MAX_PACKET_SIZE", "256KiB")])
+        .load_env(
+            &site.minimal(),
+            &[("FACEGATE_MQTT__MAX_PACKET_SIZE", "256KiB")],
+        )
         .unwrap();
     assert_eq!(c.mqtt.max_packet_size, 262_144);
 }
