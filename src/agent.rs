@@ -692,7 +692,7 @@ mod tests {
         assert_eq!(f.parts_of(&id, 4), [1]);
         assert!(f.remove(&Piece::part(id.clone(), 0, 3)));
         assert!(!f.remove(&Piece::part(id.clone(), 0, 3)));
-        assert_eq!(f.among(std::slice::from_ref(&id)), [id.clone()]);
+        assert_eq!(f.among(std::slice::from_ref(&id)), vec![id.clone()]);
         f.remove(&Piece::part(id.clone(), 2, 3));
         f.remove(&Piece::part(id.clone(), 1, 4));
         assert!(f.among(std::slice::from_ref(&id)).is_empty());

@@ -280,3 +280,62 @@ async fn a_revocation_between_parts_stops_the_rest_and_lists_the_capture() {
     assert_eq!(d.outbox_len(), 0);
     assert_eq!(d.counters().uploaded, 0);
 }
+
+/// The acknowledged parts are recorded durably: after `kill -9` mid-capture
+/// the restarted daemon sends again only the parts not recorded as
+/// acknowledged (the one in flight, and the few whose record was still being
+/// written: far fewer than were sent), and the capture still arrives whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_sends_only_the_parts_not_yet_acknowledged() {
+    let broker = strict_broker();
+    let mut fleet = fleet(&broker).await;
+    let mut d = Daemon::builder()
+        .broker(&broker)
+        .configure(|c| {
+            c.inflight(1)
+                .max_packet_size(16 * 1024)
+                .keep_alive(Duration::from_secs(5))
+                .fast_reconnect()
+        })
+        .start();
+    d.grant("S-big");
+    d.wait_uplink_connected(T);
+    let big = big_jpeg();
+    d.drop_pair("big", "jpg", &big, Some("S-big"));
+    let mut up = Uploads::new();
+    let deadline = tokio::time::Instant::now() + T;
+    while up.messages.len() < 10 {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let p = fleet
+            .recv_on(CAPTURES, left)
+            .await
+            .unwrap_or_else(|| panic!("{} parts arrived\n{}", up.messages.len(), d.log()));
+        up.take(&p.payload);
+    }
+    d.kill9();
+    // Whatever was on its way before the kill.
+    while let Some(p) = fleet.recv_on(CAPTURES, Duration::from_millis(500)).await {
+        up.take(&p.payload);
+    }
+    let before = up.messages.len();
+    let n = up.messages[0].parts.expect("in parts");
+    assert!(
+        n as usize > before + 5,
+        "{n} parts, {before} sent before the kill"
+    );
+    d.spawn();
+    assert!(
+        up.collect(&mut fleet, CAPTURES, 1, T).await,
+        "the capture did not complete after the restart\n{}",
+        d.log()
+    );
+    let id = up.messages[0].capture_id.clone();
+    check_whole(&up.captures[&id], &sanitized(&big));
+    let sent = up.parts_of(&id);
+    let again = sent.len() - n as usize;
+    assert!(
+        again * 2 <= before,
+        "{again} parts were sent twice ({before} before the kill): {sent:?}"
+    );
+    wait_until(T, || d.outbox_len() == 0, || d.log());
+}
