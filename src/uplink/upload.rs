@@ -380,3 +380,68 @@ pub async fn deleter(agent: Arc<Agent>, mut acked: mpsc::UnboundedReceiver<Piece
         agent.outbox_changed().notify_one();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::parts::publish_packet_size;
+    use crate::protocol::Reassembler;
+
+    fn capture(len: usize) -> Capture {
+        let image: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &image).as_ref());
+        Capture {
+            capture_id: "cfa369e6-2f2a-8a83-84c8-e32086f564bb".into(),
+            subject: crate::ids::SubjectId::new("S-1").unwrap(),
+            consent_id: "at-intake".into(),
+            captured_at: 1_800_000_000,
+            camera: "cam-1".into(),
+            content_type: "image/jpeg".into(),
+            sha256,
+            image,
+        }
+    }
+
+    #[test]
+    fn the_parts_a_capture_is_sent_as_fit_and_make_the_capture() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::testing::config(dir.path(), "");
+        let topic = "facegate/lobby/term-01/captures";
+        for len in [1_000, 97_000, 300_000, 2_000_000] {
+            let c = capture(len);
+            let max = cfg.mqtt.max_packet_size;
+            let split = parts::split(&header(&cfg, &c, ""), len, topic.len(), max).unwrap();
+            let messages: Vec<Vec<u8>> = match split {
+                Split::Whole => vec![envelope(&cfg, &c, "k-now")],
+                Split::Parts(n) => (0..n)
+                    .map(|index| part_envelope(&cfg, &c, "k-now", PartNo { index, of: n }))
+                    .collect(),
+            };
+            let mut r = Reassembler::new();
+            let mut whole = None;
+            for m in &messages {
+                assert!(publish_packet_size(topic.len(), m.len()) <= max, "{len}");
+                let env = Envelope::from_bytes(m).unwrap();
+                assert_eq!(env.consent_id, "k-now", "the consent of the hand-over");
+                assert_eq!(env.sha256, c.sha256, "the digest of the whole image");
+                whole = r.add(env).unwrap().or(whole);
+            }
+            assert_eq!(whole.expect("complete").image, c.image, "{len}");
+            assert_eq!(messages.len() > 1, len > 97_000, "{len}");
+        }
+    }
+
+    #[test]
+    fn todo_leaves_out_acknowledged_parts_of_the_same_split_and_parts_in_flight() {
+        let p = |index, of| PartNo { index, of };
+        assert_eq!(todo(4, &[], &[]), [0, 1, 2, 3]);
+        assert_eq!(todo(4, &[p(0, 4), p(2, 4)], &[1]), [3]);
+        assert_eq!(
+            todo(4, &[p(0, 5), p(1, 3)], &[]),
+            [0, 1, 2, 3],
+            "other splits"
+        );
+        assert!(todo(2, &[p(0, 2)], &[1]).is_empty());
+    }
+}
