@@ -201,8 +201,10 @@ async fn unacknowledged_parts_are_sent_again_after_a_broker_restart() {
         1,
         "deleted before every part was acknowledged"
     );
-    // The broker goes down mid-capture; the held PUBACKs are lost.
+    // The broker goes down mid-capture; the held PUBACKs are lost with the
+    // device's connection (cut, so the relay does not deliver them late).
     broker.restart();
+    relay.cut();
     relay.hold_replies(false);
     let complete = up.collect(&mut fleet, CAPTURES, 1, T).await;
     assert!(
