@@ -6,7 +6,7 @@
 //! transaction that also writes its audit entry and, on behalf of a command
 //! ([`Via`]), keeps the command's `jti` and reply.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -20,8 +20,8 @@ use crate::db::{Db, DbError};
 use crate::gate::Consent;
 use crate::ids::{CaptureId, Jti, SubjectId};
 use crate::protocol::{
-    self, CommandName, ConsentStatus, Counters, ErrorCode, Granted, OutboxStatus, Receipt, Reply,
-    ReplyResult, State, Status, UplinkStatus,
+    self, CommandName, ConsentStatus, Counters, ErrorCode, Granted, OutboxStatus, PartNo, Piece,
+    Receipt, Reply, ReplyResult, State, Status, UplinkStatus,
 };
 use crate::reload;
 use crate::store::{counter, AddConsent, CommandStamp, PurgeReason, Store, StoreError};
@@ -74,37 +74,68 @@ fn store_error_code(e: &StoreError) -> ErrorCode {
     }
 }
 
-/// Captures handed to MQTT whose PUBACK has not arrived yet. The uplink fills
-/// it; purge receipts list the purged ones that are in it (SPEC invariant 4).
+/// Uploads handed to MQTT whose PUBACK has not been recorded yet: whole
+/// captures and parts of captures. The uplink fills it and empties it once
+/// the acknowledgement is in the store (or the connection is lost); purge
+/// receipts list the purged captures that are in it (SPEC invariant 4).
 #[derive(Debug, Default)]
 pub struct InFlight {
-    /// Capture ids currently handed to MQTT.
-    ids: Mutex<HashSet<CaptureId>>,
+    /// Capture id → its pieces in flight (`None`: the whole capture).
+    ids: Mutex<HashMap<CaptureId, HashSet<Option<PartNo>>>>,
 }
 
 impl InFlight {
-    /// Records that `id` was handed to MQTT.
-    pub fn insert(&self, id: &CaptureId) {
-        self.lock().insert(id.clone());
+    /// Records that `piece` was handed to MQTT.
+    pub fn insert(&self, piece: &Piece) {
+        self.lock()
+            .entry(piece.capture_id.clone())
+            .or_default()
+            .insert(piece.part);
     }
 
-    /// Records that `id` was acknowledged or abandoned.
-    pub fn remove(&self, id: &CaptureId) -> bool {
-        self.lock().remove(id)
+    /// Records that `piece` was acknowledged or abandoned.
+    pub fn remove(&self, piece: &Piece) -> bool {
+        let mut map = self.lock();
+        let Some(set) = map.get_mut(&piece.capture_id) else {
+            return false;
+        };
+        let removed = set.remove(&piece.part);
+        if set.is_empty() {
+            map.remove(&piece.capture_id);
+        }
+        removed
     }
 
-    /// Which of `ids` are in flight, in the given order.
+    /// Which of `ids` have something in flight, in the given order.
     pub fn among(&self, ids: &[CaptureId]) -> Vec<CaptureId> {
-        let set = self.lock();
-        ids.iter().filter(|id| set.contains(*id)).cloned().collect()
+        let map = self.lock();
+        ids.iter()
+            .filter(|id| map.contains_key(*id))
+            .cloned()
+            .collect()
     }
 
-    /// A snapshot of every in-flight id.
+    /// Every capture with something in flight.
     pub fn snapshot(&self) -> Vec<CaptureId> {
-        self.lock().iter().cloned().collect()
+        self.lock().keys().cloned().collect()
     }
 
-    /// How many captures are in flight.
+    /// The parts of `capture_id` split into `of` that are in flight.
+    pub fn parts_of(&self, capture_id: &CaptureId, of: u32) -> Vec<u32> {
+        let map = self.lock();
+        let mut parts: Vec<u32> = map
+            .get(capture_id)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|p| p.of == of)
+            .map(|p| p.index)
+            .collect();
+        parts.sort_unstable();
+        parts
+    }
+
+    /// How many captures have something in flight.
     pub fn len(&self) -> usize {
         self.lock().len()
     }
@@ -114,7 +145,7 @@ impl InFlight {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<CaptureId>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CaptureId, HashSet<Option<PartNo>>>> {
         self.ids.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -354,16 +385,25 @@ impl Agent {
         let receipt = self
             .db
             .run(move |st| {
-                // In flight: taken under the store lock, atomically with the purge.
+                // In flight: taken under the store lock, atomically with the
+                // purge; captures partly sent (some parts acknowledged) too.
+                let partly = st.partly_sent(Some(&subject))?;
                 let result = |r: &crate::store::Revocation| Receipt {
                     consents_remaining: Some(r.consents_remaining),
-                    ..receipt(Some(&subject), &r.purged, inflight.among(&r.purged), now)
+                    ..receipt(
+                        Some(&subject),
+                        &r.purged,
+                        in_flight(&inflight, &partly, &r.purged),
+                        now,
+                    )
                 };
                 effect(via.as_ref(), result, |stamp| {
                     st.revoke(&subject, before, now, stamp)
                 })
             })
             .await?;
+        // The uplink lets go of a purged capture it kept for its parts.
+        self.outbox_changed.notify_one();
         Ok(receipt)
     }
 
@@ -387,14 +427,20 @@ impl Agent {
                     PurgeTarget::Subject(s) => Some(s),
                     PurgeTarget::All => None,
                 };
-                // In flight: taken under the store lock, atomically with the purge.
-                let result = |ids: &Vec<CaptureId>| receipt(subject, ids, inflight.among(ids), now);
+                // In flight: taken under the store lock, atomically with the
+                // purge; captures partly sent (some parts acknowledged) too.
+                let partly = st.partly_sent(subject)?;
+                let result = |ids: &Vec<CaptureId>| {
+                    receipt(subject, ids, in_flight(&inflight, &partly, ids), now)
+                };
                 effect(via.as_ref(), result, |stamp| match &target {
                     PurgeTarget::Subject(s) => st.purge_subject(s, now, reason, stamp),
                     PurgeTarget::All => st.purge_all(now, reason, stamp),
                 })
             })
             .await?;
+        // The uplink lets go of a purged capture it kept for its parts.
+        self.outbox_changed.notify_one();
         Ok(receipt)
     }
 
@@ -530,6 +576,17 @@ fn status_of(
     })
 }
 
+/// The purged captures the back-end may hold (some or all of): those with
+/// an upload in flight, and those of which some parts were acknowledged.
+fn in_flight(inflight: &InFlight, partly: &[CaptureId], purged: &[CaptureId]) -> Vec<CaptureId> {
+    let sending = inflight.among(purged);
+    purged
+        .iter()
+        .filter(|id| sending.contains(id) || partly.contains(id))
+        .cloned()
+        .collect()
+}
+
 /// The SPEC purge receipt. `in_flight` lists purged captures that had
 /// already been handed to MQTT (the back-end deletes them on its side).
 fn receipt(
@@ -566,5 +623,79 @@ pub(crate) mod testing {
         let dir = tempfile::tempdir().expect("temporary directory");
         let agent = crate::daemon::open(config(dir.path(), extra)).expect("open the agent");
         (dir, agent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Capture;
+
+    fn capture(id: &str, subject: &str) -> Capture {
+        Capture {
+            capture_id: id.into(),
+            subject: SubjectId::new(subject).unwrap(),
+            consent_id: "c".into(),
+            captured_at: 1_800_000_000,
+            camera: "cam-1".into(),
+            content_type: "image/jpeg".into(),
+            sha256: [1; 32],
+            image: vec![0xff, 0xd8, 0xff, 0xd9].into(),
+        }
+    }
+
+    /// A purge receipt's `in_flight` names what the back-end may hold: a
+    /// capture with an upload in flight (whole or a part), and one of which
+    /// some parts were already acknowledged even when nothing of it is in
+    /// flight now (e.g. after a restart); not one of which nothing went out.
+    #[tokio::test]
+    async fn receipts_list_captures_in_flight_or_partly_sent() {
+        let (_dir, agent) = testing::agent("");
+        let now = crate::clock::now();
+        let policy = agent.config().outbox.clone();
+        agent
+            .db()
+            .run(move |s| {
+                let batch = ["sent", "flying", "part", "queued"]
+                    .iter()
+                    .map(|id| capture(id, "S-1"))
+                    .collect();
+                s.insert_captures(batch, &policy, now)?;
+                s.ack_parts(&[("sent".into(), PartNo { index: 0, of: 3 })], now)
+            })
+            .await
+            .unwrap();
+        agent.inflight().insert(&Piece::whole("flying".into()));
+        agent.inflight().insert(&Piece::part("part".into(), 1, 2));
+        let subject = SubjectId::new("S-1").unwrap();
+        let r = agent
+            .purge(PurgeTarget::Subject(subject.clone()), now, None)
+            .await
+            .unwrap();
+        assert_eq!(r.purged, 4);
+        let mut got = r.in_flight.clone();
+        got.sort();
+        let want: Vec<CaptureId> = vec!["flying".into(), "part".into(), "sent".into()];
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn in_flight_counts_captures_and_keeps_each_part() {
+        let f = InFlight::default();
+        let id = CaptureId::from("big");
+        f.insert(&Piece::part(id.clone(), 0, 3));
+        f.insert(&Piece::part(id.clone(), 2, 3));
+        f.insert(&Piece::part(id.clone(), 1, 4));
+        f.insert(&Piece::whole("small".into()));
+        assert_eq!(f.len(), 2, "captures, not pieces");
+        assert_eq!(f.parts_of(&id, 3), [0, 2]);
+        assert_eq!(f.parts_of(&id, 4), [1]);
+        assert!(f.remove(&Piece::part(id.clone(), 0, 3)));
+        assert!(!f.remove(&Piece::part(id.clone(), 0, 3)));
+        assert_eq!(f.among(std::slice::from_ref(&id)), vec![id.clone()]);
+        f.remove(&Piece::part(id.clone(), 2, 3));
+        f.remove(&Piece::part(id.clone(), 1, 4));
+        assert!(f.among(std::slice::from_ref(&id)).is_empty());
+        assert_eq!(f.snapshot(), [CaptureId::from("small")]);
     }
 }

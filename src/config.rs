@@ -181,7 +181,21 @@ pub struct MqttConfig {
     pub reconnect_max: Duration,
     /// How often the retained status is republished (default 60 s).
     pub status_interval: Duration,
+    /// Largest MQTT packet the device sends, whole PUBLISH packet counted
+    /// (default 128 KiB, [`MIN_MAX_PACKET_SIZE`] to [`MAX_MAX_PACKET_SIZE`]).
+    /// A capture whose envelope would not fit goes out in parts.
+    pub max_packet_size: usize,
 }
+
+/// Default `[mqtt] max_packet_size`: 128 KiB, the strictest common cloud
+/// broker limit (AWS IoT Core).
+pub const DEFAULT_MAX_PACKET_SIZE: usize = 128 * 1024;
+/// Smallest `[mqtt] max_packet_size`: room for a part envelope with the
+/// longest ids and topic plus a useful slice of image, and for status.
+pub const MIN_MAX_PACKET_SIZE: usize = 4 * 1024;
+/// Largest `[mqtt] max_packet_size`: MQTT's own limit (a remaining length of
+/// at most 268,435,455 bytes, plus the fixed header).
+pub const MAX_MAX_PACKET_SIZE: usize = 268_435_455 + 5;
 
 /// What to do with a new consented capture when the outbox quota is reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -61,13 +61,11 @@ pub fn set_level(cfg: &LogConfig) -> Result<(), LoggingError> {
     let rust_log = std::env::var("RUST_LOG").ok();
     let filter = filter_for(cfg, rust_log.as_deref())?;
     if let Some(reload) = RELOAD.get() {
-        reload
-            .reload(filter)
-            .map_err(|e| LoggingError::BadFilter {
-                origin: "log.level",
-                value: cfg.level.clone(),
-                reason: e.to_string(),
-            })?;
+        reload.reload(filter).map_err(|e| LoggingError::BadFilter {
+            origin: "log.level",
+            value: cfg.level.clone(),
+            reason: e.to_string(),
+        })?;
     }
     Ok(())
 }

@@ -114,6 +114,7 @@ fn minimal_config_gets_every_default() {
     assert_eq!(c.mqtt.reconnect_min, Duration::from_secs(1));
     assert_eq!(c.mqtt.reconnect_max, Duration::from_secs(60));
     assert_eq!(c.mqtt.status_interval, Duration::from_secs(60));
+    assert_eq!(c.mqtt.max_packet_size, 128 * 1024);
     assert_eq!(c.trust.len(), 1);
     assert_eq!(c.trust[0].kid, "consent-2026");
     assert_eq!(c.trust[0].role, Role::Consent);
@@ -517,6 +518,41 @@ fn numbers_out_of_range_are_refused() {
         msg,
         "capture.max_height: must be between 1 and 65535, got 0"
     );
+}
+
+#[test]
+fn max_packet_size_takes_sizes_within_its_range() {
+    let site = Site::new();
+    let m = |body: &str| site.minimal().replace("[mqtt]", &format!("[mqtt]\n{body}"));
+    for (text, want) in [
+        ("4096", 4096),
+        ("\"128KiB\"", 131_072),
+        ("\"256 KiB\"", 262_144),
+        ("\"1MiB\"", 1_048_576),
+        ("268435460", 268_435_460),
+    ] {
+        let c = site.load(&m(&format!("max_packet_size = {text}"))).unwrap();
+        assert_eq!(c.mqtt.max_packet_size, want, "{text}");
+    }
+    assert_eq!(
+        site.error(&m("max_packet_size = 4095")),
+        "mqtt.max_packet_size: must be between 4096 and 268435460, got 4095"
+    );
+    assert_eq!(
+        site.error(&m("max_packet_size = \"1GiB\"")),
+        "mqtt.max_packet_size: must be between 4096 and 268435460, got 1073741824"
+    );
+    starts(
+        &site.error(&m("max_packet_size = \"big\"")),
+        "mqtt.max_packet_size: expected a positive integer or a size",
+    );
+    let c = site
+        .load_env(
+            &site.minimal(),
+            &[("FACEGATE_MQTT__MAX_PACKET_SIZE", "256KiB")],
+        )
+        .unwrap();
+    assert_eq!(c.mqtt.max_packet_size, 262_144);
 }
 
 #[test]

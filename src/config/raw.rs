@@ -87,6 +87,9 @@ pub struct RawMqtt {
     pub reconnect_max: Option<String>,
     /// Status republish interval, humantime text.
     pub status_interval: Option<String>,
+    /// Largest MQTT packet the device sends, bytes or a size such as
+    /// "128KiB" (default 128 KiB).
+    pub max_packet_size: Option<RawNumber>,
 }
 
 /// One `[[trust]]` entry as written.

@@ -169,6 +169,14 @@ fn mqtt(raw: RawMqtt, base_dir: &Path) -> Result<MqttConfig, ConfigError> {
             secs(1),
             secs(86_400),
         )?,
+        max_packet_size: number(
+            "mqtt.max_packet_size",
+            raw.max_packet_size,
+            crate::config::DEFAULT_MAX_PACKET_SIZE as u64,
+            crate::config::MIN_MAX_PACKET_SIZE as u64,
+            crate::config::MAX_MAX_PACKET_SIZE as u64,
+            Unit::Bytes,
+        )? as usize,
     })
 }
 

@@ -5,6 +5,8 @@
 //!
 //! - [`topics`]: every topic name, for a device and for a whole site.
 //! - [`envelope`]: the upload envelope, whole or one part of a large capture.
+//! - [`parts`]: packet sizes, how a large capture is split, and how a
+//!   back-end joins the parts again.
 //! - [`status`]: the retained status and the last will.
 //! - [`reply`]: command names, error codes, replies and their results
 //!   (purge receipt, granted consent).
@@ -12,11 +14,13 @@
 //! Pure: no I/O, no MQTT client, no store.
 
 pub mod envelope;
+pub mod parts;
 pub mod reply;
 pub mod status;
 pub mod topics;
 
 pub use envelope::Envelope;
+pub use parts::{PartNo, Piece, Reassembler, Split};
 pub use reply::{CommandName, ErrorBody, ErrorCode, Granted, Receipt, Reply, ReplyResult};
 pub use status::{ConsentStatus, Counters, OutboxStatus, State, Status, UplinkStatus};
 pub use topics::{SiteTopics, Topics};

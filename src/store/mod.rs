@@ -26,6 +26,7 @@ mod audit_log;
 mod consents;
 mod counters;
 mod outbox;
+mod parts;
 mod purge;
 mod replay;
 mod schema;

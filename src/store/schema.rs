@@ -7,7 +7,7 @@ use super::{SqlCtx, Store, StoreError};
 
 /// Migration steps; step `i` takes the schema from version `i` to `i + 1`.
 /// Append only: never edit a released step.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, AUDIT_PRIVACY];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, AUDIT_PRIVACY, CAPTURE_PARTS];
 
 const V1: &str = r#"
 CREATE TABLE meta (
@@ -150,6 +150,22 @@ CREATE TABLE audit_checkpoint (
     mac  BLOB NOT NULL,
     seal BLOB NOT NULL
 );
+"#;
+
+/// Captures sent in parts: one row per part the broker acknowledged, so a
+/// restart sends only the parts still missing. Keyed by the capture's row and
+/// the number of parts it was split into (a changed packet limit splits it
+/// anew; rows of another split are ignored). Deleted with the capture
+/// (`ON DELETE CASCADE`, the same transaction and zeroing as the delete).
+/// Self-contained like `AUDIT_PRIVACY`.
+const CAPTURE_PARTS: &str = r#"
+CREATE TABLE capture_parts (
+    capture_seq INTEGER NOT NULL REFERENCES captures(seq) ON DELETE CASCADE,
+    parts       INTEGER NOT NULL,
+    part        INTEGER NOT NULL,
+    acked_at    INTEGER NOT NULL,
+    PRIMARY KEY (capture_seq, parts, part)
+) WITHOUT ROWID;
 "#;
 
 /// Highest schema version this build knows.

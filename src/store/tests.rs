@@ -387,6 +387,7 @@ fn the_consent_key_migration_keeps_a_version_2_database_working() {
              CREATE INDEX consents_by_expiry ON consents(expires_at);
              DROP TABLE audit_salts;
              DROP TABLE audit_checkpoint;
+             DROP TABLE capture_parts;
              PRAGMA user_version = 2;
              COMMIT;"
         ))
@@ -1656,4 +1657,105 @@ fn audit_retention_keeps_a_chain_that_does_not_verify() {
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
     assert_eq!(seqs(&mut s), [1, 2, 3, 4], "the evidence is kept");
     assert_eq!(s.audit_verify().unwrap().first_bad.map(|b| b.0), Some(2));
+}
+
+fn part(index: u32, of: u32) -> crate::protocol::PartNo {
+    crate::protocol::PartNo { index, of }
+}
+
+fn part_rows(s: &Store) -> i64 {
+    s.conn()
+        .query_row("SELECT COUNT(*) FROM capture_parts", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn a_capture_in_parts_is_deleted_only_when_every_part_is_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let ids = with_captures(&mut s, "S-1", 2, T0);
+    let big = &ids[0];
+    assert_eq!(s.part_progress(big).unwrap(), Some(vec![]));
+    // Parts 2 and 0 of 3, out of order and one twice.
+    let acked = [(big.clone(), part(2, 3)), (big.clone(), part(0, 3))];
+    assert!(s.ack_parts(&acked, T0 + 1).unwrap().is_empty());
+    assert!(s.ack_parts(&acked[..1], T0 + 1).unwrap().is_empty());
+    assert_eq!(
+        s.part_progress(big).unwrap(),
+        Some(vec![part(0, 3), part(2, 3)])
+    );
+    assert_eq!(s.outbox_stats(T0).unwrap().captures, 2, "still queued");
+    assert_eq!(s.counters().unwrap()["uploaded"], 0);
+    // Parts of another split (a changed packet limit) do not complete it.
+    assert!(s
+        .ack_parts(&[(big.clone(), part(1, 4))], T0 + 1)
+        .unwrap()
+        .is_empty());
+    // Survives a reopen (a restart sends only part 1).
+    drop(s);
+    let mut s = open(dir.path());
+    assert_eq!(
+        s.part_progress(big).unwrap(),
+        Some(vec![part(0, 3), part(2, 3), part(1, 4)])
+    );
+    assert_eq!(
+        s.ack_parts(&[(big.clone(), part(1, 3))], T0 + 2).unwrap(),
+        vec![big.clone()]
+    );
+    assert_eq!(s.part_progress(big).unwrap(), None, "deleted");
+    assert_eq!(part_rows(&s), 0, "its part rows went with it");
+    assert_eq!(s.counters().unwrap()["uploaded"], 1);
+    assert!(kinds(&mut s).contains(&kind::CAPTURE_UPLOADED.to_string()));
+    // A part of a capture no longer queued is ignored.
+    assert!(s
+        .ack_parts(&[(big.clone(), part(0, 3))], T0 + 3)
+        .unwrap()
+        .is_empty());
+    assert_eq!(part_rows(&s), 0);
+    assert_eq!(s.outbox_stats(T0).unwrap().captures, 1);
+}
+
+#[test]
+fn purging_a_capture_in_parts_removes_its_part_rows_and_names_it_partly_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let a = with_captures(&mut s, "S-1", 2, T0);
+    let b = with_captures(&mut s, "S-2", 1, T0);
+    s.ack_parts(
+        &[(a[1].clone(), part(0, 2)), (b[0].clone(), part(1, 5))],
+        T0,
+    )
+    .unwrap();
+    assert_eq!(
+        s.partly_sent(Some(&sid("S-1"))).unwrap(),
+        vec![a[1].clone()]
+    );
+    assert!(s.partly_sent(Some(&sid("S-3"))).unwrap().is_empty());
+    let mut all = s.partly_sent(None).unwrap();
+    all.sort();
+    assert_eq!(all, vec![a[1].clone(), b[0].clone()]);
+    s.purge_subject(&sid("S-1"), T0, PurgeReason::Revoked, None)
+        .unwrap();
+    assert_eq!(part_rows(&s), 1);
+    assert_eq!(s.partly_sent(None).unwrap(), vec![b[0].clone()]);
+    s.purge_all(T0, PurgeReason::Local, None).unwrap();
+    assert_eq!(part_rows(&s), 0);
+}
+
+#[test]
+fn a_capture_with_every_part_recorded_is_completed_as_uploaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let ids = with_captures(&mut s, "S-1", 1, T0);
+    // As a crash between recording the last part and the delete leaves it.
+    s.conn()
+        .execute(
+            "INSERT INTO capture_parts (capture_seq, parts, part, acked_at)
+             SELECT seq, 2, 0, 0 FROM captures UNION ALL SELECT seq, 2, 1, 0 FROM captures",
+            [],
+        )
+        .unwrap();
+    assert_eq!(s.complete_parts(&ids, T0).unwrap(), 1);
+    assert_eq!(s.outbox_stats(T0).unwrap().captures, 0);
+    assert_eq!(part_rows(&s), 0);
 }

@@ -25,12 +25,11 @@ use super::options::{connection, mqtt_options};
 use super::state::Abandoned;
 use super::status::{publish_offline, publish_status};
 use super::tls;
-use super::upload::{deleter, fill_window, record_interrupted};
+use super::upload::{deleter, fill_window, record_interrupted, Uploader};
 use crate::agent::Agent;
 use crate::clock;
 use crate::config::Config;
-use crate::ids::CaptureId;
-use crate::protocol::Topics;
+use crate::protocol::{Piece, Topics};
 use crate::shutdown::Shutdown;
 
 /// After a (re)connect, wait this long before uploading so that commands the
@@ -49,13 +48,11 @@ const INGRESS_FLUSH_EVERY: Duration = Duration::from_secs(5);
 enum Net {
     /// CONNACK received.
     Connected { session_present: bool },
-    /// The connection failed or dropped; `captures` were abandoned in flight.
-    Disconnected {
-        reason: String,
-        captures: Vec<CaptureId>,
-    },
-    /// The broker acknowledged this capture's upload.
-    Acked(CaptureId),
+    /// The connection failed or dropped; `uploads` (whole captures and
+    /// parts) were abandoned in flight.
+    Disconnected { reason: String, uploads: Vec<Piece> },
+    /// The broker acknowledged this upload (a whole capture or a part).
+    Acked(Piece),
     /// A message on one of our command topics.
     Command(Inbound),
     /// The first message of `kind` in this run that is not taken as a
@@ -84,7 +81,7 @@ pub async fn run(agent: Arc<Agent>, mut shutdown: Shutdown) {
             }
         }
     };
-    let link = Arc::new(Link::new());
+    let link = Arc::new(Link::new(config.mqtt.max_packet_size));
     let (net_tx, net_rx) = mpsc::unbounded_channel();
     let stop = Arc::new(Notify::new());
     let network = tokio::spawn(network_task(
@@ -135,7 +132,7 @@ async fn network_task(
         // after the next CONNACK.
         let _ = tx.send(Net::Disconnected {
             reason: error,
-            captures: abandoned.captures,
+            uploads: abandoned.uploads,
         });
         let delay = backoff.next(random_u32());
         tokio::select! {
@@ -275,6 +272,7 @@ async fn logic_task(
     let mut ingress_tick = tokio::time::interval(INGRESS_FLUSH_EVERY);
     let mut upload_from = far_future();
     let mut last_error = String::new();
+    let uploader = Arc::new(Uploader::new());
     let (acked_tx, acked_rx) = mpsc::unbounded_channel();
     let deletes = tokio::spawn(deleter(agent.clone(), acked_rx));
     loop {
@@ -299,8 +297,8 @@ async fn logic_task(
                 }
                 for msg in inbox {
                     match msg {
-                        Net::Acked(id) => {
-                            let _ = acked_tx.send(id);
+                        Net::Acked(piece) => {
+                            let _ = acked_tx.send(piece);
                         }
                         Net::Connected { session_present } => {
                             tracing::info!(session_present, "connected to broker");
@@ -312,16 +310,16 @@ async fn logic_task(
                             publish_status(&agent, &link, &topics).await;
                             upload_from = tokio::time::Instant::now() + SETTLE_AFTER_CONNECT;
                         }
-                        Net::Disconnected { reason, captures } => {
+                        Net::Disconnected { reason, uploads } => {
                             agent.set_connected(false);
-                            for id in &captures {
-                                agent.inflight().remove(id);
+                            for piece in &uploads {
+                                agent.inflight().remove(piece);
                             }
-                            if !captures.is_empty() {
-                                record_interrupted(&agent, &reason, captures.len()).await;
+                            if !uploads.is_empty() {
+                                record_interrupted(&agent, &reason, uploads.len()).await;
                             }
                             if reason != last_error {
-                                tracing::warn!(%reason, requeued = captures.len(), "broker connection lost; retrying with backoff");
+                                tracing::warn!(%reason, requeued = uploads.len(), "broker connection lost; retrying with backoff");
                                 last_error = reason;
                             }
                             upload_from = far_future();
@@ -333,7 +331,7 @@ async fn logic_task(
             }
         }
         if tokio::time::Instant::now() >= upload_from {
-            fill_window(&agent, &link, &topics.captures).await;
+            fill_window(&agent, &link, &uploader, &topics.captures).await;
         }
     }
     // Deletes already queued finish (so acknowledged captures are not sent again).

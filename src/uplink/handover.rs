@@ -2,6 +2,10 @@
 //! given the captures the outbox offers, the consent rule's verdict for each
 //! of their subjects and the room left in the window, which captures go to
 //! MQTT now (quoting which consent) and which subjects are purged instead.
+//! A capture too large for one packet goes as parts: each part is one
+//! upload, takes one slot of the window, and is handed over only under a
+//! verdict taken in the same critical section, so consent is checked again
+//! before every part (a revocation between two parts stops the rest).
 //!
 //! The caller (`super::upload`) takes the store lock, reads the queued
 //! captures (those not already in flight), asks the rule once per subject
@@ -16,6 +20,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::gate::{Decision, DropReason};
 use crate::ids::{CaptureId, SubjectId};
+use crate::protocol::PartNo;
 
 /// One queued capture, as far as the decision is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,15 +29,35 @@ pub struct Queued<'a> {
     pub capture_id: &'a CaptureId,
     /// The subject it shows.
     pub subject: &'a SubjectId,
+    /// What of it is still to be handed over.
+    pub pieces: Pieces<'a>,
 }
 
-/// Hand this capture over now.
+/// What of a queued capture is still to be handed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pieces<'a> {
+    /// The whole capture, in one envelope.
+    Whole,
+    /// These parts (indexes, in order) of `of`: the ones neither
+    /// acknowledged nor in flight. May be empty (every remaining part is in
+    /// flight): the subject is still judged, so a refusal purges it.
+    Parts {
+        /// How many parts the capture has.
+        of: u32,
+        /// The parts to hand over, in order.
+        todo: &'a [u32],
+    },
+}
+
+/// Hand this capture, or this part of it, over now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upload {
     /// Position of the capture in the `queued` slice given to [`plan`].
     pub index: usize,
     /// The consent the envelope quotes: the one that allows it now.
     pub consent_id: String,
+    /// Which part; `None` for a whole capture.
+    pub part: Option<PartNo>,
 }
 
 /// The subject's consent ended since intake: purge its queued captures.
@@ -67,11 +92,13 @@ pub fn subjects(queued: &[Queued<'_>]) -> Vec<SubjectId> {
 }
 
 /// Decides a batch. `decisions` holds the rule's verdict per subject, taken
-/// under the store lock with one `now`; `free` is how many more captures the
-/// window takes.
+/// under the store lock with one `now`; `free` is how many more uploads
+/// (whole captures or parts) the window takes.
 ///
-/// - A capture is uploaded only if its subject's decision is `Accept`, under
-///   that decision's consent id, and only while the window has room.
+/// - A capture, or a part of one, is uploaded only if its subject's decision
+///   is `Accept`, under that decision's consent id, and only while the
+///   window has room; each part takes one slot. Uploads follow queue order,
+///   the parts of a capture in their order.
 /// - A subject whose decision is `Drop` is purged (once) and none of its
 ///   captures is uploaded.
 /// - A capture whose subject has no decision is neither uploaded nor purged:
@@ -81,11 +108,24 @@ pub fn plan(queued: &[Queued<'_>], decisions: &HashMap<SubjectId, Decision>, fre
     let mut purged = HashSet::new();
     for (index, q) in queued.iter().enumerate() {
         match decisions.get(q.subject) {
-            Some(Decision::Accept { consent_id, .. }) if plan.upload.len() < free => {
-                plan.upload.push(Upload {
-                    index,
-                    consent_id: consent_id.clone(),
-                });
+            Some(Decision::Accept { consent_id, .. }) => {
+                let parts: Vec<Option<PartNo>> = match q.pieces {
+                    Pieces::Whole => vec![None],
+                    Pieces::Parts { of, todo } => todo
+                        .iter()
+                        .map(|&index| Some(PartNo { index, of }))
+                        .collect(),
+                };
+                for part in parts {
+                    if plan.upload.len() >= free {
+                        break;
+                    }
+                    plan.upload.push(Upload {
+                        index,
+                        consent_id: consent_id.clone(),
+                        part,
+                    });
+                }
             }
             Some(Decision::Drop(reason)) if purged.insert(q.subject) => {
                 plan.purge.push(Purge {
@@ -104,9 +144,11 @@ pub fn plan(queued: &[Queued<'_>], decisions: &HashMap<SubjectId, Decision>, fre
 mod tests {
     use super::*;
 
-    /// Captures `(capture id, subject)` and a decision table.
+    /// Captures `(capture id, subject)`, what of each is to be sent (`None`:
+    /// whole; `Some((of, todo))`: parts) and a decision table.
     struct Batch {
         ids: Vec<(CaptureId, SubjectId)>,
+        pieces: Vec<Option<(u32, Vec<u32>)>>,
         decisions: HashMap<SubjectId, Decision>,
     }
 
@@ -117,8 +159,15 @@ mod tests {
                     .iter()
                     .map(|(c, s)| (CaptureId::from(*c), SubjectId::new(*s).unwrap()))
                     .collect(),
+                pieces: vec![None; captures.len()],
                 decisions: HashMap::new(),
             }
+        }
+
+        /// Capture `i` goes in `of` parts, of which `todo` are to be sent.
+        fn parts(mut self, i: usize, of: u32, todo: &[u32]) -> Batch {
+            self.pieces[i] = Some((of, todo.to_vec()));
+            self
         }
 
         fn accept(mut self, subject: &str, consent: &str) -> Batch {
@@ -142,9 +191,26 @@ mod tests {
         fn queued(&self) -> Vec<Queued<'_>> {
             self.ids
                 .iter()
-                .map(|(capture_id, subject)| Queued {
+                .zip(&self.pieces)
+                .map(|((capture_id, subject), pieces)| Queued {
                     capture_id,
                     subject,
+                    pieces: match pieces {
+                        None => Pieces::Whole,
+                        Some((of, todo)) => Pieces::Parts { of: *of, todo },
+                    },
+                })
+                .collect()
+        }
+
+        /// The uploads as `(capture id, part index or -1 for whole)`.
+        fn pieces(&self, free: usize) -> Vec<(String, i64)> {
+            self.plan(free)
+                .upload
+                .into_iter()
+                .map(|u| {
+                    let part = u.part.map_or(-1, |p| i64::from(p.index));
+                    (self.ids[u.index].0.to_string(), part)
                 })
                 .collect()
         }
@@ -313,6 +379,47 @@ mod tests {
         );
     }
 
+    #[test]
+    fn parts_take_one_slot_each_in_order_under_the_current_consent() {
+        let b = Batch::new(&[("big", "A"), ("small", "B")])
+            .parts(0, 4, &[1, 2, 3])
+            .accept("A", "ka")
+            .accept("B", "kb");
+        let p = |c: &str, i: i64| (c.to_string(), i);
+        assert_eq!(
+            b.pieces(8),
+            [p("big", 1), p("big", 2), p("big", 3), p("small", -1)]
+        );
+        assert_eq!(b.pieces(2), [p("big", 1), p("big", 2)]);
+        assert_eq!(b.pieces(0), []);
+        for u in b.plan(8).upload {
+            if let Some(part) = u.part {
+                assert_eq!(part.of, 4);
+                assert_eq!(u.consent_id, "ka");
+            }
+        }
+    }
+
+    #[test]
+    fn a_refusal_between_parts_purges_and_sends_no_further_part() {
+        for todo in [&[][..], &[2, 3][..]] {
+            let b = Batch::new(&[("big", "A"), ("small", "B")])
+                .parts(0, 4, todo)
+                .drop("A", DropReason::Revoked)
+                .accept("B", "kb");
+            assert_eq!(b.plan(8).purge, [purge("A", DropReason::Revoked)]);
+            assert_eq!(b.pieces(8), [("small".to_string(), -1)]);
+        }
+    }
+
+    #[test]
+    fn a_capture_whose_parts_are_all_in_flight_takes_no_room() {
+        let b = Batch::new(&[("big", "A"), ("small", "A")])
+            .parts(0, 3, &[])
+            .accept("A", "k");
+        assert_eq!(b.pieces(1), [("small".to_string(), -1)]);
+    }
+
     /// Every assignment of verdicts (none / accept / two kinds of refusal) to
     /// three subjects, over every batch of four captures drawn from them and
     /// every window from empty to larger than the batch: the plan obeys the
@@ -356,15 +463,27 @@ mod tests {
                     .map(|(capture_id, subject)| Queued {
                         capture_id,
                         subject,
+                        pieces: Pieces::Whole,
                     })
                     .collect();
                 for free in 0..=5 {
                     check(&queued, &decisions, free, plan(&queued, &decisions, free));
                     cases += 1;
                 }
+                // The same batch with the first and third captures in parts,
+                // some parts to send or none.
+                for (first, third) in [(&[0u32, 1, 2][..], &[][..]), (&[2][..], &[0, 1][..])] {
+                    let mut q = queued.clone();
+                    q[0].pieces = Pieces::Parts { of: 3, todo: first };
+                    q[2].pieces = Pieces::Parts { of: 2, todo: third };
+                    for free in 0..=7 {
+                        check(&q, &decisions, free, plan(&q, &decisions, free));
+                        cases += 1;
+                    }
+                }
             }
         }
-        assert_eq!(cases, 64 * 81 * 6);
+        assert_eq!(cases, 64 * 81 * (6 + 16));
     }
 
     /// The rules of [`plan`], restated as properties of one result.
@@ -372,10 +491,27 @@ mod tests {
         let accepted: Vec<usize> = (0..q.len())
             .filter(|i| matches!(d.get(q[*i].subject), Some(Decision::Accept { .. })))
             .collect();
-        // Uploads: exactly the first `free` accepted captures, in order, each
-        // quoting its own subject's consent.
-        let want: Vec<usize> = accepted.iter().copied().take(free).collect();
-        assert_eq!(p.upload.iter().map(|u| u.index).collect::<Vec<_>>(), want);
+        // Uploads: exactly the first `free` pieces of the accepted captures
+        // (a whole capture is one piece, a capture in parts its parts still
+        // to send), in queue order, each quoting its own subject's consent.
+        let want: Vec<(usize, Option<PartNo>)> = accepted
+            .iter()
+            .flat_map(|&i| match q[i].pieces {
+                Pieces::Whole => vec![(i, None)],
+                Pieces::Parts { of, todo } => todo
+                    .iter()
+                    .map(|&index| (i, Some(PartNo { index, of })))
+                    .collect(),
+            })
+            .take(free)
+            .collect();
+        assert_eq!(
+            p.upload
+                .iter()
+                .map(|u| (u.index, u.part))
+                .collect::<Vec<_>>(),
+            want
+        );
         for u in &p.upload {
             let Some(Decision::Accept { consent_id, .. }) = d.get(q[u.index].subject) else {
                 panic!("uploaded without an accept");

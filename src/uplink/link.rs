@@ -16,16 +16,18 @@ use rumqttc::{AsyncClient, Publish, QoS};
 
 use super::ingress::Ingress;
 use super::state::{Abandoned, Handed, UplinkState};
-use crate::ids::CaptureId;
+use crate::protocol::parts::publish_packet_size;
+use crate::protocol::Piece;
 
 /// Identifies one broker connection (counts up from 1), so a command is
 /// acknowledged on the connection it arrived on and nowhere else.
 pub type ConnectionNo = u64;
 
 /// Shared between the network task and the logic task.
-#[derive(Default)]
 pub struct Link {
     inner: Mutex<Inner>,
+    /// The largest PUBLISH packet handed over (`[mqtt] max_packet_size`).
+    max_packet: usize,
     /// The rate limiter of inbound messages: the network task counts ignored
     /// messages there, the logic task refusals (its own lock: it is never
     /// held together with `inner`).
@@ -46,9 +48,14 @@ struct Inner {
 }
 
 impl Link {
-    /// A link with no connection yet.
-    pub fn new() -> Link {
-        Link::default()
+    /// A link with no connection yet, handing over no PUBLISH packet larger
+    /// than `max_packet` bytes.
+    pub fn new(max_packet: usize) -> Link {
+        Link {
+            inner: Mutex::default(),
+            max_packet,
+            ingress: Mutex::default(),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -96,15 +103,28 @@ impl Link {
         self.lock().state.on_outgoing_publish(pkid)
     }
 
-    /// The broker acknowledged `pkid`; the capture it completes, if any.
-    pub fn on_puback(&self, pkid: u16) -> Option<CaptureId> {
+    /// The broker acknowledged `pkid`; the upload (whole capture or part) it
+    /// acknowledges, if any.
+    pub fn on_puback(&self, pkid: u16) -> Option<Piece> {
         self.lock().state.on_puback(pkid)
     }
 
     /// Hands one QoS 1 publish to the live connection and records it, under
-    /// one lock. False (nothing handed) when disconnected or rumqttc's queue
-    /// is full.
+    /// one lock. False (nothing handed) when disconnected, when rumqttc's
+    /// queue is full, or when the packet would be larger than the packet
+    /// limit (logged: no packet the device sends exceeds it, and rumqttc
+    /// would end the connection over it).
     pub fn hand(&self, topic: &str, payload: Vec<u8>, retain: bool, what: Handed) -> bool {
+        let size = publish_packet_size(topic.len(), payload.len());
+        if size > self.max_packet {
+            tracing::error!(
+                topic,
+                size,
+                max_packet_size = self.max_packet,
+                "message not sent: larger than mqtt.max_packet_size"
+            );
+            return false;
+        }
         let mut inner = self.lock();
         let Some(client) = &inner.client else {
             return false;
@@ -208,9 +228,11 @@ mod tests {
         p
     }
 
+    const MAX: usize = 1024;
+
     #[test]
     fn nothing_is_handed_without_a_connection() {
-        let link = Link::new();
+        let link = Link::new(MAX);
         assert!(!link.connected());
         assert!(!link.hand("t", vec![1], false, Handed::Other));
         assert!(!link.subscribe("t"));
@@ -223,17 +245,19 @@ mod tests {
 
     #[test]
     fn hand_overs_are_recorded_for_the_live_connection_only() {
-        let link = Link::new();
+        let link = Link::new(MAX);
         let (c, _el) = client();
         assert_eq!(link.on_connected(c), 1);
-        assert!(link.hand("t", vec![1], false, Handed::Capture("a".into())));
+        let a = Piece::whole("a".into());
+        assert!(link.hand("t", vec![1], false, Handed::Upload(a.clone())));
         assert!(link.hand("t", vec![2], true, Handed::Other));
         assert_eq!(link.free_slots(4), 3);
         assert!(link.on_outgoing_publish(1));
         let gone = link.on_disconnected();
-        assert_eq!(gone.captures, vec![CaptureId::from("a")]);
+        assert_eq!(gone.uploads, vec![a]);
         assert_eq!(gone.others, 1);
-        assert!(!link.hand("t", vec![3], false, Handed::Capture("b".into())));
+        let b = Handed::Upload(Piece::whole("b".into()));
+        assert!(!link.hand("t", vec![3], false, b));
         assert_eq!(link.on_puback(1), None);
         let (c, _el2) = client();
         assert_eq!(link.on_connected(c), 2);
@@ -241,8 +265,27 @@ mod tests {
     }
 
     #[test]
+    fn no_packet_above_the_limit_is_handed_over() {
+        let link = Link::new(MAX);
+        let (c, _el) = client();
+        link.on_connected(c);
+        let topic = "facegate/lobby/term-01/captures";
+        let fits = MAX - publish_packet_size(topic.len(), 0) + 2;
+        // The largest payload that fits, found by the exact packet size.
+        let fits = (0..=fits)
+            .rev()
+            .find(|n| publish_packet_size(topic.len(), *n) <= MAX)
+            .unwrap();
+        let what = || Handed::Upload(Piece::whole("a".into()));
+        assert!(!link.hand(topic, vec![0; fits + 1], false, what()));
+        assert_eq!(link.free_slots(4), 4, "nothing recorded");
+        assert!(link.hand(topic, vec![0; fits], false, what()));
+        assert_eq!(link.free_slots(4), 3);
+    }
+
+    #[test]
     fn a_command_is_acknowledged_only_on_its_own_connection() {
-        let link = Link::new();
+        let link = Link::new(MAX);
         let (c, _el) = client();
         let first = link.on_connected(c);
         assert!(link.ack(first, &publish(7)));
@@ -256,7 +299,7 @@ mod tests {
 
     #[test]
     fn a_reconnect_is_told_apart_from_a_stop() {
-        let link = Link::new();
+        let link = Link::new(MAX);
         let (c, _el) = client();
         link.on_connected(c);
         assert!(link.reconnect());

@@ -8,11 +8,12 @@ use super::tls;
 use crate::config::Config;
 use crate::protocol::{Status, Topics};
 
-/// Largest MQTT packet we send: the biggest allowed capture, base64 encoded
-/// inside its envelope, plus room for the envelope and topic.
+/// Largest MQTT packet we send, whole PUBLISH packet counted: `[mqtt]
+/// max_packet_size`. Captures that would not fit go out in parts
+/// (`super::upload`), and `super::link::Link::hand` refuses anything larger,
+/// so rumqttc's own check (which would end the connection) never trips.
 pub fn max_packet_size(config: &Config) -> usize {
-    let image = config.capture.max_file_bytes as usize;
-    (image.div_ceil(3) * 4 + 4096).max(config.commands.max_bytes + 4096)
+    config.mqtt.max_packet_size
 }
 
 /// Smallest limit for packets we accept, whatever `[commands] max_bytes` says.
@@ -51,7 +52,7 @@ pub fn mqtt_options(config: &Config, topics: &Topics) -> Result<MqttOptions, tls
         max,
         tls_config,
     )?;
-    // Commands in, captures out: a much smaller limit for what we read.
+    // Commands in, captures out: each limit on its own.
     opts.set_max_packet_size(max_incoming_packet_size(config), max);
     opts.set_manual_acks(true);
     // rumqttc's own flow control only needs room for our window plus status and replies.
@@ -103,10 +104,22 @@ mod tests {
                 "a command over max_bytes is still read and answered too_large"
             );
         }
+    }
+
+    #[test]
+    fn outbound_packets_are_bounded_by_the_configured_limit_not_the_capture_size() {
+        let dir = tempfile::tempdir().expect("temporary directory");
         let defaults = crate::config::testing::config(dir.path(), "");
-        assert!(
-            max_incoming_packet_size(&defaults) * 8 < max_packet_size(&defaults),
-            "with the defaults, far below the outgoing (capture) limit"
+        assert_eq!(max_packet_size(&defaults), 128 * 1024);
+        let big =
+            crate::config::testing::config(dir.path(), "[capture]\nmax_file_bytes = \"32MiB\"\n");
+        assert_eq!(
+            max_packet_size(&big),
+            128 * 1024,
+            "the capture limit does not raise it"
         );
+        let mut set = crate::config::testing::config(dir.path(), "");
+        set.mqtt.max_packet_size = 4096;
+        assert_eq!(max_packet_size(&set), 4096);
     }
 }

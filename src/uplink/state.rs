@@ -5,7 +5,8 @@
 //! reports each one as `Outgoing::Publish(pkid)` when it goes on the wire. So
 //! the state keeps a FIFO of what was handed over, pops it on each outgoing
 //! publish to learn the pkid, and maps the broker's `PUBACK(pkid)` back to the
-//! capture whose outbox row may now be deleted.
+//! capture (or part of a capture) it carried: the outbox row is deleted once
+//! the whole capture, every part of it, is acknowledged.
 //!
 //! On a disconnect the network task drops that connection's rumqttc client and
 //! event loop (with its in-memory replay queue; the next connection gets a
@@ -16,13 +17,13 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::ids::CaptureId;
+use crate::protocol::Piece;
 
 /// What a publish handed to rumqttc was.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Handed {
-    /// An upload of the capture with this id.
-    Capture(CaptureId),
+    /// An upload: a whole capture or one part of one.
+    Upload(Piece),
     /// A status or reply message; nothing to do on its PUBACK.
     Other,
 }
@@ -41,9 +42,10 @@ pub struct UplinkState {
 /// What a disconnect abandoned.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Abandoned {
-    /// Captures that were handed over but not acknowledged; they stay in the
-    /// outbox and are handed over again after the reconnect.
-    pub captures: Vec<CaptureId>,
+    /// Uploads (whole captures and parts) that were handed over but not
+    /// acknowledged; they stay in the outbox and are handed over again after
+    /// the reconnect, parts with the same `part` and `parts`.
+    pub uploads: Vec<Piece>,
     /// Non-capture publishes lost with the connection.
     pub others: usize,
 }
@@ -74,7 +76,7 @@ impl UplinkState {
             .chain(self.awaiting.drain().map(|(_, h)| h))
         {
             match h {
-                Handed::Capture(id) => out.captures.push(id),
+                Handed::Upload(piece) => out.uploads.push(piece),
                 Handed::Other => out.others += 1,
             }
         }
@@ -98,29 +100,33 @@ impl UplinkState {
         }
     }
 
-    /// The broker acknowledged `pkid`; returns the capture it completes, if any.
-    pub fn on_puback(&mut self, pkid: u16) -> Option<CaptureId> {
+    /// The broker acknowledged `pkid`; returns the upload (whole capture or
+    /// part) it acknowledges, if any.
+    pub fn on_puback(&mut self, pkid: u16) -> Option<Piece> {
         match self.awaiting.remove(&pkid) {
-            Some(Handed::Capture(id)) => Some(id),
+            Some(Handed::Upload(piece)) => Some(piece),
             _ => None,
         }
     }
 
-    /// Captures handed over or on the wire, not yet acknowledged.
-    pub fn captures_in_flight(&self) -> usize {
+    /// Uploads (whole captures and parts: one PUBLISH each) handed over or
+    /// on the wire, not yet acknowledged.
+    pub fn uploads_in_flight(&self) -> usize {
         self.handed
             .iter()
             .chain(self.awaiting.values())
-            .filter(|h| matches!(h, Handed::Capture(_)))
+            .filter(|h| matches!(h, Handed::Upload(_)))
             .count()
     }
 
-    /// How many more captures may be handed over with a window of `window`.
+    /// How many more uploads (whole captures or parts) may be handed over
+    /// with a window of `window`: the window counts PUBLISHes awaiting their
+    /// PUBACK, so each part takes one slot.
     pub fn free_slots(&self, window: usize) -> usize {
         if !self.connected {
             return 0;
         }
-        window.saturating_sub(self.captures_in_flight())
+        window.saturating_sub(self.uploads_in_flight())
     }
 }
 
@@ -129,7 +135,15 @@ mod tests {
     use super::*;
 
     fn cap(id: &str) -> Handed {
-        Handed::Capture(id.into())
+        Handed::Upload(Piece::whole(id.into()))
+    }
+
+    fn part(id: &str, index: u32, of: u32) -> Handed {
+        Handed::Upload(Piece::part(id.into(), index, of))
+    }
+
+    fn whole(id: &str) -> Option<Piece> {
+        Some(Piece::whole(id.into()))
     }
 
     #[test]
@@ -151,9 +165,9 @@ mod tests {
         assert!(s.on_outgoing_publish(2));
         assert!(s.on_outgoing_publish(3));
         // Acks may come in any order.
-        assert_eq!(s.on_puback(3), Some("b".into()));
+        assert_eq!(s.on_puback(3), whole("b"));
         assert_eq!(s.on_puback(2), None);
-        assert_eq!(s.on_puback(1), Some("a".into()));
+        assert_eq!(s.on_puback(1), whole("a"));
         assert_eq!(
             s.on_puback(1),
             None,
@@ -168,10 +182,10 @@ mod tests {
         s.on_connected();
         s.on_handed(cap("a"));
         s.on_outgoing_publish(1);
-        assert_eq!(s.on_puback(1), Some("a".into()));
+        assert_eq!(s.on_puback(1), whole("a"));
         s.on_handed(cap("b"));
         s.on_outgoing_publish(1);
-        assert_eq!(s.on_puback(1), Some("b".into()));
+        assert_eq!(s.on_puback(1), whole("b"));
     }
 
     #[test]
@@ -191,11 +205,11 @@ mod tests {
         s.on_handed(cap("queued"));
         s.on_handed(Handed::Other);
         let mut gone = s.on_disconnected();
-        gone.captures.sort();
+        gone.uploads.sort();
         assert_eq!(
             gone,
             Abandoned {
-                captures: vec!["queued".into(), "wire".into()],
+                uploads: vec![Piece::whole("queued".into()), Piece::whole("wire".into())],
                 others: 1
             }
         );
@@ -210,15 +224,95 @@ mod tests {
     }
 
     #[test]
-    fn window_counts_only_captures() {
+    fn window_counts_only_uploads() {
         let mut s = UplinkState::new();
         s.on_connected();
         for i in 0..3 {
             s.on_handed(cap(&i.to_string()));
         }
         s.on_handed(Handed::Other);
-        assert_eq!(s.captures_in_flight(), 3);
+        assert_eq!(s.uploads_in_flight(), 3);
         assert_eq!(s.free_slots(3), 0);
         assert_eq!(s.free_slots(2), 0);
+    }
+
+    #[test]
+    fn each_part_takes_a_slot_and_is_acknowledged_on_its_own() {
+        let mut s = UplinkState::new();
+        s.on_connected();
+        s.on_handed(part("big", 0, 3));
+        s.on_handed(part("big", 1, 3));
+        s.on_handed(cap("small"));
+        assert_eq!(s.free_slots(4), 1, "two parts and a whole capture");
+        for pkid in 1..=3 {
+            assert!(s.on_outgoing_publish(pkid));
+        }
+        assert_eq!(s.on_puback(2), Some(Piece::part("big".into(), 1, 3)));
+        assert_eq!(s.free_slots(4), 2);
+        s.on_handed(part("big", 2, 3));
+        let mut gone = s.on_disconnected();
+        gone.uploads.sort();
+        assert_eq!(
+            gone.uploads,
+            [
+                Piece::part("big".into(), 0, 3),
+                Piece::part("big".into(), 2, 3),
+                Piece::whole("small".into()),
+            ],
+            "the unacknowledged parts, with their numbers, and nothing acknowledged"
+        );
+    }
+
+    /// Every interleaving of handing, putting on the wire, acknowledging and
+    /// disconnecting over a few pieces: each piece handed is, at the end,
+    /// acknowledged exactly once or abandoned exactly once, and the window
+    /// always counts what is neither.
+    #[test]
+    fn exhaustive_every_piece_is_acknowledged_or_abandoned_once() {
+        let pieces = [part("p", 0, 2), part("p", 1, 2), cap("w"), Handed::Other];
+        // Each step: 0 hand next, 1 wire, 2 ack oldest on the wire, 3 disconnect+reconnect.
+        for script in 0..4usize.pow(7) {
+            let mut s = UplinkState::new();
+            s.on_connected();
+            let (mut next, mut pkid, mut wire) = (0, 0u16, Vec::new());
+            let (mut acked, mut abandoned) = (Vec::new(), Vec::new());
+            let mut handed_pieces = Vec::new();
+            for step in 0..7 {
+                match script / 4usize.pow(step) % 4 {
+                    0 if next < pieces.len() => {
+                        s.on_handed(pieces[next].clone());
+                        if let Handed::Upload(p) = &pieces[next] {
+                            handed_pieces.push(p.clone());
+                        }
+                        next += 1;
+                    }
+                    1 => {
+                        pkid += 1;
+                        if s.on_outgoing_publish(pkid) {
+                            wire.push(pkid);
+                        }
+                    }
+                    2 if !wire.is_empty() => {
+                        if let Some(p) = s.on_puback(wire.remove(0)) {
+                            acked.push(p);
+                        }
+                    }
+                    3 => {
+                        abandoned.extend(s.on_disconnected().uploads);
+                        wire.clear();
+                        s.on_connected();
+                    }
+                    _ => {}
+                }
+                let open = handed_pieces.len() - acked.len() - abandoned.len();
+                assert_eq!(s.uploads_in_flight(), open, "script {script}");
+                assert_eq!(s.free_slots(8), 8 - open);
+            }
+            abandoned.extend(s.on_disconnected().uploads);
+            let mut all: Vec<Piece> = acked.into_iter().chain(abandoned).collect();
+            all.sort();
+            handed_pieces.sort();
+            assert_eq!(all, handed_pieces, "script {script}");
+        }
     }
 }

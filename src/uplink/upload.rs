@@ -1,66 +1,224 @@
 //! The outbox side of the uplink: hands queued captures to MQTT as
-//! [`super::handover`] decides, deletes them when the broker acknowledges
-//! them, and records uploads a lost connection cut off.
+//! [`super::handover`] decides, whole or in parts ([`crate::protocol::parts`]),
+//! deletes them when the broker acknowledged all of them, and records
+//! uploads a lost connection cut off.
+//!
+//! Memory: a capture is decrypted when it is read from the outbox for a
+//! hand-over. A capture sent in parts is decrypted once and kept (the only
+//! one: [`Uploader`]) until every part is acknowledged or it is purged, so
+//! its parts do not cost a decryption each; other captures that need parts
+//! wait for it (their ids are remembered so they are not decrypted again
+//! meanwhile) while whole captures keep flowing past it. At most one
+//! hand-over batch (at most `mqtt.inflight` captures) plus that one capture
+//! are held decrypted by this module at a time.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::json;
 use tokio::sync::mpsc;
 use zeroize::Zeroize;
 
-use super::handover::{self, Queued};
+use super::handover::{self, Pieces, Queued};
 use super::link::Link;
 use super::state::Handed;
 use crate::agent::Agent;
 use crate::clock;
 use crate::config::Config;
 use crate::ids::CaptureId;
-use crate::protocol::{Envelope, WIRE_VERSION};
-use crate::store::{Capture, PurgeReason, Store, StoreError};
+use crate::protocol::parts::{self, Split};
+use crate::protocol::{Envelope, PartNo, Piece, WIRE_VERSION};
+use crate::store::{Capture, OutboxCapture, PurgeReason, Store, StoreError};
 
-/// Hands as many queued captures to MQTT as the window allows. Each one is
-/// re-checked against the consent gate under the store lock, in the same
-/// critical section as the hand-over: a revocation (which takes the same lock)
-/// is either fully before it (the capture is gone) or fully after it (the
-/// capture is listed as in flight in the receipt). ARCHITECTURE I7.
-pub async fn fill_window(agent: &Arc<Agent>, link: &Arc<Link>, topic: &str) {
+/// The capture being sent in parts, decrypted once.
+struct InParts {
+    capture: OutboxCapture,
+    /// How many parts it is split into under the current packet limit.
+    parts: u32,
+}
+
+/// What the upload side keeps between hand-overs.
+#[derive(Default)]
+pub struct Uploader {
+    inner: Mutex<UploaderInner>,
+}
+
+#[derive(Default)]
+struct UploaderInner {
+    /// The one capture being sent in parts.
+    current: Option<InParts>,
+    /// Captures that need parts too, waiting until `current` is done.
+    waiting: HashSet<CaptureId>,
+}
+
+impl Uploader {
+    /// Nothing in progress.
+    pub fn new() -> Uploader {
+        Uploader::default()
+    }
+
+    /// Whether a capture is kept decrypted for its parts.
+    pub fn has_current(&self) -> bool {
+        self.lock().current.is_some()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, UploaderInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Hands as many queued uploads (whole captures or parts) to MQTT as the
+/// window allows. Each one is re-checked against the consent gate under the
+/// store lock, in the same critical section as the hand-over: a revocation
+/// (which takes the same lock) is either fully before it (the capture is
+/// gone) or fully after it (the capture is listed as in flight in the
+/// receipt). For a capture in parts this holds for every part.
+/// ARCHITECTURE I7.
+pub async fn fill_window(
+    agent: &Arc<Agent>,
+    link: &Arc<Link>,
+    uploader: &Arc<Uploader>,
+    topic: &str,
+) {
     let window = agent.config().mqtt.inflight as usize;
     let free = link.free_slots(window);
-    if free == 0 {
+    // With a full window there is nothing to hand over, but a capture kept
+    // decrypted for its parts is still looked at: purged meanwhile, it is
+    // let go of now rather than when the window frees up.
+    if free == 0 && !uploader.has_current() {
         return;
     }
-    let (agent2, link2, topic) = (agent.clone(), link.clone(), topic.to_string());
+    let (agent2, link2, up2, topic) = (
+        agent.clone(),
+        link.clone(),
+        uploader.clone(),
+        topic.to_string(),
+    );
     let result = agent
         .db()
-        .run(move |store| hand_over(store, &agent2, &link2, &topic, free))
+        .run(move |store| hand_over(store, &agent2, &link2, &up2, &topic, free))
         .await;
     match result {
         Ok(0) => {}
-        Ok(n) => tracing::debug!(n, "captures handed to MQTT"),
+        Ok(n) => tracing::debug!(n, "uploads handed to MQTT"),
         Err(e) => tracing::error!(error = %e, "cannot read the outbox"),
     }
 }
 
-/// One hand-over, under the store lock from start to end: read the queued
-/// captures not in flight, ask the consent rule once per subject, and apply
-/// the plan (purge refused subjects, hand the rest to MQTT).
+/// Where a queued entry of one hand-over comes from.
+#[derive(Clone, Copy)]
+enum Source {
+    /// The capture in parts kept by the [`Uploader`].
+    Current,
+    /// This capture of the batch read from the outbox.
+    Batch(usize),
+}
+
+/// The parts of a capture split into `of` that are neither acknowledged (of
+/// that split) nor in flight, in order.
+fn todo(of: u32, acked: &[PartNo], in_flight: &[u32]) -> Vec<u32> {
+    (0..of)
+        .filter(|i| !in_flight.contains(i))
+        .filter(|i| !acked.iter().any(|p| p.of == of && p.index == *i))
+        .collect()
+}
+
+/// One hand-over, under the store lock from start to end: see where the
+/// capture in parts stands, read the queued captures not in flight, ask the
+/// consent rule once per subject, and apply the plan (purge refused
+/// subjects, hand the rest to MQTT).
 fn hand_over(
     store: &mut Store,
     agent: &Agent,
     link: &Link,
+    uploader: &Uploader,
     topic: &str,
     free: usize,
 ) -> Result<usize, StoreError> {
     let cfg = agent.config();
     let now = clock::now();
-    let exclude = agent.inflight().snapshot();
-    let batch = store.pending(free, &exclude)?;
-    let queued: Vec<Queued<'_>> = batch
+    let max = cfg.mqtt.max_packet_size;
+    let mut up = uploader.lock();
+    // The capture in parts: still queued, and which parts are left.
+    let mut current_todo = Vec::new();
+    if let Some(cur) = &up.current {
+        let id = cur.capture.capture_id.clone();
+        match store.part_progress(&id)? {
+            None => {
+                // Uploaded or purged.
+                up.current = None;
+                up.waiting.clear();
+            }
+            Some(acked) => {
+                let in_flight = agent.inflight().parts_of(&id, cur.parts);
+                current_todo = todo(cur.parts, &acked, &in_flight);
+                if current_todo.is_empty() && in_flight.is_empty() {
+                    // Every part acknowledged, the delete not done (a crash
+                    // in between): finish it. ARCHITECTURE I12.
+                    store.complete_parts(std::slice::from_ref(&id), now)?;
+                    up.current = None;
+                    up.waiting.clear();
+                }
+            }
+        }
+    }
+    // The rest of the queue: not in flight, not the capture in parts, not
+    // the captures waiting for it.
+    let room = free.saturating_sub(current_todo.len());
+    let mut batch = Vec::new();
+    if room > 0 {
+        let mut exclude = agent.inflight().snapshot();
+        exclude.extend(up.current.iter().map(|c| c.capture.capture_id.clone()));
+        exclude.extend(up.waiting.iter().cloned());
+        batch = store.pending(room, &exclude)?;
+    }
+    // Whole or in parts; at most one capture in parts at a time.
+    let mut sources = Vec::new();
+    let mut todos: Vec<Option<(u32, Vec<u32>)>> = Vec::new();
+    if up.current.is_some() {
+        sources.push(Source::Current);
+        todos.push(up.current.as_ref().map(|c| (c.parts, current_todo.clone())));
+    }
+    let mut started = None;
+    for (i, c) in batch.iter().enumerate() {
+        match parts::split(&header(&cfg, c, ""), c.image.len(), topic.len(), max) {
+            Ok(Split::Whole) => {
+                sources.push(Source::Batch(i));
+                todos.push(None);
+            }
+            Ok(Split::Parts(n)) if up.current.is_none() && started.is_none() => {
+                let acked = store.part_progress(&c.capture_id)?.unwrap_or_default();
+                started = Some((i, n));
+                sources.push(Source::Batch(i));
+                todos.push(Some((n, todo(n, &acked, &[]))));
+            }
+            Ok(Split::Parts(_)) => {
+                up.waiting.insert(c.capture_id.clone());
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "capture cannot be sent under mqtt.max_packet_size; it stays queued");
+                up.waiting.insert(c.capture_id.clone());
+            }
+        }
+    }
+    let current = up.current.as_ref();
+    let captures: Vec<&Capture> = sources
         .iter()
-        .map(|c| Queued {
+        .filter_map(|src| match src {
+            Source::Current => current.map(|c| &c.capture.capture),
+            Source::Batch(i) => batch.get(*i).map(|c| &c.capture),
+        })
+        .collect();
+    let queued: Vec<Queued<'_>> = captures
+        .iter()
+        .zip(&todos)
+        .map(|(c, todo)| Queued {
             capture_id: &c.capture_id,
             subject: &c.subject,
+            pieces: match todo {
+                None => Pieces::Whole,
+                Some((of, todo)) => Pieces::Parts { of: *of, todo },
+            },
         })
         .collect();
     // The consent rule (crate::gate) on what the store holds now, one
@@ -84,30 +242,45 @@ fn hand_over(
     }
     let mut handed = 0;
     for upload in &plan.upload {
-        let capture = &batch[upload.index];
-        let payload = envelope(&cfg, capture, &upload.consent_id);
-        agent.inflight().insert(&capture.capture_id);
-        if !link.hand(
-            topic,
-            payload,
-            false,
-            Handed::Capture(capture.capture_id.clone()),
-        ) {
-            agent.inflight().remove(&capture.capture_id);
+        let c = captures[upload.index];
+        let piece = Piece {
+            capture_id: c.capture_id.clone(),
+            part: upload.part,
+        };
+        let payload = match upload.part {
+            None => envelope(&cfg, c, &upload.consent_id),
+            Some(part) => part_envelope(&cfg, c, &upload.consent_id, part),
+        };
+        agent.inflight().insert(&piece);
+        if !link.hand(topic, payload, false, Handed::Upload(piece.clone())) {
+            agent.inflight().remove(&piece);
             break;
         }
         handed += 1;
     }
+    // What is purged is not kept in memory; a capture started in parts is.
+    let purged = |c: &Capture| plan.purge.iter().any(|p| p.subject == c.subject);
+    if up.current.as_ref().is_some_and(|c| purged(&c.capture)) {
+        up.current = None;
+        up.waiting.clear();
+    }
+    if let Some((i, n)) = started {
+        if !purged(&batch[i]) {
+            let capture = batch.swap_remove(i);
+            up.current = Some(InParts { capture, parts: n });
+        }
+    }
+    if up.current.is_none() {
+        // Nothing to wait for: the next hand-over looks at them again.
+        up.waiting.clear();
+    }
     Ok(handed)
 }
 
-/// The bytes of a capture's upload envelope (SPEC "Upload envelope"), quoting
-/// `consent_id`: the consent that allows the upload now. The copy of the
-/// image the envelope is built from is wiped here; the returned bytes go to
-/// rumqttc, which owns them from then on (they are not wiped: rumqttc, rustls
-/// and the kernel copy them on the way out and free them without wiping).
-pub fn envelope(cfg: &Config, c: &Capture, consent_id: &str) -> Vec<u8> {
-    let mut envelope = Envelope {
+/// A capture's envelope fields (SPEC "Upload envelope") quoting
+/// `consent_id`, with no image bytes and no part numbers.
+fn header(cfg: &Config, c: &Capture, consent_id: &str) -> Envelope {
+    Envelope {
         v: WIRE_VERSION,
         capture_id: c.capture_id.to_string(),
         site: cfg.identity.site_id.clone(),
@@ -118,9 +291,38 @@ pub fn envelope(cfg: &Config, c: &Capture, consent_id: &str) -> Vec<u8> {
         camera: c.camera.clone(),
         content_type: c.content_type.clone(),
         sha256: c.sha256,
-        image: c.image.to_vec(),
+        image: Default::default(),
         part: None,
         parts: None,
+    }
+}
+
+/// The bytes of a capture's upload envelope (SPEC "Upload envelope"), quoting
+/// `consent_id`: the consent that allows the upload now. The copy of the
+/// image the envelope is built from is wiped here; the returned bytes go to
+/// rumqttc, which owns them from then on (they are not wiped: rumqttc, rustls
+/// and the kernel copy them on the way out and free them without wiping).
+pub fn envelope(cfg: &Config, c: &Capture, consent_id: &str) -> Vec<u8> {
+    let mut envelope = Envelope {
+        image: c.image.to_vec(),
+        ..header(cfg, c, consent_id)
+    };
+    let bytes = envelope.to_bytes();
+    envelope.image.zeroize();
+    bytes
+}
+
+/// The bytes of one part's envelope (SPEC "Broker limits and large
+/// captures"): every field of the whole envelope (`sha256` of the whole
+/// image), `part` and `parts`, and the part's slice of the image (wiped here
+/// like the whole image in [`envelope`]).
+pub fn part_envelope(cfg: &Config, c: &Capture, consent_id: &str, part: PartNo) -> Vec<u8> {
+    let range = parts::slice(c.image.len(), part.of, part.index);
+    let mut envelope = Envelope {
+        image: c.image[range].to_vec(),
+        part: Some(part.index),
+        parts: Some(part.of),
+        ..header(cfg, c, consent_id)
     };
     let bytes = envelope.to_bytes();
     envelope.image.zeroize();
@@ -145,27 +347,110 @@ pub async fn record_interrupted(agent: &Arc<Agent>, reason: &str, n: usize) {
 }
 
 /// Deletes acknowledged captures from the outbox, off the upload path: the
-/// logic task only queues ids here, so the window refills while the (fsync'd)
-/// delete runs. Each batch is everything queued so far, in one transaction.
-/// An id stays in [`Agent::inflight`] until its row is gone, so it is never
-/// handed over twice.
-pub async fn deleter(agent: Arc<Agent>, mut acked: mpsc::UnboundedReceiver<CaptureId>) {
+/// logic task only queues acknowledged uploads here, so the window refills
+/// while the (fsync'd) delete runs. Each batch is everything queued so far:
+/// whole captures are deleted in one transaction; parts are recorded, and a
+/// capture is deleted once every part is (ARCHITECTURE I12). An upload stays
+/// in [`Agent::inflight`] until this is done, so it is never handed over twice.
+pub async fn deleter(agent: Arc<Agent>, mut acked: mpsc::UnboundedReceiver<Piece>) {
     while let Some(first) = acked.recv().await {
-        let mut ids = vec![first];
+        let mut pieces = vec![first];
         while let Ok(more) = acked.try_recv() {
-            ids.push(more);
+            pieces.push(more);
         }
         let now = clock::now();
-        let batch = ids.clone();
-        match agent.db().run(move |s| s.ack_many(&batch, now)).await {
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "cannot delete acknowledged captures; they will be sent again")
-            }
+        let wholes: Vec<CaptureId> = pieces
+            .iter()
+            .filter(|p| p.part.is_none())
+            .map(|p| p.capture_id.clone())
+            .collect();
+        let parts: Vec<(CaptureId, PartNo)> = pieces
+            .iter()
+            .filter_map(|p| Some((p.capture_id.clone(), p.part?)))
+            .collect();
+        let r = agent
+            .db()
+            .run(move |s| {
+                if !wholes.is_empty() {
+                    s.ack_many(&wholes, now)?;
+                }
+                if !parts.is_empty() {
+                    s.ack_parts(&parts, now)?;
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "cannot record acknowledged uploads; they will be sent again");
         }
-        for id in &ids {
-            agent.inflight().remove(id);
+        for piece in &pieces {
+            agent.inflight().remove(piece);
         }
         agent.outbox_changed().notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::parts::publish_packet_size;
+    use crate::protocol::Reassembler;
+
+    fn capture(len: usize) -> Capture {
+        let image: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &image).as_ref());
+        Capture {
+            capture_id: "cfa369e6-2f2a-8a83-84c8-e32086f564bb".into(),
+            subject: crate::ids::SubjectId::new("S-1").unwrap(),
+            consent_id: "at-intake".into(),
+            captured_at: 1_800_000_000,
+            camera: "cam-1".into(),
+            content_type: "image/jpeg".into(),
+            sha256,
+            image: image.into(),
+        }
+    }
+
+    #[test]
+    fn the_parts_a_capture_is_sent_as_fit_and_make_the_capture() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::testing::config(dir.path(), "");
+        let topic = "facegate/lobby/term-01/captures";
+        for len in [1_000, 97_000, 300_000, 2_000_000] {
+            let c = capture(len);
+            let max = cfg.mqtt.max_packet_size;
+            let split = parts::split(&header(&cfg, &c, ""), len, topic.len(), max).unwrap();
+            let messages: Vec<Vec<u8>> = match split {
+                Split::Whole => vec![envelope(&cfg, &c, "k-now")],
+                Split::Parts(n) => (0..n)
+                    .map(|index| part_envelope(&cfg, &c, "k-now", PartNo { index, of: n }))
+                    .collect(),
+            };
+            let mut r = Reassembler::new();
+            let mut whole = None;
+            for m in &messages {
+                assert!(publish_packet_size(topic.len(), m.len()) <= max, "{len}");
+                let env = Envelope::from_bytes(m).unwrap();
+                assert_eq!(env.consent_id, "k-now", "the consent of the hand-over");
+                assert_eq!(env.sha256, c.sha256, "the digest of the whole image");
+                whole = r.add(env).unwrap().or(whole);
+            }
+            assert_eq!(whole.expect("complete").image, *c.image, "{len}");
+            assert_eq!(messages.len() > 1, len > 97_000, "{len}");
+        }
+    }
+
+    #[test]
+    fn todo_leaves_out_acknowledged_parts_of_the_same_split_and_parts_in_flight() {
+        let p = |index, of| PartNo { index, of };
+        assert_eq!(todo(4, &[], &[]), [0, 1, 2, 3]);
+        assert_eq!(todo(4, &[p(0, 4), p(2, 4)], &[1]), [3]);
+        assert_eq!(
+            todo(4, &[p(0, 5), p(1, 3)], &[]),
+            [0, 1, 2, 3],
+            "other splits"
+        );
+        assert!(todo(2, &[p(0, 2)], &[1]).is_empty());
     }
 }

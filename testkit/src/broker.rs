@@ -122,6 +122,9 @@ pub struct BrokerOptions {
     /// Names (DNS or IP) in the broker's server certificate; change them to test
     /// server-name verification.
     pub server_names: Vec<String>,
+    /// Mosquitto's `max_packet_size`: a client that sends a larger packet is
+    /// disconnected (default [`MAX_PACKET`]; 131072 is AWS IoT Core's limit).
+    pub max_packet_size: usize,
     /// The ACL file.
     pub acl: BrokerAcl,
     /// `use_username_as_clientid` (the shipped setting, on by default): the
@@ -209,6 +212,7 @@ impl Default for BrokerOptions {
             server_names: vec!["localhost".into(), "127.0.0.1".into()],
             acl: BrokerAcl::shipped(),
             client_id_from_certificate: true,
+            max_packet_size: MAX_PACKET,
         }
     }
 }
@@ -293,6 +297,7 @@ impl Broker {
             write_config(
                 broker.dir.path(),
                 broker.port,
+                opts.max_packet_size,
                 opts.client_id_from_certificate,
             )?;
             match broker.spawn_and_wait() {
@@ -507,7 +512,12 @@ fn mosquitto_binary() -> Result<PathBuf, BrokerError> {
     }
 }
 
-fn write_config(dir: &Path, port: u16, client_id_from_cn: bool) -> Result<(), BrokerError> {
+fn write_config(
+    dir: &Path,
+    port: u16,
+    max_packet: usize,
+    client_id_from_cn: bool,
+) -> Result<(), BrokerError> {
     let p = |name: &str| dir.join(name).display().to_string();
     let mut conf = format!(
         "# Private throwaway broker: mutual TLS, identity from the client certificate CN.\n\
@@ -538,7 +548,7 @@ fn write_config(dir: &Path, port: u16, client_id_from_cn: bool) -> Result<(), Br
          set_tcp_nodelay true\n",
         acl = p("acl"),
         data = p("data"),
-        max = MAX_PACKET,
+        max = max_packet,
         log = p("mosquitto.log"),
         ca = p("ca.pem"),
         cert = p("server.pem"),

@@ -60,6 +60,7 @@ struct Mqtt {
     reconnect_min: Option<Duration>,
     #[serde(serialize_with = "human_duration")]
     reconnect_max: Option<Duration>,
+    max_packet_size: Option<u64>,
 }
 
 /// What a trusted key may sign.
@@ -142,6 +143,7 @@ impl ConfigBuilder {
                 inflight: None,
                 reconnect_min: None,
                 reconnect_max: None,
+                max_packet_size: None,
             },
             trust: Vec::new(),
             capture: None,
@@ -220,6 +222,12 @@ impl ConfigBuilder {
     pub fn reconnect(mut self, min: Duration, max: Duration) -> Self {
         self.mqtt.reconnect_min = Some(min);
         self.mqtt.reconnect_max = Some(max);
+        self
+    }
+
+    /// `mqtt.max_packet_size`, in bytes.
+    pub fn max_packet_size(mut self, bytes: u64) -> Self {
+        self.mqtt.max_packet_size = Some(bytes);
         self
     }
 

@@ -239,3 +239,74 @@ pub async fn connect_error(options: MqttOptions, timeout: Duration) -> Connectio
         Err(e) => e,
     }
 }
+
+/// Upload envelopes as a back-end receives them: every message kept as it
+/// came (`messages`), parts joined by the product's
+/// [`facegate::protocol::Reassembler`] (which checks the whole `sha256`),
+/// and each capture kept once, whole, by `capture_id` (`captures`).
+#[derive(Debug, Default)]
+pub struct Uploads {
+    /// Every upload message received, in arrival order.
+    pub messages: Vec<facegate::protocol::Envelope>,
+    /// Each capture once, whole, by `capture_id`.
+    pub captures: std::collections::HashMap<String, facegate::protocol::Envelope>,
+    /// Capture ids in the order they were completed.
+    pub order: Vec<String>,
+    reassembler: facegate::protocol::Reassembler,
+}
+
+impl Uploads {
+    /// Nothing received yet.
+    pub fn new() -> Uploads {
+        Uploads::default()
+    }
+
+    /// Takes one message of a captures topic; returns the capture it
+    /// completes, if any. Panics on a message that is not an envelope or
+    /// whose parts do not make the image its `sha256` names.
+    pub fn take(&mut self, payload: &[u8]) -> Option<facegate::protocol::Envelope> {
+        let env = facegate::protocol::Envelope::from_bytes(payload)
+            .unwrap_or_else(|e| panic!("not an upload envelope: {e}"));
+        self.messages.push(env.clone());
+        let whole = self
+            .reassembler
+            .add(env)
+            .unwrap_or_else(|e| panic!("upload refused by the reassembler: {e}"))?;
+        self.order.push(whole.capture_id.clone());
+        self.captures
+            .insert(whole.capture_id.clone(), whole.clone());
+        Some(whole)
+    }
+
+    /// Receives on `topic` until `n` distinct captures are complete or
+    /// `wait` has passed; returns whether `n` were reached.
+    pub async fn collect(
+        &mut self,
+        session: &mut Session,
+        topic: &str,
+        n: usize,
+        wait: Duration,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        while self.captures.len() < n {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let Some(p) = session.recv_on(topic, left).await else {
+                return false;
+            };
+            self.take(&p.payload);
+        }
+        true
+    }
+
+    /// The messages received for `capture_id` as (part, parts), in arrival order.
+    pub fn parts_of(&self, capture_id: &str) -> Vec<(Option<u32>, Option<u32>)> {
+        self.messages
+            .iter()
+            .filter(|e| e.capture_id == capture_id)
+            .map(|e| (e.part, e.parts))
+            .collect()
+    }
+}

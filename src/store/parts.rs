@@ -1,0 +1,141 @@
+//! Captures sent in parts: which parts the broker acknowledged (durably, so
+//! a restart sends only the missing ones), and the capture's deletion once
+//! every part is acknowledged (ARCHITECTURE I12). The rows live in
+//! `capture_parts` and go with their capture (`ON DELETE CASCADE`), whatever
+//! deletes it: upload, purge, retention, quota.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{params, OptionalExtension};
+
+use super::{outbox, SqlCtx, Store, StoreError};
+use crate::ids::{CaptureId, SubjectId};
+use crate::protocol::PartNo;
+
+impl Store {
+    /// The acknowledged parts of a queued capture, of every split it was
+    /// sent with (`PartNo::of` tells them apart), in order; `None` when the
+    /// capture is not queued (uploaded or purged).
+    pub fn part_progress(
+        &mut self,
+        capture_id: &CaptureId,
+    ) -> Result<Option<Vec<PartNo>>, StoreError> {
+        let r = (|| {
+            let seq: Option<i64> = self
+                .conn
+                .prepare_cached("SELECT seq FROM captures WHERE capture_id = ?1")
+                .and_then(|mut s| s.query_row([capture_id.as_str()], |r| r.get(0)).optional())
+                .op("looking up a capture")?;
+            let Some(seq) = seq else {
+                return Ok(None);
+            };
+            let parts = self
+                .conn
+                .prepare_cached(
+                    "SELECT parts, part FROM capture_parts WHERE capture_seq = ?1
+                     ORDER BY parts, part",
+                )
+                .and_then(|mut s| {
+                    s.query_map([seq], |r| {
+                        Ok(PartNo {
+                            of: r.get(0)?,
+                            index: r.get(1)?,
+                        })
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .op("reading acknowledged parts")?;
+            Ok(Some(parts))
+        })();
+        self.finish(r)
+    }
+
+    /// Records parts the broker acknowledged (one transaction), then deletes
+    /// every capture of which all parts of one split are now acknowledged,
+    /// through the same path as a whole capture's PUBACK (`ack_many`:
+    /// audited `capture.uploaded`, counted, data key destroyed with the last
+    /// capture). A part of a capture no longer queued is ignored. Returns the
+    /// captures deleted. A crash between the two transactions leaves a
+    /// capture with every part recorded: [`Store::complete_parts`] finishes
+    /// it.
+    pub fn ack_parts(
+        &mut self,
+        parts: &[(CaptureId, PartNo)],
+        now: i64,
+    ) -> Result<Vec<CaptureId>, StoreError> {
+        let r = (|| {
+            let w = self.writer()?;
+            let mut touched: BTreeMap<(CaptureId, u32), ()> = BTreeMap::new();
+            {
+                let mut insert =
+                    w.tx.prepare_cached(
+                        "INSERT OR IGNORE INTO capture_parts (capture_seq, parts, part, acked_at)
+                         SELECT seq, ?2, ?3, ?4 FROM captures WHERE capture_id = ?1",
+                    )
+                    .op("recording an acknowledged part")?;
+                for (id, part) in parts {
+                    insert
+                        .execute(params![id.as_str(), part.of, part.index, now])
+                        .op("recording an acknowledged part")?;
+                    touched.insert((id.clone(), part.of), ());
+                }
+            }
+            let mut complete = Vec::new();
+            {
+                let mut count = w
+                    .tx
+                    .prepare_cached(
+                        "SELECT COUNT(*) FROM capture_parts p JOIN captures c ON c.seq = p.capture_seq
+                         WHERE c.capture_id = ?1 AND p.parts = ?2",
+                    )
+                    .op("counting acknowledged parts")?;
+                for (id, of) in touched.keys() {
+                    let n: i64 = count
+                        .query_row(params![id.as_str(), of], |r| r.get(0))
+                        .op("counting acknowledged parts")?;
+                    if n >= i64::from(*of) && !complete.contains(id) {
+                        complete.push(id.clone());
+                    }
+                }
+            }
+            w.commit()?;
+            Ok(complete)
+        })();
+        let complete = self.finish(r)?;
+        self.complete_parts(&complete, now)?;
+        Ok(complete)
+    }
+
+    /// Deletes captures whose parts are all acknowledged, as uploaded
+    /// (ARCHITECTURE I12: only then). Only call it for such captures.
+    pub fn complete_parts(&mut self, ids: &[CaptureId], now: i64) -> Result<usize, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let r = outbox::ack(self, ids, now);
+        self.finish(r)
+    }
+
+    /// Queued captures of `subject` (of every subject with `None`) of which
+    /// the broker already acknowledged at least one part: the back-end holds
+    /// some of their bytes, so a purge receipt lists them as in flight.
+    pub fn partly_sent(
+        &mut self,
+        subject: Option<&SubjectId>,
+    ) -> Result<Vec<CaptureId>, StoreError> {
+        let sref = subject.map(|s| self.keys.pseudonyms.pseudonym(s.as_str()).to_vec());
+        let r = self
+            .conn
+            .prepare_cached(
+                "SELECT DISTINCT c.capture_id FROM capture_parts p
+                 JOIN captures c ON c.seq = p.capture_seq
+                 WHERE ?1 IS NULL OR c.subject_ref = ?1",
+            )
+            .and_then(|mut s| {
+                s.query_map([sref], |r| Ok(CaptureId::new(r.get::<_, String>(0)?)))?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .op("reading captures sent in part");
+        self.finish(r)
+    }
+}
