@@ -198,28 +198,7 @@ async fn a_key_made_in_the_token_signs_the_tls_connection_and_never_leaves_it() 
     d.stop();
 
     // The token says the key is sensitive and not extractable, and will not hand out its value.
-    let ctx = Pkcs11::new(&token.module).unwrap();
-    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-        Ok(())
-        | Err(cryptoki::error::Error::Pkcs11(
-            cryptoki::error::RvError::CryptokiAlreadyInitialized,
-            _,
-        )) => {}
-        Err(e) => panic!("C_Initialize: {e}"),
-    }
-    let slot = ctx
-        .get_slots_with_token()
-        .unwrap()
-        .into_iter()
-        .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == token.label)
-        .expect("the token");
-    let session = ctx.open_ro_session(slot).unwrap();
-    match session.login(UserType::User, Some(&AuthPin::from(USER_PIN))) {
-        Ok(())
-        | Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserAlreadyLoggedIn, _)) => {
-        }
-        Err(e) => panic!("login: {e}"),
-    }
+    let session = user_session(&token);
     let keys = session
         .find_objects(&[
             Attribute::Class(ObjectClass::PRIVATE_KEY),

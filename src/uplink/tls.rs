@@ -200,16 +200,7 @@ pub fn client_config(
     key_file: &Path,
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-
-    let mut roots = RootCertStore::empty();
-    for cert in read_certs(ca_file)? {
-        roots
-            .add(cert)
-            .map_err(|source| TlsError::BadCaCertificate {
-                path: ca_file.to_path_buf(),
-                source,
-            })?;
-    }
+    let roots = read_roots(ca_file)?;
 
     let chain = read_certs(cert_file)?;
     let key = read_key(key_file)?;
