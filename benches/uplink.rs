@@ -32,7 +32,6 @@ use std::time::{Duration, Instant};
 
 use facegate_testkit::bench;
 use facegate_testkit::broker::Broker;
-use facegate_testkit::daemon::Daemon;
 
 const WINDOW: u16 = 16;
 /// Room for every capture of the run in the outbox.
@@ -68,7 +67,7 @@ async fn run(n: usize) {
         "agent: filled the outbox in {:.1} s (not timed)",
         t.elapsed().as_secs_f64()
     );
-    let (agent, steady) = agent(&mut d, n).await;
+    let (agent, steady) = bench::drain(&mut d, n, Duration::from_secs(120)).await;
 
     let base2 = baseline(&broker, n, &payload).await;
     let (hand_ms, ack_ms) = breakdown(&images);
@@ -182,46 +181,4 @@ async fn baseline(broker: &Broker, n: usize, payload: &[u8]) -> f64 {
     let secs = (last - start).as_secs_f64();
     println!("baseline: {n} PUBACKs in {secs:.2} s");
     n as f64 / secs
-}
-
-/// Captures/s of the daemon: (connect → empty, first deletion → empty).
-async fn agent(d: &mut Daemon, n: usize) -> (f64, f64) {
-    d.spawn();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut connected_at = None;
-    let mut first_ack = None;
-    let mut left_at_first_ack = n as u64;
-    let end = loop {
-        let st = d.status_async().await;
-        let now = Instant::now();
-        let left = st.outbox.expect("outbox").captures;
-        if connected_at.is_none() && st.uplink.is_some_and(|u| u.connected) {
-            connected_at = Some(now);
-        }
-        if first_ack.is_none() && left < n as u64 {
-            first_ack = Some(now);
-            left_at_first_ack = left;
-        }
-        if left == 0 {
-            break now;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "outbox not empty after 120 s: {st:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    let counters = d.status_async().await.counters.expect("counters");
-    d.stop();
-    let connected_at = connected_at.expect("uplink connected");
-    let first_ack = first_ack.expect("an upload");
-    let secs = (end - connected_at).as_secs_f64();
-    let steady = (end - first_ack).as_secs_f64();
-    println!(
-        "agent: connect -> empty {secs:.2} s; first deletion {:.2} s after connect; counters {}",
-        (first_ack - connected_at).as_secs_f64(),
-        serde_json::to_string(&counters).unwrap_or_default()
-    );
-    assert_eq!(counters.uploaded, n as u64, "{counters:?}");
-    (n as f64 / secs, left_at_first_ack as f64 / steady)
 }

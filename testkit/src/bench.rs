@@ -3,7 +3,7 @@
 //! percentiles and `/proc` memory readings.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use facegate::config::Config;
 use facegate::protocol::{SiteTopics, Topics};
@@ -236,4 +236,57 @@ pub fn rss_kib(pid: u32) -> (u64, u64) {
             .unwrap_or(0)
     };
     (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Starts `d` on a filled outbox of `n` captures and waits until it is empty:
+/// returns captures/s from the first status saying the uplink is connected to
+/// the first status with an empty outbox, and from the first deletion to it.
+/// Status is polled on the control socket every 10 ms. Panics after `limit`,
+/// or if not every capture was counted as uploaded.
+pub async fn drain(d: &mut Daemon, n: usize, limit: Duration) -> (f64, f64) {
+    d.spawn();
+    let deadline = Instant::now() + limit;
+    let mut connected_at = None;
+    let mut first_ack = None;
+    let mut left_at_first_ack = n as u64;
+    let end = loop {
+        let st = d.status_async().await;
+        let now = Instant::now();
+        let left = st.outbox.expect("outbox").captures;
+        if connected_at.is_none() && st.uplink.is_some_and(|u| u.connected) {
+            connected_at = Some(now);
+        }
+        if first_ack.is_none() && left < n as u64 {
+            first_ack = Some(now);
+            left_at_first_ack = left;
+        }
+        if left == 0 {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "outbox not empty after {limit:?}: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let counters = d.status_async().await.counters.expect("counters");
+    d.stop();
+    let connected_at = connected_at.expect("uplink connected");
+    let first_ack = first_ack.expect("an upload");
+    let secs = (end - connected_at).as_secs_f64();
+    let steady = (end - first_ack).as_secs_f64();
+    println!(
+        "agent: connect -> empty {secs:.2} s; first deletion {:.2} s after connect; counters {}",
+        (first_ack - connected_at).as_secs_f64(),
+        serde_json::to_string(&counters).unwrap_or_default()
+    );
+    assert_eq!(counters.uploaded, n as u64, "{counters:?}");
+    (n as f64 / secs, left_at_first_ack as f64 / steady)
+}
+
+/// The 1-, 5- and 15-minute load averages (`/proc/loadavg`), for the record.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
