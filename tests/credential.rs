@@ -271,6 +271,31 @@ async fn a_sealed_key_never_touches_the_disk_and_a_copied_state_dir_opens_nothin
     let creds = credentials_dir(&key);
     d.credentials_dir = Some(creds.path().to_path_buf());
 
+    // doctor: inside the service (the credentials directory set) the key
+    // passes and its place is named; outside it, a warning, not a failure.
+    let doctor = text(&facegate(&d, &secret, &["doctor"]));
+    assert!(
+        line_of(&doctor, "      storage key").contains(&format!(
+            "systemd credential {NAME} (loaded: {})",
+            creds.path().join(NAME).display()
+        )),
+        "{doctor}"
+    );
+    line_of(&doctor, "PASS  storage key");
+    let mut outside = d.command();
+    outside.env_remove("CREDENTIALS_DIRECTORY");
+    let doctor = text(
+        &outside
+            .args(["doctor", "--config"])
+            .arg(&d.config)
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        line_of(&doctor, "WARN  storage key").contains("CREDENTIALS_DIRECTORY is not set"),
+        "{doctor}"
+    );
+
     // The daemon reads it, accepts and uploads.
     let mut fleet = fleet(&broker).await;
     d.spawn();
@@ -380,6 +405,19 @@ fn a_missing_or_wrong_credential_is_refused_by_name_and_nothing_is_created() {
     let good = credentials_dir(&[9u8; 32]);
     let out = run_refused(&d, &d.config, Some(good.path()));
     assert!(out.contains("storage.key exists too"), "{out}");
+    let mut doctor = d.command();
+    doctor.env("CREDENTIALS_DIRECTORY", good.path());
+    let doctor = text(
+        &doctor
+            .args(["doctor", "--config"])
+            .arg(&d.config)
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        line_of(&doctor, "FAIL  storage key").contains("exists too"),
+        "{doctor}"
+    );
 
     // provision with a credential source does not migrate a plaintext key.
     let secret = d.dir.path().join("credential.secret");
