@@ -762,7 +762,13 @@ mod tests {
             Path::new("/run/credentials/facegate.service/facegate-storage-key").into(),
         );
         // (source, $CREDENTIALS_DIRECTORY, key file exists) -> location or error
-        let rows: [(KeySource, Option<&OsStr>, bool, Result<KeyLocation, &str>); 8] = [
+        type Row<'a> = (
+            KeySource,
+            Option<&'a OsStr>,
+            bool,
+            Result<KeyLocation, &'a str>,
+        );
+        let rows: [Row<'_>; 8] = [
             (File, None, false, Ok(file.clone())),
             (File, None, true, Ok(file.clone())),
             (File, creds, true, Ok(file.clone())),
