@@ -366,6 +366,7 @@ async fn a_sealed_key_never_touches_the_disk_and_a_copied_state_dir_opens_nothin
 #[test]
 fn a_missing_or_wrong_credential_is_refused_by_name_and_nothing_is_created() {
     let d = Daemon::builder()
+        .unreachable_broker()
         .configure(|c| c.key_source("credential"))
         .build();
     fs::create_dir_all(&d.state).unwrap();
@@ -441,6 +442,16 @@ fn a_missing_or_wrong_credential_is_refused_by_name_and_nothing_is_created() {
         "kept"
     );
     fs::remove_file(d.state.join("storage.key")).unwrap();
+
+    // provision without --seal makes no key file and says where the sealed key belongs.
+    let out = facegate(&d, &secret, &["provision"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report = text(&out);
+    assert!(
+        line_of(&report, "sealed storage key").ends_with(credential::DEFAULT_SEALED_PATH),
+        "{report}"
+    );
+    assert!(!d.state.join("storage.key").exists(), "{report}");
 
     // Without systemd-creds: the command is named.
     let out = d

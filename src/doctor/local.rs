@@ -5,7 +5,7 @@
 //! the inputs from the file system.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use x509_parser::prelude::*;
@@ -17,7 +17,7 @@ use crate::credential;
 use crate::crypto::{CREDENTIALS_DIRECTORY, CREDENTIAL_NAME};
 use crate::keyref::{KeyRef, Pkcs11Key};
 use crate::pkcs11::TokenKey;
-use crate::provision::{STORAGE_KEY_FILE, STORAGE_KEY_LEN};
+use crate::provision::{Owner, STORAGE_KEY_FILE, STORAGE_KEY_LEN};
 use crate::uplink::tls;
 
 /// A certificate expiring sooner than this is a warning.
@@ -98,8 +98,26 @@ fn check_storage_key(path: &Path) -> Check {
                 path.display()
             ),
         ),
-        Ok(_) => Check::pass(name),
+        Ok(_) => match fs::metadata(path).map(|m| m.uid()) {
+            Ok(uid) if !key_owner_allowed(uid) => Check::fail(
+                name,
+                format!(
+                    "{} is owned by uid {uid}: that user can read the device key (chown facegate: it, or run facegate provision)",
+                    path.display()
+                ),
+            ),
+            _ => Check::pass(name),
+        },
     }
+}
+
+/// Who may own a key file: the service user (`facegate` when it exists), the
+/// user running doctor, or root (who can read everything anyway).
+fn key_owner_allowed(uid: u32) -> bool {
+    let service = Owner::of_user("facegate").ok().map(|o| o.uid);
+    // /proc/self belongs to this process's effective user.
+    let me = fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    uid == 0 || Some(uid) == service || Some(uid) == me
 }
 
 /// What the doctor finds about a storage key kept as a systemd credential.
@@ -256,7 +274,16 @@ fn check_tls_key_file(path: &Path) -> Check {
                 path.display()
             ),
         ),
-        Ok(_) => Check::pass(name),
+        Ok(_) => match fs::metadata(path).map(|m| m.uid()) {
+            Ok(uid) if !key_owner_allowed(uid) => Check::fail(
+                name,
+                format!(
+                    "{} is owned by uid {uid}: that user can read the private key (chown facegate: it)",
+                    path.display()
+                ),
+            ),
+            _ => Check::pass(name),
+        },
     }
 }
 
