@@ -151,6 +151,8 @@ pub struct Config {
     pub control: ControlConfig,
     /// How long the audit log keeps its rows.
     pub audit: AuditConfig,
+    /// Where the device storage key comes from.
+    pub storage: StorageConfig,
 }
 
 /// `[mqtt]`: the broker and how the uplink talks to it.
@@ -280,6 +282,26 @@ pub struct LogConfig {
     pub level: String,
     /// Output format.
     pub format: LogFormat,
+}
+
+/// Where the device storage key (`[storage] key_source`) comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySource {
+    /// `<state_dir>/storage.key`, created by the daemon or `provision` if
+    /// missing (default).
+    File,
+    /// The systemd credential `facegate-storage-key`, read from
+    /// `$CREDENTIALS_DIRECTORY` (the unit loads it with
+    /// `LoadCredentialEncrypted=`); never created by the daemon.
+    Credential,
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// Where the storage key comes from (default [`KeySource::File`]);
+    /// restart-only.
+    pub key_source: KeySource,
 }
 
 /// `[control]`

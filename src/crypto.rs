@@ -1,4 +1,5 @@
-//! Key material at rest: the device storage key file, the sub-keys derived
+//! Key material at rest: the device storage key (a file, or a systemd
+//! credential: [`load_storage_key`] is the one place that chooses), the sub-keys derived
 //! from it (HKDF-SHA256), per-subject data keys, and the AES-256-GCM envelopes
 //! that protect captures in the outbox (ARCHITECTURE I3: no plaintext at rest).
 //!
@@ -8,6 +9,7 @@
 //! encrypts in the buffer it returns (no other copy of the plaintext is
 //! made); opening returns the plaintext as [`Zeroizing`], wiped when dropped.
 
+use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -19,10 +21,18 @@ use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::config::KeySource;
+
 /// Length in bytes of the device key and of every data key.
 pub const KEY_LEN: usize = 32;
 /// File name of the device storage key inside the state directory.
 pub const KEY_FILE_NAME: &str = "storage.key";
+/// Name of the systemd credential holding the storage key
+/// (`storage.key_source = "credential"`): systemd decrypts it into
+/// `$CREDENTIALS_DIRECTORY/facegate-storage-key` for the service.
+pub const CREDENTIAL_NAME: &str = "facegate-storage-key";
+/// The environment variable systemd sets to the service's credentials directory.
+pub const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
 
 const TAG_LEN: usize = 16;
 const HKDF_SALT: &[u8] = b"facegate storage key v1";
@@ -58,6 +68,23 @@ pub enum CryptoError {
         path: PathBuf,
         /// Its actual size.
         size: u64,
+    },
+    /// `storage.key_source = "credential"` outside a service that loads credentials.
+    #[error("storage.key_source = \"credential\" but ${CREDENTIALS_DIRECTORY} is not set: run facegate as the systemd service with LoadCredentialEncrypted={CREDENTIAL_NAME}:<sealed file> (see facegate-credential.conf), or set storage.key_source = \"file\"")]
+    NoCredentialsDirectory,
+    /// The credentials directory does not hold the storage key credential.
+    #[error("storage key credential {path}: {source}; the unit must load it with LoadCredentialEncrypted={CREDENTIAL_NAME}:<sealed file> (create the sealed file with facegate provision --seal)")]
+    CredentialMissing {
+        /// Where it was looked for.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Both a credential and a key file could be the storage key.
+    #[error("storage.key_source = \"credential\" but the key file {file} exists too: it is unclear which key encrypts the database. If {file} is the key of the existing data, seal it into the credential (docs/OPERATIONS.md, \"The storage key as a sealed credential\") and then remove it; if it is not, move it out of the state directory")]
+    Ambiguous {
+        /// The key file in the state directory.
+        file: PathBuf,
     },
     /// The system random generator failed.
     #[error("system random generator failed")]
@@ -204,6 +231,68 @@ impl DeviceKey {
         pseud.zeroize();
         audit.zeroize();
         keys
+    }
+}
+
+/// Where the storage key is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyLocation {
+    /// `<state_dir>/storage.key`, created if missing.
+    File(PathBuf),
+    /// `$CREDENTIALS_DIRECTORY/facegate-storage-key`, never created.
+    Credential(PathBuf),
+}
+
+/// Where the storage key comes from (pure): `source` from the config, the
+/// value of `$CREDENTIALS_DIRECTORY` (unset or empty: `None`) and whether a
+/// key file exists in the state directory. A key file next to a credential
+/// source is refused: it may be the key of the existing data.
+pub fn storage_key_location(
+    source: KeySource,
+    state_dir: &Path,
+    credentials_dir: Option<&OsStr>,
+    key_file_exists: bool,
+) -> Result<KeyLocation, CryptoError> {
+    let file = state_dir.join(KEY_FILE_NAME);
+    match source {
+        KeySource::File => Ok(KeyLocation::File(file)),
+        KeySource::Credential if key_file_exists => Err(CryptoError::Ambiguous { file }),
+        KeySource::Credential => match credentials_dir.filter(|d| !d.is_empty()) {
+            Some(dir) => Ok(KeyLocation::Credential(
+                Path::new(dir).join(CREDENTIAL_NAME),
+            )),
+            None => Err(CryptoError::NoCredentialsDirectory),
+        },
+    }
+}
+
+/// Loads the device storage key from where `source` says (the daemon's one
+/// way to get it): the key file (created if missing), or the systemd
+/// credential in `$CREDENTIALS_DIRECTORY`, which must exist, be 32 bytes and
+/// not be accessible by group or others.
+pub fn load_storage_key(source: KeySource, state_dir: &Path) -> Result<DeviceKey, CryptoError> {
+    let credentials = std::env::var_os(CREDENTIALS_DIRECTORY);
+    load_storage_key_in(source, state_dir, credentials.as_deref())
+}
+
+/// [`load_storage_key`] with the credentials directory given.
+pub fn load_storage_key_in(
+    source: KeySource,
+    state_dir: &Path,
+    credentials: Option<&OsStr>,
+) -> Result<DeviceKey, CryptoError> {
+    let file = state_dir.join(KEY_FILE_NAME);
+    let exists = match fs::symlink_metadata(&file) {
+        Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(source) => return Err(CryptoError::Io { path: file, source }),
+    };
+    match storage_key_location(source, state_dir, credentials, exists)? {
+        KeyLocation::File(path) => DeviceKey::load_or_create(&path),
+        KeyLocation::Credential(path) => match fs::symlink_metadata(&path) {
+            Err(source) => Err(CryptoError::CredentialMissing { path, source }),
+            Ok(_) => DeviceKey::load(&path),
+        },
     }
 }
 
@@ -661,6 +750,128 @@ mod tests {
         assert_eq!(k1.derive().check, k2.derive().check);
         assert!(!dir.path().join("storage.key.tmp").exists());
         assert_eq!(k1.bytes, k2.bytes);
+    }
+
+    #[test]
+    fn the_key_source_decides_where_the_key_is_read() {
+        use KeySource::{Credential, File};
+        let state = Path::new("/var/lib/facegate");
+        let creds = Some(OsStr::new("/run/credentials/facegate.service"));
+        let file = KeyLocation::File(state.join("storage.key"));
+        let cred = KeyLocation::Credential(
+            Path::new("/run/credentials/facegate.service/facegate-storage-key").into(),
+        );
+        // (source, $CREDENTIALS_DIRECTORY, key file exists) -> location or error
+        type Row<'a> = (
+            KeySource,
+            Option<&'a OsStr>,
+            bool,
+            Result<KeyLocation, &'a str>,
+        );
+        let rows: [Row<'_>; 8] = [
+            (File, None, false, Ok(file.clone())),
+            (File, None, true, Ok(file.clone())),
+            (File, creds, true, Ok(file.clone())),
+            (Credential, creds, false, Ok(cred.clone())),
+            (
+                Credential,
+                None,
+                false,
+                Err("CREDENTIALS_DIRECTORY is not set"),
+            ),
+            (
+                Credential,
+                Some(OsStr::new("")),
+                false,
+                Err("CREDENTIALS_DIRECTORY is not set"),
+            ),
+            (
+                Credential,
+                creds,
+                true,
+                Err("the key file /var/lib/facegate/storage.key exists too"),
+            ),
+            (
+                Credential,
+                None,
+                true,
+                Err("the key file /var/lib/facegate/storage.key exists too"),
+            ),
+        ];
+        for (source, dir, exists, want) in rows {
+            let got = storage_key_location(source, state, dir, exists);
+            match (got, want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{source:?} {dir:?} {exists}"),
+                (Err(e), Err(text)) => {
+                    assert!(
+                        e.to_string().contains(text),
+                        "{source:?} {dir:?} {exists}: {e}"
+                    )
+                }
+                (got, want) => panic!("{source:?} {dir:?} {exists}: {got:?}, expected {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_credential_key_is_read_never_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let creds = dir.path().join("creds");
+        fs::create_dir_all(&state).unwrap();
+        fs::create_dir_all(&creds).unwrap();
+        let at = |exists| {
+            storage_key_location(
+                KeySource::Credential,
+                &state,
+                Some(creds.as_os_str()),
+                exists,
+            )
+            .unwrap()
+        };
+        let KeyLocation::Credential(path) = at(false) else {
+            panic!("not a credential")
+        };
+        // Missing: named, not created.
+        let load = || load_storage_key_in(KeySource::Credential, &state, Some(creds.as_os_str()));
+        let err = load().unwrap_err();
+        assert!(
+            matches!(err, CryptoError::CredentialMissing { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("facegate-storage-key"), "{err}");
+        assert!(!path.exists() && !state.join(KEY_FILE_NAME).exists());
+        // Wrong size: refused.
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o400)
+            .open(&path)
+            .unwrap()
+            .write_all(&[5u8; 16])
+            .unwrap();
+        let err = load().unwrap_err();
+        assert!(
+            matches!(err, CryptoError::WrongSize { size: 16, .. }),
+            "{err}"
+        );
+        // The right size: read as is.
+        fs::remove_file(&path).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o400)
+            .open(&path)
+            .unwrap()
+            .write_all(&[5u8; 32])
+            .unwrap();
+        let key = load().unwrap();
+        assert_eq!(key.bytes, [5u8; 32]);
+        assert!(!state.join(KEY_FILE_NAME).exists(), "no key file is made");
+        // A key file next to it: ambiguous, refused.
+        DeviceKey::load_or_create(&state.join(KEY_FILE_NAME)).unwrap();
+        let err = load().unwrap_err();
+        assert!(matches!(err, CryptoError::Ambiguous { .. }), "{err}");
     }
 
     #[test]

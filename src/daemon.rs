@@ -15,7 +15,7 @@ use crate::agent::Agent;
 use crate::clock;
 use crate::config::Config;
 use crate::control::{self, ControlError};
-use crate::crypto::{CryptoError, DeviceKey};
+use crate::crypto::{self, CryptoError};
 use crate::db::Db;
 use crate::intake;
 use crate::notify;
@@ -146,7 +146,7 @@ pub fn open(config: Config) -> Result<Agent, DaemonError> {
     if let Some(parent) = config.control.socket.parent() {
         ensure_dir(parent, 0o750)?;
     }
-    let key = DeviceKey::load_or_create(&config.state_dir.join(STORAGE_KEY_FILE))?;
+    let key = crypto::load_storage_key(config.storage.key_source, &config.state_dir)?;
     let store = Store::open(&config.state_dir, key)?;
     Ok(Agent::new(Arc::new(config), Db::new(store)))
 }

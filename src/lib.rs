@@ -27,7 +27,8 @@
 //! - [`sanitize`]: image validation and lossless metadata removal.
 //! - [`db`]: the single owner of the store connection.
 //! - [`store`]: SQLite, the only module that speaks SQL.
-//! - [`crypto`]: storage key, per-subject data keys, AES-256-GCM, pseudonyms.
+//! - [`crypto`]: storage key (a file or a systemd credential), per-subject data keys, AES-256-GCM, pseudonyms.
+//! - [`credential`]: the storage key sealed as a systemd credential (`provision --seal`, doctor).
 //!
 //! Tools and helpers
 //! - [`provision`]: first-time device setup (state dir, storage key, TLS key, CSR).
@@ -46,6 +47,7 @@ pub mod command;
 pub mod config;
 pub mod consent;
 pub mod control;
+pub mod credential;
 pub mod crypto;
 pub mod daemon;
 pub mod db;

@@ -3,7 +3,13 @@
 //! It creates what only the device itself may hold, and nothing else:
 //! - the state directory (mode 0700);
 //! - the device storage key `<state_dir>/storage.key`: exactly 32 random
-//!   bytes, mode 0600 (the store's crypto reads it as the device key);
+//!   bytes, mode 0600 (the store's crypto reads it as the device key); or,
+//!   with `storage.key_source = "credential"` and `--seal`, a fresh key
+//!   sealed with `systemd-creds encrypt` into
+//!   `/etc/credstore.encrypted/facegate-storage-key` (or the path given), the
+//!   plaintext passed on a pipe and never written to disk. A key file that
+//!   already exists is never replaced or migrated silently: the database is
+//!   encrypted under it;
 //! - the device's TLS private key at `mqtt.key_file`: ECDSA P-256, PKCS#8
 //!   PEM, mode 0600;
 //! - a PKCS#10 certificate signing request next to it,
@@ -38,7 +44,8 @@ use std::path::{Path, PathBuf};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType, SigningKey};
 use ring::rand::{SecureRandom, SystemRandom};
 
-use crate::config::Config;
+use crate::config::{Config, KeySource};
+use crate::credential::{self, CredentialError, SealWith};
 use crate::keyref::{KeyRef, Pkcs11Key};
 use crate::pkcs11::{Pkcs11Error, TokenKey};
 
@@ -107,6 +114,20 @@ pub enum ProvisionError {
     /// message names the URI part at fault).
     #[error(transparent)]
     Pkcs11(#[from] Pkcs11Error),
+    /// `--seal` with `storage.key_source = "file"`.
+    #[error("--seal makes the storage key a sealed systemd credential: set [storage] key_source = \"credential\" in the configuration first")]
+    SealNeedsCredentialSource,
+    /// `storage.key_source = "credential"` while a plaintext key file exists.
+    #[error("{}: a plaintext storage key exists and storage.key_source = \"credential\"; it is not replaced (the database is encrypted under it, a new key would orphan that data). To keep the data, seal this key: `systemd-creds encrypt --name=facegate-storage-key {} {}`, check the service starts, then remove the file; to start afresh, stop facegate, move the state directory away and run facegate provision --seal again", file.display(), file.display(), sealed.display())]
+    PlaintextKeyExists {
+        /// The key file.
+        file: PathBuf,
+        /// Where the sealed credential belongs.
+        sealed: PathBuf,
+    },
+    /// `systemd-creds` could not seal the key.
+    #[error("cannot seal the storage key")]
+    Seal(#[from] CredentialError),
     /// The user that should own the device's secrets does not exist.
     #[error("user {0:?} does not exist (install the package or run systemd-sysusers first)")]
     NoSuchUser(String),
@@ -274,6 +295,8 @@ pub mod items {
     pub const STATE_DIR: &str = "state directory";
     /// The storage key.
     pub const STORAGE_KEY: &str = "storage key";
+    /// The storage key as a sealed systemd credential.
+    pub const SEALED_STORAGE_KEY: &str = "sealed storage key";
     /// The TLS private key.
     pub const TLS_KEY: &str = "TLS private key";
     /// The certificate signing request.
@@ -289,11 +312,40 @@ pub fn provision(cfg: &Config) -> Result<ProvisionReport, ProvisionError> {
     provision_owned(cfg, None)
 }
 
+/// `--seal`: seal a new storage key as a systemd credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seal {
+    /// Where the sealed credential is written (default
+    /// [`credential::DEFAULT_SEALED_PATH`]).
+    pub path: PathBuf,
+    /// What it is sealed with (`--with-key`, default `auto`).
+    pub with: SealWith,
+}
+
+impl Default for Seal {
+    fn default() -> Seal {
+        Seal {
+            path: credential::default_sealed_path(),
+            with: SealWith::Auto,
+        }
+    }
+}
+
 /// Provisions the device; the state directory and both keys are given to
 /// `owner` when it is set (running as root for the daemon's user).
 pub fn provision_owned(
     cfg: &Config,
     owner: Option<Owner>,
+) -> Result<ProvisionReport, ProvisionError> {
+    provision_with(cfg, owner, None)
+}
+
+/// [`provision_owned`], and with `seal` the storage key is created as a
+/// sealed systemd credential (`storage.key_source = "credential"` only).
+pub fn provision_with(
+    cfg: &Config,
+    owner: Option<Owner>,
+    seal: Option<&Seal>,
 ) -> Result<ProvisionReport, ProvisionError> {
     let mut items = Vec::new();
 
@@ -303,8 +355,25 @@ pub fn provision_owned(
     items.push(item(items::STATE_DIR, state_dir, action));
 
     let storage_key = state_dir.join(STORAGE_KEY_FILE);
-    let action = ensure_storage_key(&storage_key, owner)?;
-    items.push(item(items::STORAGE_KEY, &storage_key, action));
+    match cfg.storage.key_source {
+        KeySource::File if seal.is_some() => return Err(ProvisionError::SealNeedsCredentialSource),
+        KeySource::File => {
+            let action = ensure_storage_key(&storage_key, owner)?;
+            items.push(item(items::STORAGE_KEY, &storage_key, action));
+        }
+        KeySource::Credential => {
+            let default = Seal::default();
+            let seal_to = seal.unwrap_or(&default);
+            if fs::symlink_metadata(&storage_key).is_ok() {
+                return Err(ProvisionError::PlaintextKeyExists {
+                    file: storage_key,
+                    sealed: seal_to.path.clone(),
+                });
+            }
+            let action = ensure_sealed_key(&seal_to.path, seal.map(|s| s.with))?;
+            items.push(item(items::SEALED_STORAGE_KEY, &seal_to.path, action));
+        }
+    }
 
     let csr_path = csr_path(cfg);
     let request = CsrRequest::for_device(&cfg.identity.site_id, &cfg.identity.device_id);
@@ -583,6 +652,39 @@ fn ensure_storage_key(path: &Path, owner: Option<Owner>) -> Result<Action, Provi
             what: "the storage key",
         })?;
     write_new(path, &key, 0o600, owner)?;
+    Ok(Action::Created)
+}
+
+/// Keeps the sealed credential at `path` if there is one (a regular file of
+/// root or the current user); otherwise seals a fresh key there with
+/// `systemd-creds` when `with` is given (`--seal`), or reports it missing.
+/// The directory is created 0700 (systemd's credential store convention).
+fn ensure_sealed_key(path: &Path, with: Option<SealWith>) -> Result<Action, ProvisionError> {
+    let dir = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => parent,
+        None => Path::new("."),
+    };
+    if let Some((mut file, _)) = open_existing_secret(path, None)? {
+        let mut head = Vec::new();
+        (&mut file)
+            .take(64)
+            .read_to_end(&mut head)
+            .map_err(io_err(path, "read"))?;
+        if credential::sealed_with(&head).is_none() {
+            return Err(ProvisionError::BadExistingKey {
+                path: path.to_path_buf(),
+                reason: "is not a credential sealed by systemd-creds".into(),
+            });
+        }
+        return Ok(Action::Kept);
+    }
+    let Some(with) = with else {
+        return Ok(Action::Missing);
+    };
+    ensure_dir(dir, 0o700, None)?;
+    check_dir(dir, None)?;
+    let sealed = credential::seal_new_key(with)?;
+    write_new(path, &sealed, 0o600, None)?;
     Ok(Action::Created)
 }
 

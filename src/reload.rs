@@ -56,6 +56,7 @@ pub fn plan(old: &Config, new: Config) -> (Config, Plan) {
         log,
         control,
         audit,
+        storage,
     } = new;
     let Identity { site_id, device_id } = identity;
     let LogConfig { level, format } = log;
@@ -80,6 +81,7 @@ pub fn plan(old: &Config, new: Config) -> (Config, Plan) {
         spool_dir: p.fixed("spool_dir", &old.spool_dir, spool_dir),
         mqtt: p.fixed("mqtt", &old.mqtt, mqtt),
         control: p.fixed("control", &old.control, control),
+        storage: p.fixed("storage", &old.storage, storage),
     };
     (merged, p)
 }
@@ -183,6 +185,12 @@ mod tests {
             audit: crate::config::AuditConfig {
                 retention: c.audit.retention * 2,
             },
+            storage: crate::config::StorageConfig {
+                key_source: match c.storage.key_source {
+                    crate::config::KeySource::File => crate::config::KeySource::Credential,
+                    crate::config::KeySource::Credential => crate::config::KeySource::File,
+                },
+            },
         }
     }
 
@@ -190,7 +198,7 @@ mod tests {
     fn each_live_key_applies_and_each_restart_key_is_reported() {
         type Pick = fn(&mut Config, &Config);
         // (reported name, live?, copy that one key from `changed` into a config)
-        let keys: [(&str, bool, Pick); 14] = [
+        let keys: [(&str, bool, Pick); 15] = [
             ("trust", true, |c, n| c.trust = n.trust.clone()),
             ("capture", true, |c, n| c.capture = n.capture.clone()),
             ("outbox", true, |c, n| c.outbox = n.outbox.clone()),
@@ -209,6 +217,7 @@ mod tests {
             ("spool_dir", false, |c, n| c.spool_dir = n.spool_dir.clone()),
             ("mqtt", false, |c, n| c.mqtt = n.mqtt.clone()),
             ("control", false, |c, n| c.control = n.control.clone()),
+            ("storage", false, |c, n| c.storage = n.storage.clone()),
         ];
         let old = cfg("");
         let changed = every_field_changed(&old);

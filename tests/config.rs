@@ -137,6 +137,7 @@ fn minimal_config_gets_every_default() {
     assert_eq!(c.audit.retention, Duration::from_secs(90 * 86_400));
     assert_eq!(c.log.level, "info");
     assert_eq!(c.log.format, LogFormat::Text);
+    assert_eq!(c.storage.key_source, facegate::config::KeySource::File);
     assert_eq!(
         c.control.socket,
         Path::new("/var/lib/facegate/control.sock")
@@ -200,6 +201,7 @@ fn example_config_documents_every_key() {
         ("log", with_table(&site.minimal(), "log", "zzz = 1")),
         ("control", with_table(&site.minimal(), "control", "zzz = 1")),
         ("audit", with_table(&site.minimal(), "audit", "zzz = 1")),
+        ("storage", with_table(&site.minimal(), "storage", "zzz = 1")),
     ] {
         let known = match site.load(&probe) {
             Err(ConfigError::UnknownKey { known, .. }) => known,
@@ -209,7 +211,7 @@ fn example_config_documents_every_key() {
         for key in known {
             let is_table = [
                 "mqtt", "trust", "capture", "outbox", "commands", "consent", "log", "control",
-                "audit",
+                "audit", "storage",
             ]
             .contains(&key.as_str());
             let documented = if is_table {
@@ -949,6 +951,21 @@ fn bad_names_and_choices_are_refused() {
             .outbox
             .when_full,
         WhenFull::DropOldest
+    );
+    assert_eq!(
+        site.error(&with_table(&m, "storage", "key_source = \"tpm\"")),
+        "storage.key_source: expected \"file\" or \"credential\", got \"tpm\""
+    );
+    assert_eq!(
+        site.load(&with_table(&m, "storage", "key_source = \"credential\""))
+            .unwrap()
+            .storage
+            .key_source,
+        facegate::config::KeySource::Credential
+    );
+    starts(
+        &site.error(&with_table(&m, "storage", "key_file = \"x\"")),
+        "storage.key_file: unknown key (expected one of: key_source)",
     );
     assert_eq!(
         site.error(&with_table(&m, "log", "format = \"xml\"")),

@@ -3,7 +3,7 @@
 //! foreign certificate, wrong device name, broker down) fails the named check.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -159,6 +159,11 @@ fn bad_permissions_on_keys_fail() {
     let report = t.local();
     assert_fails(&report, names::TLS_KEY, "0640");
     assert_fails(&report, names::TLS_FILES, "device.key");
+    fs::set_permissions(t.path("tls/device.key"), fs::Permissions::from_mode(0o600)).unwrap();
+    if fs::metadata("/proc/self").unwrap().uid() == 0 {
+        std::os::unix::fs::chown(t.path("tls/device.key"), Some(54_321), None).unwrap();
+        assert_fails(&t.local(), names::TLS_KEY, "owned by uid 54321");
+    }
 
     let t = Terminal::new(&offline_creds(tmp.path(), &ca, "term-01"), free_port());
     fs::set_permissions(
@@ -172,6 +177,18 @@ fn bad_permissions_on_keys_fail() {
         fs::Permissions::from_mode(0o600),
     )
     .unwrap();
+    // 0600 but owned by another user: that user reads the key.
+    if fs::metadata("/proc/self").unwrap().uid() == 0 {
+        std::os::unix::fs::chown(t.path("state/storage.key"), Some(54_321), None).unwrap();
+        assert_fails(&t.local(), names::STORAGE_KEY, "owned by uid 54321");
+        std::os::unix::fs::chown(t.path("state/storage.key"), Some(0), None).unwrap();
+        assert!(!matches!(
+            outcome(&t.local(), names::STORAGE_KEY),
+            Outcome::Fail(_)
+        ));
+    } else {
+        println!("SKIPPED the storage key owner case: changing a file's owner needs root");
+    }
     fs::write(t.path("state/storage.key"), [1u8; 16]).unwrap();
     assert_fails(&t.local(), names::STORAGE_KEY, "16 bytes");
     fs::remove_file(t.path("state/storage.key")).unwrap();

@@ -2,7 +2,9 @@
 //! hardening score (`systemd-analyze security`, must be 2.0 or lower, "OK"),
 //! its syntax (`systemd-analyze verify`), the sysusers.d / tmpfiles.d
 //! entries applied to a throwaway root, and the example mount unit of a
-//! size-limited spool (verified, and mounted in a private mount namespace).
+//! size-limited spool (verified, and mounted in a private mount namespace),
+//! and the example drop-in that loads the sealed storage key (verified with
+//! the unit).
 //!
 //! Each test skips with a printed reason when the systemd tool it needs is not
 //! installed (e.g. a build container without systemd); it never skips otherwise.
@@ -17,6 +19,8 @@ const SYSUSERS: &str = "systemd/facegate.sysusers";
 const TMPFILES: &str = "systemd/facegate.tmpfiles";
 /// The example mount unit for a size-limited spool (documentation, not active).
 const SPOOL_MOUNT: &str = "systemd/run-facegate-spool.mount";
+/// The example drop-in loading the sealed storage key (documentation, not active).
+const CREDENTIAL_DROP_IN: &str = "systemd/facegate-credential.conf";
 
 /// Worst overall exposure we accept (systemd's "OK" band is 2.0 and below).
 const MAX_EXPOSURE: f64 = 1.5;
@@ -115,6 +119,62 @@ fn unit_verifies_without_warnings() {
     assert!(
         out.status.success() && complaints.trim().is_empty(),
         "systemd-analyze verify complained:\n{complaints}"
+    );
+}
+
+/// The example drop-in that loads the sealed storage key: it names the
+/// credential the daemon reads and the file `provision --seal` writes, and
+/// systemd reads it as a drop-in of the unit without complaint (a copy with a
+/// misspelt key is complained about, so the drop-in was really read).
+#[test]
+fn credential_drop_in_loads_the_sealed_storage_key() {
+    let drop_in = fs::read_to_string(repo(CREDENTIAL_DROP_IN)).unwrap();
+    assert_eq!(
+        setting(&drop_in, "LoadCredentialEncrypted").as_deref(),
+        Some(
+            format!(
+                "{}:{}",
+                facegate::crypto::CREDENTIAL_NAME,
+                facegate::credential::DEFAULT_SEALED_PATH
+            )
+            .as_str()
+        )
+    );
+    let Some(analyze) = tool("systemd-analyze") else {
+        eprintln!(
+            "SKIP credential_drop_in_loads_the_sealed_storage_key: systemd-analyze is not installed"
+        );
+        return;
+    };
+    let verify = |extra: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let stub = dir.path().join("facegate");
+        fs::write(&stub, "#!/bin/sh\nexit 0\n").unwrap();
+        fs::set_permissions(&stub, fs::Permissions::from_mode(0o755)).unwrap();
+        let unit = fs::read_to_string(repo(UNIT)).unwrap();
+        fs::write(
+            dir.path().join("facegate.service"),
+            unit.replace("/usr/bin/facegate", &stub.display().to_string()),
+        )
+        .unwrap();
+        let d = dir.path().join("facegate.service.d");
+        fs::create_dir(&d).unwrap();
+        fs::write(d.join("credential.conf"), format!("{drop_in}{extra}")).unwrap();
+        let out = run(Command::new(&analyze)
+            .env("SYSTEMD_UNIT_PATH", format!("{}:", dir.path().display()))
+            .arg("verify")
+            .arg(dir.path().join("facegate.service")));
+        (out.status.success(), text(&out.stderr))
+    };
+    let (ok, complaints) = verify("");
+    assert!(
+        ok && complaints.trim().is_empty(),
+        "systemd-analyze verify complained:\n{complaints}"
+    );
+    let (_, complaints) = verify("LoadCredentialEncryptedTypo=x\n");
+    assert!(
+        complaints.contains("LoadCredentialEncryptedTypo"),
+        "the drop-in was not read: {complaints:?}"
     );
 }
 

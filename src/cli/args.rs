@@ -31,6 +31,17 @@ pub(crate) enum Command {
         /// Owner of the created secrets (default: user `facegate` when run as root).
         #[arg(long)]
         owner: Option<String>,
+        /// Create the storage key sealed as a systemd credential (needs
+        /// `[storage] key_source = "credential"`; runs `systemd-creds encrypt`).
+        #[arg(long)]
+        seal: bool,
+        /// Where the sealed credential is written.
+        #[arg(long, requires = "seal", default_value = facegate::credential::DEFAULT_SEALED_PATH)]
+        seal_to: PathBuf,
+        /// What seals it: `auto` (TPM2 where present, else the host key), `host`, `tpm2`, `host+tpm2`.
+        #[arg(long, requires = "seal", default_value = "auto",
+              value_parser = clap::builder::PossibleValuesParser::new(["auto", "host", "tpm2", "host+tpm2"]))]
+        with_key: String,
     },
     /// Check this terminal (files, certificates, clock, disk, broker); non-zero on failure.
     Doctor,

@@ -10,7 +10,7 @@ mod run;
 
 use std::process::ExitCode;
 
-use facegate::{config, doctor, provision};
+use facegate::{config, credential, doctor, provision};
 
 use args::{Cli, Command};
 
@@ -30,13 +30,26 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Provision { owner } => {
+        Command::Provision {
+            owner,
+            seal,
+            seal_to,
+            with_key,
+        } => {
             let cfg = config::load_unchecked(&cli.config)?;
             let owner = match owner {
                 Some(name) => Some(provision::Owner::of_user(&name)?),
                 None => provision::Owner::default_for_provision(),
             };
-            println!("{}", provision::provision_owned(&cfg, owner)?);
+            let seal = match seal {
+                false => None,
+                true => Some(provision::Seal {
+                    path: seal_to,
+                    with: credential::SealWith::parse(&with_key)
+                        .ok_or_else(|| anyhow::anyhow!("--with-key: unknown value {with_key:?}"))?,
+                }),
+            };
+            println!("{}", provision::provision_with(&cfg, owner, seal.as_ref())?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor => {

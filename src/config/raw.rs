@@ -57,6 +57,9 @@ pub struct RawConfig {
     /// `[audit]`.
     #[serde(default)]
     pub audit: RawAudit,
+    /// `[storage]`.
+    #[serde(default)]
+    pub storage: RawStorage,
 }
 
 /// `[mqtt]` as written.
@@ -172,6 +175,16 @@ pub struct RawLog {
 pub struct RawAudit {
     /// How long audit rows are kept, humantime text (default `90d`).
     pub retention: Option<String>,
+}
+
+/// `[storage]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "the [storage] table")]
+pub struct RawStorage {
+    /// Where the storage key comes from: `file` (default,
+    /// `<state_dir>/storage.key`) or `credential` (the systemd credential
+    /// `facegate-storage-key`).
+    pub key_source: Option<String>,
 }
 
 /// `[control]` as written.

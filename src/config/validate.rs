@@ -14,7 +14,8 @@ use super::raw::{
 };
 use super::{
     AuditConfig, CaptureConfig, CommandConfig, Config, ConsentConfig, ControlConfig, Identity,
-    LogConfig, LogFormat, MqttConfig, OutboxConfig, RawConfig, Role, TrustedKey, WhenFull,
+    KeySource, LogConfig, LogFormat, MqttConfig, OutboxConfig, RawConfig, Role, StorageConfig,
+    TrustedKey, WhenFull,
 };
 use crate::keyref::{KeyRef, KeyRefError};
 
@@ -73,6 +74,17 @@ impl RawConfig {
         let consent = consent(self.consent)?;
         let log = log(self.log)?;
         let audit = audit(self.audit)?;
+        let storage = StorageConfig {
+            key_source: choice(
+                "storage.key_source",
+                self.storage.key_source,
+                "file",
+                &[
+                    ("file", KeySource::File),
+                    ("credential", KeySource::Credential),
+                ],
+            )?,
+        };
         let socket = match self.control.socket {
             Some(s) => path("control.socket", Some(s), base_dir)?,
             None => state_dir.join("control.sock"),
@@ -100,6 +112,7 @@ impl RawConfig {
             log,
             control: ControlConfig { socket },
             audit,
+            storage,
         })
     }
 }

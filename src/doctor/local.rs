@@ -5,17 +5,19 @@
 //! the inputs from the file system.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use x509_parser::prelude::*;
 
 use super::{names, places, Check, KeyPlace, Outcome};
 use crate::clock;
-use crate::config::Config;
+use crate::config::{Config, KeySource};
+use crate::credential;
+use crate::crypto::{CREDENTIALS_DIRECTORY, CREDENTIAL_NAME};
 use crate::keyref::{KeyRef, Pkcs11Key};
 use crate::pkcs11::TokenKey;
-use crate::provision::{STORAGE_KEY_FILE, STORAGE_KEY_LEN};
+use crate::provision::{Owner, STORAGE_KEY_FILE, STORAGE_KEY_LEN};
 use crate::uplink::tls;
 
 /// A certificate expiring sooner than this is a warning.
@@ -35,7 +37,10 @@ pub const RAMFS_MAGIC: u64 = 0x8584_58f6;
 pub fn checks(cfg: &Config, now: i64) -> Vec<Check> {
     let mut checks = vec![
         check_state_dir(&cfg.state_dir),
-        check_storage_key(&cfg.state_dir.join(STORAGE_KEY_FILE)),
+        match cfg.storage.key_source {
+            KeySource::File => check_storage_key(&cfg.state_dir.join(STORAGE_KEY_FILE)),
+            KeySource::Credential => check_storage_credential(&cfg.state_dir),
+        },
         check_tls_key(&cfg.mqtt.key),
         check_tls_files(cfg),
     ];
@@ -93,7 +98,105 @@ fn check_storage_key(path: &Path) -> Check {
                 path.display()
             ),
         ),
-        Ok(_) => Check::pass(name),
+        Ok(_) => match fs::metadata(path).map(|m| m.uid()) {
+            Ok(uid) if !key_owner_allowed(uid) => Check::fail(
+                name,
+                format!(
+                    "{} is owned by uid {uid}: that user can read the device key (chown facegate: it, or run facegate provision)",
+                    path.display()
+                ),
+            ),
+            _ => Check::pass(name),
+        },
+    }
+}
+
+/// Who may own a key file: the service user (`facegate` when it exists), the
+/// user running doctor, or root (who can read everything anyway).
+fn key_owner_allowed(uid: u32) -> bool {
+    let service = Owner::of_user("facegate").ok().map(|o| o.uid);
+    // /proc/self belongs to this process's effective user.
+    let me = fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    uid == 0 || Some(uid) == service || Some(uid) == me
+}
+
+/// What the doctor finds about a storage key kept as a systemd credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialFacts {
+    /// `<state_dir>/storage.key`, if a key file is there too.
+    pub key_file: Option<String>,
+    /// `$CREDENTIALS_DIRECTORY/facegate-storage-key` and its size (or why
+    /// it cannot be read), when the variable is set.
+    pub credential: Option<(String, Result<u64, String>)>,
+    /// The sealed credential at the default place and what seals it, if it is there.
+    pub sealed: Option<(String, Option<&'static str>)>,
+}
+
+/// The rule for `storage.key_source = "credential"` (pure): a key file next
+/// to it fails (ambiguous); inside the service the credential must be there
+/// and 32 bytes; outside it (no `$CREDENTIALS_DIRECTORY`, e.g. doctor run
+/// from a shell) it cannot be read, which is a warning saying how to check.
+pub fn storage_credential_outcome(facts: &CredentialFacts) -> Outcome {
+    if let Some(file) = &facts.key_file {
+        return Outcome::Fail(format!(
+            "storage.key_source = \"credential\" but the key file {file} exists too: it is unclear which key encrypts the database (seal it, then remove it; see OPERATIONS.md, \"The storage key as a sealed credential\")"
+        ));
+    }
+    match &facts.credential {
+        Some((_, Ok(len))) if *len == STORAGE_KEY_LEN as u64 => Outcome::Pass,
+        Some((path, Ok(len))) => Outcome::Fail(format!(
+            "{path} is {len} bytes, expected {STORAGE_KEY_LEN}"
+        )),
+        Some((path, Err(e))) => Outcome::Fail(format!(
+            "{path}: {e} (the unit must load it with LoadCredentialEncrypted={CREDENTIAL_NAME}:<sealed file>)"
+        )),
+        None => match &facts.sealed {
+            Some((path, Some(with))) => Outcome::Warn(format!(
+                "${CREDENTIALS_DIRECTORY} is not set (not run by the service), so the credential cannot be read here; {path} is sealed with {with}: check it decrypts with `systemd-creds decrypt --name={CREDENTIAL_NAME} {path} - | wc -c` (as root, prints 32)"
+            )),
+            Some((path, None)) => Outcome::Fail(format!(
+                "{path} is not a credential sealed by systemd-creds"
+            )),
+            None => Outcome::Warn(format!(
+                "${CREDENTIALS_DIRECTORY} is not set (not run by the service), so the credential cannot be read here, and there is no sealed credential at {} (run facegate provision --seal, or check the path the unit's LoadCredentialEncrypted= names)",
+                credential::DEFAULT_SEALED_PATH
+            )),
+        },
+    }
+}
+
+/// What there is to know about the storage credential on this machine.
+fn credential_facts(state_dir: &Path) -> CredentialFacts {
+    let key_file = state_dir.join(STORAGE_KEY_FILE);
+    let credential = std::env::var_os(CREDENTIALS_DIRECTORY)
+        .filter(|d| !d.is_empty())
+        .map(|dir| {
+            let path = Path::new(&dir).join(CREDENTIAL_NAME);
+            let len = fs::metadata(&path)
+                .map(|m| m.len())
+                .map_err(|e| e.kind().to_string());
+            (path.display().to_string(), len)
+        });
+    let sealed_path = credential::default_sealed_path();
+    let sealed = fs::read(&sealed_path).ok().map(|bytes| {
+        (
+            sealed_path.display().to_string(),
+            credential::sealed_with(&bytes),
+        )
+    });
+    CredentialFacts {
+        key_file: fs::symlink_metadata(&key_file)
+            .ok()
+            .map(|_| key_file.display().to_string()),
+        credential,
+        sealed,
+    }
+}
+
+fn check_storage_credential(state_dir: &Path) -> Check {
+    Check {
+        name: names::STORAGE_KEY,
+        outcome: storage_credential_outcome(&credential_facts(state_dir)),
     }
 }
 
@@ -115,7 +218,23 @@ pub fn key_places(cfg: &Config) -> Vec<KeyPlace> {
         },
         KeyPlace {
             key: places::STORAGE_KEY,
-            place: format!("file {}", cfg.state_dir.join(STORAGE_KEY_FILE).display()),
+            place: match cfg.storage.key_source {
+                KeySource::File => {
+                    format!("file {}", cfg.state_dir.join(STORAGE_KEY_FILE).display())
+                }
+                KeySource::Credential => {
+                    let facts = credential_facts(&cfg.state_dir);
+                    let mut place = format!("systemd credential {CREDENTIAL_NAME}");
+                    match &facts.credential {
+                        Some((path, _)) => place.push_str(&format!(" (loaded: {path})")),
+                        None => place.push_str(&format!(" (${CREDENTIALS_DIRECTORY} not set)")),
+                    }
+                    if let Some((path, with)) = &facts.sealed {
+                        place.push_str(&format!(", sealed: {} {path}", with.unwrap_or("unknown")));
+                    }
+                    place
+                }
+            },
         },
     ]
 }
@@ -155,7 +274,16 @@ fn check_tls_key_file(path: &Path) -> Check {
                 path.display()
             ),
         ),
-        Ok(_) => Check::pass(name),
+        Ok(_) => match fs::metadata(path).map(|m| m.uid()) {
+            Ok(uid) if !key_owner_allowed(uid) => Check::fail(
+                name,
+                format!(
+                    "{} is owned by uid {uid}: that user can read the private key (chown facegate: it)",
+                    path.display()
+                ),
+            ),
+            _ => Check::pass(name),
+        },
     }
 }
 
@@ -540,6 +668,54 @@ mod tests {
 
     const NOW: i64 = 1_800_000_000;
     const DAY: i64 = 86_400;
+
+    #[test]
+    fn a_credential_key_passes_only_where_the_service_would_read_it() {
+        let cred = |len: Result<u64, &str>| {
+            Some((
+                "/run/credentials/facegate.service/facegate-storage-key".to_string(),
+                len.map_err(str::to_string),
+            ))
+        };
+        let sealed = |with| {
+            Some((
+                "/etc/credstore.encrypted/facegate-storage-key".to_string(),
+                with,
+            ))
+        };
+        let file = Some("/var/lib/facegate/storage.key".to_string());
+        // (key file, credential, sealed file) -> outcome, a word of its message
+        let rows = [
+            (None, cred(Ok(32)), None, "pass", ""),
+            (None, cred(Ok(32)), sealed(Some("tpm2")), "pass", ""),
+            (None, cred(Ok(16)), None, "fail", "16 bytes"),
+            (
+                None,
+                cred(Err("not found")),
+                None,
+                "fail",
+                "LoadCredentialEncrypted=",
+            ),
+            (file.clone(), cred(Ok(32)), None, "fail", "exists too"),
+            (file.clone(), None, None, "fail", "exists too"),
+            (None, None, sealed(Some("host")), "warn", "sealed with host"),
+            (None, None, sealed(None), "fail", "not a credential"),
+            (None, None, None, "warn", "provision --seal"),
+        ];
+        for (key_file, credential, sealed, want, word) in rows {
+            let facts = CredentialFacts {
+                key_file,
+                credential,
+                sealed,
+            };
+            let got = storage_credential_outcome(&facts);
+            assert_eq!(kind(&got), want, "{facts:?}: {got:?}");
+            match &got {
+                Outcome::Pass => {}
+                Outcome::Warn(m) | Outcome::Fail(m) => assert!(m.contains(word), "{m}"),
+            }
+        }
+    }
 
     fn kind(o: &Outcome) -> &'static str {
         match o {

@@ -42,6 +42,13 @@ pub struct ConfigBuilder {
     log: Option<Log>,
     audit: Option<Audit>,
     commands: Option<Commands>,
+    storage: Option<Storage>,
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, Default, Serialize)]
+struct Storage {
+    key_source: Option<String>,
 }
 
 /// `[mqtt]`.
@@ -151,6 +158,7 @@ impl ConfigBuilder {
             log: None,
             audit: None,
             commands: None,
+            storage: None,
         }
     }
 
@@ -277,6 +285,12 @@ impl ConfigBuilder {
         self.capture
             .get_or_insert_with(Capture::default)
             .max_file_bytes = Some(bytes);
+        self
+    }
+
+    /// `storage.key_source` (`"file"` or `"credential"`).
+    pub fn key_source(mut self, source: &str) -> Self {
+        self.storage.get_or_insert_with(Storage::default).key_source = Some(source.into());
         self
     }
 

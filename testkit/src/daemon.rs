@@ -177,6 +177,7 @@ impl DaemonBuilder {
             consent_signer,
             fleet_signer,
             _spool_dir: spool_dir,
+            credentials_dir: None,
             child: None,
         }
     }
@@ -205,6 +206,9 @@ pub struct Daemon {
     pub consent_signer: Signer,
     /// Signs fleet commands the daemon trusts.
     pub fleet_signer: Signer,
+    /// `$CREDENTIALS_DIRECTORY` for the daemon (what systemd sets for a unit
+    /// with `LoadCredential*=`); unset when `None`.
+    pub credentials_dir: Option<PathBuf>,
     log_path: PathBuf,
     _spool_dir: Option<TempDir>,
     child: Option<Child>,
@@ -452,13 +456,18 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// The binary, with no `FACEGATE_*` variables in its environment.
-    fn command(&self) -> Command {
+    /// The binary, with no `FACEGATE_*` variables in its environment, and
+    /// `CREDENTIALS_DIRECTORY` only as [`Self::credentials_dir`] says.
+    pub fn command(&self) -> Command {
         let mut cmd = Command::new(facegate_binary());
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("FACEGATE_") {
                 cmd.env_remove(name);
             }
+        }
+        cmd.env_remove("CREDENTIALS_DIRECTORY");
+        if let Some(dir) = &self.credentials_dir {
+            cmd.env("CREDENTIALS_DIRECTORY", dir);
         }
         cmd
     }
