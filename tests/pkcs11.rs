@@ -601,7 +601,15 @@ async fn a_token_gone_while_running_fails_handshakes_without_a_crash() {
         .args(["--delete-token", "--token", &token.label])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    // SoftHSM removes the token's objects first and its directory last; the
+    // running daemon's own SoftHSM may still hold a file in that directory,
+    // and then only the final rmdir fails ("Could not delete the directory"):
+    // the key is gone either way, which is what this test is about.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() || stderr.contains("Could not delete the directory"),
+        "{out:?}"
+    );
     broker.restart();
     d.drop_pair("g1", "jpg", &synth::face_jpeg(320, 240, 7, 85), Some("S-1"));
     wait_until(T, || d.counters().accepted == 1, || d.log());
