@@ -34,8 +34,11 @@ pub enum Refusal {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutboxState {
-    /// Waiting for (or in) its hand-over.
+    /// Waiting for its hand-over.
     Queued,
+    /// Handed to MQTT, not yet acknowledged (set by the agent, which knows
+    /// what is in flight; the store lists such a capture as queued).
+    InFlight,
     /// Refused by the broker `mqtt.max_attempts` times; waits for
     /// `ctl outbox retry`.
     Quarantined,
