@@ -1,5 +1,5 @@
 //! Finding the capture the broker keeps refusing (SPEC "Broker limits and
-//! large captures": no head-of-line blocking), pure: a function of what was
+//! large captures": no head-of-line blocking; ARCHITECTURE I13), pure: a function of what was
 //! in flight when a connection ended and what was acknowledged since.
 //!
 //! Under MQTT 3.1.1 a broker refuses a PUBLISH (a packet above its limit, a

@@ -333,7 +333,7 @@ pub fn part_envelope(cfg: &Config, c: &Capture, consent_id: &str, part: PartNo) 
 /// Counts one refusal against `capture_id` (the only capture in flight when
 /// the broker closed the connection, `super::suspect`), durably, and
 /// quarantines it once `[mqtt] max_attempts` are counted (audited
-/// `capture.quarantined`). The outbox changed: quarantined, it no longer
+/// `capture.quarantined`; ARCHITECTURE I13). The outbox changed: quarantined, it no longer
 /// takes its place at the head of the queue.
 pub async fn record_refusal(agent: &Arc<Agent>, capture_id: &CaptureId, reason: &str) {
     let max = agent.config().mqtt.max_attempts;
