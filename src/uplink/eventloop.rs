@@ -14,7 +14,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS, StateError,
+};
 use tokio::sync::{mpsc, Notify};
 
 use super::backoff::Backoff;
@@ -127,7 +129,7 @@ async fn network_task(
             match serve(client, eventloop, &link, &tx, &mut backoff, &stop).await {
                 Served::Stopped => return,
                 Served::Failed { error, abandoned } => {
-                    (tls::explain(&error), Ended::Lost, abandoned)
+                    (tls::explain(&error), ending(&error), abandoned)
                 }
                 Served::Reconnect { abandoned } => (
                     "reconnecting so that the broker delivers again a command whose effect failed"
@@ -259,6 +261,18 @@ async fn serve(
                 return Served::Failed { error, abandoned };
             }
         }
+    }
+}
+
+/// How a failed connection ended, for `suspect`: silent (keep-alive ping
+/// unanswered, a read or write timed out) is the network; anything else
+/// may be the broker closing it.
+fn ending(error: &ConnectionError) -> Ended {
+    match error {
+        ConnectionError::MqttState(StateError::AwaitPingResp)
+        | ConnectionError::NetworkTimeout
+        | ConnectionError::FlushTimeout => Ended::Stalled,
+        _ => Ended::Lost,
     }
 }
 

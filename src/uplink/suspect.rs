@@ -23,12 +23,15 @@
 //!
 //! What never counts: a connection that ends with nothing in flight; a
 //! failure before CONNACK (TCP, TLS, refused CONNECT: nothing was handed
-//! over on it); our own DISCONNECT (a reconnect to have a command
+//! over on it); a connection that went silent (keep-alive ping unanswered,
+//! network or flush timeout: the network, not a refusing broker, which
+//! closes at once); our own DISCONNECT (a reconnect to have a command
 //! redelivered, the shutdown); a capture handed to the MQTT client that was
 //! not yet on the wire.
 //!
-//! Limits, documented in docs/OPERATIONS.md: a network failure or a broker
-//! restart while probe mode has exactly one capture on the wire counts
+//! Limits, documented in docs/OPERATIONS.md: a network failure that closes
+//! the connection (rather than leaving it silent) or a broker restart while
+//! probe mode has exactly one capture on the wire counts
 //! against it like a refusal; `max_attempts` (5 by default) such failures in
 //! a row, with nothing of that capture acknowledged in between, are needed
 //! to quarantine it, and `ctl outbox retry` undoes it. Refusals are counted
@@ -48,6 +51,10 @@ use crate::protocol::Piece;
 pub enum Ended {
     /// It failed or the broker closed it (or it never got to CONNACK).
     Lost,
+    /// It went silent: the broker did not answer a keep-alive ping, or a
+    /// read or write timed out. A network failure, never a refusal (a
+    /// refusing broker closes the connection at once).
+    Stalled,
     /// We closed it ourselves (DISCONNECT to reconnect, or to stop).
     Ours,
 }
@@ -91,6 +98,9 @@ impl Suspect {
             return None;
         }
         self.probing = true;
+        if how == Ended::Stalled {
+            return None;
+        }
         let captures: BTreeSet<&CaptureId> = in_flight.iter().map(|p| &p.capture_id).collect();
         let only = match captures.into_iter().collect::<Vec<_>>()[..] {
             [only] => only,
@@ -171,6 +181,11 @@ mod tests {
             // Parts of one capture are one capture.
             (true, Ended::Lost, vec![a0.clone()], vec![a0.clone()], cid("a"), true),
             (false, Ended::Lost, vec![a0.clone(), a1.clone()], vec![a1.clone()], cid("a"), true),
+            // The connection went silent: a network failure, nobody; probe mode.
+            (false, Ended::Stalled, vec![b.clone()], vec![b.clone()], None, true),
+            (true, Ended::Stalled, vec![a0.clone()], vec![a0.clone()], None, true),
+            (false, Ended::Stalled, vec![b.clone(), c.clone()], vec![b.clone()], None, true),
+            (true, Ended::Stalled, vec![], vec![], None, true),
             // One capture handed over but not yet on the wire: nobody.
             (true, Ended::Lost, vec![b.clone()], vec![], None, true),
             (false, Ended::Lost, vec![a0.clone(), a1.clone()], vec![], None, true),
