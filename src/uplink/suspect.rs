@@ -164,31 +164,123 @@ mod tests {
         let b = whole("b");
         let c = whole("c");
         #[rustfmt::skip]
-        let rows: Vec<(bool, Ended, Vec<Piece>, Vec<Piece>, Option<CaptureId>, bool)> = vec![
+        type Row = (bool, Ended, Vec<Piece>, Vec<Piece>, Option<CaptureId>, bool);
+        let rows: Vec<Row> = vec![
             // Nothing in flight: nobody is counted, the mode stays.
             (false, Ended::Lost, vec![], vec![], None, false),
             (true, Ended::Lost, vec![], vec![], None, true),
             // Our own DISCONNECT: nobody, the mode stays.
-            (false, Ended::Ours, vec![b.clone()], vec![b.clone()], None, false),
-            (true, Ended::Ours, vec![b.clone()], vec![b.clone()], None, true),
+            (
+                false,
+                Ended::Ours,
+                vec![b.clone()],
+                vec![b.clone()],
+                None,
+                false,
+            ),
+            (
+                true,
+                Ended::Ours,
+                vec![b.clone()],
+                vec![b.clone()],
+                None,
+                true,
+            ),
             // Several captures in flight: nobody, probe mode.
-            (false, Ended::Lost, vec![b.clone(), c.clone()], vec![b.clone(), c.clone()], None, true),
-            (true, Ended::Lost, vec![b.clone(), c.clone()], vec![b.clone()], None, true),
-            (false, Ended::Lost, vec![a0.clone(), b.clone()], vec![a0.clone()], None, true),
+            (
+                false,
+                Ended::Lost,
+                vec![b.clone(), c.clone()],
+                vec![b.clone(), c.clone()],
+                None,
+                true,
+            ),
+            (
+                true,
+                Ended::Lost,
+                vec![b.clone(), c.clone()],
+                vec![b.clone()],
+                None,
+                true,
+            ),
+            (
+                false,
+                Ended::Lost,
+                vec![a0.clone(), b.clone()],
+                vec![a0.clone()],
+                None,
+                true,
+            ),
             // Exactly one capture, on the wire: counted, probe mode.
-            (false, Ended::Lost, vec![b.clone()], vec![b.clone()], cid("b"), true),
-            (true, Ended::Lost, vec![b.clone()], vec![b.clone()], cid("b"), true),
+            (
+                false,
+                Ended::Lost,
+                vec![b.clone()],
+                vec![b.clone()],
+                cid("b"),
+                true,
+            ),
+            (
+                true,
+                Ended::Lost,
+                vec![b.clone()],
+                vec![b.clone()],
+                cid("b"),
+                true,
+            ),
             // Parts of one capture are one capture.
-            (true, Ended::Lost, vec![a0.clone()], vec![a0.clone()], cid("a"), true),
-            (false, Ended::Lost, vec![a0.clone(), a1.clone()], vec![a1.clone()], cid("a"), true),
+            (
+                true,
+                Ended::Lost,
+                vec![a0.clone()],
+                vec![a0.clone()],
+                cid("a"),
+                true,
+            ),
+            (
+                false,
+                Ended::Lost,
+                vec![a0.clone(), a1.clone()],
+                vec![a1.clone()],
+                cid("a"),
+                true,
+            ),
             // The connection went silent: a network failure, nobody; probe mode.
-            (false, Ended::Stalled, vec![b.clone()], vec![b.clone()], None, true),
-            (true, Ended::Stalled, vec![a0.clone()], vec![a0.clone()], None, true),
-            (false, Ended::Stalled, vec![b.clone(), c.clone()], vec![b.clone()], None, true),
+            (
+                false,
+                Ended::Stalled,
+                vec![b.clone()],
+                vec![b.clone()],
+                None,
+                true,
+            ),
+            (
+                true,
+                Ended::Stalled,
+                vec![a0.clone()],
+                vec![a0.clone()],
+                None,
+                true,
+            ),
+            (
+                false,
+                Ended::Stalled,
+                vec![b.clone(), c.clone()],
+                vec![b.clone()],
+                None,
+                true,
+            ),
             (true, Ended::Stalled, vec![], vec![], None, true),
             // One capture handed over but not yet on the wire: nobody.
             (true, Ended::Lost, vec![b.clone()], vec![], None, true),
-            (false, Ended::Lost, vec![a0.clone(), a1.clone()], vec![], None, true),
+            (
+                false,
+                Ended::Lost,
+                vec![a0.clone(), a1.clone()],
+                vec![],
+                None,
+                true,
+            ),
         ];
         for (i, (probing, how, in_flight, wire, want, after)) in rows.into_iter().enumerate() {
             let mut s = Suspect { probing };
@@ -245,7 +337,7 @@ mod tests {
                                 let k = counts.entry(c.to_string()).or_default();
                                 *k += 1;
                                 if quarantines(*k, max) {
-                                    queue.retain(|q| *q != c.to_string());
+                                    queue.retain(|q| q.as_str() != c.as_str());
                                 }
                             }
                         } else {
