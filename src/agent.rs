@@ -25,6 +25,7 @@ use crate::protocol::{
 };
 use crate::reload;
 use crate::store::{counter, AddConsent, CommandStamp, PurgeReason, Store, StoreError};
+pub use crate::store::{OutboxEntry, OutboxState};
 
 /// The product version reported in status messages.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -490,6 +491,56 @@ impl Agent {
     pub async fn audit_tail(&self, n: usize) -> Result<Vec<AuditEntry>, ApplyError> {
         Ok(self.db.run(move |s| s.audit_tail(n)).await?)
     }
+
+    /// Every capture of the outbox, oldest first: queued (or in flight) and
+    /// quarantined, without subject or image.
+    pub async fn outbox_list(&self, now: i64) -> Result<Vec<OutboxEntry>, ApplyError> {
+        let mut list = self.db.run(move |s| s.outbox_list(now)).await?;
+        let sending = self.inflight.snapshot();
+        for e in &mut list {
+            if e.state == OutboxState::Queued && sending.iter().any(|c| c.as_str() == e.capture_id)
+            {
+                e.state = OutboxState::InFlight;
+            }
+        }
+        Ok(list)
+    }
+
+    /// Puts quarantined captures back in the queue with their refusals reset
+    /// (audited `capture.retried`): `capture_id`, or all with `None`. A named
+    /// capture that is not quarantined is refused by name.
+    pub async fn retry_quarantined(
+        &self,
+        capture_id: Option<CaptureId>,
+        now: i64,
+    ) -> Result<Retried, ApplyError> {
+        let target = capture_id.clone();
+        let retried = self
+            .db
+            .run(move |s| s.retry_quarantined(target.as_ref(), now))
+            .await?;
+        if let (Some(id), true) = (capture_id, retried.is_empty()) {
+            return Err(ApplyError::BadRequest(format!(
+                "capture {id} is not quarantined (see `facegate ctl outbox list`)"
+            )));
+        }
+        if !retried.is_empty() {
+            tracing::info!(
+                count = retried.len(),
+                "quarantined captures put back in the queue"
+            );
+            self.outbox_changed.notify_one();
+        }
+        Ok(Retried { retried })
+    }
+}
+
+/// What `ctl outbox retry` put back in the queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retried {
+    /// The captures no longer quarantined.
+    pub retried: Vec<CaptureId>,
 }
 
 /// Runs one store effect and makes the operation's result from its outcome.
@@ -556,6 +607,7 @@ fn status_of(
             captures: stats.captures,
             bytes: stats.bytes,
             oldest_age_s: stats.oldest_age_s,
+            quarantined: stats.quarantined,
         }),
         consent: Some(ConsentStatus { active }),
         counters: Some(Counters {

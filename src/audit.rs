@@ -45,6 +45,11 @@ pub mod kind {
     pub const CAPTURE_PURGED: &str = "capture.purged";
     /// Captures were purged because they exceeded the retention period.
     pub const CAPTURE_EXPIRED: &str = "capture.expired";
+    /// A capture the broker kept refusing was quarantined (not retried on
+    /// its own).
+    pub const CAPTURE_QUARANTINED: &str = "capture.quarantined";
+    /// Quarantined captures were put back in the queue (`ctl outbox retry`).
+    pub const CAPTURE_RETRIED: &str = "capture.retried";
     /// A capture was acknowledged by the broker and deleted.
     pub const CAPTURE_UPLOADED: &str = "capture.uploaded";
     /// A signed fleet command took effect.

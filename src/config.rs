@@ -187,7 +187,15 @@ pub struct MqttConfig {
     /// (default 128 KiB, [`MIN_MAX_PACKET_SIZE`] to [`MAX_MAX_PACKET_SIZE`]).
     /// A capture whose envelope would not fit goes out in parts.
     pub max_packet_size: usize,
+    /// Refusals by the broker after which a capture is quarantined (default
+    /// 5, 1 to [`MAX_MAX_ATTEMPTS`]); see `uplink::suspect` for what counts.
+    pub max_attempts: u32,
 }
+
+/// Default `[mqtt] max_attempts` (SPEC "Broker limits and large captures").
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+/// Largest `[mqtt] max_attempts`.
+pub const MAX_MAX_ATTEMPTS: u32 = 1000;
 
 /// Default `[mqtt] max_packet_size`: 128 KiB, the strictest common cloud
 /// broker limit (AWS IoT Core).

@@ -16,9 +16,12 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::agent::{subject_id, Agent, ApplyError, ConsentSummary, PurgeTarget};
+use crate::agent::{
+    subject_id, Agent, ApplyError, ConsentSummary, OutboxEntry, PurgeTarget, Retried,
+};
 use crate::audit::{AuditEntry, VerifyReport};
 use crate::clock;
+use crate::ids::CaptureId;
 use crate::protocol::{ErrorBody, ErrorCode, Granted, Receipt, Status};
 use crate::shutdown::Shutdown;
 
@@ -61,6 +64,16 @@ pub enum Request {
         /// How many entries.
         n: usize,
     },
+    /// Every capture of the outbox (queued, in flight, quarantined).
+    OutboxList,
+    /// Put quarantined captures back in the queue: one, or all.
+    OutboxRetry {
+        /// Capture id, or `None` together with `all`.
+        capture_id: Option<String>,
+        /// Every quarantined capture.
+        #[serde(default)]
+        all: bool,
+    },
 }
 
 /// What a request that took effect answers with: the agent's typed result.
@@ -82,6 +95,22 @@ pub enum Answer {
     Consents(Vec<ConsentSummary>),
     /// `audit_tail`: the newest audit entries.
     AuditEntries(Vec<AuditEntry>),
+    /// `outbox_list`: the captures of the outbox.
+    OutboxEntries(Vec<OutboxEntry>),
+    /// `outbox_retry`: the captures put back in the queue.
+    Retried(Retried),
+}
+
+impl From<Vec<OutboxEntry>> for Answer {
+    fn from(list: Vec<OutboxEntry>) -> Self {
+        Answer::OutboxEntries(list)
+    }
+}
+
+impl From<Retried> for Answer {
+    fn from(r: Retried) -> Self {
+        Answer::Retried(r)
+    }
 }
 
 impl From<Status> for Answer {
@@ -198,6 +227,16 @@ pub async fn dispatch(agent: &Agent, req: Request) -> Response {
         },
         Request::AuditVerify => answer(agent.audit_verify().await),
         Request::AuditTail { n } => answer(agent.audit_tail(n).await),
+        Request::OutboxList => answer(agent.outbox_list(now).await),
+        Request::OutboxRetry { capture_id, all } => match (capture_id, all) {
+            (Some(id), false) if !id.is_empty() => {
+                answer(agent.retry_quarantined(Some(CaptureId::new(id)), now).await)
+            }
+            (None, true) => answer(agent.retry_quarantined(None, now).await),
+            _ => Err(ApplyError::BadRequest(
+                "outbox retry needs a capture id or --all, not both".into(),
+            )),
+        },
     };
     match result {
         Ok(v) => Response::ok(v),
@@ -426,6 +465,36 @@ mod tests {
         )
         .await;
         assert_eq!(both.error.unwrap().code, ErrorCode::BadArgs);
+
+        let list = dispatch(&agent, Request::OutboxList).await;
+        assert_eq!(list.result, Some(Answer::OutboxEntries(vec![])));
+        let all = dispatch(
+            &agent,
+            Request::OutboxRetry {
+                capture_id: None,
+                all: true,
+            },
+        )
+        .await;
+        assert_eq!(
+            all.result,
+            Some(Answer::Retried(Retried { retried: vec![] }))
+        );
+        for (capture_id, all) in [(Some("nope"), false), (Some("nope"), true), (None, false)] {
+            let r = dispatch(
+                &agent,
+                Request::OutboxRetry {
+                    capture_id: capture_id.map(String::from),
+                    all,
+                },
+            )
+            .await;
+            assert_eq!(
+                r.error.unwrap().code,
+                ErrorCode::BadArgs,
+                "{capture_id:?} {all}"
+            );
+        }
 
         let bad = dispatch(
             &agent,

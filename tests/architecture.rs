@@ -34,6 +34,7 @@ const PURE: &[&str] = &[
     "uplink/backoff.rs",
     "uplink/handover.rs",
     "uplink/ingress.rs",
+    "uplink/suspect.rs",
     "fleet/acl.rs",
     "keyref.rs",
     "config.rs",

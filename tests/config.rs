@@ -115,6 +115,7 @@ fn minimal_config_gets_every_default() {
     assert_eq!(c.mqtt.reconnect_max, Duration::from_secs(60));
     assert_eq!(c.mqtt.status_interval, Duration::from_secs(60));
     assert_eq!(c.mqtt.max_packet_size, 128 * 1024);
+    assert_eq!(c.mqtt.max_attempts, 5);
     assert_eq!(c.trust.len(), 1);
     assert_eq!(c.trust[0].kid, "consent-2026");
     assert_eq!(c.trust[0].role, Role::Consent);
@@ -555,6 +556,28 @@ fn max_packet_size_takes_sizes_within_its_range() {
         )
         .unwrap();
     assert_eq!(c.mqtt.max_packet_size, 262_144);
+}
+
+#[test]
+fn max_attempts_is_checked_against_its_range() {
+    let site = Site::new();
+    let m = |body: &str| site.minimal().replace("[mqtt]", &format!("[mqtt]\n{body}"));
+    for n in [1, 5, 1000] {
+        let c = site.load(&m(&format!("max_attempts = {n}"))).unwrap();
+        assert_eq!(c.mqtt.max_attempts, n);
+    }
+    assert_eq!(
+        site.error(&m("max_attempts = 0")),
+        "mqtt.max_attempts: must be between 1 and 1000, got 0"
+    );
+    assert_eq!(
+        site.error(&m("max_attempts = 1001")),
+        "mqtt.max_attempts: must be between 1 and 1000, got 1001"
+    );
+    let c = site
+        .load_env(&site.minimal(), &[("FACEGATE_MQTT__MAX_ATTEMPTS", "3")])
+        .unwrap();
+    assert_eq!(c.mqtt.max_attempts, 3);
 }
 
 #[test]

@@ -84,6 +84,29 @@ pub(crate) enum Ctl {
         #[command(subcommand)]
         command: CtlAudit,
     },
+    /// The encrypted outbox: queued and quarantined captures.
+    Outbox {
+        #[command(subcommand)]
+        command: CtlOutbox,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum CtlOutbox {
+    /// List the captures in the outbox (id, state, size, age, refusals, parts); no subject, no image.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put quarantined captures back in the queue with their refusals reset (fix the cause first).
+    Retry {
+        /// Capture id (see `ctl outbox list`).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        capture_id: Option<String>,
+        /// Every quarantined capture.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Subcommand)]

@@ -8,13 +8,13 @@ use anyhow::bail;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use facegate::agent::ConsentSummary;
+use facegate::agent::{ConsentSummary, OutboxEntry, OutboxState, Retried};
 use facegate::audit::{AuditEntry, VerifyReport};
 use facegate::control::{self, Request};
 use facegate::protocol::{Granted, Receipt, Status};
 use facegate::{clock, config};
 
-use super::args::{Ctl, CtlAudit, CtlConsent};
+use super::args::{Ctl, CtlAudit, CtlConsent, CtlOutbox};
 
 /// Sends the request `command` stands for and prints the answer.
 pub fn execute(path: &Path, command: Ctl) -> anyhow::Result<ExitCode> {
@@ -81,6 +81,19 @@ pub fn execute(path: &Path, command: Ctl) -> anyhow::Result<ExitCode> {
                 print_audit(&rows);
             }
         }
+        Ctl::Outbox {
+            command: CtlOutbox::List { json },
+        } => {
+            let list: Vec<OutboxEntry> = socket.ask(Request::OutboxList)?;
+            if json {
+                print_json(&list)?;
+            } else {
+                print_outbox(&list);
+            }
+        }
+        Ctl::Outbox {
+            command: CtlOutbox::Retry { capture_id, all },
+        } => print_json(&socket.ask::<Retried>(Request::OutboxRetry { capture_id, all })?)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -122,8 +135,8 @@ fn print_status(s: &Status) {
     );
     let o = s.outbox.unwrap_or_default();
     println!(
-        "outbox:   {} captures, {} bytes, oldest {} s",
-        o.captures, o.bytes, o.oldest_age_s
+        "outbox:   {} captures ({} quarantined), {} bytes, oldest {} s",
+        o.captures, o.quarantined, o.bytes, o.oldest_age_s
     );
     println!("consents: {} active", or_dash(s.consent.map(|c| c.active)));
     let c = s.counters.unwrap_or_default();
@@ -165,6 +178,23 @@ fn print_consents(list: &[ConsentSummary]) {
             c.consent_id.as_str(),
             clock::rfc3339(c.expires_at),
             if c.active { "" } else { "(expired)" }
+        );
+    }
+}
+
+fn print_outbox(list: &[OutboxEntry]) {
+    if list.is_empty() {
+        println!("outbox empty");
+    }
+    for e in list {
+        let state = match e.state {
+            OutboxState::Queued => "queued",
+            OutboxState::InFlight => "in_flight",
+            OutboxState::Quarantined => "quarantined",
+        };
+        println!(
+            "{:<36} {:<11} {:>9} B {:>7} s  attempts {}  parts acked {}",
+            e.capture_id, state, e.bytes, e.age_s, e.attempts, e.parts_acked
         );
     }
 }

@@ -93,6 +93,8 @@ pub struct RawMqtt {
     /// Largest MQTT packet the device sends, bytes or a size such as
     /// "128KiB" (default 128 KiB).
     pub max_packet_size: Option<RawNumber>,
+    /// Refusals before a capture is quarantined (default 5).
+    pub max_attempts: Option<RawNumber>,
 }
 
 /// One `[[trust]]` entry as written.

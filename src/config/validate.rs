@@ -190,6 +190,14 @@ fn mqtt(raw: RawMqtt, base_dir: &Path) -> Result<MqttConfig, ConfigError> {
             crate::config::MAX_MAX_PACKET_SIZE as u64,
             Unit::Bytes,
         )? as usize,
+        max_attempts: number(
+            "mqtt.max_attempts",
+            raw.max_attempts,
+            crate::config::DEFAULT_MAX_ATTEMPTS.into(),
+            1,
+            crate::config::MAX_MAX_ATTEMPTS.into(),
+            Unit::Plain,
+        )? as u32,
     })
 }
 

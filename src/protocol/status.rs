@@ -62,6 +62,11 @@ pub struct OutboxStatus {
     pub bytes: u64,
     /// Age in seconds of the oldest queued capture (0 when empty).
     pub oldest_age_s: u64,
+    /// Of `captures`, those quarantined (SPEC "Broker limits and large
+    /// captures"): refused by the broker `mqtt.max_attempts` times and not
+    /// retried on their own. 0 when read from a device that does not send it.
+    #[serde(default)]
+    pub quarantined: u64,
 }
 
 /// The consent ledger.
@@ -185,6 +190,7 @@ mod tests {
                 captures: 2,
                 bytes: 300,
                 oldest_age_s: 7,
+                quarantined: 1,
             }),
             consent: Some(ConsentStatus { active: 1 }),
             counters: Some(Counters {
@@ -202,7 +208,7 @@ mod tests {
         assert_eq!(v["ts"], "2026-11-28T09:33:02Z");
         assert_eq!(
             v["outbox"],
-            json!({"captures":2,"bytes":300,"oldest_age_s":7})
+            json!({"captures":2,"bytes":300,"oldest_age_s":7,"quarantined":1})
         );
         assert_eq!(v["consent"], json!({"active":1}));
         for k in [
@@ -228,5 +234,6 @@ mod tests {
         assert_eq!(s.counters.unwrap().accepted, 1);
         assert_eq!(s.counters.unwrap().uploaded, 0);
         assert!(s.uplink.is_none());
+        assert_eq!(s.outbox.unwrap().quarantined, 0);
     }
 }

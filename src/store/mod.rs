@@ -28,10 +28,13 @@ mod counters;
 mod outbox;
 mod parts;
 mod purge;
+mod quarantine;
 mod replay;
 mod schema;
 #[cfg(test)]
 mod tests;
+
+pub use quarantine::{OutboxEntry, OutboxState, Refusal};
 
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
@@ -355,8 +358,11 @@ pub enum Inserted {
 /// Outbox size for the status message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct OutboxStats {
-    /// Captures queued.
+    /// Captures in the outbox (quarantined ones included).
     pub captures: u64,
+    /// Of them, quarantined: refused by the broker `mqtt.max_attempts`
+    /// times, not retried on their own.
+    pub quarantined: u64,
     /// Encrypted bytes queued (what the quota limits).
     pub bytes: u64,
     /// Age in seconds of the oldest queued capture (0 when empty).

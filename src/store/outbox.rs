@@ -275,7 +275,8 @@ pub(super) fn pending(
     let rows: Vec<Row> = store
         .conn
         .prepare_cached(&format!(
-            "SELECT {REF_COLUMNS}, queued_at, meta, image FROM captures ORDER BY seq LIMIT ?1"
+            "SELECT {REF_COLUMNS}, queued_at, meta, image FROM captures
+             WHERE quarantined_at IS NULL ORDER BY seq LIMIT ?1"
         ))
         .and_then(|mut s| {
             s.query_map([(limit + exclude.len()) as i64], |r| {
@@ -370,16 +371,19 @@ pub(super) fn ack(
 }
 
 pub(super) fn stats(store: &mut Store, now: i64) -> Result<OutboxStats, StoreError> {
-    let (captures, bytes, oldest): (i64, i64, Option<i64>) = store
+    let (captures, bytes, oldest, quarantined): (i64, i64, Option<i64>, i64) = store
         .conn
         .query_row(
-            "SELECT captures, bytes, (SELECT MIN(queued_at) FROM captures) FROM outbox_totals WHERE id = 1",
+            "SELECT captures, bytes, (SELECT MIN(queued_at) FROM captures),
+                    (SELECT COUNT(*) FROM captures WHERE quarantined_at IS NOT NULL)
+             FROM outbox_totals WHERE id = 1",
             [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .op("reading outbox totals")?;
     Ok(OutboxStats {
         captures: captures.max(0) as u64,
+        quarantined: quarantined.max(0) as u64,
         bytes: bytes.max(0) as u64,
         oldest_age_s: oldest
             .map(|t| now.saturating_sub(t).max(0) as u64)

@@ -15,7 +15,7 @@ use crate::protocol::PartNo;
 impl Store {
     /// The acknowledged parts of a queued capture, of every split it was
     /// sent with (`PartNo::of` tells them apart), in order; `None` when the
-    /// capture is not queued (uploaded or purged).
+    /// capture is not queued (uploaded, purged or quarantined).
     pub fn part_progress(
         &mut self,
         capture_id: &CaptureId,
@@ -23,7 +23,9 @@ impl Store {
         let r = (|| {
             let seq: Option<i64> = self
                 .conn
-                .prepare_cached("SELECT seq FROM captures WHERE capture_id = ?1")
+                .prepare_cached(
+                    "SELECT seq FROM captures WHERE capture_id = ?1 AND quarantined_at IS NULL",
+                )
                 .and_then(|mut s| s.query_row([capture_id.as_str()], |r| r.get(0)).optional())
                 .op("looking up a capture")?;
             let Some(seq) = seq else {
@@ -73,10 +75,18 @@ impl Store {
                          SELECT seq, ?2, ?3, ?4 FROM captures WHERE capture_id = ?1",
                     )
                     .op("recording an acknowledged part")?;
+                // An acknowledged part shows the broker takes this capture's
+                // packets: refusals counted against it start again from 0.
+                let mut reset =
+                    w.tx.prepare_cached(
+                        "UPDATE captures SET attempts = 0 WHERE capture_id = ?1 AND attempts > 0",
+                    )
+                    .op("resetting refusals")?;
                 for (id, part) in parts {
                     insert
                         .execute(params![id.as_str(), part.of, part.index, now])
                         .op("recording an acknowledged part")?;
+                    reset.execute([id.as_str()]).op("resetting refusals")?;
                     touched.insert((id.clone(), part.of), ());
                 }
             }

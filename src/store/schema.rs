@@ -7,7 +7,7 @@ use super::{SqlCtx, Store, StoreError};
 
 /// Migration steps; step `i` takes the schema from version `i` to `i + 1`.
 /// Append only: never edit a released step.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, AUDIT_PRIVACY, CAPTURE_PARTS];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, AUDIT_PRIVACY, CAPTURE_PARTS, QUARANTINE];
 
 const V1: &str = r#"
 CREATE TABLE meta (
@@ -166,6 +166,17 @@ CREATE TABLE capture_parts (
     acked_at    INTEGER NOT NULL,
     PRIMARY KEY (capture_seq, parts, part)
 ) WITHOUT ROWID;
+"#;
+
+/// Quarantine (SPEC "Broker limits and large captures"): per capture, the
+/// broker refusals counted against it (`uplink::suspect` decides what
+/// counts; reset by an acknowledged part and by `ctl outbox retry`) and when
+/// it was quarantined (NULL: queued). A quarantined capture is not handed
+/// over; every purge path still deletes it. Existing captures start queued
+/// with no refusals.
+const QUARANTINE: &str = r#"
+ALTER TABLE captures ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE captures ADD COLUMN quarantined_at INTEGER;
 "#;
 
 /// Highest schema version this build knows.

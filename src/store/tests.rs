@@ -388,6 +388,8 @@ fn the_consent_key_migration_keeps_a_version_2_database_working() {
              DROP TABLE audit_salts;
              DROP TABLE audit_checkpoint;
              DROP TABLE capture_parts;
+             ALTER TABLE captures DROP COLUMN attempts;
+             ALTER TABLE captures DROP COLUMN quarantined_at;
              PRAGMA user_version = 2;
              COMMIT;"
         ))
@@ -1758,4 +1760,168 @@ fn a_capture_with_every_part_recorded_is_completed_as_uploaded() {
     assert_eq!(s.complete_parts(&ids, T0).unwrap(), 1);
     assert_eq!(s.outbox_stats(T0).unwrap().captures, 0);
     assert_eq!(part_rows(&s), 0);
+}
+
+fn queued_ids(s: &mut Store) -> Vec<CaptureId> {
+    pending_ids(s, 100, &[])
+}
+
+#[test]
+fn refusals_are_counted_durably_and_quarantine_when_the_rule_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let ids = with_captures(&mut s, "S-1", 3, T0);
+    let rule = |n: u32| n >= 3;
+    assert_eq!(
+        s.count_refusal(&ids[0], rule, "closed", T0).unwrap(),
+        Refusal::Counted(1)
+    );
+    assert_eq!(
+        s.count_refusal(&ids[0], rule, "closed", T0).unwrap(),
+        Refusal::Counted(2)
+    );
+    // Survives a restart (kill -9 does not reset the count).
+    drop(s);
+    let mut s = open(dir.path());
+    assert_eq!(s.outbox_stats(T0).unwrap().quarantined, 0);
+    assert_eq!(
+        s.count_refusal(&ids[0], rule, "closed", T0 + 1).unwrap(),
+        Refusal::Quarantined(3)
+    );
+    // Quarantined: not handed over, still in the outbox, counted in status.
+    assert_eq!(queued_ids(&mut s), ids[1..].to_vec());
+    let stats = s.outbox_stats(T0 + 1).unwrap();
+    assert_eq!((stats.captures, stats.quarantined), (3, 1));
+    assert_eq!(s.part_progress(&ids[0]).unwrap(), None);
+    // Counting again is a no-op; unknown ids too.
+    assert_eq!(
+        s.count_refusal(&ids[0], rule, "closed", T0).unwrap(),
+        Refusal::NotQueued
+    );
+    assert_eq!(
+        s.count_refusal(&CaptureId::new("nope"), rule, "closed", T0)
+            .unwrap(),
+        Refusal::NotQueued
+    );
+    // Audited with id, attempts and reason, the subject by its salted reference only.
+    let e = s
+        .audit_tail(100)
+        .unwrap()
+        .into_iter()
+        .find(|e| e.kind == kind::CAPTURE_QUARANTINED)
+        .expect("capture.quarantined audited");
+    assert_eq!(
+        e.detail,
+        json!({ "capture_id": ids[0], "attempts": 3, "reason": "closed" })
+    );
+    assert!(e.subject_ref.is_some());
+    assert!(s.audit_verify().unwrap().first_bad.is_none());
+    // The list shows it.
+    let list = s.outbox_list(T0 + 11).unwrap();
+    assert_eq!(list.len(), 3);
+    assert_eq!(list[0].capture_id, ids[0].as_str());
+    assert_eq!(list[0].state, OutboxState::Quarantined);
+    assert_eq!((list[0].attempts, list[0].age_s), (3, 11));
+    assert_eq!(list[1].state, OutboxState::Queued);
+    assert_eq!(list[1].attempts, 0);
+}
+
+#[test]
+fn retry_puts_quarantined_captures_back_with_no_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let ids = with_captures(&mut s, "S-1", 3, T0);
+    let now = |_: u32| true;
+    for id in &ids[..2] {
+        assert_eq!(
+            s.count_refusal(id, now, "r", T0).unwrap(),
+            Refusal::Quarantined(1)
+        );
+    }
+    assert!(s.retry_quarantined(Some(&ids[2]), T0).unwrap().is_empty());
+    assert_eq!(
+        s.retry_quarantined(Some(&ids[1]), T0).unwrap(),
+        vec![ids[1].clone()]
+    );
+    assert_eq!(queued_ids(&mut s), ids[1..].to_vec());
+    assert_eq!(s.outbox_list(T0).unwrap()[1].attempts, 0);
+    assert_eq!(s.retry_quarantined(None, T0).unwrap(), vec![ids[0].clone()]);
+    assert_eq!(queued_ids(&mut s), ids);
+    assert_eq!(s.outbox_stats(T0).unwrap().quarantined, 0);
+    let retried = kinds(&mut s)
+        .into_iter()
+        .filter(|k| k == kind::CAPTURE_RETRIED)
+        .count();
+    assert_eq!(retried, 2);
+}
+
+#[test]
+fn an_acknowledged_part_clears_the_refusals_of_its_capture() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let ids = with_captures(&mut s, "S-1", 2, T0);
+    let rule = |n: u32| n >= 5;
+    for _ in 0..4 {
+        s.count_refusal(&ids[0], rule, "r", T0).unwrap();
+    }
+    s.count_refusal(&ids[1], rule, "r", T0).unwrap();
+    s.ack_parts(&[(ids[0].clone(), part(0, 3))], T0).unwrap();
+    let list = s.outbox_list(T0).unwrap();
+    assert_eq!((list[0].attempts, list[0].parts_acked), (0, 1));
+    assert_eq!(list[1].attempts, 1, "only its own capture");
+    assert_eq!(
+        s.count_refusal(&ids[0], rule, "r", T0).unwrap(),
+        Refusal::Counted(1)
+    );
+}
+
+#[test]
+fn quarantined_captures_are_purged_like_any_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let a = with_captures(&mut s, "S-1", 2, T0);
+    let b = with_captures(&mut s, "S-2", 1, T0);
+    let c = with_captures(&mut s, "S-3", 1, T0 + DAY);
+    for id in [&a[0], &b[0], &c[0]] {
+        s.count_refusal(id, |_| true, "r", T0).unwrap();
+    }
+    // Revocation.
+    let purged = s
+        .purge_subject(&sid("S-1"), T0, PurgeReason::Revoked, None)
+        .unwrap();
+    assert_eq!(purged.len(), 2, "the quarantined one and the queued one");
+    // Retention.
+    let expired = s
+        .enforce_retention(T0 + DAY / 2, Duration::from_secs(3600))
+        .unwrap();
+    assert_eq!(expired, b);
+    assert_eq!(s.outbox_stats(T0 + DAY).unwrap().quarantined, 1);
+    // Everything.
+    s.purge_all(T0, PurgeReason::Local, None).unwrap();
+    assert_eq!(s.outbox_stats(T0 + DAY).unwrap().captures, 0);
+    assert!(s.outbox_list(T0).unwrap().is_empty());
+}
+
+#[test]
+fn the_quarantine_migration_keeps_queued_captures_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = {
+        let mut s = open(dir.path());
+        with_captures(&mut s, "S-1", 2, T0)
+    };
+    {
+        let conn = raw(dir.path());
+        conn.execute_batch(
+            "BEGIN;
+             ALTER TABLE captures DROP COLUMN attempts;
+             ALTER TABLE captures DROP COLUMN quarantined_at;
+             PRAGMA user_version = 5;
+             COMMIT;",
+        )
+        .unwrap();
+    }
+    let mut s = open(dir.path());
+    assert_eq!(queued_ids(&mut s), ids);
+    assert!(s.outbox_list(T0).unwrap().iter().all(|e| e.attempts == 0));
+    assert_eq!(s.outbox_stats(T0).unwrap().quarantined, 0);
 }

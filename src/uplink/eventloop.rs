@@ -14,7 +14,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS, StateError,
+};
 use tokio::sync::{mpsc, Notify};
 
 use super::backoff::Backoff;
@@ -24,8 +26,9 @@ use super::link::Link;
 use super::options::{connection, mqtt_options};
 use super::state::Abandoned;
 use super::status::{publish_offline, publish_status};
+use super::suspect::{Ended, Suspect};
 use super::tls;
-use super::upload::{deleter, fill_window, record_interrupted, Uploader};
+use super::upload::{deleter, fill_window, record_interrupted, record_refusal, Uploader};
 use crate::agent::Agent;
 use crate::clock;
 use crate::config::Config;
@@ -48,9 +51,14 @@ const INGRESS_FLUSH_EVERY: Duration = Duration::from_secs(5);
 enum Net {
     /// CONNACK received.
     Connected { session_present: bool },
-    /// The connection failed or dropped; `uploads` (whole captures and
-    /// parts) were abandoned in flight.
-    Disconnected { reason: String, uploads: Vec<Piece> },
+    /// The connection failed or dropped (`how`); `uploads` (whole captures
+    /// and parts) were abandoned in flight, `on_wire` of them on the wire.
+    Disconnected {
+        reason: String,
+        how: Ended,
+        uploads: Vec<Piece>,
+        on_wire: Vec<Piece>,
+    },
     /// The broker acknowledged this upload (a whole capture or a part).
     Acked(Piece),
     /// A message on one of our command topics.
@@ -117,13 +125,16 @@ async fn network_task(
     let mut backoff = Backoff::new(config.mqtt.reconnect_min, config.mqtt.reconnect_max);
     loop {
         let (client, eventloop) = connection(&config, &options);
-        let (error, abandoned) =
+        let (error, how, abandoned) =
             match serve(client, eventloop, &link, &tx, &mut backoff, &stop).await {
-                Ended::Stopped => return,
-                Ended::Failed { error, abandoned } => (tls::explain(&error), abandoned),
-                Ended::Reconnect { abandoned } => (
+                Served::Stopped => return,
+                Served::Failed { error, abandoned } => {
+                    (tls::explain(&error), ending(&error), abandoned)
+                }
+                Served::Reconnect { abandoned } => (
                     "reconnecting so that the broker delivers again a command whose effect failed"
                         .to_string(),
+                    Ended::Ours,
                     abandoned,
                 ),
             };
@@ -132,7 +143,9 @@ async fn network_task(
         // after the next CONNACK.
         let _ = tx.send(Net::Disconnected {
             reason: error,
+            how,
             uploads: abandoned.uploads,
+            on_wire: abandoned.on_wire,
         });
         let delay = backoff.next(random_u32());
         tokio::select! {
@@ -143,7 +156,7 @@ async fn network_task(
 }
 
 /// How one connection ended.
-enum Ended {
+enum Served {
     /// Shutdown: asked to stop, or our own DISCONNECT went out.
     Stopped,
     /// The attempt failed or the connection dropped; `abandoned` was in
@@ -167,12 +180,12 @@ async fn serve(
     tx: &mpsc::UnboundedSender<Net>,
     backoff: &mut Backoff,
     stop: &Notify,
-) -> Ended {
+) -> Served {
     let mut client = Some(client);
     let mut number = 0;
     loop {
         let event = tokio::select! {
-            _ = stop.notified() => return Ended::Stopped,
+            _ = stop.notified() => return Served::Stopped,
             ev = eventloop.poll() => ev,
         };
         match event {
@@ -236,18 +249,30 @@ async fn serve(
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                 if link.take_reconnect() {
                     let abandoned = link.on_disconnected();
-                    return Ended::Reconnect { abandoned };
+                    return Served::Reconnect { abandoned };
                 }
-                return Ended::Stopped;
+                return Served::Stopped;
             }
             Ok(_) => {}
             Err(error) => {
                 // The link lets go of the client under its lock, while the
                 // event loop still exists: nothing more is handed over.
                 let abandoned = link.on_disconnected();
-                return Ended::Failed { error, abandoned };
+                return Served::Failed { error, abandoned };
             }
         }
+    }
+}
+
+/// How a failed connection ended, for `suspect`: silent (keep-alive ping
+/// unanswered, a read or write timed out) is the network; anything else
+/// may be the broker closing it.
+fn ending(error: &ConnectionError) -> Ended {
+    match error {
+        ConnectionError::MqttState(StateError::AwaitPingResp)
+        | ConnectionError::NetworkTimeout
+        | ConnectionError::FlushTimeout => Ended::Stalled,
+        _ => Ended::Lost,
     }
 }
 
@@ -273,6 +298,8 @@ async fn logic_task(
     let mut upload_from = far_future();
     let mut last_error = String::new();
     let uploader = Arc::new(Uploader::new());
+    // Probe mode after a dropped connection (uplink::suspect).
+    let mut suspect = Suspect::new();
     let (acked_tx, acked_rx) = mpsc::unbounded_channel();
     let deletes = tokio::spawn(deleter(agent.clone(), acked_rx));
     loop {
@@ -298,6 +325,10 @@ async fn logic_task(
                 for msg in inbox {
                     match msg {
                         Net::Acked(piece) => {
+                            if suspect.probing() {
+                                tracing::info!("upload acknowledged; leaving probe mode");
+                            }
+                            suspect.on_acked();
                             let _ = acked_tx.send(piece);
                         }
                         Net::Connected { session_present } => {
@@ -310,10 +341,18 @@ async fn logic_task(
                             publish_status(&agent, &link, &topics).await;
                             upload_from = tokio::time::Instant::now() + SETTLE_AFTER_CONNECT;
                         }
-                        Net::Disconnected { reason, uploads } => {
+                        Net::Disconnected { reason, how, uploads, on_wire } => {
                             agent.set_connected(false);
                             for piece in &uploads {
                                 agent.inflight().remove(piece);
+                            }
+                            let was_probing = suspect.probing();
+                            let culprit = suspect.on_ended(how, &uploads, &on_wire);
+                            if suspect.probing() && !was_probing {
+                                tracing::info!(in_flight = uploads.len(), "connection lost with uploads in flight; sending one at a time until one is acknowledged");
+                            }
+                            if let Some(capture_id) = culprit {
+                                record_refusal(&agent, &capture_id, &reason).await;
                             }
                             if !uploads.is_empty() {
                                 record_interrupted(&agent, &reason, uploads.len()).await;
@@ -331,7 +370,8 @@ async fn logic_task(
             }
         }
         if tokio::time::Instant::now() >= upload_from {
-            fill_window(&agent, &link, &uploader, &topics.captures).await;
+            let window = suspect.window(usize::from(config.mqtt.inflight));
+            fill_window(&agent, &link, &uploader, &topics.captures, window).await;
         }
     }
     // Deletes already queued finish (so acknowledged captures are not sent again).

@@ -5,6 +5,9 @@
 //! - [`state`]: the FIFO of handed publishes and the pkid → capture map;
 //! - [`handover`]: which queued captures go to MQTT now and which subjects
 //!   are purged instead, from the consent rule's verdicts and the window;
+//! - [`suspect`]: after a dropped connection, which capture (if any) a
+//!   refusal is counted against, probe mode (a window of one) until an
+//!   acknowledgement, and when a capture is quarantined;
 //! - [`backoff`]: the reconnect delays;
 //! - [`ingress`]: which inbound messages are ignored (retained, QoS 0) and
 //!   how many refusals get a log line and an audit row each.
@@ -29,6 +32,7 @@ pub mod link;
 pub mod options;
 pub mod state;
 pub mod status;
+pub mod suspect;
 pub mod tls;
 pub mod upload;
 

@@ -46,6 +46,9 @@ pub struct Abandoned {
     /// acknowledged; they stay in the outbox and are handed over again after
     /// the reconnect, parts with the same `part` and `parts`.
     pub uploads: Vec<Piece>,
+    /// Of `uploads`, those rumqttc had put on the wire (the broker may have
+    /// read them): what `super::suspect` may count a refusal against.
+    pub on_wire: Vec<Piece>,
     /// Non-capture publishes lost with the connection.
     pub others: usize,
 }
@@ -70,13 +73,15 @@ impl UplinkState {
     pub fn on_disconnected(&mut self) -> Abandoned {
         self.connected = false;
         let mut out = Abandoned::default();
-        for h in self
-            .handed
-            .drain(..)
-            .chain(self.awaiting.drain().map(|(_, h)| h))
-        {
+        let wire = self.awaiting.drain().map(|(_, h)| (true, h));
+        for (on_wire, h) in self.handed.drain(..).map(|h| (false, h)).chain(wire) {
             match h {
-                Handed::Upload(piece) => out.uploads.push(piece),
+                Handed::Upload(piece) => {
+                    if on_wire {
+                        out.on_wire.push(piece.clone());
+                    }
+                    out.uploads.push(piece);
+                }
                 Handed::Other => out.others += 1,
             }
         }
@@ -210,6 +215,7 @@ mod tests {
             gone,
             Abandoned {
                 uploads: vec![Piece::whole("queued".into()), Piece::whole("wire".into())],
+                on_wire: vec![Piece::whole("wire".into())],
                 others: 1
             }
         );

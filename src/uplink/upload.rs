@@ -22,13 +22,14 @@ use zeroize::Zeroize;
 use super::handover::{self, Pieces, Queued};
 use super::link::Link;
 use super::state::Handed;
+use super::suspect;
 use crate::agent::Agent;
 use crate::clock;
 use crate::config::Config;
 use crate::ids::CaptureId;
 use crate::protocol::parts::{self, Split};
 use crate::protocol::{Envelope, PartNo, Piece, WIRE_VERSION};
-use crate::store::{Capture, OutboxCapture, PurgeReason, Store, StoreError};
+use crate::store::{Capture, OutboxCapture, PurgeReason, Refusal, Store, StoreError};
 
 /// The capture being sent in parts, decrypted once.
 struct InParts {
@@ -79,8 +80,8 @@ pub async fn fill_window(
     link: &Arc<Link>,
     uploader: &Arc<Uploader>,
     topic: &str,
+    window: usize,
 ) {
-    let window = agent.config().mqtt.inflight as usize;
     let free = link.free_slots(window);
     // With a full window there is nothing to hand over, but a capture kept
     // decrypted for its parts is still looked at: purged meanwhile, it is
@@ -327,6 +328,41 @@ pub fn part_envelope(cfg: &Config, c: &Capture, consent_id: &str, part: PartNo) 
     let bytes = envelope.to_bytes();
     envelope.image.zeroize();
     bytes
+}
+
+/// Counts one refusal against `capture_id` (the only capture in flight when
+/// the broker closed the connection, `super::suspect`), durably, and
+/// quarantines it once `[mqtt] max_attempts` are counted (audited
+/// `capture.quarantined`; ARCHITECTURE I13). The outbox changed: quarantined, it no longer
+/// takes its place at the head of the queue.
+pub async fn record_refusal(agent: &Arc<Agent>, capture_id: &CaptureId, reason: &str) {
+    let max = agent.config().mqtt.max_attempts;
+    let id = capture_id.clone();
+    let why =
+        format!("the broker closed the connection while only this capture was in flight: {reason}");
+    let now = clock::now();
+    let r = agent
+        .db()
+        .run(move |s| s.count_refusal(&id, |n| suspect::quarantines(n, max), &why, now))
+        .await;
+    match r {
+        Ok(Refusal::NotQueued) => {}
+        Ok(Refusal::Counted(attempts)) => tracing::warn!(
+            %capture_id,
+            attempts,
+            max_attempts = max,
+            "connection lost with only this capture in flight; counted as a refusal"
+        ),
+        Ok(Refusal::Quarantined(attempts)) => {
+            tracing::error!(
+                %capture_id,
+                attempts,
+                "capture quarantined: the broker refused it {attempts} times; the others go on (facegate ctl outbox list / retry)"
+            );
+            agent.outbox_changed().notify_one();
+        }
+        Err(e) => tracing::error!(error = %e, "cannot count a refusal"),
+    }
 }
 
 /// Counts and audits uploads cut off by a lost connection (they stay queued

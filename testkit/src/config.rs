@@ -68,6 +68,7 @@ struct Mqtt {
     #[serde(serialize_with = "human_duration")]
     reconnect_max: Option<Duration>,
     max_packet_size: Option<u64>,
+    max_attempts: Option<u32>,
 }
 
 /// What a trusted key may sign.
@@ -151,6 +152,7 @@ impl ConfigBuilder {
                 reconnect_min: None,
                 reconnect_max: None,
                 max_packet_size: None,
+                max_attempts: None,
             },
             trust: Vec::new(),
             capture: None,
@@ -230,6 +232,12 @@ impl ConfigBuilder {
     pub fn reconnect(mut self, min: Duration, max: Duration) -> Self {
         self.mqtt.reconnect_min = Some(min);
         self.mqtt.reconnect_max = Some(max);
+        self
+    }
+
+    /// `mqtt.max_attempts`.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.mqtt.max_attempts = Some(n);
         self
     }
 
