@@ -59,15 +59,6 @@ async fn fleet(broker: &Broker) -> Session {
     s
 }
 
-/// How often the device connected, from the broker's log.
-fn device_connections(broker: &Broker) -> usize {
-    broker
-        .log()
-        .lines()
-        .filter(|l| l.contains("New client connected") && l.contains(&format!(" as {DEVICE} ")))
-        .count()
-}
-
 /// The whole capture `env`'s checks: the parts made the sanitized image
 /// (the reassembler already checked `sha256`), and it decodes at full size.
 fn check_whole(env: &Envelope, want: &[u8]) {
@@ -127,7 +118,7 @@ async fn a_large_capture_arrives_in_parts_and_the_queue_behind_it_flows() {
         "only {} of 6 captures arrived in {T:?} ({} messages); the device connected {} times\n{}",
         up.captures.len(),
         up.messages.len(),
-        device_connections(&broker),
+        broker.connections_of(DEVICE),
         d.log()
     );
     let whole: Vec<&Envelope> = up
@@ -153,7 +144,7 @@ async fn a_large_capture_arrives_in_parts_and_the_queue_behind_it_flows() {
     wait_until(T, || d.outbox_len() == 0, || d.log());
     assert_eq!(d.counters().uploaded, 6);
     assert_eq!(
-        device_connections(&broker),
+        broker.connections_of(DEVICE),
         1,
         "the device reconnected\n{}",
         broker.log()
@@ -186,7 +177,7 @@ async fn unacknowledged_parts_are_sent_again_after_a_broker_restart() {
             panic!(
                 "{} of 2 parts arrived; the device connected {} times\n{}",
                 up.messages.len(),
-                device_connections(&broker),
+                broker.connections_of(DEVICE),
                 d.log()
             )
         });
@@ -254,7 +245,7 @@ async fn a_revocation_between_parts_stops_the_rest_and_lists_the_capture() {
     let p = fleet.recv_on(CAPTURES, T).await.unwrap_or_else(|| {
         panic!(
             "no part arrived; the device connected {} times\n{}",
-            device_connections(&broker),
+            broker.connections_of(DEVICE),
             d.log()
         )
     });

@@ -54,15 +54,6 @@ async fn fleet(broker: &Broker) -> Session {
     s
 }
 
-/// How often the device connected, from the broker's log.
-fn device_connections(broker: &Broker) -> usize {
-    broker
-        .log()
-        .lines()
-        .filter(|l| l.contains("New client connected") && l.contains(&format!(" as {DEVICE} ")))
-        .count()
-}
-
 /// `outbox` of `ctl status --json`, read as JSON (so the field is checked
 /// by name, as a fleet reads it).
 fn outbox_status(d: &Daemon) -> Value {
@@ -125,7 +116,7 @@ async fn a_capture_the_broker_keeps_refusing_is_quarantined_and_the_rest_flow() 
         up.collect(&mut fleet, CAPTURES, 5, T).await,
         "only {} of the 5 small captures arrived; the device connected {} times\n{}",
         up.captures.len(),
-        device_connections(&broker),
+        broker.connections_of(DEVICE),
         d.log()
     );
     assert!(up.captures.values().all(|e| e.subject == "S-small"));
@@ -156,10 +147,10 @@ async fn a_capture_the_broker_keeps_refusing_is_quarantined_and_the_rest_flow() 
     assert!(rows[0]["detail"]["reason"].is_string());
     assert!(!rows[0].to_string().contains("S-big"), "{}", rows[0]);
     // Not retried on its own: no more reconnects.
-    let connections = device_connections(&broker);
+    let connections = broker.connections_of(DEVICE);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        device_connections(&broker),
+        broker.connections_of(DEVICE),
         connections,
         "the device kept reconnecting\n{}",
         d.log()

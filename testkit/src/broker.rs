@@ -361,6 +361,16 @@ impl Broker {
         .unwrap_or_else(|e| panic!("MQTT options for {client_id}: {e}"))
     }
 
+    /// How often a client connected as `client_id`, from the log ("New client
+    /// connected … as ID"): a reconnect loop shows up here.
+    pub fn connections_of(&self, client_id: &str) -> usize {
+        let tag = format!(" as {client_id} ");
+        self.log()
+            .lines()
+            .filter(|l| l.contains("New client connected") && l.contains(&tag))
+            .count()
+    }
+
     /// The Mosquitto log so far (empty if there is none yet).
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
