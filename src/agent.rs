@@ -624,6 +624,7 @@ fn status_of(
         uplink: Some(UplinkStatus {
             connected,
             in_flight: in_flight as u64,
+            session_lost: count(counter::SESSION_LOST),
         }),
     })
 }

@@ -706,3 +706,95 @@ async fn a_clean_stop_says_offline_and_disconnects_promptly() {
         json!({"v": 1, "state": "offline"})
     );
 }
+
+/// Sends a signed `status` command and returns its reply's `uplink` object.
+async fn uplink_by_command(d: &Daemon, fleet: &mut Session) -> Value {
+    let aud = format!("{SITE}/{DEVICE}");
+    let jws = sign(d, "status", json!({}), &aud, 600, clock::now());
+    let reply = send_cmd(fleet, &jws).await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    reply["result"]["uplink"].clone()
+}
+
+/// SPEC "Broker limits and large captures": a reconnect on which the broker
+/// kept no session for the device is counted (`uplink.session_lost`) and
+/// logged, the device subscribes again, and commands and uploads go on. A
+/// fresh install's first connection and a restart that kept the session are
+/// not counted. (Before `uplink.session_lost` existed this failed: the status
+/// had no such field and the log said nothing.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_lost_by_the_broker_is_counted_and_the_device_subscribes_again() {
+    const WARNING: &str = "the broker kept no session for this device";
+    let mut broker = Broker::start();
+    let d = daemon_for(&broker);
+    d.grant("S-1");
+    d.wait_uplink_connected(T);
+    // The first connection of a fresh install: no session, nothing lost.
+    let lost = |d: &Daemon| d.ctl_json(&["status", "--json"])["uplink"]["session_lost"].clone();
+    assert_eq!(lost(&d), 0, "{}", d.log());
+
+    // A restart that keeps the broker's persistence keeps the session.
+    broker.restart();
+    let mut before_loss = fleet(&broker).await;
+    assert_eq!(
+        uplink_by_command(&d, &mut before_loss).await["session_lost"],
+        0
+    );
+    let connects = |d: &Daemon| d.log().matches("connected to broker").count();
+    assert!(
+        connects(&d) >= 2,
+        "the device did not reconnect\n{}",
+        d.log()
+    );
+    assert!(!d.log().contains(WARNING), "{}", d.log());
+    drop(before_loss);
+
+    // Without persistence the broker forgets the session and subscriptions.
+    let before = connects(&d);
+    broker.restart_without_persistence();
+    wait_until(T, || connects(&d) > before, || d.log());
+    let mut fleet = fleet(&broker).await;
+    // The retained status went with the persistence: the next one is the
+    // device's own, published after it subscribed again on this connection.
+    let st = loop {
+        let p = fleet
+            .recv_on(STATUS, T)
+            .await
+            .expect("a status after the reconnect");
+        let st: Value = serde_json::from_slice(&p.payload).unwrap();
+        if st["state"] == "online" {
+            break st;
+        }
+    };
+    assert_eq!(st["uplink"]["session_lost"], 1, "{st}");
+    // Commands reach the device: it subscribed again.
+    assert_eq!(uplink_by_command(&d, &mut fleet).await["session_lost"], 1);
+    assert_eq!(lost(&d), 1);
+    assert!(
+        d.ctl(&["status"]).contains("session lost 1"),
+        "{}",
+        d.ctl(&["status"])
+    );
+    let log = d.log();
+    let warning = log
+        .lines()
+        .find(|l| l.contains(WARNING))
+        .unwrap_or_else(|| panic!("no warning about the lost session\n{log}"));
+    assert!(warning.contains("WARN"), "{warning}");
+    assert_eq!(log.matches(WARNING).count(), 1, "{log}");
+
+    // Uploads go on.
+    d.drop_pair(
+        "after",
+        "jpg",
+        &synth::face_jpeg(160, 120, 7, 80),
+        Some("S-1"),
+    );
+    let mut seen = HashMap::new();
+    collect(&mut fleet, 1, T, &mut seen).await;
+    assert_eq!(seen.len(), 1, "no upload after the session was lost");
+    for envs in seen.values() {
+        check_envelope(&envs[0], "S-1");
+    }
+    wait_until(T, || d.outbox_len() == 0, || d.log());
+}

@@ -157,13 +157,14 @@ fn print_status(s: &Status) {
     );
     let u = s.uplink.unwrap_or_default();
     println!(
-        "uplink:   {}, {} in flight",
+        "uplink:   {}, {} in flight, session lost {}",
         if u.connected {
             "connected"
         } else {
             "not connected"
         },
-        u.in_flight
+        u.in_flight,
+        u.session_lost
     );
 }
 

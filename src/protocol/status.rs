@@ -108,6 +108,12 @@ pub struct UplinkStatus {
     pub connected: bool,
     /// Captures handed to MQTT and not yet acknowledged.
     pub in_flight: u64,
+    /// Reconnects on which the broker kept no session for the device
+    /// (`session_present = false`): commands queued for it while it was
+    /// offline may have been dropped. Persistent; 0 when read from a device
+    /// that does not send it.
+    #[serde(default)]
+    pub session_lost: u64,
 }
 
 impl Status {
@@ -201,6 +207,7 @@ mod tests {
             uplink: Some(UplinkStatus {
                 connected: true,
                 in_flight: 0,
+                session_lost: 2,
             }),
         };
         let v: Value = serde_json::from_slice(&s.to_bytes()).unwrap();
@@ -211,6 +218,10 @@ mod tests {
             json!({"captures":2,"bytes":300,"oldest_age_s":7,"quarantined":1})
         );
         assert_eq!(v["consent"], json!({"active":1}));
+        assert_eq!(
+            v["uplink"],
+            json!({"connected":true,"in_flight":0,"session_lost":2})
+        );
         for k in [
             "accepted",
             "dropped_no_consent",
@@ -228,12 +239,13 @@ mod tests {
         let s = Status::from_bytes(
             br#"{"v":1,"state":"online","version":"0.0.9","ts":"2026-01-01T00:00:00Z",
                 "outbox":{"captures":0,"bytes":0,"oldest_age_s":0},"consent":{"active":0},
-                "counters":{"accepted":1},"extra":{"x":1}}"#,
+                "counters":{"accepted":1},"uplink":{"connected":true,"in_flight":0},
+                "extra":{"x":1}}"#,
         )
         .unwrap();
         assert_eq!(s.counters.unwrap().accepted, 1);
         assert_eq!(s.counters.unwrap().uploaded, 0);
-        assert!(s.uplink.is_none());
+        assert_eq!(s.uplink.unwrap().session_lost, 0);
         assert_eq!(s.outbox.unwrap().quarantined, 0);
     }
 }

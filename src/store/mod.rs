@@ -76,6 +76,12 @@ pub mod counter {
     pub const COMMANDS_REFUSED: &str = "commands_refused";
     /// Messages on the command topics ignored (retained, QoS 0).
     pub const COMMANDS_IGNORED: &str = "commands_ignored";
+    /// Connections the broker accepted (CONNACK), ever: tells a fresh
+    /// install from a reconnect. Not in the status message.
+    pub const BROKER_CONNECTIONS: &str = "broker_connections";
+    /// Reconnects on which the broker had no stored session for the device
+    /// (status `uplink.session_lost`).
+    pub const SESSION_LOST: &str = "session_lost";
 }
 
 /// Errors from the store. Messages name the operation and, where it helps, the file.

@@ -24,7 +24,7 @@ use super::commands::{flush_ingress, handle_command, note_ignored, Inbound};
 use super::ingress::{self, Ignored, Verdict};
 use super::link::Link;
 use super::options::{connection, mqtt_options};
-use super::state::Abandoned;
+use super::state::{self, Abandoned};
 use super::status::{publish_offline, publish_status};
 use super::suspect::{Ended, Suspect};
 use super::tls;
@@ -34,6 +34,8 @@ use crate::clock;
 use crate::config::Config;
 use crate::protocol::{Piece, Topics};
 use crate::shutdown::Shutdown;
+use crate::store::counter;
+use serde_json::json;
 
 /// After a (re)connect, wait this long before uploading so that commands the
 /// broker queued while we were away (a revocation!) are applied first.
@@ -334,6 +336,7 @@ async fn logic_task(
                         Net::Connected { session_present } => {
                             tracing::info!(session_present, "connected to broker");
                             last_error.clear();
+                            record_connected(&agent, session_present).await;
                             agent.set_connected(true);
                             for topic in [&topics.device_cmd, &topics.site_cmd] {
                                 link.subscribe(topic);
@@ -386,6 +389,43 @@ async fn logic_task(
     }
     publish_offline(&link, &topics);
     link.disconnect()
+}
+
+/// Counts the connection and, when the broker kept no session for a device
+/// that had connected before ([`state::session_lost`]), says so: a WARN line,
+/// an audit row and the `session_lost` counter (status `uplink.session_lost`).
+/// The subscriptions are made again on every connection anyway.
+async fn record_connected(agent: &Arc<Agent>, session_present: bool) {
+    let now = clock::now();
+    let r = agent
+        .db()
+        .run(move |s| {
+            let before = s.counters()?;
+            let connected_before = before
+                .get(counter::BROKER_CONNECTIONS)
+                .copied()
+                .unwrap_or(0)
+                > 0;
+            let lost = state::session_lost(session_present, connected_before);
+            let audit = lost.then(|| ("uplink.session_lost", json!({})));
+            s.record_counts(
+                audit,
+                &[
+                    (counter::BROKER_CONNECTIONS, 1),
+                    (counter::SESSION_LOST, u64::from(lost)),
+                ],
+                now,
+            )?;
+            Ok(lost)
+        })
+        .await;
+    match r {
+        Ok(true) => tracing::warn!(
+            "the broker kept no session for this device: commands queued while it was offline may have been lost (status uplink.session_lost; check the broker's persistence and session expiry)"
+        ),
+        Ok(false) => {}
+        Err(e) => tracing::error!(error = %e, "cannot record the broker connection"),
+    }
 }
 
 fn far_future() -> tokio::time::Instant {

@@ -28,6 +28,16 @@ pub enum Handed {
     Other,
 }
 
+/// Whether a CONNACK means the broker lost the device's session (SPEC
+/// "Broker limits and large captures"): it reports no stored session
+/// although this state directory has been connected before (with a
+/// persistent session: clean session off, or a session expiry under MQTT 5),
+/// so commands queued for the device while it was away may be gone. The very
+/// first connection of a fresh install has no session to lose.
+pub fn session_lost(session_present: bool, connected_before: bool) -> bool {
+    connected_before && !session_present
+}
+
 /// The in-flight window and the pkid map.
 #[derive(Debug, Default)]
 pub struct UplinkState {
@@ -138,6 +148,17 @@ impl UplinkState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_session_is_lost_only_on_a_reconnect_without_one() {
+        // A fresh install: nothing to lose, whatever the broker says.
+        assert!(!session_lost(false, false));
+        assert!(!session_lost(true, false));
+        // A reconnect (also after a restart of the process): the broker must
+        // still hold the session.
+        assert!(!session_lost(true, true));
+        assert!(session_lost(false, true));
+    }
 
     fn cap(id: &str) -> Handed {
         Handed::Upload(Piece::whole(id.into()))

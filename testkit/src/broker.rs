@@ -421,6 +421,25 @@ impl Broker {
         }
     }
 
+    /// Stops (gracefully) if running, deletes the persistence file, then starts
+    /// again on the same port with the same directory and certificates: a
+    /// broker that lost every session, subscription, queued and retained
+    /// message (as one restarted without persistence, or one whose session
+    /// expiry passed). Panics with the log if it does not come up.
+    pub fn restart_without_persistence(&mut self) {
+        self.stop();
+        let data = self.dir.path().join("data");
+        let entries =
+            fs::read_dir(&data).unwrap_or_else(|e| panic!("reading {}: {e}", data.display()));
+        for entry in entries.flatten() {
+            let path = entry.path();
+            fs::remove_file(&path).unwrap_or_else(|e| panic!("removing {}: {e}", path.display()));
+        }
+        if let Err(e) = self.spawn_and_wait() {
+            panic!("{e}");
+        }
+    }
+
     /// Whether the Mosquitto process is running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
