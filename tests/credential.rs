@@ -32,10 +32,9 @@ use std::time::{Duration, Instant};
 use facegate::credential;
 use facegate_testkit::broker::Broker;
 use facegate_testkit::daemon::Daemon;
-use facegate_testkit::mqtt::Session;
+use facegate_testkit::mqtt::{Session, Uploads};
 use facegate_testkit::synth;
 use facegate_testkit::util::wait_until;
-use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
 const CAPTURES: &str = "facegate/lobby/term-01/captures";
@@ -180,18 +179,12 @@ async fn fleet(broker: &Broker) -> Session {
     s
 }
 
+/// Capture ids received on the captures topic (parts joined, whole `sha256`
+/// checked by the testkit's back-end) until `n` arrived or `wait` passed.
 async fn collect(fleet: &mut Session, n: usize, wait: Duration) -> HashSet<String> {
-    let mut seen = HashSet::new();
-    let deadline = tokio::time::Instant::now() + wait;
-    while seen.len() < n {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let Some(p) = fleet.recv_on(CAPTURES, left).await else {
-            break;
-        };
-        let env: Value = serde_json::from_slice(&p.payload).expect("envelope");
-        seen.insert(env["capture_id"].as_str().expect("capture_id").to_string());
-    }
-    seen
+    let mut up = Uploads::new();
+    up.collect(fleet, CAPTURES, n, wait).await;
+    up.captures.into_keys().collect()
 }
 
 fn line_of<'a>(report: &'a str, what: &str) -> &'a str {
