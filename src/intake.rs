@@ -33,7 +33,7 @@ use crate::ids::{CaptureId, SubjectId};
 use crate::sanitize::{self, CleanImage};
 use crate::shutdown::Shutdown;
 use crate::spool::{self, Pair, Sidecar};
-use crate::store::{Capture, Inserted};
+use crate::store::{counter, Capture, Inserted};
 
 /// Pairs taken per batch: bounds memory (each image is held once, decoded once)
 /// and the length of one transaction.
@@ -128,7 +128,10 @@ pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, Inta
                 "spool.orphan_removed",
                 None,
                 json!({ "entry": tag, "reason": orphan.reason.code() }),
-                Some("rejected_bad_input"),
+                orphan
+                    .reason
+                    .is_bad_input()
+                    .then_some(counter::REJECTED_BAD_INPUT),
                 now,
             )?;
             report.orphans += 1;

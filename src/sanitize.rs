@@ -65,6 +65,9 @@ impl ContentType {
         }
     }
 
+    /// Every spool file extension [`Self::from_extension`] accepts.
+    pub const EXTENSIONS: [&'static str; 3] = ["jpg", "jpeg", "png"];
+
     /// The type a spool file extension announces (`jpg`, `jpeg`, `png`; lower
     /// case, without the dot). The caller compares it with the type found in
     /// the bytes; a mismatch is a bad pair.

@@ -199,7 +199,9 @@ pub struct Pair {
 pub enum OrphanReason {
     /// An image without sidecar, older than the grace period.
     LoneImage,
-    /// A sidecar without image, older than the grace period.
+    /// A sidecar whose image is gone. Cameras write the image before the
+    /// sidecar, so it can never become a pair; most often it is what a crash
+    /// between the two unlinks of [`remove_pair`] left. Removed at once.
     LoneSidecar,
     /// A committed name with more than one image (e.g. `a.jpg` and `a.png`).
     DuplicateImage,
@@ -213,6 +215,13 @@ pub enum OrphanReason {
 }
 
 impl OrphanReason {
+    /// Whether the entry says something about the camera's output (counted
+    /// as `rejected_bad_input`), rather than being a leftover of the
+    /// device's own interrupted work (a lone sidecar).
+    pub fn is_bad_input(self) -> bool {
+        !matches!(self, OrphanReason::LoneSidecar)
+    }
+
     /// A stable code for the audit log.
     pub fn code(self) -> &'static str {
         match self {
@@ -230,7 +239,7 @@ impl fmt::Display for OrphanReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             OrphanReason::LoneImage => "image without sidecar after the grace period",
-            OrphanReason::LoneSidecar => "sidecar without image after the grace period",
+            OrphanReason::LoneSidecar => "sidecar whose image is gone",
             OrphanReason::DuplicateImage => "more than one image for one sidecar",
             OrphanReason::NotRegularFile => "not a regular file",
             OrphanReason::UnrecognisedName => {
@@ -579,6 +588,20 @@ fn classify(file_name: &str) -> Option<(&str, Role)> {
     Some((stem, role))
 }
 
+/// Whether any image name for `stem` is present in `dir` now (`lstat`, so a
+/// link or special file counts too: the next scan judges it).
+fn image_exists(dir: &Path, stem: &str) -> Result<bool, SpoolError> {
+    for ext in ContentType::EXTENSIONS {
+        let path = dir.join(format!("{stem}.{ext}"));
+        match fs::symlink_metadata(&path) {
+            Ok(_) => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("inspecting", &path)(e)),
+        }
+    }
+    Ok(false)
+}
+
 /// Looks at the spool directory once (no file is read or changed).
 ///
 /// `now` and `grace` decide which incomplete entries are old enough to be
@@ -670,7 +693,10 @@ pub fn scan(
                         declared,
                     };
                     ready.push((sidecar.mtime, pair));
-                } else if is_old(&sidecar) {
+                } else if !image_exists(dir, &name)? {
+                    // The listing is not a snapshot: an image renamed in while
+                    // it ran may be missing from it. The image is renamed in
+                    // before its sidecar, so a lookup now finds it if it exists.
                     out.orphans.push(Orphan {
                         path: sidecar.path,
                         reason: OrphanReason::LoneSidecar,
@@ -712,4 +738,27 @@ pub fn scan(
     out.ready = ready.into_iter().take(max_batch).map(|(_, p)| p).collect();
     out.orphans.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_exists_looks_up_every_image_name() {
+        // The guard against a listing that missed an image renamed in while it
+        // ran: a lookup by name after the listing.
+        let d = tempfile::tempdir().unwrap();
+        assert!(!image_exists(d.path(), "cap").unwrap());
+        for ext in ContentType::EXTENSIONS {
+            let path = d.path().join(format!("cap.{ext}"));
+            fs::write(&path, b"x").unwrap();
+            assert!(image_exists(d.path(), "cap").unwrap(), "{ext}");
+            fs::remove_file(&path).unwrap();
+        }
+        // A link counts too: the next scan judges what it is.
+        std::os::unix::fs::symlink("/nonexistent", d.path().join("cap.png")).unwrap();
+        assert!(image_exists(d.path(), "cap").unwrap());
+        assert!(!image_exists(d.path(), "other").unwrap());
+    }
 }

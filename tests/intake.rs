@@ -399,8 +399,11 @@ fn kill9_during_a_burst_loses_no_accepted_capture() {
     d.kill9();
     let spool_left = d.spool_len();
     d.spawn();
+    // A kill between the two unlinks of a handled pair leaves a lone sidecar:
+    // removed at once (not after the grace period), and not blamed on the camera.
     d.wait_spool_empty(T);
     let st = d.status();
+    assert_eq!(d.counters().rejected_bad_input, 0, "{st:?}");
     assert_eq!(
         st.outbox.unwrap().captures,
         n as u64,
