@@ -16,6 +16,9 @@
 //!   16), so revocations compete with uploads for the store as they would in
 //!   the field; the queue is large enough that more than 10,000 captures stay
 //!   queued throughout (printed at the first and the last revocation).
+//!
+//! `FACEGATE_BENCH_TIMINGS=1` also prints the agent's own timing of each
+//! command (debug log `command answered`: waiting in the uplink, applying).
 
 use std::time::{Duration, Instant};
 
@@ -37,9 +40,17 @@ fn main() {
 async fn run() {
     let broker = bench::start_broker();
     let images = bench::camera_jpegs();
+    // `FACEGATE_BENCH_TIMINGS=1`: the agent logs at debug, and its per-command
+    // timings (`command answered`) are printed at the end.
+    let timings = std::env::var_os("FACEGATE_BENCH_TIMINGS").is_some();
+    let level = if timings { "debug" } else { "info" };
     let mut d = bench::daemon()
         .broker(&broker)
-        .configure(|c| c.fast_reconnect().quota_bytes(4 * 1024 * 1024 * 1024))
+        .configure(|c| {
+            c.fast_reconnect()
+                .quota_bytes(4 * 1024 * 1024 * 1024)
+                .log_level(level)
+        })
         .build();
     let cfg = d.load_config();
     let t = Instant::now();
@@ -109,6 +120,11 @@ async fn run() {
          {purged_total} purged, {in_flight_total} listed in flight, {} uploaded meanwhile",
         counters.uploaded
     );
+    if timings {
+        for line in d.log().lines().filter(|l| l.contains("command answered")) {
+            println!("revoke: agent {line}");
+        }
+    }
     let (text, _) = bench::summary(&mut store_samples.clone());
     println!("RESULT D2 Store::revoke alone (20 of {QUEUED} captures each): {text}");
     let (text, p99) = bench::summary(&mut samples);

@@ -136,11 +136,7 @@ impl Store {
         let sref = subject.map(|s| self.keys.pseudonyms.pseudonym(s.as_str()).to_vec());
         let r = self
             .conn
-            .prepare_cached(
-                "SELECT DISTINCT c.capture_id FROM capture_parts p
-                 JOIN captures c ON c.seq = p.capture_seq
-                 WHERE ?1 IS NULL OR c.subject_ref = ?1",
-            )
+            .prepare_cached(PARTLY_SENT_SQL)
             .and_then(|mut s| {
                 s.query_map([sref], |r| Ok(CaptureId::new(r.get::<_, String>(0)?)))?
                     .collect::<rusqlite::Result<Vec<_>>>()
@@ -149,3 +145,13 @@ impl Store {
         self.finish(r)
     }
 }
+
+/// Captures with acknowledged parts, of one subject (`?1`) or all (`?1`
+/// NULL). `CROSS JOIN` makes SQLite start from `capture_parts` (a few rows:
+/// the parts of captures partly sent) and look each capture up by its key;
+/// left to choose, it walked all of `captures` and looked each one up in
+/// `capture_parts`, ~90 ms with 32,000 captures queued, under the store lock
+/// of every revocation.
+pub(super) const PARTLY_SENT_SQL: &str = "SELECT DISTINCT c.capture_id FROM capture_parts p
+ CROSS JOIN captures c ON c.seq = p.capture_seq
+ WHERE ?1 IS NULL OR c.subject_ref = ?1";

@@ -7,7 +7,15 @@ use super::{SqlCtx, Store, StoreError};
 
 /// Migration steps; step `i` takes the schema from version `i` to `i + 1`.
 /// Append only: never edit a released step.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, AUDIT_PRIVACY, CAPTURE_PARTS, QUARANTINE];
+const MIGRATIONS: &[&str] = &[
+    V1,
+    V2,
+    V3,
+    AUDIT_PRIVACY,
+    CAPTURE_PARTS,
+    QUARANTINE,
+    QUARANTINE_INDEX,
+];
 
 const V1: &str = r#"
 CREATE TABLE meta (
@@ -177,6 +185,16 @@ CREATE TABLE capture_parts (
 const QUARANTINE: &str = r#"
 ALTER TABLE captures ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE captures ADD COLUMN quarantined_at INTEGER;
+"#;
+
+/// The quarantine columns were added after the sealed image, so reading them
+/// from a row means walking the image's overflow pages: counting the
+/// quarantined captures for every status (after every revocation) read the
+/// whole outbox, ~0.4 s with 32,000 captures of 48 KB. A partial index holds
+/// only the quarantined captures (normally none) and answers the count, the
+/// list and `retry --all` without touching a row.
+const QUARANTINE_INDEX: &str = r#"
+CREATE INDEX captures_quarantined ON captures(quarantined_at) WHERE quarantined_at IS NOT NULL;
 "#;
 
 /// Highest schema version this build knows.

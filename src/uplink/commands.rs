@@ -28,6 +28,8 @@ pub struct Inbound {
     pub connection: ConnectionNo,
     /// The message.
     pub publish: Publish,
+    /// When the network task received it (for the timings logged at debug).
+    pub received: std::time::Instant,
 }
 
 /// Verifies and applies one inbound command, acknowledges it to the broker
@@ -41,7 +43,9 @@ pub async fn handle_command(
     let Inbound {
         connection,
         publish,
+        received,
     } = inbound;
+    let started = std::time::Instant::now();
     if !topics.is_command(&publish.topic) {
         tracing::warn!(topic = %publish.topic, "message on an unexpected topic ignored");
         link.ack(connection, &publish);
@@ -49,6 +53,7 @@ pub async fn handle_command(
     }
     let now = clock::now();
     let outcome = crate::cmd::apply_command(agent, &publish.payload, publish.dup, now).await;
+    let applied = std::time::Instant::now();
     if outcome.settled {
         // The effect (if any) is committed, or the refusal is final: now the
         // broker may forget the command.
@@ -65,6 +70,16 @@ pub async fn handle_command(
         outcome.reply.to_bytes(),
         false,
         Handed::Other,
+    );
+    let ms = |from: std::time::Instant, to: std::time::Instant| {
+        to.saturating_duration_since(from).as_secs_f64() * 1e3
+    };
+    let replied = std::time::Instant::now();
+    tracing::debug!(
+        waited_ms = ms(received, started),
+        apply_ms = ms(started, applied),
+        status_ms = ms(applied, replied),
+        "command answered"
     );
     if !outcome.settled {
         // Unacknowledged, the command waits in the broker's session; a new

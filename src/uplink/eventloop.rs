@@ -217,6 +217,7 @@ async fn serve(
                         let _ = tx.send(Net::Command(Inbound {
                             connection: number,
                             publish,
+                            received: std::time::Instant::now(),
                         }));
                     }
                     // Not a command: dropped here, so that a flood of them
