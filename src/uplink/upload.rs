@@ -4,13 +4,16 @@
 //! uploads a lost connection cut off.
 //!
 //! Memory: a capture is decrypted when it is read from the outbox for a
-//! hand-over. A capture sent in parts is decrypted once and kept (the only
-//! one: [`Uploader`]) until every part is acknowledged or it is purged, so
-//! its parts do not cost a decryption each; other captures that need parts
-//! wait for it (their ids are remembered so they are not decrypted again
-//! meanwhile) while whole captures keep flowing past it. At most one
-//! hand-over batch (at most `mqtt.inflight` captures) plus that one capture
-//! are held decrypted by this module at a time.
+//! hand-over. A capture sent in parts is decrypted once and kept ([`Uploader`])
+//! until every part is acknowledged or it is purged, so its parts do not
+//! cost a decryption each. Several are kept at once, so that their parts
+//! fill the window, but no more image bytes than the window carries
+//! (`window × mqtt.max_packet_size`; always at least one capture,
+//! [`room_for_parts`]). Captures in parts beyond that wait (their ids are
+//! remembered so they are not decrypted again meanwhile) while whole
+//! captures keep flowing past them. At most one hand-over batch (at most
+//! `mqtt.inflight` captures) plus the captures in parts are held decrypted
+//! by this module at a time.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -31,7 +34,7 @@ use crate::protocol::parts::{self, Split};
 use crate::protocol::{Envelope, PartNo, Piece, WIRE_VERSION};
 use crate::store::{Capture, OutboxCapture, PurgeReason, Refusal, Store, StoreError};
 
-/// The capture being sent in parts, decrypted once.
+/// A capture being sent in parts, decrypted once.
 struct InParts {
     capture: OutboxCapture,
     /// How many parts it is split into under the current packet limit.
@@ -46,10 +49,26 @@ pub struct Uploader {
 
 #[derive(Default)]
 struct UploaderInner {
-    /// The one capture being sent in parts.
-    current: Option<InParts>,
-    /// Captures that need parts too, waiting until `current` is done.
+    /// The captures being sent in parts, in queue order.
+    current: Vec<InParts>,
+    /// Captures that need parts too, waiting until one of `current` is done.
     waiting: HashSet<CaptureId>,
+}
+
+impl UploaderInner {
+    /// Image bytes kept decrypted for parts.
+    fn kept_bytes(&self) -> usize {
+        self.current.iter().map(|c| c.capture.image.len()).sum()
+    }
+}
+
+/// Whether one more capture of `image_len` bytes may be started in parts
+/// while `kept` captures of `kept_bytes` are: as long as everything kept
+/// fits in what the window carries (`budget`: `window × max_packet_size`),
+/// and always when nothing is kept (a capture larger than the budget goes
+/// alone).
+pub fn room_for_parts(kept: usize, kept_bytes: usize, image_len: usize, budget: usize) -> bool {
+    kept == 0 || kept_bytes.saturating_add(image_len) <= budget
 }
 
 impl Uploader {
@@ -58,9 +77,9 @@ impl Uploader {
         Uploader::default()
     }
 
-    /// Whether a capture is kept decrypted for its parts.
+    /// Whether any capture is kept decrypted for its parts.
     pub fn has_current(&self) -> bool {
-        self.lock().current.is_some()
+        !self.lock().current.is_empty()
     }
 
     fn lock(&self) -> MutexGuard<'_, UploaderInner> {
@@ -97,7 +116,7 @@ pub async fn fill_window(
     );
     let result = agent
         .db()
-        .run(move |store| hand_over(store, &agent2, &link2, &up2, &topic, free))
+        .run(move |store| hand_over(store, &agent2, &link2, &up2, &topic, free, window))
         .await;
     match result {
         Ok(0) => {}
@@ -109,8 +128,8 @@ pub async fn fill_window(
 /// Where a queued entry of one hand-over comes from.
 #[derive(Clone, Copy)]
 enum Source {
-    /// The capture in parts kept by the [`Uploader`].
-    Current,
+    /// This capture in parts kept by the [`Uploader`].
+    Current(usize),
     /// This capture of the batch read from the outbox.
     Batch(usize),
 }
@@ -125,7 +144,7 @@ fn todo(of: u32, acked: &[PartNo], in_flight: &[u32]) -> Vec<u32> {
 }
 
 /// One hand-over, under the store lock from start to end: see where the
-/// capture in parts stands, read the queued captures not in flight, ask the
+/// captures in parts stand, read the queued captures not in flight, ask the
 /// consent rule once per subject, and apply the plan (purge refused
 /// subjects, hand the rest to MQTT).
 fn hand_over(
@@ -135,37 +154,46 @@ fn hand_over(
     uploader: &Uploader,
     topic: &str,
     free: usize,
+    window: usize,
 ) -> Result<usize, StoreError> {
     let cfg = agent.config();
     let now = clock::now();
     let max = cfg.mqtt.max_packet_size;
+    let budget = window.saturating_mul(max);
     let mut up = uploader.lock();
-    // The capture in parts: still queued, and which parts are left.
-    let mut current_todo = Vec::new();
-    if let Some(cur) = &up.current {
+    // The captures in parts: still queued, and which parts are left.
+    let mut kept = Vec::with_capacity(up.current.len());
+    let mut current_todos = Vec::with_capacity(up.current.len());
+    let mut done = Vec::new();
+    for cur in std::mem::take(&mut up.current) {
         let id = cur.capture.capture_id.clone();
-        match store.part_progress(&id)? {
-            None => {
-                // Uploaded or purged.
-                up.current = None;
-                up.waiting.clear();
-            }
-            Some(acked) => {
-                let in_flight = agent.inflight().parts_of(&id, cur.parts);
-                current_todo = todo(cur.parts, &acked, &in_flight);
-                if current_todo.is_empty() && in_flight.is_empty() {
-                    // Every part acknowledged, the delete not done (a crash
-                    // in between): finish it. ARCHITECTURE I12.
-                    store.complete_parts(std::slice::from_ref(&id), now)?;
-                    up.current = None;
-                    up.waiting.clear();
-                }
-            }
+        let Some(acked) = store.part_progress(&id)? else {
+            continue; // uploaded or purged
+        };
+        let in_flight = agent.inflight().parts_of(&id, cur.parts);
+        let todo = todo(cur.parts, &acked, &in_flight);
+        if todo.is_empty() && in_flight.is_empty() {
+            // Every part acknowledged, the delete not done (a crash in
+            // between): finish it. ARCHITECTURE I12.
+            done.push(id);
+            continue;
         }
+        current_todos.push(todo);
+        kept.push(cur);
     }
-    // The rest of the queue: not in flight, not the capture in parts, not
-    // the captures waiting for it.
-    let room = free.saturating_sub(current_todo.len());
+    if !done.is_empty() {
+        store.complete_parts(&done, now)?;
+    }
+    let finished_some = !done.is_empty();
+    up.current = kept;
+    if finished_some {
+        // Room for the captures that waited: look at them again.
+        up.waiting.clear();
+    }
+    // The rest of the queue: not in flight, not a capture in parts, not the
+    // captures waiting for room.
+    let busy: usize = current_todos.iter().map(Vec::len).sum();
+    let room = free.saturating_sub(busy);
     let mut batch = Vec::new();
     if room > 0 {
         let mut exclude = agent.inflight().snapshot();
@@ -173,23 +201,26 @@ fn hand_over(
         exclude.extend(up.waiting.iter().cloned());
         batch = store.pending(room, &exclude)?;
     }
-    // Whole or in parts; at most one capture in parts at a time.
+    // Whole or in parts; captures in parts only while they fit the budget.
     let mut sources = Vec::new();
     let mut todos: Vec<Option<(u32, Vec<u32>)>> = Vec::new();
-    if up.current.is_some() {
-        sources.push(Source::Current);
-        todos.push(up.current.as_ref().map(|c| (c.parts, current_todo.clone())));
+    for (k, (cur, todo)) in up.current.iter().zip(current_todos).enumerate() {
+        sources.push(Source::Current(k));
+        todos.push(Some((cur.parts, todo)));
     }
-    let mut started = None;
+    let (mut kept_n, mut kept_bytes) = (up.current.len(), up.kept_bytes());
+    let mut started = Vec::new();
     for (i, c) in batch.iter().enumerate() {
         match parts::split(&header(&cfg, c, ""), c.image.len(), topic.len(), max) {
             Ok(Split::Whole) => {
                 sources.push(Source::Batch(i));
                 todos.push(None);
             }
-            Ok(Split::Parts(n)) if up.current.is_none() && started.is_none() => {
+            Ok(Split::Parts(n)) if room_for_parts(kept_n, kept_bytes, c.image.len(), budget) => {
                 let acked = store.part_progress(&c.capture_id)?.unwrap_or_default();
-                started = Some((i, n));
+                kept_n += 1;
+                kept_bytes = kept_bytes.saturating_add(c.image.len());
+                started.push((i, n));
                 sources.push(Source::Batch(i));
                 todos.push(Some((n, todo(n, &acked, &[]))));
             }
@@ -202,11 +233,10 @@ fn hand_over(
             }
         }
     }
-    let current = up.current.as_ref();
     let captures: Vec<&Capture> = sources
         .iter()
         .filter_map(|src| match src {
-            Source::Current => current.map(|c| &c.capture.capture),
+            Source::Current(k) => up.current.get(*k).map(|c| &c.capture.capture),
             Source::Batch(i) => batch.get(*i).map(|c| &c.capture),
         })
         .collect();
@@ -261,18 +291,27 @@ fn hand_over(
     }
     // What is purged is not kept in memory; a capture started in parts is.
     let purged = |c: &Capture| plan.purge.iter().any(|p| p.subject == c.subject);
-    if up.current.as_ref().is_some_and(|c| purged(&c.capture)) {
-        up.current = None;
-        up.waiting.clear();
-    }
-    if let Some((i, n)) = started {
-        if !purged(&batch[i]) {
-            let capture = batch.swap_remove(i);
-            up.current = Some(InParts { capture, parts: n });
+    let before = up.current.len();
+    up.current.retain(|c| !purged(&c.capture.capture));
+    let mut freed = up.current.len() < before;
+    // Highest index first: swap_remove moves the last element into the hole.
+    started.sort_by(|a, b| b.0.cmp(&a.0));
+    let mut new = Vec::with_capacity(started.len());
+    for (i, n) in started {
+        if purged(&batch[i]) {
+            freed = true;
+        } else {
+            new.push(InParts {
+                capture: batch.swap_remove(i),
+                parts: n,
+            });
         }
     }
-    if up.current.is_none() {
-        // Nothing to wait for: the next hand-over looks at them again.
+    new.reverse();
+    up.current.extend(new);
+    if freed || up.current.is_empty() {
+        // Room again, or nothing to wait for: the next hand-over looks at
+        // them again.
         up.waiting.clear();
     }
     Ok(handed)
@@ -475,6 +514,22 @@ mod tests {
             assert_eq!(whole.expect("complete").image, *c.image, "{len}");
             assert_eq!(messages.len() > 1, len > 97_000, "{len}");
         }
+    }
+
+    #[test]
+    fn captures_in_parts_are_kept_while_the_window_carries_them() {
+        let budget = 16 * 131_072; // window 16 of 128 KiB
+                                   // Nothing kept: always one, even larger than the budget.
+        assert!(room_for_parts(0, 0, 10 * budget, budget));
+        // Up to the budget, not beyond.
+        assert!(room_for_parts(5, 5 * 319_000, 319_000, budget));
+        assert!(!room_for_parts(6, 6 * 319_000, 319_000, budget));
+        assert!(room_for_parts(1, budget - 10, 10, budget));
+        assert!(!room_for_parts(1, budget - 10, 11, budget));
+        // Probe mode (window 1): one capture at a time.
+        assert!(!room_for_parts(1, 200_000, 200_000, 131_072));
+        // No overflow on absurd sizes.
+        assert!(!room_for_parts(1, usize::MAX, 1, budget));
     }
 
     #[test]
