@@ -422,6 +422,18 @@ impl NetError {
             NetError::V5(e @ C5::MqttState(S5::OutgoingPacketTooLarge { .. })) => format!(
                 "a packet larger than the broker's Maximum Packet Size was about to be sent ({e})"
             ),
+            // A reason code outside what the packet may carry (Mosquitto
+            // answers a PUBLISH above its `message_size_limit` with a PUBACK
+            // 0x95): rumqttc cannot decode it and ends the connection, which
+            // `super::suspect` then treats like a 3.1.1 broker closing it.
+            NetError::V5(
+                e @ C5::MqttState(S5::Deserialization(
+                    rumqttc::v5::mqttbytes::Error::InvalidConnectReturnCode(code),
+                )),
+            ) => format!(
+                "the broker sent reason code 0x{code:02X} ({}) where MQTT 5 does not allow it (Mosquitto does so in a PUBACK for a message above its message_size_limit); the connection ended over it ({e})",
+                disconnect_meaning(*code)
+            ),
             NetError::V5(e @ C5::Timeout(_)) => {
                 format!("broker did not answer in time (timeout) ({e})")
             }
@@ -563,6 +575,16 @@ mod tests {
         ));
         assert!(e.explain().contains("session taken over"));
         assert_eq!(e.ending(), Ended::Stalled);
+        // A PUBACK 0x95 (Mosquitto's message_size_limit) that rumqttc cannot
+        // decode: named, and may be the refusal of what was in flight.
+        let e = NetError::V5(rumqttc::v5::ConnectionError::MqttState(
+            rumqttc::v5::StateError::Deserialization(
+                rumqttc::v5::mqttbytes::Error::InvalidConnectReturnCode(0x95),
+            ),
+        ));
+        let text = e.explain();
+        assert!(text.contains("0x95") && text.contains("message_size_limit"), "{text}");
+        assert_eq!(e.ending(), Ended::Lost);
     }
 
     #[test]
