@@ -232,7 +232,11 @@ topic read facegate/lobby/consent/head
     // The cause fixed, a retry delivers both.
     broker.set_acl(&BrokerAcl::shipped());
     broker.restart();
-    wait_until(T, || d.log().matches("connected to broker").count() >= 2, || d.log());
+    wait_until(
+        T,
+        || d.log().matches("connected to broker").count() >= 2,
+        || d.log(),
+    );
     d.wait_uplink_connected(T);
     let retried = d.ctl_json(&["outbox", "retry", "--all"]);
     assert_eq!(
@@ -328,7 +332,10 @@ async fn the_brokers_maximum_packet_size_lowers_the_devices_limit() {
             );
         };
         let size = publish_packet_size(CAPTURES.len(), p.payload.len());
-        assert!(size <= LIMIT, "a {size}-byte packet above the broker's {LIMIT}");
+        assert!(
+            size <= LIMIT,
+            "a {size}-byte packet above the broker's {LIMIT}"
+        );
         up.take(&p.payload);
     }
     let whole = up.captures.values().next().expect("one capture");

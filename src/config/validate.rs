@@ -14,8 +14,8 @@ use super::raw::{
 };
 use super::{
     AuditConfig, CaptureConfig, CommandConfig, Config, ConsentConfig, ControlConfig, Identity,
-    KeySource, LogConfig, LogFormat, MqttConfig, MqttProtocol, OutboxConfig, RawConfig, Role, StorageConfig,
-    TrustedKey, WhenFull,
+    KeySource, LogConfig, LogFormat, MqttConfig, MqttProtocol, OutboxConfig, RawConfig, Role,
+    StorageConfig, TrustedKey, WhenFull,
 };
 use crate::keyref::{KeyRef, KeyRefError};
 
@@ -833,7 +833,9 @@ mod tests {
         let load = |extra: &str| {
             let toml = format!(
                 "site_id = \"lobby\"\ndevice_id = \"term-01\"\n[mqtt]\nhost = \"localhost\"\n\
-                 ca_file = \"ca.pem\"\ncert_file = \"device.pem\"\nkey_file = \"device.key\"\n{extra}"
+                 ca_file = \"ca.pem\"\ncert_file = \"device.pem\"\nkey_file = \"device.key\"\n{extra}\n\
+                 [[trust]]\nkid = \"consent-2026\"\nrole = \"consent\"\n\
+                 public_key = \"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo\"\n"
             );
             crate::config::from_toml_str(&toml, dir.path()).map_err(|e| e.to_string())
         };
@@ -854,14 +856,23 @@ mod tests {
             "mqtt.protocol: expected \"3.1.1\" or \"5\", got \"5.0\""
         );
         let err = load("session_expiry = \"4294967296s\"").unwrap_err();
-        assert!(err.starts_with("mqtt.session_expiry: must be between 1m and "), "{err}");
+        assert!(
+            err.starts_with("mqtt.session_expiry: must be between 1m and "),
+            "{err}"
+        );
         let err = load("session_expiry = \"59s\"").unwrap_err();
-        assert!(err.starts_with("mqtt.session_expiry: must be between 1m and "), "{err}");
+        assert!(
+            err.starts_with("mqtt.session_expiry: must be between 1m and "),
+            "{err}"
+        );
         assert_eq!(
             load("session_expiry = \"90500ms\"").unwrap_err(),
             "mqtt.session_expiry: must be a whole number of seconds"
         );
         let err = load("session_expiry = \"soon\"").unwrap_err();
-        assert!(err.starts_with("mqtt.session_expiry: bad duration"), "{err}");
+        assert!(
+            err.starts_with("mqtt.session_expiry: bad duration"),
+            "{err}"
+        );
     }
 }

@@ -130,9 +130,7 @@ async fn network_task(
         let (error, how, abandoned) =
             match serve(client, eventloop, &link, &tx, &mut backoff, &stop).await {
                 Served::Stopped => return,
-                Served::Failed { error, abandoned } => {
-                    (error.explain(), error.ending(), abandoned)
-                }
+                Served::Failed { error, abandoned } => (error.explain(), error.ending(), abandoned),
                 Served::Reconnect { abandoned } => (
                     "reconnecting so that the broker delivers again a command whose effect failed"
                         .to_string(),

@@ -201,10 +201,7 @@ impl Link {
     pub fn disconnect(&self) -> bool {
         let mut inner = self.lock();
         inner.reconnecting = false;
-        inner
-            .client
-            .as_ref()
-            .is_some_and(|c| c.try_disconnect())
+        inner.client.as_ref().is_some_and(|c| c.try_disconnect())
     }
 
     /// Queues a DISCONNECT after everything handed so far, after which the

@@ -37,7 +37,7 @@ use super::tls;
 #[derive(Clone)]
 pub enum Options {
     /// MQTT 3.1.1.
-    V4(rumqttc::MqttOptions),
+    V4(Box<rumqttc::MqttOptions>),
     /// MQTT 5.
     V5(Box<rumqttc::v5::MqttOptions>),
 }
@@ -54,7 +54,7 @@ pub enum Client {
 /// The event loop of one connection.
 pub enum Events {
     /// MQTT 3.1.1.
-    V4(rumqttc::EventLoop),
+    V4(Box<rumqttc::EventLoop>),
     /// MQTT 5.
     V5(Box<rumqttc::v5::EventLoop>),
 }
@@ -490,15 +490,27 @@ mod tests {
     fn every_puback_reason_rumqttc_decodes_has_its_wire_code() {
         let all = [
             (PubAckReason::Success, 0x00, Delivery::Delivered),
-            (PubAckReason::NoMatchingSubscribers, 0x10, Delivery::Delivered),
-            (PubAckReason::UnspecifiedError, 0x80, Delivery::Refused(0x80)),
+            (
+                PubAckReason::NoMatchingSubscribers,
+                0x10,
+                Delivery::Delivered,
+            ),
+            (
+                PubAckReason::UnspecifiedError,
+                0x80,
+                Delivery::Refused(0x80),
+            ),
             (
                 PubAckReason::ImplementationSpecificError,
                 0x83,
                 Delivery::Refused(0x83),
             ),
             (PubAckReason::NotAuthorized, 0x87, Delivery::Refused(0x87)),
-            (PubAckReason::TopicNameInvalid, 0x90, Delivery::Refused(0x90)),
+            (
+                PubAckReason::TopicNameInvalid,
+                0x90,
+                Delivery::Refused(0x90),
+            ),
             (
                 PubAckReason::PacketIdentifierInUse,
                 0x91,
@@ -543,7 +555,11 @@ mod tests {
                 continue;
             }
             known += 1;
-            assert_ne!(disconnect_meaning(code), "unknown reason code", "0x{code:02X}");
+            assert_ne!(
+                disconnect_meaning(code),
+                "unknown reason code",
+                "0x{code:02X}"
+            );
         }
         assert!(known > 25);
         // May be about what the device sent: counted like a closed connection.
@@ -565,7 +581,10 @@ mod tests {
             },
         ));
         let text = e.explain();
-        assert!(text.contains("0x95") && text.contains("packet too large"), "{text}");
+        assert!(
+            text.contains("0x95") && text.contains("packet too large"),
+            "{text}"
+        );
         assert_eq!(e.ending(), Ended::Lost);
         let e = NetError::V5(rumqttc::v5::ConnectionError::MqttState(
             rumqttc::v5::StateError::ServerDisconnect {
@@ -583,7 +602,10 @@ mod tests {
             ),
         ));
         let text = e.explain();
-        assert!(text.contains("0x95") && text.contains("message_size_limit"), "{text}");
+        assert!(
+            text.contains("0x95") && text.contains("message_size_limit"),
+            "{text}"
+        );
         assert_eq!(e.ending(), Ended::Lost);
     }
 

@@ -48,7 +48,7 @@ pub fn max_incoming_packet_size(config: &Config) -> usize {
 pub fn mqtt_options(config: &Config, topics: &Topics) -> Result<Options, tls::TlsError> {
     let v4 = v4_options(config, topics)?;
     Ok(match config.mqtt.protocol {
-        MqttProtocol::V311 => Options::V4(v4),
+        MqttProtocol::V311 => Options::V4(Box::new(v4)),
         MqttProtocol::V5 => Options::V5(Box::new(v5_options(config, topics, &v4))),
     })
 }
@@ -133,9 +133,9 @@ pub fn connection(config: &Config, options: &Options) -> (Client, Events) {
     network.set_connection_timeout(10);
     match options {
         Options::V4(o) => {
-            let (client, mut eventloop) = rumqttc::AsyncClient::new(o.clone(), cap);
+            let (client, mut eventloop) = rumqttc::AsyncClient::new((**o).clone(), cap);
             eventloop.set_network_options(network);
-            (Client::V4(client), Events::V4(eventloop))
+            (Client::V4(client), Events::V4(Box::new(eventloop)))
         }
         Options::V5(o) => {
             let mut o = (**o).clone();
@@ -187,5 +187,51 @@ mod tests {
         let mut set = crate::config::testing::config(dir.path(), "");
         set.mqtt.max_packet_size = 4096;
         assert_eq!(max_packet_size(&set), 4096);
+    }
+
+    /// What MQTT 5 adds to the CONNECT, and rumqttc's sharp edges set
+    /// explicitly: a persistent session with the configured expiry, the
+    /// inbound limit announced (not rumqttc's 10 KiB default), no topic
+    /// aliases, manual acknowledgements, the retained offline last will.
+    #[test]
+    fn mqtt5_connect_keeps_the_session_and_announces_the_inbound_limit() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut config = crate::config::testing::config(dir.path(), "");
+        config.mqtt.protocol = MqttProtocol::V5;
+        config.mqtt.session_expiry = Duration::from_secs(3600);
+        let topics = Topics::new("facegate", "lobby", "term-01");
+        let v4 = MqttOptions::new("term-01", "broker.example", 8883);
+        let o = v5_options(&config, &topics, &v4);
+        assert_eq!(o.client_id(), "term-01");
+        assert_eq!(o.broker_address(), ("broker.example".to_string(), 8883));
+        assert!(!o.clean_start(), "a persistent session");
+        assert_eq!(o.session_expiry_interval(), Some(3600));
+        assert_eq!(
+            o.max_packet_size(),
+            Some(max_incoming_packet_size(&config) as u32),
+            "the inbound limit is announced"
+        );
+        assert_eq!(o.topic_alias_max(), None, "no topic aliases");
+        assert!(o.manual_acks());
+        let will = o.last_will().expect("a last will");
+        assert_eq!(&will.topic[..], topics.status.as_bytes());
+        assert!(will.retain);
+        assert_eq!(&will.message[..], &Status::offline().to_bytes()[..]);
+    }
+
+    #[test]
+    fn the_session_expiry_is_whole_seconds_up_to_never() {
+        assert_eq!(
+            session_expiry_interval(Duration::from_secs(604_800)),
+            604_800
+        );
+        assert_eq!(
+            session_expiry_interval(Duration::from_secs(u64::from(u32::MAX))),
+            u32::MAX
+        );
+        assert_eq!(
+            session_expiry_interval(Duration::from_secs(u64::from(u32::MAX) + 1)),
+            u32::MAX
+        );
     }
 }
