@@ -213,7 +213,10 @@ fn mqtt(raw: RawMqtt, base_dir: &Path) -> Result<MqttConfig, ConfigError> {
         )? as u32,
         protocol: choice(
             "mqtt.protocol",
-            raw.protocol,
+            raw.protocol.map(|p| match p {
+                RawNumber::Int(n) => n.to_string(),
+                RawNumber::Text(t) => t,
+            }),
             "3.1.1",
             &[("3.1.1", MqttProtocol::V311), ("5", MqttProtocol::V5)],
         )?,
@@ -848,6 +851,14 @@ mod tests {
         assert_eq!(
             load("protocol = \"3.1.1\"").unwrap().mqtt.protocol,
             MqttProtocol::V311
+        );
+        assert_eq!(
+            load("protocol = 5").unwrap().mqtt.protocol,
+            MqttProtocol::V5
+        );
+        assert_eq!(
+            load("protocol = 4").unwrap_err(),
+            "mqtt.protocol: expected \"3.1.1\" or \"5\", got \"4\""
         );
         let max = load("session_expiry = \"4294967295s\"").unwrap();
         assert_eq!(max.mqtt.session_expiry, secs(u64::from(u32::MAX)));
