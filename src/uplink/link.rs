@@ -14,9 +14,8 @@
 use std::sync::{Mutex, MutexGuard};
 
 use super::ingress::Ingress;
-use super::mqtt::{AckId, Client};
+use super::mqtt::{self, AckId, Client};
 use super::state::{Abandoned, Handed, UplinkState};
-use crate::protocol::parts::publish_packet_size;
 use crate::protocol::Piece;
 
 /// Identifies one broker connection (counts up from 1), so a command is
@@ -46,6 +45,8 @@ struct Inner {
     /// The largest PUBLISH packet handed to the live connection: the
     /// configured limit, lowered by the broker's MQTT 5 Maximum Packet Size.
     limit: usize,
+    /// The live (or last) connection speaks MQTT 5.
+    v5: bool,
     /// A DISCONNECT was queued to reconnect, not to stop.
     reconnecting: bool,
 }
@@ -77,6 +78,7 @@ impl Link {
     pub fn on_connected(&self, client: Client, broker_max: Option<u32>) -> ConnectionNo {
         let mut inner = self.lock();
         inner.state.on_connected();
+        inner.v5 = matches!(client, Client::V5(_));
         inner.client = Some(client);
         inner.limit = effective_limit(self.max_packet, broker_max);
         inner.number += 1;
@@ -92,6 +94,14 @@ impl Link {
         } else {
             inner.limit
         }
+    }
+
+    /// The limit to split captures under (`crate::protocol::parts` counts
+    /// 3.1.1 packets) so that each PUBLISH fits [`Link::max_packet`] in the
+    /// connection's MQTT version ([`mqtt::split_limit`]).
+    pub fn split_limit(&self) -> usize {
+        let v5 = self.lock().v5;
+        mqtt::split_limit(self.max_packet(), v5)
     }
 
     /// The connection failed or closed: nothing more is handed to it, and
@@ -132,11 +142,11 @@ impl Link {
     /// limit of the connection (logged: no packet the device sends exceeds
     /// it, and rumqttc or the broker would end the connection over it).
     pub fn hand(&self, topic: &str, payload: Vec<u8>, retain: bool, what: Handed) -> bool {
-        let size = publish_packet_size(topic.len(), payload.len());
         let mut inner = self.lock();
         let Some(client) = &inner.client else {
             return false;
         };
+        let size = mqtt::publish_packet_size(inner.v5, topic.len(), payload.len());
         if size > inner.limit {
             tracing::error!(
                 topic,
@@ -235,6 +245,7 @@ pub fn effective_limit(configured: usize, broker_max: Option<u32>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::parts::publish_packet_size;
 
     /// A client whose event loop is never polled: requests stay in its
     /// channel, which is all these tests need.
@@ -349,7 +360,7 @@ mod tests {
         let topic = "t";
         let fits = (0..MAX)
             .rev()
-            .find(|n| publish_packet_size(topic.len(), *n) <= 512)
+            .find(|n| mqtt::publish_packet_size(true, topic.len(), *n) <= 512)
             .unwrap();
         assert!(!link.hand(topic, vec![0; fits + 1], false, Handed::Other));
         assert!(link.hand(topic, vec![0; fits], false, Handed::Other));
@@ -358,5 +369,28 @@ mod tests {
         link.on_connected(c, None);
         assert_eq!(link.max_packet(), MAX, "the next broker sets none");
         assert!(link.hand(topic, vec![0; fits + 1], false, Handed::Other));
+    }
+
+    /// An MQTT 5 PUBLISH is a byte longer (its property length): the limit
+    /// is checked on the packet as it goes out, and captures are split
+    /// with room for it.
+    #[test]
+    fn under_mqtt5_the_property_length_is_counted() {
+        let topic = "facegate/lobby/term-01/captures";
+        let v4_fits = (0..MAX)
+            .rev()
+            .find(|n| publish_packet_size(topic.len(), *n) <= MAX)
+            .unwrap();
+        let link = Link::new(MAX);
+        let (c, _el) = client_v5();
+        link.on_connected(c, None);
+        assert!(!link.hand(topic, vec![0; v4_fits], false, Handed::Other));
+        assert!(link.hand(topic, vec![0; v4_fits - 1], false, Handed::Other));
+        assert_eq!(link.split_limit(), MAX - 2);
+        let link = Link::new(MAX);
+        let (c, _el) = client();
+        link.on_connected(c, None);
+        assert_eq!(link.split_limit(), MAX);
+        assert!(link.hand(topic, vec![0; v4_fits], false, Handed::Other));
     }
 }

@@ -33,6 +33,27 @@ use rumqttc::{ConnectionError, Event, Outgoing, Packet, QoS, StateError};
 use super::suspect::Ended;
 use super::tls;
 
+/// The size of a QoS 1 PUBLISH packet with a `topic_len`-byte topic and a
+/// `payload_len`-byte payload, whole (what brokers and rumqttc compare with
+/// their limits). An MQTT 5 PUBLISH carries a property length after the
+/// packet id: one byte (0, the device sends no properties), as if the
+/// payload were one byte longer.
+pub fn publish_packet_size(v5: bool, topic_len: usize, payload_len: usize) -> usize {
+    crate::protocol::parts::publish_packet_size(topic_len, payload_len + usize::from(v5))
+}
+
+/// The limit captures are split under (`crate::protocol::parts`, which
+/// counts 3.1.1 packets) so that every PUBLISH is at most `limit` bytes in
+/// the connection's version: under MQTT 5 two bytes less, for the property
+/// length and a remaining-length prefix it may lengthen by one byte.
+pub fn split_limit(limit: usize, v5: bool) -> usize {
+    if v5 {
+        limit.saturating_sub(2)
+    } else {
+        limit
+    }
+}
+
 /// The options of every connection of the device, in its MQTT version.
 #[derive(Clone)]
 pub enum Options {
@@ -607,6 +628,38 @@ mod tests {
             "{text}"
         );
         assert_eq!(e.ending(), Ended::Lost);
+    }
+
+    #[test]
+    fn packets_split_under_the_split_limit_fit_the_limit_in_either_version() {
+        use crate::protocol::parts::max_payload;
+        let topic = "facegate/lobby/term-01/captures".len();
+        // Around every remaining-length boundary (128, 16384, 2097152).
+        let mut limits: Vec<usize> = (100..200).chain(16_300..16_500).collect();
+        limits.extend(2_097_100..2_097_300);
+        limits.extend([4096, 65_536, 131_072, 1 << 20]);
+        for limit in limits {
+            for v5 in [false, true] {
+                let Some(payload) = max_payload(topic, split_limit(limit, v5)) else {
+                    continue;
+                };
+                let size = publish_packet_size(v5, topic, payload);
+                assert!(size <= limit, "v5 {v5}: {size} > {limit}");
+                assert!(
+                    limit - size <= 4,
+                    "v5 {v5}: {size} wastes room under {limit}"
+                );
+            }
+        }
+        // The property length: exactly one byte more than 3.1.1, or two
+        // where the remaining length's prefix grows.
+        assert_eq!(
+            publish_packet_size(true, 10, 100),
+            publish_packet_size(false, 10, 100) + 1
+        );
+        let rl_127 = 127 - 2 - 10 - 2;
+        assert_eq!(publish_packet_size(false, 10, rl_127), 1 + 1 + 127);
+        assert_eq!(publish_packet_size(true, 10, rl_127), 1 + 2 + 128);
     }
 
     #[test]

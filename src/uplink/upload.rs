@@ -139,8 +139,8 @@ fn hand_over(
     let cfg = agent.config();
     let now = clock::now();
     // The connection's limit: `[mqtt] max_packet_size`, lowered by the
-    // broker's MQTT 5 Maximum Packet Size.
-    let max = link.max_packet();
+    // broker's MQTT 5 Maximum Packet Size (and room for MQTT 5's header).
+    let max = link.split_limit();
     let mut up = uploader.lock();
     // Split under another limit (a broker that announces a different one
     // since): split again; parts acknowledged of the old split do not count.
