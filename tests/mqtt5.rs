@@ -331,7 +331,9 @@ async fn the_brokers_maximum_packet_size_lowers_the_devices_limit() {
                 d.log()
             );
         };
-        let size = publish_packet_size(CAPTURES.len(), p.payload.len());
+        // As the device sent it: an MQTT 5 PUBLISH has one byte more (its
+        // empty property length) than the 3.1.1 one the back-end receives.
+        let size = publish_packet_size(CAPTURES.len(), p.payload.len() + 1);
         assert!(
             size <= LIMIT,
             "a {size}-byte packet above the broker's {LIMIT}"
