@@ -413,7 +413,13 @@ impl NetError {
                 | ConnectionError::NetworkTimeout
                 | ConnectionError::FlushTimeout,
             ) => Ended::Stalled,
-            NetError::V5(C5::MqttState(S5::AwaitPingResp) | C5::Timeout(_)) => Ended::Stalled,
+            // A packet-id collision rumqttc gave up on: its v5 client frees
+            // a colliding packet id only on a successful PUBACK, so an
+            // error-code PUBACK for that id leaves the next publish waiting
+            // until rumqttc ends the connection. Not a refusal of anything.
+            NetError::V5(
+                C5::MqttState(S5::AwaitPingResp | S5::CollisionTimeout) | C5::Timeout(_),
+            ) => Ended::Stalled,
             NetError::V5(C5::MqttState(S5::ServerDisconnect { reason_code, .. })) => {
                 disconnect_ending(*reason_code as u8)
             }
@@ -591,6 +597,14 @@ mod tests {
         for code in [0x89, 0x8B, 0x8D, 0x8E, 0x98, 0x9C, 0x9D, 0x9F, 0xA0] {
             assert_eq!(disconnect_ending(code), Ended::Stalled, "0x{code:02X}");
         }
+    }
+
+    #[test]
+    fn rumqttc_giving_up_on_a_packet_id_collision_is_never_a_refusal() {
+        let e = NetError::V5(rumqttc::v5::ConnectionError::MqttState(
+            rumqttc::v5::StateError::CollisionTimeout,
+        ));
+        assert_eq!(e.ending(), Ended::Stalled);
     }
 
     #[test]
