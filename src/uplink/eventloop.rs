@@ -192,7 +192,14 @@ async fn serve(
             Ok(NetEvent::ConnAck {
                 session_present,
                 max_packet,
+                session_expiry,
             }) => {
+                if let Some(seconds) = session_expiry {
+                    tracing::warn!(
+                        broker_session_expiry_s = seconds,
+                        "the broker keeps this device's session for a different time than mqtt.session_expiry asks: commands queued for a device offline longer are lost (status uplink.session_lost counts it)"
+                    );
+                }
                 if let Some(client) = client.take() {
                     number = link.on_connected(client, max_packet);
                 }

@@ -128,6 +128,9 @@ pub enum NetEvent {
         session_present: bool,
         /// The broker's Maximum Packet Size.
         max_packet: Option<u32>,
+        /// The Session Expiry Interval the broker applies instead of the
+        /// one asked for (MQTT 5: sent only when it differs).
+        session_expiry: Option<u32>,
     },
     /// The oldest handed publish went on the wire as this packet id.
     OutgoingPublish(u16),
@@ -334,6 +337,7 @@ fn v4_event(event: Event) -> NetEvent {
         Event::Incoming(Packet::ConnAck(ack)) => NetEvent::ConnAck {
             session_present: ack.session_present,
             max_packet: None,
+            session_expiry: None,
         },
         Event::Incoming(Packet::PubAck(ack)) => NetEvent::PubAck {
             pkid: ack.pkid,
@@ -363,10 +367,14 @@ fn v4_event(event: Event) -> NetEvent {
 fn v5_event(event: rumqttc::v5::Event) -> NetEvent {
     use rumqttc::v5::Event as E;
     match event {
-        E::Incoming(V5Packet::ConnAck(ack)) => NetEvent::ConnAck {
-            session_present: ack.session_present,
-            max_packet: ack.properties.and_then(|p| p.max_packet_size),
-        },
+        E::Incoming(V5Packet::ConnAck(ack)) => {
+            let props = ack.properties.as_ref();
+            NetEvent::ConnAck {
+                session_present: ack.session_present,
+                max_packet: props.and_then(|p| p.max_packet_size),
+                session_expiry: props.and_then(|p| p.session_expiry_interval),
+            }
+        }
         E::Incoming(V5Packet::PubAck(ack)) => NetEvent::PubAck {
             pkid: ack.pkid,
             code: puback_code(ack.reason),
@@ -674,6 +682,56 @@ mod tests {
         let rl_127 = 127 - 2 - 10 - 2;
         assert_eq!(publish_packet_size(false, 10, rl_127), 1 + 1 + 127);
         assert_eq!(publish_packet_size(true, 10, rl_127), 1 + 2 + 128);
+    }
+
+    #[test]
+    fn a_connack_brings_the_brokers_limits() {
+        use rumqttc::v5::mqttbytes::v5::{ConnAck, ConnAckProperties};
+        let props = ConnAckProperties {
+            session_expiry_interval: Some(3600),
+            receive_max: Some(20),
+            max_qos: None,
+            retain_available: None,
+            max_packet_size: Some(131_072),
+            assigned_client_identifier: None,
+            topic_alias_max: None,
+            reason_string: None,
+            user_properties: Vec::new(),
+            wildcard_subscription_available: None,
+            subscription_identifiers_available: None,
+            shared_subscription_available: None,
+            server_keep_alive: None,
+            response_information: None,
+            server_reference: None,
+            authentication_method: None,
+            authentication_data: None,
+        };
+        let ack = ConnAck {
+            session_present: true,
+            code: V5ConnectCode::Success,
+            properties: Some(props),
+        };
+        match v5_event(rumqttc::v5::Event::Incoming(V5Packet::ConnAck(ack))) {
+            NetEvent::ConnAck {
+                session_present: true,
+                max_packet: Some(131_072),
+                session_expiry: Some(3600),
+            } => {}
+            other => panic!("{other:?}"),
+        }
+        let bare = ConnAck {
+            session_present: false,
+            code: V5ConnectCode::Success,
+            properties: None,
+        };
+        match v5_event(rumqttc::v5::Event::Incoming(V5Packet::ConnAck(bare))) {
+            NetEvent::ConnAck {
+                session_present: false,
+                max_packet: None,
+                session_expiry: None,
+            } => {}
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
