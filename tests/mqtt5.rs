@@ -18,8 +18,8 @@
 //! connection (`the_brokers_maximum_packet_size_…` sees reconnects); and
 //! with rumqttc's default 10 KiB inbound limit, or no limit announced,
 //! `an_oversized_command_…` sees the connection end. (The PUBACK code, the
-//! session expiry and the announced limit were checked that way: with each
-//! undone, its test fails.)
+//! session expiry, the broker's limit and the announced limit were checked
+//! that way: with each undone, its test fails.)
 //! Mosquitto 2.0's `message_size_limit` shows a broker quirk: its PUBACK
 //! 0x95 cannot be decoded, and the 3.1.1-style rule still quarantines.
 
