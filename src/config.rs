@@ -190,7 +190,33 @@ pub struct MqttConfig {
     /// Refusals by the broker after which a capture is quarantined (default
     /// 5, 1 to [`MAX_MAX_ATTEMPTS`]); see `uplink::suspect` for what counts.
     pub max_attempts: u32,
+    /// The MQTT version the uplink speaks (`mqtt.protocol`, default 3.1.1).
+    pub protocol: MqttProtocol,
+    /// How long the broker keeps the device's session after a disconnect,
+    /// sent as the MQTT 5 Session Expiry Interval (`mqtt.session_expiry`,
+    /// default 7 days, [`MIN_SESSION_EXPIRY_S`] to [`MAX_SESSION_EXPIRY_S`]
+    /// whole seconds; the maximum means "never"). Only used under MQTT 5:
+    /// under 3.1.1 the broker's own setting decides.
+    pub session_expiry: Duration,
 }
+
+/// `[mqtt] protocol`: the MQTT version of the uplink (SPEC "Broker limits and
+/// large captures").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MqttProtocol {
+    /// MQTT 3.1.1 (the default).
+    V311,
+    /// MQTT 5: session expiry, PUBACK reason codes, the broker's Maximum
+    /// Packet Size and the device's own announced to the broker.
+    V5,
+}
+
+/// Shortest `[mqtt] session_expiry`: a session that ends with the connection
+/// would lose the commands (revocations) queued while the device is away.
+pub const MIN_SESSION_EXPIRY_S: u64 = 60;
+/// Longest `[mqtt] session_expiry`: the MQTT 5 Session Expiry Interval is a
+/// 32-bit number of seconds, and its maximum means the session never expires.
+pub const MAX_SESSION_EXPIRY_S: u64 = u32::MAX as u64;
 
 /// Default `[mqtt] max_attempts` (SPEC "Broker limits and large captures").
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;

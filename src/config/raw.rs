@@ -95,6 +95,10 @@ pub struct RawMqtt {
     pub max_packet_size: Option<RawNumber>,
     /// Refusals before a capture is quarantined (default 5).
     pub max_attempts: Option<RawNumber>,
+    /// MQTT version: "3.1.1" (default) or "5" (a bare `5` is taken too).
+    pub protocol: Option<RawNumber>,
+    /// MQTT 5 session expiry, humantime text (default "7d").
+    pub session_expiry: Option<String>,
 }
 
 /// One `[[trust]]` entry as written.

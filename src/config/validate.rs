@@ -14,8 +14,8 @@ use super::raw::{
 };
 use super::{
     AuditConfig, CaptureConfig, CommandConfig, Config, ConsentConfig, ControlConfig, Identity,
-    KeySource, LogConfig, LogFormat, MqttConfig, OutboxConfig, RawConfig, Role, StorageConfig,
-    TrustedKey, WhenFull,
+    KeySource, LogConfig, LogFormat, MqttConfig, MqttProtocol, OutboxConfig, RawConfig, Role,
+    StorageConfig, TrustedKey, WhenFull,
 };
 use crate::keyref::{KeyRef, KeyRefError};
 
@@ -164,6 +164,19 @@ fn mqtt(raw: RawMqtt, base_dir: &Path) -> Result<MqttConfig, ConfigError> {
             "must be a whole number of seconds",
         ));
     }
+    let session_expiry = duration(
+        "mqtt.session_expiry",
+        raw.session_expiry,
+        "7d",
+        secs(crate::config::MIN_SESSION_EXPIRY_S),
+        secs(crate::config::MAX_SESSION_EXPIRY_S),
+    )?;
+    if session_expiry.subsec_nanos() != 0 {
+        return Err(ConfigError::invalid(
+            "mqtt.session_expiry",
+            "must be a whole number of seconds",
+        ));
+    }
     Ok(MqttConfig {
         host,
         port: number("mqtt.port", raw.port, 8883, 1, 65_535, Unit::Plain)? as u16,
@@ -198,6 +211,16 @@ fn mqtt(raw: RawMqtt, base_dir: &Path) -> Result<MqttConfig, ConfigError> {
             crate::config::MAX_MAX_ATTEMPTS.into(),
             Unit::Plain,
         )? as u32,
+        protocol: choice(
+            "mqtt.protocol",
+            raw.protocol.map(|p| match p {
+                RawNumber::Int(n) => n.to_string(),
+                RawNumber::Text(t) => t,
+            }),
+            "3.1.1",
+            &[("3.1.1", MqttProtocol::V311), ("5", MqttProtocol::V5)],
+        )?,
+        session_expiry,
     })
 }
 
@@ -803,5 +826,64 @@ mod tests {
         for ok in ["fleet-1", "fleets", "term-01"] {
             assert_eq!(device_id(Some(ok.to_string())).unwrap(), ok);
         }
+    }
+
+    /// `[mqtt] protocol` and `session_expiry`: defaults, accepted values,
+    /// and a clear error (key and reason) for everything else.
+    #[test]
+    fn mqtt_protocol_and_session_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |extra: &str| {
+            let toml = format!(
+                "site_id = \"lobby\"\ndevice_id = \"term-01\"\n[mqtt]\nhost = \"localhost\"\n\
+                 ca_file = \"ca.pem\"\ncert_file = \"device.pem\"\nkey_file = \"device.key\"\n{extra}\n\
+                 [[trust]]\nkid = \"consent-2026\"\nrole = \"consent\"\n\
+                 public_key = \"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo\"\n"
+            );
+            crate::config::from_toml_str(&toml, dir.path()).map_err(|e| e.to_string())
+        };
+        let c = load("").unwrap();
+        assert_eq!(c.mqtt.protocol, MqttProtocol::V311);
+        assert_eq!(c.mqtt.session_expiry, secs(7 * 86_400));
+        let c = load("protocol = \"5\"\nsession_expiry = \"1h\"").unwrap();
+        assert_eq!(c.mqtt.protocol, MqttProtocol::V5);
+        assert_eq!(c.mqtt.session_expiry, secs(3600));
+        assert_eq!(
+            load("protocol = \"3.1.1\"").unwrap().mqtt.protocol,
+            MqttProtocol::V311
+        );
+        assert_eq!(
+            load("protocol = 5").unwrap().mqtt.protocol,
+            MqttProtocol::V5
+        );
+        assert_eq!(
+            load("protocol = 4").unwrap_err(),
+            "mqtt.protocol: expected \"3.1.1\" or \"5\", got \"4\""
+        );
+        let max = load("session_expiry = \"4294967295s\"").unwrap();
+        assert_eq!(max.mqtt.session_expiry, secs(u64::from(u32::MAX)));
+        assert_eq!(
+            load("protocol = \"5.0\"").unwrap_err(),
+            "mqtt.protocol: expected \"3.1.1\" or \"5\", got \"5.0\""
+        );
+        let err = load("session_expiry = \"4294967296s\"").unwrap_err();
+        assert!(
+            err.starts_with("mqtt.session_expiry: must be between 1m and "),
+            "{err}"
+        );
+        let err = load("session_expiry = \"59s\"").unwrap_err();
+        assert!(
+            err.starts_with("mqtt.session_expiry: must be between 1m and "),
+            "{err}"
+        );
+        assert_eq!(
+            load("session_expiry = \"90500ms\"").unwrap_err(),
+            "mqtt.session_expiry: must be a whole number of seconds"
+        );
+        let err = load("session_expiry = \"soon\"").unwrap_err();
+        assert!(
+            err.starts_with("mqtt.session_expiry: bad duration"),
+            "{err}"
+        );
     }
 }

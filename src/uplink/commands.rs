@@ -7,11 +7,11 @@
 
 use std::sync::Arc;
 
-use rumqttc::Publish;
 use serde_json::json;
 
 use super::ingress::{Ignored, Verdict};
 use super::link::{ConnectionNo, Link};
+use super::mqtt::Message;
 use super::state::Handed;
 use super::status::publish_status;
 use crate::agent::Agent;
@@ -27,7 +27,7 @@ pub struct Inbound {
     /// The broker connection it arrived on; it is acknowledged on that one only.
     pub connection: ConnectionNo,
     /// The message.
-    pub publish: Publish,
+    pub publish: Message,
     /// When the network task received it (for the timings logged at debug).
     pub received: std::time::Instant,
 }
@@ -48,7 +48,7 @@ pub async fn handle_command(
     let started = std::time::Instant::now();
     if !topics.is_command(&publish.topic) {
         tracing::warn!(topic = %publish.topic, "message on an unexpected topic ignored");
-        link.ack(connection, &publish);
+        link.ack(connection, publish.ack);
         return;
     }
     let now = clock::now();
@@ -57,7 +57,7 @@ pub async fn handle_command(
     if outcome.settled {
         // The effect (if any) is committed, or the refusal is final: now the
         // broker may forget the command.
-        link.ack(connection, &publish);
+        link.ack(connection, publish.ack);
     }
     if let Some(refusal) = &outcome.refused {
         note_refusal(agent, link, refusal, now).await;

@@ -14,20 +14,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS, StateError,
-};
 use tokio::sync::{mpsc, Notify};
 
 use super::backoff::Backoff;
 use super::commands::{flush_ingress, handle_command, note_ignored, Inbound};
 use super::ingress::{self, Ignored, Verdict};
 use super::link::Link;
+use super::mqtt::{self, Client, Delivery, Events, NetError, NetEvent, Options};
 use super::options::{connection, mqtt_options};
 use super::state::{self, Abandoned};
 use super::status::{publish_offline, publish_status};
 use super::suspect::{Ended, Suspect};
-use super::tls;
 use super::upload::{deleter, fill_window, record_interrupted, record_refusal, Uploader};
 use crate::agent::Agent;
 use crate::clock;
@@ -63,6 +60,9 @@ enum Net {
     },
     /// The broker acknowledged this upload (a whole capture or a part).
     Acked(Piece),
+    /// The broker refused this upload: an MQTT 5 PUBACK with the error
+    /// reason code `code`. It stays queued; the refusal counts.
+    Refused { piece: Piece, code: u8 },
     /// A message on one of our command topics.
     Command(Inbound),
     /// The first message of `kind` in this run that is not taken as a
@@ -118,7 +118,7 @@ pub async fn run(agent: Arc<Agent>, mut shutdown: Shutdown) {
 
 /// Connects, polls and reconnects; see the module docs.
 async fn network_task(
-    options: MqttOptions,
+    options: Options,
     link: Arc<Link>,
     tx: mpsc::UnboundedSender<Net>,
     config: Arc<Config>,
@@ -130,9 +130,7 @@ async fn network_task(
         let (error, how, abandoned) =
             match serve(client, eventloop, &link, &tx, &mut backoff, &stop).await {
                 Served::Stopped => return,
-                Served::Failed { error, abandoned } => {
-                    (tls::explain(&error), ending(&error), abandoned)
-                }
+                Served::Failed { error, abandoned } => (error.explain(), error.ending(), abandoned),
                 Served::Reconnect { abandoned } => (
                     "reconnecting so that the broker delivers again a command whose effect failed"
                         .to_string(),
@@ -164,7 +162,7 @@ enum Served {
     /// The attempt failed or the connection dropped; `abandoned` was in
     /// flight on it.
     Failed {
-        error: ConnectionError,
+        error: NetError,
         abandoned: Abandoned,
     },
     /// Our DISCONNECT for [`Link::reconnect`] went out; `abandoned` was in
@@ -176,8 +174,8 @@ enum Served {
 /// client moves into the link on CONNACK; until then nothing can be handed
 /// over. Both are dropped when this returns.
 async fn serve(
-    client: AsyncClient,
-    mut eventloop: EventLoop,
+    client: Client,
+    mut eventloop: Events,
     link: &Link,
     tx: &mpsc::UnboundedSender<Net>,
     backoff: &mut Backoff,
@@ -191,27 +189,57 @@ async fn serve(
             ev = eventloop.poll() => ev,
         };
         match event {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+            Ok(NetEvent::ConnAck {
+                session_present,
+                max_packet,
+                session_expiry,
+            }) => {
+                if let Some(seconds) = session_expiry {
+                    tracing::warn!(
+                        broker_session_expiry_s = seconds,
+                        "the broker keeps this device's session for a different time than mqtt.session_expiry asks: commands queued for a device offline longer are lost (status uplink.session_lost counts it)"
+                    );
+                }
                 if let Some(client) = client.take() {
-                    number = link.on_connected(client);
+                    number = link.on_connected(client, max_packet);
+                }
+                if let Some(broker) = max_packet {
+                    tracing::info!(
+                        broker_max_packet_size = broker,
+                        max_packet_size = link.max_packet(),
+                        "broker announced its Maximum Packet Size; no packet sent on this connection is larger than the smaller limit"
+                    );
                 }
                 backoff.reset();
-                let _ = tx.send(Net::Connected {
-                    session_present: ack.session_present,
-                });
+                let _ = tx.send(Net::Connected { session_present });
             }
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+            Ok(NetEvent::OutgoingPublish(pkid)) => {
                 if !link.on_outgoing_publish(pkid) {
                     tracing::warn!(pkid, "outgoing publish that was not handed over");
                 }
             }
-            Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                if let Some(id) = link.on_puback(ack.pkid) {
-                    let _ = tx.send(Net::Acked(id));
+            Ok(NetEvent::PubAck { pkid, code }) => {
+                // MQTT 5: rumqttc reports a PUBACK with an error reason code
+                // like any other; only its code tells a refusal apart.
+                let piece = link.on_puback(pkid);
+                match (piece, mqtt::delivery(code)) {
+                    (Some(piece), Delivery::Delivered) => {
+                        let _ = tx.send(Net::Acked(piece));
+                    }
+                    (Some(piece), Delivery::Refused(code)) => {
+                        let _ = tx.send(Net::Refused { piece, code });
+                    }
+                    (None, Delivery::Refused(code)) => tracing::warn!(
+                        pkid,
+                        code = format!("0x{code:02X}"),
+                        meaning = mqtt::puback_meaning(code),
+                        "broker refused a status or reply message (check its ACL)"
+                    ),
+                    (None, Delivery::Delivered) => {}
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(publish))) => {
-                let qos0 = publish.qos == QoS::AtMostOnce;
+            Ok(NetEvent::Publish(publish)) => {
+                let qos0 = publish.qos0();
                 match ingress::ignored(qos0, publish.retain) {
                     None => {
                         let _ = tx.send(Net::Command(Inbound {
@@ -226,7 +254,7 @@ async fn serve(
                     // applied and not answered.
                     Some(kind) => {
                         if !qos0 {
-                            link.ack(number, &publish);
+                            link.ack(number, publish.ack);
                         }
                         if link.ingress().ignored(kind, clock::now()) == Verdict::Record {
                             let _ = tx.send(Net::Ignored {
@@ -237,26 +265,22 @@ async fn serve(
                     }
                 }
             }
-            Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                if ack
-                    .return_codes
-                    .iter()
-                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-                {
+            Ok(NetEvent::SubAck { refused }) => {
+                if refused {
                     tracing::error!("broker refused a command subscription (check the broker ACL)");
                 }
             }
             // Our own DISCONNECT (after everything handed before it) has
             // been written: to reconnect, or the clean shutdown (the offline
             // status included).
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+            Ok(NetEvent::OutgoingDisconnect) => {
                 if link.take_reconnect() {
                     let abandoned = link.on_disconnected();
                     return Served::Reconnect { abandoned };
                 }
                 return Served::Stopped;
             }
-            Ok(_) => {}
+            Ok(NetEvent::Other) => {}
             Err(error) => {
                 // The link lets go of the client under its lock, while the
                 // event loop still exists: nothing more is handed over.
@@ -264,18 +288,6 @@ async fn serve(
                 return Served::Failed { error, abandoned };
             }
         }
-    }
-}
-
-/// How a failed connection ended, for `suspect`: silent (keep-alive ping
-/// unanswered, a read or write timed out) is the network; anything else
-/// may be the broker closing it.
-fn ending(error: &ConnectionError) -> Ended {
-    match error {
-        ConnectionError::MqttState(StateError::AwaitPingResp)
-        | ConnectionError::NetworkTimeout
-        | ConnectionError::FlushTimeout => Ended::Stalled,
-        _ => Ended::Lost,
     }
 }
 
@@ -334,6 +346,17 @@ async fn logic_task(
                             suspect.on_acked();
                             let _ = acked_tx.send(piece);
                         }
+                        Net::Refused { piece, code } => {
+                            // Counted before the upload may be handed over
+                            // again (it leaves the in-flight set after).
+                            let why = format!(
+                                "the broker refused it: PUBACK 0x{code:02X} ({})",
+                                mqtt::puback_meaning(code)
+                            );
+                            record_refusal(&agent, &piece.capture_id, &why).await;
+                            agent.inflight().remove(&piece);
+                            agent.outbox_changed().notify_one();
+                        }
                         Net::Connected { session_present } => {
                             tracing::info!(session_present, "connected to broker");
                             last_error.clear();
@@ -356,7 +379,8 @@ async fn logic_task(
                                 tracing::info!(in_flight = uploads.len(), "connection lost with uploads in flight; sending one at a time until one is acknowledged");
                             }
                             if let Some(capture_id) = culprit {
-                                record_refusal(&agent, &capture_id, &reason).await;
+                                let why = format!("the broker closed the connection while only this capture was in flight: {reason}");
+                                record_refusal(&agent, &capture_id, &why).await;
                             }
                             if !uploads.is_empty() {
                                 record_interrupted(&agent, &reason, uploads.len()).await;

@@ -20,6 +20,8 @@
 //! - [`commands`]: inbound commands, acknowledged after their effect commits;
 //! - [`status`]: the retained status and the offline message;
 //! - [`options`]: the connection settings and one client per connection;
+//! - [`mqtt`]: MQTT 3.1.1 or 5 behind one client and event type, and what
+//!   MQTT 5 reason codes mean (a PUBACK's verdict, a DISCONNECT's reason);
 //! - [`tls`]: the TLS client configuration and explanations of failed
 //!   connections.
 
@@ -29,6 +31,7 @@ pub mod eventloop;
 pub mod handover;
 pub mod ingress;
 pub mod link;
+pub mod mqtt;
 pub mod options;
 pub mod state;
 pub mod status;

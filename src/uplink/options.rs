@@ -1,11 +1,15 @@
 //! The uplink's MQTT connection settings, from the config: identity and
 //! mutual TLS (built by [`super::tls`]), persistent session, packet size
-//! limits, rumqttc's flow control and request queue, and the last will.
+//! limits, rumqttc's flow control and request queue, and the last will; in
+//! the configured MQTT version (`[mqtt] protocol`, [`super::mqtt`]).
 
-use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, NetworkOptions, QoS};
+use std::time::Duration;
 
+use rumqttc::{LastWill, MqttOptions, NetworkOptions, QoS};
+
+use super::mqtt::{Client, Events, Options};
 use super::tls;
-use crate::config::Config;
+use crate::config::{Config, MqttProtocol};
 use crate::protocol::{Status, Topics};
 
 /// Largest MQTT packet we send, whole PUBLISH packet counted: `[mqtt]
@@ -37,10 +41,19 @@ pub fn max_incoming_packet_size(config: &Config) -> usize {
         .max(MIN_INCOMING_PACKET)
 }
 
-/// The options every connection of this device is made with: client id =
-/// device id, clean session off, manual acknowledgements (a command is
-/// acknowledged once its effect is committed), and the offline last will.
-pub fn mqtt_options(config: &Config, topics: &Topics) -> Result<MqttOptions, tls::TlsError> {
+/// The options every connection of this device is made with, in the
+/// configured MQTT version: client id = device id, a persistent session,
+/// manual acknowledgements (a command is acknowledged once its effect is
+/// committed), both packet limits set explicitly, and the offline last will.
+pub fn mqtt_options(config: &Config, topics: &Topics) -> Result<Options, tls::TlsError> {
+    let v4 = v4_options(config, topics)?;
+    Ok(match config.mqtt.protocol {
+        MqttProtocol::V311 => Options::V4(Box::new(v4)),
+        MqttProtocol::V5 => Options::V5(Box::new(v5_options(config, topics, &v4))),
+    })
+}
+
+fn v4_options(config: &Config, topics: &Topics) -> Result<MqttOptions, tls::TlsError> {
     let m = &config.mqtt;
     let tls_config = tls::client_config_for(&m.ca_file, &m.cert_file, &m.key)?;
     let max = max_packet_size(config);
@@ -66,20 +79,73 @@ pub fn mqtt_options(config: &Config, topics: &Topics) -> Result<MqttOptions, tls
     Ok(opts)
 }
 
+/// The same settings for rumqttc's MQTT 5 client (identity, transport and
+/// keep-alive taken from the 3.1.1 options, already validated), plus what
+/// MQTT 5 adds: clean start off with the Session Expiry Interval
+/// `[mqtt] session_expiry`, and the device's own Maximum Packet Size (the
+/// inbound limit) announced in CONNECT, so the broker drops a larger
+/// message for it instead of the connection ending over it. rumqttc's
+/// default inbound limit (10 KiB) is thereby replaced; its outbound limit is
+/// the broker's CONNACK Maximum Packet Size, and `super::link::Link::hand`
+/// keeps every packet within the smaller of that and `[mqtt]
+/// max_packet_size`. No Topic Alias Maximum is announced (none is used).
+fn v5_options(config: &Config, topics: &Topics, v4: &MqttOptions) -> rumqttc::v5::MqttOptions {
+    use rumqttc::v5::mqttbytes::v5::LastWill as V5Will;
+    use rumqttc::v5::mqttbytes::QoS as V5QoS;
+    let m = &config.mqtt;
+    let (host, port) = v4.broker_address();
+    let mut opts = rumqttc::v5::MqttOptions::new(v4.client_id(), host, port);
+    opts.set_keep_alive(v4.keep_alive())
+        .set_transport(v4.transport())
+        .set_clean_start(false)
+        .set_session_expiry_interval(Some(session_expiry_interval(m.session_expiry)))
+        .set_max_packet_size(Some(
+            u32::try_from(max_incoming_packet_size(config)).unwrap_or(u32::MAX),
+        ))
+        .set_manual_acks(true)
+        .set_outgoing_inflight_upper_limit(m.inflight.saturating_add(16))
+        .set_last_will(V5Will::new(
+            &topics.status,
+            Status::offline().to_bytes(),
+            V5QoS::AtLeastOnce,
+            true,
+            None,
+        ));
+    opts
+}
+
+/// `[mqtt] session_expiry` as the MQTT 5 Session Expiry Interval: whole
+/// seconds, at most `u32::MAX` (never expires; the config enforces it).
+pub fn session_expiry_interval(expiry: Duration) -> u32 {
+    u32::try_from(expiry.as_secs()).unwrap_or(u32::MAX)
+}
+
 /// A fresh client and event loop for one connection attempt. Nothing is
 /// carried over from an earlier connection: the outbox, not rumqttc's memory,
 /// decides what is sent again.
-pub fn connection(config: &Config, options: &MqttOptions) -> (AsyncClient, EventLoop) {
+pub fn connection(config: &Config, options: &Options) -> (Client, Events) {
     // Room for a full window plus replies, status and acknowledgements.
-    let (client, mut eventloop) =
-        AsyncClient::new(options.clone(), config.mqtt.inflight as usize + 64);
+    let cap = config.mqtt.inflight as usize + 64;
     // Small packets (PUBACKs, commands, replies) go out at once instead of
     // waiting for Nagle's algorithm: it cuts command-to-reply latency in half.
     let mut network = NetworkOptions::new();
     network.set_tcp_nodelay(true);
     network.set_connection_timeout(10);
-    eventloop.set_network_options(network);
-    (client, eventloop)
+    match options {
+        Options::V4(o) => {
+            let (client, mut eventloop) = rumqttc::AsyncClient::new((**o).clone(), cap);
+            eventloop.set_network_options(network);
+            (Client::V4(client), Events::V4(Box::new(eventloop)))
+        }
+        Options::V5(o) => {
+            let mut o = (**o).clone();
+            o.set_network_options(network);
+            // The CONNECT/CONNACK exchange has its own timeout under MQTT 5.
+            o.set_connection_timeout(10);
+            let (client, eventloop) = rumqttc::v5::AsyncClient::new(o, cap);
+            (Client::V5(client), Events::V5(Box::new(eventloop)))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -121,5 +187,51 @@ mod tests {
         let mut set = crate::config::testing::config(dir.path(), "");
         set.mqtt.max_packet_size = 4096;
         assert_eq!(max_packet_size(&set), 4096);
+    }
+
+    /// What MQTT 5 adds to the CONNECT, and rumqttc's sharp edges set
+    /// explicitly: a persistent session with the configured expiry, the
+    /// inbound limit announced (not rumqttc's 10 KiB default), no topic
+    /// aliases, manual acknowledgements, the retained offline last will.
+    #[test]
+    fn mqtt5_connect_keeps_the_session_and_announces_the_inbound_limit() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut config = crate::config::testing::config(dir.path(), "");
+        config.mqtt.protocol = MqttProtocol::V5;
+        config.mqtt.session_expiry = Duration::from_secs(3600);
+        let topics = Topics::new("facegate", "lobby", "term-01");
+        let v4 = MqttOptions::new("term-01", "broker.example", 8883);
+        let o = v5_options(&config, &topics, &v4);
+        assert_eq!(o.client_id(), "term-01");
+        assert_eq!(o.broker_address(), ("broker.example".to_string(), 8883));
+        assert!(!o.clean_start(), "a persistent session");
+        assert_eq!(o.session_expiry_interval(), Some(3600));
+        assert_eq!(
+            o.max_packet_size(),
+            Some(max_incoming_packet_size(&config) as u32),
+            "the inbound limit is announced"
+        );
+        assert_eq!(o.topic_alias_max(), None, "no topic aliases");
+        assert!(o.manual_acks());
+        let will = o.last_will().expect("a last will");
+        assert_eq!(&will.topic[..], topics.status.as_bytes());
+        assert!(will.retain);
+        assert_eq!(&will.message[..], &Status::offline().to_bytes()[..]);
+    }
+
+    #[test]
+    fn the_session_expiry_is_whole_seconds_up_to_never() {
+        assert_eq!(
+            session_expiry_interval(Duration::from_secs(604_800)),
+            604_800
+        );
+        assert_eq!(
+            session_expiry_interval(Duration::from_secs(u64::from(u32::MAX))),
+            u32::MAX
+        );
+        assert_eq!(
+            session_expiry_interval(Duration::from_secs(u64::from(u32::MAX) + 1)),
+            u32::MAX
+        );
     }
 }

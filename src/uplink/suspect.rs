@@ -37,9 +37,12 @@
 //! to quarantine it, and `ctl outbox retry` undoes it. Refusals are counted
 //! durably (the outbox row), so restarts do not reset them.
 //!
-//! An explicit refusal (a future MQTT 5 PUBACK with an error reason code)
-//! names its capture itself: the caller counts it through the same store
-//! path and [`quarantines`] rule without probing.
+//! An explicit refusal (an MQTT 5 PUBACK with an error reason code,
+//! `super::mqtt::delivery`) names its capture itself: the caller counts it
+//! through the same store path and [`quarantines`] rule without probing.
+//! Under MQTT 5 a DISCONNECT whose reason is the broker's own business
+//! (`super::mqtt::disconnect_ending`) ends the connection as
+//! [`Ended::Stalled`]: probe mode, nothing counted.
 
 use std::collections::BTreeSet;
 

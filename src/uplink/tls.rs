@@ -386,18 +386,22 @@ pub fn classify(err: &ConnectionError) -> ConnectFailure {
         return classify_rustls(tls);
     }
     if let Some(io) = find::<io::Error>(err) {
-        return match io.kind() {
-            io::ErrorKind::ConnectionRefused => ConnectFailure::Refused,
-            io::ErrorKind::TimedOut => ConnectFailure::Timeout,
-            io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::UnexpectedEof => ConnectFailure::Closed,
-            _ if io.to_string().contains("failed to lookup address") => ConnectFailure::Dns,
-            _ => ConnectFailure::Other,
-        };
+        return classify_io(io);
     }
     ConnectFailure::Other
+}
+
+fn classify_io(io: &io::Error) -> ConnectFailure {
+    match io.kind() {
+        io::ErrorKind::ConnectionRefused => ConnectFailure::Refused,
+        io::ErrorKind::TimedOut => ConnectFailure::Timeout,
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::UnexpectedEof => ConnectFailure::Closed,
+        _ if io.to_string().contains("failed to lookup address") => ConnectFailure::Dns,
+        _ => ConnectFailure::Other,
+    }
 }
 
 fn classify_rustls(err: &rustls::Error) -> ConnectFailure {
@@ -435,6 +439,33 @@ fn classify_rustls(err: &rustls::Error) -> ConnectFailure {
 /// followed by the raw error in parentheses.
 pub fn explain(err: &ConnectionError) -> String {
     let cause = match classify(err) {
+        ConnectFailure::MqttRefused => match err {
+            ConnectionError::ConnectionRefused(code) => {
+                format!("broker refused the MQTT session: {}", connack_reason(*code))
+            }
+            _ => "broker refused the MQTT session".to_string(),
+        },
+        failure => cause(failure, err),
+    };
+    format!("{cause} ({err})")
+}
+
+/// [`explain`] for an error of rumqttc's MQTT 5 client (its own MQTT
+/// reasons are told by `super::mqtt`): the TLS or socket cause found in
+/// its chain, followed by the raw error in parentheses.
+pub fn explain_chain(err: &(dyn StdError + 'static)) -> String {
+    let failure = if let Some(tls) = find::<rustls::Error>(err) {
+        classify_rustls(tls)
+    } else if let Some(io) = find::<io::Error>(err) {
+        classify_io(io)
+    } else {
+        ConnectFailure::Other
+    };
+    format!("{} ({err})", cause(failure, err))
+}
+
+fn cause(failure: ConnectFailure, err: &(dyn StdError + 'static)) -> String {
+    match failure {
         ConnectFailure::UntrustedServer => {
             "broker certificate not trusted: it is not signed by the CA in mqtt.ca_file (unknown issuer)".to_string()
         }
@@ -464,15 +495,9 @@ pub fn explain(err: &ConnectionError) -> String {
         ConnectFailure::Dns => "cannot resolve mqtt.host (DNS failure)".to_string(),
         ConnectFailure::Timeout => "broker did not answer in time (timeout)".to_string(),
         ConnectFailure::Closed => "broker closed the connection (it may have rejected our client certificate or session)".to_string(),
-        ConnectFailure::MqttRefused => match err {
-            ConnectionError::ConnectionRefused(code) => {
-                format!("broker refused the MQTT session: {}", connack_reason(*code))
-            }
-            _ => "broker refused the MQTT session".to_string(),
-        },
+        ConnectFailure::MqttRefused => "broker refused the MQTT session".to_string(),
         ConnectFailure::Other => "connection failed".to_string(),
-    };
-    format!("{cause} ({err})")
+    }
 }
 
 fn alert_name(alert: AlertDescription) -> &'static str {

@@ -158,9 +158,22 @@ fn hand_over(
 ) -> Result<usize, StoreError> {
     let cfg = agent.config();
     let now = clock::now();
-    let max = cfg.mqtt.max_packet_size;
+    // The connection's limit: `[mqtt] max_packet_size`, lowered by the
+    // broker's MQTT 5 Maximum Packet Size (and room for MQTT 5's header).
+    let max = link.split_limit();
     let budget = window.saturating_mul(max);
     let mut up = uploader.lock();
+    // Split under another limit (a broker that announces a different one
+    // since): split again; parts acknowledged of the old split do not count.
+    let before = up.current.len();
+    up.current.retain(|cur| {
+        let c = &cur.capture.capture;
+        parts::split(&header(&cfg, c, ""), c.image.len(), topic.len(), max).ok()
+            == Some(Split::Parts(cur.parts))
+    });
+    if up.current.len() < before {
+        up.waiting.clear();
+    }
     // The captures in parts: still queued, and which parts are left.
     let mut kept = Vec::with_capacity(up.current.len());
     let mut current_todos = Vec::with_capacity(up.current.len());
@@ -370,15 +383,15 @@ pub fn part_envelope(cfg: &Config, c: &Capture, consent_id: &str, part: PartNo) 
 }
 
 /// Counts one refusal against `capture_id` (the only capture in flight when
-/// the broker closed the connection, `super::suspect`), durably, and
-/// quarantines it once `[mqtt] max_attempts` are counted (audited
-/// `capture.quarantined`; ARCHITECTURE I13). The outbox changed: quarantined, it no longer
-/// takes its place at the head of the queue.
-pub async fn record_refusal(agent: &Arc<Agent>, capture_id: &CaptureId, reason: &str) {
+/// the broker closed the connection, `super::suspect`, or one an MQTT 5
+/// PUBACK refused), durably, with `why`, and quarantines it once `[mqtt]
+/// max_attempts` are counted (audited `capture.quarantined`; ARCHITECTURE
+/// I13). The outbox changed: quarantined, it no longer takes its place at
+/// the head of the queue.
+pub async fn record_refusal(agent: &Arc<Agent>, capture_id: &CaptureId, why: &str) {
     let max = agent.config().mqtt.max_attempts;
     let id = capture_id.clone();
-    let why =
-        format!("the broker closed the connection while only this capture was in flight: {reason}");
+    let (why, why_log) = (why.to_string(), why);
     let now = clock::now();
     let r = agent
         .db()
@@ -390,7 +403,8 @@ pub async fn record_refusal(agent: &Arc<Agent>, capture_id: &CaptureId, reason: 
             %capture_id,
             attempts,
             max_attempts = max,
-            "connection lost with only this capture in flight; counted as a refusal"
+            reason = why_log,
+            "upload refused by the broker; counted as a refusal"
         ),
         Ok(Refusal::Quarantined(attempts)) => {
             tracing::error!(

@@ -125,6 +125,10 @@ pub struct BrokerOptions {
     /// Mosquitto's `max_packet_size`: a client that sends a larger packet is
     /// disconnected (default [`MAX_PACKET`]; 131072 is AWS IoT Core's limit).
     pub max_packet_size: usize,
+    /// Mosquitto's `message_size_limit` (0, the default: none): a PUBLISH
+    /// with a larger payload is not accepted; an MQTT 5 client gets an
+    /// error-code PUBACK for it, a 3.1.1 client a plain PUBACK.
+    pub message_size_limit: usize,
     /// The ACL file.
     pub acl: BrokerAcl,
     /// `use_username_as_clientid` (the shipped setting, on by default): the
@@ -213,6 +217,7 @@ impl Default for BrokerOptions {
             acl: BrokerAcl::shipped(),
             client_id_from_certificate: true,
             max_packet_size: MAX_PACKET,
+            message_size_limit: 0,
         }
     }
 }
@@ -298,6 +303,7 @@ impl Broker {
                 broker.dir.path(),
                 broker.port,
                 opts.max_packet_size,
+                opts.message_size_limit,
                 opts.client_id_from_certificate,
             )?;
             match broker.spawn_and_wait() {
@@ -419,6 +425,11 @@ impl Broker {
         if let Err(e) = self.spawn_and_wait() {
             panic!("{e}");
         }
+    }
+
+    /// Replaces the ACL file; it applies from the next (re)start.
+    pub fn set_acl(&self, acl: &BrokerAcl) {
+        write_acl(&self.dir.path().join("acl"), &acl.text()).unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Stops (gracefully) if running, deletes the persistence file, then starts
@@ -545,6 +556,7 @@ fn write_config(
     dir: &Path,
     port: u16,
     max_packet: usize,
+    message_size_limit: usize,
     client_id_from_cn: bool,
 ) -> Result<(), BrokerError> {
     let p = |name: &str| dir.join(name).display().to_string();
@@ -585,6 +597,9 @@ fn write_config(
     );
     if client_id_from_cn {
         conf.push_str("use_username_as_clientid true\n");
+    }
+    if message_size_limit > 0 {
+        conf.push_str(&format!("message_size_limit {message_size_limit}\n"));
     }
     let path = dir.join("mosquitto.conf");
     fs::write(&path, conf).map_err(|source| BrokerError::Write { path, source })

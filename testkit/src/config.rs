@@ -69,6 +69,9 @@ struct Mqtt {
     reconnect_max: Option<Duration>,
     max_packet_size: Option<u64>,
     max_attempts: Option<u32>,
+    protocol: Option<String>,
+    #[serde(serialize_with = "human_duration")]
+    session_expiry: Option<Duration>,
 }
 
 /// What a trusted key may sign.
@@ -153,6 +156,8 @@ impl ConfigBuilder {
                 reconnect_max: None,
                 max_packet_size: None,
                 max_attempts: None,
+                protocol: None,
+                session_expiry: None,
             },
             trust: Vec::new(),
             capture: None,
@@ -238,6 +243,18 @@ impl ConfigBuilder {
     /// `mqtt.max_attempts`.
     pub fn max_attempts(mut self, n: u32) -> Self {
         self.mqtt.max_attempts = Some(n);
+        self
+    }
+
+    /// `mqtt.protocol`: `"3.1.1"` or `"5"`.
+    pub fn protocol(mut self, version: &str) -> Self {
+        self.mqtt.protocol = Some(version.into());
+        self
+    }
+
+    /// `mqtt.session_expiry` (MQTT 5 only).
+    pub fn session_expiry(mut self, expiry: Duration) -> Self {
+        self.mqtt.session_expiry = Some(expiry);
         self
     }
 
