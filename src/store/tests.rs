@@ -1970,7 +1970,7 @@ fn partly_sent_starts_from_the_parts_not_from_the_captures() {
     let plan: Vec<String> = conn
         .prepare(&format!("EXPLAIN QUERY PLAN {}", parts::PARTLY_SENT_SQL))
         .unwrap()
-        .query_map([], |r| r.get::<_, String>(3))
+        .query_map([Some(vec![0u8; 32])], |r| r.get::<_, String>(3))
         .unwrap()
         .collect::<rusqlite::Result<_>>()
         .unwrap();
