@@ -95,6 +95,8 @@ pub struct RawMqtt {
     pub max_packet_size: Option<RawNumber>,
     /// Refusals before a capture is quarantined (default 5).
     pub max_attempts: Option<RawNumber>,
+    /// Broker product whose limits `doctor` checks (no default).
+    pub profile: Option<String>,
 }
 
 /// One `[[trust]]` entry as written.

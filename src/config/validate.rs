@@ -198,6 +198,15 @@ fn mqtt(raw: RawMqtt, base_dir: &Path) -> Result<MqttConfig, ConfigError> {
             crate::config::MAX_MAX_ATTEMPTS.into(),
             Unit::Plain,
         )? as u32,
+        profile: match raw.profile {
+            None => None,
+            Some(name) => Some(choice(
+                "mqtt.profile",
+                Some(name),
+                "",
+                &super::BrokerProfile::ALL,
+            )?),
+        },
     })
 }
 
@@ -802,6 +811,34 @@ mod tests {
         }
         for ok in ["fleet-1", "fleets", "term-01"] {
             assert_eq!(device_id(Some(ok.to_string())).unwrap(), ok);
+        }
+    }
+
+    #[test]
+    fn broker_profiles() {
+        use crate::config::BrokerProfile;
+        let dir = tempfile::tempdir().unwrap();
+        let with = |extra: &str| {
+            let toml = format!(
+                "site_id = \"lobby\"\ndevice_id = \"term-01\"\nstate_dir = \"{d}/state\"\nspool_dir = \"{d}/spool\"\n[mqtt]\nhost = \"localhost\"\nca_file = \"ca.pem\"\ncert_file = \"device.pem\"\nkey_file = \"device.key\"\n{extra}\n[[trust]]\nkid = \"consent-2026\"\nrole = \"consent\"\npublic_key = \"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo\"\n",
+                d = dir.path().display()
+            );
+            crate::config::from_toml_str(&toml, dir.path())
+        };
+        assert_eq!(with("").unwrap().mqtt.profile, None);
+        for (name, profile) in BrokerProfile::ALL {
+            let cfg = with(&format!("profile = {name:?}")).unwrap();
+            assert_eq!(cfg.mqtt.profile, Some(profile));
+            assert_eq!(profile.name(), name);
+        }
+        for bad in ["aws", "AWS-IOT", "", "rabbitmq"] {
+            let err = with(&format!("profile = {bad:?}")).unwrap_err().to_string();
+            assert_eq!(
+                err,
+                format!(
+                    "mqtt.profile: expected \"aws-iot\" or \"azure-iot-hub\" or \"emqx\" or \"hivemq\" or \"mosquitto\", got {bad:?}"
+                )
+            );
         }
     }
 }
