@@ -585,7 +585,7 @@ mod tests {
         found.iter().map(|f| (f.rule, f.severity)).collect()
     }
 
-    fn only<'a>(found: &'a [Finding], rule: Rule) -> Vec<&'a Finding> {
+    fn only(found: &[Finding], rule: Rule) -> Vec<&Finding> {
         found.iter().filter(|f| f.rule == rule).collect()
     }
 
@@ -599,7 +599,10 @@ mod tests {
             }
         }
         assert_eq!(limits(BrokerProfile::AwsIot).max_message, Some(131_072));
-        assert_eq!(limits(BrokerProfile::AzureIotHub).max_message, Some(262_144));
+        assert_eq!(
+            limits(BrokerProfile::AzureIotHub).max_message,
+            Some(262_144)
+        );
         assert_eq!(limits(BrokerProfile::Emqx).max_message, Some(MIB));
         assert_eq!(limits(BrokerProfile::Hivemq).max_message, None);
         assert_eq!(limits(BrokerProfile::Mosquitto).max_message, None);
@@ -649,7 +652,10 @@ mod tests {
         for (p, max) in cases {
             let (_d, mut c) = cfg("");
             c.mqtt.max_packet_size = max;
-            assert!(only(&check(p, &c, MIB), Rule::PacketSize).is_empty(), "{p:?}");
+            assert!(
+                only(&check(p, &c, MIB), Rule::PacketSize).is_empty(),
+                "{p:?}"
+            );
             c.mqtt.max_packet_size = max + 1;
             let found = check(p, &c, MIB);
             let f = only(&found, Rule::PacketSize);
@@ -677,7 +683,8 @@ mod tests {
 
     #[test]
     fn aws_at_256_kib_names_the_mismatch() {
-        let (_d, c) = cfg("[mqtt]\nmax_packet_size = \"256KiB\"");
+        let (_d, mut c) = cfg("");
+        c.mqtt.max_packet_size = 256 * 1024;
         let found = check(BrokerProfile::AwsIot, &c, MIB);
         let f = only(&found, Rule::PacketSize);
         assert_eq!(
@@ -706,7 +713,10 @@ mod tests {
             let text = f[0].to_string();
             assert!(text.contains("closes the device's connection"), "{text}");
             assert!(
-                text.contains(&format!("commands.max_bytes to {} or more", max.div_ceil(4))),
+                text.contains(&format!(
+                    "commands.max_bytes to {} or more",
+                    max.div_ceil(4)
+                )),
                 "{text}"
             );
         }
@@ -783,7 +793,10 @@ mod tests {
         let (_d, mut c) = cfg("");
         c.mqtt.keep_alive = secs(10);
         let text = check(BrokerProfile::AwsIot, &c, MIB)[0].to_string();
-        assert!(text.contains("treats a keep-alive below 30 s as 30 s"), "{text}");
+        assert!(
+            text.contains("treats a keep-alive below 30 s as 30 s"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -830,7 +843,10 @@ mod tests {
     #[test]
     fn every_topic_is_checked_for_depth_and_length() {
         let (_d, c) = cfg("");
-        let names: Vec<_> = device_topics(&c).iter().map(|(r, t)| (*r, t.clone())).collect();
+        let names: Vec<_> = device_topics(&c)
+            .iter()
+            .map(|(r, t)| (*r, t.clone()))
+            .collect();
         assert_eq!(
             names,
             vec![
@@ -854,11 +870,26 @@ mod tests {
         assert_eq!(
             deep,
             vec![
-                ("the captures topic \"a/b/c/d/e/facegate/lobby/term-01/captures\"".to_string(), "9 levels".to_string()),
-                ("the reply topic \"a/b/c/d/e/facegate/lobby/term-01/reply\"".to_string(), "9 levels".to_string()),
-                ("the status topic \"a/b/c/d/e/facegate/lobby/term-01/status\"".to_string(), "9 levels".to_string()),
-                ("the commands topic \"a/b/c/d/e/facegate/lobby/term-01/cmd\"".to_string(), "9 levels".to_string()),
-                ("the consent head topic \"a/b/c/d/e/facegate/lobby/consent/head\"".to_string(), "9 levels".to_string()),
+                (
+                    "the captures topic \"a/b/c/d/e/facegate/lobby/term-01/captures\"".to_string(),
+                    "9 levels".to_string()
+                ),
+                (
+                    "the reply topic \"a/b/c/d/e/facegate/lobby/term-01/reply\"".to_string(),
+                    "9 levels".to_string()
+                ),
+                (
+                    "the status topic \"a/b/c/d/e/facegate/lobby/term-01/status\"".to_string(),
+                    "9 levels".to_string()
+                ),
+                (
+                    "the commands topic \"a/b/c/d/e/facegate/lobby/term-01/cmd\"".to_string(),
+                    "9 levels".to_string()
+                ),
+                (
+                    "the consent head topic \"a/b/c/d/e/facegate/lobby/consent/head\"".to_string(),
+                    "9 levels".to_string()
+                ),
             ]
         );
         assert!(only(&found, Rule::Topics)
@@ -892,7 +923,10 @@ mod tests {
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].severity, Severity::Fail);
         let text = f[0].to_string();
-        assert!(text.contains("devices/{device_id}/messages/events/"), "{text}");
+        assert!(
+            text.contains("devices/{device_id}/messages/events/"),
+            "{text}"
+        );
         assert!(text.contains("facegate/lobby/term-01/captures"), "{text}");
         assert!(text.contains("fixed by the facegate protocol"), "{text}");
     }
@@ -918,7 +952,8 @@ mod tests {
     #[test]
     fn findings_become_one_check_per_rule() {
         use crate::doctor::Outcome;
-        let (_d, c) = cfg("[mqtt]\nmax_packet_size = \"256KiB\"");
+        let (_d, mut c) = cfg("");
+        c.mqtt.max_packet_size = 256 * 1024;
         let found = check(BrokerProfile::AwsIot, &c, MIB);
         let checks = to_checks(BrokerProfile::AwsIot, &found);
         let got: Vec<_> = checks.iter().map(|c| c.name).collect();
@@ -927,7 +962,10 @@ mod tests {
             match c.name {
                 names::PROFILE_PACKET_SIZE => match &c.outcome {
                     Outcome::Fail(m) => {
-                        assert!(m.starts_with("profile aws-iot: mqtt.max_packet_size"), "{m}")
+                        assert!(
+                            m.starts_with("profile aws-iot: mqtt.max_packet_size"),
+                            "{m}"
+                        )
                     }
                     other => panic!("{other:?}"),
                 },
@@ -955,7 +993,10 @@ mod tests {
             },
         ];
         let checks = to_checks(BrokerProfile::Emqx, &two);
-        let id = checks.iter().find(|c| c.name == names::PROFILE_CLIENT_ID).unwrap();
+        let id = checks
+            .iter()
+            .find(|c| c.name == names::PROFILE_CLIENT_ID)
+            .unwrap();
         assert_eq!(
             id.outcome,
             Outcome::Fail("profile emqx: a is 1, l; fix: f; b is 2, m; fix: g".into())
