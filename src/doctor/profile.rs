@@ -38,6 +38,8 @@ pub struct Limits {
     pub max_topic_bytes: Option<usize>,
     /// Longest client id in bytes, if limited below MQTT's 65,535.
     pub max_client_id: Option<usize>,
+    /// Whether the broker refuses client ids starting with `$`.
+    pub no_dollar_client_id: bool,
     /// Keep-alive values the broker honours as asked, in seconds (inclusive);
     /// `None`: any value MQTT allows.
     pub keep_alive: Option<(u64, u64)>,
@@ -54,7 +56,7 @@ pub struct Limits {
     pub session_expiry: Option<Duration>,
 }
 
-/// The documented limits of `profile`. Sources, one per figure:
+/// The documented limits of `profile`, each figure with its source.
 pub fn limits(profile: BrokerProfile) -> Limits {
     match profile {
         BrokerProfile::AwsIot => Limits {
@@ -72,6 +74,9 @@ pub fn limits(profile: BrokerProfile) -> Limits {
             max_topic_levels: Some(8),
             max_topic_bytes: Some(256),
             max_client_id: Some(128),
+            // Client ids "can't start with a dollar sign ($)":
+            // https://docs.aws.amazon.com/sdk-for-kotlin/api/latest/iotdataplane/aws.sdk.kotlin.services.iotdataplane.model/-send-direct-message-request/-builder/client-id.html
+            no_dollar_client_id: true,
             // Values below 30 s are treated as 30 s; 1200 s is the maximum
             // (and the default):
             // https://docs.aws.amazon.com/general/latest/gr/iot-core.html#message-broker-limits
@@ -79,6 +84,7 @@ pub fn limits(profile: BrokerProfile) -> Limits {
             keep_alive: Some((30, 1200)),
             // "Maximum inbound unacknowledged messages": 100 per client:
             // https://docs.aws.amazon.com/general/latest/gr/iot-core.html#message-broker-limits
+            // (confirmed only in an older copy of that page; see OPERATIONS.md).
             max_inflight: Some(100),
             // MQTT 5 is generally available on AWS IoT Core:
             // https://docs.aws.amazon.com/iot/latest/developerguide/mqtt.html
@@ -99,9 +105,10 @@ pub fn limits(profile: BrokerProfile) -> Limits {
             max_topic_levels: None,
             max_topic_bytes: None,
             max_client_id: Some(128),
+            no_dollar_client_id: false,
             // The hub's idle timeout is 1.5 × keep-alive, capped at 1767 s
             // (the Azure load balancer's TCP idle timeout):
-            // https://learn.microsoft.com/azure/iot/iot-mqtt-connect-to-iot-hub#default-keep-alive-timeout
+            // https://learn.microsoft.com/azure/iot/iot-mqtt-connect-to-iot-hub ("default keep-alive timeout")
             keep_alive: Some((1, 1767)),
             max_inflight: None,
             // MQTT v3.1.1 only (MQTT 5 is a preview on new hubs); telemetry
@@ -122,6 +129,7 @@ pub fn limits(profile: BrokerProfile) -> Limits {
             max_topic_levels: Some(128),
             max_topic_bytes: None,
             max_client_id: None,
+            no_dollar_client_id: false,
             keep_alive: None,
             max_inflight: None,
             // https://docs.emqx.com/en/emqx/latest/configuration/mqtt.html
@@ -140,6 +148,7 @@ pub fn limits(profile: BrokerProfile) -> Limits {
             max_topic_levels: None,
             max_topic_bytes: None,
             max_client_id: None,
+            no_dollar_client_id: false,
             keep_alive: None,
             max_inflight: Some(10),
             mqtt5: true,
@@ -157,6 +166,7 @@ pub fn limits(profile: BrokerProfile) -> Limits {
             max_topic_levels: None,
             max_topic_bytes: None,
             max_client_id: None,
+            no_dollar_client_id: false,
             keep_alive: None,
             max_inflight: None,
             mqtt5: true,
@@ -446,7 +456,9 @@ fn client_id(l: &Limits, cfg: &Config, found: &mut Vec<Finding>) {
             });
         }
     }
-    if id.starts_with('$') {
+    // Config never allows '$' in a device_id; the rule keeps doctor honest
+    // for hand-built configs.
+    if l.no_dollar_client_id && id.starts_with('$') {
         found.push(Finding {
             rule: Rule::ClientId,
             severity: Severity::Fail,
@@ -830,8 +842,11 @@ mod tests {
         // '$' starts reserved names; config never allows it, the rule still says so.
         let (_d, mut c) = cfg("");
         c.identity.device_id = "$term".into();
-        let found = check(BrokerProfile::Mosquitto, &c, MIB);
+        let found = check(BrokerProfile::AwsIot, &c, MIB);
         assert_eq!(only(&found, Rule::ClientId)[0].severity, Severity::Fail);
+        assert!(only(&found, Rule::ClientId)[0].to_string().contains("'$'"));
+        let found = check(BrokerProfile::Mosquitto, &c, MIB);
+        assert!(only(&found, Rule::ClientId).is_empty());
         // Azure: the hub's registered id must be the device id.
         let (_d, c) = cfg("");
         let found = check(BrokerProfile::AzureIotHub, &c, MIB);
