@@ -29,9 +29,9 @@ pub struct Limits {
     /// packet the device sends, which is larger than its payload: conservative
     /// where the broker counts the payload only (AWS, Azure).
     pub max_message: Option<usize>,
-    /// Whether [`Limits::max_message`] is a default the broker's operator can
-    /// change (EMQX, HiveMQ, Mosquitto) or fixed (cloud services).
-    pub max_message_configurable: bool,
+    /// Whether the figures are defaults the broker's operator can change
+    /// (EMQX, HiveMQ, Mosquitto), or fixed (cloud services).
+    pub configurable: bool,
     /// Most topic levels (`a/b/c` has 3), if limited.
     pub max_topic_levels: Option<usize>,
     /// Longest topic name in bytes, if limited below MQTT's 65,535.
@@ -65,7 +65,7 @@ pub fn limits(profile: BrokerProfile) -> Limits {
             // larger than 128 KB", read as 128 × 1024 bytes (facegate's default).
             // https://docs.aws.amazon.com/general/latest/gr/iot-core.html#message-broker-limits
             max_message: Some(128 * 1024),
-            max_message_configurable: false,
+            configurable: false,
             // At most 7 forward slashes (8 levels) in a topic, topics at most
             // 256 bytes, client ids at most 128 bytes:
             // https://docs.aws.amazon.com/general/latest/gr/iot-core.html#message-broker-limits
@@ -101,7 +101,7 @@ pub fn limits(profile: BrokerProfile) -> Limits {
             // at most 128 characters:
             // https://learn.microsoft.com/azure/iot-hub/iot-hub-devguide-quotas-throttling
             max_message: Some(256 * 1024),
-            max_message_configurable: false,
+            configurable: false,
             max_topic_levels: None,
             max_topic_bytes: None,
             max_client_id: Some(128),
@@ -125,7 +125,7 @@ pub fn limits(profile: BrokerProfile) -> Limits {
             // max_topic_levels 128 by default:
             // https://docs.emqx.com/en/emqx/latest/configuration/mqtt.html
             max_message: Some(1024 * 1024),
-            max_message_configurable: true,
+            configurable: true,
             max_topic_levels: Some(128),
             max_topic_bytes: None,
             max_client_id: None,
@@ -144,7 +144,7 @@ pub fn limits(profile: BrokerProfile) -> Limits {
             // https://docs.hivemq.com/hivemq-edge/mqtt-specific-configuration.html
             // https://github.com/hivemq/hivemq-community-edition/wiki/MQTT-Specific-Configuration
             max_message: None,
-            max_message_configurable: true,
+            configurable: true,
             max_topic_levels: None,
             max_topic_bytes: None,
             max_client_id: None,
@@ -162,7 +162,7 @@ pub fn limits(profile: BrokerProfile) -> Limits {
             // sends, not to what a client publishes; max_keepalive 65535:
             // https://mosquitto.org/man/mosquitto-conf-5.html
             max_message: None,
-            max_message_configurable: true,
+            configurable: true,
             max_topic_levels: None,
             max_topic_bytes: None,
             max_client_id: None,
@@ -321,7 +321,7 @@ pub fn check_name(rule: Rule) -> &'static str {
 }
 
 fn by_default(l: &Limits) -> &'static str {
-    if l.max_message_configurable {
+    if l.configurable {
         " by default"
     } else {
         ""
@@ -343,15 +343,28 @@ fn packet_size(l: &Limits, cfg: &Config, found: &mut Vec<Finding>) {
                 by_default(l)
             ),
             fix: format!(
-                "set mqtt.max_packet_size to {max} or less (\"{}KiB\"){}",
-                max / 1024,
-                if l.max_message_configurable {
+                "set mqtt.max_packet_size to {max} or less ({}){}",
+                size_text(max),
+                if l.configurable {
                     ", or raise the broker's limit"
                 } else {
                     ""
                 }
             ),
         });
+    }
+}
+
+/// `max` as config text: `"1MiB"`, `"128KiB"` or plain bytes.
+fn size_text(max: usize) -> String {
+    const KIB: usize = 1024;
+    const MIB: usize = 1024 * KIB;
+    if max.is_multiple_of(MIB) {
+        format!("\"{}MiB\"", max / MIB)
+    } else if max.is_multiple_of(KIB) {
+        format!("\"{}KiB\"", max / KIB)
+    } else {
+        max.to_string()
     }
 }
 
@@ -421,13 +434,8 @@ fn keep_alive(l: &Limits, cfg: &Config, found: &mut Vec<Finding>) {
         )
     } else if ours > max {
         format!(
-            "{} keeps an idle connection at most {max} s{}: a longer keep-alive lets it close the connection between pings",
-            l.broker,
-            if l.broker == "AWS IoT Core" {
-                " (it uses 1200 s instead)"
-            } else {
-                ""
-            }
+            "{} keeps an idle connection at most {max} s: a longer keep-alive lets it close the connection between pings",
+            l.broker
         )
     } else {
         return;
@@ -677,11 +685,11 @@ mod tests {
             assert!(text.contains(&format!("{} bytes", max + 1)), "{text}");
             assert!(text.contains(&format!("up to {max} bytes")), "{text}");
             assert!(text.contains(limits(p).broker), "{text}");
-            assert!(text.contains(&format!("\"{}KiB\"", max / 1024)), "{text}");
+            assert!(text.contains(&size_text(max)), "{text}");
             // A fixed cloud limit cannot be raised; a broker default can.
             assert_eq!(
                 text.contains("raise the broker's limit"),
-                limits(p).max_message_configurable,
+                limits(p).configurable,
                 "{text}"
             );
         }
@@ -691,6 +699,13 @@ mod tests {
             c.mqtt.max_packet_size = crate::config::MAX_MAX_PACKET_SIZE;
             assert!(only(&check(p, &c, MIB), Rule::PacketSize).is_empty());
         }
+    }
+
+    #[test]
+    fn sizes_are_written_as_config_text() {
+        assert_eq!(size_text(131_072), "\"128KiB\"");
+        assert_eq!(size_text(MIB), "\"1MiB\"");
+        assert_eq!(size_text(1000), "1000");
     }
 
     #[test]
