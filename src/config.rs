@@ -198,6 +198,45 @@ pub struct MqttConfig {
     /// whole seconds; the maximum means "never"). Only used under MQTT 5:
     /// under 3.1.1 the broker's own setting decides.
     pub session_expiry: Duration,
+    /// The broker product this terminal talks to (`mqtt.profile`, optional):
+    /// `facegate doctor` checks the settings against its documented limits.
+    /// Changes nothing in how the uplink behaves.
+    pub profile: Option<BrokerProfile>,
+}
+
+/// `[mqtt] profile`: a broker product whose documented limits `facegate
+/// doctor` checks the configuration against (`doctor::profile`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerProfile {
+    /// `"aws-iot"`: AWS IoT Core.
+    AwsIot,
+    /// `"azure-iot-hub"`: Azure IoT Hub.
+    AzureIotHub,
+    /// `"emqx"`: EMQX with its default settings.
+    Emqx,
+    /// `"hivemq"`: HiveMQ with its default settings.
+    Hivemq,
+    /// `"mosquitto"`: Eclipse Mosquitto with its default settings.
+    Mosquitto,
+}
+
+impl BrokerProfile {
+    /// Every profile with its config name, in the order error messages list them.
+    pub const ALL: [(&'static str, BrokerProfile); 5] = [
+        ("aws-iot", BrokerProfile::AwsIot),
+        ("azure-iot-hub", BrokerProfile::AzureIotHub),
+        ("emqx", BrokerProfile::Emqx),
+        ("hivemq", BrokerProfile::Hivemq),
+        ("mosquitto", BrokerProfile::Mosquitto),
+    ];
+
+    /// The name written in the config (`"aws-iot"`).
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, p)| *p == self)
+            .map_or("", |(name, _)| name)
+    }
 }
 
 /// `[mqtt] protocol`: the MQTT version of the uplink (SPEC "Broker limits and

@@ -36,6 +36,7 @@ const PURE: &[&str] = &[
     "uplink/ingress.rs",
     "uplink/suspect.rs",
     "fleet/acl.rs",
+    "doctor/profile.rs",
     "keyref.rs",
     "config.rs",
     "config/",

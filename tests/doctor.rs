@@ -572,3 +572,150 @@ fn a_control_socket_that_does_not_answer_skips_the_probes() {
     }
     assert_eq!(broker.log().matches(" as term-01 ").count(), connections);
 }
+
+/// Adds `keys` (TOML lines) to the terminal's `[mqtt]` table.
+fn with_mqtt_keys(t: &Terminal, keys: &str) {
+    let text = fs::read_to_string(&t.config).unwrap();
+    assert!(text.contains("[mqtt]\n"), "{text}");
+    fs::write(
+        &t.config,
+        text.replace("[mqtt]\n", &format!("[mqtt]\n{keys}\n")),
+    )
+    .unwrap();
+}
+
+/// The profile check lines, in order.
+fn profile_lines(report: &doctor::DoctorReport) -> Vec<&'static str> {
+    report
+        .checks
+        .iter()
+        .map(|c| c.name)
+        .filter(|n| n.starts_with("profile "))
+        .collect()
+}
+
+#[test]
+fn without_a_broker_profile_there_are_no_profile_checks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new("fleet CA").unwrap();
+    let t = Terminal::new(&offline_creds(tmp.path(), &ca, "term-01"), free_port());
+    assert!(profile_lines(&t.local()).is_empty());
+}
+
+#[test]
+fn aws_profile_fails_a_packet_size_above_128_kib_and_passes_at_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new("fleet CA").unwrap();
+    let creds = offline_creds(tmp.path(), &ca, "term-01");
+
+    let t = Terminal::new(&creds, free_port());
+    with_mqtt_keys(&t, "profile = \"aws-iot\"\nmax_packet_size = \"256KiB\"");
+    let report = t.local();
+    assert_eq!(
+        profile_lines(&report),
+        vec![
+            names::PROFILE_PACKET_SIZE,
+            names::PROFILE_INBOUND_SIZE,
+            names::PROFILE_INFLIGHT,
+            names::PROFILE_KEEP_ALIVE,
+            names::PROFILE_CLIENT_ID,
+            names::PROFILE_TOPICS,
+            names::PROFILE_PROTOCOL,
+            names::PROFILE_SESSION,
+        ]
+    );
+    assert_fails(
+        &report,
+        names::PROFILE_PACKET_SIZE,
+        "mqtt.max_packet_size is 262144 bytes",
+    );
+    assert_fails(
+        &report,
+        names::PROFILE_PACKET_SIZE,
+        "AWS IoT Core takes messages up to 131072 bytes",
+    );
+    assert_fails(&report, names::PROFILE_PACKET_SIZE, "\"128KiB\"");
+    let text = report.to_string();
+    assert!(text.contains("FAIL  profile packet size"), "{text}");
+    // The other local checks are unaffected.
+    assert_eq!(outcome(&report, names::TLS_FILES), &Outcome::Pass);
+
+    let t = Terminal::new(&creds, free_port());
+    with_mqtt_keys(&t, "profile = \"aws-iot\"\nmax_packet_size = \"128KiB\"");
+    let report = t.local();
+    assert_eq!(
+        outcome(&report, names::PROFILE_PACKET_SIZE),
+        &Outcome::Pass,
+        "{report}"
+    );
+    for name in profile_lines(&report) {
+        assert!(
+            !matches!(outcome(&report, name), Outcome::Fail(_)),
+            "{report}"
+        );
+    }
+    // AWS ends sessions after an hour unless the quota was raised: said, not failed.
+    assert!(
+        matches!(outcome(&report, names::PROFILE_SESSION), Outcome::Warn(m) if m.contains("1h"))
+    );
+    assert!(report.ok(), "{report}");
+}
+
+#[test]
+fn azure_profile_names_the_topic_layout_mismatch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new("fleet CA").unwrap();
+    let t = Terminal::new(&offline_creds(tmp.path(), &ca, "term-01"), free_port());
+    with_mqtt_keys(&t, "profile = \"azure-iot-hub\"");
+    let report = t.local();
+    assert_fails(
+        &report,
+        names::PROFILE_TOPICS,
+        "devices/{device_id}/messages/events/",
+    );
+    assert_fails(
+        &report,
+        names::PROFILE_TOPICS,
+        "facegate/lobby/term-01/captures",
+    );
+    // 3.1.1, as the uplink speaks: the protocol itself is fine; the default
+    // 128 KiB is under the hub's 256 KB.
+    assert_eq!(outcome(&report, names::PROFILE_PROTOCOL), &Outcome::Pass);
+    assert_eq!(outcome(&report, names::PROFILE_PACKET_SIZE), &Outcome::Pass);
+    assert!(
+        matches!(outcome(&report, names::PROFILE_CLIENT_ID), Outcome::Warn(m) if m.contains("\"term-01\""))
+    );
+}
+
+#[test]
+fn an_unknown_profile_fails_the_config_naming_the_valid_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new("fleet CA").unwrap();
+    let t = Terminal::new(&offline_creds(tmp.path(), &ca, "term-01"), free_port());
+    with_mqtt_keys(&t, "profile = \"aws\"");
+    let report = t.local();
+    assert_eq!(report.checks.len(), 1, "{report}");
+    assert_fails(
+        &report,
+        names::CONFIG,
+        "mqtt.profile: expected \"aws-iot\" or \"azure-iot-hub\" or \"emqx\" or \"hivemq\" or \"mosquitto\", got \"aws\"",
+    );
+}
+
+#[test]
+fn mosquitto_profile_warns_that_the_broker_may_deliver_more_than_the_device_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new("fleet CA").unwrap();
+    let t = Terminal::new(&offline_creds(tmp.path(), &ca, "term-01"), free_port());
+    with_mqtt_keys(&t, "profile = \"mosquitto\"");
+    let report = t.local();
+    match outcome(&report, names::PROFILE_INBOUND_SIZE) {
+        // max(1 MiB, 4 × 64 KiB) with the default commands.max_bytes.
+        Outcome::Warn(m) => assert!(
+            m.contains("1048576 bytes") && m.contains("max_packet_size"),
+            "{m}"
+        ),
+        other => panic!("{other:?}\n{report}"),
+    }
+    assert!(report.ok(), "{report}");
+}

@@ -99,6 +99,8 @@ pub struct RawMqtt {
     pub protocol: Option<RawNumber>,
     /// MQTT 5 session expiry, humantime text (default "7d").
     pub session_expiry: Option<String>,
+    /// Broker product whose limits `doctor` checks (no default).
+    pub profile: Option<String>,
 }
 
 /// One `[[trust]]` entry as written.

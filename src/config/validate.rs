@@ -221,6 +221,15 @@ fn mqtt(raw: RawMqtt, base_dir: &Path) -> Result<MqttConfig, ConfigError> {
             &[("3.1.1", MqttProtocol::V311), ("5", MqttProtocol::V5)],
         )?,
         session_expiry,
+        profile: match raw.profile {
+            None => None,
+            Some(name) => Some(choice(
+                "mqtt.profile",
+                Some(name),
+                "",
+                &super::BrokerProfile::ALL,
+            )?),
+        },
     })
 }
 
@@ -885,5 +894,33 @@ mod tests {
             err.starts_with("mqtt.session_expiry: bad duration"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn broker_profiles() {
+        use crate::config::BrokerProfile;
+        let dir = tempfile::tempdir().unwrap();
+        let with = |extra: &str| {
+            let toml = format!(
+                "site_id = \"lobby\"\ndevice_id = \"term-01\"\nstate_dir = \"{d}/state\"\nspool_dir = \"{d}/spool\"\n[mqtt]\nhost = \"localhost\"\nca_file = \"ca.pem\"\ncert_file = \"device.pem\"\nkey_file = \"device.key\"\n{extra}\n[[trust]]\nkid = \"consent-2026\"\nrole = \"consent\"\npublic_key = \"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo\"\n",
+                d = dir.path().display()
+            );
+            crate::config::from_toml_str(&toml, dir.path())
+        };
+        assert_eq!(with("").unwrap().mqtt.profile, None);
+        for (name, profile) in BrokerProfile::ALL {
+            let cfg = with(&format!("profile = {name:?}")).unwrap();
+            assert_eq!(cfg.mqtt.profile, Some(profile));
+            assert_eq!(profile.name(), name);
+        }
+        for bad in ["aws", "AWS-IOT", "", "rabbitmq"] {
+            let err = with(&format!("profile = {bad:?}")).unwrap_err().to_string();
+            assert_eq!(
+                err,
+                format!(
+                    "mqtt.profile: expected \"aws-iot\" or \"azure-iot-hub\" or \"emqx\" or \"hivemq\" or \"mosquitto\", got {bad:?}"
+                )
+            );
+        }
     }
 }

@@ -6,10 +6,13 @@
 //! report and runs the checks; [`local`] has the checks that need no network
 //! (files, certificates, clock, disk, spool), whose date, clock and disk rules
 //! are pure functions of their inputs and `now` (unix seconds), tested
-//! table-driven; [`broker`] has the TLS connection, ACL and confinement probes.
+//! table-driven; [`broker`] has the TLS connection, ACL and confinement probes;
+//! [`profile`] compares the configuration with the documented limits of the
+//! broker named by `[mqtt] profile` (pure, no network).
 
 pub mod broker;
 pub mod local;
+pub mod profile;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -52,6 +55,22 @@ pub mod names {
     pub const SPOOL_TMPFS: &str = "spool on tmpfs";
     /// Free disk space in the state directory.
     pub const DISK: &str = "disk space";
+    /// `mqtt.max_packet_size` against the broker profile's message limit.
+    pub const PROFILE_PACKET_SIZE: &str = "profile packet size";
+    /// What the profile's broker may deliver against the inbound packet limit.
+    pub const PROFILE_INBOUND_SIZE: &str = "profile inbound size";
+    /// `mqtt.inflight` against the profile's in-flight limit.
+    pub const PROFILE_INFLIGHT: &str = "profile in-flight";
+    /// `mqtt.keep_alive` against the profile's keep-alive range.
+    pub const PROFILE_KEEP_ALIVE: &str = "profile keep-alive";
+    /// The client id (`device_id`) against the profile's rules.
+    pub const PROFILE_CLIENT_ID: &str = "profile client id";
+    /// The device's topics against the profile's layout, depth and length.
+    pub const PROFILE_TOPICS: &str = "profile topics";
+    /// The MQTT version against what the profile's broker speaks.
+    pub const PROFILE_PROTOCOL: &str = "profile protocol";
+    /// How long the profile's broker keeps the device's session.
+    pub const PROFILE_SESSION: &str = "profile session";
     /// Mutual-TLS connection to the broker (CONNACK).
     pub const BROKER: &str = "broker connection";
     /// The broker's ACL lets the device read its commands and publish replies.
@@ -238,11 +257,22 @@ pub fn local_checks(cfg_path: &Path, now: i64) -> DoctorReport {
         }
     };
     checks.extend(local::checks(&cfg, now));
+    checks.extend(profile_checks(&cfg));
     DoctorReport {
         config_path: cfg_path.to_path_buf(),
         keys: local::key_places(&cfg),
         checks,
     }
+}
+
+/// The broker-profile checks (`[mqtt] profile`), one line per rule of
+/// [`profile`]; none when no profile is configured.
+pub fn profile_checks(cfg: &Config) -> Vec<Check> {
+    let Some(p) = cfg.mqtt.profile else {
+        return Vec::new();
+    };
+    let inbound = crate::uplink::options::max_incoming_packet_size(cfg);
+    profile::to_checks(p, &profile::check(p, cfg, inbound))
 }
 
 fn loaded(cfg_path: &Path) -> Option<Config> {
