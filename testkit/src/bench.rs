@@ -244,7 +244,52 @@ pub fn rss_kib(pid: u32) -> (u64, u64) {
 /// Status is polled on the control socket every 10 ms. Panics after `limit`,
 /// or if not every capture was counted as uploaded.
 pub async fn drain(d: &mut Daemon, n: usize, limit: Duration) -> (f64, f64) {
+    let drained = drain_measured(d, n, limit).await;
+    (drained.rate, drained.steady)
+}
+
+/// What [`drain_measured`] saw.
+#[derive(Debug, Clone, Copy)]
+pub struct Drained {
+    /// Captures/s from "uplink connected" to "outbox empty".
+    pub rate: f64,
+    /// Captures/s from the first deletion to "outbox empty".
+    pub steady: f64,
+    /// CPU seconds (user + system) the daemon process used over the same
+    /// interval as `rate`.
+    pub cpu_s: f64,
+}
+
+/// CPU seconds (user + system) process `pid` has used so far
+/// (`/proc/PID/stat` fields 14 and 15, in clock ticks).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    // The command name (field 2) is in parentheses and may contain spaces.
+    let after = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // `after` starts at field 3: utime is field 14, stime 15.
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    ticks as f64 / clock_ticks_per_second()
+}
+
+/// `getconf CLK_TCK` (the unit of `/proc/PID/stat` times; 100 on Linux).
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|hz| *hz > 0.0)
+        .expect("getconf CLK_TCK")
+}
+
+/// [`drain`], also measuring the daemon's CPU time.
+pub async fn drain_measured(d: &mut Daemon, n: usize, limit: Duration) -> Drained {
     d.spawn();
+    let pid = d.pid().expect("daemon running");
+    let mut cpu_at_connect = 0.0;
     let deadline = Instant::now() + limit;
     let mut connected_at = None;
     let mut first_ack = None;
@@ -255,13 +300,14 @@ pub async fn drain(d: &mut Daemon, n: usize, limit: Duration) -> (f64, f64) {
         let left = st.outbox.expect("outbox").captures;
         if connected_at.is_none() && st.uplink.is_some_and(|u| u.connected) {
             connected_at = Some(now);
+            cpu_at_connect = cpu_seconds(pid);
         }
         if first_ack.is_none() && left < n as u64 {
             first_ack = Some(now);
             left_at_first_ack = left;
         }
         if left == 0 {
-            break now;
+            break (now, cpu_seconds(pid));
         }
         assert!(
             Instant::now() < deadline,
@@ -269,6 +315,7 @@ pub async fn drain(d: &mut Daemon, n: usize, limit: Duration) -> (f64, f64) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
+    let (end, cpu_at_end) = end;
     let counters = d.status_async().await.counters.expect("counters");
     d.stop();
     let connected_at = connected_at.expect("uplink connected");
@@ -281,7 +328,11 @@ pub async fn drain(d: &mut Daemon, n: usize, limit: Duration) -> (f64, f64) {
         serde_json::to_string(&counters).unwrap_or_default()
     );
     assert_eq!(counters.uploaded, n as u64, "{counters:?}");
-    (n as f64 / secs, left_at_first_ack as f64 / steady)
+    Drained {
+        rate: n as f64 / secs,
+        steady: left_at_first_ack as f64 / steady,
+        cpu_s: cpu_at_end - cpu_at_connect,
+    }
 }
 
 /// The 1-, 5- and 15-minute load averages (`/proc/loadavg`), for the record.
