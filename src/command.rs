@@ -26,7 +26,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::{CommandConfig, Identity, Role, TrustedKey};
-use crate::ids::Jti;
+use crate::ids::{Jti, Seq};
 use crate::jws::{self, JwsError};
 use crate::protocol::{CommandName, ErrorCode, Reply};
 
@@ -62,6 +62,9 @@ pub struct VerifiedCommand<C> {
     pub expires_at: i64,
     /// The signing key, for the audit log.
     pub kid: String,
+    /// The site consent-log position (`seq` claim), on a `consent.grant` or
+    /// `consent.revoke` addressed to the whole site.
+    pub seq: Option<Seq>,
     /// What to do, with validated arguments.
     pub command: C,
 }
@@ -295,6 +298,7 @@ fn check_claims<C: CommandSet>(
         return Err(CommandError::Replayed(jti.to_string()));
     }
     let name = name.ok_or_else(|| CommandError::UnknownCommand(cmd_name.to_string()))?;
+    let seq = log_seq(c, name, &aud, me)?;
     let command = C::parse(name, c.get("args"))?;
     Ok(VerifiedCommand {
         jti,
@@ -302,8 +306,39 @@ fn check_claims<C: CommandSet>(
         issued_at: iat,
         expires_at: exp,
         kid: verified.kid,
+        seq,
         command,
     })
+}
+
+/// The optional `seq` claim (SPEC "Site consent log"): a positive integer,
+/// only on `consent.grant` / `consent.revoke` addressed to the whole site
+/// (`aud` = the site id).
+fn log_seq(
+    c: &Value,
+    name: CommandName,
+    aud: &[String],
+    me: &Identity,
+) -> Result<Option<Seq>, CommandError> {
+    let Some(n) = jws::opt_int_claim(c, "seq").map_err(CommandError::Malformed)? else {
+        return Ok(None);
+    };
+    if n < 1 {
+        return Err(CommandError::Malformed(format!(
+            "claim seq must be a positive integer, got {n}"
+        )));
+    }
+    if !matches!(name, CommandName::ConsentGrant | CommandName::ConsentRevoke) {
+        return Err(CommandError::Malformed(format!(
+            "claim seq is only for consent.grant and consent.revoke, not {name}"
+        )));
+    }
+    if !aud.iter().all(|a| *a == me.site_id) {
+        return Err(CommandError::Malformed(
+            "claim seq is only for commands addressed to the whole site (aud = the site id)".into(),
+        ));
+    }
+    Ok(u64::try_from(n).ok().map(Seq::new))
 }
 
 /// Whole seconds of a config duration as i64.
@@ -320,6 +355,19 @@ struct Claims<'a, A: Serialize> {
     aud: &'a str,
     cmd: CommandName,
     args: &'a A,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<Seq>,
+}
+
+/// When a signed command is valid and where it sits in the site consent log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// `iat`.
+    pub iat: i64,
+    /// `exp` (after `iat`).
+    pub exp: i64,
+    /// The site consent-log `seq`, if any.
+    pub seq: Option<Seq>,
 }
 
 /// Signs the command `name` with its typed `args` for the fleet tool:
@@ -334,21 +382,43 @@ pub fn sign_command<A: Serialize>(
     pkcs8: &[u8],
     now: i64,
 ) -> Result<(Jti, String), CommandError> {
-    if aud.is_empty() {
-        return Err(CommandError::Malformed("audience is empty".into()));
-    }
     let exp = match now.checked_add(lifetime_s) {
         Some(exp) if lifetime_s > 0 => exp,
         _ => return Err(CommandError::Malformed("lifetime must be positive".into())),
     };
+    let stamp = Stamp {
+        iat: now,
+        exp,
+        seq: None,
+    };
+    sign_command_as(name, args, aud, stamp, kid, pkcs8)
+}
+
+/// Signs the command `name` with its typed `args`, valid as `stamp` says,
+/// with a random UUID `jti`. Returns `(jti, jws)`.
+pub fn sign_command_as<A: Serialize>(
+    name: CommandName,
+    args: &A,
+    aud: &str,
+    stamp: Stamp,
+    kid: &str,
+    pkcs8: &[u8],
+) -> Result<(Jti, String), CommandError> {
+    if aud.is_empty() {
+        return Err(CommandError::Malformed("audience is empty".into()));
+    }
+    if stamp.exp <= stamp.iat {
+        return Err(CommandError::Malformed("lifetime must be positive".into()));
+    }
     let jti = Jti::from(uuid::Uuid::new_v4().to_string());
     let claims = Claims {
         jti: &jti,
-        iat: now,
-        exp,
+        iat: stamp.iat,
+        exp: stamp.exp,
         aud,
         cmd: name,
         args,
+        seq: stamp.seq,
     };
     let token = jws::sign(&claims, kid, pkcs8)?;
     Ok((jti, token))

@@ -7,7 +7,15 @@ use super::{SqlCtx, Store, StoreError};
 
 /// Migration steps; step `i` takes the schema from version `i` to `i + 1`.
 /// Append only: never edit a released step.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, AUDIT_PRIVACY, CAPTURE_PARTS, QUARANTINE];
+const MIGRATIONS: &[&str] = &[
+    V1,
+    V2,
+    V3,
+    AUDIT_PRIVACY,
+    CAPTURE_PARTS,
+    QUARANTINE,
+    CONSENT_LOG,
+];
 
 const V1: &str = r#"
 CREATE TABLE meta (
@@ -177,6 +185,28 @@ CREATE TABLE capture_parts (
 const QUARANTINE: &str = r#"
 ALTER TABLE captures ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE captures ADD COLUMN quarantined_at INTEGER;
+"#;
+
+/// Step 7: the site consent log. The applied set as runs of consecutive
+/// seqs (one row per run, so 100,000 applied entries in order are one row),
+/// and the highest head seen, with the broker connection it arrived on
+/// (the `broker_connections` counter at the time): only a head of the
+/// current connection counts.
+const CONSENT_LOG: &str = r#"
+CREATE TABLE consent_log_applied (
+    lo INTEGER PRIMARY KEY,       -- first seq of a run of applied entries
+    hi INTEGER NOT NULL           -- last seq of the run (inclusive)
+);
+
+CREATE TABLE consent_log_head (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    seq         INTEGER NOT NULL,
+    base        INTEGER NOT NULL,
+    iat         INTEGER NOT NULL,
+    exp         INTEGER NOT NULL,
+    connection  INTEGER NOT NULL,
+    received_at INTEGER NOT NULL
+);
 "#;
 
 /// Highest schema version this build knows.

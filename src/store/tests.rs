@@ -1221,6 +1221,7 @@ fn stamp<'a, T>(
         jti,
         cmd,
         expires_at: T0 + 60,
+        seq: None,
         reply: keep,
     }
 }

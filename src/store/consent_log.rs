@@ -1,0 +1,232 @@
+//! The site consent log's device side (SPEC "Site consent log"): the set of
+//! applied seqs, as runs of consecutive seqs (`consent_log_applied`, one row
+//! per run), and the highest head seen (`consent_log_head`, one row, with
+//! the broker connection it arrived on). A seq is recorded inside the
+//! transaction of its entry's effect ([`super::Writer::applied`]); the sync
+//! decision on them is `crate::consent_log::sync`.
+
+use rusqlite::{params, OptionalExtension, Transaction};
+use serde_json::json;
+
+use super::{counter, SqlCtx, Store, StoreError};
+use crate::consent_log::{self, Head, SyncInput};
+use crate::ids::Seq;
+use crate::protocol::ConsentLogStatus;
+
+/// Audit kind of a head that moved the log forward (new `seq` or `base`).
+pub const HEAD_AUDIT: &str = "consent_log.head";
+
+/// Records `seq` as applied inside `tx`; false when it already was.
+pub(super) fn mark_applied(tx: &Transaction, seq: Seq) -> Result<bool, StoreError> {
+    let s = seq.get() as i64;
+    let prev: Option<(i64, i64)> = tx
+        .prepare_cached(
+            "SELECT lo, hi FROM consent_log_applied WHERE lo <= ?1 ORDER BY lo DESC LIMIT 1",
+        )
+        .and_then(|mut st| st.query_row([s], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+        .op("reading the consent-log applied set")?;
+    if prev.is_some_and(|(_, hi)| hi >= s) {
+        return Ok(false);
+    }
+    let next: Option<i64> = tx
+        .prepare_cached("SELECT hi FROM consent_log_applied WHERE lo = ?1")
+        .and_then(|mut st| st.query_row([s + 1], |r| r.get(0)).optional())
+        .op("reading the consent-log applied set")?;
+    let joins_prev = prev.filter(|&(_, hi)| hi == s - 1).map(|(lo, _)| lo);
+    let sql = |sql: &str, p: &[&dyn rusqlite::ToSql]| {
+        tx.prepare_cached(sql)
+            .and_then(|mut st| st.execute(p))
+            .op("updating the consent-log applied set")
+    };
+    match (joins_prev, next) {
+        (Some(lo), Some(hi)) => {
+            sql("DELETE FROM consent_log_applied WHERE lo = ?1", &[&(s + 1)])?;
+            sql(
+                "UPDATE consent_log_applied SET hi = ?2 WHERE lo = ?1",
+                &[&lo, &hi],
+            )?;
+        }
+        (Some(lo), None) => {
+            sql(
+                "UPDATE consent_log_applied SET hi = ?2 WHERE lo = ?1",
+                &[&lo, &s],
+            )?;
+        }
+        (None, Some(hi)) => {
+            sql("DELETE FROM consent_log_applied WHERE lo = ?1", &[&(s + 1)])?;
+            sql(
+                "INSERT INTO consent_log_applied (lo, hi) VALUES (?1, ?2)",
+                &[&s, &hi],
+            )?;
+        }
+        (None, None) => {
+            sql(
+                "INSERT INTO consent_log_applied (lo, hi) VALUES (?1, ?1)",
+                &[&s],
+            )?;
+        }
+    }
+    Ok(true)
+}
+
+/// True if `seq` is in the applied set.
+fn is_applied(store: &Store, seq: Seq) -> Result<bool, StoreError> {
+    store
+        .conn
+        .prepare_cached(
+            "SELECT hi FROM consent_log_applied WHERE lo <= ?1 ORDER BY lo DESC LIMIT 1",
+        )
+        .and_then(|mut st| {
+            st.query_row([seq.get() as i64], |r| r.get::<_, i64>(0))
+                .optional()
+        })
+        .op("reading the consent-log applied set")
+        .map(|hi| hi.is_some_and(|hi| hi >= seq.get() as i64))
+}
+
+/// The stored head and the connection it arrived on.
+fn head(conn: &rusqlite::Connection) -> Result<Option<(Head, u64)>, StoreError> {
+    conn.prepare_cached("SELECT seq, base, iat, exp, connection FROM consent_log_head WHERE id = 1")
+        .and_then(|mut st| {
+            st.query_row([], |r| {
+                Ok((
+                    Head {
+                        seq: Seq::new(r.get::<_, i64>(0)?.max(0) as u64),
+                        base: Seq::new(r.get::<_, i64>(1)?.max(0) as u64),
+                        iat: r.get(2)?,
+                        exp: r.get(3)?,
+                    },
+                    r.get::<_, i64>(4)?.max(0) as u64,
+                ))
+            })
+            .optional()
+        })
+        .op("reading the consent-log head")
+}
+
+/// The `broker_connections` counter: the number of the current connection.
+fn connection_no(conn: &rusqlite::Connection) -> Result<u64, StoreError> {
+    conn.prepare_cached("SELECT value FROM counters WHERE name = ?1")
+        .and_then(|mut st| {
+            st.query_row([counter::BROKER_CONNECTIONS], |r| r.get::<_, i64>(0))
+                .optional()
+        })
+        .op("reading the connection counter")
+        .map(|v| v.unwrap_or(0).max(0) as u64)
+}
+
+/// The applied runs that reach `base` or beyond, in order.
+fn ranges_from(conn: &rusqlite::Connection, base: u64) -> Result<Vec<(u64, u64)>, StoreError> {
+    let mut st = conn
+        .prepare_cached("SELECT lo, hi FROM consent_log_applied WHERE hi >= ?1 ORDER BY lo")
+        .op("reading the consent-log applied set")?;
+    let rows = st
+        .query_map([base as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?.max(0) as u64,
+                r.get::<_, i64>(1)?.max(0) as u64,
+            ))
+        })
+        .op("reading the consent-log applied set")?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .op("reading the consent-log applied set")
+}
+
+/// What a head did to the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadApplied {
+    /// Stored: it is the current connection's head now.
+    Accepted,
+    /// A lower `seq` than the head already seen (or the same, older): ignored.
+    Ignored,
+}
+
+impl Store {
+    /// True if the consent-log entry `seq` was applied before.
+    pub fn consent_seq_applied(&mut self, seq: Seq) -> Result<bool, StoreError> {
+        let r = is_applied(self, seq);
+        self.finish(r)
+    }
+
+    /// Records `seq` as applied without an effect of its own (an entry
+    /// whose effect was refused for good), in its own transaction.
+    pub fn mark_consent_seq(&mut self, seq: Seq, now: i64) -> Result<bool, StoreError> {
+        let r = (|| {
+            let mut w = self.writer()?;
+            let new = mark_applied(&w.tx, seq)?;
+            if new {
+                w.audit(
+                    now,
+                    "consent_log.entry_refused",
+                    None,
+                    json!({ "seq": seq }),
+                )?;
+            }
+            w.commit()?;
+            Ok(new)
+        })();
+        self.finish(r)
+    }
+
+    /// Takes a verified head, on the current broker connection, unless it is
+    /// older than the one held ([`consent_log::replaces`]). A head that
+    /// moves `seq` or `base` is audited.
+    pub fn accept_consent_head(&mut self, new: &Head, now: i64) -> Result<HeadApplied, StoreError> {
+        let r = (|| {
+            let mut w = self.writer()?;
+            let current = head(&w.tx)?;
+            if !consent_log::replaces(current.as_ref().map(|(h, _)| h), new) {
+                return Ok(HeadApplied::Ignored);
+            }
+            let connection = connection_no(&w.tx)?;
+            w.tx.prepare_cached(
+                "INSERT INTO consent_log_head (id, seq, base, iat, exp, connection, received_at)
+                 VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, base = excluded.base,
+                   iat = excluded.iat, exp = excluded.exp, connection = excluded.connection,
+                   received_at = excluded.received_at",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    new.seq.get() as i64,
+                    new.base.get() as i64,
+                    new.iat,
+                    new.exp,
+                    connection as i64,
+                    now
+                ])
+            })
+            .op("storing the consent-log head")?;
+            let moved = current.is_none_or(|(h, _)| h.seq != new.seq || h.base != new.base);
+            if moved {
+                let detail = json!({ "seq": new.seq, "base": new.base, "iat": new.iat });
+                w.audit(now, HEAD_AUDIT, None, detail)?;
+            }
+            w.commit()?;
+            Ok(HeadApplied::Accepted)
+        })();
+        self.finish(r)
+    }
+
+    /// Where the device stands in its site's consent log at `now`.
+    pub fn consent_log_status(
+        &mut self,
+        head_max_age_s: i64,
+        now: i64,
+    ) -> Result<ConsentLogStatus, StoreError> {
+        let r = (|| {
+            let stored = head(&self.conn)?;
+            let connection = connection_no(&self.conn)?;
+            let base = stored.map(|(h, _)| h.base.get()).unwrap_or(1);
+            let applied = ranges_from(&self.conn, base)?;
+            Ok(consent_log::sync(&SyncInput {
+                head: stored.as_ref().map(|(h, _)| h),
+                head_fresh: stored.is_some_and(|(_, c)| c == connection && connection > 0),
+                applied: &applied,
+                head_max_age_s,
+                now,
+            }))
+        })();
+        self.finish(r)
+    }
+}
