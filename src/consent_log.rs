@@ -294,7 +294,7 @@ pub fn describe(
             status.head, status.applied
         );
     }
-    if status.head == 0 {
+    if status.head == 0 && status.head_age_s == 0 {
         return format!("out of sync: no head received yet{held}");
     }
     let mut why = Vec::new();

@@ -9,6 +9,7 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use serde_json::json;
 
 use super::{counter, SqlCtx, Store, StoreError};
+use crate::config::{ConsentConfig, ConsentLogMode};
 use crate::consent_log::{self, Head, SyncInput};
 use crate::ids::Seq;
 use crate::protocol::ConsentLogStatus;
@@ -206,6 +207,17 @@ impl Store {
             Ok(HeadApplied::Accepted)
         })();
         self.finish(r)
+    }
+
+    /// Whether uploads wait (`[consent] log = "required"` and out of sync);
+    /// asked by the hand-over under the store lock.
+    pub fn consent_log_holds(&mut self, cfg: &ConsentConfig, now: i64) -> Result<bool, StoreError> {
+        if cfg.log == ConsentLogMode::Off {
+            return Ok(false);
+        }
+        let max_age = i64::try_from(cfg.head_max_age.as_secs()).unwrap_or(i64::MAX);
+        let status = self.consent_log_status(max_age, now)?;
+        Ok(consent_log::holds_uploads(cfg.log, &status))
     }
 
     /// Where the device stands in its site's consent log at `now`.

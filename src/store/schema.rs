@@ -193,12 +193,12 @@ ALTER TABLE captures ADD COLUMN quarantined_at INTEGER;
 /// (the `broker_connections` counter at the time): only a head of the
 /// current connection counts.
 const CONSENT_LOG: &str = r#"
-CREATE TABLE consent_log_applied (
+CREATE TABLE IF NOT EXISTS consent_log_applied (
     lo INTEGER PRIMARY KEY,       -- first seq of a run of applied entries
     hi INTEGER NOT NULL           -- last seq of the run (inclusive)
 );
 
-CREATE TABLE consent_log_head (
+CREATE TABLE IF NOT EXISTS consent_log_head (
     id          INTEGER PRIMARY KEY CHECK (id = 1),
     seq         INTEGER NOT NULL,
     base        INTEGER NOT NULL,

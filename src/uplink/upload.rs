@@ -163,6 +163,11 @@ fn hand_over(
             }
         }
     }
+    // Site consent log (SPEC): while it is required and the device is out
+    // of sync, nothing is handed over; captures wait, encrypted.
+    if store.consent_log_holds(&cfg.consent, now)? {
+        return Ok(0);
+    }
     // The rest of the queue: not in flight, not the capture in parts, not
     // the captures waiting for it.
     let room = free.saturating_sub(current_todo.len());

@@ -130,6 +130,9 @@ pub struct BrokerOptions {
     /// `use_username_as_clientid` (the shipped setting, on by default): the
     /// certificate CN is the client id. Off only to show what it prevents.
     pub client_id_from_certificate: bool,
+    /// Mosquitto's `max_queued_messages` (its default, 1000, when `None`):
+    /// QoS 1 messages queued per offline client beyond it are dropped.
+    pub max_queued_messages: Option<usize>,
 }
 
 /// The broker's ACL.
@@ -213,6 +216,7 @@ impl Default for BrokerOptions {
             acl: BrokerAcl::shipped(),
             client_id_from_certificate: true,
             max_packet_size: MAX_PACKET,
+            max_queued_messages: None,
         }
     }
 }
@@ -299,6 +303,7 @@ impl Broker {
                 broker.port,
                 opts.max_packet_size,
                 opts.client_id_from_certificate,
+                opts.max_queued_messages,
             )?;
             match broker.spawn_and_wait() {
                 Ok(()) => return Ok(broker),
@@ -546,6 +551,7 @@ fn write_config(
     port: u16,
     max_packet: usize,
     client_id_from_cn: bool,
+    max_queued: Option<usize>,
 ) -> Result<(), BrokerError> {
     let p = |name: &str| dir.join(name).display().to_string();
     let mut conf = format!(
@@ -585,6 +591,9 @@ fn write_config(
     );
     if client_id_from_cn {
         conf.push_str("use_username_as_clientid true\n");
+    }
+    if let Some(n) = max_queued {
+        conf.push_str(&format!("max_queued_messages {n}\n"));
     }
     let path = dir.join("mosquitto.conf");
     fs::write(&path, conf).map_err(|source| BrokerError::Write { path, source })
