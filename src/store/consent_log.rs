@@ -9,13 +9,11 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use serde_json::json;
 
 use super::{counter, SqlCtx, Store, StoreError};
+use crate::audit::kind;
 use crate::config::{ConsentConfig, ConsentLogMode};
 use crate::consent_log::{self, Head, SyncInput};
 use crate::ids::Seq;
 use crate::protocol::ConsentLogStatus;
-
-/// Audit kind of a head that moved the log forward (new `seq` or `base`).
-pub const HEAD_AUDIT: &str = "consent_log.head";
 
 /// Records `seq` as applied inside `tx`; false when it already was.
 pub(super) fn mark_applied(tx: &Transaction, seq: Seq) -> Result<bool, StoreError> {
@@ -158,7 +156,7 @@ impl Store {
             if new {
                 w.audit(
                     now,
-                    "consent_log.entry_refused",
+                    kind::CONSENT_LOG_ENTRY_REFUSED,
                     None,
                     json!({ "seq": seq }),
                 )?;
@@ -201,7 +199,7 @@ impl Store {
             let moved = current.is_none_or(|(h, _)| h.seq != new.seq || h.base != new.base);
             if moved {
                 let detail = json!({ "seq": new.seq, "base": new.base, "iat": new.iat });
-                w.audit(now, HEAD_AUDIT, None, detail)?;
+                w.audit(now, kind::CONSENT_LOG_HEAD, None, detail)?;
             }
             w.commit()?;
             Ok(HeadApplied::Accepted)

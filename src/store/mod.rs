@@ -35,7 +35,7 @@ mod schema;
 #[cfg(test)]
 mod tests;
 
-pub use consent_log::{HeadApplied, HEAD_AUDIT};
+pub use consent_log::HeadApplied;
 pub use quarantine::{OutboxEntry, OutboxState, Refusal};
 
 use std::collections::BTreeMap;

@@ -15,12 +15,10 @@ use super::ingress::Verdict;
 use super::link::Link;
 use super::status::publish_status;
 use crate::agent::Agent;
+use crate::audit::kind;
 use crate::clock;
 use crate::protocol::Topics;
 use crate::store::HeadApplied;
-
-/// Audit kind of a refused head.
-const HEAD_REFUSED: &str = "consent_log.head_refused";
 
 /// Takes one message from the head topic: verified and stored by the agent,
 /// then acknowledged (QoS 1).
@@ -44,7 +42,9 @@ pub async fn handle_head(agent: &Arc<Agent>, link: &Arc<Link>, inbound: Inbound)
                 let detail = json!({ "code": code.as_str(), "topic": publish.topic });
                 let written = agent
                     .db()
-                    .run(move |s| s.record_counts(Some((HEAD_REFUSED, detail)), &[], now))
+                    .run(move |s| {
+                        s.record_counts(Some((kind::CONSENT_LOG_HEAD_REFUSED, detail)), &[], now)
+                    })
                     .await;
                 if let Err(e) = written {
                     tracing::error!(error = %e, "cannot audit a refused consent-log head");
