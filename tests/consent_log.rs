@@ -637,3 +637,66 @@ async fn an_entry_applied_before_a_crash_is_not_applied_twice() {
     let revoked = audit_rows(&d, "consent.revoked");
     assert!(revoked.len() <= 1, "{revoked:?}");
 }
+
+/// A revocation received out of order takes effect at once: it does not
+/// wait for the gap before it to close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_out_of_order_takes_effect_at_once() {
+    let broker = Broker::start();
+    let mut fleet = Fleet::connect(&broker).await;
+    let d = log_daemon(&broker);
+    d.grant("alice");
+    d.wait_uplink_connected(T);
+    capture(&d, "alice-0", "alice", 1);
+    d.wait_spool_empty(T);
+    fleet.head(&d.fleet_signer.head(3, 1)).await;
+    wait_log(&d, "missing 1-3", |s| s.missing == vec![[1, 3]]);
+    let (jti, three) = entry(
+        &d.fleet_signer,
+        3,
+        "consent.revoke",
+        json!({ "subject": "alice" }),
+    );
+    fleet.send(SITE_CMD, &three).await;
+    let receipt = fleet.reply(&jti).await;
+    assert_eq!(receipt["ok"], true, "{receipt}");
+    assert_eq!(receipt["result"]["purged"], 1, "{receipt}");
+    assert_eq!(d.outbox_len(), 0);
+    assert_eq!(d.active_consents(), 0);
+    let st = log_status(&d);
+    assert_eq!(st.missing, vec![[1, 2]]);
+    assert_eq!(st.applied, 0);
+    assert!(fleet.uploaded.is_empty());
+}
+
+/// `fleet log compact` raises the base past the entries whose consents have
+/// all expired, and no further than the first one still needed.
+#[test]
+fn fleet_log_compact_raises_the_base_past_expired_entries() {
+    use facegate::fleet::log::{append, read, Record};
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("lobby.log");
+    let now = clock::now();
+    for (seq, until) in [(1, now - 10), (2, now - 5), (3, now + 3600), (4, now - 1)] {
+        let record = Record::Entry {
+            seq: facegate::ids::Seq::new(seq),
+            jws: "a.b.c".into(),
+            needed_until: until,
+        };
+        append(&path, &record).expect("append");
+    }
+    let compact = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_facegate"))
+            .args(["fleet", "log", "compact", "--log"])
+            .arg(&path)
+            .output()
+            .expect("run facegate fleet log compact");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(compact().contains("base raised from 1 to 3"));
+    assert_eq!(read(&path).expect("read").base(), 3);
+    assert!(compact().contains("base stays 3"));
+    let head = read(&path).expect("read").head(now, 60);
+    assert_eq!((head.seq.get(), head.base.get()), (4, 3));
+}
