@@ -632,6 +632,100 @@ mod tests {
         assert_eq!(code(&replayed, "fleet-1", &k.fleet, NOW), "replayed");
     }
 
+    /// `seq` (SPEC "Site consent log"): read on site-wide grants and
+    /// revocations, refused `malformed` anywhere else or when not a
+    /// positive integer.
+    #[test]
+    fn the_consent_log_seq_claim() {
+        let k = keys();
+        let entry = |cmd: &str, args: Value, aud: Value, seq: Value| {
+            with(|c| {
+                c["cmd"] = json!(cmd);
+                c["args"] = args;
+                c["aud"] = aud;
+                c["seq"] = seq;
+            })
+        };
+        let revoke = || json!({"subject": "S-1"});
+        let grant = || json!({"token": "a.b.c"});
+        let ok: Vec<(Value, u64)> = vec![
+            (
+                entry("consent.revoke", revoke(), json!("lobby"), json!(3)),
+                3,
+            ),
+            (entry("consent.grant", grant(), json!("lobby"), json!(1)), 1),
+            (
+                entry("consent.grant", grant(), json!(["lobby"]), json!(7)),
+                7,
+            ),
+        ];
+        for (c, seq) in ok {
+            let v = run(&k, &signed(&c, "fleet-1", &k.fleet), NOW).unwrap();
+            assert_eq!(v.seq, Some(Seq::new(seq)), "{c}");
+        }
+        let by_consent_key = entry("consent.revoke", revoke(), json!("lobby"), json!(2));
+        let v = run(&k, &signed(&by_consent_key, "consent-1", &k.consent), NOW).unwrap();
+        assert_eq!(v.seq, Some(Seq::new(2)));
+        assert_eq!(
+            run(&k, &signed(&claims(), "fleet-1", &k.fleet), NOW)
+                .unwrap()
+                .seq,
+            None
+        );
+        let bad: Vec<(&str, Value)> = vec![
+            (
+                "zero",
+                entry("consent.revoke", revoke(), json!("lobby"), json!(0)),
+            ),
+            (
+                "negative",
+                entry("consent.revoke", revoke(), json!("lobby"), json!(-1)),
+            ),
+            (
+                "text",
+                entry("consent.revoke", revoke(), json!("lobby"), json!("3")),
+            ),
+            (
+                "float",
+                entry("consent.revoke", revoke(), json!("lobby"), json!(1.5)),
+            ),
+            (
+                "status",
+                entry("status", json!({}), json!("lobby"), json!(1)),
+            ),
+            (
+                "purge",
+                entry("capture.purge", revoke(), json!("lobby"), json!(1)),
+            ),
+            (
+                "one device",
+                entry("consent.revoke", revoke(), json!("lobby/term-01"), json!(1)),
+            ),
+            (
+                "site and device",
+                entry(
+                    "consent.revoke",
+                    revoke(),
+                    json!(["lobby", "lobby/term-01"]),
+                    json!(1),
+                ),
+            ),
+        ];
+        for (name, c) in bad {
+            let e = run(&k, &signed(&c, "fleet-1", &k.fleet), NOW).unwrap_err();
+            assert_eq!(
+                e.error.code().as_str(),
+                "malformed",
+                "{name}: {:?}",
+                e.error
+            );
+        }
+        // Another site's entry is wrong_audience before anything else.
+        let other = entry("consent.revoke", revoke(), json!("hall"), json!(1));
+        let e = run(&k, &signed(&other, "fleet-1", &k.fleet), NOW).unwrap_err();
+        assert_eq!(e.error.code().as_str(), "wrong_audience");
+    }
+
     #[test]
     fn boundaries_accepted() {
         let k = keys();

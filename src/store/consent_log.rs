@@ -240,3 +240,112 @@ impl Store {
         self.finish(r)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::DeviceKey;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn store(dir: &std::path::Path) -> Store {
+        Store::open(dir, DeviceKey::from_bytes([7u8; 32])).unwrap()
+    }
+
+    fn mark(s: &mut Store, seq: u64) -> bool {
+        let w = s.writer().unwrap();
+        let new = mark_applied(&w.tx, Seq::new(seq)).unwrap();
+        w.commit().unwrap();
+        new
+    }
+
+    fn runs(s: &Store) -> Vec<(u64, u64)> {
+        ranges_from(&s.conn, 0).unwrap()
+    }
+
+    #[test]
+    fn applied_seqs_are_kept_as_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = store(dir.path());
+        assert!(mark(&mut s, 3));
+        assert!(mark(&mut s, 1));
+        assert_eq!(runs(&s), vec![(1, 1), (3, 3)]);
+        assert!(mark(&mut s, 2), "joins both neighbours");
+        assert_eq!(runs(&s), vec![(1, 3)]);
+        assert!(!mark(&mut s, 2), "already applied");
+        assert!(!mark(&mut s, 1));
+        assert!(mark(&mut s, 5));
+        assert!(mark(&mut s, 4), "joins the run before");
+        assert_eq!(runs(&s), vec![(1, 5)]);
+        assert!(mark(&mut s, 9));
+        assert!(mark(&mut s, 8), "joins the run after");
+        assert_eq!(runs(&s), vec![(1, 5), (8, 9)]);
+        for seq in [1, 5, 8, 9] {
+            assert!(s.consent_seq_applied(Seq::new(seq)).unwrap(), "{seq}");
+        }
+        for seq in [6, 7, 10, 100] {
+            assert!(!s.consent_seq_applied(Seq::new(seq)).unwrap(), "{seq}");
+        }
+        // In order, 100,000 entries are one row.
+        let w = s.writer().unwrap();
+        for seq in 10..=100_000 {
+            mark_applied(&w.tx, Seq::new(seq)).unwrap();
+        }
+        w.commit().unwrap();
+        assert_eq!(runs(&s), vec![(1, 5), (8, 100_000)]);
+    }
+
+    #[test]
+    fn heads_are_kept_per_connection_and_lower_ones_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = store(dir.path());
+        let head = |seq: u64, iat: i64| Head {
+            seq: Seq::new(seq),
+            base: Seq::new(1),
+            iat,
+            exp: iat + 3600,
+        };
+        let st = s.consent_log_status(3600, NOW).unwrap();
+        assert!(!st.in_sync);
+        assert_eq!(st.head, 0);
+        // Before any broker connection, a head cannot be of "this" one.
+        assert_eq!(
+            s.accept_consent_head(&head(2, NOW), NOW).unwrap(),
+            HeadApplied::Accepted
+        );
+        assert!(!s.consent_log_status(3600, NOW).unwrap().in_sync);
+        s.record_counts(None, &[(counter::BROKER_CONNECTIONS, 1)], NOW)
+            .unwrap();
+        s.accept_consent_head(&head(2, NOW), NOW).unwrap();
+        mark(&mut s, 1);
+        let st = s.consent_log_status(3600, NOW).unwrap();
+        assert_eq!((st.in_sync, st.missing.clone()), (false, vec![[2, 2]]));
+        mark(&mut s, 2);
+        assert!(s.consent_log_status(3600, NOW).unwrap().in_sync);
+        assert_eq!(
+            s.accept_consent_head(&head(1, NOW + 5), NOW).unwrap(),
+            HeadApplied::Ignored
+        );
+        assert_eq!(s.consent_log_status(3600, NOW).unwrap().head, 2);
+        // A new connection: the head of the old one does not count.
+        s.record_counts(None, &[(counter::BROKER_CONNECTIONS, 1)], NOW)
+            .unwrap();
+        assert!(!s.consent_log_status(3600, NOW).unwrap().in_sync);
+        s.accept_consent_head(&head(2, NOW + 10), NOW + 10).unwrap();
+        assert!(s.consent_log_status(3600, NOW + 10).unwrap().in_sync);
+        // Too old.
+        assert!(!s.consent_log_status(3600, NOW + 10 + 3601).unwrap().in_sync);
+        let cfg = crate::config::ConsentConfig {
+            max_lifetime: std::time::Duration::from_secs(86_400),
+            log: ConsentLogMode::Required,
+            head_max_age: std::time::Duration::from_secs(3600),
+        };
+        assert!(!s.consent_log_holds(&cfg, NOW + 10).unwrap());
+        assert!(s.consent_log_holds(&cfg, NOW + 10 + 3601).unwrap());
+        let off = crate::config::ConsentConfig {
+            log: ConsentLogMode::Off,
+            ..cfg
+        };
+        assert!(!s.consent_log_holds(&off, NOW + 10 + 3601).unwrap());
+    }
+}
