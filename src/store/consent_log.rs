@@ -114,13 +114,25 @@ fn connection_no(conn: &rusqlite::Connection) -> Result<u64, StoreError> {
         .map(|v| v.unwrap_or(0).max(0) as u64)
 }
 
-/// The applied runs that reach `base` or beyond, in order.
-fn ranges_from(conn: &rusqlite::Connection, base: u64) -> Result<Vec<(u64, u64)>, StoreError> {
+/// The applied runs that reach `base` or beyond and start at `top` or
+/// below, in order, at most `limit` of them. Runs are maximal, so a gap lies
+/// between any two: `MAX_MISSING_RANGES + 2` runs are enough for the sync
+/// decision to be exact (more only add gaps past the reported ones).
+fn ranges_from(
+    conn: &rusqlite::Connection,
+    base: u64,
+    top: u64,
+    limit: usize,
+) -> Result<Vec<(u64, u64)>, StoreError> {
     let mut st = conn
-        .prepare_cached("SELECT lo, hi FROM consent_log_applied WHERE hi >= ?1 ORDER BY lo")
+        .prepare_cached(
+            "SELECT lo, hi FROM consent_log_applied WHERE hi >= ?1 AND lo <= ?2
+             ORDER BY lo LIMIT ?3",
+        )
         .op("reading the consent-log applied set")?;
+    let top = i64::try_from(top).unwrap_or(i64::MAX);
     let rows = st
-        .query_map([base as i64], |r| {
+        .query_map(params![base as i64, top, limit as i64], |r| {
             Ok((
                 r.get::<_, i64>(0)?.max(0) as u64,
                 r.get::<_, i64>(1)?.max(0) as u64,
@@ -228,7 +240,9 @@ impl Store {
             let stored = head(&self.conn)?;
             let connection = connection_no(&self.conn)?;
             let base = stored.map(|(h, _)| h.base.get()).unwrap_or(1);
-            let applied = ranges_from(&self.conn, base)?;
+            let top = stored.map(|(h, _)| h.seq.get()).unwrap_or(0);
+            let limit = consent_log::MAX_MISSING_RANGES + 2;
+            let applied = ranges_from(&self.conn, base, top, limit)?;
             Ok(consent_log::sync(&SyncInput {
                 head: stored.as_ref().map(|(h, _)| h),
                 head_fresh: stored.is_some_and(|(_, c)| c == connection && connection > 0),
@@ -260,7 +274,7 @@ mod tests {
     }
 
     fn runs(s: &Store) -> Vec<(u64, u64)> {
-        ranges_from(&s.conn, 0).unwrap()
+        ranges_from(&s.conn, 0, u64::MAX, usize::MAX >> 1).unwrap()
     }
 
     #[test]
@@ -293,6 +307,52 @@ mod tests {
         }
         w.commit().unwrap();
         assert_eq!(runs(&s), vec![(1, 5), (8, 100_000)]);
+    }
+
+    /// The decision reads a bounded number of runs and is still exact.
+    #[test]
+    fn many_gaps_are_read_no_further_than_needed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = store(dir.path());
+        s.record_counts(None, &[(counter::BROKER_CONNECTIONS, 1)], NOW)
+            .unwrap();
+        let w = s.writer().unwrap();
+        for seq in (2..=400).step_by(2) {
+            mark_applied(&w.tx, Seq::new(seq)).unwrap();
+        }
+        w.commit().unwrap();
+        let head = |seq: u64, base: u64| Head {
+            seq: Seq::new(seq),
+            base: Seq::new(base),
+            iat: NOW,
+            exp: NOW + 60,
+        };
+        s.accept_consent_head(&head(400, 1), NOW).unwrap();
+        let all = runs(&s);
+        let full = consent_log::sync(&SyncInput {
+            head: Some(&head(400, 1)),
+            head_fresh: true,
+            applied: &all,
+            head_max_age_s: 60,
+            now: NOW,
+        });
+        assert_eq!(s.consent_log_status(60, NOW).unwrap(), full);
+        assert_eq!(full.missing.len(), consent_log::MAX_MISSING_RANGES);
+        // Near the end: base 391, head 400; every gap counted.
+        s.accept_consent_head(&head(401, 391), NOW).unwrap();
+        let st = s.consent_log_status(60, NOW).unwrap();
+        assert_eq!(
+            st.missing,
+            vec![
+                [391, 391],
+                [393, 393],
+                [395, 395],
+                [397, 397],
+                [399, 399],
+                [401, 401]
+            ]
+        );
+        assert_eq!(st.applied, 390);
     }
 
     #[test]
