@@ -700,3 +700,42 @@ fn fleet_log_compact_raises_the_base_past_expired_entries() {
     let head = read(&path).expect("read").head(now, 60);
     assert_eq!((head.seq.get(), head.base.get()), (4, 3));
 }
+
+/// `[consent] log` applies on SIGHUP: turned to "required" on a terminal
+/// whose back-end publishes no head, the next capture waits; the head
+/// releases it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requiring_the_log_by_sighup_holds_the_next_upload() {
+    let broker = Broker::start();
+    let mut fleet = Fleet::connect(&broker).await;
+    let d = Daemon::builder()
+        .broker(&broker)
+        .configure(|c| c.keep_alive(Duration::from_secs(5)))
+        .start();
+    d.grant("bob");
+    d.wait_uplink_connected(T);
+    capture(&d, "bob-0", "bob", 1);
+    assert!(
+        fleet.pump_until(T, |f| f.uploads_of("bob") == 1).await,
+        "{}",
+        d.log()
+    );
+
+    let original = std::fs::read_to_string(&d.config).expect("read the config");
+    std::fs::write(&d.config, original + "\n[consent]\nlog = \"required\"\n")
+        .expect("write the config");
+    d.signal("HUP");
+    wait_until(T, || d.log().contains("configuration reloaded"), || d.log());
+    capture(&d, "bob-1", "bob", 2);
+    d.wait_spool_empty(T);
+    fleet.pump(Duration::from_secs(2)).await;
+    assert_eq!(fleet.uploads_of("bob"), 1, "uploaded without a head");
+    assert_eq!(d.outbox_len(), 1);
+
+    fleet.head(&d.fleet_signer.head(0, 1)).await;
+    assert!(
+        fleet.pump_until(T, |f| f.uploads_of("bob") == 2).await,
+        "{}",
+        d.log()
+    );
+}
