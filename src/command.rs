@@ -312,8 +312,9 @@ fn check_claims<C: CommandSet>(
 }
 
 /// The optional `seq` claim (SPEC "Site consent log"): a positive integer,
-/// only on `consent.grant` / `consent.revoke` addressed to the whole site
-/// (`aud` = the site id).
+/// only on `consent.grant` / `consent.revoke` addressed to this site (`aud`
+/// = the site id, or this device of it when an entry is sent again to one
+/// device; no other site or device).
 fn log_seq(
     c: &Value,
     name: CommandName,
@@ -333,9 +334,12 @@ fn log_seq(
             "claim seq is only for consent.grant and consent.revoke, not {name}"
         )));
     }
-    if !aud.iter().all(|a| *a == me.site_id) {
+    // Sent to the whole site; an entry sent again to one device of it (a
+    // back-end filling that device's gap) may name the device.
+    let device = format!("{}/{}", me.site_id, me.device_id);
+    if !aud.iter().all(|a| *a == me.site_id || *a == device) {
         return Err(CommandError::Malformed(
-            "claim seq is only for commands addressed to the whole site (aud = the site id)".into(),
+            "claim seq is only for commands addressed to this site (aud = the site id)".into(),
         ));
     }
     Ok(u64::try_from(n).ok().map(Seq::new))
@@ -658,6 +662,19 @@ mod tests {
                 entry("consent.grant", grant(), json!(["lobby"]), json!(7)),
                 7,
             ),
+            (
+                entry("consent.revoke", revoke(), json!("lobby/term-01"), json!(4)),
+                4,
+            ),
+            (
+                entry(
+                    "consent.revoke",
+                    revoke(),
+                    json!(["lobby", "lobby/term-01"]),
+                    json!(5),
+                ),
+                5,
+            ),
         ];
         for (c, seq) in ok {
             let v = run(&k, &signed(&c, "fleet-1", &k.fleet), NOW).unwrap();
@@ -698,15 +715,20 @@ mod tests {
                 entry("capture.purge", revoke(), json!("lobby"), json!(1)),
             ),
             (
-                "one device",
-                entry("consent.revoke", revoke(), json!("lobby/term-01"), json!(1)),
-            ),
-            (
-                "site and device",
+                "another site too",
                 entry(
                     "consent.revoke",
                     revoke(),
-                    json!(["lobby", "lobby/term-01"]),
+                    json!(["lobby", "hall"]),
+                    json!(1),
+                ),
+            ),
+            (
+                "another device too",
+                entry(
+                    "consent.revoke",
+                    revoke(),
+                    json!(["lobby", "lobby/term-02"]),
                     json!(1),
                 ),
             ),

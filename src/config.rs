@@ -276,7 +276,7 @@ pub struct ConsentConfig {
     /// decision of its site (SPEC "Site consent log"; default off).
     pub log: ConsentLogMode,
     /// `head_max_age`: a consent-log head whose `iat` is older than this
-    /// counts as no head (default 24 h, between 1 minute and 30 days).
+    /// counts as no head (default 24 h, between 1 second and 30 days).
     pub head_max_age: Duration,
 }
 

@@ -369,8 +369,8 @@ fn durations_parse_and_respect_bounds() {
         Duration::from_secs(3600)
     );
     starts(
-        &err("consent", "head_max_age = \"59s\""),
-        "consent.head_max_age: must be between 1m",
+        &err("consent", "head_max_age = \"500ms\""),
+        "consent.head_max_age: must be between 1s",
     );
     starts(
         &err("consent", "head_max_age = \"31d\""),

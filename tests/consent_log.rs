@@ -493,7 +493,7 @@ async fn replayed_and_forged_heads_and_entries_change_nothing() {
     );
     assert_eq!(d.active_consents(), 0);
 
-    // Entries: wrong key, wrong role, other site, seq on a device command.
+    // Entries: wrong key, wrong role, other site, seq on a status command.
     let stranger = Signer::new(&signer.kid);
     let (jf, forged) = stranger.entry(
         "consent.revoke",
@@ -516,10 +516,9 @@ async fn replayed_and_forged_heads_and_entries_change_nothing() {
         cmd.sign_as("hall", stamp, &signer.kid, &signer.pkcs8)
             .expect("sign")
     };
+    // `seq` on a command other than a grant or a revocation.
     let (jd, device_seq) = {
-        let cmd =
-            facegate::cmd::Command::from_parts("consent.revoke", &json!({ "subject": "bob" }))
-                .expect("command");
+        let cmd = facegate::cmd::Command::from_parts("status", &json!({})).expect("command");
         let stamp = facegate::command::Stamp {
             iat: clock::now(),
             exp: clock::now() + 600,

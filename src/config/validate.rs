@@ -463,7 +463,7 @@ fn consent(raw: RawConsent) -> Result<ConsentConfig, ConfigError> {
             "consent.head_max_age",
             raw.head_max_age,
             "24h",
-            secs(60),
+            secs(1),
             secs(30 * 86_400),
         )?,
     })
