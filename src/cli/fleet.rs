@@ -212,19 +212,17 @@ fn log_sync(a: LogSyncArgs, now: i64) -> anyhow::Result<ExitCode> {
 
 /// `fleet log compact`: appends a raised base.
 fn log_compact(a: &LogCompactArgs, now: i64) -> anyhow::Result<()> {
-    let log = sitelog::read(&a.log)?;
+    let mut locked = sitelog::lock(&a.log)?;
+    let log = locked.log.clone();
     let base = log.compact_base(now);
     if base == log.base() {
         println!("base stays {}: entry {base} is still needed", log.base());
         return Ok(());
     }
-    sitelog::append(
-        &a.log,
-        &Record::Base {
-            base: facegate::ids::Seq::new(base),
-            at: now,
-        },
-    )?;
+    locked.append(&Record::Base {
+        base: facegate::ids::Seq::new(base),
+        at: now,
+    })?;
     println!(
         "base raised from {} to {base}; publish the head (fleet log head)",
         log.base()
@@ -266,7 +264,10 @@ fn fleet_send(a: SendArgs, now: i64) -> anyhow::Result<ExitCode> {
             {
                 bail!("--log: only consent.grant and consent.revoke to a whole site (no --device) go into the site consent log");
             }
-            let log = sitelog::read(path)?;
+            // Locked from the seq to the append: concurrent sends never
+            // share a seq.
+            let mut locked = sitelog::lock(path)?;
+            let log = &locked.log;
             let seq = log.next_seq();
             let stamp = Stamp {
                 iat: now,
@@ -278,14 +279,12 @@ fn fleet_send(a: SendArgs, now: i64) -> anyhow::Result<ExitCode> {
                     .sign_as(&req.audience(), stamp, &req.kid, &req.signing_key)?;
             let needed_until =
                 log.needed_until(&req.command, now, a.max_consent_lifetime.as_secs() as i64);
-            sitelog::append(
-                path,
-                &Record::Entry {
-                    seq,
-                    jws: jws.clone(),
-                    needed_until,
-                },
-            )?;
+            locked.append(&Record::Entry {
+                seq,
+                jws: jws.clone(),
+                needed_until,
+            })?;
+            drop(locked);
             eprintln!("entry {seq} appended to {}", path.display());
             // The entry first, then the head that names it: a device that
             // gets both is never shown a gap it cannot fill yet.

@@ -16,7 +16,7 @@
 //! (`fleet log compact`) raises the head's `base` past a prefix of entries
 //! no longer needed. Seqs are never reused.
 //!
-//! Everything here but [`append`] and [`read`] is pure.
+//! Everything here but [`append`], [`lock`] and [`read`] is pure.
 
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
@@ -303,6 +303,66 @@ pub fn read(path: &Path) -> Result<SiteLog, LogError> {
     }
 }
 
+/// A log file held under an exclusive lock (`flock`), read as it is: two
+/// `fleet send --log` at once never give out the same `seq`.
+pub struct Locked {
+    path: PathBuf,
+    file: fs::File,
+    /// The log as read under the lock.
+    pub log: SiteLog,
+}
+
+/// Opens (creating it, mode 0600) and locks the log file, and reads it.
+pub fn lock(path: &Path) -> Result<Locked, LogError> {
+    let io = |source| LogError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let existed = path.exists();
+    let mut file = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    if !existed {
+        sync_dir(path).map_err(io)?;
+    }
+    file.lock().map_err(io)?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut file, &mut text).map_err(io)?;
+    let log = SiteLog::parse(&text, path)?;
+    Ok(Locked {
+        path: path.to_path_buf(),
+        file,
+        log,
+    })
+}
+
+impl Locked {
+    /// Appends one record and syncs it to disk; the lock stays held.
+    pub fn append(&mut self, record: &Record) -> Result<(), LogError> {
+        let io = |source| LogError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut line = serde_json::to_vec(record).map_err(|e| io(std::io::Error::other(e)))?;
+        line.push(b'\n');
+        self.file.write_all(&line).map_err(io)?;
+        self.file.sync_all().map_err(io)
+    }
+}
+
+/// Syncs the directory holding `path` (a new file's name is durable).
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    fs::File::open(dir).and_then(|d| d.sync_all())
+}
+
 /// Appends one record and syncs it to disk (the file is created with mode
 /// 0600: it names subjects; a new file's directory is synced too).
 pub fn append(path: &Path, record: &Record) -> Result<(), LogError> {
@@ -322,11 +382,7 @@ pub fn append(path: &Path, record: &Record) -> Result<(), LogError> {
     f.write_all(&line).map_err(io)?;
     f.sync_all().map_err(io)?;
     if !existed {
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        sync_dir(path).map_err(io)?;
     }
     Ok(())
 }
@@ -529,5 +585,16 @@ mod tests {
         assert_eq!(fs::read_to_string(&p).unwrap().lines().count(), 2);
         assert_eq!(read(&p).unwrap().base(), 2);
         assert_eq!(read(&dir.path().join("none")).unwrap().last(), 0);
+        let mut held = lock(&p).unwrap();
+        assert_eq!(held.log.base(), 2);
+        held.append(&Record::Base {
+            base: Seq::new(3),
+            at: NOW,
+        })
+        .unwrap();
+        drop(held);
+        assert_eq!(read(&p).unwrap().base(), 3);
+        let fresh = lock(&dir.path().join("new.log")).unwrap();
+        assert_eq!(fresh.log.next_seq(), Seq::new(1));
     }
 }
