@@ -16,15 +16,18 @@ use tokio::sync::Notify;
 use crate::audit::{AuditEntry, VerifyReport};
 use crate::config::Config;
 use crate::consent::{self, ConsentError};
+use crate::consent_log::{self, Head, HeadError};
 use crate::db::{Db, DbError};
 use crate::gate::Consent;
-use crate::ids::{CaptureId, Jti, SubjectId};
+use crate::ids::{CaptureId, Jti, Seq, SubjectId};
 use crate::protocol::{
-    self, CommandName, ConsentStatus, Counters, ErrorCode, Granted, OutboxStatus, PartNo, Piece,
-    Receipt, Reply, ReplyResult, State, Status, UplinkStatus,
+    self, AlreadyApplied, CommandName, ConsentLogStatus, ConsentStatus, Counters, ErrorCode,
+    Granted, OutboxStatus, PartNo, Piece, Receipt, Reply, ReplyResult, State, Status, UplinkStatus,
 };
 use crate::reload;
-use crate::store::{counter, AddConsent, CommandStamp, PurgeReason, Store, StoreError};
+use crate::store::{
+    counter, AddConsent, CommandStamp, HeadApplied, PurgeReason, Store, StoreError,
+};
 pub use crate::store::{OutboxEntry, OutboxState};
 
 /// The product version reported in status messages.
@@ -180,6 +183,9 @@ pub struct Via {
     pub issued_at: i64,
     /// The command's `exp`: how long the `jti` must be remembered.
     pub expires_at: i64,
+    /// The command's site consent-log `seq`: recorded as applied with the
+    /// effect.
+    pub seq: Option<Seq>,
 }
 
 impl Via {
@@ -201,6 +207,7 @@ impl Via {
             jti: &self.jti,
             cmd: self.cmd.as_str(),
             expires_at: self.expires_at,
+            seq: self.seq,
             reply,
         }
     }
@@ -454,21 +461,104 @@ impl Agent {
     /// The SPEC status object.
     pub async fn status(&self, now: i64) -> Result<Status, ApplyError> {
         let (connected, inflight) = (self.connected(), self.inflight.clone());
+        let max_age = self.head_max_age_s();
         let status = self
             .db
-            .run(move |st| status_of(st, now, connected, inflight.len()))
+            .run(move |st| status_of(st, now, connected, inflight.len(), max_age))
             .await?;
         Ok(status)
+    }
+
+    /// `[consent] head_max_age` in whole seconds.
+    fn head_max_age_s(&self) -> i64 {
+        i64::try_from(self.config().consent.head_max_age.as_secs()).unwrap_or(i64::MAX)
+    }
+
+    /// Where the device stands in its site's consent log (the status
+    /// `consent_log` object).
+    pub async fn consent_log(&self, now: i64) -> Result<ConsentLogStatus, ApplyError> {
+        let max_age = self.head_max_age_s();
+        let status = self
+            .db
+            .run(move |st| st.consent_log_status(max_age, now))
+            .await?;
+        Ok(status)
+    }
+
+    /// A message on the site's consent-log head topic: verified (a `fleet`
+    /// key, this site, in time) and stored as this connection's head unless
+    /// it is older than the head already seen. A refused head changes
+    /// nothing. Wakes the uplink: uploads may resume.
+    pub async fn consent_head(
+        &self,
+        payload: &[u8],
+        now: i64,
+    ) -> Result<Result<(Head, HeadApplied), HeadError>, ApplyError> {
+        let cfg = self.config();
+        let skew = i64::try_from(cfg.commands.clock_skew.as_secs()).unwrap_or(0);
+        let head = match consent_log::verify_head(payload, &cfg.trust, &cfg.identity, skew, now) {
+            Ok(h) => h,
+            Err(e) => return Ok(Err(e)),
+        };
+        let applied = self
+            .db
+            .run(move |st| st.accept_consent_head(&head, now))
+            .await?;
+        self.outbox_changed.notify_one();
+        Ok(Ok((head, applied)))
+    }
+
+    /// Whether the consent-log entry `seq` was applied before.
+    pub async fn consent_seq_applied(&self, seq: Seq) -> Result<bool, ApplyError> {
+        Ok(self.db.run(move |st| st.consent_seq_applied(seq)).await?)
+    }
+
+    /// Counts a consent-log entry whose effect was refused for good (its
+    /// consent token expired, say) as applied: sending it again would not
+    /// change anything, so it must not hold the log.
+    pub async fn settle_consent_seq(&self, seq: Seq, now: i64) -> Result<(), ApplyError> {
+        self.db.run(move |st| st.mark_consent_seq(seq, now)).await?;
+        Ok(())
+    }
+
+    /// The answer to a consent-log entry whose `seq` was applied before:
+    /// no second effect; the command (its new `jti`) is remembered with
+    /// this answer as its reply.
+    pub async fn answer_applied_before(
+        &self,
+        via: Via,
+        seq: Seq,
+        now: i64,
+    ) -> Result<AlreadyApplied, ApplyError> {
+        let answer = AlreadyApplied {
+            seq,
+            already_applied: true,
+        };
+        let answer = self
+            .db
+            .run(move |st| {
+                effect(
+                    Some(&via),
+                    |_: &()| answer,
+                    |stamp| match stamp {
+                        Some(stamp) => st.remember_command(stamp, now),
+                        None => Ok(()),
+                    },
+                )
+            })
+            .await?;
+        Ok(answer)
     }
 
     /// The status object as the answer to a `status` command: the command is
     /// remembered with this status as its reply, in one transaction.
     pub async fn answer_status(&self, via: Via, now: i64) -> Result<Status, ApplyError> {
         let (connected, inflight) = (self.connected(), self.inflight.clone());
+        let max_age = self.head_max_age_s();
         let status = self
             .db
             .run(move |st| {
-                let status = status_of(st, now, connected, inflight.len())?;
+                let status = status_of(st, now, connected, inflight.len(), max_age)?;
                 effect(
                     Some(&via),
                     |_: &()| status.clone(),
@@ -593,7 +683,9 @@ fn status_of(
     now: i64,
     connected: bool,
     in_flight: usize,
+    head_max_age_s: i64,
 ) -> Result<Status, StoreError> {
+    let consent_log = st.consent_log_status(head_max_age_s, now)?;
     let stats = st.outbox_stats(now)?;
     let active = st.active_consent_count(now)?;
     let counters = st.counters()?;
@@ -626,6 +718,7 @@ fn status_of(
             in_flight: in_flight as u64,
             session_lost: count(counter::SESSION_LOST),
         }),
+        consent_log: Some(consent_log),
     })
 }
 

@@ -62,6 +62,14 @@ pub mod kind {
     /// The first message of a kind (retained, QoS 0) on a command topic
     /// ignored in this run; the rest are only counted.
     pub const COMMAND_IGNORED: &str = "command.ignored";
+    /// A consent-log head moved the site log forward (new `seq` or `base`).
+    pub const CONSENT_LOG_HEAD: &str = "consent_log.head";
+    /// A consent-log head was refused (bad signature, wrong role, other
+    /// site, …); within the ingress rate limit.
+    pub const CONSENT_LOG_HEAD_REFUSED: &str = "consent_log.head_refused";
+    /// A consent-log entry whose effect was refused for good (its consent
+    /// token expired, say) was counted as applied.
+    pub const CONSENT_LOG_ENTRY_REFUSED: &str = "consent_log.entry_refused";
     /// A lone spool file older than the grace period was removed.
     pub const SPOOL_ORPHAN_REMOVED: &str = "spool.orphan_removed";
     /// Audit rows older than the audit retention period were deleted (a

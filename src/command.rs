@@ -26,7 +26,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::{CommandConfig, Identity, Role, TrustedKey};
-use crate::ids::Jti;
+use crate::ids::{Jti, Seq};
 use crate::jws::{self, JwsError};
 use crate::protocol::{CommandName, ErrorCode, Reply};
 
@@ -62,6 +62,9 @@ pub struct VerifiedCommand<C> {
     pub expires_at: i64,
     /// The signing key, for the audit log.
     pub kid: String,
+    /// The site consent-log position (`seq` claim), on a `consent.grant` or
+    /// `consent.revoke` addressed to the whole site.
+    pub seq: Option<Seq>,
     /// What to do, with validated arguments.
     pub command: C,
 }
@@ -295,6 +298,7 @@ fn check_claims<C: CommandSet>(
         return Err(CommandError::Replayed(jti.to_string()));
     }
     let name = name.ok_or_else(|| CommandError::UnknownCommand(cmd_name.to_string()))?;
+    let seq = log_seq(c, name, &aud, me)?;
     let command = C::parse(name, c.get("args"))?;
     Ok(VerifiedCommand {
         jti,
@@ -302,8 +306,43 @@ fn check_claims<C: CommandSet>(
         issued_at: iat,
         expires_at: exp,
         kid: verified.kid,
+        seq,
         command,
     })
+}
+
+/// The optional `seq` claim (SPEC "Site consent log"): a positive integer,
+/// only on `consent.grant` / `consent.revoke` addressed to this site (`aud`
+/// = the site id, or this device of it when an entry is sent again to one
+/// device; no other site or device).
+fn log_seq(
+    c: &Value,
+    name: CommandName,
+    aud: &[String],
+    me: &Identity,
+) -> Result<Option<Seq>, CommandError> {
+    let Some(n) = jws::opt_int_claim(c, "seq").map_err(CommandError::Malformed)? else {
+        return Ok(None);
+    };
+    if n < 1 {
+        return Err(CommandError::Malformed(format!(
+            "claim seq must be a positive integer, got {n}"
+        )));
+    }
+    if !matches!(name, CommandName::ConsentGrant | CommandName::ConsentRevoke) {
+        return Err(CommandError::Malformed(format!(
+            "claim seq is only for consent.grant and consent.revoke, not {name}"
+        )));
+    }
+    // Sent to the whole site; an entry sent again to one device of it (a
+    // back-end filling that device's gap) may name the device.
+    let device = format!("{}/{}", me.site_id, me.device_id);
+    if !aud.iter().all(|a| *a == me.site_id || *a == device) {
+        return Err(CommandError::Malformed(
+            "claim seq is only for commands addressed to this site (aud = the site id)".into(),
+        ));
+    }
+    Ok(u64::try_from(n).ok().map(Seq::new))
 }
 
 /// Whole seconds of a config duration as i64.
@@ -320,6 +359,19 @@ struct Claims<'a, A: Serialize> {
     aud: &'a str,
     cmd: CommandName,
     args: &'a A,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<Seq>,
+}
+
+/// When a signed command is valid and where it sits in the site consent log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// `iat`.
+    pub iat: i64,
+    /// `exp` (after `iat`).
+    pub exp: i64,
+    /// The site consent-log `seq`, if any.
+    pub seq: Option<Seq>,
 }
 
 /// Signs the command `name` with its typed `args` for the fleet tool:
@@ -334,21 +386,43 @@ pub fn sign_command<A: Serialize>(
     pkcs8: &[u8],
     now: i64,
 ) -> Result<(Jti, String), CommandError> {
-    if aud.is_empty() {
-        return Err(CommandError::Malformed("audience is empty".into()));
-    }
     let exp = match now.checked_add(lifetime_s) {
         Some(exp) if lifetime_s > 0 => exp,
         _ => return Err(CommandError::Malformed("lifetime must be positive".into())),
     };
+    let stamp = Stamp {
+        iat: now,
+        exp,
+        seq: None,
+    };
+    sign_command_as(name, args, aud, stamp, kid, pkcs8)
+}
+
+/// Signs the command `name` with its typed `args`, valid as `stamp` says,
+/// with a random UUID `jti`. Returns `(jti, jws)`.
+pub fn sign_command_as<A: Serialize>(
+    name: CommandName,
+    args: &A,
+    aud: &str,
+    stamp: Stamp,
+    kid: &str,
+    pkcs8: &[u8],
+) -> Result<(Jti, String), CommandError> {
+    if aud.is_empty() {
+        return Err(CommandError::Malformed("audience is empty".into()));
+    }
+    if stamp.exp <= stamp.iat {
+        return Err(CommandError::Malformed("lifetime must be positive".into()));
+    }
     let jti = Jti::from(uuid::Uuid::new_v4().to_string());
     let claims = Claims {
         jti: &jti,
-        iat: now,
-        exp,
+        iat: stamp.iat,
+        exp: stamp.exp,
         aud,
         cmd: name,
         args,
+        seq: stamp.seq,
     };
     let token = jws::sign(&claims, kid, pkcs8)?;
     Ok((jti, token))
@@ -560,6 +634,118 @@ mod tests {
             c["exp"] = json!(far + 300);
         });
         assert_eq!(code(&replayed, "fleet-1", &k.fleet, NOW), "replayed");
+    }
+
+    /// `seq` (SPEC "Site consent log"): read on site-wide grants and
+    /// revocations, refused `malformed` anywhere else or when not a
+    /// positive integer.
+    #[test]
+    fn the_consent_log_seq_claim() {
+        let k = keys();
+        let entry = |cmd: &str, args: Value, aud: Value, seq: Value| {
+            with(|c| {
+                c["cmd"] = json!(cmd);
+                c["args"] = args;
+                c["aud"] = aud;
+                c["seq"] = seq;
+            })
+        };
+        let revoke = || json!({"subject": "S-1"});
+        let grant = || json!({"token": "a.b.c"});
+        let ok: Vec<(Value, u64)> = vec![
+            (
+                entry("consent.revoke", revoke(), json!("lobby"), json!(3)),
+                3,
+            ),
+            (entry("consent.grant", grant(), json!("lobby"), json!(1)), 1),
+            (
+                entry("consent.grant", grant(), json!(["lobby"]), json!(7)),
+                7,
+            ),
+            (
+                entry("consent.revoke", revoke(), json!("lobby/term-01"), json!(4)),
+                4,
+            ),
+            (
+                entry(
+                    "consent.revoke",
+                    revoke(),
+                    json!(["lobby", "lobby/term-01"]),
+                    json!(5),
+                ),
+                5,
+            ),
+        ];
+        for (c, seq) in ok {
+            let v = run(&k, &signed(&c, "fleet-1", &k.fleet), NOW).unwrap();
+            assert_eq!(v.seq, Some(Seq::new(seq)), "{c}");
+        }
+        let by_consent_key = entry("consent.revoke", revoke(), json!("lobby"), json!(2));
+        let v = run(&k, &signed(&by_consent_key, "consent-1", &k.consent), NOW).unwrap();
+        assert_eq!(v.seq, Some(Seq::new(2)));
+        assert_eq!(
+            run(&k, &signed(&claims(), "fleet-1", &k.fleet), NOW)
+                .unwrap()
+                .seq,
+            None
+        );
+        let bad: Vec<(&str, Value)> = vec![
+            (
+                "zero",
+                entry("consent.revoke", revoke(), json!("lobby"), json!(0)),
+            ),
+            (
+                "negative",
+                entry("consent.revoke", revoke(), json!("lobby"), json!(-1)),
+            ),
+            (
+                "text",
+                entry("consent.revoke", revoke(), json!("lobby"), json!("3")),
+            ),
+            (
+                "float",
+                entry("consent.revoke", revoke(), json!("lobby"), json!(1.5)),
+            ),
+            (
+                "status",
+                entry("status", json!({}), json!("lobby"), json!(1)),
+            ),
+            (
+                "purge",
+                entry("capture.purge", revoke(), json!("lobby"), json!(1)),
+            ),
+            (
+                "another site too",
+                entry(
+                    "consent.revoke",
+                    revoke(),
+                    json!(["lobby", "hall"]),
+                    json!(1),
+                ),
+            ),
+            (
+                "another device too",
+                entry(
+                    "consent.revoke",
+                    revoke(),
+                    json!(["lobby", "lobby/term-02"]),
+                    json!(1),
+                ),
+            ),
+        ];
+        for (name, c) in bad {
+            let e = run(&k, &signed(&c, "fleet-1", &k.fleet), NOW).unwrap_err();
+            assert_eq!(
+                e.error.code().as_str(),
+                "malformed",
+                "{name}: {:?}",
+                e.error
+            );
+        }
+        // Another site's entry is wrong_audience before anything else.
+        let other = entry("consent.revoke", revoke(), json!("hall"), json!(1));
+        let e = run(&k, &signed(&other, "fleet-1", &k.fleet), NOW).unwrap_err();
+        assert_eq!(e.error.code().as_str(), "wrong_audience");
     }
 
     #[test]

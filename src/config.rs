@@ -337,6 +337,21 @@ pub struct ConsentConfig {
     /// between 1 hour and 3650 days); a longer token is refused
     /// `lifetime_too_long`.
     pub max_lifetime: Duration,
+    /// `log`: whether uploads wait until the device has seen every consent
+    /// decision of its site (SPEC "Site consent log"; default off).
+    pub log: ConsentLogMode,
+    /// `head_max_age`: a consent-log head whose `iat` is older than this
+    /// counts as no head (default 24 h, between 1 second and 30 days).
+    pub head_max_age: Duration,
+}
+
+/// `[consent] log`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsentLogMode {
+    /// Uploads do not depend on the site consent log (default).
+    Off,
+    /// Nothing is uploaded while the device is out of sync with the log.
+    Required,
 }
 
 /// Log output format.

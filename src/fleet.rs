@@ -4,6 +4,7 @@
 //! ACL that confines each device certificate to its own topics.
 
 pub mod acl;
+pub mod log;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use rumqttc::{AsyncClient, Event, Packet, QoS};
 
 use crate::cmd::Command;
 use crate::command::CommandError;
-use crate::ids::Jti;
+use crate::ids::{Jti, Seq};
 use crate::keyref::KeyRef;
 use crate::protocol::{Reply, SiteTopics};
 use crate::uplink::tls::{self, TlsError};
@@ -100,18 +101,53 @@ pub enum FleetError {
     /// The broker refused our subscription to the reply topic (ACL).
     #[error("broker refused the subscription to {0} (check the fleet certificate's ACL)")]
     Refused(String),
+    /// The site consent log file cannot be used.
+    #[error(transparent)]
+    Log(#[from] log::LogError),
 }
 
 /// Signs and publishes the command, then waits for replies: for one device
 /// until its reply arrives, for a site until `timeout`.
 pub async fn send(req: &SendRequest, now: i64) -> Result<SendOutcome, FleetError> {
-    let aud = match &req.device {
-        Some(d) => format!("{}/{d}", req.site),
-        None => req.site.clone(),
-    };
-    let (jti, jws) = req
-        .command
-        .sign(&aud, req.lifetime_s, &req.kid, &req.signing_key, now)?;
+    let (jti, jws) = req.command.sign(
+        &req.audience(),
+        req.lifetime_s,
+        &req.kid,
+        &req.signing_key,
+        now,
+    )?;
+    send_signed(req, jti, jws).await
+}
+
+impl SendRequest {
+    /// The command's `aud`: the site, or `site/device`.
+    pub fn audience(&self) -> String {
+        match &self.device {
+            Some(d) => format!("{}/{d}", self.site),
+            None => self.site.clone(),
+        }
+    }
+
+    /// The broker connection it uses.
+    pub fn broker(&self) -> BrokerConn {
+        BrokerConn {
+            host: self.host.clone(),
+            port: self.port,
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key: self.key.clone(),
+            prefix: self.prefix.clone(),
+        }
+    }
+}
+
+/// Publishes the command `jws` (already signed, with `jti`) as `req` says
+/// and waits for replies, as [`send`] does.
+pub async fn send_signed(
+    req: &SendRequest,
+    jti: Jti,
+    jws: String,
+) -> Result<SendOutcome, FleetError> {
     let site = SiteTopics::new(&req.prefix, &req.site);
     let (cmd_topic, reply_filter) = match &req.device {
         Some(d) => {
@@ -201,6 +237,268 @@ pub async fn send(req: &SendRequest, now: i64) -> Result<SendOutcome, FleetError
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
     Ok(SendOutcome { jti, replies })
+}
+
+/// A broker connection of the fleet tool.
+#[derive(Debug, Clone)]
+pub struct BrokerConn {
+    /// Broker host name (verified against its certificate).
+    pub host: String,
+    /// Broker TLS port.
+    pub port: u16,
+    /// CA that signed the broker certificate.
+    pub ca_file: PathBuf,
+    /// The fleet's client certificate.
+    pub cert_file: PathBuf,
+    /// The fleet's TLS private key.
+    pub key: KeyRef,
+    /// Topic prefix (`facegate`).
+    pub prefix: String,
+}
+
+/// One message received: `(topic, payload)`.
+pub type Received = (String, Vec<u8>);
+
+/// One message to publish (QoS 1).
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Topic.
+    pub topic: String,
+    /// Payload.
+    pub payload: Vec<u8>,
+    /// Retained.
+    pub retain: bool,
+}
+
+/// One connection: subscribes to `filters`, then publishes `out` and waits
+/// for every PUBACK, then keeps receiving until `done` says so (given every
+/// message received so far) or `wait` has passed since the start. Returns
+/// `(topic, payload)` of every message received.
+pub async fn exchange(
+    conn: &BrokerConn,
+    filters: &[String],
+    out: &[Outgoing],
+    wait: Duration,
+    done: &dyn Fn(&[Received]) -> bool,
+) -> Result<Vec<Received>, FleetError> {
+    let tls_config = tls::client_config_for(&conn.ca_file, &conn.cert_file, &conn.key)?;
+    let client_id = format!(
+        "fleet-log-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let mut opts = tls::mqtt_options(
+        &client_id,
+        &conn.host,
+        conn.port,
+        Duration::from_secs(30),
+        1 << 20,
+        tls_config,
+    )?;
+    opts.set_clean_session(true);
+    let (client, mut eventloop) = AsyncClient::new(opts, 64);
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut subacks = 0;
+    let mut pubacks = 0;
+    let mut published = false;
+    let mut got = Vec::new();
+    for f in filters {
+        let _ = client.subscribe(f.clone(), QoS::AtLeastOnce).await;
+    }
+    loop {
+        if !published && subacks == filters.len() {
+            for o in out {
+                let _ = client
+                    .publish(
+                        o.topic.clone(),
+                        QoS::AtLeastOnce,
+                        o.retain,
+                        o.payload.clone(),
+                    )
+                    .await;
+            }
+            published = true;
+        }
+        if published && pubacks >= out.len() && done(&got) {
+            break;
+        }
+        let event = match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Err(_) if pubacks < out.len() => {
+                return Err(FleetError::Timeout {
+                    host: conn.host.clone(),
+                    port: conn.port,
+                    what: "acknowledgement of the publish",
+                    timeout: wait,
+                })
+            }
+            Err(_) => break,
+            Ok(Err(e)) => {
+                return Err(FleetError::Connect {
+                    host: conn.host.clone(),
+                    port: conn.port,
+                    reason: tls::explain(&e),
+                })
+            }
+            Ok(Ok(ev)) => ev,
+        };
+        match event {
+            Event::Incoming(Packet::SubAck(ack)) => {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                {
+                    return Err(FleetError::Refused(filters.join(", ")));
+                }
+                subacks += 1;
+            }
+            Event::Incoming(Packet::PubAck(_)) => pubacks += 1,
+            Event::Incoming(Packet::Publish(p)) => got.push((p.topic, p.payload.to_vec())),
+            _ => {}
+        }
+    }
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
+    Ok(got)
+}
+
+/// Publishes the signed head retained on the site's head topic.
+pub async fn publish_head(
+    conn: &BrokerConn,
+    site: &str,
+    head_jws: &str,
+    timeout: Duration,
+) -> Result<(), FleetError> {
+    let topic = SiteTopics::new(&conn.prefix, site).consent_head;
+    let out = [Outgoing {
+        topic,
+        payload: head_jws.as_bytes().to_vec(),
+        retain: true,
+    }];
+    exchange(conn, &[], &out, timeout, &|_| true).await?;
+    Ok(())
+}
+
+/// Every device's retained status on `site` (read for `wait`): device id
+/// and status, the last one of each device.
+pub async fn site_statuses(
+    conn: &BrokerConn,
+    site: &str,
+    wait: Duration,
+) -> Result<Vec<(String, crate::protocol::Status)>, FleetError> {
+    let topics = SiteTopics::new(&conn.prefix, site);
+    let got = exchange(
+        conn,
+        std::slice::from_ref(&topics.statuses),
+        &[],
+        wait,
+        &|_| false,
+    )
+    .await?;
+    let mut by_device = std::collections::BTreeMap::new();
+    for (topic, payload) in got {
+        let (Some(device), Ok(status)) = (
+            topics.device_of(&topic),
+            crate::protocol::Status::from_bytes(&payload),
+        ) else {
+            continue;
+        };
+        by_device.insert(device.to_string(), status);
+    }
+    Ok(by_device.into_iter().collect())
+}
+
+/// What `fleet log sync` did for one device.
+#[derive(Debug, Clone)]
+pub struct Resent {
+    /// The device.
+    pub device: String,
+    /// The entry.
+    pub seq: Seq,
+    /// Signed again at `now` (its own time was over).
+    pub re_timed: bool,
+    /// Its reply, if one came.
+    pub reply: Option<Reply>,
+}
+
+/// `fleet log sync`: reads every device's retained status on `site`, and
+/// sends each device the entries its `consent_log.missing` names (those the
+/// log still holds), signed again with the same `seq` and a new `jti`, on
+/// the device's own command topic; collects the replies. Returns what was
+/// sent, and the devices' missing seqs the log does not hold (below its
+/// base or above its head).
+#[allow(clippy::too_many_arguments)]
+pub async fn sync_log(
+    conn: &BrokerConn,
+    site: &str,
+    log: &log::SiteLog,
+    kid: &str,
+    pkcs8: &[u8],
+    lifetime_s: i64,
+    wait: Duration,
+    now: i64,
+) -> Result<(Vec<Resent>, Vec<(String, u64)>), FleetError> {
+    let statuses = site_statuses(conn, site, Duration::from_secs(2).min(wait)).await?;
+    let topics = SiteTopics::new(&conn.prefix, site);
+    let mut out = Vec::new();
+    let mut sent = Vec::new();
+    let mut not_held = Vec::new();
+    for (device, status) in statuses {
+        let Some(cl) = status.consent_log else {
+            continue;
+        };
+        for [a, b] in cl.missing {
+            for seq in a..=b.min(a.saturating_add(10_000)) {
+                match log.resign(seq, site, lifetime_s, kid, pkcs8, now) {
+                    None => not_held.push((device.clone(), seq)),
+                    Some(Err(e)) => return Err(FleetError::Log(e)),
+                    Some(Ok(r)) => {
+                        out.push(Outgoing {
+                            topic: topics.device(&device).device_cmd,
+                            payload: r.jws.into_bytes(),
+                            retain: false,
+                        });
+                        sent.push((
+                            r.jti,
+                            Resent {
+                                device: device.clone(),
+                                seq: Seq::new(seq),
+                                re_timed: !r.original_time,
+                                reply: None,
+                            },
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if out.is_empty() {
+        return Ok((Vec::new(), not_held));
+    }
+    let jtis: Vec<Jti> = sent.iter().map(|(j, _)| j.clone()).collect();
+    let all_replied = |got: &[Received]| {
+        let replied: Vec<Jti> = got
+            .iter()
+            .filter_map(|(_, p)| Reply::from_bytes(p).ok()?.jti)
+            .collect();
+        jtis.iter().all(|j| replied.contains(j))
+    };
+    let got = exchange(
+        conn,
+        std::slice::from_ref(&topics.replies),
+        &out,
+        wait,
+        &all_replied,
+    )
+    .await?;
+    for (_, payload) in got {
+        let Ok(reply) = Reply::from_bytes(&payload) else {
+            continue;
+        };
+        if let Some((_, r)) = sent.iter_mut().find(|(j, _)| Some(j) == reply.jti.as_ref()) {
+            r.reply = Some(reply);
+        }
+    }
+    Ok((sent.into_iter().map(|(_, r)| r).collect(), not_held))
 }
 
 /// One readable line for a reply.

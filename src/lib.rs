@@ -16,6 +16,8 @@
 //! Pure decisions (functions of their inputs and `now`)
 //! - [`gate`]: the consent rule: may this subject's capture be kept or uploaded now?
 //! - [`consent`]: consent token verification.
+//! - [`consent_log`]: the site consent log: head verification and whether the
+//!   device is in sync with it (pure).
 //! - [`command`]: what every fleet command shares: verification and signing.
 //! - [`protocol`]: the wire formats as typed serde structs: topics, envelope, status, replies.
 //! - [`jws`]: EdDSA JWS compact verification and signing.
@@ -46,6 +48,7 @@ pub mod cmd;
 pub mod command;
 pub mod config;
 pub mod consent;
+pub mod consent_log;
 pub mod control;
 pub mod credential;
 pub mod crypto;

@@ -171,6 +171,7 @@ mod tests {
             },
             consent: crate::config::ConsentConfig {
                 max_lifetime: c.consent.max_lifetime * 2,
+                ..c.consent.clone()
             },
             log: LogConfig {
                 level: "debug".into(),

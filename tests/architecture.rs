@@ -25,6 +25,7 @@ const PURE: &[&str] = &[
     "clock.rs",
     "command.rs",
     "consent.rs",
+    "consent_log.rs",
     "gate.rs",
     "ids.rs",
     "jws.rs",

@@ -135,6 +135,8 @@ fn minimal_config_gets_every_default() {
     assert_eq!(c.commands.clock_skew, Duration::from_secs(60));
     assert_eq!(c.commands.max_bytes, 65_536);
     assert_eq!(c.consent.max_lifetime, Duration::from_secs(365 * 86_400));
+    assert_eq!(c.consent.log, facegate::config::ConsentLogMode::Off);
+    assert_eq!(c.consent.head_max_age, Duration::from_secs(86_400));
     assert_eq!(c.audit.retention, Duration::from_secs(90 * 86_400));
     assert_eq!(c.log.level, "info");
     assert_eq!(c.log.format, LogFormat::Text);
@@ -353,6 +355,26 @@ fn durations_parse_and_respect_bounds() {
     starts(
         &err("consent", "max_lifetime = \"59m\""),
         "consent.max_lifetime: must be between 1h",
+    );
+    assert_eq!(
+        ok("consent", "log = \"required\"").consent.log,
+        facegate::config::ConsentLogMode::Required
+    );
+    starts(
+        &err("consent", "log = \"on\""),
+        "consent.log: expected \"off\" or \"required\", got \"on\"",
+    );
+    assert_eq!(
+        ok("consent", "head_max_age = \"1h\"").consent.head_max_age,
+        Duration::from_secs(3600)
+    );
+    starts(
+        &err("consent", "head_max_age = \"500ms\""),
+        "consent.head_max_age: must be between 1s",
+    );
+    starts(
+        &err("consent", "head_max_age = \"31d\""),
+        "consent.head_max_age: must be between",
     );
     starts(
         &err("outbox", "retention = 7"),

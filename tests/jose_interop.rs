@@ -141,3 +141,40 @@ fn pyjwt_tokens_are_accepted_by_the_agent() {
     .expect("accepted");
     assert_eq!(cmd.name, facegate::protocol::CommandName::CapturePurge);
 }
+
+/// A site consent-log head and entry made by PyJWT (as docs/PROTOCOL.md's
+/// Python back-end makes them) are accepted by the device's checks.
+#[test]
+fn pyjwt_consent_log_heads_and_entries_are_accepted() {
+    let now = facegate::clock::now();
+    let made = python(&["sign", "head", "lobby"]);
+    let trust = trusted("py-key", Role::Fleet, made["public_key"].as_str().unwrap());
+    let head = facegate::consent_log::verify_head(
+        made["token"].as_str().unwrap().as_bytes(),
+        &trust,
+        &me(),
+        60,
+        now,
+    )
+    .expect("accepted");
+    assert_eq!((head.seq.get(), head.base.get()), (5, 2));
+
+    let made = python(&["sign", "entry", "lobby"]);
+    let trust = trusted("py-key", Role::Fleet, made["public_key"].as_str().unwrap());
+    let policy = CommandConfig {
+        max_lifetime: std::time::Duration::from_secs(86_400),
+        clock_skew: std::time::Duration::from_secs(60),
+        max_bytes: 65_536,
+    };
+    let cmd = command::verify_command::<facegate::cmd::Command>(
+        made["token"].as_str().unwrap().as_bytes(),
+        &trust,
+        &me(),
+        &policy,
+        now,
+        &|_| false,
+    )
+    .expect("accepted");
+    assert_eq!(cmd.seq, Some(facegate::ids::Seq::new(3)));
+    assert_eq!(cmd.name, facegate::protocol::CommandName::ConsentRevoke);
+}

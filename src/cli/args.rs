@@ -159,6 +159,93 @@ pub(crate) enum Fleet {
     /// Print the broker ACL (Mosquitto) confining each device to its own topics.
     #[command(long_about = ACL_ABOUT)]
     Acl(AclArgs),
+    /// The site consent log (reference back-end): publish its head, send
+    /// devices what they miss, compact it.
+    Log {
+        #[command(subcommand)]
+        command: FleetLog,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum FleetLog {
+    /// Publish the log's signed head, retained (run it from a timer, well
+    /// within the devices' [consent] head_max_age).
+    Head(Box<LogHeadArgs>),
+    /// Read every device's retained status on the site and send each one
+    /// the entries it misses (same seq, new jti); print what was done.
+    Sync(Box<LogSyncArgs>),
+    /// Raise the log's base past the entries whose consents have all expired.
+    Compact(LogCompactArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct BrokerArgs {
+    /// Broker as HOST or HOST:PORT (default port 8883).
+    #[arg(long)]
+    pub(crate) broker: String,
+    /// CA certificate (PEM) that signed the broker's certificate.
+    #[arg(long)]
+    pub(crate) ca: PathBuf,
+    /// The fleet's client certificate (PEM).
+    #[arg(long)]
+    pub(crate) cert: PathBuf,
+    /// The fleet's TLS private key: a PEM file, or a `pkcs11:` URI.
+    #[arg(long = "tls-key")]
+    pub(crate) tls_key: String,
+    /// The PKCS#11 provider library for a `pkcs11:` --tls-key.
+    #[arg(long = "pkcs11-module")]
+    pub(crate) pkcs11_module: Option<PathBuf>,
+    /// Topic prefix.
+    #[arg(long, default_value = "facegate")]
+    pub(crate) prefix: String,
+}
+
+#[derive(Args)]
+pub(crate) struct LogHeadArgs {
+    #[command(flatten)]
+    pub(crate) signer: SignerArgs,
+    #[command(flatten)]
+    pub(crate) broker: BrokerArgs,
+    /// The site.
+    #[arg(long)]
+    pub(crate) site: String,
+    /// The site's log file.
+    #[arg(long)]
+    pub(crate) log: PathBuf,
+    /// How long the head stays valid (`exp - iat`).
+    #[arg(long, default_value = "24h")]
+    pub(crate) lifetime: humantime::Duration,
+    /// How long to wait for the broker.
+    #[arg(long, default_value = "10s")]
+    pub(crate) timeout: humantime::Duration,
+}
+
+#[derive(Args)]
+pub(crate) struct LogSyncArgs {
+    #[command(flatten)]
+    pub(crate) signer: SignerArgs,
+    #[command(flatten)]
+    pub(crate) broker: BrokerArgs,
+    /// The site.
+    #[arg(long)]
+    pub(crate) site: String,
+    /// The site's log file.
+    #[arg(long)]
+    pub(crate) log: PathBuf,
+    /// Validity of an entry signed again at now (its own time being over).
+    #[arg(long, default_value = "10m")]
+    pub(crate) lifetime: humantime::Duration,
+    /// How long to wait for the statuses and the replies.
+    #[arg(long, default_value = "10s")]
+    pub(crate) timeout: humantime::Duration,
+}
+
+#[derive(Args)]
+pub(crate) struct LogCompactArgs {
+    /// The site's log file.
+    #[arg(long)]
+    pub(crate) log: PathBuf,
 }
 
 const ACL_ABOUT: &str = "\
@@ -244,6 +331,20 @@ pub(crate) struct SendArgs {
     /// Print each reply as one JSON line.
     #[arg(long)]
     pub(crate) json: bool,
+    /// The site's consent log file: the command (consent.grant or
+    /// consent.revoke, to the whole site) gets the next `seq`, is appended
+    /// (fsync'd) before it is published, and the new head is published after
+    /// it. Needs a `fleet` key.
+    #[arg(long)]
+    pub(crate) log: Option<PathBuf>,
+    /// With --log: how long a revocation stays in the log when the log
+    /// holds no earlier grant of its subject (the devices' [consent]
+    /// max_lifetime).
+    #[arg(long, default_value = "365d")]
+    pub(crate) max_consent_lifetime: humantime::Duration,
+    /// With --log: how long the published head stays valid.
+    #[arg(long, default_value = "24h")]
+    pub(crate) head_lifetime: humantime::Duration,
 }
 
 #[derive(Args)]

@@ -31,7 +31,7 @@ pub fn execute(path: &Path, command: Ctl) -> anyhow::Result<ExitCode> {
             if json {
                 print_json(&status)?;
             } else {
-                print_status(&status);
+                print_status(&status, &cfg.consent);
             }
         }
         Ctl::Consent {
@@ -126,7 +126,7 @@ fn or_dash<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "-".to_string(), |v| v.to_string())
 }
 
-fn print_status(s: &Status) {
+fn print_status(s: &Status, consent: &config::ConsentConfig) {
     println!(
         "facegate {} — {} at {}",
         s.version.as_deref().unwrap_or("-"),
@@ -166,6 +166,16 @@ fn print_status(s: &Status) {
         u.in_flight,
         u.session_lost
     );
+    if let Some(log) = &s.consent_log {
+        println!(
+            "consent log: {}",
+            facegate::consent_log::describe(
+                log,
+                Some(consent.log),
+                Some(consent.head_max_age.as_secs())
+            )
+        );
+    }
 }
 
 fn print_consents(list: &[ConsentSummary]) {

@@ -11,7 +11,13 @@ use facegate::cmd::Command;
 use facegate::keyref::KeyRef;
 use facegate::{clock, consent, fleet, keys};
 
-use super::args::{AclArgs, Fleet, SendArgs};
+use facegate::command::Stamp;
+use facegate::fleet::log::{self as sitelog, Record};
+use facegate::protocol::CommandName;
+
+use super::args::{
+    AclArgs, BrokerArgs, Fleet, FleetLog, LogCompactArgs, LogHeadArgs, LogSyncArgs, SendArgs,
+};
 
 /// Runs one fleet subcommand.
 pub fn execute(command: Fleet) -> anyhow::Result<ExitCode> {
@@ -64,6 +70,11 @@ pub fn execute(command: Fleet) -> anyhow::Result<ExitCode> {
         }
         Fleet::Send(a) => return fleet_send(*a, now),
         Fleet::Acl(a) => print!("{}", fleet_acl(&a)?),
+        Fleet::Log { command } => match command {
+            FleetLog::Head(a) => log_head(*a, now)?,
+            FleetLog::Sync(a) => return log_sync(*a, now),
+            FleetLog::Compact(a) => log_compact(&a, now)?,
+        },
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -92,15 +103,135 @@ fn fleet_acl(a: &AclArgs) -> anyhow::Result<String> {
     fleet::acl::generate(&inventory, &a.prefix, &users).with_context(|| name)
 }
 
-fn fleet_send(a: SendArgs, now: i64) -> anyhow::Result<ExitCode> {
-    let (host, port) = match a.broker.rsplit_once(':') {
+/// HOST or HOST:PORT (default 8883).
+fn host_port(broker: &str) -> anyhow::Result<(String, u16)> {
+    Ok(match broker.rsplit_once(':') {
         Some((h, p)) => (
             h.to_string(),
             p.parse()
-                .with_context(|| format!("--broker: bad port in {:?}", a.broker))?,
+                .with_context(|| format!("--broker: bad port in {broker:?}"))?,
         ),
-        None => (a.broker.clone(), 8883),
-    };
+        None => (broker.to_string(), 8883),
+    })
+}
+
+/// The broker connection from the shared options.
+fn broker_conn(b: BrokerArgs) -> anyhow::Result<fleet::BrokerConn> {
+    let (host, port) = host_port(&b.broker)?;
+    Ok(fleet::BrokerConn {
+        host,
+        port,
+        ca_file: b.ca,
+        cert_file: b.cert,
+        key: KeyRef::parse(&b.tls_key, Path::new(""), b.pkcs11_module).context("--tls-key")?,
+        prefix: b.prefix,
+    })
+}
+
+/// `fleet log head`: signs the log's head at `now` and publishes it retained.
+fn log_head(a: LogHeadArgs, now: i64) -> anyhow::Result<()> {
+    let log = sitelog::read(&a.log)?;
+    let pkcs8 = keys::read_private_key(&a.signer.key)?;
+    let head = log.head(now, a.lifetime.as_secs() as i64);
+    let jws = facegate::consent_log::sign_head(&a.site, &head, &a.signer.kid, &pkcs8)?;
+    let conn = broker_conn(a.broker)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(fleet::publish_head(&conn, &a.site, &jws, *a.timeout))?;
+    println!(
+        "head of {} published: seq {}, base {}, valid until {}",
+        a.site,
+        head.seq,
+        head.base,
+        clock::rfc3339(head.exp)
+    );
+    Ok(())
+}
+
+/// `fleet log sync`: sends each device what its status says it misses.
+fn log_sync(a: LogSyncArgs, now: i64) -> anyhow::Result<ExitCode> {
+    let log = sitelog::read(&a.log)?;
+    let pkcs8 = keys::read_private_key(&a.signer.key)?;
+    let conn = broker_conn(a.broker)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (sent, not_held) = rt.block_on(fleet::sync_log(
+        &conn,
+        &a.site,
+        &log,
+        &a.signer.kid,
+        &pkcs8,
+        a.lifetime.as_secs() as i64,
+        *a.timeout,
+        now,
+    ))?;
+    let mut ok = true;
+    for r in &sent {
+        let timed = if r.re_timed {
+            " (signed again at now: its own time was over)"
+        } else {
+            ""
+        };
+        match &r.reply {
+            Some(reply) => {
+                let line = fleet::describe(&fleet::DeviceReply {
+                    device: r.device.clone(),
+                    reply: reply.clone(),
+                });
+                ok &= reply.ok;
+                println!("{}: resent {}{timed} -> {line}", r.device, r.seq);
+            }
+            None => {
+                ok = false;
+                println!(
+                    "{}: resent {}{timed} -> no reply within {}",
+                    r.device, r.seq, a.timeout
+                );
+            }
+        }
+    }
+    for (device, seq) in &not_held {
+        ok = false;
+        println!(
+            "{device}: misses {seq}, which the log does not hold (below its base {} or above its last entry {}): publish the head (fleet log head)",
+            log.base(),
+            log.last()
+        );
+    }
+    if sent.is_empty() && not_held.is_empty() {
+        println!("every device of {} has every entry it needs", a.site);
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `fleet log compact`: appends a raised base.
+fn log_compact(a: &LogCompactArgs, now: i64) -> anyhow::Result<()> {
+    let mut locked = sitelog::lock(&a.log)?;
+    let log = locked.log.clone();
+    let base = log.compact_base(now);
+    if base == log.base() {
+        println!("base stays {}: entry {base} is still needed", log.base());
+        return Ok(());
+    }
+    locked.append(&Record::Base {
+        base: facegate::ids::Seq::new(base),
+        at: now,
+    })?;
+    println!(
+        "base raised from {} to {base}; publish the head (fleet log head)",
+        log.base()
+    );
+    Ok(())
+}
+
+fn fleet_send(a: SendArgs, now: i64) -> anyhow::Result<ExitCode> {
+    let (host, port) = host_port(&a.broker)?;
     let args = super::arg_value(a.args, "--args")?;
     let args: Value = serde_json::from_str(&args).context("--args must be a JSON object")?;
     let command = Command::from_parts(&a.cmd, &args).map_err(fleet::FleetError::Sign)?;
@@ -122,7 +253,55 @@ fn fleet_send(a: SendArgs, now: i64) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let outcome = rt.block_on(fleet::send(&req, now))?;
+    let outcome = match &a.log {
+        None => rt.block_on(fleet::send(&req, now))?,
+        Some(path) => {
+            if req.device.is_some()
+                || !matches!(
+                    req.command.name(),
+                    CommandName::ConsentGrant | CommandName::ConsentRevoke
+                )
+            {
+                bail!("--log: only consent.grant and consent.revoke to a whole site (no --device) go into the site consent log");
+            }
+            // Locked from the seq to the append: concurrent sends never
+            // share a seq.
+            let mut locked = sitelog::lock(path)?;
+            let log = &locked.log;
+            let seq = log.next_seq();
+            let stamp = Stamp {
+                iat: now,
+                exp: now + req.lifetime_s,
+                seq: Some(seq),
+            };
+            let (jti, jws) =
+                req.command
+                    .sign_as(&req.audience(), stamp, &req.kid, &req.signing_key)?;
+            let needed_until =
+                log.needed_until(&req.command, now, a.max_consent_lifetime.as_secs() as i64);
+            locked.append(&Record::Entry {
+                seq,
+                jws: jws.clone(),
+                needed_until,
+            })?;
+            drop(locked);
+            eprintln!("entry {seq} appended to {}", path.display());
+            // The entry first, then the head that names it: a device that
+            // gets both is never shown a gap it cannot fill yet.
+            let outcome = rt.block_on(fleet::send_signed(&req, jti, jws))?;
+            let log = sitelog::read(path)?;
+            let head = log.head(now, a.head_lifetime.as_secs() as i64);
+            let head_jws =
+                facegate::consent_log::sign_head(&req.site, &head, &req.kid, &req.signing_key)?;
+            rt.block_on(fleet::publish_head(
+                &req.broker(),
+                &req.site,
+                &head_jws,
+                *a.timeout,
+            ))?;
+            outcome
+        }
+    };
     for reply in &outcome.replies {
         if a.json {
             println!("{}", serde_json::to_string(&reply.reply)?);

@@ -111,6 +111,18 @@ impl Command {
         command::sign_command(self.name(), self, aud, lifetime_s, kid, pkcs8, now)
     }
 
+    /// Signs the command for `aud` as `stamp` says (its `iat`, `exp` and
+    /// site consent-log `seq`): `(jti, compact JWS)`.
+    pub fn sign_as(
+        &self,
+        aud: &str,
+        stamp: command::Stamp,
+        kid: &str,
+        pkcs8: &[u8],
+    ) -> Result<(Jti, String), CommandError> {
+        command::sign_command_as(self.name(), self, aud, stamp, kid, pkcs8)
+    }
+
     /// The subject the command is about, if it names one: the subject of
     /// the reply it gets (put back into a kept reply, which has none).
     pub fn subject(&self) -> Option<SubjectId> {
@@ -279,7 +291,12 @@ pub async fn apply_command(agent: &Agent, payload: &[u8], redelivered: bool, now
             tracing::warn!(error = %e, "cannot check a fleet command; the broker delivers it again");
             return Outcome::unsettled(Reply::err(None, None, ErrorCode::Internal, e.to_string()));
         }
-        Ok(Err(rejected)) if redelivered && rejected.error.code() == ErrorCode::Replayed => {
+        // A broker redelivery, or a consent-log entry sent again as it was
+        // (same jti): answered with the reply kept from its application.
+        Ok(Err(rejected))
+            if rejected.error.code() == ErrorCode::Replayed
+                && (redelivered || carries_seq(payload)) =>
+        {
             if let Some(reply) = kept_reply(agent, &rejected, payload).await {
                 tracing::info!(jti = ?rejected.jti, "command redelivered by the broker; its reply is sent again");
                 return Outcome::reply(reply);
@@ -309,7 +326,30 @@ pub async fn apply_command(agent: &Agent, payload: &[u8], redelivered: bool, now
         cmd: cmd.name,
         issued_at: cmd.issued_at,
         expires_at: cmd.expires_at,
+        seq: cmd.seq,
     };
+    if let Some(seq) = cmd.seq {
+        // SPEC "Site consent log": an entry applied before (sent again with
+        // a new jti) is acknowledged and answered ok, without a second effect.
+        match agent.consent_seq_applied(seq).await {
+            Ok(false) => {}
+            Ok(true) => {
+                return match agent.answer_applied_before(via.clone(), seq, now).await {
+                    Ok(answer) => Outcome::reply(via.ok(answer.into())),
+                    Err(e) => {
+                        tracing::error!(jti = %via.jti, %seq, error = %e,
+                            "cannot answer a consent-log entry; the broker delivers it again");
+                        Outcome::unsettled(via.refused(ErrorCode::Internal, e.to_string()))
+                    }
+                };
+            }
+            Err(e) => {
+                tracing::error!(jti = %via.jti, %seq, error = %e,
+                    "cannot read the consent-log applied set; the broker delivers the entry again");
+                return Outcome::unsettled(via.refused(ErrorCode::Internal, e.to_string()));
+            }
+        }
+    }
     match cmd.command.apply(agent, via.clone(), now).await {
         Ok(applied) => Outcome {
             reply: via.ok(applied.result),
@@ -323,6 +363,14 @@ pub async fn apply_command(agent: &Agent, payload: &[u8], redelivered: bool, now
             Outcome::unsettled(via.refused(e.code(), e.to_string()))
         }
         Err(e) => {
+            if let (Some(seq), ApplyError::Consent(_)) = (via.seq, &e) {
+                // The entry's consent token is refused for good (expired,
+                // say): sending it again changes nothing, so it counts as
+                // applied and does not hold the site consent log.
+                if let Err(err) = agent.settle_consent_seq(seq, now).await {
+                    tracing::error!(%seq, error = %err, "cannot record a refused consent-log entry");
+                }
+            }
             let refusal = Refusal {
                 jti: Some(via.jti.clone()),
                 cmd: Some(via.cmd.as_str().to_string()),
@@ -352,6 +400,14 @@ async fn kept_reply(agent: &Agent, rejected: &Rejected, payload: &[u8]) -> Optio
         .and_then(CommandName::parse)?;
     let command = <Command as CommandSet>::parse(name, claims.get("args")).ok()?;
     Some(kept.with_subject(command.subject()))
+}
+
+/// Whether a (verified) payload carries a consent-log `seq` claim.
+fn carries_seq(payload: &[u8]) -> bool {
+    std::str::from_utf8(payload)
+        .ok()
+        .and_then(crate::jws::peek_claims)
+        .is_some_and(|c| c.get("seq").is_some())
 }
 
 /// The `args` claim of one command, on its way to the command's typed

@@ -165,6 +165,10 @@ pub struct RawCommands {
 pub struct RawConsent {
     /// Longest consent token `exp - iat`, humantime text (default `365d`).
     pub max_lifetime: Option<String>,
+    /// Site consent log: `required` or `off` (default `off`).
+    pub log: Option<String>,
+    /// Oldest consent-log head (`iat`) still counted, humantime text (default `24h`).
+    pub head_max_age: Option<String>,
 }
 
 /// `[log]` as written.

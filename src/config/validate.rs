@@ -13,9 +13,9 @@ use super::raw::{
     RawAudit, RawCapture, RawCommands, RawConsent, RawLog, RawMqtt, RawNumber, RawOutbox, RawTrust,
 };
 use super::{
-    AuditConfig, CaptureConfig, CommandConfig, Config, ConsentConfig, ControlConfig, Identity,
-    KeySource, LogConfig, LogFormat, MqttConfig, MqttProtocol, OutboxConfig, RawConfig, Role,
-    StorageConfig, TrustedKey, WhenFull,
+    AuditConfig, CaptureConfig, CommandConfig, Config, ConsentConfig, ConsentLogMode,
+    ControlConfig, Identity, KeySource, LogConfig, LogFormat, MqttConfig, MqttProtocol,
+    OutboxConfig, RawConfig, Role, StorageConfig, TrustedKey, WhenFull,
 };
 use crate::keyref::{KeyRef, KeyRefError};
 
@@ -481,6 +481,22 @@ fn consent(raw: RawConsent) -> Result<ConsentConfig, ConfigError> {
             "365d",
             secs(3600),
             secs(3650 * 86_400),
+        )?,
+        log: choice(
+            "consent.log",
+            raw.log,
+            "off",
+            &[
+                ("off", ConsentLogMode::Off),
+                ("required", ConsentLogMode::Required),
+            ],
+        )?,
+        head_max_age: duration(
+            "consent.head_max_age",
+            raw.head_max_age,
+            "24h",
+            secs(1),
+            secs(30 * 86_400),
         )?,
     })
 }

@@ -21,8 +21,12 @@ pub mod topics;
 
 pub use envelope::Envelope;
 pub use parts::{PartNo, Piece, Reassembler, Split};
-pub use reply::{CommandName, ErrorBody, ErrorCode, Granted, Receipt, Reply, ReplyResult};
-pub use status::{ConsentStatus, Counters, OutboxStatus, State, Status, UplinkStatus};
+pub use reply::{
+    AlreadyApplied, CommandName, ErrorBody, ErrorCode, Granted, Receipt, Reply, ReplyResult,
+};
+pub use status::{
+    ConsentLogStatus, ConsentStatus, Counters, OutboxStatus, State, Status, UplinkStatus,
+};
 pub use topics::{SiteTopics, Topics};
 
 /// The `v` field of every message facegate sends.

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{fields, Status};
-use crate::ids::{CaptureId, Jti, SubjectId};
+use crate::ids::{CaptureId, Jti, Seq, SubjectId};
 
 /// The commands a device understands (the `cmd` claim).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -248,6 +248,18 @@ pub struct Granted {
     pub new: bool,
 }
 
+/// The answer to a site consent-log entry (`consent.grant` or
+/// `consent.revoke` with a `seq`) whose `seq` this device had applied
+/// before: acknowledged, no second effect (SPEC "Site consent log").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlreadyApplied {
+    /// The entry's `seq`.
+    pub seq: Seq,
+    /// Always true.
+    pub already_applied: bool,
+}
+
 /// What a successful command produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -258,6 +270,8 @@ pub enum ReplyResult {
     Granted(Granted),
     /// `status`.
     Status(Box<Status>),
+    /// A consent-log entry applied before (no second effect).
+    AlreadyApplied(AlreadyApplied),
     /// A result this build does not know (a newer device's command), kept
     /// as it came so a reader can still show it.
     Other(serde_json::Value),
@@ -275,6 +289,12 @@ impl From<Granted> for ReplyResult {
     }
 }
 
+impl From<AlreadyApplied> for ReplyResult {
+    fn from(a: AlreadyApplied) -> Self {
+        ReplyResult::AlreadyApplied(a)
+    }
+}
+
 impl From<Status> for ReplyResult {
     fn from(s: Status) -> Self {
         ReplyResult::Status(Box::new(s))
@@ -287,7 +307,7 @@ impl ReplyResult {
         match self {
             ReplyResult::Receipt(r) => r.subject.as_ref(),
             ReplyResult::Granted(g) => g.subject.as_ref(),
-            ReplyResult::Status(_) | ReplyResult::Other(_) => None,
+            ReplyResult::Status(_) | ReplyResult::AlreadyApplied(_) | ReplyResult::Other(_) => None,
         }
     }
 
@@ -296,7 +316,7 @@ impl ReplyResult {
         match self {
             ReplyResult::Receipt(r) => r.subject = subject,
             ReplyResult::Granted(g) => g.subject = subject,
-            ReplyResult::Status(_) | ReplyResult::Other(_) => {}
+            ReplyResult::Status(_) | ReplyResult::AlreadyApplied(_) | ReplyResult::Other(_) => {}
         }
     }
 }
@@ -498,6 +518,16 @@ mod tests {
         );
         let back = Reply::from_bytes(&status.to_bytes()).unwrap();
         assert!(matches!(back.result, Some(ReplyResult::Status(_))));
+        let again = Reply::ok(
+            &Jti::from("j-6"),
+            CommandName::ConsentRevoke,
+            ReplyResult::AlreadyApplied(AlreadyApplied {
+                seq: Seq::new(3),
+                already_applied: true,
+            }),
+        );
+        let back = Reply::from_bytes(&again.to_bytes()).unwrap();
+        assert!(matches!(back.result, Some(ReplyResult::AlreadyApplied(_))));
         let newer = Reply::from_bytes(
             br#"{"v":1,"jti":"j-5","cmd":"camera.restart","ok":true,"result":{"restarted":2}}"#,
         )

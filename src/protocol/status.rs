@@ -51,6 +51,28 @@ pub struct Status {
     /// The broker connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uplink: Option<UplinkStatus>,
+    /// The site consent log (SPEC "Site consent log").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent_log: Option<ConsentLogStatus>,
+}
+
+/// Where the device stands in its site's consent log (SPEC "Site consent
+/// log"): `{"in_sync":bool,"applied":K,"head":N,"missing":[[a,b],…],"head_age_s":S}`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ConsentLogStatus {
+    /// A valid head arrived on the current connection, it is not older than
+    /// `[consent] head_max_age`, and every entry from its `base` to its
+    /// `seq` is applied.
+    pub in_sync: bool,
+    /// The highest seq with every entry from `base` up to it applied.
+    pub applied: u64,
+    /// The head's `seq` (0 before any head).
+    pub head: u64,
+    /// Ranges `[a, b]` (inclusive) of seqs from `base` to `head` not yet
+    /// applied, at most 32, lowest first.
+    pub missing: Vec<[u64; 2]>,
+    /// Seconds since the head's `iat` (0 before any head).
+    pub head_age_s: u64,
 }
 
 /// Outbox depth.
@@ -128,6 +150,7 @@ impl Status {
             consent: None,
             counters: None,
             uplink: None,
+            consent_log: None,
         }
     }
 
@@ -209,6 +232,13 @@ mod tests {
                 in_flight: 0,
                 session_lost: 2,
             }),
+            consent_log: Some(ConsentLogStatus {
+                in_sync: false,
+                applied: 3,
+                head: 7,
+                missing: vec![[4, 5], [7, 7]],
+                head_age_s: 300,
+            }),
         };
         let v: Value = serde_json::from_slice(&s.to_bytes()).unwrap();
         assert_eq!(v["state"], "online");
@@ -231,6 +261,10 @@ mod tests {
         ] {
             assert!(v["counters"][k].is_u64(), "counter {k}");
         }
+        assert_eq!(
+            v["consent_log"],
+            json!({"in_sync":false,"applied":3,"head":7,"missing":[[4,5],[7,7]],"head_age_s":300})
+        );
         assert_eq!(Status::from_bytes(&s.to_bytes()).unwrap(), s);
     }
 

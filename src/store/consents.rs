@@ -136,6 +136,9 @@ fn refuse(
     if let Some(cmd) = cmd {
         let reply = (cmd.reply)(Err(&refused));
         super::replay::remember(&mut w, cmd.jti, cmd.expires_at, &reply, now)?;
+        if let Some(seq) = cmd.seq {
+            super::consent_log::mark_applied(&w.tx, seq)?;
+        }
         let detail = json!({ "jti": cmd.jti, "cmd": cmd.cmd, "reason": command_reason });
         w.audit(now, kind::COMMAND_REFUSED, None, detail)?;
     }

@@ -23,6 +23,7 @@
 //! calls it from `spawn_blocking`.
 
 mod audit_log;
+mod consent_log;
 mod consents;
 mod counters;
 mod outbox;
@@ -34,6 +35,7 @@ mod schema;
 #[cfg(test)]
 mod tests;
 
+pub use consent_log::HeadApplied;
 pub use quarantine::{OutboxEntry, OutboxState, Refusal};
 
 use std::collections::BTreeMap;
@@ -211,6 +213,9 @@ pub struct CommandStamp<'a, T> {
     pub cmd: &'a str,
     /// The command's `exp`; the jti is remembered until a day after it.
     pub expires_at: i64,
+    /// The command's site consent-log `seq`, if it carries one: recorded as
+    /// applied in the same transaction (SPEC "Site consent log").
+    pub seq: Option<crate::ids::Seq>,
     /// The reply to keep for the command (JSON text, no subject id), made
     /// from the effect's outcome inside the transaction. Called once, with
     /// the outcome, or with the refusal when the refusal itself is
@@ -224,6 +229,7 @@ impl<T> std::fmt::Debug for CommandStamp<'_, T> {
             .field("jti", &self.jti)
             .field("cmd", &self.cmd)
             .field("expires_at", &self.expires_at)
+            .field("seq", &self.seq)
             .finish_non_exhaustive()
     }
 }
@@ -876,7 +882,13 @@ impl Writer<'_> {
         if let Some(cmd) = cmd {
             let reply = (cmd.reply)(Ok(outcome));
             replay::remember(self, cmd.jti, cmd.expires_at, &reply, now)?;
-            let detail = serde_json::json!({ "jti": cmd.jti, "cmd": cmd.cmd });
+            if let Some(seq) = cmd.seq {
+                consent_log::mark_applied(&self.tx, seq)?;
+            }
+            let detail = match cmd.seq {
+                Some(seq) => serde_json::json!({ "jti": cmd.jti, "cmd": cmd.cmd, "seq": seq }),
+                None => serde_json::json!({ "jti": cmd.jti, "cmd": cmd.cmd }),
+            };
             self.audit(now, crate::audit::kind::COMMAND_APPLIED, None, detail)?;
         }
         Ok(())

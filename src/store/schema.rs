@@ -15,6 +15,7 @@ const MIGRATIONS: &[&str] = &[
     CAPTURE_PARTS,
     QUARANTINE,
     QUARANTINE_INDEX,
+    CONSENT_LOG,
 ];
 
 const V1: &str = r#"
@@ -195,6 +196,28 @@ ALTER TABLE captures ADD COLUMN quarantined_at INTEGER;
 /// list and `retry --all` without touching a row.
 const QUARANTINE_INDEX: &str = r#"
 CREATE INDEX captures_quarantined ON captures(quarantined_at) WHERE quarantined_at IS NOT NULL;
+"#;
+
+/// Step 8: the site consent log. The applied set as runs of consecutive
+/// seqs (one row per run, so 100,000 applied entries in order are one row),
+/// and the highest head seen, with the broker connection it arrived on
+/// (the `broker_connections` counter at the time): only a head of the
+/// current connection counts.
+const CONSENT_LOG: &str = r#"
+CREATE TABLE IF NOT EXISTS consent_log_applied (
+    lo INTEGER PRIMARY KEY,       -- first seq of a run of applied entries
+    hi INTEGER NOT NULL           -- last seq of the run (inclusive)
+);
+
+CREATE TABLE IF NOT EXISTS consent_log_head (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    seq         INTEGER NOT NULL,
+    base        INTEGER NOT NULL,
+    iat         INTEGER NOT NULL,
+    exp         INTEGER NOT NULL,
+    connection  INTEGER NOT NULL,
+    received_at INTEGER NOT NULL
+);
 "#;
 
 /// Highest schema version this build knows.

@@ -1222,6 +1222,7 @@ fn stamp<'a, T>(
         jti,
         cmd,
         expires_at: T0 + 60,
+        seq: None,
         reply: keep,
     }
 }

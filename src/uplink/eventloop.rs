@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, Notify};
 
 use super::backoff::Backoff;
 use super::commands::{flush_ingress, handle_command, note_ignored, Inbound};
+use super::consent_head::{handle_head, LogWatch};
 use super::ingress::{self, Ignored, Verdict};
 use super::link::Link;
 use super::mqtt::{self, Client, Delivery, Events, NetError, NetEvent, Options};
@@ -29,7 +30,7 @@ use super::upload::{deleter, fill_window, record_interrupted, record_refusal, Up
 use crate::agent::Agent;
 use crate::clock;
 use crate::config::Config;
-use crate::protocol::{Piece, Topics};
+use crate::protocol::{Piece, SiteTopics, Topics};
 use crate::shutdown::Shutdown;
 use crate::store::counter;
 use serde_json::json;
@@ -65,6 +66,8 @@ enum Net {
     Refused { piece: Piece, code: u8 },
     /// A message on one of our command topics.
     Command(Inbound),
+    /// A message on the site consent-log head topic (retained).
+    Head(Inbound),
     /// The first message of `kind` in this run that is not taken as a
     /// command (the rest are only counted in the link's `Ingress`).
     Ignored { kind: Ignored, topic: String },
@@ -125,19 +128,28 @@ async fn network_task(
     stop: Arc<Notify>,
 ) {
     let mut backoff = Backoff::new(config.mqtt.reconnect_min, config.mqtt.reconnect_max);
+    let head_topic = SiteTopics::new(&config.mqtt.prefix, &config.identity.site_id).consent_head;
     loop {
         let (client, eventloop) = connection(&config, &options);
-        let (error, how, abandoned) =
-            match serve(client, eventloop, &link, &tx, &mut backoff, &stop).await {
-                Served::Stopped => return,
-                Served::Failed { error, abandoned } => (error.explain(), error.ending(), abandoned),
-                Served::Reconnect { abandoned } => (
-                    "reconnecting so that the broker delivers again a command whose effect failed"
-                        .to_string(),
-                    Ended::Ours,
-                    abandoned,
-                ),
-            };
+        let served = serve(
+            client,
+            eventloop,
+            &link,
+            &tx,
+            &mut backoff,
+            &stop,
+            &head_topic,
+        );
+        let (error, how, abandoned) = match served.await {
+            Served::Stopped => return,
+            Served::Failed { error, abandoned } => (error.explain(), error.ending(), abandoned),
+            Served::Reconnect { abandoned } => (
+                "reconnecting so that the broker delivers again a command whose effect failed"
+                    .to_string(),
+                Ended::Ours,
+                abandoned,
+            ),
+        };
         // The pair is gone, and with it everything rumqttc held for that
         // connection. What it carried unacknowledged is handed over again
         // after the next CONNACK.
@@ -180,6 +192,7 @@ async fn serve(
     tx: &mpsc::UnboundedSender<Net>,
     backoff: &mut Backoff,
     stop: &Notify,
+    head_topic: &str,
 ) -> Served {
     let mut client = Some(client);
     let mut number = 0;
@@ -237,6 +250,14 @@ async fn serve(
                     ),
                     (None, Delivery::Delivered) => {}
                 }
+            }
+            // The consent-log head is retained by design: not a command.
+            Ok(NetEvent::Publish(publish)) if publish.topic == head_topic => {
+                let _ = tx.send(Net::Head(Inbound {
+                    connection: number,
+                    publish,
+                    received: std::time::Instant::now(),
+                }));
             }
             Ok(NetEvent::Publish(publish)) => {
                 let qos0 = publish.qos0();
@@ -317,6 +338,8 @@ async fn logic_task(
     let mut suspect = Suspect::new();
     let (acked_tx, acked_rx) = mpsc::unbounded_channel();
     let deletes = tokio::spawn(deleter(agent.clone(), acked_rx));
+    // The status goes out again when the consent-log sync changes.
+    let mut log_watch = LogWatch::new();
     loop {
         tokio::select! {
             _ = shutdown.wait() => break,
@@ -362,10 +385,11 @@ async fn logic_task(
                             last_error.clear();
                             record_connected(&agent, session_present).await;
                             agent.set_connected(true);
-                            for topic in [&topics.device_cmd, &topics.site_cmd] {
+                            for topic in [&topics.device_cmd, &topics.site_cmd, &topics.consent_head] {
                                 link.subscribe(topic);
                             }
                             publish_status(&agent, &link, &topics).await;
+                            log_watch.reset();
                             upload_from = tokio::time::Instant::now() + SETTLE_AFTER_CONNECT;
                         }
                         Net::Disconnected { reason, how, uploads, on_wire } => {
@@ -392,11 +416,13 @@ async fn logic_task(
                             upload_from = far_future();
                         }
                         Net::Command(inbound) => handle_command(&agent, &link, &topics, inbound).await,
+                        Net::Head(inbound) => handle_head(&agent, &link, inbound).await,
                         Net::Ignored { kind, topic } => note_ignored(&agent, kind, topic, clock::now()).await,
                     }
                 }
             }
         }
+        log_watch.check(&agent, &link, &topics).await;
         if tokio::time::Instant::now() >= upload_from {
             let window = suspect.window(usize::from(config.mqtt.inflight));
             fill_window(&agent, &link, &uploader, &topics.captures, window).await;

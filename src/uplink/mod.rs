@@ -18,6 +18,8 @@
 //! - [`upload`]: the outbox side (hand-over under the store lock, deletes on
 //!   PUBACK, the envelope bytes);
 //! - [`commands`]: inbound commands, acknowledged after their effect commits;
+//! - [`consent_head`]: the site consent-log head and the status republished
+//!   when the sync changes;
 //! - [`status`]: the retained status and the offline message;
 //! - [`options`]: the connection settings and one client per connection;
 //! - [`mqtt`]: MQTT 3.1.1 or 5 behind one client and event type, and what
@@ -27,6 +29,7 @@
 
 pub mod backoff;
 pub mod commands;
+pub mod consent_head;
 pub mod eventloop;
 pub mod handover;
 pub mod ingress;

@@ -203,6 +203,11 @@ fn hand_over(
         // Room for the captures that waited: look at them again.
         up.waiting.clear();
     }
+    // Site consent log (SPEC): while it is required and the device is out
+    // of sync, nothing is handed over; captures wait, encrypted.
+    if store.consent_log_holds(&cfg.consent, now)? {
+        return Ok(0);
+    }
     // The rest of the queue: not in flight, not a capture in parts, not the
     // captures waiting for room.
     let busy: usize = current_todos.iter().map(Vec::len).sum();

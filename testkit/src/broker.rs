@@ -134,6 +134,9 @@ pub struct BrokerOptions {
     /// `use_username_as_clientid` (the shipped setting, on by default): the
     /// certificate CN is the client id. Off only to show what it prevents.
     pub client_id_from_certificate: bool,
+    /// Mosquitto's `max_queued_messages` (its default, 1000, when `None`):
+    /// QoS 1 messages queued per offline client beyond it are dropped.
+    pub max_queued_messages: Option<usize>,
 }
 
 /// The broker's ACL.
@@ -218,6 +221,7 @@ impl Default for BrokerOptions {
             client_id_from_certificate: true,
             max_packet_size: MAX_PACKET,
             message_size_limit: 0,
+            max_queued_messages: None,
         }
     }
 }
@@ -305,6 +309,7 @@ impl Broker {
                 opts.max_packet_size,
                 opts.message_size_limit,
                 opts.client_id_from_certificate,
+                opts.max_queued_messages,
             )?;
             match broker.spawn_and_wait() {
                 Ok(()) => return Ok(broker),
@@ -558,6 +563,7 @@ fn write_config(
     max_packet: usize,
     message_size_limit: usize,
     client_id_from_cn: bool,
+    max_queued: Option<usize>,
 ) -> Result<(), BrokerError> {
     let p = |name: &str| dir.join(name).display().to_string();
     let mut conf = format!(
@@ -600,6 +606,9 @@ fn write_config(
     }
     if message_size_limit > 0 {
         conf.push_str(&format!("message_size_limit {message_size_limit}\n"));
+    }
+    if let Some(n) = max_queued {
+        conf.push_str(&format!("max_queued_messages {n}\n"));
     }
     let path = dir.join("mosquitto.conf");
     fs::write(&path, conf).map_err(|source| BrokerError::Write { path, source })

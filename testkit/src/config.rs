@@ -43,6 +43,15 @@ pub struct ConfigBuilder {
     audit: Option<Audit>,
     commands: Option<Commands>,
     storage: Option<Storage>,
+    consent: Option<Consent>,
+}
+
+/// `[consent]`.
+#[derive(Debug, Clone, Default, Serialize)]
+struct Consent {
+    log: Option<String>,
+    #[serde(serialize_with = "human_duration")]
+    head_max_age: Option<Duration>,
 }
 
 /// `[storage]`.
@@ -166,6 +175,7 @@ impl ConfigBuilder {
             audit: None,
             commands: None,
             storage: None,
+            consent: None,
         }
     }
 
@@ -336,6 +346,20 @@ impl ConfigBuilder {
     /// `audit.retention`.
     pub fn audit_retention(mut self, retention: Duration) -> Self {
         self.audit.get_or_insert_with(Audit::default).retention = Some(retention);
+        self
+    }
+
+    /// `consent.log` (`"required"` or `"off"`).
+    pub fn consent_log(mut self, mode: &str) -> Self {
+        self.consent.get_or_insert_with(Consent::default).log = Some(mode.into());
+        self
+    }
+
+    /// `consent.head_max_age`.
+    pub fn head_max_age(mut self, age: Duration) -> Self {
+        self.consent
+            .get_or_insert_with(Consent::default)
+            .head_max_age = Some(age);
         self
     }
 

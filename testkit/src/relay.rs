@@ -26,6 +26,7 @@ pub struct Relay {
     /// The port clients connect to (on 127.0.0.1).
     pub port: u16,
     hold: watch::Sender<bool>,
+    hold_up: watch::Sender<bool>,
     cuts: watch::Sender<u64>,
     accepted: Arc<AtomicUsize>,
     task: JoinHandle<()>,
@@ -43,18 +44,21 @@ impl Relay {
             .unwrap_or_else(|e| panic!("relay address: {e}"))
             .port();
         let (hold, hold_rx) = watch::channel(false);
+        let (hold_up, hold_up_rx) = watch::channel(false);
         let (cuts, cuts_rx) = watch::channel(0);
         let accepted = Arc::new(AtomicUsize::new(0));
         let task = tokio::spawn(accept(
             listener,
             target_port,
             hold_rx,
+            hold_up_rx,
             cuts_rx,
             accepted.clone(),
         ));
         Relay {
             port,
             hold,
+            hold_up,
             cuts,
             accepted,
             task,
@@ -66,6 +70,13 @@ impl Relay {
     /// unless the connection is cut first.
     pub fn hold_replies(&self, hold: bool) {
         self.hold.send_replace(hold);
+    }
+
+    /// Holds back (`true`) or lets through (`false`) what the clients send
+    /// to the broker (their PUBACKs included), as [`Relay::hold_replies`]
+    /// does the other way.
+    pub fn hold_requests(&self, hold: bool) {
+        self.hold_up.send_replace(hold);
     }
 
     /// Closes every connection open now (both sides); later ones are relayed
@@ -91,6 +102,7 @@ async fn accept(
     listener: TcpListener,
     target_port: u16,
     hold: watch::Receiver<bool>,
+    hold_up: watch::Receiver<bool>,
     cuts: watch::Receiver<u64>,
     accepted: Arc<AtomicUsize>,
 ) {
@@ -105,6 +117,7 @@ async fn accept(
         let _ = client.set_nodelay(true);
         let _ = broker.set_nodelay(true);
         let hold = hold.clone();
+        let hold_up = hold_up.clone();
         let mut cuts = cuts.clone();
         // Only cuts after this moment close this connection.
         cuts.borrow_and_update();
@@ -115,7 +128,7 @@ async fn accept(
                 // A cut wins over held bytes being released at the same time.
                 biased;
                 _ = cuts.changed() => {}
-                _ = pump(client_rx, broker_tx, None) => {}
+                _ = pump(client_rx, broker_tx, Some(hold_up)) => {}
                 _ = pump(broker_rx, client_tx, Some(hold)) => {}
             }
             // Dropping the halves closes both connections.

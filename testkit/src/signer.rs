@@ -2,7 +2,9 @@
 //! product's own signing code.
 
 use facegate::cmd::Command;
-use facegate::ids::Jti;
+use facegate::command::Stamp;
+use facegate::consent_log::{self, Head};
+use facegate::ids::{Jti, Seq};
 use facegate::{clock, consent, keys};
 use serde_json::Value;
 
@@ -68,5 +70,38 @@ impl Signer {
         command
             .sign(aud, lifetime_s, &self.kid, &self.pkcs8, now)
             .unwrap_or_else(|e| panic!("signing command {}: {e}", command.name()))
+    }
+
+    /// A site consent-log entry: `cmd` with `args` for the whole site
+    /// (`lobby`) carrying `seq`, issued at `iat`, valid for an hour.
+    pub fn entry(&self, cmd: &str, args: Value, seq: u64, iat: i64) -> (Jti, String) {
+        let command =
+            Command::from_parts(cmd, &args).unwrap_or_else(|e| panic!("command {cmd} {args}: {e}"));
+        let stamp = Stamp {
+            iat,
+            exp: iat + 3600,
+            seq: Some(Seq::new(seq)),
+        };
+        command
+            .sign_as(SITE, stamp, &self.kid, &self.pkcs8)
+            .unwrap_or_else(|e| panic!("signing entry {seq}: {e}"))
+    }
+
+    /// A consent-log head for `site`: `seq`, `base`, issued at `iat`, valid
+    /// for a day.
+    pub fn head_for(&self, site: &str, seq: u64, base: u64, iat: i64) -> String {
+        let head = Head {
+            seq: Seq::new(seq),
+            base: Seq::new(base),
+            iat,
+            exp: iat + 86_400,
+        };
+        consent_log::sign_head(site, &head, &self.kid, &self.pkcs8)
+            .unwrap_or_else(|e| panic!("signing a head: {e}"))
+    }
+
+    /// A consent-log head for the test site, issued now.
+    pub fn head(&self, seq: u64, base: u64) -> String {
+        self.head_for(SITE, seq, base, clock::now())
     }
 }

@@ -2,6 +2,7 @@
 
 verify TOKEN PUBLIC_B64URL AUD   -> prints the verified claims as JSON
 sign KIND AUD                    -> prints {"token": ..., "public_key": ...} signed by a fresh key
+                                    (KIND: consent, command, head, entry)
 public PEM_FILE                  -> prints {"public_key": ...} of a private key file (OpenSSL/cryptography)
 """
 import base64
@@ -37,6 +38,11 @@ def sign(kind: str, aud: str) -> None:
     if kind == "consent":
         claims = {"iss": "pyjwt", "sub": "S-py", "jti": str(uuid.uuid4()), "iat": now,
                   "exp": now + 3600, "aud": [aud], "scope": "capture:upload"}
+    elif kind == "head":  # a site consent-log head, as docs/PROTOCOL.md signs it
+        claims = {"aud": aud, "seq": 5, "base": 2, "iat": now, "exp": now + 86400}
+    elif kind == "entry":  # a site consent-log entry, as docs/PROTOCOL.md signs it
+        claims = {"jti": str(uuid.uuid4()), "iat": now, "exp": now + 3600, "aud": aud,
+                  "cmd": "consent.revoke", "args": {"subject": "S-py"}, "seq": 3}
     else:
         claims = {"jti": str(uuid.uuid4()), "iat": now, "exp": now + 600, "aud": aud,
                   "cmd": "capture.purge", "args": {"subject": "S-py"}}
