@@ -17,7 +17,8 @@
 //! The two alternate (whole, parts, whole, parts, …) for `FACEGATE_BENCH_ROUNDS`
 //! rounds (default 3), so background load on a shared machine hits both alike;
 //! every run is printed with the load average, then the range of each and the
-//! ratio of the means. Goal: parts ≥ 0.9 × whole.
+//! ratio of the means. Goal: parts ≥ 0.9 × whole. Each run also prints the
+//! daemon's CPU time per capture (less sensitive to the machine's load).
 //!
 //! `FACEGATE_BENCH_CAPTURES` (default 6000) sets N; `FACEGATE_BENCH_DIR` puts
 //! the state directories on a given disk.
@@ -60,10 +61,12 @@ async fn run(n: usize, rounds: usize) {
             ("parts", PARTS_LIMIT, &mut parts),
         ] {
             let load = bench::loadavg();
-            let rate = one_run(&broker, n, &images, limit).await;
+            let drained = one_run(&broker, n, &images, limit).await;
+            let rate = drained.rate;
             println!(
-                "RESULT F round {round} {name:5}: {rate:.1} captures/s ({:.1} MB/s of images); load {load}",
-                rate * mean_len as f64 / 1e6
+                "RESULT F round {round} {name:5}: {rate:.1} captures/s ({:.1} MB/s of images), {:.0} µs CPU per capture; load {load}",
+                rate * mean_len as f64 / 1e6,
+                drained.cpu_s / n as f64 * 1e6
             );
             results.push(rate);
         }
@@ -90,7 +93,7 @@ async fn run(n: usize, rounds: usize) {
 
 /// Captures/s of one fresh terminal draining `n` queued captures with
 /// `mqtt.max_packet_size = limit`.
-async fn one_run(broker: &Broker, n: usize, images: &[Vec<u8>], limit: u64) -> f64 {
+async fn one_run(broker: &Broker, n: usize, images: &[Vec<u8>], limit: u64) -> bench::Drained {
     let mut d = bench::daemon()
         .broker(broker)
         .configure(|c| {
@@ -108,6 +111,5 @@ async fn one_run(broker: &Broker, n: usize, images: &[Vec<u8>], limit: u64) -> f
         t.elapsed().as_secs_f64()
     );
     let limit_s = Duration::from_secs(120.max(n as u64 / 10));
-    let (rate, _steady) = bench::drain(&mut d, n, limit_s).await;
-    rate
+    bench::drain_measured(&mut d, n, limit_s).await
 }

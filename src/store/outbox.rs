@@ -264,6 +264,17 @@ fn decrypt(
     }))
 }
 
+/// A queued capture, not quarantined, for a `WHERE` clause on `captures`.
+/// The quarantine columns sit after the sealed image in the row, so testing
+/// them row by row walks each image's overflow pages; the partial index of
+/// quarantined captures (schema `QUARANTINE_INDEX`, normally empty) answers
+/// this instead.
+pub(super) const NOT_QUARANTINED: &str =
+    "seq NOT IN (SELECT seq FROM captures WHERE quarantined_at IS NOT NULL)";
+
+/// The next queued captures in order, up to `limit`, leaving out
+/// `exclude` (in flight): which ones is decided on their keys alone (no
+/// sealed image is read for a capture left out), then only those are read.
 pub(super) fn pending(
     store: &mut Store,
     limit: usize,
@@ -272,34 +283,47 @@ pub(super) fn pending(
     if limit == 0 {
         return Ok(Vec::new());
     }
-    let rows: Vec<Row> = store
+    let exclude: std::collections::HashSet<&CaptureId> = exclude.iter().collect();
+    let keys: Vec<(i64, CaptureId)> = store
         .conn
         .prepare_cached(&format!(
-            "SELECT {REF_COLUMNS}, queued_at, meta, image FROM captures
-             WHERE quarantined_at IS NULL ORDER BY seq LIMIT ?1"
+            "SELECT seq, capture_id FROM captures WHERE {NOT_QUARANTINED} ORDER BY seq LIMIT ?1"
         ))
         .and_then(|mut s| {
             s.query_map([(limit + exclude.len()) as i64], |r| {
-                Ok(Row {
-                    r: capture_ref(r)?,
-                    queued_at: r.get(3)?,
-                    meta: r.get(4)?,
-                    image: r.get(5)?,
-                })
+                Ok((r.get(0)?, CaptureId::new(r.get::<_, String>(1)?)))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()
         })
         .op("reading the outbox")?;
+    let mut rows: Vec<Row> = Vec::with_capacity(limit);
+    for (seq, _) in keys
+        .into_iter()
+        .filter(|(_, id)| !exclude.contains(id))
+        .take(limit)
+    {
+        let row = store
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {REF_COLUMNS}, queued_at, meta, image FROM captures WHERE seq = ?1"
+            ))
+            .and_then(|mut s| {
+                s.query_row([seq], |r| {
+                    Ok(Row {
+                        r: capture_ref(r)?,
+                        queued_at: r.get(3)?,
+                        meta: r.get(4)?,
+                        image: r.get(5)?,
+                    })
+                })
+            })
+            .op("reading the outbox")?;
+        rows.push(row);
+    }
     let mut cache = HashMap::new();
     let mut out = Vec::new();
     let mut broken = Vec::new();
-    for row in rows
-        .into_iter()
-        .filter(|r| !exclude.contains(&r.r.capture_id))
-    {
-        if out.len() == limit {
-            break;
-        }
+    for row in rows {
         match decrypt(&store.conn, &store.keys, &mut cache, &row)? {
             Some(c) => out.push(c),
             None => broken.push(row.r),

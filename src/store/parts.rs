@@ -23,9 +23,10 @@ impl Store {
         let r = (|| {
             let seq: Option<i64> = self
                 .conn
-                .prepare_cached(
-                    "SELECT seq FROM captures WHERE capture_id = ?1 AND quarantined_at IS NULL",
-                )
+                .prepare_cached(&format!(
+                    "SELECT seq FROM captures WHERE capture_id = ?1 AND {}",
+                    outbox::NOT_QUARANTINED
+                ))
                 .and_then(|mut s| s.query_row([capture_id.as_str()], |r| r.get(0)).optional())
                 .op("looking up a capture")?;
             let Some(seq) = seq else {
@@ -79,7 +80,8 @@ impl Store {
                 // packets: refusals counted against it start again from 0.
                 let mut reset =
                     w.tx.prepare_cached(
-                        "UPDATE captures SET attempts = 0 WHERE capture_id = ?1 AND attempts > 0",
+                        "UPDATE captures SET attempts = 0 WHERE capture_id = ?1
+                         AND seq IN (SELECT seq FROM captures WHERE attempts > 0)",
                     )
                     .op("resetting refusals")?;
                 for (id, part) in parts {

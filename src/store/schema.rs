@@ -16,6 +16,7 @@ const MIGRATIONS: &[&str] = &[
     QUARANTINE,
     QUARANTINE_INDEX,
     CONSENT_LOG,
+    ATTEMPTS_INDEX,
 ];
 
 const V1: &str = r#"
@@ -218,6 +219,14 @@ CREATE TABLE IF NOT EXISTS consent_log_head (
     connection  INTEGER NOT NULL,
     received_at INTEGER NOT NULL
 );
+"#;
+
+/// Refusals counted against a capture sit after the sealed image too (see
+/// `QUARANTINE_INDEX`): acknowledging a part resets them, and asking whether
+/// there is anything to reset must not walk the image's overflow pages for
+/// every part. A partial index holds only captures with refusals counted.
+const ATTEMPTS_INDEX: &str = r#"
+CREATE INDEX captures_attempted ON captures(attempts) WHERE attempts > 0;
 "#;
 
 /// Highest schema version this build knows.

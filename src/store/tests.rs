@@ -389,6 +389,7 @@ fn the_consent_key_migration_keeps_a_version_2_database_working() {
              DROP TABLE audit_checkpoint;
              DROP TABLE capture_parts;
              DROP INDEX captures_quarantined;
+             DROP INDEX captures_attempted;
              ALTER TABLE captures DROP COLUMN attempts;
              ALTER TABLE captures DROP COLUMN quarantined_at;
              PRAGMA user_version = 2;
@@ -1916,6 +1917,7 @@ fn the_quarantine_migration_keeps_queued_captures_queued() {
         conn.execute_batch(
             "BEGIN;
              DROP INDEX captures_quarantined;
+             DROP INDEX captures_attempted;
              ALTER TABLE captures DROP COLUMN attempts;
              ALTER TABLE captures DROP COLUMN quarantined_at;
              PRAGMA user_version = 5;
@@ -1980,5 +1982,47 @@ fn partly_sent_starts_from_the_parts_not_from_the_captures() {
         plan.iter()
             .any(|step| step.starts_with("SEARCH c USING INTEGER PRIMARY KEY")),
         "{plan:?}"
+    );
+}
+
+#[test]
+fn the_hand_over_queries_never_test_a_column_after_the_image() {
+    // The quarantine and refusal columns were added after the sealed image:
+    // testing them row by row walks each image's overflow pages. Every query
+    // of the hand-over path asks the partial indexes instead.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = open(dir.path());
+        with_captures(&mut s, "S-1", 2, T0);
+    }
+    let conn = raw(dir.path());
+    let plan = |sql: &str| -> Vec<String> {
+        let n = conn.prepare(sql).unwrap().parameter_count();
+        let params: Vec<i64> = vec![1; n];
+        conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap()
+            .query_map(rusqlite::params_from_iter(params), |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    };
+    let not_quarantined = plan(&format!(
+        "SELECT seq, capture_id FROM captures WHERE {} ORDER BY seq LIMIT ?1",
+        outbox::NOT_QUARANTINED
+    ));
+    assert!(
+        not_quarantined
+            .iter()
+            .any(|s| s.contains("COVERING INDEX captures_quarantined")),
+        "{not_quarantined:?}"
+    );
+    let attempted = plan("SELECT seq FROM captures WHERE attempts > 0");
+    assert!(
+        attempted
+            .iter()
+            .any(|s| s.contains("COVERING INDEX captures_attempted")),
+        "{attempted:?}"
     );
 }

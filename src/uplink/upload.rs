@@ -178,10 +178,12 @@ fn hand_over(
     let mut kept = Vec::with_capacity(up.current.len());
     let mut current_todos = Vec::with_capacity(up.current.len());
     let mut done = Vec::new();
+    let mut gone = 0;
     for cur in std::mem::take(&mut up.current) {
         let id = cur.capture.capture_id.clone();
         let Some(acked) = store.part_progress(&id)? else {
-            continue; // uploaded or purged
+            gone += 1; // uploaded or purged
+            continue;
         };
         let in_flight = agent.inflight().parts_of(&id, cur.parts);
         let todo = todo(cur.parts, &acked, &in_flight);
@@ -197,7 +199,7 @@ fn hand_over(
     if !done.is_empty() {
         store.complete_parts(&done, now)?;
     }
-    let finished_some = !done.is_empty();
+    let finished_some = gone > 0 || !done.is_empty();
     up.current = kept;
     if finished_some {
         // Room for the captures that waited: look at them again.
@@ -313,7 +315,7 @@ fn hand_over(
     up.current.retain(|c| !purged(&c.capture.capture));
     let mut freed = up.current.len() < before;
     // Highest index first: swap_remove moves the last element into the hole.
-    started.sort_by(|a, b| b.0.cmp(&a.0));
+    started.sort_by_key(|s| std::cmp::Reverse(s.0));
     let mut new = Vec::with_capacity(started.len());
     for (i, n) in started {
         if purged(&batch[i]) {
