@@ -122,6 +122,23 @@ pub fn max_payload(topic_len: usize, max: usize) -> Option<usize> {
     Some(payload)
 }
 
+/// Room left for the envelope's fields other than the image in
+/// [`surely_whole_up_to`]: far more than a capture's fields take (ids,
+/// names, the consent id, the digest), so a capture of at most that stored
+/// size is sent whole whatever its fields hold.
+pub const FIELDS_ALLOWANCE: usize = 8 * 1024;
+
+/// A stored size (`bytes` of the outbox: sealed metadata and sealed image,
+/// each at least as long as what it seals) at or below which a capture is
+/// certainly sent whole under `max` on a topic of `topic_len` bytes: the
+/// hand-over skips reading larger captures while it has no room to start
+/// another capture in parts. 0 when no image fits whole.
+pub fn surely_whole_up_to(topic_len: usize, max: usize) -> usize {
+    max_payload(topic_len, max)
+        .and_then(|room| room.checked_sub(FIELDS_ALLOWANCE))
+        .map_or(0, |chars| chars / 4 * 3)
+}
+
 /// Base64 (padded) length of `n` bytes.
 fn base64_len(n: usize) -> usize {
     n.div_ceil(3) * 4
@@ -596,6 +613,34 @@ mod tests {
                 Reassembler::new().add(e),
                 Err(ReassemblyError::BadPart { .. })
             ));
+        }
+    }
+
+    #[test]
+    fn a_capture_up_to_the_surely_whole_size_is_sent_whole() {
+        let topic = "facegate/lobby/term-01/captures";
+        for max in [4 * 1024, 16 * 1024, 128 * 1024, 256 * 1024, 1 << 20] {
+            let bound = surely_whole_up_to(topic.len(), max);
+            if max <= FIELDS_ALLOWANCE {
+                assert_eq!(bound, 0, "{max}");
+                continue;
+            }
+            assert!(bound > 0, "{max}");
+            // The largest fields a capture can carry still fit with it.
+            let largest = Envelope {
+                subject: "s".repeat(256),
+                camera: "c".repeat(256),
+                site: "s".repeat(64),
+                device: "d".repeat(64),
+                ..header(&"k".repeat(MAX_CONSENT_ID_JSON))
+            };
+            assert_eq!(
+                split(&largest, bound, topic.len(), max),
+                Ok(Split::Whole),
+                "{max}"
+            );
+            // And the bound is not far below the real threshold.
+            assert!(split(&header(""), bound + FIELDS_ALLOWANCE, topic.len(), max).is_ok());
         }
     }
 }

@@ -584,7 +584,20 @@ impl Store {
         limit: usize,
         exclude: &[CaptureId],
     ) -> Result<Vec<OutboxCapture>, StoreError> {
-        let r = outbox::pending(self, limit, exclude);
+        let r = outbox::pending(self, limit, exclude, None);
+        self.finish(r)
+    }
+
+    /// [`Store::pending`] of the captures whose stored size (sealed metadata
+    /// and image, the `bytes` of [`OutboxStats`]) is at most `max_bytes`;
+    /// larger ones are not read at all.
+    pub fn pending_at_most(
+        &mut self,
+        limit: usize,
+        exclude: &[CaptureId],
+        max_bytes: u64,
+    ) -> Result<Vec<OutboxCapture>, StoreError> {
+        let r = outbox::pending(self, limit, exclude, Some(max_bytes));
         self.finish(r)
     }
 

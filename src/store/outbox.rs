@@ -279,6 +279,7 @@ pub(super) fn pending(
     store: &mut Store,
     limit: usize,
     exclude: &[CaptureId],
+    max_bytes: Option<u64>,
 ) -> Result<Vec<OutboxCapture>, StoreError> {
     if limit == 0 {
         return Ok(Vec::new());
@@ -287,10 +288,12 @@ pub(super) fn pending(
     let keys: Vec<(i64, CaptureId)> = store
         .conn
         .prepare_cached(&format!(
-            "SELECT seq, capture_id FROM captures WHERE {NOT_QUARANTINED} ORDER BY seq LIMIT ?1"
+            "SELECT seq, capture_id FROM captures
+             WHERE {NOT_QUARANTINED} AND (?2 IS NULL OR bytes <= ?2) ORDER BY seq LIMIT ?1"
         ))
         .and_then(|mut s| {
-            s.query_map([(limit + exclude.len()) as i64], |r| {
+            let max_bytes = max_bytes.map(|b| i64::try_from(b).unwrap_or(i64::MAX));
+            s.query_map(params![(limit + exclude.len()) as i64, max_bytes], |r| {
                 Ok((r.get(0)?, CaptureId::new(r.get::<_, String>(1)?)))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()

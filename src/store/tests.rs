@@ -2026,3 +2026,41 @@ fn the_hand_over_queries_never_test_a_column_after_the_image() {
         "{attempted:?}"
     );
 }
+
+#[test]
+fn pending_at_most_reads_only_captures_up_to_a_stored_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let small = with_captures(&mut s, "S-1", 2, T0);
+    let cid = "consent-S-2";
+    s.add_consent(&consent(cid, "S-2", T0 - 10, T0 + DAY), T0, None)
+        .unwrap();
+    let big = CaptureId::new("S-2-big");
+    let image = vec![7u8; 200_000];
+    s.insert_captures(
+        vec![capture(big.as_str(), "S-2", cid, &image)],
+        &roomy(),
+        T0,
+    )
+    .unwrap();
+    let more = with_captures(&mut s, "S-3", 1, T0);
+    let ids = |v: Vec<OutboxCapture>| -> Vec<CaptureId> {
+        v.into_iter().map(|c| c.capture.capture_id).collect()
+    };
+    // In order, the big one included, without a bound.
+    let all = ids(s.pending(10, &[]).unwrap());
+    assert_eq!(
+        all,
+        [
+            small[0].clone(),
+            small[1].clone(),
+            big.clone(),
+            more[0].clone()
+        ]
+    );
+    // With a bound below it, the big one is passed over (not read) and the
+    // limit is filled from behind it.
+    let bounded = ids(s.pending_at_most(3, &[small[0].clone()], 100_000).unwrap());
+    assert_eq!(bounded, [small[1].clone(), more[0].clone()]);
+    assert!(ids(s.pending_at_most(10, &[], 0).unwrap()).is_empty());
+}

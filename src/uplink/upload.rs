@@ -219,7 +219,15 @@ fn hand_over(
         let mut exclude = agent.inflight().snapshot();
         exclude.extend(up.current.iter().map(|c| c.capture.capture_id.clone()));
         exclude.extend(up.waiting.iter().cloned());
-        batch = store.pending(room, &exclude)?;
+        // No room to start another capture in parts: read only captures
+        // that certainly go whole (one that needs parts would be decrypted
+        // only to wait).
+        let whole_up_to = parts::surely_whole_up_to(topic.len(), max);
+        batch = if room_for_parts(up.current.len(), up.kept_bytes(), whole_up_to + 1, budget) {
+            store.pending(room, &exclude)?
+        } else {
+            store.pending_at_most(room, &exclude, whole_up_to as u64)?
+        };
     }
     // Whole or in parts; captures in parts only while they fit the budget.
     let mut sources = Vec::new();
