@@ -15,6 +15,7 @@ const MIGRATIONS: &[&str] = &[
     CAPTURE_PARTS,
     QUARANTINE,
     QUARANTINE_INDEX,
+    DROPPED_PAIRS,
 ];
 
 const V1: &str = r#"
@@ -195,6 +196,19 @@ ALTER TABLE captures ADD COLUMN quarantined_at INTEGER;
 /// list and `retry --all` without touching a row.
 const QUARANTINE_INDEX: &str = r#"
 CREATE INDEX captures_quarantined ON captures(quarantined_at) WHERE quarantined_at IS NOT NULL;
+"#;
+
+/// Spool pairs the consent gate dropped, so that a drop is counted and
+/// audited once even when a crash comes between that commit and the spool
+/// removal (`Store::record_drop`): `mark` is a keyed digest of the pair's
+/// content (no subject, no file name can be read from it), `at` when it was
+/// recorded; marks older than a week are deleted.
+const DROPPED_PAIRS: &str = r#"
+CREATE TABLE dropped_pairs (
+    mark BLOB PRIMARY KEY,
+    at   INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX dropped_pairs_by_age ON dropped_pairs(at);
 "#;
 
 /// Highest schema version this build knows.
