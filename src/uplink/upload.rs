@@ -30,9 +30,13 @@ use crate::agent::Agent;
 use crate::clock;
 use crate::config::Config;
 use crate::ids::CaptureId;
+use crate::logging::repeat;
 use crate::protocol::parts::{self, Split};
 use crate::protocol::{Envelope, PartNo, Piece, WIRE_VERSION};
 use crate::store::{Capture, OutboxCapture, PurgeReason, Refusal, Store, StoreError};
+
+/// The error of a failed delete (rate-limited: `logging::repeat`).
+const DELETE_FAILED: &str = "cannot record acknowledged uploads; they will be sent again";
 
 /// A capture being sent in parts, decrypted once.
 struct InParts {
@@ -308,7 +312,7 @@ fn hand_over(
     up.current.retain(|c| !purged(&c.capture.capture));
     let mut freed = up.current.len() < before;
     // Highest index first: swap_remove moves the last element into the hole.
-    started.sort_by(|a, b| b.0.cmp(&a.0));
+    started.sort_by_key(|a| std::cmp::Reverse(a.0));
     let mut new = Vec::with_capacity(started.len());
     for (i, n) in started {
         if purged(&batch[i]) {
@@ -470,7 +474,9 @@ pub async fn deleter(agent: Arc<Agent>, mut acked: mpsc::UnboundedReceiver<Piece
             })
             .await;
         if let Err(e) = r {
-            tracing::error!(error = %e, "cannot record acknowledged uploads; they will be sent again");
+            if let Some(times) = repeat::admit(DELETE_FAILED, clock::now()) {
+                tracing::error!(error = %e, "{DELETE_FAILED}{times}");
+            }
         }
         for piece in &pieces {
             agent.inflight().remove(piece);
