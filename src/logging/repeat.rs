@@ -6,8 +6,9 @@
 //! happened since the last line ("… ×541 in the last minute"). The rule is
 //! [`Repeat::occur`] (and [`Repeat::due`] for a window that ended with
 //! nothing after it), a pure function of the past and `now`; [`admit`] and
-//! [`due`] keep one [`Repeat`] per message for the whole process, so every
-//! call site of a message shares it.
+//! [`due`] keep one [`Repeat`] per message and detail (the reason of a lost
+//! connection: a new reason is logged at once) for the whole process, so
+//! every call site of a message shares it.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -101,39 +102,49 @@ impl Repeat {
     }
 }
 
-/// The process-wide state of each rate-limited message.
-fn registry() -> std::sync::MutexGuard<'static, HashMap<&'static str, Repeat>> {
-    static REGISTRY: OnceLock<Mutex<HashMap<&'static str, Repeat>>> = OnceLock::new();
+/// A rate-limited message: its text and the detail that tells its
+/// occurrences apart (the reason of a lost connection: a new reason is
+/// logged at once, the same one again is counted).
+type Key = (&'static str, String);
+
+/// The process-wide state of each rate-limited message and detail.
+fn registry() -> std::sync::MutexGuard<'static, HashMap<Key, Repeat>> {
+    static REGISTRY: OnceLock<Mutex<HashMap<Key, Repeat>>> = OnceLock::new();
     REGISTRY
         .get_or_init(Mutex::default)
         .lock()
         .unwrap_or_else(|p| p.into_inner())
 }
 
-/// One occurrence of `message` at `now` (unix seconds): `Some` when a line
-/// is to be written (its suffix is the [`Times`]), `None` when it is only
-/// counted.
-pub fn admit(message: &'static str, now: i64) -> Option<Times> {
-    registry().entry(message).or_default().occur(now)
+/// One occurrence of `message` with `detail` at `now` (unix seconds):
+/// `Some` when a line is to be written (its suffix is the [`Times`]),
+/// `None` when it is only counted.
+pub fn admit(message: &'static str, detail: &str, now: i64) -> Option<Times> {
+    registry()
+        .entry((message, detail.to_string()))
+        .or_default()
+        .occur(now)
 }
 
-/// The messages whose window ended at `now` with occurrences not logged,
-/// and how many each: the caller writes one summary line for each (see
-/// [`Repeat::due`]).
-pub fn due(now: i64) -> Vec<(&'static str, u64)> {
+/// The messages (with their detail) whose window ended at `now` with
+/// occurrences not logged, and how many each: the caller writes one summary
+/// line for each (see [`Repeat::due`]). Messages with nothing left to
+/// report are forgotten.
+pub fn due(now: i64) -> Vec<(&'static str, String, u64)> {
     let mut reg = registry();
-    let mut out: Vec<(&'static str, u64)> = reg
+    let mut out: Vec<(&'static str, String, u64)> = reg
         .iter_mut()
-        .filter_map(|(message, r)| r.due(now).map(|n| (*message, n)))
+        .filter_map(|((message, detail), r)| r.due(now).map(|n| (*message, detail.clone(), n)))
         .collect();
+    reg.retain(|_, r| *r != Repeat::new());
     out.sort_unstable();
     out
 }
 
 /// Writes a summary line (WARN) for every message [`due`] at `now`.
 pub fn log_due(now: i64) {
-    for (message, n) in due(now) {
-        tracing::warn!(repeated = n, "{message}{}", Times::Repeated(n));
+    for (message, detail, n) in due(now) {
+        tracing::warn!(%detail, repeated = n, "{message}{}", Times::Repeated(n));
     }
 }
 
@@ -228,14 +239,26 @@ mod tests {
     }
 
     #[test]
-    fn the_registry_keeps_one_state_per_message() {
+    fn the_registry_keeps_one_state_per_message_and_detail() {
         let a = "repeat test message a";
         let b = "repeat test message b";
-        assert_eq!(admit(a, T0), Some(Times::Once));
-        assert_eq!(admit(a, T0 + 1), None);
-        assert_eq!(admit(b, T0 + 1), Some(Times::Once), "its own state");
-        let due = due(T0 + WINDOW_S);
-        assert!(due.contains(&(a, 1)), "{due:?}");
-        assert!(!due.iter().any(|(m, _)| *m == b), "{due:?}");
+        assert_eq!(admit(a, "x", T0), Some(Times::Once));
+        assert_eq!(admit(a, "x", T0 + 1), None);
+        assert_eq!(admit(a, "y", T0 + 1), Some(Times::Once), "another detail");
+        assert_eq!(admit(b, "x", T0 + 1), Some(Times::Once), "another message");
+        let due = due(T0 + WINDOW_S + 1);
+        assert!(due.contains(&(a, "x".to_string(), 1)), "{due:?}");
+        assert!(!due.iter().any(|(m, d, _)| *m == b || d == "y"), "{due:?}");
+        // Reported, then forgotten once a window passes with nothing.
+        assert!(registry().contains_key(&(a, "x".to_string())));
+        assert!(
+            !registry().contains_key(&(a, "y".to_string())),
+            "nothing to report"
+        );
+        assert!(super::due(T0 + 3 * WINDOW_S)
+            .iter()
+            .all(|(m, _, _)| *m != a));
+        assert!(!registry().contains_key(&(a, "x".to_string())));
+        assert_eq!(admit(a, "x", T0 + 3 * WINDOW_S), Some(Times::Once));
     }
 }

@@ -202,13 +202,14 @@ CREATE INDEX captures_quarantined ON captures(quarantined_at) WHERE quarantined_
 /// audited once even when a crash comes between that commit and the spool
 /// removal (`Store::record_drop`): `mark` is a keyed digest of the pair's
 /// content (no subject, no file name can be read from it), `at` when it was
-/// recorded; marks older than a week are deleted.
+/// recorded; marks older than a week are deleted. (`IF NOT EXISTS`: tests
+/// that take a database back to an older version leave later tables.)
 const DROPPED_PAIRS: &str = r#"
-CREATE TABLE dropped_pairs (
+CREATE TABLE IF NOT EXISTS dropped_pairs (
     mark BLOB PRIMARY KEY,
     at   INTEGER NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX dropped_pairs_by_age ON dropped_pairs(at);
+CREATE INDEX IF NOT EXISTS dropped_pairs_by_age ON dropped_pairs(at);
 "#;
 
 /// Highest schema version this build knows.

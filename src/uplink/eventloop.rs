@@ -392,7 +392,7 @@ async fn logic_task(
                             if !uploads.is_empty() {
                                 record_interrupted(&agent, &reason, uploads.len()).await;
                             }
-                            if let Some(times) = repeat::admit(CONNECTION_LOST, clock::now()) {
+                            if let Some(times) = repeat::admit(CONNECTION_LOST, &reason, clock::now()) {
                                 tracing::warn!(%reason, requeued = uploads.len(), "{CONNECTION_LOST}{times}");
                             }
                             upload_from = far_future();

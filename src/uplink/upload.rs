@@ -474,7 +474,7 @@ pub async fn deleter(agent: Arc<Agent>, mut acked: mpsc::UnboundedReceiver<Piece
             })
             .await;
         if let Err(e) = r {
-            if let Some(times) = repeat::admit(DELETE_FAILED, clock::now()) {
+            if let Some(times) = repeat::admit(DELETE_FAILED, &e.to_string(), clock::now()) {
                 tracing::error!(error = %e, "{DELETE_FAILED}{times}");
             }
         }

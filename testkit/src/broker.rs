@@ -23,9 +23,12 @@
 //! each other's session over: a test that needs two fleet connections at once
 //! uses `fleet` and `fleet-2`.
 //!
-//! Persistence is on (saved every second and on [`Broker::stop`]), so persistent
-//! sessions and retained messages survive [`Broker::restart`]. Dropping the broker
-//! kills the process. Any system Mosquitto on 1883 is left alone.
+//! Persistence is on and durable as docs/OPERATIONS.md ("Broker durability")
+//! asks of a production broker: the in-memory database is saved after every
+//! change (`autosave_on_changes true`, `autosave_interval 1`) and on
+//! [`Broker::stop`], so persistent sessions, their queued messages and retained
+//! messages survive [`Broker::restart`] and even [`Broker::kill`] (but for the
+//! moment between a PUBACK and the save). Dropping the broker kills the process. Any system Mosquitto on 1883 is left alone.
 //!
 //! Like the rest of the testkit, the methods panic with the Mosquitto log when
 //! something goes wrong; [`Broker::try_start`] returns the error instead, for a
@@ -409,7 +412,8 @@ impl Broker {
         let _ = child.wait();
     }
 
-    /// Kills the broker (SIGKILL): state changed in the last second may be lost.
+    /// Kills the broker (SIGKILL): a change not yet saved (the moment between
+    /// a PUBACK and the save after it) is lost.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -567,6 +571,7 @@ fn write_config(
          acl_file {acl}\n\
          persistence true\n\
          persistence_location {data}/\n\
+         autosave_on_changes true\n\
          autosave_interval 1\n\
          max_packet_size {max}\n\
          user root\n\
