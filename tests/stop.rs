@@ -202,3 +202,31 @@ async fn in_flight_in_the_status_is_bounded_by_the_window() {
     receive(&mut fleet, &mut seen, T, |s| s.len() >= n).await;
     assert_eq!(seen.len(), n);
 }
+
+/// A connection that drops again and again for the same reason gives one
+/// warning, not one per reconnect: the repeats are counted for the summary
+/// line a minute later (`logging::repeat`). (Before, every reconnect logged
+/// it again: 541 lines in 45 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_lost_again_and_again_is_logged_once() {
+    let broker = Broker::start();
+    let relay = Relay::start(broker.port).await;
+    let d = daemon(&broker, &relay, Duration::from_secs(5));
+    d.wait_uplink_connected(T);
+    let cuts = 6;
+    for n in 1..=cuts {
+        relay.cut();
+        wait_until(
+            T,
+            || relay.accepted() > n && d.uplink_connected(),
+            || d.log(),
+        );
+    }
+    let log = d.log();
+    let lines = log.matches("broker connection lost").count();
+    let connects = log.matches("connected to broker").count();
+    assert_eq!(connects, cuts + 1, "{log}");
+    // One line per distinct reason (a cut may read as a reset or as the
+    // end of the stream), not one per reconnect.
+    assert!((1..=2).contains(&lines), "{lines} lines for {cuts} drops\n{log}");
+}
