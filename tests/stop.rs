@@ -228,5 +228,8 @@ async fn a_connection_lost_again_and_again_is_logged_once() {
     assert_eq!(connects, cuts + 1, "{log}");
     // One line per distinct reason (a cut may read as a reset or as the
     // end of the stream), not one per reconnect.
-    assert!((1..=2).contains(&lines), "{lines} lines for {cuts} drops\n{log}");
+    assert!(
+        (1..=2).contains(&lines),
+        "{lines} lines for {cuts} drops\n{log}"
+    );
 }
