@@ -103,6 +103,7 @@ pub async fn run(agent: Arc<Agent>, mut shutdown: Shutdown) {
         options,
         link.clone(),
         net_tx,
+        agent.clone(),
         config.clone(),
         stop.clone(),
     ));
@@ -126,6 +127,7 @@ async fn network_task(
     options: Options,
     link: Arc<Link>,
     tx: mpsc::UnboundedSender<Net>,
+    agent: Arc<Agent>,
     config: Arc<Config>,
     stop: Arc<Notify>,
 ) {
@@ -133,7 +135,7 @@ async fn network_task(
     loop {
         let (client, eventloop) = connection(&config, &options);
         let (error, how, abandoned) =
-            match serve(client, eventloop, &link, &tx, &mut backoff, &stop).await {
+            match serve(client, eventloop, &link, &tx, &agent, &mut backoff, &stop).await {
                 Served::Stopped => return,
                 Served::Failed { error, abandoned } => (error.explain(), error.ending(), abandoned),
                 Served::Reconnect { abandoned } => (
@@ -183,6 +185,7 @@ async fn serve(
     mut eventloop: Events,
     link: &Link,
     tx: &mpsc::UnboundedSender<Net>,
+    agent: &Agent,
     backoff: &mut Backoff,
     stop: &Notify,
 ) -> Served {
@@ -225,9 +228,16 @@ async fn serve(
             }
             Ok(NetEvent::PubAck { pkid, code }) => {
                 // MQTT 5: rumqttc reports a PUBACK with an error reason code
-                // like any other; only its code tells a refusal apart.
-                let piece = link.on_puback(pkid);
-                match (piece, mqtt::delivery(code)) {
+                // like any other; only its code tells a refusal apart. A
+                // delivered upload is marked acknowledged as its window slot
+                // frees up (status `uplink.in_flight`).
+                let delivery = mqtt::delivery(code);
+                let piece = link.on_puback(pkid, |piece| {
+                    if delivery == Delivery::Delivered {
+                        agent.inflight().acknowledged(piece);
+                    }
+                });
+                match (piece, delivery) {
                     (Some(piece), Delivery::Delivered) => {
                         let _ = tx.send(Net::Acked(piece));
                     }
@@ -351,7 +361,6 @@ async fn logic_task(
                                 tracing::info!("upload acknowledged; leaving probe mode");
                             }
                             suspect.on_acked();
-                            agent.inflight().acknowledged(&piece);
                             let _ = acked_tx.send(piece);
                         }
                         Net::Refused { piece, code } => {
@@ -463,7 +472,6 @@ async fn drain(
             msg = net.recv() => match msg {
                 None => return,
                 Some(Net::Acked(piece)) => {
-                    agent.inflight().acknowledged(&piece);
                     let _ = acked.send(piece);
                 }
                 Some(Net::Refused { piece, code }) => {
