@@ -94,7 +94,8 @@ pub struct InFlight {
 enum Stage {
     /// Handed to MQTT, its PUBACK not received.
     Awaiting,
-    /// Acknowledged by the broker, the delete not recorded yet.
+    /// Its PUBACK arrived: the delete not recorded yet (or, for an MQTT 5
+    /// refusal, the refusal not counted yet).
     Acknowledged,
 }
 
@@ -107,9 +108,9 @@ impl InFlight {
             .insert(piece.part, Stage::Awaiting);
     }
 
-    /// Records that the broker acknowledged `piece` (it stays in flight
-    /// until the delete is recorded, [`InFlight::remove`]). False if it was
-    /// not in flight.
+    /// Records that the broker's PUBACK for `piece` arrived (it stays in
+    /// flight until the delete, or the refusal, is recorded,
+    /// [`InFlight::remove`]). False if it was not in flight.
     pub fn acknowledged(&self, piece: &Piece) -> bool {
         let mut map = self.lock();
         match map

@@ -228,16 +228,13 @@ async fn serve(
             }
             Ok(NetEvent::PubAck { pkid, code }) => {
                 // MQTT 5: rumqttc reports a PUBACK with an error reason code
-                // like any other; only its code tells a refusal apart. A
-                // delivered upload is marked acknowledged as its window slot
-                // frees up (status `uplink.in_flight`).
-                let delivery = mqtt::delivery(code);
+                // like any other; only its code tells a refusal apart. Either
+                // way the upload no longer awaits its PUBACK: marked so as
+                // its window slot frees up (status `uplink.in_flight`).
                 let piece = link.on_puback(pkid, |piece| {
-                    if delivery == Delivery::Delivered {
-                        agent.inflight().acknowledged(piece);
-                    }
+                    agent.inflight().acknowledged(piece);
                 });
-                match (piece, delivery) {
+                match (piece, mqtt::delivery(code)) {
                     (Some(piece), Delivery::Delivered) => {
                         let _ = tx.send(Net::Acked(piece));
                     }

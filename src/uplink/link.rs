@@ -131,15 +131,15 @@ impl Link {
     }
 
     /// The broker acknowledged `pkid`; the upload (whole capture or part) it
-    /// acknowledges, if any. `delivered` sees that upload under the lock, in
-    /// the same step that frees its window slot (the caller marks it
-    /// acknowledged in `Agent::inflight`, so status `uplink.in_flight` never
-    /// counts more uploads than the window holds).
-    pub fn on_puback(&self, pkid: u16, delivered: impl FnOnce(&Piece)) -> Option<Piece> {
+    /// acknowledges, if any. `acked` sees that upload under the lock, in the
+    /// same step that frees its window slot (the caller marks it in
+    /// `Agent::inflight`, so status `uplink.in_flight` never counts more
+    /// uploads than the window holds).
+    pub fn on_puback(&self, pkid: u16, acked: impl FnOnce(&Piece)) -> Option<Piece> {
         let mut inner = self.lock();
         let piece = inner.state.on_puback(pkid);
         if let Some(piece) = &piece {
-            delivered(piece);
+            acked(piece);
         }
         piece
     }
