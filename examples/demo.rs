@@ -126,6 +126,8 @@ impl Demo {
             "CA + server certificate; Mosquitto listening on 127.0.0.1:{} (mutual TLS only)",
             broker.port
         ));
+        say("broker persistence saved every second (persistence true, autosave_interval 1)");
+        why("the terminal deletes a capture once the broker acknowledges it: from then on only the broker's disk keeps it (docs/OPERATIONS.md, \"Broker durability\")");
         say(&format!(
             "client certificates: {DEVICE:?} (the terminal) and \"fleet\" (the back-end)"
         ));

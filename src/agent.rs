@@ -6,7 +6,7 @@
 //! transaction that also writes its audit entry and, on behalf of a command
 //! ([`Via`]), keeps the command's `jti` and reply.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -82,10 +82,24 @@ fn store_error_code(e: &StoreError) -> ErrorCode {
 /// captures and parts of captures. The uplink fills it and empties it once
 /// the acknowledgement is in the store (or the connection is lost); purge
 /// receipts list the purged captures that are in it (SPEC invariant 4).
+/// Between the PUBACK and the delete an upload is still in it, marked
+/// acknowledged: it is not handed over again, but it no longer counts as
+/// awaiting its PUBACK ([`InFlight::awaiting`], status `uplink.in_flight`).
 #[derive(Debug, Default)]
 pub struct InFlight {
-    /// Capture id → its pieces in flight (`None`: the whole capture).
-    ids: Mutex<HashMap<CaptureId, HashSet<Option<PartNo>>>>,
+    /// Capture id → its pieces in flight (`None`: the whole capture) and
+    /// whether the broker acknowledged each.
+    ids: Mutex<HashMap<CaptureId, HashMap<Option<PartNo>, Stage>>>,
+}
+
+/// Where an upload in [`InFlight`] stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Handed to MQTT, its PUBACK not received.
+    Awaiting,
+    /// Its PUBACK arrived: the delete not recorded yet (or, for an MQTT 5
+    /// refusal, the refusal not counted yet).
+    Acknowledged,
 }
 
 impl InFlight {
@@ -94,23 +108,41 @@ impl InFlight {
         self.lock()
             .entry(piece.capture_id.clone())
             .or_default()
-            .insert(piece.part);
+            .insert(piece.part, Stage::Awaiting);
     }
 
-    /// Records that `piece` was acknowledged or abandoned.
+    /// Records that the broker's PUBACK for `piece` arrived (it stays in
+    /// flight until the delete, or the refusal, is recorded,
+    /// [`InFlight::remove`]). False if it was not in flight.
+    pub fn acknowledged(&self, piece: &Piece) -> bool {
+        let mut map = self.lock();
+        match map
+            .get_mut(&piece.capture_id)
+            .and_then(|set| set.get_mut(&piece.part))
+        {
+            Some(stage) => {
+                *stage = Stage::Acknowledged;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records that `piece` was acknowledged and its delete recorded, or abandoned.
     pub fn remove(&self, piece: &Piece) -> bool {
         let mut map = self.lock();
         let Some(set) = map.get_mut(&piece.capture_id) else {
             return false;
         };
-        let removed = set.remove(&piece.part);
+        let removed = set.remove(&piece.part).is_some();
         if set.is_empty() {
             map.remove(&piece.capture_id);
         }
         removed
     }
 
-    /// Which of `ids` have something in flight, in the given order.
+    /// Which of `ids` have something in flight (acknowledged or not), in
+    /// the given order.
     pub fn among(&self, ids: &[CaptureId]) -> Vec<CaptureId> {
         let map = self.lock();
         ids.iter()
@@ -124,13 +156,14 @@ impl InFlight {
         self.lock().keys().cloned().collect()
     }
 
-    /// The parts of `capture_id` split into `of` that are in flight.
+    /// The parts of `capture_id` split into `of` that are in flight
+    /// (acknowledged or not).
     pub fn parts_of(&self, capture_id: &CaptureId, of: u32) -> Vec<u32> {
         let map = self.lock();
         let mut parts: Vec<u32> = map
             .get(capture_id)
             .into_iter()
-            .flatten()
+            .flat_map(|set| set.keys())
             .flatten()
             .filter(|p| p.of == of)
             .map(|p| p.index)
@@ -144,12 +177,26 @@ impl InFlight {
         self.lock().len()
     }
 
-    /// True when nothing is in flight.
+    /// How many uploads (whole captures or parts: one PUBLISH each) await
+    /// their PUBACK; at most the window (`mqtt.inflight`). Status
+    /// `uplink.in_flight`.
+    pub fn awaiting(&self) -> usize {
+        self.lock()
+            .values()
+            .flat_map(|set| set.values())
+            .filter(|s| **s == Stage::Awaiting)
+            .count()
+    }
+
+    /// True when nothing is in flight: every upload handed over is
+    /// acknowledged and its delete recorded, or abandoned.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CaptureId, HashSet<Option<PartNo>>>> {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<CaptureId, HashMap<Option<PartNo>, Stage>>> {
         self.ids.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -464,7 +511,7 @@ impl Agent {
         let max_age = self.head_max_age_s();
         let status = self
             .db
-            .run(move |st| status_of(st, now, connected, inflight.len(), max_age))
+            .run(move |st| status_of(st, now, connected, inflight.awaiting(), max_age))
             .await?;
         Ok(status)
     }
@@ -558,7 +605,7 @@ impl Agent {
         let status = self
             .db
             .run(move |st| {
-                let status = status_of(st, now, connected, inflight.len(), max_age)?;
+                let status = status_of(st, now, connected, inflight.awaiting(), max_age)?;
                 effect(
                     Some(&via),
                     |_: &()| status.clone(),
@@ -843,5 +890,51 @@ mod tests {
         f.remove(&Piece::part(id.clone(), 1, 4));
         assert!(f.among(std::slice::from_ref(&id)).is_empty());
         assert_eq!(f.snapshot(), [CaptureId::from("small")]);
+    }
+
+    /// Status `uplink.in_flight` counts uploads awaiting their PUBACK: an
+    /// acknowledged one whose delete is not recorded yet is still in flight
+    /// (not handed over again, listed in purge receipts) but no longer
+    /// counts. (Before, acknowledged captures waiting for the delete counted
+    /// too, and the value could exceed the window.)
+    #[test]
+    fn only_uploads_awaiting_their_puback_count_as_awaiting() {
+        let f = InFlight::default();
+        let big = CaptureId::from("big");
+        assert_eq!(f.awaiting(), 0);
+        f.insert(&Piece::whole("a".into()));
+        f.insert(&Piece::whole("b".into()));
+        f.insert(&Piece::part(big.clone(), 0, 2));
+        f.insert(&Piece::part(big.clone(), 1, 2));
+        assert_eq!((f.awaiting(), f.len()), (4, 3), "pieces awaiting, captures");
+        assert!(f.acknowledged(&Piece::whole("a".into())));
+        assert!(f.acknowledged(&Piece::part(big.clone(), 1, 2)));
+        assert!(!f.acknowledged(&Piece::whole("never".into())));
+        assert!(
+            !f.acknowledged(&Piece::part(big.clone(), 1, 3)),
+            "another split"
+        );
+        assert_eq!(f.awaiting(), 2);
+        assert_eq!(f.len(), 3, "still in flight until the delete");
+        assert_eq!(f.parts_of(&big, 2), [0, 1], "not handed over again");
+        assert_eq!(f.among(&["a".into()]), [CaptureId::from("a")]);
+        // Acknowledged twice (a broker redelivery of the PUBACK): no change.
+        assert!(f.acknowledged(&Piece::whole("a".into())));
+        assert_eq!(f.awaiting(), 2);
+        // The delete recorded.
+        assert!(f.remove(&Piece::whole("a".into())));
+        assert_eq!((f.awaiting(), f.len()), (2, 2));
+        // Handed over again after a disconnect: awaiting again.
+        f.insert(&Piece::part(big.clone(), 1, 2));
+        assert_eq!(f.awaiting(), 3);
+        for p in [
+            Piece::whole("b".into()),
+            Piece::part(big.clone(), 0, 2),
+            Piece::part(big.clone(), 1, 2),
+        ] {
+            assert!(f.remove(&p));
+        }
+        assert!(f.is_empty());
+        assert_eq!(f.awaiting(), 0);
     }
 }

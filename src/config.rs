@@ -198,6 +198,11 @@ pub struct MqttConfig {
     /// whole seconds; the maximum means "never"). Only used under MQTT 5:
     /// under 3.1.1 the broker's own setting decides.
     pub session_expiry: Duration,
+    /// How long a clean stop (SIGTERM) waits for the uploads in flight to be
+    /// acknowledged before it disconnects (`mqtt.stop_grace`, default 5 s,
+    /// 0 to [`MAX_STOP_GRACE_S`] seconds; 0: do not wait). What is still
+    /// unacknowledged then stays queued and is sent again after the restart.
+    pub stop_grace: Duration,
     /// The broker product this terminal talks to (`mqtt.profile`, optional):
     /// `facegate doctor` checks the settings against its documented limits.
     /// Changes nothing in how the uplink behaves.
@@ -256,6 +261,10 @@ pub const MIN_SESSION_EXPIRY_S: u64 = 60;
 /// Longest `[mqtt] session_expiry`: the MQTT 5 Session Expiry Interval is a
 /// 32-bit number of seconds, and its maximum means the session never expires.
 pub const MAX_SESSION_EXPIRY_S: u64 = u32::MAX as u64;
+
+/// Longest `[mqtt] stop_grace`, in seconds: with the DISCONNECT and the
+/// other tasks' stop it fits the shipped unit's `TimeoutStopSec=30s`.
+pub const MAX_STOP_GRACE_S: u64 = 20;
 
 /// Default `[mqtt] max_attempts` (SPEC "Broker limits and large captures").
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;

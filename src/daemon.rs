@@ -113,24 +113,35 @@ pub async fn run_with_reload(
     tracing::info!(?reason, "shutting down");
     let _ = notify::stopping();
     // Intake finishes the batch it is in (commit, then spool removal) and stops;
-    // the uplink says "offline" and disconnects; what was in flight stays queued.
+    // the uplink waits (up to `mqtt.stop_grace`) for the uploads in flight to
+    // be acknowledged, says "offline" and disconnects; what is still
+    // unacknowledged stays queued.
     let intake = tokio::task::spawn_blocking(move || intake_thread.join());
-    for (name, task) in [
-        ("intake", tokio::spawn(async move { drop(intake.await) })),
+    // The uplink first waits up to `mqtt.stop_grace` for uploads in flight.
+    let uplink_grace = STOP_GRACE + agent.config().mqtt.stop_grace;
+    for (name, grace, task) in [
+        (
+            "intake",
+            STOP_GRACE,
+            tokio::spawn(async move { drop(intake.await) }),
+        ),
         (
             "uplink",
+            uplink_grace,
             tokio::spawn(async move { drop(uplink_task.await) }),
         ),
         (
             "housekeeping",
+            STOP_GRACE,
             tokio::spawn(async move { drop(housekeeping_task.await) }),
         ),
         (
             "control",
+            STOP_GRACE,
             tokio::spawn(async move { drop(control_task.await) }),
         ),
     ] {
-        if tokio::time::timeout(STOP_GRACE, task).await.is_err() {
+        if tokio::time::timeout(grace, task).await.is_err() {
             tracing::warn!(task = name, "did not stop in time; leaving it");
         }
     }

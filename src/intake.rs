@@ -46,7 +46,8 @@ const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(2);
 pub struct BatchReport {
     /// Captures committed to the outbox.
     pub accepted: usize,
-    /// Already in the outbox from before a crash (same capture id).
+    /// Seen before a crash: already in the outbox (same capture id), or a
+    /// drop already counted (same pair).
     pub duplicates: usize,
     /// Refused by the consent gate; never written.
     pub dropped: usize,
@@ -195,16 +196,21 @@ pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, Inta
             }
             Decision::Drop(reason) => {
                 // No per-person trace of someone who did not consent: no
-                // subject reference, no file name (ARCHITECTURE I3).
-                tracing::info!(reason = reason.code(), "dropped capture without consent");
-                store.record(
-                    "capture.dropped",
-                    None,
-                    json!({ "reason": reason.code(), "camera": prepared.sidecar.camera }),
-                    Some("dropped_no_consent"),
-                    now,
-                )?;
-                report.dropped += 1;
+                // subject reference, no file name (ARCHITECTURE I3). Counted
+                // once per pair, also when a crash before the spool removal
+                // brings the pair back.
+                let digest = pair_digest(&cfg, &prepared);
+                let detail = json!({ "reason": reason.code(), "camera": prepared.sidecar.camera });
+                if store.record_drop(&digest, "capture.dropped", detail, now)? {
+                    tracing::info!(reason = reason.code(), "dropped capture without consent");
+                    report.dropped += 1;
+                } else {
+                    tracing::info!(
+                        reason = reason.code(),
+                        "dropped capture without consent (counted before a restart)"
+                    );
+                    report.duplicates += 1;
+                }
                 finished.push(prepared.pair);
             }
         }
@@ -295,6 +301,29 @@ fn prepare(pair: Pair, cfg: &Config) -> Outcome {
     })
 }
 
+/// A digest of a pair's content as intake read it: its name, the sidecar's
+/// fields and the sanitized image's digest. The same pair read again after
+/// a crash gives the same digest (`Store::record_drop` counts its drop once).
+fn pair_digest(cfg: &Config, p: &Prepared) -> [u8; 32] {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    let subject = p.sidecar.subject.as_ref().map_or("", |s| s.as_str());
+    for part in [
+        cfg.identity.site_id.as_bytes(),
+        cfg.identity.device_id.as_bytes(),
+        p.pair.name.as_str().as_bytes(),
+        subject.as_bytes(),
+        p.sidecar.camera.as_bytes(),
+        &p.sidecar.captured_at.to_be_bytes(),
+        &p.image.sha256,
+    ] {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
 /// Builds the outbox record of an accepted capture of `subject`. The capture
 /// id is derived from the pair's content, so re-reading the same pair after a
 /// crash yields the same id (no duplicate).
@@ -352,6 +381,56 @@ mod tests {
     use super::*;
     use crate::agent::testing;
     use crate::shutdown::{self, Reason};
+
+    /// A small real PNG.
+    fn png() -> Vec<u8> {
+        let img = image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    /// A drop commits (audit row, counter) before its pair leaves the
+    /// spool. A crash in between brings the same pair back: it is dropped
+    /// again but not counted or audited again. (Before, it counted twice.)
+    #[test]
+    fn a_drop_is_counted_once_when_a_crash_comes_before_the_spool_removal() {
+        let (_dir, agent) = testing::agent("");
+        let spool = agent.config().spool_dir.clone();
+        std::fs::create_dir_all(&spool).unwrap();
+        let png = png();
+        let put = |name: &str, subject: &str| {
+            std::fs::write(spool.join(format!("{name}.png")), &png).unwrap();
+            let sidecar = format!(
+                r#"{{"subject":"{subject}","captured_at":"2026-11-30T10:00:00Z","camera":"cam-1"}}"#
+            );
+            std::fs::write(spool.join(format!("{name}.json")), sidecar).unwrap();
+        };
+        let counted = || {
+            let mut store = agent.db().lock();
+            let dropped = store.counters().unwrap()[counter::DROPPED_NO_CONSENT];
+            let rows = store.audit_tail(100).unwrap();
+            let audited = rows.iter().filter(|e| e.kind == "capture.dropped").count();
+            (dropped, audited)
+        };
+        put("p1", "S-none");
+        let r = process_once(&agent, SystemTime::now()).unwrap();
+        assert_eq!((r.dropped, r.duplicates), (1, 0));
+        assert_eq!(counted(), (1, 1));
+        assert!(!spool.join("p1.png").exists(), "removed after the commit");
+        // The crash: committed, but the files are back as if never removed.
+        put("p1", "S-none");
+        let r = process_once(&agent, SystemTime::now()).unwrap();
+        assert_eq!((r.dropped, r.duplicates), (0, 1));
+        assert_eq!(counted(), (1, 1), "counted once");
+        assert!(!spool.join("p1.png").exists());
+        // Another pair, even with the same image, is another drop.
+        put("p2", "S-none");
+        put("p3", "S-other");
+        let r = process_once(&agent, SystemTime::now()).unwrap();
+        assert_eq!((r.dropped, r.duplicates), (2, 0));
+        assert_eq!(counted(), (3, 3));
+    }
 
     #[test]
     fn an_idle_intake_waits_the_poll_interval_of_the_current_config() {

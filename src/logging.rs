@@ -2,6 +2,8 @@
 //! stderr (journald and container runtimes collect stderr), filtered by
 //! `[log] level`, or by `RUST_LOG` when that is set and not empty.
 
+pub mod repeat;
+
 use std::io::IsTerminal;
 use std::sync::OnceLock;
 

@@ -99,6 +99,9 @@ pub struct RawMqtt {
     pub protocol: Option<RawNumber>,
     /// MQTT 5 session expiry, humantime text (default "7d").
     pub session_expiry: Option<String>,
+    /// How long a clean stop waits for uploads in flight, humantime text
+    /// (default "5s").
+    pub stop_grace: Option<String>,
     /// Broker product whose limits `doctor` checks (no default).
     pub profile: Option<String>,
 }

@@ -221,6 +221,13 @@ fn mqtt(raw: RawMqtt, base_dir: &Path) -> Result<MqttConfig, ConfigError> {
             &[("3.1.1", MqttProtocol::V311), ("5", MqttProtocol::V5)],
         )?,
         session_expiry,
+        stop_grace: duration(
+            "mqtt.stop_grace",
+            raw.stop_grace,
+            "5s",
+            secs(0),
+            secs(crate::config::MAX_STOP_GRACE_S),
+        )?,
         profile: match raw.profile {
             None => None,
             Some(name) => Some(choice(
@@ -851,6 +858,36 @@ mod tests {
         for ok in ["fleet-1", "fleets", "term-01"] {
             assert_eq!(device_id(Some(ok.to_string())).unwrap(), ok);
         }
+    }
+
+    /// `[mqtt] stop_grace`: 5 s by default, 0 (do not wait) to 20 s.
+    #[test]
+    fn mqtt_stop_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |extra: &str| {
+            let toml = format!(
+                "site_id = \"lobby\"\ndevice_id = \"term-01\"\n[mqtt]\nhost = \"localhost\"\n\
+                 ca_file = \"ca.pem\"\ncert_file = \"device.pem\"\nkey_file = \"device.key\"\n{extra}\n\
+                 [[trust]]\nkid = \"consent-2026\"\nrole = \"consent\"\n\
+                 public_key = \"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo\"\n"
+            );
+            crate::config::from_toml_str(&toml, dir.path()).map_err(|e| e.to_string())
+        };
+        assert_eq!(load("").unwrap().mqtt.stop_grace, secs(5));
+        assert_eq!(
+            load("stop_grace = \"0s\"").unwrap().mqtt.stop_grace,
+            secs(0)
+        );
+        assert_eq!(
+            load("stop_grace = \"20s\"").unwrap().mqtt.stop_grace,
+            secs(20)
+        );
+        assert_eq!(
+            load("stop_grace = \"21s\"").unwrap_err(),
+            "mqtt.stop_grace: must be between 0s and 20s, got 21s"
+        );
+        let err = load("stop_grace = \"later\"").unwrap_err();
+        assert!(err.starts_with("mqtt.stop_grace: bad duration"), "{err}");
     }
 
     /// `[mqtt] protocol` and `session_expiry`: defaults, accepted values,

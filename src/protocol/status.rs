@@ -128,7 +128,9 @@ pub struct Counters {
 pub struct UplinkStatus {
     /// Whether a broker connection is up.
     pub connected: bool,
-    /// Captures handed to MQTT and not yet acknowledged.
+    /// Uploads (whole captures or parts, one PUBLISH each) handed to MQTT
+    /// and awaiting their PUBACK: at most `mqtt.inflight`. An acknowledged
+    /// upload whose delete is not recorded yet does not count.
     pub in_flight: u64,
     /// Reconnects on which the broker kept no session for the device
     /// (`session_present = false`): commands queued for it while it was

@@ -26,6 +26,7 @@ mod audit_log;
 mod consent_log;
 mod consents;
 mod counters;
+mod drops;
 mod outbox;
 mod parts;
 mod purge;
@@ -694,6 +695,22 @@ impl Store {
         now: i64,
     ) -> Result<(), StoreError> {
         let r = counters::record(self, kind, subject, detail, counter, now);
+        self.finish(r)
+    }
+
+    /// A capture the consent gate dropped: audits `kind` with `detail` (no
+    /// subject; never put plain ids in `detail`) and counts
+    /// `dropped_no_consent`, once per spool pair: `pair` is a digest of the
+    /// pair's content, and a pair recorded before (a crash came between this
+    /// commit and the spool removal) is not recorded again (false).
+    pub fn record_drop(
+        &mut self,
+        pair: &[u8; 32],
+        kind: &str,
+        detail: Value,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let r = drops::record(self, pair, kind, detail, now);
         self.finish(r)
     }
 

@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     QUARANTINE_INDEX,
     CONSENT_LOG,
     ATTEMPTS_INDEX,
+    DROPPED_PAIRS,
 ];
 
 const V1: &str = r#"
@@ -227,6 +228,20 @@ CREATE TABLE IF NOT EXISTS consent_log_head (
 /// every part. A partial index holds only captures with refusals counted.
 const ATTEMPTS_INDEX: &str = r#"
 CREATE INDEX captures_attempted ON captures(attempts) WHERE attempts > 0;
+"#;
+
+/// Spool pairs the consent gate dropped, so that a drop is counted and
+/// audited once even when a crash comes between that commit and the spool
+/// removal (`Store::record_drop`): `mark` is a keyed digest of the pair's
+/// content (no subject, no file name can be read from it), `at` when it was
+/// recorded; marks older than a week are deleted. (`IF NOT EXISTS`: tests
+/// that take a database back to an older version leave later tables.)
+const DROPPED_PAIRS: &str = r#"
+CREATE TABLE IF NOT EXISTS dropped_pairs (
+    mark BLOB PRIMARY KEY,
+    at   INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dropped_pairs_by_age ON dropped_pairs(at);
 "#;
 
 /// Highest schema version this build knows.

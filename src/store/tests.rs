@@ -2064,3 +2064,54 @@ fn pending_at_most_reads_only_captures_up_to_a_stored_size() {
     assert_eq!(bounded, [small[1].clone(), more[0].clone()]);
     assert!(ids(s.pending_at_most(10, &[], 0).unwrap()).is_empty());
 }
+
+/// A drop is counted and audited once per pair (`Store::record_drop`); the
+/// mark holds neither the digest nor anything else readable, and goes
+/// after a week.
+#[test]
+fn a_drop_is_recorded_once_per_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let now = 1_800_000_000;
+    let detail = || json!({ "reason": "no_consent", "camera": "cam-1" });
+    let count = |s: &mut Store| {
+        let c = s.counters().unwrap();
+        let dropped = c.get(counter::DROPPED_NO_CONSENT).copied().unwrap_or(0);
+        let rows = s.audit_tail(100).unwrap();
+        (
+            dropped,
+            rows.iter().filter(|e| e.kind == "capture.dropped").count(),
+        )
+    };
+    let (a, b) = ([1u8; 32], [2u8; 32]);
+    assert!(s.record_drop(&a, "capture.dropped", detail(), now).unwrap());
+    assert!(!s
+        .record_drop(&a, "capture.dropped", detail(), now + 5)
+        .unwrap());
+    assert!(s
+        .record_drop(&b, "capture.dropped", detail(), now + 5)
+        .unwrap());
+    assert_eq!(count(&mut s), (2, 2));
+    let marks: Vec<Vec<u8>> = s
+        .conn()
+        .prepare("SELECT mark FROM dropped_pairs")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(marks.len(), 2);
+    assert!(marks
+        .iter()
+        .all(|m| m.len() == 32 && m[..] != a && m[..] != b));
+    // A week later the first mark is gone (deleted by the next drop).
+    let later = now + drops::KEEP_S + 1;
+    assert!(s
+        .record_drop(&b, "capture.dropped", detail(), later)
+        .is_ok_and(|n| !n));
+    assert!(s
+        .record_drop(&a, "capture.dropped", detail(), later)
+        .unwrap());
+    assert_eq!(count(&mut s), (3, 3));
+    assert!(s.audit_verify().unwrap().ok, "the chain holds");
+}

@@ -30,6 +30,7 @@ use super::upload::{deleter, fill_window, record_interrupted, record_refusal, Up
 use crate::agent::Agent;
 use crate::clock;
 use crate::config::Config;
+use crate::logging::repeat;
 use crate::protocol::{Piece, SiteTopics, Topics};
 use crate::shutdown::Shutdown;
 use crate::store::counter;
@@ -42,6 +43,10 @@ const SETTLE_AFTER_CONNECT: Duration = Duration::from_millis(500);
 const REFILL_EVERY: Duration = Duration::from_millis(500);
 /// How long a clean shutdown waits for the offline status and DISCONNECT to go out.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(3);
+/// The warning of a lost broker connection (rate-limited: `logging::repeat`).
+const CONNECTION_LOST: &str = "broker connection lost; retrying with backoff";
+/// How often a stop that waits for uploads in flight looks at them.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// How often counted refusals and ignored messages are looked at (written
 /// once their window has ended, `ingress::WINDOW_S`).
 const INGRESS_FLUSH_EVERY: Duration = Duration::from_secs(5);
@@ -101,6 +106,7 @@ pub async fn run(agent: Arc<Agent>, mut shutdown: Shutdown) {
         options,
         link.clone(),
         net_tx,
+        agent.clone(),
         config.clone(),
         stop.clone(),
     ));
@@ -124,6 +130,7 @@ async fn network_task(
     options: Options,
     link: Arc<Link>,
     tx: mpsc::UnboundedSender<Net>,
+    agent: Arc<Agent>,
     config: Arc<Config>,
     stop: Arc<Notify>,
 ) {
@@ -136,6 +143,7 @@ async fn network_task(
             eventloop,
             &link,
             &tx,
+            &agent,
             &mut backoff,
             &stop,
             &head_topic,
@@ -190,6 +198,7 @@ async fn serve(
     mut eventloop: Events,
     link: &Link,
     tx: &mpsc::UnboundedSender<Net>,
+    agent: &Agent,
     backoff: &mut Backoff,
     stop: &Notify,
     head_topic: &str,
@@ -233,8 +242,12 @@ async fn serve(
             }
             Ok(NetEvent::PubAck { pkid, code }) => {
                 // MQTT 5: rumqttc reports a PUBACK with an error reason code
-                // like any other; only its code tells a refusal apart.
-                let piece = link.on_puback(pkid);
+                // like any other; only its code tells a refusal apart. Either
+                // way the upload no longer awaits its PUBACK: marked so as
+                // its window slot frees up (status `uplink.in_flight`).
+                let piece = link.on_puback(pkid, |piece| {
+                    agent.inflight().acknowledged(piece);
+                });
                 match (piece, mqtt::delivery(code)) {
                     (Some(piece), Delivery::Delivered) => {
                         let _ = tx.send(Net::Acked(piece));
@@ -332,7 +345,6 @@ async fn logic_task(
     let mut refill = tokio::time::interval(REFILL_EVERY);
     let mut ingress_tick = tokio::time::interval(INGRESS_FLUSH_EVERY);
     let mut upload_from = far_future();
-    let mut last_error = String::new();
     let uploader = Arc::new(Uploader::new());
     // Probe mode after a dropped connection (uplink::suspect).
     let mut suspect = Suspect::new();
@@ -347,7 +359,10 @@ async fn logic_task(
             // Wake exactly when the post-connect settle time ends.
             _ = tokio::time::sleep_until(upload_from), if tokio::time::Instant::now() < upload_from => {}
             _ = refill.tick() => {}
-            _ = ingress_tick.tick() => flush_ingress(&agent, &link, clock::now(), false).await,
+            _ = ingress_tick.tick() => {
+                flush_ingress(&agent, &link, clock::now(), false).await;
+                repeat::log_due(clock::now());
+            }
             _ = status_tick.tick() => {
                 if link.connected() {
                     publish_status(&agent, &link, &topics).await;
@@ -382,7 +397,6 @@ async fn logic_task(
                         }
                         Net::Connected { session_present } => {
                             tracing::info!(session_present, "connected to broker");
-                            last_error.clear();
                             record_connected(&agent, session_present).await;
                             agent.set_connected(true);
                             for topic in [&topics.device_cmd, &topics.site_cmd, &topics.consent_head] {
@@ -409,9 +423,8 @@ async fn logic_task(
                             if !uploads.is_empty() {
                                 record_interrupted(&agent, &reason, uploads.len()).await;
                             }
-                            if reason != last_error {
-                                tracing::warn!(%reason, requeued = uploads.len(), "broker connection lost; retrying with backoff");
-                                last_error = reason;
+                            if let Some(times) = repeat::admit(CONNECTION_LOST, &reason, clock::now()) {
+                                tracing::warn!(%reason, requeued = uploads.len(), "{CONNECTION_LOST}{times}");
                             }
                             upload_from = far_future();
                         }
@@ -428,6 +441,9 @@ async fn logic_task(
             fill_window(&agent, &link, &uploader, &topics.captures, window).await;
         }
     }
+    // Nothing more is handed over; what is in flight gets `mqtt.stop_grace`
+    // to be acknowledged and its delete recorded.
+    drain(&agent, &link, &mut net, &acked_tx, config.mqtt.stop_grace).await;
     // Deletes already queued finish (so acknowledged captures are not sent again).
     drop(acked_tx);
     let _ = deletes.await;
@@ -440,6 +456,76 @@ async fn logic_task(
     }
     publish_offline(&link, &topics);
     link.disconnect()
+}
+
+/// The first part of a clean stop: nothing more is handed over, and the
+/// uploads in flight get up to `grace` to be acknowledged and their deletes
+/// recorded, so that a restart does not send them again (a PUBACK the
+/// broker sends after our DISCONNECT is lost, and the upload with it).
+/// Refusals still count; a lost connection ends the wait (what it
+/// abandoned stays queued). Commands arriving meanwhile are neither applied
+/// nor acknowledged: the broker delivers them again after the restart.
+async fn drain(
+    agent: &Arc<Agent>,
+    link: &Link,
+    net: &mut mpsc::UnboundedReceiver<Net>,
+    acked: &mpsc::UnboundedSender<Piece>,
+    grace: Duration,
+) {
+    let waiting = agent.inflight().len();
+    if grace.is_zero() || waiting == 0 || !link.connected() {
+        return;
+    }
+    tracing::info!(
+        uploads = agent.inflight().awaiting(),
+        captures = waiting,
+        stop_grace = %humantime::format_duration(grace),
+        "stopping: waiting for the uploads in flight to be acknowledged"
+    );
+    let deadline = tokio::time::Instant::now() + grace;
+    while !agent.inflight().is_empty() {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::warn!(
+                    uploads = agent.inflight().awaiting(),
+                    "stopping: mqtt.stop_grace ended before every upload in flight was acknowledged; they stay queued and are sent again after the restart"
+                );
+                return;
+            }
+            _ = tokio::time::sleep(DRAIN_POLL) => {}
+            msg = net.recv() => match msg {
+                None => return,
+                Some(Net::Acked(piece)) => {
+                    let _ = acked.send(piece);
+                }
+                Some(Net::Refused { piece, code }) => {
+                    let why = format!(
+                        "the broker refused it: PUBACK 0x{code:02X} ({})",
+                        mqtt::puback_meaning(code)
+                    );
+                    record_refusal(agent, &piece.capture_id, &why).await;
+                    agent.inflight().remove(&piece);
+                }
+                Some(Net::Disconnected { reason, uploads, .. }) => {
+                    agent.set_connected(false);
+                    for piece in &uploads {
+                        agent.inflight().remove(piece);
+                    }
+                    if !uploads.is_empty() {
+                        record_interrupted(agent, &reason, uploads.len()).await;
+                    }
+                    tracing::warn!(%reason, requeued = uploads.len(), "stopping: broker connection lost while waiting for acknowledgements");
+                    return;
+                }
+                // Not applied and not acknowledged: delivered again later.
+                Some(Net::Command(_)) | Some(Net::Head(_)) | Some(Net::Connected { .. }) => {}
+                Some(Net::Ignored { kind, topic }) => {
+                    note_ignored(agent, kind, topic, clock::now()).await;
+                }
+            },
+        }
+    }
+    tracing::info!("stopping: every upload in flight was acknowledged");
 }
 
 /// Counts the connection and, when the broker kept no session for a device

@@ -131,9 +131,17 @@ impl Link {
     }
 
     /// The broker acknowledged `pkid`; the upload (whole capture or part) it
-    /// acknowledges, if any.
-    pub fn on_puback(&self, pkid: u16) -> Option<Piece> {
-        self.lock().state.on_puback(pkid)
+    /// acknowledges, if any. `acked` sees that upload under the lock, in the
+    /// same step that frees its window slot (the caller marks it in
+    /// `Agent::inflight`, so status `uplink.in_flight` never counts more
+    /// uploads than the window holds).
+    pub fn on_puback(&self, pkid: u16, acked: impl FnOnce(&Piece)) -> Option<Piece> {
+        let mut inner = self.lock();
+        let piece = inner.state.on_puback(pkid);
+        if let Some(piece) = &piece {
+            acked(piece);
+        }
+        piece
     }
 
     /// Hands one QoS 1 publish to the live connection and records it, under
@@ -295,7 +303,10 @@ mod tests {
         assert_eq!(gone.others, 1);
         let b = Handed::Upload(Piece::whole("b".into()));
         assert!(!link.hand("t", vec![3], false, b));
-        assert_eq!(link.on_puback(1), None);
+        assert_eq!(
+            link.on_puback(1, |_| panic!("nothing to acknowledge")),
+            None
+        );
         let (c, _el2) = client();
         assert_eq!(link.on_connected(c, None), 2);
         assert_eq!(link.free_slots(4), 4);

@@ -30,9 +30,13 @@ use crate::agent::Agent;
 use crate::clock;
 use crate::config::Config;
 use crate::ids::CaptureId;
+use crate::logging::repeat;
 use crate::protocol::parts::{self, Split};
 use crate::protocol::{Envelope, PartNo, Piece, WIRE_VERSION};
 use crate::store::{Capture, OutboxCapture, PurgeReason, Refusal, Store, StoreError};
+
+/// The error of a failed delete (rate-limited: `logging::repeat`).
+const DELETE_FAILED: &str = "cannot record acknowledged uploads; they will be sent again";
 
 /// A capture being sent in parts, decrypted once.
 struct InParts {
@@ -485,7 +489,9 @@ pub async fn deleter(agent: Arc<Agent>, mut acked: mpsc::UnboundedReceiver<Piece
             })
             .await;
         if let Err(e) = r {
-            tracing::error!(error = %e, "cannot record acknowledged uploads; they will be sent again");
+            if let Some(times) = repeat::admit(DELETE_FAILED, &e.to_string(), clock::now()) {
+                tracing::error!(error = %e, "{DELETE_FAILED}{times}");
+            }
         }
         for piece in &pieces {
             agent.inflight().remove(piece);

@@ -23,9 +23,14 @@
 //! each other's session over: a test that needs two fleet connections at once
 //! uses `fleet` and `fleet-2`.
 //!
-//! Persistence is on (saved every second and on [`Broker::stop`]), so persistent
-//! sessions and retained messages survive [`Broker::restart`]. Dropping the broker
-//! kills the process. Any system Mosquitto on 1883 is left alone.
+//! Persistence is on, saved every second (`persistence true`,
+//! `autosave_interval 1`, the time-based setting of docs/OPERATIONS.md "Broker
+//! durability") and on [`Broker::stop`], so persistent sessions, their queued
+//! messages and retained messages survive [`Broker::restart`], and
+//! [`Broker::kill`] loses at most the last second. Not `autosave_on_changes`:
+//! with Mosquitto 2.0.11 it broke deliveries under a burst of QoS 1 messages
+//! (`tests/ingress.rs`, the flood of forged commands: replies stalled). Dropping
+//! the broker kills the process. Any system Mosquitto on 1883 is left alone.
 //!
 //! Like the rest of the testkit, the methods panic with the Mosquitto log when
 //! something goes wrong; [`Broker::try_start`] returns the error instead, for a
@@ -414,7 +419,8 @@ impl Broker {
         let _ = child.wait();
     }
 
-    /// Kills the broker (SIGKILL): state changed in the last second may be lost.
+    /// Kills the broker (SIGKILL): what changed since the last save (at most
+    /// a second ago) is lost.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

@@ -81,6 +81,8 @@ struct Mqtt {
     protocol: Option<String>,
     #[serde(serialize_with = "human_duration")]
     session_expiry: Option<Duration>,
+    #[serde(serialize_with = "human_duration")]
+    stop_grace: Option<Duration>,
 }
 
 /// What a trusted key may sign.
@@ -167,6 +169,7 @@ impl ConfigBuilder {
                 max_attempts: None,
                 protocol: None,
                 session_expiry: None,
+                stop_grace: None,
             },
             trust: Vec::new(),
             capture: None,
@@ -265,6 +268,12 @@ impl ConfigBuilder {
     /// `mqtt.session_expiry` (MQTT 5 only).
     pub fn session_expiry(mut self, expiry: Duration) -> Self {
         self.mqtt.session_expiry = Some(expiry);
+        self
+    }
+
+    /// `mqtt.stop_grace`.
+    pub fn stop_grace(mut self, grace: Duration) -> Self {
+        self.mqtt.stop_grace = Some(grace);
         self
     }
 
