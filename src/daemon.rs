@@ -147,7 +147,11 @@ pub fn open(config: Config) -> Result<Agent, DaemonError> {
         ensure_dir(parent, 0o750)?;
     }
     let key = crypto::load_storage_key(config.storage.key_source, &config.state_dir)?;
-    let store = Store::open(&config.state_dir, key)?;
+    let mut store = Store::open(&config.state_dir, key)?;
+    // On a full disk the reserve stays short; housekeeping completes it.
+    if let Err(e) = store.keep_reserve(config.storage.reserve_bytes) {
+        tracing::warn!(error = %e, "cannot write the disk space reserve");
+    }
     Ok(Agent::new(Arc::new(config), Db::new(store)))
 }
 
@@ -232,6 +236,9 @@ async fn housekeeping(agent: Arc<Agent>, mut shutdown: Shutdown) {
                 // Uploaded captures deleted since the last pass: their
                 // pre-delete pages leave the WAL (ARCHITECTURE I4).
                 s.truncate_wal_after_deletes()?;
+                // The space reserve, written again once a full disk has
+                // room (it was released for a revocation, purge or delete).
+                s.keep_reserve(cfg.storage.reserve_bytes)?;
                 Ok((purged, old.len()))
             })
             .await;

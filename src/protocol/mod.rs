@@ -22,7 +22,9 @@ pub mod topics;
 pub use envelope::Envelope;
 pub use parts::{PartNo, Piece, Reassembler, Split};
 pub use reply::{CommandName, ErrorBody, ErrorCode, Granted, Receipt, Reply, ReplyResult};
-pub use status::{ConsentStatus, Counters, OutboxStatus, State, Status, UplinkStatus};
+pub use status::{
+    ConsentStatus, Counters, IntakeState, OutboxStatus, State, Status, StorageStatus, UplinkStatus,
+};
 pub use topics::{SiteTopics, Topics};
 
 /// The `v` field of every message facegate sends.

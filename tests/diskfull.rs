@@ -1,0 +1,120 @@
+//! A full disk, on a real small file system (a tmpfs of a few MiB holding
+//! the state directory, filled to the last byte by a filler file): deletes
+//! after PUBACK that fail pause the uploads instead of sending the captures
+//! again; everything resumes once space comes back.
+//!
+//! Mounting needs root (or CAP_SYS_ADMIN); elsewhere each test prints why it
+//! is skipped.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use facegate_testkit::broker::Broker;
+use facegate_testkit::daemon::Daemon;
+use facegate_testkit::mqtt::Session;
+use facegate_testkit::smallfs::SmallFs;
+use facegate_testkit::synth;
+use facegate_testkit::util::wait_until;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(30);
+const CAPTURES: &str = "facegate/lobby/term-01/captures";
+const MIB: u64 = 1024 * 1024;
+
+async fn fleet(broker: &Broker) -> Session {
+    let mut s = Session::spawn(broker.options("fleet"));
+    s.wait_connected(T).await.expect("fleet connects");
+    s.subscribe("facegate/#", T).await;
+    s
+}
+
+/// Every upload envelope that arrives within `wait`, by capture id.
+async fn collect_for(fleet: &mut Session, wait: Duration, seen: &mut HashMap<String, usize>) {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let Some(p) = fleet.recv_on(CAPTURES, left).await else {
+            return;
+        };
+        let env: Value = serde_json::from_slice(&p.payload).expect("envelope is JSON");
+        let id = env["capture_id"].as_str().expect("capture_id").to_string();
+        *seen.entry(id).or_default() += 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_delete_after_puback_pauses_uploads_instead_of_sending_again() {
+    let Some(fs) = SmallFs::mount_or_skip(24 * MIB) else {
+        return;
+    };
+    let mut broker = Broker::start();
+    let d = Daemon::builder()
+        .broker(&broker)
+        .state_in(fs.path().join("state"))
+        .spool_on_tmpfs()
+        .configure(|c| {
+            c.keep_alive(Duration::from_secs(5))
+                .fast_reconnect()
+                .reserve_bytes(0)
+        })
+        .start();
+    d.grant("S-1");
+    d.grant("S-2");
+    d.wait_uplink_connected(T);
+    // The fleet's persistent session exists before the broker goes away, so
+    // what the device sends after the restart waits for it.
+    drop(fleet(&broker).await);
+    broker.stop();
+    for i in 0..12 {
+        d.drop_pair(
+            &format!("c{i:02}"),
+            "jpg",
+            &synth::face_jpeg(320, 240, i, 85),
+            Some("S-1"),
+        );
+    }
+    d.drop_pair("x", "jpg", &synth::face_jpeg(320, 240, 99, 85), Some("S-2"));
+    d.wait_spool_empty(T);
+    assert_eq!(d.outbox_len(), 13);
+    // A revocation truncates the WAL: whatever is written next needs new
+    // space on the file system.
+    d.ctl(&["consent", "revoke", "S-2"]);
+    assert_eq!(d.outbox_len(), 12);
+
+    let filler = fs.fill();
+    broker.restart();
+    let mut fleet = fleet(&broker).await;
+    // With the disk full every delete after PUBACK fails. Before, each
+    // failure released the captures and they were sent again at once, over
+    // and over; now they stay in flight and nothing is sent again.
+    let mut seen = HashMap::new();
+    collect_for(&mut fleet, Duration::from_secs(8), &mut seen).await;
+    assert!(!seen.is_empty(), "uploads went out\n{}", d.log());
+    for (id, n) in &seen {
+        assert_eq!(*n, 1, "capture {id} delivered {n} times on a full disk");
+    }
+    assert!(
+        d.log().contains("cannot delete acknowledged uploads"),
+        "{}",
+        d.log()
+    );
+    let storage = d.status().storage.expect("storage status");
+    assert!(storage.deletes_failing, "{storage:?}");
+    assert_eq!(d.outbox_len(), 12, "nothing could be deleted");
+    assert!(d.status().uplink.expect("uplink").in_flight > 0);
+
+    // Space back: the deletes go through, the rest is sent, nothing twice.
+    filler.free();
+    wait_until(T, || d.outbox_len() == 0, || d.log());
+    collect_for(&mut fleet, Duration::from_secs(2), &mut seen).await;
+    assert_eq!(seen.len(), 12, "{seen:?}");
+    for (id, n) in &seen {
+        assert_eq!(*n, 1, "capture {id} delivered {n} times");
+    }
+    assert_eq!(d.counters().uploaded, 12);
+    assert!(d.log().contains("uploads resume"), "{}", d.log());
+    assert!(!d.status().storage.expect("storage status").deletes_failing);
+}
