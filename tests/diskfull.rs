@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use facegate::protocol::{IntakeState, StorageStatus};
 use facegate_testkit::broker::Broker;
 use facegate_testkit::daemon::Daemon;
 use facegate_testkit::mqtt::Session;
@@ -117,4 +118,114 @@ async fn a_failed_delete_after_puback_pauses_uploads_instead_of_sending_again() 
     assert_eq!(d.counters().uploaded, 12);
     assert!(d.log().contains("uploads resume"), "{}", d.log());
     assert!(!d.status().storage.expect("storage status").deletes_failing);
+}
+
+fn storage(d: &Daemon) -> StorageStatus {
+    d.status().storage.expect("storage status")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_on_a_full_disk_uses_the_reserve_and_intake_waits_for_space() {
+    let Some(fs) = SmallFs::mount_or_skip(24 * MIB) else {
+        return;
+    };
+    let reserve = 4 * MIB;
+    let mut broker = Broker::start();
+    let d = Daemon::builder()
+        .broker(&broker)
+        .state_in(fs.path().join("state"))
+        .spool_on_tmpfs()
+        .configure(|c| {
+            c.keep_alive(Duration::from_secs(5))
+                .fast_reconnect()
+                .reserve_bytes(reserve)
+        })
+        .start();
+    d.grant("S-1");
+    d.grant("S-2");
+    d.wait_uplink_connected(T);
+    drop(fleet(&broker).await);
+    broker.stop();
+    let reserve_file = fs.path().join("state").join("facegate.reserve");
+    assert_eq!(std::fs::metadata(&reserve_file).unwrap().len(), reserve);
+    for i in 0..6 {
+        let image = synth::face_jpeg(320, 240, i, 85);
+        d.drop_pair(&format!("a{i}"), "jpg", &image, Some("S-1"));
+    }
+    for i in 0..3 {
+        let image = synth::face_jpeg(320, 240, 10 + i, 85);
+        d.drop_pair(&format!("b{i}"), "jpg", &image, Some("S-2"));
+    }
+    d.wait_spool_empty(T);
+    assert_eq!(d.outbox_len(), 9);
+    let s = storage(&d);
+    assert_eq!((s.reserve_bytes, s.reserve_held), (reserve, reserve));
+    assert_eq!(s.intake, IntakeState::Running);
+
+    let filler = fs.fill();
+    // Intake holds a new capture back: the spool keeps it, status says why.
+    d.drop_pair(
+        "b9",
+        "jpg",
+        &synth::face_jpeg(320, 240, 19, 85),
+        Some("S-2"),
+    );
+    wait_until(
+        T,
+        || storage(&d).intake == IntakeState::PausedDiskFull,
+        || d.log(),
+    );
+    assert!(d.spool_len() > 0, "the pair stays in the spool");
+    assert_eq!(d.outbox_len(), 9);
+    assert!(d.log().contains("intake paused"), "{}", d.log());
+
+    // A revocation on the full disk succeeds with its receipt: the reserve
+    // gives the room.
+    let receipt = d.ctl_json(&["consent", "revoke", "S-1"]);
+    assert_eq!(receipt["purged"], 6, "{receipt}");
+    assert_eq!(d.outbox_len(), 3);
+    assert!(
+        d.log().contains("releasing the space reserve"),
+        "{}",
+        d.log()
+    );
+    assert!(storage(&d).reserve_held < reserve);
+
+    // Space back: intake resumes, the reserve is written again, uploads go
+    // out, and nothing of the revoked subject.
+    filler.free();
+    d.wait_spool_empty(T);
+    wait_until(
+        T,
+        || {
+            let s = storage(&d);
+            s.reserve_held == reserve && s.intake == IntakeState::Running
+        },
+        || format!("{:?}\n{}", storage(&d), d.log()),
+    );
+    broker.restart();
+    let mut fleet = fleet(&broker).await;
+    wait_until(T, || d.outbox_len() == 0, || d.log());
+    let mut seen = HashMap::new();
+    collect_subjects(&mut fleet, Duration::from_secs(2), &mut seen).await;
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert!(seen.values().all(|s| s == "S-2"), "{seen:?}");
+}
+
+/// The subject of every upload envelope that arrives within `wait`, by capture id.
+async fn collect_subjects(fleet: &mut Session, wait: Duration, seen: &mut HashMap<String, String>) {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let Some(p) = fleet.recv_on(CAPTURES, left).await else {
+            return;
+        };
+        let env: Value = serde_json::from_slice(&p.payload).expect("envelope is JSON");
+        let id = env["capture_id"].as_str().expect("capture_id").to_string();
+        let subject = env["subject"].as_str().expect("subject").to_string();
+        seen.insert(id, subject);
+    }
 }
