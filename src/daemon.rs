@@ -249,6 +249,14 @@ async fn housekeeping(agent: Arc<Agent>, mut shutdown: Shutdown) {
             }
             Err(e) => tracing::error!(error = %e, "housekeeping failed"),
         }
+        // Freed pages back to the file system (after the WAL truncation
+        // above, so they hold zeros; ARCHITECTURE I4). On a full disk this
+        // may fail until space comes back: the next pass tries again.
+        match agent.db().run(|s| s.vacuum_free_pages()).await {
+            Ok(0) => {}
+            Ok(pages) => tracing::debug!(pages, "database gave free pages back"),
+            Err(e) => tracing::debug!(error = %e, "database could not give free pages back yet"),
+        }
         // On its own: a chain that does not verify stops only this part.
         let retention = agent.config().audit.retention;
         match agent.db().run(move |s| s.prune_audit(now, retention)).await {

@@ -73,7 +73,7 @@ async fn a_failed_delete_after_puback_pauses_uploads_instead_of_sending_again() 
         d.drop_pair(
             &format!("c{i:02}"),
             "jpg",
-            &synth::face_jpeg(320, 240, i, 85),
+            &synth::face_jpeg(640, 480, i, 90),
             Some("S-1"),
         );
     }
@@ -107,6 +107,10 @@ async fn a_failed_delete_after_puback_pauses_uploads_instead_of_sending_again() 
     assert_eq!(d.outbox_len(), 12, "nothing could be deleted");
     assert!(d.status().uplink.expect("uplink").in_flight > 0);
 
+    let db = fs.path().join("state").join("facegate.db");
+    let db_len = || std::fs::metadata(&db).expect("database file").len();
+    let full = db_len();
+
     // Space back: the deletes go through, the rest is sent, nothing twice.
     filler.free();
     wait_until(T, || d.outbox_len() == 0, || d.log());
@@ -118,6 +122,12 @@ async fn a_failed_delete_after_puback_pauses_uploads_instead_of_sending_again() 
     assert_eq!(d.counters().uploaded, 12);
     assert!(d.log().contains("uploads resume"), "{}", d.log());
     assert!(!d.status().storage.expect("storage status").deletes_failing);
+    // The database gives the space of the deleted captures back.
+    wait_until(
+        T,
+        || db_len() < full / 2,
+        || format!("database {} bytes, was {full}\n{}", db_len(), d.log()),
+    );
 }
 
 fn storage(d: &Daemon) -> StorageStatus {

@@ -34,6 +34,7 @@ mod reserve;
 mod schema;
 #[cfg(test)]
 mod tests;
+mod vacuum;
 
 pub use quarantine::{OutboxEntry, OutboxState, Refusal};
 pub use reserve::RESERVE_FILE_NAME;
