@@ -19,6 +19,8 @@ pub const RESERVE_FILE_NAME: &str = "facegate.reserve";
 
 /// Bytes written per call while filling the reserve.
 const CHUNK: usize = 256 * 1024;
+/// Free space the reserve never takes when it is written again.
+pub const SLACK: u64 = crate::space::INTAKE_MARGIN;
 
 /// Where the reserve is and how much of it exists.
 #[derive(Debug)]
@@ -43,9 +45,12 @@ impl Reserve {
 
 impl Store {
     /// Sets the reserve's size and writes the file up to it (or shrinks it),
-    /// as far as the disk allows; returns the bytes it holds. Cheap when it
-    /// is complete: housekeeping calls it every few seconds, so the reserve
-    /// comes back within seconds of space coming back.
+    /// as far as the disk allows while leaving [`SLACK`] free for the other
+    /// writes (a reserve written to the last byte would make every other
+    /// write fail and be released again at once); returns the bytes it
+    /// holds. Cheap when it is complete: housekeeping calls it every few
+    /// seconds, so the reserve comes back within seconds of space coming
+    /// back.
     pub fn keep_reserve(&mut self, want: u64) -> Result<u64, StoreError> {
         self.reserve.want = want;
         let r = &mut self.reserve;
@@ -78,11 +83,20 @@ impl Store {
             r.held = want;
             return Ok(want);
         }
+        // As much as fits with the slack left free.
+        let target = match r.path.parent().map(crate::space::free_bytes) {
+            Some(Ok(free)) => want.min(len.saturating_add(free.saturating_sub(SLACK))),
+            _ => want,
+        };
+        if target <= len {
+            r.held = len;
+            return Ok(len);
+        }
         file.seek(SeekFrom::Start(len)).map_err(io)?;
         let zeros = vec![0u8; CHUNK];
         let mut held = len;
-        while held < want {
-            let n = usize::try_from(want - held).unwrap_or(CHUNK).min(CHUNK);
+        while held < target {
+            let n = usize::try_from(target - held).unwrap_or(CHUNK).min(CHUNK);
             match file.write(&zeros[..n]) {
                 Ok(0) => break,
                 Ok(k) => held += k as u64,

@@ -2070,3 +2070,35 @@ fn an_older_database_is_converted_to_incremental_vacuum_at_open() {
         .unwrap();
     assert_eq!(av, 2);
 }
+
+#[test]
+fn the_space_reserve_is_a_private_file_of_the_configured_size() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let file = dir.path().join(RESERVE_FILE_NAME);
+    assert_eq!(s.reserve_held(), 0);
+    assert_eq!(s.keep_reserve(3 << 20).unwrap(), 3 << 20);
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!(meta.len(), 3 << 20);
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    // Written, not sparse: the blocks are really taken.
+    use std::os::unix::fs::MetadataExt;
+    assert!(meta.blocks() * 512 >= 3 << 20, "{} blocks", meta.blocks());
+    assert_eq!(s.keep_reserve(3 << 20).unwrap(), 3 << 20, "kept as it is");
+    assert_eq!(s.keep_reserve(1 << 20).unwrap(), 1 << 20, "shrunk");
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 1 << 20);
+    // Released (as on a full disk) and written again.
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(s.keep_reserve(1 << 20).unwrap(), 1 << 20);
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 1 << 20);
+    // 0 turns it off.
+    assert_eq!(s.keep_reserve(0).unwrap(), 0);
+    assert!(!file.exists());
+    drop(s);
+    // A reserve left by an earlier run is counted at open.
+    let mut s = open(dir.path());
+    s.keep_reserve(2 << 20).unwrap();
+    drop(s);
+    assert_eq!(open(dir.path()).reserve_held(), 2 << 20);
+}
