@@ -44,6 +44,26 @@ pub fn intake_room(free: u64, reserve_bytes: u64, reserve_held: u64, batch_bytes
     }
 }
 
+/// How many of a batch's captures (`sizes`, in order) may be committed: the
+/// longest prefix [`intake_room`] has room for.
+pub fn fitting(
+    free: u64,
+    reserve_bytes: u64,
+    reserve_held: u64,
+    sizes: impl IntoIterator<Item = u64>,
+) -> usize {
+    let mut batch = 0u64;
+    let mut fit = 0;
+    for size in sizes {
+        batch = batch.saturating_add(size);
+        if intake_room(free, reserve_bytes, reserve_held, batch) == Room::DiskFull {
+            break;
+        }
+        fit += 1;
+    }
+    fit
+}
+
 /// What the outbox quota may hold given the file system: the configured
 /// `quota_bytes`, but never more than what is queued (`used`) plus what the
 /// file system still has outside the reserve (`free`, less the part of the
@@ -138,6 +158,21 @@ mod tests {
             Room::DiskFull
         );
         assert_eq!(intake_room(u64::MAX, 0, 0, 1), Room::Enough);
+    }
+
+    #[test]
+    fn a_batch_is_committed_as_far_as_there_is_room() {
+        let sizes = [MB, MB, MB, MB];
+        // 1 MiB margin + 2 × the prefix.
+        assert_eq!(fitting(9 * MB, 0, 0, sizes), 4);
+        assert_eq!(fitting(9 * MB - 1, 0, 0, sizes), 3);
+        assert_eq!(fitting(3 * MB, 0, 0, sizes), 1);
+        assert_eq!(fitting(3 * MB - 1, 0, 0, sizes), 0);
+        // The part of the reserve not held counts against it.
+        assert_eq!(fitting(11 * MB, 8 * MB, 6 * MB, sizes), 4);
+        assert_eq!(fitting(11 * MB, 8 * MB, 0, sizes), 1);
+        assert_eq!(fitting(u64::MAX - 1, 0, 0, [u64::MAX, 1]), 0);
+        assert_eq!(fitting(MB, 0, 0, []), 0);
     }
 
     #[test]
