@@ -27,6 +27,17 @@ const INCREMENTAL: i64 = 2;
 const STEP_PAGES: i64 = 1024;
 /// Steps per call (housekeeping calls it every few seconds).
 const MAX_STEPS: usize = 64;
+/// Fewest free pages worth giving back (256 KiB with 4 KiB pages).
+const MIN_FREE_PAGES: i64 = 64;
+
+/// Whether `free` of `pages` pages are worth giving back now: at least
+/// [`MIN_FREE_PAGES`] and a quarter of the file. Below that, the next
+/// captures reuse them anyway; giving them back only to grow the file again
+/// would write every page twice while uploads stream.
+pub(super) fn worth_it(free: i64, pages: i64) -> bool {
+    free >= MIN_FREE_PAGES && free.saturating_mul(4) >= pages
+}
+
 /// Largest database converted at open (its copy is held in memory).
 pub(super) const MAX_CONVERT_BYTES: u64 = 256 * 1024 * 1024;
 
@@ -103,6 +114,10 @@ impl Store {
                 return Ok(0);
             }
             let mut freed = 0u64;
+            let pages = pragma_i64(&self.conn, "page_count")?;
+            if !worth_it(pragma_i64(&self.conn, "freelist_count")?, pages) {
+                return Ok(0);
+            }
             for _ in 0..MAX_STEPS {
                 let free = pragma_i64(&self.conn, "freelist_count")?;
                 if free == 0 {
@@ -142,5 +157,20 @@ impl Store {
             Ok((size, u64::try_from(free.saturating_mul(page)).unwrap_or(0)))
         })();
         self.finish(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_pages_are_given_back_when_there_are_many_of_them() {
+        assert!(!worth_it(0, 0));
+        assert!(!worth_it(63, 64), "too few to bother");
+        assert!(worth_it(64, 256));
+        assert!(!worth_it(64, 257), "less than a quarter: reused soon");
+        assert!(worth_it(99_000, 100_000));
+        assert!(worth_it(i64::MAX, i64::MAX));
     }
 }
