@@ -16,10 +16,12 @@ use facegate_testkit::mqtt::Session;
 use facegate_testkit::smallfs::SmallFs;
 use facegate_testkit::synth;
 use facegate_testkit::util::wait_until;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(30);
 const CAPTURES: &str = "facegate/lobby/term-01/captures";
+const CMD: &str = "facegate/lobby/term-01/cmd";
+const REPLY: &str = "facegate/lobby/term-01/reply";
 const MIB: u64 = 1024 * 1024;
 
 async fn fleet(broker: &Broker) -> Session {
@@ -238,4 +240,68 @@ async fn collect_subjects(fleet: &mut Session, wait: Duration, seen: &mut HashMa
         let subject = env["subject"].as_str().expect("subject").to_string();
         seen.insert(id, subject);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_revocation_reaches_a_device_restarted_on_a_full_disk() {
+    let Some(fs) = SmallFs::mount_or_skip(24 * MIB) else {
+        return;
+    };
+    let mut broker = Broker::start();
+    let mut d = Daemon::builder()
+        .broker(&broker)
+        .state_in(fs.path().join("state"))
+        .spool_on_tmpfs()
+        .configure(|c| {
+            c.keep_alive(Duration::from_secs(5))
+                .fast_reconnect()
+                .reserve_bytes(4 * MIB)
+        })
+        .start();
+    d.grant("S-1");
+    d.grant("S-2");
+    d.wait_uplink_connected(T);
+    broker.stop();
+    for i in 0..4 {
+        let image = synth::face_jpeg(320, 240, i, 85);
+        d.drop_pair(&format!("a{i}"), "jpg", &image, Some("S-1"));
+        let image = synth::face_jpeg(320, 240, 10 + i, 85);
+        d.drop_pair(&format!("b{i}"), "jpg", &image, Some("S-2"));
+    }
+    d.wait_spool_empty(T);
+    assert_eq!(d.outbox_len(), 8);
+    d.stop();
+
+    // The disk fills while the device is down; the fleet revokes S-1 meanwhile.
+    let filler = fs.fill();
+    broker.restart();
+    let mut fleet = fleet(&broker).await;
+    let jws = d
+        .fleet_signer
+        .command(
+            "consent.revoke",
+            json!({ "subject": "S-1" }),
+            facegate_testkit::SITE,
+            600,
+            facegate::clock::now(),
+        )
+        .1;
+    fleet.publish(CMD, jws).await;
+    fleet.wait_puback(T).await.expect("broker took the command");
+
+    // The device starts on the full disk and applies it: the reply is kept
+    // with the effect, in the transaction the reserve made room for.
+    d.spawn();
+    let reply: Value =
+        serde_json::from_slice(&fleet.recv_on(REPLY, T).await.expect("reply").payload).unwrap();
+    assert_eq!(reply["ok"], true, "{reply}\n{}", d.log());
+    assert_eq!(reply["result"]["purged"], 4, "{reply}");
+    assert_eq!(d.outbox_len(), 4);
+
+    filler.free();
+    wait_until(T, || d.outbox_len() == 0, || d.log());
+    let mut seen = HashMap::new();
+    collect_subjects(&mut fleet, Duration::from_secs(2), &mut seen).await;
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert!(seen.values().all(|s| s == "S-2"), "{seen:?}");
 }

@@ -423,6 +423,11 @@ pub(crate) struct Writer<'a> {
 impl Store {
     /// Opens (creating if needed, mode 0600) `<state_dir>/facegate.db`, applies
     /// pragmas and migrations, and checks that `key` is the key it was created with.
+    ///
+    /// On a full disk opening can fail (SQLite cannot size its WAL index):
+    /// then the space reserve ([`reserve`]) is released and it is tried once
+    /// more, so a device restarted on a full disk still starts, applies
+    /// revocations and uploads.
     pub fn open(state_dir: &Path, key: DeviceKey) -> Result<Store, StoreError> {
         let path = state_dir.join(DB_FILE_NAME);
         prepare_db_file(&path)?;
@@ -438,8 +443,20 @@ impl Store {
             wal_has_deleted: true,
         };
         let r = schema::init(&mut store);
-        store.finish(r)?;
-        Ok(store)
+        match store.finish(r) {
+            Ok(()) => Ok(store),
+            Err(e @ (StoreError::Sqlite { .. } | StoreError::DiskFull { .. }))
+                if store.reserve_held() > 0 =>
+            {
+                tracing::warn!(error = %e, "cannot open the database, perhaps for a full disk: releasing the space reserve and trying again");
+                store.release_reserve();
+                store.conn = Connection::open(&store.path).op("opening the database")?;
+                let r = schema::init(&mut store);
+                store.finish(r)?;
+                Ok(store)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Path of the database file.

@@ -151,7 +151,7 @@ impl Store {
     }
 
     /// Deletes the reserve file: its space is free for the next write.
-    fn release_reserve(&mut self) {
+    pub(super) fn release_reserve(&mut self) {
         match fs::remove_file(&self.reserve.path) {
             Ok(()) => self.reserve.held = 0,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.reserve.held = 0,
