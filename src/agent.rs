@@ -22,9 +22,11 @@ use crate::gate::Consent;
 use crate::ids::{CaptureId, Jti, Seq, SubjectId};
 use crate::protocol::{
     self, AlreadyApplied, CommandName, ConsentLogStatus, ConsentStatus, Counters, ErrorCode,
-    Granted, OutboxStatus, PartNo, Piece, Receipt, Reply, ReplyResult, State, Status, UplinkStatus,
+    Granted, IntakeState, OutboxStatus, PartNo, Piece, Receipt, Reply, ReplyResult, State, Status,
+    StorageStatus, UplinkStatus,
 };
 use crate::reload;
+use crate::space::Pressure;
 use crate::store::{
     counter, AddConsent, CommandStamp, HeadApplied, PurgeReason, Store, StoreError,
 };
@@ -214,6 +216,8 @@ pub struct Agent {
     connected: AtomicBool,
     /// Wakes the uplink when the outbox gained captures or the window freed up.
     outbox_changed: Notify,
+    /// Disk-full state: intake paused, deletes failing.
+    pressure: Pressure,
 }
 
 /// The verified fleet command on whose behalf an operation runs. The store
@@ -310,7 +314,13 @@ impl Agent {
             inflight: Arc::new(InFlight::default()),
             connected: AtomicBool::new(false),
             outbox_changed: Notify::new(),
+            pressure: Pressure::default(),
         }
+    }
+
+    /// Disk-full state shared by intake, the uplink and the status.
+    pub fn pressure(&self) -> &Pressure {
+        &self.pressure
     }
 
     /// The store.
@@ -505,13 +515,26 @@ impl Agent {
         Ok(list.iter().map(|c| ConsentSummary::of(c, now)).collect())
     }
 
+    /// What the status says about the disk, before the store is asked.
+    fn disk(&self) -> Disk {
+        let cfg = self.config();
+        Disk {
+            free: crate::space::free_bytes(&cfg.state_dir).ok(),
+            reserve_bytes: cfg.storage.reserve_bytes,
+            quota_bytes: cfg.outbox.quota_bytes,
+            intake_paused: self.pressure.intake_paused(),
+            deletes_failing: self.pressure.deletes_failing(),
+        }
+    }
+
     /// The SPEC status object.
     pub async fn status(&self, now: i64) -> Result<Status, ApplyError> {
         let (connected, inflight) = (self.connected(), self.inflight.clone());
         let max_age = self.head_max_age_s();
+        let disk = self.disk();
         let status = self
             .db
-            .run(move |st| status_of(st, now, connected, inflight.awaiting(), max_age))
+            .run(move |st| status_of(st, now, connected, inflight.awaiting(), max_age, disk))
             .await?;
         Ok(status)
     }
@@ -602,10 +625,11 @@ impl Agent {
     pub async fn answer_status(&self, via: Via, now: i64) -> Result<Status, ApplyError> {
         let (connected, inflight) = (self.connected(), self.inflight.clone());
         let max_age = self.head_max_age_s();
+        let disk = self.disk();
         let status = self
             .db
             .run(move |st| {
-                let status = status_of(st, now, connected, inflight.awaiting(), max_age)?;
+                let status = status_of(st, now, connected, inflight.awaiting(), max_age, disk)?;
                 effect(
                     Some(&via),
                     |_: &()| status.clone(),
@@ -725,15 +749,49 @@ fn kept_text(reply: &Reply) -> String {
 }
 
 /// The status object from the store, at `now`.
+/// The disk figures of a status taken outside the store.
+#[derive(Debug, Clone, Copy)]
+struct Disk {
+    /// Free bytes of the state directory's file system (`None`: unknown).
+    free: Option<u64>,
+    reserve_bytes: u64,
+    quota_bytes: u64,
+    intake_paused: bool,
+    deletes_failing: bool,
+}
+
 fn status_of(
     st: &mut Store,
     now: i64,
     connected: bool,
     in_flight: usize,
     head_max_age_s: i64,
+    disk: Disk,
 ) -> Result<Status, StoreError> {
     let consent_log = st.consent_log_status(head_max_age_s, now)?;
     let stats = st.outbox_stats(now)?;
+    let held = st.reserve_held();
+    let storage = StorageStatus {
+        free_bytes: disk.free.unwrap_or(0),
+        reserve_bytes: disk.reserve_bytes,
+        reserve_held: held,
+        quota_bytes: match disk.free {
+            Some(free) => crate::space::effective_quota(
+                disk.quota_bytes,
+                stats.bytes,
+                free,
+                disk.reserve_bytes,
+                held,
+            ),
+            None => disk.quota_bytes,
+        },
+        intake: if disk.intake_paused {
+            IntakeState::PausedDiskFull
+        } else {
+            IntakeState::Running
+        },
+        deletes_failing: disk.deletes_failing,
+    };
     let active = st.active_consent_count(now)?;
     let counters = st.counters()?;
     let count = |k: &str| counters.get(k).copied().unwrap_or(0);
@@ -766,6 +824,7 @@ fn status_of(
             session_lost: count(counter::SESSION_LOST),
         }),
         consent_log: Some(consent_log),
+        storage: Some(storage),
     })
 }
 

@@ -399,6 +399,10 @@ pub struct StorageConfig {
     /// Where the storage key comes from (default [`KeySource::File`]);
     /// restart-only.
     pub key_source: KeySource,
+    /// Disk space kept free next to the database for revocations, purges
+    /// and deletes after PUBACK (default 16 MiB, 0 turns it off); intake
+    /// stops before it is touched (`crate::space`). Restart-only.
+    pub reserve_bytes: u64,
 }
 
 /// `[control]`

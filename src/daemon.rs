@@ -158,7 +158,11 @@ pub fn open(config: Config) -> Result<Agent, DaemonError> {
         ensure_dir(parent, 0o750)?;
     }
     let key = crypto::load_storage_key(config.storage.key_source, &config.state_dir)?;
-    let store = Store::open(&config.state_dir, key)?;
+    let mut store = Store::open(&config.state_dir, key)?;
+    // On a full disk the reserve stays short; housekeeping completes it.
+    if let Err(e) = store.keep_reserve(config.storage.reserve_bytes) {
+        tracing::warn!(error = %e, "cannot write the disk space reserve");
+    }
     Ok(Agent::new(Arc::new(config), Db::new(store)))
 }
 
@@ -243,6 +247,9 @@ async fn housekeeping(agent: Arc<Agent>, mut shutdown: Shutdown) {
                 // Uploaded captures deleted since the last pass: their
                 // pre-delete pages leave the WAL (ARCHITECTURE I4).
                 s.truncate_wal_after_deletes()?;
+                // The space reserve, written again once a full disk has
+                // room (it was released for a revocation, purge or delete).
+                s.keep_reserve(cfg.storage.reserve_bytes)?;
                 Ok((purged, old.len()))
             })
             .await;
@@ -252,6 +259,14 @@ async fn housekeeping(agent: Arc<Agent>, mut shutdown: Shutdown) {
                 tracing::info!(no_consent, old, "housekeeping purged captures")
             }
             Err(e) => tracing::error!(error = %e, "housekeeping failed"),
+        }
+        // Freed pages back to the file system (after the WAL truncation
+        // above, so they hold zeros; ARCHITECTURE I4). On a full disk this
+        // may fail until space comes back: the next pass tries again.
+        match agent.db().run(|s| s.vacuum_free_pages()).await {
+            Ok(0) => {}
+            Ok(pages) => tracing::debug!(pages, "database gave free pages back"),
+            Err(e) => tracing::debug!(error = %e, "database could not give free pages back yet"),
         }
         // On its own: a chain that does not verify stops only this part.
         let retention = agent.config().audit.retention;

@@ -28,12 +28,14 @@ use serde_json::json;
 use crate::agent::Agent;
 use crate::clock;
 use crate::config::Config;
+use crate::config::OutboxConfig;
 use crate::gate::{self, Decision};
 use crate::ids::{CaptureId, SubjectId};
 use crate::sanitize::{self, CleanImage};
 use crate::shutdown::Shutdown;
+use crate::space;
 use crate::spool::{self, Pair, Sidecar};
-use crate::store::{counter, Capture, Inserted};
+use crate::store::{counter, Capture, Inserted, Store, StoreError};
 
 /// Pairs taken per batch: bounds memory (each image is held once, decoded once)
 /// and the length of one transaction.
@@ -57,6 +59,9 @@ pub struct BatchReport {
     pub over_quota: usize,
     /// Stray spool files removed.
     pub orphans: usize,
+    /// Consented pairs left in the spool: the disk has no room for them
+    /// outside the space reserve (`crate::space`).
+    pub held_back: usize,
 }
 
 /// A pair that passed validation and sanitization, not yet gated.
@@ -85,9 +90,19 @@ fn run_paced(agent: &Agent, shutdown: &Shutdown, mut sleep: impl FnMut(Duration)
     while !shutdown.is_fired() {
         match process_once(agent, SystemTime::now()) {
             Ok(report) if report == BatchReport::default() => {
+                // Nothing waits in the spool: nothing is held back either.
+                pause(agent, false);
                 sleep(agent.config().capture.poll_interval)
             }
+            Ok(report) if report.held_back > 0 && report.accepted == 0 => {
+                sleep(RETRY_AFTER_FAILURE)
+            }
             Ok(report) => tracing::debug!(?report, "intake batch"),
+            Err(IntakeError::Store(StoreError::DiskFull { .. })) => {
+                // Even the audit row of a dropped capture does not fit.
+                pause(agent, true);
+                sleep(RETRY_AFTER_FAILURE);
+            }
             Err(e) => {
                 tracing::error!(error = %e, "intake batch failed; the pairs stay in the spool and will be retried");
                 sleep(RETRY_AFTER_FAILURE);
@@ -219,10 +234,27 @@ pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, Inta
     remove_pairs(&finished);
 
     if !accepted.is_empty() {
-        let (pairs, captures): (Vec<Pair>, Vec<Capture>) = accepted.into_iter().unzip();
+        let (mut pairs, mut captures): (Vec<Pair>, Vec<Capture>) = accepted.into_iter().unzip();
+        // Only as many as there is room for outside the space reserve; the
+        // rest stay in the spool (the camera sees it fill up) until space
+        // comes back.
+        let (fit, policy) = room_for(agent, &mut store, &captures, now)?;
+        report.held_back = pairs.len() - fit;
+        if fit == 0 {
+            return Ok(report);
+        }
+        pairs.truncate(fit);
+        captures.truncate(fit);
         // If this fails (disk full), the accepted pairs stay in the spool for a retry.
         // Same lock and `now` as the gate above: its decisions still hold.
-        let outcomes = store.insert_captures(captures, &cfg.outbox, now)?;
+        let outcomes = match store.insert_captures(captures, &policy, now) {
+            Err(StoreError::DiskFull { .. }) => {
+                pause(agent, true);
+                report.held_back = pairs.len();
+                return Ok(report);
+            }
+            r => r?,
+        };
         drop(store);
         for outcome in &outcomes {
             match outcome {
@@ -235,6 +267,48 @@ pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, Inta
         agent.outbox_changed().notify_one();
     }
     Ok(report)
+}
+
+/// How many of `captures` (a prefix) the disk has room for outside the
+/// space reserve ([`space::intake_room`]; none: intake pauses, status says
+/// so), and the outbox policy to commit them under: the quota is the
+/// configured one capped by the space the file system has left
+/// ([`space::effective_quota`]).
+fn room_for(
+    agent: &Agent,
+    store: &mut Store,
+    captures: &[Capture],
+    now: i64,
+) -> Result<(usize, OutboxConfig), IntakeError> {
+    let cfg = agent.config();
+    let free = match space::free_bytes(&cfg.state_dir) {
+        Ok(free) => free,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the free space of state_dir; committing anyway");
+            pause(agent, false);
+            return Ok((captures.len(), cfg.outbox.clone()));
+        }
+    };
+    let (reserve, held) = (cfg.storage.reserve_bytes, store.reserve_held());
+    let sizes = captures.iter().map(|c| c.image.len() as u64);
+    let fit = space::fitting(free, reserve, held, sizes);
+    pause(agent, fit == 0);
+    let used = store.outbox_stats(now)?.bytes;
+    let mut policy = cfg.outbox.clone();
+    policy.quota_bytes = space::effective_quota(policy.quota_bytes, used, free, reserve, held);
+    Ok((fit, policy))
+}
+
+/// Records whether intake holds pairs back for lack of space, with a log
+/// line when that changes.
+fn pause(agent: &Agent, paused: bool) {
+    if agent.pressure().set_intake_paused(paused) {
+        if paused {
+            tracing::warn!("disk full: intake paused, captures stay in the spool until space comes back (status storage.intake)");
+        } else {
+            tracing::info!("disk space back: intake resumes");
+        }
+    }
 }
 
 /// Reads and sanitizes every pair, using all cores.

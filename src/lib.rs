@@ -12,6 +12,7 @@
 //! - [`uplink`]: MQTT over mutual TLS: uploads, commands, replies, status.
 //! - [`reload`]: SIGHUP: which parts of a new config apply live.
 //! - [`notify`]: systemd readiness, watchdog and stopping notifications.
+//! - [`space`]: disk space: the intake rule against the space reserve, disk-full flags.
 //!
 //! Pure decisions (functions of their inputs and `now`)
 //! - [`gate`]: the consent rule: may this subject's capture be kept or uploaded now?
@@ -70,6 +71,7 @@ pub mod provision;
 pub mod reload;
 pub mod sanitize;
 pub mod shutdown;
+pub mod space;
 pub mod spool;
 pub mod store;
 pub mod uplink;

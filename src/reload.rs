@@ -191,6 +191,7 @@ mod tests {
                     crate::config::KeySource::File => crate::config::KeySource::Credential,
                     crate::config::KeySource::Credential => crate::config::KeySource::File,
                 },
+                reserve_bytes: c.storage.reserve_bytes + 1,
             },
         }
     }

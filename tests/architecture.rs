@@ -33,6 +33,7 @@ const PURE: &[&str] = &[
     "protocol/",
     "uplink/state.rs",
     "uplink/backoff.rs",
+    "uplink/deletes.rs",
     "uplink/handover.rs",
     "uplink/ingress.rs",
     "uplink/suspect.rs",

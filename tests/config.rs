@@ -138,6 +138,7 @@ fn minimal_config_gets_every_default() {
     assert_eq!(c.consent.log, facegate::config::ConsentLogMode::Off);
     assert_eq!(c.consent.head_max_age, Duration::from_secs(86_400));
     assert_eq!(c.audit.retention, Duration::from_secs(90 * 86_400));
+    assert_eq!(c.storage.reserve_bytes, 16 * 1024 * 1024);
     assert_eq!(c.log.level, "info");
     assert_eq!(c.log.format, LogFormat::Text);
     assert_eq!(c.storage.key_source, facegate::config::KeySource::File);
@@ -512,6 +513,30 @@ fn non_numeric_number_names_key_and_value() {
     starts(
         &msg,
         "outbox.quota_bytes: expected a positive integer or a size such as \"8MiB\", got \"lots\"",
+    );
+    let reserve = |v: &str| {
+        site.load(&with_table(
+            &site.minimal(),
+            "storage",
+            &format!("reserve_bytes = {v}"),
+        ))
+    };
+    assert_eq!(
+        reserve("\"1MiB\"").unwrap().storage.reserve_bytes,
+        1024 * 1024
+    );
+    assert_eq!(
+        reserve("0").unwrap().storage.reserve_bytes,
+        0,
+        "0 turns it off"
+    );
+    starts(
+        &reserve("\"5GiB\"").unwrap_err().to_string(),
+        "storage.reserve_bytes:",
+    );
+    starts(
+        &reserve("\"some\"").unwrap_err().to_string(),
+        "storage.reserve_bytes: expected a positive integer or a size",
     );
 }
 
@@ -1010,7 +1035,7 @@ fn bad_names_and_choices_are_refused() {
     );
     starts(
         &site.error(&with_table(&m, "storage", "key_file = \"x\"")),
-        "storage.key_file: unknown key (expected one of: key_source)",
+        "storage.key_file: unknown key (expected one of: key_source, reserve_bytes)",
     );
     assert_eq!(
         site.error(&with_table(&m, "log", "format = \"xml\"")),

@@ -11,7 +11,7 @@ use serde::Serialize;
 use facegate::agent::{ConsentSummary, OutboxEntry, OutboxState, Retried};
 use facegate::audit::{AuditEntry, VerifyReport};
 use facegate::control::{self, Request};
-use facegate::protocol::{Granted, Receipt, Status};
+use facegate::protocol::{Granted, IntakeState, Receipt, Status};
 use facegate::{clock, config};
 
 use super::args::{Ctl, CtlAudit, CtlConsent, CtlOutbox};
@@ -174,6 +174,25 @@ fn print_status(s: &Status, consent: &config::ConsentConfig) {
                 Some(consent.log),
                 Some(consent.head_max_age.as_secs())
             )
+        );
+    }
+    if let Some(st) = s.storage {
+        let intake = match st.intake {
+            IntakeState::Running => "intake running",
+            IntakeState::PausedDiskFull => "INTAKE PAUSED: disk full (captures wait in the spool)",
+        };
+        println!(
+            "storage:  {} bytes free, reserve {} of {} bytes, quota in effect {} bytes, {}{}",
+            st.free_bytes,
+            st.reserve_held,
+            st.reserve_bytes,
+            st.quota_bytes,
+            intake,
+            if st.deletes_failing {
+                ", DELETES FAILING: uploads paused"
+            } else {
+                ""
+            }
         );
     }
 }

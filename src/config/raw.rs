@@ -200,6 +200,9 @@ pub struct RawStorage {
     /// `<state_dir>/storage.key`) or `credential` (the systemd credential
     /// `facegate-storage-key`).
     pub key_source: Option<String>,
+    /// Disk space kept free for revocations, purges and deletes (bytes or
+    /// a size such as "16MiB"; default 16 MiB; 0 turns it off).
+    pub reserve_bytes: Option<RawNumber>,
 }
 
 /// `[control]` as written.

@@ -21,6 +21,11 @@ use crate::keyref::{KeyRef, KeyRefError};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
+/// Default `[storage] reserve_bytes`: a revocation on a full disk writes
+/// (zeroes) every page it frees into the WAL, so the reserve must hold a
+/// subject's queued captures plus a window of deletes: 16 MiB covers ~300
+/// captures of 50 kB, at a cost of 16 MiB of a device's disk.
+pub const DEFAULT_RESERVE_BYTES: u64 = 16 * MIB;
 const GIB: u64 = 1024 * MIB;
 
 /// Longest path a unix socket address can hold (`sun_path` is 108 bytes with NUL).
@@ -83,6 +88,14 @@ impl RawConfig {
                     ("file", KeySource::File),
                     ("credential", KeySource::Credential),
                 ],
+            )?,
+            reserve_bytes: number(
+                "storage.reserve_bytes",
+                self.storage.reserve_bytes,
+                DEFAULT_RESERVE_BYTES,
+                0,
+                4 * 1024 * MIB,
+                Unit::Bytes,
             )?,
         };
         let socket = match self.control.socket {

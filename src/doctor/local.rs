@@ -649,17 +649,8 @@ fn statfs_type(path: &Path) -> std::io::Result<u64> {
 }
 
 /// Bytes available to unprivileged users on the file system holding `path`.
-#[allow(unsafe_code)] // statvfs(2), see SAFETY below
 fn free_bytes(path: &Path) -> std::io::Result<u64> {
-    let c = c_path(path)?;
-    // SAFETY: statvfs is a plain C struct; all zeroes is a valid value.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    #[allow(clippy::unnecessary_cast)]
-    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    crate::space::free_bytes(path)
 }
 
 #[cfg(test)]

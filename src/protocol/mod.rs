@@ -25,7 +25,8 @@ pub use reply::{
     AlreadyApplied, CommandName, ErrorBody, ErrorCode, Granted, Receipt, Reply, ReplyResult,
 };
 pub use status::{
-    ConsentLogStatus, ConsentStatus, Counters, OutboxStatus, State, Status, UplinkStatus,
+    ConsentLogStatus, ConsentStatus, Counters, IntakeState, OutboxStatus, State, Status,
+    StorageStatus, UplinkStatus,
 };
 pub use topics::{SiteTopics, Topics};
 

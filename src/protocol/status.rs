@@ -51,6 +51,10 @@ pub struct Status {
     /// The broker connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uplink: Option<UplinkStatus>,
+    /// Disk space of the state directory (beyond SPEC; absent from older
+    /// devices and the last will).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageStatus>,
     /// The site consent log (SPEC "Site consent log").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consent_log: Option<ConsentLogStatus>,
@@ -140,6 +144,40 @@ pub struct UplinkStatus {
     pub session_lost: u64,
 }
 
+/// Whether intake takes captures from the spool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntakeState {
+    /// Taking captures.
+    #[default]
+    Running,
+    /// Holding them in the spool: the disk has no room outside the space
+    /// reserve (`[storage] reserve_bytes`).
+    PausedDiskFull,
+}
+
+/// Disk space of the state directory's file system, and what a full disk
+/// holds back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StorageStatus {
+    /// Bytes available on the file system (the reserve file not included).
+    pub free_bytes: u64,
+    /// The space reserve as configured (`[storage] reserve_bytes`).
+    pub reserve_bytes: u64,
+    /// Of it, what the reserve file holds now (less after a revocation,
+    /// purge or delete used it on a full disk, until space comes back).
+    pub reserve_held: u64,
+    /// The outbox quota in effect: `[outbox] quota_bytes`, capped by what
+    /// is queued plus the free space outside the reserve.
+    pub quota_bytes: u64,
+    /// Whether intake takes captures, or holds them in the spool and why.
+    pub intake: IntakeState,
+    /// Deleting acknowledged uploads fails (disk full): uploads pause until
+    /// it succeeds, nothing is sent twice.
+    pub deletes_failing: bool,
+}
+
 impl Status {
     /// The last will: `{"v":1,"state":"offline"}`.
     pub fn offline() -> Status {
@@ -153,6 +191,7 @@ impl Status {
             counters: None,
             uplink: None,
             consent_log: None,
+            storage: None,
         }
     }
 
@@ -241,6 +280,7 @@ mod tests {
                 missing: vec![[4, 5], [7, 7]],
                 head_age_s: 300,
             }),
+            storage: None,
         };
         let v: Value = serde_json::from_slice(&s.to_bytes()).unwrap();
         assert_eq!(v["state"], "online");

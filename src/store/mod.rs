@@ -32,12 +32,15 @@ mod parts;
 mod purge;
 mod quarantine;
 mod replay;
+mod reserve;
 mod schema;
 #[cfg(test)]
 mod tests;
+mod vacuum;
 
 pub use consent_log::HeadApplied;
 pub use quarantine::{OutboxEntry, OutboxState, Refusal};
+pub use reserve::RESERVE_FILE_NAME;
 
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
@@ -224,6 +227,19 @@ pub struct CommandStamp<'a, T> {
     pub reply: &'a mut dyn FnMut(Result<&T, &StoreError>) -> String,
 }
 
+impl<T> CommandStamp<'_, T> {
+    /// The same stamp, borrowed again (to run a transaction once more).
+    pub(crate) fn again(&mut self) -> CommandStamp<'_, T> {
+        CommandStamp {
+            jti: self.jti,
+            cmd: self.cmd,
+            expires_at: self.expires_at,
+            seq: self.seq,
+            reply: &mut *self.reply,
+        }
+    }
+}
+
 impl<T> std::fmt::Debug for CommandStamp<'_, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CommandStamp")
@@ -395,6 +411,8 @@ pub struct Store {
     /// truncated: the WAL may still hold their pages as they were before the
     /// delete. True at open (a WAL left by a crash may hold anything).
     wal_has_deleted: bool,
+    /// The space reserve next to the database ([`reserve`]).
+    reserve: reserve::Reserve,
 }
 
 impl std::fmt::Debug for Store {
@@ -413,6 +431,11 @@ pub(crate) struct Writer<'a> {
 impl Store {
     /// Opens (creating if needed, mode 0600) `<state_dir>/facegate.db`, applies
     /// pragmas and migrations, and checks that `key` is the key it was created with.
+    ///
+    /// On a full disk opening can fail (SQLite cannot size its WAL index):
+    /// then the space reserve ([`reserve`]) is released and it is tried once
+    /// more, so a device restarted on a full disk still starts, applies
+    /// revocations and uploads.
     pub fn open(state_dir: &Path, key: DeviceKey) -> Result<Store, StoreError> {
         let path = state_dir.join(DB_FILE_NAME);
         prepare_db_file(&path)?;
@@ -421,14 +444,27 @@ impl Store {
         let conn = Connection::open(&path).op("opening the database")?;
         let mut store = Store {
             conn,
+            reserve: reserve::Reserve::new(state_dir.join(RESERVE_FILE_NAME)),
             path,
             keys,
             signatures: SignatureMemo::default(),
             wal_has_deleted: true,
         };
         let r = schema::init(&mut store);
-        store.finish(r)?;
-        Ok(store)
+        match store.finish(r) {
+            Ok(()) => Ok(store),
+            Err(e @ (StoreError::Sqlite { .. } | StoreError::DiskFull { .. }))
+                if store.reserve_held() > 0 =>
+            {
+                tracing::warn!(error = %e, "cannot open the database, perhaps for a full disk: releasing the space reserve and trying again");
+                store.release_reserve();
+                store.conn = Connection::open(&store.path).op("opening the database")?;
+                let r = schema::init(&mut store);
+                store.finish(r)?;
+                Ok(store)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Path of the database file.
@@ -533,10 +569,13 @@ impl Store {
         subject: &SubjectId,
         before: i64,
         now: i64,
-        cmd: Option<CommandStamp<'_, Revocation>>,
+        mut cmd: Option<CommandStamp<'_, Revocation>>,
     ) -> Result<Revocation, StoreError> {
-        let r = consents::revoke(self, subject, before, now, cmd);
-        self.finish(r)
+        self.with_reserve(|s| {
+            let cmd = cmd.as_mut().map(CommandStamp::again);
+            let r = consents::revoke(s, subject, before, now, cmd);
+            s.finish(r)
+        })
     }
 
     /// Housekeeping with the consent rule ([`crate::gate`]), in one
@@ -552,8 +591,10 @@ impl Store {
         me: &Identity,
         now: i64,
     ) -> Result<Vec<Swept>, StoreError> {
-        let r = consents::sweep(self, trust, me, now);
-        self.finish(r)
+        self.with_reserve(|s| {
+            let r = consents::sweep(s, trust, me, now);
+            s.finish(r)
+        })
     }
 
     // ---- outbox ---------------------------------------------------------
@@ -614,8 +655,10 @@ impl Store {
     /// Deletes several uploaded captures in one transaction (a burst of
     /// PUBACKs), as [`Store::ack`] does; returns how many were still queued.
     pub fn ack_many(&mut self, capture_ids: &[CaptureId], now: i64) -> Result<usize, StoreError> {
-        let r = outbox::ack(self, capture_ids, now);
-        self.finish(r)
+        self.with_reserve(|s| {
+            let r = outbox::ack(s, capture_ids, now);
+            s.finish(r)
+        })
     }
 
     /// Truncates the WAL (`PRAGMA wal_checkpoint(TRUNCATE)`) if uploaded
@@ -641,10 +684,13 @@ impl Store {
         subject: &SubjectId,
         now: i64,
         reason: PurgeReason,
-        cmd: Option<CommandStamp<'_, Vec<CaptureId>>>,
+        mut cmd: Option<CommandStamp<'_, Vec<CaptureId>>>,
     ) -> Result<Vec<CaptureId>, StoreError> {
-        let r = purge::purge_subject(self, subject, now, reason, cmd);
-        self.finish(r)
+        self.with_reserve(|s| {
+            let cmd = cmd.as_mut().map(CommandStamp::again);
+            let r = purge::purge_subject(s, subject, now, reason, cmd);
+            s.finish(r)
+        })
     }
 
     /// Purges every capture and data key; keeps consents. Checkpoints the WAL.
@@ -653,10 +699,13 @@ impl Store {
         &mut self,
         now: i64,
         reason: PurgeReason,
-        cmd: Option<CommandStamp<'_, Vec<CaptureId>>>,
+        mut cmd: Option<CommandStamp<'_, Vec<CaptureId>>>,
     ) -> Result<Vec<CaptureId>, StoreError> {
-        let r = purge::purge_all(self, now, reason, cmd);
-        self.finish(r)
+        self.with_reserve(|s| {
+            let cmd = cmd.as_mut().map(CommandStamp::again);
+            let r = purge::purge_all(s, now, reason, cmd);
+            s.finish(r)
+        })
     }
 
     /// Purges captures queued more than `retention` before `now` (audited as
@@ -666,8 +715,10 @@ impl Store {
         now: i64,
         retention: Duration,
     ) -> Result<Vec<CaptureId>, StoreError> {
-        let r = purge::enforce_retention(self, now, retention);
-        self.finish(r)
+        self.with_reserve(|s| {
+            let r = purge::enforce_retention(s, now, retention);
+            s.finish(r)
+        })
     }
 
     /// Outbox size and age.

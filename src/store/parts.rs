@@ -66,54 +66,10 @@ impl Store {
         parts: &[(CaptureId, PartNo)],
         now: i64,
     ) -> Result<Vec<CaptureId>, StoreError> {
-        let r = (|| {
-            let w = self.writer()?;
-            let mut touched: BTreeMap<(CaptureId, u32), ()> = BTreeMap::new();
-            {
-                let mut insert =
-                    w.tx.prepare_cached(
-                        "INSERT OR IGNORE INTO capture_parts (capture_seq, parts, part, acked_at)
-                         SELECT seq, ?2, ?3, ?4 FROM captures WHERE capture_id = ?1",
-                    )
-                    .op("recording an acknowledged part")?;
-                // An acknowledged part shows the broker takes this capture's
-                // packets: refusals counted against it start again from 0.
-                let mut reset =
-                    w.tx.prepare_cached(
-                        "UPDATE captures SET attempts = 0 WHERE capture_id = ?1
-                         AND seq IN (SELECT seq FROM captures WHERE attempts > 0)",
-                    )
-                    .op("resetting refusals")?;
-                for (id, part) in parts {
-                    insert
-                        .execute(params![id.as_str(), part.of, part.index, now])
-                        .op("recording an acknowledged part")?;
-                    reset.execute([id.as_str()]).op("resetting refusals")?;
-                    touched.insert((id.clone(), part.of), ());
-                }
-            }
-            let mut complete = Vec::new();
-            {
-                let mut count = w
-                    .tx
-                    .prepare_cached(
-                        "SELECT COUNT(*) FROM capture_parts p JOIN captures c ON c.seq = p.capture_seq
-                         WHERE c.capture_id = ?1 AND p.parts = ?2",
-                    )
-                    .op("counting acknowledged parts")?;
-                for (id, of) in touched.keys() {
-                    let n: i64 = count
-                        .query_row(params![id.as_str(), of], |r| r.get(0))
-                        .op("counting acknowledged parts")?;
-                    if n >= i64::from(*of) && !complete.contains(id) {
-                        complete.push(id.clone());
-                    }
-                }
-            }
-            w.commit()?;
-            Ok(complete)
-        })();
-        let complete = self.finish(r)?;
+        let complete = self.with_reserve(|s| {
+            let r = record_parts(s, parts, now);
+            s.finish(r)
+        })?;
         self.complete_parts(&complete, now)?;
         Ok(complete)
     }
@@ -124,8 +80,10 @@ impl Store {
         if ids.is_empty() {
             return Ok(0);
         }
-        let r = outbox::ack(self, ids, now);
-        self.finish(r)
+        self.with_reserve(|s| {
+            let r = outbox::ack(s, ids, now);
+            s.finish(r)
+        })
     }
 
     /// Queued captures of `subject` (of every subject with `None`) of which
@@ -157,3 +115,56 @@ impl Store {
 pub(super) const PARTLY_SENT_SQL: &str = "SELECT DISTINCT c.capture_id FROM capture_parts p
  CROSS JOIN captures c ON c.seq = p.capture_seq
  WHERE ?1 IS NULL OR c.subject_ref = ?1";
+
+/// Records acknowledged parts in one transaction; returns the captures of
+/// which every part of one split is now acknowledged.
+fn record_parts(
+    store: &mut Store,
+    parts: &[(CaptureId, PartNo)],
+    now: i64,
+) -> Result<Vec<CaptureId>, StoreError> {
+    let w = store.writer()?;
+    let mut touched: BTreeMap<(CaptureId, u32), ()> = BTreeMap::new();
+    {
+        let mut insert =
+            w.tx.prepare_cached(
+                "INSERT OR IGNORE INTO capture_parts (capture_seq, parts, part, acked_at)
+                         SELECT seq, ?2, ?3, ?4 FROM captures WHERE capture_id = ?1",
+            )
+            .op("recording an acknowledged part")?;
+        // An acknowledged part shows the broker takes this capture's
+        // packets: refusals counted against it start again from 0.
+        let mut reset =
+            w.tx.prepare_cached(
+                "UPDATE captures SET attempts = 0 WHERE capture_id = ?1
+                 AND seq IN (SELECT seq FROM captures WHERE attempts > 0)",
+            )
+            .op("resetting refusals")?;
+        for (id, part) in parts {
+            insert
+                .execute(params![id.as_str(), part.of, part.index, now])
+                .op("recording an acknowledged part")?;
+            reset.execute([id.as_str()]).op("resetting refusals")?;
+            touched.insert((id.clone(), part.of), ());
+        }
+    }
+    let mut complete = Vec::new();
+    {
+        let mut count =
+            w.tx.prepare_cached(
+                "SELECT COUNT(*) FROM capture_parts p JOIN captures c ON c.seq = p.capture_seq
+                         WHERE c.capture_id = ?1 AND p.parts = ?2",
+            )
+            .op("counting acknowledged parts")?;
+        for (id, of) in touched.keys() {
+            let n: i64 = count
+                .query_row(params![id.as_str(), of], |r| r.get(0))
+                .op("counting acknowledged parts")?;
+            if n >= i64::from(*of) && !complete.contains(id) {
+                complete.push(id.clone());
+            }
+        }
+    }
+    w.commit()?;
+    Ok(complete)
+}

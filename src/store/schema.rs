@@ -258,6 +258,8 @@ pub(super) fn steps() -> &'static [&'static str] {
 /// Pragmas, migrations and key check for a freshly opened connection.
 pub(super) fn init(store: &mut Store) -> Result<(), StoreError> {
     let conn = &store.conn;
+    // Before anything is written: a new database is incremental from the start.
+    super::vacuum::prepare_new(conn)?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
         .op("enabling WAL")?;
@@ -271,7 +273,14 @@ pub(super) fn init(store: &mut Store) -> Result<(), StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .op("setting busy timeout")?;
     migrate(store)?;
-    check_key(store)
+    check_key(store)?;
+    // A database from before incremental vacuum: converted once, if it can be.
+    let free = super::vacuum::free_space(&store.path);
+    // Not fatal: the database works as before, only without shrinking.
+    if let Err(e) = super::vacuum::convert(store, free) {
+        tracing::warn!(error = %e, "cannot convert the database to incremental vacuum; tried again at the next start");
+    }
+    Ok(())
 }
 
 fn migrate(store: &mut Store) -> Result<(), StoreError> {

@@ -2115,3 +2115,124 @@ fn a_drop_is_recorded_once_per_pair() {
     assert_eq!(count(&mut s), (3, 3));
     assert!(s.audit_verify().unwrap().ok, "the chain holds");
 }
+
+/// Size of the database file on disk.
+fn db_file_len(dir: &Path) -> u64 {
+    std::fs::metadata(dir.join(DB_FILE_NAME)).unwrap().len()
+}
+
+#[test]
+fn a_new_database_gives_freed_space_back_and_keeps_no_deleted_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let av: i64 = s
+        .conn()
+        .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(av, 2, "incremental from the start");
+    s.add_consent(&consent("k1", "S-1", T0 - 10, T0 + DAY), T0, None)
+        .unwrap();
+    let image = |i: usize| {
+        let mut v = marked_image(&format!("vac{i}"));
+        v.resize(40_000, (i % 200) as u8);
+        v
+    };
+    let batch: Vec<Capture> = (0..40)
+        .map(|i| capture(&format!("v{i}"), "S-1", "k1", &image(i)))
+        .collect();
+    s.insert_captures(batch, &roomy(), T0).unwrap();
+    s.truncate_wal_after_deletes().unwrap();
+    let full = db_file_len(dir.path());
+    assert!(full > 1_500_000, "{full}");
+    let ids: Vec<CaptureId> = (0..40)
+        .map(|i| CaptureId::from(format!("v{i}").as_str()))
+        .collect();
+    assert_eq!(s.ack_many(&ids, T0).unwrap(), 40);
+    s.truncate_wal_after_deletes().unwrap();
+    assert_eq!(db_file_len(dir.path()), full, "deletes alone keep the size");
+    let (_, free) = s.db_size().unwrap();
+    assert!(free > 1_000_000, "{free}");
+    assert!(s.vacuum_free_pages().unwrap() > 0);
+    let small = db_file_len(dir.path());
+    assert!(small < full / 4, "{small} of {full}");
+    assert_eq!(s.db_size().unwrap().1, 0, "no free page left");
+    assert_eq!(s.vacuum_free_pages().unwrap(), 0, "nothing more to do");
+    // What was cut off and what is left hold no deleted content.
+    for i in 0..40 {
+        assert!(!contains(
+            &raw_files(dir.path()),
+            format!("vac{i}").as_bytes()
+        ));
+    }
+    // Still a working database.
+    s.insert_captures(vec![capture("w", "S-1", "k1", &image(1))], &roomy(), T0)
+        .unwrap();
+    assert_eq!(s.outbox_stats(T0).unwrap().captures, 1);
+}
+
+#[test]
+fn an_older_database_is_converted_to_incremental_vacuum_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // A database as facegate created it before: auto_vacuum off.
+        let conn = Connection::open(dir.path().join(DB_FILE_NAME)).unwrap();
+        conn.execute_batch(
+            "PRAGMA auto_vacuum = NONE; PRAGMA journal_mode = WAL; CREATE TABLE x (a);",
+        )
+        .unwrap();
+        conn.execute_batch("DROP TABLE x;").unwrap();
+        let av: i64 = conn
+            .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(av, 0);
+    }
+    let mut s = open(dir.path());
+    let av: i64 = s
+        .conn()
+        .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(av, 2, "converted");
+    s.add_consent(&consent("k1", "S-1", T0 - 10, T0 + DAY), T0, None)
+        .unwrap();
+    assert_eq!(s.consents_for(&sid("S-1")).unwrap().len(), 1);
+    drop(s);
+    // Opening again changes nothing.
+    let s = open(dir.path());
+    let av: i64 = s
+        .conn()
+        .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(av, 2);
+}
+
+#[test]
+fn the_space_reserve_is_a_private_file_of_the_configured_size() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let file = dir.path().join(RESERVE_FILE_NAME);
+    assert_eq!(s.reserve_held(), 0);
+    assert_eq!(s.keep_reserve(3 << 20).unwrap(), 3 << 20);
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!(meta.len(), 3 << 20);
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    // Written, not sparse: the blocks are really taken.
+    use std::os::unix::fs::MetadataExt;
+    assert!(meta.blocks() * 512 >= 3 << 20, "{} blocks", meta.blocks());
+    assert_eq!(s.keep_reserve(3 << 20).unwrap(), 3 << 20, "kept as it is");
+    assert_eq!(s.keep_reserve(1 << 20).unwrap(), 1 << 20, "shrunk");
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 1 << 20);
+    // Released (as on a full disk) and written again.
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(s.keep_reserve(1 << 20).unwrap(), 1 << 20);
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 1 << 20);
+    // 0 turns it off.
+    assert_eq!(s.keep_reserve(0).unwrap(), 0);
+    assert!(!file.exists());
+    drop(s);
+    // A reserve left by an earlier run is counted at open.
+    let mut s = open(dir.path());
+    s.keep_reserve(2 << 20).unwrap();
+    drop(s);
+    assert_eq!(open(dir.path()).reserve_held(), 2 << 20);
+}

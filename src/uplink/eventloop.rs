@@ -137,10 +137,8 @@ async fn network_task(
     let mut backoff = Backoff::new(config.mqtt.reconnect_min, config.mqtt.reconnect_max);
     let head_topic = SiteTopics::new(&config.mqtt.prefix, &config.identity.site_id).consent_head;
     loop {
-        let (client, eventloop) = connection(&config, &options);
         let served = serve(
-            client,
-            eventloop,
+            connection(&config, &options),
             &link,
             &tx,
             &agent,
@@ -194,8 +192,7 @@ enum Served {
 /// client moves into the link on CONNACK; until then nothing can be handed
 /// over. Both are dropped when this returns.
 async fn serve(
-    client: Client,
-    mut eventloop: Events,
+    (client, mut eventloop): (Client, Events),
     link: &Link,
     tx: &mpsc::UnboundedSender<Net>,
     agent: &Agent,

@@ -9,6 +9,7 @@
 //!   refusal is counted against, probe mode (a window of one) until an
 //!   acknowledgement, and when a capture is quarantined;
 //! - [`backoff`]: the reconnect delays;
+//! - [`deletes`]: a failed delete after PUBACK: retry with backoff, hand-over paused;
 //! - [`ingress`]: which inbound messages are ignored (retained, QoS 0) and
 //!   how many refusals get a log line and an audit row each.
 //!
@@ -30,6 +31,7 @@
 pub mod backoff;
 pub mod commands;
 pub mod consent_head;
+pub mod deletes;
 pub mod eventloop;
 pub mod handover;
 pub mod ingress;

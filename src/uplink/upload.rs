@@ -22,6 +22,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use zeroize::Zeroize;
 
+use super::deletes::{DeleteRetry, Next};
 use super::handover::{self, Pieces, Queued};
 use super::link::Link;
 use super::state::Handed;
@@ -30,13 +31,9 @@ use crate::agent::Agent;
 use crate::clock;
 use crate::config::Config;
 use crate::ids::CaptureId;
-use crate::logging::repeat;
 use crate::protocol::parts::{self, Split};
 use crate::protocol::{Envelope, PartNo, Piece, WIRE_VERSION};
 use crate::store::{Capture, OutboxCapture, PurgeReason, Refusal, Store, StoreError};
-
-/// The error of a failed delete (rate-limited: `logging::repeat`).
-const DELETE_FAILED: &str = "cannot record acknowledged uploads; they will be sent again";
 
 /// A capture being sent in parts, decrypted once.
 struct InParts {
@@ -105,6 +102,11 @@ pub async fn fill_window(
     topic: &str,
     window: usize,
 ) {
+    if agent.pressure().deletes_failing() {
+        // Acknowledged uploads cannot be deleted (disk full): hand nothing
+        // new over until they are (see [`deleter`]).
+        return;
+    }
     let free = link.free_slots(window);
     // With a full window there is nothing to hand over, but a capture kept
     // decrypted for its parts is still looked at: purged meanwhile, it is
@@ -460,44 +462,109 @@ pub async fn record_interrupted(agent: &Arc<Agent>, reason: &str, n: usize) {
 /// whole captures are deleted in one transaction; parts are recorded, and a
 /// capture is deleted once every part is (ARCHITECTURE I12). An upload stays
 /// in [`Agent::inflight`] until this is done, so it is never handed over twice.
+///
+/// A delete that fails (a full disk) keeps the uploads in flight, pauses
+/// the hand-over ([`crate::space::Pressure::deletes_failing`], checked by
+/// [`fill_window`]) and is tried again with backoff ([`DeleteRetry`]),
+/// together with whatever was acknowledged meanwhile, until it commits: no
+/// capture is sent again because its delete failed. When the channel closes
+/// (shutdown) a failing delete is tried once more; if it still fails the
+/// uploads stay queued and are sent again after the restart.
 pub async fn deleter(agent: Arc<Agent>, mut acked: mpsc::UnboundedReceiver<Piece>) {
-    while let Some(first) = acked.recv().await {
-        let mut pieces = vec![first];
+    let mut retry = DeleteRetry::default();
+    let mut pieces: Vec<Piece> = Vec::new();
+    let mut open = true;
+    loop {
+        if pieces.is_empty() {
+            match acked.recv().await {
+                Some(first) => pieces.push(first),
+                None => return,
+            }
+        }
         while let Ok(more) = acked.try_recv() {
             pieces.push(more);
         }
-        let now = clock::now();
-        let wholes: Vec<CaptureId> = pieces
-            .iter()
-            .filter(|p| p.part.is_none())
-            .map(|p| p.capture_id.clone())
-            .collect();
-        let parts: Vec<(CaptureId, PartNo)> = pieces
-            .iter()
-            .filter_map(|p| Some((p.capture_id.clone(), p.part?)))
-            .collect();
-        let r = agent
-            .db()
-            .run(move |s| {
-                if !wholes.is_empty() {
-                    s.ack_many(&wholes, now)?;
+        let r = delete_acked(&agent, &pieces).await;
+        let deleted = r.is_ok();
+        match retry.on_result(deleted, jitter()) {
+            Next::Done { recovered } => {
+                for piece in pieces.drain(..) {
+                    agent.inflight().remove(&piece);
                 }
-                if !parts.is_empty() {
-                    s.ack_parts(&parts, now)?;
+                if recovered {
+                    agent.pressure().set_deletes_failing(false);
+                    tracing::info!("acknowledged uploads deleted again; uploads resume");
                 }
-                Ok(())
-            })
-            .await;
-        if let Err(e) = r {
-            if let Some(times) = repeat::admit(DELETE_FAILED, &e.to_string(), clock::now()) {
-                tracing::error!(error = %e, "{DELETE_FAILED}{times}");
+                agent.outbox_changed().notify_one();
+            }
+            Next::Retry { after, first } => {
+                agent.pressure().set_deletes_failing(true);
+                let error = r.err().map(|e| e.to_string()).unwrap_or_default();
+                if !open {
+                    tracing::error!(%error, uploads = pieces.len(), "cannot delete acknowledged uploads at shutdown; they stay queued and are sent again after the restart");
+                    for piece in pieces.drain(..) {
+                        agent.inflight().remove(&piece);
+                    }
+                    return;
+                }
+                if first {
+                    tracing::error!(%error, uploads = pieces.len(), "cannot delete acknowledged uploads; they stay in flight and uploads pause until the delete succeeds");
+                } else {
+                    tracing::debug!(%error, retry_in_ms = after.as_millis() as u64, "deleting acknowledged uploads failed again");
+                }
+                // Wait, taking what is acknowledged meanwhile; a closed
+                // channel (shutdown) ends the wait at once.
+                let sleep = tokio::time::sleep(after);
+                tokio::pin!(sleep);
+                loop {
+                    tokio::select! {
+                        _ = &mut sleep => break,
+                        more = acked.recv() => match more {
+                            Some(piece) => pieces.push(piece),
+                            None => {
+                                open = false;
+                                break;
+                            }
+                        },
+                    }
+                }
             }
         }
-        for piece in &pieces {
-            agent.inflight().remove(piece);
-        }
-        agent.outbox_changed().notify_one();
     }
+}
+
+/// A uniformly drawn `u32` for the retry's jitter (0 on the theoretical
+/// failure: the wait is then half a step).
+fn jitter() -> u32 {
+    let mut b = [0u8; 4];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    u32::from_le_bytes(b)
+}
+
+/// One attempt at deleting (whole captures) and recording (parts) `pieces`.
+async fn delete_acked(agent: &Arc<Agent>, pieces: &[Piece]) -> Result<(), crate::db::DbError> {
+    let now = clock::now();
+    let wholes: Vec<CaptureId> = pieces
+        .iter()
+        .filter(|p| p.part.is_none())
+        .map(|p| p.capture_id.clone())
+        .collect();
+    let parts: Vec<(CaptureId, PartNo)> = pieces
+        .iter()
+        .filter_map(|p| Some((p.capture_id.clone(), p.part?)))
+        .collect();
+    agent
+        .db()
+        .run(move |s| {
+            if !wholes.is_empty() {
+                s.ack_many(&wholes, now)?;
+            }
+            if !parts.is_empty() {
+                s.ack_parts(&parts, now)?;
+            }
+            Ok(())
+        })
+        .await
 }
 
 #[cfg(test)]

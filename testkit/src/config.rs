@@ -58,6 +58,7 @@ struct Consent {
 #[derive(Debug, Clone, Default, Serialize)]
 struct Storage {
     key_source: Option<String>,
+    reserve_bytes: Option<u64>,
 }
 
 /// `[mqtt]`.
@@ -335,6 +336,14 @@ impl ConfigBuilder {
     /// `storage.key_source` (`"file"` or `"credential"`).
     pub fn key_source(mut self, source: &str) -> Self {
         self.storage.get_or_insert_with(Storage::default).key_source = Some(source.into());
+        self
+    }
+
+    /// `storage.reserve_bytes`.
+    pub fn reserve_bytes(mut self, bytes: u64) -> Self {
+        self.storage
+            .get_or_insert_with(Storage::default)
+            .reserve_bytes = Some(bytes);
         self
     }
 

@@ -88,6 +88,8 @@ pub struct DaemonBuilder {
     parent: Option<PathBuf>,
     /// Put the spool on tmpfs (`/dev/shm`) when there is one.
     spool_on_tmpfs: bool,
+    /// `state_dir` elsewhere than in the terminal's directory.
+    state_in: Option<PathBuf>,
 }
 
 impl DaemonBuilder {
@@ -129,6 +131,13 @@ impl DaemonBuilder {
         self
     }
 
+    /// Puts `state_dir` (the database) at `path`, e.g. on a
+    /// [`crate::smallfs::SmallFs`]; the rest stays in the terminal's directory.
+    pub fn state_in(mut self, path: impl Into<PathBuf>) -> Self {
+        self.state_in = Some(path.into());
+        self
+    }
+
     /// Makes the directories, keys and config file; the daemon is not started.
     pub fn build(self) -> Daemon {
         let dir = match &self.parent {
@@ -138,7 +147,10 @@ impl DaemonBuilder {
             None => tempfile::Builder::new().prefix("facegate-").tempdir(),
         }
         .expect("terminal directory");
-        let state = dir.path().join("state");
+        let state = self
+            .state_in
+            .clone()
+            .unwrap_or_else(|| dir.path().join("state"));
         let (spool, spool_dir) = if self.spool_on_tmpfs {
             let tmp = bench::spool_tempdir();
             (tmp.path().to_path_buf(), Some(tmp))
@@ -222,6 +234,7 @@ impl Daemon {
             uplink: Uplink::Placeholder,
             parent: None,
             spool_on_tmpfs: false,
+            state_in: None,
         }
     }
 

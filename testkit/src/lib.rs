@@ -20,6 +20,7 @@
 //!
 //! Helpers
 //! - [`bench`]: what only the benchmarks need (tmpfs spool, outbox fill, percentiles, RSS).
+//! - [`smallfs`]: a real small file system (tmpfs of a given size) for disk-full tests.
 //! - [`util`]: free ports, polling, byte search.
 //!
 //! Failures panic with what is needed to understand them (a daemon's or
@@ -39,6 +40,7 @@ pub mod mqtt;
 pub mod pki;
 pub mod relay;
 pub mod signer;
+pub mod smallfs;
 pub mod spool;
 pub mod synth;
 pub mod util;
