@@ -41,14 +41,8 @@ const BLOCK: usize = 25;
 
 fn main() {
     let n = bench::captures(6000);
-    let rounds = std::env::var("FACEGATE_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3usize);
-    let handshakes = std::env::var("FACEGATE_BENCH_HANDSHAKES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200usize);
+    let rounds = bench::rounds(3);
+    let handshakes = bench::env_count("FACEGATE_BENCH_HANDSHAKES", 200);
     bench::runtime().block_on(run(n, rounds, handshakes));
 }
 

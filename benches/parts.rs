@@ -39,10 +39,7 @@ const WHOLE_LIMIT: u64 = 1024 * 1024;
 
 fn main() {
     let n = bench::captures(6000);
-    let rounds = std::env::var("FACEGATE_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3usize);
+    let rounds = bench::rounds(3);
     bench::runtime().block_on(run(n, rounds));
 }
 

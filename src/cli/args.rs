@@ -190,10 +190,12 @@ pub(crate) struct BrokerArgs {
     /// The fleet's client certificate (PEM).
     #[arg(long)]
     pub(crate) cert: PathBuf,
-    /// The fleet's TLS private key: a PEM file, or a `pkcs11:` URI.
+    /// The fleet's TLS private key: a PEM file, or a key in a PKCS#11 token
+    /// as an RFC 7512 URI (`pkcs11:token=fleet;object=fleet?pin-source=file:/path`).
     #[arg(long = "tls-key")]
     pub(crate) tls_key: String,
-    /// The PKCS#11 provider library for a `pkcs11:` --tls-key.
+    /// The PKCS#11 provider library for a `pkcs11:` --tls-key (unless the URI
+    /// has module-path=).
     #[arg(long = "pkcs11-module")]
     pub(crate) pkcs11_module: Option<PathBuf>,
     /// Topic prefix.
@@ -289,26 +291,8 @@ pub(crate) struct AclArgs {
 pub(crate) struct SendArgs {
     #[command(flatten)]
     pub(crate) signer: SignerArgs,
-    /// Broker as HOST or HOST:PORT (default port 8883).
-    #[arg(long)]
-    pub(crate) broker: String,
-    /// CA certificate (PEM) that signed the broker's certificate.
-    #[arg(long)]
-    pub(crate) ca: PathBuf,
-    /// The fleet's client certificate (PEM).
-    #[arg(long)]
-    pub(crate) cert: PathBuf,
-    /// The fleet's TLS private key: a PEM file, or a key in a PKCS#11 token
-    /// as an RFC 7512 URI (`pkcs11:token=fleet;object=fleet?pin-source=file:/path`).
-    #[arg(long = "tls-key")]
-    pub(crate) tls_key: String,
-    /// The PKCS#11 provider library for a `pkcs11:` --tls-key (unless the URI
-    /// has module-path=).
-    #[arg(long = "pkcs11-module")]
-    pub(crate) pkcs11_module: Option<PathBuf>,
-    /// Topic prefix.
-    #[arg(long, default_value = "facegate")]
-    pub(crate) prefix: String,
+    #[command(flatten)]
+    pub(crate) broker: BrokerArgs,
     /// Target site.
     #[arg(long)]
     pub(crate) site: String,

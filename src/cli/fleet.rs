@@ -231,17 +231,17 @@ fn log_compact(a: &LogCompactArgs, now: i64) -> anyhow::Result<()> {
 }
 
 fn fleet_send(a: SendArgs, now: i64) -> anyhow::Result<ExitCode> {
-    let (host, port) = host_port(&a.broker)?;
+    let conn = broker_conn(a.broker)?;
     let args = super::arg_value(a.args, "--args")?;
     let args: Value = serde_json::from_str(&args).context("--args must be a JSON object")?;
     let command = Command::from_parts(&a.cmd, &args).map_err(fleet::FleetError::Sign)?;
     let req = fleet::SendRequest {
-        host,
-        port,
-        ca_file: a.ca,
-        cert_file: a.cert,
-        key: KeyRef::parse(&a.tls_key, Path::new(""), a.pkcs11_module).context("--tls-key")?,
-        prefix: a.prefix,
+        host: conn.host,
+        port: conn.port,
+        ca_file: conn.ca_file,
+        cert_file: conn.cert_file,
+        key: conn.key,
+        prefix: conn.prefix,
         site: a.site,
         device: a.device.clone(),
         command,

@@ -19,7 +19,18 @@ use crate::{DEVICE, SITE};
 
 /// `FACEGATE_BENCH_CAPTURES` if set to a number, else `default`.
 pub fn captures(default: usize) -> usize {
-    std::env::var("FACEGATE_BENCH_CAPTURES")
+    env_count("FACEGATE_BENCH_CAPTURES", default)
+}
+
+/// How many rounds a benchmark that alternates its sides runs:
+/// `FACEGATE_BENCH_ROUNDS`, else `default`.
+pub fn rounds(default: usize) -> usize {
+    env_count("FACEGATE_BENCH_ROUNDS", default)
+}
+
+/// A count from the environment variable `name`, else `default`.
+pub fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
