@@ -294,6 +294,9 @@ async fn a_capture_over_the_brokers_message_size_limit_is_quarantined_and_the_re
     );
     assert!(up.captures.values().all(|e| e.subject == "S-small"));
     wait_until(T, || quarantined(&d) == 1, || d.log());
+    // The back-end may see a capture before the device has its PUBACK and
+    // has deleted it: wait for the deletes.
+    wait_until(T, || d.outbox_len() == 1, || d.log());
     let list = outbox_list(&d);
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0]["attempts"], 3, "{list:?}");
