@@ -157,21 +157,7 @@ pub async fn send_signed(
         None => (site.cmd.clone(), site.replies.clone()),
     };
 
-    let tls_config = tls::client_config_for(&req.ca_file, &req.cert_file, &req.key)?;
-    let client_id = format!(
-        "fleet-send-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    );
-    let mut opts = tls::mqtt_options(
-        &client_id,
-        &req.host,
-        req.port,
-        Duration::from_secs(30),
-        1 << 20,
-        tls_config,
-    )?;
-    opts.set_clean_session(true);
-    let (client, mut eventloop) = AsyncClient::new(opts, 16);
+    let (client, mut eventloop) = connect(&req.broker(), "fleet-send", 16)?;
 
     let deadline = tokio::time::Instant::now() + req.timeout;
     let connect_err = |reason: String| FleetError::Connect {
@@ -281,21 +267,7 @@ pub async fn exchange(
     wait: Duration,
     done: &dyn Fn(&[Received]) -> bool,
 ) -> Result<Vec<Received>, FleetError> {
-    let tls_config = tls::client_config_for(&conn.ca_file, &conn.cert_file, &conn.key)?;
-    let client_id = format!(
-        "fleet-log-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    );
-    let mut opts = tls::mqtt_options(
-        &client_id,
-        &conn.host,
-        conn.port,
-        Duration::from_secs(30),
-        1 << 20,
-        tls_config,
-    )?;
-    opts.set_clean_session(true);
-    let (client, mut eventloop) = AsyncClient::new(opts, 64);
+    let (client, mut eventloop) = connect(conn, "fleet-log", 64)?;
     let deadline = tokio::time::Instant::now() + wait;
     let mut subacks = 0;
     let mut pubacks = 0;
@@ -519,6 +491,31 @@ pub fn describe(answer: &DeviceReply) -> String {
         };
         format!("{}: refused {cmd}: {code} ({message})", answer.device)
     }
+}
+
+/// A clean-session MQTT client of the fleet tool on `conn` (mutual TLS, the
+/// key wherever it lives), named `ROLE-<random>`, with a request channel of
+/// `cap`.
+fn connect(
+    conn: &BrokerConn,
+    role: &str,
+    cap: usize,
+) -> Result<(AsyncClient, rumqttc::EventLoop), FleetError> {
+    let tls_config = tls::client_config_for(&conn.ca_file, &conn.cert_file, &conn.key)?;
+    let client_id = format!(
+        "{role}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let mut opts = tls::mqtt_options(
+        &client_id,
+        &conn.host,
+        conn.port,
+        Duration::from_secs(30),
+        1 << 20,
+        tls_config,
+    )?;
+    opts.set_clean_session(true);
+    Ok(AsyncClient::new(opts, cap))
 }
 
 #[cfg(test)]
