@@ -126,13 +126,37 @@ pub enum IntakeError {
 /// One scan of the spool and one batch through the pipeline.
 pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, IntakeError> {
     let cfg = agent.config();
-    let scan = spool::scan(&cfg.spool_dir, wall, cfg.capture.spool_grace, MAX_BATCH)?;
+    // Every incomplete entry is listed (grace zero); whether one is old
+    // enough to go is decided below by how long this process has seen it.
+    let scan = spool::scan(&cfg.spool_dir, wall, Duration::ZERO, MAX_BATCH)?;
     let mut report = BatchReport::default();
     let now = clock::now();
 
-    if !scan.orphans.is_empty() {
+    // An entry is old enough to go when the time the device has seen it,
+    // by the monotonic clock, reaches the grace period (not by its mtime
+    // against the wall clock), and never for age while the wall clock is
+    // suspect: a wall-clock step must not make a file that is still being
+    // written look old (ARCHITECTURE I15).
+    let held = agent.clock().suspect().is_some();
+    let aged: Vec<&std::path::Path> = scan
+        .orphans
+        .iter()
+        .filter(|o| o.reason.by_age())
+        .map(|o| o.path.as_path())
+        .collect();
+    let ages = agent.clock().seen_for(&aged);
+    let young = |o: &spool::Orphan| {
+        o.reason.by_age()
+            && (held
+                || aged
+                    .iter()
+                    .zip(&ages)
+                    .any(|(p, age)| *p == o.path.as_path() && *age < cfg.capture.spool_grace))
+    };
+    let orphans: Vec<&spool::Orphan> = scan.orphans.iter().filter(|o| !young(o)).collect();
+    if !orphans.is_empty() {
         let mut store = agent.db().lock();
-        for orphan in &scan.orphans {
+        for orphan in orphans {
             // Spool names are shown by their tag only (cameras may put subject ids in them).
             let tag = orphan.tag();
             if let Err(e) = spool::remove_orphan(orphan) {

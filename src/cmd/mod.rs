@@ -314,7 +314,11 @@ pub async fn apply_command(agent: &Agent, payload: &[u8], redelivered: bool, now
             };
             return Outcome::refused(rejected.reply(), refusal);
         }
-        Ok(Ok(cmd)) => cmd,
+        Ok(Ok(cmd)) => {
+            // A verified signed time: may confirm a clock jump (I15).
+            agent.clock().signed_time(cmd.issued_at, now);
+            cmd
+        }
     };
     if cmd.issued_at > now.saturating_add(skew) {
         // Only a take-away gets here (`early_ok`).

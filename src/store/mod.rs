@@ -23,6 +23,7 @@
 //! calls it from `spawn_blocking`.
 
 mod audit_log;
+mod clock_mark;
 mod consent_log;
 mod consents;
 mod counters;
@@ -844,6 +845,20 @@ impl Store {
     /// Forgets commands whose `exp` is more than a day in the past.
     pub fn forget_commands(&mut self, now: i64) -> Result<u64, StoreError> {
         let r = replay::forget(self, now);
+        self.finish(r)
+    }
+
+    // ---- clock ----------------------------------------------------------
+
+    /// The persisted high-water mark of the wall clock (ARCHITECTURE I15).
+    pub fn clock_mark(&mut self) -> Result<Option<crate::clock::watch::Mark>, StoreError> {
+        let r = clock_mark::load(self);
+        self.finish(r)
+    }
+
+    /// Persists the high-water mark of the wall clock.
+    pub fn save_clock_mark(&mut self, mark: &crate::clock::watch::Mark) -> Result<(), StoreError> {
+        let r = clock_mark::save(self, mark);
         self.finish(r)
     }
 
