@@ -49,7 +49,7 @@ pub struct BatchReport {
     /// Captures committed to the outbox.
     pub accepted: usize,
     /// Seen before a crash: already in the outbox (same capture id), or a
-    /// drop already counted (same pair).
+    /// drop or rejection already counted (same pair).
     pub duplicates: usize,
     /// Refused by the consent gate; never written.
     pub dropped: usize,
@@ -193,15 +193,17 @@ pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, Inta
         let prepared = match result {
             Ok(p) => p,
             Err((pair, reason)) => {
-                tracing::warn!(pair = %pair.name, %reason, "rejected spool pair");
-                store.record(
-                    "capture.rejected",
-                    None,
-                    json!({ "pair": pair.name.tag(), "reason": reason }),
-                    Some("rejected_bad_input"),
-                    now,
-                )?;
-                report.rejected += 1;
+                // Counted once per pair, also when a crash before the
+                // spool removal brings the pair back.
+                let digest = rejected_digest(&cfg, &pair, &reason);
+                let detail = json!({ "pair": pair.name.tag(), "reason": reason });
+                if store.record_rejection(&digest, "capture.rejected", detail, now)? {
+                    tracing::warn!(pair = %pair.name, %reason, "rejected spool pair");
+                    report.rejected += 1;
+                } else {
+                    tracing::warn!(pair = %pair.name, %reason, "rejected spool pair (counted before a restart)");
+                    report.duplicates += 1;
+                }
                 finished.push(pair);
                 continue;
             }
@@ -422,6 +424,54 @@ fn pair_digest(cfg: &Config, p: &Prepared) -> [u8; 32] {
     out
 }
 
+/// A digest of a rejected pair as it lies in the spool: its name, the
+/// reason, and the bytes of its sidecar and image (each read up to
+/// `capture.max_file_bytes`; an unreadable file adds only its error kind).
+/// The same pair read again after a crash gives the same digest
+/// (`Store::record_rejection` counts its rejection once).
+fn rejected_digest(cfg: &Config, pair: &Pair, reason: &str) -> [u8; 32] {
+    use std::io::Read;
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    for part in [
+        cfg.identity.site_id.as_bytes(),
+        cfg.identity.device_id.as_bytes(),
+        pair.name.as_str().as_bytes(),
+        reason.as_bytes(),
+    ] {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part);
+    }
+    let limit = cfg.capture.max_file_bytes;
+    for path in [&pair.sidecar, &pair.image] {
+        let mut file = match std::fs::File::open(path) {
+            Ok(f) => f.take(limit),
+            Err(e) => {
+                ctx.update(format!("unreadable:{:?}", e.kind()).as_bytes());
+                continue;
+            }
+        };
+        let mut buf = [0u8; 8192];
+        let mut total = 0u64;
+        loop {
+            match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    ctx.update(&buf[..n]);
+                    total += n as u64;
+                }
+                Err(e) => {
+                    ctx.update(format!("unreadable:{:?}", e.kind()).as_bytes());
+                    break;
+                }
+            }
+        }
+        ctx.update(&total.to_be_bytes());
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
 /// Builds the outbox record of an accepted capture of `subject`. The capture
 /// id is derived from the pair's content, so re-reading the same pair after a
 /// crash yields the same id (no duplicate).
@@ -528,6 +578,47 @@ mod tests {
         let r = process_once(&agent, SystemTime::now()).unwrap();
         assert_eq!((r.dropped, r.duplicates), (2, 0));
         assert_eq!(counted(), (3, 3));
+    }
+
+    /// A rejection (bad input) commits before its pair leaves the spool. A
+    /// crash in between brings the same pair back: it is rejected again but
+    /// not counted or audited again. (Before, it counted twice.)
+    #[test]
+    fn a_rejection_is_counted_once_when_a_crash_comes_before_the_spool_removal() {
+        let (_dir, agent) = testing::agent("");
+        let spool = agent.config().spool_dir.clone();
+        std::fs::create_dir_all(&spool).unwrap();
+        let sidecar = br#"{"subject":"S-1","captured_at":"2026-11-30T10:00:00Z","camera":"cam-1"}"#;
+        let put = |name: &str, image: &[u8], sidecar: &[u8]| {
+            std::fs::write(spool.join(format!("{name}.png")), image).unwrap();
+            std::fs::write(spool.join(format!("{name}.json")), sidecar).unwrap();
+        };
+        let counted = || {
+            let mut store = agent.db().lock();
+            let rejected = store.counters().unwrap()[counter::REJECTED_BAD_INPUT];
+            let rows = store.audit_tail(100).unwrap();
+            let audited = rows.iter().filter(|e| e.kind == "capture.rejected").count();
+            (rejected, audited)
+        };
+        put("r1", b"not an image", sidecar);
+        put("r2", &png(), b"{not json");
+        let r = process_once(&agent, SystemTime::now()).unwrap();
+        assert_eq!((r.rejected, r.duplicates), (2, 0));
+        assert_eq!(counted(), (2, 2));
+        assert!(!spool.join("r1.png").exists(), "removed after the commit");
+        // The crash: committed, but the files are back as if never removed.
+        put("r1", b"not an image", sidecar);
+        put("r2", &png(), b"{not json");
+        let r = process_once(&agent, SystemTime::now()).unwrap();
+        assert_eq!((r.rejected, r.duplicates), (0, 2));
+        assert_eq!(counted(), (2, 2), "counted once");
+        assert!(!spool.join("r1.png").exists());
+        // Another pair, or the same name with other bytes, is another rejection.
+        put("r3", b"not an image", sidecar);
+        put("r1", b"not an image either", sidecar);
+        let r = process_once(&agent, SystemTime::now()).unwrap();
+        assert_eq!((r.rejected, r.duplicates), (2, 0));
+        assert_eq!(counted(), (4, 4));
     }
 
     #[test]

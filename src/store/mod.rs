@@ -762,7 +762,23 @@ impl Store {
         detail: Value,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let r = drops::record(self, pair, kind, detail, now);
+        let r = drops::record(self, drops::Marked::Dropped, pair, kind, detail, now);
+        self.finish(r)
+    }
+
+    /// A spool pair rejected as bad input: audits `kind` with `detail` (no
+    /// subject; never put plain ids in `detail`) and counts
+    /// `rejected_bad_input`, once per pair, like [`Store::record_drop`]:
+    /// false when this pair's rejection was recorded before (a crash came
+    /// between this commit and the spool removal).
+    pub fn record_rejection(
+        &mut self,
+        pair: &[u8; 32],
+        kind: &str,
+        detail: Value,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let r = drops::record(self, drops::Marked::Rejected, pair, kind, detail, now);
         self.finish(r)
     }
 
