@@ -135,6 +135,11 @@ impl Timekeeper {
             .collect()
     }
 
+    /// The highest wall time ever trusted (`None` before the first reading).
+    pub fn high_water(&self) -> Option<i64> {
+        self.lock().watch.mark().map(|m| m.high)
+    }
+
     /// The jump being held, if any.
     pub fn suspect(&self) -> Option<Suspect> {
         self.lock().watch.suspect()
