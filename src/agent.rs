@@ -411,8 +411,12 @@ impl Agent {
     ) -> Result<Granted, ApplyError> {
         let cfg = self.config();
         let limits = consent::TokenLimits::of(&cfg);
+        // On a clock behind the highest wall time ever trusted, the token is
+        // judged at that time (ARCHITECTURE I15): a consent issued now is
+        // not refused as "in the future", and expiry is judged no earlier.
+        let at = self.clock.high_water().map_or(now, |high| now.max(high));
         let consent =
-            match consent::verify_consent(token.trim(), &cfg.trust, &cfg.identity, now, limits) {
+            match consent::verify_consent(token.trim(), &cfg.trust, &cfg.identity, at, limits) {
                 Ok(c) => c,
                 Err(e) => {
                     if via.is_none() {

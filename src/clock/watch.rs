@@ -32,7 +32,8 @@ pub struct Mark {
     pub boot: String,
     /// Seconds of `CLOCK_BOOTTIME` at that reading.
     pub mono: i64,
-    /// Highest wall time ever trusted.
+    /// Highest wall time trusted since the last confirmed jump (a
+    /// confirmed jump back lowers it to the confirmed time).
     pub high: i64,
 }
 
@@ -187,6 +188,9 @@ impl Watch {
         };
         if let Some(by) = by {
             self.suspect = None;
+            // A confirmed time replaces the high-water mark too: a time
+            // trusted before and now shown wrong must not hold on.
+            self.mark = None;
             self.trust(r);
             return Change::Confirmed { jump_s: offset, by };
         }
@@ -491,6 +495,16 @@ mod tests {
             w.observe(&at(T0 + 25, 1025), Sync::Unknown, None, &P),
             Change::Returned
         );
+    }
+
+    #[test]
+    fn a_confirmed_step_back_lowers_the_high_water_mark() {
+        let mut w = started();
+        w.observe(&at(T0 + 100, 1100), Sync::Unknown, None, &P);
+        let c = w.observe(&at(T0 - 86_400, 1110), Sync::Synced, None, &P);
+        assert!(matches!(c, Change::Confirmed { by: "ntp", .. }), "{c:?}");
+        let m = w.mark().unwrap();
+        assert_eq!((m.wall, m.high), (T0 - 86_400, T0 - 86_400));
     }
 
     #[test]

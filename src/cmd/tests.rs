@@ -387,6 +387,40 @@ async fn a_forgotten_command_does_not_verify_again_on_a_clock_that_went_back() {
     drop(dir);
 }
 
+/// The wall clock stepped two hours back after the device had trusted the
+/// real time: a consent issued at the real time is granted, not refused as
+/// issued in the future (ARCHITECTURE I15).
+#[tokio::test]
+async fn a_fresh_consent_is_granted_on_a_clock_stepped_back() {
+    let (dir, agent, _, consent_key) = agent_with_keys();
+    let real = crate::clock::now();
+    let behind = real - 2 * 3600;
+    {
+        let mark = crate::clock::watch::Mark {
+            wall: real,
+            boot: "boot".into(),
+            mono: 1,
+            high: real,
+        };
+        agent.db().lock().save_clock_mark(&mark).unwrap();
+    }
+    let config = (*agent.config()).clone();
+    drop(agent);
+    let agent = crate::daemon::open(config).unwrap();
+    let req = crate::consent::ConsentRequest {
+        issuer: "hr".into(),
+        subject: "S-1".into(),
+        audience: vec!["lobby".into()],
+        scopes: vec![crate::consent::UPLOAD_SCOPE.into()],
+        lifetime_s: 3600,
+        jti: None,
+    };
+    let token = crate::consent::sign_consent(&req, "consent-1", &consent_key, real).unwrap();
+    let granted = agent.grant(token, behind, None).await;
+    assert!(granted.is_ok(), "{granted:?}");
+    drop(dir);
+}
+
 #[tokio::test]
 async fn a_status_command_is_kept_with_its_status_and_asks_for_a_publish() {
     let (_dir, agent, key) = agent_with_fleet_key();
