@@ -253,3 +253,27 @@ async fn a_signed_command_at_the_new_time_confirms_a_jump() {
     assert_eq!(trusted[0]["detail"]["by"], "signed_iat");
     clock.set_offset(0);
 }
+
+/// `[clock] jump_threshold` applies on SIGHUP: a 20 min step is a jump
+/// under the default 10 min and not one under 1 h.
+#[test]
+fn the_jump_threshold_applies_on_reload() {
+    let (d, clock) = faked(Daemon::builder());
+    clock.set_offset(20 * 60);
+    let c = wait_clock(&d, "jumped");
+    assert!(
+        (20 * 60 - 30..=20 * 60 + 30).contains(&c["jump_s"].as_i64().unwrap()),
+        "{c}"
+    );
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let text = text.replace(
+        "ntp = \"ignore\"",
+        "ntp = \"ignore\"\njump_threshold = \"1h\"",
+    );
+    std::fs::write(&d.config, text).unwrap();
+    d.signal("HUP");
+    wait_clock(&d, "ok");
+    let trusted = audited(&d, "clock.trusted");
+    assert_eq!(trusted.len(), 1, "{trusted:?}");
+    assert_eq!(trusted[0]["detail"]["by"], "returned");
+}
