@@ -29,7 +29,7 @@ use crate::agent::Agent;
 use crate::clock;
 use crate::config::Config;
 use crate::config::OutboxConfig;
-use crate::gate::{self, Decision};
+use crate::gate::{self, Decision, DropReason};
 use crate::ids::{CaptureId, SubjectId};
 use crate::sanitize::{self, CleanImage};
 use crate::shutdown::Shutdown;
@@ -62,6 +62,9 @@ pub struct BatchReport {
     /// Consented pairs left in the spool: the disk has no room for them
     /// outside the space reserve (`crate::space`).
     pub held_back: usize,
+    /// Pairs left in the spool whose consent looks expired on a wall clock
+    /// that jumped (ARCHITECTURE I15): not dropped until the clock is trusted.
+    pub clock_held: usize,
 }
 
 /// A pair that passed validation and sanitization, not yet gated.
@@ -94,7 +97,9 @@ fn run_paced(agent: &Agent, shutdown: &Shutdown, mut sleep: impl FnMut(Duration)
                 pause(agent, false);
                 sleep(agent.config().capture.poll_interval)
             }
-            Ok(report) if report.held_back > 0 && report.accepted == 0 => {
+            Ok(report)
+                if (report.held_back > 0 || report.clock_held > 0) && report.accepted == 0 =>
+            {
                 sleep(RETRY_AFTER_FAILURE)
             }
             Ok(report) => tracing::debug!(?report, "intake batch"),
@@ -234,6 +239,11 @@ pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, Inta
                     &prepared.pair,
                 );
                 accepted.push((prepared.pair, capture));
+            }
+            Decision::Drop(DropReason::Expired) if held => {
+                // The consent looks expired only by a wall clock that
+                // jumped: the pair waits in the spool (ARCHITECTURE I15).
+                report.clock_held += 1;
             }
             Decision::Drop(reason) => {
                 // No per-person trace of someone who did not consent: no

@@ -69,9 +69,11 @@ fn audited(d: &Daemon, kind: &str) -> Vec<Value> {
         .collect()
 }
 
-/// +31 days for a while: no consent is deleted while the clock is suspect;
-/// the status, the log and the audit log say so; once the clock is back,
-/// everything works and nothing was lost. (Before: every consent deleted.)
+/// +31 days for a while: no consent is deleted while the clock is suspect,
+/// and a capture whose consent looks expired waits in the spool; the
+/// status, the log and the audit log say so; once the clock is back,
+/// everything works and nothing was lost. (Before: every consent deleted,
+/// the capture dropped.)
 #[test]
 fn a_month_ahead_deletes_no_consent_and_nothing_is_lost_when_the_clock_returns() {
     let (d, clock) = faked(Daemon::builder());
@@ -95,8 +97,13 @@ fn a_month_ahead_deletes_no_consent_and_nothing_is_lost_when_the_clock_returns()
     ] {
         assert!(c["held"].as_array().unwrap().contains(&json!(held)), "{c}");
     }
+    // A capture of the consenting subject: its consent looks expired by the
+    // jumped clock; it waits in the spool, neither taken nor dropped.
+    d.drop_pair("c0", "jpg", &synth::face_jpeg(320, 240, 0, 85), Some("S-1"));
     std::thread::sleep(TWO_PASSES);
     assert_eq!(consents(&d), 1, "a consent was deleted\n{}", d.log());
+    assert_eq!(d.spool_len(), 2, "{}", d.log());
+    assert_eq!(d.counters().dropped_no_consent, 0);
     let text = d.ctl(&["status"]);
     assert!(text.contains("JUMPED"), "{text}");
     assert!(d.log().contains("the wall clock jumped"), "{}", d.log());
@@ -110,7 +117,8 @@ fn a_month_ahead_deletes_no_consent_and_nothing_is_lost_when_the_clock_returns()
     assert_eq!(d.active_consents(), 1);
     d.drop_pair("c1", "jpg", &synth::face_jpeg(320, 240, 1, 85), Some("S-1"));
     d.wait_spool_empty(T);
-    assert_eq!(d.counters().accepted, 1, "{}", d.log());
+    assert_eq!(d.counters().accepted, 2, "{}", d.log());
+    assert_eq!(d.counters().dropped_no_consent, 0);
     let trusted = audited(&d, "clock.trusted");
     assert_eq!(trusted.len(), 1, "{trusted:?}");
     assert_eq!(trusted[0]["detail"]["by"], "returned");
