@@ -631,6 +631,66 @@ mod tests {
         assert_eq!(counted(), (4, 4));
     }
 
+    /// On a wall clock that jumped 31 days ahead (not confirmed), a pair
+    /// whose consent looks expired only by that clock stays in the spool:
+    /// not dropped, not counted (ARCHITECTURE I15). (Before: dropped.)
+    #[test]
+    fn a_pair_whose_consent_looks_expired_on_a_jumped_clock_waits_in_the_spool() {
+        use crate::clock::watch::{Change, Mark};
+        use crate::consent::{self, ConsentRequest, TokenLimits};
+        let (key, public) = crate::keys::generate().unwrap();
+        let extra = format!(
+            "[[trust]]\nkid = \"consent-1\"\nrole = \"consent\"\npublic_key = \"{}\"\n[clock]\nntp = \"ignore\"\n",
+            crate::keys::public_key_b64(&public)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = testing::config(dir.path(), &extra);
+        let trusted = clock::now() - 31 * 86_400;
+        {
+            let agent = crate::daemon::open(cfg.clone()).unwrap();
+            let mut store = agent.db().lock();
+            // In this boot, the device last trusted a time 31 days back.
+            let r = crate::timekeeper::read_clocks();
+            let mark = Mark {
+                wall: trusted,
+                boot: r.boot,
+                mono: r.mono,
+                high: trusted,
+            };
+            store.save_clock_mark(&mark).unwrap();
+            // A week-long consent valid then.
+            let req = ConsentRequest {
+                issuer: "hr".into(),
+                subject: "S-1".into(),
+                audience: vec!["lobby".into()],
+                scopes: vec![consent::UPLOAD_SCOPE.into()],
+                lifetime_s: 7 * 86_400,
+                jti: None,
+            };
+            let token = consent::sign_consent(&req, "consent-1", &key, trusted).unwrap();
+            let limits = TokenLimits::of(&cfg);
+            let c = consent::verify_consent(&token, &cfg.trust, &cfg.identity, trusted, limits)
+                .unwrap();
+            store.add_consent(&c, trusted, None).unwrap();
+        }
+        let agent = crate::daemon::open(cfg).unwrap();
+        let observed = agent.clock().observe(&agent.config());
+        assert!(
+            matches!(observed.change, Change::Jumped { .. }),
+            "{observed:?}"
+        );
+        let spool = agent.config().spool_dir.clone();
+        std::fs::create_dir_all(&spool).unwrap();
+        std::fs::write(spool.join("p1.png"), png()).unwrap();
+        let sidecar = r#"{"subject":"S-1","captured_at":"2026-11-30T10:00:00Z","camera":"cam-1"}"#;
+        std::fs::write(spool.join("p1.json"), sidecar).unwrap();
+        let r = process_once(&agent, SystemTime::now()).unwrap();
+        assert_eq!((r.clock_held, r.dropped, r.accepted), (1, 0, 0), "{r:?}");
+        assert!(spool.join("p1.png").exists() && spool.join("p1.json").exists());
+        let counters = agent.db().lock().counters().unwrap();
+        assert_eq!(counters[counter::DROPPED_NO_CONSENT], 0);
+    }
+
     #[test]
     fn an_idle_intake_waits_the_poll_interval_of_the_current_config() {
         let (dir, agent) = testing::agent("[capture]\npoll_interval = \"150ms\"\n");
