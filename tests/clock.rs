@@ -285,3 +285,42 @@ fn the_jump_threshold_applies_on_reload() {
     assert_eq!(trusted.len(), 1, "{trusted:?}");
     assert_eq!(trusted[0]["detail"]["by"], "returned");
 }
+
+/// +3 hours with captures queued and the broker back (its certificate,
+/// valid for a day, still valid then): the hand-over finds their one-hour consent expired by the
+/// jumped clock and neither sends nor purges them; once the clock is back
+/// they are uploaded. (Before: purged.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hours_ahead_the_hand_over_purges_nothing() {
+    let mut broker = Broker::start();
+    let (d, clock) = faked(Daemon::builder().broker(&broker));
+    d.wait_uplink_connected(T);
+    d.grant("S-1");
+    broker.stop();
+    wait_until(T, || !d.uplink_connected(), || d.log());
+    for i in 0..2 {
+        d.drop_pair(
+            &format!("c{i}"),
+            "jpg",
+            &synth::face_jpeg(320, 240, i, 85),
+            Some("S-1"),
+        );
+    }
+    d.wait_spool_empty(T);
+    assert_eq!(d.outbox_len(), 2, "{}", d.log());
+
+    clock.set_offset(3 * 3600);
+    wait_clock(&d, "jumped");
+    broker.restart();
+    d.wait_uplink_connected(T);
+    tokio::time::sleep(TWO_PASSES).await;
+    assert_eq!(d.outbox_len(), 2, "purged at hand-over\n{}", d.log());
+    assert_eq!(d.counters().purged, 0);
+    assert_eq!(d.counters().uploaded, 0);
+
+    clock.set_offset(0);
+    wait_clock(&d, "ok");
+    wait_until(T, || d.outbox_len() == 0, || d.log());
+    assert_eq!(d.counters().uploaded, 2, "{}", d.log());
+    assert_eq!(d.counters().purged, 0);
+}
