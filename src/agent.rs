@@ -21,9 +21,9 @@ use crate::db::{Db, DbError};
 use crate::gate::Consent;
 use crate::ids::{CaptureId, Jti, Seq, SubjectId};
 use crate::protocol::{
-    self, AlreadyApplied, CommandName, ConsentLogStatus, ConsentStatus, Counters, ErrorCode,
-    Granted, IntakeState, OutboxStatus, PartNo, Piece, Receipt, Reply, ReplyResult, State, Status,
-    StorageStatus, UplinkStatus,
+    self, AlreadyApplied, ClockStatus, CommandName, ConsentLogStatus, ConsentStatus, Counters,
+    ErrorCode, Granted, IntakeState, OutboxStatus, PartNo, Piece, Receipt, Reply, ReplyResult,
+    State, Status, StorageStatus, UplinkStatus,
 };
 use crate::reload;
 use crate::space::Pressure;
@@ -31,6 +31,7 @@ use crate::store::{
     counter, AddConsent, CommandStamp, HeadApplied, PurgeReason, Store, StoreError,
 };
 pub use crate::store::{OutboxEntry, OutboxState};
+use crate::timekeeper::Timekeeper;
 
 /// The product version reported in status messages.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -218,6 +219,8 @@ pub struct Agent {
     outbox_changed: Notify,
     /// Disk-full state: intake paused, deletes failing.
     pressure: Pressure,
+    /// Whether the wall clock is trusted for irreversible actions (I15).
+    clock: Timekeeper,
 }
 
 /// The verified fleet command on whose behalf an operation runs. The store
@@ -308,7 +311,17 @@ impl ConsentSummary {
 impl Agent {
     /// An agent over an opened store.
     pub fn new(config: Arc<Config>, db: Db) -> Self {
+        // The clock's high-water mark as the last run left it (ARCHITECTURE
+        // I15); unreadable, the first reading is trusted.
+        let mark = match db.lock().clock_mark() {
+            Ok(mark) => mark,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the clock mark; starting from the current time");
+                None
+            }
+        };
         Agent {
+            clock: Timekeeper::new(mark),
             config: RwLock::new(config),
             db,
             inflight: Arc::new(InFlight::default()),
@@ -321,6 +334,11 @@ impl Agent {
     /// Disk-full state shared by intake, the uplink and the status.
     pub fn pressure(&self) -> &Pressure {
         &self.pressure
+    }
+
+    /// The wall clock watched for jumps (ARCHITECTURE I15).
+    pub fn clock(&self) -> &Timekeeper {
+        &self.clock
     }
 
     /// The store.
@@ -393,8 +411,12 @@ impl Agent {
     ) -> Result<Granted, ApplyError> {
         let cfg = self.config();
         let limits = consent::TokenLimits::of(&cfg);
+        // On a clock behind the highest wall time ever trusted, the token is
+        // judged at that time (ARCHITECTURE I15): a consent issued now is
+        // not refused as "in the future", and expiry is judged no earlier.
+        let at = self.clock.high_water().map_or(now, |high| now.max(high));
         let consent =
-            match consent::verify_consent(token.trim(), &cfg.trust, &cfg.identity, now, limits) {
+            match consent::verify_consent(token.trim(), &cfg.trust, &cfg.identity, at, limits) {
                 Ok(c) => c,
                 Err(e) => {
                     if via.is_none() {
@@ -532,9 +554,20 @@ impl Agent {
         let (connected, inflight) = (self.connected(), self.inflight.clone());
         let max_age = self.head_max_age_s();
         let disk = self.disk();
+        let clock = self.clock.status();
         let status = self
             .db
-            .run(move |st| status_of(st, now, connected, inflight.awaiting(), max_age, disk))
+            .run(move |st| {
+                status_of(
+                    st,
+                    now,
+                    connected,
+                    inflight.awaiting(),
+                    max_age,
+                    disk,
+                    clock,
+                )
+            })
             .await?;
         Ok(status)
     }
@@ -570,6 +603,8 @@ impl Agent {
             Ok(h) => h,
             Err(e) => return Ok(Err(e)),
         };
+        // A verified signed time: may confirm a clock jump (I15).
+        self.clock.signed_time(head.iat, now);
         let applied = self
             .db
             .run(move |st| st.accept_consent_head(&head, now))
@@ -626,10 +661,19 @@ impl Agent {
         let (connected, inflight) = (self.connected(), self.inflight.clone());
         let max_age = self.head_max_age_s();
         let disk = self.disk();
+        let clock = self.clock.status();
         let status = self
             .db
             .run(move |st| {
-                let status = status_of(st, now, connected, inflight.awaiting(), max_age, disk)?;
+                let status = status_of(
+                    st,
+                    now,
+                    connected,
+                    inflight.awaiting(),
+                    max_age,
+                    disk,
+                    clock,
+                )?;
                 effect(
                     Some(&via),
                     |_: &()| status.clone(),
@@ -767,6 +811,7 @@ fn status_of(
     in_flight: usize,
     head_max_age_s: i64,
     disk: Disk,
+    clock: ClockStatus,
 ) -> Result<Status, StoreError> {
     let consent_log = st.consent_log_status(head_max_age_s, now)?;
     let stats = st.outbox_stats(now)?;
@@ -825,6 +870,7 @@ fn status_of(
         }),
         consent_log: Some(consent_log),
         storage: Some(storage),
+        clock: Some(clock),
     })
 }
 

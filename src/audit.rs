@@ -72,6 +72,12 @@ pub mod kind {
     pub const CONSENT_LOG_ENTRY_REFUSED: &str = "consent_log.entry_refused";
     /// A lone spool file older than the grace period was removed.
     pub const SPOOL_ORPHAN_REMOVED: &str = "spool.orphan_removed";
+    /// The wall clock jumped and the jump is not confirmed: irreversible
+    /// time-based actions are held (ARCHITECTURE I15).
+    pub const CLOCK_JUMPED: &str = "clock.jumped";
+    /// A held clock jump ended (the clock came back, or NTP or a signed
+    /// `iat` confirmed the new time): held actions resume.
+    pub const CLOCK_TRUSTED: &str = "clock.trusted";
     /// Audit rows older than the audit retention period were deleted (a
     /// checkpoint keeps the chain verifiable).
     pub const AUDIT_PRUNED: &str = "audit.pruned";

@@ -1,6 +1,8 @@
 //! Time as the daemon sees it: unix seconds (`i64`) inside, RFC 3339 at the edges.
 //! Pure decisions take `now` as an argument; only the edges call [`now`].
 
+pub mod watch;
+
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 

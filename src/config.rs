@@ -153,6 +153,23 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Where the device storage key comes from.
     pub storage: StorageConfig,
+    /// How wall-clock jumps are told apart (ARCHITECTURE I15).
+    pub clock: ClockConfig,
+}
+
+/// `[clock]`: wall-clock jumps. A step of the wall clock larger than
+/// `jump_threshold` against the time that passed (`CLOCK_BOOTTIME`) holds
+/// every irreversible time-based action (consent expiry sweep, outbox and
+/// audit retention, forgetting command ids, spool orphan removal) until the
+/// clock comes back or the new time is confirmed (ARCHITECTURE I15).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClockConfig {
+    /// Largest step that is not a jump (default 10 min, 1 min to 30 days).
+    pub jump_threshold: Duration,
+    /// Whether the kernel's NTP status (`adjtimex`: synchronised) confirms a
+    /// jump (`ntp = "consult"`, default) or only a signed `iat` does
+    /// (`"ignore"`).
+    pub ntp: bool,
 }
 
 /// `[mqtt]`: the broker and how the uplink talks to it.

@@ -11,8 +11,11 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use serde_json::json;
+
 use crate::agent::Agent;
-use crate::clock;
+use crate::audit;
+use crate::clock::{self, watch::Change};
 use crate::config::Config;
 use crate::control::{self, ControlError};
 use crate::crypto::{self, CryptoError};
@@ -21,6 +24,7 @@ use crate::intake;
 use crate::notify;
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreError};
+use crate::timekeeper;
 use crate::uplink;
 
 /// File name of the device storage key inside the state directory.
@@ -223,11 +227,66 @@ async fn watchdog(agent: Arc<Agent>, every: Duration, mut shutdown: Shutdown) {
     }
 }
 
+/// Observes the wall clock (ARCHITECTURE I15): a jump, its end or its
+/// confirmation is logged and audited once; the high-water mark is
+/// persisted now and then and at every change.
+async fn watch_clock(agent: &Agent, cfg: &Config, now: i64) {
+    let observed = agent.clock().observe(cfg);
+    let threshold = humantime::format_duration(cfg.clock.jump_threshold).to_string();
+    let audit = match observed.change {
+        Change::None => None,
+        Change::Jumped { jump_s } => {
+            tracing::warn!(
+                jump_s,
+                %threshold,
+                held = ?timekeeper::HELD,
+                "the wall clock jumped; consent expiry, retention, forgetting command ids and spool orphan removal are held until it comes back or NTP or a signed command confirms the new time (status clock)"
+            );
+            Some((
+                audit::kind::CLOCK_JUMPED,
+                json!({ "jump_s": jump_s, "threshold": threshold, "held": timekeeper::HELD }),
+            ))
+        }
+        Change::Returned => {
+            tracing::info!("the wall clock is back to the expected time; held actions resume");
+            Some((audit::kind::CLOCK_TRUSTED, json!({ "by": "returned" })))
+        }
+        Change::Confirmed { jump_s, by } => {
+            tracing::info!(
+                jump_s,
+                by,
+                "the new wall-clock time is confirmed; held actions resume"
+            );
+            Some((
+                audit::kind::CLOCK_TRUSTED,
+                json!({ "by": by, "jump_s": jump_s }),
+            ))
+        }
+    };
+    let save = observed.save;
+    let result = agent
+        .db()
+        .run(move |s| {
+            if let Some(mark) = &save {
+                s.save_clock_mark(mark)?;
+            }
+            if let Some((kind, detail)) = audit {
+                s.record(kind, None, detail, None, now)?;
+            }
+            Ok(())
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "cannot record the clock mark");
+    }
+}
+
 /// Applies the consent rule to every queued subject (purging the captures of
 /// those it refuses: expiry, a removed or replaced trust key, ...), deletes
 /// expired consents, enforces retention of the outbox and of the audit log,
 /// and truncates the WAL after uploads; with or without a broker
-/// (ARCHITECTURE I4, I8).
+/// (ARCHITECTURE I4, I8). While the wall clock is suspect the expiry sweep,
+/// both retentions and forgetting command ids wait (I15).
 async fn housekeeping(agent: Arc<Agent>, mut shutdown: Shutdown) {
     let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
     loop {
@@ -237,20 +296,27 @@ async fn housekeeping(agent: Arc<Agent>, mut shutdown: Shutdown) {
         }
         let cfg = agent.config();
         let now = clock::now();
+        // The irreversible time-based actions run only on a trusted clock
+        // (ARCHITECTURE I15): `safe` is `None` while a jump is held.
+        watch_clock(&agent, &cfg, now).await;
+        let safe = agent.clock().safe_now();
         let result = agent
             .db()
             .run(move |s| {
-                let swept = s.sweep_consents(&cfg.trust, &cfg.identity, now)?;
-                let purged: usize = swept.iter().map(|s| s.purged.len()).sum();
-                let old = s.enforce_retention(now, cfg.outbox.retention)?;
-                s.forget_commands(now)?;
+                let (mut purged, mut old) = (0, 0);
+                if let Some(now) = safe {
+                    let swept = s.sweep_consents(&cfg.trust, &cfg.identity, now)?;
+                    purged = swept.iter().map(|s| s.purged.len()).sum();
+                    old = s.enforce_retention(now, cfg.outbox.retention)?.len();
+                    s.forget_commands(now)?;
+                }
                 // Uploaded captures deleted since the last pass: their
                 // pre-delete pages leave the WAL (ARCHITECTURE I4).
                 s.truncate_wal_after_deletes()?;
                 // The space reserve, written again once a full disk has
                 // room (it was released for a revocation, purge or delete).
                 s.keep_reserve(cfg.storage.reserve_bytes)?;
-                Ok((purged, old.len()))
+                Ok((purged, old))
             })
             .await;
         match result {
@@ -269,6 +335,7 @@ async fn housekeeping(agent: Arc<Agent>, mut shutdown: Shutdown) {
             Err(e) => tracing::debug!(error = %e, "database could not give free pages back yet"),
         }
         // On its own: a chain that does not verify stops only this part.
+        let Some(now) = safe else { continue };
         let retention = agent.config().audit.retention;
         match agent.db().run(move |s| s.prune_audit(now, retention)).await {
             Ok(0) => {}

@@ -29,7 +29,7 @@ use crate::agent::Agent;
 use crate::clock;
 use crate::config::Config;
 use crate::config::OutboxConfig;
-use crate::gate::{self, Decision};
+use crate::gate::{self, Decision, DropReason};
 use crate::ids::{CaptureId, SubjectId};
 use crate::sanitize::{self, CleanImage};
 use crate::shutdown::Shutdown;
@@ -49,7 +49,7 @@ pub struct BatchReport {
     /// Captures committed to the outbox.
     pub accepted: usize,
     /// Seen before a crash: already in the outbox (same capture id), or a
-    /// drop already counted (same pair).
+    /// drop or rejection already counted (same pair).
     pub duplicates: usize,
     /// Refused by the consent gate; never written.
     pub dropped: usize,
@@ -62,6 +62,9 @@ pub struct BatchReport {
     /// Consented pairs left in the spool: the disk has no room for them
     /// outside the space reserve (`crate::space`).
     pub held_back: usize,
+    /// Pairs left in the spool whose consent looks expired on a wall clock
+    /// that jumped (ARCHITECTURE I15): not dropped until the clock is trusted.
+    pub clock_held: usize,
 }
 
 /// A pair that passed validation and sanitization, not yet gated.
@@ -94,7 +97,9 @@ fn run_paced(agent: &Agent, shutdown: &Shutdown, mut sleep: impl FnMut(Duration)
                 pause(agent, false);
                 sleep(agent.config().capture.poll_interval)
             }
-            Ok(report) if report.held_back > 0 && report.accepted == 0 => {
+            Ok(report)
+                if (report.held_back > 0 || report.clock_held > 0) && report.accepted == 0 =>
+            {
                 sleep(RETRY_AFTER_FAILURE)
             }
             Ok(report) => tracing::debug!(?report, "intake batch"),
@@ -126,13 +131,37 @@ pub enum IntakeError {
 /// One scan of the spool and one batch through the pipeline.
 pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, IntakeError> {
     let cfg = agent.config();
-    let scan = spool::scan(&cfg.spool_dir, wall, cfg.capture.spool_grace, MAX_BATCH)?;
+    // Every incomplete entry is listed (grace zero); whether one is old
+    // enough to go is decided below by how long this process has seen it.
+    let scan = spool::scan(&cfg.spool_dir, wall, Duration::ZERO, MAX_BATCH)?;
     let mut report = BatchReport::default();
     let now = clock::now();
 
-    if !scan.orphans.is_empty() {
+    // An entry is old enough to go when the time the device has seen it,
+    // by the monotonic clock, reaches the grace period (not by its mtime
+    // against the wall clock), and never for age while the wall clock is
+    // suspect: a wall-clock step must not make a file that is still being
+    // written look old (ARCHITECTURE I15).
+    let held = agent.clock().suspect().is_some();
+    let aged: Vec<&std::path::Path> = scan
+        .orphans
+        .iter()
+        .filter(|o| o.reason.by_age())
+        .map(|o| o.path.as_path())
+        .collect();
+    let ages = agent.clock().seen_for(&aged);
+    let young = |o: &spool::Orphan| {
+        o.reason.by_age()
+            && (held
+                || aged
+                    .iter()
+                    .zip(&ages)
+                    .any(|(p, age)| *p == o.path.as_path() && *age < cfg.capture.spool_grace))
+    };
+    let orphans: Vec<&spool::Orphan> = scan.orphans.iter().filter(|o| !young(o)).collect();
+    if !orphans.is_empty() {
         let mut store = agent.db().lock();
-        for orphan in &scan.orphans {
+        for orphan in orphans {
             // Spool names are shown by their tag only (cameras may put subject ids in them).
             let tag = orphan.tag();
             if let Err(e) = spool::remove_orphan(orphan) {
@@ -169,15 +198,17 @@ pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, Inta
         let prepared = match result {
             Ok(p) => p,
             Err((pair, reason)) => {
-                tracing::warn!(pair = %pair.name, %reason, "rejected spool pair");
-                store.record(
-                    "capture.rejected",
-                    None,
-                    json!({ "pair": pair.name.tag(), "reason": reason }),
-                    Some("rejected_bad_input"),
-                    now,
-                )?;
-                report.rejected += 1;
+                // Counted once per pair, also when a crash before the
+                // spool removal brings the pair back.
+                let digest = rejected_digest(&cfg, &pair, &reason);
+                let detail = json!({ "pair": pair.name.tag(), "reason": reason });
+                if store.record_rejection(&digest, "capture.rejected", detail, now)? {
+                    tracing::warn!(pair = %pair.name, %reason, "rejected spool pair");
+                    report.rejected += 1;
+                } else {
+                    tracing::warn!(pair = %pair.name, %reason, "rejected spool pair (counted before a restart)");
+                    report.duplicates += 1;
+                }
                 finished.push(pair);
                 continue;
             }
@@ -208,6 +239,11 @@ pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, Inta
                     &prepared.pair,
                 );
                 accepted.push((prepared.pair, capture));
+            }
+            Decision::Drop(DropReason::Expired) if held => {
+                // The consent looks expired only by a wall clock that
+                // jumped: the pair waits in the spool (ARCHITECTURE I15).
+                report.clock_held += 1;
             }
             Decision::Drop(reason) => {
                 // No per-person trace of someone who did not consent: no
@@ -398,6 +434,54 @@ fn pair_digest(cfg: &Config, p: &Prepared) -> [u8; 32] {
     out
 }
 
+/// A digest of a rejected pair as it lies in the spool: its name, the
+/// reason, and the bytes of its sidecar and image (each read up to
+/// `capture.max_file_bytes`; an unreadable file adds only its error kind).
+/// The same pair read again after a crash gives the same digest
+/// (`Store::record_rejection` counts its rejection once).
+fn rejected_digest(cfg: &Config, pair: &Pair, reason: &str) -> [u8; 32] {
+    use std::io::Read;
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    for part in [
+        cfg.identity.site_id.as_bytes(),
+        cfg.identity.device_id.as_bytes(),
+        pair.name.as_str().as_bytes(),
+        reason.as_bytes(),
+    ] {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part);
+    }
+    let limit = cfg.capture.max_file_bytes;
+    for path in [&pair.sidecar, &pair.image] {
+        let mut file = match std::fs::File::open(path) {
+            Ok(f) => f.take(limit),
+            Err(e) => {
+                ctx.update(format!("unreadable:{:?}", e.kind()).as_bytes());
+                continue;
+            }
+        };
+        let mut buf = [0u8; 8192];
+        let mut total = 0u64;
+        loop {
+            match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    ctx.update(&buf[..n]);
+                    total += n as u64;
+                }
+                Err(e) => {
+                    ctx.update(format!("unreadable:{:?}", e.kind()).as_bytes());
+                    break;
+                }
+            }
+        }
+        ctx.update(&total.to_be_bytes());
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
 /// Builds the outbox record of an accepted capture of `subject`. The capture
 /// id is derived from the pair's content, so re-reading the same pair after a
 /// crash yields the same id (no duplicate).
@@ -504,6 +588,107 @@ mod tests {
         let r = process_once(&agent, SystemTime::now()).unwrap();
         assert_eq!((r.dropped, r.duplicates), (2, 0));
         assert_eq!(counted(), (3, 3));
+    }
+
+    /// A rejection (bad input) commits before its pair leaves the spool. A
+    /// crash in between brings the same pair back: it is rejected again but
+    /// not counted or audited again. (Before, it counted twice.)
+    #[test]
+    fn a_rejection_is_counted_once_when_a_crash_comes_before_the_spool_removal() {
+        let (_dir, agent) = testing::agent("");
+        let spool = agent.config().spool_dir.clone();
+        std::fs::create_dir_all(&spool).unwrap();
+        let sidecar = br#"{"subject":"S-1","captured_at":"2026-11-30T10:00:00Z","camera":"cam-1"}"#;
+        let put = |name: &str, image: &[u8], sidecar: &[u8]| {
+            std::fs::write(spool.join(format!("{name}.png")), image).unwrap();
+            std::fs::write(spool.join(format!("{name}.json")), sidecar).unwrap();
+        };
+        let counted = || {
+            let mut store = agent.db().lock();
+            let rejected = store.counters().unwrap()[counter::REJECTED_BAD_INPUT];
+            let rows = store.audit_tail(100).unwrap();
+            let audited = rows.iter().filter(|e| e.kind == "capture.rejected").count();
+            (rejected, audited)
+        };
+        put("r1", b"not an image", sidecar);
+        put("r2", &png(), b"{not json");
+        let r = process_once(&agent, SystemTime::now()).unwrap();
+        assert_eq!((r.rejected, r.duplicates), (2, 0));
+        assert_eq!(counted(), (2, 2));
+        assert!(!spool.join("r1.png").exists(), "removed after the commit");
+        // The crash: committed, but the files are back as if never removed.
+        put("r1", b"not an image", sidecar);
+        put("r2", &png(), b"{not json");
+        let r = process_once(&agent, SystemTime::now()).unwrap();
+        assert_eq!((r.rejected, r.duplicates), (0, 2));
+        assert_eq!(counted(), (2, 2), "counted once");
+        assert!(!spool.join("r1.png").exists());
+        // Another pair, or the same name with other bytes, is another rejection.
+        put("r3", b"not an image", sidecar);
+        put("r1", b"not an image either", sidecar);
+        let r = process_once(&agent, SystemTime::now()).unwrap();
+        assert_eq!((r.rejected, r.duplicates), (2, 0));
+        assert_eq!(counted(), (4, 4));
+    }
+
+    /// On a wall clock that jumped 31 days ahead (not confirmed), a pair
+    /// whose consent looks expired only by that clock stays in the spool:
+    /// not dropped, not counted (ARCHITECTURE I15). (Before: dropped.)
+    #[test]
+    fn a_pair_whose_consent_looks_expired_on_a_jumped_clock_waits_in_the_spool() {
+        use crate::clock::watch::{Change, Mark};
+        use crate::consent::{self, ConsentRequest, TokenLimits};
+        let (key, public) = crate::keys::generate().unwrap();
+        let extra = format!(
+            "[[trust]]\nkid = \"consent-1\"\nrole = \"consent\"\npublic_key = \"{}\"\n[clock]\nntp = \"ignore\"\n",
+            crate::keys::public_key_b64(&public)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = testing::config(dir.path(), &extra);
+        let trusted = clock::now() - 31 * 86_400;
+        {
+            let agent = crate::daemon::open(cfg.clone()).unwrap();
+            let mut store = agent.db().lock();
+            // In this boot, the device last trusted a time 31 days back.
+            let r = crate::timekeeper::read_clocks();
+            let mark = Mark {
+                wall: trusted,
+                boot: r.boot,
+                mono: r.mono,
+                high: trusted,
+            };
+            store.save_clock_mark(&mark).unwrap();
+            // A week-long consent valid then.
+            let req = ConsentRequest {
+                issuer: "hr".into(),
+                subject: "S-1".into(),
+                audience: vec!["lobby".into()],
+                scopes: vec![consent::UPLOAD_SCOPE.into()],
+                lifetime_s: 7 * 86_400,
+                jti: None,
+            };
+            let token = consent::sign_consent(&req, "consent-1", &key, trusted).unwrap();
+            let limits = TokenLimits::of(&cfg);
+            let c = consent::verify_consent(&token, &cfg.trust, &cfg.identity, trusted, limits)
+                .unwrap();
+            store.add_consent(&c, trusted, None).unwrap();
+        }
+        let agent = crate::daemon::open(cfg).unwrap();
+        let observed = agent.clock().observe(&agent.config());
+        assert!(
+            matches!(observed.change, Change::Jumped { .. }),
+            "{observed:?}"
+        );
+        let spool = agent.config().spool_dir.clone();
+        std::fs::create_dir_all(&spool).unwrap();
+        std::fs::write(spool.join("p1.png"), png()).unwrap();
+        let sidecar = r#"{"subject":"S-1","captured_at":"2026-11-30T10:00:00Z","camera":"cam-1"}"#;
+        std::fs::write(spool.join("p1.json"), sidecar).unwrap();
+        let r = process_once(&agent, SystemTime::now()).unwrap();
+        assert_eq!((r.clock_held, r.dropped, r.accepted), (1, 0, 0), "{r:?}");
+        assert!(spool.join("p1.png").exists() && spool.join("p1.json").exists());
+        let counters = agent.db().lock().counters().unwrap();
+        assert_eq!(counters[counter::DROPPED_NO_CONSENT], 0);
     }
 
     #[test]

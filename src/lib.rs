@@ -74,4 +74,5 @@ pub mod shutdown;
 pub mod space;
 pub mod spool;
 pub mod store;
+pub mod timekeeper;
 pub mod uplink;

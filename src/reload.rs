@@ -57,6 +57,7 @@ pub fn plan(old: &Config, new: Config) -> (Config, Plan) {
         control,
         audit,
         storage,
+        clock,
     } = new;
     let Identity { site_id, device_id } = identity;
     let LogConfig { level, format } = log;
@@ -69,6 +70,7 @@ pub fn plan(old: &Config, new: Config) -> (Config, Plan) {
         commands: p.live("commands", &old.commands, commands),
         consent: p.live("consent", &old.consent, consent),
         audit: p.live("audit", &old.audit, audit),
+        clock: p.live("clock", &old.clock, clock),
         log: LogConfig {
             level: p.live("log.level", &old.log.level, level),
             format: p.fixed("log.format", &old.log.format, format),
@@ -193,6 +195,10 @@ mod tests {
                 },
                 reserve_bytes: c.storage.reserve_bytes + 1,
             },
+            clock: crate::config::ClockConfig {
+                jump_threshold: c.clock.jump_threshold * 2,
+                ntp: !c.clock.ntp,
+            },
         }
     }
 
@@ -200,13 +206,14 @@ mod tests {
     fn each_live_key_applies_and_each_restart_key_is_reported() {
         type Pick = fn(&mut Config, &Config);
         // (reported name, live?, copy that one key from `changed` into a config)
-        let keys: [(&str, bool, Pick); 15] = [
+        let keys: [(&str, bool, Pick); 16] = [
             ("trust", true, |c, n| c.trust = n.trust.clone()),
             ("capture", true, |c, n| c.capture = n.capture.clone()),
             ("outbox", true, |c, n| c.outbox = n.outbox.clone()),
             ("commands", true, |c, n| c.commands = n.commands.clone()),
             ("consent", true, |c, n| c.consent = n.consent.clone()),
             ("audit", true, |c, n| c.audit = n.audit.clone()),
+            ("clock", true, |c, n| c.clock = n.clock.clone()),
             ("log.level", true, |c, n| c.log.level = n.log.level.clone()),
             ("log.format", false, |c, n| c.log.format = n.log.format),
             ("site_id", false, |c, n| {

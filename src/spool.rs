@@ -222,6 +222,15 @@ impl OrphanReason {
         !matches!(self, OrphanReason::LoneSidecar)
     }
 
+    /// Whether the entry is an orphan because of its age (it may still be
+    /// being written until the grace period ends), rather than at once.
+    pub fn by_age(self) -> bool {
+        !matches!(
+            self,
+            OrphanReason::LoneSidecar | OrphanReason::DuplicateImage
+        )
+    }
+
     /// A stable code for the audit log.
     pub fn code(self) -> &'static str {
         match self {

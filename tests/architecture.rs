@@ -23,6 +23,7 @@ struct Module {
 const PURE: &[&str] = &[
     "audit.rs",
     "clock.rs",
+    "clock/",
     "command.rs",
     "consent.rs",
     "consent_log.rs",

@@ -139,6 +139,8 @@ fn minimal_config_gets_every_default() {
     assert_eq!(c.consent.head_max_age, Duration::from_secs(86_400));
     assert_eq!(c.audit.retention, Duration::from_secs(90 * 86_400));
     assert_eq!(c.storage.reserve_bytes, 16 * 1024 * 1024);
+    assert_eq!(c.clock.jump_threshold, Duration::from_secs(600));
+    assert!(c.clock.ntp);
     assert_eq!(c.log.level, "info");
     assert_eq!(c.log.format, LogFormat::Text);
     assert_eq!(c.storage.key_source, facegate::config::KeySource::File);
@@ -206,6 +208,7 @@ fn example_config_documents_every_key() {
         ("control", with_table(&site.minimal(), "control", "zzz = 1")),
         ("audit", with_table(&site.minimal(), "audit", "zzz = 1")),
         ("storage", with_table(&site.minimal(), "storage", "zzz = 1")),
+        ("clock", with_table(&site.minimal(), "clock", "zzz = 1")),
     ] {
         let known = match site.load(&probe) {
             Err(ConfigError::UnknownKey { known, .. }) => known,
@@ -215,7 +218,7 @@ fn example_config_documents_every_key() {
         for key in known {
             let is_table = [
                 "mqtt", "trust", "capture", "outbox", "commands", "consent", "log", "control",
-                "audit", "storage",
+                "audit", "storage", "clock",
             ]
             .contains(&key.as_str());
             let documented = if is_table {
@@ -376,6 +379,23 @@ fn durations_parse_and_respect_bounds() {
     starts(
         &err("consent", "head_max_age = \"31d\""),
         "consent.head_max_age: must be between",
+    );
+    assert_eq!(
+        ok("clock", "jump_threshold = \"1h\"").clock.jump_threshold,
+        Duration::from_secs(3600)
+    );
+    starts(
+        &err("clock", "jump_threshold = \"59s\""),
+        "clock.jump_threshold: must be between 1m",
+    );
+    starts(
+        &err("clock", "jump_threshold = \"31d\""),
+        "clock.jump_threshold: must be between",
+    );
+    assert!(!ok("clock", "ntp = \"ignore\"").clock.ntp);
+    starts(
+        &err("clock", "ntp = \"off\""),
+        "clock.ntp: expected \"consult\" or \"ignore\", got \"off\"",
     );
     starts(
         &err("outbox", "retention = 7"),

@@ -176,6 +176,9 @@ fn print_status(s: &Status, consent: &config::ConsentConfig) {
             )
         );
     }
+    if let Some(c) = &s.clock {
+        println!("clock:    {}", describe_clock(c));
+    }
     if let Some(st) = s.storage {
         let intake = match st.intake {
             IntakeState::Running => "intake running",
@@ -194,6 +197,24 @@ fn print_status(s: &Status, consent: &config::ConsentConfig) {
                 ""
             }
         );
+    }
+}
+
+/// The status `clock` object in words.
+fn describe_clock(c: &facegate::protocol::ClockStatus) -> String {
+    use facegate::protocol::ClockState;
+    match c.state {
+        ClockState::Ok => "trusted".to_string(),
+        ClockState::Unsynced => "trusted (NTP not synchronised)".to_string(),
+        ClockState::Jumped => format!(
+            "JUMPED {}{} s{} against the time that passed: held until the clock comes back or NTP or a signed command confirms it: {}",
+            if c.jump_s > 0 { "+" } else { "" },
+            c.jump_s,
+            c.since
+                .map(|t| format!(" at {}", facegate::clock::rfc3339(t)))
+                .unwrap_or_default(),
+            c.held.join(", ")
+        ),
     }
 }
 

@@ -258,6 +258,11 @@ pub async fn apply_command(agent: &Agent, payload: &[u8], redelivered: bool, now
     let cfg = agent.config();
     let skew = cfg.commands.clock_skew.as_secs() as i64;
     let bytes = payload.to_vec();
+    // Expiry is judged at the highest wall time ever trusted when the clock
+    // is behind it: a command forgotten by the replay set (a day after its
+    // `exp`, by a trusted clock) cannot verify again on a clock that went
+    // back (ARCHITECTURE I15).
+    let verify_at = agent.clock().high_water().map_or(now, |high| now.max(high));
     let verified = agent
         .db()
         .run(move |s| {
@@ -277,7 +282,7 @@ pub async fn apply_command(agent: &Agent, payload: &[u8], redelivered: bool, now
                 &cfg.trust,
                 &cfg.identity,
                 &cfg.commands,
-                now,
+                verify_at,
                 &seen,
             );
             match failed.into_inner() {
@@ -314,10 +319,15 @@ pub async fn apply_command(agent: &Agent, payload: &[u8], redelivered: bool, now
             };
             return Outcome::refused(rejected.reply(), refusal);
         }
-        Ok(Ok(cmd)) => cmd,
+        Ok(Ok(cmd)) => {
+            // A verified signed time: may confirm a clock jump (I15).
+            agent.clock().signed_time(cmd.issued_at, now);
+            cmd
+        }
     };
     if cmd.issued_at > now.saturating_add(skew) {
-        // Only a take-away gets here (`early_ok`).
+        // Only a take-away gets here (`early_ok`), or a command issued
+        // before the highest trusted time while the clock is behind it.
         tracing::warn!(jti = %cmd.jti, cmd = %cmd.name, iat = cmd.issued_at, now,
             "command issued ahead of this device's clock: applied; check the clock (facegate doctor)");
     }

@@ -343,6 +343,84 @@ async fn the_reply_is_kept_without_subject_and_gets_it_back_on_redelivery() {
     assert_eq!(replay.reply.error.unwrap().code, ErrorCode::Replayed);
 }
 
+/// A command applied, then forgotten by the replay set on a trusted clock
+/// two days later, is not applied again when the wall clock goes back:
+/// its expiry is judged at the highest trusted time (ARCHITECTURE I15).
+#[tokio::test]
+async fn a_forgotten_command_does_not_verify_again_on_a_clock_that_went_back() {
+    let (dir, agent, key) = agent_with_fleet_key();
+    let now = crate::clock::now();
+    let (_, jws) = Command::Status(Status {})
+        .sign("lobby/term-01", 600, "fleet-1", &key, now)
+        .unwrap();
+    assert!(
+        apply_command(&agent, jws.as_bytes(), false, now)
+            .await
+            .reply
+            .ok
+    );
+    // Two days later, on a trusted clock: the id is forgotten and the mark
+    // records that time; then a restart.
+    let later = now + 2 * 86_400;
+    {
+        let mut store = agent.db().lock();
+        assert_eq!(store.forget_commands(later).unwrap(), 1);
+        let mark = crate::clock::watch::Mark {
+            wall: later,
+            boot: "boot".into(),
+            mono: 1,
+            high: later,
+        };
+        store.save_clock_mark(&mark).unwrap();
+    }
+    let config = (*agent.config()).clone();
+    drop(agent);
+    let agent = crate::daemon::open(config).unwrap();
+    assert_eq!(agent.clock().high_water(), Some(later));
+    // The wall clock is back at `now`: the command must not apply again.
+    let again = apply_command(&agent, jws.as_bytes(), false, now).await;
+    assert_eq!(
+        again.reply.error.map(|e| e.code),
+        Some(ErrorCode::Expired),
+        "applied twice"
+    );
+    drop(dir);
+}
+
+/// The wall clock stepped two hours back after the device had trusted the
+/// real time: a consent issued at the real time is granted, not refused as
+/// issued in the future (ARCHITECTURE I15).
+#[tokio::test]
+async fn a_fresh_consent_is_granted_on_a_clock_stepped_back() {
+    let (dir, agent, _, consent_key) = agent_with_keys();
+    let real = crate::clock::now();
+    let behind = real - 2 * 3600;
+    {
+        let mark = crate::clock::watch::Mark {
+            wall: real,
+            boot: "boot".into(),
+            mono: 1,
+            high: real,
+        };
+        agent.db().lock().save_clock_mark(&mark).unwrap();
+    }
+    let config = (*agent.config()).clone();
+    drop(agent);
+    let agent = crate::daemon::open(config).unwrap();
+    let req = crate::consent::ConsentRequest {
+        issuer: "hr".into(),
+        subject: "S-1".into(),
+        audience: vec!["lobby".into()],
+        scopes: vec![crate::consent::UPLOAD_SCOPE.into()],
+        lifetime_s: 3600,
+        jti: None,
+    };
+    let token = crate::consent::sign_consent(&req, "consent-1", &consent_key, real).unwrap();
+    let granted = agent.grant(token, behind, None).await;
+    assert!(granted.is_ok(), "{granted:?}");
+    drop(dir);
+}
+
 #[tokio::test]
 async fn a_status_command_is_kept_with_its_status_and_asks_for_a_publish() {
     let (_dir, agent, key) = agent_with_fleet_key();

@@ -60,6 +60,20 @@ pub struct RawConfig {
     /// `[storage]`.
     #[serde(default)]
     pub storage: RawStorage,
+    /// `[clock]`.
+    #[serde(default)]
+    pub clock: RawClock,
+}
+
+/// `[clock]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "the [clock] table")]
+pub struct RawClock {
+    /// Largest wall-clock step that is not a jump, humantime text (default `10m`).
+    pub jump_threshold: Option<String>,
+    /// Whether the kernel's NTP status confirms a jump: `consult` or `ignore`
+    /// (default `consult`).
+    pub ntp: Option<String>,
 }
 
 /// `[mqtt]` as written.

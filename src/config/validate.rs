@@ -13,7 +13,7 @@ use super::raw::{
     RawAudit, RawCapture, RawCommands, RawConsent, RawLog, RawMqtt, RawNumber, RawOutbox, RawTrust,
 };
 use super::{
-    AuditConfig, CaptureConfig, CommandConfig, Config, ConsentConfig, ConsentLogMode,
+    AuditConfig, CaptureConfig, ClockConfig, CommandConfig, Config, ConsentConfig, ConsentLogMode,
     ControlConfig, Identity, KeySource, LogConfig, LogFormat, MqttConfig, MqttProtocol,
     OutboxConfig, RawConfig, Role, StorageConfig, TrustedKey, WhenFull,
 };
@@ -79,6 +79,21 @@ impl RawConfig {
         let consent = consent(self.consent)?;
         let log = log(self.log)?;
         let audit = audit(self.audit)?;
+        let clock = ClockConfig {
+            jump_threshold: duration(
+                "clock.jump_threshold",
+                self.clock.jump_threshold,
+                "10m",
+                secs(60),
+                secs(30 * 86_400),
+            )?,
+            ntp: choice(
+                "clock.ntp",
+                self.clock.ntp,
+                "consult",
+                &[("consult", true), ("ignore", false)],
+            )?,
+        };
         let storage = StorageConfig {
             key_source: choice(
                 "storage.key_source",
@@ -126,6 +141,7 @@ impl RawConfig {
             control: ControlConfig { socket },
             audit,
             storage,
+            clock,
         })
     }
 }

@@ -25,8 +25,8 @@ pub use reply::{
     AlreadyApplied, CommandName, ErrorBody, ErrorCode, Granted, Receipt, Reply, ReplyResult,
 };
 pub use status::{
-    ConsentLogStatus, ConsentStatus, Counters, IntakeState, OutboxStatus, State, Status,
-    StorageStatus, UplinkStatus,
+    ClockState, ClockStatus, ConsentLogStatus, ConsentStatus, Counters, IntakeState, OutboxStatus,
+    State, Status, StorageStatus, UplinkStatus,
 };
 pub use topics::{SiteTopics, Topics};
 

@@ -58,6 +58,43 @@ pub struct Status {
     /// The site consent log (SPEC "Site consent log").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consent_log: Option<ConsentLogStatus>,
+    /// The wall clock as the device trusts it (beyond SPEC; absent from
+    /// older devices and the last will).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock: Option<ClockStatus>,
+}
+
+/// Whether the wall clock is trusted for irreversible time-based actions
+/// (ARCHITECTURE I15).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClockState {
+    /// Trusted.
+    #[default]
+    Ok,
+    /// Trusted, but the kernel says NTP has not synchronised it (nothing
+    /// held: no jump was seen).
+    Unsynced,
+    /// A jump larger than `[clock] jump_threshold` that is not confirmed:
+    /// the actions in `held` wait.
+    Jumped,
+}
+
+/// `{"state":"ok"|"unsynced"|"jumped","jump_s":N,"since":"RFC 3339","held":[…]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClockStatus {
+    /// Trusted or not.
+    pub state: ClockState,
+    /// Wall time minus the time the device expects, in seconds (negative:
+    /// the clock went back); 0 unless `jumped`.
+    pub jump_s: i64,
+    /// When the jump was seen (by the jumped clock).
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_rfc3339")]
+    pub since: Option<i64>,
+    /// The irreversible actions held: `consent_sweep`, `outbox_retention`,
+    /// `replay_forget`, `audit_retention`, `spool_orphans`.
+    pub held: Vec<String>,
 }
 
 /// Where the device stands in its site's consent log (SPEC "Site consent
@@ -192,6 +229,7 @@ impl Status {
             uplink: None,
             consent_log: None,
             storage: None,
+            clock: None,
         }
     }
 
@@ -281,9 +319,24 @@ mod tests {
                 head_age_s: 300,
             }),
             storage: None,
+            clock: Some(ClockStatus {
+                state: ClockState::Jumped,
+                jump_s: 2_678_400,
+                since: Some(1_795_858_382),
+                held: vec!["consent_sweep".into()],
+            }),
         };
         let v: Value = serde_json::from_slice(&s.to_bytes()).unwrap();
         assert_eq!(v["state"], "online");
+        assert_eq!(
+            v["clock"],
+            json!({"state":"jumped","jump_s":2_678_400,"since":"2026-11-28T09:33:02Z","held":["consent_sweep"]})
+        );
+        assert_eq!(Status::from_bytes(&s.to_bytes()).unwrap(), s);
+        assert_eq!(
+            serde_json::to_value(ClockStatus::default()).unwrap(),
+            json!({"state":"ok","jump_s":0,"held":[]})
+        );
         assert_eq!(v["ts"], "2026-11-28T09:33:02Z");
         assert_eq!(
             v["outbox"],

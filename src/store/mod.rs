@@ -23,6 +23,7 @@
 //! calls it from `spawn_blocking`.
 
 mod audit_log;
+mod clock_mark;
 mod consent_log;
 mod consents;
 mod counters;
@@ -761,7 +762,23 @@ impl Store {
         detail: Value,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let r = drops::record(self, pair, kind, detail, now);
+        let r = drops::record(self, drops::Marked::Dropped, pair, kind, detail, now);
+        self.finish(r)
+    }
+
+    /// A spool pair rejected as bad input: audits `kind` with `detail` (no
+    /// subject; never put plain ids in `detail`) and counts
+    /// `rejected_bad_input`, once per pair, like [`Store::record_drop`]:
+    /// false when this pair's rejection was recorded before (a crash came
+    /// between this commit and the spool removal).
+    pub fn record_rejection(
+        &mut self,
+        pair: &[u8; 32],
+        kind: &str,
+        detail: Value,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let r = drops::record(self, drops::Marked::Rejected, pair, kind, detail, now);
         self.finish(r)
     }
 
@@ -844,6 +861,20 @@ impl Store {
     /// Forgets commands whose `exp` is more than a day in the past.
     pub fn forget_commands(&mut self, now: i64) -> Result<u64, StoreError> {
         let r = replay::forget(self, now);
+        self.finish(r)
+    }
+
+    // ---- clock ----------------------------------------------------------
+
+    /// The persisted high-water mark of the wall clock (ARCHITECTURE I15).
+    pub fn clock_mark(&mut self) -> Result<Option<crate::clock::watch::Mark>, StoreError> {
+        let r = clock_mark::load(self);
+        self.finish(r)
+    }
+
+    /// Persists the high-water mark of the wall clock.
+    pub fn save_clock_mark(&mut self, mark: &crate::clock::watch::Mark) -> Result<(), StoreError> {
+        let r = clock_mark::save(self, mark);
         self.finish(r)
     }
 

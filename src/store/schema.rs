@@ -18,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
     CONSENT_LOG,
     ATTEMPTS_INDEX,
     DROPPED_PAIRS,
+    CLOCK_MARK,
 ];
 
 const V1: &str = r#"
@@ -242,6 +243,19 @@ CREATE TABLE IF NOT EXISTS dropped_pairs (
     at   INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dropped_pairs_by_age ON dropped_pairs(at);
+"#;
+
+/// Step 11: the clock's high-water mark (ARCHITECTURE I15): the last wall
+/// time that was trusted, the boot it was read in and `CLOCK_BOOTTIME` at
+/// that moment, and the highest wall time ever trusted. One row.
+const CLOCK_MARK: &str = r#"
+CREATE TABLE IF NOT EXISTS clock_mark (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    wall  INTEGER NOT NULL,
+    boot  TEXT NOT NULL,
+    mono  INTEGER NOT NULL,
+    high  INTEGER NOT NULL
+);
 "#;
 
 /// Highest schema version this build knows.

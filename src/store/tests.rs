@@ -2116,6 +2116,71 @@ fn a_drop_is_recorded_once_per_pair() {
     assert!(s.audit_verify().unwrap().ok, "the chain holds");
 }
 
+/// A rejection is counted and audited once per pair
+/// (`Store::record_rejection`), also across a crash between its commit and
+/// the spool removal (the store reopened), and apart from drops: the same
+/// digest dropped and rejected are two different records.
+#[test]
+fn a_rejection_is_recorded_once_per_pair_across_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = 1_800_000_000;
+    let detail = || json!({ "pair": "tag", "reason": "image: not an image" });
+    let count = |s: &mut Store| {
+        let c = s.counters().unwrap();
+        let rejected = c.get(counter::REJECTED_BAD_INPUT).copied().unwrap_or(0);
+        let rows = s.audit_tail(100).unwrap();
+        (
+            rejected,
+            rows.iter().filter(|e| e.kind == "capture.rejected").count(),
+        )
+    };
+    let a = [7u8; 32];
+    {
+        let mut s = open(dir.path());
+        assert!(s
+            .record_rejection(&a, "capture.rejected", detail(), now)
+            .unwrap());
+        assert_eq!(count(&mut s), (1, 1));
+        // The crash point: committed, the spool pair not removed yet.
+    }
+    let mut s = open(dir.path());
+    assert!(!s
+        .record_rejection(&a, "capture.rejected", detail(), now + 3)
+        .unwrap());
+    assert_eq!(count(&mut s), (1, 1), "counted once across the crash");
+    // A drop of the same digest is its own record.
+    assert!(s
+        .record_drop(&a, "capture.dropped", json!({}), now + 4)
+        .unwrap());
+    assert_eq!(count(&mut s), (1, 1));
+    assert!(s
+        .record_rejection(&[8u8; 32], "capture.rejected", detail(), now + 5)
+        .unwrap());
+    assert_eq!(count(&mut s), (2, 2));
+    assert!(s.audit_verify().unwrap().ok, "the chain holds");
+}
+
+/// The clock's high-water mark survives a restart and is replaced, not added.
+#[test]
+fn the_clock_mark_is_kept_across_a_restart() {
+    use crate::clock::watch::Mark;
+    let dir = tempfile::tempdir().unwrap();
+    let mark = |wall: i64| Mark {
+        wall,
+        boot: "b8f0c1de-0000-4000-8000-000000000001".into(),
+        mono: 1234,
+        high: wall + 7,
+    };
+    {
+        let mut s = open(dir.path());
+        assert_eq!(s.clock_mark().unwrap(), None);
+        s.save_clock_mark(&mark(T0)).unwrap();
+        s.save_clock_mark(&mark(T0 + 60)).unwrap();
+    }
+    let mut s = open(dir.path());
+    assert_eq!(s.clock_mark().unwrap(), Some(mark(T0 + 60)));
+}
+
 /// Size of the database file on disk.
 fn db_file_len(dir: &Path) -> u64 {
     std::fs::metadata(dir.join(DB_FILE_NAME)).unwrap().len()

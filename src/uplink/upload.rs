@@ -30,6 +30,7 @@ use super::suspect;
 use crate::agent::Agent;
 use crate::clock;
 use crate::config::Config;
+use crate::gate::DropReason;
 use crate::ids::CaptureId;
 use crate::protocol::parts::{self, Split};
 use crate::protocol::{Envelope, PartNo, Piece, WIRE_VERSION};
@@ -294,7 +295,12 @@ fn hand_over(
         let decision = store.decide(&subject, &cfg.trust, &cfg.identity, now)?;
         decisions.insert(subject, decision);
     }
-    let plan = handover::plan(&queued, &decisions, free);
+    let mut plan = handover::plan(&queued, &decisions, free);
+    // While the wall clock is suspect, expiry deletes nothing (ARCHITECTURE
+    // I15): those captures wait, neither sent nor purged.
+    if agent.clock().suspect().is_some() {
+        plan.purge.retain(|p| p.reason != DropReason::Expired);
+    }
     for purge in &plan.purge {
         // Consent ended since intake (expiry, key withdrawn): never send, and
         // do not keep what may no longer be kept.

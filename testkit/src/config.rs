@@ -44,6 +44,15 @@ pub struct ConfigBuilder {
     commands: Option<Commands>,
     storage: Option<Storage>,
     consent: Option<Consent>,
+    clock: Option<Clock>,
+}
+
+/// `[clock]`.
+#[derive(Debug, Clone, Default, Serialize)]
+struct Clock {
+    #[serde(serialize_with = "human_duration")]
+    jump_threshold: Option<Duration>,
+    ntp: Option<String>,
 }
 
 /// `[consent]`.
@@ -180,6 +189,7 @@ impl ConfigBuilder {
             commands: None,
             storage: None,
             consent: None,
+            clock: None,
         }
     }
 
@@ -378,6 +388,18 @@ impl ConfigBuilder {
         self.consent
             .get_or_insert_with(Consent::default)
             .head_max_age = Some(age);
+        self
+    }
+
+    /// `clock.ntp` (`"consult"` or `"ignore"`).
+    pub fn clock_ntp(mut self, ntp: &str) -> Self {
+        self.clock.get_or_insert_with(Clock::default).ntp = Some(ntp.into());
+        self
+    }
+
+    /// `clock.jump_threshold`.
+    pub fn jump_threshold(mut self, threshold: Duration) -> Self {
+        self.clock.get_or_insert_with(Clock::default).jump_threshold = Some(threshold);
         self
     }
 

@@ -190,6 +190,7 @@ impl DaemonBuilder {
             fleet_signer,
             _spool_dir: spool_dir,
             credentials_dir: None,
+            run_env: Vec::new(),
             child: None,
         }
     }
@@ -221,6 +222,9 @@ pub struct Daemon {
     /// `$CREDENTIALS_DIRECTORY` for the daemon (what systemd sets for a unit
     /// with `LoadCredential*=`); unset when `None`.
     pub credentials_dir: Option<PathBuf>,
+    /// Further environment of `facegate run` only (not of `ctl`), e.g. a
+    /// [`crate::faketime::FakeClock`]'s.
+    pub run_env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
     log_path: PathBuf,
     _spool_dir: Option<TempDir>,
     child: Option<Child>,
@@ -253,6 +257,7 @@ impl Daemon {
             .expect("daemon log file");
         let child = self
             .command()
+            .envs(self.run_env.iter().map(|(k, v)| (k, v)))
             .args(["run", "--config"])
             .arg(&self.config)
             .stdin(Stdio::null())

@@ -35,6 +35,7 @@ pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod daemon;
+pub mod faketime;
 pub mod hsm;
 pub mod mqtt;
 pub mod pki;
