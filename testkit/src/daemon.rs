@@ -190,6 +190,7 @@ impl DaemonBuilder {
             fleet_signer,
             _spool_dir: spool_dir,
             credentials_dir: None,
+            run_env: Vec::new(),
             child: None,
         }
     }
@@ -221,6 +222,9 @@ pub struct Daemon {
     /// `$CREDENTIALS_DIRECTORY` for the daemon (what systemd sets for a unit
     /// with `LoadCredential*=`); unset when `None`.
     pub credentials_dir: Option<PathBuf>,
+    /// Extra environment of `facegate run` only (not of `ctl`), e.g. an
+    /// `LD_PRELOAD` of libfaketime for a daemon whose clock jumps.
+    pub run_env: Vec<(String, String)>,
     log_path: PathBuf,
     _spool_dir: Option<TempDir>,
     child: Option<Child>,
@@ -255,6 +259,7 @@ impl Daemon {
             .command()
             .args(["run", "--config"])
             .arg(&self.config)
+            .envs(self.run_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("daemon log file"))
             .stderr(log)
