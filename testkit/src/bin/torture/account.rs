@@ -170,3 +170,93 @@ impl Row {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::Arrival;
+    use serde_json::json;
+
+    fn written(tag: &str, subject: &str, consented: bool) -> Written {
+        Written {
+            tag: tag.into(),
+            subject: Some(subject.into()),
+            consented,
+        }
+    }
+
+    fn arrive(l: &mut Ledger, tag: &str, id: &str, subject: &str) {
+        l.seq += 1;
+        let seq = l.seq;
+        l.uploads.entry(tag.into()).or_default().push(Arrival {
+            seq,
+            capture_id: id.into(),
+            subject: subject.into(),
+        });
+    }
+
+    #[test]
+    fn lost_duplicates_and_unconsented_uploads_are_counted_per_capture() {
+        let w = [
+            written("a", "S-1", true),
+            written("b", "S-1", true),
+            written("c", "S-1", true),
+            written("d", "S-x", false),
+            written("e", "S-x", false),
+        ];
+        let mut l = Ledger::default();
+        arrive(&mut l, "a", "id-a", "S-1");
+        arrive(&mut l, "a", "id-a", "S-1");
+        arrive(&mut l, "b", "id-b", "S-1");
+        arrive(&mut l, "b", "id-b2", "S-1");
+        arrive(&mut l, "d", "id-d", "S-x");
+        let mut row = Row::new("t");
+        row.account(&w, &HashMap::new(), &l);
+        assert_eq!(row.written, 5);
+        assert_eq!(row.consented, 3);
+        assert_eq!(row.uploaded, 3);
+        assert_eq!(row.duplicates, 2);
+        assert_eq!(row.dup_identity, 1);
+        assert_eq!(row.lost, 1, "c never arrived");
+        assert_eq!(row.unconsented_uploaded, 1, "d arrived without consent");
+        assert_eq!(row.violations().len(), 3);
+    }
+
+    #[test]
+    fn after_the_receipt_only_captures_listed_in_flight_may_arrive() {
+        let w = [
+            written("a", "S-r", true),
+            written("b", "S-r", true),
+            written("c", "S-r", true),
+            written("d", "S-r", true),
+        ];
+        let mut l = Ledger::default();
+        arrive(&mut l, "a", "id-a", "S-r");
+        l.seq += 1;
+        l.replies.push((
+            l.seq,
+            json!({"jti": "j1", "ok": true, "result": {"in_flight": ["id-b"]}}),
+        ));
+        arrive(&mut l, "b", "id-b", "S-r");
+        arrive(&mut l, "c", "id-c", "S-r");
+        let jtis = HashMap::from([("j1".to_string(), "S-r".to_string())]);
+        let mut revoked = HashMap::from([("S-r".to_string(), Revocation::default())]);
+        Row::receipts(&l, &jtis, &mut revoked);
+        let mut row = Row::new("t");
+        row.account(&w, &revoked, &l);
+        assert_eq!(row.after_revocation, 1, "c came after the receipt");
+        assert_eq!(row.late_in_flight, 1, "b is listed in flight");
+        assert_eq!(row.lost, 0, "d is the revoked subject's: purged, not lost");
+        assert_eq!(row.unanswered, 0);
+    }
+
+    #[test]
+    fn a_revocation_without_receipt_is_a_violation() {
+        let mut revoked = HashMap::from([("S-r".to_string(), Revocation::default())]);
+        Row::receipts(&Ledger::default(), &HashMap::new(), &mut revoked);
+        let mut row = Row::new("t");
+        row.account(&[], &revoked, &Ledger::default());
+        assert_eq!(row.unanswered, 1);
+        assert!(!row.violations().is_empty());
+    }
+}

@@ -62,6 +62,7 @@ pub fn run(world: &mut World, row: &mut Row) {
     let entries = world.profile.hostile_entries;
     let every = (commands / entries.max(1)).max(1);
     let mut spool_n = 0u32;
+    let replies_before = world.fleet.ledger().replies.len();
     for i in 0..commands {
         let now = facegate::clock::now();
         let (payload, qos): (Vec<u8>, QoS) = match world.rng.u8(..11) {
@@ -153,19 +154,20 @@ pub fn run(world: &mut World, row: &mut Row) {
             spool_n += 1;
         }
     }
-    // Until the daemon has read everything: its refusal counters settle.
+    // Until the daemon has read everything: every command read is answered
+    // (refusals too), so the replies stop coming.
     let deadline = Instant::now() + Duration::from_secs(120);
-    let mut last = (u64::MAX, Instant::now());
+    let mut last = (usize::MAX, Instant::now());
     while Instant::now() < deadline {
-        let c = d.counters();
-        let seen = c.commands_refused + c.commands_ignored;
-        if seen != last.0 {
-            last = (seen, Instant::now());
+        let n = world.fleet.ledger().replies.len();
+        if n != last.0 {
+            last = (n, Instant::now());
         } else if last.1.elapsed() > Duration::from_secs(3) {
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    let replies = world.fleet.ledger().replies.len() - replies_before;
     let c = d.counters();
     let consents = d.active_consents();
     if consents != 1 {
@@ -185,7 +187,7 @@ pub fn run(world: &mut World, row: &mut Row) {
         ));
     }
     row.notes.push(format!(
-        "{commands} hostile commands ({} refused, {} ignored), {spool_n} hostile spool entries",
+        "{commands} hostile commands ({replies} answered; counters so far {} refused, {} ignored: refusals beyond the audit budget are counted when their window closes), {spool_n} hostile spool entries",
         c.commands_refused, c.commands_ignored
     ));
     finish(world, &mut d, &written, &Revocations::default(), row);
