@@ -66,6 +66,10 @@ pub struct Row {
     pub peak_rss_kib: u64,
     /// Seconds from the disk space coming back to everything delivered.
     pub recovery_s: Option<f64>,
+    /// Leftovers in the spool that are not pairs (orphans the daemon keeps
+    /// for now) are reported, not a violation: the clock phase, where an
+    /// orphan from before a backward jump has an mtime in the future.
+    pub leftovers_reported: bool,
     /// Why the phase could not run, or what broke it.
     pub notes: Vec<String>,
     /// Violations found besides the counters above (e.g. a panic).

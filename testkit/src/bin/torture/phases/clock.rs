@@ -75,7 +75,7 @@ pub fn run(world: &mut World, row: &mut Row) {
             set_offset(offset);
             std::thread::sleep(Duration::from_millis(1200));
         });
-        shown.push(format!("{:+}h", offset as f64 / 3600.0));
+        shown.push(format!("{:+}min", offset / 60));
         if i == revoke_at {
             let jti = check::revoke(world, &d, "S-crev", offset, &mut revocations);
             if !check::wait_reply(world, &jti, Duration::from_secs(30)) {
@@ -90,6 +90,7 @@ pub fn run(world: &mut World, row: &mut Row) {
     check::pause(world, 1000, 2000);
     let written = writer.finish();
     let consents = d.active_consents();
+    row.leftovers_reported = true;
     finish(world, &mut d, &written, &revocations, row);
     let strays = d
         .log()
