@@ -50,7 +50,18 @@ const PROCESS_TIMEOUT: Duration = Duration::from_secs(30);
 /// tests and benchmarks live in `target/<profile>/deps/`, examples in
 /// `target/<profile>/examples/`, the binary in `target/<profile>/`. Cargo builds
 /// it before integration tests and benchmarks; `scripts/demo` builds it for the demo.
+/// `TESTKIT_FACEGATE`, when set, names another one (the torture suite's long
+/// run drives the release build from a debug build of the suite).
 pub fn facegate_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("TESTKIT_FACEGATE") {
+        let binary = PathBuf::from(path);
+        assert!(
+            binary.is_file(),
+            "TESTKIT_FACEGATE={} is not a file",
+            binary.display()
+        );
+        return binary;
+    }
     let exe = std::env::current_exe().expect("path of the running executable");
     let mut dir = exe
         .parent()

@@ -23,6 +23,9 @@
 //! - [`smallfs`]: a real small file system (tmpfs of a given size) for disk-full tests.
 //! - [`util`]: free ports, polling, byte search.
 //!
+//! The torture suite (`scripts/torture`, RELIABILITY.md) is this crate's
+//! binary `torture` (`src/bin/torture/`), built on the modules above.
+//!
 //! Failures panic with what is needed to understand them (a daemon's or
 //! broker's log), as test tooling should; [`broker::Broker::try_start`] and the
 //! [`spool`] writers return errors for callers that report them themselves.
