@@ -40,6 +40,7 @@ mod vacuum;
 
 pub use consent_log::HeadApplied;
 pub use quarantine::{OutboxEntry, OutboxState, Refusal};
+pub use parts::Acked;
 pub use reserve::RESERVE_FILE_NAME;
 
 use std::collections::BTreeMap;

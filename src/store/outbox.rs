@@ -356,9 +356,27 @@ pub(super) fn ack(
     capture_ids: &[CaptureId],
     now: i64,
 ) -> Result<usize, StoreError> {
+    let mut w = store.writer()?;
+    let deleted = ack_in(&mut w, capture_ids, now)?;
+    w.commit()?;
+    if deleted > 0 {
+        // The WAL still holds the pages as they were before the delete.
+        store.wal_has_deleted = true;
+    }
+    Ok(deleted)
+}
+
+/// Deletes uploaded captures inside the transaction `w` (audited
+/// `capture.uploaded`, counted, data key destroyed with the last capture of
+/// a subject); returns how many were still queued. The caller commits and
+/// then sets `wal_has_deleted` if any was.
+pub(super) fn ack_in(
+    w: &mut Writer<'_>,
+    capture_ids: &[CaptureId],
+    now: i64,
+) -> Result<usize, StoreError> {
     // Zeroing on, as for every delete: the freed pages must not keep the
     // ciphertext (ARCHITECTURE I4). A burst of PUBACKs shares one transaction.
-    let mut w = store.writer()?;
     let mut deleted = 0;
     let mut subjects = std::collections::BTreeSet::new();
     for capture_id in capture_ids {
@@ -384,15 +402,10 @@ pub(super) fn ack(
         deleted += 1;
     }
     for subject_ref in &subjects {
-        destroy_key_if_unused(&w, subject_ref)?;
+        destroy_key_if_unused(w, subject_ref)?;
     }
     if deleted > 0 {
         w.bump(counter::UPLOADED, deleted as u64)?;
-    }
-    w.commit()?;
-    if deleted > 0 {
-        // The WAL still holds the pages as they were before the delete.
-        store.wal_has_deleted = true;
     }
     Ok(deleted)
 }

@@ -14,6 +14,12 @@
 //! captures keep flowing past them. At most one hand-over batch (at most
 //! `mqtt.inflight` captures) plus the captures in parts are held decrypted
 //! by this module at a time.
+//!
+//! Which parts of a capture in parts are acknowledged is kept in memory
+//! ([`super::progress`]), started from the store when the capture is started
+//! in parts and again after each reconnect: a hand-over asks the store only
+//! whether the capture is still queued. The [`deleter`] writes acknowledged
+//! parts with the next delete, in its transaction.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,6 +31,7 @@ use zeroize::Zeroize;
 use super::deletes::{DeleteRetry, Next};
 use super::handover::{self, Pieces, Queued};
 use super::link::Link;
+use super::progress::{self, Ack, Progress};
 use super::state::Handed;
 use super::suspect;
 use crate::agent::Agent;
@@ -33,7 +40,7 @@ use crate::config::Config;
 use crate::ids::CaptureId;
 use crate::protocol::parts::{self, Split};
 use crate::protocol::{Envelope, PartNo, Piece, WIRE_VERSION};
-use crate::store::{Capture, OutboxCapture, PurgeReason, Refusal, Store, StoreError};
+use crate::store::{Acked, Capture, OutboxCapture, PurgeReason, Refusal, Store, StoreError};
 
 /// A capture being sent in parts, decrypted once.
 struct InParts {
@@ -54,6 +61,8 @@ struct UploaderInner {
     current: Vec<InParts>,
     /// Captures that need parts too, waiting until one of `current` is done.
     waiting: HashSet<CaptureId>,
+    /// Which parts of each of `current` are acknowledged.
+    progress: Progress,
 }
 
 impl UploaderInner {
@@ -81,6 +90,37 @@ impl Uploader {
     /// Whether any capture is kept decrypted for its parts.
     pub fn has_current(&self) -> bool {
         !self.lock().current.is_empty()
+    }
+
+    /// The broker acknowledged `piece` (whole capture or part): what it
+    /// means for its capture.
+    pub fn on_acked(&self, piece: &Piece) -> Ack {
+        self.lock().progress.on_acked(piece)
+    }
+
+    /// These captures in parts were deleted (every part acknowledged and
+    /// written): let go of them.
+    pub fn on_deleted(&self, ids: &[CaptureId]) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut up = self.lock();
+        up.current.retain(|c| !ids.contains(&c.capture.capture_id));
+        for id in ids {
+            up.progress.forget(id);
+        }
+        up.waiting.clear();
+    }
+
+    /// A new connection: let go of every capture in parts; the next
+    /// hand-over reads them again, with their progress from the store
+    /// (parts acknowledged but not yet written are still in flight, so the
+    /// capture waits until they are).
+    pub fn reset(&self) {
+        let mut up = self.lock();
+        up.current.clear();
+        up.waiting.clear();
+        up.progress.clear();
     }
 
     fn lock(&self) -> MutexGuard<'_, UploaderInner> {
@@ -172,27 +212,44 @@ fn hand_over(
     // Split under another limit (a broker that announces a different one
     // since): split again; parts acknowledged of the old split do not count.
     let before = up.current.len();
+    let mut resplit = Vec::new();
     up.current.retain(|cur| {
         let c = &cur.capture.capture;
-        parts::split(&header(&cfg, c, ""), c.image.len(), topic.len(), max).ok()
-            == Some(Split::Parts(cur.parts))
+        let same = parts::split(&header(&cfg, c, ""), c.image.len(), topic.len(), max).ok()
+            == Some(Split::Parts(cur.parts));
+        if !same {
+            resplit.push(c.capture_id.clone());
+        }
+        same
     });
     if up.current.len() < before {
         up.waiting.clear();
     }
-    // The captures in parts: still queued, and which parts are left.
+    for id in &resplit {
+        up.progress.forget(id);
+    }
+    // The captures in parts: still queued, and which parts are left (in
+    // memory: the store is asked only whether the capture is still queued).
     let mut kept = Vec::with_capacity(up.current.len());
     let mut current_todos = Vec::with_capacity(up.current.len());
     let mut done = Vec::new();
     let mut gone = 0;
     for cur in std::mem::take(&mut up.current) {
         let id = cur.capture.capture_id.clone();
-        let Some(acked) = store.part_progress(&id)? else {
-            gone += 1; // uploaded or purged
+        if !store.is_queued(&id)? {
+            gone += 1; // uploaded, purged or quarantined
+            up.progress.forget(&id);
             continue;
-        };
+        }
+        if !up.progress.follows(&id, cur.parts) {
+            let acked = store.part_progress(&id)?.unwrap_or_default();
+            up.progress.start(&id, cur.parts, &acked);
+        }
         let in_flight = agent.inflight().parts_of(&id, cur.parts);
-        let todo = todo(cur.parts, &acked, &in_flight);
+        let todo = up
+            .progress
+            .todo(&id, &in_flight)
+            .unwrap_or_else(|| todo(cur.parts, &[], &in_flight));
         if todo.is_empty() && in_flight.is_empty() {
             // Every part acknowledged, the delete not done (a crash in
             // between): finish it. ARCHITECTURE I12.
@@ -204,6 +261,9 @@ fn hand_over(
     }
     if !done.is_empty() {
         store.complete_parts(&done, now)?;
+        for id in &done {
+            up.progress.forget(id);
+        }
     }
     let finished_some = gone > 0 || !done.is_empty();
     up.current = kept;
@@ -254,7 +314,7 @@ fn hand_over(
                 let acked = store.part_progress(&c.capture_id)?.unwrap_or_default();
                 kept_n += 1;
                 kept_bytes = kept_bytes.saturating_add(c.image.len());
-                started.push((i, n));
+                started.push((i, n, acked.clone()));
                 sources.push(Source::Batch(i));
                 todos.push(Some((n, todo(n, &acked, &[]))));
             }
@@ -326,15 +386,25 @@ fn hand_over(
     // What is purged is not kept in memory; a capture started in parts is.
     let purged = |c: &Capture| plan.purge.iter().any(|p| p.subject == c.subject);
     let before = up.current.len();
-    up.current.retain(|c| !purged(&c.capture.capture));
+    let UploaderInner {
+        current, progress, ..
+    } = &mut *up;
+    current.retain(|c| {
+        let keep = !purged(&c.capture.capture);
+        if !keep {
+            progress.forget(&c.capture.capture_id);
+        }
+        keep
+    });
     let mut freed = up.current.len() < before;
     // Highest index first: swap_remove moves the last element into the hole.
     started.sort_by_key(|s| std::cmp::Reverse(s.0));
     let mut new = Vec::with_capacity(started.len());
-    for (i, n) in started {
+    for (i, n, acked) in started {
         if purged(&batch[i]) {
             freed = true;
         } else {
+            up.progress.start(&batch[i].capture_id, n, &acked);
             new.push(InParts {
                 capture: batch.swap_remove(i),
                 parts: n,
@@ -458,39 +528,68 @@ pub async fn record_interrupted(agent: &Arc<Agent>, reason: &str, n: usize) {
 
 /// Deletes acknowledged captures from the outbox, off the upload path: the
 /// logic task only queues acknowledged uploads here, so the window refills
-/// while the (fsync'd) delete runs. Each batch is everything queued so far:
-/// whole captures are deleted in one transaction; parts are recorded, and a
-/// capture is deleted once every part is (ARCHITECTURE I12). An upload stays
-/// in [`Agent::inflight`] until this is done, so it is never handed over twice.
+/// while the (fsync'd) delete runs. Each batch is everything queued so far,
+/// in one transaction: whole captures are deleted; parts are recorded, and
+/// a capture is deleted once every part is (ARCHITECTURE I12). Parts that
+/// complete nothing wait for the next delete to share its transaction, or
+/// [`progress::FLUSH_AFTER`] at most ([`progress::write_now`]). An upload
+/// stays in [`Agent::inflight`] until it is written, so it is never handed
+/// over twice and a purge receipt lists its capture.
 ///
 /// A delete that fails (a full disk) keeps the uploads in flight, pauses
 /// the hand-over ([`crate::space::Pressure::deletes_failing`], checked by
 /// [`fill_window`]) and is tried again with backoff ([`DeleteRetry`]),
 /// together with whatever was acknowledged meanwhile, until it commits: no
 /// capture is sent again because its delete failed. When the channel closes
-/// (shutdown) a failing delete is tried once more; if it still fails the
-/// uploads stay queued and are sent again after the restart.
-pub async fn deleter(agent: Arc<Agent>, mut acked: mpsc::UnboundedReceiver<Piece>) {
+/// (shutdown) what waits is written; a failing delete is tried once more;
+/// if it still fails the uploads stay queued and are sent again after the
+/// restart.
+pub async fn deleter(
+    agent: Arc<Agent>,
+    uploader: Arc<Uploader>,
+    mut acked: mpsc::UnboundedReceiver<Piece>,
+) {
     let mut retry = DeleteRetry::default();
-    let mut pieces: Vec<Piece> = Vec::new();
+    let mut batch = Unwritten::default();
     let mut open = true;
     loop {
-        if pieces.is_empty() {
+        if batch.pieces.is_empty() {
+            if !open {
+                return;
+            }
             match acked.recv().await {
-                Some(first) => pieces.push(first),
+                Some(first) => batch.take(&uploader, first),
                 None => return,
+            }
+        } else if !batch.write_now(open) {
+            // Only parts that complete nothing: wait for a delete to go
+            // with, a little.
+            let deadline = batch.since + progress::FLUSH_AFTER;
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {}
+                more = acked.recv() => match more {
+                    Some(piece) => batch.take(&uploader, piece),
+                    None => open = false,
+                },
             }
         }
         while let Ok(more) = acked.try_recv() {
-            pieces.push(more);
+            batch.take(&uploader, more);
         }
-        let r = delete_acked(&agent, &pieces).await;
+        if !batch.write_now(open) {
+            continue;
+        }
+        let r = delete_acked(&agent, &batch.pieces).await;
         let deleted = r.is_ok();
         match retry.on_result(deleted, jitter()) {
             Next::Done { recovered } => {
-                for piece in pieces.drain(..) {
+                if let Ok(acked) = &r {
+                    uploader.on_deleted(&acked.completed);
+                }
+                for piece in batch.pieces.drain(..) {
                     agent.inflight().remove(&piece);
                 }
+                batch = Unwritten::default();
                 if recovered {
                     agent.pressure().set_deletes_failing(false);
                     tracing::info!("acknowledged uploads deleted again; uploads resume");
@@ -500,15 +599,16 @@ pub async fn deleter(agent: Arc<Agent>, mut acked: mpsc::UnboundedReceiver<Piece
             Next::Retry { after, first } => {
                 agent.pressure().set_deletes_failing(true);
                 let error = r.err().map(|e| e.to_string()).unwrap_or_default();
+                let uploads = batch.pieces.len();
                 if !open {
-                    tracing::error!(%error, uploads = pieces.len(), "cannot delete acknowledged uploads at shutdown; they stay queued and are sent again after the restart");
-                    for piece in pieces.drain(..) {
+                    tracing::error!(%error, uploads, "cannot delete acknowledged uploads at shutdown; they stay queued and are sent again after the restart");
+                    for piece in batch.pieces.drain(..) {
                         agent.inflight().remove(&piece);
                     }
                     return;
                 }
                 if first {
-                    tracing::error!(%error, uploads = pieces.len(), "cannot delete acknowledged uploads; they stay in flight and uploads pause until the delete succeeds");
+                    tracing::error!(%error, uploads, "cannot delete acknowledged uploads; they stay in flight and uploads pause until the delete succeeds");
                 } else {
                     tracing::debug!(%error, retry_in_ms = after.as_millis() as u64, "deleting acknowledged uploads failed again");
                 }
@@ -520,7 +620,7 @@ pub async fn deleter(agent: Arc<Agent>, mut acked: mpsc::UnboundedReceiver<Piece
                     tokio::select! {
                         _ = &mut sleep => break,
                         more = acked.recv() => match more {
-                            Some(piece) => pieces.push(piece),
+                            Some(piece) => batch.take(&uploader, piece),
                             None => {
                                 open = false;
                                 break;
@@ -533,6 +633,39 @@ pub async fn deleter(agent: Arc<Agent>, mut acked: mpsc::UnboundedReceiver<Piece
     }
 }
 
+/// Acknowledged uploads not yet written to the store.
+struct Unwritten {
+    pieces: Vec<Piece>,
+    /// What each of `pieces` means for its capture.
+    acks: Vec<Ack>,
+    /// When the oldest of them was taken.
+    since: tokio::time::Instant,
+}
+
+impl Default for Unwritten {
+    fn default() -> Self {
+        Unwritten {
+            pieces: Vec::new(),
+            acks: Vec::new(),
+            since: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Unwritten {
+    fn take(&mut self, uploader: &Uploader, piece: Piece) {
+        if self.pieces.is_empty() {
+            self.since = tokio::time::Instant::now();
+        }
+        self.acks.push(uploader.on_acked(&piece));
+        self.pieces.push(piece);
+    }
+
+    fn write_now(&self, open: bool) -> bool {
+        progress::write_now(&self.acks, self.since.elapsed(), !open)
+    }
+}
+
 /// A uniformly drawn `u32` for the retry's jitter (0 on the theoretical
 /// failure: the wait is then half a step).
 fn jitter() -> u32 {
@@ -541,8 +674,9 @@ fn jitter() -> u32 {
     u32::from_le_bytes(b)
 }
 
-/// One attempt at deleting (whole captures) and recording (parts) `pieces`.
-async fn delete_acked(agent: &Arc<Agent>, pieces: &[Piece]) -> Result<(), crate::db::DbError> {
+/// One attempt at deleting (whole captures) and recording (parts) `pieces`,
+/// in one transaction.
+async fn delete_acked(agent: &Arc<Agent>, pieces: &[Piece]) -> Result<Acked, crate::db::DbError> {
     let now = clock::now();
     let wholes: Vec<CaptureId> = pieces
         .iter()
@@ -555,15 +689,7 @@ async fn delete_acked(agent: &Arc<Agent>, pieces: &[Piece]) -> Result<(), crate:
         .collect();
     agent
         .db()
-        .run(move |s| {
-            if !wholes.is_empty() {
-                s.ack_many(&wholes, now)?;
-            }
-            if !parts.is_empty() {
-                s.ack_parts(&parts, now)?;
-            }
-            Ok(())
-        })
+        .run(move |s| s.ack_uploads(&wholes, &parts, now))
         .await
 }
 
