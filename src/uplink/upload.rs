@@ -49,6 +49,10 @@ struct InParts {
     parts: u32,
 }
 
+/// How many queued captures a hand-over looks past (captures in parts that
+/// cannot start yet) to find ones that can go now.
+const LOOKAHEAD: usize = 64;
+
 /// What the upload side keeps between hand-overs.
 #[derive(Default)]
 pub struct Uploader {
@@ -285,15 +289,25 @@ fn hand_over(
         let mut exclude = agent.inflight().snapshot();
         exclude.extend(up.current.iter().map(|c| c.capture.capture_id.clone()));
         exclude.extend(up.waiting.iter().cloned());
-        // No room to start another capture in parts: read only captures
-        // that certainly go whole (one that needs parts would be decrypted
-        // only to wait).
-        let whole_up_to = parts::surely_whole_up_to(topic.len(), max);
-        batch = if room_for_parts(up.current.len(), up.kept_bytes(), whole_up_to + 1, budget) {
-            store.pending(room, &exclude)?
-        } else {
-            store.pending_at_most(room, &exclude, whole_up_to as u64)?
+        // Read only what can go now: captures that surely go whole, and as
+        // many that may need parts as the budget takes (a capture's stored
+        // size is at least its image's). None is read and decrypted only to
+        // wait, and no more than LOOKAHEAD are looked past.
+        let whole_up_to = parts::surely_whole_up_to(topic.len(), max) as u64;
+        let (mut n, mut bytes) = (up.current.len(), up.kept_bytes());
+        let mut read = |size: u64| {
+            if size <= whole_up_to {
+                return true;
+            }
+            let size = usize::try_from(size).unwrap_or(usize::MAX);
+            let fits = room_for_parts(n, bytes, size, budget);
+            if fits {
+                n += 1;
+                bytes = bytes.saturating_add(size);
+            }
+            fits
         };
+        batch = store.pending_where(room, &exclude, LOOKAHEAD, &mut read)?;
     }
     // Whole or in parts; captures in parts only while they fit the budget.
     let mut sources = Vec::new();
