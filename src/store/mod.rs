@@ -39,8 +39,8 @@ mod tests;
 mod vacuum;
 
 pub use consent_log::HeadApplied;
-pub use quarantine::{OutboxEntry, OutboxState, Refusal};
 pub use parts::Acked;
+pub use quarantine::{OutboxEntry, OutboxState, Refusal};
 pub use reserve::RESERVE_FILE_NAME;
 
 use std::collections::BTreeMap;

@@ -296,7 +296,9 @@ pub(super) fn pending(
              WHERE {NOT_QUARANTINED} ORDER BY seq LIMIT ?1"
         ))
         .and_then(|mut s| {
-            let n = limit.saturating_add(exclude.len()).saturating_add(lookahead);
+            let n = limit
+                .saturating_add(exclude.len())
+                .saturating_add(lookahead);
             s.query_map(params![i64::try_from(n).unwrap_or(i64::MAX)], |r| {
                 Ok((r.get(0)?, CaptureId::new(r.get::<_, String>(1)?), r.get(2)?))
             })?

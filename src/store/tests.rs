@@ -2035,7 +2035,9 @@ fn pending_where_reads_only_the_captures_the_filter_accepts_within_the_lookahead
     let cid = "consent-S-2";
     s.add_consent(&consent(cid, "S-2", T0 - 10, T0 + DAY), T0, None)
         .unwrap();
-    let big: Vec<CaptureId> = (0..2).map(|i| CaptureId::new(format!("S-2-big-{i}"))).collect();
+    let big: Vec<CaptureId> = (0..2)
+        .map(|i| CaptureId::new(format!("S-2-big-{i}")))
+        .collect();
     let image = vec![7u8; 200_000];
     for id in &big {
         s.insert_captures(vec![capture(id.as_str(), "S-2", cid, &image)], &roomy(), T0)
@@ -2058,14 +2060,15 @@ fn pending_where_reads_only_the_captures_the_filter_accepts_within_the_lookahead
         ]
     );
     // Only small ones: the big ones are passed over (not read) and the
-    // limit is filled from behind them, as far as the lookahead reaches.
+    // limit is filled from behind them, as far as the lookahead reaches
+    // (keys read: limit + excluded + lookahead).
     let mut small_only = |bytes: u64| bytes <= 100_000;
     let got = s
-        .pending_where(3, &[small[0].clone()], 2, &mut small_only)
+        .pending_where(2, &[small[0].clone()], 2, &mut small_only)
         .unwrap();
     assert_eq!(ids(got), [small[1].clone(), more[0].clone()]);
     let got = s
-        .pending_where(3, &[small[0].clone()], 1, &mut small_only)
+        .pending_where(2, &[small[0].clone()], 0, &mut small_only)
         .unwrap();
     assert_eq!(ids(got), [small[1].clone()], "not looked that far");
     assert!(ids(s.pending_where(10, &[], 10, &mut |_| false).unwrap()).is_empty());
@@ -2081,7 +2084,12 @@ fn pending_where_reads_only_the_captures_the_filter_accepts_within_the_lookahead
     let got = s.pending_where(10, &[], 10, &mut one_big).unwrap();
     assert_eq!(
         ids(got),
-        [small[0].clone(), small[1].clone(), big[0].clone(), more[0].clone()]
+        [
+            small[0].clone(),
+            small[1].clone(),
+            big[0].clone(),
+            more[0].clone()
+        ]
     );
 }
 

@@ -1,32 +1,18 @@
 //! How far each capture being sent in parts has got, in memory, as a pure
-//! state machine (no I/O, no clock), and when acknowledged parts must be
-//! written to the store.
+//! state machine (no I/O, no clock).
 //!
 //! The store stays the durable record (`capture_parts`): a capture is
 //! started in parts with the parts the store holds as acknowledged (those of
 //! its current split), and a restart or a reconnect starts again from the
 //! store (ARCHITECTURE I12: parts not acknowledged are sent again with the
-//! same ids). In between, each part PUBACK is added here, so a hand-over
-//! needs no query to know which parts are left, and the deleter knows,
-//! without asking the store, whether a part completes its capture.
-//!
-//! A part PUBACK that completes nothing need not be written at once: it is
-//! written with the next delete (a whole capture, or the last part of a
-//! capture in parts), one transaction for all of them, or after
-//! [`FLUSH_AFTER`] without one ([`write_now`]). Until it is written the
-//! part stays in the agent's in-flight set (acknowledged), so it is neither
-//! handed over again nor missing from a purge receipt's `in_flight`.
+//! same ids). In between, each part PUBACK is added here as the deleter
+//! takes it (before it is written; it stays in the agent's in-flight set
+//! until it is), so a hand-over needs no query to know which parts are left.
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::Duration;
 
 use crate::ids::CaptureId;
 use crate::protocol::{PartNo, Piece};
-
-/// Longest an acknowledged part waits, unwritten, for a delete to go with.
-pub const FLUSH_AFTER: Duration = Duration::from_millis(250);
-/// Most acknowledged parts kept unwritten at once.
-pub const MAX_UNWRITTEN: usize = 64;
 
 /// What one acknowledged upload means for its capture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,19 +115,6 @@ impl Progress {
     }
 }
 
-/// Whether the acknowledged uploads gathered so far (`acks`, one per
-/// upload, none written yet) must be written now: when one of them is a
-/// delete (a whole capture, or the last part of one), a part of a capture
-/// not followed, when too many wait, when the oldest waited
-/// [`FLUSH_AFTER`] (`waited`), or when the deleter is stopping (`closing`).
-/// Otherwise they wait for the next delete to share its transaction.
-pub fn write_now(acks: &[Ack], waited: Duration, closing: bool) -> bool {
-    closing
-        || acks.len() >= MAX_UNWRITTEN
-        || waited >= FLUSH_AFTER
-        || acks.iter().any(|a| *a != Ack::Partial)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,21 +181,5 @@ mod tests {
         assert_eq!(p.on_acked(&part("b", 0, 2)), Ack::Unknown);
         p.start(&"b".into(), 2, &[no(0, 2)]);
         assert_eq!(p.todo(&"b".into(), &[]), Some(vec![1]));
-    }
-
-    #[test]
-    fn acks_wait_for_a_delete_to_share_its_transaction_but_not_long() {
-        use Ack::*;
-        let no_wait = Duration::ZERO;
-        assert!(!write_now(&[], no_wait, false));
-        assert!(!write_now(&[Partial, Partial], no_wait, false));
-        for delete in [Whole, Complete, Unknown] {
-            assert!(write_now(&[Partial, delete], no_wait, false), "{delete:?}");
-        }
-        assert!(write_now(&[Partial], FLUSH_AFTER, false));
-        assert!(!write_now(&[Partial], FLUSH_AFTER / 2, false));
-        assert!(write_now(&[Partial], no_wait, true), "stopping");
-        assert!(write_now(&vec![Partial; MAX_UNWRITTEN], no_wait, false));
-        assert!(!write_now(&vec![Partial; MAX_UNWRITTEN - 1], no_wait, false));
     }
 }

@@ -18,8 +18,9 @@
 //! Which parts of a capture in parts are acknowledged is kept in memory
 //! ([`super::progress`]), started from the store when the capture is started
 //! in parts and again after each reconnect: a hand-over asks the store only
-//! whether the capture is still queued. The [`deleter`] writes acknowledged
-//! parts with the next delete, in its transaction.
+//! whether the capture is still queued. The [`deleter`] writes each batch of
+//! acknowledged uploads (parts, whole captures, captures whose last part
+//! came) in one transaction.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -31,7 +32,7 @@ use zeroize::Zeroize;
 use super::deletes::{DeleteRetry, Next};
 use super::handover::{self, Pieces, Queued};
 use super::link::Link;
-use super::progress::{self, Ack, Progress};
+use super::progress::{Ack, Progress};
 use super::state::Handed;
 use super::suspect;
 use crate::agent::Agent;
@@ -544,66 +545,50 @@ pub async fn record_interrupted(agent: &Arc<Agent>, reason: &str, n: usize) {
 /// logic task only queues acknowledged uploads here, so the window refills
 /// while the (fsync'd) delete runs. Each batch is everything queued so far,
 /// in one transaction: whole captures are deleted; parts are recorded, and
-/// a capture is deleted once every part is (ARCHITECTURE I12). Parts that
-/// complete nothing wait for the next delete to share its transaction, or
-/// [`progress::FLUSH_AFTER`] at most ([`progress::write_now`]). An upload
-/// stays in [`Agent::inflight`] until it is written, so it is never handed
-/// over twice and a purge receipt lists its capture.
+/// a capture is deleted once every part is (ARCHITECTURE I12). Each part
+/// also counts in the uploader's in-memory progress ([`Uploader::on_acked`])
+/// as it arrives. An upload stays in [`Agent::inflight`] until this is
+/// done, so it is never handed over twice.
 ///
 /// A delete that fails (a full disk) keeps the uploads in flight, pauses
 /// the hand-over ([`crate::space::Pressure::deletes_failing`], checked by
 /// [`fill_window`]) and is tried again with backoff ([`DeleteRetry`]),
 /// together with whatever was acknowledged meanwhile, until it commits: no
 /// capture is sent again because its delete failed. When the channel closes
-/// (shutdown) what waits is written; a failing delete is tried once more;
-/// if it still fails the uploads stay queued and are sent again after the
-/// restart.
+/// (shutdown) a failing delete is tried once more; if it still fails the
+/// uploads stay queued and are sent again after the restart.
 pub async fn deleter(
     agent: Arc<Agent>,
     uploader: Arc<Uploader>,
     mut acked: mpsc::UnboundedReceiver<Piece>,
 ) {
     let mut retry = DeleteRetry::default();
-    let mut batch = Unwritten::default();
+    let mut pieces: Vec<Piece> = Vec::new();
     let mut open = true;
+    let take = |pieces: &mut Vec<Piece>, piece: Piece| {
+        uploader.on_acked(&piece);
+        pieces.push(piece);
+    };
     loop {
-        if batch.pieces.is_empty() {
-            if !open {
-                return;
-            }
+        if pieces.is_empty() {
             match acked.recv().await {
-                Some(first) => batch.take(&uploader, first),
+                Some(first) => take(&mut pieces, first),
                 None => return,
-            }
-        } else if !batch.write_now(open) {
-            // Only parts that complete nothing: wait for a delete to go
-            // with, a little.
-            let deadline = batch.since + progress::FLUSH_AFTER;
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => {}
-                more = acked.recv() => match more {
-                    Some(piece) => batch.take(&uploader, piece),
-                    None => open = false,
-                },
             }
         }
         while let Ok(more) = acked.try_recv() {
-            batch.take(&uploader, more);
+            take(&mut pieces, more);
         }
-        if !batch.write_now(open) {
-            continue;
-        }
-        let r = delete_acked(&agent, &batch.pieces).await;
+        let r = delete_acked(&agent, &pieces).await;
         let deleted = r.is_ok();
         match retry.on_result(deleted, jitter()) {
             Next::Done { recovered } => {
                 if let Ok(acked) = &r {
                     uploader.on_deleted(&acked.completed);
                 }
-                for piece in batch.pieces.drain(..) {
+                for piece in pieces.drain(..) {
                     agent.inflight().remove(&piece);
                 }
-                batch = Unwritten::default();
                 if recovered {
                     agent.pressure().set_deletes_failing(false);
                     tracing::info!("acknowledged uploads deleted again; uploads resume");
@@ -613,16 +598,15 @@ pub async fn deleter(
             Next::Retry { after, first } => {
                 agent.pressure().set_deletes_failing(true);
                 let error = r.err().map(|e| e.to_string()).unwrap_or_default();
-                let uploads = batch.pieces.len();
                 if !open {
-                    tracing::error!(%error, uploads, "cannot delete acknowledged uploads at shutdown; they stay queued and are sent again after the restart");
-                    for piece in batch.pieces.drain(..) {
+                    tracing::error!(%error, uploads = pieces.len(), "cannot delete acknowledged uploads at shutdown; they stay queued and are sent again after the restart");
+                    for piece in pieces.drain(..) {
                         agent.inflight().remove(&piece);
                     }
                     return;
                 }
                 if first {
-                    tracing::error!(%error, uploads, "cannot delete acknowledged uploads; they stay in flight and uploads pause until the delete succeeds");
+                    tracing::error!(%error, uploads = pieces.len(), "cannot delete acknowledged uploads; they stay in flight and uploads pause until the delete succeeds");
                 } else {
                     tracing::debug!(%error, retry_in_ms = after.as_millis() as u64, "deleting acknowledged uploads failed again");
                 }
@@ -634,7 +618,7 @@ pub async fn deleter(
                     tokio::select! {
                         _ = &mut sleep => break,
                         more = acked.recv() => match more {
-                            Some(piece) => batch.take(&uploader, piece),
+                            Some(piece) => take(&mut pieces, piece),
                             None => {
                                 open = false;
                                 break;
@@ -644,39 +628,6 @@ pub async fn deleter(
                 }
             }
         }
-    }
-}
-
-/// Acknowledged uploads not yet written to the store.
-struct Unwritten {
-    pieces: Vec<Piece>,
-    /// What each of `pieces` means for its capture.
-    acks: Vec<Ack>,
-    /// When the oldest of them was taken.
-    since: tokio::time::Instant,
-}
-
-impl Default for Unwritten {
-    fn default() -> Self {
-        Unwritten {
-            pieces: Vec::new(),
-            acks: Vec::new(),
-            since: tokio::time::Instant::now(),
-        }
-    }
-}
-
-impl Unwritten {
-    fn take(&mut self, uploader: &Uploader, piece: Piece) {
-        if self.pieces.is_empty() {
-            self.since = tokio::time::Instant::now();
-        }
-        self.acks.push(uploader.on_acked(&piece));
-        self.pieces.push(piece);
-    }
-
-    fn write_now(&self, open: bool) -> bool {
-        progress::write_now(&self.acks, self.since.elapsed(), !open)
     }
 }
 
