@@ -1674,6 +1674,45 @@ fn part_rows(s: &Store) -> i64 {
         .unwrap()
 }
 
+/// One batch of PUBACKs, one transaction: whole captures deleted, parts
+/// recorded, and a capture whose last part came deleted with them; parts of
+/// a capture not complete are recorded and it stays; a capture no longer
+/// queued is ignored.
+#[test]
+fn a_batch_of_pubacks_deletes_whole_captures_and_completed_ones_in_parts_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let ids = with_captures(&mut s, "S-1", 4, T0);
+    let (whole, done, partly, gone) = (&ids[0], &ids[1], &ids[2], &ids[3]);
+    s.ack_parts(&[(done.clone(), part(0, 2))], T0).unwrap();
+    s.ack(gone, T0).unwrap();
+    let acked = s
+        .ack_uploads(
+            &[whole.clone(), gone.clone()],
+            &[
+                (done.clone(), part(1, 2)),
+                (partly.clone(), part(0, 2)),
+                (gone.clone(), part(1, 2)),
+            ],
+            T0 + 1,
+        )
+        .unwrap();
+    assert_eq!(
+        acked,
+        Acked {
+            deleted: 2,
+            completed: vec![done.clone()]
+        }
+    );
+    assert_eq!(s.part_progress(whole).unwrap(), None);
+    assert_eq!(s.part_progress(done).unwrap(), None);
+    assert_eq!(s.part_progress(partly).unwrap(), Some(vec![part(0, 2)]));
+    assert!(s.is_queued(partly).unwrap() && !s.is_queued(done).unwrap());
+    assert_eq!(part_rows(&s), 1, "only the incomplete capture's part");
+    assert_eq!(s.counters().unwrap()["uploaded"], 3);
+    assert_eq!(s.ack_uploads(&[], &[], T0).unwrap(), Acked::default());
+}
+
 #[test]
 fn a_capture_in_parts_is_deleted_only_when_every_part_is_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
