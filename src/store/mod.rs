@@ -40,6 +40,7 @@ mod tests;
 mod vacuum;
 
 pub use consent_log::HeadApplied;
+pub use parts::Acked;
 pub use quarantine::{OutboxEntry, OutboxState, Refusal};
 pub use reserve::RESERVE_FILE_NAME;
 
@@ -627,20 +628,23 @@ impl Store {
         limit: usize,
         exclude: &[CaptureId],
     ) -> Result<Vec<OutboxCapture>, StoreError> {
-        let r = outbox::pending(self, limit, exclude, None);
+        let r = outbox::pending(self, limit, exclude, 0, &mut |_| true);
         self.finish(r)
     }
 
-    /// [`Store::pending`] of the captures whose stored size (sealed metadata
-    /// and image, the `bytes` of [`OutboxStats`]) is at most `max_bytes`;
-    /// larger ones are not read at all.
-    pub fn pending_at_most(
+    /// [`Store::pending`] of the captures `read` accepts: it is asked, in
+    /// queue order, with each candidate's stored size (sealed metadata and
+    /// image, the `bytes` of [`OutboxStats`]); those it refuses are not read
+    /// at all (nor decrypted). At most `lookahead` refused captures are
+    /// looked past: the query reads `limit + exclude.len() + lookahead` keys.
+    pub fn pending_where(
         &mut self,
         limit: usize,
         exclude: &[CaptureId],
-        max_bytes: u64,
+        lookahead: usize,
+        read: &mut dyn FnMut(u64) -> bool,
     ) -> Result<Vec<OutboxCapture>, StoreError> {
-        let r = outbox::pending(self, limit, exclude, Some(max_bytes));
+        let r = outbox::pending(self, limit, exclude, lookahead, read);
         self.finish(r)
     }
 

@@ -273,38 +273,47 @@ pub(super) const NOT_QUARANTINED: &str =
     "seq NOT IN (SELECT seq FROM captures WHERE quarantined_at IS NOT NULL)";
 
 /// The next queued captures in order, up to `limit`, leaving out
-/// `exclude` (in flight): which ones is decided on their keys alone (no
-/// sealed image is read for a capture left out), then only those are read.
+/// `exclude` (in flight) and those `read` says not to read (asked in queue
+/// order with each one's stored size, `bytes`): which ones is decided on
+/// their keys and sizes alone (no sealed image is read, nothing decrypted,
+/// for a capture left out), then only those are read. Left out by `read`,
+/// at most `lookahead` captures are looked past.
 pub(super) fn pending(
     store: &mut Store,
     limit: usize,
     exclude: &[CaptureId],
-    max_bytes: Option<u64>,
+    lookahead: usize,
+    read: &mut dyn FnMut(u64) -> bool,
 ) -> Result<Vec<OutboxCapture>, StoreError> {
     if limit == 0 {
         return Ok(Vec::new());
     }
     let exclude: std::collections::HashSet<&CaptureId> = exclude.iter().collect();
-    let keys: Vec<(i64, CaptureId)> = store
+    let keys: Vec<(i64, CaptureId, i64)> = store
         .conn
         .prepare_cached(&format!(
-            "SELECT seq, capture_id FROM captures
-             WHERE {NOT_QUARANTINED} AND (?2 IS NULL OR bytes <= ?2) ORDER BY seq LIMIT ?1"
+            "SELECT seq, capture_id, bytes FROM captures
+             WHERE {NOT_QUARANTINED} ORDER BY seq LIMIT ?1"
         ))
         .and_then(|mut s| {
-            let max_bytes = max_bytes.map(|b| i64::try_from(b).unwrap_or(i64::MAX));
-            s.query_map(params![(limit + exclude.len()) as i64, max_bytes], |r| {
-                Ok((r.get(0)?, CaptureId::new(r.get::<_, String>(1)?)))
+            let n = limit
+                .saturating_add(exclude.len())
+                .saturating_add(lookahead);
+            s.query_map(params![i64::try_from(n).unwrap_or(i64::MAX)], |r| {
+                Ok((r.get(0)?, CaptureId::new(r.get::<_, String>(1)?), r.get(2)?))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()
         })
         .op("reading the outbox")?;
-    let mut rows: Vec<Row> = Vec::with_capacity(limit);
-    for (seq, _) in keys
+    let chosen: Vec<i64> = keys
         .into_iter()
-        .filter(|(_, id)| !exclude.contains(id))
+        .filter(|(_, id, _)| !exclude.contains(id))
+        .filter(|(_, _, bytes)| read(u64::try_from(*bytes).unwrap_or(0)))
         .take(limit)
-    {
+        .map(|(seq, _, _)| seq)
+        .collect();
+    let mut rows: Vec<Row> = Vec::with_capacity(chosen.len());
+    for seq in chosen {
         let row = store
             .conn
             .prepare_cached(&format!(
@@ -356,9 +365,27 @@ pub(super) fn ack(
     capture_ids: &[CaptureId],
     now: i64,
 ) -> Result<usize, StoreError> {
+    let mut w = store.writer()?;
+    let deleted = ack_in(&mut w, capture_ids, now)?;
+    w.commit()?;
+    if deleted > 0 {
+        // The WAL still holds the pages as they were before the delete.
+        store.wal_has_deleted = true;
+    }
+    Ok(deleted)
+}
+
+/// Deletes uploaded captures inside the transaction `w` (audited
+/// `capture.uploaded`, counted, data key destroyed with the last capture of
+/// a subject); returns how many were still queued. The caller commits and
+/// then sets `wal_has_deleted` if any was.
+pub(super) fn ack_in(
+    w: &mut Writer<'_>,
+    capture_ids: &[CaptureId],
+    now: i64,
+) -> Result<usize, StoreError> {
     // Zeroing on, as for every delete: the freed pages must not keep the
     // ciphertext (ARCHITECTURE I4). A burst of PUBACKs shares one transaction.
-    let mut w = store.writer()?;
     let mut deleted = 0;
     let mut subjects = std::collections::BTreeSet::new();
     for capture_id in capture_ids {
@@ -384,15 +411,10 @@ pub(super) fn ack(
         deleted += 1;
     }
     for subject_ref in &subjects {
-        destroy_key_if_unused(&w, subject_ref)?;
+        destroy_key_if_unused(w, subject_ref)?;
     }
     if deleted > 0 {
         w.bump(counter::UPLOADED, deleted as u64)?;
-    }
-    w.commit()?;
-    if deleted > 0 {
-        // The WAL still holds the pages as they were before the delete.
-        store.wal_has_deleted = true;
     }
     Ok(deleted)
 }

@@ -8,9 +8,18 @@ use std::collections::BTreeMap;
 
 use rusqlite::{params, OptionalExtension};
 
-use super::{outbox, SqlCtx, Store, StoreError};
+use super::{outbox, SqlCtx, Store, StoreError, Writer};
 use crate::ids::{CaptureId, SubjectId};
 use crate::protocol::PartNo;
+
+/// What [`Store::ack_uploads`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Acked {
+    /// Captures deleted (whole ones and completed ones in parts).
+    pub deleted: usize,
+    /// Captures in parts deleted because their last part was recorded.
+    pub completed: Vec<CaptureId>,
+}
 
 impl Store {
     /// The acknowledged parts of a queued capture, of every split it was
@@ -53,25 +62,64 @@ impl Store {
         self.finish(r)
     }
 
-    /// Records parts the broker acknowledged (one transaction), then deletes
-    /// every capture of which all parts of one split are now acknowledged,
-    /// through the same path as a whole capture's PUBACK (`ack_many`:
-    /// audited `capture.uploaded`, counted, data key destroyed with the last
-    /// capture). A part of a capture no longer queued is ignored. Returns the
-    /// captures deleted. A crash between the two transactions leaves a
-    /// capture with every part recorded: [`Store::complete_parts`] finishes
-    /// it.
+    /// Whether `capture_id` is still queued (not uploaded, purged or
+    /// quarantined): one lookup on keys, no image read.
+    pub fn is_queued(&mut self, capture_id: &CaptureId) -> Result<bool, StoreError> {
+        let r = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT 1 FROM captures WHERE capture_id = ?1 AND {}",
+                outbox::NOT_QUARANTINED
+            ))
+            .and_then(|mut s| s.exists([capture_id.as_str()]))
+            .op("looking up a capture");
+        self.finish(r)
+    }
+
+    /// Records parts the broker acknowledged, and deletes every capture of
+    /// which all parts of one split are now acknowledged, through the same
+    /// path as a whole capture's PUBACK (`ack_many`: audited
+    /// `capture.uploaded`, counted, data key destroyed with the last
+    /// capture), in one transaction. A part of a capture no longer queued is
+    /// ignored. Returns the captures deleted.
     pub fn ack_parts(
         &mut self,
         parts: &[(CaptureId, PartNo)],
         now: i64,
     ) -> Result<Vec<CaptureId>, StoreError> {
-        let complete = self.with_reserve(|s| {
-            let r = record_parts(s, parts, now);
+        Ok(self.ack_uploads(&[], parts, now)?.completed)
+    }
+
+    /// Everything the broker acknowledged since the last call, in one
+    /// (fsync'd) transaction: deletes the whole captures `wholes`, records
+    /// the acknowledged `parts` and deletes every capture of which all parts
+    /// of one split are now recorded (ARCHITECTURE I12: only then). Captures
+    /// no longer queued are ignored.
+    pub fn ack_uploads(
+        &mut self,
+        wholes: &[CaptureId],
+        parts: &[(CaptureId, PartNo)],
+        now: i64,
+    ) -> Result<Acked, StoreError> {
+        if wholes.is_empty() && parts.is_empty() {
+            return Ok(Acked::default());
+        }
+        let acked = self.with_reserve(|s| {
+            let r = (|| {
+                let mut w = s.writer()?;
+                let completed = record_parts(&mut w, parts, now)?;
+                let ids: Vec<CaptureId> = wholes.iter().chain(&completed).cloned().collect();
+                let deleted = outbox::ack_in(&mut w, &ids, now)?;
+                w.commit()?;
+                Ok(Acked { deleted, completed })
+            })();
             s.finish(r)
         })?;
-        self.complete_parts(&complete, now)?;
-        Ok(complete)
+        if acked.deleted > 0 {
+            // The WAL still holds the pages as they were before the delete.
+            self.wal_has_deleted = true;
+        }
+        Ok(acked)
     }
 
     /// Deletes captures whose parts are all acknowledged, as uploaded
@@ -116,14 +164,13 @@ pub(super) const PARTLY_SENT_SQL: &str = "SELECT DISTINCT c.capture_id FROM capt
  CROSS JOIN captures c ON c.seq = p.capture_seq
  WHERE ?1 IS NULL OR c.subject_ref = ?1";
 
-/// Records acknowledged parts in one transaction; returns the captures of
-/// which every part of one split is now acknowledged.
+/// Records acknowledged parts inside the transaction `w`; returns the
+/// captures of which every part of one split is now acknowledged.
 fn record_parts(
-    store: &mut Store,
+    w: &mut Writer<'_>,
     parts: &[(CaptureId, PartNo)],
     now: i64,
 ) -> Result<Vec<CaptureId>, StoreError> {
-    let w = store.writer()?;
     let mut touched: BTreeMap<(CaptureId, u32), ()> = BTreeMap::new();
     {
         let mut insert =
@@ -165,6 +212,5 @@ fn record_parts(
             }
         }
     }
-    w.commit()?;
     Ok(complete)
 }

@@ -1674,6 +1674,45 @@ fn part_rows(s: &Store) -> i64 {
         .unwrap()
 }
 
+/// One batch of PUBACKs, one transaction: whole captures deleted, parts
+/// recorded, and a capture whose last part came deleted with them; parts of
+/// a capture not complete are recorded and it stays; a capture no longer
+/// queued is ignored.
+#[test]
+fn a_batch_of_pubacks_deletes_whole_captures_and_completed_ones_in_parts_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let ids = with_captures(&mut s, "S-1", 4, T0);
+    let (whole, done, partly, gone) = (&ids[0], &ids[1], &ids[2], &ids[3]);
+    s.ack_parts(&[(done.clone(), part(0, 2))], T0).unwrap();
+    s.ack(gone, T0).unwrap();
+    let acked = s
+        .ack_uploads(
+            &[whole.clone(), gone.clone()],
+            &[
+                (done.clone(), part(1, 2)),
+                (partly.clone(), part(0, 2)),
+                (gone.clone(), part(1, 2)),
+            ],
+            T0 + 1,
+        )
+        .unwrap();
+    assert_eq!(
+        acked,
+        Acked {
+            deleted: 2,
+            completed: vec![done.clone()]
+        }
+    );
+    assert_eq!(s.part_progress(whole).unwrap(), None);
+    assert_eq!(s.part_progress(done).unwrap(), None);
+    assert_eq!(s.part_progress(partly).unwrap(), Some(vec![part(0, 2)]));
+    assert!(s.is_queued(partly).unwrap() && !s.is_queued(done).unwrap());
+    assert_eq!(part_rows(&s), 1, "only the incomplete capture's part");
+    assert_eq!(s.counters().unwrap()["uploaded"], 3);
+    assert_eq!(s.ack_uploads(&[], &[], T0).unwrap(), Acked::default());
+}
+
 #[test]
 fn a_capture_in_parts_is_deleted_only_when_every_part_is_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
@@ -2028,41 +2067,69 @@ fn the_hand_over_queries_never_test_a_column_after_the_image() {
 }
 
 #[test]
-fn pending_at_most_reads_only_captures_up_to_a_stored_size() {
+fn pending_where_reads_only_the_captures_the_filter_accepts_within_the_lookahead() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = open(dir.path());
     let small = with_captures(&mut s, "S-1", 2, T0);
     let cid = "consent-S-2";
     s.add_consent(&consent(cid, "S-2", T0 - 10, T0 + DAY), T0, None)
         .unwrap();
-    let big = CaptureId::new("S-2-big");
+    let big: Vec<CaptureId> = (0..2)
+        .map(|i| CaptureId::new(format!("S-2-big-{i}")))
+        .collect();
     let image = vec![7u8; 200_000];
-    s.insert_captures(
-        vec![capture(big.as_str(), "S-2", cid, &image)],
-        &roomy(),
-        T0,
-    )
-    .unwrap();
+    for id in &big {
+        s.insert_captures(vec![capture(id.as_str(), "S-2", cid, &image)], &roomy(), T0)
+            .unwrap();
+    }
     let more = with_captures(&mut s, "S-3", 1, T0);
     let ids = |v: Vec<OutboxCapture>| -> Vec<CaptureId> {
         v.into_iter().map(|c| c.capture.capture_id).collect()
     };
-    // In order, the big one included, without a bound.
+    // In order, the big ones included, without a filter.
     let all = ids(s.pending(10, &[]).unwrap());
     assert_eq!(
         all,
         [
             small[0].clone(),
             small[1].clone(),
-            big.clone(),
+            big[0].clone(),
+            big[1].clone(),
             more[0].clone()
         ]
     );
-    // With a bound below it, the big one is passed over (not read) and the
-    // limit is filled from behind it.
-    let bounded = ids(s.pending_at_most(3, &[small[0].clone()], 100_000).unwrap());
-    assert_eq!(bounded, [small[1].clone(), more[0].clone()]);
-    assert!(ids(s.pending_at_most(10, &[], 0).unwrap()).is_empty());
+    // Only small ones: the big ones are passed over (not read) and the
+    // limit is filled from behind them, as far as the lookahead reaches
+    // (keys read: limit + excluded + lookahead).
+    let mut small_only = |bytes: u64| bytes <= 100_000;
+    let got = s
+        .pending_where(2, &[small[0].clone()], 2, &mut small_only)
+        .unwrap();
+    assert_eq!(ids(got), [small[1].clone(), more[0].clone()]);
+    let got = s
+        .pending_where(2, &[small[0].clone()], 0, &mut small_only)
+        .unwrap();
+    assert_eq!(ids(got), [small[1].clone()], "not looked that far");
+    assert!(ids(s.pending_where(10, &[], 10, &mut |_| false).unwrap()).is_empty());
+    // The filter is asked in queue order and may count: at most one big one.
+    let mut bigs = 0;
+    let mut one_big = |bytes: u64| {
+        if bytes <= 100_000 {
+            return true;
+        }
+        bigs += 1;
+        bigs <= 1
+    };
+    let got = s.pending_where(10, &[], 10, &mut one_big).unwrap();
+    assert_eq!(
+        ids(got),
+        [
+            small[0].clone(),
+            small[1].clone(),
+            big[0].clone(),
+            more[0].clone()
+        ]
+    );
 }
 
 /// A drop is counted and audited once per pair (`Store::record_drop`); the

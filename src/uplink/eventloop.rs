@@ -346,7 +346,7 @@ async fn logic_task(
     // Probe mode after a dropped connection (uplink::suspect).
     let mut suspect = Suspect::new();
     let (acked_tx, acked_rx) = mpsc::unbounded_channel();
-    let deletes = tokio::spawn(deleter(agent.clone(), acked_rx));
+    let deletes = tokio::spawn(deleter(agent.clone(), uploader.clone(), acked_rx));
     // The status goes out again when the consent-log sync changes.
     let mut log_watch = LogWatch::new();
     loop {
@@ -395,6 +395,8 @@ async fn logic_task(
                         Net::Connected { session_present } => {
                             tracing::info!(session_present, "connected to broker");
                             record_connected(&agent, session_present).await;
+                            // Captures in parts start again from the store.
+                            uploader.reset();
                             agent.set_connected(true);
                             for topic in [&topics.device_cmd, &topics.site_cmd, &topics.consent_head] {
                                 link.subscribe(topic);

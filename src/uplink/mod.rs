@@ -38,6 +38,7 @@ pub mod ingress;
 pub mod link;
 pub mod mqtt;
 pub mod options;
+pub mod progress;
 pub mod state;
 pub mod status;
 pub mod suspect;

@@ -14,6 +14,13 @@
 //! captures keep flowing past them. At most one hand-over batch (at most
 //! `mqtt.inflight` captures) plus the captures in parts are held decrypted
 //! by this module at a time.
+//!
+//! Which parts of a capture in parts are acknowledged is kept in memory
+//! ([`super::progress`]), started from the store when the capture is started
+//! in parts and again after each reconnect: a hand-over asks the store only
+//! whether the capture is still queued. The [`deleter`] writes each batch of
+//! acknowledged uploads (parts, whole captures, captures whose last part
+//! came) in one transaction.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,6 +32,7 @@ use zeroize::Zeroize;
 use super::deletes::{DeleteRetry, Next};
 use super::handover::{self, Pieces, Queued};
 use super::link::Link;
+use super::progress::{Ack, Progress};
 use super::state::Handed;
 use super::suspect;
 use crate::agent::Agent;
@@ -34,7 +42,7 @@ use crate::gate::DropReason;
 use crate::ids::CaptureId;
 use crate::protocol::parts::{self, Split};
 use crate::protocol::{Envelope, PartNo, Piece, WIRE_VERSION};
-use crate::store::{Capture, OutboxCapture, PurgeReason, Refusal, Store, StoreError};
+use crate::store::{Acked, Capture, OutboxCapture, PurgeReason, Refusal, Store, StoreError};
 
 /// A capture being sent in parts, decrypted once.
 struct InParts {
@@ -42,6 +50,10 @@ struct InParts {
     /// How many parts it is split into under the current packet limit.
     parts: u32,
 }
+
+/// How many queued captures a hand-over looks past (captures in parts that
+/// cannot start yet) to find ones that can go now.
+const LOOKAHEAD: usize = 64;
 
 /// What the upload side keeps between hand-overs.
 #[derive(Default)]
@@ -55,6 +67,8 @@ struct UploaderInner {
     current: Vec<InParts>,
     /// Captures that need parts too, waiting until one of `current` is done.
     waiting: HashSet<CaptureId>,
+    /// Which parts of each of `current` are acknowledged.
+    progress: Progress,
 }
 
 impl UploaderInner {
@@ -82,6 +96,37 @@ impl Uploader {
     /// Whether any capture is kept decrypted for its parts.
     pub fn has_current(&self) -> bool {
         !self.lock().current.is_empty()
+    }
+
+    /// The broker acknowledged `piece` (whole capture or part): what it
+    /// means for its capture.
+    pub fn on_acked(&self, piece: &Piece) -> Ack {
+        self.lock().progress.on_acked(piece)
+    }
+
+    /// These captures in parts were deleted (every part acknowledged and
+    /// written): let go of them.
+    pub fn on_deleted(&self, ids: &[CaptureId]) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut up = self.lock();
+        up.current.retain(|c| !ids.contains(&c.capture.capture_id));
+        for id in ids {
+            up.progress.forget(id);
+        }
+        up.waiting.clear();
+    }
+
+    /// A new connection: let go of every capture in parts; the next
+    /// hand-over reads them again, with their progress from the store
+    /// (parts acknowledged but not yet written are still in flight, so the
+    /// capture waits until they are).
+    pub fn reset(&self) {
+        let mut up = self.lock();
+        up.current.clear();
+        up.waiting.clear();
+        up.progress.clear();
     }
 
     fn lock(&self) -> MutexGuard<'_, UploaderInner> {
@@ -173,27 +218,44 @@ fn hand_over(
     // Split under another limit (a broker that announces a different one
     // since): split again; parts acknowledged of the old split do not count.
     let before = up.current.len();
+    let mut resplit = Vec::new();
     up.current.retain(|cur| {
         let c = &cur.capture.capture;
-        parts::split(&header(&cfg, c, ""), c.image.len(), topic.len(), max).ok()
-            == Some(Split::Parts(cur.parts))
+        let same = parts::split(&header(&cfg, c, ""), c.image.len(), topic.len(), max).ok()
+            == Some(Split::Parts(cur.parts));
+        if !same {
+            resplit.push(c.capture_id.clone());
+        }
+        same
     });
     if up.current.len() < before {
         up.waiting.clear();
     }
-    // The captures in parts: still queued, and which parts are left.
+    for id in &resplit {
+        up.progress.forget(id);
+    }
+    // The captures in parts: still queued, and which parts are left (in
+    // memory: the store is asked only whether the capture is still queued).
     let mut kept = Vec::with_capacity(up.current.len());
     let mut current_todos = Vec::with_capacity(up.current.len());
     let mut done = Vec::new();
     let mut gone = 0;
     for cur in std::mem::take(&mut up.current) {
         let id = cur.capture.capture_id.clone();
-        let Some(acked) = store.part_progress(&id)? else {
-            gone += 1; // uploaded or purged
+        if !store.is_queued(&id)? {
+            gone += 1; // uploaded, purged or quarantined
+            up.progress.forget(&id);
             continue;
-        };
+        }
+        if !up.progress.follows(&id, cur.parts) {
+            let acked = store.part_progress(&id)?.unwrap_or_default();
+            up.progress.start(&id, cur.parts, &acked);
+        }
         let in_flight = agent.inflight().parts_of(&id, cur.parts);
-        let todo = todo(cur.parts, &acked, &in_flight);
+        let todo = up
+            .progress
+            .todo(&id, &in_flight)
+            .unwrap_or_else(|| todo(cur.parts, &[], &in_flight));
         if todo.is_empty() && in_flight.is_empty() {
             // Every part acknowledged, the delete not done (a crash in
             // between): finish it. ARCHITECTURE I12.
@@ -205,6 +267,9 @@ fn hand_over(
     }
     if !done.is_empty() {
         store.complete_parts(&done, now)?;
+        for id in &done {
+            up.progress.forget(id);
+        }
     }
     let finished_some = gone > 0 || !done.is_empty();
     up.current = kept;
@@ -226,15 +291,25 @@ fn hand_over(
         let mut exclude = agent.inflight().snapshot();
         exclude.extend(up.current.iter().map(|c| c.capture.capture_id.clone()));
         exclude.extend(up.waiting.iter().cloned());
-        // No room to start another capture in parts: read only captures
-        // that certainly go whole (one that needs parts would be decrypted
-        // only to wait).
-        let whole_up_to = parts::surely_whole_up_to(topic.len(), max);
-        batch = if room_for_parts(up.current.len(), up.kept_bytes(), whole_up_to + 1, budget) {
-            store.pending(room, &exclude)?
-        } else {
-            store.pending_at_most(room, &exclude, whole_up_to as u64)?
+        // Read only what can go now: captures that surely go whole, and as
+        // many that may need parts as the budget takes (a capture's stored
+        // size is at least its image's). None is read and decrypted only to
+        // wait, and no more than LOOKAHEAD are looked past.
+        let whole_up_to = parts::surely_whole_up_to(topic.len(), max) as u64;
+        let (mut n, mut bytes) = (up.current.len(), up.kept_bytes());
+        let mut read = |size: u64| {
+            if size <= whole_up_to {
+                return true;
+            }
+            let size = usize::try_from(size).unwrap_or(usize::MAX);
+            let fits = room_for_parts(n, bytes, size, budget);
+            if fits {
+                n += 1;
+                bytes = bytes.saturating_add(size);
+            }
+            fits
         };
+        batch = store.pending_where(room, &exclude, LOOKAHEAD, &mut read)?;
     }
     // Whole or in parts; captures in parts only while they fit the budget.
     let mut sources = Vec::new();
@@ -255,7 +330,7 @@ fn hand_over(
                 let acked = store.part_progress(&c.capture_id)?.unwrap_or_default();
                 kept_n += 1;
                 kept_bytes = kept_bytes.saturating_add(c.image.len());
-                started.push((i, n));
+                started.push((i, n, acked.clone()));
                 sources.push(Source::Batch(i));
                 todos.push(Some((n, todo(n, &acked, &[]))));
             }
@@ -332,15 +407,25 @@ fn hand_over(
     // What is purged is not kept in memory; a capture started in parts is.
     let purged = |c: &Capture| plan.purge.iter().any(|p| p.subject == c.subject);
     let before = up.current.len();
-    up.current.retain(|c| !purged(&c.capture.capture));
+    let UploaderInner {
+        current, progress, ..
+    } = &mut *up;
+    current.retain(|c| {
+        let keep = !purged(&c.capture.capture);
+        if !keep {
+            progress.forget(&c.capture.capture_id);
+        }
+        keep
+    });
     let mut freed = up.current.len() < before;
     // Highest index first: swap_remove moves the last element into the hole.
     started.sort_by_key(|s| std::cmp::Reverse(s.0));
     let mut new = Vec::with_capacity(started.len());
-    for (i, n) in started {
+    for (i, n, acked) in started {
         if purged(&batch[i]) {
             freed = true;
         } else {
+            up.progress.start(&batch[i].capture_id, n, &acked);
             new.push(InParts {
                 capture: batch.swap_remove(i),
                 parts: n,
@@ -464,10 +549,12 @@ pub async fn record_interrupted(agent: &Arc<Agent>, reason: &str, n: usize) {
 
 /// Deletes acknowledged captures from the outbox, off the upload path: the
 /// logic task only queues acknowledged uploads here, so the window refills
-/// while the (fsync'd) delete runs. Each batch is everything queued so far:
-/// whole captures are deleted in one transaction; parts are recorded, and a
-/// capture is deleted once every part is (ARCHITECTURE I12). An upload stays
-/// in [`Agent::inflight`] until this is done, so it is never handed over twice.
+/// while the (fsync'd) delete runs. Each batch is everything queued so far,
+/// in one transaction: whole captures are deleted; parts are recorded, and
+/// a capture is deleted once every part is (ARCHITECTURE I12). Each part
+/// also counts in the uploader's in-memory progress ([`Uploader::on_acked`])
+/// as it arrives. An upload stays in [`Agent::inflight`] until this is
+/// done, so it is never handed over twice.
 ///
 /// A delete that fails (a full disk) keeps the uploads in flight, pauses
 /// the hand-over ([`crate::space::Pressure::deletes_failing`], checked by
@@ -476,24 +563,35 @@ pub async fn record_interrupted(agent: &Arc<Agent>, reason: &str, n: usize) {
 /// capture is sent again because its delete failed. When the channel closes
 /// (shutdown) a failing delete is tried once more; if it still fails the
 /// uploads stay queued and are sent again after the restart.
-pub async fn deleter(agent: Arc<Agent>, mut acked: mpsc::UnboundedReceiver<Piece>) {
+pub async fn deleter(
+    agent: Arc<Agent>,
+    uploader: Arc<Uploader>,
+    mut acked: mpsc::UnboundedReceiver<Piece>,
+) {
     let mut retry = DeleteRetry::default();
     let mut pieces: Vec<Piece> = Vec::new();
     let mut open = true;
+    let take = |pieces: &mut Vec<Piece>, piece: Piece| {
+        uploader.on_acked(&piece);
+        pieces.push(piece);
+    };
     loop {
         if pieces.is_empty() {
             match acked.recv().await {
-                Some(first) => pieces.push(first),
+                Some(first) => take(&mut pieces, first),
                 None => return,
             }
         }
         while let Ok(more) = acked.try_recv() {
-            pieces.push(more);
+            take(&mut pieces, more);
         }
         let r = delete_acked(&agent, &pieces).await;
         let deleted = r.is_ok();
         match retry.on_result(deleted, jitter()) {
             Next::Done { recovered } => {
+                if let Ok(acked) = &r {
+                    uploader.on_deleted(&acked.completed);
+                }
                 for piece in pieces.drain(..) {
                     agent.inflight().remove(&piece);
                 }
@@ -526,7 +624,7 @@ pub async fn deleter(agent: Arc<Agent>, mut acked: mpsc::UnboundedReceiver<Piece
                     tokio::select! {
                         _ = &mut sleep => break,
                         more = acked.recv() => match more {
-                            Some(piece) => pieces.push(piece),
+                            Some(piece) => take(&mut pieces, piece),
                             None => {
                                 open = false;
                                 break;
@@ -547,8 +645,9 @@ fn jitter() -> u32 {
     u32::from_le_bytes(b)
 }
 
-/// One attempt at deleting (whole captures) and recording (parts) `pieces`.
-async fn delete_acked(agent: &Arc<Agent>, pieces: &[Piece]) -> Result<(), crate::db::DbError> {
+/// One attempt at deleting (whole captures) and recording (parts) `pieces`,
+/// in one transaction.
+async fn delete_acked(agent: &Arc<Agent>, pieces: &[Piece]) -> Result<Acked, crate::db::DbError> {
     let now = clock::now();
     let wholes: Vec<CaptureId> = pieces
         .iter()
@@ -561,15 +660,7 @@ async fn delete_acked(agent: &Arc<Agent>, pieces: &[Piece]) -> Result<(), crate:
         .collect();
     agent
         .db()
-        .run(move |s| {
-            if !wholes.is_empty() {
-                s.ack_many(&wholes, now)?;
-            }
-            if !parts.is_empty() {
-                s.ack_parts(&parts, now)?;
-            }
-            Ok(())
-        })
+        .run(move |s| s.ack_uploads(&wholes, &parts, now))
         .await
 }
 
