@@ -23,7 +23,10 @@ fuzz_target!(|data: &[u8]| {
                     continue;
                 };
                 let again = Envelope::from_bytes(&env.to_bytes());
-                assert!(again.as_ref().ok() == Some(&env), "envelope does not round-trip");
+                assert!(
+                    again.as_ref().ok() == Some(&env),
+                    "envelope does not round-trip"
+                );
                 if let Ok(Some(whole)) = joiner.add(env) {
                     let digest = ring::digest::digest(&ring::digest::SHA256, &whole.image);
                     assert_eq!(digest.as_ref(), &whole.sha256[..]);
