@@ -606,10 +606,16 @@ mod tests {
                 &[1, 0xFF, 0x00, 2, 0xFF, 0xD3, 3, 0xFF, 0xD9],
                 Ok(vec![1, 0xFF, 0x00, 2, 0xFF, 0xD3, 3, 0xFF, 0xD9]),
             ),
-            // Fill bytes before EOI and garbage after it.
+            // Fill bytes before EOI (dropped) and garbage after it.
             (
                 &[1, 0xFF, 0xFF, 0xFF, 0xD9, 9, 9, 9],
-                Ok(vec![1, 0xFF, 0xFF, 0xFF, 0xD9]),
+                Ok(vec![1, 0xFF, 0xD9]),
+            ),
+            // Fill bytes go with the comment they precede: kept, they would
+            // run into the scan data after it as a marker (0xFF 0x02).
+            (
+                &[1, 0xFF, 0xFF, 0xFE, 0, 4, b'h', b'i', 2, 0xFF, 0xD9],
+                Ok(vec![1, 2, 0xFF, 0xD9]),
             ),
             // A comment before EOI is removed, a DHT between scans kept.
             (
