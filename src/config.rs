@@ -10,6 +10,8 @@
 //! - [`load_with_env`]: the same with an explicit environment (tests);
 //! - [`load_unchecked`]: [`load`] without the broker-file checks (provisioning,
 //!   which creates the device key, and the doctor, which checks files itself);
+//! - [`from_text`]: what those run once the file is read (text, environment,
+//!   validation; no broker-file checks), also the config fuzz target's entry;
 //! - [`from_toml_str`]: a TOML string only, no environment and no broker-file
 //!   checks (for tests of other modules).
 //!
@@ -71,8 +73,22 @@ pub fn load_unchecked_with_env(
         path: path.to_path_buf(),
         source,
     })?;
-    let base_dir = base_dir_of(path);
-    let checked = RawConfig::merge(&text, path, env).and_then(|raw| raw.validate(&base_dir));
+    from_text(&text, path, &base_dir_of(path), env)
+}
+
+/// The config file's `text` (read from `origin`, which messages name) with
+/// the `FACEGATE_*` entries of `env` applied, validated; relative paths are
+/// resolved against `base_dir`. What every loader above runs once it has
+/// read the file, and the entry point of the config fuzz target (`fuzz/`).
+/// Reads no file but the trust keys given by `public_key_file`; the broker
+/// TLS files are not checked ([`Config::check_files`]).
+pub fn from_text(
+    text: &str,
+    origin: &Path,
+    base_dir: &Path,
+    env: &[(String, String)],
+) -> Result<Config, ConfigError> {
+    let checked = RawConfig::merge(text, origin, env).and_then(|raw| raw.validate(base_dir));
     raw::blame_env(checked, env)
 }
 
@@ -81,8 +97,7 @@ pub fn load_unchecked_with_env(
 /// not checked (call [`Config::check_files`] for that), so tests may use
 /// placeholder paths; trust keys given by `public_key_file` are still read.
 pub fn from_toml_str(toml: &str, base_dir: &Path) -> Result<Config, ConfigError> {
-    let raw = RawConfig::merge(toml, Path::new("<inline config>"), &[])?;
-    raw.validate(base_dir)
+    from_text(toml, Path::new("<inline config>"), base_dir, &[])
 }
 
 /// Directory against which relative paths in the file at `path` are resolved:

@@ -383,7 +383,18 @@ fn clean_jpeg_tail(tail: &[u8]) -> Result<Vec<u8>, ImageError> {
             }
             _ => {}
         }
-        out.extend_from_slice(&tail[run_start..j]);
+        // Fill bytes (0xFF runs before a marker; in scan data a 0xFF is
+        // always followed by 0x00 or a restart marker, never by 0xFF) belong
+        // to the marker: dropped, so that removing a segment cannot leave
+        // them in front of the next scan data, where they would read as a
+        // new, bogus marker (found by fuzzing: the output was no longer an
+        // image this function accepts).
+        let fill = tail[run_start..j]
+            .iter()
+            .rev()
+            .take_while(|&&b| b == 0xFF)
+            .count();
+        out.extend_from_slice(&tail[run_start..j - fill]);
         if m == markers::EOI {
             out.extend_from_slice(&[0xFF, markers::EOI]);
             return Ok(std::mem::take(&mut *out));
@@ -595,10 +606,16 @@ mod tests {
                 &[1, 0xFF, 0x00, 2, 0xFF, 0xD3, 3, 0xFF, 0xD9],
                 Ok(vec![1, 0xFF, 0x00, 2, 0xFF, 0xD3, 3, 0xFF, 0xD9]),
             ),
-            // Fill bytes before EOI and garbage after it.
+            // Fill bytes before EOI (dropped) and garbage after it.
             (
                 &[1, 0xFF, 0xFF, 0xFF, 0xD9, 9, 9, 9],
-                Ok(vec![1, 0xFF, 0xFF, 0xFF, 0xD9]),
+                Ok(vec![1, 0xFF, 0xD9]),
+            ),
+            // Fill bytes go with the comment they precede: kept, they would
+            // run into the scan data after it as a marker (0xFF 0x02).
+            (
+                &[1, 0xFF, 0xFF, 0xFE, 0, 4, b'h', b'i', 2, 0xFF, 0xD9],
+                Ok(vec![1, 2, 0xFF, 0xD9]),
             ),
             // A comment before EOI is removed, a DHT between scans kept.
             (

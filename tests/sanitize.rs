@@ -489,3 +489,56 @@ fn progressive_jpeg_truncated_between_scans_rejected() {
         ImageError::Truncated(ContentType::Jpeg)
     );
 }
+
+/// Found by the `sanitize` fuzz target (fuzz/, RELIABILITY.md "Fuzzing"):
+/// files with fill bytes (`FF FF …`) before a metadata segment inside the
+/// scan data. The segment was removed but its fill bytes were kept, and ran
+/// into the scan data that followed as a bogus marker (`FF 1A`, `FF 7D`):
+/// the output was an image `sanitize` itself refuses. Fill bytes now go with
+/// their marker, so a sanitized image is a fixed point.
+#[test]
+fn jpeg_fill_bytes_go_with_a_dropped_segment() {
+    let found: [(&str, &[u8]); 2] = [
+        (
+            "jpeg-fill-before-dropped-app-1",
+            include_bytes!("fixtures/fuzz/sanitize/jpeg-fill-before-dropped-app-1.jpg"),
+        ),
+        (
+            "jpeg-fill-before-dropped-app-2",
+            include_bytes!("fixtures/fuzz/sanitize/jpeg-fill-before-dropped-app-2.jpg"),
+        ),
+    ];
+    for (name, raw) in found {
+        let clean = sanitize(raw, &limits()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let again = sanitize(&clean.bytes, &limits())
+            .unwrap_or_else(|e| panic!("{name}: the sanitized image is refused: {e}"));
+        assert!(again.bytes == clean.bytes, "{name}: not a fixed point");
+        assert!(
+            !clean.bytes.windows(2).any(|w| w == [0xFF, 0xFF]),
+            "{name}: fill bytes left"
+        );
+    }
+}
+
+/// Fill bytes before the segments after a scan (a legal JPEG) are dropped
+/// with them; pixels stay the same.
+#[test]
+fn jpeg_fill_bytes_between_scans_dropped() {
+    let clean = sanitize(PROGRESSIVE, &limits()).unwrap();
+    let second = clean
+        .bytes
+        .windows(2)
+        .enumerate()
+        .filter(|(_, w)| *w == [0xFF, markers::SOS])
+        .nth(1)
+        .unwrap()
+        .0;
+    // The segment before the second scan (a DHT or the SOS itself), with
+    // fill bytes and a comment in front of it.
+    let mut padded = clean.bytes[..second].to_vec();
+    padded.extend_from_slice(&[0xFF, 0xFF, 0xFF, 0xFE, 0x00, 0x04, b'h', b'i', 0xFF, 0xFF]);
+    padded.extend_from_slice(&clean.bytes[second..]);
+    let again = sanitize(&padded, &limits()).unwrap();
+    assert!(again.bytes == clean.bytes);
+    assert_same_pixels(&again.bytes, PROGRESSIVE);
+}

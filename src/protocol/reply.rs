@@ -584,4 +584,25 @@ mod tests {
         let refused = Reply::err(None, None, ErrorCode::Replayed, "seen");
         assert_eq!(refused.without_subject(), refused);
     }
+
+    /// Found by the `wire` fuzz target (fuzz/, RELIABILITY.md "Fuzzing"): a
+    /// reply whose result repeats member names is no known result (serde
+    /// refuses duplicate fields), so it is read as `Other` with the last
+    /// value of each member; written out again it has no duplicates and
+    /// reads as `Granted`. No panic and nothing lost; stable from the
+    /// second round on.
+    #[test]
+    fn a_result_with_duplicate_members_is_read_as_other() {
+        // The fuzz input: a selector byte, then the reply.
+        let input = include_bytes!("../../tests/fixtures/fuzz/wire/reply-duplicate-members");
+        let reply = Reply::from_bytes(&input[1..]).unwrap();
+        assert!(matches!(reply.result, Some(ReplyResult::Other(_))));
+        assert_eq!(reply.jti, None);
+        let once = Reply::from_bytes(&reply.to_bytes()).unwrap();
+        let Some(ReplyResult::Granted(granted)) = &once.result else {
+            panic!("read again as {:?}", once.result);
+        };
+        assert_eq!(granted.consent_id.as_str(), "c-1");
+        assert_eq!(Reply::from_bytes(&once.to_bytes()).unwrap(), once);
+    }
 }
