@@ -360,6 +360,11 @@ async fn several_captures_are_in_parts_at_once_and_a_revocation_stops_only_its_o
         let subject = if i % 2 == 0 { "S-gone" } else { "S-kept" };
         d.drop_pair(&format!("big{i}"), "jpg", image, Some(subject));
     }
+    // All four are in the outbox before anything is judged (on a loaded
+    // machine intake may take them in over seconds); nothing leaves it while
+    // the PUBACKs are held.
+    d.wait_spool_empty(T);
+    assert_eq!(d.outbox_len(), 4);
     // No PUBACK reaches the device: whatever arrives was handed over on the
     // window alone. Parts of every capture arrive, not only of the first.
     let mut up = Uploads::new();

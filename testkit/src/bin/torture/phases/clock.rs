@@ -9,9 +9,11 @@
 //! modification times and `captured_at` with the same offset, and a jump
 //! falls between two pairs (a pair half-written at a forward jump has an
 //! image that looks older than the grace period: see RELIABILITY.md).
-//! What a jump did to consents and the outbox is reported (active consents,
-//! purged counter); only lost, uploaded-after-revocation and duplicates are
-//! judged. Skipped when libfaketime is missing.
+//! Judged besides lost, uploaded-after-revocation and duplicates: both
+//! consents still active at the end and no spool entry removed as a stray
+//! (the daemon holds irreversible actions while its clock is suspect and
+//! ages leftovers on the monotonic clock). Skipped when libfaketime is
+//! missing.
 
 use std::path::Path;
 use std::time::Duration;
@@ -98,8 +100,22 @@ pub fn run(world: &mut World, row: &mut Row) {
         .filter(|l| l.contains("removed stray spool entry"))
         .count();
     row.notes.push(format!(
-        "offsets {}; active consents at the end {consents} of 2 (a consent dropped because of a jump shows here); purged counter {} (the revoked subject's captures); stray spool entries removed {strays} (the camera's clock jumps with the daemon's; a jump never falls inside a pair being written)",
+        "offsets {}; active consents at the end {consents} of 2; purged counter {} (the revoked subject's captures); stray spool entries removed {strays}",
         shown.join(" → "),
         row.purged
     ));
+    // The daemon holds irreversible time-based actions while its clock is
+    // suspect (ARCHITECTURE I15): no consent may go because of a jump, and
+    // spool leftovers are aged on the monotonic clock, so no file the
+    // camera is writing is removed.
+    if consents != 2 {
+        row.failures.push(format!(
+            "clock: {consents} active consents at the end, not 2: a jump removed a consent"
+        ));
+    }
+    if strays > 0 {
+        row.failures.push(format!(
+            "clock: {strays} spool entries removed as strays during the jumps"
+        ));
+    }
 }
