@@ -159,6 +159,9 @@ pub(crate) enum Fleet {
     /// Print the broker ACL (Mosquitto) confining each device to its own topics.
     #[command(long_about = ACL_ABOUT)]
     Acl(AclArgs),
+    /// One line per device of a site from the retained status topics: state,
+    /// last seen, outbox, quarantined, consent-log sync, counters.
+    Status(Box<StatusArgs>),
     /// The site consent log (reference back-end): publish its head, send
     /// devices what they miss, compact it.
     Log {
@@ -201,6 +204,30 @@ pub(crate) struct BrokerArgs {
     /// Topic prefix.
     #[arg(long, default_value = "facegate")]
     pub(crate) prefix: String,
+}
+
+#[derive(Args)]
+pub(crate) struct StatusArgs {
+    #[command(flatten)]
+    pub(crate) broker: BrokerArgs,
+    /// The site.
+    #[arg(long)]
+    pub(crate) site: String,
+    /// One JSON object per device and line (device, health, last_seen,
+    /// last_seen_age_s and the status as published) instead of the table.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Keep following the statuses and redraw the table in place (JSON: a
+    /// line per status received); stop with Ctrl-C or SIGTERM.
+    #[arg(long)]
+    pub(crate) watch: bool,
+    /// An online device whose last status is older than this is shown as
+    /// SILENT (its status_interval is 60s by default).
+    #[arg(long, default_value = "5m")]
+    pub(crate) stale: humantime::Duration,
+    /// How long to wait for the broker.
+    #[arg(long, default_value = "10s")]
+    pub(crate) timeout: humantime::Duration,
 }
 
 #[derive(Args)]
