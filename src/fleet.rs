@@ -4,8 +4,10 @@
 //! ACL that confines each device certificate to its own topics.
 
 pub mod acl;
+pub mod inbox;
 pub mod log;
 pub mod overview;
+pub mod receive;
 
 use std::path::PathBuf;
 use std::time::Duration;

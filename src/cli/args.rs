@@ -162,6 +162,10 @@ pub(crate) enum Fleet {
     /// One line per device of a site from the retained status topics: state,
     /// last seen, outbox, quarantined, consent-log sync, counters.
     Status(Box<StatusArgs>),
+    /// The reference receiver: store a site's captures once each (parts
+    /// joined, sha256 checked) and delete a subject's copies when a purge
+    /// receipt arrives, also those still in flight. Runs until SIGTERM.
+    Receive(Box<ReceiveArgs>),
     /// The site consent log (reference back-end): publish its head, send
     /// devices what they miss, compact it.
     Log {
@@ -228,6 +232,31 @@ pub(crate) struct StatusArgs {
     /// How long to wait for the broker.
     #[arg(long, default_value = "10s")]
     pub(crate) timeout: humantime::Duration,
+}
+
+#[derive(Args)]
+pub(crate) struct ReceiveArgs {
+    #[command(flatten)]
+    pub(crate) broker: BrokerArgs,
+    /// The site.
+    #[arg(long)]
+    pub(crate) site: String,
+    /// Where captures go: DIR/{site}/{device}/{capture_id}.{jpg|png} and
+    /// .json, DIR/deletions.log, and the receiver's own state in DIR/.receive.
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+    /// MQTT client id of the receiver's persistent session (default
+    /// fleet-receive-SITE; a broker with use_username_as_clientid uses the
+    /// certificate's name instead).
+    #[arg(long = "client-id")]
+    pub(crate) client_id: Option<String>,
+    /// Largest message accepted: at least the devices' largest whole
+    /// capture message (their mqtt.max_packet_size).
+    #[arg(long = "max-packet-size", default_value_t = 16 * 1024 * 1024)]
+    pub(crate) max_packet_size: usize,
+    /// How often progress goes to stderr.
+    #[arg(long, default_value = "10s")]
+    pub(crate) progress: humantime::Duration,
 }
 
 #[derive(Args)]

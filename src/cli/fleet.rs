@@ -17,8 +17,8 @@ use facegate::fleet::log::{self as sitelog, Record};
 use facegate::protocol::CommandName;
 
 use super::args::{
-    AclArgs, BrokerArgs, Fleet, FleetLog, LogCompactArgs, LogHeadArgs, LogSyncArgs, SendArgs,
-    StatusArgs,
+    AclArgs, BrokerArgs, Fleet, FleetLog, LogCompactArgs, LogHeadArgs, LogSyncArgs, ReceiveArgs,
+    SendArgs, StatusArgs,
 };
 
 /// Runs one fleet subcommand.
@@ -73,6 +73,7 @@ pub fn execute(command: Fleet) -> anyhow::Result<ExitCode> {
         Fleet::Send(a) => return fleet_send(*a, now),
         Fleet::Acl(a) => print!("{}", fleet_acl(&a)?),
         Fleet::Status(a) => fleet_status(*a)?,
+        Fleet::Receive(a) => fleet_receive(*a)?,
         Fleet::Log { command } => match command {
             FleetLog::Head(a) => log_head(*a, now)?,
             FleetLog::Sync(a) => return log_sync(*a, now),
@@ -438,4 +439,37 @@ async fn watch(
         Ok(Err(e)) => Err(e.into()),
         _ => Ok(()),
     }
+}
+
+/// `fleet receive`: runs the reference receiver until SIGTERM or Ctrl-C.
+fn fleet_receive(a: ReceiveArgs) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+
+    let req = fleet::receive::ReceiveRequest {
+        conn: broker_conn(a.broker)?,
+        client_id: a
+            .client_id
+            .unwrap_or_else(|| format!("fleet-receive-{}", a.site)),
+        site: a.site,
+        out: a.out,
+        max_packet_size: a.max_packet_size,
+        progress_every: *a.progress,
+        retry: std::time::Duration::from_secs(2),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            let _ = tx.send(true);
+        });
+        fleet::receive::receive(&req, rx).await?;
+        Ok(())
+    })
 }
