@@ -27,6 +27,10 @@ struct Receiver {
 
 impl Receiver {
     fn start(broker: &Broker, tls: &ClientCreds, out: &Path) -> Receiver {
+        Receiver::start_with(broker, tls, out, &[])
+    }
+
+    fn start_with(broker: &Broker, tls: &ClientCreds, out: &Path, extra: &[&str]) -> Receiver {
         let log = out.with_extension(format!("log{}", rand_suffix()));
         let child = Command::new(env!("CARGO_BIN_EXE_facegate"))
             .args(["fleet", "receive", "--site", SITE, "--broker"])
@@ -40,6 +44,7 @@ impl Receiver {
             .arg("--out")
             .arg(out)
             .args(["--progress", "1s"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap())
             .spawn()
@@ -393,4 +398,74 @@ fn in_flight_arrivals_after_the_receipt_and_corrupt_parts_are_never_kept() {
     assert!(deletions
         .iter()
         .all(|l| l["subject"] == "S-9" && l["device"] == "term-02"));
+}
+
+#[test]
+fn two_receivers_on_a_shared_subscription_store_each_capture_once() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("inbox");
+    let one = Receiver::start_with(
+        &broker,
+        &broker.issue_client("fleet-2"),
+        &out,
+        &["--share", "rx"],
+    );
+    let two = Receiver::start_with(
+        &broker,
+        &broker.issue_client("fleet-3"),
+        &out,
+        &["--share", "rx"],
+    );
+    let d = daemon(&broker);
+    d.wait_uplink_connected(T);
+    d.grant("S-1");
+    for i in 0..12 {
+        d.drop_pair(
+            &format!("s{i}"),
+            "jpg",
+            &synth::face_jpeg(320, 240, i, 90),
+            Some("S-1"),
+        );
+    }
+    d.drop_pair(
+        "sbig",
+        "jpg",
+        &synth::face_jpeg(1440, 1080, 3, 95),
+        Some("S-1"),
+    );
+    let got = wait_stored(&out, 13, T);
+    assert_eq!(got.len(), 13, "{}\n{}", one.log_text(), two.log_text());
+    std::thread::sleep(Duration::from_millis(1500));
+    let (log1, log2) = (one.stop(), two.stop());
+    let stored_by = |log: &str| -> u64 {
+        let last = log
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("stored "))
+            .unwrap_or("stored 0");
+        last.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let (n1, n2) = (stored_by(&log1), stored_by(&log2));
+    // Both may complete the large capture's parts at the same moment; it is
+    // still stored once (same name, same bytes) and counted once.
+    assert!(n1 + n2 >= 13, "{log1}\n{log2}");
+    assert!(n1 > 0 && n2 > 0, "both took a share: {n1} and {n2}");
+    let got = stored(&out);
+    let ids: HashSet<&str> = got
+        .iter()
+        .map(|(m, _)| m["capture_id"].as_str().unwrap())
+        .collect();
+    assert_eq!((got.len(), ids.len()), (13, 13));
+    for (meta, image) in &got {
+        assert_eq!(
+            meta["sha256"].as_str().unwrap(),
+            hex(digest::digest(&digest::SHA256, image).as_ref())
+        );
+    }
+    assert_eq!(
+        fs::read_dir(out.join(".receive/parts")).unwrap().count(),
+        0,
+        "no part left behind"
+    );
 }

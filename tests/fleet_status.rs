@@ -81,9 +81,8 @@ fn lists_an_online_and_an_offline_device_with_their_outbox() {
             String::from_utf8_lossy(&out.stderr)
         );
         let rows = json_lines(&String::from_utf8_lossy(&out.stdout));
-        let ready = rows.len() == 2
-            && rows[0]["status"]["outbox"]["captures"] == 3
-            && rows[1]["health"] == "offline";
+        let ready =
+            rows.len() == 2 && rows[0]["outbox"]["captures"] == 3 && rows[1]["health"] == "offline";
         if ready || Instant::now() > deadline {
             break rows;
         }
@@ -98,13 +97,13 @@ fn lists_an_online_and_an_offline_device_with_their_outbox() {
     );
     // The same outbox as the device's own status says.
     let local = online.ctl_json(&["status", "--json"]);
-    assert_eq!(rows[0]["status"]["outbox"]["captures"], 3, "{rows:?}");
+    assert_eq!(rows[0]["outbox"]["captures"], 3, "{rows:?}");
     assert_eq!(
-        rows[0]["status"]["outbox"]["bytes"], local["outbox"]["bytes"],
+        rows[0]["outbox"]["bytes"], local["outbox"]["bytes"],
         "{rows:?} / {local}"
     );
-    assert_eq!(rows[0]["status"]["counters"]["accepted"], 3);
-    assert_eq!(rows[0]["status"]["consent_log"]["in_sync"], false);
+    assert_eq!(rows[0]["counters"]["accepted"], 3);
+    assert_eq!(rows[0]["consent_log"]["in_sync"], false);
     assert_eq!(rows[1]["device"], "term-02");
     assert_eq!(rows[1]["health"], "offline");
     assert_eq!(rows[1]["last_seen"], Value::Null);

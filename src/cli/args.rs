@@ -217,8 +217,8 @@ pub(crate) struct StatusArgs {
     /// The site.
     #[arg(long)]
     pub(crate) site: String,
-    /// One JSON object per device and line (device, health, last_seen,
-    /// last_seen_age_s and the status as published) instead of the table.
+    /// One JSON object per device and line (the status as published, plus
+    /// device, health, last_seen and last_seen_age_s) instead of the table.
     #[arg(long)]
     pub(crate) json: bool,
     /// Keep following the statuses and redraw the table in place (JSON: a
@@ -257,6 +257,11 @@ pub(crate) struct ReceiveArgs {
     /// How often progress goes to stderr.
     #[arg(long, default_value = "10s")]
     pub(crate) progress: humantime::Duration,
+    /// Run as one of several receivers on a shared subscription
+    /// ($share/GROUP/...): each with its own certificate, all with the same
+    /// --out (a directory they share); each capture is stored once.
+    #[arg(long)]
+    pub(crate) share: Option<String>,
 }
 
 #[derive(Args)]

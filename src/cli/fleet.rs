@@ -455,6 +455,7 @@ fn fleet_receive(a: ReceiveArgs) -> anyhow::Result<()> {
         max_packet_size: a.max_packet_size,
         progress_every: *a.progress,
         retry: std::time::Duration::from_secs(2),
+        share: a.share,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -20,13 +20,12 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::parts::ReassemblyError;
-use crate::protocol::{Envelope, Reassembler, Receipt};
+use crate::protocol::{Envelope, Receipt};
 
 /// Why the inbox could not do its work.
 #[derive(Debug, thiserror::Error)]
@@ -132,14 +131,22 @@ pub struct InboxCounts {
     pub deleted_on_arrival: u64,
 }
 
-/// The receiver's durable store.
+/// The receiver's durable store. Several receivers (a shared
+/// subscription) may use one directory: the lists of ids taken and of
+/// receipts are shared append-only files each one reads again before a
+/// decision, parts are joined from the shared parts directory, and a
+/// capture stored while another receiver took a receipt for it is deleted
+/// by whichever of the two comes second.
 pub struct Inbox {
     out: PathBuf,
     state: PathBuf,
     received: HashSet<String>,
+    /// Bytes of `received` read so far.
+    received_seen: u64,
     received_log: File,
     revocations: Vec<Revocation>,
-    reassembler: Reassembler,
+    /// Bytes of `revocations` read so far.
+    revocations_seen: u64,
     /// capture id → where it is stored.
     index: HashMap<String, Stored>,
     /// Counts since open.
@@ -166,7 +173,12 @@ fn fsync_dir(dir: &Path) -> Result<(), InboxError> {
 /// of the directory.
 fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), InboxError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = path.with_extension("tmp");
+    // A name of its own: another receiver may write the same file at once.
+    let tmp = path.with_file_name(format!(
+        ".{}.{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        uuid::Uuid::new_v4().simple()
+    ));
     let mut f = File::create(&tmp).map_err(io(&tmp))?;
     f.write_all(bytes).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
@@ -187,17 +199,6 @@ fn open_append(path: &Path) -> Result<File, InboxError> {
         .append(true)
         .open(path)
         .map_err(io(path))
-}
-
-fn read_lines(path: &Path) -> Result<Vec<String>, InboxError> {
-    match File::open(path) {
-        Ok(f) => BufReader::new(f)
-            .lines()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(io(path)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(io(path)(e)),
-    }
 }
 
 /// The metadata file: the envelope without its image.
@@ -232,42 +233,86 @@ impl Meta {
     }
 }
 
+/// Reads the complete lines appended to `path` since byte `seen`; moves
+/// `seen` past them.
+fn read_new_lines(path: &Path, seen: &mut u64) -> Result<Vec<String>, InboxError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(path)(e)),
+    };
+    f.seek(SeekFrom::Start(*seen)).map_err(io(path))?;
+    let mut text = String::new();
+    f.read_to_string(&mut text).map_err(io(path))?;
+    // A line another receiver is still appending is left for next time.
+    let complete = text.rfind('\n').map_or(0, |i| i + 1);
+    *seen += complete as u64;
+    Ok(text[..complete]
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
 impl Inbox {
     /// Opens (creating) the inbox in `out`: reads the ids taken, the
-    /// remembered revocations, the stored captures and the parts waiting.
+    /// remembered receipts and the stored captures, and removes parts of
+    /// captures already taken (left by a crash).
     pub fn open(out: &Path) -> Result<Inbox, InboxError> {
         let state = out.join(".receive");
         fs::create_dir_all(state.join("parts")).map_err(io(&state))?;
-        let received_path = state.join("received");
-        let received: HashSet<String> = read_lines(&received_path)?
-            .into_iter()
-            .filter(|l| !l.is_empty())
-            .collect();
-        let revocations_path = state.join("revocations");
-        let mut revocations = Vec::new();
-        for (i, line) in read_lines(&revocations_path)?.iter().enumerate() {
-            if line.is_empty() {
-                continue;
-            }
-            revocations.push(serde_json::from_str(line).map_err(|e| InboxError::Corrupt {
-                path: revocations_path.clone(),
-                line: i + 1,
-                reason: e.to_string(),
-            })?);
-        }
         let mut inbox = Inbox {
             out: out.to_path_buf(),
-            received_log: open_append(&received_path)?,
+            received_log: open_append(&state.join("received"))?,
             state,
-            received,
-            revocations,
-            reassembler: Reassembler::new(),
+            received: HashSet::new(),
+            received_seen: 0,
+            revocations: Vec::new(),
+            revocations_seen: 0,
             index: HashMap::new(),
             counts: InboxCounts::default(),
         };
+        inbox.refresh()?;
         inbox.index_stored()?;
-        inbox.reload_parts()?;
+        let dir = inbox.state.join("parts");
+        let mut taken = Vec::new();
+        for e in fs::read_dir(&dir).map_err(io(&dir))?.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if let Some((id, _)) = name.split_once('.') {
+                if inbox.received.contains(id) {
+                    taken.push(id.to_string());
+                }
+            }
+        }
+        for id in taken {
+            inbox.remove_parts(&id)?;
+        }
         Ok(inbox)
+    }
+
+    /// Reads what other receivers appended to the shared lists.
+    fn refresh(&mut self) -> Result<(), InboxError> {
+        let path = self.state.join("received");
+        for id in read_new_lines(&path, &mut self.received_seen)? {
+            self.received.insert(id);
+        }
+        let path = self.state.join("revocations");
+        let before = self.revocations_seen;
+        for (i, line) in read_new_lines(&path, &mut self.revocations_seen)?
+            .iter()
+            .enumerate()
+        {
+            let rev: Revocation = serde_json::from_str(line).map_err(|e| InboxError::Corrupt {
+                path: path.clone(),
+                line: i + 1,
+                reason: format!("{e} (in the lines after byte {before})"),
+            })?;
+            if !self.revocations.contains(&rev) {
+                self.revocations.push(rev);
+            }
+        }
+        Ok(())
     }
 
     /// Where captures and `deletions.log` are.
@@ -275,18 +320,32 @@ impl Inbox {
         &self.out
     }
 
-    /// How many captures are stored.
+    /// How many captures this receiver knows stored.
     pub fn stored(&self) -> usize {
         self.index.len()
     }
 
     /// Captures with some parts waiting for the rest.
     pub fn incomplete(&self) -> usize {
-        self.reassembler.incomplete()
+        let dir = self.state.join("parts");
+        let ids: HashSet<String> = fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                name.ends_with(".part")
+                    .then(|| name.split('.').next().map(str::to_string))
+                    .flatten()
+            })
+            .collect();
+        ids.len()
     }
 
-    /// Reads `{site}/{device}/*.json` into the index.
+    /// Reads `{site}/{device}/*.json` into the index (again: another
+    /// receiver may have stored captures).
     fn index_stored(&mut self) -> Result<(), InboxError> {
+        self.index.clear();
         let Ok(sites) = fs::read_dir(&self.out) else {
             return Ok(());
         };
@@ -325,34 +384,7 @@ impl Inbox {
         Ok(())
     }
 
-    /// Feeds the parts kept on disk back into the reassembler.
-    fn reload_parts(&mut self) -> Result<(), InboxError> {
-        let dir = self.state.join("parts");
-        let mut files: Vec<PathBuf> = fs::read_dir(&dir)
-            .map_err(io(&dir))?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("part"))
-            .collect();
-        files.sort();
-        for p in files {
-            let Ok(bytes) = fs::read(&p) else { continue };
-            let Ok(env) = serde_json::from_slice::<Envelope>(&bytes) else {
-                let _ = fs::remove_file(&p);
-                continue;
-            };
-            // A part whose capture completed before a crash: its files are
-            // still here but the capture is taken.
-            if self.received.contains(&env.capture_id) {
-                self.remove_parts(&env.capture_id)?;
-                continue;
-            }
-            self.join_part(env)?;
-        }
-        Ok(())
-    }
-
-    /// Whether a remembered revocation covers this capture.
+    /// Whether a remembered receipt covers this capture.
     fn revoked(&self, env: &Envelope) -> bool {
         self.revocations.iter().any(|r| {
             r.site == env.site
@@ -376,65 +408,124 @@ impl Inbox {
                 return Ok(Taken::BadName { field });
             }
         }
+        self.refresh()?;
         if self.received.contains(&env.capture_id) {
             self.counts.duplicates += 1;
             return Ok(Taken::Duplicate);
         }
         if self.revoked(&env) {
-            let (site, device, subject) =
-                (env.site.clone(), env.device.clone(), env.subject.clone());
-            self.remove_parts(&env.capture_id)?;
-            self.mark_received(&env.capture_id)?;
-            self.log_deletion(Some(&subject), &site, &device, 1, now)?;
+            self.delete_on_arrival(&env, now)?;
+            return Ok(Taken::DeletedOnArrival);
+        }
+        let whole = match (env.part, env.parts) {
+            (None, None) => env,
+            (Some(part), Some(parts)) if part < parts => {
+                write_durably(
+                    &self.part_path(&env.capture_id, parts, part),
+                    &env.to_bytes(),
+                )?;
+                match self.joined(&env.capture_id, parts)? {
+                    Some(Ok(whole)) => whole,
+                    Some(Err(reason)) => {
+                        self.remove_parts(&env.capture_id)?;
+                        self.mark_received(&env.capture_id)?;
+                        self.counts.refused += 1;
+                        return Ok(Taken::Refused { reason });
+                    }
+                    None => return Ok(Taken::PartKept),
+                }
+            }
+            (part, parts) => {
+                self.mark_received(&env.capture_id)?;
+                self.counts.refused += 1;
+                return Ok(Taken::Refused {
+                    reason: format!("bad part numbers (part {part:?} of {parts:?})"),
+                });
+            }
+        };
+        let digest = ring::digest::digest(&ring::digest::SHA256, &whole.image);
+        if digest.as_ref() != whole.sha256 {
+            self.remove_parts(&whole.capture_id)?;
+            self.mark_received(&whole.capture_id)?;
+            self.counts.refused += 1;
+            return Ok(Taken::Refused {
+                reason: "the image does not match its sha256".into(),
+            });
+        }
+        let path = self.store(&whole)?;
+        self.remove_parts(&whole.capture_id)?;
+        // Another receiver may have taken a receipt for it meanwhile: it
+        // appended the receipt before looking for stored captures, so one of
+        // the two sees the other.
+        self.refresh()?;
+        if self.revoked(&whole) {
+            self.delete_stored(&whole.capture_id)?;
+            self.log_deletion(Some(&whole.subject), &whole.site, &whole.device, 1, now)?;
+            self.counts.stored = self.counts.stored.saturating_sub(1);
             self.counts.deleted_on_arrival += 1;
             return Ok(Taken::DeletedOnArrival);
         }
-        if env.part.is_some() || env.parts.is_some() {
-            let path = self.part_path(&env);
-            if let (Some(_), Some(_)) = (env.part, env.parts) {
-                let bytes = env.to_bytes();
-                write_durably(&path, &bytes)?;
-            }
-        }
-        match self.join_part(env)? {
-            Some(taken) => Ok(taken),
-            None => Ok(Taken::PartKept),
-        }
+        Ok(Taken::Stored { path })
     }
 
-    /// Gives the envelope to the reassembler; stores the capture when it is
-    /// whole. `None` while parts are missing.
-    fn join_part(&mut self, env: Envelope) -> Result<Option<Taken>, InboxError> {
-        let capture_id = env.capture_id.clone();
-        match self.reassembler.add(env) {
-            Ok(None) => Ok(None),
-            Ok(Some(whole)) => {
-                let path = self.store(&whole)?;
-                self.remove_parts(&capture_id)?;
-                Ok(Some(Taken::Stored { path }))
-            }
-            Err(e) => {
-                let reason = match &e {
-                    ReassemblyError::DigestMismatch { .. } => {
-                        "the image does not match its sha256".to_string()
-                    }
-                    other => other.to_string(),
-                };
-                self.remove_parts(&capture_id)?;
-                self.mark_received(&capture_id)?;
-                self.counts.refused += 1;
-                Ok(Some(Taken::Refused { reason }))
-            }
-        }
+    fn delete_on_arrival(&mut self, env: &Envelope, now: i64) -> Result<(), InboxError> {
+        self.remove_parts(&env.capture_id)?;
+        self.mark_received(&env.capture_id)?;
+        self.log_deletion(Some(&env.subject), &env.site, &env.device, 1, now)?;
+        self.counts.deleted_on_arrival += 1;
+        Ok(())
     }
 
-    fn part_path(&self, env: &Envelope) -> PathBuf {
-        self.state.join("parts").join(format!(
-            "{}.{}.{}.part",
-            env.capture_id,
-            env.parts.unwrap_or(0),
-            env.part.unwrap_or(0)
-        ))
+    /// The whole capture once every part of the `parts`-way split is on
+    /// disk: `Some(Ok)` joined in `part` order, `Some(Err)` when the parts
+    /// disagree, `None` while some are missing.
+    #[allow(clippy::type_complexity)]
+    fn joined(
+        &self,
+        capture_id: &str,
+        parts: u32,
+    ) -> Result<Option<Result<Envelope, String>>, InboxError> {
+        let mut set = BTreeMap::new();
+        for part in 0..parts {
+            let path = self.part_path(capture_id, parts, part);
+            match fs::read(&path) {
+                Ok(bytes) => {
+                    set.insert(part, bytes);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(io(&path)(e)),
+            }
+        }
+        let mut whole: Option<Envelope> = None;
+        let mut image = Vec::new();
+        for (part, bytes) in set {
+            let env = match Envelope::from_bytes(&bytes) {
+                Ok(env) => env,
+                Err(e) => return Ok(Some(Err(format!("part {part}: {e}")))),
+            };
+            image.extend_from_slice(&env.image);
+            if let Some(first) = &whole {
+                if first.sha256 != env.sha256 || first.subject != env.subject {
+                    return Ok(Some(Err(format!(
+                        "part {part} names another image or subject than part 0"
+                    ))));
+                }
+            } else {
+                whole = Some(Envelope {
+                    image: Vec::new(),
+                    part: None,
+                    parts: None,
+                    ..env
+                });
+            }
+        }
+        Ok(whole.map(|w| Ok(Envelope { image, ..w })))
+    }
+
+    fn part_path(&self, capture_id: &str, parts: u32, part: u32) -> PathBuf {
+        self.state
+            .join("parts")
+            .join(format!("{capture_id}.{parts}.{part}.part"))
     }
 
     fn remove_parts(&mut self, capture_id: &str) -> Result<(), InboxError> {
@@ -444,8 +535,12 @@ impl Inbox {
         for e in fs::read_dir(&dir).map_err(io(&dir))?.flatten() {
             if e.file_name().to_string_lossy().starts_with(&prefix) {
                 let p = e.path();
-                fs::remove_file(&p).map_err(io(&p))?;
-                removed = true;
+                match fs::remove_file(&p) {
+                    Ok(()) => removed = true,
+                    // Another receiver removed it first.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io(&p)(e)),
+                }
             }
         }
         if removed {
@@ -468,6 +563,10 @@ impl Inbox {
         fs::create_dir_all(&dir).map_err(io(&dir))?;
         let image = dir.join(format!("{}.{}", env.capture_id, ext_of(&env.content_type)));
         let meta = dir.join(format!("{}.json", env.capture_id));
+        // Two receivers sharing the directory may both complete the same
+        // parts at once: both write the same bytes under the same names, so
+        // the capture is still there once; the second counts a duplicate.
+        let again = meta.exists();
         write_durably(&image, &env.image)?;
         let text = serde_json::to_vec_pretty(&Meta::of(env)).unwrap_or_default();
         write_durably(&meta, &text)?;
@@ -481,8 +580,31 @@ impl Inbox {
                 meta,
             },
         );
-        self.counts.stored += 1;
+        if again {
+            self.counts.duplicates += 1;
+        } else {
+            self.counts.stored += 1;
+        }
         Ok(image)
+    }
+
+    /// Removes a stored capture's files (fsync'd); `false` when it was not
+    /// stored.
+    fn delete_stored(&mut self, capture_id: &str) -> Result<bool, InboxError> {
+        let Some(s) = self.index.remove(capture_id) else {
+            return Ok(false);
+        };
+        for p in [&s.image, &s.meta] {
+            match fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(p)(e)),
+            }
+        }
+        if let Some(d) = s.image.parent() {
+            fsync_dir(d)?;
+        }
+        Ok(true)
     }
 
     fn log_deletion(
@@ -531,8 +653,9 @@ impl Inbox {
             in_flight: in_flight.clone(),
             purged_at: receipt.purged_at,
         };
-        // Remembered first: a crash after it redoes the deletions at the
-        // next redelivery of the reply, or on arrival.
+        // Remembered first (see `take`): a capture stored from now on is
+        // deleted by its receiver; one stored before is found below.
+        self.refresh()?;
         if !self.revocations.contains(&rev) {
             let path = self.state.join("revocations");
             let mut f = open_append(&path)?;
@@ -543,6 +666,7 @@ impl Inbox {
             )?;
             self.revocations.push(rev);
         }
+        self.index_stored()?;
         let doomed: Vec<String> = self
             .index
             .iter()
@@ -551,28 +675,15 @@ impl Inbox {
             })
             .map(|(id, _)| id.clone())
             .collect();
-        let mut dirs = BTreeMap::new();
+        let mut deleted = 0;
         for id in &doomed {
-            if let Some(s) = self.index.remove(id) {
-                for p in [&s.image, &s.meta] {
-                    match fs::remove_file(p) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(io(p)(e)),
-                    }
-                }
-                if let Some(d) = s.image.parent() {
-                    dirs.insert(d.to_path_buf(), ());
-                }
+            if self.delete_stored(id)? {
+                deleted += 1;
             }
-        }
-        for d in dirs.keys() {
-            fsync_dir(d)?;
         }
         for id in &in_flight {
             self.remove_parts(id)?;
         }
-        let deleted = doomed.len() as u64;
         self.counts.deleted += deleted;
         self.log_deletion(subject.as_deref(), site, device, deleted, now)?;
         Ok(deleted)
@@ -796,5 +907,38 @@ mod tests {
             last = Some(inbox.take(p, NOW).unwrap());
         }
         assert!(matches!(last, Some(Taken::Stored { .. })));
+    }
+
+    #[test]
+    fn two_receivers_on_one_directory_share_parts_ids_and_receipts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = Inbox::open(dir.path()).unwrap();
+        let mut b = Inbox::open(dir.path()).unwrap();
+        // The parts of one capture split between the two.
+        let image: Vec<u8> = (0..3000u32).map(|i| (i * 13) as u8).collect();
+        let parts = parts_of(&envelope("p", "S-1", &image), 3);
+        assert_eq!(a.take(parts[0].clone(), NOW).unwrap(), Taken::PartKept);
+        assert_eq!(b.take(parts[2].clone(), NOW).unwrap(), Taken::PartKept);
+        assert_eq!(b.incomplete(), 1);
+        let Taken::Stored { path } = a.take(parts[1].clone(), NOW).unwrap() else {
+            panic!("not joined from the shared parts")
+        };
+        assert_eq!(fs::read(path).unwrap(), image);
+        // A redelivery to the other one is a duplicate.
+        assert_eq!(b.take(parts[2].clone(), NOW).unwrap(), Taken::Duplicate);
+        // b stored one of S-2 before a takes the receipt: a finds it.
+        b.take(envelope("x", "S-2", b"x"), NOW).unwrap();
+        assert_eq!(
+            a.apply_receipt("lobby", "term-01", &receipt(Some("S-2"), &["late"]), NOW)
+                .unwrap(),
+            1
+        );
+        assert!(!dir.path().join("lobby/term-01/x.jpg").exists());
+        // The in-flight one arrives at b, which never saw the receipt.
+        assert_eq!(
+            b.take(envelope("late", "S-2", b"l"), NOW).unwrap(),
+            Taken::DeletedOnArrival
+        );
+        assert!(!dir.path().join("lobby/term-01/late.jpg").exists());
     }
 }

@@ -47,7 +47,9 @@ pub struct DeviceRow {
     pub last_seen: Option<i64>,
     /// Seconds from `last_seen` to now (0 when the device's clock is ahead).
     pub last_seen_age_s: Option<u64>,
-    /// The status as the device published it.
+    /// The status as the device published it (its fields sit next to the
+    /// ones above in JSON: `state`, `ts`, `outbox`, `counters`, ...).
+    #[serde(flatten)]
     pub status: Status,
 }
 
@@ -194,7 +196,8 @@ pub fn render(rows: &[DeviceRow], site: &str) -> String {
     out
 }
 
-/// One JSON object per row and line.
+/// One JSON object per row and line: the status as published, plus
+/// `device`, `health`, `last_seen` and `last_seen_age_s`.
 pub fn render_json(rows: &[DeviceRow]) -> String {
     rows.iter()
         .filter_map(|r| serde_json::to_string(r).ok())
@@ -374,13 +377,14 @@ mod tests {
         assert_eq!(lines[0]["device"], "a");
         assert_eq!(lines[0]["health"], "offline");
         assert_eq!(lines[0]["last_seen"], Value::Null);
-        assert_eq!(
-            lines[0]["status"],
-            serde_json::json!({"v":1,"state":"offline"})
-        );
+        assert_eq!(lines[0]["state"], "offline");
+        assert_eq!(lines[0]["v"], 1);
+        assert!(lines[0].get("outbox").is_none());
         assert_eq!(lines[1]["health"], "online");
         assert_eq!(lines[1]["last_seen"], clock::rfc3339(NOW - 1));
         assert_eq!(lines[1]["last_seen_age_s"], 1);
-        assert_eq!(lines[1]["status"]["outbox"]["captures"], 3);
+        assert_eq!(lines[1]["state"], "online");
+        assert_eq!(lines[1]["outbox"]["captures"], 3);
+        assert_eq!(lines[1]["ts"], clock::rfc3339(NOW - 1));
     }
 }

@@ -33,6 +33,10 @@ pub struct ReceiveRequest {
     pub progress_every: Duration,
     /// Wait before connecting again after a lost connection.
     pub retry: Duration,
+    /// Shared subscription group: several receivers (each with its own
+    /// certificate) on one output directory split the site's messages,
+    /// each capture stored once.
+    pub share: Option<String>,
 }
 
 /// Why the receiver stopped.
@@ -87,7 +91,11 @@ pub async fn receive(
                 // Subscribed on every connection: a broker without
                 // persistence forgets the session.
                 for filter in [&topics.captures, &topics.replies] {
-                    let _ = client.subscribe(filter.clone(), QoS::AtLeastOnce).await;
+                    let filter = match &req.share {
+                        Some(group) => format!("$share/{group}/{filter}"),
+                        None => filter.clone(),
+                    };
+                    let _ = client.subscribe(filter, QoS::AtLeastOnce).await;
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
