@@ -469,3 +469,48 @@ fn two_receivers_on_a_shared_subscription_store_each_capture_once() {
         "no part left behind"
     );
 }
+
+#[test]
+fn a_backlog_larger_than_the_client_queue_is_taken_whole() {
+    // More messages waiting than the MQTT client's request queue holds: the
+    // acknowledgements must not wait on the event loop that brings them.
+    let broker = Broker::start_with(facegate_testkit::broker::BrokerOptions {
+        max_queued_messages: Some(2000),
+        ..Default::default()
+    });
+    let tls = broker.issue_client("fleet-2");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("inbox");
+    Receiver::start(&broker, &tls, &out).stop();
+    let n = 600;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut dev = Session::spawn(broker.options("term-02"));
+        dev.wait_connected(T).await.unwrap();
+        for i in 0..n {
+            let image = format!("image {i}").into_bytes();
+            let id = format!("{i:08}-0000-4000-8000-000000000000");
+            dev.publish(
+                "facegate/lobby/term-02/captures",
+                envelope(&id, "S-1", &image, None, &image),
+            )
+            .await;
+            dev.wait_puback(T).await.expect("PUBACK");
+        }
+    });
+    let receiver = Receiver::start(&broker, &tls, &out);
+    let deadline = Instant::now() + T;
+    let dev_dir = out.join("lobby/term-02");
+    let count = || fs::read_dir(&dev_dir).map_or(0, |d| d.count());
+    while count() < 2 * n {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} files\n{}",
+            count(),
+            2 * n,
+            receiver.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    receiver.stop();
+}

@@ -72,12 +72,43 @@ pub async fn receive(
     opts.set_clean_session(false);
     opts.set_manual_acks(true);
     let (client, mut eventloop) = AsyncClient::new(opts, 64);
+    // The event loop runs in a task of its own, and acknowledgements never
+    // wait: they go through the client's request queue, which only a
+    // polling event loop drains, while a broker handing over a backlog keeps
+    // the event loop busy returning messages. A full queue keeps them here
+    // (`unsent`) until there is room.
+    let (tx, mut events) = tokio::sync::mpsc::channel(256);
+    let retry = req.retry;
+    let poller = tokio::spawn(async move {
+        loop {
+            let event = eventloop.poll().await;
+            let failed = event.is_err();
+            if tx.send(event).await.is_err() {
+                return;
+            }
+            if failed {
+                tokio::time::sleep(retry).await;
+            }
+        }
+    });
     let mut last_progress = Instant::now();
     let mut connected = false;
-    loop {
+    let mut unsent: std::collections::VecDeque<rumqttc::Publish> = Default::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let result = loop {
+        while let Some(p) = unsent.pop_front() {
+            if let Err(rumqttc::ClientError::TryRequest(_)) = client.try_ack(&p) {
+                unsent.push_front(p);
+                break;
+            }
+        }
         let event = tokio::select! {
-            _ = stop.changed() => break,
-            ev = eventloop.poll() => ev,
+            _ = stop.changed() => break Ok(()),
+            _ = tick.tick() => continue,
+            ev = events.recv() => match ev {
+                Some(ev) => ev,
+                None => break Ok(()),
+            },
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -104,7 +135,7 @@ pub async fn receive(
                     .iter()
                     .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
                 {
-                    return Err(FleetError::Refused(format!(
+                    break Err(FleetError::Refused(format!(
                         "{}, {}",
                         topics.captures, topics.replies
                     ))
@@ -112,49 +143,22 @@ pub async fn receive(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                let now = crate::clock::now();
-                let device = topics.device_of(&p.topic).unwrap_or("?").to_string();
-                if p.topic.ends_with("/captures") {
-                    match Envelope::from_bytes(&p.payload) {
-                        Ok(env) => {
-                            let id = env.capture_id.clone();
-                            match inbox.take(env, now)? {
-                                Taken::Refused { reason } => {
-                                    eprintln!("{device}: capture {id} refused: {reason}")
-                                }
-                                Taken::BadName { field } => eprintln!(
-                                    "{device}: capture refused: its {field} cannot name a file"
-                                ),
-                                Taken::DeletedOnArrival => eprintln!(
-                                    "{device}: capture {id} deleted on arrival (its subject was revoked)"
-                                ),
-                                _ => {}
-                            }
-                        }
-                        Err(e) => {
-                            inbox.counts.refused += 1;
-                            eprintln!("{device}: not an upload envelope ({e}); dropped");
-                        }
-                    }
-                } else if let Ok(reply) = Reply::from_bytes(&p.payload) {
-                    if let (true, Some(ReplyResult::Receipt(receipt))) = (reply.ok, &reply.result) {
-                        let deleted = inbox.apply_receipt(&req.site, &device, receipt, now)?;
-                        eprintln!(
-                            "{device}: receipt for {}: deleted {deleted} stored capture(s), {} in flight remembered",
-                            receipt
-                                .subject
-                                .as_ref()
-                                .map(|s| s.as_str().to_string())
-                                .unwrap_or_else(|| "every subject".into()),
-                            receipt.in_flight.len()
-                        );
-                    }
+                if let Err(e) = take(&mut inbox, &topics, &req.site, &p) {
+                    break Err(e);
                 }
-                // Only now: what the message asked for is on disk.
-                let _ = client.ack(&p).await;
+                // Only now: what the message asked for is on disk. The
+                // acknowledgement needs the packet id only.
+                let mut ack = p;
+                ack.payload = Default::default();
+                if !unsent.is_empty() || client.try_ack(&ack).is_err() {
+                    unsent.push_back(ack);
+                }
             }
             Ok(_) => {}
             Err(e) => {
+                // Packet ids of the lost connection mean nothing on the
+                // next: the broker sends what was not acknowledged again.
+                unsent.clear();
                 if connected {
                     eprintln!(
                         "connection lost: {}; again in {}s",
@@ -163,21 +167,67 @@ pub async fn receive(
                     );
                 }
                 connected = false;
-                tokio::select! {
-                    _ = stop.changed() => break,
-                    _ = tokio::time::sleep(req.retry) => {}
-                }
             }
         }
         if last_progress.elapsed() >= req.progress_every {
             last_progress = Instant::now();
             progress(&inbox);
         }
-    }
+    };
     let _ = client.disconnect().await;
-    let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    poller.abort();
     progress(&inbox);
-    Ok(inbox.counts)
+    result.map(|()| inbox.counts)
+}
+
+/// Gives one received message to the inbox (an upload, or a reply that may
+/// carry a purge receipt) and says on stderr what was not simply stored.
+fn take(
+    inbox: &mut Inbox,
+    topics: &SiteTopics,
+    site: &str,
+    p: &rumqttc::Publish,
+) -> Result<(), ReceiveError> {
+    let now = crate::clock::now();
+    let device = topics.device_of(&p.topic).unwrap_or("?").to_string();
+    if p.topic.ends_with("/captures") {
+        match Envelope::from_bytes(&p.payload) {
+            Ok(env) => {
+                let id = env.capture_id.clone();
+                match inbox.take(env, now)? {
+                    Taken::Refused { reason } => {
+                        eprintln!("{device}: capture {id} refused: {reason}")
+                    }
+                    Taken::BadName { field } => {
+                        eprintln!("{device}: capture refused: its {field} cannot name a file")
+                    }
+                    Taken::DeletedOnArrival => eprintln!(
+                        "{device}: capture {id} deleted on arrival (its subject was revoked)"
+                    ),
+                    _ => {}
+                }
+            }
+            Err(e) => {
+                inbox.counts.refused += 1;
+                eprintln!("{device}: not an upload envelope ({e}); dropped");
+            }
+        }
+    } else if let Ok(reply) = Reply::from_bytes(&p.payload) {
+        if let (true, Some(ReplyResult::Receipt(receipt))) = (reply.ok, &reply.result) {
+            let deleted = inbox.apply_receipt(site, &device, receipt, now)?;
+            eprintln!(
+                "{device}: receipt for {}: deleted {deleted} stored capture(s), {} in flight remembered",
+                receipt
+                    .subject
+                    .as_ref()
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_else(|| "every subject".into()),
+                receipt.in_flight.len()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn progress(inbox: &Inbox) {
