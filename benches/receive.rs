@@ -164,7 +164,30 @@ async fn receiver_run(broker: &Broker, tls: &ClientCreds, payloads: &[Vec<u8>]) 
     });
     let secs = started.elapsed().as_secs_f64();
     stop(child);
+    discard_session(broker, tls, "fleet-2");
     (payloads.len() as f64 / secs, cpu)
+}
+
+/// Discards the persistent session of `tls`'s client (a clean-session
+/// connection), so that what one consumer's run published does not wait for
+/// the other's next run.
+fn discard_session(broker: &Broker, tls: &ClientCreds, id: &str) {
+    let status = Command::new("mosquitto_sub")
+        .args(["-h", "localhost", "-p", &broker.port.to_string()])
+        .arg("--cafile")
+        .arg(&tls.ca)
+        .arg("--cert")
+        .arg(&tls.cert)
+        .arg("--key")
+        .arg(&tls.key)
+        .args(["-i", id, "-q", "1", "-t", "facegate/discard", "-E"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("mosquitto_sub");
+    assert!(
+        status.success(),
+        "discarding the session of {id}: {status:?}"
+    );
 }
 
 fn sub_cmd(broker: &Broker, tls: &ClientCreds) -> Command {
@@ -213,5 +236,6 @@ async fn sub_run(broker: &Broker, tls: &ClientCreds, payloads: &[Vec<u8>]) -> (f
     });
     let secs = started.elapsed().as_secs_f64();
     stop(child);
+    discard_session(broker, tls, "fleet-3");
     (payloads.len() as f64 / secs, cpu)
 }

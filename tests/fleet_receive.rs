@@ -80,6 +80,14 @@ impl Receiver {
     }
 }
 
+impl Drop for Receiver {
+    /// A failed test leaves no receiver behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn rand_suffix() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
 }
