@@ -4,7 +4,10 @@
 //! ACL that confines each device certificate to its own topics.
 
 pub mod acl;
+pub mod inbox;
 pub mod log;
+pub mod overview;
+pub mod receive;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -377,6 +380,148 @@ pub async fn site_statuses(
         by_device.insert(device.to_string(), status);
     }
     Ok(by_device.into_iter().collect())
+}
+
+/// Every device's retained status on `site`, for `fleet status`: the last
+/// one of each device. Returns once the broker has confirmed the
+/// subscription and sent nothing for `quiet` (retained messages come right
+/// after the SUBACK), or when `wait` has passed.
+pub async fn read_statuses(
+    conn: &BrokerConn,
+    site: &str,
+    quiet: Duration,
+    wait: Duration,
+) -> Result<Vec<(String, crate::protocol::Status)>, FleetError> {
+    let topics = SiteTopics::new(&conn.prefix, site);
+    let (client, mut eventloop) = connect(conn, "fleet-status", 16)?;
+    let deadline = tokio::time::Instant::now() + wait;
+    let _ = client
+        .subscribe(topics.statuses.clone(), QoS::AtLeastOnce)
+        .await;
+    let mut subscribed = false;
+    let mut by_device = std::collections::BTreeMap::new();
+    loop {
+        let until = if subscribed {
+            deadline.min(tokio::time::Instant::now() + quiet)
+        } else {
+            deadline
+        };
+        let event = match tokio::time::timeout_at(until, eventloop.poll()).await {
+            Err(_) if subscribed => break,
+            Err(_) => {
+                return Err(FleetError::Timeout {
+                    host: conn.host.clone(),
+                    port: conn.port,
+                    what: "SUBACK",
+                    timeout: wait,
+                })
+            }
+            Ok(Err(e)) => {
+                return Err(FleetError::Connect {
+                    host: conn.host.clone(),
+                    port: conn.port,
+                    reason: tls::explain(&e),
+                })
+            }
+            Ok(Ok(ev)) => ev,
+        };
+        match event {
+            Event::Incoming(Packet::SubAck(ack)) => {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                {
+                    return Err(FleetError::Refused(topics.statuses));
+                }
+                subscribed = true;
+            }
+            Event::Incoming(Packet::Publish(p)) => {
+                if let (Some(device), Ok(status)) = (
+                    topics.device_of(&p.topic),
+                    crate::protocol::Status::from_bytes(&p.payload),
+                ) {
+                    by_device.insert(device.to_string(), status);
+                }
+            }
+            _ => {}
+        }
+    }
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
+    Ok(by_device.into_iter().collect())
+}
+
+/// What [`watch_statuses`] reports.
+#[derive(Debug, Clone)]
+pub enum Watched {
+    /// Subscribed (again, after a reconnect): retained statuses follow.
+    Subscribed,
+    /// A device published a status (or the broker its last will).
+    Status(String, Box<crate::protocol::Status>),
+    /// The connection failed; the watch reconnects after `retry`.
+    Lost {
+        /// Why.
+        reason: String,
+        /// When it tries again.
+        retry: Duration,
+    },
+}
+
+/// `fleet status --watch`: follows every device's status on `site` and sends
+/// what happens to `tx` until `tx` is closed; reconnects (every `retry`) when
+/// the broker goes away, so it survives broker restarts.
+pub async fn watch_statuses(
+    conn: &BrokerConn,
+    site: &str,
+    retry: Duration,
+    tx: tokio::sync::mpsc::Sender<Watched>,
+) -> Result<(), FleetError> {
+    let topics = SiteTopics::new(&conn.prefix, site);
+    loop {
+        let (client, mut eventloop) = connect(conn, "fleet-status", 16)?;
+        let _ = client
+            .subscribe(topics.statuses.clone(), QoS::AtLeastOnce)
+            .await;
+        let reason = loop {
+            let event = match eventloop.poll().await {
+                Ok(ev) => ev,
+                Err(e) => break tls::explain(&e),
+            };
+            let watched = match event {
+                Event::Incoming(Packet::SubAck(ack)) => {
+                    if ack
+                        .return_codes
+                        .iter()
+                        .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                    {
+                        return Err(FleetError::Refused(topics.statuses));
+                    }
+                    Watched::Subscribed
+                }
+                Event::Incoming(Packet::Publish(p)) => {
+                    match (
+                        topics.device_of(&p.topic),
+                        crate::protocol::Status::from_bytes(&p.payload),
+                    ) {
+                        (Some(device), Ok(status)) => {
+                            Watched::Status(device.to_string(), Box::new(status))
+                        }
+                        _ => continue,
+                    }
+                }
+                _ => continue,
+            };
+            if tx.send(watched).await.is_err() {
+                let _ = client.disconnect().await;
+                return Ok(());
+            }
+        };
+        if tx.send(Watched::Lost { reason, retry }).await.is_err() {
+            return Ok(());
+        }
+        tokio::time::sleep(retry).await;
+    }
 }
 
 /// What `fleet log sync` did for one device.

@@ -159,6 +159,13 @@ pub(crate) enum Fleet {
     /// Print the broker ACL (Mosquitto) confining each device to its own topics.
     #[command(long_about = ACL_ABOUT)]
     Acl(AclArgs),
+    /// One line per device of a site from the retained status topics: state,
+    /// last seen, outbox, quarantined, consent-log sync, counters.
+    Status(Box<StatusArgs>),
+    /// The reference receiver: store a site's captures once each (parts
+    /// joined, sha256 checked) and delete a subject's copies when a purge
+    /// receipt arrives, also those still in flight. Runs until SIGTERM.
+    Receive(Box<ReceiveArgs>),
     /// The site consent log (reference back-end): publish its head, send
     /// devices what they miss, compact it.
     Log {
@@ -201,6 +208,60 @@ pub(crate) struct BrokerArgs {
     /// Topic prefix.
     #[arg(long, default_value = "facegate")]
     pub(crate) prefix: String,
+}
+
+#[derive(Args)]
+pub(crate) struct StatusArgs {
+    #[command(flatten)]
+    pub(crate) broker: BrokerArgs,
+    /// The site.
+    #[arg(long)]
+    pub(crate) site: String,
+    /// One JSON object per device and line (the status as published, plus
+    /// device, health, last_seen and last_seen_age_s) instead of the table.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Keep following the statuses and redraw the table in place (JSON: a
+    /// line per status received); stop with Ctrl-C or SIGTERM.
+    #[arg(long)]
+    pub(crate) watch: bool,
+    /// An online device whose last status is older than this is shown as
+    /// SILENT (its status_interval is 60s by default).
+    #[arg(long, default_value = "5m")]
+    pub(crate) stale: humantime::Duration,
+    /// How long to wait for the broker.
+    #[arg(long, default_value = "10s")]
+    pub(crate) timeout: humantime::Duration,
+}
+
+#[derive(Args)]
+pub(crate) struct ReceiveArgs {
+    #[command(flatten)]
+    pub(crate) broker: BrokerArgs,
+    /// The site.
+    #[arg(long)]
+    pub(crate) site: String,
+    /// Where captures go: DIR/{site}/{device}/{capture_id}.{jpg|png} and
+    /// .json, DIR/deletions.log, and the receiver's own state in DIR/.receive.
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+    /// MQTT client id of the receiver's persistent session (default
+    /// fleet-receive-SITE; a broker with use_username_as_clientid uses the
+    /// certificate's name instead).
+    #[arg(long = "client-id")]
+    pub(crate) client_id: Option<String>,
+    /// Largest message accepted: at least the devices' largest whole
+    /// capture message (their mqtt.max_packet_size).
+    #[arg(long = "max-packet-size", default_value_t = 16 * 1024 * 1024)]
+    pub(crate) max_packet_size: usize,
+    /// How often progress goes to stderr.
+    #[arg(long, default_value = "10s")]
+    pub(crate) progress: humantime::Duration,
+    /// Run as one of several receivers on a shared subscription
+    /// ($share/GROUP/...): each with its own certificate, all with the same
+    /// --out (a directory they share); each capture is stored once.
+    #[arg(long)]
+    pub(crate) share: Option<String>,
 }
 
 #[derive(Args)]

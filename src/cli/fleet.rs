@@ -8,6 +8,7 @@ use anyhow::{anyhow, bail, Context};
 use serde_json::Value;
 
 use facegate::cmd::Command;
+use facegate::fleet::overview;
 use facegate::keyref::KeyRef;
 use facegate::{clock, consent, fleet, keys};
 
@@ -16,7 +17,8 @@ use facegate::fleet::log::{self as sitelog, Record};
 use facegate::protocol::CommandName;
 
 use super::args::{
-    AclArgs, BrokerArgs, Fleet, FleetLog, LogCompactArgs, LogHeadArgs, LogSyncArgs, SendArgs,
+    AclArgs, BrokerArgs, Fleet, FleetLog, LogCompactArgs, LogHeadArgs, LogSyncArgs, ReceiveArgs,
+    SendArgs, StatusArgs,
 };
 
 /// Runs one fleet subcommand.
@@ -70,6 +72,8 @@ pub fn execute(command: Fleet) -> anyhow::Result<ExitCode> {
         }
         Fleet::Send(a) => return fleet_send(*a, now),
         Fleet::Acl(a) => print!("{}", fleet_acl(&a)?),
+        Fleet::Status(a) => fleet_status(*a)?,
+        Fleet::Receive(a) => fleet_receive(*a)?,
         Fleet::Log { command } => match command {
             FleetLog::Head(a) => log_head(*a, now)?,
             FleetLog::Sync(a) => return log_sync(*a, now),
@@ -321,5 +325,152 @@ fn fleet_send(a: SendArgs, now: i64) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+/// `fleet status`: the site's devices once, or followed with `--watch`.
+fn fleet_status(a: StatusArgs) -> anyhow::Result<()> {
+    let conn = broker_conn(a.broker)?;
+    let stale = a.stale.as_secs();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    if !a.watch {
+        let statuses = rt.block_on(fleet::read_statuses(
+            &conn,
+            &a.site,
+            std::time::Duration::from_millis(500),
+            *a.timeout,
+        ))?;
+        if statuses.is_empty() {
+            eprintln!(
+                "no status on {}: no device of the site has connected, or this certificate may not read it (check the broker ACL)",
+                facegate::protocol::SiteTopics::new(&conn.prefix, &a.site).statuses
+            );
+        }
+        let rows = overview::rows(statuses, clock::now(), stale);
+        if a.json {
+            print!("{}", overview::render_json(&rows));
+        } else {
+            print!("{}", overview::render(&rows, &a.site));
+        }
+        return Ok(());
+    }
+    rt.block_on(watch(conn, a.site, a.json, stale))
+}
+
+/// `fleet status --watch`: redraws the table on every status and every
+/// second (ages move on); JSON prints each status as it comes.
+async fn watch(
+    conn: fleet::BrokerConn,
+    site: String,
+    json: bool,
+    stale: u64,
+) -> anyhow::Result<()> {
+    use std::collections::BTreeMap;
+    use std::io::Write as _;
+    use tokio::signal::unix::{signal, SignalKind};
+
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let watcher = {
+        let (conn, site) = (conn.clone(), site.clone());
+        tokio::spawn(async move {
+            fleet::watch_statuses(&conn, &site, std::time::Duration::from_secs(2), tx).await
+        })
+    };
+    let mut term = signal(SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut statuses = BTreeMap::new();
+    let mut note = String::from("connecting");
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = tick.tick() => {}
+            got = rx.recv() => match got {
+                Some(fleet::Watched::Subscribed) => note = "connected".into(),
+                Some(fleet::Watched::Lost { reason, retry }) => {
+                    note = format!("connection lost ({reason}); again in {}s", retry.as_secs());
+                    if json {
+                        eprintln!("{note}");
+                    }
+                }
+                Some(fleet::Watched::Status(device, status)) => {
+                    let status = *status;
+                    if json {
+                        let rows = overview::rows(vec![(device.clone(), status.clone())], clock::now(), stale);
+                        print!("{}", overview::render_json(&rows));
+                        let _ = std::io::stdout().flush();
+                    }
+                    statuses.insert(device, status);
+                    if json {
+                        continue;
+                    }
+                }
+                None => break,
+            },
+        }
+        if !json {
+            let now = clock::now();
+            let rows = overview::rows(
+                statuses
+                    .iter()
+                    .map(|(d, s)| (d.clone(), s.clone()))
+                    .collect(),
+                now,
+                stale,
+            );
+            // Home the cursor and clear the screen, then draw.
+            print!(
+                "\x1b[H\x1b[2J{} ({note})\n\n{}",
+                overview::heading(&site, now),
+                overview::render(&rows, &site)
+            );
+            let _ = std::io::stdout().flush();
+        }
+    }
+    // Stopped by a signal: the watcher may be waiting on the broker. Ended
+    // by itself (the channel closed): it says why.
+    if !watcher.is_finished() {
+        watcher.abort();
+        return Ok(());
+    }
+    match watcher.await {
+        Ok(Err(e)) => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// `fleet receive`: runs the reference receiver until SIGTERM or Ctrl-C.
+fn fleet_receive(a: ReceiveArgs) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+
+    let req = fleet::receive::ReceiveRequest {
+        conn: broker_conn(a.broker)?,
+        client_id: a
+            .client_id
+            .unwrap_or_else(|| format!("fleet-receive-{}", a.site)),
+        site: a.site,
+        out: a.out,
+        max_packet_size: a.max_packet_size,
+        progress_every: *a.progress,
+        retry: std::time::Duration::from_secs(2),
+        share: a.share,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            let _ = tx.send(true);
+        });
+        fleet::receive::receive(&req, rx).await?;
+        Ok(())
     })
 }

@@ -93,6 +93,8 @@ struct Mqtt {
     session_expiry: Option<Duration>,
     #[serde(serialize_with = "human_duration")]
     stop_grace: Option<Duration>,
+    #[serde(serialize_with = "human_duration")]
+    status_interval: Option<Duration>,
 }
 
 /// What a trusted key may sign.
@@ -180,6 +182,7 @@ impl ConfigBuilder {
                 protocol: None,
                 session_expiry: None,
                 stop_grace: None,
+                status_interval: None,
             },
             trust: Vec::new(),
             capture: None,
@@ -191,6 +194,13 @@ impl ConfigBuilder {
             consent: None,
             clock: None,
         }
+    }
+
+    /// `device_id` (`term-01` by default; give the daemon a certificate for
+    /// the same name).
+    pub fn device_id(mut self, id: &str) -> Self {
+        self.device_id = id.into();
+        self
     }
 
     /// `state_dir`.
@@ -279,6 +289,12 @@ impl ConfigBuilder {
     /// `mqtt.session_expiry` (MQTT 5 only).
     pub fn session_expiry(mut self, expiry: Duration) -> Self {
         self.mqtt.session_expiry = Some(expiry);
+        self
+    }
+
+    /// `mqtt.status_interval`.
+    pub fn status_interval(mut self, every: Duration) -> Self {
+        self.mqtt.status_interval = Some(every);
         self
     }
 
