@@ -103,14 +103,8 @@ async fn publish_all(broker: &Broker, payloads: &[Vec<u8>]) {
 
 fn receiver_cmd(broker: &Broker, tls: &ClientCreds, out: &Path) -> Command {
     let mut cmd = Command::new(facegate_binary());
-    cmd.args(["fleet", "receive", "--site", "lobby", "--broker"])
-        .arg(format!("localhost:{}", broker.port))
-        .arg("--ca")
-        .arg(&tls.ca)
-        .arg("--cert")
-        .arg(&tls.cert)
-        .arg("--tls-key")
-        .arg(&tls.key)
+    cmd.args(["fleet", "receive", "--site", "lobby"])
+        .args(tls.fleet_args(broker))
         .arg("--out")
         .arg(out)
         .args(["--progress", "1h"])

@@ -190,11 +190,7 @@ pub async fn send_signed(
         };
         match event {
             Event::Incoming(Packet::SubAck(ack)) => {
-                if ack
-                    .return_codes
-                    .iter()
-                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-                {
+                if refused(&ack) {
                     return Err(FleetError::Refused(reply_filter));
                 }
                 let _ = client
@@ -243,6 +239,24 @@ pub struct BrokerConn {
     pub key: KeyRef,
     /// Topic prefix (`facegate`).
     pub prefix: String,
+}
+
+/// Whether a SUBACK refuses any of the subscriptions (an ACL that denies it).
+pub(crate) fn refused(ack: &rumqttc::SubAck) -> bool {
+    ack.return_codes
+        .iter()
+        .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+}
+
+impl BrokerConn {
+    /// The error for a connection that failed or broke.
+    fn lost(&self, e: &rumqttc::ConnectionError) -> FleetError {
+        FleetError::Connect {
+            host: self.host.clone(),
+            port: self.port,
+            reason: tls::explain(e),
+        }
+    }
 }
 
 /// One message received: `(topic, payload)`.
@@ -306,22 +320,12 @@ pub async fn exchange(
                 })
             }
             Err(_) => break,
-            Ok(Err(e)) => {
-                return Err(FleetError::Connect {
-                    host: conn.host.clone(),
-                    port: conn.port,
-                    reason: tls::explain(&e),
-                })
-            }
+            Ok(Err(e)) => return Err(conn.lost(&e)),
             Ok(Ok(ev)) => ev,
         };
         match event {
             Event::Incoming(Packet::SubAck(ack)) => {
-                if ack
-                    .return_codes
-                    .iter()
-                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-                {
+                if refused(&ack) {
                     return Err(FleetError::Refused(filters.join(", ")));
                 }
                 subacks += 1;
@@ -416,22 +420,12 @@ pub async fn read_statuses(
                     timeout: wait,
                 })
             }
-            Ok(Err(e)) => {
-                return Err(FleetError::Connect {
-                    host: conn.host.clone(),
-                    port: conn.port,
-                    reason: tls::explain(&e),
-                })
-            }
+            Ok(Err(e)) => return Err(conn.lost(&e)),
             Ok(Ok(ev)) => ev,
         };
         match event {
             Event::Incoming(Packet::SubAck(ack)) => {
-                if ack
-                    .return_codes
-                    .iter()
-                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-                {
+                if refused(&ack) {
                     return Err(FleetError::Refused(topics.statuses));
                 }
                 subscribed = true;
@@ -490,11 +484,7 @@ pub async fn watch_statuses(
             };
             let watched = match event {
                 Event::Incoming(Packet::SubAck(ack)) => {
-                    if ack
-                        .return_codes
-                        .iter()
-                        .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-                    {
+                    if refused(&ack) {
                         return Err(FleetError::Refused(topics.statuses));
                     }
                     Watched::Subscribed

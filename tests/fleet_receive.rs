@@ -33,14 +33,8 @@ impl Receiver {
     fn start_with(broker: &Broker, tls: &ClientCreds, out: &Path, extra: &[&str]) -> Receiver {
         let log = out.with_extension(format!("log{}", rand_suffix()));
         let child = Command::new(env!("CARGO_BIN_EXE_facegate"))
-            .args(["fleet", "receive", "--site", SITE, "--broker"])
-            .arg(format!("localhost:{}", broker.port))
-            .arg("--ca")
-            .arg(&tls.ca)
-            .arg("--cert")
-            .arg(&tls.cert)
-            .arg("--tls-key")
-            .arg(&tls.key)
+            .args(["fleet", "receive", "--site", SITE])
+            .args(tls.fleet_args(broker))
             .arg("--out")
             .arg(out)
             .args(["--progress", "1s"])

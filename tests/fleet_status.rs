@@ -16,14 +16,8 @@ const T: Duration = Duration::from_secs(30);
 
 fn fleet_status(broker: &Broker, tls: &ClientCreds, extra: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_facegate"));
-    cmd.args(["fleet", "status", "--site", SITE, "--broker"])
-        .arg(format!("localhost:{}", broker.port))
-        .arg("--ca")
-        .arg(&tls.ca)
-        .arg("--cert")
-        .arg(&tls.cert)
-        .arg("--tls-key")
-        .arg(&tls.key)
+    cmd.args(["fleet", "status", "--site", SITE])
+        .args(tls.fleet_args(broker))
         .args(extra);
     cmd
 }

@@ -130,11 +130,7 @@ pub async fn receive(
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                if ack
-                    .return_codes
-                    .iter()
-                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-                {
+                if super::refused(&ack) {
                     break Err(FleetError::Refused(format!(
                         "{}, {}",
                         topics.captures, topics.replies

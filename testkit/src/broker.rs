@@ -243,6 +243,21 @@ pub struct ClientCreds {
 }
 
 impl ClientCreds {
+    /// The broker options of `facegate fleet …` for these files on `broker`:
+    /// `--broker localhost:PORT --ca … --cert … --tls-key …`.
+    pub fn fleet_args(&self, broker: &Broker) -> Vec<std::ffi::OsString> {
+        vec![
+            "--broker".into(),
+            format!("localhost:{}", broker.port).into(),
+            "--ca".into(),
+            self.ca.clone().into(),
+            "--cert".into(),
+            self.cert.clone().into(),
+            "--tls-key".into(),
+            self.key.clone().into(),
+        ]
+    }
+
     /// The rustls configuration for these files, built by the product code.
     pub fn tls(&self) -> Arc<rustls::ClientConfig> {
         tls::client_config(&self.ca, &self.cert, &self.key)
