@@ -40,6 +40,8 @@ fn device_daemon(broker: &Broker, device: &str) -> Daemon {
                 // No head of the site's consent log will come: uploads wait,
                 // so the outbox keeps what intake accepted.
                 .consent_log("required")
+                // The clock column then reads "ok" whatever this host's NTP says.
+                .clock_ntp("ignore")
         })
         .start()
 }
@@ -112,6 +114,7 @@ fn lists_an_online_and_an_offline_device_with_their_outbox() {
     assert_eq!(first[..2], ["term-01", "online"], "{table}");
     assert_eq!(first[4], "3", "outbox column: {table}");
     assert_eq!(first[7..9], ["no", "head"], "consent log column: {table}");
+    assert_eq!(first[9], "ok", "clock column: {table}");
     assert!(
         lines[2].starts_with("term-02") && lines[2].contains("OFFLINE"),
         "{table}"

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::clock;
-use crate::protocol::{State, Status};
+use crate::protocol::{ClockState, State, Status};
 
 /// How a device looks from the fleet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -110,6 +110,23 @@ fn consent_log_cell(status: &Status) -> String {
     }
 }
 
+/// The clock column: `ok`, `unsynced`, `JUMPED +2d` (a jump the device has
+/// not confirmed: it holds its irreversible time-based actions), or `-`.
+fn clock_cell(status: &Status) -> String {
+    match &status.clock {
+        None => "-".into(),
+        Some(c) => match c.state {
+            ClockState::Ok => "ok".into(),
+            ClockState::Unsynced => "unsynced".into(),
+            ClockState::Jumped => format!(
+                "JUMPED {}{}",
+                if c.jump_s < 0 { "-" } else { "+" },
+                short_age(c.jump_s.unsigned_abs())
+            ),
+        },
+    }
+}
+
 /// The table: a header line, then one line per row; offline and silent
 /// devices are in capitals, a summary line closes it.
 pub fn render(rows: &[DeviceRow], site: &str) -> String {
@@ -121,6 +138,7 @@ pub fn render(rows: &[DeviceRow], site: &str) -> String {
         "OLDEST",
         "QUARANTINED",
         "CONSENT LOG",
+        "CLOCK",
         "ACCEPTED",
         "DROPPED",
         "REJECTED",
@@ -162,6 +180,7 @@ pub fn render(rows: &[DeviceRow], site: &str) -> String {
             oldest,
             quarantined,
             consent_log_cell(s),
+            clock_cell(s),
         ];
         line.extend(counters);
         lines.push(line);
@@ -228,7 +247,7 @@ pub fn heading(site: &str, now: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{ConsentLogStatus, Counters, OutboxStatus};
+    use crate::protocol::{ClockStatus, ConsentLogStatus, Counters, OutboxStatus};
     use serde_json::Value;
 
     const NOW: i64 = 1_795_858_382;
@@ -327,8 +346,8 @@ mod tests {
         assert_eq!(
             cells,
             [
-                "term-01", "online", "3s", "ago", "2", "2m", "1", "missing", "3", "7", "0", "0",
-                "4", "0"
+                "term-01", "online", "3s", "ago", "2", "2m", "1", "missing", "3", "-", "7", "0",
+                "0", "4", "0"
             ],
             "{table}"
         );
@@ -338,6 +357,25 @@ mod tests {
             lines[3],
             "site lobby: 2 devices, 1 online, 0 silent, 1 offline"
         );
+    }
+
+    #[test]
+    fn clock_cells() {
+        let mut s = online(NOW, 0);
+        assert_eq!(clock_cell(&s), "-");
+        let mut c = ClockStatus::default();
+        s.clock = Some(c.clone());
+        assert_eq!(clock_cell(&s), "ok");
+        c.state = ClockState::Unsynced;
+        s.clock = Some(c.clone());
+        assert_eq!(clock_cell(&s), "unsynced");
+        c.state = ClockState::Jumped;
+        c.jump_s = -7_200;
+        s.clock = Some(c.clone());
+        assert_eq!(clock_cell(&s), "JUMPED -2h");
+        c.jump_s = 2_678_400;
+        s.clock = Some(c);
+        assert_eq!(clock_cell(&s), "JUMPED +31d");
     }
 
     #[test]
