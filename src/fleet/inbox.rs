@@ -681,7 +681,21 @@ impl Inbox {
                 deleted += 1;
             }
         }
-        for id in &in_flight {
+        // Parts waiting for the rest: the in-flight ones, and any other of
+        // the subject's on this site (none may stay on disk after a receipt).
+        let mut partial: Vec<String> = in_flight.clone();
+        let dir = self.state.join("parts");
+        for e in fs::read_dir(&dir).map_err(io(&dir))?.flatten() {
+            let Ok(bytes) = fs::read(e.path()) else {
+                continue;
+            };
+            if let Ok(env) = Envelope::from_bytes(&bytes) {
+                if env.site == site && Some(&env.subject) == subject.as_ref() {
+                    partial.push(env.capture_id);
+                }
+            }
+        }
+        for id in &partial {
             self.remove_parts(id)?;
         }
         self.counts.deleted += deleted;
@@ -832,6 +846,9 @@ mod tests {
         let late = envelope("d", "S-1", b"d");
         let late_parts = parts_of(&envelope("e", "S-1", b"eeee"), 2);
         inbox.take(late_parts[0].clone(), NOW).unwrap();
+        // A part of another capture of S-1 that the receipt does not name.
+        let unnamed = parts_of(&envelope("g", "S-1", b"gggg"), 2);
+        inbox.take(unnamed[0].clone(), NOW).unwrap();
         let deleted = inbox
             .apply_receipt("lobby", "term-01", &receipt(Some("S-1"), &["d", "e"]), NOW)
             .unwrap();
