@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    cli::panics::install();
     let args = cli::args::Cli::parse();
     match cli::dispatch(args) {
         Ok(code) => code,

@@ -180,6 +180,15 @@ pub enum ImageError {
     /// The file ends before its end-of-image marker (JPEG EOI / PNG IEND).
     #[error("truncated {0} image: the file ends before its end-of-image marker")]
     Truncated(ContentType),
+    /// The decoder itself failed (panicked) on this file: a decoder bug
+    /// that a hostile or broken file triggers. Refused like a corrupt image.
+    #[error("the {format} decoder failed on this image ({reason}); refused as corrupt")]
+    DecoderFailed {
+        /// JPEG or PNG.
+        format: ContentType,
+        /// The decoder's panic message.
+        reason: String,
+    },
 }
 
 const PNG_SIGNATURE: &[u8] = &[0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
@@ -481,8 +490,77 @@ fn collect<I: Iterator<Item = Bytes>>(pieces: I) -> Zeroizing<Vec<u8>> {
     out
 }
 
+thread_local! {
+    /// Set while this thread runs a third-party decoder over capture bytes
+    /// (see [`decoding`]).
+    static DECODING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the current thread is inside the decoder boundary of [`sanitize`]:
+/// a panic raised here is a decoder bug triggered by a hostile or broken
+/// file, and is caught and turned into [`ImageError::DecoderFailed`]. The
+/// binary's panic hook reads this to log such a panic as one line and to
+/// keep every other panic fatal (invariant I16).
+pub fn decoding() -> bool {
+    DECODING.with(std::cell::Cell::get)
+}
+
+/// Clears the flag when the decode ends, normally or by unwinding.
+struct DecodingGuard;
+
+impl DecodingGuard {
+    fn enter() -> DecodingGuard {
+        DECODING.with(|d| d.set(true));
+        DecodingGuard
+    }
+}
+
+impl Drop for DecodingGuard {
+    fn drop(&mut self) {
+        DECODING.with(|d| d.set(false));
+    }
+}
+
 /// Decodes every pixel under the configured limits; returns the dimensions.
+///
+/// The decoders (zune-jpeg behind `image`, and png) run on bytes from
+/// outside, and a decoder panic has been seen on a 2 KB hostile JPEG (an
+/// `unwrap` in zune-jpeg's AVX2 IDCT, upstream issue 361). Such a panic is
+/// caught here, and only here, and refuses the image like any other broken
+/// file: the daemon neither dies nor crash-loops on the spool pair
+/// (invariant I16). Nothing the decoder touches outlives the call (it owns
+/// its state; our only buffer is wiped on drop while unwinding).
 fn decode(
+    bytes: &[u8],
+    format: ContentType,
+    limits: &CaptureConfig,
+) -> Result<(u32, u32), ImageError> {
+    let guard = DecodingGuard::enter();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decode_in(bytes, format, limits)
+    }));
+    drop(guard);
+    match outcome {
+        Ok(result) => result,
+        Err(payload) => Err(ImageError::DecoderFailed {
+            format,
+            reason: panic_message(payload.as_ref()),
+        }),
+    }
+}
+
+/// The text of a panic payload (`panic!` with a literal or a formatted message).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "no message".to_string()
+    }
+}
+
+fn decode_in(
     bytes: &[u8],
     format: ContentType,
     limits: &CaptureConfig,

@@ -520,6 +520,32 @@ fn jpeg_fill_bytes_go_with_a_dropped_segment() {
     }
 }
 
+/// Found by the `sanitize` fuzz target (RELIABILITY.md "Findings"): a
+/// 2,332-byte hostile JPEG on which zune-jpeg 0.5.15 (behind `image`)
+/// unwraps a `None` in its AVX2 IDCT (upstream issue 361). The panic is
+/// caught at the decoder boundary and refuses the file like a corrupt one
+/// (ARCHITECTURE I16). On a CPU without AVX2 the scalar IDCT runs and the
+/// file is refused for what it is; accepted it never is.
+#[test]
+fn a_decoder_panic_refuses_the_file() {
+    let raw = include_bytes!("fixtures/fuzz/sanitize/jpeg-decoder-panic.jpg");
+    let err = sanitize(raw, &limits()).unwrap_err();
+    if std::arch::is_x86_feature_detected!("avx2") {
+        match &err {
+            ImageError::DecoderFailed { format, reason } => {
+                assert_eq!(*format, ContentType::Jpeg);
+                assert!(!reason.is_empty());
+            }
+            other => panic!("expected the decoder failure, got {other:?}"),
+        }
+        assert!(err.to_string().contains("JPEG decoder failed"), "{err}");
+    }
+    // The boundary is left behind: a panic here is no longer a decoder's.
+    assert!(!facegate::sanitize::decoding());
+    // And the next image decodes as before.
+    sanitize(PROGRESSIVE, &limits()).unwrap();
+}
+
 /// Fill bytes before the segments after a scan (a legal JPEG) are dropped
 /// with them; pixels stay the same.
 #[test]

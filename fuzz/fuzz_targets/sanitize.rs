@@ -3,14 +3,17 @@
 //! (the product's defaults). No panic, overflow or allocation beyond the
 //! limits (libFuzzer's `-rss_limit_mb` catches the latter). An accepted
 //! image stays within the limits, its digest is that of its bytes, and it
-//! is a fixed point: sanitizing the output again gives the same bytes.
+//! is a fixed point: sanitizing the output again gives the same bytes. A
+//! panic inside the decoders is refused as the daemon refuses it
+//! (`daemon_panic_policy`, ARCHITECTURE I16); any other panic is a finding.
 #![no_main]
 
 use facegate::sanitize::{sanitize, ContentType};
-use facegate_fuzz::capture;
+use facegate_fuzz::{capture, daemon_panic_policy};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    daemon_panic_policy();
     let limits = capture();
     let Ok(clean) = sanitize(data, &limits) else {
         return;

@@ -111,3 +111,20 @@ pub fn token(header: &[u8], claims: &[u8], seed: &[u8; 32]) -> String {
 pub fn header(kid: &str) -> Vec<u8> {
     format!(r#"{{"alg":"EdDSA","kid":"{kid}"}}"#).into_bytes()
 }
+
+/// Makes the process's panic policy that of the daemon (ARCHITECTURE I16): a
+/// panic inside the image decoder boundary (`sanitize::decoding`) is caught
+/// there and refuses the file, so it is no finding; any other panic still
+/// goes to libFuzzer's hook, which aborts and reports it. Call at the start
+/// of each input (only the first call installs the hook).
+pub fn daemon_panic_policy() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let libfuzzer = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !facegate::sanitize::decoding() {
+                libfuzzer(info);
+            }
+        }));
+    });
+}

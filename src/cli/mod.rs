@@ -1,11 +1,13 @@
 //! The `facegate` command line, private to the binary: argument definitions
 //! ([`args`]), the daemon ([`run`]), `facegate ctl` requests and their
-//! rendering ([`ctl`]) and the fleet tool ([`fleet`]). Errors are `anyhow`
+//! rendering ([`ctl`]), the fleet tool ([`fleet`]) and the panic policy
+//! ([`panics`]). Errors are `anyhow`
 //! here and nowhere else; `main` prints them as one line.
 
 pub mod args;
 mod ctl;
 mod fleet;
+pub mod panics;
 mod run;
 
 use std::process::ExitCode;
