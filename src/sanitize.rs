@@ -254,6 +254,54 @@ fn is_sof(m: u8) -> bool {
     matches!(m, 0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF)
 }
 
+/// Progressive start-of-frame markers (SOF2, SOF6, SOF10, SOF14): the
+/// decoder keeps every DCT coefficient of the image until the last scan.
+fn is_progressive(m: u8) -> bool {
+    matches!(m, 0xC2 | 0xC6 | 0xCA | 0xCE)
+}
+
+/// What a progressive decode holds at its peak, from the frame header alone:
+/// the coefficients of every component (2 bytes each, the component's
+/// blocks padded to whole MCUs) plus the decoded pixels (one byte per
+/// component and pixel). A baseline decode needs only the pixels, which
+/// `read_all` checks; a progressive one needs about three times that, and
+/// the decoder allocates the coefficients outside `image::Limits` (a 98 KB
+/// 4096x4096 file peaked at 150 MB). `None` when the header is malformed
+/// (the decoder then refuses it).
+fn progressive_decode_bytes(sof: &[u8], width: u32, height: u32) -> Option<u64> {
+    let count = usize::from(*sof.get(5)?);
+    let comps = sof.get(6..6 + 3 * count)?;
+    let sampling: Vec<(u64, u64)> = comps
+        .chunks_exact(3)
+        .map(|c| (u64::from(c[1] >> 4), u64::from(c[1] & 0x0F)))
+        .collect();
+    let h_max = sampling.iter().map(|s| s.0).max()?.max(1);
+    let v_max = sampling.iter().map(|s| s.1).max()?.max(1);
+    let mcus_x = u64::from(width).div_ceil(8 * h_max);
+    let mcus_y = u64::from(height).div_ceil(8 * v_max);
+    let blocks: u64 = sampling.iter().map(|(h, v)| mcus_x * h * mcus_y * v).sum();
+    let coefficients = blocks * 64 * 2;
+    let pixels = u64::from(width) * u64::from(height) * count as u64;
+    Some(coefficients + pixels)
+}
+
+/// Refuses a progressive JPEG whose decode would hold more than
+/// `capture.max_alloc_bytes` ([`progressive_decode_bytes`]), before any of
+/// it is allocated.
+fn check_progressive_memory(
+    sof: &[u8],
+    width: u32,
+    height: u32,
+    limits: &CaptureConfig,
+) -> Result<(), ImageError> {
+    match progressive_decode_bytes(sof, width, height) {
+        Some(needed) if needed > limits.max_alloc_bytes => Err(ImageError::TooManyPixels {
+            max: limits.max_alloc_bytes,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Header segments that decoding needs; everything else before the first scan is dropped.
 fn keep_jpeg_header_segment(seg: &JpegSegment) -> Result<bool, ImageError> {
     let m = seg.marker();
@@ -317,6 +365,9 @@ fn strip_jpeg_in(
         ));
     }
     check_dimensions(width, height, limits)?;
+    if is_progressive(sofs[0].marker()) {
+        check_progressive_memory(sof, width, height, limits)?;
+    }
 
     let mut kept = Vec::with_capacity(jpeg.segments().len());
     for seg in jpeg.segments() {
@@ -730,5 +781,64 @@ mod tests {
             sof,
             [0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF]
         );
+        let progressive: Vec<u8> = sof.iter().copied().filter(|m| is_progressive(*m)).collect();
+        assert_eq!(progressive, [0xC2, 0xC6, 0xCA, 0xCE]);
+    }
+
+    /// A frame header's contents: precision, height, width, then
+    /// (id, sampling HV, table) per component.
+    fn sof(width: u16, height: u16, sampling: &[u8]) -> Vec<u8> {
+        let mut out = vec![8];
+        out.extend_from_slice(&height.to_be_bytes());
+        out.extend_from_slice(&width.to_be_bytes());
+        out.push(sampling.len() as u8);
+        for (i, hv) in sampling.iter().enumerate() {
+            out.extend_from_slice(&[i as u8 + 1, *hv, 0]);
+        }
+        out
+    }
+
+    #[test]
+    fn progressive_decode_bytes_table() {
+        const MIB: u64 = 1 << 20;
+        let cases: [(&str, Vec<u8>, u32, u32, Option<u64>); 6] = [
+            // Grey 8x8: one block of 64 coefficients (128 B) and 64 pixels.
+            ("grey 8x8", sof(8, 8, &[0x11]), 8, 8, Some(128 + 64)),
+            // Grey 9x9: four blocks (padded), 81 pixels.
+            ("grey 9x9", sof(9, 9, &[0x11]), 9, 9, Some(4 * 128 + 81)),
+            // 4:4:4 colour 4096x4096: 3 x 512 x 512 blocks.
+            (
+                "4:4:4 4096",
+                sof(4096, 4096, &[0x11, 0x11, 0x11]),
+                4096,
+                4096,
+                Some(3 * 512 * 512 * 128 + 3 * 4096 * 4096),
+            ),
+            // 4:2:0 colour 4096x4096: luma 512x512 blocks, chroma 256x256 each.
+            (
+                "4:2:0 4096",
+                sof(4096, 4096, &[0x22, 0x11, 0x11]),
+                4096,
+                4096,
+                Some((512 * 512 + 2 * 256 * 256) * 128 + 3 * 4096 * 4096),
+            ),
+            (
+                "no components listed",
+                sof(16, 16, &[0x11])[..6].to_vec(),
+                16,
+                16,
+                None,
+            ),
+            ("no components", sof(16, 16, &[]), 16, 16, None),
+        ];
+        for (name, header, w, h, want) in cases {
+            assert_eq!(progressive_decode_bytes(&header, w, h), want, "{name}");
+        }
+        // The 98 KB 4096x4096 bomb of the issue needs about 144 MiB: over the
+        // default budget of 64 MiB; a progressive Full HD capture fits.
+        let bomb = progressive_decode_bytes(&sof(4096, 4096, &[0x11, 0x11, 0x11]), 4096, 4096);
+        assert!(bomb.is_some_and(|b| b > 64 * MIB));
+        let hd = progressive_decode_bytes(&sof(1920, 1080, &[0x22, 0x11, 0x11]), 1920, 1080);
+        assert!(hd.is_some_and(|b| b < 16 * MIB), "{hd:?}");
     }
 }

@@ -520,6 +520,31 @@ fn jpeg_fill_bytes_go_with_a_dropped_segment() {
     }
 }
 
+/// A progressive JPEG keeps every DCT coefficient until its last scan, which
+/// the decoder allocates outside `image::Limits`: a small file announcing
+/// 4096x4096 would hold about 144 MiB while decoding. Its frame header alone
+/// refuses it against `max_alloc_bytes`, before anything is allocated; the
+/// same file as a small image is accepted.
+#[test]
+fn progressive_jpeg_over_the_memory_budget_refused_from_its_header() {
+    let sof = PROGRESSIVE
+        .windows(2)
+        .position(|w| w == [0xFF, 0xC2])
+        .expect("a progressive frame header");
+    let mut bomb = PROGRESSIVE.to_vec();
+    // SOF2: FF C2, length (2), precision (1), height (2), width (2).
+    bomb[sof + 5..sof + 7].copy_from_slice(&4096u16.to_be_bytes());
+    bomb[sof + 7..sof + 9].copy_from_slice(&4096u16.to_be_bytes());
+    let lim = limits();
+    assert_eq!(
+        sanitize(&bomb, &lim).unwrap_err(),
+        ImageError::TooManyPixels {
+            max: lim.max_alloc_bytes
+        }
+    );
+    sanitize(PROGRESSIVE, &lim).unwrap();
+}
+
 /// Found by the `sanitize` fuzz target (RELIABILITY.md "Findings"): a
 /// 2,332-byte hostile JPEG on which zune-jpeg 0.5.15 (behind `image`)
 /// unwraps a `None` in its AVX2 IDCT (upstream issue 361). The panic is
