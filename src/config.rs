@@ -334,6 +334,10 @@ pub struct CaptureConfig {
     pub max_height: u32,
     /// Largest decoder allocation in bytes (default 64 MiB); stops decompression bombs.
     pub max_alloc_bytes: u64,
+    /// Most memory all image decodes may hold at once (default 64 MiB, at
+    /// least `max_alloc_bytes`): a decode that would go over it waits, so
+    /// small images decode on every core and large ones one after another.
+    pub decode_memory_bytes: u64,
     /// A lone image or stray file older than this is removed (default 60 s).
     pub spool_grace: Duration,
     /// How often the spool is scanned (default 100 ms, at most 200 ms).

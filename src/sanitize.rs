@@ -35,6 +35,7 @@
 
 use std::fmt;
 use std::io::Cursor;
+use std::sync::{Condvar, Mutex, PoisonError};
 
 use image::codecs::jpeg::JpegDecoder;
 use image::codecs::png::PngDecoder;
@@ -205,11 +206,11 @@ pub fn sanitize(raw: &[u8], limits: &CaptureConfig) -> Result<CleanImage, ImageE
         });
     }
     let content_type = ContentType::sniff(raw).ok_or(ImageError::NotAnImage)?;
-    let bytes = match content_type {
+    let (bytes, progressive) = match content_type {
         ContentType::Jpeg => strip_jpeg(raw, limits)?,
-        ContentType::Png => strip_png(raw, limits)?,
+        ContentType::Png => (strip_png(raw, limits)?, None),
     };
-    let (width, height) = decode(&bytes, content_type, limits)?;
+    let (width, height) = decode(&bytes, content_type, progressive, limits)?;
     let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
     let mut sha256 = [0u8; 32];
     sha256.copy_from_slice(digest.as_ref());
@@ -285,23 +286,6 @@ fn progressive_decode_bytes(sof: &[u8], width: u32, height: u32) -> Option<u64> 
     Some(coefficients + pixels)
 }
 
-/// Refuses a progressive JPEG whose decode would hold more than
-/// `capture.max_alloc_bytes` ([`progressive_decode_bytes`]), before any of
-/// it is allocated.
-fn check_progressive_memory(
-    sof: &[u8],
-    width: u32,
-    height: u32,
-    limits: &CaptureConfig,
-) -> Result<(), ImageError> {
-    match progressive_decode_bytes(sof, width, height) {
-        Some(needed) if needed > limits.max_alloc_bytes => Err(ImageError::TooManyPixels {
-            max: limits.max_alloc_bytes,
-        }),
-        _ => Ok(()),
-    }
-}
-
 /// Header segments that decoding needs; everything else before the first scan is dropped.
 fn keep_jpeg_header_segment(seg: &JpegSegment) -> Result<bool, ImageError> {
     let m = seg.marker();
@@ -319,8 +303,12 @@ fn keep_jpeg_header_segment(seg: &JpegSegment) -> Result<bool, ImageError> {
 }
 
 /// Parses the JPEG header, checks dimensions, drops metadata segments, and
-/// rebuilds the file up to and including EOI.
-fn strip_jpeg(raw: &[u8], limits: &CaptureConfig) -> Result<Zeroizing<Vec<u8>>, ImageError> {
+/// rebuilds the file up to and including EOI. With it, for a progressive
+/// file, the memory its decode holds ([`progressive_decode_bytes`]).
+fn strip_jpeg(
+    raw: &[u8],
+    limits: &CaptureConfig,
+) -> Result<(Zeroizing<Vec<u8>>, Option<u64>), ImageError> {
     // img-parts works on its own copy of the file: wiped when it is done.
     let copy = Wiped(Bytes::copy_from_slice(raw));
     let clean_tail = Wiped(Bytes::new());
@@ -332,7 +320,7 @@ fn strip_jpeg_in(
     copy: &Wiped,
     mut clean_tail: Wiped,
     limits: &CaptureConfig,
-) -> Result<Zeroizing<Vec<u8>>, ImageError> {
+) -> Result<(Zeroizing<Vec<u8>>, Option<u64>), ImageError> {
     const J: ContentType = ContentType::Jpeg;
     // img-parts parses segments up to the first SOS; its "entropy" is the rest of the file.
     let mut jpeg = Jpeg::from_bytes(copy.0.clone()).map_err(|e| parts_error(J, e))?;
@@ -365,8 +353,15 @@ fn strip_jpeg_in(
         ));
     }
     check_dimensions(width, height, limits)?;
-    if is_progressive(sofs[0].marker()) {
-        check_progressive_memory(sof, width, height, limits)?;
+    let progressive = if is_progressive(sofs[0].marker()) {
+        progressive_decode_bytes(sof, width, height)
+    } else {
+        None
+    };
+    if progressive.is_some_and(|needed| needed > limits.max_alloc_bytes) {
+        return Err(ImageError::TooManyPixels {
+            max: limits.max_alloc_bytes,
+        });
     }
 
     let mut kept = Vec::with_capacity(jpeg.segments().len());
@@ -391,7 +386,7 @@ fn strip_jpeg_in(
         clean_tail.0.clone(),
     ));
     *jpeg.segments_mut() = kept;
-    Ok(collect(jpeg.encoder()))
+    Ok((collect(jpeg.encoder()), progressive))
     // `jpeg` goes first, then `clean_tail`: unshared, it is wiped.
 }
 
@@ -584,11 +579,12 @@ impl Drop for DecodingGuard {
 fn decode(
     bytes: &[u8],
     format: ContentType,
+    progressive: Option<u64>,
     limits: &CaptureConfig,
 ) -> Result<(u32, u32), ImageError> {
     let guard = DecodingGuard::enter();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        decode_in(bytes, format, limits)
+        decode_in(bytes, format, progressive, limits)
     }));
     drop(guard);
     match outcome {
@@ -614,6 +610,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 fn decode_in(
     bytes: &[u8],
     format: ContentType,
+    progressive: Option<u64>,
     limits: &CaptureConfig,
 ) -> Result<(u32, u32), ImageError> {
     let mut lim = image::Limits::default();
@@ -625,11 +622,11 @@ fn decode_in(
         ContentType::Jpeg => {
             let mut d = JpegDecoder::new(Cursor::new(bytes)).map_err(err)?;
             d.set_limits(lim).map_err(err)?;
-            read_all(d, format, limits)
+            read_all(d, format, progressive, limits)
         }
         ContentType::Png => {
             let d = PngDecoder::with_limits(Cursor::new(bytes), lim).map_err(err)?;
-            read_all(d, format, limits)
+            read_all(d, format, None, limits)
         }
     }
 }
@@ -637,6 +634,7 @@ fn decode_in(
 fn read_all(
     d: impl ImageDecoder,
     format: ContentType,
+    progressive: Option<u64>,
     limits: &CaptureConfig,
 ) -> Result<(u32, u32), ImageError> {
     let (w, h) = d.dimensions();
@@ -650,11 +648,69 @@ fn read_all(
     let len = usize::try_from(needed).map_err(|_| ImageError::TooManyPixels {
         max: limits.max_alloc_bytes,
     })?;
+    // What this decode holds at its peak waits for room in the budget
+    // shared by all decodes, then is taken from it until the decode ends.
+    let _room = DECODES.reserve(
+        progressive.unwrap_or(0).max(needed),
+        limits.decode_memory_bytes,
+    );
     // The decoded pixels are only checked, never kept: wiped when dropped.
     let mut buf = Zeroizing::new(vec![0u8; len]);
     d.read_image(&mut buf)
         .map_err(|e| decode_error(format, limits, e))?;
     Ok((w, h))
+}
+
+/// Memory held by the decodes running now, in the whole process
+/// (`capture.decode_memory_bytes`): intake decodes on every core, and a
+/// terminal with four cores and 64 MiB images would otherwise hold four
+/// times the per-image limit at once.
+struct DecodeBudget {
+    in_use: Mutex<u64>,
+    freed: Condvar,
+}
+
+static DECODES: DecodeBudget = DecodeBudget {
+    in_use: Mutex::new(0),
+    freed: Condvar::new(),
+};
+
+impl DecodeBudget {
+    /// Waits until `bytes` fit under `limit` next to what running decodes
+    /// hold (or nothing else runs: a single decode always may), and takes them.
+    fn reserve(&'static self, bytes: u64, limit: u64) -> Room {
+        let mut in_use = self.in_use.lock().unwrap_or_else(PoisonError::into_inner);
+        while *in_use > 0 && in_use.saturating_add(bytes) > limit {
+            in_use = self
+                .freed
+                .wait(in_use)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        *in_use += bytes;
+        Room {
+            budget: self,
+            bytes,
+        }
+    }
+}
+
+/// Bytes taken from the [`DecodeBudget`]; given back when dropped (also
+/// when the decoder panics and the stack unwinds).
+struct Room {
+    budget: &'static DecodeBudget,
+    bytes: u64,
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        let mut in_use = self
+            .budget
+            .in_use
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *in_use = in_use.saturating_sub(self.bytes);
+        self.budget.freed.notify_all();
+    }
 }
 
 fn decode_error(format: ContentType, limits: &CaptureConfig, e: image::ImageError) -> ImageError {
@@ -698,6 +754,7 @@ mod tests {
             max_width: 4096,
             max_height: 4096,
             max_alloc_bytes: 64 << 20,
+            decode_memory_bytes: 64 << 20,
             spool_grace: std::time::Duration::from_secs(60),
             poll_interval: std::time::Duration::from_millis(100),
         };
@@ -783,6 +840,41 @@ mod tests {
         );
         let progressive: Vec<u8> = sof.iter().copied().filter(|m| is_progressive(*m)).collect();
         assert_eq!(progressive, [0xC2, 0xC6, 0xCA, 0xCE]);
+    }
+
+    /// A decode that would take the budget over its limit waits until the
+    /// running one gives its room back; a decode alone always runs.
+    #[test]
+    fn decode_budget_serializes_what_does_not_fit() {
+        static BUDGET: DecodeBudget = DecodeBudget {
+            in_use: Mutex::new(0),
+            freed: Condvar::new(),
+        };
+        let held = |b: &DecodeBudget| *b.in_use.lock().unwrap();
+        // Alone, even over the limit.
+        drop(BUDGET.reserve(100, 64));
+        assert_eq!(held(&BUDGET), 0);
+        // Two that fit together.
+        let a = BUDGET.reserve(30, 64);
+        let b = BUDGET.reserve(30, 64);
+        assert_eq!(held(&BUDGET), 60);
+        drop((a, b));
+        // One that does not fit waits for the first to end.
+        let first = BUDGET.reserve(40, 64);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let second = std::thread::spawn(move || {
+            let room = BUDGET.reserve(40, 64);
+            tx.send(held(&BUDGET)).unwrap();
+            drop(room);
+        });
+        // Not before the first gives its room back: the second then holds
+        // its 40 alone.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(rx.try_recv().is_err(), "reserved next to the first");
+        drop(first);
+        assert_eq!(rx.recv().unwrap(), 40);
+        second.join().unwrap();
+        assert_eq!(held(&BUDGET), 0);
     }
 
     /// A frame header's contents: precision, height, width, then

@@ -295,6 +295,28 @@ fn numbers_and_sizes_may_be_written_as_text() {
     assert_eq!(c.capture.max_alloc_bytes, 1024 * 1024);
 }
 
+/// The memory all decodes may hold at once is at least one image's limit;
+/// unset, it follows a raised `max_alloc_bytes`.
+#[test]
+fn decode_memory_covers_one_image() {
+    let site = Site::new();
+    let load = |body: &str| site.load(&with_table(&site.minimal(), "capture", body));
+    let c = site.load(&site.minimal()).unwrap();
+    assert_eq!(c.capture.decode_memory_bytes, 64 * 1024 * 1024);
+    let c = load("max_alloc_bytes = \"256MiB\"").unwrap();
+    assert_eq!(c.capture.decode_memory_bytes, 256 * 1024 * 1024);
+    let c = load("decode_memory_bytes = \"128MiB\"").unwrap();
+    assert_eq!(c.capture.decode_memory_bytes, 128 * 1024 * 1024);
+    starts(
+        &site.error(&with_table(
+            &site.minimal(),
+            "capture",
+            "max_alloc_bytes = \"64MiB\"\ndecode_memory_bytes = \"32MiB\"",
+        )),
+        "capture.decode_memory_bytes: 33554432 bytes is less than capture.max_alloc_bytes (67108864 bytes)",
+    );
+}
+
 #[test]
 fn durations_parse_and_respect_bounds() {
     let site = Site::new();

@@ -146,6 +146,8 @@ pub struct RawCapture {
     pub max_height: Option<RawNumber>,
     /// Largest decoder allocation, bytes.
     pub max_alloc_bytes: Option<RawNumber>,
+    /// Memory all decodes may hold at once, bytes.
+    pub decode_memory_bytes: Option<RawNumber>,
     /// Age after which a lone spool file is removed, humantime text.
     pub spool_grace: Option<String>,
     /// Spool scan interval, humantime text.

@@ -391,6 +391,37 @@ fn key_from_file(key: &str, file: &Path) -> Result<[u8; 32], ConfigError> {
 }
 
 fn capture(raw: RawCapture) -> Result<CaptureConfig, ConfigError> {
+    let max_alloc_bytes = number(
+        "capture.max_alloc_bytes",
+        raw.max_alloc_bytes,
+        64 * MIB,
+        1,
+        16 * GIB,
+        Unit::Bytes,
+    )?;
+    // Unset, it follows a raised max_alloc_bytes.
+    let follows = raw.decode_memory_bytes.is_none();
+    let decode_memory_bytes = number(
+        "capture.decode_memory_bytes",
+        raw.decode_memory_bytes,
+        64 * MIB,
+        1,
+        64 * GIB,
+        Unit::Bytes,
+    )?;
+    let decode_memory_bytes = if follows {
+        decode_memory_bytes.max(max_alloc_bytes)
+    } else {
+        decode_memory_bytes
+    };
+    if decode_memory_bytes < max_alloc_bytes {
+        return Err(ConfigError::invalid(
+            "capture.decode_memory_bytes",
+            format!(
+                "{decode_memory_bytes} bytes is less than capture.max_alloc_bytes ({max_alloc_bytes} bytes): one image could never decode"
+            ),
+        ));
+    }
     Ok(CaptureConfig {
         max_file_bytes: number(
             "capture.max_file_bytes",
@@ -416,14 +447,8 @@ fn capture(raw: RawCapture) -> Result<CaptureConfig, ConfigError> {
             65_535,
             Unit::Plain,
         )? as u32,
-        max_alloc_bytes: number(
-            "capture.max_alloc_bytes",
-            raw.max_alloc_bytes,
-            64 * MIB,
-            1,
-            16 * GIB,
-            Unit::Bytes,
-        )?,
+        max_alloc_bytes,
+        decode_memory_bytes,
         spool_grace: duration(
             "capture.spool_grace",
             raw.spool_grace,

@@ -453,6 +453,7 @@ pub fn capture_limits() -> CaptureConfig {
         max_width: 4096,
         max_height: 4096,
         max_alloc_bytes: 64 * 1024 * 1024,
+        decode_memory_bytes: 64 * 1024 * 1024,
         spool_grace: Duration::from_secs(60),
         poll_interval: Duration::from_millis(100),
     }
