@@ -4,7 +4,9 @@ use std::time::{Duration, Instant};
 
 use facegate::sanitize::{sanitize, ContentType, ImageError};
 use facegate_testkit::config::capture_limits as limits;
-use facegate_testkit::synth::{face_jpeg, face_png, png_with_text, with_exif_gps};
+use facegate_testkit::synth::{
+    face_jpeg, face_png, png_with_text, progressive_jpeg, with_exif_gps,
+};
 use facegate_testkit::util::contains;
 use img_parts::jpeg::{markers, Jpeg, JpegSegment};
 use img_parts::png::{Png, PngChunk};
@@ -543,6 +545,21 @@ fn progressive_jpeg_over_the_memory_budget_refused_from_its_header() {
         }
     );
     sanitize(PROGRESSIVE, &lim).unwrap();
+
+    // A real progressive encoding at 4096x4096 (the largest the default
+    // limits allow as a baseline image) is refused the same way; at
+    // 1280x960 it is accepted, pixels unchanged.
+    let real = progressive_jpeg(4096, 4096, 7, 75);
+    assert_eq!(
+        sanitize(&real, &lim).unwrap_err(),
+        ImageError::TooManyPixels {
+            max: lim.max_alloc_bytes
+        }
+    );
+    let fits = progressive_jpeg(1280, 960, 7, 75);
+    let clean = sanitize(&fits, &lim).unwrap();
+    assert_eq!((clean.width, clean.height), (1280, 960));
+    assert_same_pixels(&clean.bytes, &fits);
 }
 
 /// Found by the `sanitize` fuzz target (RELIABILITY.md "Findings"): a
