@@ -56,6 +56,7 @@ pub mod crypto;
 pub mod daemon;
 pub mod db;
 pub mod doctor;
+#[cfg(feature = "fleet")]
 pub mod fleet;
 pub mod gate;
 pub mod ids;

@@ -2,9 +2,13 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+#[cfg(feature = "fleet")]
+use clap::Args;
+use clap::{Parser, Subcommand};
 
-use facegate::{config, consent};
+use facegate::config;
+#[cfg(feature = "fleet")]
+use facegate::consent;
 
 #[derive(Parser)]
 #[command(
@@ -51,6 +55,7 @@ pub(crate) enum Command {
         command: Ctl,
     },
     /// Fleet managers' tool: keys, consent tokens, signed commands, broker ACL.
+    #[cfg(feature = "fleet")]
     Fleet {
         #[command(subcommand)]
         command: Fleet,
@@ -142,6 +147,7 @@ pub(crate) enum CtlAudit {
     },
 }
 
+#[cfg(feature = "fleet")]
 #[derive(Subcommand)]
 pub(crate) enum Fleet {
     /// Generate an Ed25519 signing key (PKCS#8 PEM, mode 0600) and print its public key.
@@ -174,6 +180,7 @@ pub(crate) enum Fleet {
     },
 }
 
+#[cfg(feature = "fleet")]
 #[derive(Subcommand)]
 pub(crate) enum FleetLog {
     /// Publish the log's signed head, retained (run it from a timer, well
@@ -186,6 +193,7 @@ pub(crate) enum FleetLog {
     Compact(LogCompactArgs),
 }
 
+#[cfg(feature = "fleet")]
 #[derive(Args)]
 pub(crate) struct BrokerArgs {
     /// Broker as HOST or HOST:PORT (default port 8883).
@@ -210,6 +218,7 @@ pub(crate) struct BrokerArgs {
     pub(crate) prefix: String,
 }
 
+#[cfg(feature = "fleet")]
 #[derive(Args)]
 pub(crate) struct StatusArgs {
     #[command(flatten)]
@@ -234,6 +243,7 @@ pub(crate) struct StatusArgs {
     pub(crate) timeout: humantime::Duration,
 }
 
+#[cfg(feature = "fleet")]
 #[derive(Args)]
 pub(crate) struct ReceiveArgs {
     #[command(flatten)]
@@ -264,6 +274,7 @@ pub(crate) struct ReceiveArgs {
     pub(crate) share: Option<String>,
 }
 
+#[cfg(feature = "fleet")]
 #[derive(Args)]
 pub(crate) struct LogHeadArgs {
     #[command(flatten)]
@@ -284,6 +295,7 @@ pub(crate) struct LogHeadArgs {
     pub(crate) timeout: humantime::Duration,
 }
 
+#[cfg(feature = "fleet")]
 #[derive(Args)]
 pub(crate) struct LogSyncArgs {
     #[command(flatten)]
@@ -304,6 +316,7 @@ pub(crate) struct LogSyncArgs {
     pub(crate) timeout: humantime::Duration,
 }
 
+#[cfg(feature = "fleet")]
 #[derive(Args)]
 pub(crate) struct LogCompactArgs {
     /// The site's log file.
@@ -311,6 +324,7 @@ pub(crate) struct LogCompactArgs {
     pub(crate) log: PathBuf,
 }
 
+#[cfg(feature = "fleet")]
 const ACL_ABOUT: &str = "\
 Print the Mosquitto acl_file that confines each device certificate to its own
 site's and device's topics, from an inventory of `SITE DEVICE` lines (one
@@ -334,6 +348,7 @@ With use_username_as_clientid every connection of a certificate is the session
 named by its CN, so a back-end program that connects more than once at a time
 needs one certificate (and --fleet user) per connection.";
 
+#[cfg(feature = "fleet")]
 #[derive(Args)]
 pub(crate) struct AclArgs {
     /// Inventory file, one `SITE DEVICE` per line; `-` reads it from stdin.
@@ -348,6 +363,7 @@ pub(crate) struct AclArgs {
     pub(crate) fleet: Vec<String>,
 }
 
+#[cfg(feature = "fleet")]
 #[derive(Args)]
 pub(crate) struct SendArgs {
     #[command(flatten)]
@@ -392,6 +408,7 @@ pub(crate) struct SendArgs {
     pub(crate) head_lifetime: humantime::Duration,
 }
 
+#[cfg(feature = "fleet")]
 #[derive(Args)]
 pub(crate) struct SignerArgs {
     /// Private key file written by `fleet keygen`.
@@ -402,6 +419,7 @@ pub(crate) struct SignerArgs {
     pub(crate) kid: String,
 }
 
+#[cfg(feature = "fleet")]
 #[derive(Args)]
 pub(crate) struct ConsentArgs {
     #[command(flatten)]
@@ -430,6 +448,7 @@ pub(crate) struct ConsentArgs {
     pub(crate) jti: Option<String>,
 }
 
+#[cfg(feature = "fleet")]
 #[derive(Args)]
 pub(crate) struct SignArgs {
     #[command(flatten)]
@@ -449,6 +468,7 @@ pub(crate) struct SignArgs {
     pub(crate) lifetime: humantime::Duration,
 }
 
+#[cfg(feature = "fleet")]
 /// The `--cmd` values, from the protocol's list of commands: a new command
 /// shows up in `--help` and is accepted without touching this file.
 fn command_names() -> clap::builder::PossibleValuesParser {

@@ -6,6 +6,7 @@
 
 pub mod args;
 mod ctl;
+#[cfg(feature = "fleet")]
 mod fleet;
 pub mod panics;
 mod run;
@@ -64,6 +65,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Ctl { command } => ctl::execute(&cli.config, command),
+        #[cfg(feature = "fleet")]
         Command::Fleet { command } => fleet::execute(command),
     }
 }
