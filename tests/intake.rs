@@ -523,6 +523,8 @@ fn a_capture_is_taken_without_waiting_for_the_scan() {
     d.wait_spool_empty(T);
     let c = d.counters();
     assert_eq!((c.accepted, c.dropped_no_consent), (1, 1), "{c:?}");
+    // Not the fallback polling of a spool inotify cannot watch.
+    assert!(!d.log().contains("cannot watch the spool"), "{}", d.log());
 }
 
 /// Drop counts are kept in memory between writes; the status shows them at
