@@ -63,8 +63,14 @@ fn main() {
             rate.push(r.rate);
         }
     }
-    println!("RESULT W per dropped capture: {} B (idle writes taken away)", range(&drop_b));
-    println!("RESULT W per accepted capture: {} B (idle writes taken away)", range(&accept_b));
+    println!(
+        "RESULT W per dropped capture: {} B (idle writes taken away)",
+        range(&drop_b)
+    );
+    println!(
+        "RESULT W per accepted capture: {} B (idle writes taken away)",
+        range(&accept_b)
+    );
     println!(
         "RESULT R 90% unconsented: {} captures/s, {} µs CPU per capture",
         range(&mixed_rate),
@@ -168,9 +174,18 @@ fn intake_run(images: &[Vec<u8>], n: usize, unconsented: usize) -> Run {
     d.grant("S-yes");
     d.stop();
     for i in 0..n {
-        let subject = if i % 10 < unconsented { "S-none" } else { "S-yes" };
+        let subject = if i % 10 < unconsented {
+            "S-none"
+        } else {
+            "S-yes"
+        };
         d.spool
-            .pair(&format!("c-{i:05}"), "jpg", &images[i % images.len()], Some(subject))
+            .pair(
+                &format!("c-{i:05}"),
+                "jpg",
+                &images[i % images.len()],
+                Some(subject),
+            )
             .expect("spool pair");
     }
     let t0 = Instant::now();

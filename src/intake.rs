@@ -194,9 +194,9 @@ fn run_paced(agent: &Agent, shutdown: &Shutdown, mut wait: impl FnMut(Pause)) {
 fn idle_wait(agent: &Agent) -> Duration {
     let every = agent.config().capture.poll_interval;
     match agent.tally().snapshot().since {
-        Some(since) => every.min(
-            (since + crate::tally::FLUSH_EVERY).saturating_duration_since(Instant::now()),
-        ),
+        Some(since) => {
+            every.min((since + crate::tally::FLUSH_EVERY).saturating_duration_since(Instant::now()))
+        }
         None => every,
     }
 }
@@ -317,7 +317,8 @@ fn wakes(event: &::notify::Result<::notify::Event>) -> bool {
     }
     let relevant = matches!(
         event.kind,
-        EventKind::Modify(ModifyKind::Name(_)) | EventKind::Access(AccessKind::Close(AccessMode::Write))
+        EventKind::Modify(ModifyKind::Name(_))
+            | EventKind::Access(AccessKind::Close(AccessMode::Write))
     );
     relevant && event.paths.iter().any(|p| is_sidecar(p))
 }
@@ -510,14 +511,15 @@ pub fn process_once(agent: &Agent, wall: SystemTime) -> Result<BatchReport, Inta
     // If this fails (disk full), the accepted and rejected pairs stay in
     // the spool for a retry. Same lock and `now` as the gate above: its
     // decisions still hold.
-    let (outcomes, new_rejections) = match store.insert_captures_with(captures, &records, &policy, now) {
-        Err(StoreError::DiskFull { .. }) => {
-            pause(agent, true);
-            report.held_back += pairs.len();
-            return Ok(report);
-        }
-        r => r?,
-    };
+    let (outcomes, new_rejections) =
+        match store.insert_captures_with(captures, &records, &policy, now) {
+            Err(StoreError::DiskFull { .. }) => {
+                pause(agent, true);
+                report.held_back += pairs.len();
+                return Ok(report);
+            }
+            r => r?,
+        };
     if folded {
         agent.tally().settle(&pending);
     }
@@ -839,7 +841,8 @@ mod tests {
         let (_dir, agent) = testing::agent("");
         let spool = agent.config().spool_dir.clone();
         std::fs::create_dir_all(&spool).unwrap();
-        let sidecar = r#"{"subject":"S-none","captured_at":"2026-11-30T10:00:00Z","camera":"cam-1"}"#;
+        let sidecar =
+            r#"{"subject":"S-none","captured_at":"2026-11-30T10:00:00Z","camera":"cam-1"}"#;
         std::fs::write(spool.join("d1.png"), png()).unwrap();
         std::fs::write(spool.join("d1.json"), sidecar).unwrap();
         let r = process_once(&agent, SystemTime::now()).unwrap();
@@ -865,7 +868,11 @@ mod tests {
             declared: sanitize::ContentType::Png,
             bytes,
         };
-        let names = |v: Vec<Pair>| v.into_iter().map(|p| p.name.as_str().to_owned()).collect::<Vec<_>>();
+        let names = |v: Vec<Pair>| {
+            v.into_iter()
+                .map(|p| p.name.as_str().to_owned())
+                .collect::<Vec<_>>()
+        };
         let ready = || vec![pair("a", 40), pair("b", 40), pair("c", 40)];
         assert_eq!(names(within_bytes(ready(), 100)), ["a", "b"]);
         assert_eq!(names(within_bytes(ready(), 120)), ["a", "b", "c"]);

@@ -555,10 +555,14 @@ fn drop_counts_survive_a_clean_stop() {
         .into_iter()
         .filter(|e| e.kind == "capture.dropped")
         .collect();
-    let total: u64 = rows.iter().map(|e| e.detail["count"].as_u64().unwrap()).sum();
+    let total: u64 = rows
+        .iter()
+        .map(|e| e.detail["count"].as_u64().unwrap())
+        .sum();
     assert_eq!(total, 3, "{rows:?}");
-    assert!(rows.iter().all(|e| e.subject_ref.is_none()
-        && !e.detail.to_string().contains("S-nobody")));
+    assert!(rows
+        .iter()
+        .all(|e| e.subject_ref.is_none() && !e.detail.to_string().contains("S-nobody")));
     drop(store);
 
     d.spawn();
