@@ -8,8 +8,8 @@
 //! PUBLISH with the instant its event loop returned it.
 //!
 //! * Agent: the benchmark build of `facegate run` with `mqtt.inflight = 1`,
-//!   `mqtt.keep_alive = "5s"` and `capture.poll_interval = "10ms"` (the smallest
-//!   allowed, so the idle intake adds at most 10 ms). A 640×480 synthetic JPEG
+//!   `mqtt.keep_alive = "5s"` and the default `capture.poll_interval` (2 s:
+//!   intake wakes on the sidecar's rename, inotify). A 640×480 synthetic JPEG
 //!   pair is written into the spool (tmpfs) with consent granted first; a sample
 //!   runs from the rename of its sidecar (the marker that completes the pair) to
 //!   the arrival of its envelope, told apart by the sidecar's `camera`. That
@@ -19,10 +19,11 @@
 //!   of the same size (built by the agent's own `envelope()`); a sample runs
 //!   from the `publish` call to the arrival, told apart by `capture_id`.
 //!
-//! The two alternate every 100 ms (each side every 200 ms) for
-//! `FACEGATE_BENCH_CAPTURES` samples per side (default 300) in 5 rounds, so
-//! keep-alive pings fall between and during uploads and both sides see the same
-//! machine load. Prints p50/p99 per round, their ranges, and the whole run.
+//! The two alternate every 50 ms (each side 10 captures/s) for
+//! `FACEGATE_BENCH_CAPTURES` samples per side (default 300) in
+//! `FACEGATE_BENCH_ROUNDS` rounds (default 3), so keep-alive pings fall
+//! between and during uploads and both sides see the same machine load.
+//! Prints p50/p99 per round, their ranges, and the whole run.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -32,14 +33,14 @@ use facegate_testkit::mqtt::{Session, SessionOptions};
 use facegate_testkit::spool::sidecar_from;
 use serde_json::Value;
 
-const ROUNDS: usize = 5;
-const EVERY: Duration = Duration::from_millis(100);
+const EVERY: Duration = Duration::from_millis(50);
 const SUBJECT: &str = "S-lat";
 const WAIT: Duration = Duration::from_secs(30);
 
 fn main() {
-    let per_side = bench::captures(300).div_ceil(ROUNDS) * ROUNDS;
-    bench::runtime().block_on(run(per_side));
+    let rounds = bench::rounds(3);
+    let per_side = bench::captures(300).div_ceil(rounds) * rounds;
+    bench::runtime().block_on(run(per_side, rounds));
 }
 
 /// Which side a sample belongs to.
@@ -49,7 +50,7 @@ enum Side {
     Agent,
 }
 
-async fn run(per_side: usize) {
+async fn run(per_side: usize, rounds: usize) {
     let broker = bench::start_broker();
     let images = bench::camera_jpegs();
     let mut d = bench::daemon()
@@ -58,7 +59,6 @@ async fn run(per_side: usize) {
             c.inflight(1)
                 .keep_alive(Duration::from_secs(5))
                 .fast_reconnect()
-                .poll_interval(Duration::from_millis(10))
         })
         .build();
     let cfg = d.load_config();
@@ -97,7 +97,7 @@ async fn run(per_side: usize) {
     let mut arrived: HashMap<(Side, String), Instant> = HashMap::new();
     let start = tokio::time::Instant::now();
     for n in 0..per_side {
-        let round = n * ROUNDS / per_side;
+        let round = n * rounds / per_side;
         let camera = format!("lat-{n:05}");
         let image = &images[n % images.len()];
         let sidecar = sidecar_from(Some(SUBJECT), &camera);
@@ -133,10 +133,11 @@ async fn run(per_side: usize) {
         samples.entry((key.0, *round)).or_default().push(latency);
     }
     println!(
-        "latency: {per_side} captures each side in {ROUNDS} interleaved rounds, one every {} ms per side, \
-         envelope {} B, keep-alive 5 s, window 1; agent disconnects: {lost}",
+        "latency: {per_side} captures each side in {rounds} interleaved rounds, one every {} ms per side, \
+         envelope {} B, keep-alive 5 s, window 1; agent disconnects: {lost}; load {}",
         (EVERY * 2).as_millis(),
-        payloads[0].len()
+        payloads[0].len(),
+        bench::loadavg()
     );
     let mut p99s = Vec::new();
     for (side, label) in [
@@ -147,7 +148,7 @@ async fn run(per_side: usize) {
         (Side::Agent, "agent spool pair complete -> subscriber"),
     ] {
         let (mut p50, mut p99, mut all) = (Vec::new(), Vec::new(), Vec::new());
-        for round in 0..ROUNDS {
+        for round in 0..rounds {
             let s = samples.get_mut(&(side, round)).expect("samples of a round");
             s.sort();
             p50.push(ms(bench::percentile(s, 0.50)));
@@ -156,7 +157,7 @@ async fn run(per_side: usize) {
         }
         let (text, whole_p99) = bench::summary(&mut all);
         println!(
-            "RESULT D3 {label}: p50 {} ms, p99 {} ms over {ROUNDS} rounds; all: {text}",
+            "RESULT D3 {label}: p50 {} ms, p99 {} ms over {rounds} rounds; all: {text}",
             range(&p50),
             range(&p99)
         );

@@ -31,6 +31,7 @@ use crate::store::{
     counter, AddConsent, CommandStamp, HeadApplied, PurgeReason, Store, StoreError,
 };
 pub use crate::store::{OutboxEntry, OutboxState};
+use crate::tally::Tally;
 use crate::timekeeper::Timekeeper;
 
 /// The product version reported in status messages.
@@ -221,6 +222,8 @@ pub struct Agent {
     pressure: Pressure,
     /// Whether the wall clock is trusted for irreversible actions (I15).
     clock: Timekeeper,
+    /// Drops counted by intake and not yet written (added to the status).
+    tally: Arc<Tally>,
 }
 
 /// The verified fleet command on whose behalf an operation runs. The store
@@ -328,7 +331,13 @@ impl Agent {
             connected: AtomicBool::new(false),
             outbox_changed: Notify::new(),
             pressure: Pressure::default(),
+            tally: Arc::default(),
         }
+    }
+
+    /// Drops counted by intake and not yet written to the store.
+    pub fn tally(&self) -> &Tally {
+        &self.tally
     }
 
     /// Disk-full state shared by intake, the uplink and the status.
@@ -555,6 +564,7 @@ impl Agent {
         let max_age = self.head_max_age_s();
         let disk = self.disk();
         let clock = self.clock.status();
+        let tally = self.tally.clone();
         let status = self
             .db
             .run(move |st| {
@@ -566,6 +576,7 @@ impl Agent {
                     max_age,
                     disk,
                     clock,
+                    &tally,
                 )
             })
             .await?;
@@ -662,6 +673,7 @@ impl Agent {
         let max_age = self.head_max_age_s();
         let disk = self.disk();
         let clock = self.clock.status();
+        let tally = self.tally.clone();
         let status = self
             .db
             .run(move |st| {
@@ -673,6 +685,7 @@ impl Agent {
                     max_age,
                     disk,
                     clock,
+                    &tally,
                 )?;
                 effect(
                     Some(&via),
@@ -804,6 +817,7 @@ struct Disk {
     deletes_failing: bool,
 }
 
+#[allow(clippy::too_many_arguments)] // the parts of one status, each read elsewhere
 fn status_of(
     st: &mut Store,
     now: i64,
@@ -812,6 +826,7 @@ fn status_of(
     head_max_age_s: i64,
     disk: Disk,
     clock: ClockStatus,
+    tally: &Tally,
 ) -> Result<Status, StoreError> {
     let consent_log = st.consent_log_status(head_max_age_s, now)?;
     let stats = st.outbox_stats(now)?;
@@ -854,7 +869,8 @@ fn status_of(
         consent: Some(ConsentStatus { active }),
         counters: Some(Counters {
             accepted: count(counter::ACCEPTED),
-            dropped_no_consent: count(counter::DROPPED_NO_CONSENT),
+            // Under the store lock: a drop is either written or pending here.
+            dropped_no_consent: count(counter::DROPPED_NO_CONSENT) + tally.pending(),
             rejected_bad_input: count(counter::REJECTED_BAD_INPUT),
             uploaded: count(counter::UPLOADED),
             purged: count(counter::PURGED),

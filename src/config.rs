@@ -340,8 +340,15 @@ pub struct CaptureConfig {
     pub decode_memory_bytes: u64,
     /// A lone image or stray file older than this is removed (default 60 s).
     pub spool_grace: Duration,
-    /// How often the spool is scanned (default 100 ms, at most 200 ms).
+    /// How often the spool is scanned as a safety net (default 2 s, 10 ms
+    /// to 5 min). Intake wakes on the sidecar's rename (inotify) without
+    /// waiting for it; the scan catches what events miss (a queue
+    /// overflow, no inotify at all).
     pub poll_interval: Duration,
+    /// Most image bytes (file sizes) read into one intake batch, besides
+    /// the count limit (default 32 MiB, 1 MiB to 4 GiB); a single larger
+    /// pair still goes through alone.
+    pub max_batch_bytes: u64,
 }
 
 /// `[outbox]`: how long and how much is kept while the broker is away.

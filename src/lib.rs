@@ -75,5 +75,6 @@ pub mod shutdown;
 pub mod space;
 pub mod spool;
 pub mod store;
+pub mod tally;
 pub mod timekeeper;
 pub mod uplink;

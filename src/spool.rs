@@ -192,6 +192,9 @@ pub struct Pair {
     /// Format the image extension announces; the caller refuses the pair
     /// when the bytes turn out to be another format.
     pub declared: ContentType,
+    /// Size of the image file when the spool was scanned (what reading the
+    /// pair will hold in memory; intake bounds a batch by it).
+    pub bytes: u64,
 }
 
 /// Why a spool entry is a leftover to be removed.
@@ -576,6 +579,7 @@ struct Entry {
     path: PathBuf,
     regular: bool,
     mtime: SystemTime,
+    len: u64,
 }
 
 #[derive(Default)]
@@ -655,6 +659,7 @@ pub fn scan(
             path,
             regular: meta.file_type().is_file(),
             mtime,
+            len: meta.len(),
         };
         let name = dirent.file_name();
         match name.to_str().and_then(classify) {
@@ -697,6 +702,7 @@ pub fn scan(
                 } else if let Some((image, declared)) = group.images.into_iter().next() {
                     let pair = Pair {
                         name: SpoolName(name),
+                        bytes: image.len,
                         image: image.path,
                         sidecar: sidecar.path,
                         declared,

@@ -46,11 +46,17 @@ fn a_dropped_capture_leaves_no_trace_of_its_subject() {
     );
     d.wait_spool_empty(T);
     assert_eq!(d.counters().dropped_no_consent, 1);
-    let dropped: Vec<Value> = audit_rows(&d)
-        .into_iter()
-        .filter(|e| e["kind"] == kind::CAPTURE_DROPPED)
-        .collect();
+    // Drops are audited in a summary row, written within seconds.
+    let dropped_rows = || -> Vec<Value> {
+        audit_rows(&d)
+            .into_iter()
+            .filter(|e| e["kind"] == kind::CAPTURE_DROPPED)
+            .collect()
+    };
+    wait_until(T, || !dropped_rows().is_empty(), || d.log());
+    let dropped = dropped_rows();
     assert_eq!(dropped.len(), 1, "the drop is still audited");
+    assert_eq!(dropped[0]["detail"]["count"], 1, "{dropped:?}");
     assert_eq!(dropped[0]["subject_ref"], Value::Null, "{dropped:?}");
     assert!(d.log().contains("dropped capture without consent"));
     d.stop();

@@ -127,7 +127,8 @@ fn minimal_config_gets_every_default() {
     assert_eq!(c.capture.max_height, 4096);
     assert_eq!(c.capture.max_alloc_bytes, 64 * 1024 * 1024);
     assert_eq!(c.capture.spool_grace, Duration::from_secs(60));
-    assert_eq!(c.capture.poll_interval, Duration::from_millis(100));
+    assert_eq!(c.capture.poll_interval, Duration::from_secs(2));
+    assert_eq!(c.capture.max_batch_bytes, 32 * 1024 * 1024);
     assert_eq!(c.outbox.retention, Duration::from_secs(7 * 86_400));
     assert_eq!(c.outbox.quota_bytes, 512 * 1024 * 1024);
     assert_eq!(c.outbox.when_full, WhenFull::RejectNew);
@@ -333,18 +334,28 @@ fn durations_parse_and_respect_bounds() {
         Duration::from_millis(10)
     );
     assert_eq!(
-        ok("capture", "poll_interval = \"200ms\"")
+        ok("capture", "poll_interval = \"5m\"")
             .capture
             .poll_interval,
-        Duration::from_millis(200)
+        Duration::from_secs(300)
     );
     starts(
         &err("capture", "poll_interval = \"9ms\""),
-        "capture.poll_interval: must be between 10ms and 200ms, got 9ms",
+        "capture.poll_interval: must be between 10ms and 5m, got 9ms",
     );
     starts(
-        &err("capture", "poll_interval = \"1s\""),
-        "capture.poll_interval: must be between 10ms and 200ms",
+        &err("capture", "poll_interval = \"6m\""),
+        "capture.poll_interval: must be between 10ms and 5m",
+    );
+    assert_eq!(
+        ok("capture", "max_batch_bytes = \"4MiB\"")
+            .capture
+            .max_batch_bytes,
+        4 * 1024 * 1024
+    );
+    starts(
+        &err("capture", "max_batch_bytes = 1000"),
+        "capture.max_batch_bytes: must be between",
     );
     assert_eq!(
         ok("outbox", "retention = \"36h\"").outbox.retention,

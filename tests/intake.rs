@@ -503,3 +503,68 @@ fn expired_consent_is_swept_and_its_captures_purged() {
     assert!(kinds.contains(&"consent.expired"), "{kinds:?}");
     assert!(kinds.contains(&"capture.purged"), "{kinds:?}");
 }
+
+/// Intake wakes on the sidecar's rename (inotify): with a safety-net scan
+/// of five minutes, a capture written after the first scan is still taken
+/// at once (the test gives it 20 s, a fifteenth of the scan interval).
+#[test]
+fn a_capture_is_taken_without_waiting_for_the_scan() {
+    let d = Daemon::builder()
+        .configure(|c| c.poll_interval(Duration::from_secs(300)))
+        .start();
+    d.grant("S-yes");
+    // Intake has made its first scan: the daemon answered, and the log says
+    // intake runs (its first scan came before its first wait).
+    wait_until(T, || d.log().contains("intake running"), || d.log());
+    std::thread::sleep(Duration::from_millis(200));
+    let jpeg = synth::face_jpeg(320, 240, 11, 85);
+    d.drop_pair("late-yes", "jpg", &jpeg, Some("S-yes"));
+    d.drop_pair("late-no", "jpg", &jpeg, Some("S-no"));
+    d.wait_spool_empty(T);
+    let c = d.counters();
+    assert_eq!((c.accepted, c.dropped_no_consent), (1, 1), "{c:?}");
+    // Not the fallback polling of a spool inotify cannot watch.
+    assert!(!d.log().contains("cannot watch the spool"), "{}", d.log());
+}
+
+/// Drop counts are kept in memory between writes; the status shows them at
+/// once, and a clean stop writes them: they are in the store after the
+/// stop, with one `capture.dropped` summary row naming no subject.
+#[test]
+fn drop_counts_survive_a_clean_stop() {
+    let mut d = Daemon::start();
+    let jpeg = synth::face_jpeg(320, 240, 12, 85);
+    for i in 0..3 {
+        d.drop_pair(&format!("n{i}"), "jpg", &jpeg, Some("S-nobody"));
+    }
+    d.wait_spool_empty(T);
+    wait_until(
+        T,
+        || d.counters().dropped_no_consent == 3,
+        || format!("{:?}", d.counters()),
+    );
+    let st = d.stop();
+    assert!(st.success(), "exit status {st}");
+
+    let mut store = open_store(&d);
+    let counters = store.counters().unwrap();
+    assert_eq!(counters.get("dropped_no_consent"), Some(&3), "{counters:?}");
+    let rows: Vec<_> = store
+        .audit_tail(100)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "capture.dropped")
+        .collect();
+    let total: u64 = rows
+        .iter()
+        .map(|e| e.detail["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 3, "{rows:?}");
+    assert!(rows
+        .iter()
+        .all(|e| e.subject_ref.is_none() && !e.detail.to_string().contains("S-nobody")));
+    drop(store);
+
+    d.spawn();
+    assert_eq!(d.counters().dropped_no_consent, 3);
+}

@@ -67,7 +67,8 @@ fn complete_pair_is_ready_at_once() {
             name: "cap-1".into(),
             image: img,
             sidecar: json,
-            declared: ContentType::Jpeg
+            declared: ContentType::Jpeg,
+            bytes: 4,
         }]
     );
     assert!(s.orphans.is_empty());

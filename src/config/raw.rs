@@ -150,8 +150,10 @@ pub struct RawCapture {
     pub decode_memory_bytes: Option<RawNumber>,
     /// Age after which a lone spool file is removed, humantime text.
     pub spool_grace: Option<String>,
-    /// Spool scan interval, humantime text.
+    /// Safety-net spool scan interval (intake wakes on inotify events), humantime text.
     pub poll_interval: Option<String>,
+    /// Most image bytes read into one intake batch (default 32 MiB).
+    pub max_batch_bytes: Option<RawNumber>,
 }
 
 /// `[outbox]` as written.

@@ -459,9 +459,17 @@ fn capture(raw: RawCapture) -> Result<CaptureConfig, ConfigError> {
         poll_interval: duration(
             "capture.poll_interval",
             raw.poll_interval,
-            "100ms",
+            "2s",
             ms(10),
-            ms(200),
+            secs(300),
+        )?,
+        max_batch_bytes: number(
+            "capture.max_batch_bytes",
+            raw.max_batch_bytes,
+            32 * MIB,
+            MIB,
+            4 * GIB,
+            Unit::Bytes,
         )?,
     })
 }

@@ -1,85 +1,107 @@
-//! Drops and rejections counted once: the gate's drop of a spool pair is
-//! counted (`dropped_no_consent`) and audited (`capture.dropped`) in one
-//! transaction with a mark of the pair, and a pair whose mark is there is
-//! not counted again; a pair rejected as bad input (`rejected_bad_input`,
-//! `capture.rejected`) likewise, under a mark of its own kind. Intake
-//! removes the pair from the spool only after that commit, so a crash in
-//! between brings the same pair back; without the mark it would count twice.
+//! What intake records besides accepted captures, in the same transaction
+//! as them (one fsync per batch, none of their own):
+//!
+//! * a pair rejected as bad input is counted (`rejected_bad_input`) and
+//!   audited (`capture.rejected`) with a mark of the pair, and a pair whose
+//!   mark is there is not counted again. Intake removes the pair from the
+//!   spool only after that commit, so a crash in between brings the same
+//!   pair back; without the mark it would count twice.
+//! * drops of captures without consent, counted in memory by intake and
+//!   written here as one summary: the `dropped_no_consent` counter and one
+//!   `capture.dropped` audit row (counts by reason and camera, no subject,
+//!   no file name). Those pairs left the spool before the summary is
+//!   written, so a drop is never counted twice; a crash before it loses the
+//!   counts of the last few seconds (ARCHITECTURE I5).
 //!
 //! The mark is HMAC-SHA256 under the device's pseudonym key of a label and
-//! the pair's content digest (computed by intake: the pair's name, sidecar
-//! fields and image digest): the table says nothing about a subject or an
-//! image to someone without the storage key. A pair comes back only after a
-//! crash of the daemon (the spool is on tmpfs), so a mark is needed for
-//! moments; marks older than [`KEEP_S`] are deleted in the same transaction.
+//! the pair's content digest (computed by intake: the pair's name, the
+//! reason and the bytes of its files): the table says nothing about a
+//! subject or an image to someone without the storage key. A pair comes
+//! back only after a crash of the daemon (the spool is on tmpfs), so a mark
+//! is needed for moments; marks older than [`KEEP_S`] are deleted in the
+//! same transaction.
 
 use rusqlite::params;
 use serde_json::Value;
 
-use super::{counter, SqlCtx, Store, StoreError};
+use super::{counter, SqlCtx, StoreError, Writer};
+use crate::audit::kind;
 
 /// How long a mark is kept, in seconds (a week).
 pub const KEEP_S: i64 = 7 * 86_400;
-/// Domain separation of marks from other uses of the pseudonym key (and of
-/// a drop's mark from a rejection's).
-const LABEL: &str = "facegate dropped pair v1:";
-/// The same for a pair rejected as bad input.
+/// Domain separation of marks from other uses of the pseudonym key.
 const REJECTED_LABEL: &str = "facegate rejected pair v1:";
 
-/// What a mark records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Marked {
-    /// The consent gate dropped the pair (`dropped_no_consent`).
-    Dropped,
-    /// The pair is not a valid capture (`rejected_bad_input`).
-    Rejected,
+/// A spool pair rejected as bad input, to be recorded with its batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    /// A digest of the pair as it lies in the spool (the same pair read
+    /// again after a crash gives the same digest).
+    pub pair: [u8; 32],
+    /// The audit detail (no subject; never plain ids).
+    pub detail: Value,
 }
 
-impl Marked {
-    fn label(self) -> &'static str {
-        match self {
-            Marked::Dropped => LABEL,
-            Marked::Rejected => REJECTED_LABEL,
-        }
-    }
+/// Drops counted in memory since the last summary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DropSummary {
+    /// How many captures were dropped.
+    pub count: u64,
+    /// The audit detail of the summary row (counts only, no subject).
+    pub detail: Value,
+}
 
-    fn counter(self) -> &'static str {
-        match self {
-            Marked::Dropped => counter::DROPPED_NO_CONSENT,
-            Marked::Rejected => counter::REJECTED_BAD_INPUT,
-        }
+/// What intake records with a batch besides its captures.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IntakeRecords {
+    /// Pairs rejected as bad input.
+    pub rejections: Vec<Rejection>,
+    /// Drops counted since the last summary, if any.
+    pub dropped: Option<DropSummary>,
+}
+
+impl IntakeRecords {
+    /// Nothing to record.
+    pub fn is_empty(&self) -> bool {
+        self.rejections.is_empty() && self.dropped.is_none()
     }
 }
 
-/// Records the drop or rejection (`what`) of the pair with content digest
-/// `pair`: a mark, the audit row `kind` with `detail` (no subject) and the
-/// counter, in one transaction. False, and nothing written, when it was
-/// recorded before.
+/// Records `records` inside `w`: for each rejection, true when it is new
+/// (marked, audited, counted), false when its pair was recorded before.
 pub(super) fn record(
-    store: &mut Store,
-    what: Marked,
-    pair: &[u8; 32],
-    kind: &str,
-    detail: Value,
+    w: &mut Writer,
+    records: &IntakeRecords,
     now: i64,
-) -> Result<bool, StoreError> {
-    let mut w = store.writer()?;
-    let mark = w
-        .keys
-        .pseudonyms
-        .pseudonym(&format!("{}{}", what.label(), hex::encode(pair)));
-    w.tx.prepare_cached("DELETE FROM dropped_pairs WHERE at < ?1")
-        .and_then(|mut s| s.execute(params![now.saturating_sub(KEEP_S)]))
-        .op("forgetting old drop marks")?;
-    let new =
-        w.tx.prepare_cached("INSERT OR IGNORE INTO dropped_pairs (mark, at) VALUES (?1, ?2)")
-            .and_then(|mut s| s.execute(params![&mark[..], now]))
-            .op("marking a dropped pair")?;
-    if new == 0 {
-        return Ok(false);
+) -> Result<Vec<bool>, StoreError> {
+    let mut out = Vec::with_capacity(records.rejections.len());
+    if !records.rejections.is_empty() {
+        w.tx.prepare_cached("DELETE FROM dropped_pairs WHERE at < ?1")
+            .and_then(|mut s| s.execute(params![now.saturating_sub(KEEP_S)]))
+            .op("forgetting old rejection marks")?;
     }
-    w.audit(now, kind, None, detail)?;
-    w.bump(what.counter(), 1)?;
-    w.commit()?;
-    Ok(true)
+    for r in &records.rejections {
+        let mark = w
+            .keys
+            .pseudonyms
+            .pseudonym(&format!("{REJECTED_LABEL}{}", hex::encode(r.pair)));
+        let new =
+            w.tx.prepare_cached("INSERT OR IGNORE INTO dropped_pairs (mark, at) VALUES (?1, ?2)")
+                .and_then(|mut s| s.execute(params![&mark[..], now]))
+                .op("marking a rejected pair")?;
+        if new == 0 {
+            out.push(false);
+            continue;
+        }
+        w.audit(now, kind::CAPTURE_REJECTED, None, r.detail.clone())?;
+        w.bump(counter::REJECTED_BAD_INPUT, 1)?;
+        out.push(true);
+    }
+    if let Some(d) = &records.dropped {
+        if d.count > 0 {
+            w.audit(now, kind::CAPTURE_DROPPED, None, d.detail.clone())?;
+            w.bump(counter::DROPPED_NO_CONSENT, d.count)?;
+        }
+    }
+    Ok(out)
 }

@@ -40,6 +40,7 @@ mod tests;
 mod vacuum;
 
 pub use consent_log::HeadApplied;
+pub use drops::{DropSummary, IntakeRecords, Rejection};
 pub use parts::Acked;
 pub use quarantine::{OutboxEntry, OutboxState, Refusal};
 pub use reserve::RESERVE_FILE_NAME;
@@ -617,7 +618,27 @@ impl Store {
         policy: &OutboxConfig,
         now: i64,
     ) -> Result<Vec<Inserted>, StoreError> {
-        let r = outbox::insert(self, batch, policy, now);
+        let r = outbox::insert(self, batch, &IntakeRecords::default(), policy, now);
+        self.finish(r.map(|(inserted, _)| inserted))
+    }
+
+    /// [`Store::insert_captures`] with what intake records besides its
+    /// captures in the same transaction, so they cost no fsync of their
+    /// own: pairs rejected as bad input (audited `capture.rejected` and
+    /// counted once per pair, like a capture id: a pair recorded before, a
+    /// crash having come between this commit and the spool removal, is not
+    /// recorded again) and the summary of drops counted in memory
+    /// (`dropped_no_consent`, one `capture.dropped` row). Also with no
+    /// captures at all. Returns the captures' outcomes and, per rejection,
+    /// whether it was new.
+    pub fn insert_captures_with(
+        &mut self,
+        batch: Vec<Capture>,
+        records: &IntakeRecords,
+        policy: &OutboxConfig,
+        now: i64,
+    ) -> Result<(Vec<Inserted>, Vec<bool>), StoreError> {
+        let r = outbox::insert(self, batch, records, policy, now);
         self.finish(r)
     }
 
@@ -751,38 +772,6 @@ impl Store {
         now: i64,
     ) -> Result<(), StoreError> {
         let r = counters::record(self, kind, subject, detail, counter, now);
-        self.finish(r)
-    }
-
-    /// A capture the consent gate dropped: audits `kind` with `detail` (no
-    /// subject; never put plain ids in `detail`) and counts
-    /// `dropped_no_consent`, once per spool pair: `pair` is a digest of the
-    /// pair's content, and a pair recorded before (a crash came between this
-    /// commit and the spool removal) is not recorded again (false).
-    pub fn record_drop(
-        &mut self,
-        pair: &[u8; 32],
-        kind: &str,
-        detail: Value,
-        now: i64,
-    ) -> Result<bool, StoreError> {
-        let r = drops::record(self, drops::Marked::Dropped, pair, kind, detail, now);
-        self.finish(r)
-    }
-
-    /// A spool pair rejected as bad input: audits `kind` with `detail` (no
-    /// subject; never put plain ids in `detail`) and counts
-    /// `rejected_bad_input`, once per pair, like [`Store::record_drop`]:
-    /// false when this pair's rejection was recorded before (a crash came
-    /// between this commit and the spool removal).
-    pub fn record_rejection(
-        &mut self,
-        pair: &[u8; 32],
-        kind: &str,
-        detail: Value,
-        now: i64,
-    ) -> Result<bool, StoreError> {
-        let r = drops::record(self, drops::Marked::Rejected, pair, kind, detail, now);
         self.finish(r)
     }
 

@@ -141,10 +141,14 @@ fn make_room(
 pub(super) fn insert(
     store: &mut Store,
     batch: Vec<Capture>,
+    records: &super::drops::IntakeRecords,
     policy: &OutboxConfig,
     now: i64,
-) -> Result<Vec<Inserted>, StoreError> {
+) -> Result<(Vec<Inserted>, Vec<bool>), StoreError> {
     let mut w = store.writer()?;
+    // Rejections and the drop summary first: they fit in the pages the
+    // batch writes anyway, and need no room under the quota.
+    let rejected = super::drops::record(&mut w, records, now)?;
     let mut cache: HashMap<[u8; 32], DataKey> = HashMap::new();
     let mut out = Vec::with_capacity(batch.len());
     for c in batch {
@@ -202,7 +206,7 @@ pub(super) fn insert(
         out.push(Inserted::Accepted);
     }
     w.commit()?;
-    Ok(out)
+    Ok((out, rejected))
 }
 
 fn decode_meta(bytes: &[u8]) -> Option<(Meta, [u8; 32])> {

@@ -2132,33 +2132,57 @@ fn pending_where_reads_only_the_captures_the_filter_accepts_within_the_lookahead
     );
 }
 
-/// A drop is counted and audited once per pair (`Store::record_drop`); the
-/// mark holds neither the digest nor anything else readable, and goes
-/// after a week.
+/// What intake records with a batch (`Store::insert_captures_with`): a
+/// rejection is counted and audited once per pair, also across a crash
+/// between its commit and the spool removal (the store reopened); its mark
+/// holds neither the digest nor anything else readable, and goes after a
+/// week; a drop summary adds its count and one audit row; all of it in the
+/// batch's transaction, also without captures.
 #[test]
-fn a_drop_is_recorded_once_per_pair() {
+fn intake_records_go_with_the_batch_and_a_rejection_counts_once() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = open(dir.path());
     let now = 1_800_000_000;
-    let detail = || json!({ "reason": "no_consent", "camera": "cam-1" });
+    let policy = roomy();
+    let rejection = |pair: [u8; 32]| Rejection {
+        pair,
+        detail: json!({ "pair": "tag", "reason": "image: not an image" }),
+    };
+    let records = |pairs: &[[u8; 32]], dropped: u64| IntakeRecords {
+        rejections: pairs.iter().map(|p| rejection(*p)).collect(),
+        dropped: (dropped > 0).then(|| DropSummary {
+            count: dropped,
+            detail: json!({ "count": dropped }),
+        }),
+    };
     let count = |s: &mut Store| {
         let c = s.counters().unwrap();
-        let dropped = c.get(counter::DROPPED_NO_CONSENT).copied().unwrap_or(0);
+        let get = |k| c.get(k).copied().unwrap_or(0);
         let rows = s.audit_tail(100).unwrap();
+        let rows = |k: &str| rows.iter().filter(|e| e.kind == k).count();
         (
-            dropped,
-            rows.iter().filter(|e| e.kind == "capture.dropped").count(),
+            get(counter::REJECTED_BAD_INPUT),
+            rows("capture.rejected"),
+            get(counter::DROPPED_NO_CONSENT),
+            rows("capture.dropped"),
         )
     };
-    let (a, b) = ([1u8; 32], [2u8; 32]);
-    assert!(s.record_drop(&a, "capture.dropped", detail(), now).unwrap());
-    assert!(!s
-        .record_drop(&a, "capture.dropped", detail(), now + 5)
-        .unwrap());
-    assert!(s
-        .record_drop(&b, "capture.dropped", detail(), now + 5)
-        .unwrap());
-    assert_eq!(count(&mut s), (2, 2));
+    let (a, b) = ([7u8; 32], [8u8; 32]);
+    {
+        let mut s = open(dir.path());
+        let (inserted, new) = s
+            .insert_captures_with(Vec::new(), &records(&[a], 3), &policy, now)
+            .unwrap();
+        assert!(inserted.is_empty());
+        assert_eq!(new, [true]);
+        assert_eq!(count(&mut s), (1, 1, 3, 1));
+        // The crash point: committed, the spool pair not removed yet.
+    }
+    let mut s = open(dir.path());
+    let (_, new) = s
+        .insert_captures_with(Vec::new(), &records(&[a, b], 0), &policy, now + 3)
+        .unwrap();
+    assert_eq!(new, [false, true], "counted once across the crash");
+    assert_eq!(count(&mut s), (2, 2, 3, 1));
     let marks: Vec<Vec<u8>> = s
         .conn()
         .prepare("SELECT mark FROM dropped_pairs")
@@ -2171,59 +2195,13 @@ fn a_drop_is_recorded_once_per_pair() {
     assert!(marks
         .iter()
         .all(|m| m.len() == 32 && m[..] != a && m[..] != b));
-    // A week later the first mark is gone (deleted by the next drop).
-    let later = now + drops::KEEP_S + 1;
-    assert!(s
-        .record_drop(&b, "capture.dropped", detail(), later)
-        .is_ok_and(|n| !n));
-    assert!(s
-        .record_drop(&a, "capture.dropped", detail(), later)
-        .unwrap());
-    assert_eq!(count(&mut s), (3, 3));
-    assert!(s.audit_verify().unwrap().ok, "the chain holds");
-}
-
-/// A rejection is counted and audited once per pair
-/// (`Store::record_rejection`), also across a crash between its commit and
-/// the spool removal (the store reopened), and apart from drops: the same
-/// digest dropped and rejected are two different records.
-#[test]
-fn a_rejection_is_recorded_once_per_pair_across_a_crash() {
-    let dir = tempfile::tempdir().unwrap();
-    let now = 1_800_000_000;
-    let detail = || json!({ "pair": "tag", "reason": "image: not an image" });
-    let count = |s: &mut Store| {
-        let c = s.counters().unwrap();
-        let rejected = c.get(counter::REJECTED_BAD_INPUT).copied().unwrap_or(0);
-        let rows = s.audit_tail(100).unwrap();
-        (
-            rejected,
-            rows.iter().filter(|e| e.kind == "capture.rejected").count(),
-        )
-    };
-    let a = [7u8; 32];
-    {
-        let mut s = open(dir.path());
-        assert!(s
-            .record_rejection(&a, "capture.rejected", detail(), now)
-            .unwrap());
-        assert_eq!(count(&mut s), (1, 1));
-        // The crash point: committed, the spool pair not removed yet.
-    }
-    let mut s = open(dir.path());
-    assert!(!s
-        .record_rejection(&a, "capture.rejected", detail(), now + 3)
-        .unwrap());
-    assert_eq!(count(&mut s), (1, 1), "counted once across the crash");
-    // A drop of the same digest is its own record.
-    assert!(s
-        .record_drop(&a, "capture.dropped", json!({}), now + 4)
-        .unwrap());
-    assert_eq!(count(&mut s), (1, 1));
-    assert!(s
-        .record_rejection(&[8u8; 32], "capture.rejected", detail(), now + 5)
-        .unwrap());
-    assert_eq!(count(&mut s), (2, 2));
+    // A week later the marks are gone (deleted by the next rejection).
+    let later = now + drops::KEEP_S + 10;
+    let (_, new) = s
+        .insert_captures_with(Vec::new(), &records(&[a], 2), &policy, later)
+        .unwrap();
+    assert_eq!(new, [true]);
+    assert_eq!(count(&mut s), (3, 3, 5, 2));
     assert!(s.audit_verify().unwrap().ok, "the chain holds");
 }
 

@@ -123,6 +123,7 @@ struct Capture {
     #[serde(serialize_with = "human_duration")]
     poll_interval: Option<Duration>,
     max_file_bytes: Option<u64>,
+    max_batch_bytes: Option<u64>,
 }
 
 /// `[commands]`.
@@ -351,6 +352,14 @@ impl ConfigBuilder {
         self
     }
 
+    /// `capture.max_batch_bytes`.
+    pub fn max_batch_bytes(mut self, bytes: u64) -> Self {
+        self.capture
+            .get_or_insert_with(Capture::default)
+            .max_batch_bytes = Some(bytes);
+        self
+    }
+
     /// `capture.max_file_bytes`.
     pub fn max_file_bytes(mut self, bytes: u64) -> Self {
         self.capture
@@ -446,7 +455,8 @@ impl ConfigBuilder {
 }
 
 /// Camera-sized capture limits, the product's defaults: 8 MiB files, 4096×4096
-/// pixels, 64 MiB for decoding, 60 s spool grace, 100 ms polling.
+/// pixels, 64 MiB for decoding, 60 s spool grace, 100 ms polling, 32 MiB
+/// batches.
 pub fn capture_limits() -> CaptureConfig {
     CaptureConfig {
         max_file_bytes: 8 * 1024 * 1024,
@@ -456,6 +466,7 @@ pub fn capture_limits() -> CaptureConfig {
         decode_memory_bytes: 64 * 1024 * 1024,
         spool_grace: Duration::from_secs(60),
         poll_interval: Duration::from_millis(100),
+        max_batch_bytes: 32 * 1024 * 1024,
     }
 }
 
