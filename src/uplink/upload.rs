@@ -649,9 +649,11 @@ async fn delete_acked(agent: &Arc<Agent>, pieces: &[Piece]) -> Result<Acked, cra
         .iter()
         .filter_map(|p| Some((p.capture_id.clone(), p.part?)))
         .collect();
+    // On the second connection: the fsync does not hold the store lock
+    // the hand-over takes.
     agent
         .db()
-        .run(move |s| s.ack_uploads(&wholes, &parts, now))
+        .run_acks(move |s| s.ack_uploads(&wholes, &parts, now))
         .await
 }
 
