@@ -20,7 +20,8 @@
 //! the audit retention period are deleted behind a sealed chain checkpoint.
 //!
 //! The store is synchronous; the daemon owns one [`Store`] behind a mutex and
-//! calls it from `spawn_blocking`.
+//! calls it from `spawn_blocking`, plus its [`Store::second_connection`],
+//! behind a mutex of its own, for the deletes after PUBACK only.
 
 mod audit_log;
 mod clock_mark;

@@ -80,6 +80,17 @@ pub struct Plan {
     pub upload: Vec<Upload>,
 }
 
+/// How many uploads may be handed over now: the window's free slots
+/// (`free_slots`: the window less the uploads awaiting their PUBACK), and no
+/// more than the window less the uploads acknowledged but not yet recorded
+/// (`unrecorded`). The deletes after PUBACK commit apart from the hand-over
+/// (a second store connection), so without the second bound a slow disk
+/// would let acknowledged, unrecorded uploads pile up: each is sent again
+/// after a crash (never lost, I9/I12, but the back-end gets it twice).
+pub fn room(free_slots: usize, unrecorded: usize, window: usize) -> usize {
+    free_slots.min(window.saturating_sub(unrecorded))
+}
+
 /// The distinct subjects of `queued`, in the order first seen: the ones to
 /// ask the consent rule about, once each per batch.
 pub fn subjects(queued: &[Queued<'_>]) -> Vec<SubjectId> {
@@ -249,6 +260,25 @@ mod tests {
         DropReason::MissingScope,
         DropReason::Expired,
     ];
+
+    #[test]
+    fn room_is_bounded_by_the_free_slots_and_by_the_unrecorded_acks() {
+        // (free slots, unrecorded, window) -> room
+        let table = [
+            ((16, 0, 16), 16),
+            ((16, 3, 16), 13),
+            ((4, 3, 16), 4),
+            ((16, 16, 16), 0),
+            ((16, 40, 16), 0),
+            ((0, 0, 16), 0),
+            ((1, 0, 1), 1),
+            ((1, 1, 1), 0),
+            ((0, 0, 0), 0),
+        ];
+        for ((free, unrecorded, window), want) in table {
+            assert_eq!(room(free, unrecorded, window), want, "{free} {unrecorded} {window}");
+        }
+    }
 
     #[test]
     fn subjects_are_asked_about_once_each_in_queue_order() {

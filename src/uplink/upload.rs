@@ -152,7 +152,11 @@ pub async fn fill_window(
         // new over until they are (see [`deleter`]).
         return;
     }
-    let free = link.free_slots(window);
+    let free = handover::room(
+        link.free_slots(window),
+        agent.inflight().unrecorded(),
+        window,
+    );
     // With a full window there is nothing to hand over, but a capture kept
     // decrypted for its parts is still looked at: purged meanwhile, it is
     // let go of now rather than when the window frees up.
