@@ -268,7 +268,12 @@ mod tests {
             vec![0xff, 0xd8, 0xff],
             (0..=255u8).cycle().take(64_001).collect(),
         ];
-        let parts = [(None, None), (Some(0), Some(1)), (Some(7), Some(9)), (Some(u32::MAX), Some(u32::MAX))];
+        let parts = [
+            (None, None),
+            (Some(0), Some(1)),
+            (Some(7), Some(9)),
+            (Some(u32::MAX), Some(u32::MAX)),
+        ];
         for image in &images {
             for (part, parts) in parts {
                 for camera in ["cam-1", "\u{1}\"\\\u{7f}é</script>"] {

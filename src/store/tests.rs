@@ -767,13 +767,19 @@ fn deletes_on_the_second_connection_are_truncated_by_the_first() {
         .query_row("PRAGMA secure_delete", [], |r| r.get(0))
         .unwrap();
     assert_eq!(sd, 1, "zeroing on the second connection too");
-    assert!(!s.truncate_wal_after_deletes().unwrap(), "nothing deleted yet");
+    assert!(
+        !s.truncate_wal_after_deletes().unwrap(),
+        "nothing deleted yet"
+    );
     let acked = acks.ack_uploads(&ids[..1], &[], T0 + 1).unwrap();
     assert_eq!(acked.deleted, 1);
     assert_eq!(pending_ids(&mut s, 100, &[]), ids[1..].to_vec());
     assert!(s.truncate_wal_after_deletes().unwrap(), "the first knows");
     let files = raw_files(dir.path());
-    assert!(find_any_window(&files, &sealed, 32).is_none(), "no ciphertext left");
+    assert!(
+        find_any_window(&files, &sealed, 32).is_none(),
+        "no ciphertext left"
+    );
     // The rest deleted one at a time on another thread while the first
     // truncates and gives pages back: every call returns, nothing is lost.
     let rest = ids[1..].to_vec();

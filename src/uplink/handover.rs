@@ -276,7 +276,11 @@ mod tests {
             ((0, 0, 0), 0),
         ];
         for ((free, unrecorded, window), want) in table {
-            assert_eq!(room(free, unrecorded, window), want, "{free} {unrecorded} {window}");
+            assert_eq!(
+                room(free, unrecorded, window),
+                want,
+                "{free} {unrecorded} {window}"
+            );
         }
     }
 
