@@ -192,6 +192,16 @@ impl InFlight {
             .count()
     }
 
+    /// How many uploads are acknowledged by the broker and not yet recorded
+    /// (their delete, or part record, not committed).
+    pub fn unrecorded(&self) -> usize {
+        self.lock()
+            .values()
+            .flat_map(|set| set.values())
+            .filter(|s| **s == Stage::Acknowledged)
+            .count()
+    }
+
     /// True when nothing is in flight: every upload handed over is
     /// acknowledged and its delete recorded, or abandoned.
     pub fn is_empty(&self) -> bool {

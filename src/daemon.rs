@@ -167,7 +167,7 @@ pub fn open(config: Config) -> Result<Agent, DaemonError> {
     if let Err(e) = store.keep_reserve(config.storage.reserve_bytes) {
         tracing::warn!(error = %e, "cannot write the disk space reserve");
     }
-    Ok(Agent::new(Arc::new(config), Db::new(store)))
+    Ok(Agent::new(Arc::new(config), Db::new(store)?))
 }
 
 /// Creates `path` with `mode` if missing; refuses an existing directory that others can write.

@@ -3,6 +3,11 @@
 //! Async code never touches the connection directly; it sends a closure to a
 //! blocking thread with [`Db::run`], so no connection is held across an
 //! `.await`. Threads that are already blocking (intake) use [`Db::lock`].
+//!
+//! A second connection to the same database ([`Store::second_connection`])
+//! is kept for the deletes after PUBACK ([`Db::run_acks`]): they commit and
+//! fsync without holding the store lock that the hand-over, intake and
+//! revocations take.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -14,6 +19,8 @@ pub struct Db {
     /// The store; the mutex serialises every transaction, which is what makes
     /// "re-check consent, then hand to MQTT" atomic with respect to a revocation.
     inner: Arc<Mutex<Store>>,
+    /// The second connection, for acknowledged uploads only.
+    acks: Arc<Mutex<Store>>,
 }
 
 /// Why a [`Db::run`] call failed.
@@ -28,11 +35,13 @@ pub enum DbError {
 }
 
 impl Db {
-    /// Takes ownership of an opened store.
-    pub fn new(store: Store) -> Self {
-        Db {
+    /// Takes ownership of an opened store and opens its second connection.
+    pub fn new(store: Store) -> Result<Self, StoreError> {
+        let acks = store.second_connection()?;
+        Ok(Db {
             inner: Arc::new(Mutex::new(store)),
-        }
+            acks: Arc::new(Mutex::new(acks)),
+        })
     }
 
     /// Locks the store on the current (blocking) thread.
@@ -57,6 +66,23 @@ impl Db {
             Err(e) => Err(DbError::Task(e.to_string())),
         }
     }
+
+    /// [`Db::run`] on the second connection, without the store lock: only
+    /// for recording acknowledged uploads ([`Store::ack_uploads`]), so their
+    /// fsync does not hold up the hand-over. SQLite serialises its write
+    /// transactions with the main connection's.
+    pub async fn run_acks<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        F: FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let acks = self.acks.clone();
+        let run = move || f(&mut acks.lock().unwrap_or_else(|p| p.into_inner()));
+        match tokio::task::spawn_blocking(run).await {
+            Ok(result) => Ok(result?),
+            Err(e) => Err(DbError::Task(e.to_string())),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -67,7 +93,7 @@ mod tests {
     fn db() -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), DeviceKey::from_bytes([7u8; 32])).unwrap();
-        (dir, Db::new(store))
+        (dir, Db::new(store).unwrap())
     }
 
     #[tokio::test]

@@ -43,23 +43,93 @@ pub struct Envelope {
     pub parts: Option<u32>,
 }
 
+/// The fields of an [`Envelope`] before the image, in the same order and
+/// with the same encodings (serde writes fields in declaration order).
+#[derive(Serialize)]
+struct Head<'a> {
+    v: u8,
+    capture_id: &'a str,
+    site: &'a str,
+    device: &'a str,
+    subject: &'a str,
+    consent_id: &'a str,
+    #[serde(with = "fields::rfc3339")]
+    captured_at: i64,
+    camera: &'a str,
+    content_type: &'a str,
+    #[serde(with = "fields::sha256_hex")]
+    sha256: [u8; 32],
+}
+
 impl Envelope {
     /// The JSON bytes published on the captures topic. The buffer is
     /// allocated once, at a size the JSON cannot outgrow: a growing buffer
     /// would leave partial copies of the (base64) image in freed memory.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.json_len_bound());
-        // Serializing plain strings, integers and byte strings cannot fail.
-        match serde_json::to_writer(&mut out, self) {
-            Ok(()) => out,
-            Err(_) => Vec::new(),
+        self.to_bytes_with(&self.image)
+    }
+
+    /// [`Self::to_bytes`] of this envelope with `image` in place of
+    /// `self.image` (which is not read): the uplink passes the decrypted
+    /// image, or one part's slice of it, without copying it into the
+    /// envelope first. The fields before the image are written by serde;
+    /// the image is base64-encoded straight into the output buffer (base64
+    /// needs no JSON escaping, so it is not scanned for characters to
+    /// escape), then `part` and `parts`. Byte for byte what serde writes for
+    /// the whole struct (tested), in one buffer that never grows.
+    pub fn to_bytes_with(&self, image: &[u8]) -> Vec<u8> {
+        use base64::Engine;
+        use std::io::Write;
+        let mut out = Vec::with_capacity(self.json_len_bound_for(image.len()));
+        let head = Head {
+            v: self.v,
+            capture_id: &self.capture_id,
+            site: &self.site,
+            device: &self.device,
+            subject: &self.subject,
+            consent_id: &self.consent_id,
+            captured_at: self.captured_at,
+            camera: &self.camera,
+            content_type: &self.content_type,
+            sha256: self.sha256,
+        };
+        // Serializing plain strings, integers and a valid time cannot fail;
+        // a time beyond RFC 3339 gives no bytes, as before.
+        if serde_json::to_writer(&mut out, &head).is_err() || out.pop() != Some(b'}') {
+            return Vec::new();
         }
+        out.extend_from_slice(b",\"image\":\"");
+        let start = out.len();
+        let Some(n) = base64::encoded_len(image.len(), true) else {
+            return Vec::new();
+        };
+        out.resize(start + n, 0);
+        match base64::engine::general_purpose::STANDARD.encode_slice(image, &mut out[start..]) {
+            Ok(written) if written == n => {}
+            _ => return Vec::new(),
+        }
+        out.push(b'"');
+        // Writing into a Vec cannot fail.
+        if let Some(part) = self.part {
+            let _ = write!(out, ",\"part\":{part}");
+        }
+        if let Some(parts) = self.parts {
+            let _ = write!(out, ",\"parts\":{parts}");
+        }
+        out.push(b'}');
+        out
     }
 
     /// An upper bound of the length of [`Self::to_bytes`]: the base64 image,
     /// every text field fully escaped (`\u00XX`, 6 bytes per byte), and
     /// room for the names, the digest, the time and the numbers.
+    #[cfg(test)]
     fn json_len_bound(&self) -> usize {
+        self.json_len_bound_for(self.image.len())
+    }
+
+    /// [`Self::json_len_bound`] for an image of `image_len` bytes.
+    fn json_len_bound_for(&self, image_len: usize) -> usize {
         let text: usize = [
             &self.capture_id,
             &self.site,
@@ -72,7 +142,7 @@ impl Envelope {
         .iter()
         .map(|t| t.len())
         .sum();
-        4 * self.image.len().div_ceil(3) + 6 * text + 512
+        4 * image_len.div_ceil(3) + 6 * text + 512
     }
 
     /// Parses an envelope as a back-end receives it.
@@ -184,6 +254,45 @@ mod tests {
             // A buffer that had to grow would have a larger capacity.
             assert_eq!(bytes.capacity(), e.json_len_bound(), "{e:?}");
             assert!(bytes.len() <= bytes.capacity());
+        }
+    }
+
+    /// The hand-written image and part fields give exactly serde's bytes
+    /// for the whole struct (the wire format of SPEC "Upload envelope").
+    #[test]
+    fn the_bytes_are_serdes_bytes_for_every_shape() {
+        let images: [Vec<u8>; 5] = [
+            vec![],
+            vec![0xff],
+            vec![0xff, 0xd8],
+            vec![0xff, 0xd8, 0xff],
+            (0..=255u8).cycle().take(64_001).collect(),
+        ];
+        let parts = [
+            (None, None),
+            (Some(0), Some(1)),
+            (Some(7), Some(9)),
+            (Some(u32::MAX), Some(u32::MAX)),
+        ];
+        for image in &images {
+            for (part, parts) in parts {
+                for camera in ["cam-1", "\u{1}\"\\\u{7f}é</script>"] {
+                    let e = Envelope {
+                        image: image.clone(),
+                        part,
+                        parts,
+                        camera: camera.into(),
+                        ..sample()
+                    };
+                    let want = serde_json::to_vec(&e).unwrap();
+                    assert_eq!(e.to_bytes(), want, "{e:?}");
+                    let head = Envelope {
+                        image: Vec::new(),
+                        ..e.clone()
+                    };
+                    assert_eq!(head.to_bytes_with(image), want, "{e:?}");
+                }
+            }
         }
     }
 

@@ -20,7 +20,8 @@
 //! the audit retention period are deleted behind a sealed chain checkpoint.
 //!
 //! The store is synchronous; the daemon owns one [`Store`] behind a mutex and
-//! calls it from `spawn_blocking`.
+//! calls it from `spawn_blocking`, plus its [`Store::second_connection`],
+//! behind a mutex of its own, for the deletes after PUBACK only.
 
 mod audit_log;
 mod clock_mark;
@@ -49,6 +50,8 @@ use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, Transaction, TransactionBehavior};
@@ -401,11 +404,14 @@ pub struct OutboxStats {
     pub oldest_age_s: u64,
 }
 
+/// How often a busy WAL checkpoint is tried before it is left to the next one.
+const CHECKPOINT_TRIES: u32 = 3;
+
 /// The device's persistent state. `Send`: share it behind a mutex.
 pub struct Store {
     conn: Connection,
     path: PathBuf,
-    keys: DerivedKeys,
+    keys: Arc<DerivedKeys>,
     /// Remembered signature checks of stored consents (consent rule term 1),
     /// so [`Store::decide`] and [`Store::sweep_consents`] do not verify the
     /// same token again and again under unchanged trusted keys.
@@ -413,7 +419,14 @@ pub struct Store {
     /// Rows were deleted (uploaded captures) since the WAL was last
     /// truncated: the WAL may still hold their pages as they were before the
     /// delete. True at open (a WAL left by a crash may hold anything).
-    wal_has_deleted: bool,
+    /// Shared with the [`Store::second_connection`] of this store, which
+    /// sets it for its deletes.
+    wal_has_deleted: Arc<AtomicBool>,
+    /// Held by the second connection for each of its write transactions and
+    /// by this one while it truncates the WAL or gives pages back, so that
+    /// no delete of the other connection lands between a checkpoint and
+    /// what relies on it (ARCHITECTURE I4).
+    pair: Arc<Mutex<()>>,
     /// The space reserve next to the database ([`reserve`]).
     reserve: reserve::Reserve,
 }
@@ -442,7 +455,7 @@ impl Store {
     pub fn open(state_dir: &Path, key: DeviceKey) -> Result<Store, StoreError> {
         let path = state_dir.join(DB_FILE_NAME);
         prepare_db_file(&path)?;
-        let keys = key.derive();
+        let keys = Arc::new(key.derive());
         drop(key);
         let conn = Connection::open(&path).op("opening the database")?;
         let mut store = Store {
@@ -451,7 +464,8 @@ impl Store {
             path,
             keys,
             signatures: SignatureMemo::default(),
-            wal_has_deleted: true,
+            wal_has_deleted: Arc::new(AtomicBool::new(true)),
+            pair: Arc::new(Mutex::new(())),
         };
         let r = schema::init(&mut store);
         match store.finish(r) {
@@ -473,6 +487,45 @@ impl Store {
     /// Path of the database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A second connection to the same database, with the same keys and
+    /// pragmas, for the deletes after PUBACK ([`Store::ack_uploads`]): they
+    /// commit (and fsync) without holding the lock of the hand-over, intake
+    /// and revocations, which use this one. SQLite serialises the two
+    /// connections' write transactions (`BEGIN IMMEDIATE`, busy timeout).
+    /// The WAL truncation after its deletes is this store's
+    /// ([`Store::truncate_wal_after_deletes`]); a truncation or a page
+    /// give-back here waits for a delete in progress there and the other way
+    /// round (ARCHITECTURE I4). Use it for nothing but acknowledgements.
+    pub fn second_connection(&self) -> Result<Store, StoreError> {
+        let conn = Connection::open(&self.path).op("opening a second connection")?;
+        conn.execute_batch(
+            "PRAGMA synchronous=FULL; PRAGMA secure_delete=ON; PRAGMA foreign_keys=ON;",
+        )
+        .op("setting pragmas")?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .op("setting busy timeout")?;
+        let reserve = self.path.with_file_name(RESERVE_FILE_NAME);
+        Ok(Store {
+            conn,
+            path: self.path.clone(),
+            keys: self.keys.clone(),
+            signatures: SignatureMemo::default(),
+            wal_has_deleted: self.wal_has_deleted.clone(),
+            pair: self.pair.clone(),
+            reserve: reserve::Reserve::new(reserve),
+        })
+    }
+
+    /// Whether rows were deleted since the WAL was last truncated.
+    pub(crate) fn wal_dirty(&self) -> bool {
+        self.wal_has_deleted.load(Ordering::SeqCst)
+    }
+
+    /// Rows were deleted (or are about to be): the WAL needs truncating.
+    pub(crate) fn set_wal_dirty(&self, dirty: bool) {
+        self.wal_has_deleted.store(dirty, Ordering::SeqCst);
     }
 
     /// Hex storage pseudonym of a subject (tombstones, data keys, captures;
@@ -695,7 +748,7 @@ impl Store {
     /// purge truncates at once. True if it truncated. A checkpoint that could
     /// not complete is logged and tried again on the next call.
     pub fn truncate_wal_after_deletes(&mut self) -> Result<bool, StoreError> {
-        if !self.wal_has_deleted {
+        if !self.wal_dirty() {
             return Ok(false);
         }
         self.checkpoint()?;
@@ -893,20 +946,36 @@ impl Store {
     /// a purge has committed, so a failure is logged rather than returned (the
     /// purge itself stands; the next checkpoint finishes the job).
     pub(crate) fn checkpoint(&mut self) -> Result<(), StoreError> {
-        self.wal_has_deleted = false;
-        match self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                r.get::<_, i64>(0)
-            }) {
-            Ok(0) => {}
-            Ok(_) => {
-                self.wal_has_deleted = true;
-                tracing::warn!(db = %self.path.display(), "WAL checkpoint could not complete: database busy")
-            }
-            Err(e) => {
-                self.wal_has_deleted = true;
-                tracing::error!(db = %self.path.display(), error = %e, "WAL checkpoint failed")
+        let pair = self.pair.clone();
+        let _pair = pair.lock().unwrap_or_else(|p| p.into_inner());
+        self.checkpoint_paired()
+    }
+
+    /// [`Store::checkpoint`] with the paired connection already held off
+    /// ([`Store::pair_lock`]). A checkpoint the busy timeout could not
+    /// complete (a reader of the old frames) is tried again a few times
+    /// before it is left to the next call.
+    pub(crate) fn checkpoint_paired(&mut self) -> Result<(), StoreError> {
+        self.set_wal_dirty(false);
+        for attempt in 1..=CHECKPOINT_TRIES {
+            match self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    r.get::<_, i64>(0)
+                }) {
+                Ok(0) => return Ok(()),
+                Ok(_) if attempt < CHECKPOINT_TRIES => {
+                    std::thread::sleep(Duration::from_millis(10 * attempt as u64));
+                }
+                Ok(_) => {
+                    self.set_wal_dirty(true);
+                    tracing::warn!(db = %self.path.display(), "WAL checkpoint could not complete: database busy")
+                }
+                Err(e) => {
+                    self.set_wal_dirty(true);
+                    tracing::error!(db = %self.path.display(), error = %e, "WAL checkpoint failed");
+                    return Ok(());
+                }
             }
         }
         Ok(())

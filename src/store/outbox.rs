@@ -369,20 +369,23 @@ pub(super) fn ack(
     capture_ids: &[CaptureId],
     now: i64,
 ) -> Result<usize, StoreError> {
+    let pair = store.pair.clone();
+    let _pair = pair.lock().unwrap_or_else(|p| p.into_inner());
+    let dirty = store.wal_has_deleted.clone();
     let mut w = store.writer()?;
     let deleted = ack_in(&mut w, capture_ids, now)?;
-    w.commit()?;
     if deleted > 0 {
-        // The WAL still holds the pages as they were before the delete.
-        store.wal_has_deleted = true;
+        // The WAL will hold the pages as they were before the delete.
+        dirty.store(true, std::sync::atomic::Ordering::SeqCst);
     }
+    w.commit()?;
     Ok(deleted)
 }
 
 /// Deletes uploaded captures inside the transaction `w` (audited
 /// `capture.uploaded`, counted, data key destroyed with the last capture of
 /// a subject); returns how many were still queued. The caller commits and
-/// then sets `wal_has_deleted` if any was.
+/// marks the WAL for truncation if any was.
 pub(super) fn ack_in(
     w: &mut Writer<'_>,
     capture_ids: &[CaptureId],

@@ -104,22 +104,26 @@ impl Store {
         if wholes.is_empty() && parts.is_empty() {
             return Ok(Acked::default());
         }
-        let acked = self.with_reserve(|s| {
+        let pair = self.pair.clone();
+        let _pair = pair.lock().unwrap_or_else(|p| p.into_inner());
+        self.with_reserve(|s| {
+            let dirty = s.wal_has_deleted.clone();
             let r = (|| {
                 let mut w = s.writer()?;
                 let completed = record_parts(&mut w, parts, now)?;
                 let ids: Vec<CaptureId> = wholes.iter().chain(&completed).cloned().collect();
                 let deleted = outbox::ack_in(&mut w, &ids, now)?;
+                if deleted > 0 {
+                    // The WAL will hold the pages as they were before the
+                    // delete: marked before the commit, so a truncation
+                    // never misses it.
+                    dirty.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
                 w.commit()?;
                 Ok(Acked { deleted, completed })
             })();
             s.finish(r)
-        })?;
-        if acked.deleted > 0 {
-            // The WAL still holds the pages as they were before the delete.
-            self.wal_has_deleted = true;
-        }
-        Ok(acked)
+        })
     }
 
     /// Deletes captures whose parts are all acknowledged, as uploaded

@@ -743,6 +743,62 @@ fn uploaded_captures_leave_no_ciphertext_once_the_wal_is_truncated() {
     assert_eq!(pending_ids(&mut s, 10, &[]), [kept[1].clone()]);
 }
 
+/// Deletes after PUBACK run on the second connection: the first sees them,
+/// knows the WAL needs truncating, and its truncation leaves no ciphertext
+/// of them in the files, also while the second keeps deleting from another
+/// thread (ARCHITECTURE I4).
+#[test]
+fn deletes_on_the_second_connection_are_truncated_by_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    assert!(s.truncate_wal_after_deletes().unwrap());
+    let ids = with_captures(&mut s, "S-1", 40, T0);
+    let sealed: Vec<u8> = s
+        .conn()
+        .query_row(
+            "SELECT image FROM captures WHERE capture_id = ?1",
+            [ids[0].as_str()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let mut acks = s.second_connection().unwrap();
+    let sd: i64 = acks
+        .conn()
+        .query_row("PRAGMA secure_delete", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(sd, 1, "zeroing on the second connection too");
+    assert!(
+        !s.truncate_wal_after_deletes().unwrap(),
+        "nothing deleted yet"
+    );
+    let acked = acks.ack_uploads(&ids[..1], &[], T0 + 1).unwrap();
+    assert_eq!(acked.deleted, 1);
+    assert_eq!(pending_ids(&mut s, 100, &[]), ids[1..].to_vec());
+    assert!(s.truncate_wal_after_deletes().unwrap(), "the first knows");
+    let files = raw_files(dir.path());
+    assert!(
+        find_any_window(&files, &sealed, 32).is_none(),
+        "no ciphertext left"
+    );
+    // The rest deleted one at a time on another thread while the first
+    // truncates and gives pages back: every call returns, nothing is lost.
+    let rest = ids[1..].to_vec();
+    let worker = std::thread::spawn(move || {
+        for id in rest {
+            assert_eq!(acks.ack_uploads(&[id], &[], T0 + 2).unwrap().deleted, 1);
+        }
+    });
+    while !worker.is_finished() {
+        s.truncate_wal_after_deletes().unwrap();
+        s.vacuum_free_pages().unwrap();
+    }
+    worker.join().unwrap();
+    s.truncate_wal_after_deletes().unwrap();
+    assert!(pending_ids(&mut s, 100, &[]).is_empty());
+    assert_eq!(s.counters().unwrap()["uploaded"], 40);
+    assert!(s.audit_verify().unwrap().ok, "one audit chain");
+}
+
 #[test]
 fn decide_applies_the_rule_to_stored_consents_and_tombstones() {
     use crate::gate::{Decision, DropReason};

@@ -109,6 +109,9 @@ impl Store {
     /// with a checkpoint after each. Returns how many pages were given back.
     /// Nothing on a database that is not incremental yet ([`convert`]).
     pub fn vacuum_free_pages(&mut self) -> Result<u64, StoreError> {
+        // No delete of the paired connection between a checkpoint and the
+        // step that relies on it (ARCHITECTURE I4).
+        let pair = self.pair.clone();
         let r = (|| {
             if pragma_i64(&self.conn, "auto_vacuum")? != INCREMENTAL {
                 return Ok(0);
@@ -118,6 +121,7 @@ impl Store {
             if !worth_it(pragma_i64(&self.conn, "freelist_count")?, pages) {
                 return Ok(0);
             }
+            let _pair = pair.lock().unwrap_or_else(|p| p.into_inner());
             for _ in 0..MAX_STEPS {
                 let free = pragma_i64(&self.conn, "freelist_count")?;
                 if free == 0 {
@@ -126,8 +130,8 @@ impl Store {
                 // Zeroed pages first into the database file (I4): a page cut
                 // off before its zeroed version was written there would give
                 // its old content back to the file system.
-                self.checkpoint()?;
-                if self.wal_has_deleted {
+                self.checkpoint_paired()?;
+                if self.wal_dirty() {
                     break; // the checkpoint could not complete; next time
                 }
                 // Each step of the statement gives one page back (and
@@ -141,7 +145,7 @@ impl Store {
                     })
                     .op("giving free pages back")?;
                 freed += u64::try_from(free.min(STEP_PAGES)).unwrap_or(0);
-                self.checkpoint()?;
+                self.checkpoint_paired()?;
             }
             Ok(freed)
         })();

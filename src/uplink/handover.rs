@@ -80,6 +80,30 @@ pub struct Plan {
     pub upload: Vec<Upload>,
 }
 
+/// How many uploads may be handed over now: the window's free slots
+/// (`free_slots`: the window less the uploads awaiting their PUBACK), and no
+/// more than the window less the uploads acknowledged but not yet recorded
+/// (`unrecorded`). The deletes after PUBACK commit apart from the hand-over
+/// (a second store connection), so without the second bound a slow disk
+/// would let acknowledged, unrecorded uploads pile up: each is sent again
+/// after a crash (never lost, I9/I12, but the back-end gets it twice).
+///
+/// While uploads await their PUBACK, the window is refilled only once at
+/// least a quarter of it is free: each hand-over has a fixed cost (the
+/// store lock, the outbox keys, the consent log and consent rule queries),
+/// shared by the uploads of one batch, and the PUBACKs still due keep the
+/// connection busy meanwhile. With nothing awaiting, whatever room there is
+/// is used, so nothing ever waits for a PUBACK that is not coming.
+pub fn room(free_slots: usize, unrecorded: usize, window: usize) -> usize {
+    let room = free_slots.min(window.saturating_sub(unrecorded));
+    let awaiting = free_slots < window;
+    if awaiting && room < window.div_ceil(4) {
+        0
+    } else {
+        room
+    }
+}
+
 /// The distinct subjects of `queued`, in the order first seen: the ones to
 /// ask the consent rule about, once each per batch.
 pub fn subjects(queued: &[Queued<'_>]) -> Vec<SubjectId> {
@@ -249,6 +273,34 @@ mod tests {
         DropReason::MissingScope,
         DropReason::Expired,
     ];
+
+    #[test]
+    fn room_is_bounded_by_the_free_slots_and_by_the_unrecorded_acks() {
+        // (free slots, unrecorded, window) -> room
+        let table = [
+            ((16, 0, 16), 16),
+            ((16, 3, 16), 13),
+            ((16, 13, 16), 3), // nothing awaits a PUBACK: no batching
+            ((16, 16, 16), 0),
+            ((16, 40, 16), 0),
+            ((4, 3, 16), 4),
+            ((3, 0, 16), 0), // a quarter of the window is 4: wait for it
+            ((4, 13, 16), 0),
+            ((0, 0, 16), 0),
+            ((1, 0, 1), 1),
+            ((1, 1, 1), 0),
+            ((0, 0, 1), 0),
+            ((2, 0, 3), 2),
+            ((0, 0, 0), 0),
+        ];
+        for ((free, unrecorded, window), want) in table {
+            assert_eq!(
+                room(free, unrecorded, window),
+                want,
+                "{free} {unrecorded} {window}"
+            );
+        }
+    }
 
     #[test]
     fn subjects_are_asked_about_once_each_in_queue_order() {

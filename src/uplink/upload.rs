@@ -27,7 +27,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::json;
 use tokio::sync::mpsc;
-use zeroize::Zeroize;
 
 use super::deletes::{DeleteRetry, Next};
 use super::handover::{self, Pieces, Queued};
@@ -153,7 +152,11 @@ pub async fn fill_window(
         // new over until they are (see [`deleter`]).
         return;
     }
-    let free = link.free_slots(window);
+    let free = handover::room(
+        link.free_slots(window),
+        agent.inflight().unrecorded(),
+        window,
+    );
     // With a full window there is nothing to hand over, but a capture kept
     // decrypted for its parts is still looked at: purged meanwhile, it is
     // let go of now rather than when the window frees up.
@@ -463,35 +466,27 @@ fn header(cfg: &Config, c: &Capture, consent_id: &str) -> Envelope {
 }
 
 /// The bytes of a capture's upload envelope (SPEC "Upload envelope"), quoting
-/// `consent_id`: the consent that allows the upload now. The copy of the
-/// image the envelope is built from is wiped here; the returned bytes go to
-/// rumqttc, which owns them from then on (they are not wiped: rumqttc, rustls
-/// and the kernel copy them on the way out and free them without wiping).
+/// `consent_id`: the consent that allows the upload now. The image is
+/// base64-encoded straight from the decrypted capture into the returned
+/// buffer (no intermediate copy of it); the bytes go to rumqttc, which owns
+/// them from then on (they are not wiped: rumqttc, rustls and the kernel copy
+/// them on the way out and free them without wiping).
 pub fn envelope(cfg: &Config, c: &Capture, consent_id: &str) -> Vec<u8> {
-    let mut envelope = Envelope {
-        image: c.image.to_vec(),
-        ..header(cfg, c, consent_id)
-    };
-    let bytes = envelope.to_bytes();
-    envelope.image.zeroize();
-    bytes
+    header(cfg, c, consent_id).to_bytes_with(&c.image)
 }
 
 /// The bytes of one part's envelope (SPEC "Broker limits and large
 /// captures"): every field of the whole envelope (`sha256` of the whole
-/// image), `part` and `parts`, and the part's slice of the image (wiped here
-/// like the whole image in [`envelope`]).
+/// image), `part` and `parts`, and the part's slice of the image, encoded
+/// like the whole image in [`envelope`].
 pub fn part_envelope(cfg: &Config, c: &Capture, consent_id: &str, part: PartNo) -> Vec<u8> {
     let range = parts::slice(c.image.len(), part.of, part.index);
-    let mut envelope = Envelope {
-        image: c.image[range].to_vec(),
+    let envelope = Envelope {
         part: Some(part.index),
         parts: Some(part.of),
         ..header(cfg, c, consent_id)
     };
-    let bytes = envelope.to_bytes();
-    envelope.image.zeroize();
-    bytes
+    envelope.to_bytes_with(&c.image[range])
 }
 
 /// Counts one refusal against `capture_id` (the only capture in flight when
@@ -658,9 +653,11 @@ async fn delete_acked(agent: &Arc<Agent>, pieces: &[Piece]) -> Result<Acked, cra
         .iter()
         .filter_map(|p| Some((p.capture_id.clone(), p.part?)))
         .collect();
+    // On the second connection: the fsync does not hold the store lock
+    // the hand-over takes.
     agent
         .db()
-        .run(move |s| s.ack_uploads(&wholes, &parts, now))
+        .run_acks(move |s| s.ack_uploads(&wholes, &parts, now))
         .await
 }
 

@@ -282,6 +282,11 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// The Mosquitto process id while it runs (for its CPU time in `/proc`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Starts a broker with the default options (server certificate for localhost).
     pub fn start() -> Broker {
         Broker::start_with(BrokerOptions::default())
