@@ -329,6 +329,8 @@ async fn housekeeping(agent: Arc<Agent>, mut shutdown: Shutdown) {
         // Freed pages back to the file system (after the WAL truncation
         // above, so they hold zeros; ARCHITECTURE I4). On a full disk this
         // may fail until space comes back: the next pass tries again.
+        // Memory of a burst of large captures back to the system (heap).
+        crate::heap::give_back();
         match agent.db().run(|s| s.vacuum_free_pages()).await {
             Ok(0) => {}
             Ok(pages) => tracing::debug!(pages, "database gave free pages back"),

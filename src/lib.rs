@@ -13,6 +13,7 @@
 //! - [`reload`]: SIGHUP: which parts of a new config apply live.
 //! - [`notify`]: systemd readiness, watchdog and stopping notifications.
 //! - [`space`]: disk space: the intake rule against the space reserve, disk-full flags.
+//! - [`heap`]: the allocator policy that gives the memory of a burst of large captures back.
 //!
 //! Pure decisions (functions of their inputs and `now`)
 //! - [`gate`]: the consent rule: may this subject's capture be kept or uploaded now?
@@ -59,6 +60,7 @@ pub mod doctor;
 #[cfg(feature = "fleet")]
 pub mod fleet;
 pub mod gate;
+pub mod heap;
 pub mod ids;
 pub mod intake;
 pub mod jws;

@@ -4,12 +4,13 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use facegate::{config, daemon, logging, shutdown};
+use facegate::{config, daemon, heap, logging, shutdown};
 
 /// Runs the daemon with the config at `path` until SIGTERM or SIGINT.
 pub fn daemon(path: &Path) -> anyhow::Result<ExitCode> {
     let cfg = config::load(path)?;
     logging::init(&cfg.log)?;
+    heap::map_large_buffers();
     // Bounded blocking pool: the unit's TasksMax=64 counts every thread
     // (systemd/facegate.service); store calls are serialized anyway.
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -1,0 +1,46 @@
+//! The daemon's heap policy, so that memory taken for a burst of large
+//! captures goes back to the system once the burst is over (issue: 64 valid
+//! 8 MB captures left half a gigabyte held afterwards).
+//!
+//! glibc's allocator serves requests above a threshold with their own
+//! mapping, unmapped when freed; but it raises that threshold to the size of
+//! each such block freed (up to 32 MiB), after which image-sized buffers
+//! come from the heap arenas and stay there when freed. [`map_large_buffers`]
+//! fixes the threshold (which also turns that raising off), and
+//! [`give_back`], called by housekeeping, returns the free memory at the top
+//! of every arena and the free whole pages inside them (`malloc_trim`).
+//! Elsewhere than glibc both do nothing.
+
+/// Blocks at least this large get their own mapping: image files, decoded
+/// pixels and envelopes of large captures; the small allocations of the
+/// capture path (a 48 KB capture's buffers included) stay in the arenas.
+pub const MMAP_THRESHOLD: usize = 256 * 1024;
+
+/// Fixes the allocator's mapping threshold at [`MMAP_THRESHOLD`]. Called once
+/// when the daemon starts, before its threads.
+#[allow(unsafe_code)] // mallopt(3), see SAFETY below
+pub fn map_large_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt takes two integers and changes an allocator
+        // parameter; no memory is passed. A refusal (0) leaves the default.
+        let set = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int) };
+        if set == 0 {
+            tracing::debug!("allocator mapping threshold not changed");
+        }
+    }
+}
+
+/// Returns the allocator's free memory to the system. Cheap when there is
+/// little to return; called every housekeeping pass.
+#[allow(unsafe_code)] // malloc_trim(3), see SAFETY below
+pub fn give_back() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim takes the padding to keep (0) and only
+        // releases memory the allocator holds as free.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+}
