@@ -66,11 +66,11 @@ pub async fn receive(
     req: &ReceiveRequest,
     mut stop: watch::Receiver<bool>,
 ) -> Result<super::inbox::InboxCounts, ReceiveError> {
+    let captures = Captures::open(&req.out).map_err(InboxError::from)?;
     let state = match (req.state.clone(), Captures::local_dir(&req.out)) {
         (Some(dir), _) | (None, Some(dir)) => dir,
         (None, None) => return Err(ReceiveError::NoState(req.out.clone())),
     };
-    let captures = Captures::open(&req.out).map_err(InboxError::from)?;
     let mut inbox = Inbox::open(captures, &state).await?;
     eprintln!(
         "captures to {}, state in {}",
