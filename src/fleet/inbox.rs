@@ -13,12 +13,16 @@
 //!   on arrival), one per line, so a redelivery is dropped across restarts;
 //! - `.receive/parts/`: parts of captures not complete yet, one file each;
 //! - `.receive/revocations`: receipts remembered (site, subject, in-flight
-//!   ids, time), so late arrivals are deleted.
+//!   ids, time), so late arrivals are deleted;
+//! - `.receive/stored`: the index of stored captures (id, site, subject,
+//!   keys; a line per capture stored or deleted), so a receipt finds a
+//!   subject's captures without listing the store.
 //!
-//! The state is appended and fsync'd locally (an object store has no
-//! append, and each message would otherwise cost several round trips); the
-//! index of stored captures is read from the store itself (its `.json`
-//! objects), so it never disagrees with what is stored.
+//! The state is appended and fsync'd locally: an object store has no
+//! append, and listing or reading it per message or per receipt would cost
+//! round trips in proportion to everything stored. The store is read once,
+//! when a state directory has no index yet (a new state directory, or one
+//! of a version before the index).
 //!
 //! Every write that a message's acknowledgement depends on is durable (a
 //! store put has returned; a local file and its directory are fsync'd)
@@ -119,12 +123,22 @@ struct Deletion<'a> {
 }
 
 /// A stored capture as the index knows it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Stored {
     site: String,
     subject: String,
     image: String,
     meta: String,
+}
+
+/// One line of `.receive/stored`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum IndexLine {
+    /// A capture stored (its objects put).
+    Stored { id: String, capture: Stored },
+    /// A capture deleted (its objects removed).
+    Deleted { id: String },
 }
 
 /// Counts since the inbox was opened.
@@ -157,6 +171,9 @@ pub struct Inbox<S: CaptureStore> {
     /// Bytes of `received` read so far.
     received_seen: u64,
     received_log: File,
+    /// Bytes of the index (`stored`) read so far.
+    index_seen: u64,
+    index_log: File,
     revocations: Vec<Revocation>,
     /// Bytes of `revocations` read so far.
     revocations_seen: u64,
@@ -255,10 +272,14 @@ impl<S: CaptureStore> Inbox<S> {
     pub async fn open(captures: S, state_dir: &Path) -> Result<Inbox<S>, InboxError> {
         let state = state_dir.join(".receive");
         fs::create_dir_all(state.join("parts")).map_err(io(&state))?;
+        let index_path = state.join("stored");
+        let indexed = index_path.exists();
         let mut inbox = Inbox {
             captures,
             root: state_dir.to_path_buf(),
             received_log: open_append(&state.join("received"))?,
+            index_seen: 0,
+            index_log: open_append(&index_path)?,
             state,
             received: HashSet::new(),
             received_seen: 0,
@@ -267,8 +288,10 @@ impl<S: CaptureStore> Inbox<S> {
             index: HashMap::new(),
             counts: InboxCounts::default(),
         };
+        if !indexed {
+            inbox.index_store().await?;
+        }
         inbox.refresh()?;
-        inbox.index_stored(None).await?;
         let dir = inbox.state.join("parts");
         let mut taken = Vec::new();
         for e in fs::read_dir(&dir).map_err(io(&dir))?.flatten() {
@@ -306,7 +329,30 @@ impl<S: CaptureStore> Inbox<S> {
                 self.revocations.push(rev);
             }
         }
+        let path = self.state.join("stored");
+        let before = self.index_seen;
+        for (i, line) in read_new_lines(&path, &mut self.index_seen)?
+            .iter()
+            .enumerate()
+        {
+            let line: IndexLine = serde_json::from_str(line).map_err(|e| InboxError::Corrupt {
+                path: path.clone(),
+                line: i + 1,
+                reason: format!("{e} (in the lines after byte {before})"),
+            })?;
+            match line {
+                IndexLine::Stored { id, capture } => self.index.insert(id, capture),
+                IndexLine::Deleted { id } => self.index.remove(&id),
+            };
+        }
         Ok(())
+    }
+
+    /// Appends a line to the index (fsync'd).
+    fn index_append(&mut self, line: &IndexLine) -> Result<(), InboxError> {
+        let path = self.state.join("stored");
+        let text = serde_json::to_string(line).unwrap_or_default();
+        append_line(&mut self.index_log, &path, &text)
     }
 
     /// Where the captures are.
@@ -341,28 +387,14 @@ impl<S: CaptureStore> Inbox<S> {
         ids.len()
     }
 
-    /// Reads the store's `{site}/{device}/*.json` (of one site, or all)
-    /// into the index, again: another receiver may have stored or deleted
-    /// captures. Metadata already indexed under the same key is not read
-    /// again.
-    async fn index_stored(&mut self, site: Option<&str>) -> Result<(), InboxError> {
-        let keys = self.captures.list(site).await?;
-        let mut known: HashMap<String, (String, Stored)> = HashMap::new();
-        self.index.retain(|id, s| {
-            if site.is_some_and(|site| site != s.site) {
-                return true;
-            }
-            known.insert(s.meta.clone(), (id.clone(), s.clone()));
-            false
-        });
-        for key in keys {
-            if !key.ends_with(".json") {
+    /// Builds the index from the store's `{site}/{device}/*.json` and
+    /// writes it to the state directory: once, for a state directory
+    /// without an index.
+    async fn index_store(&mut self) -> Result<(), InboxError> {
+        for key in self.captures.list(None).await? {
+            let Some(base) = key.strip_suffix(".json") else {
                 continue;
-            }
-            if let Some((id, stored)) = known.remove(&key) {
-                self.index.insert(id, stored);
-                continue;
-            }
+            };
             // Gone meanwhile, or not ours: not indexed.
             let Some(text) = self.captures.get(&key).await? else {
                 continue;
@@ -370,17 +402,16 @@ impl<S: CaptureStore> Inbox<S> {
             let Ok(meta) = serde_json::from_slice::<Meta>(&text) else {
                 continue;
             };
-            let base = &key[..key.len() - ".json".len()];
-            let image = format!("{base}.{}", ext_of(&meta.content_type));
-            self.index.insert(
-                meta.capture_id.clone(),
-                Stored {
-                    site: meta.site,
-                    subject: meta.subject,
-                    image,
-                    meta: key,
-                },
-            );
+            let capture = Stored {
+                image: format!("{base}.{}", ext_of(&meta.content_type)),
+                site: meta.site,
+                subject: meta.subject,
+                meta: key,
+            };
+            self.index_append(&IndexLine::Stored {
+                id: meta.capture_id,
+                capture,
+            })?;
         }
         Ok(())
     }
@@ -480,7 +511,11 @@ impl<S: CaptureStore> Inbox<S> {
         ] {
             self.captures.delete(&key).await?;
         }
-        self.index.remove(&env.capture_id);
+        if self.index.remove(&env.capture_id).is_some() {
+            self.index_append(&IndexLine::Deleted {
+                id: env.capture_id.clone(),
+            })?;
+        }
         self.mark_received(&env.capture_id)?;
         self.log_deletion(Some(&env.subject), &env.site, &env.device, 1, now)?;
         self.counts.deleted_on_arrival += 1;
@@ -575,21 +610,28 @@ impl<S: CaptureStore> Inbox<S> {
         let meta = format!("{base}.json");
         // Two receivers sharing the store may both complete the same parts
         // at once: both write the same bytes under the same keys, so the
-        // capture is still there once; the second counts a duplicate.
-        let again = self.captures.exists(&meta).await?;
+        // capture is still there once; the second to index it counts a
+        // duplicate.
         self.captures.put(&image, env.image.clone()).await?;
         let text = serde_json::to_vec_pretty(&Meta::of(env)).unwrap_or_default();
         self.captures.put(&meta, text).await?;
+        // Indexed before the receipts are read again (`take`): a receiver
+        // taking a receipt meanwhile appended it before reading the index,
+        // so one of the two sees the other.
+        self.refresh()?;
+        let again = self.index.contains_key(&env.capture_id);
+        let capture = Stored {
+            site: env.site.clone(),
+            subject: env.subject.clone(),
+            image: image.clone(),
+            meta,
+        };
+        self.index_append(&IndexLine::Stored {
+            id: env.capture_id.clone(),
+            capture: capture.clone(),
+        })?;
         self.mark_received(&env.capture_id)?;
-        self.index.insert(
-            env.capture_id.clone(),
-            Stored {
-                site: env.site.clone(),
-                subject: env.subject.clone(),
-                image: image.clone(),
-                meta,
-            },
-        );
+        self.index.insert(env.capture_id.clone(), capture);
         if again {
             self.counts.duplicates += 1;
         } else {
@@ -608,6 +650,9 @@ impl<S: CaptureStore> Inbox<S> {
         // the next receipt and its image deleted again (a no-op).
         self.captures.delete(&s.image).await?;
         self.captures.delete(&s.meta).await?;
+        self.index_append(&IndexLine::Deleted {
+            id: capture_id.to_string(),
+        })?;
         Ok(true)
     }
 
@@ -670,7 +715,6 @@ impl<S: CaptureStore> Inbox<S> {
             )?;
             self.revocations.push(rev);
         }
-        self.index_stored(Some(site)).await?;
         let doomed: Vec<String> = self
             .index
             .iter()
@@ -1031,6 +1075,34 @@ mod tests {
         assert!(!store.exists("lobby/term-01/o.jpg").await.unwrap());
     }
 
+    async fn a_new_state_directory_indexes_what_the_store_holds<S: CaptureStore + Clone>(
+        store: S,
+        state: &Path,
+    ) {
+        let mut inbox = Inbox::open(store.clone(), state).await.unwrap();
+        inbox.take(envelope("a", "S-1", b"a"), NOW).await.unwrap();
+        inbox.take(envelope("b", "S-2", b"b"), NOW).await.unwrap();
+        drop(inbox);
+        // Another state directory on the same store (or one from before the
+        // index): the store is read once, and a receipt finds S-1's capture.
+        let other = tempfile::tempdir().unwrap();
+        let mut inbox = Inbox::open(store.clone(), other.path()).await.unwrap();
+        assert_eq!(inbox.stored(), 2);
+        assert_eq!(
+            inbox
+                .apply_receipt("lobby", "term-01", &receipt(Some("S-1"), &[]), NOW)
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(!store.exists("lobby/term-01/a.jpg").await.unwrap());
+        assert!(store.exists("lobby/term-01/b.jpg").await.unwrap());
+        // Opened again, it keeps its index (the deletion included).
+        drop(inbox);
+        let inbox = Inbox::open(store.clone(), other.path()).await.unwrap();
+        assert_eq!(inbox.stored(), 1);
+    }
+
     fn block<F: std::future::Future>(f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread()
             .build()
@@ -1077,5 +1149,6 @@ mod tests {
         split_parts_match_what_devices_send,
         two_receivers_on_one_directory_share_parts_ids_and_receipts,
         an_image_left_alone_by_a_crash_goes_with_the_redelivery,
+        a_new_state_directory_indexes_what_the_store_holds,
     );
 }
