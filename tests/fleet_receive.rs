@@ -532,6 +532,7 @@ fn a_backlog_larger_than_the_client_queue_is_taken_whole() {
 
 /// The receiver's last progress line's count after `what` ("stored",
 /// "duplicates", ...).
+#[cfg(feature = "object-store")]
 fn last_count(log: &str, what: &str) -> u64 {
     let line = log
         .lines()
