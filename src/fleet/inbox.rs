@@ -273,7 +273,11 @@ impl<S: CaptureStore> Inbox<S> {
         let state = state_dir.join(".receive");
         fs::create_dir_all(state.join("parts")).map_err(io(&state))?;
         let index_path = state.join("stored");
-        let indexed = index_path.exists();
+        if !index_path.exists() {
+            // Written whole or not at all: a scan cut short is done again.
+            let lines = index_store(&captures).await?;
+            write_durably(&index_path, lines.as_bytes())?;
+        }
         let mut inbox = Inbox {
             captures,
             root: state_dir.to_path_buf(),
@@ -288,9 +292,6 @@ impl<S: CaptureStore> Inbox<S> {
             index: HashMap::new(),
             counts: InboxCounts::default(),
         };
-        if !indexed {
-            inbox.index_store().await?;
-        }
         inbox.refresh()?;
         let dir = inbox.state.join("parts");
         let mut taken = Vec::new();
@@ -385,35 +386,6 @@ impl<S: CaptureStore> Inbox<S> {
             })
             .collect();
         ids.len()
-    }
-
-    /// Builds the index from the store's `{site}/{device}/*.json` and
-    /// writes it to the state directory: once, for a state directory
-    /// without an index.
-    async fn index_store(&mut self) -> Result<(), InboxError> {
-        for key in self.captures.list(None).await? {
-            let Some(base) = key.strip_suffix(".json") else {
-                continue;
-            };
-            // Gone meanwhile, or not ours: not indexed.
-            let Some(text) = self.captures.get(&key).await? else {
-                continue;
-            };
-            let Ok(meta) = serde_json::from_slice::<Meta>(&text) else {
-                continue;
-            };
-            let capture = Stored {
-                image: format!("{base}.{}", ext_of(&meta.content_type)),
-                site: meta.site,
-                subject: meta.subject,
-                meta: key,
-            };
-            self.index_append(&IndexLine::Stored {
-                id: meta.capture_id,
-                capture,
-            })?;
-        }
-        Ok(())
     }
 
     /// Whether a remembered receipt covers this capture.
@@ -750,6 +722,37 @@ impl<S: CaptureStore> Inbox<S> {
         self.log_deletion(subject.as_deref(), site, device, deleted, now)?;
         Ok(deleted)
     }
+}
+
+/// The index of what `captures` holds, as lines of `.receive/stored`, from
+/// its `{site}/{device}/*.json`: read once, for a state directory without an
+/// index.
+async fn index_store<S: CaptureStore>(captures: &S) -> Result<String, InboxError> {
+    let mut lines = String::new();
+    for key in captures.list(None).await? {
+        let Some(base) = key.strip_suffix(".json") else {
+            continue;
+        };
+        // Gone meanwhile, or not ours: not indexed.
+        let Some(text) = captures.get(&key).await? else {
+            continue;
+        };
+        let Ok(meta) = serde_json::from_slice::<Meta>(&text) else {
+            continue;
+        };
+        let line = IndexLine::Stored {
+            id: meta.capture_id.clone(),
+            capture: Stored {
+                image: format!("{base}.{}", ext_of(&meta.content_type)),
+                site: meta.site,
+                subject: meta.subject,
+                meta: key.clone(),
+            },
+        };
+        lines.push_str(&serde_json::to_string(&line).unwrap_or_default());
+        lines.push('\n');
+    }
+    Ok(lines)
 }
 
 /// The file extension for a content type.
