@@ -4,6 +4,7 @@
 //! ACL that confines each device certificate to its own topics.
 
 pub mod acl;
+pub mod capture_store;
 pub mod inbox;
 pub mod log;
 pub mod overview;

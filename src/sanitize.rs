@@ -894,7 +894,8 @@ mod tests {
     #[test]
     fn progressive_decode_bytes_table() {
         const MIB: u64 = 1 << 20;
-        let cases: [(&str, Vec<u8>, u32, u32, Option<u64>); 6] = [
+        type Case = (&'static str, Vec<u8>, u32, u32, Option<u64>);
+        let cases: [Case; 6] = [
             // Grey 8x8: one block of 64 coefficients (128 B) and 64 pixels.
             ("grey 8x8", sof(8, 8, &[0x11]), 8, 8, Some(128 + 64)),
             // Grey 9x9: four blocks (padded), 81 pixels.

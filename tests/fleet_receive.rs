@@ -1,7 +1,9 @@
 //! `facegate fleet receive` against a real Mosquitto with mutual TLS and a
 //! real terminal: each capture stored once (whole and in parts, across a
 //! receiver restart), a revocation's receipt deletes the subject's copies,
-//! and an in-flight capture arriving after the receipt is never kept.
+//! and an in-flight capture arriving after the receipt is never kept; the
+//! same through an object store URL (`--out file:///…`, feature
+//! `object-store`) with the receiver's state apart (`--state`).
 
 use std::collections::HashSet;
 use std::fs;
@@ -32,6 +34,17 @@ impl Receiver {
 
     fn start_with(broker: &Broker, tls: &ClientCreds, out: &Path, extra: &[&str]) -> Receiver {
         let log = out.with_extension(format!("log{}", rand_suffix()));
+        Receiver::spawn(broker, tls, out.as_os_str(), log, extra)
+    }
+
+    /// `--out` as given (a URL); its stderr in `log`.
+    fn spawn(
+        broker: &Broker,
+        tls: &ClientCreds,
+        out: &std::ffi::OsStr,
+        log: PathBuf,
+        extra: &[&str],
+    ) -> Receiver {
         let child = Command::new(env!("CARGO_BIN_EXE_facegate"))
             .args(["fleet", "receive", "--site", SITE])
             .args(tls.fleet_args(broker))
@@ -515,4 +528,190 @@ fn a_backlog_larger_than_the_client_queue_is_taken_whole() {
         std::thread::sleep(Duration::from_millis(100));
     }
     receiver.stop();
+}
+
+/// The receiver's last progress line's count after `what` ("stored",
+/// "duplicates", ...).
+#[cfg(feature = "object-store")]
+fn last_count(log: &str, what: &str) -> u64 {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("stored "))
+        .unwrap_or_default();
+    let words: Vec<&str> = line.split([' ', ',']).filter(|w| !w.is_empty()).collect();
+    words
+        .iter()
+        .position(|w| *w == what)
+        .and_then(|i| words.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {what:?} in {line:?}"))
+}
+
+#[cfg(feature = "object-store")]
+#[test]
+fn an_object_store_url_stores_once_across_restarts_and_purges_late_arrivals() {
+    let broker = Broker::start();
+    let tls = broker.issue_client("fleet-2");
+    let dir = tempfile::tempdir().unwrap();
+    let objects = dir.path().join("objects");
+    let state = dir.path().join("state");
+    let url = format!("file://{}", objects.display());
+    let start = || {
+        Receiver::spawn(
+            &broker,
+            &tls,
+            url.as_ref(),
+            dir.path().join(format!("receiver-{}.log", rand_suffix())),
+            &["--state", state.to_str().unwrap()],
+        )
+    };
+    let image = synth::face_jpeg(320, 240, 1, 90);
+    let half = image.len() / 2;
+    let kept = "11111111-1111-4111-8111-111111111111";
+    let parted = "55555555-5555-4555-8555-555555555555";
+    let doomed = "66666666-6666-4666-8666-666666666666";
+    let in_flight = "22222222-2222-4222-8222-222222222222";
+    let last = "44444444-4444-4444-8444-444444444444";
+    let topic = "facegate/lobby/term-02/captures";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    // Its session and subscriptions made first: what the device publishes
+    // waits on the broker from the start.
+    start().stop();
+    let receiver = start();
+    assert!(receiver.log_text().contains("captures to file://"));
+    rt.block_on(async {
+        let mut dev = Session::spawn(broker.options("term-02"));
+        dev.wait_connected(T).await.unwrap();
+        // S-8's capture whole, then again (a redelivery); another in parts,
+        // the second part first; and one of S-9.
+        for body in [
+            envelope(kept, "S-8", &image, None, &image),
+            envelope(kept, "S-8", &image, None, &image),
+            envelope(parted, "S-8", &image[half..], Some((1, 2)), &image),
+            envelope(parted, "S-8", &image[..half], Some((0, 2)), &image),
+            envelope(doomed, "S-9", &image, None, &image),
+        ] {
+            dev.publish(topic, body).await;
+            dev.wait_puback(T).await.expect("PUBACK");
+        }
+    });
+    let got = wait_stored(&objects, 3, T);
+    let mut ids: Vec<&str> = got
+        .iter()
+        .map(|(m, _)| m["capture_id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, [kept, parted, doomed], "{}", receiver.log_text());
+    for (meta, bytes) in &got {
+        assert_eq!(bytes, &image, "{meta}");
+    }
+    let log = receiver.stop();
+    assert_eq!(last_count(&log, "stored"), 3, "{log}");
+    assert_eq!(last_count(&log, "duplicates"), 1, "{log}");
+    // The receiver's state is apart from the captures.
+    assert!(state.join(".receive/received").exists());
+    assert!(!objects.join(".receive").exists());
+
+    // Restarted: a redelivery of a stored capture is still a duplicate; a
+    // receipt for S-9 deletes its stored capture, and its in-flight one,
+    // arriving after, is deleted on arrival.
+    let receiver = start();
+    rt.block_on(async {
+        let mut dev = Session::spawn(broker.options("term-02"));
+        dev.wait_connected(T).await.unwrap();
+        dev.publish(topic, envelope(kept, "S-8", &image, None, &image))
+            .await;
+        dev.wait_puback(T).await.expect("PUBACK");
+        let reply = json!({"v":1,"jti":"j-1","cmd":"consent.revoke","ok":true,
+            "result":{"subject":"S-9","purged":2,"in_flight":[in_flight],
+                      "purged_at": facegate::clock::rfc3339(facegate::clock::now())}});
+        dev.publish(
+            "facegate/lobby/term-02/reply",
+            serde_json::to_vec(&reply).unwrap(),
+        )
+        .await;
+        dev.wait_puback(T).await.expect("PUBACK");
+        for body in [
+            envelope(in_flight, "S-9", &image[..half], Some((0, 2)), &image),
+            envelope(in_flight, "S-9", &image[half..], Some((1, 2)), &image),
+            envelope(last, "S-8", &image, None, &image),
+        ] {
+            dev.publish(topic, body).await;
+            dev.wait_puback(T).await.expect("PUBACK");
+        }
+    });
+    let deadline = Instant::now() + T;
+    while !objects.join(format!("lobby/term-02/{last}.json")).exists() {
+        assert!(Instant::now() < deadline, "{}", receiver.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = receiver.stop();
+    assert!(log.contains("receipt for S-9: deleted 1"), "{log}");
+    assert!(log.contains("deleted on arrival"), "{log}");
+    // The redelivery, and the in-flight capture's second part (its id was
+    // taken, deleted on arrival, with the first).
+    assert_eq!(last_count(&log, "duplicates"), 2, "{log}");
+    assert_eq!(last_count(&log, "stored"), 1, "{log}");
+    let mut ids: Vec<String> = stored(&objects)
+        .iter()
+        .map(|(m, _)| m["capture_id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, [kept, last, parted], "{log}");
+    for id in [doomed, in_flight] {
+        assert!(!objects.join(format!("lobby/term-02/{id}.jpg")).exists());
+        assert!(!objects.join(format!("lobby/term-02/{id}.json")).exists());
+    }
+    assert_eq!(
+        fs::read_dir(state.join(".receive/parts")).unwrap().count(),
+        0,
+        "no part left behind"
+    );
+    let deletions: Vec<Value> = fs::read_to_string(state.join("deletions.log"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(deletions.len(), 2, "{deletions:?}");
+    assert_eq!(deletions[0]["deleted"], 1, "the stored one");
+    assert_eq!(deletions[1]["deleted"], 1, "the late one, on arrival");
+    assert!(deletions.iter().all(|l| l["subject"] == "S-9"));
+}
+
+/// `--out URL` a build cannot serve is refused at start, naming the cargo
+/// feature it needs; an s3:// store needs a local `--state`.
+#[test]
+fn an_object_store_url_this_build_cannot_serve_is_refused_by_name() {
+    let broker = Broker::start();
+    let tls = broker.issue_client("fleet-2");
+    let dir = tempfile::tempdir().unwrap();
+    let run = |out: &str, extra: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_facegate"))
+            .args(["fleet", "receive", "--site", SITE])
+            .args(tls.fleet_args(&broker))
+            .args(["--out", out])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    let file = format!("file://{}", dir.path().join("objects").display());
+    if !cfg!(feature = "object-store") {
+        // (A build with it serves the URL: the test above.)
+        let (ok, err) = run(&file, &[]);
+        assert!(!ok && err.contains("feature `object-store`"), "{err}");
+    }
+    let state = dir.path().join("state");
+    if !cfg!(feature = "s3") {
+        // (A build with S3 would go on to the store; no S3 endpoint here.)
+        let (ok, err) = run("s3://bucket/prefix", &["--state", state.to_str().unwrap()]);
+        assert!(!ok && err.contains("feature `s3`"), "{err}");
+    }
+    let (ok, err) = run("gs://bucket/prefix", &["--state", state.to_str().unwrap()]);
+    assert!(!ok && err.contains("gs://"), "{err}");
 }

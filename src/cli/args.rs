@@ -251,10 +251,17 @@ pub(crate) struct ReceiveArgs {
     /// The site.
     #[arg(long)]
     pub(crate) site: String,
-    /// Where captures go: DIR/{site}/{device}/{capture_id}.{jpg|png} and
-    /// .json, DIR/deletions.log, and the receiver's own state in DIR/.receive.
+    /// Where captures go: a directory DIR (DIR/{site}/{device}/{capture_id}.{jpg|png}
+    /// and .json), or an object store by URL: file:///abs/path (build
+    /// feature object-store) or s3://bucket/prefix (build feature s3; endpoint,
+    /// region and credentials from the AWS_* environment variables).
     #[arg(long)]
-    pub(crate) out: PathBuf,
+    pub(crate) out: String,
+    /// The receiver's own state, on a local disk: STATE/deletions.log and
+    /// STATE/.receive (ids taken, parts, receipts). Default: the --out
+    /// directory; required when --out is an s3:// URL.
+    #[arg(long)]
+    pub(crate) state: Option<PathBuf>,
     /// MQTT client id of the receiver's persistent session (default
     /// fleet-receive-SITE; a broker with use_username_as_clientid uses the
     /// certificate's name instead).
@@ -269,7 +276,7 @@ pub(crate) struct ReceiveArgs {
     pub(crate) progress: humantime::Duration,
     /// Run as one of several receivers on a shared subscription
     /// ($share/GROUP/...): each with its own certificate, all with the same
-    /// --out (a directory they share); each capture is stored once.
+    /// --out and the same state directory (shared); each capture is stored once.
     #[arg(long)]
     pub(crate) share: Option<String>,
 }

@@ -452,6 +452,7 @@ fn fleet_receive(a: ReceiveArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| format!("fleet-receive-{}", a.site)),
         site: a.site,
         out: a.out,
+        state: a.state,
         max_packet_size: a.max_packet_size,
         progress_every: *a.progress,
         retry: std::time::Duration::from_secs(2),

@@ -3,20 +3,31 @@
 //! whole-image `sha256` checked, and a revoked subject's copies deleted,
 //! including in-flight captures that arrive after the receipt.
 //!
-//! Layout under the output directory:
-//! - `{site}/{device}/{capture_id}.{jpg|png}` and `{capture_id}.json` (the
-//!   envelope without `image`);
+//! The captures go to a [`CaptureStore`] (a directory, or an object store):
+//! `{site}/{device}/{capture_id}.{jpg|png}` and `{capture_id}.json` (the
+//! envelope without `image`). The receiver's own state stays in a local
+//! state directory (by default the output directory, when that is local):
 //! - `deletions.log`: one JSON line per deletion
 //!   (`{"subject","site","device","deleted":N,"at"}`);
 //! - `.receive/received`: every capture id taken (stored, refused or deleted
 //!   on arrival), one per line, so a redelivery is dropped across restarts;
 //! - `.receive/parts/`: parts of captures not complete yet, one file each;
 //! - `.receive/revocations`: receipts remembered (site, subject, in-flight
-//!   ids, time), so late arrivals are deleted.
+//!   ids, time), so late arrivals are deleted;
+//! - `.receive/stored`: the index of stored captures (id, site, subject,
+//!   keys; a line per capture stored or deleted), so a receipt finds a
+//!   subject's captures without listing the store.
 //!
-//! Every write that a message's acknowledgement depends on is fsync'd
-//! (file, then directory) before [`Inbox::take`] returns: the caller
-//! acknowledges the message only then.
+//! The state is appended and fsync'd locally: an object store has no
+//! append, and listing or reading it per message or per receipt would cost
+//! round trips in proportion to everything stored. The store is read once,
+//! when a state directory has no index yet (a new state directory, or one
+//! of a version before the index).
+//!
+//! Every write that a message's acknowledgement depends on is durable (a
+//! store put has returned; a local file and its directory are fsync'd)
+//! before [`Inbox::take`] returns: the caller acknowledges the message only
+//! then.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -25,6 +36,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::capture_store::{fsync_dir, write_durably, CaptureStore, StoreError};
 use crate::protocol::{Envelope, Receipt};
 
 /// Why the inbox could not do its work.
@@ -48,6 +60,9 @@ pub enum InboxError {
         /// What is wrong.
         reason: String,
     },
+    /// The capture store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InboxError + '_ {
@@ -62,8 +77,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InboxError + '_ {
 pub enum Taken {
     /// The capture is stored (whole, or its last part completed it).
     Stored {
-        /// The image file.
-        path: PathBuf,
+        /// The image's key in the store (`{site}/{device}/{file}`).
+        key: String,
     },
     /// A part kept until the others arrive.
     PartKept,
@@ -108,12 +123,22 @@ struct Deletion<'a> {
 }
 
 /// A stored capture as the index knows it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Stored {
     site: String,
     subject: String,
-    image: PathBuf,
-    meta: PathBuf,
+    image: String,
+    meta: String,
+}
+
+/// One line of `.receive/stored`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum IndexLine {
+    /// A capture stored (its objects put).
+    Stored { id: String, capture: Stored },
+    /// A capture deleted (its objects removed).
+    Deleted { id: String },
 }
 
 /// Counts since the inbox was opened.
@@ -132,18 +157,23 @@ pub struct InboxCounts {
 }
 
 /// The receiver's durable store. Several receivers (a shared
-/// subscription) may use one directory: the lists of ids taken and of
-/// receipts are shared append-only files each one reads again before a
-/// decision, parts are joined from the shared parts directory, and a
-/// capture stored while another receiver took a receipt for it is deleted
-/// by whichever of the two comes second.
-pub struct Inbox {
-    out: PathBuf,
+/// subscription) may use one state directory and one capture store: the
+/// lists of ids taken and of receipts are shared append-only files each one
+/// reads again before a decision, parts are joined from the shared parts
+/// directory, and a capture stored while another receiver took a receipt
+/// for it is deleted by whichever of the two comes second.
+pub struct Inbox<S: CaptureStore> {
+    captures: S,
+    /// The state directory (`deletions.log`, `.receive/`).
+    root: PathBuf,
     state: PathBuf,
     received: HashSet<String>,
     /// Bytes of `received` read so far.
     received_seen: u64,
     received_log: File,
+    /// Bytes of the index (`stored`) read so far.
+    index_seen: u64,
+    index_log: File,
     revocations: Vec<Revocation>,
     /// Bytes of `revocations` read so far.
     revocations_seen: u64,
@@ -163,27 +193,6 @@ fn safe_component(s: &str) -> bool {
         && !s.starts_with('.')
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
-fn fsync_dir(dir: &Path) -> Result<(), InboxError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
-}
-
-/// Writes `bytes` to `path` durably: a temporary file, fsync, rename, fsync
-/// of the directory.
-fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), InboxError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    // A name of its own: another receiver may write the same file at once.
-    let tmp = path.with_file_name(format!(
-        ".{}.{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        uuid::Uuid::new_v4().simple()
-    ));
-    let mut f = File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    fs::rename(&tmp, path).map_err(io(path))?;
-    fsync_dir(dir)
 }
 
 /// Appends one line to an append-only log and fsyncs it.
@@ -255,16 +264,26 @@ fn read_new_lines(path: &Path, seen: &mut u64) -> Result<Vec<String>, InboxError
         .collect())
 }
 
-impl Inbox {
-    /// Opens (creating) the inbox in `out`: reads the ids taken, the
-    /// remembered receipts and the stored captures, and removes parts of
-    /// captures already taken (left by a crash).
-    pub fn open(out: &Path) -> Result<Inbox, InboxError> {
-        let state = out.join(".receive");
+impl<S: CaptureStore> Inbox<S> {
+    /// Opens (creating) the inbox with its state in `state_dir` and the
+    /// captures in `captures`: reads the ids taken, the remembered receipts
+    /// and the stored captures, and removes parts of captures already taken
+    /// (left by a crash).
+    pub async fn open(captures: S, state_dir: &Path) -> Result<Inbox<S>, InboxError> {
+        let state = state_dir.join(".receive");
         fs::create_dir_all(state.join("parts")).map_err(io(&state))?;
+        let index_path = state.join("stored");
+        if !index_path.exists() {
+            // Written whole or not at all: a scan cut short is done again.
+            let lines = index_store(&captures).await?;
+            write_durably(&index_path, lines.as_bytes())?;
+        }
         let mut inbox = Inbox {
-            out: out.to_path_buf(),
+            captures,
+            root: state_dir.to_path_buf(),
             received_log: open_append(&state.join("received"))?,
+            index_seen: 0,
+            index_log: open_append(&index_path)?,
             state,
             received: HashSet::new(),
             received_seen: 0,
@@ -274,7 +293,6 @@ impl Inbox {
             counts: InboxCounts::default(),
         };
         inbox.refresh()?;
-        inbox.index_stored()?;
         let dir = inbox.state.join("parts");
         let mut taken = Vec::new();
         for e in fs::read_dir(&dir).map_err(io(&dir))?.flatten() {
@@ -312,12 +330,40 @@ impl Inbox {
                 self.revocations.push(rev);
             }
         }
+        let path = self.state.join("stored");
+        let before = self.index_seen;
+        for (i, line) in read_new_lines(&path, &mut self.index_seen)?
+            .iter()
+            .enumerate()
+        {
+            let line: IndexLine = serde_json::from_str(line).map_err(|e| InboxError::Corrupt {
+                path: path.clone(),
+                line: i + 1,
+                reason: format!("{e} (in the lines after byte {before})"),
+            })?;
+            match line {
+                IndexLine::Stored { id, capture } => self.index.insert(id, capture),
+                IndexLine::Deleted { id } => self.index.remove(&id),
+            };
+        }
         Ok(())
     }
 
-    /// Where captures and `deletions.log` are.
-    pub fn dir(&self) -> &Path {
-        &self.out
+    /// Appends a line to the index (fsync'd).
+    fn index_append(&mut self, line: &IndexLine) -> Result<(), InboxError> {
+        let path = self.state.join("stored");
+        let text = serde_json::to_string(line).unwrap_or_default();
+        append_line(&mut self.index_log, &path, &text)
+    }
+
+    /// Where the captures are.
+    pub fn store(&self) -> &S {
+        &self.captures
+    }
+
+    /// The state directory (`deletions.log`, `.receive/`).
+    pub fn state_dir(&self) -> &Path {
+        &self.root
     }
 
     /// How many captures this receiver knows stored.
@@ -342,48 +388,6 @@ impl Inbox {
         ids.len()
     }
 
-    /// Reads `{site}/{device}/*.json` into the index (again: another
-    /// receiver may have stored captures).
-    fn index_stored(&mut self) -> Result<(), InboxError> {
-        self.index.clear();
-        let Ok(sites) = fs::read_dir(&self.out) else {
-            return Ok(());
-        };
-        for site in sites.flatten() {
-            let site_path = site.path();
-            if site.file_name().to_string_lossy().starts_with('.') || !site_path.is_dir() {
-                continue;
-            }
-            for device in fs::read_dir(&site_path).map_err(io(&site_path))?.flatten() {
-                let dev_path = device.path();
-                if !dev_path.is_dir() {
-                    continue;
-                }
-                for f in fs::read_dir(&dev_path).map_err(io(&dev_path))?.flatten() {
-                    let p = f.path();
-                    if p.extension().and_then(|e| e.to_str()) != Some("json") {
-                        continue;
-                    }
-                    let Ok(text) = fs::read(&p) else { continue };
-                    let Ok(meta) = serde_json::from_slice::<Meta>(&text) else {
-                        continue;
-                    };
-                    let image = p.with_extension(ext_of(&meta.content_type));
-                    self.index.insert(
-                        meta.capture_id.clone(),
-                        Stored {
-                            site: meta.site,
-                            subject: meta.subject,
-                            image,
-                            meta: p,
-                        },
-                    );
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Whether a remembered receipt covers this capture.
     fn revoked(&self, env: &Envelope) -> bool {
         self.revocations.iter().any(|r| {
@@ -397,7 +401,7 @@ impl Inbox {
 
     /// Takes one upload message (an envelope, whole or a part). Returns once
     /// what it did is durable: the caller acknowledges the message then.
-    pub fn take(&mut self, env: Envelope, now: i64) -> Result<Taken, InboxError> {
+    pub async fn take(&mut self, env: Envelope, now: i64) -> Result<Taken, InboxError> {
         for (field, value) in [
             ("site", &env.site),
             ("device", &env.device),
@@ -414,7 +418,7 @@ impl Inbox {
             return Ok(Taken::Duplicate);
         }
         if self.revoked(&env) {
-            self.delete_on_arrival(&env, now)?;
+            self.delete_on_arrival(&env, now).await?;
             return Ok(Taken::DeletedOnArrival);
         }
         let whole = match (env.part, env.parts) {
@@ -452,24 +456,38 @@ impl Inbox {
                 reason: "the image does not match its sha256".into(),
             });
         }
-        let path = self.store(&whole)?;
+        let key = self.put(&whole).await?;
         self.remove_parts(&whole.capture_id)?;
         // Another receiver may have taken a receipt for it meanwhile: it
         // appended the receipt before looking for stored captures, so one of
         // the two sees the other.
         self.refresh()?;
         if self.revoked(&whole) {
-            self.delete_stored(&whole.capture_id)?;
+            self.delete_stored(&whole.capture_id).await?;
             self.log_deletion(Some(&whole.subject), &whole.site, &whole.device, 1, now)?;
             self.counts.stored = self.counts.stored.saturating_sub(1);
             self.counts.deleted_on_arrival += 1;
             return Ok(Taken::DeletedOnArrival);
         }
-        Ok(Taken::Stored { path })
+        Ok(Taken::Stored { key })
     }
 
-    fn delete_on_arrival(&mut self, env: &Envelope, now: i64) -> Result<(), InboxError> {
+    async fn delete_on_arrival(&mut self, env: &Envelope, now: i64) -> Result<(), InboxError> {
         self.remove_parts(&env.capture_id)?;
+        // A redelivery after a crash between the image's and the metadata's
+        // put finds the image alone, which no index knows: removed here.
+        let base = format!("{}/{}/{}", env.site, env.device, env.capture_id);
+        for key in [
+            format!("{base}.{}", ext_of(&env.content_type)),
+            format!("{base}.json"),
+        ] {
+            self.captures.delete(&key).await?;
+        }
+        if self.index.remove(&env.capture_id).is_some() {
+            self.index_append(&IndexLine::Deleted {
+                id: env.capture_id.clone(),
+            })?;
+        }
         self.mark_received(&env.capture_id)?;
         self.log_deletion(Some(&env.subject), &env.site, &env.device, 1, now)?;
         self.counts.deleted_on_arrival += 1;
@@ -557,29 +575,35 @@ impl Inbox {
     }
 
     /// Writes the whole capture: image, then metadata, then the id as
-    /// taken.
-    fn store(&mut self, env: &Envelope) -> Result<PathBuf, InboxError> {
-        let dir = self.out.join(&env.site).join(&env.device);
-        fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let image = dir.join(format!("{}.{}", env.capture_id, ext_of(&env.content_type)));
-        let meta = dir.join(format!("{}.json", env.capture_id));
-        // Two receivers sharing the directory may both complete the same
-        // parts at once: both write the same bytes under the same names, so
-        // the capture is still there once; the second counts a duplicate.
-        let again = meta.exists();
-        write_durably(&image, &env.image)?;
+    /// taken. Returns the image's key.
+    async fn put(&mut self, env: &Envelope) -> Result<String, InboxError> {
+        let base = format!("{}/{}/{}", env.site, env.device, env.capture_id);
+        let image = format!("{base}.{}", ext_of(&env.content_type));
+        let meta = format!("{base}.json");
+        // Two receivers sharing the store may both complete the same parts
+        // at once: both write the same bytes under the same keys, so the
+        // capture is still there once; the second to index it counts a
+        // duplicate.
+        self.captures.put(&image, env.image.clone()).await?;
         let text = serde_json::to_vec_pretty(&Meta::of(env)).unwrap_or_default();
-        write_durably(&meta, &text)?;
+        self.captures.put(&meta, text).await?;
+        // Indexed before the receipts are read again (`take`): a receiver
+        // taking a receipt meanwhile appended it before reading the index,
+        // so one of the two sees the other.
+        self.refresh()?;
+        let again = self.index.contains_key(&env.capture_id);
+        let capture = Stored {
+            site: env.site.clone(),
+            subject: env.subject.clone(),
+            image: image.clone(),
+            meta,
+        };
+        self.index_append(&IndexLine::Stored {
+            id: env.capture_id.clone(),
+            capture: capture.clone(),
+        })?;
         self.mark_received(&env.capture_id)?;
-        self.index.insert(
-            env.capture_id.clone(),
-            Stored {
-                site: env.site.clone(),
-                subject: env.subject.clone(),
-                image: image.clone(),
-                meta,
-            },
-        );
+        self.index.insert(env.capture_id.clone(), capture);
         if again {
             self.counts.duplicates += 1;
         } else {
@@ -588,22 +612,19 @@ impl Inbox {
         Ok(image)
     }
 
-    /// Removes a stored capture's files (fsync'd); `false` when it was not
-    /// stored.
-    fn delete_stored(&mut self, capture_id: &str) -> Result<bool, InboxError> {
+    /// Removes a stored capture's objects (durably); `false` when it was
+    /// not stored.
+    async fn delete_stored(&mut self, capture_id: &str) -> Result<bool, InboxError> {
         let Some(s) = self.index.remove(capture_id) else {
             return Ok(false);
         };
-        for p in [&s.image, &s.meta] {
-            match fs::remove_file(p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io(p)(e)),
-            }
-        }
-        if let Some(d) = s.image.parent() {
-            fsync_dir(d)?;
-        }
+        // The image first: metadata left by a crash in between is found by
+        // the next receipt and its image deleted again (a no-op).
+        self.captures.delete(&s.image).await?;
+        self.captures.delete(&s.meta).await?;
+        self.index_append(&IndexLine::Deleted {
+            id: capture_id.to_string(),
+        })?;
         Ok(true)
     }
 
@@ -615,7 +636,7 @@ impl Inbox {
         deleted: u64,
         now: i64,
     ) -> Result<(), InboxError> {
-        let path = self.out.join("deletions.log");
+        let path = self.root.join("deletions.log");
         let line = serde_json::to_string(&Deletion {
             subject,
             site,
@@ -633,7 +654,7 @@ impl Inbox {
     /// names; remembers it so that those arriving later are deleted on
     /// arrival. Appends one line to `deletions.log`. Returns how many stored
     /// captures were deleted.
-    pub fn apply_receipt(
+    pub async fn apply_receipt(
         &mut self,
         site: &str,
         device: &str,
@@ -666,7 +687,6 @@ impl Inbox {
             )?;
             self.revocations.push(rev);
         }
-        self.index_stored()?;
         let doomed: Vec<String> = self
             .index
             .iter()
@@ -677,7 +697,7 @@ impl Inbox {
             .collect();
         let mut deleted = 0;
         for id in &doomed {
-            if self.delete_stored(id)? {
+            if self.delete_stored(id).await? {
                 deleted += 1;
             }
         }
@@ -704,6 +724,37 @@ impl Inbox {
     }
 }
 
+/// The index of what `captures` holds, as lines of `.receive/stored`, from
+/// its `{site}/{device}/*.json`: read once, for a state directory without an
+/// index.
+async fn index_store<S: CaptureStore>(captures: &S) -> Result<String, InboxError> {
+    let mut lines = String::new();
+    for key in captures.list(None).await? {
+        let Some(base) = key.strip_suffix(".json") else {
+            continue;
+        };
+        // Gone meanwhile, or not ours: not indexed.
+        let Some(text) = captures.get(&key).await? else {
+            continue;
+        };
+        let Ok(meta) = serde_json::from_slice::<Meta>(&text) else {
+            continue;
+        };
+        let line = IndexLine::Stored {
+            id: meta.capture_id.clone(),
+            capture: Stored {
+                image: format!("{base}.{}", ext_of(&meta.content_type)),
+                site: meta.site,
+                subject: meta.subject,
+                meta: key.clone(),
+            },
+        };
+        lines.push_str(&serde_json::to_string(&line).unwrap_or_default());
+        lines.push('\n');
+    }
+    Ok(lines)
+}
+
 /// The file extension for a content type.
 fn ext_of(content_type: &str) -> &'static str {
     match content_type {
@@ -715,6 +766,7 @@ fn ext_of(content_type: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fleet::capture_store::{DirStore, ObjectCaptures};
     use crate::ids::{CaptureId, SubjectId};
     use crate::protocol::parts::slice;
 
@@ -768,118 +820,145 @@ mod tests {
         }
     }
 
-    #[test]
-    fn whole_capture_stored_once_across_restarts() {
-        let dir = tempfile::tempdir().unwrap();
+    async fn whole_capture_stored_once_across_restarts<S: CaptureStore + Clone>(
+        store: S,
+        state: &Path,
+    ) {
         let env = envelope("id-1", "S-1", b"jpeg bytes");
-        let mut inbox = Inbox::open(dir.path()).unwrap();
-        let Taken::Stored { path } = inbox.take(env.clone(), NOW).unwrap() else {
+        let mut inbox = Inbox::open(store.clone(), state).await.unwrap();
+        let Taken::Stored { key } = inbox.take(env.clone(), NOW).await.unwrap() else {
             panic!("not stored")
         };
-        assert_eq!(fs::read(&path).unwrap(), b"jpeg bytes");
-        assert_eq!(path, dir.path().join("lobby/term-01/id-1.jpg"));
+        assert_eq!(store.get(&key).await.unwrap().unwrap(), b"jpeg bytes");
+        assert_eq!(key, "lobby/term-01/id-1.jpg");
         let meta: serde_json::Value =
-            serde_json::from_slice(&fs::read(dir.path().join("lobby/term-01/id-1.json")).unwrap())
+            serde_json::from_slice(&store.get("lobby/term-01/id-1.json").await.unwrap().unwrap())
                 .unwrap();
         assert_eq!(meta["subject"], "S-1");
         assert!(meta.get("image").is_none());
-        assert_eq!(inbox.take(env.clone(), NOW).unwrap(), Taken::Duplicate);
+        assert_eq!(
+            inbox.take(env.clone(), NOW).await.unwrap(),
+            Taken::Duplicate
+        );
         drop(inbox);
-        let mut inbox = Inbox::open(dir.path()).unwrap();
+        let mut inbox = Inbox::open(store.clone(), state).await.unwrap();
         assert_eq!(inbox.stored(), 1);
-        assert_eq!(inbox.take(env, NOW).unwrap(), Taken::Duplicate);
+        assert_eq!(inbox.take(env, NOW).await.unwrap(), Taken::Duplicate);
     }
 
-    #[test]
-    fn parts_in_any_order_and_across_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
+    async fn parts_in_any_order_and_across_a_restart<S: CaptureStore + Clone>(
+        store: S,
+        state: &Path,
+    ) {
         let image: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
         let env = envelope("id-2", "S-1", &image);
         let mut parts = parts_of(&env, 4);
         parts.reverse();
-        let mut inbox = Inbox::open(dir.path()).unwrap();
-        assert_eq!(inbox.take(parts[0].clone(), NOW).unwrap(), Taken::PartKept);
-        assert_eq!(inbox.take(parts[1].clone(), NOW).unwrap(), Taken::PartKept);
+        let mut inbox = Inbox::open(store.clone(), state).await.unwrap();
+        assert_eq!(
+            inbox.take(parts[0].clone(), NOW).await.unwrap(),
+            Taken::PartKept
+        );
+        assert_eq!(
+            inbox.take(parts[1].clone(), NOW).await.unwrap(),
+            Taken::PartKept
+        );
         // The same part again is kept once.
-        assert_eq!(inbox.take(parts[1].clone(), NOW).unwrap(), Taken::PartKept);
+        assert_eq!(
+            inbox.take(parts[1].clone(), NOW).await.unwrap(),
+            Taken::PartKept
+        );
         drop(inbox);
-        let mut inbox = Inbox::open(dir.path()).unwrap();
+        let mut inbox = Inbox::open(store.clone(), state).await.unwrap();
         assert_eq!(inbox.incomplete(), 1);
-        assert_eq!(inbox.take(parts[2].clone(), NOW).unwrap(), Taken::PartKept);
-        let Taken::Stored { path } = inbox.take(parts[3].clone(), NOW).unwrap() else {
+        assert_eq!(
+            inbox.take(parts[2].clone(), NOW).await.unwrap(),
+            Taken::PartKept
+        );
+        let Taken::Stored { key } = inbox.take(parts[3].clone(), NOW).await.unwrap() else {
             panic!("not stored")
         };
-        assert_eq!(fs::read(path).unwrap(), image);
+        assert_eq!(store.get(&key).await.unwrap().unwrap(), image);
         assert_eq!(
-            fs::read_dir(dir.path().join(".receive/parts"))
-                .unwrap()
-                .count(),
+            fs::read_dir(state.join(".receive/parts")).unwrap().count(),
             0
         );
-        assert_eq!(inbox.take(parts[0].clone(), NOW).unwrap(), Taken::Duplicate);
+        assert_eq!(
+            inbox.take(parts[0].clone(), NOW).await.unwrap(),
+            Taken::Duplicate
+        );
     }
 
-    #[test]
-    fn a_corrupted_part_is_refused_and_nothing_stored() {
-        let dir = tempfile::tempdir().unwrap();
+    async fn a_corrupted_part_is_refused_and_nothing_stored<S: CaptureStore + Clone>(
+        store: S,
+        state: &Path,
+    ) {
         let env = envelope("id-3", "S-1", b"0123456789abcdef");
         let mut parts = parts_of(&env, 2);
         parts[1].image[0] ^= 1;
-        let mut inbox = Inbox::open(dir.path()).unwrap();
-        assert_eq!(inbox.take(parts[0].clone(), NOW).unwrap(), Taken::PartKept);
+        let mut inbox = Inbox::open(store.clone(), state).await.unwrap();
+        assert_eq!(
+            inbox.take(parts[0].clone(), NOW).await.unwrap(),
+            Taken::PartKept
+        );
         assert!(matches!(
-            inbox.take(parts[1].clone(), NOW).unwrap(),
+            inbox.take(parts[1].clone(), NOW).await.unwrap(),
             Taken::Refused { .. }
         ));
         assert_eq!(inbox.stored(), 0);
-        assert!(!dir.path().join("lobby/term-01/id-3.jpg").exists());
+        assert!(!store.exists("lobby/term-01/id-3.jpg").await.unwrap());
         assert_eq!(inbox.counts.refused, 1);
     }
 
-    #[test]
-    fn a_receipt_deletes_the_subjects_copies_and_late_in_flight_arrivals() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut inbox = Inbox::open(dir.path()).unwrap();
-        inbox.take(envelope("a", "S-1", b"a"), NOW).unwrap();
-        inbox.take(envelope("b", "S-1", b"b"), NOW).unwrap();
-        inbox.take(envelope("c", "S-2", b"c"), NOW).unwrap();
+    async fn a_receipt_deletes_the_subjects_copies_and_late_in_flight_arrivals<
+        S: CaptureStore + Clone,
+    >(
+        store: S,
+        state: &Path,
+    ) {
+        let mut inbox = Inbox::open(store.clone(), state).await.unwrap();
+        inbox.take(envelope("a", "S-1", b"a"), NOW).await.unwrap();
+        inbox.take(envelope("b", "S-1", b"b"), NOW).await.unwrap();
+        inbox.take(envelope("c", "S-2", b"c"), NOW).await.unwrap();
         let late = envelope("d", "S-1", b"d");
         let late_parts = parts_of(&envelope("e", "S-1", b"eeee"), 2);
-        inbox.take(late_parts[0].clone(), NOW).unwrap();
+        inbox.take(late_parts[0].clone(), NOW).await.unwrap();
         // A part of another capture of S-1 that the receipt does not name.
         let unnamed = parts_of(&envelope("g", "S-1", b"gggg"), 2);
-        inbox.take(unnamed[0].clone(), NOW).unwrap();
+        inbox.take(unnamed[0].clone(), NOW).await.unwrap();
         let deleted = inbox
             .apply_receipt("lobby", "term-01", &receipt(Some("S-1"), &["d", "e"]), NOW)
+            .await
             .unwrap();
         assert_eq!(deleted, 2);
-        assert!(!dir.path().join("lobby/term-01/a.jpg").exists());
-        assert!(!dir.path().join("lobby/term-01/b.json").exists());
-        assert!(dir.path().join("lobby/term-01/c.jpg").exists());
+        assert!(!store.exists("lobby/term-01/a.jpg").await.unwrap());
+        assert!(!store.exists("lobby/term-01/b.json").await.unwrap());
+        assert!(store.exists("lobby/term-01/c.jpg").await.unwrap());
         assert_eq!(
-            fs::read_dir(dir.path().join(".receive/parts"))
-                .unwrap()
-                .count(),
+            fs::read_dir(state.join(".receive/parts")).unwrap().count(),
             0,
             "the in-flight capture's parts are gone"
         );
         drop(inbox);
         // After a restart the revocation is still remembered.
-        let mut inbox = Inbox::open(dir.path()).unwrap();
-        assert_eq!(inbox.take(late, NOW).unwrap(), Taken::DeletedOnArrival);
+        let mut inbox = Inbox::open(store.clone(), state).await.unwrap();
         assert_eq!(
-            inbox.take(late_parts[1].clone(), NOW).unwrap(),
+            inbox.take(late, NOW).await.unwrap(),
             Taken::DeletedOnArrival
         );
-        assert!(!dir.path().join("lobby/term-01/d.jpg").exists());
+        assert_eq!(
+            inbox.take(late_parts[1].clone(), NOW).await.unwrap(),
+            Taken::DeletedOnArrival
+        );
+        assert!(!store.exists("lobby/term-01/d.jpg").await.unwrap());
         // A new capture after the revocation (a new consent) is kept.
         let mut fresh = envelope("f", "S-1", b"f");
         fresh.captured_at = NOW + 10;
         assert!(matches!(
-            inbox.take(fresh, NOW + 20).unwrap(),
+            inbox.take(fresh, NOW + 20).await.unwrap(),
             Taken::Stored { .. }
         ));
-        let log: Vec<serde_json::Value> = fs::read_to_string(dir.path().join("deletions.log"))
+        let log: Vec<serde_json::Value> = fs::read_to_string(state.join("deletions.log"))
             .unwrap()
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
@@ -892,10 +971,11 @@ mod tests {
         assert_eq!(log[1]["deleted"], 1);
     }
 
-    #[test]
-    fn names_that_could_leave_the_directory_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut inbox = Inbox::open(dir.path()).unwrap();
+    async fn names_that_could_leave_the_directory_are_refused<S: CaptureStore + Clone>(
+        store: S,
+        state: &Path,
+    ) {
+        let mut inbox = Inbox::open(store.clone(), state).await.unwrap();
         for (field, bad) in [("site", "../x"), ("device", ".."), ("capture_id", "a/b")] {
             let mut env = envelope("ok", "S-1", b"x");
             match field {
@@ -903,59 +983,175 @@ mod tests {
                 "device" => env.device = bad.into(),
                 _ => env.capture_id = bad.into(),
             }
-            assert_eq!(inbox.take(env, NOW).unwrap(), Taken::BadName { field });
+            assert_eq!(
+                inbox.take(env, NOW).await.unwrap(),
+                Taken::BadName { field }
+            );
         }
         assert_eq!(inbox.stored(), 0);
     }
 
-    #[test]
-    fn split_parts_match_what_devices_send() {
+    async fn split_parts_match_what_devices_send<S: CaptureStore + Clone>(store: S, state: &Path) {
         // The device's own splitter produces parts the inbox joins.
-        let dir = tempfile::tempdir().unwrap();
         let image: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
         let env = envelope("id-9", "S-1", &image);
-        let mut inbox = Inbox::open(dir.path()).unwrap();
+        let mut inbox = Inbox::open(store.clone(), state).await.unwrap();
         let mut last = None;
         for i in 0..3u32 {
             let mut p = env.clone();
             p.image = image[slice(image.len(), 3, i)].to_vec();
             p.part = Some(i);
             p.parts = Some(3);
-            last = Some(inbox.take(p, NOW).unwrap());
+            last = Some(inbox.take(p, NOW).await.unwrap());
         }
         assert!(matches!(last, Some(Taken::Stored { .. })));
     }
 
-    #[test]
-    fn two_receivers_on_one_directory_share_parts_ids_and_receipts() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut a = Inbox::open(dir.path()).unwrap();
-        let mut b = Inbox::open(dir.path()).unwrap();
+    async fn two_receivers_on_one_directory_share_parts_ids_and_receipts<
+        S: CaptureStore + Clone,
+    >(
+        store: S,
+        state: &Path,
+    ) {
+        let mut a = Inbox::open(store.clone(), state).await.unwrap();
+        let mut b = Inbox::open(store.clone(), state).await.unwrap();
         // The parts of one capture split between the two.
         let image: Vec<u8> = (0..3000u32).map(|i| (i * 13) as u8).collect();
         let parts = parts_of(&envelope("p", "S-1", &image), 3);
-        assert_eq!(a.take(parts[0].clone(), NOW).unwrap(), Taken::PartKept);
-        assert_eq!(b.take(parts[2].clone(), NOW).unwrap(), Taken::PartKept);
+        assert_eq!(
+            a.take(parts[0].clone(), NOW).await.unwrap(),
+            Taken::PartKept
+        );
+        assert_eq!(
+            b.take(parts[2].clone(), NOW).await.unwrap(),
+            Taken::PartKept
+        );
         assert_eq!(b.incomplete(), 1);
-        let Taken::Stored { path } = a.take(parts[1].clone(), NOW).unwrap() else {
+        let Taken::Stored { key } = a.take(parts[1].clone(), NOW).await.unwrap() else {
             panic!("not joined from the shared parts")
         };
-        assert_eq!(fs::read(path).unwrap(), image);
+        assert_eq!(store.get(&key).await.unwrap().unwrap(), image);
         // A redelivery to the other one is a duplicate.
-        assert_eq!(b.take(parts[2].clone(), NOW).unwrap(), Taken::Duplicate);
+        assert_eq!(
+            b.take(parts[2].clone(), NOW).await.unwrap(),
+            Taken::Duplicate
+        );
         // b stored one of S-2 before a takes the receipt: a finds it.
-        b.take(envelope("x", "S-2", b"x"), NOW).unwrap();
+        b.take(envelope("x", "S-2", b"x"), NOW).await.unwrap();
         assert_eq!(
             a.apply_receipt("lobby", "term-01", &receipt(Some("S-2"), &["late"]), NOW)
+                .await
                 .unwrap(),
             1
         );
-        assert!(!dir.path().join("lobby/term-01/x.jpg").exists());
+        assert!(!store.exists("lobby/term-01/x.jpg").await.unwrap());
         // The in-flight one arrives at b, which never saw the receipt.
         assert_eq!(
-            b.take(envelope("late", "S-2", b"l"), NOW).unwrap(),
+            b.take(envelope("late", "S-2", b"l"), NOW).await.unwrap(),
             Taken::DeletedOnArrival
         );
-        assert!(!dir.path().join("lobby/term-01/late.jpg").exists());
+        assert!(!store.exists("lobby/term-01/late.jpg").await.unwrap());
     }
+
+    async fn an_image_left_alone_by_a_crash_goes_with_the_redelivery<S: CaptureStore + Clone>(
+        store: S,
+        state: &Path,
+    ) {
+        // A crash after the image's put, before its metadata's: the message
+        // was not acknowledged, no index knows the image.
+        store
+            .put("lobby/term-01/o.jpg", b"o".to_vec())
+            .await
+            .unwrap();
+        let mut inbox = Inbox::open(store.clone(), state).await.unwrap();
+        assert_eq!(inbox.stored(), 0);
+        inbox
+            .apply_receipt("lobby", "term-01", &receipt(Some("S-1"), &[]), NOW)
+            .await
+            .unwrap();
+        // The broker hands the message over again: deleted on arrival, and
+        // the image left before goes too.
+        assert_eq!(
+            inbox.take(envelope("o", "S-1", b"o"), NOW).await.unwrap(),
+            Taken::DeletedOnArrival
+        );
+        assert!(!store.exists("lobby/term-01/o.jpg").await.unwrap());
+    }
+
+    async fn a_new_state_directory_indexes_what_the_store_holds<S: CaptureStore + Clone>(
+        store: S,
+        state: &Path,
+    ) {
+        let mut inbox = Inbox::open(store.clone(), state).await.unwrap();
+        inbox.take(envelope("a", "S-1", b"a"), NOW).await.unwrap();
+        inbox.take(envelope("b", "S-2", b"b"), NOW).await.unwrap();
+        drop(inbox);
+        // Another state directory on the same store (or one from before the
+        // index): the store is read once, and a receipt finds S-1's capture.
+        let other = tempfile::tempdir().unwrap();
+        let mut inbox = Inbox::open(store.clone(), other.path()).await.unwrap();
+        assert_eq!(inbox.stored(), 2);
+        assert_eq!(
+            inbox
+                .apply_receipt("lobby", "term-01", &receipt(Some("S-1"), &[]), NOW)
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(!store.exists("lobby/term-01/a.jpg").await.unwrap());
+        assert!(store.exists("lobby/term-01/b.jpg").await.unwrap());
+        // Opened again, it keeps its index (the deletion included).
+        drop(inbox);
+        let inbox = Inbox::open(store.clone(), other.path()).await.unwrap();
+        assert_eq!(inbox.stored(), 1);
+    }
+
+    fn block<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    /// Each scenario on a directory holding both the captures and the
+    /// state (the default), and on an object store with the state apart.
+    macro_rules! on_every_store {
+        ($($name:ident),* $(,)?) => {
+            mod on_a_directory {
+                $(
+                    #[test]
+                    fn $name() {
+                        let dir = tempfile::tempdir().unwrap();
+                        let store = super::DirStore::open(dir.path()).unwrap();
+                        super::block(super::$name(store, dir.path()));
+                    }
+                )*
+            }
+            mod on_an_object_store {
+                $(
+                    #[test]
+                    fn $name() {
+                        let state = tempfile::tempdir().unwrap();
+                        let store = super::ObjectCaptures::new(
+                            std::sync::Arc::new(object_store::memory::InMemory::new()),
+                            "memory",
+                        );
+                        super::block(super::$name(store, state.path()));
+                    }
+                )*
+            }
+        };
+    }
+
+    on_every_store!(
+        whole_capture_stored_once_across_restarts,
+        parts_in_any_order_and_across_a_restart,
+        a_corrupted_part_is_refused_and_nothing_stored,
+        a_receipt_deletes_the_subjects_copies_and_late_in_flight_arrivals,
+        names_that_could_leave_the_directory_are_refused,
+        split_parts_match_what_devices_send,
+        two_receivers_on_one_directory_share_parts_ids_and_receipts,
+        an_image_left_alone_by_a_crash_goes_with_the_redelivery,
+        a_new_state_directory_indexes_what_the_store_holds,
+    );
 }

@@ -2,7 +2,9 @@
 //! Subscribes to a site's captures and replies on a persistent session with
 //! QoS 1, gives each message to the [`Inbox`], and acknowledges it only once
 //! the inbox has made what it did durable; survives broker restarts (the
-//! broker hands back what was not acknowledged).
+//! broker hands back what was not acknowledged). The captures go to the
+//! store `--out` names ([`Captures`]: a directory, or an object store); the
+//! receiver's own state stays in a local directory.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -10,6 +12,7 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 use tokio::sync::watch;
 
+use super::capture_store::{CaptureStore, Captures};
 use super::inbox::{Inbox, InboxError, Taken};
 use super::{BrokerConn, FleetError};
 use crate::protocol::{Envelope, Reply, ReplyResult, SiteTopics};
@@ -22,8 +25,12 @@ pub struct ReceiveRequest {
     pub conn: BrokerConn,
     /// The site.
     pub site: String,
-    /// Output directory.
-    pub out: PathBuf,
+    /// Where captures go: a directory path, `file:///abs/path` or
+    /// `s3://bucket/prefix` ([`Captures::open`]).
+    pub out: String,
+    /// The receiver's state directory (ids taken, parts, receipts,
+    /// `deletions.log`); `None`: the output directory, when it is local.
+    pub state: Option<PathBuf>,
     /// MQTT client id of the persistent session (the broker ties it to the
     /// certificate with `use_username_as_clientid`).
     pub client_id: String,
@@ -34,8 +41,8 @@ pub struct ReceiveRequest {
     /// Wait before connecting again after a lost connection.
     pub retry: Duration,
     /// Shared subscription group: several receivers (each with its own
-    /// certificate) on one output directory split the site's messages,
-    /// each capture stored once.
+    /// certificate) on one state directory and one store split the site's
+    /// messages, each capture stored once.
     pub share: Option<String>,
 }
 
@@ -49,6 +56,9 @@ pub enum ReceiveError {
     /// The broker connection could not be set up.
     #[error(transparent)]
     Fleet(#[from] FleetError),
+    /// `--out` names an object store and no `--state` was given.
+    #[error("--out {0} is not a local directory: give the receiver's state directory with --state DIR (a local disk)")]
+    NoState(String),
 }
 
 /// Runs until `stop` turns true; returns the inbox's counts.
@@ -56,7 +66,17 @@ pub async fn receive(
     req: &ReceiveRequest,
     mut stop: watch::Receiver<bool>,
 ) -> Result<super::inbox::InboxCounts, ReceiveError> {
-    let mut inbox = Inbox::open(&req.out)?;
+    let captures = Captures::open(&req.out).map_err(InboxError::from)?;
+    let state = match (req.state.clone(), Captures::local_dir(&req.out)) {
+        (Some(dir), _) | (None, Some(dir)) => dir,
+        (None, None) => return Err(ReceiveError::NoState(req.out.clone())),
+    };
+    let mut inbox = Inbox::open(captures, &state).await?;
+    eprintln!(
+        "captures to {}, state in {}",
+        inbox.store().describe(),
+        state.display()
+    );
     let topics = SiteTopics::new(&req.conn.prefix, &req.site);
     let tls_config = tls::client_config_for(&req.conn.ca_file, &req.conn.cert_file, &req.conn.key)
         .map_err(FleetError::from)?;
@@ -139,10 +159,10 @@ pub async fn receive(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                if let Err(e) = take(&mut inbox, &topics, &req.site, &p) {
+                if let Err(e) = take(&mut inbox, &topics, &req.site, &p).await {
                     break Err(e);
                 }
-                // Only now: what the message asked for is on disk. The
+                // Only now: what the message asked for is durable. The
                 // acknowledgement needs the packet id only.
                 let mut ack = p;
                 ack.payload = Default::default();
@@ -179,8 +199,8 @@ pub async fn receive(
 
 /// Gives one received message to the inbox (an upload, or a reply that may
 /// carry a purge receipt) and says on stderr what was not simply stored.
-fn take(
-    inbox: &mut Inbox,
+async fn take<S: CaptureStore>(
+    inbox: &mut Inbox<S>,
     topics: &SiteTopics,
     site: &str,
     p: &rumqttc::Publish,
@@ -191,7 +211,7 @@ fn take(
         match Envelope::from_bytes(&p.payload) {
             Ok(env) => {
                 let id = env.capture_id.clone();
-                match inbox.take(env, now)? {
+                match inbox.take(env, now).await? {
                     Taken::Refused { reason } => {
                         eprintln!("{device}: capture {id} refused: {reason}")
                     }
@@ -211,7 +231,7 @@ fn take(
         }
     } else if let Ok(reply) = Reply::from_bytes(&p.payload) {
         if let (true, Some(ReplyResult::Receipt(receipt))) = (reply.ok, &reply.result) {
-            let deleted = inbox.apply_receipt(site, &device, receipt, now)?;
+            let deleted = inbox.apply_receipt(site, &device, receipt, now).await?;
             eprintln!(
                 "{device}: receipt for {}: deleted {deleted} stored capture(s), {} in flight remembered",
                 receipt
@@ -226,10 +246,10 @@ fn take(
     Ok(())
 }
 
-fn progress(inbox: &Inbox) {
+fn progress<S: CaptureStore>(inbox: &Inbox<S>) {
     let c = inbox.counts;
     eprintln!(
-        "stored {} (on disk {}), duplicates {}, refused {}, deleted {}, deleted on arrival {}, incomplete {}",
+        "stored {} (in the store {}), duplicates {}, refused {}, deleted {}, deleted on arrival {}, incomplete {}",
         c.stored,
         inbox.stored(),
         c.duplicates,

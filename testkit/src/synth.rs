@@ -202,6 +202,28 @@ fn collect<I: Iterator<Item = Bytes>>(pieces: I) -> Vec<u8> {
     out
 }
 
+/// The same synthetic face as [`face_jpeg`], as a progressive JPEG (several
+/// scans; a decoder keeps every DCT coefficient until the last one).
+///
+/// # Panics
+/// If `width` or `height` is 0 or above 65535 (the encoder refuses them).
+pub fn progressive_jpeg(width: u32, height: u32, seed: u64, quality: u8) -> Vec<u8> {
+    let img = draw_face(width, height, seed);
+    let mut out = Vec::new();
+    let mut encoder = jpeg_encoder::Encoder::new(&mut out, quality.clamp(1, 100));
+    encoder.set_progressive(true);
+    let side = |v: u32| u16::try_from(v).expect("JPEG sides are at most 65535");
+    encoder
+        .encode(
+            img.as_raw(),
+            side(width),
+            side(height),
+            jpeg_encoder::ColorType::Rgb,
+        )
+        .expect("encoding a valid in-memory RGB image cannot fail");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,26 +260,4 @@ mod tests {
         assert!(parsed.chunk_by_type(*b"eXIf").is_some());
         assert_eq!(image::load_from_memory(&png).unwrap().height(), 16);
     }
-}
-
-/// The same synthetic face as [`face_jpeg`], as a progressive JPEG (several
-/// scans; a decoder keeps every DCT coefficient until the last one).
-///
-/// # Panics
-/// If `width` or `height` is 0 or above 65535 (the encoder refuses them).
-pub fn progressive_jpeg(width: u32, height: u32, seed: u64, quality: u8) -> Vec<u8> {
-    let img = draw_face(width, height, seed);
-    let mut out = Vec::new();
-    let mut encoder = jpeg_encoder::Encoder::new(&mut out, quality.clamp(1, 100));
-    encoder.set_progressive(true);
-    let side = |v: u32| u16::try_from(v).expect("JPEG sides are at most 65535");
-    encoder
-        .encode(
-            img.as_raw(),
-            side(width),
-            side(height),
-            jpeg_encoder::ColorType::Rgb,
-        )
-        .expect("encoding a valid in-memory RGB image cannot fail");
-    out
 }
