@@ -397,19 +397,7 @@ fn in_flight_arrivals_after_the_receipt_and_corrupt_parts_are_never_kept() {
         .map(|(m, _)| m["capture_id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["44444444-4444-4444-8444-444444444444"], "{log}");
-    assert_eq!(
-        fs::read_dir(out.join(".receive/parts")).unwrap().count(),
-        0,
-        "no part left behind"
-    );
-    let deletions: Vec<Value> = fs::read_to_string(out.join("deletions.log"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(deletions.len(), 2, "{deletions:?}");
-    assert_eq!(deletions[0]["deleted"], 1, "the stored one");
-    assert_eq!(deletions[1]["deleted"], 1, "the late one, on arrival");
+    let deletions = two_deletions_no_parts(&out);
     assert!(deletions
         .iter()
         .all(|l| l["subject"] == "S-9" && l["device"] == "term-02"));
@@ -664,19 +652,7 @@ fn an_object_store_url_stores_once_across_restarts_and_purges_late_arrivals() {
         assert!(!objects.join(format!("lobby/term-02/{id}.jpg")).exists());
         assert!(!objects.join(format!("lobby/term-02/{id}.json")).exists());
     }
-    assert_eq!(
-        fs::read_dir(state.join(".receive/parts")).unwrap().count(),
-        0,
-        "no part left behind"
-    );
-    let deletions: Vec<Value> = fs::read_to_string(state.join("deletions.log"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(deletions.len(), 2, "{deletions:?}");
-    assert_eq!(deletions[0]["deleted"], 1, "the stored one");
-    assert_eq!(deletions[1]["deleted"], 1, "the late one, on arrival");
+    let deletions = two_deletions_no_parts(&state);
     assert!(deletions.iter().all(|l| l["subject"] == "S-9"));
 }
 
@@ -714,4 +690,24 @@ fn an_object_store_url_this_build_cannot_serve_is_refused_by_name() {
     }
     let (ok, err) = run("gs://bucket/prefix", &["--state", state.to_str().unwrap()]);
     assert!(!ok && err.contains("gs://"), "{err}");
+}
+
+/// The receiver's state directory after a purge receipt and a late in-flight
+/// arrival: no part left behind, and `deletions.log` holds two lines, the
+/// stored capture's and the late one's (deleted on arrival); returns them.
+fn two_deletions_no_parts(state: &Path) -> Vec<Value> {
+    assert_eq!(
+        fs::read_dir(state.join(".receive/parts")).unwrap().count(),
+        0,
+        "no part left behind"
+    );
+    let deletions: Vec<Value> = fs::read_to_string(state.join("deletions.log"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(deletions.len(), 2, "{deletions:?}");
+    assert_eq!(deletions[0]["deleted"], 1, "the stored one");
+    assert_eq!(deletions[1]["deleted"], 1, "the late one, on arrival");
+    deletions
 }
