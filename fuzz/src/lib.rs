@@ -90,7 +90,7 @@ pub fn capture() -> CaptureConfig {
         decode_memory_bytes: 64 * 1024 * 1024,
         spool_grace: Duration::from_secs(60),
         poll_interval: Duration::from_millis(100),
-        max_batch_bytes: 32 << 20,
+        max_batch_bytes: 16 << 20,
     }
 }
 

@@ -466,7 +466,7 @@ fn capture(raw: RawCapture) -> Result<CaptureConfig, ConfigError> {
         max_batch_bytes: number(
             "capture.max_batch_bytes",
             raw.max_batch_bytes,
-            32 * MIB,
+            16 * MIB,
             MIB,
             4 * GIB,
             Unit::Bytes,

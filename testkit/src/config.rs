@@ -466,7 +466,7 @@ pub fn capture_limits() -> CaptureConfig {
         decode_memory_bytes: 64 * 1024 * 1024,
         spool_grace: Duration::from_secs(60),
         poll_interval: Duration::from_millis(100),
-        max_batch_bytes: 32 * 1024 * 1024,
+        max_batch_bytes: 16 * 1024 * 1024,
     }
 }
 
