@@ -549,6 +549,10 @@ fn last_count(log: &str, what: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {what:?} in {line:?}"))
 }
 
+/// An object's bytes by key, `None` when there is none.
+#[cfg(feature = "object-store")]
+type Get<'a> = dyn Fn(&str) -> Option<Vec<u8>> + 'a;
+
 /// An object store as the test sees it, apart from the receiver: its
 /// `--out` URL, the environment the receiver needs for it, every key under
 /// the URL's root, and an object's bytes.
@@ -557,7 +561,7 @@ struct Objects<'a> {
     url: String,
     env: Vec<(String, String)>,
     keys: Box<dyn Fn() -> Vec<String> + 'a>,
-    get: Box<dyn Fn(&str) -> Option<Vec<u8>> + 'a>,
+    get: Box<Get<'a>>,
 }
 
 #[cfg(feature = "object-store")]
