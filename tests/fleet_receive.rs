@@ -45,7 +45,20 @@ impl Receiver {
         log: PathBuf,
         extra: &[&str],
     ) -> Receiver {
+        Receiver::spawn_env(broker, tls, out, log, extra, &[])
+    }
+
+    /// As `spawn`, with `env` added to the receiver's environment.
+    fn spawn_env(
+        broker: &Broker,
+        tls: &ClientCreds,
+        out: &std::ffi::OsStr,
+        log: PathBuf,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> Receiver {
         let child = Command::new(env!("CARGO_BIN_EXE_facegate"))
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .args(["fleet", "receive", "--site", SITE])
             .args(tls.fleet_args(broker))
             .arg("--out")
@@ -536,22 +549,197 @@ fn last_count(log: &str, what: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {what:?} in {line:?}"))
 }
 
+/// An object's bytes by key, `None` when there is none.
+#[cfg(feature = "object-store")]
+type Get<'a> = dyn Fn(&str) -> Option<Vec<u8>> + 'a;
+
+/// An object store as the test sees it, apart from the receiver: its
+/// `--out` URL, the environment the receiver needs for it, every key under
+/// the URL's root, and an object's bytes.
+#[cfg(feature = "object-store")]
+struct Objects<'a> {
+    url: String,
+    env: Vec<(String, String)>,
+    keys: Box<dyn Fn() -> Vec<String> + 'a>,
+    get: Box<Get<'a>>,
+}
+
+#[cfg(feature = "object-store")]
+impl Objects<'_> {
+    /// Captures stored: capture id → (metadata, image bytes).
+    fn stored(&self) -> Vec<(Value, Vec<u8>)> {
+        let mut got = Vec::new();
+        for key in (self.keys)() {
+            let parts: Vec<&str> = key.split('/').collect();
+            if parts.len() != 3 || parts.iter().any(|p| p.starts_with('.')) {
+                continue;
+            }
+            let Some(stem) = key.strip_suffix(".json") else {
+                continue;
+            };
+            let meta: Value = serde_json::from_slice(&(self.get)(&key).unwrap()).unwrap();
+            let image = (self.get)(&format!("{stem}.jpg")).unwrap();
+            got.push((meta, image));
+        }
+        got
+    }
+
+    fn wait_stored(&self, n: usize) -> Vec<(Value, Vec<u8>)> {
+        let deadline = Instant::now() + T;
+        loop {
+            let got = self.stored();
+            if got.len() >= n || Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn exists(&self, key: &str) -> bool {
+        (self.get)(key).is_some()
+    }
+}
+
+/// A `file://` store: the directory's files.
+#[cfg(feature = "object-store")]
+fn file_objects(root: &Path) -> Objects<'_> {
+    fn walk(dir: &Path, base: &Path, keys: &mut Vec<String>) {
+        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, base, keys);
+            } else {
+                keys.push(p.strip_prefix(base).unwrap().to_string_lossy().to_string());
+            }
+        }
+    }
+    Objects {
+        url: format!("file://{}", root.display()),
+        env: Vec::new(),
+        keys: Box::new(move || {
+            let mut keys = Vec::new();
+            walk(root, root, &mut keys);
+            keys
+        }),
+        get: Box::new(move |key| fs::read(root.join(key)).ok()),
+    }
+}
+
 #[cfg(feature = "object-store")]
 #[test]
 fn an_object_store_url_stores_once_across_restarts_and_purges_late_arrivals() {
-    let broker = Broker::start();
-    let tls = broker.issue_client("fleet-2");
     let dir = tempfile::tempdir().unwrap();
     let objects = dir.path().join("objects");
-    let state = dir.path().join("state");
-    let url = format!("file://{}", objects.display());
+    object_store_scenario(&file_objects(&objects), dir.path());
+    assert!(objects.join("lobby/term-02").is_dir());
+}
+
+/// The same against an S3 server (`s3://bucket/prefix`, feature `s3`): run
+/// only when `FACEGATE_TEST_S3_ENDPOINT` names one (`scripts/s3-check` starts
+/// one and sets it), with its bucket in `FACEGATE_TEST_S3_BUCKET`
+/// (`facegate-test` when unset), which must exist. Each run stores under a
+/// prefix of its own, two levels deep, and checks nothing lands outside it.
+#[cfg(feature = "s3")]
+#[test]
+fn an_s3_url_stores_once_across_restarts_and_purges_late_arrivals() {
+    use object_store::path::Path as Key;
+    use object_store::{ObjectStore, ObjectStoreExt};
+    let Ok(endpoint) = std::env::var("FACEGATE_TEST_S3_ENDPOINT") else {
+        eprintln!(
+            "SKIPPED: FACEGATE_TEST_S3_ENDPOINT names no S3 server (scripts/s3-check runs one)"
+        );
+        return;
+    };
+    let bucket = std::env::var("FACEGATE_TEST_S3_BUCKET").unwrap_or("facegate-test".into());
+    let var = |k: &str, default: &str| std::env::var(k).unwrap_or(default.into());
+    let (key_id, secret) = (
+        var("AWS_ACCESS_KEY_ID", "test"),
+        var("AWS_SECRET_ACCESS_KEY", "test"),
+    );
+    let region = var("AWS_REGION", "us-east-1");
+    let run = format!("receive-{}", rand_suffix());
+    let prefix = format!("{run}/captures");
+    let s3 = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(&endpoint)
+        .with_allow_http(true)
+        .with_bucket_name(&bucket)
+        .with_access_key_id(&key_id)
+        .with_secret_access_key(&secret)
+        .with_region(&region)
+        .build()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Every key under `under`, whole.
+    let all = |under: &str| -> Vec<String> {
+        rt.block_on(async {
+            let mut keys = Vec::new();
+            let mut todo = vec![Key::from(under)];
+            while let Some(p) = todo.pop() {
+                let level = s3.list_with_delimiter(Some(&p)).await.unwrap();
+                todo.extend(level.common_prefixes);
+                keys.extend(level.objects.into_iter().map(|o| o.location.to_string()));
+            }
+            keys
+        })
+    };
+    let objects = Objects {
+        url: format!("s3://{bucket}/{prefix}"),
+        env: vec![
+            ("AWS_ENDPOINT".into(), endpoint.clone()),
+            ("AWS_ALLOW_HTTP".into(), "true".into()),
+            ("AWS_ACCESS_KEY_ID".into(), key_id.clone()),
+            ("AWS_SECRET_ACCESS_KEY".into(), secret.clone()),
+            ("AWS_REGION".into(), region.clone()),
+        ],
+        keys: Box::new(|| {
+            all(&prefix)
+                .iter()
+                .map(|k| k.strip_prefix(&format!("{prefix}/")).unwrap().to_string())
+                .collect()
+        }),
+        get: Box::new(|key| {
+            rt.block_on(async {
+                match s3.get(&Key::from(format!("{prefix}/{key}"))).await {
+                    Ok(got) => Some(got.bytes().await.unwrap().to_vec()),
+                    Err(object_store::Error::NotFound { .. }) => None,
+                    Err(e) => panic!("{key}: {e}"),
+                }
+            })
+        }),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    object_store_scenario(&objects, dir.path());
+    // The three captures kept, metadata and image, and nothing outside the
+    // prefix.
+    let keys = all(&run);
+    assert_eq!(keys.len(), 6, "{keys:?}");
+    assert!(
+        keys.iter()
+            .all(|k| k.starts_with(&format!("{prefix}/lobby/term-02/"))),
+        "{keys:?}"
+    );
+}
+
+/// The receiver storing into `objects` (its state in `dir/state`): each
+/// capture once, whole and in parts, across a restart; a receipt deletes the
+/// subject's stored captures, and its in-flight one arriving after.
+#[cfg(feature = "object-store")]
+fn object_store_scenario(objects: &Objects<'_>, dir: &Path) {
+    let broker = Broker::start();
+    let tls = broker.issue_client("fleet-2");
+    let state = dir.join("state");
+    let url = objects.url.clone();
     let start = || {
-        Receiver::spawn(
+        Receiver::spawn_env(
             &broker,
             &tls,
             url.as_ref(),
-            dir.path().join(format!("receiver-{}.log", rand_suffix())),
+            dir.join(format!("receiver-{}.log", rand_suffix())),
             &["--state", state.to_str().unwrap()],
+            &objects.env,
         )
     };
     let image = synth::face_jpeg(320, 240, 1, 90);
@@ -568,7 +756,11 @@ fn an_object_store_url_stores_once_across_restarts_and_purges_late_arrivals() {
     // waits on the broker from the start.
     start().stop();
     let receiver = start();
-    assert!(receiver.log_text().contains("captures to file://"));
+    assert!(
+        receiver.log_text().contains(&format!("captures to {url}")),
+        "{}",
+        receiver.log_text()
+    );
     rt.block_on(async {
         let mut dev = Session::spawn(broker.options("term-02"));
         dev.wait_connected(T).await.unwrap();
@@ -585,7 +777,7 @@ fn an_object_store_url_stores_once_across_restarts_and_purges_late_arrivals() {
             dev.wait_puback(T).await.expect("PUBACK");
         }
     });
-    let got = wait_stored(&objects, 3, T);
+    let got = objects.wait_stored(3);
     let mut ids: Vec<&str> = got
         .iter()
         .map(|(m, _)| m["capture_id"].as_str().unwrap())
@@ -600,7 +792,11 @@ fn an_object_store_url_stores_once_across_restarts_and_purges_late_arrivals() {
     assert_eq!(last_count(&log, "duplicates"), 1, "{log}");
     // The receiver's state is apart from the captures.
     assert!(state.join(".receive/received").exists());
-    assert!(!objects.join(".receive").exists());
+    assert!(
+        (objects.keys)().iter().all(|k| !k.starts_with(".receive")),
+        "{:?}",
+        (objects.keys)()
+    );
 
     // Restarted: a redelivery of a stored capture is still a duplicate; a
     // receipt for S-9 deletes its stored capture, and its in-flight one,
@@ -631,7 +827,7 @@ fn an_object_store_url_stores_once_across_restarts_and_purges_late_arrivals() {
         }
     });
     let deadline = Instant::now() + T;
-    while !objects.join(format!("lobby/term-02/{last}.json")).exists() {
+    while !objects.exists(&format!("lobby/term-02/{last}.json")) {
         assert!(Instant::now() < deadline, "{}", receiver.log_text());
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -642,15 +838,16 @@ fn an_object_store_url_stores_once_across_restarts_and_purges_late_arrivals() {
     // taken, deleted on arrival, with the first).
     assert_eq!(last_count(&log, "duplicates"), 2, "{log}");
     assert_eq!(last_count(&log, "stored"), 1, "{log}");
-    let mut ids: Vec<String> = stored(&objects)
+    let mut ids: Vec<String> = objects
+        .stored()
         .iter()
         .map(|(m, _)| m["capture_id"].as_str().unwrap().to_string())
         .collect();
     ids.sort();
     assert_eq!(ids, [kept, last, parted], "{log}");
     for id in [doomed, in_flight] {
-        assert!(!objects.join(format!("lobby/term-02/{id}.jpg")).exists());
-        assert!(!objects.join(format!("lobby/term-02/{id}.json")).exists());
+        assert!(!objects.exists(&format!("lobby/term-02/{id}.jpg")));
+        assert!(!objects.exists(&format!("lobby/term-02/{id}.json")));
     }
     let deletions = two_deletions_no_parts(&state);
     assert!(deletions.iter().all(|l| l["subject"] == "S-9"));

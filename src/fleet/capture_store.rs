@@ -25,7 +25,7 @@ pub enum StoreError {
     },
     /// The object store refused or failed.
     #[cfg(any(feature = "object-store", test))]
-    #[error("object store {store}, {key}: {source}")]
+    #[error("object store {store}{}: {source}", if .key.is_empty() { String::new() } else { format!(", {}", .key) })]
     Object {
         /// The store.
         store: String,
@@ -235,7 +235,7 @@ impl ObjectCaptures {
         &self,
         prefix: Option<&object_store::path::Path>,
     ) -> Result<(Vec<String>, Vec<String>), StoreError> {
-        let shown = prefix.map(|p| p.to_string()).unwrap_or_default();
+        let shown = prefix.map_or("listing".to_string(), |p| format!("listing {p}/"));
         let listed = self
             .store
             .list_with_delimiter(prefix)
@@ -392,14 +392,34 @@ fn open_file_url(out: &str, _path: &str) -> Result<Captures, StoreError> {
     )))
 }
 
-#[cfg(feature = "s3")]
-fn open_s3(out: &str, rest: &str) -> Result<Captures, StoreError> {
+/// The bucket and key prefix of `s3://{rest}`: the prefix without leading
+/// or trailing `/` (empty for the bucket's root); no bucket, or an empty,
+/// `.` or `..` segment in the prefix, is refused (S3 would keep `a//b` as a
+/// key of its own, apart from `a/b`).
+#[cfg(any(feature = "s3", test))]
+fn s3_location<'a>(out: &str, rest: &'a str) -> Result<(&'a str, &'a str), StoreError> {
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     if bucket.is_empty() {
         return Err(StoreError::Unsupported(format!(
             "--out {out}: no bucket (s3://bucket/prefix)"
         )));
     }
+    let prefix = prefix.trim_matches('/');
+    if !prefix.is_empty()
+        && prefix
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        return Err(StoreError::Unsupported(format!(
+            "--out {out}: the prefix has an empty, . or .. segment (s3://bucket/some/prefix)"
+        )));
+    }
+    Ok((bucket, prefix))
+}
+
+#[cfg(feature = "s3")]
+fn open_s3(out: &str, rest: &str) -> Result<Captures, StoreError> {
+    let (bucket, prefix) = s3_location(out, rest)?;
     let s3 = object_store::aws::AmazonS3Builder::from_env()
         .with_bucket_name(bucket)
         .build()
@@ -408,7 +428,6 @@ fn open_s3(out: &str, rest: &str) -> Result<Captures, StoreError> {
             key: String::new(),
             source,
         })?;
-    let prefix = prefix.trim_matches('/');
     let store: std::sync::Arc<dyn object_store::ObjectStore> = if prefix.is_empty() {
         std::sync::Arc::new(s3)
     } else {
@@ -559,6 +578,22 @@ mod tests {
             std::fs::read(dir.path().join("hall/t3/c.jpg")).unwrap(),
             b"c"
         );
+    }
+
+    #[test]
+    fn an_s3_url_names_a_bucket_and_a_clean_prefix() {
+        fn ok(rest: &str) -> (&str, &str) {
+            s3_location("s3://…", rest).unwrap()
+        }
+        assert_eq!(ok("b"), ("b", ""));
+        assert_eq!(ok("b/"), ("b", ""));
+        assert_eq!(ok("b/p"), ("b", "p"));
+        assert_eq!(ok("b/p/q/"), ("b", "p/q"));
+        assert_eq!(ok("b//p/q"), ("b", "p/q"));
+        for bad in ["", "/p", "b/p//q", "b/p/./q", "b/../q"] {
+            let msg = s3_location("s3://x", bad).unwrap_err().to_string();
+            assert!(msg.starts_with("--out s3://x: "), "{bad}: {msg}");
+        }
     }
 
     #[test]
