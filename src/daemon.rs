@@ -287,6 +287,22 @@ async fn watch_clock(agent: &Agent, cfg: &Config, now: i64) {
 /// and truncates the WAL after uploads; with or without a broker
 /// (ARCHITECTURE I4, I8). While the wall clock is suspect the expiry sweep,
 /// both retentions and forgetting command ids wait (I15).
+/// Whether housekeeping gives the database's free pages back now.
+/// Uploads delete the oldest captures, so during a drain the free pages sit
+/// at the start of the file and the captures still queued at its end:
+/// giving pages back then moves every live page past the first free one
+/// (the newest captures) into the holes, through the WAL and a checkpoint,
+/// and the more is queued the more is moved, under the store lock the
+/// hand-over needs. So while the uplink is connected and captures wait to
+/// be sent (`connected`, `sendable`: queued and not quarantined), the freed
+/// pages are left for later: the next captures reuse them, and once the
+/// outbox has drained they are at the end of the file and are cut off
+/// without moving anything. Space comes first on a short disk
+/// (`short_of_space`: intake paused or deletes failing for a full disk).
+fn give_back_now(connected: bool, sendable: u64, short_of_space: bool) -> bool {
+    !connected || sendable == 0 || short_of_space
+}
+
 async fn housekeeping(agent: Arc<Agent>, mut shutdown: Shutdown) {
     let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
     loop {
@@ -327,11 +343,27 @@ async fn housekeeping(agent: Arc<Agent>, mut shutdown: Shutdown) {
             Err(e) => tracing::error!(error = %e, "housekeeping failed"),
         }
         // Freed pages back to the file system (after the WAL truncation
-        // above, so they hold zeros; ARCHITECTURE I4). On a full disk this
-        // may fail until space comes back: the next pass tries again.
+        // above, so they hold zeros; ARCHITECTURE I4), unless uploads are
+        // streaming ([`give_back_now`]). On a full disk this may fail until
+        // space comes back: the next pass tries again.
         // Memory of a burst of large captures back to the system (heap).
         crate::heap::give_back();
-        match agent.db().run(|s| s.vacuum_free_pages()).await {
+        let short_of_space = agent.pressure().intake_paused() || agent.pressure().deletes_failing();
+        let connected = agent.connected();
+        let now = clock::now();
+        let given = agent
+            .db()
+            .run(move |s| {
+                let stats = s.outbox_stats(now)?;
+                let sendable = stats.captures.saturating_sub(stats.quarantined);
+                if give_back_now(connected, sendable, short_of_space) {
+                    s.vacuum_free_pages()
+                } else {
+                    Ok(0)
+                }
+            })
+            .await;
+        match given {
             Ok(0) => {}
             Ok(pages) => tracing::debug!(pages, "database gave free pages back"),
             Err(e) => tracing::debug!(error = %e, "database could not give free pages back yet"),
@@ -343,6 +375,33 @@ async fn housekeeping(agent: Arc<Agent>, mut shutdown: Shutdown) {
             Ok(0) => {}
             Ok(rows) => tracing::info!(rows, "audit retention deleted old rows"),
             Err(e) => tracing::error!(error = %e, "audit retention failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::give_back_now;
+
+    #[test]
+    fn free_pages_wait_while_uploads_stream_unless_space_is_short() {
+        // (connected, sendable captures queued, short of space) -> give back now
+        let table = [
+            ((false, 0, false), true),
+            ((false, 6000, false), true),
+            ((true, 0, false), true),
+            ((true, 1, false), false),
+            ((true, 6000, false), false),
+            ((true, 6000, true), true),
+            ((false, 6000, true), true),
+            ((true, 0, true), true),
+        ];
+        for ((connected, sendable, short), want) in table {
+            assert_eq!(
+                give_back_now(connected, sendable, short),
+                want,
+                "{connected} {sendable} {short}"
+            );
         }
     }
 }
