@@ -605,4 +605,26 @@ mod tests {
         assert_eq!(granted.consent_id.as_str(), "c-1");
         assert_eq!(Reply::from_bytes(&once.to_bytes()).unwrap(), once);
     }
+
+    /// Found by the `wire` fuzz target: a number in an unknown result
+    /// (`Other`) with more digits than an f64 holds. serde_json's default
+    /// float reader is not correctly rounded, so each write-and-read moved it
+    /// to a neighbouring value; with its `float_roundtrip` feature a number
+    /// read once stays the same value however often it is passed on.
+    #[test]
+    fn a_number_in_an_unknown_result_survives_being_passed_on() {
+        let input = include_bytes!("../../tests/fixtures/fuzz/wire/reply-float-drift");
+        let reply = Reply::from_bytes(&input[1..]).unwrap();
+        let Some(ReplyResult::Other(result)) = &reply.result else {
+            panic!("read as {:?}", reply.result);
+        };
+        // Rust's own float parser rounds correctly: the nearest f64.
+        let nearest: f64 = "0.7437598529758901093868e85".parse().unwrap();
+        assert_eq!(result["gain"].as_f64(), Some(nearest));
+        let mut hop = reply.clone();
+        for _ in 0..3 {
+            hop = Reply::from_bytes(&hop.to_bytes()).unwrap();
+            assert_eq!(hop, reply);
+        }
+    }
 }
