@@ -459,6 +459,8 @@ pub enum Part {
     Meta,
     /// The sanitized image bytes.
     Image,
+    /// The capture's own key, wrapped under its subject's key.
+    Key,
 }
 
 impl Part {
@@ -466,12 +468,16 @@ impl Part {
         match self {
             Part::Meta => b"meta",
             Part::Image => b"image",
+            Part::Key => b"key",
         }
     }
 }
 
-/// A per-subject AES-256-GCM key. Stored only wrapped under the [`Kek`];
-/// destroying the wrapped copy makes every capture of the subject unreadable.
+/// An AES-256-GCM key. As a subject's data key it is stored only wrapped
+/// under the [`Kek`]: destroying the wrapped copy makes every capture of the
+/// subject unreadable. As a capture's own key it is stored only wrapped under
+/// its subject's data key ([`DataKey::wrap_capture_key`]): destroying that
+/// copy makes the one capture unreadable (ARCHITECTURE I4).
 pub struct DataKey {
     bytes: [u8; KEY_LEN],
 }
@@ -577,6 +583,31 @@ impl DataKey {
             .as_slice()
             .try_into()
             .map_err(|_| CryptoError::Open { what: "data key" })?;
+        Ok(DataKey { bytes })
+    }
+
+    /// Wraps a capture's own key under this (its subject's) data key, bound
+    /// to the capture id and the subject pseudonym.
+    pub fn wrap_capture_key(
+        &self,
+        capture_key: &DataKey,
+        capture_id: &str,
+        subject_ref: &[u8; 32],
+    ) -> Result<Vec<u8>, CryptoError> {
+        self.seal(Part::Key, capture_id, subject_ref, &capture_key.bytes)
+    }
+
+    /// Reverses [`Self::wrap_capture_key`].
+    pub fn unwrap_capture_key(
+        &self,
+        capture_id: &str,
+        subject_ref: &[u8; 32],
+        wrapped: &[u8],
+    ) -> Result<DataKey, CryptoError> {
+        let plain = self.open(Part::Key, capture_id, subject_ref, wrapped)?;
+        let bytes: [u8; KEY_LEN] = plain.as_slice().try_into().map_err(|_| CryptoError::Open {
+            what: "capture key",
+        })?;
         Ok(DataKey { bytes })
     }
 
@@ -984,6 +1015,28 @@ mod tests {
         bad[20] ^= 1;
         assert!(DataKey::unwrap(&k.kek, &s1, &bad).is_err());
         assert!(DataKey::unwrap(&k.kek, &s1, &wrapped[..10]).is_err());
+    }
+
+    #[test]
+    fn a_capture_key_unwraps_only_for_its_capture_and_subject() {
+        let k = keys();
+        let s1 = k.pseudonyms.pseudonym("S-1");
+        let s2 = k.pseudonyms.pseudonym("S-2");
+        let subject_key = DataKey::generate().unwrap();
+        let capture_key = DataKey::generate().unwrap();
+        let wrapped = subject_key
+            .wrap_capture_key(&capture_key, "c1", &s1)
+            .unwrap();
+        assert_eq!(wrapped.len(), 32 + SEAL_OVERHEAD);
+        let back = subject_key.unwrap_capture_key("c1", &s1, &wrapped).unwrap();
+        assert_eq!(back.bytes, capture_key.bytes);
+        assert!(subject_key.unwrap_capture_key("c2", &s1, &wrapped).is_err());
+        assert!(subject_key.unwrap_capture_key("c1", &s2, &wrapped).is_err());
+        let other = DataKey::generate().unwrap();
+        assert!(other.unwrap_capture_key("c1", &s1, &wrapped).is_err());
+        // Not interchangeable with a sealed part of the same capture.
+        let sealed = subject_key.seal(Part::Meta, "c1", &s1, &[7u8; 32]).unwrap();
+        assert!(subject_key.unwrap_capture_key("c1", &s1, &sealed).is_err());
     }
 
     #[test]

@@ -68,6 +68,11 @@ use crate::ids::{CaptureId, Jti, SubjectId};
 /// File name of the database inside the state directory.
 pub const DB_FILE_NAME: &str = "facegate.db";
 
+/// Prepared statements kept per connection (rusqlite's default is 16). The
+/// store prepares about 50 distinct cached statements, and the hand-over,
+/// the deletes after PUBACK and a status between them use more than 16.
+const STATEMENT_CACHE: usize = 64;
+
 /// Names of the persistent counters (reported in the status message).
 pub mod counter {
     /// Captures accepted into the outbox.
@@ -506,6 +511,7 @@ impl Store {
         .op("setting pragmas")?;
         conn.busy_timeout(Duration::from_secs(5))
             .op("setting busy timeout")?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let reserve = self.path.with_file_name(RESERVE_FILE_NAME);
         Ok(Store {
             conn,

@@ -4,7 +4,9 @@
 //! Each capture row keeps in clear only what queries need (queue order, id,
 //! subject pseudonym, queue time, size). The plain subject id, consent id,
 //! camera, content type and digest are a sealed JSON `meta` blob; the image is
-//! a sealed `image` blob; both under the subject's data key (ARCHITECTURE I3).
+//! a sealed `image` blob; both under the capture's own key, which is stored
+//! in `capture_keys`, wrapped under the subject's data key (ARCHITECTURE I3,
+//! I4).
 
 use std::collections::HashMap;
 
@@ -181,7 +183,9 @@ pub(super) fn insert(
             out.push(Inserted::QuotaRejected);
             continue;
         }
-        let key = key_for(&w, &mut cache, &sref, now)?;
+        let subject_key = key_for(&w, &mut cache, &sref, now)?;
+        let key = DataKey::generate()?;
+        let wrapped = subject_key.wrap_capture_key(&key, c.capture_id.as_str(), &sref)?;
         let meta = key.seal(Part::Meta, c.capture_id.as_str(), &sref, &meta)?;
         let image = key.seal(Part::Image, c.capture_id.as_str(), &sref, &c.image)?;
         let bytes = (meta.len() + image.len()) as i64;
@@ -200,6 +204,7 @@ pub(super) fn insert(
             ])
         })
         .op("storing a capture")?;
+        store_capture_key(&w, w.tx.last_insert_rowid(), &wrapped)?;
         let detail = json!({ "capture_id": c.capture_id, "consent_id": c.consent_id, "camera": c.camera, "bytes": bytes });
         w.audit(now, kind::CAPTURE_ACCEPTED, Some(&sref), detail)?;
         w.bump(counter::ACCEPTED, 1)?;
@@ -215,11 +220,34 @@ fn decode_meta(bytes: &[u8]) -> Option<(Meta, [u8; 32])> {
     Some((meta, sha))
 }
 
+fn store_capture_key(w: &Writer, seq: i64, wrapped: &[u8]) -> Result<(), StoreError> {
+    w.tx.prepare_cached("INSERT INTO capture_keys (capture_seq, wrapped) VALUES (?1, ?2)")
+        .and_then(|mut s| s.execute(params![seq, wrapped]))
+        .op("storing a capture key")?;
+    Ok(())
+}
+
 struct Row {
     r: CaptureRef,
     queued_at: i64,
     meta: Vec<u8>,
     image: Vec<u8>,
+    /// The capture's own key, wrapped (`None`: not stored).
+    wrapped_key: Option<Vec<u8>>,
+}
+
+/// The columns of a [`Row`], for `SELECT ... FROM captures`.
+const ROW_COLUMNS: &str = "seq, capture_id, subject_ref, queued_at, meta, image,
+    (SELECT wrapped FROM capture_keys WHERE capture_seq = captures.seq)";
+
+fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok(Row {
+        r: capture_ref(r)?,
+        queued_at: r.get(3)?,
+        meta: r.get(4)?,
+        image: r.get(5)?,
+        wrapped_key: r.get(6)?,
+    })
 }
 
 fn decrypt(
@@ -240,10 +268,16 @@ fn decrypt(
             e.insert(key)
         }
     };
-    let Some(key) = key else {
+    let Some(subject_key) = key else {
         return Ok(None);
     };
     let id = &row.r.capture_id;
+    let Some(wrapped) = &row.wrapped_key else {
+        return Ok(None);
+    };
+    let Ok(key) = subject_key.unwrap_capture_key(id.as_str(), &sref, wrapped) else {
+        return Ok(None);
+    };
     let Ok(meta) = key.open(Part::Meta, id.as_str(), &sref, &row.meta) else {
         return Ok(None);
     };
@@ -321,18 +355,9 @@ pub(super) fn pending(
         let row = store
             .conn
             .prepare_cached(&format!(
-                "SELECT {REF_COLUMNS}, queued_at, meta, image FROM captures WHERE seq = ?1"
+                "SELECT {ROW_COLUMNS} FROM captures WHERE seq = ?1"
             ))
-            .and_then(|mut s| {
-                s.query_row([seq], |r| {
-                    Ok(Row {
-                        r: capture_ref(r)?,
-                        queued_at: r.get(3)?,
-                        meta: r.get(4)?,
-                        image: r.get(5)?,
-                    })
-                })
-            })
+            .and_then(|mut s| s.query_row([seq], read_row))
             .op("reading the outbox")?;
         rows.push(row);
     }
@@ -386,45 +411,182 @@ pub(super) fn ack(
 /// `capture.uploaded`, counted, data key destroyed with the last capture of
 /// a subject); returns how many were still queued. The caller commits and
 /// marks the WAL for truncation if any was.
+///
+/// Crypto-shredding (ARCHITECTURE I4): each capture's key row is deleted
+/// with `secure_delete=ON`, as every delete, so no copy of the key survives
+/// in the database file (its page is zeroed where the row was; a page freed
+/// is zeroed whole). The capture row itself is then deleted with
+/// `secure_delete=FAST`: SQLite still zeroes the row in the pages the delete
+/// writes anyway, but leaves the freed overflow pages of its sealed blobs as
+/// they are, ciphertext under a key that exists nowhere any more, instead of
+/// writing zeros over every page of every uploaded image. A row without a
+/// key row (none is, after `rekey_legacy`) is deleted with zeroing.
 pub(super) fn ack_in(
     w: &mut Writer<'_>,
     capture_ids: &[CaptureId],
     now: i64,
 ) -> Result<usize, StoreError> {
-    // Zeroing on, as for every delete: the freed pages must not keep the
-    // ciphertext (ARCHITECTURE I4). A burst of PUBACKs shares one transaction.
-    let mut deleted = 0;
-    let mut subjects = std::collections::BTreeSet::new();
+    let mut found = Vec::with_capacity(capture_ids.len());
     for capture_id in capture_ids {
-        let found =
+        let r =
             w.tx.prepare_cached(&format!(
                 "SELECT {REF_COLUMNS} FROM captures WHERE capture_id = ?1"
             ))
             .and_then(|mut s| s.query_row([capture_id.as_str()], capture_ref).optional())
             .op("looking up a capture")?;
-        let Some(r) = found else {
-            continue;
-        };
-        w.tx.prepare_cached("DELETE FROM captures WHERE seq = ?1")
-            .and_then(|mut s| s.execute([r.seq]))
-            .op("deleting an uploaded capture")?;
+        found.extend(r);
+    }
+    if found.is_empty() {
+        return Ok(0);
+    }
+    let (mut shredded, mut zeroed) = (Vec::new(), Vec::new());
+    for r in &found {
+        let keys =
+            w.tx.prepare_cached("DELETE FROM capture_keys WHERE capture_seq = ?1")
+                .and_then(|mut s| s.execute([r.seq]))
+                .op("destroying a capture key")?;
+        if keys > 0 {
+            shredded.push(r.seq);
+        } else {
+            zeroed.push(r.seq);
+        }
+    }
+    delete_captures(w, &zeroed)?;
+    secure_delete(w, "FAST")?;
+    let fast = delete_captures(w, &shredded);
+    // Back to zeroing whatever happened: every other delete zeroes.
+    secure_delete(w, "ON")?;
+    fast?;
+    let mut subjects = std::collections::BTreeSet::new();
+    for r in &found {
         w.audit(
             now,
             kind::CAPTURE_UPLOADED,
             Some(&r.subject_ref),
-            json!({ "capture_id": capture_id }),
+            json!({ "capture_id": r.capture_id }),
         )?;
         subjects.insert(r.subject_ref);
-        deleted += 1;
     }
     for subject_ref in &subjects {
         destroy_key_if_unused(w, subject_ref)?;
     }
-    if deleted > 0 {
-        w.bump(counter::UPLOADED, deleted as u64)?;
-    }
-    Ok(deleted)
+    w.bump(counter::UPLOADED, found.len() as u64)?;
+    Ok(found.len())
 }
+
+fn delete_captures(w: &Writer<'_>, seqs: &[i64]) -> Result<(), StoreError> {
+    for seq in seqs {
+        w.tx.prepare_cached("DELETE FROM captures WHERE seq = ?1")
+            .and_then(|mut s| s.execute([seq]))
+            .op("deleting an uploaded capture")?;
+    }
+    Ok(())
+}
+
+/// Sets `PRAGMA secure_delete` of the transaction's connection.
+fn secure_delete(w: &Writer<'_>, mode: &str) -> Result<(), StoreError> {
+    w.tx.pragma_update(None, "secure_delete", mode)
+        .op("setting secure_delete")
+}
+
+/// Gives each capture stored before capture keys (schema step
+/// `CAPTURE_KEYS`) its own key: its blobs are opened with the subject's
+/// data key and sealed again under a new capture key, in transactions of
+/// [`REKEY_BATCH`] captures (zeroing on, so the old blobs are overwritten).
+/// A capture that cannot be opened is purged, as the outbox read does. When
+/// none is left, the `meta` row `capture_keys` records it, so later opens
+/// cost one lookup. Returns how many captures it rekeyed.
+pub(super) fn rekey_legacy(store: &mut Store) -> Result<u64, StoreError> {
+    let done: Option<Vec<u8>> = store
+        .conn
+        .query_row(
+            "SELECT value FROM meta WHERE name = 'capture_keys'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .op("reading the capture key mark")?;
+    if done.is_some() {
+        return Ok(0);
+    }
+    let mut total = 0;
+    loop {
+        let mut w = store.writer()?;
+        // The keys only (an index scan); the rows are read one by one.
+        let seqs: Vec<i64> =
+            w.tx.prepare_cached(
+                "SELECT seq FROM captures WHERE seq NOT IN
+                 (SELECT capture_seq FROM capture_keys) LIMIT ?1",
+            )
+            .and_then(|mut s| {
+                s.query_map([REKEY_BATCH], |r| r.get(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .op("finding captures without a key")?;
+        if seqs.is_empty() {
+            w.tx.execute(
+                "INSERT OR REPLACE INTO meta (name, value) VALUES ('capture_keys', X'01')",
+                [],
+            )
+            .op("recording that every capture has its key")?;
+            w.commit()?;
+            return Ok(total);
+        }
+        let mut broken = Vec::new();
+        for seq in seqs {
+            let row =
+                w.tx.prepare_cached(&format!(
+                    "SELECT {ROW_COLUMNS} FROM captures WHERE seq = ?1"
+                ))
+                .and_then(|mut s| s.query_row([seq], read_row))
+                .op("reading a capture without a key")?;
+            let sref = row.r.subject_ref;
+            let id = row.r.capture_id.as_str();
+            let subject_key = match load_key(&w.tx, w.keys, &sref) {
+                Ok(k) => k,
+                Err(StoreError::Crypto(_)) => None,
+                Err(e) => return Err(e),
+            };
+            let opened = subject_key.as_ref().and_then(|k| {
+                let meta = k.open(Part::Meta, id, &sref, &row.meta).ok()?;
+                let image = k.open(Part::Image, id, &sref, &row.image).ok()?;
+                Some((k, meta, image))
+            });
+            let Some((subject_key, meta, image)) = opened else {
+                broken.push(row.r);
+                continue;
+            };
+            let key = DataKey::generate()?;
+            let wrapped = subject_key.wrap_capture_key(&key, id, &sref)?;
+            let meta = key.seal(Part::Meta, id, &sref, &meta)?;
+            let image = key.seal(Part::Image, id, &sref, &image)?;
+            w.tx.prepare_cached("UPDATE captures SET meta = ?1, image = ?2 WHERE seq = ?3")
+                .and_then(|mut s| s.execute(params![meta, image, row.r.seq]))
+                .op("sealing a capture under its own key")?;
+            store_capture_key(&w, row.r.seq, &wrapped)?;
+            total += 1;
+        }
+        if !broken.is_empty() {
+            tracing::error!(
+                count = broken.len(),
+                "purging outbox captures that cannot be decrypted"
+            );
+            delete_rows(
+                &mut w,
+                &broken,
+                kind::CAPTURE_PURGED,
+                PurgeReason::Undecryptable,
+                crate::clock::now(),
+            )?;
+        }
+        w.commit()?;
+        // The old blobs' pages are in the WAL until it is truncated.
+        store.set_wal_dirty(true);
+    }
+}
+
+/// Captures rekeyed per transaction by [`rekey_legacy`].
+const REKEY_BATCH: i64 = 64;
 
 /// The status figures. Every part is answered from an index or the totals
 /// row, never by reading captures: it runs for every status, also with
@@ -448,4 +610,42 @@ pub(super) fn stats(store: &mut Store, now: i64) -> Result<OutboxStats, StoreErr
             .map(|t| now.saturating_sub(t).max(0) as u64)
             .unwrap_or(0),
     })
+}
+
+/// Turns a stored capture back into the format before capture keys (its
+/// blobs sealed under the subject's data key, no key row, no `meta` mark),
+/// for the tests of [`rekey_legacy`].
+#[cfg(test)]
+pub(super) fn make_legacy(store: &mut Store, capture_id: &CaptureId) {
+    let w = store.writer().unwrap();
+    let row =
+        w.tx.query_row(
+            &format!("SELECT {ROW_COLUMNS} FROM captures WHERE capture_id = ?1"),
+            [capture_id.as_str()],
+            read_row,
+        )
+        .unwrap();
+    let sref = row.r.subject_ref;
+    let id = capture_id.as_str();
+    let subject_key = load_key(&w.tx, w.keys, &sref).unwrap().unwrap();
+    let key = subject_key
+        .unwrap_capture_key(id, &sref, &row.wrapped_key.unwrap())
+        .unwrap();
+    let meta = key.open(Part::Meta, id, &sref, &row.meta).unwrap();
+    let image = key.open(Part::Image, id, &sref, &row.image).unwrap();
+    let meta = subject_key.seal(Part::Meta, id, &sref, &meta).unwrap();
+    let image = subject_key.seal(Part::Image, id, &sref, &image).unwrap();
+    w.tx.execute(
+        "UPDATE captures SET meta = ?1, image = ?2 WHERE seq = ?3",
+        params![meta, image, row.r.seq],
+    )
+    .unwrap();
+    w.tx.execute(
+        "DELETE FROM capture_keys WHERE capture_seq = ?1",
+        [row.r.seq],
+    )
+    .unwrap();
+    w.tx.execute("DELETE FROM meta WHERE name = 'capture_keys'", [])
+        .unwrap();
+    w.commit().unwrap();
 }

@@ -19,6 +19,7 @@ const MIGRATIONS: &[&str] = &[
     ATTEMPTS_INDEX,
     DROPPED_PAIRS,
     CLOCK_MARK,
+    CAPTURE_KEYS,
 ];
 
 const V1: &str = r#"
@@ -258,6 +259,20 @@ CREATE TABLE IF NOT EXISTS clock_mark (
 );
 "#;
 
+/// Step 12: each capture's own key (ARCHITECTURE I4), wrapped under its
+/// subject's data key; a capture's `meta` and `image` are sealed under it.
+/// A small row in a table of its own, so deleting it zeroes the one copy of
+/// the key in a page the delete writes anyway, and the sealed blobs of an
+/// uploaded capture need not be zeroed page by page. Deleted with its
+/// capture (`ON DELETE CASCADE`). Captures stored before this step get their
+/// key at the next open (`outbox::rekey_legacy`).
+const CAPTURE_KEYS: &str = r#"
+CREATE TABLE IF NOT EXISTS capture_keys (
+    capture_seq INTEGER PRIMARY KEY REFERENCES captures(seq) ON DELETE CASCADE,
+    wrapped     BLOB NOT NULL
+);
+"#;
+
 /// Highest schema version this build knows.
 pub(crate) fn known_version() -> u32 {
     MIGRATIONS.len() as u32
@@ -286,8 +301,10 @@ pub(super) fn init(store: &mut Store) -> Result<(), StoreError> {
         .op("setting pragmas")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .op("setting busy timeout")?;
+    conn.set_prepared_statement_cache_capacity(super::STATEMENT_CACHE);
     migrate(store)?;
     check_key(store)?;
+    super::outbox::rekey_legacy(store)?;
     // A database from before incremental vacuum: converted once, if it can be.
     let free = super::vacuum::free_space(&store.path);
     // Not fatal: the database works as before, only without shrinking.

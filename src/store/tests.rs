@@ -2402,3 +2402,143 @@ fn the_space_reserve_is_a_private_file_of_the_configured_size() {
     drop(s);
     assert_eq!(open(dir.path()).reserve_held(), 2 << 20);
 }
+
+/// An image of `len` bytes that compresses to nothing and repeats no 32-byte
+/// window, so that a window of its sealed form found in the files is its.
+fn big_image(seed: u8, len: usize) -> Vec<u8> {
+    let mut x = u64::from(seed) | 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn wal_len(dir: &Path) -> u64 {
+    std::fs::metadata(dir.join("facegate.db-wal"))
+        .map(|m| m.len())
+        .unwrap_or(0)
+}
+
+/// ARCHITECTURE I4, crypto-shredding: deleting an uploaded capture destroys
+/// its key (no copy in the files once the WAL is truncated) and does not
+/// rewrite the pages of its sealed image (the delete's WAL frames stay far
+/// below the image's size); a purge still zeroes every page it frees.
+#[test]
+fn an_upload_delete_destroys_the_key_and_leaves_the_image_pages_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let image_len = 256 * 1024;
+    let mut add = |s: &mut Store, subject: &str, seed: u8| -> CaptureId {
+        let cid = format!("consent-{subject}");
+        s.add_consent(&consent(&cid, subject, T0 - 10, T0 + DAY), T0, None)
+            .unwrap();
+        let id = CaptureId::new(format!("{subject}-big"));
+        let c = capture(id.as_str(), subject, &cid, &big_image(seed, image_len));
+        s.insert_captures(vec![c], &roomy(), T0).unwrap();
+        id
+    };
+    let uploaded = add(&mut s, "S-up", 1);
+    let purged = add(&mut s, "S-gone", 2);
+    let row = |s: &Store, id: &CaptureId| -> (Vec<u8>, Vec<u8>) {
+        s.conn()
+            .query_row(
+                "SELECT k.wrapped, c.image FROM captures c
+                 JOIN capture_keys k ON k.capture_seq = c.seq WHERE c.capture_id = ?1",
+                [id.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+    };
+    let (up_key, up_image) = row(&s, &uploaded);
+    let (_, gone_image) = row(&s, &purged);
+    assert_eq!(up_key.len(), 32 + crate::crypto::SEAL_OVERHEAD);
+    assert!(s.truncate_wal_after_deletes().unwrap());
+    assert_eq!(wal_len(dir.path()), 0);
+    let files = raw_files(dir.path());
+    assert!(find_any_window(&files, &up_key, 32).is_some(), "control");
+
+    assert_eq!(
+        s.ack_many(std::slice::from_ref(&uploaded), T0 + 1).unwrap(),
+        1
+    );
+    let frames = wal_len(dir.path());
+    assert!(
+        frames < image_len as u64 / 2,
+        "the delete wrote {frames} B of WAL for a {image_len} B image: its pages were rewritten"
+    );
+    let sd: i64 = s
+        .conn()
+        .query_row("PRAGMA secure_delete", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(sd, 1, "zeroing is back on for every other delete");
+    assert!(s.truncate_wal_after_deletes().unwrap());
+    let files = raw_files(dir.path());
+    if let Some(at) = find_any_window(&files, &up_key, 16) {
+        panic!("the uploaded capture's key is still in the files at {at}");
+    }
+    // Its sealed image may stay in free pages: under a key that is gone.
+    let _ = up_image;
+
+    s.purge_subject(&sid("S-gone"), T0 + 2, PurgeReason::Revoked, None)
+        .unwrap();
+    let files = raw_files(dir.path());
+    if let Some(at) = find_any_window(&files, &gone_image, 32) {
+        panic!("a purged capture's sealed image is still in the files at {at}");
+    }
+    assert_eq!(s.counters().unwrap()["uploaded"], 1);
+    assert!(s.audit_verify().unwrap().ok);
+}
+
+/// Captures stored before capture keys are sealed again under keys of
+/// their own at the next open (ARCHITECTURE I4), read back as they were;
+/// one that cannot be opened is purged; later opens find the mark and do
+/// nothing.
+#[test]
+fn captures_of_the_old_format_get_their_own_key_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = {
+        let mut s = open(dir.path());
+        let ids = with_captures(&mut s, "S-old", 3, T0);
+        for id in &ids {
+            outbox::make_legacy(&mut s, id);
+        }
+        // The third one's blob damaged: it cannot be opened.
+        s.conn()
+            .execute(
+                "UPDATE captures SET image = zeroblob(100) WHERE capture_id = ?1",
+                [ids[2].as_str()],
+            )
+            .unwrap();
+        let keys: i64 = s
+            .conn()
+            .query_row("SELECT COUNT(*) FROM capture_keys", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(keys, 0, "control: the old format");
+        ids
+    };
+    let mut s = open(dir.path());
+    let keyed: i64 = s
+        .conn()
+        .query_row("SELECT COUNT(*) FROM capture_keys", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(keyed, 2);
+    let back = s.pending(10, &[]).unwrap();
+    let got: Vec<_> = back.iter().map(|c| c.capture.capture_id.clone()).collect();
+    assert_eq!(got, ids[..2].to_vec());
+    for c in &back {
+        assert_eq!(
+            &*c.capture.image,
+            &marked_image(c.capture.capture_id.as_str())[..]
+        );
+    }
+    assert!(kinds(&mut s).iter().any(|k| k == kind::CAPTURE_PURGED));
+    assert_eq!(outbox::rekey_legacy(&mut s).unwrap(), 0, "marked done");
+    drop(s);
+    let mut s = open(dir.path());
+    assert_eq!(pending_ids(&mut s, 10, &[]), ids[..2].to_vec());
+    assert!(s.audit_verify().unwrap().ok);
+}
