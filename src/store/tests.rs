@@ -2432,7 +2432,7 @@ fn an_upload_delete_destroys_the_key_and_leaves_the_image_pages_alone() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = open(dir.path());
     let image_len = 256 * 1024;
-    let mut add = |s: &mut Store, subject: &str, seed: u8| -> CaptureId {
+    let add = |s: &mut Store, subject: &str, seed: u8| -> CaptureId {
         let cid = format!("consent-{subject}");
         s.add_consent(&consent(&cid, subject, T0 - 10, T0 + DAY), T0, None)
             .unwrap();
