@@ -346,7 +346,7 @@ pub struct CaptureConfig {
     /// overflow, no inotify at all).
     pub poll_interval: Duration,
     /// Most image bytes (file sizes) read into one intake batch, besides
-    /// the count limit (default 16 MiB, 1 MiB to 4 GiB); a single larger
+    /// the count limit (default 8 MiB, 1 MiB to 4 GiB); a single larger
     /// pair still goes through alone.
     pub max_batch_bytes: u64,
 }

@@ -757,7 +757,7 @@ mod tests {
             decode_memory_bytes: 64 << 20,
             spool_grace: std::time::Duration::from_secs(60),
             poll_interval: std::time::Duration::from_millis(100),
-            max_batch_bytes: 16 << 20,
+            max_batch_bytes: 8 << 20,
         };
         let jpeg = synth::face_jpeg(320, 240, 1, 85);
         let png = synth::face_png(160, 120, 2);

@@ -1,7 +1,8 @@
 //! What the device leaves behind, against the real binary: of captures once
-//! they are uploaded (with a real Mosquitto over mutual TLS), no ciphertext
-//! and no data key in any file of the state directory; of the running
-//! daemon, nothing another process of its user can dump or read.
+//! they are uploaded (with a real Mosquitto over mutual TLS), no capture key
+//! and no data key in any file of the state directory (what may remain of
+//! their ciphertext is under keys that exist nowhere: ARCHITECTURE I4); of
+//! the running daemon, nothing another process of its user can dump or read.
 
 use std::collections::HashSet;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -49,9 +50,10 @@ fn find_in_dir(dir: &Path, secrets: &[(&str, &[u8])]) -> Option<String> {
     None
 }
 
-/// The sealed blobs of every queued capture and the wrapped data keys, read
-/// from the database file as anyone with the disk could.
-fn stored_secrets(state: &Path) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+/// The sealed blobs of every queued capture, their wrapped keys and the
+/// wrapped data keys, read from the database file as anyone with the disk
+/// could.
+fn stored_secrets(state: &Path) -> (Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<Vec<u8>>) {
     let conn =
         Connection::open_with_flags(state.join("facegate.db"), OpenFlags::SQLITE_OPEN_READ_ONLY)
             .expect("open the database read-only");
@@ -71,16 +73,22 @@ fn stored_secrets(state: &Path) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
                 .collect::<rusqlite::Result<Vec<_>>>()
         })
         .expect("read the data keys");
-    (captures, keys)
+    let capture_keys = conn
+        .prepare("SELECT wrapped FROM capture_keys ORDER BY capture_seq")
+        .and_then(|mut s| {
+            s.query_map([], |r| r.get::<_, Vec<u8>>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .expect("read the capture keys");
+    (captures, capture_keys, keys)
 }
 
-/// Fails on the old code: the PUBACK delete ran with `secure_delete` off
-/// (`store.writer_zeroing(false)` in `outbox::ack`), so the checkpointed
-/// database kept the ciphertext in its free pages, and nothing truncated the
-/// WAL after uploads, so it kept the pages from before the delete (with
-/// either one alone the scan below never comes out clean).
+/// Fails when the PUBACK delete leaves a key row unzeroed (`secure_delete`
+/// off for the key delete in `outbox::ack_in`) or when nothing truncates the
+/// WAL after uploads (it keeps the pages from before the delete): with
+/// either one the scan below never comes out clean.
 #[test]
-fn uploaded_captures_leave_no_ciphertext_or_data_key_on_disk() {
+fn uploaded_captures_leave_no_capture_key_or_data_key_on_disk() {
     let mut broker = Broker::start();
     let d = Daemon::builder()
         .broker(&broker)
@@ -101,15 +109,19 @@ fn uploaded_captures_leave_no_ciphertext_or_data_key_on_disk() {
     }
     d.wait_spool_empty(T);
     assert_eq!(d.outbox_len(), 2);
-    let (captures, keys) = stored_secrets(&d.state);
-    assert_eq!((captures.len(), keys.len()), (2, 1));
-    let mut secrets: Vec<(&str, &[u8])> = captures
+    let (captures, capture_keys, keys) = stored_secrets(&d.state);
+    assert_eq!((captures.len(), capture_keys.len(), keys.len()), (2, 2, 1));
+    let mut secrets: Vec<(&str, &[u8])> = capture_keys
         .iter()
-        .map(|c| ("capture ciphertext", c.as_slice()))
+        .map(|k| ("wrapped capture key", k.as_slice()))
         .collect();
     secrets.push(("wrapped data key", keys[0].as_slice()));
     // Control: the scan finds what is there.
-    for (name, bytes) in &secrets {
+    let ciphertext: Vec<(&str, &[u8])> = captures
+        .iter()
+        .map(|c| ("capture ciphertext", c.as_slice()))
+        .collect();
+    for (name, bytes) in secrets.iter().chain(&ciphertext) {
         assert!(
             find_in_dir(&d.state, &[(name, bytes)]).is_some(),
             "{name} not found before the upload"

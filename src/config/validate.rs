@@ -466,7 +466,7 @@ fn capture(raw: RawCapture) -> Result<CaptureConfig, ConfigError> {
         max_batch_bytes: number(
             "capture.max_batch_bytes",
             raw.max_batch_bytes,
-            16 * MIB,
+            8 * MIB,
             MIB,
             4 * GIB,
             Unit::Bytes,

@@ -455,7 +455,7 @@ impl ConfigBuilder {
 }
 
 /// Camera-sized capture limits, the product's defaults: 8 MiB files, 4096×4096
-/// pixels, 64 MiB for decoding, 60 s spool grace, a 2 s safety-net scan, 16 MiB
+/// pixels, 64 MiB for decoding, 60 s spool grace, a 2 s safety-net scan, 8 MiB
 /// batches.
 pub fn capture_limits() -> CaptureConfig {
     CaptureConfig {
@@ -466,7 +466,7 @@ pub fn capture_limits() -> CaptureConfig {
         decode_memory_bytes: 64 * 1024 * 1024,
         spool_grace: Duration::from_secs(60),
         poll_interval: Duration::from_secs(2),
-        max_batch_bytes: 16 * 1024 * 1024,
+        max_batch_bytes: 8 * 1024 * 1024,
     }
 }
 
