@@ -269,6 +269,44 @@ fn environment_overrides_nested_and_top_level_keys() {
     assert_eq!(c.capture.max_height, 4096);
 }
 
+/// Found by the `config` fuzz target: the `config` crate reads `a[N]` in a
+/// key as an array index and grows the array to N, so one variable such as
+/// `FACEGATE_MQTT__HOST[99999999999]` stopped the loader (capacity overflow,
+/// or gigabytes of memory). A name that is not plain is refused, by name.
+#[test]
+fn an_environment_name_with_an_index_is_refused_not_expanded() {
+    let site = Site::new();
+    for var in [
+        "FACEGATE_MQTT__HOST[99999999999]",
+        "FACEGATE_LOG__LEVEL[-7]",
+        "FACEGATE_MQTT.HOST",
+        "FACEGATE_",
+    ] {
+        let msg = site.error_env(&site.minimal(), &[(var, "x")]);
+        assert!(
+            msg.starts_with(&format!("environment variable {var}: not a config key")),
+            "{var}: {msg}"
+        );
+    }
+    // The inputs the fuzz target found, as it feeds them: TOML text, NUL,
+    // then NAME=VALUE lines, each NAME with the prefix.
+    for input in [
+        &include_bytes!("fixtures/fuzz/config/env-index-capacity-overflow")[..],
+        &include_bytes!("fixtures/fuzz/config/env-index-out-of-memory")[..],
+    ] {
+        let at = input.iter().position(|&b| b == 0).unwrap();
+        let text = String::from_utf8_lossy(&input[..at]).to_string();
+        let env: Vec<(String, String)> = String::from_utf8_lossy(&input[at + 1..])
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (format!("FACEGATE_{k}"), v.to_string()))
+            .collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let msg = site.error_env(&text, &env);
+        assert!(msg.contains("not a config key"), "{msg}");
+    }
+}
+
 #[test]
 fn environment_can_supply_required_keys() {
     let site = Site::new();

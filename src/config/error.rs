@@ -81,6 +81,14 @@ pub enum ConfigError {
         var: String,
     },
 
+    /// A `FACEGATE_*` variable whose name is no config key: only letters,
+    /// digits and `_` may follow the prefix (sections joined by `__`).
+    #[error("environment variable {var}: not a config key: after FACEGATE_ a name holds only letters, digits and _ (sections joined by __, as in FACEGATE_MQTT__HOST)")]
+    EnvBadName {
+        /// The variable name.
+        var: String,
+    },
+
     /// Any other failure of the layered-config machinery while merging.
     #[error("{}: {message}", origin.display())]
     Merge {
@@ -103,6 +111,7 @@ impl ConfigError {
             Self::Read { .. }
             | Self::Syntax { .. }
             | Self::EnvNotUnicode { .. }
+            | Self::EnvBadName { .. }
             | Self::Merge { .. } => None,
         }
     }

@@ -275,6 +275,15 @@ impl RawConfig {
     /// `FACEGATE_*` entries of `env`, environment winning, and deserializes
     /// the result. Fails on TOML syntax, unknown keys and wrongly shaped values.
     pub fn merge(text: &str, origin: &Path, env: &[(String, String)]) -> Result<Self, ConfigError> {
+        // The `config` crate reads `a[N]` in a key as an index and grows an
+        // array to N: a name like FACEGATE_X[99999999999] would exhaust
+        // memory (found by the `config` fuzz target). Only plain names pass.
+        if let Some((name, _)) = env
+            .iter()
+            .find(|(name, _)| env_key_path(name).is_some() && !plain_env_name(name))
+        {
+            return Err(ConfigError::EnvBadName { var: name.clone() });
+        }
         let overrides: config::Map<String, String> = env
             .iter()
             .filter(|(name, _)| env_key_path(name).is_some())
@@ -297,6 +306,13 @@ impl RawConfig {
             .map_err(|e| merge_error(e, origin))?;
         serde_path_to_error::deserialize(tree).map_err(shape_error)
     }
+}
+
+/// Whether the part of `var` after the prefix is a plain name: not empty,
+/// letters, digits and `_` only.
+fn plain_env_name(var: &str) -> bool {
+    let rest = var.get(ENV_PREFIX.len()..).unwrap_or("");
+    !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// The config key path an environment variable overrides, if it is one of
