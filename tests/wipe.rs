@@ -50,10 +50,13 @@ fn find_in_dir(dir: &Path, secrets: &[(&str, &[u8])]) -> Option<String> {
     None
 }
 
+/// Byte strings read from the database.
+type Blobs = Vec<Vec<u8>>;
+
 /// The sealed blobs of every queued capture, their wrapped keys and the
 /// wrapped data keys, read from the database file as anyone with the disk
 /// could.
-fn stored_secrets(state: &Path) -> (Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<Vec<u8>>) {
+fn stored_secrets(state: &Path) -> (Blobs, Blobs, Blobs) {
     let conn =
         Connection::open_with_flags(state.join("facegate.db"), OpenFlags::SQLITE_OPEN_READ_ONLY)
             .expect("open the database read-only");
