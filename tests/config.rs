@@ -128,7 +128,7 @@ fn minimal_config_gets_every_default() {
     assert_eq!(c.capture.max_alloc_bytes, 64 * 1024 * 1024);
     assert_eq!(c.capture.spool_grace, Duration::from_secs(60));
     assert_eq!(c.capture.poll_interval, Duration::from_secs(2));
-    assert_eq!(c.capture.max_batch_bytes, 16 * 1024 * 1024);
+    assert_eq!(c.capture.max_batch_bytes, 8 * 1024 * 1024);
     assert_eq!(c.outbox.retention, Duration::from_secs(7 * 86_400));
     assert_eq!(c.outbox.quota_bytes, 512 * 1024 * 1024);
     assert_eq!(c.outbox.when_full, WhenFull::RejectNew);
