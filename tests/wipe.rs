@@ -60,29 +60,24 @@ fn stored_secrets(state: &Path) -> (Blobs, Blobs, Blobs) {
     let conn =
         Connection::open_with_flags(state.join("facegate.db"), OpenFlags::SQLITE_OPEN_READ_ONLY)
             .expect("open the database read-only");
-    let captures = conn
-        .prepare("SELECT meta, image FROM captures ORDER BY seq")
-        .and_then(|mut s| {
-            s.query_map([], |r| {
-                Ok([r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(0)?].concat())
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()
-        })
-        .expect("read the outbox");
-    let keys = conn
-        .prepare("SELECT wrapped FROM data_keys")
-        .and_then(|mut s| {
-            s.query_map([], |r| r.get::<_, Vec<u8>>(0))?
+    // One blob per row: the columns of the row, concatenated.
+    let blobs = |sql: &str| -> Blobs {
+        conn.prepare(sql)
+            .and_then(|mut s| {
+                s.query_map([], |r| {
+                    let mut all = Vec::new();
+                    for i in 0..r.as_ref().column_count() {
+                        all.extend(r.get::<_, Vec<u8>>(i)?);
+                    }
+                    Ok(all)
+                })?
                 .collect::<rusqlite::Result<Vec<_>>>()
-        })
-        .expect("read the data keys");
-    let capture_keys = conn
-        .prepare("SELECT wrapped FROM capture_keys ORDER BY capture_seq")
-        .and_then(|mut s| {
-            s.query_map([], |r| r.get::<_, Vec<u8>>(0))?
-                .collect::<rusqlite::Result<Vec<_>>>()
-        })
-        .expect("read the capture keys");
+            })
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    };
+    let captures = blobs("SELECT image, meta FROM captures ORDER BY seq");
+    let keys = blobs("SELECT wrapped FROM data_keys");
+    let capture_keys = blobs("SELECT wrapped FROM capture_keys ORDER BY capture_seq");
     (captures, capture_keys, keys)
 }
 
