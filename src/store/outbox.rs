@@ -371,22 +371,30 @@ pub(super) fn pending(
         }
     }
     if !broken.is_empty() {
-        tracing::error!(
-            count = broken.len(),
-            "purging outbox captures that cannot be decrypted"
-        );
-        let now = crate::clock::now();
         let mut w = store.writer()?;
-        delete_rows(
-            &mut w,
-            &broken,
-            kind::CAPTURE_PURGED,
-            PurgeReason::Undecryptable,
-            now,
-        )?;
+        purge_undecryptable(&mut w, &broken)?;
         w.commit()?;
     }
     Ok(out)
+}
+
+/// Purges captures that cannot be decrypted (audited, counted), inside `w`.
+fn purge_undecryptable(w: &mut Writer<'_>, broken: &[CaptureRef]) -> Result<(), StoreError> {
+    if broken.is_empty() {
+        return Ok(());
+    }
+    tracing::error!(
+        count = broken.len(),
+        "purging outbox captures that cannot be decrypted"
+    );
+    delete_rows(
+        w,
+        broken,
+        kind::CAPTURE_PURGED,
+        PurgeReason::Undecryptable,
+        crate::clock::now(),
+    )?;
+    Ok(())
 }
 
 pub(super) fn ack(
@@ -566,19 +574,7 @@ pub(super) fn rekey_legacy(store: &mut Store) -> Result<u64, StoreError> {
             store_capture_key(&w, row.r.seq, &wrapped)?;
             total += 1;
         }
-        if !broken.is_empty() {
-            tracing::error!(
-                count = broken.len(),
-                "purging outbox captures that cannot be decrypted"
-            );
-            delete_rows(
-                &mut w,
-                &broken,
-                kind::CAPTURE_PURGED,
-                PurgeReason::Undecryptable,
-                crate::clock::now(),
-            )?;
-        }
+        purge_undecryptable(&mut w, &broken)?;
         w.commit()?;
         // The old blobs' pages are in the WAL until it is truncated.
         store.set_wal_dirty(true);

@@ -2489,6 +2489,11 @@ fn an_upload_delete_destroys_the_key_and_leaves_the_image_pages_alone() {
     if let Some(at) = find_any_window(&files, &gone_image, 32) {
         panic!("a purged capture's sealed image is still in the files at {at}");
     }
+    let capture_keys: i64 = s
+        .conn()
+        .query_row("SELECT COUNT(*) FROM capture_keys", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(capture_keys, 0, "no capture key outlives its capture");
     assert_eq!(s.counters().unwrap()["uploaded"], 1);
     assert!(s.audit_verify().unwrap().ok);
 }
