@@ -579,11 +579,7 @@ impl DataKey {
         wrapped: &[u8],
     ) -> Result<DataKey, CryptoError> {
         let plain = open_with(&kek.key, subject_ref, wrapped, "data key")?;
-        let bytes: [u8; KEY_LEN] = plain
-            .as_slice()
-            .try_into()
-            .map_err(|_| CryptoError::Open { what: "data key" })?;
-        Ok(DataKey { bytes })
+        DataKey::from_plain(&plain, "data key")
     }
 
     /// Wraps a capture's own key under this (its subject's) data key, bound
@@ -605,9 +601,12 @@ impl DataKey {
         wrapped: &[u8],
     ) -> Result<DataKey, CryptoError> {
         let plain = self.open(Part::Key, capture_id, subject_ref, wrapped)?;
-        let bytes: [u8; KEY_LEN] = plain.as_slice().try_into().map_err(|_| CryptoError::Open {
-            what: "capture key",
-        })?;
+        DataKey::from_plain(&plain, "capture key")
+    }
+
+    /// The key whose bytes an unwrap gave back.
+    fn from_plain(plain: &[u8], what: &'static str) -> Result<DataKey, CryptoError> {
+        let bytes: [u8; KEY_LEN] = plain.try_into().map_err(|_| CryptoError::Open { what })?;
         Ok(DataKey { bytes })
     }
 
