@@ -196,7 +196,9 @@ fn boottime_s() -> i64 {
     // SAFETY: `ts` is a valid, writable timespec; clock_gettime only writes it.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     if rc == 0 {
-        ts.tv_sec
+        // `time_t` is 32 bits on armv7 (glibc without _TIME_BITS=64).
+        #[allow(clippy::useless_conversion)]
+        i64::from(ts.tv_sec)
     } else {
         0
     }
