@@ -81,12 +81,15 @@ pub struct Plan {
 }
 
 /// How many uploads may be handed over now: the window's free slots
-/// (`free_slots`: the window less the uploads awaiting their PUBACK), and no
-/// more than the window less the uploads acknowledged but not yet recorded
-/// (`unrecorded`). The deletes after PUBACK commit apart from the hand-over
-/// (a second store connection), so without the second bound a slow disk
-/// would let acknowledged, unrecorded uploads pile up: each is sent again
-/// after a crash (never lost, I9/I12, but the back-end gets it twice).
+/// (`free_slots`: the window less the uploads awaiting their PUBACK), as
+/// long as the uploads awaiting their PUBACK and those acknowledged but not
+/// yet recorded (`unrecorded`: their delete is not committed) stay within
+/// twice the window. The deletes after PUBACK commit apart from the
+/// hand-over (a second store connection, its own fsync), so the window
+/// keeps the connection busy while they commit; the second bound keeps a
+/// slow disk from letting acknowledged, unrecorded uploads pile up: each is
+/// sent again after a crash (never lost, I9/I12, but the back-end gets it
+/// twice), so a crash sends at most two windows again.
 ///
 /// While uploads await their PUBACK, the window is refilled only once at
 /// least a quarter of it is free: each hand-over has a fixed cost (the
@@ -95,8 +98,13 @@ pub struct Plan {
 /// connection busy meanwhile. With nothing awaiting, whatever room there is
 /// is used, so nothing ever waits for a PUBACK that is not coming.
 pub fn room(free_slots: usize, unrecorded: usize, window: usize) -> usize {
-    let room = free_slots.min(window.saturating_sub(unrecorded));
-    let awaiting = free_slots < window;
+    let awaiting = window.saturating_sub(free_slots);
+    let room = free_slots.min(
+        window
+            .saturating_mul(2)
+            .saturating_sub(awaiting.saturating_add(unrecorded)),
+    );
+    let awaiting = awaiting > 0;
     if awaiting && room < window.div_ceil(4) {
         0
     } else {
@@ -279,16 +287,21 @@ mod tests {
         // (free slots, unrecorded, window) -> room
         let table = [
             ((16, 0, 16), 16),
-            ((16, 3, 16), 13),
-            ((16, 13, 16), 3), // nothing awaits a PUBACK: no batching
-            ((16, 16, 16), 0),
+            ((16, 3, 16), 16),
+            ((16, 16, 16), 16), // deletes committing: the window keeps going
+            ((16, 19, 16), 13), // nothing awaits a PUBACK: no batching
+            ((16, 32, 16), 0),
             ((16, 40, 16), 0),
             ((4, 3, 16), 4),
-            ((3, 0, 16), 0), // a quarter of the window is 4: wait for it
-            ((4, 13, 16), 0),
+            ((4, 16, 16), 4),
+            ((4, 17, 16), 0), // 12 awaiting + 17 unrecorded leaves 3 of 32
+            ((3, 0, 16), 0),  // a quarter of the window is 4: wait for it
+            ((8, 20, 16), 4),
             ((0, 0, 16), 0),
             ((1, 0, 1), 1),
-            ((1, 1, 1), 0),
+            ((1, 1, 1), 1),
+            ((1, 2, 1), 0),
+            ((0, 1, 1), 0),
             ((0, 0, 1), 0),
             ((2, 0, 3), 2),
             ((0, 0, 0), 0),
@@ -299,6 +312,27 @@ mod tests {
                 want,
                 "{free} {unrecorded} {window}"
             );
+        }
+    }
+
+    #[test]
+    fn room_never_lets_more_than_two_windows_go_unrecorded() {
+        for window in 0..=20 {
+            for free in 0..=window {
+                for unrecorded in 0..=3 * window + 1 {
+                    let r = room(free, unrecorded, window);
+                    let awaiting = window - free;
+                    assert!(r <= free, "{free} {unrecorded} {window}");
+                    assert!(
+                        r == 0 || awaiting + unrecorded + r <= 2 * window,
+                        "{free} {unrecorded} {window}"
+                    );
+                    // Nothing awaiting and room under the bound: it is used.
+                    if awaiting == 0 && unrecorded < 2 * window && window > 0 {
+                        assert!(r > 0, "{free} {unrecorded} {window}");
+                    }
+                }
+            }
         }
     }
 
