@@ -19,6 +19,9 @@
 //!   consented. The two alternate for `FACEGATE_BENCH_ROUNDS` rounds
 //!   (default 3).
 //!
+//! `FACEGATE_BENCH_WRITES=0` leaves out the disk-write phase (only the rate
+//! and CPU runs; `scripts/arm-bench` runs it so under qemu-user).
+//!
 //! Images: the testkit's 640×480 q85 synthetic JPEGs (~48 KB).
 
 use std::time::{Duration, Instant};
@@ -34,6 +37,7 @@ fn main() {
     let rounds = bench::rounds(3);
     let n = bench::captures(6000);
     let rate = bench::env_count("FACEGATE_BENCH_RATE", 20);
+    let with_writes = bench::env_count("FACEGATE_BENCH_WRITES", 1) != 0;
     let images = bench::camera_jpegs();
     let mean = images.iter().map(Vec::len).sum::<usize>() / images.len();
     println!("intake_io: images ~{mean} B; {rounds} rounds; writes at {rate}/s; rate/CPU over {n} captures");
@@ -41,14 +45,16 @@ fn main() {
     let (mut mixed_cpu, mut mixed_rate, mut all_cpu, mut all_rate) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
-        let load = bench::loadavg();
-        let w = writes(&images, rate);
-        println!(
-            "RESULT W round {round}: {:.0} B written per dropped capture ({:.0} B raw), {:.0} B per accepted ({:.0} B raw); idle {:.0} B/s; load {load}",
-            w.per_drop, w.per_drop_raw, w.per_accept, w.per_accept_raw, w.idle_per_s
-        );
-        drop_b.push(w.per_drop);
-        accept_b.push(w.per_accept);
+        if with_writes {
+            let load = bench::loadavg();
+            let w = writes(&images, rate);
+            println!(
+                "RESULT W round {round}: {:.0} B written per dropped capture ({:.0} B raw), {:.0} B per accepted ({:.0} B raw); idle {:.0} B/s; load {load}",
+                w.per_drop, w.per_drop_raw, w.per_accept, w.per_accept_raw, w.idle_per_s
+            );
+            drop_b.push(w.per_drop);
+            accept_b.push(w.per_accept);
+        }
         for (label, unconsented, cpu, rate) in [
             ("90% unconsented", 9, &mut mixed_cpu, &mut mixed_rate),
             ("all consented  ", 0, &mut all_cpu, &mut all_rate),
@@ -63,14 +69,16 @@ fn main() {
             rate.push(r.rate);
         }
     }
-    println!(
-        "RESULT W per dropped capture: {} B (idle writes taken away)",
-        range(&drop_b)
-    );
-    println!(
-        "RESULT W per accepted capture: {} B (idle writes taken away)",
-        range(&accept_b)
-    );
+    if with_writes {
+        println!(
+            "RESULT W per dropped capture: {} B (idle writes taken away)",
+            range(&drop_b)
+        );
+        println!(
+            "RESULT W per accepted capture: {} B (idle writes taken away)",
+            range(&accept_b)
+        );
+    }
     println!(
         "RESULT R 90% unconsented: {} captures/s, {} µs CPU per capture",
         range(&mixed_rate),
