@@ -350,9 +350,14 @@ async fn logic_task(
     // The status goes out again when the consent-log sync changes.
     let mut log_watch = LogWatch::new();
     loop {
+        // Whether the consent-log state may have changed since the last
+        // look: not on a PUBACK or an outbox change (the hot path of the
+        // uploads), but on what a command, a head or the time can change
+        // (the refill tick looks at least twice a second).
+        let mut log_may_change = true;
         tokio::select! {
             _ = shutdown.wait() => break,
-            _ = agent.outbox_changed().notified() => {}
+            _ = agent.outbox_changed().notified() => log_may_change = false,
             // Wake exactly when the post-connect settle time ends.
             _ = tokio::time::sleep_until(upload_from), if tokio::time::Instant::now() < upload_from => {}
             _ = refill.tick() => {}
@@ -372,6 +377,7 @@ async fn logic_task(
                 while let Ok(more) = net.try_recv() {
                     inbox.push(more);
                 }
+                log_may_change = inbox.iter().any(|m| !matches!(m, Net::Acked(_) | Net::Refused { .. }));
                 for msg in inbox {
                     match msg {
                         Net::Acked(piece) => {
@@ -434,7 +440,9 @@ async fn logic_task(
                 }
             }
         }
-        log_watch.check(&agent, &link, &topics).await;
+        if log_may_change {
+            log_watch.check(&agent, &link, &topics).await;
+        }
         if tokio::time::Instant::now() >= upload_from {
             let window = suspect.window(usize::from(config.mqtt.inflight));
             fill_window(&agent, &link, &uploader, &topics.captures, window).await;
