@@ -24,8 +24,18 @@
 //! `FACEGATE_BENCH_ROUNDS` rounds (default 3), so keep-alive pings fall
 //! between and during uploads and both sides see the same machine load.
 //! Prints p50/p99 per round, their ranges, and the whole run.
+//!
+//! Disk stalls: a probe thread writes 4 KiB into a file beside the daemon's
+//! database and `fdatasync`s it every 100 ms for the whole run, on the same
+//! file system. Each round prints the probe's fsync p50/p99/max; a round in
+//! which one probe fsync took `STALL` or more is a disk-stall round, and the
+//! agent's p99 is printed over the other rounds and over those apart.
 
 use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use facegate_testkit::bench;
@@ -36,6 +46,10 @@ use serde_json::Value;
 const EVERY: Duration = Duration::from_millis(50);
 const SUBJECT: &str = "S-lat";
 const WAIT: Duration = Duration::from_secs(30);
+/// How often the probe fsyncs, and from which fsync time a round counts as
+/// one with a disk stall.
+const PROBE_EVERY: Duration = Duration::from_millis(100);
+const STALL: Duration = Duration::from_millis(20);
 
 fn main() {
     let rounds = bench::rounds(3);
@@ -91,13 +105,19 @@ async fn run(per_side: usize, rounds: usize) {
     d.grant(SUBJECT);
     d.wait_uplink_connected(WAIT);
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let probe = FsyncProbe::start(d.state.join("fsync-probe"));
 
     // Sent: (side, key) -> (round, start). Arrived: (side, key) -> first arrival.
     let mut sent: HashMap<(Side, String), (usize, Instant)> = HashMap::new();
     let mut arrived: HashMap<(Side, String), Instant> = HashMap::new();
     let start = tokio::time::Instant::now();
+    // When each round began (the probe's samples are assigned by time).
+    let mut round_starts: Vec<Instant> = Vec::new();
     for n in 0..per_side {
         let round = n * rounds / per_side;
+        if round_starts.len() == round {
+            round_starts.push(Instant::now());
+        }
         let camera = format!("lat-{n:05}");
         let image = &images[n % images.len()];
         let sidecar = sidecar_from(Some(SUBJECT), &camera);
@@ -121,6 +141,7 @@ async fn run(per_side: usize, rounds: usize) {
     while !all_arrived(&arrived) && Instant::now() < deadline {
         drain(&mut subscriber, &mut arrived, Duration::from_millis(100)).await;
     }
+    let fsyncs = probe.stop();
     let st = d.status();
     d.stop();
     let lost = d.log().matches("broker connection lost").count();
@@ -167,6 +188,98 @@ async fn run(per_side: usize, rounds: usize) {
         "RESULT D3 agent p99 / baseline p99 = {:.2} (whole run)",
         p99s[1].as_secs_f64() / p99s[0].as_secs_f64()
     );
+
+    // The probe's fsync times per round, and the agent apart in stall rounds.
+    let round_of = |at: Instant| round_starts.iter().rposition(|s| *s <= at);
+    let (mut calm, mut stalled) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let mut times: Vec<Duration> = fsyncs
+            .iter()
+            .filter(|(at, _)| round_of(*at) == Some(round))
+            .map(|(_, took)| *took)
+            .collect();
+        times.sort();
+        let max = times.last().copied().unwrap_or_default();
+        let agent = samples
+            .get(&(Side::Agent, round))
+            .cloned()
+            .unwrap_or_default();
+        let stall = max >= STALL;
+        println!(
+            "RESULT D3 round {} fsync probe: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} fsyncs; agent p99 {:.2} ms{}",
+            round + 1,
+            ms(pct(&times, 0.50)),
+            ms(pct(&times, 0.99)),
+            ms(max),
+            times.len(),
+            ms(pct(&agent, 0.99)),
+            if stall { " (disk-stall round)" } else { "" }
+        );
+        if stall {
+            stalled.extend(agent);
+        } else {
+            calm.extend(agent);
+        }
+    }
+    for (label, mut v) in [
+        ("rounds without a disk stall", calm),
+        ("disk-stall rounds", stalled),
+    ] {
+        if v.is_empty() {
+            println!("RESULT D3 agent over {label}: none");
+            continue;
+        }
+        v.sort();
+        println!(
+            "RESULT D3 agent over {label}: p50 {:.2} ms, p99 {:.2} ms over {} captures",
+            ms(pct(&v, 0.50)),
+            ms(pct(&v, 0.99)),
+            v.len()
+        );
+    }
+}
+
+/// [`bench::percentile`] of sorted samples, zero when there are none.
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        Duration::ZERO
+    } else {
+        bench::percentile(sorted, p)
+    }
+}
+
+/// A thread that writes 4 KiB and `fdatasync`s every [`PROBE_EVERY`] beside
+/// the database, recording when each fsync started and how long it took.
+struct FsyncProbe {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(Instant, Duration)>>,
+}
+
+impl FsyncProbe {
+    fn start(path: PathBuf) -> FsyncProbe {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut file = std::fs::File::create(&path).expect("fsync probe file");
+            let block = [0x5au8; 4096];
+            let mut seen = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                let at = Instant::now();
+                file.write_all(&block).expect("fsync probe write");
+                file.sync_data().expect("fsync probe fdatasync");
+                seen.push((at, at.elapsed()));
+                std::thread::sleep(PROBE_EVERY);
+            }
+            let _ = std::fs::remove_file(&path);
+            seen
+        });
+        FsyncProbe { stop, thread }
+    }
+
+    fn stop(self) -> Vec<(Instant, Duration)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("fsync probe thread")
+    }
 }
 
 /// Records the PUBLISHes that arrive within `wait` (at least those already there).
