@@ -10,7 +10,10 @@
 //! The caller (`super::upload`) takes the store lock, reads the queued
 //! captures (those not already in flight), asks the rule once per subject
 //! ([`subjects`]), and applies the [`Plan`] before releasing the lock, so a
-//! revocation is either fully before the hand-over or fully after it.
+//! revocation is either fully before the hand-over or fully after it. Whole
+//! captures are handed in a second critical section, after their envelopes
+//! are encoded with no lock held: it asks the rule again and plans again
+//! with [`plan`], so what it hands is decided under the lock it hands in.
 //!
 //! ```text
 //! queued ──subjects()──▶ Store::decide per subject ──▶ plan() ──▶ purge / publish

@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::json;
 use tokio::sync::mpsc;
+use zeroize::Zeroizing;
 
 use super::deletes::{DeleteRetry, Next};
 use super::handover::{self, Pieces, Queued};
@@ -138,7 +139,9 @@ impl Uploader {
 /// store lock, in the same critical section as the hand-over: a revocation
 /// (which takes the same lock) is either fully before it (the capture is
 /// gone) or fully after it (the capture is listed as in flight in the
-/// receipt). For a capture in parts this holds for every part.
+/// receipt). For a capture in parts this holds for every part. A whole
+/// capture's envelope is encoded between two such critical sections, with
+/// no lock held, and the second decides again ([`hand_encoded`]).
 /// ARCHITECTURE I7.
 pub async fn fill_window(
     agent: &Arc<Agent>,
@@ -163,7 +166,7 @@ pub async fn fill_window(
     if free == 0 && !uploader.has_current() {
         return;
     }
-    let (agent2, link2, up2, topic) = (
+    let (agent2, link2, up2, topic2) = (
         agent.clone(),
         link.clone(),
         uploader.clone(),
@@ -171,13 +174,190 @@ pub async fn fill_window(
     );
     let result = agent
         .db()
-        .run(move |store| hand_over(store, &agent2, &link2, &up2, &topic, free, window))
+        .run(move |store| hand_over(store, &agent2, &link2, &up2, &topic2, free, window))
+        .await;
+    let (mut handed, chosen) = match result {
+        Ok(done) => done,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the outbox");
+            return;
+        }
+    };
+    if !chosen.is_empty() {
+        handed += hand_whole(agent, link, topic, chosen).await;
+    }
+    if handed > 0 {
+        tracing::debug!(n = handed, "uploads handed to MQTT");
+    }
+}
+
+/// A whole capture the hand-over chose to send, under the consent it
+/// quoted then (`consent_id`), with its envelope once encoded. The envelope
+/// is encoded outside the store lock ([`hand_whole`]); the capture is handed
+/// to MQTT only by [`hand_encoded`], under the lock again, after the consent
+/// rule said yes once more. ARCHITECTURE I7.
+struct Chosen {
+    capture: Capture,
+    consent_id: String,
+    /// The envelope quoting `consent_id`, under `cfg`; wiped if not handed.
+    payload: Zeroizing<Vec<u8>>,
+    /// The configuration it was encoded under (a reload in between: the
+    /// envelope is encoded again under the new one).
+    cfg: Option<Arc<Config>>,
+}
+
+impl Chosen {
+    fn new(capture: Capture, consent_id: String) -> Chosen {
+        Chosen {
+            capture,
+            consent_id,
+            payload: Zeroizing::new(Vec::new()),
+            cfg: None,
+        }
+    }
+
+    fn encode(&mut self, cfg: Arc<Config>) {
+        self.payload = Zeroizing::new(envelope(&cfg, &self.capture, &self.consent_id));
+        self.cfg = Some(cfg);
+    }
+
+    /// The envelope to hand over quoting `consent_id` under `cfg`: the one
+    /// encoded beforehand if it quotes the same consent under the same
+    /// configuration, else encoded now.
+    fn payload_for(&mut self, cfg: &Arc<Config>, consent_id: &str) -> Vec<u8> {
+        let same_cfg = self.cfg.as_ref().is_some_and(|c| Arc::ptr_eq(c, cfg));
+        if same_cfg && self.consent_id == consent_id && !self.payload.is_empty() {
+            std::mem::take(&mut *self.payload)
+        } else {
+            envelope(cfg, &self.capture, consent_id)
+        }
+    }
+}
+
+/// The second half of a hand-over for whole captures: their envelopes are
+/// encoded with no lock held (base64 of the image, the biggest cost of a
+/// hand-over), then [`hand_encoded`] takes the store lock, asks the consent
+/// rule again and hands over what it allows.
+async fn hand_whole(
+    agent: &Arc<Agent>,
+    link: &Arc<Link>,
+    topic: &str,
+    chosen: Vec<Chosen>,
+) -> usize {
+    let cfg = agent.config();
+    let encode = move || {
+        let mut chosen = chosen;
+        for c in &mut chosen {
+            c.encode(cfg.clone());
+        }
+        chosen
+    };
+    let encoded = match tokio::task::spawn_blocking(encode).await {
+        Ok(encoded) => encoded,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode upload envelopes");
+            return 0;
+        }
+    };
+    let (agent2, link2, topic) = (agent.clone(), link.clone(), topic.to_string());
+    let result = agent
+        .db()
+        .run(move |store| hand_encoded(store, &agent2, &link2, &topic, encoded))
         .await;
     match result {
-        Ok(0) => {}
-        Ok(n) => tracing::debug!(n, "uploads handed to MQTT"),
-        Err(e) => tracing::error!(error = %e, "cannot read the outbox"),
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the outbox");
+            0
+        }
     }
+}
+
+/// Hands encoded whole captures to MQTT, under the store lock from start to
+/// end, as [`hand_over`] does: a capture no longer queued (a revocation or
+/// purge took the lock in between) is not sent; for the others the consent
+/// rule decides again with this `now` ([`decide`]), and a capture goes only
+/// under the consent it allows now (encoded again if that is not the one
+/// quoted, or if the configuration was reloaded). So the decision and the
+/// hand to rumqttc are still one critical section (SPEC invariants 1 and 4,
+/// ARCHITECTURE I7); what happened between the two halves only decides
+/// whether the encoding is used.
+fn hand_encoded(
+    store: &mut Store,
+    agent: &Agent,
+    link: &Link,
+    topic: &str,
+    chosen: Vec<Chosen>,
+) -> Result<usize, StoreError> {
+    let cfg = agent.config();
+    let now = clock::now();
+    if store.consent_log_holds(&cfg.consent, now)? {
+        return Ok(0);
+    }
+    let mut still = Vec::with_capacity(chosen.len());
+    for c in chosen {
+        if store.is_queued(&c.capture.capture_id)? {
+            still.push(c);
+        }
+    }
+    let queued: Vec<Queued<'_>> = still
+        .iter()
+        .map(|c| Queued {
+            capture_id: &c.capture.capture_id,
+            subject: &c.capture.subject,
+            pieces: Pieces::Whole,
+        })
+        .collect();
+    let plan = decide(store, agent, &queued, queued.len(), now)?;
+    let mut handed = 0;
+    for upload in &plan.upload {
+        let c = &mut still[upload.index];
+        let payload = c.payload_for(&cfg, &upload.consent_id);
+        let piece = Piece::whole(c.capture.capture_id.clone());
+        agent.inflight().insert(&piece);
+        if !link.hand(topic, payload, false, Handed::Upload(piece.clone())) {
+            agent.inflight().remove(&piece);
+            break;
+        }
+        handed += 1;
+    }
+    Ok(handed)
+}
+
+/// The consent rule (crate::gate) on what the store holds now, one decision
+/// per subject of `queued`, and the plan it gives (`handover::plan`, `free`
+/// uploads at most); the subjects it refuses are purged here. The caller
+/// holds the store lock throughout, so nothing changes in between. While the
+/// wall clock is suspect, expiry deletes nothing (ARCHITECTURE I15): those
+/// captures wait, neither sent nor purged.
+fn decide(
+    store: &mut Store,
+    agent: &Agent,
+    queued: &[Queued<'_>],
+    free: usize,
+    now: i64,
+) -> Result<handover::Plan, StoreError> {
+    let cfg = agent.config();
+    let mut decisions = HashMap::new();
+    for subject in handover::subjects(queued) {
+        let decision = store.decide(&subject, &cfg.trust, &cfg.identity, now)?;
+        decisions.insert(subject, decision);
+    }
+    let mut plan = handover::plan(queued, &decisions, free);
+    if agent.clock().suspect().is_some() {
+        plan.purge.retain(|p| p.reason != DropReason::Expired);
+    }
+    for purge in &plan.purge {
+        // Consent ended since intake (expiry, key withdrawn): never send, and
+        // do not keep what may no longer be kept.
+        tracing::info!(
+            reason = purge.reason.code(),
+            "consent gone; purging the subject's queued captures instead of uploading"
+        );
+        let why = PurgeReason::from(purge.reason);
+        store.purge_subject(&purge.subject, now, why, None)?;
+    }
+    Ok(plan)
 }
 
 /// Where a queued entry of one hand-over comes from.
@@ -200,8 +380,10 @@ fn todo(of: u32, acked: &[PartNo], in_flight: &[u32]) -> Vec<u32> {
 
 /// One hand-over, under the store lock from start to end: see where the
 /// captures in parts stand, read the queued captures not in flight, ask the
-/// consent rule once per subject, and apply the plan (purge refused
-/// subjects, hand the rest to MQTT).
+/// consent rule once per subject, and apply the plan: purge refused
+/// subjects, hand the parts it allows to MQTT, and return how many were
+/// handed and the whole captures it allows, to be encoded outside the lock
+/// and handed by [`hand_encoded`].
 fn hand_over(
     store: &mut Store,
     agent: &Agent,
@@ -210,7 +392,7 @@ fn hand_over(
     topic: &str,
     free: usize,
     window: usize,
-) -> Result<usize, StoreError> {
+) -> Result<(usize, Vec<Chosen>), StoreError> {
     let cfg = agent.config();
     let now = clock::now();
     // The connection's limit: `[mqtt] max_packet_size`, lowered by the
@@ -283,7 +465,7 @@ fn hand_over(
     // Site consent log (SPEC): while it is required and the device is out
     // of sync, nothing is handed over; captures wait, encrypted.
     if store.consent_log_holds(&cfg.consent, now)? {
-        return Ok(0);
+        return Ok((0, Vec::new()));
     }
     // The rest of the queue: not in flight, not a capture in parts, not the
     // captures waiting for room.
@@ -365,41 +547,25 @@ fn hand_over(
             },
         })
         .collect();
-    // The consent rule (crate::gate) on what the store holds now, one
-    // decision per subject and batch: the store lock is held throughout, so
-    // nothing can change it in between.
-    let mut decisions = HashMap::new();
-    for subject in handover::subjects(&queued) {
-        let decision = store.decide(&subject, &cfg.trust, &cfg.identity, now)?;
-        decisions.insert(subject, decision);
-    }
-    let mut plan = handover::plan(&queued, &decisions, free);
-    // While the wall clock is suspect, expiry deletes nothing (ARCHITECTURE
-    // I15): those captures wait, neither sent nor purged.
-    if agent.clock().suspect().is_some() {
-        plan.purge.retain(|p| p.reason != DropReason::Expired);
-    }
-    for purge in &plan.purge {
-        // Consent ended since intake (expiry, key withdrawn): never send, and
-        // do not keep what may no longer be kept.
-        tracing::info!(
-            reason = purge.reason.code(),
-            "consent gone; purging the subject's queued captures instead of uploading"
-        );
-        let why = PurgeReason::from(purge.reason);
-        store.purge_subject(&purge.subject, now, why, None)?;
-    }
+    let plan = decide(store, agent, &queued, free, now)?;
+    // Parts are handed now (their capture is kept decrypted, each part's
+    // envelope is small); whole captures are encoded after the lock is
+    // released and handed under it again (`hand_encoded`).
     let mut handed = 0;
+    let mut whole = Vec::new();
     for upload in &plan.upload {
         let c = captures[upload.index];
+        let Some(part) = upload.part else {
+            if let Source::Batch(i) = sources[upload.index] {
+                whole.push((i, upload.consent_id.clone()));
+            }
+            continue;
+        };
         let piece = Piece {
             capture_id: c.capture_id.clone(),
-            part: upload.part,
+            part: Some(part),
         };
-        let payload = match upload.part {
-            None => envelope(&cfg, c, &upload.consent_id),
-            Some(part) => part_envelope(&cfg, c, &upload.consent_id, part),
-        };
+        let payload = part_envelope(&cfg, c, &upload.consent_id, part);
         agent.inflight().insert(&piece);
         if !link.hand(topic, payload, false, Handed::Upload(piece.clone())) {
             agent.inflight().remove(&piece);
@@ -421,28 +587,36 @@ fn hand_over(
         keep
     });
     let mut freed = up.current.len() < before;
-    // Highest index first: swap_remove moves the last element into the hole.
-    started.sort_by_key(|s| std::cmp::Reverse(s.0));
+    let mut batch: Vec<Option<OutboxCapture>> = batch.into_iter().map(Some).collect();
     let mut new = Vec::with_capacity(started.len());
     for (i, n, acked) in started {
-        if purged(&batch[i]) {
+        let Some(c) = batch.get_mut(i).and_then(Option::take) else {
+            continue;
+        };
+        if purged(&c) {
             freed = true;
         } else {
-            up.progress.start(&batch[i].capture_id, n, &acked);
+            up.progress.start(&c.capture_id, n, &acked);
             new.push(InParts {
-                capture: batch.swap_remove(i),
+                capture: c,
                 parts: n,
             });
         }
     }
-    new.reverse();
     up.current.extend(new);
     if freed || up.current.is_empty() {
         // Room again, or nothing to wait for: the next hand-over looks at
         // them again.
         up.waiting.clear();
     }
-    Ok(handed)
+    let chosen = whole
+        .into_iter()
+        .filter_map(|(i, consent_id)| {
+            let c = batch.get_mut(i).and_then(Option::take)?;
+            Some(Chosen::new(c.capture, consent_id))
+        })
+        .collect();
+    Ok((handed, chosen))
 }
 
 /// A capture's envelope fields (SPEC "Upload envelope") quoting
@@ -739,5 +913,161 @@ mod tests {
             "other splits"
         );
         assert!(todo(2, &[p(0, 2)], &[1]).is_empty());
+    }
+
+    /// An agent trusting a consent key, holding a consent of `S-1` and one
+    /// queued capture of `S-1`; a link connected to a client whose event
+    /// loop is never polled (what is handed stays in its channel).
+    async fn agent_with_a_queued_capture() -> (
+        tempfile::TempDir,
+        Arc<Agent>,
+        Arc<Link>,
+        rumqttc::EventLoop,
+        String,
+    ) {
+        let (key, public) = crate::keys::generate().unwrap();
+        let trust = format!(
+            "[[trust]]\nkid = \"consent-1\"\nrole = \"consent\"\npublic_key = \"{}\"\n",
+            crate::keys::public_key_b64(&public)
+        );
+        let (dir, agent) = crate::agent::testing::agent(&trust);
+        let agent = Arc::new(agent);
+        let now = clock::now();
+        let req = crate::consent::ConsentRequest {
+            issuer: "hr".into(),
+            subject: "S-1".into(),
+            audience: vec!["lobby".into()],
+            scopes: vec![crate::consent::UPLOAD_SCOPE.into()],
+            lifetime_s: 3600,
+            jti: None,
+        };
+        let token = crate::consent::sign_consent(&req, "consent-1", &key, now).unwrap();
+        let granted = agent.grant(token, now, None).await.unwrap();
+        let policy = agent.config().outbox.clone();
+        agent
+            .db()
+            .run(move |s| s.insert_captures(vec![capture(1_000)], &policy, now))
+            .await
+            .unwrap();
+        let link = Arc::new(Link::new(agent.config().mqtt.max_packet_size));
+        let opts = rumqttc::MqttOptions::new("t", "localhost", 1883);
+        let (client, el) = rumqttc::AsyncClient::new(opts, 8);
+        link.on_connected(super::super::mqtt::Client::V4(client), None);
+        (dir, agent, link, el, granted.consent_id.to_string())
+    }
+
+    /// The first half of a hand-over: what it hands (parts) and chooses
+    /// (whole captures), under the store lock.
+    fn first_half(agent: &Agent, link: &Link) -> (usize, Vec<Chosen>) {
+        let uploader = Uploader::new();
+        let mut store = agent.db().lock();
+        hand_over(&mut store, agent, link, &uploader, "t", 16, 16).unwrap()
+    }
+
+    fn second_half(agent: &Agent, link: &Link, mut chosen: Vec<Chosen>) -> usize {
+        for c in &mut chosen {
+            c.encode(agent.config());
+        }
+        let mut store = agent.db().lock();
+        hand_encoded(&mut store, agent, link, "t", chosen).unwrap()
+    }
+
+    /// With nothing in between, a whole capture chosen under the lock is
+    /// handed under it again, quoting the consent that allows it.
+    #[tokio::test]
+    async fn a_chosen_capture_is_handed_after_its_envelope_is_encoded() {
+        let (_dir, agent, link, _el, consent_id) = agent_with_a_queued_capture().await;
+        let (handed, chosen) = first_half(&agent, &link);
+        assert_eq!((handed, chosen.len()), (0, 1));
+        assert_eq!(chosen[0].consent_id, consent_id);
+        // Not in flight before the second half: a revocation now would not
+        // list it (it has not been handed over).
+        assert_eq!(agent.inflight().len(), 0);
+        assert_eq!(link.free_slots(16), 16);
+        assert_eq!(second_half(&agent, &link, chosen), 1);
+        assert_eq!(agent.inflight().snapshot(), vec![capture(1).capture_id]);
+        assert_eq!(link.free_slots(16), 15);
+    }
+
+    /// A revocation that takes the store lock between the two halves is
+    /// fully before the hand-over: the capture is purged, the receipt does
+    /// not list it as in flight, and its encoded envelope is not handed
+    /// over (SPEC invariant 4, ARCHITECTURE I7).
+    #[tokio::test]
+    async fn a_revocation_between_choosing_and_handing_stops_the_capture() {
+        let (_dir, agent, link, _el, _) = agent_with_a_queued_capture().await;
+        let (_, chosen) = first_half(&agent, &link);
+        assert_eq!(chosen.len(), 1);
+        let subject = crate::ids::SubjectId::new("S-1").unwrap();
+        let receipt = agent.revoke_now(subject, clock::now()).await.unwrap();
+        assert_eq!(receipt.purged, 1);
+        assert!(receipt.in_flight.is_empty());
+        assert_eq!(second_half(&agent, &link, chosen), 0);
+        assert_eq!(agent.inflight().len(), 0);
+        assert_eq!(link.free_slots(16), 16);
+    }
+
+    /// A purge (`capture.purge`, consents kept) between the two halves:
+    /// the consent still allows the subject, but the capture is gone, so
+    /// its envelope is not handed over.
+    #[tokio::test]
+    async fn a_purge_between_choosing_and_handing_stops_the_capture() {
+        let (_dir, agent, link, _el, _) = agent_with_a_queued_capture().await;
+        let (_, chosen) = first_half(&agent, &link);
+        assert_eq!(chosen.len(), 1);
+        let subject = crate::ids::SubjectId::new("S-1").unwrap();
+        let target = crate::agent::PurgeTarget::Subject(subject);
+        let receipt = agent.purge(target, clock::now(), None).await.unwrap();
+        assert_eq!(receipt.purged, 1);
+        assert!(receipt.in_flight.is_empty());
+        assert_eq!(second_half(&agent, &link, chosen), 0);
+        assert_eq!(agent.inflight().len(), 0);
+    }
+
+    /// A consent that ends between the two halves (its trust key removed by
+    /// a reload) is judged again in the second half: the capture is purged,
+    /// not handed over, though its envelope was encoded.
+    #[tokio::test]
+    async fn a_consent_that_ends_between_choosing_and_handing_stops_the_capture() {
+        let (_dir, agent, link, _el, _) = agent_with_a_queued_capture().await;
+        let (_, chosen) = first_half(&agent, &link);
+        assert_eq!(chosen.len(), 1);
+        let mut cfg = (*agent.config()).clone();
+        cfg.trust.clear();
+        let plan = agent.reload(cfg);
+        assert!(plan.applied.contains(&"trust"), "{:?}", plan.applied);
+        assert_eq!(second_half(&agent, &link, chosen), 0);
+        assert_eq!(agent.inflight().len(), 0);
+        let id = capture(1).capture_id;
+        assert!(!agent.db().lock().is_queued(&id).unwrap());
+    }
+
+    /// The envelope encoded in advance is used only if it quotes the consent
+    /// that allows the capture at the hand-over, under the same
+    /// configuration; otherwise it is encoded again.
+    #[test]
+    fn an_envelope_encoded_in_advance_is_used_only_for_the_same_consent_and_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Arc::new(crate::config::testing::config(dir.path(), ""));
+        let mut c = Chosen::new(capture(1_000), "k-1".into());
+        c.encode(cfg.clone());
+        let ahead = c.payload.to_vec();
+        assert_eq!(c.payload_for(&cfg, "k-1"), ahead);
+        let mut c = Chosen::new(capture(1_000), "k-1".into());
+        c.encode(cfg.clone());
+        assert_eq!(
+            c.payload_for(&cfg, "k-2"),
+            envelope(&cfg, &capture(1_000), "k-2")
+        );
+        let mut other = (*cfg).clone();
+        other.identity.device_id = "term-02".into();
+        let other = Arc::new(other);
+        let mut c = Chosen::new(capture(1_000), "k-1".into());
+        c.encode(cfg.clone());
+        assert_eq!(
+            c.payload_for(&other, "k-1"),
+            envelope(&other, &capture(1_000), "k-1")
+        );
+        assert_ne!(envelope(&other, &capture(1_000), "k-1"), ahead);
     }
 }
