@@ -42,6 +42,7 @@ mod vacuum;
 
 pub use consent_log::HeadApplied;
 pub use drops::{DropSummary, IntakeRecords, Rejection};
+pub use outbox::Pending;
 pub use parts::Acked;
 pub use quarantine::{OutboxEntry, OutboxState, Refusal};
 pub use reserve::RESERVE_FILE_NAME;
@@ -708,24 +709,46 @@ impl Store {
         limit: usize,
         exclude: &[CaptureId],
     ) -> Result<Vec<OutboxCapture>, StoreError> {
-        let r = outbox::pending(self, limit, exclude, 0, &mut |_| true);
-        self.finish(r)
+        let read = self.pending_where(limit, exclude, 0, &mut |_| true)?;
+        let (mut out, mut broken) = (Vec::with_capacity(read.len()), Vec::new());
+        for p in read {
+            let id = p.capture_id().clone();
+            match p.into_opened() {
+                Ok(c) => out.push(c),
+                Err(_) => broken.push(id),
+            }
+        }
+        self.purge_undecryptable(&broken)?;
+        Ok(out)
     }
 
-    /// [`Store::pending`] of the captures `read` accepts: it is asked, in
-    /// queue order, with each candidate's stored size (sealed metadata and
-    /// image, the `bytes` of [`OutboxStats`]); those it refuses are not read
-    /// at all (nor decrypted). At most `lookahead` refused captures are
-    /// looked past: the query reads `limit + exclude.len() + lookahead` keys.
+    /// The queued captures [`Store::pending`] would read, of those `read`
+    /// accepts, with their images still sealed ([`Pending`]; the uplink
+    /// opens them outside the store lock). `read` is asked, in queue order,
+    /// with each candidate's stored size (sealed metadata and image, the
+    /// `bytes` of [`OutboxStats`]); those it refuses are not read at all (nor
+    /// decrypted). At most `lookahead` refused captures are looked past: the
+    /// query reads `limit + exclude.len() + lookahead` keys. Rows whose key
+    /// or metadata fail to decrypt are purged (audited) and skipped.
     pub fn pending_where(
         &mut self,
         limit: usize,
         exclude: &[CaptureId],
         lookahead: usize,
         read: &mut dyn FnMut(u64) -> bool,
-    ) -> Result<Vec<OutboxCapture>, StoreError> {
+    ) -> Result<Vec<Pending>, StoreError> {
         let r = outbox::pending(self, limit, exclude, lookahead, read);
         self.finish(r)
+    }
+
+    /// Purges the captures of `ids` that are still queued because their
+    /// image did not decrypt ([`Pending::open`] failed), audited
+    /// `capture.purged` with reason `undecryptable`. Returns how many.
+    pub fn purge_undecryptable(&mut self, ids: &[CaptureId]) -> Result<usize, StoreError> {
+        self.with_reserve(|s| {
+            let r = outbox::purge_undecryptable_ids(s, ids);
+            s.finish(r)
+        })
     }
 
     /// Deletes an uploaded capture (broker PUBACK), zeroing its freed pages,

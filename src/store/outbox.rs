@@ -22,7 +22,7 @@ use super::{
 };
 use crate::audit::kind;
 use crate::config::{OutboxConfig, WhenFull};
-use crate::crypto::{DataKey, DerivedKeys, Part, SEAL_OVERHEAD};
+use crate::crypto::{CryptoError, DataKey, DerivedKeys, Part, SEAL_OVERHEAD};
 use crate::ids::{CaptureId, SubjectId};
 
 /// The sealed metadata of a capture.
@@ -250,12 +250,92 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     })
 }
 
-fn decrypt(
+/// A queued capture read for upload: every field opened but the image,
+/// which stays sealed (with the capture's own key, unwrapped) until
+/// [`Pending::open`]. The uplink reads captures under the store lock and
+/// opens the image of a capture sent whole after it, with no lock held
+/// (ARCHITECTURE I7); AES-GCM over the image is the part of a read that
+/// grows with the capture.
+pub struct Pending {
+    /// The capture; its `image` is empty while `sealed` holds it.
+    capture: Capture,
+    sealed: Option<SealedImage>,
+    /// When it entered the outbox (unix seconds).
+    pub queued_at: i64,
+}
+
+/// A capture's image as stored, and what opens it.
+struct SealedImage {
+    key: DataKey,
+    subject_ref: [u8; 32],
+    bytes: Vec<u8>,
+}
+
+impl Pending {
+    /// The capture's id.
+    pub fn capture_id(&self) -> &CaptureId {
+        &self.capture.capture_id
+    }
+
+    /// The capture's fields; `image` is empty until [`Pending::open`].
+    pub fn fields(&self) -> &Capture {
+        &self.capture
+    }
+
+    /// The image's length in bytes, also while it is sealed.
+    pub fn image_len(&self) -> usize {
+        match &self.sealed {
+            Some(s) => s.bytes.len().saturating_sub(SEAL_OVERHEAD),
+            None => self.capture.image.len(),
+        }
+    }
+
+    /// Whether the image is opened.
+    pub fn is_open(&self) -> bool {
+        self.sealed.is_none()
+    }
+
+    /// Opens (decrypts) the image into [`Pending::fields`]; nothing to do if
+    /// it is open. An error means the stored image is not what was sealed
+    /// (the capture must be purged, `Store::purge_undecryptable`); the image
+    /// then stays sealed.
+    pub fn open(&mut self) -> Result<(), CryptoError> {
+        if let Some(s) = &self.sealed {
+            let id = self.capture.capture_id.as_str();
+            self.capture.image = s.key.open(Part::Image, id, &s.subject_ref, &s.bytes)?;
+            self.sealed = None;
+        }
+        Ok(())
+    }
+
+    /// A capture read with its image open, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn opened(capture: Capture) -> Pending {
+        Pending {
+            capture,
+            sealed: None,
+            queued_at: 0,
+        }
+    }
+
+    /// The capture with its image opened ([`Pending::open`]).
+    pub fn into_opened(mut self) -> Result<OutboxCapture, CryptoError> {
+        self.open()?;
+        Ok(OutboxCapture {
+            capture: self.capture,
+            queued_at: self.queued_at,
+        })
+    }
+}
+
+/// A row read for upload: its capture key unwrapped and its metadata
+/// opened; `None` if either fails (the capture must be purged).
+fn open_row(
     conn: &rusqlite::Connection,
     keys: &DerivedKeys,
     cache: &mut HashMap<[u8; 32], Option<DataKey>>,
-    row: &Row,
-) -> Result<Option<OutboxCapture>, StoreError> {
+    row: Row,
+) -> Result<Option<Pending>, StoreError> {
     let sref = row.r.subject_ref;
     let key = match cache.entry(sref) {
         std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -281,13 +361,10 @@ fn decrypt(
     let Ok(meta) = key.open(Part::Meta, id.as_str(), &sref, &row.meta) else {
         return Ok(None);
     };
-    let Ok(image) = key.open(Part::Image, id.as_str(), &sref, &row.image) else {
-        return Ok(None);
-    };
     let Some((meta, sha256)) = decode_meta(&meta) else {
         return Ok(None);
     };
-    Ok(Some(OutboxCapture {
+    Ok(Some(Pending {
         capture: Capture {
             capture_id: id.clone(),
             subject: meta.subject,
@@ -296,8 +373,13 @@ fn decrypt(
             camera: meta.camera,
             content_type: meta.content_type,
             sha256,
-            image,
+            image: Zeroizing::new(Vec::new()),
         },
+        sealed: Some(SealedImage {
+            key,
+            subject_ref: sref,
+            bytes: row.image,
+        }),
         queued_at: row.queued_at,
     }))
 }
@@ -314,15 +396,17 @@ pub(super) const NOT_QUARANTINED: &str =
 /// `exclude` (in flight) and those `read` says not to read (asked in queue
 /// order with each one's stored size, `bytes`): which ones is decided on
 /// their keys and sizes alone (no sealed image is read, nothing decrypted,
-/// for a capture left out), then only those are read. Left out by `read`,
-/// at most `lookahead` captures are looked past.
+/// for a capture left out), then only those are read: their metadata
+/// opened, their images left sealed ([`Pending`]). A capture whose key or
+/// metadata does not open is purged (audited) and left out. Left out by
+/// `read`, at most `lookahead` captures are looked past.
 pub(super) fn pending(
     store: &mut Store,
     limit: usize,
     exclude: &[CaptureId],
     lookahead: usize,
     read: &mut dyn FnMut(u64) -> bool,
-) -> Result<Vec<OutboxCapture>, StoreError> {
+) -> Result<Vec<Pending>, StoreError> {
     if limit == 0 {
         return Ok(Vec::new());
     }
@@ -365,9 +449,14 @@ pub(super) fn pending(
     let mut out = Vec::new();
     let mut broken = Vec::new();
     for row in rows {
-        match decrypt(&store.conn, &store.keys, &mut cache, &row)? {
+        let r = CaptureRef {
+            seq: row.r.seq,
+            capture_id: row.r.capture_id.clone(),
+            subject_ref: row.r.subject_ref,
+        };
+        match open_row(&store.conn, &store.keys, &mut cache, row)? {
             Some(c) => out.push(c),
-            None => broken.push(row.r),
+            None => broken.push(r),
         }
     }
     if !broken.is_empty() {
@@ -376,6 +465,32 @@ pub(super) fn pending(
         w.commit()?;
     }
     Ok(out)
+}
+
+/// Purges the captures of `ids` still in the outbox, whose image did not
+/// open ([`Pending::open`]): audited and counted like any undecryptable
+/// capture. Returns how many were purged.
+pub(super) fn purge_undecryptable_ids(
+    store: &mut Store,
+    ids: &[CaptureId],
+) -> Result<usize, StoreError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut w = store.writer()?;
+    let mut broken = Vec::with_capacity(ids.len());
+    for id in ids {
+        let r =
+            w.tx.prepare_cached(&format!(
+                "SELECT {REF_COLUMNS} FROM captures WHERE capture_id = ?1"
+            ))
+            .and_then(|mut s| s.query_row([id.as_str()], capture_ref).optional())
+            .op("looking up a capture that cannot be decrypted")?;
+        broken.extend(r);
+    }
+    purge_undecryptable(&mut w, &broken)?;
+    w.commit()?;
+    Ok(broken.len())
 }
 
 /// Purges captures that cannot be decrypted (audited, counted), inside `w`.

@@ -1471,6 +1471,59 @@ fn undecryptable_rows_are_purged_not_returned() {
     assert_eq!(s.outbox_stats(T0).unwrap().captures, 2);
 }
 
+/// The uplink's read leaves images sealed: a capture whose image does not
+/// decrypt is read (its metadata opens), fails only when opened, stays
+/// sealed then, and is purged on request, audited as undecryptable; a
+/// capture whose metadata does not decrypt is purged at the read.
+#[test]
+fn images_are_read_sealed_and_one_that_does_not_open_is_purged_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let ids = with_captures(&mut s, "S-1", 3, T0);
+    let db = raw(dir.path());
+    db.execute(
+        "UPDATE captures SET image = zeroblob(length(image)) WHERE capture_id = ?1",
+        [ids[1].as_str()],
+    )
+    .unwrap();
+    db.execute(
+        "UPDATE captures SET meta = zeroblob(length(meta)) WHERE capture_id = ?1",
+        [ids[2].as_str()],
+    )
+    .unwrap();
+    let mut got = s.pending_where(10, &[], 0, &mut |_| true).unwrap();
+    let read: Vec<CaptureId> = got.iter().map(|p| p.capture_id().clone()).collect();
+    assert_eq!(
+        read,
+        [ids[0].clone(), ids[1].clone()],
+        "bad metadata: purged"
+    );
+    assert_eq!(s.outbox_stats(T0).unwrap().captures, 2);
+    let image_len = got[0].image_len();
+    assert!(image_len > 0);
+    for p in &got {
+        assert!(!p.is_open());
+        assert!(p.fields().image.is_empty(), "not decrypted at the read");
+        assert_eq!(p.image_len(), image_len);
+    }
+    got[0].open().unwrap();
+    assert!(got[0].is_open());
+    assert_eq!(got[0].fields().image.len(), image_len);
+    assert!(got[1].open().is_err());
+    assert!(!got[1].is_open(), "still sealed after a failed open");
+    let gone = CaptureId::new("00000000-0000-4000-8000-000000000000");
+    assert_eq!(s.purge_undecryptable(&[ids[1].clone(), gone]).unwrap(), 1);
+    assert_eq!(s.outbox_stats(T0).unwrap().captures, 1);
+    let purged = s
+        .audit_tail(100)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == kind::CAPTURE_PURGED && e.detail["reason"] == "undecryptable")
+        .count();
+    assert_eq!(purged, 2, "the metadata one at the read, the image one now");
+    assert_eq!(s.purge_undecryptable(&[ids[1].clone()]).unwrap(), 0);
+}
+
 #[test]
 fn purge_and_pending_use_indexes() {
     let dir = tempfile::tempdir().unwrap();
@@ -2142,6 +2195,9 @@ fn pending_where_reads_only_the_captures_the_filter_accepts_within_the_lookahead
     let ids = |v: Vec<OutboxCapture>| -> Vec<CaptureId> {
         v.into_iter().map(|c| c.capture.capture_id).collect()
     };
+    let pids = |v: Vec<Pending>| -> Vec<CaptureId> {
+        v.into_iter().map(|c| c.capture_id().clone()).collect()
+    };
     // In order, the big ones included, without a filter.
     let all = ids(s.pending(10, &[]).unwrap());
     assert_eq!(
@@ -2161,12 +2217,12 @@ fn pending_where_reads_only_the_captures_the_filter_accepts_within_the_lookahead
     let got = s
         .pending_where(2, &[small[0].clone()], 2, &mut small_only)
         .unwrap();
-    assert_eq!(ids(got), [small[1].clone(), more[0].clone()]);
+    assert_eq!(pids(got), [small[1].clone(), more[0].clone()]);
     let got = s
         .pending_where(2, &[small[0].clone()], 0, &mut small_only)
         .unwrap();
-    assert_eq!(ids(got), [small[1].clone()], "not looked that far");
-    assert!(ids(s.pending_where(10, &[], 10, &mut |_| false).unwrap()).is_empty());
+    assert_eq!(pids(got), [small[1].clone()], "not looked that far");
+    assert!(pids(s.pending_where(10, &[], 10, &mut |_| false).unwrap()).is_empty());
     // The filter is asked in queue order and may count: at most one big one.
     let mut bigs = 0;
     let mut one_big = |bytes: u64| {
@@ -2178,7 +2234,7 @@ fn pending_where_reads_only_the_captures_the_filter_accepts_within_the_lookahead
     };
     let got = s.pending_where(10, &[], 10, &mut one_big).unwrap();
     assert_eq!(
-        ids(got),
+        pids(got),
         [
             small[0].clone(),
             small[1].clone(),

@@ -3,8 +3,9 @@
 //! deletes them when the broker acknowledged all of them, and records
 //! uploads a lost connection cut off.
 //!
-//! Memory: a capture is decrypted when it is read from the outbox for a
-//! hand-over. A capture sent in parts is decrypted once and kept ([`Uploader`])
+//! Memory: a capture is decrypted when it is chosen for a hand-over (a
+//! whole capture's image after the store lock is released, `Chosen`). A
+//! capture sent in parts is decrypted once and kept ([`Uploader`])
 //! until every part is acknowledged or it is purged, so its parts do not
 //! cost a decryption each. Several are kept at once, so that their parts
 //! fill the window, but no more image bytes than the window carries
@@ -42,7 +43,9 @@ use crate::gate::DropReason;
 use crate::ids::CaptureId;
 use crate::protocol::parts::{self, Split};
 use crate::protocol::{Envelope, PartNo, Piece, WIRE_VERSION};
-use crate::store::{Acked, Capture, OutboxCapture, PurgeReason, Refusal, Store, StoreError};
+use crate::store::{
+    Acked, Capture, OutboxCapture, Pending, PurgeReason, Refusal, Store, StoreError,
+};
 
 /// A capture being sent in parts, decrypted once.
 struct InParts {
@@ -192,12 +195,15 @@ pub async fn fill_window(
 }
 
 /// A whole capture the hand-over chose to send, under the consent it
-/// quoted then (`consent_id`), with its envelope once encoded. The envelope
-/// is encoded outside the store lock ([`hand_whole`]); the capture is handed
-/// to MQTT only by [`hand_encoded`], under the lock again, after the consent
-/// rule said yes once more. ARCHITECTURE I7.
+/// quoted then (`consent_id`), with its envelope once encoded. Its image is
+/// decrypted and the envelope encoded outside the store lock
+/// ([`hand_whole`]); the capture is handed to MQTT only by
+/// [`hand_encoded`], under the lock again, after the consent rule said yes
+/// once more. ARCHITECTURE I7.
 struct Chosen {
-    capture: Capture,
+    /// Read with its image sealed; opened by [`Chosen::encode`] (still
+    /// sealed after it: the image did not decrypt).
+    capture: Pending,
     consent_id: String,
     /// The envelope quoting `consent_id`, under `cfg`; wiped if not handed.
     payload: Zeroizing<Vec<u8>>,
@@ -207,7 +213,7 @@ struct Chosen {
 }
 
 impl Chosen {
-    fn new(capture: Capture, consent_id: String) -> Chosen {
+    fn new(capture: Pending, consent_id: String) -> Chosen {
         Chosen {
             capture,
             consent_id,
@@ -216,8 +222,14 @@ impl Chosen {
         }
     }
 
+    /// Decrypts the image and encodes the envelope; if the image does not
+    /// decrypt, it stays sealed and nothing is encoded.
     fn encode(&mut self, cfg: Arc<Config>) {
-        self.payload = Zeroizing::new(envelope(&cfg, &self.capture, &self.consent_id));
+        if self.capture.open().is_err() {
+            return;
+        }
+        let payload = envelope(&cfg, self.capture.fields(), &self.consent_id);
+        self.payload = Zeroizing::new(payload);
         self.cfg = Some(cfg);
     }
 
@@ -229,14 +241,15 @@ impl Chosen {
         if same_cfg && self.consent_id == consent_id && !self.payload.is_empty() {
             std::mem::take(&mut *self.payload)
         } else {
-            envelope(cfg, &self.capture, consent_id)
+            envelope(cfg, self.capture.fields(), consent_id)
         }
     }
 }
 
-/// The second half of a hand-over for whole captures: their envelopes are
-/// encoded with no lock held (base64 of the image, the biggest cost of a
-/// hand-over), then [`hand_encoded`] takes the store lock, asks the consent
+/// The second half of a hand-over for whole captures: their images are
+/// decrypted and their envelopes encoded with no lock held (AES-GCM and
+/// base64 of the image, the costs of a hand-over that grow with the
+/// capture), then [`hand_encoded`] takes the store lock, asks the consent
 /// rule again and hands over what it allows.
 async fn hand_whole(
     agent: &Arc<Agent>,
@@ -275,7 +288,8 @@ async fn hand_whole(
 
 /// Hands encoded whole captures to MQTT, under the store lock from start to
 /// end, as [`hand_over`] does: a capture no longer queued (a revocation or
-/// purge took the lock in between) is not sent; for the others the consent
+/// purge took the lock in between) is not sent; one whose image did not
+/// decrypt is purged (audited, reason `undecryptable`); for the others the consent
 /// rule decides again with this `now` ([`decide`]), and a capture goes only
 /// under the consent it allows now (encoded again if that is not the one
 /// quoted, or if the configuration was reloaded). So the decision and the
@@ -295,16 +309,23 @@ fn hand_encoded(
         return Ok(0);
     }
     let mut still = Vec::with_capacity(chosen.len());
+    let mut broken = Vec::new();
     for c in chosen {
-        if store.is_queued(&c.capture.capture_id)? {
+        if !store.is_queued(c.capture.capture_id())? {
+            continue;
+        }
+        if c.capture.is_open() {
             still.push(c);
+        } else {
+            broken.push(c.capture.capture_id().clone());
         }
     }
+    store.purge_undecryptable(&broken)?;
     let queued: Vec<Queued<'_>> = still
         .iter()
         .map(|c| Queued {
-            capture_id: &c.capture.capture_id,
-            subject: &c.capture.subject,
+            capture_id: c.capture.capture_id(),
+            subject: &c.capture.fields().subject,
             pieces: Pieces::Whole,
         })
         .collect();
@@ -313,7 +334,7 @@ fn hand_encoded(
     for upload in &plan.upload {
         let c = &mut still[upload.index];
         let payload = c.payload_for(&cfg, &upload.consent_id);
-        let piece = Piece::whole(c.capture.capture_id.clone());
+        let piece = Piece::whole(c.capture.capture_id().clone());
         agent.inflight().insert(&piece);
         if !link.hand(topic, payload, false, Handed::Upload(piece.clone())) {
             agent.inflight().remove(&piece);
@@ -505,34 +526,43 @@ fn hand_over(
     }
     let (mut kept_n, mut kept_bytes) = (up.current.len(), up.kept_bytes());
     let mut started = Vec::new();
-    for (i, c) in batch.iter().enumerate() {
-        match parts::split(&header(&cfg, c, ""), c.image.len(), topic.len(), max) {
+    let mut broken = Vec::new();
+    for (i, c) in batch.iter_mut().enumerate() {
+        let len = c.image_len();
+        match parts::split(&header(&cfg, c.fields(), ""), len, topic.len(), max) {
             Ok(Split::Whole) => {
+                // Decrypted after the lock is released (`hand_whole`).
                 sources.push(Source::Batch(i));
                 todos.push(None);
             }
-            Ok(Split::Parts(n)) if room_for_parts(kept_n, kept_bytes, c.image.len(), budget) => {
-                let acked = store.part_progress(&c.capture_id)?.unwrap_or_default();
+            Ok(Split::Parts(n)) if room_for_parts(kept_n, kept_bytes, len, budget) => {
+                // Kept decrypted while its parts go: decrypted now.
+                if c.open().is_err() {
+                    broken.push(c.capture_id().clone());
+                    continue;
+                }
+                let acked = store.part_progress(c.capture_id())?.unwrap_or_default();
                 kept_n += 1;
-                kept_bytes = kept_bytes.saturating_add(c.image.len());
+                kept_bytes = kept_bytes.saturating_add(len);
                 started.push((i, n, acked.clone()));
                 sources.push(Source::Batch(i));
                 todos.push(Some((n, todo(n, &acked, &[]))));
             }
             Ok(Split::Parts(_)) => {
-                up.waiting.insert(c.capture_id.clone());
+                up.waiting.insert(c.capture_id().clone());
             }
             Err(e) => {
                 tracing::error!(error = %e, "capture cannot be sent under mqtt.max_packet_size; it stays queued");
-                up.waiting.insert(c.capture_id.clone());
+                up.waiting.insert(c.capture_id().clone());
             }
         }
     }
+    store.purge_undecryptable(&broken)?;
     let captures: Vec<&Capture> = sources
         .iter()
         .filter_map(|src| match src {
             Source::Current(k) => up.current.get(*k).map(|c| &c.capture.capture),
-            Source::Batch(i) => batch.get(*i).map(|c| &c.capture),
+            Source::Batch(i) => batch.get(*i).map(Pending::fields),
         })
         .collect();
     let queued: Vec<Queued<'_>> = captures
@@ -587,10 +617,15 @@ fn hand_over(
         keep
     });
     let mut freed = up.current.len() < before;
-    let mut batch: Vec<Option<OutboxCapture>> = batch.into_iter().map(Some).collect();
+    let mut batch: Vec<Option<Pending>> = batch.into_iter().map(Some).collect();
     let mut new = Vec::with_capacity(started.len());
     for (i, n, acked) in started {
-        let Some(c) = batch.get_mut(i).and_then(Option::take) else {
+        // Opened above, before it was started.
+        let Some(Ok(c)) = batch
+            .get_mut(i)
+            .and_then(Option::take)
+            .map(Pending::into_opened)
+        else {
             continue;
         };
         if purged(&c) {
@@ -613,7 +648,7 @@ fn hand_over(
         .into_iter()
         .filter_map(|(i, consent_id)| {
             let c = batch.get_mut(i).and_then(Option::take)?;
-            Some(Chosen::new(c.capture, consent_id))
+            Some(Chosen::new(c, consent_id))
         })
         .collect();
     Ok((handed, chosen))
@@ -925,6 +960,19 @@ mod tests {
         rumqttc::EventLoop,
         String,
     ) {
+        agent_with_a_queued_capture_of(1_000).await
+    }
+
+    /// [`agent_with_a_queued_capture`] with a capture of `len` bytes.
+    async fn agent_with_a_queued_capture_of(
+        len: usize,
+    ) -> (
+        tempfile::TempDir,
+        Arc<Agent>,
+        Arc<Link>,
+        rumqttc::EventLoop,
+        String,
+    ) {
         let (key, public) = crate::keys::generate().unwrap();
         let trust = format!(
             "[[trust]]\nkid = \"consent-1\"\nrole = \"consent\"\npublic_key = \"{}\"\n",
@@ -946,7 +994,7 @@ mod tests {
         let policy = agent.config().outbox.clone();
         agent
             .db()
-            .run(move |s| s.insert_captures(vec![capture(1_000)], &policy, now))
+            .run(move |s| s.insert_captures(vec![capture(len)], &policy, now))
             .await
             .unwrap();
         let link = Arc::new(Link::new(agent.config().mqtt.max_packet_size));
@@ -987,6 +1035,74 @@ mod tests {
         assert_eq!(second_half(&agent, &link, chosen), 1);
         assert_eq!(agent.inflight().snapshot(), vec![capture(1).capture_id]);
         assert_eq!(link.free_slots(16), 15);
+    }
+
+    /// A whole capture is read under the lock with its image sealed; the
+    /// image is decrypted in the encoding step, with no lock held.
+    #[tokio::test]
+    async fn a_whole_capture_is_decrypted_outside_the_store_lock() {
+        let (_dir, agent, link, _el, _) = agent_with_a_queued_capture().await;
+        let (_, mut chosen) = first_half(&agent, &link);
+        assert_eq!(chosen.len(), 1);
+        assert!(!chosen[0].capture.is_open());
+        assert!(chosen[0].capture.fields().image.is_empty());
+        assert_eq!(chosen[0].capture.image_len(), 1_000);
+        chosen[0].encode(agent.config());
+        assert!(chosen[0].capture.is_open());
+        assert_eq!(chosen[0].capture.fields().image, capture(1_000).image);
+    }
+
+    /// A capture whose image does not decrypt (its metadata does) is
+    /// chosen, fails in the encoding step, and is purged by the second
+    /// half, audited as undecryptable, not handed over.
+    #[tokio::test]
+    async fn a_capture_whose_image_does_not_decrypt_is_purged_not_handed() {
+        let (_dir, agent, link, _el, _) = agent_with_a_queued_capture().await;
+        agent
+            .db()
+            .lock()
+            .conn()
+            .execute("UPDATE captures SET image = zeroblob(length(image))", [])
+            .unwrap();
+        let (_, chosen) = first_half(&agent, &link);
+        assert_eq!(chosen.len(), 1, "the metadata opens: chosen");
+        assert_eq!(second_half(&agent, &link, chosen), 0);
+        assert_eq!(agent.inflight().len(), 0);
+        assert_eq!(link.free_slots(16), 16);
+        let mut store = agent.db().lock();
+        assert!(!store.is_queued(&capture(1).capture_id).unwrap());
+        let audit = store.audit_tail(10).unwrap();
+        let last = audit.last().unwrap();
+        assert_eq!(last.kind, crate::audit::kind::CAPTURE_PURGED);
+        assert_eq!(last.detail["reason"], "undecryptable");
+    }
+
+    /// A capture sent in parts is decrypted under the lock (it is kept
+    /// decrypted while its parts go); if its image does not decrypt, it is
+    /// purged there, and no part is handed over.
+    #[tokio::test]
+    async fn a_capture_in_parts_whose_image_does_not_decrypt_is_purged_at_once() {
+        let len = 3 * 131_072;
+        let (_dir, agent, link, _el, _) = agent_with_a_queued_capture_of(len).await;
+        assert!(link.split_limit() < len, "sent in parts");
+        let (handed, chosen) = first_half(&agent, &link);
+        assert_eq!((handed > 1, chosen.len()), (true, 0), "parts handed");
+        let (_dir, agent, link, _el, _) = agent_with_a_queued_capture_of(len).await;
+        agent
+            .db()
+            .lock()
+            .conn()
+            .execute("UPDATE captures SET image = zeroblob(length(image))", [])
+            .unwrap();
+        let (handed, chosen) = first_half(&agent, &link);
+        assert_eq!((handed, chosen.len()), (0, 0));
+        assert_eq!(agent.inflight().len(), 0);
+        let mut store = agent.db().lock();
+        assert!(!store.is_queued(&capture(1).capture_id).unwrap());
+        let audit = store.audit_tail(10).unwrap();
+        let last = audit.last().unwrap();
+        assert_eq!(last.kind, crate::audit::kind::CAPTURE_PURGED);
+        assert_eq!(last.detail["reason"], "undecryptable");
     }
 
     /// A revocation that takes the store lock between the two halves is
@@ -1049,11 +1165,11 @@ mod tests {
     fn an_envelope_encoded_in_advance_is_used_only_for_the_same_consent_and_config() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = Arc::new(crate::config::testing::config(dir.path(), ""));
-        let mut c = Chosen::new(capture(1_000), "k-1".into());
+        let mut c = Chosen::new(Pending::opened(capture(1_000)), "k-1".into());
         c.encode(cfg.clone());
         let ahead = c.payload.to_vec();
         assert_eq!(c.payload_for(&cfg, "k-1"), ahead);
-        let mut c = Chosen::new(capture(1_000), "k-1".into());
+        let mut c = Chosen::new(Pending::opened(capture(1_000)), "k-1".into());
         c.encode(cfg.clone());
         assert_eq!(
             c.payload_for(&cfg, "k-2"),
@@ -1062,7 +1178,7 @@ mod tests {
         let mut other = (*cfg).clone();
         other.identity.device_id = "term-02".into();
         let other = Arc::new(other);
-        let mut c = Chosen::new(capture(1_000), "k-1".into());
+        let mut c = Chosen::new(Pending::opened(capture(1_000)), "k-1".into());
         c.encode(cfg.clone());
         assert_eq!(
             c.payload_for(&other, "k-1"),
