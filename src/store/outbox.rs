@@ -633,71 +633,83 @@ pub(super) fn rekey_legacy(store: &mut Store) -> Result<u64, StoreError> {
         return Ok(0);
     }
     let mut total = 0;
-    loop {
-        let mut w = store.writer()?;
-        // The keys only (an index scan); the rows are read one by one.
-        let seqs: Vec<i64> =
-            w.tx.prepare_cached(
-                "SELECT seq FROM captures WHERE seq NOT IN
-                 (SELECT capture_seq FROM capture_keys) LIMIT ?1",
-            )
-            .and_then(|mut s| {
-                s.query_map([REKEY_BATCH], |r| r.get(0))?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .op("finding captures without a key")?;
-        if seqs.is_empty() {
-            w.tx.execute(
-                "INSERT OR REPLACE INTO meta (name, value) VALUES ('capture_keys', X'01')",
-                [],
-            )
-            .op("recording that every capture has its key")?;
-            w.commit()?;
-            return Ok(total);
-        }
-        let mut broken = Vec::new();
-        for seq in seqs {
-            let row =
-                w.tx.prepare_cached(&format!(
-                    "SELECT {ROW_COLUMNS} FROM captures WHERE seq = ?1"
-                ))
-                .and_then(|mut s| s.query_row([seq], read_row))
-                .op("reading a capture without a key")?;
-            let sref = row.r.subject_ref;
-            let id = row.r.capture_id.as_str();
-            let subject_key = match load_key(&w.tx, w.keys, &sref) {
-                Ok(k) => k,
-                Err(StoreError::Crypto(_)) => None,
-                Err(e) => return Err(e),
-            };
-            let opened = subject_key.as_ref().and_then(|k| {
-                let meta = k.open(Part::Meta, id, &sref, &row.meta).ok()?;
-                let image = k.open(Part::Image, id, &sref, &row.image).ok()?;
-                Some((k, meta, image))
-            });
-            let Some((subject_key, meta, image)) = opened else {
-                broken.push(row.r);
-                continue;
-            };
-            let key = DataKey::generate()?;
-            let wrapped = subject_key.wrap_capture_key(&key, id, &sref)?;
-            let meta = key.seal(Part::Meta, id, &sref, &meta)?;
-            let image = key.seal(Part::Image, id, &sref, &image)?;
-            w.tx.prepare_cached("UPDATE captures SET meta = ?1, image = ?2 WHERE seq = ?3")
-                .and_then(|mut s| s.execute(params![meta, image, row.r.seq]))
-                .op("sealing a capture under its own key")?;
-            store_capture_key(&w, row.r.seq, &wrapped)?;
-            total += 1;
-        }
-        purge_undecryptable(&mut w, &broken)?;
-        w.commit()?;
-        // The old blobs' pages are in the WAL until it is truncated.
-        store.set_wal_dirty(true);
+    while let Some(n) = rekey_batch(store)? {
+        total += n;
     }
+    Ok(total)
+}
+
+/// One transaction of [`rekey_legacy`]: up to [`REKEY_BATCH`] captures
+/// without a key of their own rekeyed (or purged if they cannot be opened),
+/// committed; `None` once none is left (then the mark is written). A crash
+/// between two batches leaves the database with some captures rekeyed and
+/// the rest as before; the next open goes on from there.
+pub(super) fn rekey_batch(store: &mut Store) -> Result<Option<u64>, StoreError> {
+    let mut w = store.writer()?;
+    // The keys only (an index scan); the rows are read one by one.
+    let seqs: Vec<i64> =
+        w.tx.prepare_cached(
+            "SELECT seq FROM captures WHERE seq NOT IN
+             (SELECT capture_seq FROM capture_keys) LIMIT ?1",
+        )
+        .and_then(|mut s| {
+            s.query_map([REKEY_BATCH], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .op("finding captures without a key")?;
+    if seqs.is_empty() {
+        w.tx.execute(
+            "INSERT OR REPLACE INTO meta (name, value) VALUES ('capture_keys', X'01')",
+            [],
+        )
+        .op("recording that every capture has its key")?;
+        w.commit()?;
+        return Ok(None);
+    }
+    let mut total = 0;
+    let mut broken = Vec::new();
+    for seq in seqs {
+        let row =
+            w.tx.prepare_cached(&format!(
+                "SELECT {ROW_COLUMNS} FROM captures WHERE seq = ?1"
+            ))
+            .and_then(|mut s| s.query_row([seq], read_row))
+            .op("reading a capture without a key")?;
+        let sref = row.r.subject_ref;
+        let id = row.r.capture_id.as_str();
+        let subject_key = match load_key(&w.tx, w.keys, &sref) {
+            Ok(k) => k,
+            Err(StoreError::Crypto(_)) => None,
+            Err(e) => return Err(e),
+        };
+        let opened = subject_key.as_ref().and_then(|k| {
+            let meta = k.open(Part::Meta, id, &sref, &row.meta).ok()?;
+            let image = k.open(Part::Image, id, &sref, &row.image).ok()?;
+            Some((k, meta, image))
+        });
+        let Some((subject_key, meta, image)) = opened else {
+            broken.push(row.r);
+            continue;
+        };
+        let key = DataKey::generate()?;
+        let wrapped = subject_key.wrap_capture_key(&key, id, &sref)?;
+        let meta = key.seal(Part::Meta, id, &sref, &meta)?;
+        let image = key.seal(Part::Image, id, &sref, &image)?;
+        w.tx.prepare_cached("UPDATE captures SET meta = ?1, image = ?2 WHERE seq = ?3")
+            .and_then(|mut s| s.execute(params![meta, image, row.r.seq]))
+            .op("sealing a capture under its own key")?;
+        store_capture_key(&w, row.r.seq, &wrapped)?;
+        total += 1;
+    }
+    purge_undecryptable(&mut w, &broken)?;
+    w.commit()?;
+    // The old blobs' pages are in the WAL until it is truncated.
+    store.set_wal_dirty(true);
+    Ok(Some(total))
 }
 
 /// Captures rekeyed per transaction by [`rekey_legacy`].
-const REKEY_BATCH: i64 = 64;
+pub(super) const REKEY_BATCH: i64 = 64;
 
 /// The status figures. Every part is answered from an index or the totals
 /// row, never by reading captures: it runs for every status, also with

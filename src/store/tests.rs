@@ -2554,6 +2554,56 @@ fn an_upload_delete_destroys_the_key_and_leaves_the_image_pages_alone() {
     assert!(s.audit_verify().unwrap().ok);
 }
 
+/// A rekey cut off between two of its transactions (a kill -9 at start-up,
+/// a power cut) leaves some captures rekeyed and the rest in the old
+/// format; the next open goes on from there and finishes, and every capture
+/// reads back as it was stored.
+#[test]
+fn a_rekey_cut_off_between_batches_goes_on_at_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = outbox::REKEY_BATCH as usize + 6;
+    let ids = {
+        let mut s = open(dir.path());
+        let ids = with_captures(&mut s, "S-old", n, T0);
+        for id in &ids {
+            outbox::make_legacy(&mut s, id);
+        }
+        ids
+    };
+    let keys = |s: &Store| -> i64 {
+        s.conn()
+            .query_row("SELECT COUNT(*) FROM capture_keys", [], |r| r.get(0))
+            .unwrap()
+    };
+    {
+        // Opening rekeys everything: undo it, keep the database as a
+        // crash after the first batch leaves it.
+        let mut s = open(dir.path());
+        assert_eq!(keys(&s), n as i64);
+        for id in &ids {
+            outbox::make_legacy(&mut s, id);
+        }
+        assert_eq!(keys(&s), 0);
+        assert_eq!(
+            outbox::rekey_batch(&mut s).unwrap(),
+            Some(outbox::REKEY_BATCH as u64)
+        );
+        assert_eq!(keys(&s), outbox::REKEY_BATCH);
+    }
+    let mut s = open(dir.path());
+    assert_eq!(keys(&s), n as i64, "the open finished it");
+    let back = s.pending(n + 1, &[]).unwrap();
+    assert_eq!(back.len(), n);
+    for c in &back {
+        assert_eq!(
+            &*c.capture.image,
+            &marked_image(c.capture.capture_id.as_str())[..]
+        );
+    }
+    assert_eq!(outbox::rekey_legacy(&mut s).unwrap(), 0, "marked done");
+    assert!(s.audit_verify().unwrap().ok);
+}
+
 /// Captures stored before capture keys are sealed again under keys of
 /// their own at the next open (ARCHITECTURE I4), read back as they were;
 /// one that cannot be opened is purged; later opens find the mark and do
