@@ -264,6 +264,22 @@ pub struct ConsentRequest {
     pub jti: Option<String>,
 }
 
+#[cfg(test)]
+impl ConsentRequest {
+    /// A request for uploads of `subject` at the site `lobby`, issued by
+    /// `hr`, valid `lifetime_s`: the consent most unit tests grant.
+    pub(crate) fn lobby_upload(subject: &str, lifetime_s: i64) -> ConsentRequest {
+        ConsentRequest {
+            issuer: "hr".into(),
+            subject: subject.into(),
+            audience: vec!["lobby".into()],
+            scopes: vec![UPLOAD_SCOPE.into()],
+            lifetime_s,
+            jti: None,
+        }
+    }
+}
+
 /// Signs a consent token with `iat = now`, `exp = now + lifetime_s`.
 pub fn sign_consent(
     req: &ConsentRequest,

@@ -948,14 +948,7 @@ mod tests {
             };
             store.save_clock_mark(&mark).unwrap();
             // A week-long consent valid then.
-            let req = ConsentRequest {
-                issuer: "hr".into(),
-                subject: "S-1".into(),
-                audience: vec!["lobby".into()],
-                scopes: vec![consent::UPLOAD_SCOPE.into()],
-                lifetime_s: 7 * 86_400,
-                jti: None,
-            };
+            let req = ConsentRequest::lobby_upload("S-1", 7 * 86_400);
             let token = consent::sign_consent(&req, "consent-1", &key, trusted).unwrap();
             let limits = TokenLimits::of(&cfg);
             let c = consent::verify_consent(&token, &cfg.trust, &cfg.identity, trusted, limits)

@@ -407,14 +407,7 @@ async fn a_fresh_consent_is_granted_on_a_clock_stepped_back() {
     let config = (*agent.config()).clone();
     drop(agent);
     let agent = crate::daemon::open(config).unwrap();
-    let req = crate::consent::ConsentRequest {
-        issuer: "hr".into(),
-        subject: "S-1".into(),
-        audience: vec!["lobby".into()],
-        scopes: vec![crate::consent::UPLOAD_SCOPE.into()],
-        lifetime_s: 3600,
-        jti: None,
-    };
+    let req = crate::consent::ConsentRequest::lobby_upload("S-1", 3600);
     let token = crate::consent::sign_consent(&req, "consent-1", &consent_key, real).unwrap();
     let granted = agent.grant(token, behind, None).await;
     assert!(granted.is_ok(), "{granted:?}");

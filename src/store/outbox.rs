@@ -478,19 +478,25 @@ pub(super) fn purge_undecryptable_ids(
         return Ok(0);
     }
     let mut w = store.writer()?;
-    let mut broken = Vec::with_capacity(ids.len());
+    let broken = refs_of(&w, ids)?;
+    purge_undecryptable(&mut w, &broken)?;
+    w.commit()?;
+    Ok(broken.len())
+}
+
+/// The rows of those of `ids` still in the outbox, in the order of `ids`.
+fn refs_of(w: &Writer<'_>, ids: &[CaptureId]) -> Result<Vec<CaptureRef>, StoreError> {
+    let mut found = Vec::with_capacity(ids.len());
     for id in ids {
         let r =
             w.tx.prepare_cached(&format!(
                 "SELECT {REF_COLUMNS} FROM captures WHERE capture_id = ?1"
             ))
             .and_then(|mut s| s.query_row([id.as_str()], capture_ref).optional())
-            .op("looking up a capture that cannot be decrypted")?;
-        broken.extend(r);
+            .op("looking up a capture")?;
+        found.extend(r);
     }
-    purge_undecryptable(&mut w, &broken)?;
-    w.commit()?;
-    Ok(broken.len())
+    Ok(found)
 }
 
 /// Purges captures that cannot be decrypted (audited, counted), inside `w`.
@@ -549,16 +555,7 @@ pub(super) fn ack_in(
     capture_ids: &[CaptureId],
     now: i64,
 ) -> Result<usize, StoreError> {
-    let mut found = Vec::with_capacity(capture_ids.len());
-    for capture_id in capture_ids {
-        let r =
-            w.tx.prepare_cached(&format!(
-                "SELECT {REF_COLUMNS} FROM captures WHERE capture_id = ?1"
-            ))
-            .and_then(|mut s| s.query_row([capture_id.as_str()], capture_ref).optional())
-            .op("looking up a capture")?;
-        found.extend(r);
-    }
+    let found = refs_of(w, capture_ids)?;
     if found.is_empty() {
         return Ok(0);
     }

@@ -981,14 +981,7 @@ mod tests {
         let (dir, agent) = crate::agent::testing::agent(&trust);
         let agent = Arc::new(agent);
         let now = clock::now();
-        let req = crate::consent::ConsentRequest {
-            issuer: "hr".into(),
-            subject: "S-1".into(),
-            audience: vec!["lobby".into()],
-            scopes: vec![crate::consent::UPLOAD_SCOPE.into()],
-            lifetime_s: 3600,
-            jti: None,
-        };
+        let req = crate::consent::ConsentRequest::lobby_upload("S-1", 3600);
         let token = crate::consent::sign_consent(&req, "consent-1", &key, now).unwrap();
         let granted = agent.grant(token, now, None).await.unwrap();
         let policy = agent.config().outbox.clone();
@@ -1037,6 +1030,25 @@ mod tests {
         assert_eq!(link.free_slots(16), 15);
     }
 
+    /// Damages every queued capture's sealed image (its metadata still
+    /// opens).
+    fn break_images(agent: &Agent) {
+        let store = agent.db().lock();
+        let sql = "UPDATE captures SET image = zeroblob(length(image))";
+        store.conn().execute(sql, []).unwrap();
+    }
+
+    /// The queued capture is gone, and the last audit row says it was
+    /// purged as undecryptable.
+    fn assert_purged_as_undecryptable(agent: &Agent) {
+        let mut store = agent.db().lock();
+        assert!(!store.is_queued(&capture(1).capture_id).unwrap());
+        let audit = store.audit_tail(10).unwrap();
+        let last = audit.last().unwrap();
+        assert_eq!(last.kind, crate::audit::kind::CAPTURE_PURGED);
+        assert_eq!(last.detail["reason"], "undecryptable");
+    }
+
     /// A whole capture is read under the lock with its image sealed; the
     /// image is decrypted in the encoding step, with no lock held.
     #[tokio::test]
@@ -1058,23 +1070,13 @@ mod tests {
     #[tokio::test]
     async fn a_capture_whose_image_does_not_decrypt_is_purged_not_handed() {
         let (_dir, agent, link, _el, _) = agent_with_a_queued_capture().await;
-        agent
-            .db()
-            .lock()
-            .conn()
-            .execute("UPDATE captures SET image = zeroblob(length(image))", [])
-            .unwrap();
+        break_images(&agent);
         let (_, chosen) = first_half(&agent, &link);
         assert_eq!(chosen.len(), 1, "the metadata opens: chosen");
         assert_eq!(second_half(&agent, &link, chosen), 0);
         assert_eq!(agent.inflight().len(), 0);
         assert_eq!(link.free_slots(16), 16);
-        let mut store = agent.db().lock();
-        assert!(!store.is_queued(&capture(1).capture_id).unwrap());
-        let audit = store.audit_tail(10).unwrap();
-        let last = audit.last().unwrap();
-        assert_eq!(last.kind, crate::audit::kind::CAPTURE_PURGED);
-        assert_eq!(last.detail["reason"], "undecryptable");
+        assert_purged_as_undecryptable(&agent);
     }
 
     /// A capture sent in parts is decrypted under the lock (it is kept
@@ -1088,21 +1090,11 @@ mod tests {
         let (handed, chosen) = first_half(&agent, &link);
         assert_eq!((handed > 1, chosen.len()), (true, 0), "parts handed");
         let (_dir, agent, link, _el, _) = agent_with_a_queued_capture_of(len).await;
-        agent
-            .db()
-            .lock()
-            .conn()
-            .execute("UPDATE captures SET image = zeroblob(length(image))", [])
-            .unwrap();
+        break_images(&agent);
         let (handed, chosen) = first_half(&agent, &link);
         assert_eq!((handed, chosen.len()), (0, 0));
         assert_eq!(agent.inflight().len(), 0);
-        let mut store = agent.db().lock();
-        assert!(!store.is_queued(&capture(1).capture_id).unwrap());
-        let audit = store.audit_tail(10).unwrap();
-        let last = audit.last().unwrap();
-        assert_eq!(last.kind, crate::audit::kind::CAPTURE_PURGED);
-        assert_eq!(last.detail["reason"], "undecryptable");
+        assert_purged_as_undecryptable(&agent);
     }
 
     /// A revocation that takes the store lock between the two halves is
