@@ -27,7 +27,8 @@
 //! forwarder and the publisher (which run in it), and Mosquitto's for each.
 //!
 //! `FACEGATE_BENCH_CAPTURES` (default 6000) sets N, `FACEGATE_BENCH_ROUNDS`
-//! (default 3) the rounds.
+//! (default 3) the rounds, `FACEGATE_BENCH_WINDOW` (default 16) the window
+//! of all three (the agent's `mqtt.inflight`), to see how each scales with it.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -37,7 +38,10 @@ use facegate_testkit::bench;
 use facegate_testkit::broker::Broker;
 use rumqttc::QoS;
 
-const WINDOW: u16 = 16;
+/// The window of all three sides: `FACEGATE_BENCH_WINDOW`, else 16.
+fn window() -> u16 {
+    u16::try_from(bench::env_count("FACEGATE_BENCH_WINDOW", 16)).unwrap_or(u16::MAX)
+}
 const WAIT: Duration = Duration::from_secs(30);
 
 fn main() {
@@ -61,8 +65,9 @@ async fn run(n: usize, rounds: usize) {
     let payload = bench::envelope_for(&probe.load_config(), &images[0]);
     drop(probe);
     println!(
-        "upload: {n} captures per run, envelope {} B, window {WINDOW}, {rounds} rounds; load {}",
+        "upload: {n} captures per run, envelope {} B, window {}, {rounds} rounds; load {}",
         payload.len(),
+        window(),
         bench::loadavg()
     );
     let (mut agent, mut fwd, mut bare) = (Vec::new(), Vec::new(), Vec::new());
@@ -151,7 +156,7 @@ async fn agent_run(broker: &Broker, n: usize, images: &[Vec<u8>]) -> Run {
     let mut d = bench::daemon()
         .broker(broker)
         .configure(|c| {
-            c.inflight(WINDOW)
+            c.inflight(window())
                 .fast_reconnect()
                 .quota_bytes(4 * 1024 * 1024 * 1024)
         })
@@ -208,7 +213,7 @@ async fn forwarder_run(broker: &Broker, n: usize, payload: &[u8]) -> Run {
     fill_queue(&path, n, payload);
     let topic = bench::site_topics().device("term-02").captures;
     let (c0, b0) = (own_cpu(), broker_cpu(broker));
-    let mut p = bench::bare_client(broker, "term-02", WINDOW).await;
+    let mut p = bench::bare_client(broker, "term-02", window()).await;
     let start = Instant::now();
     let client = p.client.clone();
     // Ids in publish order; PUBACKs of QoS 1 come back in that order.
@@ -224,7 +229,7 @@ async fn forwarder_run(broker: &Broker, n: usize, payload: &[u8]) -> Run {
                         "SELECT id, payload FROM queue WHERE id > ?1 ORDER BY id LIMIT ?2",
                     )
                     .expect("prepare");
-                st.query_map([last, i64::from(WINDOW)], |r| Ok((r.get(0)?, r.get(1)?)))
+                st.query_map([last, i64::from(window())], |r| Ok((r.get(0)?, r.get(1)?)))
                     .expect("read")
                     .collect::<rusqlite::Result<_>>()
                     .expect("rows")
@@ -286,7 +291,7 @@ async fn forwarder_run(broker: &Broker, n: usize, payload: &[u8]) -> Run {
 
 async fn bare_run(broker: &Broker, n: usize, payload: &[u8]) -> Run {
     let (c0, b0) = (own_cpu(), broker_cpu(broker));
-    let mut p = bench::bare_client(broker, "term-02", WINDOW).await;
+    let mut p = bench::bare_client(broker, "term-02", window()).await;
     let start = Instant::now();
     let client = p.client.clone();
     let topic = bench::site_topics().device("term-02").captures;
