@@ -169,35 +169,57 @@ pub async fn fill_window(
     if free == 0 && !uploader.has_current() {
         return;
     }
-    let (agent2, link2, up2, topic2) = (
+    let (agent, link, uploader, topic) = (
         agent.clone(),
         link.clone(),
         uploader.clone(),
         topic.to_string(),
     );
-    let result = agent
-        .db()
-        .run(move |store| hand_over(store, &agent2, &link2, &up2, &topic2, free, window))
-        .await;
-    let (mut handed, chosen) = match result {
-        Ok(done) => done,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read the outbox");
-            return;
+    // One blocking task for the whole hand-over: each hop between the
+    // runtime and a blocking thread is a wake-up, paid per hand-over.
+    let run = move || hand_over_whole(&agent, &link, &uploader, &topic, free, window);
+    match tokio::task::spawn_blocking(run).await {
+        Ok(Ok(handed)) if handed > 0 => {
+            tracing::debug!(n = handed, "uploads handed to MQTT");
         }
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot read the outbox"),
+        Err(e) => tracing::error!(error = %e, "the hand-over task failed"),
+    }
+}
+
+/// A hand-over from start to end, on a blocking thread: the first critical
+/// section ([`hand_over`]: decide, hand parts, choose whole captures), the
+/// chosen images decrypted and their envelopes encoded with the store lock
+/// released, then the second critical section ([`hand_encoded`]: decide
+/// again, hand what it allows). Returns how many uploads were handed.
+fn hand_over_whole(
+    agent: &Agent,
+    link: &Link,
+    uploader: &Uploader,
+    topic: &str,
+    free: usize,
+    window: usize,
+) -> Result<usize, StoreError> {
+    let (handed, mut chosen) = {
+        let mut store = agent.db().lock();
+        hand_over(&mut store, agent, link, uploader, topic, free, window)?
     };
-    if !chosen.is_empty() {
-        handed += hand_whole(agent, link, topic, chosen).await;
+    if chosen.is_empty() {
+        return Ok(handed);
     }
-    if handed > 0 {
-        tracing::debug!(n = handed, "uploads handed to MQTT");
+    let cfg = agent.config();
+    for c in &mut chosen {
+        c.encode(cfg.clone());
     }
+    let mut store = agent.db().lock();
+    Ok(handed + hand_encoded(&mut store, agent, link, topic, chosen)?)
 }
 
 /// A whole capture the hand-over chose to send, under the consent it
 /// quoted then (`consent_id`), with its envelope once encoded. Its image is
 /// decrypted and the envelope encoded outside the store lock
-/// ([`hand_whole`]); the capture is handed to MQTT only by
+/// ([`hand_over_whole`]); the capture is handed to MQTT only by
 /// [`hand_encoded`], under the lock again, after the consent rule said yes
 /// once more. ARCHITECTURE I7.
 struct Chosen {
@@ -242,46 +264,6 @@ impl Chosen {
             std::mem::take(&mut *self.payload)
         } else {
             envelope(cfg, self.capture.fields(), consent_id)
-        }
-    }
-}
-
-/// The second half of a hand-over for whole captures: their images are
-/// decrypted and their envelopes encoded with no lock held (AES-GCM and
-/// base64 of the image, the costs of a hand-over that grow with the
-/// capture), then [`hand_encoded`] takes the store lock, asks the consent
-/// rule again and hands over what it allows.
-async fn hand_whole(
-    agent: &Arc<Agent>,
-    link: &Arc<Link>,
-    topic: &str,
-    chosen: Vec<Chosen>,
-) -> usize {
-    let cfg = agent.config();
-    let encode = move || {
-        let mut chosen = chosen;
-        for c in &mut chosen {
-            c.encode(cfg.clone());
-        }
-        chosen
-    };
-    let encoded = match tokio::task::spawn_blocking(encode).await {
-        Ok(encoded) => encoded,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot encode upload envelopes");
-            return 0;
-        }
-    };
-    let (agent2, link2, topic) = (agent.clone(), link.clone(), topic.to_string());
-    let result = agent
-        .db()
-        .run(move |store| hand_encoded(store, &agent2, &link2, &topic, encoded))
-        .await;
-    match result {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read the outbox");
-            0
         }
     }
 }
@@ -531,7 +513,7 @@ fn hand_over(
         let len = c.image_len();
         match parts::split(&header(&cfg, c.fields(), ""), len, topic.len(), max) {
             Ok(Split::Whole) => {
-                // Decrypted after the lock is released (`hand_whole`).
+                // Decrypted after the lock is released (`hand_over_whole`).
                 sources.push(Source::Batch(i));
                 todos.push(None);
             }
