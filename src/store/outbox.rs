@@ -392,6 +392,16 @@ fn open_row(
 pub(super) const NOT_QUARANTINED: &str =
     "seq NOT IN (SELECT seq FROM captures WHERE quarantined_at IS NOT NULL)";
 
+/// The keys and sizes of the first `?1` queued captures, in queue order:
+/// answered from the covering index `captures_keys` (schema
+/// `OUTBOX_KEYS_INDEX`), not from the rows with their sealed images.
+pub(super) fn pending_keys_sql() -> String {
+    format!(
+        "SELECT seq, capture_id, bytes FROM captures
+         WHERE {NOT_QUARANTINED} ORDER BY seq LIMIT ?1"
+    )
+}
+
 /// The next queued captures in order, up to `limit`, leaving out
 /// `exclude` (in flight) and those `read` says not to read (asked in queue
 /// order with each one's stored size, `bytes`): which ones is decided on
@@ -413,10 +423,7 @@ pub(super) fn pending(
     let exclude: std::collections::HashSet<&CaptureId> = exclude.iter().collect();
     let keys: Vec<(i64, CaptureId, i64)> = store
         .conn
-        .prepare_cached(&format!(
-            "SELECT seq, capture_id, bytes FROM captures
-             WHERE {NOT_QUARANTINED} ORDER BY seq LIMIT ?1"
-        ))
+        .prepare_cached(&pending_keys_sql())
         .and_then(|mut s| {
             let n = limit
                 .saturating_add(exclude.len())

@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     DROPPED_PAIRS,
     CLOCK_MARK,
     CAPTURE_KEYS,
+    OUTBOX_KEYS_INDEX,
 ];
 
 const V1: &str = r#"
@@ -271,6 +272,17 @@ CREATE TABLE IF NOT EXISTS capture_keys (
     capture_seq INTEGER PRIMARY KEY REFERENCES captures(seq) ON DELETE CASCADE,
     wrapped     BLOB NOT NULL
 );
+"#;
+
+/// Step 13: the hand-over chooses what to send on each queued capture's
+/// `seq`, `capture_id` and `bytes` alone (`outbox::pending`), in queue
+/// order, past the captures in flight. In the table every capture's row
+/// carries its sealed image, so each one scanned costs a page of its own,
+/// read again from the file after every commit of the other connection (the
+/// deletes after PUBACK); this covering index holds the three columns of
+/// a hundred captures in a page or two.
+const OUTBOX_KEYS_INDEX: &str = r#"
+CREATE INDEX IF NOT EXISTS captures_keys ON captures(seq, capture_id, bytes);
 "#;
 
 /// Highest schema version this build knows.

@@ -1547,6 +1547,11 @@ fn purge_and_pending_use_indexes() {
     assert!(!p.contains("TEMP B-TREE"), "{p}");
     let p = plan("SELECT seq FROM captures ORDER BY seq LIMIT 10");
     assert!(!p.contains("TEMP B-TREE"), "{p}");
+    // The hand-over's choice reads keys and sizes from the index, never a
+    // row with its sealed image.
+    let p = plan(&super::outbox::pending_keys_sql().replace("?1", "10"));
+    assert!(p.contains("COVERING INDEX captures_keys"), "{p}");
+    assert!(!p.contains("TEMP B-TREE"), "{p}");
     let p = plan("SELECT seq FROM captures WHERE queued_at < 5 ORDER BY queued_at, seq");
     assert!(p.contains("captures_by_queued"), "{p}");
     assert!(!p.contains("TEMP B-TREE"), "{p}");
