@@ -213,7 +213,11 @@ fn hand_over_whole(
         c.encode(cfg.clone());
     }
     let mut store = agent.db().lock();
-    Ok(handed + hand_encoded(&mut store, agent, link, topic, chosen)?)
+    let (more, spent) = hand_encoded(&mut store, agent, link, topic, chosen)?;
+    drop(store);
+    // The decrypted images not handed over are wiped with no lock held.
+    drop(spent);
+    Ok(handed + more)
 }
 
 /// A whole capture the hand-over chose to send, under the consent it
@@ -277,29 +281,32 @@ impl Chosen {
 /// quoted, or if the configuration was reloaded). So the decision and the
 /// hand to rumqttc are still one critical section (SPEC invariants 1 and 4,
 /// ARCHITECTURE I7); what happened between the two halves only decides
-/// whether the encoding is used.
+/// whether the encoding is used. Returns how many were handed, and the
+/// chosen captures, to be dropped (their images wiped) once the lock is
+/// released.
 fn hand_encoded(
     store: &mut Store,
     agent: &Agent,
     link: &Link,
     topic: &str,
     chosen: Vec<Chosen>,
-) -> Result<usize, StoreError> {
+) -> Result<(usize, Vec<Chosen>), StoreError> {
     let cfg = agent.config();
     let now = clock::now();
     if store.consent_log_holds(&cfg.consent, now)? {
-        return Ok(0);
+        return Ok((0, chosen));
     }
     let mut still = Vec::with_capacity(chosen.len());
+    let mut spent = Vec::new();
     let mut broken = Vec::new();
     for c in chosen {
         if !store.is_queued(c.capture.capture_id())? {
-            continue;
-        }
-        if c.capture.is_open() {
+            spent.push(c);
+        } else if c.capture.is_open() {
             still.push(c);
         } else {
             broken.push(c.capture.capture_id().clone());
+            spent.push(c);
         }
     }
     store.purge_undecryptable(&broken)?;
@@ -324,7 +331,8 @@ fn hand_encoded(
         }
         handed += 1;
     }
-    Ok(handed)
+    still.append(&mut spent);
+    Ok((handed, still))
 }
 
 /// The consent rule (crate::gate) on what the store holds now, one decision
@@ -992,7 +1000,7 @@ mod tests {
             c.encode(agent.config());
         }
         let mut store = agent.db().lock();
-        hand_encoded(&mut store, agent, link, "t", chosen).unwrap()
+        hand_encoded(&mut store, agent, link, "t", chosen).unwrap().0
     }
 
     /// With nothing in between, a whole capture chosen under the lock is
