@@ -612,6 +612,76 @@ async fn fleet_tool_sends_commands_and_prints_replies() {
     assert!(!out.status.success());
 }
 
+/// A capture whose sealed image no longer decrypts (damaged on disk while
+/// the daemon was stopped) is purged at its hand-over, audited
+/// `undecryptable` and counted, and never published; the captures beside
+/// it are uploaded as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capture_whose_image_does_not_decrypt_is_purged_not_published() {
+    let mut broker = Broker::start();
+    let mut d = daemon_for(&broker);
+    d.grant("S-u");
+    d.wait_uplink_connected(T);
+    broker.stop();
+    for i in 0..3 {
+        d.drop_pair(
+            &format!("u{i}"),
+            "jpg",
+            &synth::face_jpeg(160, 120, 20 + i, 80),
+            Some("S-u"),
+        );
+    }
+    d.wait_spool_empty(T);
+    assert_eq!(d.outbox_len(), 3);
+    d.stop();
+    let damaged: String = {
+        let conn = rusqlite::Connection::open(d.state.join("facegate.db")).unwrap();
+        let id = conn
+            .query_row(
+                "SELECT capture_id FROM captures ORDER BY seq LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        // The metadata still opens (the subject is known), the image not.
+        let n = conn
+            .execute(
+                "UPDATE captures SET image = zeroblob(length(image)) WHERE capture_id = ?1",
+                [&id],
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+        id
+    };
+
+    broker.restart();
+    let mut fleet = fleet(&broker).await;
+    d.spawn();
+    let mut seen = HashMap::new();
+    collect(&mut fleet, 2, T, &mut seen).await;
+    wait_until(T, || d.outbox_len() == 0, || d.log());
+    collect(&mut fleet, 3, Duration::from_secs(2), &mut seen).await;
+    assert_eq!(seen.len(), 2, "{:?}", seen.keys());
+    assert!(!seen.contains_key(&damaged), "the damaged capture was published");
+    for envs in seen.values() {
+        check_envelope(&envs[0], "S-u");
+    }
+    let audit = d.ctl_json(&["audit", "tail", "-n", "100", "--json"]);
+    let purged: Vec<&Value> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "capture.purged")
+        .collect();
+    assert_eq!(purged.len(), 1, "{audit}");
+    assert_eq!(purged[0]["detail"]["reason"], "undecryptable", "{audit}");
+    assert!(
+        d.log().contains("purging outbox captures that cannot be decrypted"),
+        "{}",
+        d.log()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_lists_captures_already_in_flight() {
     let mut broker = Broker::start();
