@@ -662,7 +662,10 @@ async fn a_capture_whose_image_does_not_decrypt_is_purged_not_published() {
     wait_until(T, || d.outbox_len() == 0, || d.log());
     collect(&mut fleet, 3, Duration::from_secs(2), &mut seen).await;
     assert_eq!(seen.len(), 2, "{:?}", seen.keys());
-    assert!(!seen.contains_key(&damaged), "the damaged capture was published");
+    assert!(
+        !seen.contains_key(&damaged),
+        "the damaged capture was published"
+    );
     for envs in seen.values() {
         check_envelope(&envs[0], "S-u");
     }
@@ -676,7 +679,8 @@ async fn a_capture_whose_image_does_not_decrypt_is_purged_not_published() {
     assert_eq!(purged.len(), 1, "{audit}");
     assert_eq!(purged[0]["detail"]["reason"], "undecryptable", "{audit}");
     assert!(
-        d.log().contains("purging outbox captures that cannot be decrypted"),
+        d.log()
+            .contains("purging outbox captures that cannot be decrypted"),
         "{}",
         d.log()
     );

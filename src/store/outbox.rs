@@ -639,28 +639,44 @@ pub(super) fn rekey_legacy(store: &mut Store) -> Result<u64, StoreError> {
     let mut total = 0;
     while let Some(n) = rekey_batch(store)? {
         total += n;
+        // The old blobs' zeroed pages and the new ones leave the WAL
+        // before the next batch: the WAL stays within one batch.
+        store.checkpoint()?;
     }
     Ok(total)
 }
 
 /// One transaction of [`rekey_legacy`]: up to [`REKEY_BATCH`] captures
-/// without a key of their own rekeyed (or purged if they cannot be opened),
-/// committed; `None` once none is left (then the mark is written). A crash
-/// between two batches leaves the database with some captures rekeyed and
-/// the rest as before; the next open goes on from there.
+/// without a key of their own, and no more than [`REKEY_BATCH_BYTES`] of
+/// their sealed bytes (always at least one capture), rekeyed (or purged if
+/// they cannot be opened), committed; `None` once none is left (then the
+/// mark is written). A crash between two batches leaves the database with
+/// some captures rekeyed and the rest as before; the next open goes on
+/// from there.
 pub(super) fn rekey_batch(store: &mut Store) -> Result<Option<u64>, StoreError> {
     let mut w = store.writer()?;
-    // The keys only (an index scan); the rows are read one by one.
-    let seqs: Vec<i64> =
+    // The keys and sizes only (the covering index `captures_keys`); the
+    // rows are read one by one.
+    let keys: Vec<(i64, i64)> =
         w.tx.prepare_cached(
-            "SELECT seq FROM captures WHERE seq NOT IN
-             (SELECT capture_seq FROM capture_keys) LIMIT ?1",
+            "SELECT seq, bytes FROM captures WHERE seq NOT IN
+             (SELECT capture_seq FROM capture_keys) ORDER BY seq LIMIT ?1",
         )
         .and_then(|mut s| {
-            s.query_map([REKEY_BATCH], |r| r.get(0))?
+            s.query_map([REKEY_BATCH], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<Vec<_>>>()
         })
         .op("finding captures without a key")?;
+    let mut sum = 0i64;
+    let seqs: Vec<i64> = keys
+        .into_iter()
+        .enumerate()
+        .take_while(|(i, (_, bytes))| {
+            sum = sum.saturating_add(*bytes);
+            *i == 0 || sum <= REKEY_BATCH_BYTES
+        })
+        .map(|(_, (seq, _))| seq)
+        .collect();
     if seqs.is_empty() {
         w.tx.execute(
             "INSERT OR REPLACE INTO meta (name, value) VALUES ('capture_keys', X'01')",
@@ -714,6 +730,15 @@ pub(super) fn rekey_batch(store: &mut Store) -> Result<Option<u64>, StoreError> 
 
 /// Captures rekeyed per transaction by [`rekey_legacy`].
 pub(super) const REKEY_BATCH: i64 = 64;
+
+/// Sealed bytes rekeyed per transaction at most (a larger capture goes
+/// alone). A batch writes its captures' new blobs and, zeroing, the old
+/// ones: about twice this to the WAL, which is truncated after each batch,
+/// and the file grows by about this once (the next batch reuses the pages
+/// the last one freed). So the rekey at the first open after an upgrade
+/// fits in the space reserve (`[storage] reserve_bytes`, 16 MiB by
+/// default) that a full disk releases for it (`Store::open`).
+pub(super) const REKEY_BATCH_BYTES: i64 = 4 * 1024 * 1024;
 
 /// The status figures. Every part is answered from an index or the totals
 /// row, never by reading captures: it runs for every status, also with

@@ -2609,6 +2609,86 @@ fn a_rekey_cut_off_between_batches_goes_on_at_the_next_open() {
     assert!(s.audit_verify().unwrap().ok);
 }
 
+/// A rekey transaction carries at most `REKEY_BATCH_BYTES` of sealed
+/// captures (a larger one alone), and the WAL is truncated after each, so
+/// the rekey at the first open after an upgrade needs about one batch of
+/// free space, which the space reserve holds, however large the queue.
+#[test]
+fn rekey_batches_are_bounded_in_bytes_and_the_wal_is_truncated_after_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let mib = 1024 * 1024;
+    let big = |id: &str, len: usize| {
+        let mut image = marked_image(id);
+        image.resize(len, 0x33);
+        image
+    };
+    // Five captures of 1.5 MiB, then one of 5 MiB.
+    let sizes = [
+        3 * mib / 2,
+        3 * mib / 2,
+        3 * mib / 2,
+        3 * mib / 2,
+        3 * mib / 2,
+        5 * mib,
+    ];
+    let ids: Vec<CaptureId> = (0..sizes.len())
+        .map(|i| CaptureId::new(format!("S-big-cap-{i}")))
+        .collect();
+    {
+        let mut s = open(dir.path());
+        s.add_consent(
+            &consent("consent-big", "S-big", T0 - 10, T0 + DAY),
+            T0,
+            None,
+        )
+        .unwrap();
+        let batch = ids
+            .iter()
+            .zip(sizes)
+            .map(|(id, len)| capture(id.as_str(), "S-big", "consent-big", &big(id.as_str(), len)))
+            .collect();
+        let r = s.insert_captures(batch, &roomy(), T0).unwrap();
+        assert!(r.iter().all(|x| *x == Inserted::Accepted), "{r:?}");
+        for id in &ids {
+            outbox::make_legacy(&mut s, id);
+        }
+    }
+    {
+        // The open rekeys everything: undo it, then run the batches by hand.
+        let mut s = open(dir.path());
+        for id in &ids {
+            outbox::make_legacy(&mut s, id);
+        }
+        s.checkpoint().unwrap();
+        let mut batches = Vec::new();
+        while let Some(n) = outbox::rekey_batch(&mut s).unwrap() {
+            batches.push(n);
+        }
+        assert_eq!(
+            batches,
+            [2, 2, 1, 1],
+            "1.5 MiB twice per batch, 5 MiB alone"
+        );
+    }
+    {
+        let mut s = open(dir.path());
+        for id in &ids {
+            outbox::make_legacy(&mut s, id);
+        }
+        s.checkpoint().unwrap();
+    }
+    // A real open after an upgrade: every batch leaves the WAL truncated.
+    let mut s = open(dir.path());
+    let wal = std::fs::metadata(dir.path().join("facegate.db-wal")).map_or(0, |m| m.len());
+    assert!(wal < mib as u64, "WAL of {wal} B after the rekey");
+    let back = s.pending(10, &[]).unwrap();
+    assert_eq!(back.len(), ids.len());
+    for (c, len) in back.iter().zip(sizes) {
+        assert_eq!(*c.capture.image, big(c.capture.capture_id.as_str(), len));
+    }
+    assert!(s.audit_verify().unwrap().ok);
+}
+
 /// Captures stored before capture keys are sealed again under keys of
 /// their own at the next open (ARCHITECTURE I4), read back as they were;
 /// one that cannot be opened is purged; later opens find the mark and do

@@ -1000,7 +1000,9 @@ mod tests {
             c.encode(agent.config());
         }
         let mut store = agent.db().lock();
-        hand_encoded(&mut store, agent, link, "t", chosen).unwrap().0
+        hand_encoded(&mut store, agent, link, "t", chosen)
+            .unwrap()
+            .0
     }
 
     /// With nothing in between, a whole capture chosen under the lock is
