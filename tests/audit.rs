@@ -20,13 +20,6 @@ fn device_key(d: &Daemon) -> DeviceKey {
     DeviceKey::load(&d.state.join(KEY_FILE_NAME)).unwrap()
 }
 
-fn audit_rows(d: &Daemon) -> Vec<Value> {
-    d.ctl_json(&["audit", "tail", "-n", "1000", "--json"])
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 fn verify(d: &Daemon) -> (bool, Value) {
     let out = d.try_ctl(&["audit", "verify"]);
     let report: Value = serde_json::from_slice(&out.stdout)
@@ -48,7 +41,7 @@ fn a_dropped_capture_leaves_no_trace_of_its_subject() {
     assert_eq!(d.counters().dropped_no_consent, 1);
     // Drops are audited in a summary row, written within seconds.
     let dropped_rows = || -> Vec<Value> {
-        audit_rows(&d)
+        d.audit_tail()
             .into_iter()
             .filter(|e| e["kind"] == kind::CAPTURE_DROPPED)
             .collect()
@@ -92,7 +85,7 @@ fn a_revoked_subjects_audit_history_cannot_be_linked_to_it() {
     d.wait_spool_empty(T);
     assert_eq!(d.outbox_len(), 1);
     d.ctl_json(&["consent", "revoke", subject]);
-    let rows = audit_rows(&d);
+    let rows = d.audit_tail();
     let refs: Vec<String> = rows
         .iter()
         .filter_map(|e| e["subject_ref"].as_str().map(str::to_owned))
@@ -149,13 +142,14 @@ fn audit_verify_proves_the_chain_after_retention_deleted_old_rows() {
     wait_until(
         T,
         || {
-            audit_rows(&d)
+            d.audit_tail()
                 .iter()
                 .any(|e| e["kind"] == kind::AUDIT_PRUNED)
         },
         || format!("no audit.pruned row\n{}", d.log()),
     );
-    let seqs: Vec<i64> = audit_rows(&d)
+    let seqs: Vec<i64> = d
+        .audit_tail()
         .iter()
         .map(|e| e["seq"].as_i64().unwrap())
         .collect();

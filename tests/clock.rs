@@ -55,20 +55,6 @@ fn consents(d: &Daemon) -> usize {
         .map_or(0, Vec::len)
 }
 
-fn audit_kinds(d: &Daemon) -> Vec<Value> {
-    d.ctl_json(&["audit", "tail", "-n", "200", "--json"])
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
-fn audited(d: &Daemon, kind: &str) -> Vec<Value> {
-    audit_kinds(d)
-        .into_iter()
-        .filter(|e| e["kind"] == kind)
-        .collect()
-}
-
 /// +31 days for a while: no consent is deleted while the clock is suspect,
 /// and a capture whose consent looks expired waits in the spool; the
 /// status, the log and the audit log say so; once the clock is back,
@@ -107,7 +93,7 @@ fn a_month_ahead_deletes_no_consent_and_nothing_is_lost_when_the_clock_returns()
     let text = d.ctl(&["status"]);
     assert!(text.contains("JUMPED"), "{text}");
     assert!(d.log().contains("the wall clock jumped"), "{}", d.log());
-    let jumped = audited(&d, "clock.jumped");
+    let jumped = d.audited("clock.jumped");
     assert_eq!(jumped.len(), 1, "said once: {jumped:?}");
 
     clock.set_offset(0);
@@ -119,7 +105,7 @@ fn a_month_ahead_deletes_no_consent_and_nothing_is_lost_when_the_clock_returns()
     d.wait_spool_empty(T);
     assert_eq!(d.counters().accepted, 2, "{}", d.log());
     assert_eq!(d.counters().dropped_no_consent, 0);
-    let trusted = audited(&d, "clock.trusted");
+    let trusted = d.audited("clock.trusted");
     assert_eq!(trusted.len(), 1, "{trusted:?}");
     assert_eq!(trusted[0]["detail"]["by"], "returned");
     assert!(d.try_ctl(&["audit", "verify"]).status.success());
@@ -256,7 +242,7 @@ async fn a_signed_command_at_the_new_time_confirms_a_jump() {
         || consents(&d) == 0,
         || format!("the expired consent was not swept\n{}", d.log()),
     );
-    let trusted = audited(&d, "clock.trusted");
+    let trusted = d.audited("clock.trusted");
     assert_eq!(trusted.len(), 1, "{trusted:?}");
     assert_eq!(trusted[0]["detail"]["by"], "signed_iat");
     clock.set_offset(0);
@@ -281,7 +267,7 @@ fn the_jump_threshold_applies_on_reload() {
     std::fs::write(&d.config, text).unwrap();
     d.signal("HUP");
     wait_clock(&d, "ok");
-    let trusted = audited(&d, "clock.trusted");
+    let trusted = d.audited("clock.trusted");
     assert_eq!(trusted.len(), 1, "{trusted:?}");
     assert_eq!(trusted[0]["detail"]["by"], "returned");
 }

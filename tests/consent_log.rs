@@ -160,16 +160,6 @@ fn grant_args(d: &Daemon, subject: &str) -> Value {
     json!({ "token": d.consent_signer.consent(subject, 3600) })
 }
 
-fn audit_rows(d: &Daemon, kind: &str) -> Vec<Value> {
-    d.ctl_json(&["audit", "tail", "-n", "10000", "--json"])
-        .as_array()
-        .expect("audit rows")
-        .iter()
-        .filter(|r| r["kind"] == kind)
-        .cloned()
-        .collect()
-}
-
 /// `facegate fleet <args>` as the back-end `fleet-2` (its own client
 /// certificate: the test's session is `fleet`), signing with the daemon's
 /// trusted fleet key; the log file lives next to the daemon's files.
@@ -473,7 +463,7 @@ async fn replayed_and_forged_heads_and_entries_change_nothing() {
     fleet.head(&signer.head(2, 1)).await;
     wait_log(&d, "in sync at 2", |s| s.in_sync && s.applied == 2);
     let before = log_status(&d);
-    let applied_rows = audit_rows(&d, "command.applied").len();
+    let applied_rows = d.audited("command.applied").len();
 
     // The same entry again (same jti): the reply kept from its application.
     fleet.replies.clear();
@@ -562,7 +552,7 @@ async fn replayed_and_forged_heads_and_entries_change_nothing() {
             wait_until(
                 T,
                 || {
-                    audit_rows(&d, "consent_log.head_refused")
+                    d.audited("consent_log.head_refused")
                         .iter()
                         .any(|r| r["detail"]["code"] == code)
                 },
@@ -576,7 +566,7 @@ async fn replayed_and_forged_heads_and_entries_change_nothing() {
     assert!(after.in_sync, "{after:?}");
     // Only the entry sent again with a new jti was remembered (no effect).
     assert_eq!(
-        audit_rows(&d, "command.applied").len(),
+        d.audited("command.applied").len(),
         applied_rows + 1,
         "{}",
         d.log()
@@ -628,12 +618,13 @@ async fn an_entry_applied_before_a_crash_is_not_applied_twice() {
     wait_log(&d, "in sync at 1", |s| s.in_sync);
     let st = log_status(&d);
     assert_eq!((st.applied, st.head), (1, 1));
-    let applied: Vec<Value> = audit_rows(&d, "command.applied")
+    let applied: Vec<Value> = d
+        .audited("command.applied")
         .into_iter()
         .filter(|r| r["detail"]["jti"] == jti)
         .collect();
     assert_eq!(applied.len(), 1, "{applied:?}");
-    let revoked = audit_rows(&d, "consent.revoked");
+    let revoked = d.audited("consent.revoked");
     assert!(revoked.len() <= 1, "{revoked:?}");
 }
 

@@ -89,20 +89,6 @@ async fn sync(fleet: &mut Session, d: &Daemon) -> HashMap<String, Value> {
     }
 }
 
-fn audit_rows(d: &Daemon) -> Vec<Value> {
-    d.ctl_json(&["audit", "tail", "-n", "10000", "--json"])
-        .as_array()
-        .expect("audit rows")
-        .clone()
-}
-
-fn rows_of(d: &Daemon, kind: &str) -> Vec<Value> {
-    audit_rows(d)
-        .into_iter()
-        .filter(|r| r["kind"] == kind)
-        .collect()
-}
-
 fn assert_chain_verifies(d: &Daemon) {
     let out = d.try_ctl(&["audit", "verify"]);
     assert!(
@@ -212,7 +198,7 @@ async fn retained_commands_apply_live_but_not_when_handed_out_again_on_subscribe
     assert!(replies.is_empty(), "{replies:?}");
     assert_eq!(d.active_consents(), 1);
 
-    let ignored = rows_of(&d, "command.ignored");
+    let ignored = d.audited("command.ignored");
     assert_eq!(
         ignored.len(),
         1,
@@ -264,7 +250,7 @@ async fn qos0_commands_are_ignored_and_audited_once() {
         );
     }
     assert_eq!(d.active_consents(), 0, "QoS 0 grants were applied");
-    let ignored = rows_of(&d, "command.ignored");
+    let ignored = d.audited("command.ignored");
     assert_eq!(ignored.len(), 1, "{ignored:?}");
     assert_eq!(ignored[0]["detail"]["kind"], "qos0", "{ignored:?}");
     assert_eq!(log_lines(&d, "message on a command topic ignored"), 1);
@@ -318,7 +304,7 @@ async fn a_flood_of_forged_commands_costs_a_bounded_number_of_rows_and_lines() {
         .all(|r| r["ok"] == false && r["error"]["code"] == "bad_signature"));
 
     // At most two windows' budget (the flood may straddle a window's end).
-    let refused = rows_of(&d, "command.refused");
+    let refused = d.audited("command.refused");
     assert!(
         !refused.is_empty() && refused.len() <= 2 * RECORDED_PER_WINDOW,
         "{} command.refused rows for {FLOOD} refusals",
@@ -342,7 +328,7 @@ async fn a_flood_of_forged_commands_costs_a_bounded_number_of_rows_and_lines() {
     d.stop();
     assert_eq!(stored_counter(&d, "commands_refused"), FLOOD as u64);
     d.spawn();
-    let summaries = rows_of(&d, "command.refused_summary");
+    let summaries = d.audited("command.refused_summary");
     let summed: u64 = summaries
         .iter()
         .map(|r| {
@@ -352,7 +338,7 @@ async fn a_flood_of_forged_commands_costs_a_bounded_number_of_rows_and_lines() {
         })
         .sum();
     assert_eq!(
-        summed as usize + rows_of(&d, "command.refused").len(),
+        summed as usize + d.audited("command.refused").len(),
         FLOOD,
         "every refusal has a row or is in a summary: {summaries:?}"
     );

@@ -122,16 +122,13 @@ fn sighup_removing_a_consent_key_purges_queued_captures_without_a_broker() {
     let c = d.counters();
     assert_eq!(c.purged, 2, "{c:?}");
     assert_eq!(c.uploaded, 0, "{c:?}");
-    let tail = d.ctl_json(&["audit", "tail", "-n", "50", "--json"]);
-    let purged: Vec<&serde_json::Value> = tail
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == "capture.purged")
-        .collect();
-    assert_eq!(purged.len(), 1, "{tail}");
-    assert_eq!(purged[0]["detail"]["reason"], "consent_invalid", "{tail}");
-    assert_eq!(purged[0]["detail"]["count"], 2, "{tail}");
+    let purged = d.audited("capture.purged");
+    assert_eq!(purged.len(), 1, "{purged:?}");
+    assert_eq!(
+        purged[0]["detail"]["reason"], "consent_invalid",
+        "{purged:?}"
+    );
+    assert_eq!(purged[0]["detail"]["count"], 2, "{purged:?}");
 }
 
 #[test]

@@ -107,17 +107,6 @@ fn outbox_list(d: &Daemon) -> Vec<Value> {
         .clone()
 }
 
-/// The audit rows of `kind`, newest last.
-fn audit_rows(d: &Daemon, kind: &str) -> Vec<Value> {
-    d.ctl_json(&["audit", "tail", "-n", "1000", "--json"])
-        .as_array()
-        .expect("audit rows")
-        .iter()
-        .filter(|r| r["kind"] == kind)
-        .cloned()
-        .collect()
-}
-
 fn small_jpeg(seed: u64) -> Vec<u8> {
     synth::face_jpeg(160, 120, seed, 80)
 }
@@ -220,7 +209,7 @@ topic read facegate/lobby/consent/head
         assert_eq!(entry["state"], "quarantined", "{entry}");
         assert_eq!(entry["attempts"], 2, "{entry}");
     }
-    let rows = audit_rows(&d, "capture.quarantined");
+    let rows = d.audited("capture.quarantined");
     assert_eq!(rows.len(), 2, "{rows:?}");
     for row in &rows {
         let reason = row["detail"]["reason"].as_str().unwrap_or_default();
@@ -300,7 +289,7 @@ async fn a_capture_over_the_brokers_message_size_limit_is_quarantined_and_the_re
     let list = outbox_list(&d);
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0]["attempts"], 3, "{list:?}");
-    let rows = audit_rows(&d, "capture.quarantined");
+    let rows = d.audited("capture.quarantined");
     assert_eq!(rows.len(), 1, "{rows:?}");
     let reason = rows[0]["detail"]["reason"].as_str().unwrap_or_default();
     assert!(

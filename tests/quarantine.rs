@@ -71,17 +71,6 @@ fn outbox_list(d: &Daemon) -> Vec<Value> {
         .clone()
 }
 
-/// The audit rows of `kind`, newest last.
-fn audit_rows(d: &Daemon, kind: &str) -> Vec<Value> {
-    d.ctl_json(&["audit", "tail", "-n", "1000", "--json"])
-        .as_array()
-        .expect("audit rows")
-        .iter()
-        .filter(|r| r["kind"] == kind)
-        .cloned()
-        .collect()
-}
-
 /// A 300 KB capture sent whole to a broker whose limit is below the
 /// device's `max_packet_size`: the broker closes the connection each time.
 /// It is quarantined after `max_attempts` (5) refusals while the five small
@@ -140,7 +129,7 @@ async fn a_capture_the_broker_keeps_refusing_is_quarantined_and_the_rest_flow() 
         .to_string();
     // Audited with its id, the attempts and the reason; the subject only by
     // its salted reference.
-    let rows = audit_rows(&d, "capture.quarantined");
+    let rows = d.audited("capture.quarantined");
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["detail"]["capture_id"], id.as_str());
     assert_eq!(rows[0]["detail"]["attempts"], 5);
@@ -170,7 +159,7 @@ async fn a_capture_the_broker_keeps_refusing_is_quarantined_and_the_rest_flow() 
     assert_eq!(quarantined(&d), 1);
     let retried = d.ctl_json(&["outbox", "retry", &id]);
     assert_eq!(retried["retried"], serde_json::json!([id]), "{retried}");
-    assert_eq!(audit_rows(&d, "capture.retried").len(), 1);
+    assert_eq!(d.audited("capture.retried").len(), 1);
     assert!(
         up.collect(&mut fleet, CAPTURES, 6, T).await,
         "the retried capture did not arrive\n{}",
@@ -271,7 +260,7 @@ async fn a_network_drop_with_a_full_window_quarantines_nothing() {
     );
     wait_until(T, || outbox_status(&d)["captures"] == 0, || d.log());
     assert_eq!(quarantined(&d), 0);
-    assert!(audit_rows(&d, "capture.quarantined").is_empty());
+    assert!(d.audited("capture.quarantined").is_empty());
     assert!(relay.accepted() >= 2, "no reconnect");
     assert!(
         d.log().contains("sending one at a time"),

@@ -669,15 +669,9 @@ async fn a_capture_whose_image_does_not_decrypt_is_purged_not_published() {
     for envs in seen.values() {
         check_envelope(&envs[0], "S-u");
     }
-    let audit = d.ctl_json(&["audit", "tail", "-n", "100", "--json"]);
-    let purged: Vec<&Value> = audit
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == "capture.purged")
-        .collect();
-    assert_eq!(purged.len(), 1, "{audit}");
-    assert_eq!(purged[0]["detail"]["reason"], "undecryptable", "{audit}");
+    let purged = d.audited("capture.purged");
+    assert_eq!(purged.len(), 1, "{purged:?}");
+    assert_eq!(purged[0]["detail"]["reason"], "undecryptable", "{purged:?}");
     assert!(
         d.log()
             .contains("purging outbox captures that cannot be decrypted"),

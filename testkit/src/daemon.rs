@@ -388,6 +388,23 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("ctl {args:?} printed non-JSON ({e}): {out}"))
     }
 
+    /// The audit log's last 10,000 entries (`ctl audit tail --json`), oldest
+    /// first.
+    pub fn audit_tail(&self) -> Vec<Value> {
+        match self.ctl_json(&["audit", "tail", "-n", "10000", "--json"]) {
+            Value::Array(rows) => rows,
+            other => panic!("ctl audit tail --json printed no array: {other}"),
+        }
+    }
+
+    /// The entries of [`Self::audit_tail`] of one `kind`, oldest first.
+    pub fn audited(&self, kind: &str) -> Vec<Value> {
+        self.audit_tail()
+            .into_iter()
+            .filter(|e| e["kind"] == kind)
+            .collect()
+    }
+
     /// `ctl status --json`, read as the status object.
     pub fn status(&self) -> Status {
         let out = self.ctl(&["status", "--json"]);
