@@ -36,9 +36,6 @@ use crate::shutdown::Shutdown;
 use crate::store::counter;
 use serde_json::json;
 
-/// After a (re)connect, wait this long before uploading so that commands the
-/// broker queued while we were away (a revocation!) are applied first.
-const SETTLE_AFTER_CONNECT: Duration = Duration::from_millis(500);
 /// How often the outbox is looked at even without a wake-up.
 const REFILL_EVERY: Duration = Duration::from_millis(500);
 /// How long a clean shutdown waits for the offline status and DISCONNECT to go out.
@@ -409,7 +406,7 @@ async fn logic_task(
                             }
                             publish_status(&agent, &link, &topics).await;
                             log_watch.reset();
-                            upload_from = tokio::time::Instant::now() + SETTLE_AFTER_CONNECT;
+                            upload_from = tokio::time::Instant::now() + state::settle_after_connect(session_present);
                         }
                         Net::Disconnected { reason, how, uploads, on_wire } => {
                             agent.set_connected(false);

@@ -16,6 +16,7 @@
 //! over again after the reconnect (same `capture_id`). ARCHITECTURE I9.
 
 use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
 
 use crate::protocol::Piece;
 
@@ -36,6 +37,26 @@ pub enum Handed {
 /// first connection of a fresh install has no session to lose.
 pub fn session_lost(session_present: bool, connected_before: bool) -> bool {
     connected_before && !session_present
+}
+
+/// After a (re)connect the broker first delivers what it queued for the
+/// device while it was away, a revocation among them: uploads wait this
+/// long so that those are applied first.
+pub const SETTLE_AFTER_CONNECT: Duration = Duration::from_millis(500);
+
+/// How long uploads wait after a CONNACK ([`SETTLE_AFTER_CONNECT`]), or not
+/// at all when the broker reports no stored session: then it holds nothing
+/// queued for the device (MQTT: messages are queued only in a session), so
+/// there is nothing to apply first. A session lost by the broker is
+/// reported apart ([`session_lost`]); what a lost revocation means is the
+/// site consent log's concern, which holds uploads until the device is in
+/// sync, wait or not.
+pub fn settle_after_connect(session_present: bool) -> Duration {
+    if session_present {
+        SETTLE_AFTER_CONNECT
+    } else {
+        Duration::ZERO
+    }
 }
 
 /// The in-flight window and the pkid map.
@@ -158,6 +179,13 @@ mod tests {
         // still hold the session.
         assert!(!session_lost(true, true));
         assert!(session_lost(false, true));
+    }
+
+    #[test]
+    fn uploads_wait_after_a_connect_only_for_a_session_the_broker_kept() {
+        assert_eq!(settle_after_connect(true), SETTLE_AFTER_CONNECT);
+        assert!(SETTLE_AFTER_CONNECT >= Duration::from_millis(500));
+        assert_eq!(settle_after_connect(false), Duration::ZERO);
     }
 
     fn cap(id: &str) -> Handed {
