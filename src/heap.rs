@@ -10,14 +10,28 @@
 //! [`give_back`], called by housekeeping, returns the free memory at the top
 //! of every arena and the free whole pages inside them (`malloc_trim`).
 //! Elsewhere than glibc both do nothing.
+//!
+//! Between housekeeping passes an arena keeps up to [`TRIM_THRESHOLD`] of
+//! free memory at its top instead of returning it at every `free`: the
+//! upload path frees and takes again a window of envelopes and decrypted
+//! images (about 2 MB with 48 KB captures) per hand-over, and with glibc's
+//! default (128 KiB) each such batch went back to the system and was
+//! faulted in and zeroed by the kernel again on the next one (16 % of the
+//! daemon's CPU while uploading; BENCHMARKS K, ninth round). What is kept
+//! is still given back within one housekeeping pass.
 
 /// Blocks at least this large get their own mapping: image files, decoded
 /// pixels and envelopes of large captures; the small allocations of the
 /// capture path (a 48 KB capture's buffers included) stay in the arenas.
 pub const MMAP_THRESHOLD: usize = 256 * 1024;
 
-/// Fixes the allocator's mapping threshold at [`MMAP_THRESHOLD`]. Called once
-/// when the daemon starts, before its threads.
+/// Free memory an arena keeps at its top between housekeeping passes
+/// (`M_TRIM_THRESHOLD`): a few windows of capture-sized buffers.
+pub const TRIM_THRESHOLD: usize = 8 * 1024 * 1024;
+
+/// Fixes the allocator's mapping threshold at [`MMAP_THRESHOLD`] and its
+/// trim threshold at [`TRIM_THRESHOLD`]. Called once when the daemon
+/// starts, before its threads.
 #[allow(unsafe_code)] // mallopt(3), see SAFETY below
 pub fn map_large_buffers() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -27,6 +41,11 @@ pub fn map_large_buffers() {
         let set = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int) };
         if set == 0 {
             tracing::debug!("allocator mapping threshold not changed");
+        }
+        // SAFETY: as above.
+        let set = unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD as libc::c_int) };
+        if set == 0 {
+            tracing::debug!("allocator trim threshold not changed");
         }
     }
 }
