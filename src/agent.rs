@@ -26,6 +26,7 @@ use crate::protocol::{
     State, Status, StorageStatus, UplinkStatus,
 };
 use crate::reload;
+use crate::shelf::Shelf;
 use crate::space::Pressure;
 use crate::store::{
     counter, AddConsent, CommandStamp, HeadApplied, PurgeReason, Store, StoreError,
@@ -224,6 +225,9 @@ pub struct Agent {
     db: Db,
     /// Captures handed to MQTT and not yet acknowledged.
     inflight: Arc<InFlight>,
+    /// Whole captures the uplink decrypted and encoded ahead of the window;
+    /// a revocation or purge wipes its subject's under the store lock.
+    shelf: Arc<Shelf>,
     /// Whether the uplink currently holds a broker connection (for status).
     connected: AtomicBool,
     /// Wakes the uplink when the outbox gained captures or the window freed up.
@@ -338,6 +342,7 @@ impl Agent {
             config: RwLock::new(config),
             db,
             inflight: Arc::new(InFlight::default()),
+            shelf: Arc::default(),
             connected: AtomicBool::new(false),
             outbox_changed: Notify::new(),
             pressure: Pressure::default(),
@@ -368,6 +373,12 @@ impl Agent {
     /// Captures handed to MQTT and not yet acknowledged (the uplink keeps it).
     pub fn inflight(&self) -> &InFlight {
         &self.inflight
+    }
+
+    /// Whole captures prepared for upload ahead of the window (the uplink
+    /// fills and empties it; revocations and purges wipe it).
+    pub fn shelf(&self) -> &Shelf {
+        &self.shelf
     }
 
     /// Records whether the uplink holds a broker connection (reported in status).
@@ -487,7 +498,7 @@ impl Agent {
         now: i64,
         via: Option<Via>,
     ) -> Result<Receipt, ApplyError> {
-        let inflight = self.inflight.clone();
+        let (inflight, shelf) = (self.inflight.clone(), self.shelf.clone());
         let receipt = self
             .db
             .run(move |st| {
@@ -503,9 +514,14 @@ impl Agent {
                         now,
                     )
                 };
-                effect(via.as_ref(), result, |stamp| {
+                let receipt = effect(via.as_ref(), result, |stamp| {
                     st.revoke(&subject, before, now, stamp)
-                })
+                });
+                // Still under the store lock: none of the subject's captures
+                // stays readable on the shelf once the receipt exists
+                // (SPEC invariant 4, crate::shelf).
+                shelf.wipe(Some(&subject));
+                receipt
             })
             .await?;
         // The uplink lets go of a purged capture it kept for its parts.
@@ -525,7 +541,7 @@ impl Agent {
         } else {
             PurgeReason::Local
         };
-        let inflight = self.inflight.clone();
+        let (inflight, shelf) = (self.inflight.clone(), self.shelf.clone());
         let receipt = self
             .db
             .run(move |st| {
@@ -539,10 +555,13 @@ impl Agent {
                 let result = |ids: &Vec<CaptureId>| {
                     receipt(subject, ids, in_flight(&inflight, &partly, ids), now)
                 };
-                effect(via.as_ref(), result, |stamp| match &target {
+                let receipt = effect(via.as_ref(), result, |stamp| match &target {
                     PurgeTarget::Subject(s) => st.purge_subject(s, now, reason, stamp),
                     PurgeTarget::All => st.purge_all(now, reason, stamp),
-                })
+                });
+                // As for a revocation: nothing purged stays on the shelf.
+                shelf.wipe(subject);
+                receipt
             })
             .await?;
         // The uplink lets go of a purged capture it kept for its parts.

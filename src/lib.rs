@@ -13,6 +13,7 @@
 //! - [`reload`]: SIGHUP: which parts of a new config apply live.
 //! - [`notify`]: systemd readiness, watchdog and stopping notifications.
 //! - [`space`]: disk space: the intake rule against the space reserve, disk-full flags.
+//! - [`shelf`]: whole captures encoded ahead of the upload window, wiped by revocations and purges.
 //! - [`heap`]: the allocator policy that gives the memory of a burst of large captures back.
 //!
 //! Pure decisions (functions of their inputs and `now`)
@@ -73,6 +74,7 @@ pub mod protocol;
 pub mod provision;
 pub mod reload;
 pub mod sanitize;
+pub mod shelf;
 pub mod shutdown;
 pub mod space;
 pub mod spool;

@@ -410,6 +410,8 @@ async fn logic_task(
                         }
                         Net::Disconnected { reason, how, uploads, on_wire } => {
                             agent.set_connected(false);
+                            // Nothing prepared is held while offline.
+                            agent.shelf().wipe(None);
                             for piece in &uploads {
                                 agent.inflight().remove(piece);
                             }

@@ -3,18 +3,19 @@
 //! deletes them when the broker acknowledged all of them, and records
 //! uploads a lost connection cut off.
 //!
-//! Memory: a capture is decrypted when it is chosen for a hand-over (a
-//! whole capture's image after the store lock is released, `Chosen`). A
-//! capture sent in parts is decrypted once and kept ([`Uploader`])
-//! until every part is acknowledged or it is purged, so its parts do not
-//! cost a decryption each. Several are kept at once, so that their parts
-//! fill the window, but no more image bytes than the window carries
-//! (`window × mqtt.max_packet_size`; always at least one capture,
+//! Memory: a whole capture is decrypted when it is chosen for a hand-over,
+//! after the store lock is released, and waits on the shelf
+//! ([`crate::shelf`], at most one window of captures) until the window has
+//! room for it. A capture sent in parts is decrypted once and kept
+//! ([`Uploader`]) until every part is acknowledged or it is purged, so its
+//! parts do not cost a decryption each. Several are kept at once, so that
+//! their parts fill the window, but no more image bytes than the window
+//! carries (`window × mqtt.max_packet_size`; always at least one capture,
 //! [`room_for_parts`]). Captures in parts beyond that wait (their ids are
 //! remembered so they are not decrypted again meanwhile) while whole
-//! captures keep flowing past them. At most one hand-over batch (at most
-//! `mqtt.inflight` captures) plus the captures in parts are held decrypted
-//! by this module at a time.
+//! captures keep flowing past them. At most one window of whole captures
+//! (`mqtt.inflight`) plus the room of one hand-over, and the captures in
+//! parts, are held decrypted by this module at a time.
 //!
 //! Which parts of a capture in parts are acknowledged is kept in memory
 //! ([`super::progress`]), started from the store when the capture is started
@@ -43,6 +44,7 @@ use crate::gate::DropReason;
 use crate::ids::CaptureId;
 use crate::protocol::parts::{self, Split};
 use crate::protocol::{Envelope, PartNo, Piece, WIRE_VERSION};
+use crate::shelf::Prepared;
 use crate::store::{
     Acked, Capture, OutboxCapture, Pending, PurgeReason, Refusal, Store, StoreError,
 };
@@ -143,9 +145,9 @@ impl Uploader {
 /// (which takes the same lock) is either fully before it (the capture is
 /// gone) or fully after it (the capture is listed as in flight in the
 /// receipt). For a capture in parts this holds for every part. A whole
-/// capture's envelope is encoded between two such critical sections, with
-/// no lock held, and the second decides again ([`hand_encoded`]).
-/// ARCHITECTURE I7.
+/// capture's envelope is encoded ahead, with no store lock held, and waits
+/// on the shelf; the critical section that hands it decides again
+/// ([`hand_shelved`]). ARCHITECTURE I7.
 pub async fn fill_window(
     agent: &Arc<Agent>,
     link: &Arc<Link>,
@@ -158,15 +160,14 @@ pub async fn fill_window(
         // new over until they are (see [`deleter`]).
         return;
     }
-    let free = handover::room(
-        link.free_slots(window),
-        agent.inflight().unrecorded(),
-        window,
-    );
-    // With a full window there is nothing to hand over, but a capture kept
-    // decrypted for its parts is still looked at: purged meanwhile, it is
-    // let go of now rather than when the window frees up.
-    if free == 0 && !uploader.has_current() {
+    // With a full window and a full shelf there is nothing to hand over or
+    // prepare, but a capture kept decrypted for its parts is still looked
+    // at: purged meanwhile, it is let go of now rather than when the window
+    // frees up.
+    if room_now(agent, link, window) == 0
+        && agent.shelf().len() >= window
+        && !uploader.has_current()
+    {
         return;
     }
     let (agent, link, uploader, topic) = (
@@ -177,7 +178,7 @@ pub async fn fill_window(
     );
     // One blocking task for the whole hand-over: each hop between the
     // runtime and a blocking thread is a wake-up, paid per hand-over.
-    let run = move || hand_over_whole(&agent, &link, &uploader, &topic, free, window);
+    let run = move || hand_over_whole(&agent, &link, &uploader, &topic, window);
     match tokio::task::spawn_blocking(run).await {
         Ok(Ok(handed)) if handed > 0 => {
             tracing::debug!(n = handed, "uploads handed to MQTT");
@@ -188,69 +189,75 @@ pub async fn fill_window(
     }
 }
 
-/// A hand-over from start to end, on a blocking thread: the first critical
-/// section ([`hand_over`]: decide, hand parts, choose whole captures), the
-/// chosen images decrypted and their envelopes encoded with the store lock
-/// released, then the second critical section ([`hand_encoded`]: decide
-/// again, hand what it allows). Returns how many uploads were handed.
+/// How many uploads the window takes now ([`handover::room`]).
+fn room_now(agent: &Agent, link: &Link, window: usize) -> usize {
+    handover::room(
+        link.free_slots(window),
+        agent.inflight().unrecorded(),
+        window,
+    )
+}
+
+/// A hand-over from start to end, on a blocking thread, in two critical
+/// sections under the store lock with the encoding between them:
+///
+/// 1. hand over what the shelf holds ready, as far as the window's room
+///    goes ([`hand_shelved`]); then hand the parts the room takes and choose
+///    whole captures ([`hand_over`]): as many as fill the shelf up to one
+///    window, so captures are ready before the window has room for them.
+///    They go on the shelf before the lock is let go;
+/// 2. with the store lock released (the shelf's held, so a purge waits for
+///    it), decrypt the chosen images and encode their envelopes;
+/// 3. hand over from the shelf what the room takes now: the PUBACKs that
+///    came in since step 1 freed slots ([`hand_shelved`] again).
+///
+/// Returns how many uploads were handed. What is left on the shelf waits
+/// for the next hand-over; a revocation or purge wipes its subject's
+/// (crate::shelf).
 fn hand_over_whole(
     agent: &Agent,
     link: &Link,
     uploader: &Uploader,
     topic: &str,
-    free: usize,
     window: usize,
 ) -> Result<usize, StoreError> {
-    let (handed, mut chosen) = {
+    let shelf = agent.shelf();
+    let (mut handed, spent) = {
         let mut store = agent.db().lock();
-        hand_over(&mut store, agent, link, uploader, topic, free, window)?
+        let free = room_now(agent, link, window);
+        let (ready, spent) = hand_shelved(&mut store, agent, link, topic, free)?;
+        let free = free.saturating_sub(ready);
+        // Fill the shelf up to a window, and choose at least what the room
+        // takes now.
+        let choose = window.saturating_sub(shelf.len()).max(free);
+        let (parts, chosen) = hand_over(
+            &mut store, agent, link, uploader, topic, free, choose, window,
+        )?;
+        shelf.lock().extend(chosen);
+        (ready + parts, spent)
     };
-    if chosen.is_empty() {
-        return Ok(handed);
-    }
-    let cfg = agent.config();
-    for c in &mut chosen {
-        c.encode(cfg.clone());
-    }
-    let mut store = agent.db().lock();
-    let (more, spent) = hand_encoded(&mut store, agent, link, topic, chosen)?;
-    drop(store);
-    // The decrypted images not handed over are wiped with no lock held.
+    // Wiped with no lock held.
     drop(spent);
-    Ok(handed + more)
-}
-
-/// A whole capture the hand-over chose to send, under the consent it
-/// quoted then (`consent_id`), with its envelope once encoded. Its image is
-/// decrypted and the envelope encoded outside the store lock
-/// ([`hand_over_whole`]); the capture is handed to MQTT only by
-/// [`hand_encoded`], under the lock again, after the consent rule said yes
-/// once more. ARCHITECTURE I7.
-struct Chosen {
-    /// Read with its image sealed; opened by [`Chosen::encode`] (still
-    /// sealed after it: the image did not decrypt).
-    capture: Pending,
-    consent_id: String,
-    /// The envelope quoting `consent_id`, under `cfg`; wiped if not handed.
-    payload: Zeroizing<Vec<u8>>,
-    /// The configuration it was encoded under (a reload in between: the
-    /// envelope is encoded again under the new one).
-    cfg: Option<Arc<Config>>,
-}
-
-impl Chosen {
-    fn new(capture: Pending, consent_id: String) -> Chosen {
-        Chosen {
-            capture,
-            consent_id,
-            payload: Zeroizing::new(Vec::new()),
-            cfg: None,
-        }
+    let cfg = agent.config();
+    for p in shelf.lock().iter_mut().filter(|p| !p.tried) {
+        p.encode(cfg.clone());
     }
+    let spent = {
+        let mut store = agent.db().lock();
+        let free = room_now(agent, link, window);
+        let (more, spent) = hand_shelved(&mut store, agent, link, topic, free)?;
+        handed += more;
+        spent
+    };
+    drop(spent);
+    Ok(handed)
+}
 
+impl Prepared {
     /// Decrypts the image and encodes the envelope; if the image does not
     /// decrypt, it stays sealed and nothing is encoded.
     fn encode(&mut self, cfg: Arc<Config>) {
+        self.tried = true;
         if self.capture.open().is_err() {
             return;
         }
@@ -272,67 +279,102 @@ impl Chosen {
     }
 }
 
-/// Hands encoded whole captures to MQTT, under the store lock from start to
-/// end, as [`hand_over`] does: a capture no longer queued (a revocation or
-/// purge took the lock in between) is not sent; one whose image did not
-/// decrypt is purged (audited, reason `undecryptable`); for the others the consent
-/// rule decides again with this `now` ([`decide`]), and a capture goes only
-/// under the consent it allows now (encoded again if that is not the one
-/// quoted, or if the configuration was reloaded). So the decision and the
-/// hand to rumqttc are still one critical section (SPEC invariants 1 and 4,
-/// ARCHITECTURE I7); what happened between the two halves only decides
-/// whether the encoding is used. Returns how many were handed, and the
-/// chosen captures, to be dropped (their images wiped) once the lock is
-/// released.
-fn hand_encoded(
+/// Hands encoded whole captures from the shelf to MQTT, at most `free`,
+/// under the store lock (the caller's) from start to end, as [`hand_over`]
+/// does: a capture no longer queued (a revocation or purge took the lock
+/// since it was chosen) is not sent; one whose image did not decrypt is
+/// purged (audited, reason `undecryptable`); for the first `free` others,
+/// in queue order, the consent rule decides again with this `now`
+/// ([`decide`]), and a capture goes only under the consent it allows now
+/// (encoded again if that is not the one quoted, or if the configuration
+/// was reloaded). So the decision and the hand to rumqttc are still one
+/// critical section (SPEC invariants 1 and 4, ARCHITECTURE I7); what
+/// happened since the capture was chosen only decides whether its encoding
+/// is used. The rest stays on the shelf, but for captures of a subject the
+/// rule refused (purged here). Returns how many were handed, and the items
+/// spent, to be dropped (their images wiped) once the lock is released.
+fn hand_shelved(
     store: &mut Store,
     agent: &Agent,
     link: &Link,
     topic: &str,
-    chosen: Vec<Chosen>,
-) -> Result<(usize, Vec<Chosen>), StoreError> {
+    free: usize,
+) -> Result<(usize, Vec<Prepared>), StoreError> {
+    let mut shelf = agent.shelf().lock();
+    if shelf.is_empty() {
+        return Ok((0, Vec::new()));
+    }
     let cfg = agent.config();
     let now = clock::now();
     if store.consent_log_holds(&cfg.consent, now)? {
-        return Ok((0, chosen));
+        // Out of sync with the site consent log: nothing goes, and nothing
+        // is held decrypted while it lasts.
+        return Ok((0, std::mem::take(&mut *shelf)));
     }
-    let mut still = Vec::with_capacity(chosen.len());
+    if free == 0 {
+        return Ok((0, Vec::new()));
+    }
+    let mut candidates = Vec::with_capacity(free);
+    let mut kept = Vec::new();
     let mut spent = Vec::new();
     let mut broken = Vec::new();
-    for c in chosen {
-        if !store.is_queued(c.capture.capture_id())? {
-            spent.push(c);
-        } else if c.capture.is_open() {
-            still.push(c);
+    for p in std::mem::take(&mut *shelf) {
+        if candidates.len() >= free || !p.tried {
+            kept.push(p);
+        } else if !store.is_queued(p.capture.capture_id())? {
+            spent.push(p);
+        } else if p.capture.is_open() {
+            candidates.push(p);
         } else {
-            broken.push(c.capture.capture_id().clone());
-            spent.push(c);
+            broken.push(p.capture.capture_id().clone());
+            spent.push(p);
         }
     }
     store.purge_undecryptable(&broken)?;
-    let queued: Vec<Queued<'_>> = still
+    let queued: Vec<Queued<'_>> = candidates
         .iter()
-        .map(|c| Queued {
-            capture_id: c.capture.capture_id(),
-            subject: &c.capture.fields().subject,
+        .map(|p| Queued {
+            capture_id: p.capture.capture_id(),
+            subject: p.subject(),
             pieces: Pieces::Whole,
         })
         .collect();
     let plan = decide(store, agent, &queued, queued.len(), now)?;
-    let mut handed = 0;
+    let mut handed = vec![false; candidates.len()];
     for upload in &plan.upload {
-        let c = &mut still[upload.index];
-        let payload = c.payload_for(&cfg, &upload.consent_id);
-        let piece = Piece::whole(c.capture.capture_id().clone());
+        let p = &mut candidates[upload.index];
+        let payload = p.payload_for(&cfg, &upload.consent_id);
+        let piece = Piece::whole(p.capture.capture_id().clone());
         agent.inflight().insert(&piece);
         if !link.hand(topic, payload, false, Handed::Upload(piece.clone())) {
             agent.inflight().remove(&piece);
             break;
         }
-        handed += 1;
+        handed[upload.index] = true;
     }
-    still.append(&mut spent);
-    Ok((handed, still))
+    let purged = |p: &Prepared| plan.purge.iter().any(|x| &x.subject == p.subject());
+    let mut n = 0;
+    let mut back = Vec::with_capacity(candidates.len() + kept.len());
+    for (p, was_handed) in candidates.into_iter().zip(handed) {
+        if was_handed {
+            n += 1;
+            spent.push(p);
+        } else if purged(&p) {
+            spent.push(p);
+        } else {
+            back.push(p);
+        }
+    }
+    // Queue order: the candidates came first.
+    for p in kept {
+        if purged(&p) {
+            spent.push(p);
+        } else {
+            back.push(p);
+        }
+    }
+    *shelf = back;
+    Ok((n, spent))
 }
 
 /// The consent rule (crate::gate) on what the store holds now, one decision
@@ -390,11 +432,13 @@ fn todo(of: u32, acked: &[PartNo], in_flight: &[u32]) -> Vec<u32> {
 }
 
 /// One hand-over, under the store lock from start to end: see where the
-/// captures in parts stand, read the queued captures not in flight, ask the
-/// consent rule once per subject, and apply the plan: purge refused
-/// subjects, hand the parts it allows to MQTT, and return how many were
-/// handed and the whole captures it allows, to be encoded outside the lock
-/// and handed by [`hand_encoded`].
+/// captures in parts stand, read the queued captures neither in flight nor
+/// on the shelf, ask the consent rule once per subject, and apply the plan
+/// for up to `choose` uploads: purge refused subjects, hand the parts it
+/// allows to MQTT (at most `free`, the window's room), and return how many
+/// were handed and the whole captures it allows, to be put on the shelf,
+/// encoded outside the lock and handed by [`hand_shelved`].
+#[allow(clippy::too_many_arguments)]
 fn hand_over(
     store: &mut Store,
     agent: &Agent,
@@ -402,8 +446,9 @@ fn hand_over(
     uploader: &Uploader,
     topic: &str,
     free: usize,
+    choose: usize,
     window: usize,
-) -> Result<(usize, Vec<Chosen>), StoreError> {
+) -> Result<(usize, Vec<Prepared>), StoreError> {
     let cfg = agent.config();
     let now = clock::now();
     // The connection's limit: `[mqtt] max_packet_size`, lowered by the
@@ -481,10 +526,11 @@ fn hand_over(
     // The rest of the queue: not in flight, not a capture in parts, not the
     // captures waiting for room.
     let busy: usize = current_todos.iter().map(Vec::len).sum();
-    let room = free.saturating_sub(busy);
+    let room = choose.saturating_sub(busy);
     let mut batch = Vec::new();
     if room > 0 {
         let mut exclude = agent.inflight().snapshot();
+        exclude.extend(agent.shelf().ids());
         exclude.extend(up.current.iter().map(|c| c.capture.capture_id.clone()));
         exclude.extend(up.waiting.iter().cloned());
         // Read only what can go now: captures that surely go whole, and as
@@ -567,10 +613,11 @@ fn hand_over(
             },
         })
         .collect();
-    let plan = decide(store, agent, &queued, free, now)?;
-    // Parts are handed now (their capture is kept decrypted, each part's
-    // envelope is small); whole captures are encoded after the lock is
-    // released and handed under it again (`hand_encoded`).
+    let plan = decide(store, agent, &queued, choose, now)?;
+    // Parts are handed now, as far as the room goes (their capture is kept
+    // decrypted, each part's envelope is small); whole captures go on the
+    // shelf, are encoded after the lock is released and handed under it
+    // again (`hand_shelved`).
     let mut handed = 0;
     let mut whole = Vec::new();
     for upload in &plan.upload {
@@ -581,6 +628,10 @@ fn hand_over(
             }
             continue;
         };
+        if handed >= free {
+            // No room for it now: the next hand-over sends it.
+            continue;
+        }
         let piece = Piece {
             capture_id: c.capture_id.clone(),
             part: Some(part),
@@ -638,7 +689,7 @@ fn hand_over(
         .into_iter()
         .filter_map(|(i, consent_id)| {
             let c = batch.get_mut(i).and_then(Option::take)?;
-            Some(Chosen::new(c, consent_id))
+            Some(Prepared::new(c, consent_id))
         })
         .collect();
     Ok((handed, chosen))
@@ -987,22 +1038,35 @@ mod tests {
         (dir, agent, link, el, granted.consent_id.to_string())
     }
 
-    /// The first half of a hand-over: what it hands (parts) and chooses
-    /// (whole captures), under the store lock.
-    fn first_half(agent: &Agent, link: &Link) -> (usize, Vec<Chosen>) {
+    /// The first section of a hand-over, under the store lock: what it
+    /// hands (parts); what it chose (whole captures) goes on the shelf.
+    fn first_half(agent: &Agent, link: &Link) -> usize {
         let uploader = Uploader::new();
         let mut store = agent.db().lock();
-        hand_over(&mut store, agent, link, &uploader, "t", 16, 16).unwrap()
+        let (handed, chosen) =
+            hand_over(&mut store, agent, link, &uploader, "t", 16, 16, 16).unwrap();
+        agent.shelf().lock().extend(chosen);
+        handed
     }
 
-    fn second_half(agent: &Agent, link: &Link, mut chosen: Vec<Chosen>) -> usize {
-        for c in &mut chosen {
-            c.encode(agent.config());
+    /// The step between the sections: the shelf's captures decrypted and
+    /// encoded, no store lock held.
+    fn encode_shelf(agent: &Agent) {
+        for p in agent.shelf().lock().iter_mut().filter(|p| !p.tried) {
+            p.encode(agent.config());
         }
+    }
+
+    /// The encoding step and the second section: hands what the shelf
+    /// holds, `free` at most.
+    fn second_half_with(agent: &Agent, link: &Link, free: usize) -> usize {
+        encode_shelf(agent);
         let mut store = agent.db().lock();
-        hand_encoded(&mut store, agent, link, "t", chosen)
-            .unwrap()
-            .0
+        hand_shelved(&mut store, agent, link, "t", free).unwrap().0
+    }
+
+    fn second_half(agent: &Agent, link: &Link) -> usize {
+        second_half_with(agent, link, 16)
     }
 
     /// With nothing in between, a whole capture chosen under the lock is
@@ -1010,16 +1074,80 @@ mod tests {
     #[tokio::test]
     async fn a_chosen_capture_is_handed_after_its_envelope_is_encoded() {
         let (_dir, agent, link, _el, consent_id) = agent_with_a_queued_capture().await;
-        let (handed, chosen) = first_half(&agent, &link);
-        assert_eq!((handed, chosen.len()), (0, 1));
-        assert_eq!(chosen[0].consent_id, consent_id);
+        assert_eq!(first_half(&agent, &link), 0);
+        assert_eq!(agent.shelf().len(), 1);
+        assert_eq!(agent.shelf().lock()[0].consent_id, consent_id);
         // Not in flight before the second half: a revocation now would not
         // list it (it has not been handed over).
         assert_eq!(agent.inflight().len(), 0);
         assert_eq!(link.free_slots(16), 16);
-        assert_eq!(second_half(&agent, &link, chosen), 1);
+        assert_eq!(second_half(&agent, &link), 1);
         assert_eq!(agent.inflight().snapshot(), vec![capture(1).capture_id]);
         assert_eq!(link.free_slots(16), 15);
+        assert!(agent.shelf().is_empty(), "handed: off the shelf");
+    }
+
+    /// A prepared capture stays on the shelf, encoded, while the window has
+    /// no room, and goes once it has.
+    #[tokio::test]
+    async fn a_prepared_capture_waits_on_the_shelf_until_the_window_has_room() {
+        let (_dir, agent, link, _el, _) = agent_with_a_queued_capture().await;
+        first_half(&agent, &link);
+        assert_eq!(second_half_with(&agent, &link, 0), 0);
+        assert_eq!(agent.shelf().len(), 1);
+        assert!(!agent.shelf().lock()[0].payload.is_empty(), "encoded ahead");
+        assert_eq!(agent.inflight().len(), 0);
+        assert_eq!(second_half_with(&agent, &link, 1), 1);
+        assert!(agent.shelf().is_empty());
+        assert_eq!(agent.inflight().len(), 1);
+    }
+
+    /// A whole hand-over chooses beyond the window's room, up to a window:
+    /// with the window full, the next queued capture is decrypted, encoded
+    /// and put on the shelf, not handed; the next hand-over with room hands
+    /// it first.
+    #[tokio::test]
+    async fn a_hand_over_prepares_the_next_captures_while_the_window_is_full() {
+        let (_dir, agent, link, _el, _) = agent_with_a_queued_capture().await;
+        let policy = agent.config().outbox.clone();
+        let more: Vec<Capture> = [
+            "5c1f0d3e-0000-4000-8000-000000000002",
+            "5c1f0d3e-0000-4000-8000-000000000003",
+        ]
+        .into_iter()
+        .map(|id| Capture {
+            capture_id: id.into(),
+            ..capture(1_000)
+        })
+        .collect();
+        let now = clock::now();
+        agent
+            .db()
+            .run(move |s| s.insert_captures(more, &policy, now))
+            .await
+            .unwrap();
+        let uploader = Uploader::new();
+        // A window of 2: two go, the third is prepared.
+        assert_eq!(
+            hand_over_whole(&agent, &link, &uploader, "t", 2).unwrap(),
+            2
+        );
+        assert_eq!(agent.inflight().len(), 2);
+        assert_eq!(link.free_slots(2), 0);
+        assert_eq!(
+            hand_over_whole(&agent, &link, &uploader, "t", 2).unwrap(),
+            0
+        );
+        assert_eq!(agent.shelf().len(), 1);
+        let prepared = agent.shelf().ids()[0].clone();
+        assert!(!agent.inflight().snapshot().contains(&prepared));
+        assert!(!agent.shelf().lock()[0].payload.is_empty(), "encoded ahead");
+        // Nothing chosen twice: a full window and the shelf hold all three.
+        assert_eq!(
+            hand_over_whole(&agent, &link, &uploader, "t", 2).unwrap(),
+            0
+        );
+        assert_eq!(agent.shelf().len(), 1);
     }
 
     /// Damages every queued capture's sealed image (its metadata still
@@ -1046,14 +1174,18 @@ mod tests {
     #[tokio::test]
     async fn a_whole_capture_is_decrypted_outside_the_store_lock() {
         let (_dir, agent, link, _el, _) = agent_with_a_queued_capture().await;
-        let (_, mut chosen) = first_half(&agent, &link);
-        assert_eq!(chosen.len(), 1);
-        assert!(!chosen[0].capture.is_open());
-        assert!(chosen[0].capture.fields().image.is_empty());
-        assert_eq!(chosen[0].capture.image_len(), 1_000);
-        chosen[0].encode(agent.config());
-        assert!(chosen[0].capture.is_open());
-        assert_eq!(chosen[0].capture.fields().image, capture(1_000).image);
+        first_half(&agent, &link);
+        {
+            let shelf = agent.shelf().lock();
+            assert_eq!(shelf.len(), 1);
+            assert!(!shelf[0].capture.is_open());
+            assert!(shelf[0].capture.fields().image.is_empty());
+            assert_eq!(shelf[0].capture.image_len(), 1_000);
+        }
+        encode_shelf(&agent);
+        let shelf = agent.shelf().lock();
+        assert!(shelf[0].capture.is_open());
+        assert_eq!(shelf[0].capture.fields().image, capture(1_000).image);
     }
 
     /// A capture whose image does not decrypt (its metadata does) is
@@ -1063,9 +1195,10 @@ mod tests {
     async fn a_capture_whose_image_does_not_decrypt_is_purged_not_handed() {
         let (_dir, agent, link, _el, _) = agent_with_a_queued_capture().await;
         break_images(&agent);
-        let (_, chosen) = first_half(&agent, &link);
-        assert_eq!(chosen.len(), 1, "the metadata opens: chosen");
-        assert_eq!(second_half(&agent, &link, chosen), 0);
+        first_half(&agent, &link);
+        assert_eq!(agent.shelf().len(), 1, "the metadata opens: chosen");
+        assert_eq!(second_half(&agent, &link), 0);
+        assert!(agent.shelf().is_empty());
         assert_eq!(agent.inflight().len(), 0);
         assert_eq!(link.free_slots(16), 16);
         assert_purged_as_undecryptable(&agent);
@@ -1079,65 +1212,90 @@ mod tests {
         let len = 3 * 131_072;
         let (_dir, agent, link, _el, _) = agent_with_a_queued_capture_of(len).await;
         assert!(link.split_limit() < len, "sent in parts");
-        let (handed, chosen) = first_half(&agent, &link);
-        assert_eq!((handed > 1, chosen.len()), (true, 0), "parts handed");
+        let handed = first_half(&agent, &link);
+        assert_eq!((handed > 1, agent.shelf().len()), (true, 0), "parts handed");
         let (_dir, agent, link, _el, _) = agent_with_a_queued_capture_of(len).await;
         break_images(&agent);
-        let (handed, chosen) = first_half(&agent, &link);
-        assert_eq!((handed, chosen.len()), (0, 0));
+        let handed = first_half(&agent, &link);
+        assert_eq!((handed, agent.shelf().len()), (0, 0));
         assert_eq!(agent.inflight().len(), 0);
         assert_purged_as_undecryptable(&agent);
     }
 
-    /// A revocation that takes the store lock between the two halves is
-    /// fully before the hand-over: the capture is purged, the receipt does
-    /// not list it as in flight, and its encoded envelope is not handed
-    /// over (SPEC invariant 4, ARCHITECTURE I7).
+    /// A revocation that takes the store lock between choosing and handing
+    /// is fully before the hand-over: the capture is purged, the receipt
+    /// does not list it as in flight, its encoded envelope is wiped from the
+    /// shelf before the receipt exists and is not handed over (SPEC
+    /// invariant 4, ARCHITECTURE I7).
     #[tokio::test]
     async fn a_revocation_between_choosing_and_handing_stops_the_capture() {
         let (_dir, agent, link, _el, _) = agent_with_a_queued_capture().await;
-        let (_, chosen) = first_half(&agent, &link);
-        assert_eq!(chosen.len(), 1);
+        first_half(&agent, &link);
+        encode_shelf(&agent);
+        assert_eq!(agent.shelf().len(), 1);
         let subject = crate::ids::SubjectId::new("S-1").unwrap();
         let receipt = agent.revoke_now(subject, clock::now()).await.unwrap();
         assert_eq!(receipt.purged, 1);
         assert!(receipt.in_flight.is_empty());
-        assert_eq!(second_half(&agent, &link, chosen), 0);
+        assert!(agent.shelf().is_empty(), "wiped with the purge");
+        assert_eq!(second_half(&agent, &link), 0);
         assert_eq!(agent.inflight().len(), 0);
         assert_eq!(link.free_slots(16), 16);
     }
 
-    /// A purge (`capture.purge`, consents kept) between the two halves:
-    /// the consent still allows the subject, but the capture is gone, so
-    /// its envelope is not handed over.
+    /// A revocation of another subject leaves the shelf's captures alone.
+    #[tokio::test]
+    async fn a_revocation_wipes_only_its_subjects_prepared_captures() {
+        let (_dir, agent, link, _el, _) = agent_with_a_queued_capture().await;
+        first_half(&agent, &link);
+        encode_shelf(&agent);
+        let other = crate::ids::SubjectId::new("S-2").unwrap();
+        agent.revoke_now(other, clock::now()).await.unwrap();
+        assert_eq!(agent.shelf().len(), 1);
+        assert_eq!(second_half(&agent, &link), 1);
+    }
+
+    /// A purge (`capture.purge`, consents kept) between choosing and
+    /// handing: the consent still allows the subject, but the capture is
+    /// gone, wiped from the shelf with the purge, so its envelope is not
+    /// handed over. A purge of all wipes the whole shelf.
     #[tokio::test]
     async fn a_purge_between_choosing_and_handing_stops_the_capture() {
         let (_dir, agent, link, _el, _) = agent_with_a_queued_capture().await;
-        let (_, chosen) = first_half(&agent, &link);
-        assert_eq!(chosen.len(), 1);
+        first_half(&agent, &link);
+        encode_shelf(&agent);
         let subject = crate::ids::SubjectId::new("S-1").unwrap();
         let target = crate::agent::PurgeTarget::Subject(subject);
         let receipt = agent.purge(target, clock::now(), None).await.unwrap();
         assert_eq!(receipt.purged, 1);
         assert!(receipt.in_flight.is_empty());
-        assert_eq!(second_half(&agent, &link, chosen), 0);
+        assert!(agent.shelf().is_empty(), "wiped with the purge");
+        assert_eq!(second_half(&agent, &link), 0);
         assert_eq!(agent.inflight().len(), 0);
+
+        let (_dir, agent, link, _el, _) = agent_with_a_queued_capture().await;
+        first_half(&agent, &link);
+        let target = crate::agent::PurgeTarget::All;
+        agent.purge(target, clock::now(), None).await.unwrap();
+        assert!(agent.shelf().is_empty(), "a purge of all wipes all");
     }
 
-    /// A consent that ends between the two halves (its trust key removed by
-    /// a reload) is judged again in the second half: the capture is purged,
-    /// not handed over, though its envelope was encoded.
+    /// A consent that ends between choosing and handing (its trust key
+    /// removed by a reload) is judged again when the capture is handed: the
+    /// capture is purged and wiped from the shelf, not handed over, though
+    /// its envelope was encoded.
     #[tokio::test]
     async fn a_consent_that_ends_between_choosing_and_handing_stops_the_capture() {
         let (_dir, agent, link, _el, _) = agent_with_a_queued_capture().await;
-        let (_, chosen) = first_half(&agent, &link);
-        assert_eq!(chosen.len(), 1);
+        first_half(&agent, &link);
+        encode_shelf(&agent);
         let mut cfg = (*agent.config()).clone();
         cfg.trust.clear();
         let plan = agent.reload(cfg);
         assert!(plan.applied.contains(&"trust"), "{:?}", plan.applied);
-        assert_eq!(second_half(&agent, &link, chosen), 0);
+        assert_eq!(second_half(&agent, &link), 0);
         assert_eq!(agent.inflight().len(), 0);
+        assert!(agent.shelf().is_empty());
         let id = capture(1).capture_id;
         assert!(!agent.db().lock().is_queued(&id).unwrap());
     }
@@ -1149,11 +1307,11 @@ mod tests {
     fn an_envelope_encoded_in_advance_is_used_only_for_the_same_consent_and_config() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = Arc::new(crate::config::testing::config(dir.path(), ""));
-        let mut c = Chosen::new(Pending::opened(capture(1_000)), "k-1".into());
+        let mut c = Prepared::new(Pending::opened(capture(1_000)), "k-1".into());
         c.encode(cfg.clone());
         let ahead = c.payload.to_vec();
         assert_eq!(c.payload_for(&cfg, "k-1"), ahead);
-        let mut c = Chosen::new(Pending::opened(capture(1_000)), "k-1".into());
+        let mut c = Prepared::new(Pending::opened(capture(1_000)), "k-1".into());
         c.encode(cfg.clone());
         assert_eq!(
             c.payload_for(&cfg, "k-2"),
@@ -1162,7 +1320,7 @@ mod tests {
         let mut other = (*cfg).clone();
         other.identity.device_id = "term-02".into();
         let other = Arc::new(other);
-        let mut c = Chosen::new(Pending::opened(capture(1_000)), "k-1".into());
+        let mut c = Prepared::new(Pending::opened(capture(1_000)), "k-1".into());
         c.encode(cfg.clone());
         assert_eq!(
             c.payload_for(&other, "k-1"),
