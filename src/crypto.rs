@@ -243,6 +243,35 @@ pub enum KeyLocation {
     Credential(PathBuf),
 }
 
+/// Zeroes all of `buf`'s allocation (its spare capacity too) and leaves it
+/// empty, as dropping a `Zeroizing` buffer does, but with one
+/// `explicit_bzero(3)` (a memset the compiler may not remove) instead of
+/// zeroize's volatile write per byte: for an image-sized buffer on the
+/// upload path that was 4 % of the daemon's CPU. Elsewhere than Linux,
+/// zeroize's own.
+pub fn wipe(buf: &mut Zeroizing<Vec<u8>>) {
+    let mut v = std::mem::take(&mut **buf);
+    zero_allocation(&mut v);
+}
+
+/// Zeroes `v`'s whole allocation and sets its length to 0.
+#[allow(unsafe_code)] // explicit_bzero(3), see SAFETY below
+fn zero_allocation(v: &mut Vec<u8>) {
+    #[cfg(target_os = "linux")]
+    {
+        let cap = v.capacity();
+        if cap > 0 {
+            // SAFETY: the pointer and length are those of `v`'s own
+            // allocation (`capacity` bytes, all writable; writing to the
+            // spare capacity is allowed), and nothing else refers to it.
+            unsafe { libc::explicit_bzero(v.as_mut_ptr().cast(), cap) };
+        }
+        v.clear();
+    }
+    #[cfg(not(target_os = "linux"))]
+    v.zeroize();
+}
+
 /// Where the storage key comes from (pure): `source` from the config, the
 /// value of `$CREDENTIALS_DIRECTORY` (unset or empty: `None`) and whether a
 /// key file exists in the state directory. A key file next to a credential
@@ -1060,5 +1089,29 @@ mod tests {
         assert!(other.open(Part::Image, "c1", &s1, &sealed).is_err());
         // Fresh nonce each time.
         assert_ne!(sealed, dek.seal(Part::Image, "c1", &s1, &plain).unwrap());
+    }
+
+    #[test]
+    fn wipe_zeroes_the_whole_allocation_and_empties_the_buffer() {
+        let mut v = vec![7u8; 1000];
+        v.reserve(500);
+        // The spare capacity holds old bytes too.
+        v.extend_from_slice(&[9; 400]);
+        v.truncate(1000);
+        let cap = v.capacity();
+        zero_allocation(&mut v);
+        assert!(v.is_empty());
+        assert_eq!(v.capacity(), cap, "the same allocation");
+        #[allow(unsafe_code)]
+        // SAFETY: zero_allocation wrote every byte of the allocation.
+        unsafe {
+            v.set_len(cap)
+        };
+        assert!(v.iter().all(|&b| b == 0));
+
+        let mut z = Zeroizing::new(vec![5u8; 64]);
+        wipe(&mut z);
+        assert!(z.is_empty());
+        assert_eq!(z.capacity(), 0, "the allocation is gone");
     }
 }

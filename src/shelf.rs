@@ -61,6 +61,15 @@ impl Prepared {
     }
 }
 
+impl Drop for Prepared {
+    /// The decrypted image and the envelope are zeroed, with one memset
+    /// each (crate::crypto::wipe).
+    fn drop(&mut self) {
+        self.capture.wipe();
+        crate::crypto::wipe(&mut self.payload);
+    }
+}
+
 /// The prepared captures, in queue order.
 #[derive(Default)]
 pub struct Shelf {

@@ -272,6 +272,12 @@ struct SealedImage {
 }
 
 impl Pending {
+    /// Wipes the decrypted image now (fast, [`crate::crypto::wipe`]); the
+    /// capture stays, with an empty image.
+    pub fn wipe(&mut self) {
+        crate::crypto::wipe(&mut self.capture.image);
+    }
+
     /// The capture's id.
     pub fn capture_id(&self) -> &CaptureId {
         &self.capture.capture_id
