@@ -319,11 +319,13 @@ async fn housekeeping(agent: Arc<Agent>, mut shutdown: Shutdown) {
         let result = agent
             .db()
             .run(move |s| {
-                let (mut purged, mut old) = (0, 0);
+                let (mut purged, mut old) = (Vec::new(), 0);
                 if let Some(now) = safe {
                     let swept = s.sweep_consents(&cfg.trust, &cfg.identity, now)?;
-                    purged = swept.iter().map(|s| s.purged.len()).sum();
-                    old = s.enforce_retention(now, cfg.outbox.retention)?.len();
+                    purged = swept.into_iter().flat_map(|s| s.purged).collect();
+                    let aged = s.enforce_retention(now, cfg.outbox.retention)?;
+                    old = aged.len();
+                    purged.extend(aged);
                     s.forget_commands(now)?;
                 }
                 // Uploaded captures deleted since the last pass: their
@@ -336,8 +338,12 @@ async fn housekeeping(agent: Arc<Agent>, mut shutdown: Shutdown) {
             })
             .await;
         match result {
-            Ok((0, 0)) => {}
-            Ok((no_consent, old)) => {
+            Ok((purged, _)) if purged.is_empty() => {}
+            Ok((purged, old)) => {
+                // Nothing purged stays decrypted on the uplink's shelf,
+                // even while the window has no room to look at it.
+                agent.shelf().wipe_captures(&purged);
+                let no_consent = purged.len() - old;
                 tracing::info!(no_consent, old, "housekeeping purged captures")
             }
             Err(e) => tracing::error!(error = %e, "housekeeping failed"),

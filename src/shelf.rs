@@ -13,7 +13,9 @@
 //!   invariant 4). Items are put on the shelf only under the store lock, and
 //!   a purge waits for an encoding in progress (which holds the shelf's own
 //!   lock) to finish before it wipes;
-//! - a lost connection wipes all of them (nothing is held while offline).
+//! - housekeeping wipes the items of the captures it purges (consent
+//!   expired, retention), and a lost connection wipes all of them (nothing
+//!   is held while offline).
 //!
 //! Lock order: the store lock, then the shelf's. The encoding step takes the
 //! shelf's lock alone and takes no other lock while holding it.
@@ -108,6 +110,18 @@ impl Shelf {
         items.retain(|p| subject.is_some_and(|s| p.subject() != s));
         before - items.len()
     }
+
+    /// Drops (wipes) the items of these captures (purged by housekeeping:
+    /// consent expired, retention).
+    pub fn wipe_captures(&self, ids: &[CaptureId]) -> usize {
+        if ids.is_empty() {
+            return 0;
+        }
+        let mut items = self.lock();
+        let before = items.len();
+        items.retain(|p| !ids.contains(p.capture.capture_id()));
+        before - items.len()
+    }
 }
 
 #[cfg(test)]
@@ -143,5 +157,16 @@ mod tests {
         assert_eq!(shelf.wipe(Some(&s1)), 0);
         assert_eq!(shelf.wipe(None), 1);
         assert!(shelf.is_empty());
+    }
+
+    #[test]
+    fn wipe_captures_drops_those_captures_only() {
+        let shelf = Shelf::default();
+        shelf
+            .lock()
+            .extend([prepared("c-1", "S-1"), prepared("c-2", "S-1")]);
+        assert_eq!(shelf.wipe_captures(&[]), 0);
+        assert_eq!(shelf.wipe_captures(&[CaptureId::from("c-2")]), 1);
+        assert_eq!(shelf.ids(), vec![CaptureId::from("c-1")]);
     }
 }
