@@ -11,23 +11,27 @@
 //! of every arena and the free whole pages inside them (`malloc_trim`).
 //! Elsewhere than glibc both do nothing.
 //!
-//! Between housekeeping passes an arena keeps up to [`TRIM_THRESHOLD`] of
-//! free memory at its top instead of returning it at every `free`: the
-//! upload path frees and takes again a window of envelopes and decrypted
-//! images (about 2 MB with 48 KB captures) per hand-over, and with glibc's
-//! default (128 KiB) each such batch went back to the system and was
-//! faulted in and zeroed by the kernel again on the next one (16 % of the
-//! daemon's CPU while uploading; BENCHMARKS K, ninth round). What is kept
-//! is still given back within one housekeeping pass.
+//! An arena keeps up to [`TRIM_THRESHOLD`] of free memory at its top
+//! instead of returning it at every `free`: the upload path frees and takes
+//! again envelopes and decrypted images (64 KB and 48 KB each with 48 KB
+//! captures) at every hand-over, and with glibc's default (128 KiB) they
+//! went back to the system and were faulted in and zeroed by the kernel
+//! again on the next one (16 % of the daemon's CPU while uploading;
+//! BENCHMARKS K, ninth round). `malloc_trim` returns the top of the main
+//! arena and the free pages inside every arena, but not the top of the
+//! other arenas (one per thread up to glibc's limit), which each keep up to
+//! this much for good: 8 MiB left 33.5 MB held a minute after a burst of
+//! large captures (BENCHMARKS M, against 32 MB allowed), 2 MiB keeps the
+//! upload's gain.
 
 /// Blocks at least this large get their own mapping: image files, decoded
 /// pixels and envelopes of large captures; the small allocations of the
 /// capture path (a 48 KB capture's buffers included) stay in the arenas.
 pub const MMAP_THRESHOLD: usize = 256 * 1024;
 
-/// Free memory an arena keeps at its top between housekeeping passes
-/// (`M_TRIM_THRESHOLD`): a few windows of capture-sized buffers.
-pub const TRIM_THRESHOLD: usize = 8 * 1024 * 1024;
+/// Free memory an arena keeps at its top (`M_TRIM_THRESHOLD`): room for the
+/// buffers of a few hand-overs.
+pub const TRIM_THRESHOLD: usize = 2 * 1024 * 1024;
 
 /// Fixes the allocator's mapping threshold at [`MMAP_THRESHOLD`] and its
 /// trim threshold at [`TRIM_THRESHOLD`]. Called once when the daemon
