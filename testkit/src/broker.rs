@@ -57,7 +57,7 @@ use facegate::uplink::tls;
 use rumqttc::MqttOptions;
 use tempfile::TempDir;
 
-use crate::pki::{Ca, PkiError};
+use crate::pki::{Ca, PkiError, CA_VALIDITY_SECS};
 use crate::util;
 
 /// Largest MQTT packet the broker and the helper clients accept (16 MiB).
@@ -142,6 +142,10 @@ pub struct BrokerOptions {
     /// Mosquitto's `max_queued_messages` (its default, 1000, when `None`):
     /// QoS 1 messages queued per offline client beyond it are dropped.
     pub max_queued_messages: Option<usize>,
+    /// When the CA and the server certificate start being valid (unix
+    /// seconds; an hour ago when `None`): earlier for a client whose clock
+    /// is set back (a database written on an earlier date, libfaketime).
+    pub valid_from: Option<i64>,
 }
 
 /// The broker's ACL.
@@ -227,6 +231,7 @@ impl Default for BrokerOptions {
             max_packet_size: MAX_PACKET,
             message_size_limit: 0,
             max_queued_messages: None,
+            valid_from: None,
         }
     }
 }
@@ -305,11 +310,12 @@ impl Broker {
             .prefix("facegate-broker-")
             .tempdir()
             .map_err(BrokerError::TempDir)?;
-        let ca = Ca::new("facegate dev CA")?;
-        let ca_file = ca.write_cert(dir.path(), "ca")?;
         let now = clock::now();
+        let from = opts.valid_from.unwrap_or(now - 3600);
+        let ca = Ca::with_validity("facegate dev CA", from, now + CA_VALIDITY_SECS)?;
+        let ca_file = ca.write_cert(dir.path(), "ca")?;
         let names: Vec<&str> = opts.server_names.iter().map(String::as_str).collect();
-        ca.issue_server(&names, now - 3600, now + 86_400)?
+        ca.issue_server(&names, from, now + 86_400)?
             .write(dir.path(), "server")?;
         for sub in ["clients", "data"] {
             let path = dir.path().join(sub);

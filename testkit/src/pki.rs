@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 use facegate::clock;
 
 /// How long a CA made by [`Ca::new`] stays valid: ten years.
-const CA_VALIDITY_SECS: i64 = 10 * 365 * 24 * 3600;
+pub const CA_VALIDITY_SECS: i64 = 10 * 365 * 24 * 3600;
 
 /// Why a certificate could not be made or written.
 #[derive(Debug, thiserror::Error)]
