@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine;
@@ -24,6 +25,7 @@ use facegate_testkit::config::Role;
 use facegate_testkit::daemon::Daemon;
 use facegate_testkit::faketime::FakeClock;
 use facegate_testkit::mqtt::Session;
+use facegate_testkit::smallfs::SmallFs;
 use facegate_testkit::util::wait_until;
 use facegate_testkit::{DEVICE, SITE};
 use ring::digest;
@@ -51,23 +53,28 @@ fn install_fixture(state: &Path) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_state_directory_written_by_the_first_release_uploads_everything_it_held() {
+/// A broker whose certificates hold at the fixture's time, and a daemon on
+/// it over the fixture (its state in `state_in` if given), its clock an hour
+/// after the fixture was written; not started.
+fn upgraded(state_in: Option<&Path>) -> (Broker, Daemon, FakeClock) {
     let broker = Broker::start_with(BrokerOptions {
         valid_from: Some(WRITTEN_AT - 86_400),
         ..Default::default()
     });
     let now = facegate::clock::now();
     let creds = broker.issue_client_valid(DEVICE, WRITTEN_AT - 86_400, now + 86_400);
-    let mut d = Daemon::builder()
+    let mut builder = Daemon::builder()
         .mqtt("localhost", broker.port, &creds)
         .configure(|c| {
             c.trust(CONSENT_KID, Role::Consent, CONSENT_PUBLIC_KEY)
                 .clock_ntp("ignore")
                 .keep_alive(Duration::from_secs(5))
                 .fast_reconnect()
-        })
-        .build();
+        });
+    if let Some(state) = state_in {
+        builder = builder.state_in(state);
+    }
+    let mut d = builder.build();
     install_fixture(&d.state);
     // What the fixture is: 0.1.0's schema, five queued captures.
     let db = rusqlite::Connection::open(d.state.join("facegate.db")).expect("fixture opens");
@@ -82,12 +89,21 @@ async fn a_state_directory_written_by_the_first_release_uploads_everything_it_he
     let clock = FakeClock::new(d.dir.path());
     clock.set_offset(WRITTEN_AT + 3_600 - now);
     d.run_env = clock.env();
+    (broker, d, clock)
+}
 
+/// A session subscribed to the device's captures.
+async fn subscriber(broker: &Broker) -> Session {
     let mut fleet = Session::spawn(broker.options("fleet"));
     fleet.wait_connected(T).await.expect("fleet connects");
     fleet.subscribe(CAPTURES, T).await;
-    d.spawn();
+    fleet
+}
 
+/// Waits for the fixture's five captures and checks each: once, of the
+/// subjects and consents the fixture holds, with the camera's metadata and
+/// an image whose digest is the one stored in 0.1.0.
+async fn five_intact(fleet: &mut Session, d: &Daemon) {
     let mut seen: HashMap<String, Vec<Value>> = HashMap::new();
     let deadline = tokio::time::Instant::now() + T;
     while seen.len() < 5 {
@@ -100,10 +116,6 @@ async fn a_state_directory_written_by_the_first_release_uploads_everything_it_he
         seen.entry(id).or_default().push(env);
     }
     wait_until(T, || d.outbox_len() == 0, || d.log());
-
-    // Each capture once, of the subjects and consents the fixture holds,
-    // with the camera's metadata and an image whose digest is the one
-    // stored in 0.1.0.
     let mut by_subject: HashMap<String, usize> = HashMap::new();
     let mut images = Vec::new();
     for envs in seen.values() {
@@ -138,7 +150,6 @@ async fn a_state_directory_written_by_the_first_release_uploads_everything_it_he
     images.sort();
     images.dedup();
     assert_eq!(images.len(), 5, "five different images");
-
     let c = d.counters();
     assert_eq!((c.accepted, c.uploaded, c.purged), (5, 5, 0), "{c:?}");
     // The chain 0.1.0 began, continued by this build, still verifies.
@@ -150,5 +161,64 @@ async fn a_state_directory_written_by_the_first_release_uploads_everything_it_he
         String::from_utf8_lossy(&verify.stderr)
     );
     assert_eq!(d.audited("capture.uploaded").len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_directory_written_by_the_first_release_uploads_everything_it_held() {
+    let (broker, mut d, _clock) = upgraded(None);
+    let mut fleet = subscriber(&broker).await;
+    d.spawn();
+    five_intact(&mut fleet, &d).await;
+    d.stop();
+}
+
+/// The same upgrade on a disk with no byte free: 0.1.0 kept no space
+/// reserve, so this build's first start finds none to release and SQLite
+/// cannot make its shared-memory index. The daemon stops at once with an
+/// error that says the disk is full and which database (systemd starts it
+/// again); nothing 0.1.0 held is lost, and once space comes back the next
+/// start migrates and uploads everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_on_a_full_disk_says_so_and_uploads_everything_once_space_is_back() {
+    let Some(fs) = SmallFs::mount_or_skip(4 << 20) else {
+        return;
+    };
+    let (broker, mut d, _clock) = upgraded(Some(&fs.path().join("state")));
+    let filler = fs.fill();
+    let mut child = d
+        .command()
+        .envs(d.run_env.iter().map(|(k, v)| (k, v)))
+        .args(["run", "--config"])
+        .arg(&d.config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("facegate run");
+    let deadline = std::time::Instant::now() + T;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("facegate run kept running on a full disk without its database");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert!(!status.success(), "{stderr}");
+    let db = d.state.join("facegate.db");
+    assert!(
+        stderr.contains("disk full") && stderr.contains(&db.display().to_string()),
+        "the error names the full disk and the database: {stderr}"
+    );
+
+    filler.free();
+    let mut fleet = subscriber(&broker).await;
+    d.spawn();
+    five_intact(&mut fleet, &d).await;
     d.stop();
 }

@@ -1010,12 +1010,14 @@ impl Store {
         Ok(())
     }
 
-    /// Maps SQLITE_FULL to [`StoreError::DiskFull`] naming the database file.
+    /// Maps SQLITE_FULL to [`StoreError::DiskFull`] naming the database file,
+    /// and an SQLite I/O error too when the file system holding the database
+    /// has no room left: SQLite reports a full disk as an I/O error where it
+    /// grows its shared-memory index (`-shm`) or maps it, e.g. at the first
+    /// open of a database another build left (no space reserve yet).
     fn finish<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
         r.map_err(|e| match e {
-            StoreError::Sqlite { op, source }
-                if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) =>
-            {
+            StoreError::Sqlite { op, source } if is_disk_full(&source, &self.path) => {
                 StoreError::DiskFull {
                     path: self.path.clone(),
                     op,
@@ -1028,6 +1030,23 @@ impl Store {
     #[cfg(test)]
     pub(crate) fn conn(&self) -> &Connection {
         &self.conn
+    }
+}
+
+/// Below this much free space an SQLite I/O error is taken for a full disk:
+/// less than a few pages, the WAL index and a journal header.
+const FULL_BELOW_BYTES: u64 = 64 * 1024;
+
+/// Whether `e` says the disk holding `db` is full: SQLITE_FULL, or an I/O
+/// error while that file system has less than [`FULL_BELOW_BYTES`] free.
+fn is_disk_full(e: &rusqlite::Error, db: &Path) -> bool {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => true,
+        Some(rusqlite::ErrorCode::SystemIoFailure) => {
+            let dir = db.parent().unwrap_or(db);
+            crate::space::free_bytes(dir).is_ok_and(|free| free < FULL_BELOW_BYTES)
+        }
+        _ => false,
     }
 }
 
