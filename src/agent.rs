@@ -26,7 +26,7 @@ use crate::protocol::{
     State, Status, StorageStatus, UplinkStatus,
 };
 use crate::reload;
-use crate::shelf::Shelf;
+use crate::shelf::{Gone, Shelf};
 use crate::space::Pressure;
 use crate::store::{
     counter, AddConsent, CommandStamp, HeadApplied, PurgeReason, Store, StoreError,
@@ -375,8 +375,9 @@ impl Agent {
         &self.inflight
     }
 
-    /// Whole captures prepared for upload ahead of the window (the uplink
-    /// fills and empties it; revocations and purges wipe it).
+    /// Whole captures prepared for upload ahead of the window, and the hook
+    /// to the captures kept decrypted for their parts (the uplink fills
+    /// both; revocations and purges wipe them).
     pub fn shelf(&self) -> &Shelf {
         &self.shelf
     }
@@ -518,9 +519,10 @@ impl Agent {
                     st.revoke(&subject, before, now, stamp)
                 });
                 // Still under the store lock: none of the subject's captures
-                // stays readable on the shelf once the receipt exists
-                // (SPEC invariant 4, crate::shelf).
-                shelf.wipe(Some(&subject));
+                // stays readable in the uplink (prepared, or kept for its
+                // parts) once the receipt exists (SPEC invariant 4,
+                // crate::shelf).
+                shelf.forget(&Gone::Subject(&subject));
                 receipt
             })
             .await?;
@@ -559,8 +561,9 @@ impl Agent {
                     PurgeTarget::Subject(s) => st.purge_subject(s, now, reason, stamp),
                     PurgeTarget::All => st.purge_all(now, reason, stamp),
                 });
-                // As for a revocation: nothing purged stays on the shelf.
-                shelf.wipe(subject);
+                // As for a revocation: nothing purged stays readable in the
+                // uplink.
+                shelf.forget(&subject.map_or(Gone::All, Gone::Subject));
                 receipt
             })
             .await?;

@@ -340,9 +340,9 @@ async fn housekeeping(agent: Arc<Agent>, mut shutdown: Shutdown) {
         match result {
             Ok((purged, _)) if purged.is_empty() => {}
             Ok((purged, old)) => {
-                // Nothing purged stays decrypted on the uplink's shelf,
-                // even while the window has no room to look at it.
-                agent.shelf().wipe_captures(&purged);
+                // Nothing purged stays decrypted in the uplink, even
+                // while the window has no room to look at it.
+                agent.shelf().forget(&crate::shelf::Gone::Captures(&purged));
                 let no_consent = purged.len() - old;
                 tracing::info!(no_consent, old, "housekeeping purged captures")
             }

@@ -17,8 +17,14 @@
 //!   expired, retention), and a lost connection wipes all of them (nothing
 //!   is held while offline).
 //!
-//! Lock order: the store lock, then the shelf's. The encoding step takes the
-//! shelf's lock alone and takes no other lock while holding it.
+//! The uplink also keeps captures sent in parts decrypted from their first
+//! part to their last acknowledgement; it registers what holds them
+//! ([`Shelf::set_parts_holder`]), and [`Shelf::forget`] lets go of those too,
+//! in the same critical section.
+//!
+//! Lock order: the store lock, then the shelf's (or the parts holder's). The
+//! encoding step takes the shelf's lock alone and takes no other lock while
+//! holding it.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -72,10 +78,38 @@ impl Drop for Prepared {
     }
 }
 
-/// The prepared captures, in queue order.
+/// What left the outbox, for whoever holds captures decrypted outside the
+/// store: they let go of them ([`Shelf::forget`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Gone<'a> {
+    /// Every capture of this subject (a revocation, a purge of the subject).
+    Subject(&'a SubjectId),
+    /// Every capture (a purge of all, a lost connection).
+    All,
+    /// These captures (housekeeping: consent expired, retention).
+    Captures(&'a [CaptureId]),
+}
+
+impl Gone<'_> {
+    /// Whether the capture `id` of `subject` is among what is gone.
+    pub fn covers(&self, id: &CaptureId, subject: &SubjectId) -> bool {
+        match self {
+            Gone::Subject(s) => *s == subject,
+            Gone::All => true,
+            Gone::Captures(ids) => ids.contains(id),
+        }
+    }
+}
+
+/// Lets go of the captures in parts that are gone (registered by the uplink).
+pub type PartsHolder = Box<dyn Fn(&Gone<'_>) + Send + Sync>;
+
+/// The prepared captures, in queue order, and the hook to the captures the
+/// uplink keeps decrypted for their parts.
 #[derive(Default)]
 pub struct Shelf {
     items: Mutex<Vec<Prepared>>,
+    parts: Mutex<Option<PartsHolder>>,
 }
 
 impl Shelf {
@@ -102,25 +136,32 @@ impl Shelf {
             .collect()
     }
 
-    /// Drops (wipes) the items of `subject`, every item with `None`.
-    /// Returns how many were wiped.
-    pub fn wipe(&self, subject: Option<&SubjectId>) -> usize {
-        let mut items = self.lock();
-        let before = items.len();
-        items.retain(|p| subject.is_some_and(|s| p.subject() != s));
-        before - items.len()
+    /// Registers what keeps captures in parts decrypted (one holder; a new
+    /// one replaces the last).
+    pub fn set_parts_holder(&self, holder: PartsHolder) {
+        *self.parts.lock().unwrap_or_else(|p| p.into_inner()) = Some(holder);
     }
 
-    /// Drops (wipes) the items of these captures (purged by housekeeping:
-    /// consent expired, retention).
-    pub fn wipe_captures(&self, ids: &[CaptureId]) -> usize {
-        if ids.is_empty() {
-            return 0;
+    /// Drops (wipes) the prepared captures that are `gone`, and has the
+    /// parts holder let go of its own. Returns how many prepared captures
+    /// were wiped. Called under the store lock by revocations and purges,
+    /// so that none is readable once their receipt exists.
+    pub fn forget(&self, gone: &Gone<'_>) -> usize {
+        let wiped = {
+            let mut items = self.lock();
+            let before = items.len();
+            items.retain(|p| !gone.covers(p.capture.capture_id(), p.subject()));
+            before - items.len()
+        };
+        if let Some(holder) = self
+            .parts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            holder(gone);
         }
-        let mut items = self.lock();
-        let before = items.len();
-        items.retain(|p| !ids.contains(p.capture.capture_id()));
-        before - items.len()
+        wiped
     }
 }
 
@@ -144,29 +185,40 @@ mod tests {
     }
 
     #[test]
-    fn wipe_drops_one_subjects_items_or_all() {
+    fn forget_drops_one_subjects_items_some_captures_or_all() {
         let shelf = Shelf::default();
         shelf.lock().extend([
             prepared("c-1", "S-1"),
             prepared("c-2", "S-2"),
             prepared("c-3", "S-1"),
+            prepared("c-4", "S-2"),
         ]);
         let s1 = SubjectId::new("S-1").unwrap();
-        assert_eq!(shelf.wipe(Some(&s1)), 2);
+        assert_eq!(shelf.forget(&Gone::Subject(&s1)), 2);
+        assert_eq!(
+            shelf.ids(),
+            vec![CaptureId::from("c-2"), CaptureId::from("c-4")]
+        );
+        assert_eq!(shelf.forget(&Gone::Subject(&s1)), 0);
+        assert_eq!(shelf.forget(&Gone::Captures(&[])), 0);
+        assert_eq!(shelf.forget(&Gone::Captures(&[CaptureId::from("c-4")])), 1);
         assert_eq!(shelf.ids(), vec![CaptureId::from("c-2")]);
-        assert_eq!(shelf.wipe(Some(&s1)), 0);
-        assert_eq!(shelf.wipe(None), 1);
+        assert_eq!(shelf.forget(&Gone::All), 1);
         assert!(shelf.is_empty());
     }
 
     #[test]
-    fn wipe_captures_drops_those_captures_only() {
+    fn forget_tells_the_parts_holder_what_is_gone() {
         let shelf = Shelf::default();
-        shelf
-            .lock()
-            .extend([prepared("c-1", "S-1"), prepared("c-2", "S-1")]);
-        assert_eq!(shelf.wipe_captures(&[]), 0);
-        assert_eq!(shelf.wipe_captures(&[CaptureId::from("c-2")]), 1);
-        assert_eq!(shelf.ids(), vec![CaptureId::from("c-1")]);
+        let told = Arc::new(Mutex::new(Vec::new()));
+        let seen = told.clone();
+        shelf.set_parts_holder(Box::new(move |g| {
+            seen.lock().unwrap().push(format!("{g:?}"));
+        }));
+        let s1 = SubjectId::new("S-1").unwrap();
+        shelf.forget(&Gone::Subject(&s1));
+        shelf.forget(&Gone::All);
+        assert_eq!(told.lock().unwrap().len(), 2);
+        assert!(told.lock().unwrap()[0].contains("S-1"));
     }
 }

@@ -340,6 +340,14 @@ async fn logic_task(
     let mut ingress_tick = tokio::time::interval(INGRESS_FLUSH_EVERY);
     let mut upload_from = far_future();
     let uploader = Arc::new(Uploader::new());
+    // Revocations and purges have the uplink let go of the captures it
+    // keeps decrypted for their parts, under the store lock (crate::shelf).
+    let parts = Arc::downgrade(&uploader);
+    agent.shelf().set_parts_holder(Box::new(move |gone| {
+        if let Some(up) = parts.upgrade() {
+            up.forget(gone);
+        }
+    }));
     // Probe mode after a dropped connection (uplink::suspect).
     let mut suspect = Suspect::new();
     let (acked_tx, acked_rx) = mpsc::unbounded_channel();
@@ -411,7 +419,7 @@ async fn logic_task(
                         Net::Disconnected { reason, how, uploads, on_wire } => {
                             agent.set_connected(false);
                             // Nothing prepared is held while offline.
-                            agent.shelf().wipe(None);
+                            agent.shelf().forget(&crate::shelf::Gone::All);
                             for piece in &uploads {
                                 agent.inflight().remove(piece);
                             }

@@ -44,7 +44,7 @@ use crate::gate::DropReason;
 use crate::ids::CaptureId;
 use crate::protocol::parts::{self, Split};
 use crate::protocol::{Envelope, PartNo, Piece, WIRE_VERSION};
-use crate::shelf::Prepared;
+use crate::shelf::{Gone, Prepared};
 use crate::store::{
     Acked, Capture, OutboxCapture, Pending, PurgeReason, Refusal, Store, StoreError,
 };
@@ -121,6 +121,29 @@ impl Uploader {
             up.progress.forget(id);
         }
         up.waiting.clear();
+    }
+
+    /// Lets go of (wipes) the captures in parts that are `gone`: called by
+    /// revocations and purges under the store lock, so none stays readable
+    /// once their receipt exists (SPEC invariant 4, crate::shelf).
+    pub fn forget(&self, gone: &Gone<'_>) {
+        let mut up = self.lock();
+        let UploaderInner {
+            current,
+            waiting,
+            progress,
+        } = &mut *up;
+        let before = current.len();
+        current.retain(|c| {
+            let keep = !gone.covers(&c.capture.capture_id, &c.capture.subject);
+            if !keep {
+                progress.forget(&c.capture.capture_id);
+            }
+            keep
+        });
+        if current.len() < before {
+            waiting.clear();
+        }
     }
 
     /// A new connection: let go of every capture in parts; the next
@@ -1253,6 +1276,36 @@ mod tests {
         agent.revoke_now(other, clock::now()).await.unwrap();
         assert_eq!(agent.shelf().len(), 1);
         assert_eq!(second_half(&agent, &link), 1);
+    }
+
+    /// A capture sent in parts is kept decrypted between hand-overs; a
+    /// revocation has the uploader let go of it under the store lock, before
+    /// the receipt exists, not at the next hand-over (SPEC invariant 4).
+    #[tokio::test]
+    async fn a_revocation_wipes_a_capture_kept_for_its_parts() {
+        let len = 3 * 131_072;
+        let (_dir, agent, link, _el, _) = agent_with_a_queued_capture_of(len).await;
+        let uploader = Arc::new(Uploader::new());
+        let holder = Arc::downgrade(&uploader);
+        agent.shelf().set_parts_holder(Box::new(move |gone| {
+            if let Some(up) = holder.upgrade() {
+                up.forget(gone);
+            }
+        }));
+        let handed = {
+            let mut store = agent.db().lock();
+            hand_over(&mut store, &agent, &link, &uploader, "t", 1, 1, 16)
+                .unwrap()
+                .0
+        };
+        assert_eq!(handed, 1, "one part now, the capture kept for the rest");
+        assert!(uploader.has_current());
+        let other = crate::ids::SubjectId::new("S-2").unwrap();
+        agent.revoke_now(other, clock::now()).await.unwrap();
+        assert!(uploader.has_current(), "another subject's revocation");
+        let subject = crate::ids::SubjectId::new("S-1").unwrap();
+        agent.revoke_now(subject, clock::now()).await.unwrap();
+        assert!(!uploader.has_current(), "let go of with the revocation");
     }
 
     /// A purge (`capture.purge`, consents kept) between choosing and
