@@ -89,16 +89,6 @@ async fn sync(fleet: &mut Session, d: &Daemon) -> HashMap<String, Value> {
     }
 }
 
-fn assert_chain_verifies(d: &Daemon) {
-    let out = d.try_ctl(&["audit", "verify"]);
-    assert!(
-        out.status.success(),
-        "audit verify: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A persistent counter, read from the database of a stopped daemon (the
 /// counts the rate limiter kept in memory are written at the latest on a
 /// clean stop).
@@ -206,7 +196,7 @@ async fn retained_commands_apply_live_but_not_when_handed_out_again_on_subscribe
     );
     assert_eq!(ignored[0]["detail"]["kind"], "retained", "{ignored:?}");
     assert_eq!(log_lines(&d, "message on a command topic ignored"), 1);
-    assert_chain_verifies(&d);
+    d.assert_audit_verifies();
     d.stop();
     assert!(
         stored_counter(&d, "commands_ignored") >= 4,
@@ -260,7 +250,7 @@ async fn qos0_commands_are_ignored_and_audited_once() {
     fleet.publish(CMD, jws).await;
     let replies = sync(&mut fleet, &d).await;
     assert_eq!(replies[&jti]["ok"], true, "{replies:?}");
-    assert_chain_verifies(&d);
+    d.assert_audit_verifies();
     d.stop();
     assert_eq!(stored_counter(&d, "commands_ignored"), 5);
 }
@@ -315,7 +305,7 @@ async fn a_flood_of_forged_commands_costs_a_bounded_number_of_rows_and_lines() {
         lines <= 2 * RECORDED_PER_WINDOW,
         "{lines} log lines for {FLOOD} refusals"
     );
-    assert_chain_verifies(&d);
+    d.assert_audit_verifies();
 
     // Still a working device.
     let (jti, jws) = grant(&d, "S-after2");
@@ -343,7 +333,7 @@ async fn a_flood_of_forged_commands_costs_a_bounded_number_of_rows_and_lines() {
         "every refusal has a row or is in a summary: {summaries:?}"
     );
     assert!(summaries.len() <= 3, "{summaries:?}");
-    assert_chain_verifies(&d);
+    d.assert_audit_verifies();
     d.stop();
 }
 

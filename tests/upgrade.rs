@@ -153,13 +153,7 @@ async fn five_intact(fleet: &mut Session, d: &Daemon) {
     let c = d.counters();
     assert_eq!((c.accepted, c.uploaded, c.purged), (5, 5, 0), "{c:?}");
     // The chain 0.1.0 began, continued by this build, still verifies.
-    let verify = d.try_ctl(&["audit", "verify"]);
-    assert!(
-        verify.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&verify.stdout),
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    d.assert_audit_verifies();
     assert_eq!(d.audited("capture.uploaded").len(), 5);
 }
 

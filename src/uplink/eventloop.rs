@@ -342,12 +342,7 @@ async fn logic_task(
     let uploader = Arc::new(Uploader::new());
     // Revocations and purges have the uplink let go of the captures it
     // keeps decrypted for their parts, under the store lock (crate::shelf).
-    let parts = Arc::downgrade(&uploader);
-    agent.shelf().set_parts_holder(Box::new(move |gone| {
-        if let Some(up) = parts.upgrade() {
-            up.forget(gone);
-        }
-    }));
+    uploader.hold_parts_for(agent.shelf());
     // Probe mode after a dropped connection (uplink::suspect).
     let mut suspect = Suspect::new();
     let (acked_tx, acked_rx) = mpsc::unbounded_channel();

@@ -44,7 +44,7 @@ use crate::gate::DropReason;
 use crate::ids::CaptureId;
 use crate::protocol::parts::{self, Split};
 use crate::protocol::{Envelope, PartNo, Piece, WIRE_VERSION};
-use crate::shelf::{Gone, Prepared};
+use crate::shelf::{Gone, Prepared, Shelf};
 use crate::store::{
     Acked, Capture, OutboxCapture, Pending, PurgeReason, Refusal, Store, StoreError,
 };
@@ -144,6 +144,17 @@ impl Uploader {
         if current.len() < before {
             waiting.clear();
         }
+    }
+
+    /// Registers this uploader as the shelf's parts holder, so revocations
+    /// and purges have it let go of its captures ([`Uploader::forget`]).
+    pub fn hold_parts_for(self: &Arc<Self>, shelf: &Shelf) {
+        let parts = Arc::downgrade(self);
+        shelf.set_parts_holder(Box::new(move |gone| {
+            if let Some(up) = parts.upgrade() {
+                up.forget(gone);
+            }
+        }));
     }
 
     /// A new connection: let go of every capture in parts; the next
@@ -376,27 +387,20 @@ fn hand_shelved(
         handed[upload.index] = true;
     }
     let purged = |p: &Prepared| plan.purge.iter().any(|x| &x.subject == p.subject());
-    let mut n = 0;
-    let mut back = Vec::with_capacity(candidates.len() + kept.len());
-    for (p, was_handed) in candidates.into_iter().zip(handed) {
-        if was_handed {
-            n += 1;
-            spent.push(p);
-        } else if purged(&p) {
-            spent.push(p);
-        } else {
-            back.push(p);
-        }
-    }
-    // Queue order: the candidates came first.
-    for p in kept {
-        if purged(&p) {
+    let n = handed.iter().filter(|h| **h).count();
+    // Back on the shelf in queue order (the candidates came first): all but
+    // what was handed and what the rule refused.
+    let rest = candidates
+        .into_iter()
+        .zip(handed)
+        .chain(kept.into_iter().map(|p| (p, false)));
+    for (p, was_handed) in rest {
+        if was_handed || purged(&p) {
             spent.push(p);
         } else {
-            back.push(p);
+            shelf.push(p);
         }
     }
-    *shelf = back;
     Ok((n, spent))
 }
 
@@ -1286,12 +1290,7 @@ mod tests {
         let len = 3 * 131_072;
         let (_dir, agent, link, _el, _) = agent_with_a_queued_capture_of(len).await;
         let uploader = Arc::new(Uploader::new());
-        let holder = Arc::downgrade(&uploader);
-        agent.shelf().set_parts_holder(Box::new(move |gone| {
-            if let Some(up) = holder.upgrade() {
-                up.forget(gone);
-            }
-        }));
+        uploader.hold_parts_for(agent.shelf());
         let handed = {
             let mut store = agent.db().lock();
             hand_over(&mut store, &agent, &link, &uploader, "t", 1, 1, 16)

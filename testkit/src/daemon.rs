@@ -412,6 +412,18 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("ctl status printed no status ({e}): {out}"))
     }
 
+    /// Panics, with its output, unless `ctl audit verify` says the audit
+    /// chain verifies.
+    pub fn assert_audit_verifies(&self) {
+        let out = self.try_ctl(&["audit", "verify"]);
+        assert!(
+            out.status.success(),
+            "audit verify: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// The persistent counters, from the status.
     pub fn counters(&self) -> Counters {
         let st = self.status();
