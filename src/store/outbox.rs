@@ -426,27 +426,35 @@ pub(super) fn pending(
     if limit == 0 {
         return Ok(Vec::new());
     }
-    let exclude: std::collections::HashSet<&CaptureId> = exclude.iter().collect();
-    let keys: Vec<(i64, CaptureId, i64)> = store
+    let exclude: std::collections::HashSet<&str> = exclude.iter().map(CaptureId::as_str).collect();
+    // The keys in queue order, stepped only as far as needed (the scan ends
+    // with the `limit`-th capture chosen); only a chosen key's `seq` is kept,
+    // nothing is allocated for a key passed over (the excluded ones are the
+    // captures in flight and those prepared ahead).
+    let chosen: Vec<i64> = store
         .conn
         .prepare_cached(&pending_keys_sql())
         .and_then(|mut s| {
             let n = limit
                 .saturating_add(exclude.len())
                 .saturating_add(lookahead);
-            s.query_map(params![i64::try_from(n).unwrap_or(i64::MAX)], |r| {
-                Ok((r.get(0)?, CaptureId::new(r.get::<_, String>(1)?), r.get(2)?))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()
+            let mut rows = s.query(params![i64::try_from(n).unwrap_or(i64::MAX)])?;
+            let mut chosen = Vec::with_capacity(limit);
+            while let Some(r) = rows.next()? {
+                if exclude.contains(r.get_ref(1)?.as_str()?) {
+                    continue;
+                }
+                let bytes: i64 = r.get(2)?;
+                if read(u64::try_from(bytes).unwrap_or(0)) {
+                    chosen.push(r.get::<_, i64>(0)?);
+                    if chosen.len() >= limit {
+                        break;
+                    }
+                }
+            }
+            Ok(chosen)
         })
         .op("reading the outbox")?;
-    let chosen: Vec<i64> = keys
-        .into_iter()
-        .filter(|(_, id, _)| !exclude.contains(id))
-        .filter(|(_, _, bytes)| read(u64::try_from(*bytes).unwrap_or(0)))
-        .take(limit)
-        .map(|(seq, _, _)| seq)
-        .collect();
     let mut rows: Vec<Row> = Vec::with_capacity(chosen.len());
     for seq in chosen {
         let row = store
