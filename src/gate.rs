@@ -278,6 +278,24 @@ fn check_signed(
     check_terms(c, me, now).map_err(DropReason::from)
 }
 
+/// The instants between which the rule's answer at `now` on `consents`
+/// stays the same, `[from, until)`: the only term that reads the time is
+/// term 5 (`now < exp`), so the answer changes only where `now` crosses a
+/// consent's `expires_at`. `from` is the latest `expires_at` at or before
+/// `now` (`i64::MIN` if none), `until` the earliest after it (`i64::MAX` if
+/// none). A clock set back before `from` is outside the interval too.
+pub fn steady_between(consents: &[Consent], now: i64) -> (i64, i64) {
+    consents
+        .iter()
+        .fold((i64::MIN, i64::MAX), |(from, until), c| {
+            if c.expires_at <= now {
+                (from.max(c.expires_at), until)
+            } else {
+                (from, until.min(c.expires_at))
+            }
+        })
+}
+
 /// Rule term 1: the stored token still verifies under `trust`, signed by a
 /// key of role `consent` with the `kid` the consent was stored with.
 pub fn still_signed(c: &Consent, trust: &[TrustedKey]) -> bool {
@@ -831,6 +849,40 @@ mod tests {
                 decide(Some(&sid("S-1")), &consents, None, t, &me(), NOW),
             );
         }
+    }
+
+    #[test]
+    fn the_decision_holds_between_the_expiries_around_now() {
+        // Consents expiring at NOW+10, NOW+20 (one revoked), NOW+30, each a
+        // different id; every `now` from before the first to after the last.
+        let exps = [NOW + 10, NOW + 20, NOW + 30];
+        let consents: Vec<Consent> = exps
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                with(&format!("c{i}"), |c| {
+                    c.expires_at = *e;
+                    c.issued_at = NOW - 100 + i as i64;
+                })
+            })
+            .collect();
+        let revoked = Some(NOW - 99); // revokes c0 and c1, not c2
+        let at = |now| decide(Some(&sid("S-1")), &consents, revoked, &trust(), &me(), now);
+        for now in NOW - 5..NOW + 40 {
+            let (from, until) = steady_between(&consents, now);
+            assert!(from <= now && now < until, "{now}: [{from}, {until})");
+            let here = at(now);
+            for t in from.max(NOW - 10)..until.min(NOW + 45) {
+                assert_eq!(at(t), here, "the answer at {now} holds at {t}");
+            }
+            // The ends are expiries: past them the rule reads another term.
+            assert!(from == i64::MIN || exps.contains(&from));
+            assert!(until == i64::MAX || exps.contains(&until));
+        }
+        assert_eq!(steady_between(&consents, NOW), (i64::MIN, NOW + 10));
+        assert_eq!(steady_between(&consents, NOW + 20), (NOW + 20, NOW + 30));
+        assert_eq!(steady_between(&consents, NOW + 30), (NOW + 30, i64::MAX));
+        assert_eq!(steady_between(&[], NOW), (i64::MIN, i64::MAX));
     }
 
     #[test]

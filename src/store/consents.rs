@@ -185,7 +185,132 @@ pub(super) fn revoked_before(
     tombstone(&store.conn, &sref)
 }
 
-/// [`gate::decide`] on the subject's stored consents and tombstone.
+/// Counts, per connection, every row written to the consents and the
+/// tombstones: temp triggers (nothing on disk) add one to a temp table for
+/// each insert, update and delete, so a [`DecisionMemo`] knows whether what
+/// it remembers may be stale without reading either table. The count is
+/// part of the writing transaction: a rollback takes it back with the rows.
+const WATCH_CHANGES: &str = "
+CREATE TEMP TABLE IF NOT EXISTS consent_changes (n INTEGER NOT NULL);
+INSERT INTO temp.consent_changes SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM temp.consent_changes);
+CREATE TEMP TRIGGER IF NOT EXISTS consents_inserted AFTER INSERT ON main.consents
+    BEGIN UPDATE consent_changes SET n = n + 1; END;
+CREATE TEMP TRIGGER IF NOT EXISTS consents_updated AFTER UPDATE ON main.consents
+    BEGIN UPDATE consent_changes SET n = n + 1; END;
+CREATE TEMP TRIGGER IF NOT EXISTS consents_deleted AFTER DELETE ON main.consents
+    BEGIN UPDATE consent_changes SET n = n + 1; END;
+CREATE TEMP TRIGGER IF NOT EXISTS tombstones_inserted AFTER INSERT ON main.tombstones
+    BEGIN UPDATE consent_changes SET n = n + 1; END;
+CREATE TEMP TRIGGER IF NOT EXISTS tombstones_updated AFTER UPDATE ON main.tombstones
+    BEGIN UPDATE consent_changes SET n = n + 1; END;
+CREATE TEMP TRIGGER IF NOT EXISTS tombstones_deleted AFTER DELETE ON main.tombstones
+    BEGIN UPDATE consent_changes SET n = n + 1; END;
+";
+
+/// The second connection writes acknowledgements only: temp triggers make
+/// any write of consents or tombstones through it fail, so every such write
+/// is counted by the main connection's [`WATCH_CHANGES`].
+const REFUSE_CHANGES: &str = "
+CREATE TEMP TRIGGER IF NOT EXISTS consents_refused_insert BEFORE INSERT ON main.consents
+    BEGIN SELECT RAISE(ABORT, 'consents are written on the main connection only'); END;
+CREATE TEMP TRIGGER IF NOT EXISTS consents_refused_update BEFORE UPDATE ON main.consents
+    BEGIN SELECT RAISE(ABORT, 'consents are written on the main connection only'); END;
+CREATE TEMP TRIGGER IF NOT EXISTS consents_refused_delete BEFORE DELETE ON main.consents
+    BEGIN SELECT RAISE(ABORT, 'consents are written on the main connection only'); END;
+CREATE TEMP TRIGGER IF NOT EXISTS tombstones_refused_insert BEFORE INSERT ON main.tombstones
+    BEGIN SELECT RAISE(ABORT, 'tombstones are written on the main connection only'); END;
+CREATE TEMP TRIGGER IF NOT EXISTS tombstones_refused_update BEFORE UPDATE ON main.tombstones
+    BEGIN SELECT RAISE(ABORT, 'tombstones are written on the main connection only'); END;
+CREATE TEMP TRIGGER IF NOT EXISTS tombstones_refused_delete BEFORE DELETE ON main.tombstones
+    BEGIN SELECT RAISE(ABORT, 'tombstones are written on the main connection only'); END;
+";
+
+/// Sets up the main connection's count of consent changes ([`WATCH_CHANGES`]).
+pub(super) fn watch_changes(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(WATCH_CHANGES)
+        .op("setting up the count of consent changes")
+}
+
+/// Makes the second connection refuse consent writes ([`REFUSE_CHANGES`]).
+pub(super) fn refuse_changes(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(REFUSE_CHANGES)
+        .op("setting up the second connection's triggers")
+}
+
+/// How many consent and tombstone rows this connection has written.
+fn changes(conn: &Connection) -> Result<i64, StoreError> {
+    conn.prepare_cached("SELECT n FROM temp.consent_changes")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .op("reading the count of consent changes")
+}
+
+/// Answers of the consent rule remembered per subject, so that a hand-over
+/// of a few captures every millisecond does not read and judge the same
+/// subjects' consents again and again. An answer is used only while all it
+/// was computed from is unchanged:
+/// - no consent or tombstone was written since ([`WATCH_CHANGES`]; the
+///   second connection cannot write them, [`REFUSE_CHANGES`]);
+/// - the same trusted keys and the same identity;
+/// - `now` within the interval where the rule's time term gives the same
+///   answer ([`gate::steady_between`]), a clock set back included.
+///
+/// Same answers as [`decide_fresh`] (tested); remembered only outside a
+/// write transaction, so nothing uncommitted is remembered.
+#[derive(Debug, Default)]
+pub(super) struct DecisionMemo {
+    /// The count of consent changes the answers hold for.
+    changes: i64,
+    trust: Vec<TrustedKey>,
+    me: Option<Identity>,
+    answers: std::collections::HashMap<SubjectId, Remembered>,
+}
+
+#[derive(Debug)]
+struct Remembered {
+    decision: Decision,
+    from: i64,
+    until: i64,
+}
+
+impl DecisionMemo {
+    /// At most this many subjects are remembered; when full, all are
+    /// forgotten and judged again as needed.
+    const CAPACITY: usize = 8192;
+
+    /// Forgets every answer unless they hold for these inputs.
+    fn hold_for(&mut self, changes: i64, trust: &[TrustedKey], me: &Identity) {
+        if self.changes != changes || self.trust != trust || self.me.as_ref() != Some(me) {
+            self.answers.clear();
+            self.changes = changes;
+            self.trust = trust.to_vec();
+            self.me = Some(me.clone());
+        }
+    }
+
+    fn get(&self, subject: &SubjectId, now: i64) -> Option<&Decision> {
+        self.answers
+            .get(subject)
+            .filter(|r| r.from <= now && now < r.until)
+            .map(|r| &r.decision)
+    }
+
+    fn remember(&mut self, subject: &SubjectId, decision: Decision, (from, until): (i64, i64)) {
+        if self.answers.len() >= Self::CAPACITY {
+            self.answers.clear();
+        }
+        self.answers.insert(
+            subject.clone(),
+            Remembered {
+                decision,
+                from,
+                until,
+            },
+        );
+    }
+}
+
+/// [`gate::decide`] on the subject's stored consents and tombstone,
+/// remembered ([`DecisionMemo`]).
 pub(super) fn decide(
     store: &mut Store,
     subject: &SubjectId,
@@ -193,19 +318,42 @@ pub(super) fn decide(
     me: &Identity,
     now: i64,
 ) -> Result<Decision, StoreError> {
+    if !store.conn.is_autocommit() {
+        return Ok(decide_fresh(store, subject, trust, me, now)?.0);
+    }
+    let n = changes(&store.conn)?;
+    store.decisions.hold_for(n, trust, me);
+    if let Some(d) = store.decisions.get(subject, now) {
+        return Ok(d.clone());
+    }
+    let (decision, steady) = decide_fresh(store, subject, trust, me, now)?;
+    store.decisions.remember(subject, decision.clone(), steady);
+    Ok(decision)
+}
+
+/// [`gate::decide`] on what the store holds now, and the interval of `now`
+/// over which that answer holds ([`gate::steady_between`]).
+pub(super) fn decide_fresh(
+    store: &mut Store,
+    subject: &SubjectId,
+    trust: &[TrustedKey],
+    me: &Identity,
+    now: i64,
+) -> Result<(Decision, (i64, i64)), StoreError> {
     let sref = store.keys.pseudonyms.pseudonym(subject.as_str());
     let consents = of_subject(&store.conn, &sref)?;
     let revoked_before = tombstone(&store.conn, &sref)?;
     let memo = &mut store.signatures;
     let mut signed = |c: &Consent| memo.still_signed(c, trust);
-    Ok(gate::decide_with(
+    let decision = gate::decide_with(
         Some(subject),
         &consents,
         revoked_before,
         &mut signed,
         me,
         now,
-    ))
+    );
+    Ok((decision, gate::steady_between(&consents, now)))
 }
 
 pub(super) fn active_count(store: &mut Store, now: i64) -> Result<u64, StoreError> {

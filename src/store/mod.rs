@@ -422,6 +422,8 @@ pub struct Store {
     /// so [`Store::decide`] and [`Store::sweep_consents`] do not verify the
     /// same token again and again under unchanged trusted keys.
     signatures: SignatureMemo,
+    /// Remembered answers of the consent rule per subject ([`Store::decide`]).
+    decisions: consents::DecisionMemo,
     /// Rows were deleted (uploaded captures) since the WAL was last
     /// truncated: the WAL may still hold their pages as they were before the
     /// delete. True at open (a WAL left by a crash may hold anything).
@@ -470,10 +472,11 @@ impl Store {
             path,
             keys,
             signatures: SignatureMemo::default(),
+            decisions: consents::DecisionMemo::default(),
             wal_has_deleted: Arc::new(AtomicBool::new(true)),
             pair: Arc::new(Mutex::new(())),
         };
-        let r = schema::init(&mut store);
+        let r = schema::init(&mut store).and_then(|()| consents::watch_changes(&store.conn));
         match store.finish(r) {
             Ok(()) => Ok(store),
             Err(e @ (StoreError::Sqlite { .. } | StoreError::DiskFull { .. }))
@@ -482,7 +485,8 @@ impl Store {
                 tracing::warn!(error = %e, "cannot open the database, perhaps for a full disk: releasing the space reserve and trying again");
                 store.release_reserve();
                 store.conn = Connection::open(&store.path).op("opening the database")?;
-                let r = schema::init(&mut store);
+                let r =
+                    schema::init(&mut store).and_then(|()| consents::watch_changes(&store.conn));
                 store.finish(r)?;
                 Ok(store)
             }
@@ -513,12 +517,14 @@ impl Store {
         conn.busy_timeout(Duration::from_secs(5))
             .op("setting busy timeout")?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        consents::refuse_changes(&conn)?;
         let reserve = self.path.with_file_name(RESERVE_FILE_NAME);
         Ok(Store {
             conn,
             path: self.path.clone(),
             keys: self.keys.clone(),
             signatures: SignatureMemo::default(),
+            decisions: consents::DecisionMemo::default(),
             wal_has_deleted: self.wal_has_deleted.clone(),
             pair: self.pair.clone(),
             reserve: reserve::Reserve::new(reserve),
@@ -588,7 +594,11 @@ impl Store {
     /// The consent rule ([`crate::gate`]) for a capture of `subject` at `now`,
     /// on the subject's stored consents and tombstone. Read-only: a caller
     /// that acts on the answer does so under the same lock (see
-    /// [`crate::db::Db`]), so nothing changes in between.
+    /// [`crate::db::Db`]), so nothing changes in between. The answer is
+    /// remembered while no consent or tombstone is written, under the same
+    /// trusted keys and identity, for the `now`s where it holds
+    /// (`consents::DecisionMemo`): the same answer, without reading and
+    /// judging the subject's consents at every hand-over.
     pub fn decide(
         &mut self,
         subject: &SubjectId,

@@ -860,6 +860,93 @@ fn decide_applies_the_rule_to_stored_consents_and_tombstones() {
     );
 }
 
+/// Every step of a store's life that changes what the rule reads, with the
+/// remembered answers of `Store::decide` checked against fresh ones for
+/// several subjects and times after each.
+#[test]
+fn remembered_decisions_are_always_the_fresh_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let subjects = ["S-1", "S-2", "S-3"];
+    let times = [T0 - 50, T0, T0 + 49, T0 + 50, T0 + 99, T0 + 100, T0 + 500];
+    let mut other_me = me();
+    other_me.site_id = "elsewhere".into();
+    let check = |s: &mut Store, trust: &[TrustedKey], me: &Identity, step: &str| {
+        // Twice, and with the times forwards then backwards (a clock set
+        // back): the second pass is answered from the memo.
+        for pass in 0..2 {
+            let order: Vec<i64> = if pass == 0 {
+                times.to_vec()
+            } else {
+                times.iter().rev().copied().collect()
+            };
+            for now in order {
+                for subject in subjects {
+                    let got = s.decide(&sid(subject), trust, me, now).unwrap();
+                    let fresh = consents::decide_fresh(s, &sid(subject), trust, me, now)
+                        .unwrap()
+                        .0;
+                    assert_eq!(got, fresh, "{step}: {subject} at {now}, pass {pass}");
+                }
+            }
+        }
+    };
+    check(&mut s, &trust(), &me(), "empty");
+    s.add_consent(&consent("a", "S-1", T0 - 10, T0 + 50), T0, None)
+        .unwrap();
+    check(&mut s, &trust(), &me(), "one consent");
+    s.add_consent(&consent("b", "S-1", T0 - 9, T0 + 100), T0, None)
+        .unwrap();
+    s.add_consent(&consent("c", "S-2", T0 - 9, T0 + 100), T0, None)
+        .unwrap();
+    check(&mut s, &trust(), &me(), "more consents");
+    check(&mut s, &[], &me(), "no trusted key");
+    check(&mut s, &other_key(), &me(), "another key");
+    check(&mut s, &trust(), &other_me, "another identity");
+    s.revoke(&sid("S-2"), T0 - 9, T0, None).unwrap();
+    check(&mut s, &trust(), &me(), "revoked");
+    // Written behind the store's back, on the same connection: still seen.
+    s.conn()
+        .execute(
+            "UPDATE consents SET expires_at = ?1 WHERE id = 'b'",
+            [T0 + 60],
+        )
+        .unwrap();
+    check(&mut s, &trust(), &me(), "expiry changed in SQL");
+    s.conn().execute("DELETE FROM tombstones", []).unwrap();
+    check(&mut s, &trust(), &me(), "tombstone deleted in SQL");
+    // A transaction that is rolled back: answers taken inside it are not
+    // remembered, and after it the rule reads what is committed.
+    s.conn().execute_batch("BEGIN").unwrap();
+    s.conn()
+        .execute("DELETE FROM consents WHERE subject = 'S-1'", [])
+        .unwrap();
+    check(&mut s, &trust(), &me(), "inside a transaction");
+    s.conn().execute_batch("ROLLBACK").unwrap();
+    check(&mut s, &trust(), &me(), "after the rollback");
+    assert!(matches!(
+        s.decide(&sid("S-1"), &trust(), &me(), T0).unwrap(),
+        crate::gate::Decision::Accept { .. }
+    ));
+    // The second connection cannot write consents or tombstones, so every
+    // such write is counted where the memo looks.
+    let acks = s.second_connection().unwrap();
+    for sql in [
+        "DELETE FROM consents",
+        "UPDATE consents SET expires_at = 0",
+        "INSERT INTO tombstones VALUES (x'00', 0, 0)",
+    ] {
+        let e = acks.conn().execute(sql, []).unwrap_err().to_string();
+        assert!(e.contains("main connection only"), "{sql}: {e}");
+    }
+    check(
+        &mut s,
+        &trust(),
+        &me(),
+        "after the second connection's attempts",
+    );
+}
+
 #[test]
 fn insert_stores_what_the_gate_accepted() {
     // The gate's decision is taken by the caller under the same lock as the
