@@ -76,6 +76,33 @@ impl Store {
         self.finish(r)
     }
 
+    /// Which of `ids` are still queued (and not quarantined): what
+    /// [`Store::is_queued`] answers for each, in one query.
+    pub fn still_queued(
+        &mut self,
+        ids: &[CaptureId],
+    ) -> Result<std::collections::HashSet<CaptureId>, StoreError> {
+        if ids.is_empty() {
+            return Ok(std::collections::HashSet::new());
+        }
+        let list: Vec<&str> = ids.iter().map(CaptureId::as_str).collect();
+        let r = serde_json::to_string(&list)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+            .and_then(|list| {
+                let mut s = self.conn.prepare_cached(&format!(
+                    "SELECT capture_id FROM captures
+                     WHERE capture_id IN (SELECT value FROM json_each(?1)) AND {}",
+                    outbox::NOT_QUARANTINED
+                ))?;
+                let found = s
+                    .query_map([list], |r| Ok(CaptureId::new(r.get::<_, String>(0)?)))?
+                    .collect::<rusqlite::Result<_>>();
+                found
+            })
+            .op("looking up captures");
+        self.finish(r)
+    }
+
     /// Records parts the broker acknowledged, and deletes every capture of
     /// which all parts of one split are now acknowledged, through the same
     /// path as a whole capture's PUBACK (`ack_many`: audited

@@ -2070,6 +2070,26 @@ fn refusals_are_counted_durably_and_quarantine_when_the_rule_says_so() {
 }
 
 #[test]
+fn still_queued_answers_is_queued_for_many_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let ids = with_captures(&mut s, "S-1", 4, T0);
+    // One uploaded, one quarantined, one never stored.
+    s.ack(&ids[0], T0).unwrap();
+    let rule = |_: u32| true;
+    s.count_refusal(&ids[1], rule, "closed", T0).unwrap();
+    let unknown = CaptureId::new("never-stored".to_string());
+    let mut asked = ids.clone();
+    asked.push(unknown);
+    let found = s.still_queued(&asked).unwrap();
+    for id in &asked {
+        assert_eq!(found.contains(id), s.is_queued(id).unwrap(), "{id:?}");
+    }
+    assert_eq!(found.len(), 2);
+    assert!(s.still_queued(&[]).unwrap().is_empty());
+}
+
+#[test]
 fn retry_puts_quarantined_captures_back_with_no_refusals() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = open(dir.path());

@@ -352,10 +352,18 @@ fn hand_shelved(
     let mut kept = Vec::new();
     let mut spent = Vec::new();
     let mut broken = Vec::new();
+    // Asked in one query for every encoded item; only the first `free`
+    // still queued are looked at.
+    let tried: Vec<CaptureId> = shelf
+        .iter()
+        .filter(|p| p.tried)
+        .map(|p| p.capture.capture_id().clone())
+        .collect();
+    let queued = store.still_queued(&tried)?;
     for p in std::mem::take(&mut *shelf) {
         if candidates.len() >= free || !p.tried {
             kept.push(p);
-        } else if !store.is_queued(p.capture.capture_id())? {
+        } else if !queued.contains(p.capture.capture_id()) {
             spent.push(p);
         } else if p.capture.is_open() {
             candidates.push(p);
