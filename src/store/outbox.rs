@@ -505,19 +505,37 @@ pub(super) fn purge_undecryptable_ids(
     Ok(broken.len())
 }
 
-/// The rows of those of `ids` still in the outbox, in the order of `ids`.
+/// [`refs_of`]'s query: `?1` a JSON array of capture ids.
+pub(super) const REFS_OF_SQL: &str =
+    "SELECT c.seq, c.capture_id, c.subject_ref FROM json_each(?1) AS j
+     CROSS JOIN captures AS c ON c.capture_id = j.value ORDER BY j.key";
+
+/// [`Store::still_queued`]'s query: `?1` a JSON array of capture ids.
+pub(super) fn still_queued_sql() -> String {
+    format!(
+        "SELECT capture_id FROM captures
+         WHERE capture_id IN (SELECT value FROM json_each(?1)) AND {NOT_QUARANTINED}"
+    )
+}
+
+/// The rows of those of `ids` still in the outbox, in the order of `ids`
+/// (one query: `CROSS JOIN` walks the list in order and looks each id up by
+/// its index).
 fn refs_of(w: &Writer<'_>, ids: &[CaptureId]) -> Result<Vec<CaptureRef>, StoreError> {
-    let mut found = Vec::with_capacity(ids.len());
-    for id in ids {
-        let r =
-            w.tx.prepare_cached(&format!(
-                "SELECT {REF_COLUMNS} FROM captures WHERE capture_id = ?1"
-            ))
-            .and_then(|mut s| s.query_row([id.as_str()], capture_ref).optional())
-            .op("looking up a capture")?;
-        found.extend(r);
+    if ids.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(found)
+    let list: Vec<&str> = ids.iter().map(CaptureId::as_str).collect();
+    serde_json::to_string(&list)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+        .and_then(|list| {
+            let mut s = w.tx.prepare_cached(REFS_OF_SQL)?;
+            let found = s
+                .query_map([list], capture_ref)?
+                .collect::<rusqlite::Result<Vec<_>>>();
+            found
+        })
+        .op("looking up captures")
 }
 
 /// Purges captures that cannot be decrypted (audited, counted), inside `w`.

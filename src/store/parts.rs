@@ -89,11 +89,7 @@ impl Store {
         let r = serde_json::to_string(&list)
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
             .and_then(|list| {
-                let mut s = self.conn.prepare_cached(&format!(
-                    "SELECT capture_id FROM captures
-                     WHERE capture_id IN (SELECT value FROM json_each(?1)) AND {}",
-                    outbox::NOT_QUARANTINED
-                ))?;
+                let mut s = self.conn.prepare_cached(&outbox::still_queued_sql())?;
                 let found = s
                     .query_map([list], |r| Ok(CaptureId::new(r.get::<_, String>(0)?)))?
                     .collect::<rusqlite::Result<_>>();

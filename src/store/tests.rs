@@ -1639,6 +1639,14 @@ fn purge_and_pending_use_indexes() {
     let p = plan(&super::outbox::pending_keys_sql().replace("?1", "10"));
     assert!(p.contains("COVERING INDEX captures_keys"), "{p}");
     assert!(!p.contains("TEMP B-TREE"), "{p}");
+    // Captures looked up by a list of ids: each by its index, never a scan
+    // of the outbox (the sort is of the list's few rows, into its order).
+    let p = plan(&super::outbox::REFS_OF_SQL.replace("?1", "'[\"a\"]'"));
+    assert!(p.contains("SEARCH c USING INDEX"), "{p}");
+    assert!(!p.contains("SCAN c"), "{p}");
+    let p = plan(&super::outbox::still_queued_sql().replace("?1", "'[\"a\"]'"));
+    assert!(p.contains("SEARCH captures USING"), "{p}");
+    assert!(!p.contains("SCAN captures"), "{p}");
     let p = plan("SELECT seq FROM captures WHERE queued_at < 5 ORDER BY queued_at, seq");
     assert!(p.contains("captures_by_queued"), "{p}");
     assert!(!p.contains("TEMP B-TREE"), "{p}");
