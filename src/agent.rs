@@ -978,16 +978,7 @@ mod tests {
     use crate::store::Capture;
 
     fn capture(id: &str, subject: &str) -> Capture {
-        Capture {
-            capture_id: id.into(),
-            subject: SubjectId::new(subject).unwrap(),
-            consent_id: "c".into(),
-            captured_at: 1_800_000_000,
-            camera: "cam-1".into(),
-            content_type: "image/jpeg".into(),
-            sha256: [1; 32],
-            image: vec![0xff, 0xd8, 0xff, 0xd9].into(),
-        }
+        crate::store::testing::capture(id, subject, &[0xff, 0xd8, 0xff, 0xd9])
     }
 
     /// A purge receipt's `in_flight` names what the back-end may hold: a

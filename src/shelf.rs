@@ -172,14 +172,8 @@ mod tests {
 
     fn prepared(id: &str, subject: &str) -> Prepared {
         let capture = Capture {
-            capture_id: CaptureId::from(id),
-            subject: SubjectId::new(subject).unwrap(),
             consent_id: "k".into(),
-            captured_at: 1_700_000_000,
-            camera: "cam".into(),
-            content_type: "image/jpeg".into(),
-            sha256: [0; 32],
-            image: Zeroizing::new(vec![7; 100]),
+            ..crate::store::testing::capture(id, subject, &[7; 100])
         };
         Prepared::new(Pending::opened(capture), "k".into())
     }

@@ -37,6 +37,8 @@ mod replay;
 mod reserve;
 mod schema;
 #[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
 mod tests;
 mod vacuum;
 

@@ -85,14 +85,8 @@ fn consent(id: &str, subject: &str, iat: i64, exp: i64) -> Consent {
 
 fn capture(id: &str, subject: &str, consent_id: &str, image: &[u8]) -> Capture {
     Capture {
-        capture_id: id.into(),
-        subject: sid(subject),
         consent_id: consent_id.into(),
-        captured_at: T0 - 5,
-        camera: "cam-1".into(),
-        content_type: "image/jpeg".into(),
-        sha256: [9u8; 32],
-        image: image.to_vec().into(),
+        ..testing::capture(id, subject, image)
     }
 }
 
@@ -612,10 +606,17 @@ fn pending_is_ordered_decrypted_and_honours_exclude() {
     assert_eq!(first.subject, "S-1");
     assert_eq!(first.consent_id, "consent-S-1");
     assert_eq!(*first.image, marked_image(a[0].as_str()));
-    assert_eq!(first.sha256, [9u8; 32]);
-    assert_eq!(first.camera, "cam-1");
-    assert_eq!(first.content_type, "image/jpeg");
-    assert_eq!(first.captured_at, T0 - 5);
+    // Every field as stored (`testing::capture`).
+    let stored = capture(
+        a[0].as_str(),
+        "S-1",
+        "consent-S-1",
+        &marked_image(a[0].as_str()),
+    );
+    assert_eq!(first.sha256, stored.sha256);
+    assert_eq!(first.camera, stored.camera);
+    assert_eq!(first.content_type, stored.content_type);
+    assert_eq!(first.captured_at, stored.captured_at);
     assert_eq!(first.queued_at, T0);
     let dbg = format!("{first:?}");
     assert!(

@@ -954,17 +954,9 @@ mod tests {
 
     fn capture(len: usize) -> Capture {
         let image: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-        let mut sha256 = [0u8; 32];
-        sha256.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &image).as_ref());
         Capture {
-            capture_id: "cfa369e6-2f2a-8a83-84c8-e32086f564bb".into(),
-            subject: crate::ids::SubjectId::new("S-1").unwrap(),
             consent_id: "at-intake".into(),
-            captured_at: 1_800_000_000,
-            camera: "cam-1".into(),
-            content_type: "image/jpeg".into(),
-            sha256,
-            image: image.into(),
+            ..crate::store::testing::capture("cfa369e6-2f2a-8a83-84c8-e32086f564bb", "S-1", &image)
         }
     }
 
