@@ -13,7 +13,7 @@ use super::{
 };
 use crate::audit::kind;
 use crate::config::{Identity, TrustedKey};
-use crate::gate::{self, Consent, Decision, SignatureMemo};
+use crate::gate::{self, Consent, Decision, DropReason, SignatureMemo};
 use crate::ids::SubjectId;
 
 const COLUMNS: &str = "id, subject, issuer, issued_at, expires_at, audience, scopes, kid, token";
@@ -185,55 +185,52 @@ pub(super) fn revoked_before(
     tombstone(&store.conn, &sref)
 }
 
-/// Counts, per connection, every row written to the consents and the
-/// tombstones: temp triggers (nothing on disk) add one to a temp table for
-/// each insert, update and delete, so a [`DecisionMemo`] knows whether what
-/// it remembers may be stale without reading either table. The count is
-/// part of the writing transaction: a rollback takes it back with the rows.
-const WATCH_CHANGES: &str = "
-CREATE TEMP TABLE IF NOT EXISTS consent_changes (n INTEGER NOT NULL);
-INSERT INTO temp.consent_changes SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM temp.consent_changes);
-CREATE TEMP TRIGGER IF NOT EXISTS consents_inserted AFTER INSERT ON main.consents
-    BEGIN UPDATE consent_changes SET n = n + 1; END;
-CREATE TEMP TRIGGER IF NOT EXISTS consents_updated AFTER UPDATE ON main.consents
-    BEGIN UPDATE consent_changes SET n = n + 1; END;
-CREATE TEMP TRIGGER IF NOT EXISTS consents_deleted AFTER DELETE ON main.consents
-    BEGIN UPDATE consent_changes SET n = n + 1; END;
-CREATE TEMP TRIGGER IF NOT EXISTS tombstones_inserted AFTER INSERT ON main.tombstones
-    BEGIN UPDATE consent_changes SET n = n + 1; END;
-CREATE TEMP TRIGGER IF NOT EXISTS tombstones_updated AFTER UPDATE ON main.tombstones
-    BEGIN UPDATE consent_changes SET n = n + 1; END;
-CREATE TEMP TRIGGER IF NOT EXISTS tombstones_deleted AFTER DELETE ON main.tombstones
-    BEGIN UPDATE consent_changes SET n = n + 1; END;
-";
+/// The tables the consent rule reads (besides the trusted keys and `now`).
+const RULE_TABLES: [&str; 2] = ["consents", "tombstones"];
 
-/// The second connection writes acknowledgements only: temp triggers make
-/// any write of consents or tombstones through it fail, so every such write
-/// is counted by the main connection's [`WATCH_CHANGES`].
-const REFUSE_CHANGES: &str = "
-CREATE TEMP TRIGGER IF NOT EXISTS consents_refused_insert BEFORE INSERT ON main.consents
-    BEGIN SELECT RAISE(ABORT, 'consents are written on the main connection only'); END;
-CREATE TEMP TRIGGER IF NOT EXISTS consents_refused_update BEFORE UPDATE ON main.consents
-    BEGIN SELECT RAISE(ABORT, 'consents are written on the main connection only'); END;
-CREATE TEMP TRIGGER IF NOT EXISTS consents_refused_delete BEFORE DELETE ON main.consents
-    BEGIN SELECT RAISE(ABORT, 'consents are written on the main connection only'); END;
-CREATE TEMP TRIGGER IF NOT EXISTS tombstones_refused_insert BEFORE INSERT ON main.tombstones
-    BEGIN SELECT RAISE(ABORT, 'tombstones are written on the main connection only'); END;
-CREATE TEMP TRIGGER IF NOT EXISTS tombstones_refused_update BEFORE UPDATE ON main.tombstones
-    BEGIN SELECT RAISE(ABORT, 'tombstones are written on the main connection only'); END;
-CREATE TEMP TRIGGER IF NOT EXISTS tombstones_refused_delete BEFORE DELETE ON main.tombstones
-    BEGIN SELECT RAISE(ABORT, 'tombstones are written on the main connection only'); END;
-";
+/// The row events that change a table.
+const EVENTS: [&str; 3] = ["INSERT", "UPDATE", "DELETE"];
 
-/// Sets up the main connection's count of consent changes ([`WATCH_CHANGES`]).
+/// One temp trigger per table of [`RULE_TABLES`] and event, with `body`.
+fn triggers(name: &str, when: &str, body: &str) -> String {
+    let mut sql = String::new();
+    for table in RULE_TABLES {
+        for event in EVENTS {
+            sql.push_str(&format!(
+                "CREATE TEMP TRIGGER IF NOT EXISTS {table}_{name}_{event} {when} {event} ON main.{table}
+                 BEGIN {body}; END;\n"
+            ));
+        }
+    }
+    sql
+}
+
+/// Sets up the main connection's count of every row written to the tables
+/// the rule reads: temp triggers (nothing on disk) add one to a temp table
+/// per insert, update and delete, so a [`DecisionMemo`] knows whether what it
+/// remembers may be stale without reading those tables. The count is part of
+/// the writing transaction: a rollback takes it back with the rows.
 pub(super) fn watch_changes(conn: &Connection) -> Result<(), StoreError> {
-    conn.execute_batch(WATCH_CHANGES)
+    let sql = format!(
+        "CREATE TEMP TABLE IF NOT EXISTS consent_changes (n INTEGER NOT NULL);
+         INSERT INTO temp.consent_changes SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM temp.consent_changes);
+         {}",
+        triggers("counted", "AFTER", "UPDATE consent_changes SET n = n + 1")
+    );
+    conn.execute_batch(&sql)
         .op("setting up the count of consent changes")
 }
 
-/// Makes the second connection refuse consent writes ([`REFUSE_CHANGES`]).
+/// The second connection writes acknowledgements only: temp triggers make
+/// any write of the tables the rule reads fail there, so every such write is
+/// counted by the main connection's [`watch_changes`].
 pub(super) fn refuse_changes(conn: &Connection) -> Result<(), StoreError> {
-    conn.execute_batch(REFUSE_CHANGES)
+    let sql = triggers(
+        "refused",
+        "BEFORE",
+        "SELECT RAISE(ABORT, 'consents and tombstones are written on the main connection only')",
+    );
+    conn.execute_batch(&sql)
         .op("setting up the second connection's triggers")
 }
 
@@ -248,26 +245,29 @@ fn changes(conn: &Connection) -> Result<i64, StoreError> {
 /// of a few captures every millisecond does not read and judge the same
 /// subjects' consents again and again. An answer is used only while all it
 /// was computed from is unchanged:
-/// - no consent or tombstone was written since ([`WATCH_CHANGES`]; the
-///   second connection cannot write them, [`REFUSE_CHANGES`]);
+/// - no consent or tombstone was written since ([`watch_changes`]; the
+///   second connection cannot write them, [`refuse_changes`]);
 /// - the same trusted keys and the same identity;
 /// - `now` within the interval where the rule's time term gives the same
 ///   answer ([`gate::steady_between`]), a clock set back included.
 ///
 /// Same answers as [`decide_fresh`] (tested); remembered only outside a
-/// write transaction, so nothing uncommitted is remembered.
+/// write transaction, so nothing uncommitted is remembered. Kept by the
+/// subject's storage pseudonym, with the consent id or the refusal: no plain
+/// subject id is held.
 #[derive(Debug, Default)]
 pub(super) struct DecisionMemo {
     /// The count of consent changes the answers hold for.
     changes: i64,
     trust: Vec<TrustedKey>,
     me: Option<Identity>,
-    answers: std::collections::HashMap<SubjectId, Remembered>,
+    answers: std::collections::HashMap<[u8; 32], Remembered>,
 }
 
 #[derive(Debug)]
 struct Remembered {
-    decision: Decision,
+    /// The consent that allows uploading, or why none does.
+    answer: Result<String, DropReason>,
     from: i64,
     until: i64,
 }
@@ -287,21 +287,33 @@ impl DecisionMemo {
         }
     }
 
-    fn get(&self, subject: &SubjectId, now: i64) -> Option<&Decision> {
-        self.answers
-            .get(subject)
-            .filter(|r| r.from <= now && now < r.until)
-            .map(|r| &r.decision)
+    /// The remembered decision for `subject` (pseudonym `sref`) at `now`.
+    fn get(&self, sref: &[u8; 32], subject: &SubjectId, now: i64) -> Option<Decision> {
+        let r = self
+            .answers
+            .get(sref)
+            .filter(|r| r.from <= now && now < r.until)?;
+        Some(match &r.answer {
+            Ok(consent_id) => Decision::Accept {
+                subject: subject.clone(),
+                consent_id: consent_id.clone(),
+            },
+            Err(reason) => Decision::Drop(*reason),
+        })
     }
 
-    fn remember(&mut self, subject: &SubjectId, decision: Decision, (from, until): (i64, i64)) {
+    fn remember(&mut self, sref: [u8; 32], decision: &Decision, (from, until): (i64, i64)) {
         if self.answers.len() >= Self::CAPACITY {
             self.answers.clear();
         }
+        let answer = match decision {
+            Decision::Accept { consent_id, .. } => Ok(consent_id.clone()),
+            Decision::Drop(reason) => Err(*reason),
+        };
         self.answers.insert(
-            subject.clone(),
+            sref,
             Remembered {
-                decision,
+                answer,
                 from,
                 until,
             },
@@ -323,11 +335,12 @@ pub(super) fn decide(
     }
     let n = changes(&store.conn)?;
     store.decisions.hold_for(n, trust, me);
-    if let Some(d) = store.decisions.get(subject, now) {
-        return Ok(d.clone());
+    let sref = store.keys.pseudonyms.pseudonym(subject.as_str());
+    if let Some(d) = store.decisions.get(&sref, subject, now) {
+        return Ok(d);
     }
     let (decision, steady) = decide_fresh(store, subject, trust, me, now)?;
-    store.decisions.remember(subject, decision.clone(), steady);
+    store.decisions.remember(sref, &decision, steady);
     Ok(decision)
 }
 

@@ -505,6 +505,13 @@ pub(super) fn purge_undecryptable_ids(
     Ok(broken.len())
 }
 
+/// `ids` as a JSON array, the parameter of the list lookups
+/// ([`REFS_OF_SQL`], [`still_queued_sql`]; SQLite reads it with `json_each`).
+pub(super) fn id_list(ids: &[CaptureId]) -> rusqlite::Result<String> {
+    let list: Vec<&str> = ids.iter().map(CaptureId::as_str).collect();
+    serde_json::to_string(&list).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+}
+
 /// [`refs_of`]'s query: `?1` a JSON array of capture ids.
 pub(super) const REFS_OF_SQL: &str =
     "SELECT c.seq, c.capture_id, c.subject_ref FROM json_each(?1) AS j
@@ -525,9 +532,7 @@ fn refs_of(w: &Writer<'_>, ids: &[CaptureId]) -> Result<Vec<CaptureRef>, StoreEr
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let list: Vec<&str> = ids.iter().map(CaptureId::as_str).collect();
-    serde_json::to_string(&list)
-        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+    id_list(ids)
         .and_then(|list| {
             let mut s = w.tx.prepare_cached(REFS_OF_SQL)?;
             let found = s

@@ -85,9 +85,7 @@ impl Store {
         if ids.is_empty() {
             return Ok(std::collections::HashSet::new());
         }
-        let list: Vec<&str> = ids.iter().map(CaptureId::as_str).collect();
-        let r = serde_json::to_string(&list)
-            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+        let r = outbox::id_list(ids)
             .and_then(|list| {
                 let mut s = self.conn.prepare_cached(&outbox::still_queued_sql())?;
                 let found = s

@@ -81,6 +81,21 @@ impl UploaderInner {
     fn kept_bytes(&self) -> usize {
         self.current.iter().map(|c| c.capture.image.len()).sum()
     }
+
+    /// Lets go of (wipes) the captures in parts that `gone` picks, with
+    /// their progress; whether any was let go of.
+    fn let_go(&mut self, gone: impl Fn(&Capture) -> bool) -> bool {
+        let before = self.current.len();
+        let progress = &mut self.progress;
+        self.current.retain(|c| {
+            let keep = !gone(&c.capture.capture);
+            if !keep {
+                progress.forget(&c.capture.capture_id);
+            }
+            keep
+        });
+        self.current.len() < before
+    }
 }
 
 /// Whether one more capture of `image_len` bytes may be started in parts
@@ -128,21 +143,8 @@ impl Uploader {
     /// once their receipt exists (SPEC invariant 4, crate::shelf).
     pub fn forget(&self, gone: &Gone<'_>) {
         let mut up = self.lock();
-        let UploaderInner {
-            current,
-            waiting,
-            progress,
-        } = &mut *up;
-        let before = current.len();
-        current.retain(|c| {
-            let keep = !gone.covers(&c.capture.capture_id, &c.capture.subject);
-            if !keep {
-                progress.forget(&c.capture.capture_id);
-            }
-            keep
-        });
-        if current.len() < before {
-            waiting.clear();
+        if up.let_go(|c| gone.covers(&c.capture_id, &c.subject)) {
+            up.waiting.clear();
         }
     }
 
@@ -681,18 +683,7 @@ fn hand_over(
     }
     // What is purged is not kept in memory; a capture started in parts is.
     let purged = |c: &Capture| plan.purge.iter().any(|p| p.subject == c.subject);
-    let before = up.current.len();
-    let UploaderInner {
-        current, progress, ..
-    } = &mut *up;
-    current.retain(|c| {
-        let keep = !purged(&c.capture.capture);
-        if !keep {
-            progress.forget(&c.capture.capture_id);
-        }
-        keep
-    });
-    let mut freed = up.current.len() < before;
+    let mut freed = up.let_go(purged);
     let mut batch: Vec<Option<Pending>> = batch.into_iter().map(Some).collect();
     let mut new = Vec::with_capacity(started.len());
     for (i, n, acked) in started {
