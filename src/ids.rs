@@ -175,6 +175,29 @@ macro_rules! str_like {
 
 str_like!(SubjectId, CaptureId, Jti);
 
+impl CaptureId {
+    /// The id of a capture taken at `captured_at` (unix seconds) whose
+    /// content hashes to `digest`: a UUID of version 8 (RFC 9562, custom)
+    /// whose first 48 bits are the capture time (big-endian, as version 7
+    /// puts its time; clamped to 0..2^48) and the rest the digest's first
+    /// bytes. The same capture always gets the same id (stable across retries
+    /// and restarts), and ids sort by capture time: the outbox's index of
+    /// capture ids is then written in order, so the deletes after PUBACK and
+    /// the lookups by id touch a few neighbouring index pages instead of one
+    /// page per capture (BENCHMARKS K, twelfth round).
+    pub fn derive(captured_at: i64, digest: &[u8; 32]) -> CaptureId {
+        let seconds = u64::try_from(captured_at).unwrap_or(0).min((1 << 48) - 1);
+        let mut bytes = [0u8; 16];
+        bytes[..6].copy_from_slice(&seconds.to_be_bytes()[2..]);
+        bytes[6..].copy_from_slice(&digest[..10]);
+        CaptureId(
+            uuid::Builder::from_custom_bytes(bytes)
+                .into_uuid()
+                .to_string(),
+        )
+    }
+}
+
 /// A position in the site consent log (`seq` claim: 1, 2, 3, … per site).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
@@ -287,5 +310,56 @@ mod tests {
         assert_eq!(s.to_string(), "42");
         assert!(Seq::from(1) < Seq::new(2));
         assert_eq!(Seq::default().get(), 0);
+    }
+
+    fn digest(n: u8) -> [u8; 32] {
+        let mut d = [0u8; 32];
+        d.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &[n]).as_ref());
+        d
+    }
+
+    #[test]
+    fn a_derived_capture_id_is_a_version_8_uuid_and_the_same_for_the_same_capture() {
+        let id = CaptureId::derive(1_795_858_382, &digest(1));
+        let uuid = uuid::Uuid::parse_str(id.as_str()).unwrap();
+        assert_eq!(uuid.get_version_num(), 8);
+        assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122);
+        assert_eq!(id, CaptureId::derive(1_795_858_382, &digest(1)));
+        assert_ne!(id, CaptureId::derive(1_795_858_382, &digest(2)));
+        assert_ne!(id, CaptureId::derive(1_795_858_383, &digest(1)));
+        // The time is the first 48 bits, big-endian.
+        assert_eq!(&uuid.as_bytes()[..6], &1_795_858_382u64.to_be_bytes()[2..]);
+    }
+
+    #[test]
+    fn derived_capture_ids_sort_by_capture_time_as_stored_text() {
+        // Out-of-range times are clamped, not wrapped.
+        let times = [
+            i64::MIN,
+            -1,
+            0,
+            1,
+            255,
+            256,
+            65_535,
+            1_795_858_382,
+            1_795_858_383,
+            (1 << 48) - 1,
+            1 << 48,
+            i64::MAX,
+        ];
+        let clamped = |t: i64| t.clamp(0, (1 << 48) - 1);
+        let mut prev: Option<(i64, CaptureId)> = None;
+        for &t in &times {
+            for n in 0..16u8 {
+                let id = CaptureId::derive(t, &digest(n));
+                if let Some((pt, pid)) = &prev {
+                    if clamped(t) > clamped(*pt) {
+                        assert!(id.as_str() > pid.as_str(), "{t}: {id} after {pid}");
+                    }
+                }
+                prev = Some((t, id));
+            }
+        }
     }
 }

@@ -727,14 +727,9 @@ fn new_capture(
         ctx.update(&(part.len() as u64).to_be_bytes());
         ctx.update(part);
     }
-    let d = ctx.finish();
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&d.as_ref()[..16]);
-    let capture_id = CaptureId::new(
-        uuid::Builder::from_custom_bytes(bytes)
-            .into_uuid()
-            .to_string(),
-    );
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(ctx.finish().as_ref());
+    let capture_id = CaptureId::derive(sidecar.captured_at, &digest);
     Capture {
         capture_id,
         subject,

@@ -145,22 +145,36 @@ pub fn site_topics() -> SiteTopics {
 /// The exact upload envelope the agent builds for `image` (same size on the wire).
 pub fn envelope_for(cfg: &Config, image: &[u8]) -> Vec<u8> {
     let capture = OutboxCapture {
-        capture: capture("S-0000", uuid::Uuid::new_v4().to_string(), image.to_vec()),
+        capture: capture(
+            "S-0000",
+            uuid::Uuid::new_v4().to_string(),
+            image.to_vec(),
+            clock::now(),
+            0,
+        ),
         queued_at: clock::now(),
     };
     facegate::uplink::upload::envelope(cfg, &capture, &capture.consent_id.clone())
 }
 
-/// A capture of `subject` under consent `consent_id` taken now.
-fn capture(subject: &str, consent_id: String, image: Vec<u8>) -> Capture {
+/// The `n`-th capture of `subject` under consent `consent_id`, taken at
+/// `captured_at`, with the id intake would give it
+/// ([`facegate::ids::CaptureId::derive`]: from the capture time and a digest
+/// of the capture, here its image and `n`).
+fn capture(subject: &str, consent_id: String, image: Vec<u8>, captured_at: i64, n: u64) -> Capture {
     let digest = ring::digest::digest(&ring::digest::SHA256, &image);
     let mut sha256 = [0u8; 32];
     sha256.copy_from_slice(digest.as_ref());
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(&sha256);
+    ctx.update(&n.to_be_bytes());
+    let mut id_digest = [0u8; 32];
+    id_digest.copy_from_slice(ctx.finish().as_ref());
     Capture {
-        capture_id: uuid::Uuid::new_v4().to_string().into(),
+        capture_id: facegate::ids::CaptureId::derive(captured_at, &id_digest),
         subject: facegate::ids::SubjectId::new(subject).expect("subject id"),
         consent_id,
-        captured_at: clock::now(),
+        captured_at,
         camera: crate::spool::CAMERA.into(),
         content_type: "image/jpeg".into(),
         sha256,
@@ -171,7 +185,8 @@ fn capture(subject: &str, consent_id: String, image: Vec<u8>) -> Capture {
 /// Opens the state directory like the daemon does (directories, storage key),
 /// stores a real consent signed by `signer` for each of `subjects` subjects
 /// (`S-0000`, …) and `queued` captures spread round-robin over them, `batch`
-/// per transaction. Image bytes cycle through `images`. Returns the subject names.
+/// per transaction, taken ten a second up to now, as a terminal's camera
+/// would. Image bytes cycle through `images`. Returns the subject names.
 pub fn fill_outbox(
     cfg: &Config,
     signer: &Signer,
@@ -204,7 +219,14 @@ pub fn fill_outbox(
     for i in 0..queued {
         let s = i % subjects;
         let image = images[i % images.len()].clone();
-        batch.push(capture(names[s].as_str(), consent_ids[s].clone(), image));
+        let taken = now - i64::try_from((queued - i) / 10).unwrap_or(0);
+        batch.push(capture(
+            names[s].as_str(),
+            consent_ids[s].clone(),
+            image,
+            taken,
+            i as u64,
+        ));
         if batch.len() == batch_size || i + 1 == queued {
             store
                 .insert_captures(std::mem::take(&mut batch), &cfg.outbox, now)
