@@ -72,6 +72,7 @@ async fn one_run(broker: &Broker, n: usize, images: &[Vec<u8>], protocol: &str) 
                 .protocol(protocol)
         })
         .build();
+    bench::forget_session(broker, facegate_testkit::DEVICE).await;
     let cfg = d.load_config();
     bench::fill_outbox(&cfg, &d.consent_signer, 20, n, images, 500);
     bench::drain_measured(&mut d, n, Duration::from_secs(300)).await

@@ -169,6 +169,7 @@ async fn run(n: usize, rounds: usize, handshakes: usize) {
             } else {
                 token_terminal(&broker, &token)
             };
+            bench::forget_session(&broker, facegate_testkit::DEVICE).await;
             let cfg = d.load_config();
             bench::fill_outbox(&cfg, &d.consent_signer, 20, n, &images, 500);
             let drained = bench::drain_measured(&mut d, n, Duration::from_secs(300)).await;

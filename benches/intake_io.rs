@@ -100,15 +100,6 @@ struct Writes {
     idle_per_s: f64,
 }
 
-/// `write_bytes` of `/proc/PID/io`.
-fn write_bytes(pid: u32) -> u64 {
-    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).expect("/proc/PID/io");
-    io.lines()
-        .find_map(|l| l.strip_prefix("write_bytes: "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("write_bytes")
-}
-
 /// Writes `count` pairs at `rate` per second, of `subject`.
 fn feed(d: &Daemon, images: &[Vec<u8>], tag: &str, count: usize, rate: usize, subject: &str) {
     let every = Duration::from_secs(1) / rate.max(1) as u32;
@@ -130,25 +121,25 @@ fn writes(images: &[Vec<u8>], rate: usize) -> Writes {
 
     // Idle, as long as the drop window takes.
     let window = Duration::from_secs_f64(DROPS as f64 / rate as f64) + settle;
-    let w0 = write_bytes(pid);
+    let w0 = bench::write_bytes(pid);
     std::thread::sleep(window);
-    let idle = (write_bytes(pid) - w0) as f64;
+    let idle = (bench::write_bytes(pid) - w0) as f64;
     let idle_per_s = idle / window.as_secs_f64();
 
-    let w0 = write_bytes(pid);
+    let w0 = bench::write_bytes(pid);
     let t0 = Instant::now();
     feed(&d, images, "no", DROPS, rate, "S-none");
     d.wait_spool_empty(WAIT);
     std::thread::sleep(settle);
-    let dropped = (write_bytes(pid) - w0) as f64;
+    let dropped = (bench::write_bytes(pid) - w0) as f64;
     let dropped_s = t0.elapsed().as_secs_f64();
 
-    let w0 = write_bytes(pid);
+    let w0 = bench::write_bytes(pid);
     let t0 = Instant::now();
     feed(&d, images, "yes", ACCEPTS, rate, "S-yes");
     d.wait_spool_empty(WAIT);
     std::thread::sleep(Duration::from_secs(1));
-    let accepted = (write_bytes(pid) - w0) as f64;
+    let accepted = (bench::write_bytes(pid) - w0) as f64;
     let accepted_s = t0.elapsed().as_secs_f64();
     let c = d.counters();
     d.stop();

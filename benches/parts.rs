@@ -100,6 +100,7 @@ async fn one_run(broker: &Broker, n: usize, images: &[Vec<u8>], limit: u64) -> b
                 .max_packet_size(limit)
         })
         .build();
+    bench::forget_session(broker, facegate_testkit::DEVICE).await;
     let cfg = d.load_config();
     let t = Instant::now();
     bench::fill_outbox(&cfg, &d.consent_signer, 20, n, images, 100);

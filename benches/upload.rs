@@ -25,6 +25,8 @@
 //! CPU per capture is user + system time from `/proc/PID/stat` over the
 //! timed interval: the daemon's for the agent, this process's for the
 //! forwarder and the publisher (which run in it), and Mosquitto's for each.
+//! Disk writes per capture are `write_bytes` of `/proc/PID/io` over the same
+//! interval, of the same process (what wears a terminal's flash).
 //!
 //! `FACEGATE_BENCH_CAPTURES` (default 6000) sets N, `FACEGATE_BENCH_ROUNDS`
 //! (default 3) the rounds, `FACEGATE_BENCH_WINDOW` (default 16) the window
@@ -56,6 +58,8 @@ struct Run {
     rate: f64,
     cpu_us: f64,
     broker_us: f64,
+    /// Bytes written to storage per capture.
+    written: f64,
 }
 
 async fn run(n: usize, rounds: usize) {
@@ -92,10 +96,12 @@ async fn run(n: usize, rounds: usize) {
     ] {
         let r = |f: fn(&Run) -> f64| summary(runs.iter().map(f).collect());
         println!(
-            "RESULT {name:17}: {} captures/s; CPU {} µs/capture; broker {} µs/capture",
+            "RESULT {name:17}: {} captures/s; CPU {} µs/capture; broker {} µs/capture; \
+             written {} B/capture",
             r(|x| x.rate),
             r(|x| x.cpu_us),
-            r(|x| x.broker_us)
+            r(|x| x.broker_us),
+            r(|x| x.written)
         );
     }
     let ratios: Vec<f64> = agent
@@ -128,8 +134,9 @@ async fn run(n: usize, rounds: usize) {
 
 fn report(round: usize, name: &str, r: &Run, load: &str) {
     println!(
-        "RESULT round {round} {name:17}: {:.0} captures/s, CPU {:.0} µs/capture, broker {:.0} µs/capture; load {load}",
-        r.rate, r.cpu_us, r.broker_us
+        "RESULT round {round} {name:17}: {:.0} captures/s, CPU {:.0} µs/capture, broker {:.0} µs/capture, \
+         written {:.0} B/capture; load {load}",
+        r.rate, r.cpu_us, r.broker_us, r.written
     );
 }
 
@@ -152,6 +159,10 @@ fn own_cpu() -> f64 {
     bench::cpu_seconds(std::process::id())
 }
 
+fn own_writes() -> u64 {
+    bench::write_bytes(std::process::id())
+}
+
 async fn agent_run(broker: &Broker, n: usize, images: &[Vec<u8>]) -> Run {
     let mut d = bench::daemon()
         .broker(broker)
@@ -161,6 +172,7 @@ async fn agent_run(broker: &Broker, n: usize, images: &[Vec<u8>]) -> Run {
                 .quota_bytes(4 * 1024 * 1024 * 1024)
         })
         .build();
+    bench::forget_session(broker, facegate_testkit::DEVICE).await;
     let cfg = d.load_config();
     bench::fill_outbox(&cfg, &d.consent_signer, 20, n, images, 500);
     let b0 = broker_cpu(broker);
@@ -174,6 +186,7 @@ async fn agent_run(broker: &Broker, n: usize, images: &[Vec<u8>]) -> Run {
         rate: drained.rate,
         cpu_us: drained.cpu_s / n as f64 * 1e6,
         broker_us: (b1 - b0) / n as f64 * 1e6,
+        written: drained.written as f64 / n as f64,
     }
 }
 
@@ -212,7 +225,7 @@ async fn forwarder_run(broker: &Broker, n: usize, payload: &[u8]) -> Run {
     let path = dir.path().join("queue.db");
     fill_queue(&path, n, payload);
     let topic = bench::site_topics().device("term-02").captures;
-    let (c0, b0) = (own_cpu(), broker_cpu(broker));
+    let (c0, b0, w0) = (own_cpu(), broker_cpu(broker), own_writes());
     let mut p = bench::bare_client(broker, "term-02", window()).await;
     let start = Instant::now();
     let client = p.client.clone();
@@ -276,7 +289,7 @@ async fn forwarder_run(broker: &Broker, n: usize, payload: &[u8]) -> Run {
         done += ids.len();
     }
     let secs = start.elapsed().as_secs_f64();
-    let (c1, b1) = (own_cpu(), broker_cpu(broker));
+    let (c1, b1, w1) = (own_cpu(), broker_cpu(broker), own_writes());
     reader.await.expect("reader");
     let left: i64 = deleter
         .query_row("SELECT count(*) FROM queue", [], |r| r.get(0))
@@ -286,11 +299,12 @@ async fn forwarder_run(broker: &Broker, n: usize, payload: &[u8]) -> Run {
         rate: n as f64 / secs,
         cpu_us: (c1 - c0) / n as f64 * 1e6,
         broker_us: (b1 - b0) / n as f64 * 1e6,
+        written: w1.saturating_sub(w0) as f64 / n as f64,
     }
 }
 
 async fn bare_run(broker: &Broker, n: usize, payload: &[u8]) -> Run {
-    let (c0, b0) = (own_cpu(), broker_cpu(broker));
+    let (c0, b0, w0) = (own_cpu(), broker_cpu(broker), own_writes());
     let mut p = bench::bare_client(broker, "term-02", window()).await;
     let start = Instant::now();
     let client = p.client.clone();
@@ -308,11 +322,12 @@ async fn bare_run(broker: &Broker, n: usize, payload: &[u8]) -> Run {
         p.wait_puback_stamped(WAIT).await.expect("PUBACK");
     }
     let secs = start.elapsed().as_secs_f64();
-    let (c1, b1) = (own_cpu(), broker_cpu(broker));
+    let (c1, b1, w1) = (own_cpu(), broker_cpu(broker), own_writes());
     let _ = sender.await;
     Run {
         rate: n as f64 / secs,
         cpu_us: (c1 - c0) / n as f64 * 1e6,
         broker_us: (b1 - b0) / n as f64 * 1e6,
+        written: w1.saturating_sub(w0) as f64 / n as f64,
     }
 }

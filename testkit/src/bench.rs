@@ -132,6 +132,35 @@ pub async fn bare_client(broker: &Broker, cn: &str, window: u16) -> Session {
     session
 }
 
+/// Makes the broker forget the session it keeps for `client_id` (MQTT 3.1.1
+/// 3.1.2.4: a connection with a clean session discards the stored one, and
+/// its own ends with it). Every round of a bench drains a fresh install;
+/// without this the broker would still hold the session the last round's
+/// terminal left under the same client id, so the new terminal would be told
+/// a session is present and hold its uploads back for the settle time after
+/// a reconnect (`uplink::state::SETTLE_AFTER_CONNECT`), which no fresh
+/// install waits and no forwarder in the same round does.
+pub async fn forget_session(broker: &Broker, client_id: &str) {
+    let mut opts = broker.options(client_id);
+    opts.set_clean_session(true);
+    let mut session = Session::spawn_with(
+        opts,
+        SessionOptions {
+            reconnect: false,
+            tcp_nodelay: nodelay(),
+        },
+    );
+    let ack = session
+        .wait_connected(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{client_id} cannot connect: {e}"));
+    assert!(
+        !ack.session_present,
+        "a clean session has no stored session"
+    );
+    session.kill();
+}
+
 /// The topics of device `term-01` at site `lobby` (prefix `facegate`).
 pub fn topics() -> Topics {
     site_topics().device(DEVICE)
@@ -291,6 +320,20 @@ pub struct Drained {
     /// CPU seconds (user + system) the daemon process used over the same
     /// interval as `rate`.
     pub cpu_s: f64,
+    /// Bytes the daemon process caused to be written to storage
+    /// (`write_bytes` of `/proc/PID/io`) over the same interval.
+    pub written: u64,
+}
+
+/// `write_bytes` of `/proc/PID/io`: the bytes process `pid` caused to be
+/// written to storage so far (counted when it dirties a page of a file,
+/// whoever writes the page back).
+pub fn write_bytes(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).expect("/proc/PID/io");
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("write_bytes")
 }
 
 /// CPU seconds (user + system) process `pid` has used so far
@@ -323,6 +366,7 @@ pub async fn drain_measured(d: &mut Daemon, n: usize, limit: Duration) -> Draine
     d.spawn();
     let pid = d.pid().expect("daemon running");
     let mut cpu_at_connect = 0.0;
+    let mut written_at_connect = 0;
     let deadline = Instant::now() + limit;
     let mut connected_at = None;
     let mut first_ack = None;
@@ -334,13 +378,14 @@ pub async fn drain_measured(d: &mut Daemon, n: usize, limit: Duration) -> Draine
         if connected_at.is_none() && st.uplink.is_some_and(|u| u.connected) {
             connected_at = Some(now);
             cpu_at_connect = cpu_seconds(pid);
+            written_at_connect = write_bytes(pid);
         }
         if first_ack.is_none() && left < n as u64 {
             first_ack = Some(now);
             left_at_first_ack = left;
         }
         if left == 0 {
-            break (now, cpu_seconds(pid));
+            break (now, cpu_seconds(pid), write_bytes(pid));
         }
         assert!(
             Instant::now() < deadline,
@@ -348,7 +393,7 @@ pub async fn drain_measured(d: &mut Daemon, n: usize, limit: Duration) -> Draine
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    let (end, cpu_at_end) = end;
+    let (end, cpu_at_end, written_at_end) = end;
     let counters = d.status_async().await.counters.expect("counters");
     d.stop();
     let connected_at = connected_at.expect("uplink connected");
@@ -356,8 +401,10 @@ pub async fn drain_measured(d: &mut Daemon, n: usize, limit: Duration) -> Draine
     let secs = (end - connected_at).as_secs_f64();
     let steady = (end - first_ack).as_secs_f64();
     println!(
-        "agent: connect -> empty {secs:.2} s; first deletion {:.2} s after connect; counters {}",
+        "agent: connect -> empty {secs:.2} s; first deletion {:.2} s after connect; \
+         {:.0} B written per capture; counters {}",
         (first_ack - connected_at).as_secs_f64(),
+        written_at_end.saturating_sub(written_at_connect) as f64 / n as f64,
         serde_json::to_string(&counters).unwrap_or_default()
     );
     assert_eq!(counters.uploaded, n as u64, "{counters:?}");
@@ -365,6 +412,7 @@ pub async fn drain_measured(d: &mut Daemon, n: usize, limit: Duration) -> Draine
         rate: n as f64 / secs,
         steady: left_at_first_ack as f64 / steady,
         cpu_s: cpu_at_end - cpu_at_connect,
+        written: written_at_end.saturating_sub(written_at_connect),
     }
 }
 
