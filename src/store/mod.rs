@@ -512,8 +512,15 @@ impl Store {
     /// round (ARCHITECTURE I4). Use it for nothing but acknowledgements.
     pub fn second_connection(&self) -> Result<Store, StoreError> {
         let conn = Connection::open(&self.path).op("opening a second connection")?;
+        // `temp_store=MEMORY`: the statement journal of a batch's delete
+        // (`outbox::DELETE_CAPTURES_SQL`: a trigger and foreign-key actions
+        // fire, so SQLite journals each page the statement changes) stays in
+        // memory instead of spilling to a temporary file past 64 KiB, which
+        // would write it to flash for nothing. It holds each page at most
+        // once: a few hundred KiB for the largest batch the window allows.
         conn.execute_batch(
-            "PRAGMA synchronous=FULL; PRAGMA secure_delete=ON; PRAGMA foreign_keys=ON;",
+            "PRAGMA synchronous=FULL; PRAGMA secure_delete=ON; PRAGMA foreign_keys=ON;
+             PRAGMA temp_store=MEMORY;",
         )
         .op("setting pragmas")?;
         conn.busy_timeout(Duration::from_secs(5))

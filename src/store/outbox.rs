@@ -603,18 +603,18 @@ pub(super) fn ack_in(
     if found.is_empty() {
         return Ok(0);
     }
-    let (mut shredded, mut zeroed) = (Vec::new(), Vec::new());
-    for r in &found {
-        let keys =
-            w.tx.prepare_cached("DELETE FROM capture_keys WHERE capture_seq = ?1")
-                .and_then(|mut s| s.execute([r.seq]))
-                .op("destroying a capture key")?;
-        if keys > 0 {
-            shredded.push(r.seq);
-        } else {
-            zeroed.push(r.seq);
-        }
-    }
+    let seqs: Vec<i64> = found.iter().map(|r| r.seq).collect();
+    let shredded: std::collections::BTreeSet<i64> = seq_list(&seqs)
+        .and_then(|list| {
+            let mut s = w.tx.prepare_cached(DELETE_KEYS_SQL)?;
+            let gone = s
+                .query_map([list], |r| r.get::<_, i64>(0))?
+                .collect::<rusqlite::Result<_>>();
+            gone
+        })
+        .op("destroying capture keys")?;
+    let (shredded, zeroed): (Vec<i64>, Vec<i64>) =
+        seqs.iter().copied().partition(|seq| shredded.contains(seq));
     delete_captures(w, &zeroed)?;
     secure_delete(w, "FAST")?;
     let fast = delete_captures(w, &shredded);
@@ -639,13 +639,36 @@ pub(super) fn ack_in(
 }
 
 fn delete_captures(w: &Writer<'_>, seqs: &[i64]) -> Result<(), StoreError> {
-    for seq in seqs {
-        w.tx.prepare_cached("DELETE FROM captures WHERE seq = ?1")
-            .and_then(|mut s| s.execute([seq]))
-            .op("deleting an uploaded capture")?;
+    if seqs.is_empty() {
+        return Ok(());
     }
+    seq_list(seqs)
+        .and_then(|list| w.tx.prepare_cached(DELETE_CAPTURES_SQL)?.execute([list]))
+        .op("deleting uploaded captures")?;
     Ok(())
 }
+
+/// `seqs` as a JSON array, the parameter of [`DELETE_KEYS_SQL`] and
+/// [`DELETE_CAPTURES_SQL`].
+fn seq_list(seqs: &[i64]) -> rusqlite::Result<String> {
+    serde_json::to_string(seqs).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+}
+
+/// Destroys the keys of the captures of `?1` (a JSON array of `seq`s) and
+/// returns the `seq` of each capture that had one. One statement for the
+/// whole batch of an acknowledgement, as [`DELETE_CAPTURES_SQL`].
+pub(super) const DELETE_KEYS_SQL: &str =
+    "DELETE FROM capture_keys WHERE capture_seq IN (SELECT value FROM json_each(?1))
+     RETURNING capture_seq";
+
+/// Deletes the captures of `?1` (a JSON array of `seq`s), each found by its
+/// `seq`. One statement for the whole batch: the delete of a capture fires
+/// a trigger (`outbox_totals`) and foreign-key actions (`capture_parts`,
+/// `capture_keys`), so SQLite keeps a statement journal of every page the
+/// statement changes; one statement journals each page once, not once per
+/// capture.
+pub(super) const DELETE_CAPTURES_SQL: &str =
+    "DELETE FROM captures WHERE seq IN (SELECT value FROM json_each(?1))";
 
 /// Sets `PRAGMA secure_delete` of the transaction's connection.
 fn secure_delete(w: &Writer<'_>, mode: &str) -> Result<(), StoreError> {

@@ -1648,6 +1648,15 @@ fn purge_and_pending_use_indexes() {
     let p = plan(&super::outbox::still_queued_sql().replace("?1", "'[\"a\"]'"));
     assert!(p.contains("SEARCH captures USING"), "{p}");
     assert!(!p.contains("SCAN captures"), "{p}");
+    // The deletes after PUBACK find each capture and key by its `seq`.
+    for sql in [
+        super::outbox::DELETE_KEYS_SQL,
+        super::outbox::DELETE_CAPTURES_SQL,
+    ] {
+        let p = plan(&sql.replace("?1", "'[1, 2]'"));
+        assert!(p.contains("USING INTEGER PRIMARY KEY"), "{p}");
+        assert!(!p.contains("SCAN capture"), "{p}");
+    }
     let p = plan("SELECT seq FROM captures WHERE queued_at < 5 ORDER BY queued_at, seq");
     assert!(p.contains("captures_by_queued"), "{p}");
     assert!(!p.contains("TEMP B-TREE"), "{p}");
