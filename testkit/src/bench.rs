@@ -171,15 +171,19 @@ pub fn site_topics() -> SiteTopics {
     SiteTopics::new("facegate", SITE)
 }
 
-/// The exact upload envelope the agent builds for `image` (same size on the wire).
+/// The exact upload envelope the agent builds for `image` (same size on the
+/// wire), each call a capture of its own: its own `capture_id`, even for the
+/// same image in the same second (benches match arrivals by it).
 pub fn envelope_for(cfg: &Config, image: &[u8]) -> Vec<u8> {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let capture = OutboxCapture {
         capture: capture(
             "S-0000",
             uuid::Uuid::new_v4().to_string(),
             image.to_vec(),
             clock::now(),
-            0,
+            n,
         ),
         queued_at: clock::now(),
     };
