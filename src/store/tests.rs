@@ -744,6 +744,49 @@ fn uploaded_captures_leave_no_ciphertext_once_the_wal_is_truncated() {
     assert_eq!(pending_ids(&mut s, 10, &[]), [kept[1].clone()]);
 }
 
+/// One acknowledgement of several captures, one of them without a key row of
+/// its own (stored before capture keys, not rekeyed yet), in any order and
+/// with an id no longer queued: every queued one is deleted by the batch's
+/// two statements, audited and counted once, the subject's data key stays
+/// for the capture still queued, and zeroing is on again (ARCHITECTURE I4).
+#[test]
+fn a_batch_of_acknowledged_captures_with_and_without_keys_goes_in_one_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let ids = with_captures(&mut s, "S-mix", 4, T0);
+    outbox::make_legacy(&mut s, &ids[1]);
+    let count =
+        |s: &Store, sql: &str| -> i64 { s.conn().query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(count(&s, "SELECT COUNT(*) FROM capture_keys"), 3);
+
+    let batch = [
+        ids[2].clone(),
+        CaptureId::from("unknown"),
+        ids[1].clone(),
+        ids[0].clone(),
+    ];
+    assert_eq!(s.ack_many(&batch, T0 + 1).unwrap(), 3);
+    assert_eq!(pending_ids(&mut s, 10, &[]), [ids[3].clone()]);
+    assert_eq!(count(&s, "SELECT COUNT(*) FROM capture_keys"), 1);
+    assert_eq!(
+        count(&s, "SELECT COUNT(*) FROM data_keys"),
+        1,
+        "one capture left"
+    );
+    assert_eq!(
+        count(
+            &s,
+            "SELECT COUNT(*) FROM audit WHERE kind = 'capture.uploaded'"
+        ),
+        3
+    );
+    assert_eq!(s.counters().unwrap()["uploaded"], 3);
+    assert_eq!(count(&s, "PRAGMA secure_delete"), 1);
+    // Acknowledged again (a PUBACK after a reconnect): nothing more.
+    assert_eq!(s.ack_many(&batch, T0 + 2).unwrap(), 0);
+    assert_eq!(s.counters().unwrap()["uploaded"], 3);
+}
+
 /// Deletes after PUBACK run on the second connection: the first sees them,
 /// knows the WAL needs truncating, and its truncation leaves no ciphertext
 /// of them in the files, also while the second keeps deleting from another
