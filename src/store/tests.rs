@@ -766,6 +766,7 @@ fn a_batch_of_acknowledged_captures_with_and_without_keys_goes_in_one_delete() {
         ids[0].clone(),
     ];
     assert_eq!(s.ack_many(&batch, T0 + 1).unwrap(), 3);
+    assert_eq!(count(&s, "SELECT COUNT(*) FROM captures"), 1);
     assert_eq!(pending_ids(&mut s, 10, &[]), [ids[3].clone()]);
     assert_eq!(count(&s, "SELECT COUNT(*) FROM capture_keys"), 1);
     assert_eq!(
