@@ -562,6 +562,13 @@ fn purge_undecryptable(w: &mut Writer<'_>, broken: &[CaptureRef]) -> Result<(), 
     Ok(())
 }
 
+/// [`ack_in`] in a transaction of its own, on a connection that keeps its
+/// temporary data in files (the main one: finishing the delete of a capture
+/// whose parts were all acknowledged before a crash). One capture per
+/// [`ack_in`] here, so no statement journal grows past the 64 KiB SQLite
+/// keeps in memory and none of the pages from before a delete is spilled to a
+/// temporary file; the batched statements run on the ack connection
+/// (`Store::second_connection`, `temp_store=MEMORY`).
 pub(super) fn ack(
     store: &mut Store,
     capture_ids: &[CaptureId],
@@ -571,7 +578,10 @@ pub(super) fn ack(
     let _pair = pair.lock().unwrap_or_else(|p| p.into_inner());
     let dirty = store.wal_has_deleted.clone();
     let mut w = store.writer()?;
-    let deleted = ack_in(&mut w, capture_ids, now)?;
+    let mut deleted = 0;
+    for id in capture_ids {
+        deleted += ack_in(&mut w, std::slice::from_ref(id), now)?;
+    }
     if deleted > 0 {
         // The WAL will hold the pages as they were before the delete.
         dirty.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -744,11 +744,12 @@ fn uploaded_captures_leave_no_ciphertext_once_the_wal_is_truncated() {
     assert_eq!(pending_ids(&mut s, 10, &[]), [kept[1].clone()]);
 }
 
-/// One acknowledgement of several captures, one of them without a key row of
-/// its own (stored before capture keys, not rekeyed yet), in any order and
-/// with an id no longer queued: every queued one is deleted by the batch's
-/// two statements, audited and counted once, the subject's data key stays
-/// for the capture still queued, and zeroing is on again (ARCHITECTURE I4).
+/// One acknowledgement of several captures on the ack connection, one of them
+/// without a key row of its own (stored before capture keys, not rekeyed
+/// yet), in any order and with an id no longer queued: every queued one is
+/// deleted by the batch's two statements, audited and counted once, the
+/// subject's data key stays for the capture still queued, and zeroing is on
+/// again (ARCHITECTURE I4).
 #[test]
 fn a_batch_of_acknowledged_captures_with_and_without_keys_goes_in_one_delete() {
     let dir = tempfile::tempdir().unwrap();
@@ -765,7 +766,11 @@ fn a_batch_of_acknowledged_captures_with_and_without_keys_goes_in_one_delete() {
         ids[1].clone(),
         ids[0].clone(),
     ];
-    assert_eq!(s.ack_many(&batch, T0 + 1).unwrap(), 3);
+    // On the ack connection, as after PUBACKs: the batch's two statements.
+    let mut acks = s.second_connection().unwrap();
+    // Its statement journals stay in memory (2: MEMORY), never in a file.
+    assert_eq!(count(&acks, "PRAGMA temp_store"), 2);
+    assert_eq!(acks.ack_uploads(&batch, &[], T0 + 1).unwrap().deleted, 3);
     assert_eq!(count(&s, "SELECT COUNT(*) FROM captures"), 1);
     assert_eq!(pending_ids(&mut s, 10, &[]), [ids[3].clone()]);
     assert_eq!(count(&s, "SELECT COUNT(*) FROM capture_keys"), 1);
@@ -782,8 +787,9 @@ fn a_batch_of_acknowledged_captures_with_and_without_keys_goes_in_one_delete() {
         3
     );
     assert_eq!(s.counters().unwrap()["uploaded"], 3);
-    assert_eq!(count(&s, "PRAGMA secure_delete"), 1);
+    assert_eq!(count(&acks, "PRAGMA secure_delete"), 1);
     // Acknowledged again (a PUBACK after a reconnect): nothing more.
+    assert_eq!(acks.ack_uploads(&batch, &[], T0 + 2).unwrap().deleted, 0);
     assert_eq!(s.ack_many(&batch, T0 + 2).unwrap(), 0);
     assert_eq!(s.counters().unwrap()["uploaded"], 3);
 }
