@@ -517,7 +517,8 @@ impl Store {
         // fire, so SQLite journals each page the statement changes) stays in
         // memory instead of spilling to a temporary file past 64 KiB, which
         // would write it to flash for nothing. It holds each page at most
-        // once: a few hundred KiB for the largest batch the window allows.
+        // once, for at most `outbox::DELETE_STATEMENT_ROWS` captures: a few
+        // hundred KiB.
         conn.execute_batch(
             "PRAGMA synchronous=FULL; PRAGMA secure_delete=ON; PRAGMA foreign_keys=ON;
              PRAGMA temp_store=MEMORY;",

@@ -614,15 +614,19 @@ pub(super) fn ack_in(
         return Ok(0);
     }
     let seqs: Vec<i64> = found.iter().map(|r| r.seq).collect();
-    let shredded: std::collections::BTreeSet<i64> = seq_list(&seqs)
-        .and_then(|list| {
-            let mut s = w.tx.prepare_cached(DELETE_KEYS_SQL)?;
-            let gone = s
-                .query_map([list], |r| r.get::<_, i64>(0))?
-                .collect::<rusqlite::Result<_>>();
-            gone
-        })
-        .op("destroying capture keys")?;
+    let mut shredded = std::collections::BTreeSet::new();
+    for chunk in seqs.chunks(DELETE_STATEMENT_ROWS) {
+        let gone: Vec<i64> = seq_list(chunk)
+            .and_then(|list| {
+                let mut s = w.tx.prepare_cached(DELETE_KEYS_SQL)?;
+                let gone = s
+                    .query_map([list], |r| r.get::<_, i64>(0))?
+                    .collect::<rusqlite::Result<_>>();
+                gone
+            })
+            .op("destroying capture keys")?;
+        shredded.extend(gone);
+    }
     let (shredded, zeroed): (Vec<i64>, Vec<i64>) =
         seqs.iter().copied().partition(|seq| shredded.contains(seq));
     delete_captures(w, &zeroed)?;
@@ -649,14 +653,22 @@ pub(super) fn ack_in(
 }
 
 fn delete_captures(w: &Writer<'_>, seqs: &[i64]) -> Result<(), StoreError> {
-    if seqs.is_empty() {
-        return Ok(());
+    for chunk in seqs.chunks(DELETE_STATEMENT_ROWS) {
+        seq_list(chunk)
+            .and_then(|list| w.tx.prepare_cached(DELETE_CAPTURES_SQL)?.execute([list]))
+            .op("deleting uploaded captures")?;
     }
-    seq_list(seqs)
-        .and_then(|list| w.tx.prepare_cached(DELETE_CAPTURES_SQL)?.execute([list]))
-        .op("deleting uploaded captures")?;
     Ok(())
 }
+
+/// At most this many captures per statement of [`DELETE_KEYS_SQL`] and
+/// [`DELETE_CAPTURES_SQL`]. A statement's journal holds about a page per
+/// capture (the one with its row) besides the index, counter and free-list
+/// pages it shares with the others, so it stays within a few hundred KiB of
+/// memory on the ack connection however many PUBACKs one batch gathers
+/// (`mqtt.inflight` goes up to 1,024, and four windows may wait for their
+/// delete).
+pub(super) const DELETE_STATEMENT_ROWS: usize = 64;
 
 /// `seqs` as a JSON array, the parameter of [`DELETE_KEYS_SQL`] and
 /// [`DELETE_CAPTURES_SQL`].
@@ -666,13 +678,14 @@ fn seq_list(seqs: &[i64]) -> rusqlite::Result<String> {
 
 /// Destroys the keys of the captures of `?1` (a JSON array of `seq`s) and
 /// returns the `seq` of each capture that had one. One statement for the
-/// whole batch of an acknowledgement, as [`DELETE_CAPTURES_SQL`].
+/// whole batch of an acknowledgement (up to [`DELETE_STATEMENT_ROWS`]), as
+/// [`DELETE_CAPTURES_SQL`].
 pub(super) const DELETE_KEYS_SQL: &str =
     "DELETE FROM capture_keys WHERE capture_seq IN (SELECT value FROM json_each(?1))
      RETURNING capture_seq";
 
 /// Deletes the captures of `?1` (a JSON array of `seq`s), each found by its
-/// `seq`. One statement for the whole batch: the delete of a capture fires
+/// `seq`. One statement for the whole batch (up to [`DELETE_STATEMENT_ROWS`]): the delete of a capture fires
 /// a trigger (`outbox_totals`) and foreign-key actions (`capture_parts`,
 /// `capture_keys`), so SQLite keeps a statement journal of every page the
 /// statement changes; one statement journals each page once, not once per

@@ -794,6 +794,26 @@ fn a_batch_of_acknowledged_captures_with_and_without_keys_goes_in_one_delete() {
     assert_eq!(s.counters().unwrap()["uploaded"], 3);
 }
 
+/// A batch of PUBACKs larger than one delete statement takes
+/// (`outbox::DELETE_STATEMENT_ROWS`) is deleted whole, in one transaction.
+#[test]
+fn a_batch_larger_than_one_delete_statement_is_deleted_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let n = 2 * outbox::DELETE_STATEMENT_ROWS + 5;
+    let ids = with_captures(&mut s, "S-many", n + 1, T0);
+    let mut acks = s.second_connection().unwrap();
+    assert_eq!(acks.ack_uploads(&ids[..n], &[], T0 + 1).unwrap().deleted, n);
+    let count = |sql: &str| -> i64 { s.conn().query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(count("SELECT COUNT(*) FROM captures"), 1);
+    assert_eq!(count("SELECT COUNT(*) FROM capture_keys"), 1);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM audit WHERE kind = 'capture.uploaded'"),
+        n as i64
+    );
+    assert_eq!(pending_ids(&mut s, 10, &[]), [ids[n].clone()]);
+}
+
 /// Deletes after PUBACK run on the second connection: the first sees them,
 /// knows the WAL needs truncating, and its truncation leaves no ciphertext
 /// of them in the files, also while the second keeps deleting from another
