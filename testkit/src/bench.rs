@@ -118,6 +118,12 @@ pub fn start_broker() -> Broker {
 pub async fn bare_client(broker: &Broker, cn: &str, window: u16) -> Session {
     let mut opts = broker.options(cn);
     opts.set_inflight(window);
+    connected(opts, cn).await.0
+}
+
+/// A session of `opts` (no reconnect, TCP_NODELAY with [`nodelay`]) once the
+/// broker has accepted it, with its CONNACK; panics naming `cn` if it cannot.
+async fn connected(opts: rumqttc::MqttOptions, cn: &str) -> (Session, rumqttc::ConnAck) {
     let mut session = Session::spawn_with(
         opts,
         SessionOptions {
@@ -125,11 +131,11 @@ pub async fn bare_client(broker: &Broker, cn: &str, window: u16) -> Session {
             tcp_nodelay: nodelay(),
         },
     );
-    session
+    let ack = session
         .wait_connected(Duration::from_secs(30))
         .await
         .unwrap_or_else(|e| panic!("{cn} cannot connect: {e}"));
-    session
+    (session, ack)
 }
 
 /// Makes the broker forget the session it keeps for `client_id` (MQTT 3.1.1
@@ -143,17 +149,7 @@ pub async fn bare_client(broker: &Broker, cn: &str, window: u16) -> Session {
 pub async fn forget_session(broker: &Broker, client_id: &str) {
     let mut opts = broker.options(client_id);
     opts.set_clean_session(true);
-    let mut session = Session::spawn_with(
-        opts,
-        SessionOptions {
-            reconnect: false,
-            tcp_nodelay: nodelay(),
-        },
-    );
-    let ack = session
-        .wait_connected(Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| panic!("{client_id} cannot connect: {e}"));
+    let (session, ack) = connected(opts, client_id).await;
     assert!(
         !ack.session_present,
         "a clean session has no stored session"
