@@ -565,10 +565,10 @@ fn purge_undecryptable(w: &mut Writer<'_>, broken: &[CaptureRef]) -> Result<(), 
 /// [`ack_in`] in a transaction of its own, on a connection that keeps its
 /// temporary data in files (the main one: finishing the delete of a capture
 /// whose parts were all acknowledged before a crash). One capture per
-/// [`ack_in`] here, so no statement journal grows past the 64 KiB SQLite
-/// keeps in memory and none of the pages from before a delete is spilled to a
-/// temporary file; the batched statements run on the ack connection
-/// (`Store::second_connection`, `temp_store=MEMORY`).
+/// [`ack_in`] here, so each statement journals only the few pages one
+/// capture's delete changes (SQLite keeps up to 64 KiB of a statement journal
+/// in memory before it spills to a temporary file); the batched statements
+/// run on the ack connection (`Store::second_connection`, `temp_store=MEMORY`).
 pub(super) fn ack(
     store: &mut Store,
     capture_ids: &[CaptureId],
